@@ -1,0 +1,528 @@
+//! The Hub: routing at the centre of the data path.
+//!
+//! Owns subscriptions (the [`index`]), per-topic sequence numbers, presence, the table of
+//! connected sessions and direct messages. Every way in turns into a [`Publish`]; the
+//! Hub encodes the outgoing frame once and pushes the same bytes into each matching
+//! session's [`outbox`]. It never does I/O and never waits on a subscriber: the
+//! transports (see `crate::ws`) own sockets and drain outboxes.
+//!
+//! Locking: a publish takes its topic's lock (so every subscriber sees one topic's
+//! messages in sequence order) and then the index read lock. Subscribing takes the index
+//! write lock alone. No lock is held across an `.await`.
+
+pub mod index;
+pub mod outbox;
+mod session;
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use crate::protocol::{self, Member, Recipient, ServerFrame};
+use crate::topic::{self, Filter, TopicError};
+use index::SubscriptionIndex;
+use outbox::{Outbox, Pushed, QueueLimits};
+use session::lock;
+pub use session::Session;
+
+/// What the Hub needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub queue: QueueLimits,
+    pub max_subscriptions: usize,
+    /// Topics matching these filters track who is subscribed and announce joins/leaves.
+    pub presence: Vec<Filter>,
+    pub max_info_bytes: usize,
+}
+
+/// Why the Hub refused a request. Each maps to one protocol error code.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    InvalidTopic(#[from] TopicError),
+    #[error("at most {0} subscriptions per connection")]
+    TooManySubscriptions(usize),
+    #[error("not subscribed to `{0}`")]
+    NotSubscribed(String),
+    #[error("presence is not enabled for `{0}`")]
+    PresenceDisabled(String),
+    #[error("no connected recipient for {0}")]
+    NoRecipient(String),
+    #[error("info must be a JSON object of at most {0} bytes")]
+    InvalidInfo(usize),
+}
+
+impl HubError {
+    pub fn code(&self) -> protocol::ErrorCode {
+        use protocol::ErrorCode as C;
+        match self {
+            HubError::InvalidTopic(_) => C::InvalidTopic,
+            HubError::TooManySubscriptions(_) => C::TooManySubscriptions,
+            HubError::NotSubscribed(_) => C::NotSubscribed,
+            HubError::PresenceDisabled(_) => C::PresenceDisabled,
+            HubError::NoRecipient(_) => C::NoRecipient,
+            HubError::InvalidInfo(_) => C::InvalidInfo,
+        }
+    }
+}
+
+/// One message entering the Hub, from any way in.
+pub struct Publish<'a> {
+    pub topic: &'a str,
+    pub event: Option<&'a str>,
+    /// The payload as JSON text, copied into the frame verbatim.
+    pub data: &'a RawValue,
+    /// Where it came from, shown to subscribers as `from` (a client id, `http`, `mqtt:…`).
+    pub from: &'a str,
+}
+
+/// What a publish produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub seq: u64,
+    /// Sessions the frame was queued for.
+    pub delivered: usize,
+}
+
+/// Live counters, cheap enough to bump on every delivery.
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+    slow_closed: AtomicU64,
+    direct: AtomicU64,
+}
+
+/// A snapshot of the Hub's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Stats {
+    pub connections: usize,
+    pub subscriptions: usize,
+    pub topics: usize,
+    pub published: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub slow_consumer_closes: u64,
+    pub direct_messages: u64,
+}
+
+#[derive(Default)]
+struct TopicState {
+    seq: u64,
+}
+
+pub struct Hub {
+    config: HubConfig,
+    next_key: AtomicU64,
+    index: RwLock<SubscriptionIndex<Arc<Session>>>,
+    topics: RwLock<HashMap<Box<str>, Arc<Mutex<TopicState>>>>,
+    clients: RwLock<HashMap<String, Arc<Session>>>,
+    users: RwLock<HashMap<String, HashMap<index::Key, Arc<Session>>>>,
+    /// Presence-enabled topic → who is subscribed to it, in join order.
+    presence: Mutex<HashMap<String, BTreeMap<index::Key, Arc<Session>>>>,
+    counters: Counters,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    pub fn new(config: HubConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            next_key: AtomicU64::new(1),
+            index: RwLock::default(),
+            topics: RwLock::default(),
+            clients: RwLock::default(),
+            users: RwLock::default(),
+            presence: Mutex::default(),
+            counters: Counters::default(),
+        })
+    }
+
+    /// Registers a new connection and gives it a fresh client id.
+    pub fn connect(&self, user: Option<String>) -> Arc<Session> {
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        // Random, so ids are not guessable from connection order; the key keeps it unique.
+        let id = format!("c{:08x}{:x}", rand::random::<u32>(), key);
+        let session = Arc::new(Session::new(
+            key,
+            id.clone(),
+            user.clone(),
+            Outbox::new(self.config.queue),
+        ));
+        write(&self.clients).insert(id, session.clone());
+        if let Some(user) = user {
+            write(&self.users)
+                .entry(user)
+                .or_default()
+                .insert(key, session.clone());
+        }
+        session
+    }
+
+    /// Removes a connection: its subscriptions, its presence (announcing leaves) and its
+    /// entry in the client table. Safe to call more than once.
+    pub fn disconnect(&self, session: &Arc<Session>) {
+        let filters: Vec<String> = lock(&session.filters).drain().collect();
+        {
+            let mut index = write(&self.index);
+            for f in &filters {
+                index.remove(f, session.key);
+            }
+        }
+        for f in &filters {
+            self.leave_presence(session, f);
+        }
+        write(&self.clients).remove(session.id());
+        if let Some(user) = session.user() {
+            let mut users = write(&self.users);
+            if let Some(conns) = users.get_mut(user) {
+                conns.remove(&session.key);
+                if conns.is_empty() {
+                    users.remove(user);
+                }
+            }
+        }
+    }
+
+    pub fn subscribe(&self, session: &Arc<Session>, filter: &str) -> Result<(), HubError> {
+        topic::validate_filter(filter)?;
+        {
+            let mut filters = lock(&session.filters);
+            if filters.contains(filter) {
+                return Ok(());
+            }
+            if filters.len() >= self.config.max_subscriptions {
+                return Err(HubError::TooManySubscriptions(
+                    self.config.max_subscriptions,
+                ));
+            }
+            filters.insert(filter.to_owned());
+        }
+        write(&self.index).insert(filter, session.key, session.clone());
+        self.join_presence(session, filter);
+        Ok(())
+    }
+
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> Result<(), HubError> {
+        topic::validate_filter(filter)?;
+        if !lock(&session.filters).remove(filter) {
+            return Err(HubError::NotSubscribed(filter.to_owned()));
+        }
+        write(&self.index).remove(filter, session.key);
+        self.leave_presence(session, filter);
+        Ok(())
+    }
+
+    /// Routes one message to every matching subscriber.
+    pub fn publish(&self, p: Publish<'_>) -> Result<Published, HubError> {
+        topic::validate_topic(p.topic)?;
+        let state = self.topic_state(p.topic);
+        // Held through fan-out: concurrent publishers to one topic are serialised, so
+        // every subscriber sees that topic's messages in seq order.
+        let mut state = lock(&state);
+        state.seq += 1;
+        let seq = state.seq;
+        let frame = Bytes::from(
+            ServerFrame::Msg {
+                topic: Cow::Borrowed(p.topic),
+                event: p.event.map(Cow::Borrowed),
+                data: p.data,
+                ts: protocol::now_ms(),
+                seq,
+                from: Cow::Borrowed(p.from),
+            }
+            .encode(),
+        );
+        let delivered = self.deliver(p.topic, &frame, None);
+        drop(state);
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        Ok(Published { seq, delivered })
+    }
+
+    fn topic_state(&self, topic: &str) -> Arc<Mutex<TopicState>> {
+        if let Some(s) = read(&self.topics).get(topic) {
+            return s.clone();
+        }
+        write(&self.topics).entry(topic.into()).or_default().clone()
+    }
+
+    /// Pushes one encoded frame to every session subscribed to `topic`, except `skip`.
+    fn deliver(&self, topic: &str, frame: &Bytes, skip: Option<index::Key>) -> usize {
+        let mut delivered = 0usize;
+        let mut dropped = 0u64;
+        let mut closed = 0u64;
+        read(&self.index).for_each_match(topic, |s| {
+            if Some(s.key) == skip {
+                return;
+            }
+            match s.outbox.push(frame.clone()) {
+                Pushed::Queued => delivered += 1,
+                Pushed::DroppedOldest(n) => {
+                    delivered += 1;
+                    dropped += n;
+                }
+                Pushed::Closed => closed += 1,
+            }
+        });
+        self.counters
+            .delivered
+            .fetch_add(delivered as u64, Ordering::Relaxed);
+        if dropped > 0 {
+            self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        if closed > 0 {
+            self.counters
+                .slow_closed
+                .fetch_add(closed, Ordering::Relaxed);
+        }
+        delivered
+    }
+
+    /// Sends a direct message; returns how many connections got it.
+    pub fn send_direct(
+        &self,
+        from: &Session,
+        to: &Recipient,
+        event: Option<&str>,
+        data: &RawValue,
+    ) -> Result<usize, HubError> {
+        let targets: Vec<Arc<Session>> = match to {
+            Recipient::Client(id) => read(&self.clients).get(id).cloned().into_iter().collect(),
+            Recipient::User(user) => read(&self.users)
+                .get(user)
+                .map(|conns| {
+                    conns
+                        .values()
+                        .filter(|s| s.key != from.key)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let frame = Bytes::from(
+            ServerFrame::Dm {
+                event: event.map(Cow::Borrowed),
+                data,
+                ts: protocol::now_ms(),
+                from: Cow::Borrowed(from.id()),
+                from_user: from.user().map(Cow::Borrowed),
+            }
+            .encode(),
+        );
+        let delivered = targets
+            .iter()
+            .filter(|s| s.outbox.push(frame.clone()) != Pushed::Closed)
+            .count();
+        if delivered == 0 {
+            let who = match to {
+                Recipient::Client(id) => format!("client `{id}`"),
+                Recipient::User(u) => format!("user `{u}`"),
+            };
+            return Err(HubError::NoRecipient(who));
+        }
+        self.counters.direct.fetch_add(1, Ordering::Relaxed);
+        Ok(delivered)
+    }
+
+    /// Who is subscribed to a presence-enabled topic.
+    pub fn presence(&self, topic: &str) -> Result<Vec<Member<'static>>, HubError> {
+        topic::validate_topic(topic)?;
+        if !self.presence_enabled(topic) {
+            return Err(HubError::PresenceDisabled(topic.to_owned()));
+        }
+        let presence = lock(&self.presence);
+        Ok(presence
+            .get(topic)
+            .map(|members| members.values().map(|s| member(s)).collect())
+            .unwrap_or_default())
+    }
+
+    /// Sets the display info others see in presence. Topics the session is already on
+    /// get a fresh `join` carrying the new info.
+    pub fn set_info(&self, session: &Arc<Session>, info: &RawValue) -> Result<(), HubError> {
+        let text = info.get();
+        if text.len() > self.config.max_info_bytes || !text.trim_start().starts_with('{') {
+            return Err(HubError::InvalidInfo(self.config.max_info_bytes));
+        }
+        *lock(&session.info) = Some(info.to_owned());
+        let present: Vec<String> = lock(&self.presence)
+            .iter()
+            .filter(|(_, members)| members.contains_key(&session.key))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in present {
+            self.announce(&t, session, true);
+        }
+        Ok(())
+    }
+
+    fn presence_enabled(&self, topic: &str) -> bool {
+        self.config.presence.iter().any(|f| f.matches(topic))
+    }
+
+    /// A subscription to a concrete, presence-enabled topic makes the session a member.
+    fn join_presence(&self, session: &Arc<Session>, filter: &str) {
+        if topic::is_wildcard(filter) || !self.presence_enabled(filter) {
+            return;
+        }
+        let added = lock(&self.presence)
+            .entry(filter.to_owned())
+            .or_default()
+            .insert(session.key, session.clone())
+            .is_none();
+        if added {
+            self.announce(filter, session, true);
+        }
+    }
+
+    fn leave_presence(&self, session: &Arc<Session>, filter: &str) {
+        if topic::is_wildcard(filter) {
+            return;
+        }
+        let removed = {
+            let mut presence = lock(&self.presence);
+            let Some(members) = presence.get_mut(filter) else {
+                return;
+            };
+            let removed = members.remove(&session.key).is_some();
+            if members.is_empty() {
+                presence.remove(filter);
+            }
+            removed
+        };
+        if removed {
+            self.announce(filter, session, false);
+        }
+    }
+
+    /// Tells the topic's other subscribers that `session` joined or left.
+    fn announce(&self, topic: &str, session: &Session, joined: bool) {
+        let topic_name = Cow::Borrowed(topic);
+        let member = member(session);
+        let frame = if joined {
+            ServerFrame::Join {
+                topic: topic_name,
+                member,
+            }
+        } else {
+            ServerFrame::Leave {
+                topic: topic_name,
+                member,
+            }
+        };
+        let frame = Bytes::from(frame.encode());
+        self.deliver(topic, &frame, Some(session.key));
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            connections: read(&self.clients).len(),
+            subscriptions: read(&self.index).len(),
+            topics: read(&self.topics).len(),
+            published: self.counters.published.load(Ordering::Relaxed),
+            delivered: self.counters.delivered.load(Ordering::Relaxed),
+            dropped: self.counters.dropped.load(Ordering::Relaxed),
+            slow_consumer_closes: self.counters.slow_closed.load(Ordering::Relaxed),
+            direct_messages: self.counters.direct.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Every connected session, for shutdown.
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        read(&self.clients).values().cloned().collect()
+    }
+}
+
+fn member(session: &Session) -> Member<'static> {
+    Member {
+        client: Cow::Owned(session.id().to_owned()),
+        user: session.user().map(|u| Cow::Owned(u.to_owned())),
+        info: session.info().map(Cow::Owned),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outbox::SlowConsumerPolicy;
+    use std::collections::VecDeque;
+
+    fn hub() -> Arc<Hub> {
+        Hub::new(HubConfig {
+            queue: QueueLimits {
+                max_messages: 16,
+                max_bytes: 1 << 20,
+                policy: SlowConsumerPolicy::DropOldest,
+            },
+            max_subscriptions: 2,
+            presence: vec![Filter::new("room/+").unwrap()],
+            max_info_bytes: 64,
+        })
+    }
+
+    async fn frames(s: &Session) -> Vec<serde_json::Value> {
+        let mut out = VecDeque::new();
+        s.outbox.next_batch(&mut out).await;
+        out.iter()
+            .map(|b| serde_json::from_slice(b).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn publish_fans_out_with_sequence() {
+        let hub = hub();
+        let a = hub.connect(None);
+        hub.subscribe(&a, "t/+").unwrap();
+        let data = RawValue::from_string("[1]".into()).unwrap();
+        for _ in 0..2 {
+            hub.publish(Publish {
+                topic: "t/x",
+                event: Some("e"),
+                data: &data,
+                from: "me",
+            })
+            .unwrap();
+        }
+        let got = frames(&a).await;
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0]["seq"], 1);
+        assert_eq!(got[1]["seq"], 2);
+        assert_eq!(got[1]["event"], "e");
+        assert!(hub
+            .publish(Publish {
+                topic: "t/#",
+                event: None,
+                data: &data,
+                from: "me"
+            })
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn subscription_limit_and_cleanup() {
+        let hub = hub();
+        let a = hub.connect(Some("ann".into()));
+        hub.subscribe(&a, "a").unwrap();
+        hub.subscribe(&a, "a").unwrap();
+        hub.subscribe(&a, "b").unwrap();
+        assert!(matches!(
+            hub.subscribe(&a, "c"),
+            Err(HubError::TooManySubscriptions(2))
+        ));
+        hub.disconnect(&a);
+        let s = hub.stats();
+        assert_eq!((s.connections, s.subscriptions), (0, 0));
+    }
+}

@@ -1,0 +1,223 @@
+//! The bounded queue between the Hub and one connection's writer.
+//!
+//! The Hub pushes encoded frames without ever waiting; the connection's writer task takes
+//! everything queued in one batch and writes it with one flush. When a subscriber cannot
+//! keep up, the configured [`SlowConsumerPolicy`] decides: drop the oldest frames (and
+//! tell the client how many with a `lagged` notice) or close the connection. Either way
+//! a connection's memory is capped by `max_messages` and `max_bytes`.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// What to do when a connection's outbound queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumerPolicy {
+    /// Drop the oldest queued frames; the client gets a `lagged` notice with the count.
+    /// Right for telemetry, where the newest value matters most.
+    #[default]
+    DropOldest,
+    /// Close the connection (code 4100) so the client reconnects and resynchronises.
+    Close,
+}
+
+/// Limits of one outbound queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub policy: SlowConsumerPolicy,
+}
+
+/// Why an outbox stopped taking frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The queue passed its limit under [`SlowConsumerPolicy::Close`].
+    SlowConsumer,
+    /// The connection is going away for another reason (the peer left, shutdown…).
+    Finished,
+}
+
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    dropped: u64,
+    closed: Option<CloseReason>,
+}
+
+/// One batch for the writer.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Frames dropped since the last batch (send a `lagged` notice first).
+    pub dropped: u64,
+    /// Set once the outbox is closed; frames taken with it are still worth sending.
+    pub closed: Option<CloseReason>,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Queued, and this many older frames were dropped to make room.
+    DroppedOldest(u64),
+    /// Not queued: the outbox is closed (possibly by this push).
+    Closed,
+}
+
+pub struct Outbox {
+    queue: Mutex<Queue>,
+    ready: Notify,
+    limits: QueueLimits,
+}
+
+impl Outbox {
+    pub fn new(limits: QueueLimits) -> Self {
+        Self {
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
+            limits,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // A panic while holding this lock would leave only plain data behind; keep going.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a frame without waiting. Never blocks the publisher on a slow reader.
+    pub fn push(&self, frame: Bytes) -> Pushed {
+        let mut q = self.lock();
+        if q.closed.is_some() {
+            return Pushed::Closed;
+        }
+        q.bytes += frame.len();
+        q.frames.push_back(frame);
+        let mut dropped = 0;
+        while q.frames.len() > self.limits.max_messages || q.bytes > self.limits.max_bytes {
+            match self.limits.policy {
+                SlowConsumerPolicy::DropOldest if q.frames.len() > 1 => {
+                    if let Some(old) = q.frames.pop_front() {
+                        q.bytes -= old.len();
+                        dropped += 1;
+                    }
+                }
+                // Close, or a single frame larger than the byte limit: nothing to drop.
+                _ => {
+                    q.closed = Some(CloseReason::SlowConsumer);
+                    q.frames.clear();
+                    q.bytes = 0;
+                    drop(q);
+                    self.ready.notify_one();
+                    return Pushed::Closed;
+                }
+            }
+        }
+        q.dropped += dropped;
+        drop(q);
+        self.ready.notify_one();
+        if dropped > 0 {
+            Pushed::DroppedOldest(dropped)
+        } else {
+            Pushed::Queued
+        }
+    }
+
+    /// Stops taking frames; what is queued can still be taken.
+    pub fn close(&self, reason: CloseReason) {
+        let mut q = self.lock();
+        if q.closed.is_none() {
+            q.closed = Some(reason);
+        }
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed.is_some()
+    }
+
+    /// Frames waiting, for metrics.
+    pub fn len(&self) -> usize {
+        self.lock().frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until there is something to do, then moves every queued frame into `out`
+    /// (which should be empty; its allocation is reused batch after batch).
+    pub async fn next_batch(&self, out: &mut VecDeque<Bytes>) -> Batch {
+        loop {
+            {
+                let mut q = self.lock();
+                if !q.frames.is_empty() || q.dropped > 0 || q.closed.is_some() {
+                    std::mem::swap(out, &mut q.frames);
+                    q.bytes = 0;
+                    return Batch {
+                        dropped: std::mem::take(&mut q.dropped),
+                        closed: q.closed,
+                    };
+                }
+            }
+            // notify_one keeps a permit when nobody waits, so a push between the check
+            // above and this await is not lost.
+            self.ready.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(policy: SlowConsumerPolicy) -> Outbox {
+        Outbox::new(QueueLimits {
+            max_messages: 3,
+            max_bytes: 100,
+            policy,
+        })
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_keeps_the_newest_and_counts() {
+        let o = outbox(SlowConsumerPolicy::DropOldest);
+        for i in 0..5u8 {
+            o.push(Bytes::from(vec![i]));
+        }
+        let mut out = VecDeque::new();
+        let batch = o.next_batch(&mut out).await;
+        assert_eq!(batch.dropped, 2);
+        assert_eq!(out, [vec![2u8], vec![3], vec![4]]);
+    }
+
+    #[tokio::test]
+    async fn byte_limit_drops_too() {
+        let o = outbox(SlowConsumerPolicy::DropOldest);
+        o.push(Bytes::from(vec![0; 60]));
+        assert_eq!(o.push(Bytes::from(vec![1; 60])), Pushed::DroppedOldest(1));
+        let mut out = VecDeque::new();
+        o.next_batch(&mut out).await;
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0][0], 1);
+    }
+
+    #[tokio::test]
+    async fn close_policy_closes_and_refuses_more() {
+        let o = outbox(SlowConsumerPolicy::Close);
+        for _ in 0..3 {
+            assert_eq!(o.push(Bytes::from_static(b"x")), Pushed::Queued);
+        }
+        assert_eq!(o.push(Bytes::from_static(b"x")), Pushed::Closed);
+        assert_eq!(o.push(Bytes::from_static(b"x")), Pushed::Closed);
+        let mut out = VecDeque::new();
+        let batch = o.next_batch(&mut out).await;
+        assert_eq!(batch.closed, Some(CloseReason::SlowConsumer));
+        assert!(out.is_empty());
+    }
+}

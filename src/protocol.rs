@@ -1,0 +1,505 @@
+//! The WebSocket protocol v1 wire format: the JSON frames clients send, the frames the
+//! server sends back, error codes and close codes. docs/protocol.md is the prose version
+//! of this file; the two change together.
+//!
+//! Both the daemon and the Rust client use this module, so a frame is parsed and written
+//! by one piece of code. It owns no state and does no I/O.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Protocol version announced in `welcome`.
+pub const VERSION: u32 = 1;
+
+/// Close codes. The range tells a client what to do next:
+/// 4000–4099 do not reconnect, 4100–4199 reconnect with backoff, 4200–4299 reconnect now.
+pub mod close {
+    /// The client broke the protocol in a way that retrying will not fix.
+    pub const PROTOCOL_VIOLATION: u16 = 4000;
+    /// The outbound queue passed its limit under the `close` slow-consumer policy.
+    pub const SLOW_CONSUMER: u16 = 4100;
+    /// The peer missed too many heartbeats.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4101;
+    /// Standard code: the server is shutting down (reconnect with backoff).
+    pub const GOING_AWAY: u16 = 1001;
+    /// Standard code: a frame was larger than the configured limit.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+
+    /// What a client should do after a close with this code.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Advice {
+        DoNotReconnect,
+        ReconnectWithBackoff,
+        ReconnectNow,
+    }
+
+    pub fn advice(code: u16) -> Advice {
+        match code {
+            4000..=4099 => Advice::DoNotReconnect,
+            4200..=4299 => Advice::ReconnectNow,
+            // Standard codes (going away, abnormal, too big…) and 4100–4199: a later
+            // attempt may work, but not straight away.
+            _ => Advice::ReconnectWithBackoff,
+        }
+    }
+}
+
+/// Stable error codes carried by `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The text frame was not JSON.
+    BadJson,
+    /// JSON, but not a valid request: not an object, a missing or mistyped field.
+    BadRequest,
+    /// `op` names no operation.
+    UnknownOp,
+    /// Binary frames carry nothing in protocol v1.
+    BinaryUnsupported,
+    /// A topic or filter broke the topic rules (including a wildcard in a publish).
+    InvalidTopic,
+    /// The connection holds the maximum number of subscriptions.
+    TooManySubscriptions,
+    /// `unsub` for a filter the connection does not hold.
+    NotSubscribed,
+    /// `presence` on a topic that is not presence-enabled.
+    PresenceDisabled,
+    /// `send` found no connected recipient.
+    NoRecipient,
+    /// `info` was too large or not an object.
+    InvalidInfo,
+    /// The caller may not do this (see the security docs).
+    Forbidden,
+    /// Too many requests in a short time.
+    RateLimited,
+    /// A fault in the server; the request may be retried.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::BinaryUnsupported => "binary_unsupported",
+            ErrorCode::InvalidTopic => "invalid_topic",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::PresenceDisabled => "presence_disabled",
+            ErrorCode::NoRecipient => "no_recipient",
+            ErrorCode::InvalidInfo => "invalid_info",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request that failed before it reached the Hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RequestError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Every field any request may carry. Parsing into one flat, borrowing struct keeps
+/// the per-frame cost to a single pass with no copies of `data`; which fields an op
+/// needs is checked afterwards, so the error can name the field and the op.
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    #[serde(borrow)]
+    op: Cow<'a, str>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    client: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(borrow)]
+    info: Option<&'a RawValue>,
+}
+
+/// Only the id, to answer a request that could not be parsed whole.
+#[derive(Deserialize)]
+struct IdOnly<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+}
+
+/// Who a direct message goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient {
+    /// One connection, by the id from its `welcome`.
+    Client(String),
+    /// Every connection of one user.
+    User(String),
+}
+
+/// A parsed client request.
+#[derive(Debug)]
+pub enum Request<'a> {
+    Sub {
+        topic: String,
+    },
+    Unsub {
+        topic: String,
+    },
+    Pub {
+        topic: String,
+        event: Option<String>,
+        data: &'a RawValue,
+    },
+    Send {
+        to: Recipient,
+        event: Option<String>,
+        data: &'a RawValue,
+    },
+    Presence {
+        topic: String,
+    },
+    Info {
+        info: &'a RawValue,
+    },
+    Ping,
+}
+
+/// JSON `null`, for requests that leave `data` out.
+pub fn null() -> &'static RawValue {
+    // A static str is a valid RawValue; this cannot fail.
+    static NULL: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
+    NULL.get_or_init(|| RawValue::from_string("null".to_owned()).expect("null is JSON"))
+}
+
+/// A request id as the client sent it (any JSON scalar), echoed back verbatim.
+pub type RequestId<'a> = Option<&'a RawValue>;
+
+/// Parses one text frame. On failure the id is still returned when it could be read,
+/// so the `error` reply can be correlated.
+pub fn parse_request(
+    text: &str,
+) -> Result<(RequestId<'_>, Request<'_>), (RequestId<'_>, RequestError)> {
+    let raw: RawRequest<'_> = match serde_json::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let id = serde_json::from_str::<IdOnly<'_>>(text)
+                .ok()
+                .and_then(|i| i.id);
+            let code = if e.is_syntax() || e.is_eof() {
+                ErrorCode::BadJson
+            } else {
+                ErrorCode::BadRequest
+            };
+            return Err((id, RequestError::new(code, e.to_string())));
+        }
+    };
+    let id = raw.id;
+    request_from_raw(raw).map(|r| (id, r)).map_err(|e| (id, e))
+}
+
+fn request_from_raw(raw: RawRequest<'_>) -> Result<Request<'_>, RequestError> {
+    let op = raw.op.as_ref();
+    let need = |field: Option<String>, name: &str| {
+        field.ok_or_else(|| {
+            RequestError::new(
+                ErrorCode::BadRequest,
+                format!("op `{op}` needs the field `{name}`"),
+            )
+        })
+    };
+    Ok(match op {
+        "sub" => Request::Sub {
+            topic: need(raw.topic, "topic")?,
+        },
+        "unsub" => Request::Unsub {
+            topic: need(raw.topic, "topic")?,
+        },
+        "pub" => Request::Pub {
+            topic: need(raw.topic, "topic")?,
+            event: raw.event,
+            data: raw.data.unwrap_or_else(|| null()),
+        },
+        "send" => {
+            let to = match (raw.client, raw.user) {
+                (Some(c), None) => Recipient::Client(c),
+                (None, Some(u)) => Recipient::User(u),
+                _ => {
+                    return Err(RequestError::new(
+                        ErrorCode::BadRequest,
+                        "op `send` needs exactly one of the fields `client` or `user`",
+                    ))
+                }
+            };
+            Request::Send {
+                to,
+                event: raw.event,
+                data: raw.data.unwrap_or_else(|| null()),
+            }
+        }
+        "presence" => Request::Presence {
+            topic: need(raw.topic, "topic")?,
+        },
+        "info" => Request::Info {
+            info: raw.info.ok_or_else(|| {
+                RequestError::new(ErrorCode::BadRequest, "op `info` needs the field `info`")
+            })?,
+        },
+        "ping" => Request::Ping,
+        other => {
+            return Err(RequestError::new(
+                ErrorCode::UnknownOp,
+                format!(
+                    "unknown op `{other}` (known: sub, unsub, pub, send, presence, info, ping)"
+                ),
+            ))
+        }
+    })
+}
+
+/// Frames the server sends. Serialised with serde so field names live in one place;
+/// `&RawValue` fields are copied verbatim, never re-encoded.
+///
+/// Serialize only: serde cannot read a borrowed `RawValue` back through an internally
+/// tagged enum, so clients read frames as [`Incoming`].
+#[derive(Serialize, Debug)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    Welcome {
+        client: Cow<'a, str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<Cow<'a, str>>,
+        version: u32,
+        server: Cow<'a, str>,
+        /// Milliseconds between server pings.
+        heartbeat_ms: u64,
+    },
+    Ok {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        /// For `pub`: the sequence number given to the message.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        /// For `send`: how many connections received the message.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        delivered: Option<usize>,
+        /// For `presence`: who is on the topic.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        members: Option<Vec<Member<'a>>>,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        code: ErrorCode,
+        message: Cow<'a, str>,
+    },
+    Msg {
+        topic: Cow<'a, str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event: Option<Cow<'a, str>>,
+        data: &'a RawValue,
+        ts: u64,
+        seq: u64,
+        from: Cow<'a, str>,
+    },
+    Dm {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event: Option<Cow<'a, str>>,
+        data: &'a RawValue,
+        ts: u64,
+        from: Cow<'a, str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        from_user: Option<Cow<'a, str>>,
+    },
+    Join {
+        topic: Cow<'a, str>,
+        #[serde(flatten)]
+        member: Member<'a>,
+    },
+    Leave {
+        topic: Cow<'a, str>,
+        #[serde(flatten)]
+        member: Member<'a>,
+    },
+    /// Messages were dropped because the connection could not keep up.
+    Lagged { dropped: u64 },
+}
+
+/// One connection present on a topic.
+#[derive(Serialize, Debug, Clone)]
+pub struct Member<'a> {
+    pub client: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<Cow<'a, RawValue>>,
+}
+
+impl ServerFrame<'_> {
+    /// The frame as JSON text.
+    pub fn encode(&self) -> String {
+        // Serialising these types cannot fail: every map key is a string and every
+        // RawValue is already valid JSON.
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "failed to encode a server frame");
+            String::from(r#"{"op":"error","code":"internal","message":"encoding failed"}"#)
+        })
+    }
+
+    pub fn error(id: Option<&RawValue>, err: &RequestError) -> String {
+        ServerFrame::Error {
+            id,
+            code: err.code,
+            message: Cow::Borrowed(&err.message),
+        }
+        .encode()
+    }
+
+    pub fn ok(id: Option<&RawValue>) -> ServerFrame<'_> {
+        ServerFrame::Ok {
+            id,
+            seq: None,
+            delivered: None,
+            members: None,
+        }
+    }
+}
+
+/// Any server frame, as a client reads it: one flat struct, fields present or not
+/// according to `op`.
+#[derive(Deserialize, Debug, Clone)]
+pub struct Incoming {
+    pub op: String,
+    #[serde(default)]
+    pub id: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub event: Option<String>,
+    #[serde(default)]
+    pub data: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub ts: Option<u64>,
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub from_user: Option<String>,
+    #[serde(default)]
+    pub client: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub info: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub members: Option<Vec<OwnedMember>>,
+    #[serde(default)]
+    pub delivered: Option<usize>,
+    #[serde(default)]
+    pub dropped: Option<u64>,
+    #[serde(default)]
+    pub heartbeat_ms: Option<u64>,
+}
+
+/// A presence member as a client reads it.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
+pub struct OwnedMember {
+    pub client: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub info: Option<serde_json::Value>,
+}
+
+/// Milliseconds since the Unix epoch, as carried in `ts`.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pub_with_raw_data() {
+        let (id, req) =
+            parse_request(r#"{"op":"pub","id":"7","topic":"a/b","data":{"x":[1, 2]}}"#).unwrap();
+        assert_eq!(id.unwrap().get(), r#""7""#);
+        match req {
+            Request::Pub { topic, data, event } => {
+                assert_eq!(topic, "a/b");
+                assert_eq!(data.get(), r#"{"x":[1, 2]}"#);
+                assert_eq!(event, None);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_keep_the_id() {
+        let (id, err) = parse_request(r#"{"op":"sub","id":3,"topic":5}"#).unwrap_err();
+        assert_eq!(id.unwrap().get(), "3");
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        let (id, err) = parse_request(r#"{"op":"sub","id":3}"#).unwrap_err();
+        assert_eq!(id.unwrap().get(), "3");
+        assert!(err.message.contains("topic"), "{}", err.message);
+        let (_, err) = parse_request("not json").unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadJson);
+        let (_, err) = parse_request(r#"{"op":"dance","id":1}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownOp);
+        let (_, err) = parse_request("[1,2]").unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let data = RawValue::from_string("{\"t\":1}".into()).unwrap();
+        let text = ServerFrame::Msg {
+            topic: "a/b".into(),
+            event: None,
+            data: &data,
+            ts: 5,
+            seq: 9,
+            from: "c1".into(),
+        }
+        .encode();
+        assert_eq!(
+            text,
+            r#"{"op":"msg","topic":"a/b","data":{"t":1},"ts":5,"seq":9,"from":"c1"}"#
+        );
+        let back: Incoming = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.op, "msg");
+        assert_eq!(back.seq, Some(9));
+        assert_eq!(back.data.unwrap().get(), r#"{"t":1}"#);
+    }
+}
