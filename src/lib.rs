@@ -6,7 +6,12 @@
 //! [`server`] starts and stops it all, [`config`] reads the configuration, and
 //! [`client`] is the Rust client that talks to a running daemon.
 
+pub mod cli;
 pub mod client;
+pub mod config;
+pub mod http;
 pub mod hub;
 pub mod protocol;
+pub mod server;
 pub mod topic;
+pub mod ws;

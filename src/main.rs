@@ -1,1 +1,122 @@
-fn main() {}
+//! The `switchboard` command: the daemon and the operator's tools around it.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use switchboard::cli::pubsub::{self, PubArgs, SubArgs};
+use switchboard::config::{Config, ANNOTATED};
+use switchboard::server::{self, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Real-time gateway: MQTT devices and WebSocket people, one daemon"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon. Without --config it runs on localhost with built-in defaults.
+    Serve {
+        /// Configuration file (TOML). Every key is optional.
+        #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file (and SWITCHBOARD_* overrides) without starting.
+    CheckConfig {
+        path: PathBuf,
+        /// Print the effective configuration when it is valid.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Print the annotated default configuration.
+    DefaultConfig,
+    /// Subscribe and print messages, like mosquitto_sub.
+    Sub(SubArgs),
+    /// Publish one message (or one per input line), like mosquitto_pub.
+    Pub(PubArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => report(serve(config)),
+        Command::CheckConfig { path, print } => match Config::load(Some(&path)) {
+            Ok(config) => {
+                if print {
+                    print!("{config}");
+                }
+                println!("{}: configuration is valid", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::DefaultConfig => {
+            print!("{ANNOTATED}");
+            ExitCode::SUCCESS
+        }
+        Command::Sub(args) => {
+            init_logging("warn");
+            report(runtime().and_then(|rt| rt.block_on(pubsub::run_sub(args))))
+        }
+        Command::Pub(args) => {
+            init_logging("warn");
+            report(runtime().and_then(|rt| rt.block_on(pubsub::run_pub(args))))
+        }
+    }
+}
+
+fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    // A broken file stops here, before any listener exists.
+    let config = Config::load(config_path.as_deref())?;
+    init_logging(&config.log_level);
+    match &config_path {
+        Some(p) => tracing::info!(config = %p.display(), "configuration loaded"),
+        None => tracing::info!("no configuration file: using built-in defaults"),
+    }
+    runtime()?.block_on(async {
+        let server = Server::bind(config).await?;
+        server.run(server::shutdown_signal()).await
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Logs go to stderr (journald collects them under systemd); RUST_LOG wins over config.
+fn init_logging(default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(default_filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

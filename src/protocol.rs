@@ -376,15 +376,6 @@ impl ServerFrame<'_> {
         }
         .encode()
     }
-
-    pub fn ok(id: Option<&RawValue>) -> ServerFrame<'_> {
-        ServerFrame::Ok {
-            id,
-            seq: None,
-            delivered: None,
-            members: None,
-        }
-    }
 }
 
 /// Any server frame, as a client reads it: one flat struct, fields present or not

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// What to do when a connection's outbound queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -38,8 +39,12 @@ pub struct QueueLimits {
 pub enum CloseReason {
     /// The queue passed its limit under [`SlowConsumerPolicy::Close`].
     SlowConsumer,
-    /// The connection is going away for another reason (the peer left, shutdown…).
+    /// The connection is going away and the transport needs to say nothing more
+    /// (the peer left or broke the connection).
     Finished,
+    /// Close with this code and reason once queued frames are written (shutdown,
+    /// oversized frame…).
+    Code(u16, &'static str),
 }
 
 #[derive(Default)]
@@ -72,6 +77,9 @@ pub enum Pushed {
 pub struct Outbox {
     queue: Mutex<Queue>,
     ready: Notify,
+    /// Cancelled when the queue overflows under the close policy: the writer may be
+    /// stuck writing to a peer that reads nothing, and must give up at once.
+    overflow: CancellationToken,
     limits: QueueLimits,
 }
 
@@ -80,6 +88,7 @@ impl Outbox {
         Self {
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
+            overflow: CancellationToken::new(),
             limits,
         }
     }
@@ -112,6 +121,7 @@ impl Outbox {
                     q.frames.clear();
                     q.bytes = 0;
                     drop(q);
+                    self.overflow.cancel();
                     self.ready.notify_one();
                     return Pushed::Closed;
                 }
@@ -135,6 +145,11 @@ impl Outbox {
         }
         drop(q);
         self.ready.notify_one();
+    }
+
+    /// Completes when the queue overflowed under [`SlowConsumerPolicy::Close`].
+    pub async fn overflowed(&self) {
+        self.overflow.cancelled().await
     }
 
     pub fn is_closed(&self) -> bool {

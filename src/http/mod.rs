@@ -1,0 +1,39 @@
+//! The HTTP listener's routes: the WebSocket endpoint and health. The REST API will
+//! live here too, so that HTTP carried over WebSocket can reuse this very router.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::server::App;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/ws", get(crate::ws::upgrade))
+        .route("/healthz", get(healthz))
+        .with_state(app)
+}
+
+/// Liveness for load balancers and systemd checks: 200 while the daemon serves,
+/// 503 once shutdown has begun.
+async fn healthz(State(app): State<Arc<App>>) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+    let stats = app.hub.stats();
+    let status = if app.shutdown.is_cancelled() {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        axum::http::StatusCode::OK
+    };
+    let body = json!({
+        "status": if status.is_success() { "ok" } else { "shutting_down" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "connections": stats.connections,
+        "subscriptions": stats.subscriptions,
+        "published": stats.published,
+        "delivered": stats.delivered,
+        "dropped": stats.dropped,
+    });
+    (status, Json(body))
+}

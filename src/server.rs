@@ -1,0 +1,154 @@
+//! The daemon's life: bind every listener, serve, and shut down gracefully.
+//!
+//! Owns [`App`], the state every handler shares, and the shutdown sequence: stop
+//! accepting, ask every connection to write what it has queued and close with 1001,
+//! wait for them up to the configured grace period, return.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::hub::outbox::CloseReason;
+use crate::hub::Hub;
+use crate::protocol::close;
+
+/// Target of the one log line that reports every bound address. Scripts and tests read
+/// it; its shape is documented in README.md and must stay stable:
+/// `listening http=127.0.0.1:8700`.
+pub const LISTENING_TARGET: &str = "switchboard::listening";
+
+/// Shared state of the running daemon.
+pub struct App {
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    /// Cancelled when shutdown begins.
+    pub shutdown: CancellationToken,
+    /// Every live connection holds a token of this tracker, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+/// A daemon with its listeners bound, ready to run.
+pub struct Server {
+    app: Arc<App>,
+    http: TcpListener,
+}
+
+impl Server {
+    /// Prepares the data directory and binds every listener. Fails before anything is
+    /// served if any of it is impossible: no half-started daemon.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
+        let http = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
+        let hub = Hub::new(config.hub());
+        let app = Arc::new(App {
+            config,
+            hub,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        Ok(Self { app, http })
+    }
+
+    /// Every bound listener, by name.
+    pub fn local_addrs(&self) -> anyhow::Result<Vec<(&'static str, SocketAddr)>> {
+        Ok(vec![("http", self.http.local_addr()?)])
+    }
+
+    pub fn app(&self) -> Arc<App> {
+        self.app.clone()
+    }
+
+    /// Serves until `stop` completes, then shuts down gracefully.
+    pub async fn run(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let addrs = self.local_addrs()?;
+        let app = self.app;
+        tracing::info!(data_dir = %app.config.data_dir.display(), "data directory");
+        tracing::warn!("no authentication is configured: anonymous clients are allowed");
+        let listening: Vec<String> = addrs
+            .iter()
+            .map(|(name, addr)| format!("{name}={addr}"))
+            .collect();
+        tracing::info!(target: LISTENING_TARGET, "listening {}", listening.join(" "));
+
+        let listener = self.http.tap_io(|tcp| {
+            // Small frames should leave at once, not wait for Nagle.
+            let _ = tcp.set_nodelay(true);
+        });
+        let router = crate::http::router(app.clone());
+        let accepting = app.shutdown.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { accepting.cancelled().await })
+                .await
+        });
+
+        stop.await;
+        tracing::info!("shutting down: no new connections, closing clients");
+        app.shutdown.cancel();
+        for session in app.hub.sessions() {
+            session
+                .outbox
+                .close(CloseReason::Code(close::GOING_AWAY, "server shutting down"));
+        }
+        app.tracker.close();
+        let grace = app.config.shutdown.grace;
+        if tokio::time::timeout(grace, app.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = app.tracker.len(),
+                "shutdown grace of {grace:?} passed; dropping the remaining connections"
+            );
+        }
+        // Plain HTTP requests still in flight get what is left of a short deadline.
+        if let Ok(Err(e)) = tokio::time::timeout(std::time::Duration::from_millis(200), http).await
+        {
+            tracing::warn!(error = %e, "http listener task failed");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

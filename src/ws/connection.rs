@@ -1,0 +1,269 @@
+//! One WebSocket connection: a reader that turns frames into Hub calls, and a writer
+//! that drains the session's outbox onto the socket.
+//!
+//! Two tasks, because a writer blocked on a peer that reads nothing must not stop us
+//! from reading (and noticing that peer is dead), and a reader waiting for input must
+//! not delay fan-out. The writer takes everything queued in one batch and flushes once:
+//! at high fan-out that is one `write` syscall for many frames.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite;
+use tokio_util::sync::CancellationToken;
+
+use super::dispatch;
+use crate::hub::outbox::{Batch, CloseReason};
+use crate::hub::Session;
+use crate::protocol::{close, ErrorCode, RequestError, ServerFrame};
+use crate::server::App;
+
+/// How long we wait for a peer to answer our close frame before dropping it.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Liveness: milliseconds (since the connection started) when we last heard the peer.
+struct LastHeard {
+    start: Instant,
+    ms: AtomicU64,
+}
+
+impl LastHeard {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Serves one upgraded connection until it ends.
+pub async fn serve(socket: WebSocket, app: Arc<App>, user: Option<String>) {
+    let session = app.hub.connect(user);
+    let _tracked = app.tracker.token();
+    tracing::debug!(
+        client = session.id(),
+        user = session.user(),
+        "client connected"
+    );
+    if app.shutdown.is_cancelled() {
+        // Accepted just as shutdown began: say so instead of leaving it half-served.
+        session
+            .outbox
+            .close(CloseReason::Code(close::GOING_AWAY, "server shutting down"));
+    }
+
+    let heartbeat = app.config.ws.heartbeat_interval;
+    let welcome = ServerFrame::Welcome {
+        client: session.id().into(),
+        user: session.user().map(Into::into),
+        version: crate::protocol::VERSION,
+        server: concat!("switchboard/", env!("CARGO_PKG_VERSION")).into(),
+        heartbeat_ms: heartbeat.as_millis() as u64,
+    };
+    session.outbox.push(Bytes::from(welcome.encode()));
+
+    let (sink, stream) = socket.split();
+    // `reader_done`: the peer closed, vanished or broke the protocol. `writer_done`: the
+    // writer gave up (write error, slow consumer). Each side stops when the other does.
+    let reader_done = CancellationToken::new();
+    let writer_done = CancellationToken::new();
+    let last_heard = LastHeard::new();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        session.clone(),
+        heartbeat,
+        reader_done.clone(),
+        writer_done.clone(),
+    ));
+    let dead_after = heartbeat * app.config.ws.heartbeat_misses.get();
+    read_loop(
+        stream,
+        &app,
+        &session,
+        &last_heard,
+        dead_after,
+        &writer_done,
+    )
+    .await;
+    reader_done.cancel();
+    if let Err(e) = writer.await {
+        tracing::warn!(client = session.id(), error = %e, "connection writer failed");
+    }
+    app.hub.disconnect(&session);
+    tracing::debug!(client = session.id(), "client disconnected");
+}
+
+async fn read_loop(
+    mut stream: SplitStream<WebSocket>,
+    app: &App,
+    session: &Arc<Session>,
+    last_heard: &LastHeard,
+    dead_after: Duration,
+    writer_done: &CancellationToken,
+) {
+    let mut liveness = tokio::time::interval(dead_after / 2);
+    loop {
+        let frame = tokio::select! {
+            frame = stream.next() => frame,
+            _ = liveness.tick() => {
+                if last_heard.silent_for() > dead_after {
+                    tracing::debug!(client = session.id(), "heartbeat timeout");
+                    session.outbox.close(CloseReason::Code(close::HEARTBEAT_TIMEOUT, "heartbeat timeout"));
+                    return;
+                }
+                continue;
+            }
+            _ = writer_done.cancelled() => return,
+        };
+        let message = match frame {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                tracing::debug!(client = session.id(), error = %e, "read failed");
+                // The writer still tells the peer why, when there is a code for it.
+                session
+                    .outbox
+                    .close(close_for_read_error(&e).unwrap_or(CloseReason::Finished));
+                return;
+            }
+            None => {
+                session.outbox.close(CloseReason::Finished);
+                return;
+            }
+        };
+        last_heard.touch();
+        let reply = match message {
+            Message::Text(text) => dispatch::handle_text(&app.hub, session, text.as_str()),
+            Message::Binary(_) => ServerFrame::error(
+                None,
+                &RequestError::new(
+                    ErrorCode::BinaryUnsupported,
+                    "binary frames are not part of protocol v1; send JSON text frames",
+                ),
+            ),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Close(_) => {
+                session.outbox.close(CloseReason::Finished);
+                return;
+            }
+        };
+        session.outbox.push(Bytes::from(reply));
+    }
+}
+
+/// Which close code a read error deserves, if the peer can still be told.
+fn close_for_read_error(e: &axum::Error) -> Option<CloseReason> {
+    let inner = std::error::Error::source(e)?;
+    let ws_err = inner.downcast_ref::<tungstenite::Error>()?;
+    match ws_err {
+        tungstenite::Error::Capacity(_) => {
+            Some(CloseReason::Code(close::MESSAGE_TOO_BIG, "frame too large"))
+        }
+        tungstenite::Error::Protocol(_) => Some(CloseReason::Code(1002, "protocol error")),
+        tungstenite::Error::Utf8(_) => Some(CloseReason::Code(1007, "text frame is not UTF-8")),
+        _ => None,
+    }
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    session: Arc<Session>,
+    heartbeat: Duration,
+    reader_done: CancellationToken,
+    writer_done: CancellationToken,
+) {
+    let mut queued = VecDeque::new();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    loop {
+        let batch = tokio::select! {
+            batch = session.outbox.next_batch(&mut queued) => batch,
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let closing = batch.closed;
+        tokio::select! {
+            written = write_batch(&mut sink, batch, &mut queued) => {
+                if let Err(e) = written {
+                    tracing::debug!(client = session.id(), error = %e, "write failed");
+                    break;
+                }
+            }
+            _ = session.outbox.overflowed() => {
+                tracing::info!(client = session.id(), "slow consumer: closing connection");
+                close_with(&mut sink, close::SLOW_CONSUMER, "slow consumer").await;
+                break;
+            }
+            // The peer is gone or broke the protocol: stop writing what it will never
+            // read, but still try to send the close frame below.
+            _ = reader_done.cancelled() => queued.clear(),
+        }
+        match closing {
+            None if !reader_done.is_cancelled() => {}
+            None | Some(CloseReason::Finished) => break,
+            Some(CloseReason::SlowConsumer) => {
+                close_with(&mut sink, close::SLOW_CONSUMER, "slow consumer").await;
+                break;
+            }
+            Some(CloseReason::Code(code, reason)) => {
+                close_with(&mut sink, code, reason).await;
+                // Give the reader a moment to see the peer's closing reply.
+                let _ =
+                    tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, reader_done.cancelled()).await;
+                break;
+            }
+        }
+    }
+    writer_done.cancel();
+}
+
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    batch: Batch,
+    queued: &mut VecDeque<Bytes>,
+) -> Result<(), axum::Error> {
+    if batch.dropped > 0 {
+        let notice = ServerFrame::Lagged {
+            dropped: batch.dropped,
+        }
+        .encode();
+        sink.feed(Message::Text(notice.into())).await?;
+    }
+    for frame in queued.drain(..) {
+        // Frames are JSON we encoded ourselves, so this check never fails in practice.
+        let text = Utf8Bytes::try_from(frame).map_err(axum::Error::new)?;
+        sink.feed(Message::Text(text)).await?;
+    }
+    sink.flush().await
+}
+
+async fn close_with(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    // Bounded: a peer that reads nothing would otherwise hold us here forever.
+    let _ = tokio::time::timeout(
+        CLOSE_HANDSHAKE_TIMEOUT,
+        sink.send(Message::Close(Some(frame))),
+    )
+    .await;
+}
