@@ -1,2 +1,24 @@
-//! PLACEHOLDER written by the daemon author so main.rs compiles; the client helper replaces this file.
+//! The operator's command-line tools that talk to a running daemon as clients (the
+//! daemon's own commands live in `main.rs`). Each tool is a clap `Args` struct and an
+//! async `run_*` function built on [`crate::client`]; `main.rs` only wires them in.
+
 pub mod pubsub;
+
+/// Where and as whom to connect, shared by every client tool.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// WebSocket endpoint of the daemon.
+    #[arg(long, env = "SWITCHBOARD_URL", default_value = crate::client::DEFAULT_URL)]
+    pub url: String,
+    /// User id to connect as (`?user=`; honoured when the daemon runs without auth).
+    #[arg(long)]
+    pub user: Option<String>,
+}
+
+impl ConnectArgs {
+    pub fn options(&self) -> crate::client::ClientOptions {
+        let mut options = crate::client::ClientOptions::new(&self.url);
+        options.user = self.user.clone();
+        options
+    }
+}

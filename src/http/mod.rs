@@ -34,6 +34,7 @@ async fn healthz(State(app): State<Arc<App>>) -> (axum::http::StatusCode, Json<s
         "published": stats.published,
         "delivered": stats.delivered,
         "dropped": stats.dropped,
+        "slow_consumer_closes": stats.slow_consumer_closes,
     });
     (status, Json(body))
 }

@@ -273,7 +273,8 @@ impl Hub {
                     delivered += 1;
                     dropped += n;
                 }
-                Pushed::Closed => closed += 1,
+                Pushed::Overflowed => closed += 1,
+                Pushed::Closed => {}
             }
         });
         self.counters
@@ -323,7 +324,7 @@ impl Hub {
         );
         let delivered = targets
             .iter()
-            .filter(|s| s.outbox.push(frame.clone()) != Pushed::Closed)
+            .filter(|s| matches!(s.outbox.push(frame.clone()), Pushed::Queued | Pushed::DroppedOldest(_)))
             .count();
         if delivered == 0 {
             let who = match to {

@@ -5,6 +5,11 @@
 //! keep up, the configured [`SlowConsumerPolicy`] decides: drop the oldest frames (and
 //! tell the client how many with a `lagged` notice) or close the connection. Either way
 //! a connection's memory is capped by `max_messages` and `max_bytes`.
+//!
+//! Replies to the connection's own requests live in a second, small queue that is never
+//! dropped from: instead, the reader waits for room before queueing another reply, so a
+//! client that pipelines requests faster than it reads replies is slowed down by TCP
+//! backpressure rather than cut off or left without answers.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -47,8 +52,12 @@ pub enum CloseReason {
     Code(u16, &'static str),
 }
 
+/// Replies queued for one connection before its reader waits for the writer.
+pub const MAX_QUEUED_REPLIES: usize = 256;
+
 #[derive(Default)]
 struct Queue {
+    replies: VecDeque<Bytes>,
     frames: VecDeque<Bytes>,
     bytes: usize,
     dropped: u64,
@@ -70,13 +79,17 @@ pub enum Pushed {
     Queued,
     /// Queued, and this many older frames were dropped to make room.
     DroppedOldest(u64),
-    /// Not queued: the outbox is closed (possibly by this push).
+    /// Not queued: this push passed the limit under the close policy and closed it.
+    Overflowed,
+    /// Not queued: the outbox was already closed.
     Closed,
 }
 
 pub struct Outbox {
     queue: Mutex<Queue>,
     ready: Notify,
+    /// Signalled when the writer took a batch, so a reader waiting for reply room wakes.
+    space: Notify,
     /// Cancelled when the queue overflows under the close policy: the writer may be
     /// stuck writing to a peer that reads nothing, and must give up at once.
     overflow: CancellationToken,
@@ -88,6 +101,7 @@ impl Outbox {
         Self {
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
+            space: Notify::new(),
             overflow: CancellationToken::new(),
             limits,
         }
@@ -123,7 +137,7 @@ impl Outbox {
                     drop(q);
                     self.overflow.cancel();
                     self.ready.notify_one();
-                    return Pushed::Closed;
+                    return Pushed::Overflowed;
                 }
             }
         }
@@ -137,6 +151,26 @@ impl Outbox {
         }
     }
 
+    /// Queues a reply to the connection's own request, waiting while too many replies
+    /// are queued. Returns false if the outbox is closed.
+    pub async fn push_reply(&self, frame: Bytes) -> bool {
+        loop {
+            {
+                let mut q = self.lock();
+                if q.closed.is_some() {
+                    return false;
+                }
+                if q.replies.len() < MAX_QUEUED_REPLIES {
+                    q.replies.push_back(frame);
+                    drop(q);
+                    self.ready.notify_one();
+                    return true;
+                }
+            }
+            self.space.notified().await;
+        }
+    }
+
     /// Stops taking frames; what is queued can still be taken.
     pub fn close(&self, reason: CloseReason) {
         let mut q = self.lock();
@@ -145,6 +179,7 @@ impl Outbox {
         }
         drop(q);
         self.ready.notify_one();
+        self.space.notify_one();
     }
 
     /// Completes when the queue overflowed under [`SlowConsumerPolicy::Close`].
@@ -156,28 +191,41 @@ impl Outbox {
         self.lock().closed.is_some()
     }
 
-    /// Frames waiting, for metrics.
+    /// Frames and replies waiting, for metrics.
     pub fn len(&self) -> usize {
-        self.lock().frames.len()
+        let q = self.lock();
+        q.frames.len() + q.replies.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Waits until there is something to do, then moves every queued frame into `out`
-    /// (which should be empty; its allocation is reused batch after batch).
+    /// Waits until there is something to do, then moves every queued reply and frame
+    /// into `out`, replies first (`out` should be empty; its allocation is reused batch
+    /// after batch).
     pub async fn next_batch(&self, out: &mut VecDeque<Bytes>) -> Batch {
         loop {
             {
                 let mut q = self.lock();
-                if !q.frames.is_empty() || q.dropped > 0 || q.closed.is_some() {
-                    std::mem::swap(out, &mut q.frames);
+                if !q.frames.is_empty() || !q.replies.is_empty() || q.dropped > 0 || q.closed.is_some() {
+                    let had_replies = !q.replies.is_empty();
+                    out.extend(q.replies.drain(..));
+                    if out.is_empty() {
+                        std::mem::swap(out, &mut q.frames);
+                    } else {
+                        out.append(&mut q.frames);
+                    }
                     q.bytes = 0;
-                    return Batch {
+                    let batch = Batch {
                         dropped: std::mem::take(&mut q.dropped),
                         closed: q.closed,
                     };
+                    drop(q);
+                    if had_replies {
+                        self.space.notify_one();
+                    }
+                    return batch;
                 }
             }
             // notify_one keeps a permit when nobody waits, so a push between the check
@@ -223,12 +271,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn replies_are_never_dropped_and_come_first() {
+        let o = outbox(SlowConsumerPolicy::DropOldest);
+        for i in 0..5u8 {
+            o.push(Bytes::from(vec![i]));
+        }
+        assert!(o.push_reply(Bytes::from_static(b"ok")).await);
+        let mut out = VecDeque::new();
+        o.next_batch(&mut out).await;
+        assert_eq!(out[0], &b"ok"[..]);
+        assert_eq!(out.len(), 4);
+        // A full reply queue makes the pusher wait for the writer, not lose replies.
+        for _ in 0..MAX_QUEUED_REPLIES {
+            assert!(o.push_reply(Bytes::from_static(b"r")).await);
+        }
+        let o = std::sync::Arc::new(o);
+        let waiting = tokio::spawn({
+            let o = o.clone();
+            async move { o.push_reply(Bytes::from_static(b"late")).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        out.clear();
+        o.next_batch(&mut out).await;
+        assert_eq!(out.len(), MAX_QUEUED_REPLIES);
+        assert!(waiting.await.unwrap());
+    }
+
+    #[tokio::test]
     async fn close_policy_closes_and_refuses_more() {
         let o = outbox(SlowConsumerPolicy::Close);
         for _ in 0..3 {
             assert_eq!(o.push(Bytes::from_static(b"x")), Pushed::Queued);
         }
-        assert_eq!(o.push(Bytes::from_static(b"x")), Pushed::Closed);
+        assert_eq!(o.push(Bytes::from_static(b"x")), Pushed::Overflowed);
         assert_eq!(o.push(Bytes::from_static(b"x")), Pushed::Closed);
         let mut out = VecDeque::new();
         let batch = o.next_batch(&mut out).await;

@@ -76,7 +76,7 @@ pub async fn serve(socket: WebSocket, app: Arc<App>, user: Option<String>) {
         server: concat!("switchboard/", env!("CARGO_PKG_VERSION")).into(),
         heartbeat_ms: heartbeat.as_millis() as u64,
     };
-    session.outbox.push(Bytes::from(welcome.encode()));
+    session.outbox.push_reply(Bytes::from(welcome.encode())).await;
 
     let (sink, stream) = socket.split();
     // `reader_done`: the peer closed, vanished or broke the protocol. `writer_done`: the
@@ -162,7 +162,10 @@ async fn read_loop(
                 return;
             }
         };
-        session.outbox.push(Bytes::from(reply));
+        // Waits while many replies are unread: backpressure on a pipelining client.
+        if !session.outbox.push_reply(Bytes::from(reply)).await {
+            return;
+        }
     }
 }
 
@@ -232,6 +235,8 @@ async fn write_loop(
             }
         }
     }
+    // Wakes a reader waiting for reply room, and refuses further frames.
+    session.outbox.close(CloseReason::Finished);
     writer_done.cancel();
 }
 

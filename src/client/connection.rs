@@ -1,0 +1,591 @@
+//! The driver: the one task that owns a client's socket.
+//!
+//! It serves one connection at a time ([`Driver::serve`]): writes what the handles
+//! queue, batching a burst into one flush; reads frames and hands replies to whoever
+//! waits for them, messages to the local subscriptions, everything else to the event
+//! channel. When the connection drops it fails the requests in flight with
+//! `Disconnected`, honours the close code's advice, and reconnects with full-jitter
+//! backoff, re-sending `sub` for every filter still held locally.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::backoff::Backoff;
+use super::frame::{classify, Inbound, Outgoing};
+use super::subscription::{LocalSub, Registry};
+use super::{lock, ClientError, ClientOptions, Event, Shared};
+use crate::protocol::{close, Incoming};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Reply = oneshot::Sender<Result<Incoming, ClientError>>;
+type Ack = oneshot::Sender<Result<(), ClientError>>;
+
+/// Socket read chunk. tungstenite zero-fills its whole read buffer before every read;
+/// at the default 128 KiB that memset dominated a fan-out test's CPU (see DESIGN.md).
+const READ_BUFFER: usize = 4 * 1024;
+/// Commands written before one flush.
+const MAX_BATCH: usize = 256;
+/// How long `close` waits for the server to answer our close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a handle asks the driver to do.
+pub(super) enum Command {
+    /// A request encoded by the caller; `reply` waits for the answer to its id.
+    /// Without `reply` it is fire-and-forget.
+    Request {
+        text: String,
+        reply: Option<(u64, Reply)>,
+    },
+    Subscribe {
+        filter: String,
+        key: u64,
+        sub: LocalSub,
+        ack: Ack,
+    },
+    Unsubscribe {
+        filter: String,
+        key: u64,
+        ack: Ack,
+    },
+    Close(oneshot::Sender<()>),
+}
+
+/// A dropped [`super::Subscription`].
+pub(super) struct Release {
+    pub filter: String,
+    pub key: u64,
+}
+
+/// A request the server has not answered yet.
+enum Pending {
+    Reply(Reply),
+    /// A `sub`. Without `key` it re-subscribes a whole filter after a reconnect.
+    Sub {
+        filter: String,
+        key: Option<u64>,
+        ack: Option<Ack>,
+    },
+    Unsub(Option<Ack>),
+}
+
+/// The `welcome` that opens every connection.
+pub(super) struct Welcome {
+    pub client: String,
+    /// How often the server pings; we expect to hear from it at least that often.
+    pub heartbeat: Option<Duration>,
+}
+
+/// How a connection ended.
+enum Ended {
+    Lost { code: Option<u16>, reason: String },
+    /// By [`super::Client::close`] (with its reply) or because every handle is gone.
+    Closed(Option<oneshot::Sender<()>>),
+}
+
+/// Opens a connection and reads its `welcome`, within the request timeout.
+pub(super) async fn open(options: &ClientOptions) -> Result<(Ws, Welcome), ClientError> {
+    let url = options.endpoint();
+    let connect_error = |reason: String| ClientError::Connect {
+        url: url.clone(),
+        reason,
+    };
+    let attempt = async {
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+        // Nagle off: we batch writes ourselves, and replies should not wait 40 ms.
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
+                .await
+                .map_err(|e| connect_error(e.to_string()))?;
+        let welcome = read_welcome(&mut ws).await.map_err(|e| match e {
+            closed @ ClientError::Closed { .. } => closed,
+            other => connect_error(other.to_string()),
+        })?;
+        Ok((ws, welcome))
+    };
+    tokio::time::timeout(options.request_timeout, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(connect_error(format!(
+                "no welcome within {:?}",
+                options.request_timeout
+            )))
+        })
+}
+
+async fn read_welcome(ws: &mut Ws) -> Result<Welcome, ClientError> {
+    while let Some(message) = ws.next().await {
+        let text = match message.map_err(|e| ClientError::Protocol(e.to_string()))? {
+            WsMessage::Text(text) => text,
+            WsMessage::Close(frame) => {
+                let (code, reason) = describe_close(frame);
+                return Err(ClientError::Closed { code, reason });
+            }
+            _ => continue,
+        };
+        let frame: Incoming = serde_json::from_str(&text)
+            .map_err(|e| ClientError::Protocol(format!("welcome is not valid JSON: {e}")))?;
+        return match (frame.op.as_str(), frame.client) {
+            ("welcome", Some(client)) => Ok(Welcome {
+                client,
+                heartbeat: frame
+                    .heartbeat_ms
+                    .filter(|ms| *ms > 0)
+                    .map(Duration::from_millis),
+            }),
+            (op, _) => Err(ClientError::Protocol(format!(
+                "expected `welcome` with a client id, got `{op}`"
+            ))),
+        };
+    }
+    Err(ClientError::Protocol(
+        "connection closed before `welcome`".into(),
+    ))
+}
+
+fn describe_close(frame: Option<CloseFrame>) -> (Option<u16>, String) {
+    match frame {
+        Some(f) => (Some(u16::from(f.code)), f.reason.to_string()),
+        None => (None, "closed without a code".into()),
+    }
+}
+
+/// Whether a close code lets the client try again, and how soon.
+fn advice(code: Option<u16>) -> close::Advice {
+    code.map_or(close::Advice::ReconnectWithBackoff, close::advice)
+}
+
+pub(super) struct Driver {
+    shared: Arc<Shared>,
+    commands: mpsc::Receiver<Command>,
+    releases: mpsc::UnboundedReceiver<Release>,
+    events: broadcast::Sender<Event>,
+    registry: Registry,
+    pending: HashMap<u64, Pending>,
+}
+
+impl Driver {
+    pub fn new(
+        shared: Arc<Shared>,
+        commands: mpsc::Receiver<Command>,
+        releases: mpsc::UnboundedReceiver<Release>,
+        events: broadcast::Sender<Event>,
+    ) -> Self {
+        Self {
+            shared,
+            commands,
+            releases,
+            events,
+            registry: Registry::default(),
+            pending: HashMap::new(),
+        }
+    }
+
+    pub async fn run(mut self, mut ws: Ws, mut welcome: Welcome) {
+        self.emit(Event::Connected {
+            client_id: welcome.client.clone(),
+        });
+        loop {
+            let (code, reason) = match self.serve(&mut ws, welcome.heartbeat).await {
+                Ended::Lost { code, reason } => (code, reason),
+                Ended::Closed(done) => {
+                    let reason = "closed by the client".to_owned();
+                    return self.finish(Some(1000), reason, done);
+                }
+            };
+            self.fail_pending();
+            let advice = advice(code);
+            let reconnecting =
+                self.shared.options.reconnect && advice != close::Advice::DoNotReconnect;
+            tracing::info!(?code, reason, reconnecting, "connection lost");
+            self.emit(Event::Disconnected {
+                code,
+                reason: reason.clone(),
+                reconnecting,
+            });
+            if !reconnecting {
+                return self.finish(code, reason, None);
+            }
+            match self.reconnect(advice == close::Advice::ReconnectNow).await {
+                Ok((new_ws, new_welcome)) => (ws, welcome) = (new_ws, new_welcome),
+                Err(Ended::Closed(done)) => {
+                    return self.finish(Some(1000), "closed by the client".into(), done)
+                }
+                Err(Ended::Lost { code, reason }) => return self.finish(code, reason, None),
+            }
+            *lock(&self.shared.client_id) = welcome.client.clone();
+            tracing::info!(client = welcome.client, "reconnected");
+            self.emit(Event::Connected {
+                client_id: welcome.client.clone(),
+            });
+            if let Err(e) = self.resubscribe(&mut ws).await {
+                // The read side will see the same failure and start over.
+                tracing::debug!(error = %e, "re-subscribing failed");
+            }
+        }
+    }
+
+    /// Stops for good: records why before the queues close, so callers that find them
+    /// closed can say why; ends every subscription stream and the event channel.
+    fn finish(self, code: Option<u16>, reason: String, done: Option<oneshot::Sender<()>>) {
+        *lock(&self.shared.closed) = Some(ClientError::Closed { code, reason });
+        lock(&self.shared.events).take();
+        // Dropping `self` now drops every waiting reply; the callers then read `closed`.
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+
+    fn emit(&self, event: Event) {
+        // No receiver is fine: nobody asked for events.
+        let _ = self.events.send(event);
+    }
+
+    /// Serves one connection until it ends.
+    async fn serve(&mut self, ws: &mut Ws, heartbeat: Option<Duration>) -> Ended {
+        // The server pings every `heartbeat`; hearing nothing for 2.5 of them means the
+        // path is dead even if TCP has not noticed.
+        let deadline = heartbeat.map(|h| h * 5 / 2);
+        let mut liveness = tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(60)));
+        let mut last_heard = Instant::now();
+        // A close frame's code, kept until the stream ends after the close handshake.
+        let mut closed_with: Option<(Option<u16>, String)> = None;
+        let lost = |closed_with: Option<(Option<u16>, String)>, reason: String| {
+            let (code, reason) = closed_with.unwrap_or((None, reason));
+            Ended::Lost { code, reason }
+        };
+        loop {
+            tokio::select! {
+                message = ws.next() => {
+                    last_heard = Instant::now();
+                    match message {
+                        Some(Ok(WsMessage::Text(text))) => self.on_text(&text),
+                        Some(Ok(WsMessage::Close(frame))) => closed_with = Some(describe_close(frame)),
+                        Some(Ok(WsMessage::Binary(_))) => {
+                            tracing::debug!("ignoring a binary frame");
+                        }
+                        // Pings are answered by tungstenite itself while we poll.
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return lost(closed_with, e.to_string()),
+                        None => return lost(closed_with, "connection closed".into()),
+                    }
+                }
+                command = self.commands.recv() => {
+                    let Some(command) = command else {
+                        close_socket(ws).await;
+                        return Ended::Closed(None);
+                    };
+                    match self.write_batch(ws, command).await {
+                        Ok(None) => {}
+                        Ok(Some(done)) => {
+                            close_socket(ws).await;
+                            return Ended::Closed(Some(done));
+                        }
+                        Err(e) => return lost(closed_with, e.to_string()),
+                    }
+                }
+                Some(Release { filter, key }) = self.releases.recv() => {
+                    if self.registry.remove(&filter, key) {
+                        if let Err(e) = self.send_unsub(ws, filter, None).await {
+                            return lost(closed_with, e.to_string());
+                        }
+                    }
+                }
+                _ = liveness.tick(), if deadline.is_some() => {
+                    if deadline.is_some_and(|d| last_heard.elapsed() > d) {
+                        return lost(closed_with, "no heartbeat from the server".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is already queued, then flushes once: a burst
+    /// of publishes costs one write syscall, not one each. Returns the reply channel
+    /// of a `Close` command met on the way.
+    async fn write_batch(
+        &mut self,
+        ws: &mut Ws,
+        first: Command,
+    ) -> Result<Option<oneshot::Sender<()>>, tungstenite::Error> {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(command) = next {
+            if let Command::Close(done) = command {
+                ws.flush().await?;
+                return Ok(Some(done));
+            }
+            if let Some(text) = self.prepare(command) {
+                ws.feed(WsMessage::text(text)).await?;
+            }
+            written += 1;
+            next = (written < MAX_BATCH)
+                .then(|| self.commands.try_recv().ok())
+                .flatten();
+        }
+        ws.flush().await?;
+        Ok(None)
+    }
+
+    /// Records what a command waits for and returns the frame to write, if any.
+    fn prepare(&mut self, command: Command) -> Option<String> {
+        match command {
+            Command::Request { text, reply } => {
+                if let Some((id, reply)) = reply {
+                    self.pending.insert(id, Pending::Reply(reply));
+                }
+                Some(text)
+            }
+            // Registered before the server's ok, so that a drop in between still
+            // counts it and a racing `unsub` of the same filter is not sent too early.
+            Command::Subscribe {
+                filter,
+                key,
+                sub,
+                ack,
+            } => {
+                self.registry.insert(&filter, key, sub);
+                self.sub_frame(filter, Some(key), Some(ack))
+            }
+            Command::Unsubscribe { filter, key, ack } => {
+                if self.registry.remove(&filter, key) {
+                    self.unsub_frame(filter, Some(ack))
+                } else {
+                    // Other local subscriptions still need the filter.
+                    let _ = ack.send(Ok(()));
+                    None
+                }
+            }
+            Command::Close(_) => None,
+        }
+    }
+
+    fn sub_frame(&mut self, filter: String, key: Option<u64>, ack: Option<Ack>) -> Option<String> {
+        let id = self.shared.next_id();
+        let text = encode(Outgoing::new("sub", Some(id)).topic(filter.as_str()))?;
+        self.pending.insert(id, Pending::Sub { filter, key, ack });
+        Some(text)
+    }
+
+    fn unsub_frame(&mut self, filter: String, ack: Option<Ack>) -> Option<String> {
+        let id = self.shared.next_id();
+        let text = encode(Outgoing::new("unsub", Some(id)).topic(filter))?;
+        self.pending.insert(id, Pending::Unsub(ack));
+        Some(text)
+    }
+
+    async fn send_unsub(
+        &mut self,
+        ws: &mut Ws,
+        filter: String,
+        ack: Option<Ack>,
+    ) -> Result<(), tungstenite::Error> {
+        match self.unsub_frame(filter, ack) {
+            Some(text) => ws.send(WsMessage::text(text)).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn resubscribe(&mut self, ws: &mut Ws) -> Result<(), tungstenite::Error> {
+        let filters: Vec<String> = self.registry.filters().map(str::to_owned).collect();
+        for filter in filters {
+            if let Some(text) = self.sub_frame(filter, None, None) {
+                ws.feed(WsMessage::text(text)).await?;
+            }
+        }
+        ws.flush().await
+    }
+
+    fn on_text(&mut self, text: &str) {
+        let frame: Incoming = match serde_json::from_str(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a server frame that is not valid JSON");
+                return;
+            }
+        };
+        match classify(frame) {
+            Inbound::Reply(id, result) => self.on_reply(id, result),
+            Inbound::Msg(msg) => self.registry.dispatch(msg),
+            Inbound::Event(event) => self.emit(event),
+            Inbound::Ignored => {}
+        }
+    }
+
+    fn on_reply(&mut self, id: u64, result: Result<Incoming, ClientError>) {
+        let Some(pending) = self.pending.remove(&id) else {
+            // The caller timed out long ago, or the id is not ours.
+            tracing::debug!(id, "reply to no pending request");
+            return;
+        };
+        match pending {
+            Pending::Reply(tx) => {
+                let _ = tx.send(result);
+            }
+            Pending::Sub { filter, key, ack } => {
+                if let Err(e) = &result {
+                    match key {
+                        Some(key) => {
+                            self.registry.remove(&filter, key);
+                        }
+                        None => {
+                            tracing::warn!(filter, error = %e, "re-subscribing failed");
+                            self.registry.remove_filter(&filter);
+                            if let ClientError::Server { code, message } = e.clone() {
+                                let message = format!("re-subscribing `{filter}`: {message}");
+                                self.emit(Event::ServerError { code, message });
+                            }
+                        }
+                    }
+                }
+                if let Some(ack) = ack {
+                    let _ = ack.send(result.map(drop));
+                }
+            }
+            Pending::Unsub(ack) => match ack {
+                Some(ack) => {
+                    let _ = ack.send(result.map(drop));
+                }
+                None => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "unsub of a dropped subscription failed");
+                    }
+                }
+            },
+        }
+    }
+
+    /// The connection is gone: nothing in flight will be answered.
+    fn fail_pending(&mut self) {
+        for (_, pending) in self.pending.drain() {
+            match pending {
+                Pending::Reply(tx) => {
+                    let _ = tx.send(Err(ClientError::Disconnected));
+                }
+                // A caller still waiting gets an error and drops its subscription, so
+                // it must not be re-subscribed.
+                Pending::Sub {
+                    filter,
+                    key: Some(key),
+                    ack,
+                } => {
+                    self.registry.remove(&filter, key);
+                    if let Some(ack) = ack {
+                        let _ = ack.send(Err(ClientError::Disconnected));
+                    }
+                }
+                // A re-subscription: sent again on the next connection.
+                Pending::Sub { key: None, .. } => {}
+                // The server forgot every subscription with the connection.
+                Pending::Unsub(ack) => {
+                    if let Some(ack) = ack {
+                        let _ = ack.send(Ok(()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tries to connect again until it works, the server says not to, or the client
+    /// is closed. Meanwhile requests fail at once with `Disconnected`: waiting for a
+    /// connection that may take minutes would only turn them into timeouts.
+    async fn reconnect(&mut self, now: bool) -> Result<(Ws, Welcome), Ended> {
+        let shared = self.shared.clone();
+        let backoff = Backoff {
+            min: shared.options.backoff_min,
+            max: shared.options.backoff_max,
+        };
+        let mut attempt = 0u32;
+        loop {
+            let delay = if now && attempt == 0 {
+                Duration::ZERO
+            } else {
+                backoff.delay(attempt)
+            };
+            tracing::debug!(attempt, ?delay, "reconnecting");
+            let connecting = async {
+                tokio::time::sleep(delay).await;
+                open(&shared.options).await
+            };
+            tokio::pin!(connecting);
+            loop {
+                tokio::select! {
+                    result = &mut connecting => match result {
+                        Ok(connection) => return Ok(connection),
+                        Err(ClientError::Closed { code, reason })
+                            if advice(code) == close::Advice::DoNotReconnect =>
+                        {
+                            return Err(Ended::Lost { code, reason });
+                        }
+                        Err(e) => {
+                            tracing::debug!(attempt, error = %e, "reconnect attempt failed");
+                            attempt = attempt.saturating_add(1);
+                            break;
+                        }
+                    },
+                    command = self.commands.recv() => match command {
+                        None => return Err(Ended::Closed(None)),
+                        Some(Command::Close(done)) => return Err(Ended::Closed(Some(done))),
+                        Some(command) => self.refuse(command),
+                    },
+                    Some(Release { filter, key }) = self.releases.recv() => {
+                        // No `unsub`: the server forgot the connection's subscriptions.
+                        self.registry.remove(&filter, key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self, command: Command) {
+        match command {
+            Command::Request { reply, .. } => {
+                if let Some((_, tx)) = reply {
+                    let _ = tx.send(Err(ClientError::Disconnected));
+                }
+            }
+            Command::Subscribe { ack, .. } => {
+                let _ = ack.send(Err(ClientError::Disconnected));
+            }
+            Command::Unsubscribe { filter, key, ack } => {
+                self.registry.remove(&filter, key);
+                let _ = ack.send(Ok(()));
+            }
+            Command::Close(_) => {}
+        }
+    }
+}
+
+/// Encodes a frame the driver builds itself (only strings in it, so this cannot fail
+/// in practice; if it did, the request is skipped with a log line).
+fn encode(frame: Outgoing) -> Option<String> {
+    frame
+        .encode()
+        .map_err(|e| tracing::error!(error = %e, op = frame.op, "could not encode a request"))
+        .ok()
+}
+
+/// Sends a normal close and waits, briefly, for the server's answer.
+async fn close_socket(ws: &mut Ws) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let drain = async {
+        ws.close(Some(frame)).await?;
+        while ws.next().await.transpose()?.is_some() {}
+        Ok::<_, tungstenite::Error>(())
+    };
+    if let Ok(Err(e)) = tokio::time::timeout(CLOSE_TIMEOUT, drain).await {
+        tracing::debug!(error = %e, "closing the connection");
+    }
+}

@@ -1,0 +1,121 @@
+//! A subscriber that cannot keep up costs bounded memory and never slows the others.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Daemon, Raw};
+use serde_json::json;
+
+const MESSAGES: u64 = 100_000;
+/// 1 KiB per message: 100k of them queued without a bound would be over 100 MB.
+const PAYLOAD: usize = 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_subscriber_while_100k_messages_flow() {
+    let d = Daemon::start("[ws]\nslow_consumer = \"drop_oldest\"\noutbound_queue_messages = 1024\noutbound_queue_bytes = 1048576\n");
+    let url = d.ws_url();
+
+    // The stalled one subscribes, then never reads again.
+    let mut stalled = Raw::connect(&url).await;
+    stalled.request(json!({"op":"sub","topic":"flood"})).await;
+
+    let received: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let mut readers = Vec::new();
+    for count in &received {
+        let mut c = Raw::connect(&url).await;
+        c.request(json!({"op":"sub","topic":"flood"})).await;
+        let count = count.clone();
+        readers.push(tokio::spawn(async move {
+            let mut expected = 0u64;
+            while expected < MESSAGES {
+                let m = c.recv().await;
+                assert_eq!(m["op"], "msg", "a reading subscriber must not lag: {m}");
+                assert_eq!(m["data"]["i"], expected, "in order, none missing");
+                expected += 1;
+                count.store(expected, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    let rss_before = d.rss_kib();
+    let mut publisher = Raw::connect(&url).await;
+    let pad = "p".repeat(PAYLOAD);
+    for i in 0..MESSAGES {
+        publisher.send(json!({"op":"pub","topic":"flood","data":{"i":i,"pad":pad}})).await;
+        if i % 256 == 255 {
+            // Pace on the slowest *reading* subscriber only, so they stay within their
+            // queue; the stalled one is left behind on purpose.
+            while received.iter().map(|c| c.load(Ordering::Relaxed)).min().unwrap_or(0) + 512 < i {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    for r in readers {
+        tokio::time::timeout(Duration::from_secs(120), r).await.expect("readers finish").unwrap();
+    }
+    let rss_after = d.rss_kib();
+    let growth_mib = rss_after.saturating_sub(rss_before) as f64 / 1024.0;
+    eprintln!("daemon RSS: {rss_before} KiB before, {rss_after} KiB after {MESSAGES} x {PAYLOAD} B with a stalled subscriber (+{growth_mib:.1} MiB)");
+    // Bounded: the stalled queue is capped at 1 MiB; the rest is allocator slack and
+    // socket buffers. Unbounded queueing would add ~100 MiB.
+    assert!(growth_mib < 40.0, "daemon grew by {growth_mib:.1} MiB");
+
+    let health = d.healthz().await;
+    assert!(health["dropped"].as_u64().unwrap() > 50_000, "{health}");
+
+    // When the stalled client finally reads, it learns it lagged, then gets the newest.
+    let mut saw_lagged = false;
+    let mut last_i = 0;
+    while let Some(f) = stalled.try_recv(Duration::from_millis(500)).await {
+        match f["op"].as_str() {
+            Some("lagged") => {
+                assert!(f["dropped"].as_u64().unwrap() > 0);
+                saw_lagged = true;
+            }
+            Some("msg") => last_i = f["data"]["i"].as_u64().unwrap(),
+            _ => {}
+        }
+    }
+    assert!(saw_lagged, "a lagged notice was sent");
+    assert_eq!(last_i, MESSAGES - 1, "the newest message is kept");
+}
+
+#[tokio::test]
+async fn close_policy_disconnects_a_slow_consumer_with_4100() {
+    let d = Daemon::start("[ws]\nslow_consumer = \"close\"\noutbound_queue_messages = 64\noutbound_queue_bytes = 65536\n");
+    let url = d.ws_url();
+    let mut stalled = Raw::connect(&url).await;
+    stalled.request(json!({"op":"sub","topic":"flood"})).await;
+    let mut fine = Raw::connect(&url).await;
+    fine.request(json!({"op":"sub","topic":"other"})).await;
+    let mut publisher = Raw::connect(&url).await;
+    let pad = "p".repeat(4096);
+    // Enough to fill the kernel's socket buffers and then the 64 KiB queue.
+    for i in 0..4000 {
+        publisher.send(json!({"op":"pub","topic":"flood","data":{"i":i,"pad":pad}})).await;
+    }
+    publisher.request(json!({"op":"ping"})).await;
+    // The daemon drops the connection once its queue passes the limit. A peer that reads
+    // nothing cannot be sent the close frame (its socket buffers are full), so only a
+    // close frame that does arrive is checked for its code.
+    let mut connections = 0;
+    for _ in 0..100 {
+        connections = d.healthz().await["connections"].as_u64().unwrap_or(0);
+        if connections == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(connections, 2, "the slow consumer was disconnected");
+    let health = d.healthz().await;
+    assert_eq!(health["slow_consumer_closes"], 1, "{health}");
+    if let Some(code) = stalled.close_code(Duration::from_secs(10)).await {
+        assert_eq!(code, 4100);
+    }
+    // The other client is unaffected.
+    publisher.request(json!({"op":"pub","topic":"other","data":"still here"})).await;
+    assert_eq!(fine.recv().await["data"], "still here");
+}
