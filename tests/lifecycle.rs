@@ -26,7 +26,10 @@ fn serve_with_no_configuration_at_all() {
     let lines: Vec<String> = {
         use std::io::BufRead;
         let mut lines = Vec::new();
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             let done = line.contains("listening ");
             lines.push(line);
             if done {
@@ -43,7 +46,8 @@ fn serve_with_no_configuration_at_all() {
     assert!(text.contains(&data_dir.display().to_string()), "{text}");
     assert!(data_dir.is_dir(), "data directory created");
     let listening = lines.last().unwrap();
-    let addr = common::parse_listening(listening.split("listening ").nth(1).unwrap(), "http").unwrap();
+    let addr =
+        common::parse_listening(listening.split("listening ").nth(1).unwrap(), "http").unwrap();
     assert!(addr.ip().is_loopback(), "localhost only by default: {addr}");
     assert_ne!(addr.port(), 0);
 }
@@ -58,27 +62,45 @@ fn xdg_data_home_is_respected() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains(&xdg.path().join("switchboard").display().to_string()), "{text}");
+    assert!(
+        text.contains(&xdg.path().join("switchboard").display().to_string()),
+        "{text}"
+    );
 }
 
 #[test]
 fn broken_configuration_is_reported_and_never_served() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("[http]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n", "3:1", "did you mean `listen`"),
+        (
+            "[http]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n",
+            "3:1",
+            "did you mean `listen`",
+        ),
         ("[ws]\nheartbeat_interval = 30\n", "2:", "hint:"),
         ("[ws]\nmax_message_size = 0\n", "2:", "at least 1"),
-        ("[presence]\ntopics = [\"a/#/b\"]\n", "2:", "`#` must be the last level"),
+        (
+            "[presence]\ntopics = [\"a/#/b\"]\n",
+            "2:",
+            "`#` must be the last level",
+        ),
         ("[[http]]\n", "1:", ""),
         ("nonsense\n", "1:", ""),
     ];
     for (i, (text, position, hint)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));
         std::fs::write(&path, text).unwrap();
-        let out = Command::new(BIN).arg("check-config").arg(&path).output().unwrap();
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{text} accepted");
-        assert!(err.contains(&format!("{}:{position}", path.display())), "{text}: {err}");
+        assert!(
+            err.contains(&format!("{}:{position}", path.display())),
+            "{text}: {err}"
+        );
         assert!(err.contains(hint), "{text}: {err}");
 
         // `serve` refuses the same file without binding anything.
@@ -94,7 +116,10 @@ fn broken_configuration_is_reported_and_never_served() {
         assert!(!err.contains("listening"), "{err}");
     }
     // A missing file, and a bad environment override.
-    let out = Command::new(BIN).args(["check-config", "/nonexistent.toml"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent.toml"));
     let out = Command::new(BIN)
@@ -108,8 +133,16 @@ fn broken_configuration_is_reported_and_never_served() {
     let annotated = dir.path().join("default.toml");
     let out = Command::new(BIN).arg("default-config").output().unwrap();
     std::fs::write(&annotated, &out.stdout).unwrap();
-    let out = Command::new(BIN).arg("check-config").arg(&annotated).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&annotated)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -125,7 +158,10 @@ fn port_in_use_stops_startup_with_a_clear_error() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains(&format!("cannot listen for HTTP on {addr}")), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen for HTTP on {addr}")),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -157,14 +193,21 @@ async fn graceful_shutdown_flushes_and_closes_with_1001() {
     }
     let mut publisher = Raw::connect(&d.ws_url()).await;
     for i in 0..200 {
-        publisher.send(json!({"op":"pub","topic":"bye","data":i})).await;
+        publisher
+            .send(json!({"op":"pub","topic":"bye","data":i}))
+            .await;
     }
     publisher.request(json!({"op":"ping"})).await;
     d.signal("TERM");
     for c in subs.iter_mut() {
         let mut got = 0;
         let code = loop {
-            match tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut c.ws)).await {
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                futures_util::StreamExt::next(&mut c.ws),
+            )
+            .await
+            {
                 Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
                     let f: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
                     if f["op"] == "msg" {
@@ -172,7 +215,9 @@ async fn graceful_shutdown_flushes_and_closes_with_1001() {
                         got += 1;
                     }
                 }
-                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f)))) => break f.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f)))) => {
+                    break f.map(|f| u16::from(f.code))
+                }
                 Ok(Some(Ok(_))) => {}
                 other => panic!("connection ended without a close frame: {other:?}"),
             }
@@ -187,7 +232,11 @@ async fn graceful_shutdown_flushes_and_closes_with_1001() {
     .await
     .unwrap();
     let (status, logs) = status;
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "exit 0 after SIGTERM; logs:\n{logs}");
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit 0 after SIGTERM; logs:\n{logs}"
+    );
     assert!(logs.contains("shutting down"), "{logs}");
 }
 

@@ -44,17 +44,29 @@ async fn stalled_subscriber_while_100k_messages_flow() {
     let mut publisher = Raw::connect(&url).await;
     let pad = "p".repeat(PAYLOAD);
     for i in 0..MESSAGES {
-        publisher.send(json!({"op":"pub","topic":"flood","data":{"i":i,"pad":pad}})).await;
+        publisher
+            .send(json!({"op":"pub","topic":"flood","data":{"i":i,"pad":pad}}))
+            .await;
         if i % 256 == 255 {
             // Pace on the slowest *reading* subscriber only, so they stay within their
             // queue; the stalled one is left behind on purpose.
-            while received.iter().map(|c| c.load(Ordering::Relaxed)).min().unwrap_or(0) + 512 < i {
+            while received
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .min()
+                .unwrap_or(0)
+                + 512
+                < i
+            {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
     }
     for r in readers {
-        tokio::time::timeout(Duration::from_secs(120), r).await.expect("readers finish").unwrap();
+        tokio::time::timeout(Duration::from_secs(120), r)
+            .await
+            .expect("readers finish")
+            .unwrap();
     }
     let rss_after = d.rss_kib();
     let growth_mib = rss_after.saturating_sub(rss_before) as f64 / 1024.0;
@@ -95,7 +107,9 @@ async fn close_policy_disconnects_a_slow_consumer_with_4100() {
     let pad = "p".repeat(4096);
     // Enough to fill the kernel's socket buffers and then the 64 KiB queue.
     for i in 0..4000 {
-        publisher.send(json!({"op":"pub","topic":"flood","data":{"i":i,"pad":pad}})).await;
+        publisher
+            .send(json!({"op":"pub","topic":"flood","data":{"i":i,"pad":pad}}))
+            .await;
     }
     publisher.request(json!({"op":"ping"})).await;
     // The daemon drops the connection once its queue passes the limit. A peer that reads
@@ -116,6 +130,8 @@ async fn close_policy_disconnects_a_slow_consumer_with_4100() {
         assert_eq!(code, 4100);
     }
     // The other client is unaffected.
-    publisher.request(json!({"op":"pub","topic":"other","data":"still here"})).await;
+    publisher
+        .request(json!({"op":"pub","topic":"other","data":"still here"}))
+        .await;
     assert_eq!(fine.recv().await["data"], "still here");
 }

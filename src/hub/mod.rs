@@ -324,7 +324,12 @@ impl Hub {
         );
         let delivered = targets
             .iter()
-            .filter(|s| matches!(s.outbox.push(frame.clone()), Pushed::Queued | Pushed::DroppedOldest(_)))
+            .filter(|s| {
+                matches!(
+                    s.outbox.push(frame.clone()),
+                    Pushed::Queued | Pushed::DroppedOldest(_)
+                )
+            })
             .count();
         if delivered == 0 {
             let who = match to {

@@ -208,7 +208,11 @@ impl Outbox {
         loop {
             {
                 let mut q = self.lock();
-                if !q.frames.is_empty() || !q.replies.is_empty() || q.dropped > 0 || q.closed.is_some() {
+                if !q.frames.is_empty()
+                    || !q.replies.is_empty()
+                    || q.dropped > 0
+                    || q.closed.is_some()
+                {
                     let had_replies = !q.replies.is_empty();
                     out.extend(q.replies.drain(..));
                     if out.is_empty() {

@@ -76,7 +76,10 @@ pub async fn serve(socket: WebSocket, app: Arc<App>, user: Option<String>) {
         server: concat!("switchboard/", env!("CARGO_PKG_VERSION")).into(),
         heartbeat_ms: heartbeat.as_millis() as u64,
     };
-    session.outbox.push_reply(Bytes::from(welcome.encode())).await;
+    session
+        .outbox
+        .push_reply(Bytes::from(welcome.encode()))
+        .await;
 
     let (sink, stream) = socket.split();
     // `reader_done`: the peer closed, vanished or broke the protocol. `writer_done`: the
@@ -162,9 +165,16 @@ async fn read_loop(
                 return;
             }
         };
-        // Waits while many replies are unread: backpressure on a pipelining client.
-        if !session.outbox.push_reply(Bytes::from(reply)).await {
-            return;
+        // Waits while many replies are unread: backpressure on a pipelining client. A
+        // peer that reads nothing for as long as a dead one would is treated as dead.
+        match tokio::time::timeout(dead_after, session.outbox.push_reply(Bytes::from(reply))).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(_) => {
+                tracing::debug!(client = session.id(), "peer stopped reading its replies");
+                session.outbox.close(CloseReason::Code(close::HEARTBEAT_TIMEOUT, "not reading"));
+                return;
+            }
         }
     }
 }
