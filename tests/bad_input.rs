@@ -237,3 +237,30 @@ async fn garbage_instead_of_websocket_is_refused_and_survived() {
     still_alive(&mut c).await;
     assert_eq!(d.healthz().await["status"], "ok");
 }
+
+#[tokio::test]
+async fn random_frames_never_hurt_the_daemon() {
+    use rand::{Rng, SeedableRng};
+    let d = Daemon::start("[presence]\ntopics = [\"#\"]\n");
+    let mut watcher = Raw::connect(&d.ws_url()).await;
+    watcher.request(json!({"op":"sub","topic":"w"})).await;
+    let mut c = Raw::connect(&d.ws_url()).await;
+    let fragments = [
+        "{", "}", "[", "]", "\"op\"", ":", ",", "\"sub\"", "\"pub\"", "\"send\"", "\"presence\"", "\"info\"",
+        "\"topic\"", "\"a/+/#\"", "\"#\"", "\"data\"", "null", "1e999", "-0", "\"\\u0000\"", "\"\\ud800\"",
+        "\"id\"", "true", "{}", "\"client\"", "\"user\"", "\"x\"", "9999999999999999999999",
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for _ in 0..2000 {
+        let n = rng.gen_range(1..12);
+        let frame: String = (0..n).map(|_| fragments[rng.gen_range(0..fragments.len())]).collect();
+        c.send_text(&frame).await;
+    }
+    // Every frame is answered, in order; the last one is our ping.
+    let r = c.request(json!({"op":"ping"})).await;
+    assert_eq!(r["op"], "ok");
+    // The other client is unaffected and the daemon serves on.
+    c.request(json!({"op":"pub","topic":"w","data":"ok"})).await;
+    assert_eq!(watcher.recv().await["data"], "ok");
+    assert_eq!(d.healthz().await["status"], "ok");
+}
