@@ -167,12 +167,15 @@ async fn read_loop(
         };
         // Waits while many replies are unread: backpressure on a pipelining client. A
         // peer that reads nothing for as long as a dead one would is treated as dead.
-        match tokio::time::timeout(dead_after, session.outbox.push_reply(Bytes::from(reply))).await {
+        match tokio::time::timeout(dead_after, session.outbox.push_reply(Bytes::from(reply))).await
+        {
             Ok(true) => {}
             Ok(false) => return,
             Err(_) => {
                 tracing::debug!(client = session.id(), "peer stopped reading its replies");
-                session.outbox.close(CloseReason::Code(close::HEARTBEAT_TIMEOUT, "not reading"));
+                session
+                    .outbox
+                    .close(CloseReason::Code(close::HEARTBEAT_TIMEOUT, "not reading"));
                 return;
             }
         }
