@@ -246,9 +246,9 @@ async fn random_frames_never_hurt_the_daemon() {
     watcher.request(json!({"op":"sub","topic":"w"})).await;
     let mut c = Raw::connect(&d.ws_url()).await;
     // Pieces of JSON and protocol words, glued at random into mostly-broken frames.
-    let fragments: Vec<&str> = r#"{ } [ ] "op" : , "sub" "pub" "send" "presence" "info" "topic"
+    let fragments: Vec<&str> = r##"{ } [ ] "op" : , "sub" "pub" "send" "presence" "info" "topic"
         "a/+/#" "#" "data" null 1e999 -0 "\u0000" "\ud800" "id" true {} "client" "user" "x"
-        9999999999999999999999"#
+        9999999999999999999999"##
         .split_whitespace()
         .collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
