@@ -428,6 +428,19 @@ fn log_filter<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
     tracing_subscriber::EnvFilter::try_new(&s)
         .map_err(|e| serde::de::Error::custom(format!("invalid log filter `{s}`: {e}")))?;
+    // A bare word is a valid filter (it names a module), but `verbose` or `loud` is
+    // far more likely a level that does not exist, which would silence every log.
+    for directive in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=')
+            && directive
+                .parse::<tracing::level_filters::LevelFilter>()
+                .is_err()
+        {
+            return Err(serde::de::Error::custom(format!(
+                "`{directive}` is not a log level: use off, error, warn, info, debug, trace, or module=level"
+            )));
+        }
+    }
     Ok(s)
 }
 
@@ -526,7 +539,8 @@ mod tests {
                 "unknown variant",
             ),
             ("[ws\n", 1, ""),
-            ("log_level = \"loud=\"\n", 1, "invalid log filter"),
+            ("log_level = \"foo=loud\"\n", 1, "invalid log filter"),
+            ("log_level = \"verbose\"\n", 1, "not a log level"),
         ];
         for (text, line, needle) in cases {
             let err = Config::from_toml(text, "f", no_env()).unwrap_err();

@@ -74,7 +74,10 @@ pub async fn run_sub(args: SubArgs) -> anyhow::Result<()> {
         };
         // A message matching several of our filters comes once per filter: print it
         // from the first filter that matches only.
-        let first = args.filters.iter().position(|f| topic::matches(f, &msg.topic));
+        let first = args
+            .filters
+            .iter()
+            .position(|f| topic::matches(f, &msg.topic));
         if first != Some(index) {
             continue;
         }
@@ -211,14 +214,19 @@ mod tests {
 
     #[test]
     fn arguments_parse_like_mosquitto() {
-        let Cmd::Sub(sub) = Cli::parse_from(["x", "sub", "a/#", "b", "-C", "3", "-v"]).cmd
-        else {
+        let Cmd::Sub(sub) = Cli::parse_from(["x", "sub", "a/#", "b", "-C", "3", "-v"]).cmd else {
             panic!("not sub")
         };
         assert_eq!(sub.filters, ["a/#", "b"]);
         assert_eq!((sub.count, sub.verbose, sub.json), (Some(3), true, false));
-        assert!(Cli::try_parse_from(["x", "sub"]).is_err(), "a filter is required");
-        assert!(Cli::try_parse_from(["x", "pub", "t"]).is_err(), "DATA or -l");
+        assert!(
+            Cli::try_parse_from(["x", "sub"]).is_err(),
+            "a filter is required"
+        );
+        assert!(
+            Cli::try_parse_from(["x", "pub", "t"]).is_err(),
+            "DATA or -l"
+        );
         assert!(Cli::try_parse_from(["x", "pub", "t", "1", "-l"]).is_err());
         let Cmd::Pub(publ) = Cli::parse_from(["x", "pub", "t", "-l", "--event", "e"]).cmd else {
             panic!("not pub")
@@ -244,7 +252,10 @@ mod tests {
             panic!("not sub")
         };
         assert_eq!(render(&msg(r#""hi there""#), &args).unwrap(), "hi there");
-        assert_eq!(render(&msg("{\"a\": [1, 2]}"), &args).unwrap(), r#"{"a":[1,2]}"#);
+        assert_eq!(
+            render(&msg("{\"a\": [1, 2]}"), &args).unwrap(),
+            r#"{"a":[1,2]}"#
+        );
         args.verbose = true;
         assert_eq!(render(&msg("5"), &args).unwrap(), "t/1 5");
         args.verbose = false;

@@ -1,19 +1,22 @@
-//! The driver: the one task that owns a client's socket.
+//! The driver: the one task that owns a client's connection.
 //!
-//! It serves one connection at a time ([`Driver::serve`]): writes what the handles
-//! queue, batching a burst into one flush; reads frames and hands replies to whoever
-//! waits for them, messages to the local subscriptions, everything else to the event
-//! channel. When the connection drops it fails the requests in flight with
-//! `Disconnected`, honours the close code's advice, and reconnects with full-jitter
-//! backoff, re-sending `sub` for every filter still held locally.
+//! It serves one connection at a time ([`Driver::serve`]): reads frames and hands
+//! replies to whoever waits for them, messages to the local subscriptions, everything
+//! else to the event channel; passes what the handles queue to the connection's writer
+//! task, which flushes each burst at once. When the connection drops it fails the
+//! requests in flight with `Disconnected`, honours the close code's advice, and
+//! reconnects with full-jitter backoff, re-sending `sub` for every filter still held
+//! locally.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -33,8 +36,8 @@ type Ack = oneshot::Sender<Result<(), ClientError>>;
 /// Socket read chunk. tungstenite zero-fills its whole read buffer before every read;
 /// at the default 128 KiB that memset dominated a fan-out test's CPU (see DESIGN.md).
 const READ_BUFFER: usize = 4 * 1024;
-/// Commands written before one flush.
-const MAX_BATCH: usize = 256;
+/// Frames handed to the writer task and not yet written.
+const WRITE_QUEUE: usize = 256;
 /// How long `close` waits for the server to answer our close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -87,7 +90,10 @@ pub(super) struct Welcome {
 
 /// How a connection ended.
 enum Ended {
-    Lost { code: Option<u16>, reason: String },
+    Lost {
+        code: Option<u16>,
+        reason: String,
+    },
     /// By [`super::Client::close`] (with its reply) or because every handle is gone.
     Closed(Option<oneshot::Sender<()>>),
 }
@@ -191,11 +197,8 @@ impl Driver {
     }
 
     pub async fn run(mut self, mut ws: Ws, mut welcome: Welcome) {
-        self.emit(Event::Connected {
-            client_id: welcome.client.clone(),
-        });
         loop {
-            let (code, reason) = match self.serve(&mut ws, welcome.heartbeat).await {
+            let (code, reason) = match self.serve(ws, welcome.heartbeat).await {
                 Ended::Lost { code, reason } => (code, reason),
                 Ended::Closed(done) => {
                     let reason = "closed by the client".to_owned();
@@ -207,14 +210,14 @@ impl Driver {
             let reconnecting =
                 self.shared.options.reconnect && advice != close::Advice::DoNotReconnect;
             tracing::info!(?code, reason, reconnecting, "connection lost");
-            self.emit(Event::Disconnected {
-                code,
-                reason: reason.clone(),
-                reconnecting,
-            });
             if !reconnecting {
                 return self.finish(code, reason, None);
             }
+            self.emit(Event::Disconnected {
+                code,
+                reason,
+                reconnecting,
+            });
             match self.reconnect(advice == close::Advice::ReconnectNow).await {
                 Ok((new_ws, new_welcome)) => (ws, welcome) = (new_ws, new_welcome),
                 Err(Ended::Closed(done)) => {
@@ -227,17 +230,21 @@ impl Driver {
             self.emit(Event::Connected {
                 client_id: welcome.client.clone(),
             });
-            if let Err(e) = self.resubscribe(&mut ws).await {
-                // The read side will see the same failure and start over.
-                tracing::debug!(error = %e, "re-subscribing failed");
-            }
         }
     }
 
     /// Stops for good: records why before the queues close, so callers that find them
     /// closed can say why; ends every subscription stream and the event channel.
     fn finish(self, code: Option<u16>, reason: String, done: Option<oneshot::Sender<()>>) {
-        *lock(&self.shared.closed) = Some(ClientError::Closed { code, reason });
+        *lock(&self.shared.closed) = Some(ClientError::Closed {
+            code,
+            reason: reason.clone(),
+        });
+        self.emit(Event::Disconnected {
+            code,
+            reason,
+            reconnecting: false,
+        });
         lock(&self.shared.events).take();
         // Dropping `self` now drops every waiting reply; the callers then read `closed`.
         if let Some(done) = done {
@@ -251,21 +258,60 @@ impl Driver {
     }
 
     /// Serves one connection until it ends.
-    async fn serve(&mut self, ws: &mut Ws, heartbeat: Option<Duration>) -> Ended {
-        // The server pings every `heartbeat`; hearing nothing for 2.5 of them means the
-        // path is dead even if TCP has not noticed.
-        let deadline = heartbeat.map(|h| h * 5 / 2);
-        let mut liveness = tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(60)));
-        let mut last_heard = Instant::now();
+    ///
+    /// A writer task owns the socket's write half, so that a write stalled on a full
+    /// socket never stops us reading: the server stops reading our requests while its
+    /// replies to us are unread, and one task doing both would then wait forever.
+    async fn serve(&mut self, ws: Ws, heartbeat: Option<Duration>) -> Ended {
+        let (sink, mut stream) = ws.split();
+        let (out, out_rx) = mpsc::channel(WRITE_QUEUE);
+        let mut writer = tokio::spawn(write_loop(sink, out_rx));
+        let ended = self.pump(&mut stream, &out, &mut writer, heartbeat).await;
+        if matches!(ended, Ended::Closed(_)) {
+            // After everything queued before it; then the server's answer. Bounded: a
+            // server that reads nothing must not hold `close` forever.
+            let frame = CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            };
+            let (writer, stream) = (&mut writer, &mut stream);
+            let handshake = async move {
+                let _ = out.send(WsMessage::Close(Some(frame))).await;
+                drop(out);
+                let _ = writer.await;
+                while let Some(Ok(_)) = stream.next().await {}
+            };
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, handshake).await;
+        }
+        writer.abort();
+        ended
+    }
+
+    async fn pump(
+        &mut self,
+        stream: &mut SplitStream<Ws>,
+        out: &mpsc::Sender<WsMessage>,
+        writer: &mut JoinHandle<Result<(), tungstenite::Error>>,
+        heartbeat: Option<Duration>,
+    ) -> Ended {
         // A close frame's code, kept until the stream ends after the close handshake.
         let mut closed_with: Option<(Option<u16>, String)> = None;
         let lost = |closed_with: Option<(Option<u16>, String)>, reason: String| {
             let (code, reason) = closed_with.unwrap_or((None, reason));
             Ended::Lost { code, reason }
         };
+        // Empty on the first connection; after a reconnect, every filter still held.
+        if !self.resubscribe(out).await {
+            return lost(None, "the connection failed while re-subscribing".into());
+        }
+        // The server pings every `heartbeat`; hearing nothing for 2.5 of them means the
+        // path is dead even if TCP has not noticed.
+        let deadline = heartbeat.map(|h| h * 5 / 2);
+        let mut liveness = tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(60)));
+        let mut last_heard = Instant::now();
         loop {
             tokio::select! {
-                message = ws.next() => {
+                message = stream.next() => {
                     last_heard = Instant::now();
                     match message {
                         Some(Ok(WsMessage::Text(text))) => self.on_text(&text),
@@ -279,26 +325,29 @@ impl Driver {
                         None => return lost(closed_with, "connection closed".into()),
                     }
                 }
-                command = self.commands.recv() => {
+                // Taken only while the writer has room: callers wait in the bounded
+                // command queue, never in memory here.
+                command = self.commands.recv(), if out.capacity() > 0 => {
                     let Some(command) = command else {
-                        close_socket(ws).await;
                         return Ended::Closed(None);
                     };
-                    match self.write_batch(ws, command).await {
-                        Ok(None) => {}
-                        Ok(Some(done)) => {
-                            close_socket(ws).await;
-                            return Ended::Closed(Some(done));
-                        }
-                        Err(e) => return lost(closed_with, e.to_string()),
+                    if let Some(done) = self.take_commands(command, out) {
+                        return Ended::Closed(Some(done));
                     }
                 }
-                Some(Release { filter, key }) = self.releases.recv() => {
+                Some(Release { filter, key }) = self.releases.recv(), if out.capacity() > 0 => {
                     if self.registry.remove(&filter, key) {
-                        if let Err(e) = self.send_unsub(ws, filter, None).await {
-                            return lost(closed_with, e.to_string());
+                        if let Some(text) = self.unsub_frame(filter, None) {
+                            let _ = out.try_send(WsMessage::text(text));
                         }
                     }
+                }
+                written = &mut *writer => {
+                    let reason = match written {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "the writer stopped".into(),
+                    };
+                    return lost(closed_with, reason);
                 }
                 _ = liveness.tick(), if deadline.is_some() => {
                     if deadline.is_some_and(|d| last_heard.elapsed() > d) {
@@ -309,31 +358,29 @@ impl Driver {
         }
     }
 
-    /// Writes `first` and whatever else is already queued, then flushes once: a burst
-    /// of publishes costs one write syscall, not one each. Returns the reply channel
+    /// Hands `first`, and whatever else is queued while the writer has room, to the
+    /// writer, so a burst of publishes goes out in one flush. Returns the reply channel
     /// of a `Close` command met on the way.
-    async fn write_batch(
+    fn take_commands(
         &mut self,
-        ws: &mut Ws,
         first: Command,
-    ) -> Result<Option<oneshot::Sender<()>>, tungstenite::Error> {
+        out: &mpsc::Sender<WsMessage>,
+    ) -> Option<oneshot::Sender<()>> {
         let mut next = Some(first);
-        let mut written = 0;
         while let Some(command) = next {
             if let Command::Close(done) = command {
-                ws.flush().await?;
-                return Ok(Some(done));
+                return Some(done);
             }
             if let Some(text) = self.prepare(command) {
-                ws.feed(WsMessage::text(text)).await?;
+                // Room was checked; a writer that died is noticed by the select loop,
+                // and the request then fails with the rest of those in flight.
+                let _ = out.try_send(WsMessage::text(text));
             }
-            written += 1;
-            next = (written < MAX_BATCH)
+            next = (out.capacity() > 0)
                 .then(|| self.commands.try_recv().ok())
                 .flatten();
         }
-        ws.flush().await?;
-        Ok(None)
+        None
     }
 
     /// Records what a command waits for and returns the frame to write, if any.
@@ -383,26 +430,17 @@ impl Driver {
         Some(text)
     }
 
-    async fn send_unsub(
-        &mut self,
-        ws: &mut Ws,
-        filter: String,
-        ack: Option<Ack>,
-    ) -> Result<(), tungstenite::Error> {
-        match self.unsub_frame(filter, ack) {
-            Some(text) => ws.send(WsMessage::text(text)).await,
-            None => Ok(()),
-        }
-    }
-
-    async fn resubscribe(&mut self, ws: &mut Ws) -> Result<(), tungstenite::Error> {
+    /// Sends `sub` for every filter held; false if the writer is gone.
+    async fn resubscribe(&mut self, out: &mpsc::Sender<WsMessage>) -> bool {
         let filters: Vec<String> = self.registry.filters().map(str::to_owned).collect();
         for filter in filters {
             if let Some(text) = self.sub_frame(filter, None, None) {
-                ws.feed(WsMessage::text(text)).await?;
+                if out.send(WsMessage::text(text)).await.is_err() {
+                    return false;
+                }
             }
         }
-        ws.flush().await
+        true
     }
 
     fn on_text(&mut self, text: &str) {
@@ -574,18 +612,17 @@ fn encode(frame: Outgoing) -> Option<String> {
         .ok()
 }
 
-/// Sends a normal close and waits, briefly, for the server's answer.
-async fn close_socket(ws: &mut Ws) {
-    let frame = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "".into(),
-    };
-    let drain = async {
-        ws.close(Some(frame)).await?;
-        while ws.next().await.transpose()?.is_some() {}
-        Ok::<_, tungstenite::Error>(())
-    };
-    if let Ok(Err(e)) = tokio::time::timeout(CLOSE_TIMEOUT, drain).await {
-        tracing::debug!(error = %e, "closing the connection");
+/// Writes what the driver hands over, flushing once per burst.
+async fn write_loop(
+    mut sink: SplitSink<Ws, WsMessage>,
+    mut frames: mpsc::Receiver<WsMessage>,
+) -> Result<(), tungstenite::Error> {
+    while let Some(frame) = frames.recv().await {
+        sink.feed(frame).await?;
+        while let Ok(frame) = frames.try_recv() {
+            sink.feed(frame).await?;
+        }
+        sink.flush().await?;
     }
+    Ok(())
 }

@@ -101,8 +101,11 @@ impl DirectMessage {
 /// Everything other than topic messages: pushes and the connection's life.
 #[derive(Debug, Clone)]
 pub enum Event {
-    /// A connection is up; `client_id` is what others use to reach it.
-    Connected { client_id: String },
+    /// Reconnected (the first connection is `Client::connect` returning); the lost
+    /// subscriptions are being restored, and `client_id` is the new id.
+    Connected {
+        client_id: String,
+    },
     /// The connection ended. `code` is the server's close code, if it sent one.
     Disconnected {
         code: Option<u16>,
@@ -111,13 +114,24 @@ pub enum Event {
         reconnecting: bool,
     },
     Dm(DirectMessage),
-    Join { topic: String, member: OwnedMember },
-    Leave { topic: String, member: OwnedMember },
+    Join {
+        topic: String,
+        member: OwnedMember,
+    },
+    Leave {
+        topic: String,
+        member: OwnedMember,
+    },
     /// The server dropped this many frames because the client read too slowly.
-    Lagged { dropped: u64 },
+    Lagged {
+        dropped: u64,
+    },
     /// An error nobody waits for: the reply to a fire-and-forget request, or a failed
     /// re-subscription after a reconnect (that filter's subscriptions then end).
-    ServerError { code: String, message: String },
+    ServerError {
+        code: String,
+        message: String,
+    },
 }
 
 /// What one server frame means to the client.
@@ -194,13 +208,17 @@ pub(super) fn classify(frame: Incoming) -> Inbound {
         }))),
         "join" | "leave" => {
             let joined = frame.op == "join";
-            frame.topic.clone().zip(member(frame)).map(|(topic, member)| {
-                Inbound::Event(if joined {
-                    Event::Join { topic, member }
-                } else {
-                    Event::Leave { topic, member }
+            frame
+                .topic
+                .clone()
+                .zip(member(frame))
+                .map(|(topic, member)| {
+                    Inbound::Event(if joined {
+                        Event::Join { topic, member }
+                    } else {
+                        Event::Leave { topic, member }
+                    })
                 })
-            })
         }
         "lagged" => Some(Inbound::Event(Event::Lagged {
             dropped: frame.dropped.unwrap_or_default(),
@@ -263,8 +281,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match classify_text(r#"{"op":"join","topic":"room/1","client":"c2","info":{"n":"ann"}}"#)
-        {
+        match classify_text(r#"{"op":"join","topic":"room/1","client":"c2","info":{"n":"ann"}}"#) {
             Inbound::Event(Event::Join { topic, member }) => {
                 assert_eq!(topic, "room/1");
                 assert_eq!(member.client, "c2");

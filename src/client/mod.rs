@@ -1,11 +1,12 @@
 //! The Rust client for a running switchboard daemon (protocol v1, docs/protocol.md).
 //!
 //! A [`Client`] is a cheap, cloneable handle. One background task, the driver in
-//! [`connection`], owns the socket: it writes requests, matches replies to the ids the
+//! `connection.rs`, owns the socket: it writes requests, matches replies to the ids the
 //! handles assign, routes `msg` pushes to local [`Subscription`]s, answers the server's
 //! pings and, when the connection drops, reconnects with jittered backoff and
 //! re-subscribes every active filter. Handles never touch the socket, so any number of
-//! tasks can share one client and keep many requests in flight.
+//! tasks can share one client and keep many requests in flight. The connection stays
+//! open while any handle or subscription exists, or until [`Client::close`].
 //!
 //! It owns no wire format of its own: frames are `crate::protocol`'s, topic matching is
 //! `crate::topic`'s.
@@ -329,7 +330,9 @@ impl Client {
         data: &T,
     ) -> Result<u64> {
         let id = self.shared.next_id();
-        let reply = self.call(id, pub_frame(Some(id), topic, event, data)?).await?;
+        let reply = self
+            .call(id, pub_frame(Some(id), topic, event, data)?)
+            .await?;
         reply
             .seq
             .ok_or_else(|| ClientError::Protocol("`ok` to `pub` without `seq`".into()))
@@ -339,8 +342,7 @@ impl Client {
     /// the send queue). A failure shows up later as [`Event::ServerError`].
     pub async fn publish_nowait<T: Serialize + ?Sized>(&self, topic: &str, data: &T) -> Result<()> {
         let text = pub_frame(None, topic, None, data)?.encode()?;
-        self.command(Command::Request { text, reply: None })
-            .await
+        self.command(Command::Request { text, reply: None }).await
     }
 
     /// A direct message to one connection; returns how many received it (1).
@@ -495,7 +497,9 @@ mod tests {
         assert_eq!(plain.endpoint(), "ws://h/ws");
         assert_eq!(plain.clone().user("ann").endpoint(), "ws://h/ws?user=ann");
         assert_eq!(
-            ClientOptions::new("ws://h/ws?x=1").user("a b&c/é").endpoint(),
+            ClientOptions::new("ws://h/ws?x=1")
+                .user("a b&c/é")
+                .endpoint(),
             "ws://h/ws?x=1&user=a%20b%26c%2F%C3%A9"
         );
     }

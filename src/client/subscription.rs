@@ -148,7 +148,8 @@ impl Stream for Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if self.active {
-            self.client.release(std::mem::take(&mut self.filter), self.key);
+            self.client
+                .release(std::mem::take(&mut self.filter), self.key);
         }
     }
 }
