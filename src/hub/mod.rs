@@ -123,7 +123,7 @@ pub struct Hub {
     topics: RwLock<HashMap<Box<str>, Arc<Mutex<TopicState>>>>,
     clients: RwLock<HashMap<String, Arc<Session>>>,
     users: RwLock<HashMap<String, HashMap<index::Key, Arc<Session>>>>,
-    /// Presence-enabled topic → who is subscribed to it, in join order.
+    /// Presence-enabled topic → its members, ordered by connection.
     presence: Mutex<HashMap<String, BTreeMap<index::Key, Arc<Session>>>>,
     counters: Counters,
 }

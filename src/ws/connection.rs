@@ -11,11 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch;
@@ -26,6 +30,10 @@ use crate::server::App;
 
 /// How long we wait for a peer to answer our close frame before dropping it.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An upgraded connection.
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type Sink = SplitSink<Socket, Message>;
 
 /// Liveness: milliseconds (since the connection started) when we last heard the peer.
 struct LastHeard {
@@ -53,7 +61,7 @@ impl LastHeard {
 }
 
 /// Serves one upgraded connection until it ends.
-pub async fn serve(socket: WebSocket, app: Arc<App>, user: Option<String>) {
+pub async fn serve(socket: Socket, app: Arc<App>, user: Option<String>) {
     let session = app.hub.connect(user);
     let _tracked = app.tracker.token();
     tracing::debug!(
@@ -81,7 +89,7 @@ pub async fn serve(socket: WebSocket, app: Arc<App>, user: Option<String>) {
         .push_reply(Bytes::from(welcome.encode()))
         .await;
 
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     // `reader_done`: the peer closed, vanished or broke the protocol. `writer_done`: the
     // writer gave up (write error, slow consumer). Each side stops when the other does.
     let reader_done = CancellationToken::new();
@@ -96,7 +104,7 @@ pub async fn serve(socket: WebSocket, app: Arc<App>, user: Option<String>) {
     ));
     let dead_after = heartbeat * app.config.ws.heartbeat_misses.get();
     read_loop(
-        stream,
+        &mut stream,
         &app,
         &session,
         &last_heard,
@@ -105,15 +113,20 @@ pub async fn serve(socket: WebSocket, app: Arc<App>, user: Option<String>) {
     )
     .await;
     reader_done.cancel();
-    if let Err(e) = writer.await {
-        tracing::warn!(client = session.id(), error = %e, "connection writer failed");
+    match writer.await {
+        Ok(sink) => {
+            if let Ok(socket) = stream.reunite(sink) {
+                linger(socket).await;
+            }
+        }
+        Err(e) => tracing::warn!(client = session.id(), error = %e, "connection writer failed"),
     }
     app.hub.disconnect(&session);
     tracing::debug!(client = session.id(), "client disconnected");
 }
 
 async fn read_loop(
-    mut stream: SplitStream<WebSocket>,
+    stream: &mut SplitStream<Socket>,
     app: &App,
     session: &Arc<Session>,
     last_heard: &LastHeard,
@@ -159,7 +172,7 @@ async fn read_loop(
                     "binary frames are not part of protocol v1; send JSON text frames",
                 ),
             ),
-            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             Message::Close(_) => {
                 session.outbox.close(CloseReason::Finished);
                 return;
@@ -183,10 +196,8 @@ async fn read_loop(
 }
 
 /// Which close code a read error deserves, if the peer can still be told.
-fn close_for_read_error(e: &axum::Error) -> Option<CloseReason> {
-    let inner = std::error::Error::source(e)?;
-    let ws_err = inner.downcast_ref::<tungstenite::Error>()?;
-    match ws_err {
+fn close_for_read_error(e: &tungstenite::Error) -> Option<CloseReason> {
+    match e {
         tungstenite::Error::Capacity(_) => {
             Some(CloseReason::Code(close::MESSAGE_TOO_BIG, "frame too large"))
         }
@@ -197,12 +208,12 @@ fn close_for_read_error(e: &axum::Error) -> Option<CloseReason> {
 }
 
 async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
+    mut sink: Sink,
     session: Arc<Session>,
     heartbeat: Duration,
     reader_done: CancellationToken,
     writer_done: CancellationToken,
-) {
+) -> Sink {
     let mut queued = VecDeque::new();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     loop {
@@ -251,13 +262,14 @@ async fn write_loop(
     // Wakes a reader waiting for reply room, and refuses further frames.
     session.outbox.close(CloseReason::Finished);
     writer_done.cancel();
+    sink
 }
 
 async fn write_batch(
-    sink: &mut SplitSink<WebSocket, Message>,
+    sink: &mut Sink,
     batch: Batch,
     queued: &mut VecDeque<Bytes>,
-) -> Result<(), axum::Error> {
+) -> Result<(), tungstenite::Error> {
     if batch.dropped > 0 {
         let notice = ServerFrame::Lagged {
             dropped: batch.dropped,
@@ -267,16 +279,17 @@ async fn write_batch(
     }
     for frame in queued.drain(..) {
         // Frames are JSON we encoded ourselves, so this check never fails in practice.
-        let text = Utf8Bytes::try_from(frame).map_err(axum::Error::new)?;
+        let text = Utf8Bytes::try_from(frame)
+            .map_err(|_| tungstenite::Error::Utf8(String::from("outgoing frame")))?;
         sink.feed(Message::Text(text)).await?;
     }
     sink.flush().await
 }
 
-async fn close_with(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'static str) {
+async fn close_with(sink: &mut Sink, code: u16, reason: &'static str) {
     let frame = CloseFrame {
-        code,
-        reason: reason.into(),
+        code: code.into(),
+        reason: Utf8Bytes::from_static(reason),
     };
     // Bounded: a peer that reads nothing would otherwise hold us here forever.
     let _ = tokio::time::timeout(
@@ -284,4 +297,23 @@ async fn close_with(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason:
         sink.send(Message::Close(Some(frame))),
     )
     .await;
+}
+
+/// Half-closes the socket and reads what the peer still sends until it closes too (or
+/// a short deadline passes). Closing with unread input would make the kernel send a
+/// reset, which can destroy our close frame before the peer reads it.
+async fn linger(socket: Socket) {
+    let mut io = socket.into_inner();
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let mut scratch = [0u8; 1024];
+    let drain = async {
+        while let Ok(n) = io.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
 }

@@ -1,19 +1,30 @@
 //! WebSocket transport: the `/ws` upgrade, and one task pair per connection.
 //!
-//! Owns everything between the socket and the Hub: socket buffer sizes, frame limits,
-//! heartbeats, close codes. Where a frame's bytes become a request is
-//! [`connection`]; what a request does is [`dispatch`]; the JSON itself is
+//! Owns everything between the socket and the Hub: the handshake, socket buffer sizes,
+//! frame limits, heartbeats, close codes. Where a frame's bytes become a request is
+//! `connection.rs`; what a request does is `dispatch.rs`; the JSON itself is
 //! `crate::protocol`.
+//!
+//! The upgrade is done here rather than by axum's extractor so the connection keeps the
+//! raw socket: after sending a close frame we half-close it and drain what the peer still
+//! sends, otherwise unread input makes the kernel answer with a reset that can destroy
+//! the close frame (and its code) before the client reads it.
 
 mod connection;
 mod dispatch;
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::server::App;
 
@@ -27,27 +38,104 @@ pub struct ConnectParams {
     user: Option<String>,
 }
 
-/// `GET /ws`.
+/// `GET /ws`: checks the handshake, answers 101 and serves the connection.
 pub async fn upgrade(
     State(app): State<Arc<App>>,
     Query(params): Query<ConnectParams>,
-    ws: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
     if let Some(user) = &params.user {
         if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {
-            return (
+            return refuse(
                 StatusCode::BAD_REQUEST,
                 format!("`user` must be 1 to {MAX_USER_LEN} printable characters"),
-            )
-                .into_response();
+            );
         }
     }
-    let ws_config = &app.config.ws;
-    let max = ws_config.max_message_size.get();
-    ws.read_buffer_size(ws_config.read_buffer_size.get())
-        .write_buffer_size(ws_config.write_buffer_size)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| connection::serve(socket, app, params.user))
+    let accept = match check_handshake(request.method(), request.headers()) {
+        Ok(accept) => accept,
+        Err(refusal) => return refusal,
+    };
+    let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "this connection cannot be upgraded".into(),
+        );
+    };
+    let ws = &app.config.ws;
+    let max = ws.max_message_size.get();
+    let config = WebSocketConfig::default()
+        .read_buffer_size(ws.read_buffer_size.get())
+        .write_buffer_size(ws.write_buffer_size)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                connection::serve(socket, app, params.user).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// RFC 6455 §4.2.1: what a client's opening handshake must carry. Returns the
+/// `Sec-WebSocket-Accept` value, or the response refusing the request.
+fn check_handshake(method: &Method, headers: &HeaderMap) -> Result<String, Response> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    if method != Method::GET
+        || !has_token(header::CONNECTION, "upgrade")
+        || !has_token(header::UPGRADE, "websocket")
+    {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade: GET with `Connection: upgrade` and `Upgrade: websocket`"
+                .into(),
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        let mut r = refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "only WebSocket version 13 is supported".into(),
+        );
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return Err(r);
+    }
+    match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) if !key.is_empty() => Ok(derive_accept_key(key.as_bytes())),
+        _ => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "missing Sec-WebSocket-Key".into(),
+        )),
+    }
+}
+
+fn refuse(status: StatusCode, why: String) -> Response {
+    (status, why).into_response()
 }
