@@ -54,7 +54,7 @@ pub async fn upgrade(
     }
     let accept = match check_handshake(request.method(), request.headers()) {
         Ok(accept) => accept,
-        Err(refusal) => return refusal,
+        Err((status, why)) => return refuse(status, why.into()),
     };
     let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
         return refuse(
@@ -93,8 +93,11 @@ pub async fn upgrade(
 }
 
 /// RFC 6455 §4.2.1: what a client's opening handshake must carry. Returns the
-/// `Sec-WebSocket-Accept` value, or the response refusing the request.
-fn check_handshake(method: &Method, headers: &HeaderMap) -> Result<String, Response> {
+/// `Sec-WebSocket-Accept` value, or why the request is refused.
+fn check_handshake(
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<String, (StatusCode, &'static str)> {
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|v| {
             v.to_str()
@@ -106,10 +109,9 @@ fn check_handshake(method: &Method, headers: &HeaderMap) -> Result<String, Respo
         || !has_token(header::CONNECTION, "upgrade")
         || !has_token(header::UPGRADE, "websocket")
     {
-        return Err(refuse(
+        return Err((
             StatusCode::BAD_REQUEST,
-            "expected a WebSocket upgrade: GET with `Connection: upgrade` and `Upgrade: websocket`"
-                .into(),
+            "expected a WebSocket upgrade: GET with `Connection: upgrade` and `Upgrade: websocket`",
         ));
     }
     if headers
@@ -117,25 +119,24 @@ fn check_handshake(method: &Method, headers: &HeaderMap) -> Result<String, Respo
         .map(HeaderValue::as_bytes)
         != Some(b"13")
     {
-        let mut r = refuse(
+        return Err((
             StatusCode::UPGRADE_REQUIRED,
-            "only WebSocket version 13 is supported".into(),
-        );
-        r.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return Err(r);
+            "only WebSocket version 13 is supported",
+        ));
     }
     match headers.get(header::SEC_WEBSOCKET_KEY) {
         Some(key) if !key.is_empty() => Ok(derive_accept_key(key.as_bytes())),
-        _ => Err(refuse(
-            StatusCode::BAD_REQUEST,
-            "missing Sec-WebSocket-Key".into(),
-        )),
+        _ => Err((StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key")),
     }
 }
 
 fn refuse(status: StatusCode, why: String) -> Response {
-    (status, why).into_response()
+    let mut response = (status, why).into_response();
+    if status == StatusCode::UPGRADE_REQUIRED {
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+    }
+    response
 }
