@@ -116,7 +116,8 @@ pub async fn serve(socket: Socket, app: Arc<App>, user: Option<String>) {
     match writer.await {
         Ok(sink) => {
             if let Ok(socket) = stream.reunite(sink) {
-                linger(socket).await;
+                // Boxed: its buffer would otherwise sit in every idle connection's task.
+                Box::pin(linger(socket)).await;
             }
         }
         Err(e) => tracing::warn!(client = session.id(), error = %e, "connection writer failed"),
@@ -307,7 +308,7 @@ async fn linger(socket: Socket) {
     if io.shutdown().await.is_err() {
         return;
     }
-    let mut scratch = [0u8; 1024];
+    let mut scratch = vec![0u8; 1024];
     let drain = async {
         while let Ok(n) = io.read(&mut scratch).await {
             if n == 0 {
