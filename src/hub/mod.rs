@@ -19,10 +19,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::protocol::{self, Member, Recipient, ServerFrame};
+use crate::protocol::{self, Frame, Member, Recipient, ServerFrame};
 use crate::topic::{self, Filter, TopicError};
 use index::SubscriptionIndex;
 use outbox::{Outbox, Pushed, QueueLimits};
@@ -234,17 +233,15 @@ impl Hub {
         let mut state = lock(&state);
         state.seq += 1;
         let seq = state.seq;
-        let frame = Bytes::from(
-            ServerFrame::Msg {
-                topic: Cow::Borrowed(p.topic),
-                event: p.event.map(Cow::Borrowed),
-                data: p.data,
-                ts: protocol::now_ms(),
-                seq,
-                from: Cow::Borrowed(p.from),
-            }
-            .encode(),
-        );
+        let frame = ServerFrame::Msg {
+            topic: Cow::Borrowed(p.topic),
+            event: p.event.map(Cow::Borrowed),
+            data: p.data,
+            ts: protocol::now_ms(),
+            seq,
+            from: Cow::Borrowed(p.from),
+        }
+        .to_frame();
         let delivered = self.deliver(p.topic, &frame, None);
         drop(state);
         self.counters.published.fetch_add(1, Ordering::Relaxed);
@@ -259,7 +256,7 @@ impl Hub {
     }
 
     /// Pushes one encoded frame to every session subscribed to `topic`, except `skip`.
-    fn deliver(&self, topic: &str, frame: &Bytes, skip: Option<index::Key>) -> usize {
+    fn deliver(&self, topic: &str, frame: &Frame, skip: Option<index::Key>) -> usize {
         let mut delivered = 0usize;
         let mut dropped = 0u64;
         let mut closed = 0u64;
@@ -312,16 +309,14 @@ impl Hub {
                 })
                 .unwrap_or_default(),
         };
-        let frame = Bytes::from(
-            ServerFrame::Dm {
-                event: event.map(Cow::Borrowed),
-                data,
-                ts: protocol::now_ms(),
-                from: Cow::Borrowed(from.id()),
-                from_user: from.user().map(Cow::Borrowed),
-            }
-            .encode(),
-        );
+        let frame = ServerFrame::Dm {
+            event: event.map(Cow::Borrowed),
+            data,
+            ts: protocol::now_ms(),
+            from: Cow::Borrowed(from.id()),
+            from_user: from.user().map(Cow::Borrowed),
+        }
+        .to_frame();
         let delivered = targets
             .iter()
             .filter(|s| {
@@ -428,7 +423,7 @@ impl Hub {
                 member,
             }
         };
-        let frame = Bytes::from(frame.encode());
+        let frame = frame.to_frame();
         self.deliver(topic, &frame, Some(session.key));
     }
 
@@ -482,7 +477,7 @@ mod tests {
         let mut out = VecDeque::new();
         s.outbox.next_batch(&mut out).await;
         out.iter()
-            .map(|b| serde_json::from_slice(b).unwrap())
+            .map(|b| serde_json::from_str(b).unwrap())
             .collect()
     }
 

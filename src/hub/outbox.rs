@@ -14,10 +14,11 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::protocol::Frame;
 
 /// What to do when a connection's outbound queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -57,11 +58,18 @@ pub const MAX_QUEUED_REPLIES: usize = 256;
 
 #[derive(Default)]
 struct Queue {
-    replies: VecDeque<Bytes>,
-    frames: VecDeque<Bytes>,
+    replies: VecDeque<Frame>,
+    frames: VecDeque<Frame>,
     bytes: usize,
     dropped: u64,
     closed: Option<CloseReason>,
+}
+
+impl Queue {
+    /// Nothing for the writer to do, so it is (or soon will be) waiting for a wake-up.
+    fn is_idle(&self) -> bool {
+        self.frames.is_empty() && self.replies.is_empty() && self.dropped == 0
+    }
 }
 
 /// One batch for the writer.
@@ -113,11 +121,12 @@ impl Outbox {
     }
 
     /// Queues a frame without waiting. Never blocks the publisher on a slow reader.
-    pub fn push(&self, frame: Bytes) -> Pushed {
+    pub fn push(&self, frame: Frame) -> Pushed {
         let mut q = self.lock();
         if q.closed.is_some() {
             return Pushed::Closed;
         }
+        let was_idle = q.is_idle();
         q.bytes += frame.len();
         q.frames.push_back(frame);
         let mut dropped = 0;
@@ -143,7 +152,11 @@ impl Outbox {
         }
         q.dropped += dropped;
         drop(q);
-        self.ready.notify_one();
+        // Only the push that makes the queue non-empty wakes the writer: it takes
+        // everything in one batch, so later pushes ride on that wake-up.
+        if was_idle {
+            self.ready.notify_one();
+        }
         if dropped > 0 {
             Pushed::DroppedOldest(dropped)
         } else {
@@ -151,21 +164,31 @@ impl Outbox {
         }
     }
 
+    /// Queues a reply if there is room, without waiting; gives the frame back if not.
+    pub fn try_push_reply(&self, frame: Frame) -> Result<bool, Frame> {
+        let mut q = self.lock();
+        if q.closed.is_some() {
+            return Ok(false);
+        }
+        if q.replies.len() >= MAX_QUEUED_REPLIES {
+            return Err(frame);
+        }
+        let was_idle = q.is_idle();
+        q.replies.push_back(frame);
+        drop(q);
+        if was_idle {
+            self.ready.notify_one();
+        }
+        Ok(true)
+    }
+
     /// Queues a reply to the connection's own request, waiting while too many replies
     /// are queued. Returns false if the outbox is closed.
-    pub async fn push_reply(&self, frame: Bytes) -> bool {
+    pub async fn push_reply(&self, mut frame: Frame) -> bool {
         loop {
-            {
-                let mut q = self.lock();
-                if q.closed.is_some() {
-                    return false;
-                }
-                if q.replies.len() < MAX_QUEUED_REPLIES {
-                    q.replies.push_back(frame);
-                    drop(q);
-                    self.ready.notify_one();
-                    return true;
-                }
+            match self.try_push_reply(frame) {
+                Ok(queued) => return queued,
+                Err(back) => frame = back,
             }
             self.space.notified().await;
         }
@@ -204,15 +227,11 @@ impl Outbox {
     /// Waits until there is something to do, then moves every queued reply and frame
     /// into `out`, replies first (`out` should be empty; its allocation is reused batch
     /// after batch).
-    pub async fn next_batch(&self, out: &mut VecDeque<Bytes>) -> Batch {
+    pub async fn next_batch(&self, out: &mut VecDeque<Frame>) -> Batch {
         loop {
             {
                 let mut q = self.lock();
-                if !q.frames.is_empty()
-                    || !q.replies.is_empty()
-                    || q.dropped > 0
-                    || q.closed.is_some()
-                {
+                if !q.is_idle() || q.closed.is_some() {
                     let had_replies = !q.replies.is_empty();
                     out.extend(q.replies.drain(..));
                     if out.is_empty() {
@@ -255,44 +274,47 @@ mod tests {
     async fn drop_oldest_keeps_the_newest_and_counts() {
         let o = outbox(SlowConsumerPolicy::DropOldest);
         for i in 0..5u8 {
-            o.push(Bytes::from(vec![i]));
+            o.push(Frame::from(i.to_string()));
         }
         let mut out = VecDeque::new();
         let batch = o.next_batch(&mut out).await;
         assert_eq!(batch.dropped, 2);
-        assert_eq!(out, [vec![2u8], vec![3], vec![4]]);
+        assert_eq!(out, ["2", "3", "4"]);
     }
 
     #[tokio::test]
     async fn byte_limit_drops_too() {
         let o = outbox(SlowConsumerPolicy::DropOldest);
-        o.push(Bytes::from(vec![0; 60]));
-        assert_eq!(o.push(Bytes::from(vec![1; 60])), Pushed::DroppedOldest(1));
+        o.push(Frame::from("0".repeat(60)));
+        assert_eq!(
+            o.push(Frame::from("1".repeat(60))),
+            Pushed::DroppedOldest(1)
+        );
         let mut out = VecDeque::new();
         o.next_batch(&mut out).await;
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0][0], 1);
+        assert!(out[0].starts_with('1'));
     }
 
     #[tokio::test]
     async fn replies_are_never_dropped_and_come_first() {
         let o = outbox(SlowConsumerPolicy::DropOldest);
         for i in 0..5u8 {
-            o.push(Bytes::from(vec![i]));
+            o.push(Frame::from(i.to_string()));
         }
-        assert!(o.push_reply(Bytes::from_static(b"ok")).await);
+        assert!(o.push_reply(Frame::from_static("ok")).await);
         let mut out = VecDeque::new();
         o.next_batch(&mut out).await;
-        assert_eq!(out[0], &b"ok"[..]);
+        assert_eq!(out[0], "ok");
         assert_eq!(out.len(), 4);
         // A full reply queue makes the pusher wait for the writer, not lose replies.
         for _ in 0..MAX_QUEUED_REPLIES {
-            assert!(o.push_reply(Bytes::from_static(b"r")).await);
+            assert!(o.push_reply(Frame::from_static("r")).await);
         }
         let o = std::sync::Arc::new(o);
         let waiting = tokio::spawn({
             let o = o.clone();
-            async move { o.push_reply(Bytes::from_static(b"late")).await }
+            async move { o.push_reply(Frame::from_static("late")).await }
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!waiting.is_finished());
@@ -306,10 +328,10 @@ mod tests {
     async fn close_policy_closes_and_refuses_more() {
         let o = outbox(SlowConsumerPolicy::Close);
         for _ in 0..3 {
-            assert_eq!(o.push(Bytes::from_static(b"x")), Pushed::Queued);
+            assert_eq!(o.push(Frame::from_static("x")), Pushed::Queued);
         }
-        assert_eq!(o.push(Bytes::from_static(b"x")), Pushed::Overflowed);
-        assert_eq!(o.push(Bytes::from_static(b"x")), Pushed::Closed);
+        assert_eq!(o.push(Frame::from_static("x")), Pushed::Overflowed);
+        assert_eq!(o.push(Frame::from_static("x")), Pushed::Closed);
         let mut out = VecDeque::new();
         let batch = o.next_batch(&mut out).await;
         assert_eq!(batch.closed, Some(CloseReason::SlowConsumer));

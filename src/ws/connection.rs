@@ -7,9 +7,8 @@
 //! at high fan-out that is one `write` syscall for many frames.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -25,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::dispatch;
 use crate::hub::outbox::{Batch, CloseReason};
 use crate::hub::Session;
-use crate::protocol::{close, ErrorCode, RequestError, ServerFrame};
+use crate::protocol::{close, ErrorCode, Frame, RequestError, ServerFrame};
 use crate::server::App;
 
 /// How long we wait for a peer to answer our close frame before dropping it.
@@ -34,31 +33,6 @@ const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// An upgraded connection.
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 type Sink = SplitSink<Socket, Message>;
-
-/// Liveness: milliseconds (since the connection started) when we last heard the peer.
-struct LastHeard {
-    start: Instant,
-    ms: AtomicU64,
-}
-
-impl LastHeard {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        self.ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn silent_for(&self) -> Duration {
-        let now = self.start.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.ms.load(Ordering::Relaxed)))
-    }
-}
 
 /// Serves one upgraded connection until it ends.
 pub async fn serve(socket: Socket, app: Arc<App>, user: Option<String>) {
@@ -84,17 +58,13 @@ pub async fn serve(socket: Socket, app: Arc<App>, user: Option<String>) {
         server: concat!("switchboard/", env!("CARGO_PKG_VERSION")).into(),
         heartbeat_ms: heartbeat.as_millis() as u64,
     };
-    session
-        .outbox
-        .push_reply(Bytes::from(welcome.encode()))
-        .await;
+    session.outbox.push_reply(welcome.to_frame()).await;
 
     let (sink, mut stream) = socket.split();
     // `reader_done`: the peer closed, vanished or broke the protocol. `writer_done`: the
     // writer gave up (write error, slow consumer). Each side stops when the other does.
     let reader_done = CancellationToken::new();
     let writer_done = CancellationToken::new();
-    let last_heard = LastHeard::new();
     let writer = tokio::spawn(write_loop(
         sink,
         session.clone(),
@@ -102,16 +72,7 @@ pub async fn serve(socket: Socket, app: Arc<App>, user: Option<String>) {
         reader_done.clone(),
         writer_done.clone(),
     ));
-    let dead_after = heartbeat * app.config.ws.heartbeat_misses.get();
-    read_loop(
-        &mut stream,
-        &app,
-        &session,
-        &last_heard,
-        dead_after,
-        &writer_done,
-    )
-    .await;
+    read_loop(&mut stream, &app, &session, &writer_done).await;
     reader_done.cancel();
     match writer.await {
         Ok(sink) => {
@@ -130,19 +91,29 @@ async fn read_loop(
     stream: &mut SplitStream<Socket>,
     app: &App,
     session: &Arc<Session>,
-    last_heard: &LastHeard,
-    dead_after: Duration,
     writer_done: &CancellationToken,
 ) {
-    let mut liveness = tokio::time::interval(dead_after / 2);
+    let heartbeat = app.config.ws.heartbeat_interval;
+    let misses = app.config.ws.heartbeat_misses.get();
+    let dead_after = heartbeat * misses;
+    // Liveness by counting heartbeat intervals in which nothing arrived: a flag per
+    // frame instead of a clock read per frame.
+    let mut liveness = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let mut heard = false;
+    let mut silent_intervals = 0;
     loop {
         let frame = tokio::select! {
             frame = stream.next() => frame,
             _ = liveness.tick() => {
-                if last_heard.silent_for() > dead_after {
-                    tracing::debug!(client = session.id(), "heartbeat timeout");
-                    session.outbox.close(CloseReason::Code(close::HEARTBEAT_TIMEOUT, "heartbeat timeout"));
-                    return;
+                if std::mem::take(&mut heard) {
+                    silent_intervals = 0;
+                } else {
+                    silent_intervals += 1;
+                    if silent_intervals >= misses {
+                        tracing::debug!(client = session.id(), "heartbeat timeout");
+                        session.outbox.close(CloseReason::Code(close::HEARTBEAT_TIMEOUT, "heartbeat timeout"));
+                        return;
+                    }
                 }
                 continue;
             }
@@ -163,7 +134,7 @@ async fn read_loop(
                 return;
             }
         };
-        last_heard.touch();
+        heard = true;
         let reply = match message {
             Message::Text(text) => dispatch::handle_text(&app.hub, session, text.as_str()),
             Message::Binary(_) => ServerFrame::error(
@@ -179,10 +150,14 @@ async fn read_loop(
                 return;
             }
         };
-        // Waits while many replies are unread: backpressure on a pipelining client. A
-        // peer that reads nothing for as long as a dead one would is treated as dead.
-        match tokio::time::timeout(dead_after, session.outbox.push_reply(Bytes::from(reply))).await
-        {
+        // Replies wait while many are unread: backpressure on a pipelining client. A peer
+        // that reads nothing for as long as a dead one would is treated as dead.
+        let reply = match session.outbox.try_push_reply(Frame::from(reply)) {
+            Ok(true) => continue,
+            Ok(false) => return,
+            Err(reply) => reply,
+        };
+        match tokio::time::timeout(dead_after, session.outbox.push_reply(reply)).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(_) => {
@@ -269,7 +244,7 @@ async fn write_loop(
 async fn write_batch(
     sink: &mut Sink,
     batch: Batch,
-    queued: &mut VecDeque<Bytes>,
+    queued: &mut VecDeque<Frame>,
 ) -> Result<(), tungstenite::Error> {
     if batch.dropped > 0 {
         let notice = ServerFrame::Lagged {
@@ -279,10 +254,7 @@ async fn write_batch(
         sink.feed(Message::Text(notice.into())).await?;
     }
     for frame in queued.drain(..) {
-        // Frames are JSON we encoded ourselves, so this check never fails in practice.
-        let text = Utf8Bytes::try_from(frame)
-            .map_err(|_| tungstenite::Error::Utf8(String::from("outgoing frame")))?;
-        sink.feed(Message::Text(text)).await?;
+        sink.feed(Message::Text(frame)).await?;
     }
     sink.flush().await
 }
