@@ -135,3 +135,45 @@ async fn close_policy_disconnects_a_slow_consumer_with_4100() {
         .await;
     assert_eq!(fine.recv().await["data"], "still here");
 }
+
+#[tokio::test]
+async fn a_client_that_pipelines_without_reading_is_slowed_then_dropped() {
+    use futures_util::SinkExt;
+    let d = Daemon::start("[ws]\nheartbeat_interval = \"300ms\"\nheartbeat_misses = 2\n");
+    let mut greedy = Raw::connect(&d.ws_url()).await;
+    let request = json!({"op":"ping","id":"x","pad":"p".repeat(1000)}).to_string();
+    // Send far more requests than the replies the server will buffer, never reading.
+    // The server stops reading us, so our own sends eventually block: bound the time.
+    let sending = async {
+        for _ in 0..200_000 {
+            if greedy
+                .ws
+                .send(tokio_tungstenite::tungstenite::Message::text(
+                    request.clone(),
+                ))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), sending).await;
+    let mut gone = false;
+    for _ in 0..50 {
+        if d.healthz().await["connections"] == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gone,
+        "a client that reads nothing is dropped like a dead one"
+    );
+    assert!(
+        d.rss_kib() < 64 * 1024,
+        "no unbounded buffering: {} KiB",
+        d.rss_kib()
+    );
+}

@@ -1,22 +1,20 @@
-//! The bounded queue between the Hub and one connection's writer.
+//! The bounded queue between the Hub and one connection.
 //!
-//! The Hub pushes encoded frames without ever waiting; the connection's writer task takes
-//! everything queued in one batch and writes it with one flush. When a subscriber cannot
-//! keep up, the configured [`SlowConsumerPolicy`] decides: drop the oldest frames (and
-//! tell the client how many with a `lagged` notice) or close the connection. Either way
-//! a connection's memory is capped by `max_messages` and `max_bytes`.
+//! The Hub pushes encoded frames without ever waiting; the connection takes everything
+//! queued in one batch and writes it with one flush. When a subscriber cannot keep up,
+//! the configured [`SlowConsumerPolicy`] decides: drop the oldest frames (and tell the
+//! client how many with a `lagged` notice) or close the connection. Either way a
+//! connection's memory is capped by `max_messages` and `max_bytes`.
 //!
-//! Replies to the connection's own requests live in a second, small queue that is never
-//! dropped from: instead, the reader waits for room before queueing another reply, so a
-//! client that pipelines requests faster than it reads replies is slowed down by TCP
-//! backpressure rather than cut off or left without answers.
+//! The consumer side is poll-based (`poll_batch`) so a connection can wait for
+//! outbound frames and inbound bytes in one task, without a second task per socket.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::protocol::Frame;
 
@@ -45,39 +43,25 @@ pub struct QueueLimits {
 pub enum CloseReason {
     /// The queue passed its limit under [`SlowConsumerPolicy::Close`].
     SlowConsumer,
-    /// The connection is going away and the transport needs to say nothing more
-    /// (the peer left or broke the connection).
-    Finished,
-    /// Close with this code and reason once queued frames are written (shutdown,
-    /// oversized frame…).
+    /// Close with this code and reason once queued frames are written (shutdown…).
     Code(u16, &'static str),
 }
 
-/// Replies queued for one connection before its reader waits for the writer.
-pub const MAX_QUEUED_REPLIES: usize = 256;
-
 #[derive(Default)]
 struct Queue {
-    replies: VecDeque<Frame>,
     frames: VecDeque<Frame>,
     bytes: usize,
     dropped: u64,
     closed: Option<CloseReason>,
 }
 
-impl Queue {
-    /// Nothing for the writer to do, so it is (or soon will be) waiting for a wake-up.
-    fn is_idle(&self) -> bool {
-        self.frames.is_empty() && self.replies.is_empty() && self.dropped == 0
-    }
-}
-
-/// One batch for the writer.
-#[derive(Debug, Default)]
+/// What the consumer gets from one `poll_batch`.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Batch {
     /// Frames dropped since the last batch (send a `lagged` notice first).
     pub dropped: u64,
-    /// Set once the outbox is closed; frames taken with it are still worth sending.
+    /// Set once the outbox is closed. Under `SlowConsumer` the queue was discarded and
+    /// nothing more should be written; otherwise frames taken with it are still due.
     pub closed: Option<CloseReason>,
 }
 
@@ -95,12 +79,8 @@ pub enum Pushed {
 
 pub struct Outbox {
     queue: Mutex<Queue>,
-    ready: Notify,
-    /// Signalled when the writer took a batch, so a reader waiting for reply room wakes.
-    space: Notify,
-    /// Cancelled when the queue overflows under the close policy: the writer may be
-    /// stuck writing to a peer that reads nothing, and must give up at once.
-    overflow: CancellationToken,
+    /// The connection task waiting for frames (one consumer, so one waker).
+    consumer: AtomicWaker,
     limits: QueueLimits,
 }
 
@@ -108,9 +88,7 @@ impl Outbox {
     pub fn new(limits: QueueLimits) -> Self {
         Self {
             queue: Mutex::new(Queue::default()),
-            ready: Notify::new(),
-            space: Notify::new(),
-            overflow: CancellationToken::new(),
+            consumer: AtomicWaker::new(),
             limits,
         }
     }
@@ -126,7 +104,7 @@ impl Outbox {
         if q.closed.is_some() {
             return Pushed::Closed;
         }
-        let was_idle = q.is_idle();
+        let was_empty = q.frames.is_empty();
         q.bytes += frame.len();
         q.frames.push_back(frame);
         let mut dropped = 0;
@@ -141,21 +119,20 @@ impl Outbox {
                 // Close, or a single frame larger than the byte limit: nothing to drop.
                 _ => {
                     q.closed = Some(CloseReason::SlowConsumer);
-                    q.frames.clear();
+                    q.frames = VecDeque::new();
                     q.bytes = 0;
                     drop(q);
-                    self.overflow.cancel();
-                    self.ready.notify_one();
+                    self.consumer.wake();
                     return Pushed::Overflowed;
                 }
             }
         }
         q.dropped += dropped;
         drop(q);
-        // Only the push that makes the queue non-empty wakes the writer: it takes
+        // Only the push that makes the queue non-empty wakes the consumer: it takes
         // everything in one batch, so later pushes ride on that wake-up.
-        if was_idle {
-            self.ready.notify_one();
+        if was_empty {
+            self.consumer.wake();
         }
         if dropped > 0 {
             Pushed::DroppedOldest(dropped)
@@ -164,97 +141,66 @@ impl Outbox {
         }
     }
 
-    /// Queues a reply if there is room, without waiting; gives the frame back if not.
-    pub fn try_push_reply(&self, frame: Frame) -> Result<bool, Frame> {
-        let mut q = self.lock();
-        if q.closed.is_some() {
-            return Ok(false);
-        }
-        if q.replies.len() >= MAX_QUEUED_REPLIES {
-            return Err(frame);
-        }
-        let was_idle = q.is_idle();
-        q.replies.push_back(frame);
-        drop(q);
-        if was_idle {
-            self.ready.notify_one();
-        }
-        Ok(true)
-    }
-
-    /// Queues a reply to the connection's own request, waiting while too many replies
-    /// are queued. Returns false if the outbox is closed.
-    pub async fn push_reply(&self, mut frame: Frame) -> bool {
-        loop {
-            match self.try_push_reply(frame) {
-                Ok(queued) => return queued,
-                Err(back) => frame = back,
-            }
-            self.space.notified().await;
-        }
-    }
-
-    /// Stops taking frames; what is queued can still be taken.
+    /// Stops taking frames; what is queued is still handed out, then `closed` is set.
     pub fn close(&self, reason: CloseReason) {
         let mut q = self.lock();
         if q.closed.is_none() {
             q.closed = Some(reason);
         }
         drop(q);
-        self.ready.notify_one();
-        self.space.notify_one();
-    }
-
-    /// Completes when the queue overflowed under [`SlowConsumerPolicy::Close`].
-    pub async fn overflowed(&self) {
-        self.overflow.cancelled().await
+        self.consumer.wake();
     }
 
     pub fn is_closed(&self) -> bool {
         self.lock().closed.is_some()
     }
 
-    /// Frames and replies waiting, for metrics.
+    /// Frames waiting, for metrics.
     pub fn len(&self) -> usize {
-        let q = self.lock();
-        q.frames.len() + q.replies.len()
+        self.lock().frames.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Waits until there is something to do, then moves every queued reply and frame
-    /// into `out`, replies first (`out` should be empty; its allocation is reused batch
-    /// after batch).
-    pub async fn next_batch(&self, out: &mut VecDeque<Frame>) -> Batch {
-        loop {
-            {
-                let mut q = self.lock();
-                if !q.is_idle() || q.closed.is_some() {
-                    let had_replies = !q.replies.is_empty();
-                    out.extend(q.replies.drain(..));
-                    if out.is_empty() {
-                        std::mem::swap(out, &mut q.frames);
-                    } else {
-                        out.append(&mut q.frames);
-                    }
-                    q.bytes = 0;
-                    let batch = Batch {
-                        dropped: std::mem::take(&mut q.dropped),
-                        closed: q.closed,
-                    };
-                    drop(q);
-                    if had_replies {
-                        self.space.notify_one();
-                    }
-                    return batch;
-                }
-            }
-            // notify_one keeps a permit when nobody waits, so a push between the check
-            // above and this await is not lost.
-            self.ready.notified().await;
+    /// Ready when there is something for the consumer: frames (moved into `out` when
+    /// `take` is true), a drop count, or a close. With `take` false only a slow-consumer
+    /// close is reported, so a connection still writing its last batch leaves new
+    /// frames here, where the queue limits apply, instead of buffering them itself.
+    pub fn poll_batch(
+        &self,
+        cx: &mut Context<'_>,
+        take: bool,
+        out: &mut VecDeque<Frame>,
+    ) -> Poll<Batch> {
+        // Register first, then look: a push after the look wakes this registration.
+        self.consumer.register(cx.waker());
+        let mut q = self.lock();
+        if q.closed == Some(CloseReason::SlowConsumer) {
+            return Poll::Ready(Batch {
+                dropped: 0,
+                closed: q.closed,
+            });
         }
+        if !take || (q.frames.is_empty() && q.dropped == 0 && q.closed.is_none()) {
+            return Poll::Pending;
+        }
+        if out.is_empty() {
+            std::mem::swap(out, &mut q.frames);
+        } else {
+            out.append(&mut q.frames);
+        }
+        q.bytes = 0;
+        Poll::Ready(Batch {
+            dropped: std::mem::take(&mut q.dropped),
+            closed: q.closed,
+        })
+    }
+
+    /// Waits for the next batch (for consumers that are plain async code).
+    pub async fn next_batch(&self, out: &mut VecDeque<Frame>) -> Batch {
+        std::future::poll_fn(|cx| self.poll_batch(cx, true, out)).await
     }
 }
 
@@ -297,34 +243,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn replies_are_never_dropped_and_come_first() {
-        let o = outbox(SlowConsumerPolicy::DropOldest);
-        for i in 0..5u8 {
-            o.push(Frame::from(i.to_string()));
-        }
-        assert!(o.push_reply(Frame::from_static("ok")).await);
-        let mut out = VecDeque::new();
-        o.next_batch(&mut out).await;
-        assert_eq!(out[0], "ok");
-        assert_eq!(out.len(), 4);
-        // A full reply queue makes the pusher wait for the writer, not lose replies.
-        for _ in 0..MAX_QUEUED_REPLIES {
-            assert!(o.push_reply(Frame::from_static("r")).await);
-        }
-        let o = std::sync::Arc::new(o);
-        let waiting = tokio::spawn({
-            let o = o.clone();
-            async move { o.push_reply(Frame::from_static("late")).await }
-        });
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished());
-        out.clear();
-        o.next_batch(&mut out).await;
-        assert_eq!(out.len(), MAX_QUEUED_REPLIES);
-        assert!(waiting.await.unwrap());
-    }
-
-    #[tokio::test]
     async fn close_policy_closes_and_refuses_more() {
         let o = outbox(SlowConsumerPolicy::Close);
         for _ in 0..3 {
@@ -336,5 +254,42 @@ mod tests {
         let batch = o.next_batch(&mut out).await;
         assert_eq!(batch.closed, Some(CloseReason::SlowConsumer));
         assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_consumer_still_writing_is_told_only_of_overflow() {
+        let o = outbox(SlowConsumerPolicy::Close);
+        o.push(Frame::from_static("x"));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut out = VecDeque::new();
+        assert_eq!(o.poll_batch(&mut cx, false, &mut out), Poll::Pending);
+        assert!(
+            out.is_empty(),
+            "frames stay in the outbox while the consumer is busy"
+        );
+        for _ in 0..3 {
+            o.push(Frame::from_static("x"));
+        }
+        let ready = o.poll_batch(&mut cx, false, &mut out);
+        assert_eq!(
+            ready,
+            Poll::Ready(Batch {
+                dropped: 0,
+                closed: Some(CloseReason::SlowConsumer)
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn close_hands_out_what_is_queued_first() {
+        let o = outbox(SlowConsumerPolicy::DropOldest);
+        o.push(Frame::from_static("last words"));
+        o.close(CloseReason::Code(1001, "bye"));
+        assert_eq!(o.push(Frame::from_static("late")), Pushed::Closed);
+        let mut out = VecDeque::new();
+        let batch = o.next_batch(&mut out).await;
+        assert_eq!(batch.closed, Some(CloseReason::Code(1001, "bye")));
+        assert_eq!(out, ["last words"]);
     }
 }
