@@ -64,7 +64,6 @@ pub async fn serve(socket: Socket, app: Arc<App>, user: Option<String>) {
     }
     let connection = Connection::new(socket, app.clone(), session.clone());
     connection.run().await;
-    app.hub.disconnect(&session);
     tracing::debug!(client = session.id(), "client disconnected");
 }
 
@@ -146,10 +145,11 @@ impl Connection {
                 }
             }
         };
-        // Nothing more is taken for this connection.
+        // Done with the Hub: others see the leave now, not after the closing handshake.
         self.session
             .outbox
             .close(CloseReason::Code(close::GOING_AWAY, "connection closed"));
+        self.app.hub.disconnect(&self.session);
         match close_with {
             // Boxed: this path runs once per connection, and its state would otherwise
             // sit in every idle connection's task.
@@ -181,23 +181,22 @@ impl Connection {
     }
 
     /// Makes all the progress it can; returns when something needs the caller.
+    ///
+    /// Frames are handed to the socket as soon as it takes them, but flushed only once
+    /// nothing more is ready to read: a client pipelining requests gets its replies in
+    /// a few large writes, not one `write` per reply.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         loop {
             if let Some(event) = self.poll_outbox(cx) {
                 return Poll::Ready(event);
             }
             let had_backlog = !self.unwritten.is_empty();
-            if let Err(e) = self.poll_write(cx) {
+            if let Err(e) = self.poll_hand_over(cx) {
                 return Poll::Ready(Event::WriteFailed(e));
             }
             if had_backlog && self.unwritten.is_empty() && self.closing.is_none() {
                 // Room again: the outbox did not wake us for what it queued meanwhile.
                 continue;
-            }
-            if let Some(reason) = self.closing {
-                if self.unwritten.is_empty() && !self.unflushed {
-                    return Poll::Ready(Event::Close(reason));
-                }
             }
             if self.heartbeat.poll_tick(cx).is_ready() {
                 if !std::mem::take(&mut self.heard) {
@@ -209,7 +208,7 @@ impl Connection {
                     self.silent_intervals = 0;
                 }
                 self.unwritten.push_back(Message::Ping(Bytes::new()));
-                continue; // write the ping
+                continue; // hand the ping over
             }
             if self.unwritten.len() < MAX_UNWRITTEN {
                 match Pin::new(&mut self.socket).poll_next(cx) {
@@ -222,6 +221,19 @@ impl Connection {
                         return Poll::Ready(Event::PeerGone(close_for_read_error(&e)));
                     }
                     Poll::Pending => {}
+                }
+            }
+            // Nothing more to read for now: flush what was handed over.
+            if self.unflushed {
+                match Pin::new(&mut self.socket).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.unflushed = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Event::WriteFailed(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if let Some(reason) = self.closing {
+                if self.unwritten.is_empty() && !self.unflushed {
+                    return Poll::Ready(Event::Close(reason));
                 }
             }
             return Poll::Pending;
@@ -256,8 +268,9 @@ impl Connection {
         None
     }
 
-    /// Hands unwritten frames to the socket, then flushes once they are all in.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), tungstenite::Error> {
+    /// Hands unwritten frames to the socket, which buffers them up to its write buffer
+    /// size and writes when that fills.
+    fn poll_hand_over(&mut self, cx: &mut Context<'_>) -> Result<(), tungstenite::Error> {
         let mut socket = Pin::new(&mut self.socket);
         while !self.unwritten.is_empty() {
             match socket.as_mut().poll_ready(cx) {
@@ -268,13 +281,6 @@ impl Connection {
             if let Some(message) = self.unwritten.pop_front() {
                 socket.as_mut().start_send(message)?;
                 self.unflushed = true;
-            }
-        }
-        if self.unflushed {
-            match socket.poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.unflushed = false,
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => {}
             }
         }
         Ok(())
