@@ -110,6 +110,10 @@ pub struct Stats {
     pub direct_messages: u64,
 }
 
+/// Topics whose sequence numbers are kept before those without subscribers are
+/// forgotten (their `seq` then starts again at 1).
+const MAX_TRACKED_TOPICS: usize = 100_000;
+
 #[derive(Default)]
 struct TopicState {
     seq: u64,
@@ -120,6 +124,8 @@ pub struct Hub {
     next_key: AtomicU64,
     index: RwLock<SubscriptionIndex<Arc<Session>>>,
     topics: RwLock<HashMap<Box<str>, Arc<Mutex<TopicState>>>>,
+    /// Size of `topics` at which topics without subscribers are forgotten.
+    prune_topics_at: std::sync::atomic::AtomicUsize,
     clients: RwLock<HashMap<String, Arc<Session>>>,
     users: RwLock<HashMap<String, HashMap<index::Key, Arc<Session>>>>,
     /// Presence-enabled topic → its members, ordered by connection.
@@ -142,6 +148,7 @@ impl Hub {
             next_key: AtomicU64::new(1),
             index: RwLock::default(),
             topics: RwLock::default(),
+            prune_topics_at: std::sync::atomic::AtomicUsize::new(MAX_TRACKED_TOPICS),
             clients: RwLock::default(),
             users: RwLock::default(),
             presence: Mutex::default(),
@@ -252,7 +259,21 @@ impl Hub {
         if let Some(s) = read(&self.topics).get(topic) {
             return s.clone();
         }
-        write(&self.topics).entry(topic.into()).or_default().clone()
+        let mut topics = write(&self.topics);
+        if topics.len() >= self.prune_topics_at.load(Ordering::Relaxed)
+            && !topics.contains_key(topic)
+        {
+            // A client publishing to ever-new topics must not grow this map forever:
+            // forget topics nobody subscribes to and nobody is publishing to right now.
+            let index = read(&self.index);
+            topics.retain(|t, state| Arc::strong_count(state) > 1 || index.count_matches(t) > 0);
+            // If most topics are in use, wait for the map to double before scanning
+            // again, so the scan costs O(1) per new topic over time.
+            let next = MAX_TRACKED_TOPICS.max(topics.len() * 2);
+            self.prune_topics_at.store(next, Ordering::Relaxed);
+            tracing::debug!(kept = topics.len(), "forgot topics without subscribers");
+        }
+        topics.entry(topic.into()).or_default().clone()
     }
 
     /// Pushes one encoded frame to every session subscribed to `topic`, except `skip`.
@@ -509,6 +530,31 @@ mod tests {
                 from: "me"
             })
             .is_err());
+    }
+
+    #[test]
+    fn topics_without_subscribers_are_forgotten_past_the_limit() {
+        let hub = hub();
+        let a = hub.connect(None);
+        hub.subscribe(&a, "kept").unwrap();
+        let data = RawValue::from_string("1".into()).unwrap();
+        let publish = |topic: &str| {
+            hub.publish(Publish {
+                topic,
+                event: None,
+                data: &data,
+                from: "t",
+            })
+            .unwrap()
+            .seq
+        };
+        publish("kept");
+        for i in 0..MAX_TRACKED_TOPICS + 10 {
+            publish(&format!("noise/{i}"));
+        }
+        let topics = hub.stats().topics;
+        assert!(topics < 20, "noise forgotten: {topics} topics kept");
+        assert_eq!(publish("kept"), 2, "a subscribed topic keeps its sequence");
     }
 
     #[tokio::test]
