@@ -144,7 +144,7 @@ log_level = "info"
 outbound_queue_messages = 1024
 outbound_queue_bytes = 1048576
 slow_consumer = "drop_oldest"
-read_buffer_size = 4096
+read_buffer_size = 1024
 write_buffer_size = 16384
 "#;
 
