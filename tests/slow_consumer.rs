@@ -177,3 +177,34 @@ async fn a_client_that_pipelines_without_reading_is_slowed_then_dropped() {
         d.rss_kib()
     );
 }
+
+#[tokio::test]
+async fn a_backlog_of_pushes_does_not_stop_the_daemon_hearing_that_client() {
+    let d = Daemon::start("");
+    let url = d.ws_url();
+    let mut watcher = Raw::connect(&url).await;
+    watcher.request(json!({"op":"sub","topic":"status"})).await;
+    // A subscriber that reads nothing for now: pushes pile up for it.
+    let mut slow = Raw::connect(&url).await;
+    slow.request(json!({"op":"sub","topic":"flood"})).await;
+    let mut publisher = Raw::connect(&url).await;
+    let pad = "p".repeat(2048);
+    for i in 0..20_000 {
+        publisher
+            .send(json!({"op":"pub","topic":"flood","data":{"i":i,"pad":pad}}))
+            .await;
+    }
+    publisher.request(json!({"op":"ping"})).await;
+    // Its own requests are still read and acted on at once.
+    for n in 0..3 {
+        slow.send(json!({"op":"pub","topic":"status","data":n}))
+            .await;
+        let m = tokio::time::timeout(Duration::from_secs(2), watcher.recv())
+            .await
+            .expect("the slow subscriber's publish went through");
+        assert_eq!(m["data"], n);
+    }
+    let health = d.healthz().await;
+    assert!(health["dropped"].as_u64().unwrap_or(0) > 0, "{health}");
+    assert_eq!(health["connections"], 3, "{health}");
+}

@@ -44,8 +44,8 @@ pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 /// How long closing may wait on the peer (to write our close frame, for its reply).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Frames waiting for the socket beyond which requests are no longer read.
-const MAX_UNWRITTEN: usize = 256;
+/// Replies waiting for the socket beyond which requests are no longer read.
+const MAX_UNWRITTEN_REPLIES: usize = 256;
 
 /// Serves one upgraded connection until it ends.
 pub async fn serve(socket: Socket, app: Arc<App>, user: Option<String>) {
@@ -84,9 +84,11 @@ struct Connection {
     socket: Socket,
     app: Arc<App>,
     session: Arc<Session>,
-    /// Frames taken from the outbox or produced here (replies, pings), not yet handed to
-    /// the socket.
-    unwritten: VecDeque<Message>,
+    /// Frames produced by this connection (welcome, replies, pings), not yet handed to
+    /// the socket. Written first, and the only backlog that pauses reading.
+    own: VecDeque<Message>,
+    /// Frames taken from the outbox, not yet handed to the socket.
+    pushes: VecDeque<Message>,
     /// Frames handed to the socket since the last flush.
     unflushed: bool,
     /// Taken from the outbox, in the order the Hub queued them.
@@ -115,7 +117,8 @@ impl Connection {
         Self {
             socket,
             session,
-            unwritten: VecDeque::from([welcome]),
+            own: VecDeque::from([welcome]),
+            pushes: VecDeque::new(),
             unflushed: false,
             batch: VecDeque::new(),
             closing: None,
@@ -177,7 +180,7 @@ impl Connection {
             // Pongs are heard; pings are answered by tungstenite itself.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_) => return,
         };
-        self.unwritten.push_back(Message::Text(Frame::from(reply)));
+        self.own.push_back(Message::Text(Frame::from(reply)));
     }
 
     /// Makes all the progress it can; returns when something needs the caller.
@@ -190,11 +193,11 @@ impl Connection {
             if let Some(event) = self.poll_outbox(cx) {
                 return Poll::Ready(event);
             }
-            let had_backlog = !self.unwritten.is_empty();
+            let had_backlog = !self.pushes.is_empty();
             if let Err(e) = self.poll_hand_over(cx) {
                 return Poll::Ready(Event::WriteFailed(e));
             }
-            if had_backlog && self.unwritten.is_empty() && self.closing.is_none() {
+            if had_backlog && self.pushes.is_empty() && self.closing.is_none() {
                 // Room again: the outbox did not wake us for what it queued meanwhile.
                 continue;
             }
@@ -207,10 +210,12 @@ impl Connection {
                 } else {
                     self.silent_intervals = 0;
                 }
-                self.unwritten.push_back(Message::Ping(Bytes::new()));
+                self.own.push_back(Message::Ping(Bytes::new()));
                 continue; // hand the ping over
             }
-            if self.unwritten.len() < MAX_UNWRITTEN {
+            // A backlog of pushes does not stop reading: a slow subscriber's requests and
+            // pongs are still heard. Only unwritten replies do.
+            if self.own.len() < MAX_UNWRITTEN_REPLIES {
                 match Pin::new(&mut self.socket).poll_next(cx) {
                     Poll::Ready(Some(Ok(Message::Close(_)))) | Poll::Ready(None) => {
                         return Poll::Ready(Event::PeerGone(None))
@@ -232,7 +237,7 @@ impl Connection {
                 }
             }
             if let Some(reason) = self.closing {
-                if self.unwritten.is_empty() && !self.unflushed {
+                if self.own.is_empty() && self.pushes.is_empty() && !self.unflushed {
                     return Poll::Ready(Event::Close(reason));
                 }
             }
@@ -245,7 +250,7 @@ impl Connection {
         if self.closing.is_some() {
             return None;
         }
-        let take = self.unwritten.is_empty();
+        let take = self.pushes.is_empty();
         let Poll::Ready(batch) = self.session.outbox.poll_batch(cx, take, &mut self.batch) else {
             return None;
         };
@@ -260,30 +265,36 @@ impl Connection {
             let notice = ServerFrame::Lagged {
                 dropped: batch.dropped,
             };
-            self.unwritten.push_back(Message::Text(notice.to_frame()));
+            self.pushes.push_back(Message::Text(notice.to_frame()));
         }
-        self.unwritten
-            .extend(self.batch.drain(..).map(Message::Text));
+        self.pushes.extend(self.batch.drain(..).map(Message::Text));
         self.closing = batch.closed;
         None
     }
 
-    /// Hands unwritten frames to the socket, which buffers them up to its write buffer
-    /// size and writes when that fills.
+    /// Hands unwritten frames to the socket, this connection's own first, which buffers
+    /// them up to its write buffer size and writes when that fills.
     fn poll_hand_over(&mut self, cx: &mut Context<'_>) -> Result<(), tungstenite::Error> {
         let mut socket = Pin::new(&mut self.socket);
-        while !self.unwritten.is_empty() {
+        loop {
+            let queue = if self.own.is_empty() {
+                &mut self.pushes
+            } else {
+                &mut self.own
+            };
+            if queue.is_empty() {
+                return Ok(());
+            }
             match socket.as_mut().poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => return Ok(()),
             }
-            if let Some(message) = self.unwritten.pop_front() {
+            if let Some(message) = queue.pop_front() {
                 socket.as_mut().start_send(message)?;
                 self.unflushed = true;
             }
         }
-        Ok(())
     }
 }
 
