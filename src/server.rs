@@ -68,10 +68,6 @@ impl Server {
         Ok(vec![("http", self.http.local_addr()?)])
     }
 
-    pub fn app(&self) -> Arc<App> {
-        self.app.clone()
-    }
-
     /// Serves until `stop` completes, then shuts down gracefully.
     pub async fn run(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let addrs = self.local_addrs()?;

@@ -151,19 +151,6 @@ impl Outbox {
         self.consumer.wake();
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.lock().closed.is_some()
-    }
-
-    /// Frames waiting, for metrics.
-    pub fn len(&self) -> usize {
-        self.lock().frames.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Ready when there is something for the consumer: frames (moved into `out` when
     /// `take` is true), a drop count, or a close. With `take` false only a slow-consumer
     /// close is reported, so a connection still writing its last batch leaves new

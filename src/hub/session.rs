@@ -41,11 +41,6 @@ impl Session {
         self.user.as_deref()
     }
 
-    /// Number of filters held.
-    pub fn subscription_count(&self) -> usize {
-        lock(&self.filters).len()
-    }
-
     pub fn info(&self) -> Option<Box<RawValue>> {
         lock(&self.info).clone()
     }
