@@ -104,25 +104,12 @@ async fn close_policy_disconnects_a_slow_consumer_with_4100() {
     let mut fine = Raw::connect(&url).await;
     fine.request(json!({"op":"sub","topic":"other"})).await;
     let mut publisher = Raw::connect(&url).await;
-    let pad = "p".repeat(4096);
     // Enough to fill the kernel's socket buffers and then the 64 KiB queue.
-    for i in 0..4000 {
-        publisher
-            .send(json!({"op":"pub","topic":"flood","data":{"i":i,"pad":pad}}))
-            .await;
-    }
-    publisher.request(json!({"op":"ping"})).await;
+    publisher.flood("flood", 4000, 4096).await;
     // The daemon drops the connection once its queue passes the limit. A peer that reads
     // nothing cannot be sent the close frame (its socket buffers are full), so only a
     // close frame that does arrive is checked for its code.
-    let mut connections = 0;
-    for _ in 0..100 {
-        connections = d.healthz().await["connections"].as_u64().unwrap_or(0);
-        if connections == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let connections = d.wait_for_connections(2, Duration::from_secs(10)).await;
     assert_eq!(connections, 2, "the slow consumer was disconnected");
     let health = d.healthz().await;
     assert_eq!(health["slow_consumer_closes"], 1, "{health}");
@@ -159,14 +146,7 @@ async fn a_client_that_pipelines_without_reading_is_slowed_then_dropped() {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(3), sending).await;
-    let mut gone = false;
-    for _ in 0..50 {
-        if d.healthz().await["connections"] == 0 {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let gone = d.wait_for_connections(0, Duration::from_secs(5)).await == 0;
     assert!(
         gone,
         "a client that reads nothing is dropped like a dead one"
@@ -188,13 +168,7 @@ async fn a_backlog_of_pushes_does_not_stop_the_daemon_hearing_that_client() {
     let mut slow = Raw::connect(&url).await;
     slow.request(json!({"op":"sub","topic":"flood"})).await;
     let mut publisher = Raw::connect(&url).await;
-    let pad = "p".repeat(2048);
-    for i in 0..20_000 {
-        publisher
-            .send(json!({"op":"pub","topic":"flood","data":{"i":i,"pad":pad}}))
-            .await;
-    }
-    publisher.request(json!({"op":"ping"})).await;
+    publisher.flood("flood", 20_000, 2048).await;
     // Its own requests are still read and acted on at once.
     for n in 0..3 {
         slow.send(json!({"op":"pub","topic":"status","data":n}))

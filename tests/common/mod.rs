@@ -132,6 +132,18 @@ impl Daemon {
     pub async fn healthz(&self) -> Value {
         http_get_json(self.http, "/healthz").await
     }
+
+    /// Waits up to `wait` for the daemon to count `n` connections; returns the last count.
+    pub async fn wait_for_connections(&self, n: u64, wait: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let count = self.healthz().await["connections"].as_u64().unwrap_or(0);
+            if count == n || tokio::time::Instant::now() >= deadline {
+                return count;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Daemon {
@@ -220,6 +232,17 @@ impl Raw {
                 Ok(_) => continue,
             }
         }
+    }
+
+    /// Publishes `count` messages `{"i": n, "pad": …}` of about `pad` bytes without
+    /// waiting for acks, then one ping so that all of them have been processed.
+    pub async fn flood(&mut self, topic: &str, count: u64, pad: usize) {
+        let pad = "p".repeat(pad);
+        for i in 0..count {
+            self.send(serde_json::json!({"op":"pub","topic":topic,"data":{"i":i,"pad":pad}}))
+                .await;
+        }
+        self.request(serde_json::json!({"op":"ping"})).await;
     }
 
     /// Sends a request and returns its reply, skipping pushes that arrive first.
