@@ -4,14 +4,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests use. (None yet beyond a Rust toolchain and a C linker;
-# tests that need mosquitto, redis-server or chromium add them here.)
+# System packages the tests use: a C linker, and MQTT clients nobody here wrote
+# (mosquitto_pub/sub; mosquitto itself for mosquitto_passwd and the benchmark peer;
+# Python's paho-mqtt for MQTT 3.1.1, 5 and MQTT over WebSocket).
 need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc)
+command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
+command -v mosquitto_passwd >/dev/null || need_apt+=(mosquitto)
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# paho-mqtt 2.x, pinned: the tests use its v2 callback API.
+if ! python3 -c 'import paho.mqtt, sys; sys.exit(0 if paho.mqtt.__version__.startswith("2.") else 1)' 2>/dev/null; then
+    python3 -m pip install --quiet 'paho-mqtt==2.1.0' 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages 'paho-mqtt==2.1.0'
 fi
 
 # Fan-out tests open a few thousand sockets.

@@ -39,6 +39,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub ws: WsConfig,
     pub presence: PresenceConfig,
+    pub mqtt: MqttConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -86,6 +87,93 @@ pub struct PresenceConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// MQTT 3.1.1 and 5 over TCP; empty turns it off.
+    pub listen: Listen,
+    /// MQTT over WebSocket; empty turns it off.
+    pub ws_listen: Listen,
+    /// Devices connected at once.
+    pub max_connections: NonZeroUsize,
+    /// Largest MQTT packet a device may send, in bytes.
+    pub max_packet_size: NonZeroUsize,
+    /// Time a new connection has to send CONNECT.
+    #[serde(with = "positive_duration")]
+    pub connect_timeout: Duration,
+    /// Messages from other ways in queued towards MQTT subscribers before drops.
+    pub egress_queue: NonZeroUsize,
+    /// Devices without a username may connect.
+    pub allow_anonymous: bool,
+    /// Password file (`switchboard passwd`, Mosquitto-compatible); empty for none.
+    pub password_file: PathBuf,
+    /// Topic permissions; none means every device may publish and subscribe anywhere.
+    pub acl: Vec<AclRule>,
+}
+
+/// Topic permissions for the devices a rule applies to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// `*` for every device, `anonymous` for devices without a username, or a username.
+    pub user: String,
+    /// Filters the device may publish to; `%c` is its client id, `%u` its username.
+    #[serde(default)]
+    pub publish: Vec<TopicPattern>,
+    /// Filters the device may subscribe within; same substitutions.
+    #[serde(default)]
+    pub subscribe: Vec<TopicPattern>,
+}
+
+/// A topic filter that may contain `%c` (client id) and `%u` (username) as whole levels
+/// or inside one, validated with the placeholders filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct TopicPattern(String);
+
+impl TopicPattern {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for TopicPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let filled = s.replace("%c", "c").replace("%u", "u");
+        crate::topic::validate_filter(&filled)
+            .map_err(|e| serde::de::Error::custom(format!("invalid topic pattern `{s}`: {e}")))?;
+        Ok(TopicPattern(s))
+    }
+}
+
+/// A listen address, or empty for "off".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl Serialize for Listen {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(addr) => s.collect_str(&addr),
+            None => s.serialize_str(""),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim().is_empty() {
+            return Ok(Listen(None));
+        }
+        s.trim().parse().map(|a| Listen(Some(a))).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not an address such as 127.0.0.1:1883 or [::]:1883 (empty turns the listener off)"
+            ))
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// How long shutdown waits for queued frames to be written before exiting.
     #[serde(with = "positive_duration")]
@@ -104,6 +192,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             ws: WsConfig::default(),
             presence: PresenceConfig::default(),
+            mqtt: MqttConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -142,6 +231,22 @@ impl Default for PresenceConfig {
     }
 }
 
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: Listen(Some(SocketAddr::from(([127, 0, 0, 1], 1883)))),
+            ws_listen: Listen(Some(SocketAddr::from(([127, 0, 0, 1], 8083)))),
+            max_connections: nz(10_000),
+            max_packet_size: nz(1024 * 1024),
+            connect_timeout: Duration::from_secs(10),
+            egress_queue: nz(65_536),
+            allow_anonymous: true,
+            password_file: PathBuf::new(),
+            acl: Vec::new(),
+        }
+    }
+}
+
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
@@ -161,6 +266,17 @@ impl Config {
             max_subscriptions: self.ws.max_subscriptions.get(),
             presence: self.presence.topics.clone(),
             max_info_bytes: self.presence.max_info_bytes.get(),
+        }
+    }
+
+    pub fn broker(&self) -> switchboard_bridge::BrokerConfig {
+        switchboard_bridge::BrokerConfig {
+            listen: self.mqtt.listen.0,
+            ws_listen: self.mqtt.ws_listen.0,
+            max_connections: self.mqtt.max_connections.get(),
+            max_packet_size: self.mqtt.max_packet_size.get(),
+            connect_timeout: self.mqtt.connect_timeout,
+            egress_queue: self.mqtt.egress_queue.get(),
         }
     }
 

@@ -2,15 +2,19 @@
 //!
 //! The tree follows the data path (see docs/ and DESIGN): [`topic`] says what a topic
 //! is, [`protocol`] what a WebSocket frame is, [`hub`] routes messages between
-//! sessions, [`ws`] serves WebSocket connections, [`http`] the HTTP listener,
+//! sessions, [`ws`] serves WebSocket connections, [`http`] the HTTP listener, [`mqtt`]
+//! joins the embedded MQTT broker (crate `switchboard-bridge`) to the hub, [`auth`] says
+//! which devices may connect and what they may do,
 //! [`server`] starts and stops it all, [`config`] reads the configuration, and
 //! [`client`] is the Rust client that talks to a running daemon.
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod mqtt;
 pub mod protocol;
 pub mod server;
 pub mod topic;

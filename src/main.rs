@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use switchboard::cli::passwd::{self, PasswdArgs};
 use switchboard::cli::pubsub::{self, PubArgs, SubArgs};
 use switchboard::config::{Config, ANNOTATED};
 use switchboard::server::{self, Server};
@@ -44,6 +45,8 @@ enum Command {
     Sub(SubArgs),
     /// Publish one message (or one per input line), like mosquitto_pub.
     Pub(PubArgs),
+    /// Add, update or delete an MQTT device in a password file, like mosquitto_passwd.
+    Passwd(PasswdArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
             init_logging("warn");
             report(runtime().and_then(|rt| rt.block_on(pubsub::run_pub(args))))
         }
+        Command::Passwd(args) => report(passwd::run(args)),
     }
 }
 

@@ -141,6 +141,8 @@ struct RawRequest<'a> {
     user: Option<String>,
     #[serde(borrow)]
     info: Option<&'a RawValue>,
+    #[serde(default)]
+    retain: bool,
 }
 
 /// Only the id, to answer a request that could not be parsed whole.
@@ -172,6 +174,7 @@ pub enum Request<'a> {
         topic: String,
         event: Option<String>,
         data: &'a RawValue,
+        retain: bool,
     },
     Send {
         to: Recipient,
@@ -247,6 +250,7 @@ fn request_from_raw(raw: RawRequest<'_>) -> Result<Request<'_>, RequestError> {
             topic: need(raw.topic, "topic")?,
             event: raw.event,
             data: raw.data.unwrap_or_else(|| null()),
+            retain: raw.retain,
         },
         "send" => {
             let to = match (raw.client, raw.user) {
@@ -329,6 +333,9 @@ pub enum ServerFrame<'a> {
         ts: u64,
         seq: u64,
         from: Cow<'a, str>,
+        /// Set on the stored value a subscriber receives when it subscribes.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        retained: bool,
     },
     Dm {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -458,7 +465,9 @@ mod tests {
             parse_request(r#"{"op":"pub","id":"7","topic":"a/b","data":{"x":[1, 2]}}"#).unwrap();
         assert_eq!(id.unwrap().get(), r#""7""#);
         match req {
-            Request::Pub { topic, data, event } => {
+            Request::Pub {
+                topic, data, event, ..
+            } => {
                 assert_eq!(topic, "a/b");
                 assert_eq!(data.get(), r#"{"x":[1, 2]}"#);
                 assert_eq!(event, None);
@@ -493,6 +502,7 @@ mod tests {
             ts: 5,
             seq: 9,
             from: "c1".into(),
+            retained: false,
         }
         .encode();
         assert_eq!(

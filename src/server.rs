@@ -14,20 +14,27 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use switchboard_bridge::Broker;
+
+use crate::auth::devices::DeviceGate;
 use crate::config::Config;
 use crate::hub::outbox::CloseReason;
 use crate::hub::Hub;
+use crate::mqtt::{BrokerTap, HubIngress};
 use crate::protocol::close;
 
 /// Target of the one log line that reports every bound address. Scripts and tests read
 /// it; its shape is documented in README.md and must stay stable:
-/// `listening http=127.0.0.1:8700`.
+/// `listening http=127.0.0.1:8700 mqtt=127.0.0.1:1883 mqtt_ws=127.0.0.1:8083` (a listener
+/// that is turned off is left out).
 pub const LISTENING_TARGET: &str = "switchboard::listening";
 
 /// Shared state of the running daemon.
 pub struct App {
     pub config: Config,
     pub hub: Arc<Hub>,
+    /// The embedded MQTT broker, unless every MQTT listener is turned off.
+    pub broker: Option<Broker>,
     /// Cancelled when shutdown begins.
     pub shutdown: CancellationToken,
     /// Every live connection holds a token of this tracker, so shutdown can wait for them.
@@ -54,9 +61,11 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
         let hub = Hub::new(config.hub());
+        let broker = start_broker(&config, &hub).await?;
         let app = Arc::new(App {
             config,
             hub,
+            broker,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
@@ -65,7 +74,12 @@ impl Server {
 
     /// Every bound listener, by name.
     pub fn local_addrs(&self) -> anyhow::Result<Vec<(&'static str, SocketAddr)>> {
-        Ok(vec![("http", self.http.local_addr()?)])
+        let mut addrs = vec![("http", self.http.local_addr()?)];
+        if let Some(broker) = &self.app.broker {
+            addrs.extend(broker.local_addr().map(|a| ("mqtt", a)));
+            addrs.extend(broker.ws_local_addr().map(|a| ("mqtt_ws", a)));
+        }
+        Ok(addrs)
     }
 
     /// Serves until `stop` completes, then shuts down gracefully.
@@ -92,20 +106,37 @@ impl Server {
                 .await
         });
 
-        stop.await;
+        let broker_died = async {
+            match &app.broker {
+                Some(broker) => broker.died().await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut failure = None;
+        tokio::select! {
+            _ = stop => {}
+            _ = broker_died => {
+                tracing::error!("the MQTT broker's router thread died; shutting down");
+                failure = Some(anyhow::anyhow!("the embedded MQTT broker stopped unexpectedly"));
+            }
+        }
         tracing::info!("shutting down: no new connections, closing clients");
         app.shutdown.cancel();
+        let grace = app.config.shutdown.grace;
+        let mqtt_closed = async {
+            if let Some(broker) = &app.broker {
+                broker.shutdown(grace).await;
+            }
+        };
         for session in app.hub.sessions() {
             session
                 .outbox
                 .close(CloseReason::Code(close::GOING_AWAY, "server shutting down"));
         }
         app.tracker.close();
-        let grace = app.config.shutdown.grace;
-        if tokio::time::timeout(grace, app.tracker.wait())
-            .await
-            .is_err()
-        {
+        let (ws_closed, ()) =
+            tokio::join!(tokio::time::timeout(grace, app.tracker.wait()), mqtt_closed);
+        if ws_closed.is_err() {
             tracing::warn!(
                 remaining = app.tracker.len(),
                 "shutdown grace of {grace:?} passed; dropping the remaining connections"
@@ -117,8 +148,28 @@ impl Server {
             tracing::warn!(error = %e, "http listener task failed");
         }
         tracing::info!("stopped");
-        Ok(())
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
+}
+
+/// Starts the embedded MQTT broker, wired to the hub both ways, unless every MQTT
+/// listener is turned off.
+async fn start_broker(config: &Config, hub: &Arc<Hub>) -> anyhow::Result<Option<Broker>> {
+    let broker_config = config.broker();
+    if broker_config.listen.is_none() && broker_config.ws_listen.is_none() {
+        tracing::info!("MQTT is turned off (mqtt.listen and mqtt.ws_listen are empty)");
+        return Ok(None);
+    }
+    let gate =
+        DeviceGate::from_config(&config.mqtt).context("cannot load the MQTT password file")?;
+    tracing::info!("MQTT devices: {}", gate.describe());
+    let ingress = Arc::new(HubIngress::new(hub.clone()));
+    let broker = Broker::start(broker_config, Arc::new(gate), ingress).await?;
+    hub.add_tap(Arc::new(BrokerTap::new(broker.publisher())));
+    Ok(Some(broker))
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

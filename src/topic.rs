@@ -105,6 +105,29 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     topic_levels.next().is_none()
 }
 
+/// Does `pattern` allow everything `filter` could ever match? Used for subscribe
+/// permissions: a device allowed `sensors/#` may subscribe to `sensors/+/temp`, but one
+/// allowed `sensors/+/temp` may not subscribe to `sensors/#`. Both must be valid filters.
+pub fn covers(pattern: &str, filter: &str) -> bool {
+    let wildcard_start = |f: &str| f.starts_with('+') || f.starts_with('#');
+    if filter.starts_with('$') && wildcard_start(pattern) {
+        return false;
+    }
+    let mut filter_levels = filter.split('/');
+    for p in pattern.split('/') {
+        let f = filter_levels.next();
+        match (p, f) {
+            ("#", _) => return true,
+            (_, None) | (_, Some("#")) => return false,
+            ("+", Some(_)) => {}
+            (_, Some("+")) => return false,
+            (literal, Some(f)) if literal == f => {}
+            _ => return false,
+        }
+    }
+    filter_levels.next().is_none()
+}
+
 /// A validated subscription filter, for configuration values.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Filter(String);
@@ -149,6 +172,40 @@ impl serde::Serialize for Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn covers_is_containment_of_matched_topics() {
+        let yes = [
+            ("#", "a/b"),
+            ("a/#", "a"),
+            ("a/#", "a/+/c"),
+            ("a/#", "a/#"),
+            ("a/+", "a/b"),
+            ("a/+", "a/+"),
+            ("a/+/c", "a/b/c"),
+            ("a/b", "a/b"),
+        ];
+        let no = [
+            ("a/+", "a/#"),
+            ("a/+/c", "a/#"),
+            ("a/b", "a/+"),
+            ("a/b", "a/b/c"),
+            ("a/b/c", "a/b"),
+            ("+/b", "$SYS/b"),
+            ("#", "$SYS/#"),
+            ("a/+", "a"),
+        ];
+        for (pattern, filter) in yes {
+            assert!(covers(pattern, filter), "{pattern} covers {filter}");
+        }
+        for (pattern, filter) in no {
+            assert!(
+                !covers(pattern, filter),
+                "{pattern} does not cover {filter}"
+            );
+        }
+        assert!(covers("$SYS/#", "$SYS/a"));
+    }
 
     #[test]
     fn topics() {

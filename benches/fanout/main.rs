@@ -207,7 +207,7 @@ async fn run_case(kind: Kind, subs: usize, o: &Options, pinned: bool) -> Option<
         match load::run(&server, subs, o.timing, o.window).await {
             Ok(case) => {
                 let other = case.other_cpu();
-                if best.as_ref().map_or(true, |b| other < b.other_cpu()) {
+                if best.as_ref().is_none_or(|b| other < b.other_cpu()) {
                     best = Some(case);
                 }
                 if other <= DISTURBED {

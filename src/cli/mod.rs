@@ -2,6 +2,7 @@
 //! daemon's own commands live in `main.rs`). Each tool is a clap `Args` struct and an
 //! async `run_*` function built on [`crate::client`]; `main.rs` only wires them in.
 
+pub mod passwd;
 pub mod pubsub;
 
 /// Where and as whom to connect, shared by every client tool.

@@ -65,7 +65,7 @@ pub async fn run_sub(args: SubArgs) -> anyhow::Result<()> {
     }
     let mut messages = futures_util::stream::select_all(streams);
     let mut printed = 0u64;
-    while args.count.map_or(true, |n| printed < n) {
+    while args.count.is_none_or(|n| printed < n) {
         let Some((index, msg)) = messages.next().await else {
             match client.closed_reason() {
                 Some(reason) => bail!(reason),

@@ -26,6 +26,20 @@ async fn healthz(State(app): State<Arc<App>>) -> (axum::http::StatusCode, Json<s
     } else {
         axum::http::StatusCode::OK
     };
+    let mqtt = app.broker.as_ref().map(|b| {
+        let m = b.stats();
+        json!({
+            "connections": m.connections,
+            "connects_refused": m.connects_refused,
+            "messages_in": m.messages_in,
+            "messages_out": m.messages_out,
+            "publishes_denied": m.publishes_denied,
+            "subscribes_denied": m.subscribes_denied,
+            "protocol_errors": m.protocol_errors,
+            "egress_published": m.egress_published,
+            "egress_dropped": m.egress_dropped,
+        })
+    });
     let body = json!({
         "status": if status.is_success() { "ok" } else { "shutting_down" },
         "version": env!("CARGO_PKG_VERSION"),
@@ -35,6 +49,8 @@ async fn healthz(State(app): State<Arc<App>>) -> (axum::http::StatusCode, Json<s
         "delivered": stats.delivered,
         "dropped": stats.dropped,
         "slow_consumer_closes": stats.slow_consumer_closes,
+        "retained": stats.retained,
+        "mqtt": mqtt,
     });
     (status, Json(body))
 }

@@ -1,10 +1,11 @@
 //! The Hub: routing at the centre of the data path.
 //!
-//! Owns subscriptions (the [`index`]), per-topic sequence numbers, presence, the table of
-//! connected sessions and direct messages. Every way in turns into a [`Publish`]; the
+//! Owns subscriptions (the [`index`]), per-topic sequence numbers and retained values,
+//! presence, the table of connected sessions and direct messages. Every way in turns into a [`Publish`]; the
 //! Hub encodes the outgoing frame once and pushes the same bytes into each matching
 //! session's [`outbox`]. It never does I/O and never waits on a subscriber: the
-//! transports (see `crate::ws`) own sockets and drain outboxes.
+//! transports (see `crate::ws`) own sockets and drain outboxes. Other consumers of every
+//! message (the MQTT broker today) attach as [`Tap`]s.
 //!
 //! Locking: a publish takes its topic's lock (so every subscriber sees one topic's
 //! messages in sequence order) and then the index read lock. Subscribing takes the index
@@ -53,6 +54,8 @@ pub enum HubError {
     NoRecipient(String),
     #[error("info must be a JSON object of at most {0} bytes")]
     InvalidInfo(usize),
+    #[error("topics starting with `$` are reserved for the server (`{0}`)")]
+    Reserved(String),
 }
 
 impl HubError {
@@ -65,11 +68,13 @@ impl HubError {
             HubError::PresenceDisabled(_) => C::PresenceDisabled,
             HubError::NoRecipient(_) => C::NoRecipient,
             HubError::InvalidInfo(_) => C::InvalidInfo,
+            HubError::Reserved(_) => C::Forbidden,
         }
     }
 }
 
 /// One message entering the Hub, from any way in.
+#[derive(Debug, Clone, Copy)]
 pub struct Publish<'a> {
     pub topic: &'a str,
     pub event: Option<&'a str>,
@@ -77,7 +82,32 @@ pub struct Publish<'a> {
     pub data: &'a RawValue,
     /// Where it came from, shown to subscribers as `from` (a client id, `http`, `mqtt:…`).
     pub from: &'a str,
+    pub origin: Origin,
+    /// Keep it as the topic's retained value (an empty payload, `""`, clears it).
+    pub retain: bool,
 }
+
+/// Which way a message came in; taps use it to avoid sending a message back where it
+/// came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A WebSocket client, or HTTP.
+    Client,
+    /// A device on the embedded MQTT broker.
+    Mqtt,
+    /// The daemon itself (device status notices); may use `$` topics.
+    System,
+}
+
+/// Something that sees every message the Hub routes, such as the MQTT broker. Called
+/// under the topic's lock, so calls for one topic arrive in seq order; must not block.
+pub trait Tap: Send + Sync {
+    fn publish(&self, message: &Publish<'_>, seq: u64);
+}
+
+/// Retained values kept at most; beyond it new retained topics are refused (counted),
+/// so a client cannot grow memory without bound by retaining to ever-new topics.
+pub const MAX_RETAINED: usize = 100_000;
 
 /// What a publish produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +125,8 @@ struct Counters {
     dropped: AtomicU64,
     slow_closed: AtomicU64,
     direct: AtomicU64,
+    retained: AtomicU64,
+    retained_refused: AtomicU64,
 }
 
 /// A snapshot of the Hub's figures.
@@ -108,6 +140,8 @@ pub struct Stats {
     pub dropped: u64,
     pub slow_consumer_closes: u64,
     pub direct_messages: u64,
+    pub retained: u64,
+    pub retained_refused: u64,
 }
 
 /// Topics whose sequence numbers are kept before those without subscribers are
@@ -117,6 +151,8 @@ const MAX_TRACKED_TOPICS: usize = 100_000;
 #[derive(Default)]
 struct TopicState {
     seq: u64,
+    /// The retained message, already encoded with `retained: true`.
+    retained: Option<Frame>,
 }
 
 pub struct Hub {
@@ -130,6 +166,7 @@ pub struct Hub {
     users: RwLock<HashMap<String, HashMap<index::Key, Arc<Session>>>>,
     /// Presence-enabled topic → its members, ordered by connection.
     presence: Mutex<HashMap<String, BTreeMap<index::Key, Arc<Session>>>>,
+    taps: RwLock<Vec<Arc<dyn Tap>>>,
     counters: Counters,
 }
 
@@ -152,6 +189,7 @@ impl Hub {
             clients: RwLock::default(),
             users: RwLock::default(),
             presence: Mutex::default(),
+            taps: RwLock::default(),
             counters: Counters::default(),
         })
     }
@@ -218,7 +256,37 @@ impl Hub {
         }
         write(&self.index).insert(filter, session.key, session.clone());
         self.join_presence(session, filter);
+        self.send_retained(session, filter);
         Ok(())
+    }
+
+    /// Queues the retained value of every topic matching a new subscription, as MQTT does.
+    fn send_retained(&self, session: &Arc<Session>, filter: &str) {
+        if self.counters.retained.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let frames: Vec<Frame> = if topic::is_wildcard(filter) {
+            read(&self.topics)
+                .iter()
+                .filter(|(t, _)| topic::matches(filter, t))
+                .filter_map(|(_, state)| lock(state).retained.clone())
+                .collect()
+        } else {
+            read(&self.topics)
+                .get(filter)
+                .and_then(|state| lock(state).retained.clone())
+                .into_iter()
+                .collect()
+        };
+        for frame in frames {
+            // A full queue applies the slow-consumer policy as for any push.
+            let _ = session.outbox.push(frame);
+        }
+    }
+
+    /// Adds a consumer of every message.
+    pub fn add_tap(&self, tap: Arc<dyn Tap>) {
+        write(&self.taps).push(tap);
     }
 
     pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> Result<(), HubError> {
@@ -234,22 +302,54 @@ impl Hub {
     /// Routes one message to every matching subscriber.
     pub fn publish(&self, p: Publish<'_>) -> Result<Published, HubError> {
         topic::validate_topic(p.topic)?;
+        if p.topic.starts_with('$') && p.origin != Origin::System {
+            return Err(HubError::Reserved(p.topic.to_owned()));
+        }
         let state = self.topic_state(p.topic);
         // Held through fan-out: concurrent publishers to one topic are serialised, so
         // every subscriber sees that topic's messages in seq order.
         let mut state = lock(&state);
         state.seq += 1;
         let seq = state.seq;
-        let frame = ServerFrame::Msg {
-            topic: Cow::Borrowed(p.topic),
-            event: p.event.map(Cow::Borrowed),
-            data: p.data,
-            ts: protocol::now_ms(),
-            seq,
-            from: Cow::Borrowed(p.from),
+        let message = |retained| {
+            ServerFrame::Msg {
+                topic: Cow::Borrowed(p.topic),
+                event: p.event.map(Cow::Borrowed),
+                data: p.data,
+                ts: protocol::now_ms(),
+                seq,
+                from: Cow::Borrowed(p.from),
+                retained,
+            }
+            .to_frame()
+        };
+        let frame = message(false);
+        if p.retain {
+            let clears = p.data.get() == "\"\"";
+            let had = state.retained.is_some();
+            if clears {
+                state.retained = None;
+            } else if had || self.counters.retained.load(Ordering::Relaxed) < MAX_RETAINED as u64 {
+                state.retained = Some(message(true));
+            } else {
+                self.counters
+                    .retained_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    topic = p.topic,
+                    "retained value not kept: {MAX_RETAINED} topics already retain one"
+                );
+            }
+            match (had, state.retained.is_some()) {
+                (false, true) => self.counters.retained.fetch_add(1, Ordering::Relaxed),
+                (true, false) => self.counters.retained.fetch_sub(1, Ordering::Relaxed),
+                _ => 0,
+            };
         }
-        .to_frame();
         let delivered = self.deliver(p.topic, &frame, None);
+        for tap in read(&self.taps).iter() {
+            tap.publish(&p, seq);
+        }
         drop(state);
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         Ok(Published { seq, delivered })
@@ -266,7 +366,13 @@ impl Hub {
             // A client publishing to ever-new topics must not grow this map forever:
             // forget topics nobody subscribes to and nobody is publishing to right now.
             let index = read(&self.index);
-            topics.retain(|t, state| Arc::strong_count(state) > 1 || index.count_matches(t) > 0);
+            // A state only the map holds cannot be locked by anyone else, so the lock
+            // taken for the retained check never waits.
+            topics.retain(|t, state| {
+                Arc::strong_count(state) > 1
+                    || index.count_matches(t) > 0
+                    || lock(state).retained.is_some()
+            });
             // If most topics are in use, wait for the map to double before scanning
             // again, so the scan costs O(1) per new topic over time.
             let next = MAX_TRACKED_TOPICS.max(topics.len() * 2);
@@ -458,6 +564,8 @@ impl Hub {
             dropped: self.counters.dropped.load(Ordering::Relaxed),
             slow_consumer_closes: self.counters.slow_closed.load(Ordering::Relaxed),
             direct_messages: self.counters.direct.load(Ordering::Relaxed),
+            retained: self.counters.retained.load(Ordering::Relaxed),
+            retained_refused: self.counters.retained_refused.load(Ordering::Relaxed),
         }
     }
 
@@ -514,6 +622,8 @@ mod tests {
                 event: Some("e"),
                 data: &data,
                 from: "me",
+                origin: Origin::Client,
+                retain: false,
             })
             .unwrap();
         }
@@ -527,7 +637,9 @@ mod tests {
                 topic: "t/#",
                 event: None,
                 data: &data,
-                from: "me"
+                from: "me",
+                origin: Origin::Client,
+                retain: false,
             })
             .is_err());
     }
@@ -544,6 +656,8 @@ mod tests {
                 event: None,
                 data: &data,
                 from: "t",
+                origin: Origin::Client,
+                retain: false,
             })
             .unwrap()
             .seq
@@ -555,6 +669,86 @@ mod tests {
         let topics = hub.stats().topics;
         assert!(topics < 20, "noise forgotten: {topics} topics kept");
         assert_eq!(publish("kept"), 2, "a subscribed topic keeps its sequence");
+    }
+
+    fn publish_as(
+        hub: &Hub,
+        topic: &str,
+        data: &str,
+        origin: Origin,
+        retain: bool,
+    ) -> Result<Published, HubError> {
+        let data = RawValue::from_string(data.into()).unwrap();
+        hub.publish(Publish {
+            topic,
+            event: None,
+            data: &data,
+            from: "t",
+            origin,
+            retain,
+        })
+    }
+
+    #[tokio::test]
+    async fn retained_values_reach_later_subscribers_and_empty_clears() {
+        let hub = hub();
+        publish_as(&hub, "r/a", "1", Origin::Client, true).unwrap();
+        publish_as(&hub, "r/b", "2", Origin::Client, true).unwrap();
+        publish_as(&hub, "r/c", "3", Origin::Client, false).unwrap();
+        publish_as(&hub, "r/a", "4", Origin::Client, true).unwrap();
+        let a = hub.connect(None);
+        hub.subscribe(&a, "r/+").unwrap();
+        let mut got = frames(&a).await;
+        got.sort_by_key(|f| f["topic"].as_str().unwrap().to_owned());
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(
+            (got[0]["data"].clone(), got[0]["retained"].clone()),
+            (4.into(), true.into())
+        );
+        assert_eq!(got[1]["data"], 2);
+        assert_eq!(hub.stats().retained, 2);
+
+        publish_as(&hub, "r/a", "\"\"", Origin::Client, true).unwrap();
+        let live = frames(&a).await;
+        assert_eq!(live.len(), 1, "the clearing message is delivered live");
+        assert!(live[0].get("retained").is_none());
+        let b = hub.connect(None);
+        hub.subscribe(&b, "r/a").unwrap();
+        hub.subscribe(&b, "r/b").unwrap();
+        let got = frames(&b).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["topic"], "r/b");
+        assert_eq!(hub.stats().retained, 1);
+    }
+
+    #[test]
+    fn dollar_topics_are_reserved_for_the_server_and_taps_see_origins() {
+        struct Seen(Mutex<Vec<(String, Origin, bool)>>);
+        impl Tap for Seen {
+            fn publish(&self, m: &Publish<'_>, _seq: u64) {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push((m.topic.to_owned(), m.origin, m.retain));
+            }
+        }
+        let hub = hub();
+        let seen = Arc::new(Seen(Mutex::default()));
+        hub.add_tap(seen.clone());
+        assert!(matches!(
+            publish_as(&hub, "$devices/x", "1", Origin::Client, false),
+            Err(HubError::Reserved(_))
+        ));
+        publish_as(&hub, "$devices/x", "1", Origin::System, true).unwrap();
+        publish_as(&hub, "s/1", "1", Origin::Mqtt, false).unwrap();
+        let seen = seen.0.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![
+                ("$devices/x".to_owned(), Origin::System, true),
+                ("s/1".to_owned(), Origin::Mqtt, false)
+            ]
+        );
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::hub::{Hub, HubError, Publish, Session};
+use crate::hub::{Hub, HubError, Origin, Publish, Session};
 use crate::protocol::{parse_request, Member, Request, RequestError, ServerFrame};
 
 /// The op-specific fields of an `ok` reply.
@@ -39,12 +39,19 @@ fn apply(hub: &Hub, session: &Arc<Session>, request: Request<'_>) -> Result<Repl
     match request {
         Request::Sub { topic } => hub.subscribe(session, &topic)?,
         Request::Unsub { topic } => hub.unsubscribe(session, &topic)?,
-        Request::Pub { topic, event, data } => {
+        Request::Pub {
+            topic,
+            event,
+            data,
+            retain,
+        } => {
             let published = hub.publish(Publish {
                 topic: &topic,
                 event: event.as_deref(),
                 data,
                 from: session.id(),
+                origin: Origin::Client,
+                retain,
             })?;
             reply.seq = Some(published.seq);
         }

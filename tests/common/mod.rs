@@ -21,6 +21,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 pub struct Daemon {
     child: Child,
     pub http: SocketAddr,
+    /// MQTT over TCP and over WebSocket, unless turned off.
+    pub mqtt: Option<SocketAddr>,
+    pub mqtt_ws: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
     pub config_path: PathBuf,
     _dir: tempfile::TempDir,
@@ -46,8 +49,15 @@ impl Daemon {
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if !env.iter().any(|(k, _)| *k == "SWITCHBOARD_HTTP_LISTEN") {
-            cmd.env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0");
+        // Every listener on a free port, so tests run in parallel.
+        for var in [
+            "SWITCHBOARD_HTTP_LISTEN",
+            "SWITCHBOARD_MQTT_LISTEN",
+            "SWITCHBOARD_MQTT_WS_LISTEN",
+        ] {
+            if !env.iter().any(|(k, _)| *k == var) {
+                cmd.env(var, "127.0.0.1:0");
+            }
         }
         for (k, v) in env {
             cmd.env(k, v);
@@ -79,6 +89,8 @@ impl Daemon {
         Daemon {
             child,
             http,
+            mqtt: parse_listening(&addrs, "mqtt"),
+            mqtt_ws: parse_listening(&addrs, "mqtt_ws"),
             logs,
             config_path,
             _dir: dir,

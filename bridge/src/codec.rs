@@ -1,0 +1,242 @@
+//! Bytes ⇄ MQTT packets, for either protocol revision, on one port.
+//!
+//! rumqttd's codecs do the parsing; this module picks the codec from the CONNECT packet's
+//! protocol level (so 3.1.1 and 5 share a listener, as with Mosquitto), reads the QoS and
+//! packet id of a PUBLISH before decoding (rumqttd keeps those fields private), and strips
+//! MQTT 5 properties before the 3.1.1 encoder sees them (it panics on them).
+
+use bytes::BytesMut;
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::v5::V5;
+use rumqttd::protocol::{
+    ConnAck, ConnectReturnCode, Error as ProtocolError, Packet, Protocol, SubAck,
+    SubscribeReasonCode,
+};
+
+use crate::Version;
+
+pub(crate) enum Codec {
+    V4(V4),
+    V5(V5),
+}
+
+/// What the first bytes of a connection say about the protocol.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Sniff {
+    Need,
+    Version(Version),
+    NotMqtt(&'static str),
+    Unsupported(u8),
+}
+
+/// Looks at the CONNECT packet's fixed header and protocol name/level without consuming.
+pub(crate) fn sniff(buf: &[u8]) -> Sniff {
+    let Some(&first) = buf.first() else {
+        return Sniff::Need;
+    };
+    if first != 0x10 {
+        return Sniff::NotMqtt("the first packet must be CONNECT");
+    }
+    let Some((_, header_len)) = remaining_length(&buf[1..]) else {
+        return if buf.len() > 5 {
+            Sniff::NotMqtt("malformed remaining length")
+        } else {
+            Sniff::Need
+        };
+    };
+    let body = &buf[1 + header_len..];
+    if body.len() < 2 {
+        return Sniff::Need;
+    }
+    let name_len = u16::from_be_bytes([body[0], body[1]]) as usize;
+    if name_len != 4 && name_len != 6 {
+        return Sniff::NotMqtt("unknown protocol name");
+    }
+    if body.len() < 2 + name_len + 1 {
+        return Sniff::Need;
+    }
+    let name = &body[2..2 + name_len];
+    let level = body[2 + name_len];
+    match (name, level) {
+        (b"MQTT", 4) => Sniff::Version(Version::V311),
+        (b"MQTT", 5) => Sniff::Version(Version::V5),
+        (b"MQTT", other) | (b"MQIsdp", other) => Sniff::Unsupported(other),
+        _ => Sniff::NotMqtt("unknown protocol name"),
+    }
+}
+
+/// Decodes MQTT's variable-length "remaining length"; `None` if incomplete or over 4 bytes.
+fn remaining_length(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for (i, byte) in buf.iter().take(4).enumerate() {
+        value |= ((byte & 0x7f) as usize) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// QoS, packet id and dup flag of the PUBLISH at the front of `buf`, if that is what it is.
+pub(crate) fn peek_publish(buf: &[u8]) -> Option<PublishHeader> {
+    let first = *buf.first()?;
+    if first >> 4 != 3 {
+        return None;
+    }
+    let qos = (first >> 1) & 0b11;
+    let (_, len_len) = remaining_length(&buf[1..])?;
+    let body = buf.get(1 + len_len..)?;
+    let topic_len = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
+    let pkid = if qos > 0 {
+        let at = 2 + topic_len;
+        u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?])
+    } else {
+        0
+    };
+    Some(PublishHeader { qos, pkid })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PublishHeader {
+    pub qos: u8,
+    pub pkid: u16,
+}
+
+impl Codec {
+    pub fn new(version: Version) -> Codec {
+        match version {
+            Version::V311 => Codec::V4(V4),
+            Version::V5 => Codec::V5(V5),
+        }
+    }
+
+    pub fn version(&self) -> Version {
+        match self {
+            Codec::V4(_) => Version::V311,
+            Codec::V5(_) => Version::V5,
+        }
+    }
+
+    /// One packet off the front of `buf`, `Ok(None)` if more bytes are needed.
+    pub fn read(
+        &mut self,
+        buf: &mut BytesMut,
+        max_size: usize,
+    ) -> Result<Option<Packet>, ProtocolError> {
+        let result = match self {
+            Codec::V4(c) => c.read_mut(buf, max_size),
+            Codec::V5(c) => c.read_mut(buf, max_size),
+        };
+        match result {
+            Ok(packet) => Ok(Some(packet)),
+            Err(ProtocolError::InsufficientBytes(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn write(&self, packet: Packet, out: &mut BytesMut) -> Result<(), ProtocolError> {
+        match self {
+            Codec::V4(c) => c.write(for_v4(packet), out).map(drop),
+            Codec::V5(c) => c.write(packet, out).map(drop),
+        }
+    }
+
+    /// The CONNACK refusing a connection, in the codes this revision knows.
+    pub fn refusal(&self, code: ConnectReturnCode) -> Packet {
+        let code = match (self, code) {
+            (Codec::V4(_), ConnectReturnCode::ClientIdentifierNotValid)
+            | (Codec::V4(_), ConnectReturnCode::BadUserNamePassword)
+            | (Codec::V4(_), ConnectReturnCode::NotAuthorized) => code,
+            (Codec::V4(_), _) => ConnectReturnCode::ServiceUnavailable,
+            (Codec::V5(_), code) => code,
+        };
+        Packet::ConnAck(
+            ConnAck {
+                session_present: false,
+                code,
+            },
+            None,
+        )
+    }
+}
+
+/// 3.1.1 has no properties, and rumqttd's 3.1.1 encoder panics if it meets any.
+fn for_v4(packet: Packet) -> Packet {
+    match packet {
+        Packet::Publish(p, _) => Packet::Publish(p, None),
+        Packet::PubAck(p, _) => Packet::PubAck(p, None),
+        Packet::PubRec(p, _) => Packet::PubRec(p, None),
+        Packet::PubRel(p, _) => Packet::PubRel(p, None),
+        Packet::PubComp(p, _) => Packet::PubComp(p, None),
+        Packet::SubAck(SubAck { pkid, return_codes }, _) => Packet::SubAck(
+            SubAck {
+                pkid,
+                return_codes: return_codes.into_iter().map(v4_suback_code).collect(),
+            },
+            None,
+        ),
+        Packet::UnsubAck(p, _) => Packet::UnsubAck(p, None),
+        Packet::Subscribe(p, _) => Packet::Subscribe(p, None),
+        Packet::Unsubscribe(p, _) => Packet::Unsubscribe(p, None),
+        Packet::Disconnect(p, _) => Packet::Disconnect(p, None),
+        Packet::Connect(c, _, will, _, login) => Packet::Connect(c, None, will, None, login),
+        other => other,
+    }
+}
+
+/// 3.1.1 SUBACK knows granted QoS or 0x80 failure, nothing finer.
+fn v4_suback_code(code: SubscribeReasonCode) -> SubscribeReasonCode {
+    match code {
+        SubscribeReasonCode::QoS0
+        | SubscribeReasonCode::QoS1
+        | SubscribeReasonCode::QoS2
+        | SubscribeReasonCode::Success(_)
+        | SubscribeReasonCode::Failure => code,
+        _ => SubscribeReasonCode::Failure,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(name: &[u8], level: u8) -> Vec<u8> {
+        let mut body = vec![0, name.len() as u8];
+        body.extend_from_slice(name);
+        body.extend_from_slice(&[level, 0x02, 0, 60, 0, 1, b'a']);
+        let mut packet = vec![0x10, body.len() as u8];
+        packet.extend(body);
+        packet
+    }
+
+    #[test]
+    fn sniffs_the_protocol_level() {
+        assert_eq!(sniff(&connect(b"MQTT", 4)), Sniff::Version(Version::V311));
+        assert_eq!(sniff(&connect(b"MQTT", 5)), Sniff::Version(Version::V5));
+        assert_eq!(sniff(&connect(b"MQIsdp", 3)), Sniff::Unsupported(3));
+        assert_eq!(sniff(&connect(b"MQTT", 4)[..5]), Sniff::Need);
+        assert_eq!(sniff(&[]), Sniff::Need);
+        assert!(matches!(sniff(b"GET / HTTP/1.1\r\n"), Sniff::NotMqtt(_)));
+        assert!(matches!(
+            sniff(&[0x10, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            Sniff::NotMqtt(_)
+        ));
+    }
+
+    #[test]
+    fn peeks_qos_and_packet_id() {
+        // QoS 1, topic "a/b", pkid 0x1234, payload "x"
+        let packet = [0x32, 8, 0, 3, b'a', b'/', b'b', 0x12, 0x34, b'x'];
+        assert_eq!(
+            peek_publish(&packet),
+            Some(PublishHeader {
+                qos: 1,
+                pkid: 0x1234
+            })
+        );
+        let qos0 = [0x30, 6, 0, 3, b'a', b'/', b'b', b'x'];
+        assert_eq!(peek_publish(&qos0), Some(PublishHeader { qos: 0, pkid: 0 }));
+        assert_eq!(peek_publish(&[0x82, 1]), None);
+        assert_eq!(peek_publish(&[0x34, 8, 0]), None);
+    }
+}

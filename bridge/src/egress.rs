@@ -1,0 +1,125 @@
+//! Messages from other ways in (WebSocket, HTTP, the daemon itself) to MQTT subscribers.
+//!
+//! Callers must never block on the router, so [`Publisher::publish`] only queues; one thread
+//! owns the router link, takes whatever is queued, hands it to the router in one batch and
+//! one wake-up. The queue is bounded: when the router cannot keep up the newest messages
+//! are dropped and counted in `egress_dropped`, never lost silently.
+//!
+//! The link publishes at QoS 0: rumqttd delivers at each subscription's granted QoS, so an
+//! MQTT subscriber at QoS 1 still gets QoS 1 delivery.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rumqttd::local::LinkRx;
+use rumqttd::protocol::{Packet, Publish};
+use rumqttd::Notification;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::router::{LinkOptions, RouterHandle};
+use crate::{StartError, Stats};
+
+const BATCH: usize = 1024;
+
+/// A message to MQTT subscribers.
+struct Outgoing {
+    topic: Bytes,
+    payload: Bytes,
+    retain: bool,
+}
+
+/// Queues messages for MQTT subscribers. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: mpsc::Sender<Outgoing>,
+    stats: Arc<Stats>,
+}
+
+/// The egress queue was full (or the broker stopped); the message was dropped and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the MQTT egress queue is full; message dropped")]
+pub struct QueueFull;
+
+impl Publisher {
+    pub fn publish(&self, topic: &str, payload: Bytes, retain: bool) -> Result<(), QueueFull> {
+        let message = Outgoing {
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            payload,
+            retain,
+        };
+        self.tx.try_send(message).map_err(|_| {
+            self.stats.egress_dropped.fetch_add(1, Ordering::Relaxed);
+            QueueFull
+        })
+    }
+}
+
+pub(crate) fn start(
+    router: &RouterHandle,
+    capacity: usize,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) -> Result<Publisher, StartError> {
+    let options = LinkOptions {
+        client_id: "switchboard-egress",
+        clean_session: true,
+    };
+    let (mut link_tx, link_rx, _connack) = router.connect(&options).map_err(StartError::Router)?;
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(capacity.max(1));
+    let runtime = tokio::runtime::Handle::current();
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(f)
+            .map(drop)
+            .map_err(|e| StartError::Router(format!("cannot start the {name} thread: {e}")))
+    };
+    let counted = stats.clone();
+    spawn(
+        "mqtt-egress",
+        Box::new(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            while runtime.block_on(rx.recv_many(&mut batch, BATCH)) > 0 {
+                let count = batch.len() as u64;
+                let mut packets = batch
+                    .drain(..)
+                    .map(|m| Packet::Publish(Publish::new(m.topic, m.payload, m.retain), None));
+                let Some(last) = packets.next_back() else {
+                    continue;
+                };
+                link_tx.buffer().extend(packets);
+                // `send` queues `last` and wakes the router once for the whole batch. It
+                // never awaits (rumqttd sends on a blocking channel), and this thread may
+                // block.
+                if runtime.block_on(link_tx.send(last)).is_err() {
+                    tracing::error!("the MQTT router has stopped; egress ends");
+                    return;
+                }
+                counted.egress_published.fetch_add(count, Ordering::Relaxed);
+            }
+        }),
+    )?;
+    spawn(
+        "mqtt-egress-acks",
+        Box::new(move || drain(link_rx, shutdown)),
+    )?;
+    Ok(Publisher { tx, stats })
+}
+
+/// The egress link receives nothing it needs, but the router pauses a link whose
+/// notifications pile up, so they are read and the link woken as rumqttd requires.
+fn drain(mut link_rx: LinkRx, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        match link_rx.recv() {
+            Ok(Some(Notification::Unschedule)) => {
+                if link_rx.ready().is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Everything MQTT: the embedded broker that sensor nodes talk to.
+//!
+//! rumqttd's router owns MQTT routing state (subscriptions, QoS 1/2 flows, persistent
+//! sessions, retained messages for MQTT subscribers). Everything in front of it is ours:
+//! the listeners, the CONNECT handshake, authentication, topic permissions and the socket
+//! options. We do not use rumqttd's own listeners because they only log bind errors, leave
+//! Nagle's algorithm on, have no topic-permission hook, and can be panicked for everyone by
+//! a client id that reconnects after a refused connect.
+//!
+//! This crate knows nothing of WebSocket clients or the hub. It meets the rest of the daemon
+//! through three seams:
+//! - [`Gate`] decides who may connect and what they may publish or subscribe to;
+//! - [`Ingress`] receives every message a device publishes and every device coming and going;
+//! - [`Publisher`] carries messages from elsewhere to MQTT subscribers.
+
+mod codec;
+mod egress;
+mod listener;
+mod registry;
+mod router;
+mod session;
+mod transport;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use egress::{Publisher, QueueFull};
+
+/// How the broker listens and what it tolerates.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// MQTT 3.1.1 and 5 over TCP; `None` turns the listener off.
+    pub listen: Option<SocketAddr>,
+    /// MQTT over WebSocket (MQTT.js, paho in browsers); `None` turns it off.
+    pub ws_listen: Option<SocketAddr>,
+    /// Devices connected at once; more are refused with "server unavailable".
+    pub max_connections: usize,
+    /// Largest packet a device may send, in bytes.
+    pub max_packet_size: usize,
+    /// A socket that has not sent CONNECT by then is closed.
+    pub connect_timeout: Duration,
+    /// Messages queued towards MQTT subscribers from other ways in before new ones are
+    /// dropped (and counted).
+    pub egress_queue: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
+            ws_listen: None,
+            max_connections: 10_000,
+            max_packet_size: 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            egress_queue: 65_536,
+        }
+    }
+}
+
+/// MQTT protocol revision a device speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V311,
+    V5,
+}
+
+impl Version {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::V311 => "3.1.1",
+            Version::V5 => "5",
+        }
+    }
+}
+
+/// How the device reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    WebSocket,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::WebSocket => "websocket",
+        }
+    }
+}
+
+/// What a device presented in its CONNECT packet.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub remote: SocketAddr,
+}
+
+/// A connected device, as the rest of the daemon sees it.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub client_id: String,
+    pub username: Option<String>,
+    pub version: Version,
+    pub transport: Transport,
+    pub remote: SocketAddr,
+}
+
+/// Why a CONNECT was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("bad username or password")]
+    BadCredentials,
+    #[error("not authorized")]
+    NotAuthorized,
+}
+
+/// Why a PUBLISH or SUBSCRIBE was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("not authorized")]
+    NotAuthorized,
+    #[error("invalid topic or filter")]
+    Invalid,
+}
+
+/// What one authenticated device may do; computed once at connect.
+pub trait Permissions: Send + Sync {
+    fn check_publish(&self, topic: &str) -> Result<(), Denied>;
+    fn check_subscribe(&self, filter: &str) -> Result<(), Denied>;
+}
+
+/// Authentication for devices.
+pub trait Gate: Send + Sync + 'static {
+    /// Called on a blocking thread: password hashing is deliberately slow.
+    fn authenticate(&self, credentials: &Credentials) -> Result<Arc<dyn Permissions>, Refusal>;
+}
+
+/// A message a device published (or its Last Will), after permissions were checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    pub retain: bool,
+}
+
+/// Why a device went away, for the offline notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// It sent DISCONNECT.
+    Disconnected,
+    /// The connection broke, timed out or broke the protocol: its Last Will (if any) fired.
+    Lost,
+    /// Another connection with the same client id took over.
+    TakenOver,
+    /// The daemon is shutting down.
+    Shutdown,
+}
+
+impl Gone {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gone::Disconnected => "disconnected",
+            Gone::Lost => "lost",
+            Gone::TakenOver => "taken_over",
+            Gone::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Where device traffic goes besides MQTT subscribers.
+pub trait Ingress: Send + Sync + 'static {
+    /// Called on the device's connection task for every accepted publish, exactly once per
+    /// message (QoS 2 retransmissions are filtered before this). Must not block.
+    fn publish(&self, from: &Device, message: Inbound<'_>);
+    fn connected(&self, device: &Device);
+    fn disconnected(&self, device: &Device, why: Gone);
+}
+
+/// Counters for /healthz and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections: AtomicU64,
+    pub connects_refused: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub publishes_denied: AtomicU64,
+    pub subscribes_denied: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub egress_published: AtomicU64,
+    pub egress_dropped: AtomicU64,
+}
+
+/// A point-in-time copy of [`Stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub connections: u64,
+    pub connects_refused: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub publishes_denied: u64,
+    pub subscribes_denied: u64,
+    pub protocol_errors: u64,
+    pub egress_published: u64,
+    pub egress_dropped: u64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            connections: get(&self.connections),
+            connects_refused: get(&self.connects_refused),
+            messages_in: get(&self.messages_in),
+            messages_out: get(&self.messages_out),
+            publishes_denied: get(&self.publishes_denied),
+            subscribes_denied: get(&self.subscribes_denied),
+            protocol_errors: get(&self.protocol_errors),
+            egress_published: get(&self.egress_published),
+            egress_dropped: get(&self.egress_dropped),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen for MQTT on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the MQTT router: {0}")]
+    Router(String),
+}
+
+/// Shared by every connection task.
+pub(crate) struct Shared {
+    pub config: BrokerConfig,
+    pub router: router::RouterHandle,
+    pub gate: Arc<dyn Gate>,
+    pub ingress: Arc<dyn Ingress>,
+    pub registry: registry::Registry,
+    pub stats: Arc<Stats>,
+    pub publisher: Publisher,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// The running broker: its listeners, the router thread and the egress thread.
+pub struct Broker {
+    shared: Arc<Shared>,
+    local_addr: Option<SocketAddr>,
+    ws_local_addr: Option<SocketAddr>,
+}
+
+impl Broker {
+    /// Binds every configured listener (any failure is returned, nothing is left half-up),
+    /// starts the router and begins accepting devices on the current tokio runtime.
+    pub async fn start(
+        config: BrokerConfig,
+        gate: Arc<dyn Gate>,
+        ingress: Arc<dyn Ingress>,
+    ) -> Result<Broker, StartError> {
+        let tcp = match config.listen {
+            Some(addr) => Some(listener::bind(addr).await?),
+            None => None,
+        };
+        let ws = match config.ws_listen {
+            Some(addr) => Some(listener::bind(addr).await?),
+            None => None,
+        };
+        let router = router::RouterHandle::start(config.max_connections)?;
+        let stats = Arc::new(Stats::default());
+        let shutdown = CancellationToken::new();
+        let publisher = egress::start(
+            &router,
+            config.egress_queue,
+            stats.clone(),
+            shutdown.clone(),
+        )?;
+        let shared = Arc::new(Shared {
+            config,
+            router,
+            gate,
+            ingress,
+            registry: registry::Registry::default(),
+            stats,
+            publisher,
+            shutdown,
+            tracker: TaskTracker::new(),
+        });
+        let local_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+        let ws_local_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(l) = tcp {
+            tokio::spawn(listener::accept_loop(l, Transport::Tcp, shared.clone()));
+        }
+        if let Some(l) = ws {
+            tokio::spawn(listener::accept_loop(
+                l,
+                Transport::WebSocket,
+                shared.clone(),
+            ));
+        }
+        Ok(Broker {
+            shared,
+            local_addr,
+            ws_local_addr,
+        })
+    }
+
+    /// The MQTT/TCP address actually bound (port 0 resolved).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The MQTT/WebSocket address actually bound.
+    pub fn ws_local_addr(&self) -> Option<SocketAddr> {
+        self.ws_local_addr
+    }
+
+    /// Sends messages from other ways in to MQTT subscribers.
+    pub fn publisher(&self) -> Publisher {
+        self.shared.publisher.clone()
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Resolves if the router thread dies. The daemon must then exit rather than run with
+    /// MQTT half-alive.
+    pub async fn died(&self) {
+        self.shared.router.died().await
+    }
+
+    /// Stops accepting, disconnects every device (without firing Last Wills) and waits
+    /// up to `grace` for their tasks to finish.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shared.shutdown.cancel();
+        self.shared.tracker.close();
+        if tokio::time::timeout(grace, self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some MQTT connections did not close within the grace period");
+        }
+    }
+}

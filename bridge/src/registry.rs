@@ -1,0 +1,92 @@
+//! Which client ids are connected, so a second connection with the same id takes over
+//! the first cleanly (the old one is told to go and finishes before the new one starts),
+//! and so a delayed Last Will can be cancelled by the device coming back.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio_util::sync::CancellationToken;
+
+/// One live session's handle, as seen by the next session with the same client id.
+#[derive(Clone)]
+pub(crate) struct Slot {
+    pub serial: u64,
+    /// Cancelled to ask the session to leave.
+    pub take_over: CancellationToken,
+    /// Cancelled by the session once it has fully left.
+    pub gone: CancellationToken,
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_serial: u64,
+    live: HashMap<String, Slot>,
+    pending_wills: HashMap<String, (u64, CancellationToken)>,
+}
+
+impl Registry {
+    /// Claims `client_id` for a new session, returning its slot and the previous holder's.
+    pub fn claim(&self, client_id: &str) -> (Slot, Option<Slot>) {
+        let mut inner = self.lock();
+        inner.next_serial += 1;
+        let slot = Slot {
+            serial: inner.next_serial,
+            take_over: CancellationToken::new(),
+            gone: CancellationToken::new(),
+        };
+        if let Some((_, will)) = inner.pending_wills.remove(client_id) {
+            will.cancel();
+        }
+        let previous = inner.live.insert(client_id.to_owned(), slot.clone());
+        (slot, previous)
+    }
+
+    /// Releases `client_id` if `serial` still holds it.
+    pub fn release(&self, client_id: &str, serial: u64) {
+        let mut inner = self.lock();
+        if inner
+            .live
+            .get(client_id)
+            .is_some_and(|s| s.serial == serial)
+        {
+            inner.live.remove(client_id);
+        }
+    }
+
+    /// Records a delayed will; its token is cancelled if the device reconnects first.
+    pub fn delay_will(&self, client_id: &str) -> (u64, CancellationToken) {
+        let mut inner = self.lock();
+        inner.next_serial += 1;
+        let entry = (inner.next_serial, CancellationToken::new());
+        if let Some((_, old)) = inner
+            .pending_wills
+            .insert(client_id.to_owned(), entry.clone())
+        {
+            old.cancel();
+        }
+        entry
+    }
+
+    /// Forgets a delayed will once it fired or was cancelled.
+    pub fn will_done(&self, client_id: &str, id: u64) {
+        let mut inner = self.lock();
+        if inner
+            .pending_wills
+            .get(client_id)
+            .is_some_and(|(i, _)| *i == id)
+        {
+            inner.pending_wills.remove(client_id);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The map stays consistent even if a holder panicked: every update is one insert
+        // or remove, so a poisoned lock is safe to keep using.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,926 @@
+//! One device connection, from CONNECT to the last byte.
+//!
+//! Between the socket and the router link this task does what rumqttd's own connection
+//! task does (relay packets both ways, honour the router's pause/wake flow control) and what
+//! it does not: authenticate, check every PUBLISH and SUBSCRIBE against the device's
+//! permissions, hand accepted publishes to the [`Ingress`](crate::Ingress) exactly once,
+//! keep the client id unique, and fire the Last Will itself so that it reaches WebSocket
+//! subscribers as well as MQTT ones.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{
+    ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
+    LastWillProperties, Packet, PubAck, PubAckReason, PubRec, PubRecReason, SubAck, Subscribe,
+    SubscribeReasonCode,
+};
+use tokio::time::{sleep_until, Instant};
+
+use crate::codec::{self, Codec, Sniff};
+use crate::registry::Slot;
+use crate::router::LinkOptions;
+use crate::transport::Stream;
+use crate::{
+    Credentials, Denied, Device, Gone, Inbound, Permissions, Refusal, Shared, Transport, Version,
+};
+
+/// Longest client id we accept. MQTT only promises 23 characters; 128 covers MAC- and
+/// UUID-based ids with room to spare and keeps ids usable in topic patterns.
+pub(crate) const MAX_CLIENT_ID_LEN: usize = 128;
+
+/// Why the session loop ended.
+enum End {
+    Gone(Gone),
+    /// The router dropped the link (it took over the client id or stopped): nothing to undo.
+    RouterGone,
+}
+
+pub(crate) async fn serve(
+    mut stream: Stream,
+    remote: SocketAddr,
+    transport: Transport,
+    shared: Arc<Shared>,
+) {
+    let mut read_buf = BytesMut::with_capacity(4096);
+    let deadline = Instant::now() + shared.config.connect_timeout;
+    let handshake =
+        tokio::time::timeout_at(deadline, read_connect(&mut stream, &mut read_buf, &shared));
+    let (codec, connect) = match handshake.await {
+        Ok(Ok(found)) => found,
+        Ok(Err(reason)) => {
+            shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%remote, reason, "MQTT connection closed before CONNECT");
+            stream.shutdown().await;
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "no CONNECT within the connect timeout");
+            stream.shutdown().await;
+            return;
+        }
+    };
+    let Packet::Connect(connect, props, will, will_props, login) = connect else {
+        return;
+    };
+
+    let mut session = Admission {
+        stream,
+        codec,
+        shared: shared.clone(),
+        remote,
+        transport,
+    };
+    let Some(admitted) = session
+        .admit(
+            connect,
+            props.and_then(|p| p.session_expiry_interval),
+            will,
+            will_props,
+            login,
+        )
+        .await
+    else {
+        return;
+    };
+    admitted.run().await;
+}
+
+/// Reads until a whole CONNECT packet is buffered, choosing the codec from its header.
+async fn read_connect(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> Result<(Codec, Packet), &'static str> {
+    let mut codec = loop {
+        match codec::sniff(buf) {
+            Sniff::Version(version) => break Codec::new(version),
+            Sniff::NotMqtt(reason) => return Err(reason),
+            Sniff::Unsupported(_) => {
+                // Say so in the 3.1.1 way every revision understands, then close.
+                let mut out = BytesMut::new();
+                let refusal =
+                    Codec::new(Version::V311).refusal(ConnectReturnCode::RefusedProtocolVersion);
+                if Codec::new(Version::V311).write(refusal, &mut out).is_ok() {
+                    let _ = stream.write_all(&out).await;
+                }
+                return Err("unsupported MQTT protocol level");
+            }
+            Sniff::Need => {
+                if buf.len() > 16 {
+                    return Err("malformed CONNECT");
+                }
+                if stream.read(buf).await.map_err(|_| "read error")? == 0 {
+                    return Err("closed");
+                }
+            }
+        }
+    };
+    loop {
+        match codec.read(buf, shared.config.max_packet_size) {
+            Ok(Some(packet @ Packet::Connect(..))) => return Ok((codec, packet)),
+            Ok(Some(_)) => return Err("the first packet must be CONNECT"),
+            Ok(None) => {}
+            Err(_) => return Err("malformed CONNECT"),
+        }
+        if stream.read(buf).await.map_err(|_| "read error")? == 0 {
+            return Err("closed");
+        }
+    }
+}
+
+/// The steps between a parsed CONNECT and a running session.
+struct Admission {
+    stream: Stream,
+    codec: Codec,
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+    transport: Transport,
+}
+
+struct Will {
+    topic: String,
+    payload: Bytes,
+    retain: bool,
+    delay: Duration,
+}
+
+impl Admission {
+    async fn refuse(&mut self, code: ConnectReturnCode, why: &str) -> Option<Running> {
+        self.shared
+            .stats
+            .connects_refused
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(remote = %self.remote, why, "MQTT connect refused");
+        let mut out = BytesMut::new();
+        if self.codec.write(self.codec.refusal(code), &mut out).is_ok() {
+            let _ = self.stream.write_all(&out).await;
+        }
+        self.stream.shutdown().await;
+        None
+    }
+
+    async fn admit(
+        &mut self,
+        connect: rumqttd::protocol::Connect,
+        session_expiry: Option<u32>,
+        will: Option<LastWill>,
+        will_props: Option<LastWillProperties>,
+        login: Option<rumqttd::protocol::Login>,
+    ) -> Option<Running> {
+        let version = self.codec.version();
+        if self.shared.stats.connections.load(Ordering::Relaxed)
+            >= self.shared.config.max_connections as u64
+        {
+            return self
+                .refuse(ConnectReturnCode::ServerUnavailable, "too many connections")
+                .await;
+        }
+
+        let mut client_id = connect.client_id.clone();
+        let mut assigned = None;
+        if client_id.is_empty() {
+            // 3.1.1 only allows a generated id for a clean session; 5 always does.
+            if version == Version::V311 && !connect.clean_session {
+                return self
+                    .refuse(
+                        ConnectReturnCode::ClientIdentifierNotValid,
+                        "empty client id with a persistent session",
+                    )
+                    .await;
+            }
+            client_id = format!("auto-{}", uuid::Uuid::new_v4().simple());
+            assigned = Some(client_id.clone());
+        }
+        if let Err(why) = validate_client_id(&client_id) {
+            return self
+                .refuse(ConnectReturnCode::ClientIdentifierNotValid, why)
+                .await;
+        }
+
+        let (username, password) = match login {
+            Some(login) if !login.username.is_empty() || !login.password.is_empty() => {
+                (Some(login.username), Some(login.password))
+            }
+            _ => (None, None),
+        };
+        let credentials = Credentials {
+            client_id: client_id.clone(),
+            username: username.clone(),
+            password,
+            remote: self.remote,
+        };
+        let gate = self.shared.gate.clone();
+        let permissions =
+            match tokio::task::spawn_blocking(move || gate.authenticate(&credentials)).await {
+                Ok(Ok(permissions)) => permissions,
+                Ok(Err(Refusal::BadCredentials)) => {
+                    return self
+                        .refuse(
+                            ConnectReturnCode::BadUserNamePassword,
+                            "bad username or password",
+                        )
+                        .await
+                }
+                Ok(Err(Refusal::NotAuthorized)) => {
+                    return self
+                        .refuse(ConnectReturnCode::NotAuthorized, "not authorized")
+                        .await
+                }
+                Err(_) => {
+                    return self
+                        .refuse(
+                            ConnectReturnCode::ServerUnavailable,
+                            "authentication failed internally",
+                        )
+                        .await
+                }
+            };
+
+        let will = match will {
+            Some(will) => {
+                let Ok(topic) = String::from_utf8(will.topic.to_vec()) else {
+                    return self
+                        .refuse(
+                            ConnectReturnCode::TopicNameInvalid,
+                            "will topic is not UTF-8",
+                        )
+                        .await;
+                };
+                if let Err(denied) = permissions.check_publish(&topic) {
+                    let code = match denied {
+                        Denied::NotAuthorized => ConnectReturnCode::NotAuthorized,
+                        Denied::Invalid => ConnectReturnCode::TopicNameInvalid,
+                    };
+                    return self.refuse(code, "will topic not allowed").await;
+                }
+                let delay = will_props.and_then(|p| p.delay_interval).unwrap_or(0);
+                let delay = delay.min(session_expiry.unwrap_or(0));
+                Some(Will {
+                    topic,
+                    payload: will.message,
+                    retain: will.retain,
+                    delay: Duration::from_secs(delay.into()),
+                })
+            }
+            None => None,
+        };
+
+        let (slot, previous) = self.shared.registry.claim(&client_id);
+        if let Some(previous) = previous {
+            previous.take_over.cancel();
+            // The old session leaves the router before this one joins, so its offline
+            // notice precedes our online one and the router sees one owner at a time.
+            let _ = tokio::time::timeout(Duration::from_secs(5), previous.gone.cancelled()).await;
+        }
+
+        let router = self.shared.router.clone();
+        let id = client_id.clone();
+        let clean_session = connect.clean_session;
+        let linked = tokio::task::spawn_blocking(move || {
+            router.connect(&LinkOptions {
+                client_id: &id,
+                clean_session,
+            })
+        })
+        .await;
+        let link = match linked {
+            Ok(Ok(link)) => Ok(link),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e.to_string()),
+        };
+        let (link_tx, link_rx, connack) = match link {
+            Ok(link) => link,
+            Err(why) => {
+                tracing::warn!(client_id, error = %why, "the MQTT router refused the link");
+                self.shared.registry.release(&client_id, slot.serial);
+                slot.gone.cancel();
+                return self
+                    .refuse(
+                        ConnectReturnCode::ServerUnavailable,
+                        "router refused the link",
+                    )
+                    .await;
+            }
+        };
+
+        let mut connack: Option<Packet> = connack.into();
+        if let (Some(Packet::ConnAck(_, props)), Version::V5) = (&mut connack, version) {
+            let props = props.get_or_insert_with(ConnAckProperties::default);
+            props.assigned_client_identifier = assigned;
+            props.max_packet_size = u32::try_from(self.shared.config.max_packet_size).ok();
+        }
+        let mut out = BytesMut::new();
+        if let Some(connack) = connack {
+            if self.codec.write(connack, &mut out).is_err()
+                || self.stream.write_all(&out).await.is_err()
+            {
+                // Leave the router cleanly even though the device already left.
+                let mut link_tx = link_tx;
+                let _ = link_tx.send(disconnect_packet()).await;
+                self.shared.registry.release(&client_id, slot.serial);
+                slot.gone.cancel();
+                return None;
+            }
+        }
+
+        let device = Device {
+            client_id,
+            username,
+            version,
+            transport: self.transport,
+            remote: self.remote,
+        };
+        self.shared
+            .stats
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared.ingress.connected(&device);
+        tracing::info!(client_id = device.client_id, remote = %device.remote, version = version.as_str(), transport = self.transport.as_str(), "device connected");
+
+        let stream = std::mem::replace(&mut self.stream, Stream::Closed);
+        let codec = std::mem::replace(&mut self.codec, Codec::new(version));
+        Some(Running {
+            stream,
+            codec,
+            shared: self.shared.clone(),
+            device,
+            permissions,
+            keep_alive: Duration::from_secs(connect.keep_alive.into()),
+            link_tx,
+            link_rx,
+            slot,
+            will,
+            read_buf: BytesMut::with_capacity(4096),
+            write_buf: BytesMut::with_capacity(4096),
+            to_router: Vec::new(),
+            to_device: Vec::new(),
+            awaiting_release: HashSet::new(),
+            topic_aliases: HashMap::new(),
+            pending_subacks: HashMap::new(),
+        })
+    }
+}
+
+/// Client ids end up in topic patterns (`sensors/%c/#`) and in the router, which rejects
+/// wildcard and separator characters; refusing them here gives the device a clear CONNACK.
+pub(crate) fn validate_client_id(id: &str) -> Result<(), &'static str> {
+    if id.len() > MAX_CLIENT_ID_LEN {
+        return Err("client id longer than 128 bytes");
+    }
+    if id
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '+' | '#' | '/' | '$'))
+    {
+        return Err("client id contains a control character or one of + # / $");
+    }
+    Ok(())
+}
+
+fn disconnect_packet() -> Packet {
+    Packet::Disconnect(
+        Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        },
+        None,
+    )
+}
+
+/// A SUBSCRIBE that went to the router with some filters removed; the router's SUBACK gets
+/// the refusals put back in their places.
+struct PendingSubAck {
+    total: usize,
+    refused: Vec<(usize, SubscribeReasonCode)>,
+}
+
+/// An admitted device.
+struct Running {
+    stream: Stream,
+    codec: Codec,
+    shared: Arc<Shared>,
+    device: Device,
+    permissions: Arc<dyn Permissions>,
+    keep_alive: Duration,
+    link_tx: LinkTx,
+    link_rx: LinkRx,
+    slot: Slot,
+    will: Option<Will>,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    to_router: Vec<Packet>,
+    to_device: Vec<Packet>,
+    /// QoS 2 packet ids received and not yet released: a retransmission of one of these is
+    /// the same message and must not reach the ingress twice.
+    awaiting_release: HashSet<u16>,
+    topic_aliases: HashMap<u16, String>,
+    pending_subacks: HashMap<u16, PendingSubAck>,
+}
+
+/// What reading one packet led to.
+enum Step {
+    Continue,
+    End(Gone),
+    /// A protocol violation or refused publish that ends the connection, with a reason for
+    /// MQTT 5 devices.
+    Close(DisconnectReasonCode, &'static str),
+}
+
+impl Running {
+    async fn run(mut self) {
+        let end = self.serve().await;
+        let why = match end {
+            End::Gone(why) => why,
+            End::RouterGone => Gone::Lost,
+        };
+        if !matches!(end, End::RouterGone) {
+            // Leaving the router through the link is the only way rumqttd offers a local
+            // link; it also saves a persistent session's state.
+            let _ = self.notify_router(vec![disconnect_packet()]).await;
+        }
+        if why == Gone::Shutdown && self.device.version == Version::V5 {
+            self.to_device.push(Packet::Disconnect(
+                Disconnect {
+                    reason_code: DisconnectReasonCode::ServerShuttingDown,
+                },
+                None,
+            ));
+            let _ = self.flush().await;
+        }
+        self.stream.shutdown().await;
+        self.shared
+            .registry
+            .release(&self.device.client_id, self.slot.serial);
+        self.shared
+            .stats
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(
+            client_id = self.device.client_id,
+            why = why.as_str(),
+            "device disconnected"
+        );
+        if why == Gone::Lost {
+            if let Some(will) = self.will.take() {
+                fire_will(self.shared.clone(), self.device.clone(), will);
+            }
+        }
+        self.shared.ingress.disconnected(&self.device, why);
+        self.slot.gone.cancel();
+    }
+
+    async fn serve(&mut self) -> End {
+        let idle_limit = self.keep_alive + self.keep_alive / 2;
+        let mut idle_deadline = Instant::now() + idle_limit;
+        loop {
+            let keep_alive_on = !self.keep_alive.is_zero();
+            tokio::select! {
+                read = self.stream.read(&mut self.read_buf) => {
+                    match read {
+                        Ok(0) | Err(_) => return End::Gone(Gone::Lost),
+                        Ok(_) => idle_deadline = Instant::now() + idle_limit,
+                    }
+                    match self.process_input() {
+                        Step::Continue => {}
+                        Step::End(why) => {
+                            let _ = self.forward().await;
+                            let _ = self.flush().await;
+                            return End::Gone(why);
+                        }
+                        Step::Close(reason, why) => {
+                            self.shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(client_id = self.device.client_id, why, "closing MQTT connection");
+                            let _ = self.forward().await;
+                            if self.device.version == Version::V5 {
+                                self.to_device.push(Packet::Disconnect(Disconnect { reason_code: reason }, None));
+                            }
+                            let _ = self.flush().await;
+                            return End::Gone(Gone::Lost);
+                        }
+                    }
+                    if self.forward().await.is_err() {
+                        return End::RouterGone;
+                    }
+                    if self.flush().await.is_err() {
+                        return End::Gone(Gone::Lost);
+                    }
+                }
+                notified = self.link_rx.next() => {
+                    let first = match notified {
+                        Ok(first) => first,
+                        Err(_) => return End::RouterGone,
+                    };
+                    match self.relay_notifications(first).await {
+                        Ok(true) => {}
+                        Ok(false) => return End::RouterGone,
+                        Err(_) => return End::Gone(Gone::Lost),
+                    }
+                }
+                _ = sleep_until(idle_deadline), if keep_alive_on => {
+                    tracing::info!(client_id = self.device.client_id, "keep-alive timeout");
+                    return End::Gone(Gone::Lost);
+                }
+                _ = self.slot.take_over.cancelled() => {
+                    if self.device.version == Version::V5 {
+                        self.to_device.push(Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::SessionTakenOver }, None));
+                        let _ = self.flush().await;
+                    }
+                    return End::Gone(Gone::TakenOver);
+                }
+                _ = self.shared.shutdown.cancelled() => return End::Gone(Gone::Shutdown),
+            }
+        }
+    }
+
+    /// Decodes every whole packet in the read buffer and decides what each one does.
+    fn process_input(&mut self) -> Step {
+        loop {
+            let header = codec::peek_publish(&self.read_buf);
+            let packet = match self
+                .codec
+                .read(&mut self.read_buf, self.shared.config.max_packet_size)
+            {
+                Ok(Some(packet)) => packet,
+                Ok(None) => return Step::Continue,
+                Err(rumqttd::protocol::Error::PayloadSizeLimitExceeded(_)) => {
+                    return Step::Close(
+                        DisconnectReasonCode::PacketTooLarge,
+                        "packet larger than max_packet_size",
+                    )
+                }
+                Err(_) => {
+                    return Step::Close(DisconnectReasonCode::MalformedPacket, "malformed packet")
+                }
+            };
+            let step = match packet {
+                Packet::Publish(publish, props) => self.on_publish(publish, props, header),
+                Packet::PubRel(pubrel, props) => {
+                    self.awaiting_release.remove(&pubrel.pkid);
+                    self.to_router.push(Packet::PubRel(pubrel, props));
+                    Step::Continue
+                }
+                Packet::Subscribe(subscribe, props) => self.on_subscribe(subscribe, props),
+                packet @ (Packet::Unsubscribe(..)
+                | Packet::PubAck(..)
+                | Packet::PubRec(..)
+                | Packet::PubComp(..)
+                | Packet::PingReq(..)) => {
+                    self.to_router.push(packet);
+                    Step::Continue
+                }
+                Packet::Disconnect(disconnect, _) => {
+                    if disconnect.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
+                        Step::End(Gone::Lost)
+                    } else {
+                        self.will = None;
+                        Step::End(Gone::Disconnected)
+                    }
+                }
+                Packet::Connect(..) => {
+                    Step::Close(DisconnectReasonCode::ProtocolError, "second CONNECT")
+                }
+                _ => Step::Close(
+                    DisconnectReasonCode::ProtocolError,
+                    "packet a client may not send",
+                ),
+            };
+            if !matches!(step, Step::Continue) {
+                return step;
+            }
+        }
+    }
+
+    fn on_publish(
+        &mut self,
+        publish: rumqttd::protocol::Publish,
+        props: Option<rumqttd::protocol::PublishProperties>,
+        header: Option<codec::PublishHeader>,
+    ) -> Step {
+        let Some(header) = header else {
+            return Step::Close(DisconnectReasonCode::MalformedPacket, "malformed PUBLISH");
+        };
+        let Ok(mut topic) = std::str::from_utf8(&publish.topic).map(str::to_owned) else {
+            return Step::Close(DisconnectReasonCode::TopicNameInvalid, "topic is not UTF-8");
+        };
+        if let Some(alias) = props.as_ref().and_then(|p| p.topic_alias) {
+            if topic.is_empty() {
+                match self.topic_aliases.get(&alias) {
+                    Some(known) => topic.clone_from(known),
+                    None => {
+                        return Step::Close(
+                            DisconnectReasonCode::TopicAliasInvalid,
+                            "unknown topic alias",
+                        )
+                    }
+                }
+            } else {
+                self.topic_aliases.insert(alias, topic.clone());
+            }
+        }
+        if let Err(denied) = self.permissions.check_publish(&topic) {
+            self.shared
+                .stats
+                .publishes_denied
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                client_id = self.device.client_id,
+                topic,
+                "publish refused: {denied}"
+            );
+            return self.refuse_publish(header, denied);
+        }
+        let duplicate = header.qos == 2 && !self.awaiting_release.insert(header.pkid);
+        if !duplicate {
+            self.shared
+                .stats
+                .messages_in
+                .fetch_add(1, Ordering::Relaxed);
+            let inbound = Inbound {
+                topic: &topic,
+                payload: &publish.payload,
+                retain: publish.retain,
+            };
+            self.shared.ingress.publish(&self.device, inbound);
+        }
+        self.to_router.push(Packet::Publish(publish, props));
+        Step::Continue
+    }
+
+    /// MQTT 5 devices get a reason code on the acknowledgement; QoS 0 has none, and 3.1.1
+    /// has no way to say "refused" at all, so those connections are closed (as AWS IoT does)
+    /// rather than letting the device believe the message went out.
+    fn refuse_publish(&mut self, header: codec::PublishHeader, denied: Denied) -> Step {
+        let v5 = self.device.version == Version::V5;
+        match (v5, header.qos) {
+            (true, 1) => {
+                let reason = match denied {
+                    Denied::NotAuthorized => PubAckReason::NotAuthorized,
+                    Denied::Invalid => PubAckReason::TopicNameInvalid,
+                };
+                self.to_device.push(Packet::PubAck(
+                    PubAck {
+                        pkid: header.pkid,
+                        reason,
+                    },
+                    None,
+                ));
+                Step::Continue
+            }
+            (true, 2) => {
+                let reason = match denied {
+                    Denied::NotAuthorized => PubRecReason::NotAuthorized,
+                    Denied::Invalid => PubRecReason::TopicNameInvalid,
+                };
+                self.to_device.push(Packet::PubRec(
+                    PubRec {
+                        pkid: header.pkid,
+                        reason,
+                    },
+                    None,
+                ));
+                Step::Continue
+            }
+            _ => {
+                let reason = match denied {
+                    Denied::NotAuthorized => DisconnectReasonCode::NotAuthorized,
+                    Denied::Invalid => DisconnectReasonCode::TopicNameInvalid,
+                };
+                Step::Close(reason, "publish refused")
+            }
+        }
+    }
+
+    fn on_subscribe(
+        &mut self,
+        subscribe: Subscribe,
+        props: Option<rumqttd::protocol::SubscribeProperties>,
+    ) -> Step {
+        let total = subscribe.filters.len();
+        let mut allowed = Vec::with_capacity(total);
+        let mut refused = Vec::new();
+        for (index, filter) in subscribe.filters.into_iter().enumerate() {
+            let checked = shared_subscription_filter(&filter.path);
+            match self.permissions.check_subscribe(checked) {
+                Ok(()) => allowed.push(filter),
+                Err(denied) => {
+                    self.shared
+                        .stats
+                        .subscribes_denied
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        client_id = self.device.client_id,
+                        filter = filter.path,
+                        "subscribe refused: {denied}"
+                    );
+                    let code = match denied {
+                        Denied::NotAuthorized => SubscribeReasonCode::NotAuthorized,
+                        Denied::Invalid => SubscribeReasonCode::TopicFilterInvalid,
+                    };
+                    refused.push((index, code));
+                }
+            }
+        }
+        if allowed.is_empty() {
+            let return_codes = refused.into_iter().map(|(_, code)| code).collect();
+            self.to_device.push(Packet::SubAck(
+                SubAck {
+                    pkid: subscribe.pkid,
+                    return_codes,
+                },
+                None,
+            ));
+        } else {
+            if !refused.is_empty() {
+                self.pending_subacks
+                    .insert(subscribe.pkid, PendingSubAck { total, refused });
+            }
+            self.to_router.push(Packet::Subscribe(
+                Subscribe {
+                    pkid: subscribe.pkid,
+                    filters: allowed,
+                },
+                props,
+            ));
+        }
+        Step::Continue
+    }
+
+    /// Hands what the device sent to the router, waking it once per batch.
+    async fn forward(&mut self) -> Result<(), ()> {
+        let packets = std::mem::take(&mut self.to_router);
+        self.notify_router(packets).await
+    }
+
+    async fn notify_router(&mut self, mut packets: Vec<Packet>) -> Result<(), ()> {
+        let Some(last) = packets.pop() else {
+            return Ok(());
+        };
+        self.link_tx.buffer().extend(packets);
+        // rumqttd's `send` wakes the router on a blocking channel; when that channel is full
+        // it would stall this runtime thread, so tell tokio first.
+        let send = self.link_tx.send(last);
+        let sent = if self.shared.router.is_full() && multi_thread() {
+            tokio::task::block_in_place(|| run_now(send).is_ok())
+        } else {
+            send.await.is_ok()
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    /// Writes router notifications to the device; `Ok(false)` if the router let go of us.
+    async fn relay_notifications(
+        &mut self,
+        first: Option<rumqttd::Notification>,
+    ) -> Result<bool, std::io::Error> {
+        let mut unscheduled = false;
+        let mut next = first;
+        loop {
+            if let Some(notification) = next.take() {
+                match Option::<Packet>::from(notification) {
+                    None => unscheduled = true,
+                    Some(packet) => self.queue_from_router(packet),
+                }
+            }
+            // Take whatever else is already there without waiting.
+            match self.link_rx.next().now_or_never() {
+                Some(Ok(Some(n))) => next = Some(n),
+                Some(Ok(None)) | None => break,
+                Some(Err(_)) => return Ok(false),
+            }
+        }
+        self.flush().await?;
+        if unscheduled && self.link_rx.wake().await.is_err() {
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn queue_from_router(&mut self, packet: Packet) {
+        let packet = match packet {
+            Packet::SubAck(mut suback, props) => {
+                if let Some(pending) = self.pending_subacks.remove(&suback.pkid) {
+                    let mut codes = std::mem::take(&mut suback.return_codes).into_iter();
+                    let mut refused = pending.refused.into_iter().peekable();
+                    suback.return_codes = (0..pending.total)
+                        .filter_map(|i| match refused.peek() {
+                            Some((at, _)) if *at == i => refused.next().map(|(_, code)| code),
+                            _ => codes.next(),
+                        })
+                        .collect();
+                }
+                Packet::SubAck(suback, props)
+            }
+            Packet::Publish(publish, props) => {
+                self.shared
+                    .stats
+                    .messages_out
+                    .fetch_add(1, Ordering::Relaxed);
+                Packet::Publish(publish, props)
+            }
+            other => other,
+        };
+        self.to_device.push(packet);
+    }
+
+    async fn flush(&mut self) -> Result<(), std::io::Error> {
+        if self.to_device.is_empty() {
+            return Ok(());
+        }
+        for packet in self.to_device.drain(..) {
+            if let Err(e) = self.codec.write(packet, &mut self.write_buf) {
+                tracing::warn!(client_id = self.device.client_id, error = %e, "cannot encode a packet for the device");
+            }
+        }
+        let result = self.stream.write_all(&self.write_buf).await;
+        self.write_buf.clear();
+        result
+    }
+}
+
+/// `$share/<group>/<filter>` is checked as `<filter>`.
+fn shared_subscription_filter(path: &str) -> &str {
+    path.strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(path, |(_, filter)| filter)
+}
+
+fn multi_thread() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+/// Runs a future that never actually waits (rumqttd's `send` blocks instead) to completion.
+fn run_now<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Publishes a device's Last Will to both MQTT subscribers and the ingress, after its
+/// delay unless the device comes back first.
+fn fire_will(shared: Arc<Shared>, device: Device, will: Will) {
+    let publish = move |shared: &Shared, device: &Device, will: &Will| {
+        let inbound = Inbound {
+            topic: &will.topic,
+            payload: &will.payload,
+            retain: will.retain,
+        };
+        shared.ingress.publish(device, inbound);
+        let _ = shared
+            .publisher
+            .publish(&will.topic, will.payload.clone(), will.retain);
+    };
+    if will.delay.is_zero() {
+        publish(&shared, &device, &will);
+        return;
+    }
+    let (id, cancelled) = shared.registry.delay_will(&device.client_id);
+    let tracker = shared.tracker.clone();
+    tracker.spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(will.delay) => publish(&shared, &device, &will),
+            _ = cancelled.cancelled() => {}
+            _ = shared.shutdown.cancelled() => {}
+        }
+        shared.registry.will_done(&device.client_id, id);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_that_would_break_patterns_are_refused() {
+        assert!(validate_client_id("node-7").is_ok());
+        assert!(validate_client_id("a".repeat(128).as_str()).is_ok());
+        assert!(validate_client_id("a".repeat(129).as_str()).is_err());
+        for bad in ["a/b", "a+", "#", "$SYS", "a\nb", "a\0"] {
+            assert!(validate_client_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn shared_subscriptions_are_checked_by_their_filter() {
+        assert_eq!(
+            shared_subscription_filter("$share/g/sensors/#"),
+            "sensors/#"
+        );
+        assert_eq!(shared_subscription_filter("sensors/#"), "sensors/#");
+        assert_eq!(shared_subscription_filter("$share/g"), "$share/g");
+    }
+}

@@ -1,0 +1,108 @@
+//! Where the embedded MQTT broker meets the Hub.
+//!
+//! The broker itself (listeners, router, device authentication hooks) lives in the
+//! `switchboard-bridge` crate and knows nothing of the Hub. This module is the seam:
+//! [`HubIngress`] turns device publishes and device comings and goings into Hub messages,
+//! and [`BrokerTap`] sends every other Hub message on to MQTT subscribers. A message from
+//! MQTT is never tapped back to MQTT, so nothing loops and nothing arrives twice.
+
+pub mod payload;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use switchboard_bridge::{Device, Gone, Inbound, Ingress, Publisher};
+
+use crate::hub::{Hub, Origin, Publish, Tap};
+use crate::protocol;
+
+/// Device status notices are published, retained, on `$devices/<client id>`.
+pub const DEVICE_STATUS_PREFIX: &str = "$devices/";
+
+/// Device traffic into the Hub.
+pub struct HubIngress {
+    hub: Arc<Hub>,
+}
+
+impl HubIngress {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        HubIngress { hub }
+    }
+
+    fn status(&self, device: &Device, online: bool, why: Option<Gone>) {
+        let notice = serde_json::json!({
+            "online": online,
+            "ts": protocol::now_ms(),
+            "username": device.username,
+            "protocol": format!("mqtt/{}", device.version.as_str()),
+            "transport": device.transport.as_str(),
+            "reason": why.map(Gone::as_str),
+        });
+        let Ok(data) = serde_json::value::to_raw_value(&notice) else {
+            return;
+        };
+        let topic = format!("{DEVICE_STATUS_PREFIX}{}", device.client_id);
+        let published = self.hub.publish(Publish {
+            topic: &topic,
+            event: Some(if online { "online" } else { "offline" }),
+            data: &data,
+            from: "switchboard",
+            origin: Origin::System,
+            retain: true,
+        });
+        if let Err(e) = published {
+            tracing::warn!(client_id = device.client_id, error = %e, "device status not published");
+        }
+    }
+}
+
+impl Ingress for HubIngress {
+    fn publish(&self, device: &Device, message: Inbound<'_>) {
+        let data = payload::to_data(message.payload);
+        let from = format!("mqtt:{}", device.client_id);
+        let published = self.hub.publish(Publish {
+            topic: message.topic,
+            event: None,
+            data: &data,
+            from: &from,
+            origin: Origin::Mqtt,
+            retain: message.retain,
+        });
+        if let Err(e) = published {
+            // The broker checked the topic already, so this is a bug, not bad input.
+            tracing::warn!(client_id = device.client_id, topic = message.topic, error = %e, "device message not routed to the hub");
+        }
+    }
+
+    fn connected(&self, device: &Device) {
+        self.status(device, true, None);
+    }
+
+    fn disconnected(&self, device: &Device, why: Gone) {
+        self.status(device, false, Some(why));
+    }
+}
+
+/// Hub messages out to MQTT subscribers.
+pub struct BrokerTap {
+    publisher: Publisher,
+}
+
+impl BrokerTap {
+    pub fn new(publisher: Publisher) -> Self {
+        BrokerTap { publisher }
+    }
+}
+
+impl Tap for BrokerTap {
+    fn publish(&self, message: &Publish<'_>, _seq: u64) {
+        if message.origin == Origin::Mqtt {
+            return;
+        }
+        let payload = Bytes::from(payload::to_payload(message.data).into_owned());
+        // A full queue is counted by the publisher (egress_dropped).
+        let _ = self
+            .publisher
+            .publish(message.topic, payload, message.retain);
+    }
+}
