@@ -1,6 +1,7 @@
-//! The operator's command-line tools that talk to a running daemon as clients (the
-//! daemon's own commands live in `main.rs`). Each tool is a clap `Args` struct and an
-//! async `run_*` function built on [`crate::client`]; `main.rs` only wires them in.
+//! The operator's command-line tools (the daemon's own commands live in `main.rs`):
+//! `sub` and `pub` talk to a running daemon through [`crate::client`]; `passwd` edits a
+//! device password file. Each tool is a clap `Args` struct and a `run_*` function;
+//! `main.rs` only wires them in.
 
 pub mod passwd;
 pub mod pubsub;
