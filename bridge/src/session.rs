@@ -705,6 +705,17 @@ impl Running {
         let mut refused = Vec::new();
         for (index, filter) in subscribe.filters.into_iter().enumerate() {
             let checked = shared_subscription_filter(&filter.path);
+            if checked.starts_with('$') {
+                // rumqttd's router refuses `$` filters by dropping the whole connection;
+                // refusing just this filter keeps the device connected.
+                tracing::info!(
+                    client_id = self.device.client_id,
+                    filter = filter.path,
+                    "subscribe refused: `$` topics are not available over MQTT"
+                );
+                refused.push((index, SubscribeReasonCode::ImplementationSpecific));
+                continue;
+            }
             match self.permissions.check_subscribe(checked) {
                 Ok(()) => allowed.push(filter),
                 Err(denied) => {

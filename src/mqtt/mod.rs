@@ -96,7 +96,9 @@ impl BrokerTap {
 
 impl Tap for BrokerTap {
     fn publish(&self, message: &Publish<'_>, _seq: u64) {
-        if message.origin == Origin::Mqtt {
+        // `$` topics (device status) stay on the WebSocket side: rumqttd's router refuses
+        // `$` subscriptions, so no MQTT subscriber could receive them.
+        if message.origin == Origin::Mqtt || message.topic.starts_with('$') {
             return;
         }
         let payload = Bytes::from(payload::to_payload(message.data).into_owned());
