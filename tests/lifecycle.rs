@@ -17,8 +17,10 @@ fn serve_with_no_configuration_at_all() {
         .env_clear()
         .env("HOME", home.path())
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        // Port 0 through the environment only, so the default port stays free for users.
+        // Port 0 through the environment only, so the default ports stay free for users.
         .env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0")
+        .env("SWITCHBOARD_MQTT_LISTEN", "127.0.0.1:0")
+        .env("SWITCHBOARD_MQTT_WS_LISTEN", "127.0.0.1:0")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -45,11 +47,13 @@ fn serve_with_no_configuration_at_all() {
     let data_dir = home.path().join(".local/share/switchboard");
     assert!(text.contains(&data_dir.display().to_string()), "{text}");
     assert!(data_dir.is_dir(), "data directory created");
-    let listening = lines.last().unwrap();
-    let addr =
-        common::parse_listening(listening.split("listening ").nth(1).unwrap(), "http").unwrap();
-    assert!(addr.ip().is_loopback(), "localhost only by default: {addr}");
-    assert_ne!(addr.port(), 0);
+    let listening = lines.last().unwrap().split("listening ").nth(1).unwrap();
+    for name in ["http", "mqtt", "mqtt_ws"] {
+        let addr = common::parse_listening(listening, name)
+            .unwrap_or_else(|| panic!("{name} in {listening}"));
+        assert!(addr.ip().is_loopback(), "localhost only by default: {addr}");
+        assert_ne!(addr.port(), 0);
+    }
 }
 
 #[test]
@@ -162,6 +166,82 @@ fn port_in_use_stops_startup_with_a_clear_error() {
         err.contains(&format!("cannot listen for HTTP on {addr}")),
         "{err}"
     );
+}
+
+#[test]
+fn mqtt_port_in_use_stops_startup_with_a_clear_error() {
+    // rumqttd's own listeners only log a bind failure and run on without it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    for var in ["SWITCHBOARD_MQTT_LISTEN", "SWITCHBOARD_MQTT_WS_LISTEN"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_MQTT_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_MQTT_WS_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_DATA_DIR", dir.path())
+            .env(var, addr.to_string());
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}: {err}");
+        assert!(
+            err.contains(&format!("cannot listen for MQTT on {addr}")),
+            "{var}: {err}"
+        );
+        assert!(!err.contains("listening http="), "nothing served: {err}");
+    }
+}
+
+#[test]
+fn a_missing_or_broken_password_file_stops_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("passwd");
+    std::fs::write(&broken, "node-1:$7$101$notbase64\nnode-2\n").unwrap();
+    for (file, expect) in [
+        (dir.path().join("absent"), "absent".to_owned()),
+        (broken.clone(), format!("{}:1", broken.display())),
+    ] {
+        let config = dir.path().join("switchboard.toml");
+        std::fs::write(
+            &config,
+            format!("[mqtt]\npassword_file = {:?}\n", file.display().to_string()),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_MQTT_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_MQTT_WS_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_DATA_DIR", dir.path().join("data"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains("cannot load the MQTT password file"), "{err}");
+        assert!(err.contains(&expect), "names {expect}: {err}");
+        assert!(!err.contains("listening http="), "nothing served: {err}");
+    }
+}
+
+#[test]
+fn mqtt_listeners_can_be_turned_off() {
+    let d = Daemon::start_with_env(
+        "[mqtt]\nws_listen = \"\"\n",
+        &[("SWITCHBOARD_MQTT_WS_LISTEN", "")],
+    );
+    assert!(d.mqtt.is_some());
+    assert!(d.mqtt_ws.is_none(), "{}", d.logs());
+    let d = Daemon::start_with_env(
+        "",
+        &[
+            ("SWITCHBOARD_MQTT_LISTEN", ""),
+            ("SWITCHBOARD_MQTT_WS_LISTEN", ""),
+        ],
+    );
+    assert!(d.mqtt.is_none() && d.mqtt_ws.is_none());
+    assert!(d.logs().contains("MQTT is turned off"), "{}", d.logs());
 }
 
 #[tokio::test]
