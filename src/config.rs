@@ -616,6 +616,41 @@ mod tests {
     }
 
     #[test]
+    fn mqtt_permissions_parse_and_bad_patterns_have_positions() {
+        // The example in the annotated file, uncommented, is a valid configuration.
+        let example: String = ANNOTATED
+            .lines()
+            .skip_while(|l| !l.starts_with("#     [[mqtt.acl]]"))
+            .take_while(|l| l.starts_with("#     ") || *l == "#")
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(example.contains("[[mqtt.acl]]"), "{example}");
+        let parsed = Config::from_toml(&example, "example", no_env()).unwrap();
+        assert_eq!(parsed.mqtt.acl.len(), 2);
+        assert_eq!(parsed.mqtt.acl[0].publish[0].as_str(), "sensors/%c/#");
+
+        let err = Config::from_toml(
+            "[[mqtt.acl]]\nuser = \"*\"\npublish = [\"a/#/b\"]\n",
+            "f.toml",
+            no_env(),
+        )
+        .unwrap_err();
+        assert_eq!(err.position().map(|p| p.0), Some(3), "{err}");
+        assert!(err.to_string().contains("a/#/b"), "{err}");
+
+        let err = Config::from_toml("[mqtt]\nlisten = \"1883\"\n", "f.toml", no_env()).unwrap_err();
+        assert_eq!(err.position().map(|p| p.0), Some(2), "{err}");
+        assert!(
+            err.to_string().contains("empty turns the listener off"),
+            "{err}"
+        );
+
+        let off = Config::from_toml("[mqtt]\nws_listen = \"\"\n", "f.toml", no_env()).unwrap();
+        assert_eq!(off.mqtt.ws_listen, Listen(None));
+    }
+
+    #[test]
     fn unknown_key_has_position_and_hint() {
         let err = Config::from_toml(
             "[http]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n",
