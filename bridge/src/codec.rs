@@ -137,7 +137,7 @@ impl Codec {
     pub fn write(&self, packet: Packet, out: &mut BytesMut) -> Result<(), ProtocolError> {
         match self {
             Codec::V4(c) => c.write(for_v4(packet), out).map(drop),
-            Codec::V5(c) => c.write(packet, out).map(drop),
+            Codec::V5(c) => c.write(for_v5(packet), out).map(drop),
         }
     }
 
@@ -157,6 +157,39 @@ impl Codec {
             },
             None,
         )
+    }
+}
+
+/// rumqttd's 5 encoder cannot write a DISCONNECT that has a reason code and no
+/// properties: it sends `E0 01 <code> 00` (the property length not counted), and with
+/// empty properties `E0 00` (the reason dropped). A reason string, which MQTT 5 allows
+/// and which people reading logs appreciate, makes it write the packet correctly; it
+/// also makes paho (which ignores a reason without properties) report the reason.
+fn for_v5(packet: Packet) -> Packet {
+    use rumqttd::protocol::{DisconnectProperties, DisconnectReasonCode as Code};
+    match packet {
+        Packet::Disconnect(d, None) if d.reason_code != Code::NormalDisconnection => {
+            let why = match d.reason_code {
+                Code::SessionTakenOver => "session taken over",
+                Code::PacketTooLarge => "packet too large",
+                Code::NotAuthorized => "not authorized",
+                Code::ServerShuttingDown => "server shutting down",
+                Code::MalformedPacket => "malformed packet",
+                Code::ProtocolError => "protocol error",
+                Code::TopicNameInvalid => "topic name invalid",
+                Code::TopicAliasInvalid => "topic alias invalid",
+                Code::KeepAliveTimeout => "keep alive timeout",
+                _ => "disconnected",
+            };
+            let props = DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some(why.to_owned()),
+                user_properties: Vec::new(),
+                server_reference: None,
+            };
+            Packet::Disconnect(d, Some(props))
+        }
+        other => other,
     }
 }
 
@@ -238,5 +271,37 @@ mod tests {
         assert_eq!(peek_publish(&qos0), Some(PublishHeader { qos: 0, pkid: 0 }));
         assert_eq!(peek_publish(&[0x82, 1]), None);
         assert_eq!(peek_publish(&[0x34, 8, 0]), None);
+    }
+
+    #[test]
+    fn v5_disconnect_with_a_reason_is_well_formed() {
+        use rumqttd::protocol::{Disconnect, DisconnectReasonCode};
+        let mut out = BytesMut::new();
+        let taken_over = Disconnect {
+            reason_code: DisconnectReasonCode::SessionTakenOver,
+        };
+        Codec::new(Version::V5)
+            .write(Packet::Disconnect(taken_over, None), &mut out)
+            .unwrap();
+        let why = b"session taken over";
+        let mut want = vec![
+            0xe0,
+            5 + why.len() as u8,
+            0x8e,
+            3 + why.len() as u8,
+            0x1f,
+            0,
+        ];
+        want.push(why.len() as u8);
+        want.extend(why);
+        assert_eq!(&out[..], &want[..]);
+        out.clear();
+        let normal = Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        };
+        Codec::new(Version::V5)
+            .write(Packet::Disconnect(normal, None), &mut out)
+            .unwrap();
+        assert_eq!(&out[..], &[0xe0, 0x00]);
     }
 }

@@ -77,7 +77,7 @@ pub(crate) async fn serve(
         remote,
         transport,
     };
-    let Some(admitted) = session
+    let Some(mut admitted) = session
         .admit(
             connect,
             props.and_then(|p| p.session_expiry_interval),
@@ -89,6 +89,9 @@ pub(crate) async fn serve(
     else {
         return;
     };
+    // A client may send packets right behind CONNECT without waiting for the CONNACK;
+    // whatever of them was read with it is processed first.
+    admitted.read_buf = read_buf;
     admitted.run().await;
 }
 
@@ -477,6 +480,11 @@ impl Running {
     async fn serve(&mut self) -> End {
         let idle_limit = self.keep_alive + self.keep_alive / 2;
         let mut idle_deadline = Instant::now() + idle_limit;
+        if !self.read_buf.is_empty() {
+            if let Some(end) = self.handle_input().await {
+                return end;
+            }
+        }
         loop {
             let keep_alive_on = !self.keep_alive.is_zero();
             tokio::select! {
@@ -485,29 +493,8 @@ impl Running {
                         Ok(0) | Err(_) => return End::Gone(Gone::Lost),
                         Ok(_) => idle_deadline = Instant::now() + idle_limit,
                     }
-                    match self.process_input() {
-                        Step::Continue => {}
-                        Step::End(why) => {
-                            let _ = self.forward().await;
-                            let _ = self.flush().await;
-                            return End::Gone(why);
-                        }
-                        Step::Close(reason, why) => {
-                            self.shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(client_id = self.device.client_id, why, "closing MQTT connection");
-                            let _ = self.forward().await;
-                            if self.device.version == Version::V5 {
-                                self.to_device.push(Packet::Disconnect(Disconnect { reason_code: reason }, None));
-                            }
-                            let _ = self.flush().await;
-                            return End::Gone(Gone::Lost);
-                        }
-                    }
-                    if self.forward().await.is_err() {
-                        return End::RouterGone;
-                    }
-                    if self.flush().await.is_err() {
-                        return End::Gone(Gone::Lost);
+                    if let Some(end) = self.handle_input().await {
+                        return end;
                     }
                 }
                 notified = self.link_rx.next() => {
@@ -535,6 +522,47 @@ impl Running {
                 _ = self.shared.shutdown.cancelled() => return End::Gone(Gone::Shutdown),
             }
         }
+    }
+
+    /// Acts on what is in the read buffer; `Some` if the session ends.
+    async fn handle_input(&mut self) -> Option<End> {
+        match self.process_input() {
+            Step::Continue => {}
+            Step::End(why) => {
+                let _ = self.forward().await;
+                let _ = self.flush().await;
+                return Some(End::Gone(why));
+            }
+            Step::Close(reason, why) => {
+                self.shared
+                    .stats
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    client_id = self.device.client_id,
+                    why,
+                    "closing MQTT connection"
+                );
+                let _ = self.forward().await;
+                if self.device.version == Version::V5 {
+                    self.to_device.push(Packet::Disconnect(
+                        Disconnect {
+                            reason_code: reason,
+                        },
+                        None,
+                    ));
+                }
+                let _ = self.flush().await;
+                return Some(End::Gone(Gone::Lost));
+            }
+        }
+        if self.forward().await.is_err() {
+            return Some(End::RouterGone);
+        }
+        if self.flush().await.is_err() {
+            return Some(End::Gone(Gone::Lost));
+        }
+        None
     }
 
     /// Decodes every whole packet in the read buffer and decides what each one does.
