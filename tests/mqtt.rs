@@ -1138,3 +1138,94 @@ async fn mqtt_over_websocket_both_ways() {
     let s = next_msg(&mut status).await;
     assert_eq!(s["data"]["transport"], "websocket", "{s}");
 }
+
+/// A 3.1.1 CONNECT with a keep-alive and a Last Will.
+fn connect_with_will(client_id: &str, keep_alive: u16, will_topic: &str, will: &[u8]) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02 | 0x04];
+    body.extend(keep_alive.to_be_bytes());
+    for field in [client_id.as_bytes(), will_topic.as_bytes(), will] {
+        body.extend((field.len() as u16).to_be_bytes());
+        body.extend(field);
+    }
+    let mut p = vec![0x10, body.len() as u8];
+    p.extend(body);
+    p
+}
+
+#[tokio::test]
+async fn silent_devices_time_out_and_their_will_fires() {
+    let d = Daemon::start("[mqtt]\nconnect_timeout = \"1s\"\n");
+    let addr = d.mqtt.expect("mqtt listener");
+    let mut watcher = ws_sub(&d, "wills/#").await;
+    let mut status = ws_sub(&d, "$devices/+").await;
+
+    // Keep-alive 1 s and then silence: dropped after 1.5 s, will published.
+    let mut device = TcpStream::connect(addr).await.unwrap();
+    device
+        .write_all(&connect_with_will(
+            "sleepy",
+            1,
+            "wills/sleepy",
+            b"gone quiet",
+        ))
+        .await
+        .unwrap();
+    let mut connack = [0u8; 4];
+    device.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    let started = tokio::time::Instant::now();
+    let will = next_msg(&mut watcher).await;
+    assert_eq!(will["data"], "gone quiet", "{will}");
+    assert_eq!(will["from"], "mqtt:sleepy");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "not before 1.5 x keep-alive"
+    );
+    let mut last = status_of(&mut status, "sleepy").await;
+    while last["data"]["online"] == true {
+        last = status_of(&mut status, "sleepy").await;
+    }
+    assert_eq!(last["data"]["reason"], "lost", "{last}");
+    assert!(
+        read_to_close(&mut device).await.is_empty(),
+        "the socket is closed"
+    );
+
+    // A socket that never sends CONNECT is closed after connect_timeout.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let t = tokio::time::Instant::now();
+    assert!(read_to_close(&mut idle).await.is_empty());
+    assert!(
+        t.elapsed() >= Duration::from_millis(900) && t.elapsed() < WAIT,
+        "{:?}",
+        t.elapsed()
+    );
+    still_works(&d, "after timeouts").await;
+}
+
+#[tokio::test]
+async fn connection_limit_refuses_with_server_unavailable() {
+    let d = Daemon::start("[mqtt]\nmax_connections = 2\n");
+    let addr = d.mqtt.expect("mqtt listener");
+    let mut held = Vec::new();
+    for id in ["one", "two"] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&connect_packet(id)).await.unwrap();
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack).await.unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0], "{id}");
+        held.push(s);
+    }
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    third.write_all(&connect_packet("three")).await.unwrap();
+    let got = read_to_close(&mut third).await;
+    assert_eq!(got, [0x20, 2, 0, 3], "CONNACK 3: server unavailable");
+    assert_eq!(stat(&mqtt_stats(&d).await, "connects_refused"), 1);
+    drop(held);
+    // Room again once the others leave.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stat(&mqtt_stats(&d).await, "connections") > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    still_works(&d, "after the limit").await;
+}
