@@ -1,8 +1,9 @@
 //! Messages from other ways in (WebSocket, HTTP, the daemon itself) to MQTT subscribers.
 //!
-//! Callers must never block on the router, so [`Publisher::publish`] only queues; one thread
+//! Callers must never block on the router, so [`Publisher::publish`] only queues; one task
 //! owns the router link, takes whatever is queued, hands it to the router in one batch and
-//! one wake-up. The queue is bounded: when the router cannot keep up the newest messages
+//! one wake-up. A task rather than a thread: the hand-off from the publishing connection
+//! then usually stays on its runtime thread, one context switch fewer per message. The queue is bounded: when the router cannot keep up the newest messages
 //! are dropped and counted in `egress_dropped`, never lost silently.
 //!
 //! The link publishes at QoS 0: rumqttd delivers at each subscription's granted QoS, so an
@@ -68,7 +69,23 @@ pub(crate) fn start(
     };
     let (mut link_tx, link_rx, _connack) = router.connect(&options).map_err(StartError::Router)?;
     let (tx, mut rx) = mpsc::channel::<Outgoing>(capacity.max(1));
-    let runtime = tokio::runtime::Handle::current();
+    let counted = stats.clone();
+    let handle = router.clone();
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(BATCH);
+        while rx.recv_many(&mut batch, BATCH).await > 0 {
+            let count = batch.len() as u64;
+            let packets = batch
+                .drain(..)
+                .map(|m| Packet::Publish(Publish::new(m.topic, m.payload, m.retain), None))
+                .collect();
+            if handle.hand_over(&mut link_tx, packets).await.is_err() {
+                tracing::error!("the MQTT router has stopped; egress ends");
+                return;
+            }
+            counted.egress_published.fetch_add(count, Ordering::Relaxed);
+        }
+    });
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
             .name(name.into())
@@ -76,31 +93,6 @@ pub(crate) fn start(
             .map(drop)
             .map_err(|e| StartError::Router(format!("cannot start the {name} thread: {e}")))
     };
-    let counted = stats.clone();
-    spawn(
-        "mqtt-egress",
-        Box::new(move || {
-            let mut batch = Vec::with_capacity(BATCH);
-            while runtime.block_on(rx.recv_many(&mut batch, BATCH)) > 0 {
-                let count = batch.len() as u64;
-                let mut packets = batch
-                    .drain(..)
-                    .map(|m| Packet::Publish(Publish::new(m.topic, m.payload, m.retain), None));
-                let Some(last) = packets.next_back() else {
-                    continue;
-                };
-                link_tx.buffer().extend(packets);
-                // `send` queues `last` and wakes the router once for the whole batch. It
-                // never awaits (rumqttd sends on a blocking channel), and this thread may
-                // block.
-                if runtime.block_on(link_tx.send(last)).is_err() {
-                    tracing::error!("the MQTT router has stopped; egress ends");
-                    return;
-                }
-                counted.egress_published.fetch_add(count, Ordering::Relaxed);
-            }
-        }),
-    )?;
     spawn(
         "mqtt-egress-acks",
         Box::new(move || drain(link_rx, shutdown)),

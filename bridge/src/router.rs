@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
+use rumqttd::protocol::Packet;
 use rumqttd::{Notification, Router, RouterConfig};
 
 use crate::StartError;
@@ -40,9 +41,11 @@ impl RouterHandle {
             // Notifications queued for one link before the router pauses it and sends
             // `Unschedule`; every link here resumes it with `wake` once written.
             max_outgoing_packet_count: 200,
-            // The router keeps recent publishes per filter in memory segments;
-            // 100 KiB x 10 bounds that to ~1 MiB per active filter.
-            max_segment_size: 100 * 1024,
+            // The router keeps recent publishes per subscribed filter in memory segments.
+            // An MQTT subscriber that falls further behind than that loses the oldest
+            // (rumqttd logs "jumping to head"); 1 MiB x 10 per filter holds about two
+            // seconds at 100,000 small messages/s while bounding memory per filter.
+            max_segment_size: 1024 * 1024,
             max_segment_count: 10,
             custom_segment: Some(HashMap::new()),
             initialized_filters: None,
@@ -77,8 +80,34 @@ impl RouterHandle {
     }
 
     /// True when the router's event queue is full, so a send would block the thread.
-    pub fn is_full(&self) -> bool {
+    fn is_full(&self) -> bool {
         (self.full)()
+    }
+
+    /// Gives `packets` to the router through `link_tx` with a single wake-up.
+    ///
+    /// rumqttd's `send` wakes the router on a blocking channel: it never awaits, and when
+    /// that channel is full it would stall this runtime thread, so tokio is told first.
+    pub async fn hand_over(
+        &self,
+        link_tx: &mut LinkTx,
+        mut packets: Vec<Packet>,
+    ) -> Result<(), ()> {
+        let Some(last) = packets.pop() else {
+            return Ok(());
+        };
+        link_tx.buffer().extend(packets);
+        let send = link_tx.send(last);
+        let sent = if self.is_full() && multi_thread() {
+            tokio::task::block_in_place(|| run_now(send).is_ok())
+        } else {
+            send.await.is_ok()
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(())
+        }
     }
 
     pub async fn died(&self) {
@@ -89,5 +118,22 @@ impl RouterHandle {
                 return;
             }
         }
+    }
+}
+
+fn multi_thread() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+/// Runs a future that never actually waits (rumqttd's `send` blocks instead) to completion.
+fn run_now<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::yield_now();
     }
 }

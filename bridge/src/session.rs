@@ -795,24 +795,11 @@ impl Running {
         self.notify_router(packets).await
     }
 
-    async fn notify_router(&mut self, mut packets: Vec<Packet>) -> Result<(), ()> {
-        let Some(last) = packets.pop() else {
-            return Ok(());
-        };
-        self.link_tx.buffer().extend(packets);
-        // rumqttd's `send` wakes the router on a blocking channel; when that channel is full
-        // it would stall this runtime thread, so tell tokio first.
-        let send = self.link_tx.send(last);
-        let sent = if self.shared.router.is_full() && multi_thread() {
-            tokio::task::block_in_place(|| run_now(send).is_ok())
-        } else {
-            send.await.is_ok()
-        };
-        if sent {
-            Ok(())
-        } else {
-            Err(())
-        }
+    async fn notify_router(&mut self, packets: Vec<Packet>) -> Result<(), ()> {
+        self.shared
+            .router
+            .hand_over(&mut self.link_tx, packets)
+            .await
     }
 
     /// Writes router notifications to the device; `Ok(false)` if the router let go of us.
@@ -890,23 +877,6 @@ fn shared_subscription_filter(path: &str) -> &str {
     path.strip_prefix("$share/")
         .and_then(|rest| rest.split_once('/'))
         .map_or(path, |(_, filter)| filter)
-}
-
-fn multi_thread() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-}
-
-/// Runs a future that never actually waits (rumqttd's `send` blocks instead) to completion.
-fn run_now<F: std::future::Future>(future: F) -> F::Output {
-    let mut future = std::pin::pin!(future);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    loop {
-        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::yield_now();
-    }
 }
 
 /// Publishes a device's Last Will to both MQTT subscribers and the ingress, after its

@@ -1,0 +1,224 @@
+//! The brokers under test as child processes: switchboard (the release binary cargo
+//! built for this bench) and Mosquitto, both pinned to core 0 when `taskset` works.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Switchboard,
+    Mosquitto,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Switchboard => "switchboard",
+            Kind::Mosquitto => "mosquitto",
+        }
+    }
+}
+
+pub fn taskset_available() -> bool {
+    Command::new("taskset")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Pins every thread of this process to `core`. Call before spawning threads.
+pub fn pin_self(core: u32) -> bool {
+    Command::new("taskset")
+        .args([
+            "-a",
+            "-p",
+            "-c",
+            &core.to_string(),
+            &std::process::id().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub struct Broker {
+    pub kind: Kind,
+    /// MQTT over TCP.
+    pub mqtt: SocketAddr,
+    /// Where WebSocket subscribers connect: switchboard's `/ws`, Mosquitto's
+    /// `protocol websockets` listener.
+    pub ws: SocketAddr,
+    child: Child,
+    /// Error lines from the broker's log, collected for the report.
+    pub errors: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot find a free port")
+}
+
+impl Broker {
+    pub fn start(kind: Kind, pin: bool) -> Broker {
+        let dir = tempfile::tempdir().expect("cannot create a temporary directory");
+        let mut cmd = if pin {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0"]);
+            c
+        } else {
+            Command::new("env")
+        };
+        let mut fixed = None;
+        match kind {
+            Kind::Switchboard => {
+                cmd.arg(env!("CARGO_BIN_EXE_switchboard"))
+                    .arg("serve")
+                    .env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0")
+                    .env("SWITCHBOARD_MQTT_LISTEN", "127.0.0.1:0")
+                    .env("SWITCHBOARD_MQTT_WS_LISTEN", "127.0.0.1:0")
+                    .env("SWITCHBOARD_DATA_DIR", dir.path().join("data"))
+                    .env("SWITCHBOARD_LOG_LEVEL", "warn,switchboard::listening=info")
+                    .env("SWITCHBOARD_WS_OUTBOUND_QUEUE_MESSAGES", "65536")
+                    .env("SWITCHBOARD_WS_OUTBOUND_QUEUE_BYTES", "16777216")
+                    .env_remove("RUST_LOG");
+            }
+            Kind::Mosquitto => {
+                let (mqtt, ws) = (free_port(), free_port());
+                let config = dir.path().join("mosquitto.conf");
+                // Tuned to match switchboard: TCP_NODELAY, and a QoS 0 queue per
+                // client as deep as switchboard's WebSocket outbound queue.
+                let text = format!(
+                    "per_listener_settings false\nallow_anonymous true\npersistence false\n\
+                     set_tcp_nodelay true\nmax_queued_messages 65536\n\
+                     log_dest stderr\nlog_type error\nlog_type warning\n\
+                     listener {mqtt} 127.0.0.1\nlistener {ws} 127.0.0.1\nprotocol websockets\n"
+                );
+                std::fs::write(&config, text).expect("cannot write mosquitto.conf");
+                cmd.arg(MOSQUITTO).arg("-c").arg(&config);
+                fixed = Some((
+                    SocketAddr::from(([127, 0, 0, 1], mqtt)),
+                    SocketAddr::from(([127, 0, 0, 1], ws)),
+                ));
+            }
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", kind.name()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let errs = errors.clone();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if !sent {
+                    if let Some(rest) = line.split("listening ").nth(1) {
+                        let addr = |key: &str| {
+                            rest.split_whitespace()
+                                .find_map(|w| w.strip_prefix(key))
+                                .and_then(|a| a.parse::<SocketAddr>().ok())
+                        };
+                        if let (Some(http), Some(mqtt)) = (addr("http="), addr("mqtt=")) {
+                            sent = tx.send((mqtt, http)).is_ok();
+                            continue;
+                        }
+                    }
+                }
+                // Switchboard warns at start that anonymous clients are allowed: expected.
+                if line.contains("no authentication is configured") {
+                    continue;
+                }
+                if let Ok(mut e) = errs.lock() {
+                    if e.len() < 50 {
+                        e.push(line);
+                    }
+                }
+            }
+        });
+        let (mqtt, ws) = match fixed {
+            Some(addrs) => {
+                // Mosquitto says nothing when ready: wait until both ports accept.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while [addrs.0, addrs.1]
+                    .iter()
+                    .any(|a| std::net::TcpStream::connect(a).is_err())
+                {
+                    assert!(
+                        Instant::now() < deadline,
+                        "mosquitto did not start listening"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                addrs
+            }
+            None => rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("switchboard did not report its addresses"),
+        };
+        Broker {
+            kind,
+            mqtt,
+            ws,
+            child,
+            errors,
+            _dir: dir,
+        }
+    }
+
+    /// CPU time used so far (user + system, all threads).
+    pub fn cpu(&self) -> Duration {
+        cpu_time(&format!("/proc/{}/stat", self.child.id()))
+    }
+
+    /// Resident memory now, in MiB.
+    pub fn rss_mib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or(0, |k| k / 1024)
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// utime + stime from a `/proc/.../stat` file (100 ticks a second on Linux).
+pub fn cpu_time(stat_path: &str) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(stat_path) else {
+        return Duration::ZERO;
+    };
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}

@@ -1,0 +1,565 @@
+//! One run of paced publishes from one publisher to N subscribers, all on the bench's
+//! single-threaded runtime (core 1), against one broker (core 0).
+//!
+//! Each payload carries the send time (ns since [`EPOCH`]) and a sequence number; a
+//! subscriber subtracts the time from the moment its read returned. A point publishes
+//! at a fixed rate for a warm-up, then for the measured window, then waits for the
+//! stragglers: every message of the window each subscriber did not receive is lost.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::rc::Rc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+
+use crate::brokers::{Broker, Kind};
+use crate::proto::{self, Frame, MqttTcp, Ws};
+
+pub static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+pub fn now_ns() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+pub const TOPIC: &str = "bench/x";
+const FILTER: &str = "bench/#";
+/// Latency is recorded on at most this many subscribers (every message of each).
+const SAMPLED_SUBSCRIBERS: usize = 50;
+const MAX_SAMPLES: usize = 4_000_000;
+/// Deliveries outstanding (published but not received) at which a point is abandoned,
+/// so a broker that falls far behind does not queue gigabytes.
+const MAX_BACKLOG: u64 = 2_000_000;
+/// p99 above which a rate does not count as sustained: the subscriber is behind.
+pub const BEHIND_P99_US: f64 = 100_000.0;
+
+/// Which way the messages go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// A device publishes over MQTT/TCP, subscribers are on WebSocket.
+    MqttToWs,
+    /// A WebSocket client publishes, one MQTT/TCP subscriber.
+    WsToMqtt,
+}
+
+#[derive(Default)]
+pub struct Shared {
+    phase_start: Cell<u64>,
+    received: Cell<u64>,
+    samples: RefCell<Vec<u64>>,
+    lagged: Cell<u64>,
+    pub failures: Cell<u64>,
+    pub first_failure: RefCell<Option<String>>,
+    closing: Cell<bool>,
+}
+
+impl Shared {
+    fn on_payload(&self, payload: &[u8], sample: bool) {
+        let Some(n) = proto::number_after(payload, b"\"n\":") else {
+            return;
+        };
+        if n < self.phase_start.get() {
+            return;
+        }
+        self.received.set(self.received.get() + 1);
+        if sample {
+            if let Some(t) = proto::number_after(payload, b"\"t\":") {
+                let mut s = self.samples.borrow_mut();
+                if s.len() < MAX_SAMPLES {
+                    s.push(now_ns().saturating_sub(t));
+                }
+            }
+        }
+    }
+
+    fn fail(&self, what: String) {
+        if self.closing.get() {
+            return;
+        }
+        self.failures.set(self.failures.get() + 1);
+        self.first_failure.borrow_mut().get_or_insert(what);
+    }
+}
+
+/// One rate point.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub rate: u64,
+    pub achieved: f64,
+    pub expected: u64,
+    pub received: u64,
+    pub lagged: u64,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub max_us: Option<f64>,
+    pub drain: Duration,
+    pub aborted: bool,
+    pub broker_cpu: f64,
+    /// CPU share of the bench process (publisher and subscribers, one core).
+    pub client_cpu: f64,
+    pub broker_rss_mib: u64,
+}
+
+impl Point {
+    pub fn lost(&self) -> u64 {
+        self.expected.saturating_sub(self.received)
+    }
+
+    /// The publisher reached 97% of the rate (less one message/s for rounding at
+    /// low rates).
+    fn kept_rate(&self) -> bool {
+        self.achieved >= 0.97 * self.rate as f64 - 1.0
+    }
+
+    /// Zero loss, the publisher kept its rate, and the subscribers kept up.
+    pub fn sustained(&self) -> bool {
+        !self.aborted
+            && self.lost() == 0
+            && self.lagged == 0
+            && self.kept_rate()
+            && self.p99_us.is_some_and(|p| p < BEHIND_P99_US)
+    }
+
+    pub fn verdict(&self) -> String {
+        if self.aborted {
+            return "behind (backlog)".into();
+        }
+        let mut why = Vec::new();
+        if self.lost() > 0 || self.lagged > 0 {
+            why.push(format!("lost {}", self.lost().max(self.lagged)));
+        }
+        if !self.kept_rate() {
+            why.push(format!("publisher at {:.0}/s", self.achieved));
+        }
+        if self.p99_us.is_none_or(|p| p >= BEHIND_P99_US) {
+            why.push("behind".into());
+        }
+        if why.is_empty() {
+            "ok".into()
+        } else {
+            why.join(", ")
+        }
+    }
+}
+
+/// The publishing side of a run.
+pub struct Publisher {
+    how: Pub,
+    tx: OwnedWriteHalf,
+    seq: u64,
+    buf: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+#[derive(Clone, Copy)]
+enum Pub {
+    Mqtt,
+    SwitchboardWs,
+    MqttOverWs,
+}
+
+impl Publisher {
+    fn encode(&mut self) {
+        self.payload.clear();
+        proto::payload(now_ns(), self.seq, &mut self.payload);
+        self.seq += 1;
+        match self.how {
+            Pub::Mqtt => proto::publish(TOPIC.as_bytes(), &self.payload, &mut self.buf),
+            Pub::SwitchboardWs => {
+                let mut text = Vec::with_capacity(self.payload.len() + 40);
+                text.extend_from_slice(br#"{"op":"pub","topic":""#);
+                text.extend_from_slice(TOPIC.as_bytes());
+                text.extend_from_slice(br#"","data":"#);
+                text.extend_from_slice(&self.payload);
+                text.push(b'}');
+                proto::encode(proto::OP_TEXT, &text, &mut self.buf);
+            }
+            Pub::MqttOverWs => {
+                let mut packet = Vec::with_capacity(self.payload.len() + 16);
+                proto::publish(TOPIC.as_bytes(), &self.payload, &mut packet);
+                proto::encode(proto::OP_BINARY, &packet, &mut self.buf);
+            }
+        }
+    }
+}
+
+/// Connected clients of one broker, ready for points.
+pub struct Setup {
+    pub shared: Rc<Shared>,
+    pub publisher: Publisher,
+    pub subs: usize,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.shared.closing.set(true);
+    }
+}
+
+/// Connects `subs` subscribers and the publisher.
+pub async fn setup(broker: &Broker, direction: Direction, subs: usize) -> io::Result<Setup> {
+    let shared = Rc::new(Shared::default());
+    let stride = subs.div_ceil(SAMPLED_SUBSCRIBERS).max(1);
+    let (kind, ws_addr, mqtt_addr) = (broker.kind, broker.ws, broker.mqtt);
+    let mut i = 0;
+    while i < subs {
+        let batch: Vec<usize> = (i..subs.min(i + 100)).collect();
+        i += batch.len();
+        let conns = futures_util::future::join_all(batch.iter().map(|&k| async move {
+            match direction {
+                Direction::MqttToWs => ws_subscriber(kind, ws_addr, k).await.map(Sub::Ws),
+                Direction::WsToMqtt => {
+                    let mut c = MqttTcp::connect(mqtt_addr, &format!("benchsub{k}")).await?;
+                    c.subscribe(FILTER).await?;
+                    Ok(Sub::Mqtt(c))
+                }
+            }
+        }))
+        .await;
+        for (k, conn) in batch.into_iter().zip(conns) {
+            let sample = k % stride == 0;
+            let sh = shared.clone();
+            match conn? {
+                Sub::Ws(ws) => {
+                    tokio::task::spawn_local(read_ws(ws, kind, sh, sample));
+                }
+                Sub::Mqtt(c) => {
+                    tokio::task::spawn_local(read_mqtt(c, sh, sample));
+                }
+            }
+        }
+    }
+    let (how, tx) = match direction {
+        Direction::MqttToWs => {
+            let c = MqttTcp::connect(mqtt_addr, "benchpub").await?;
+            let MqttTcp { rd, tx, .. } = c;
+            tokio::task::spawn_local(async move {
+                let mut rd = rd;
+                let mut sink = [0u8; 4096];
+                while let Ok(n) = tokio::io::AsyncReadExt::read(&mut rd, &mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+            (Pub::Mqtt, tx)
+        }
+        Direction::WsToMqtt => {
+            let ws = match kind {
+                Kind::Switchboard => {
+                    let ws = Ws::connect(ws_addr, "/ws", None).await?;
+                    (Pub::SwitchboardWs, ws)
+                }
+                Kind::Mosquitto => {
+                    let mut ws = Ws::connect(ws_addr, "/mqtt", Some("mqtt")).await?;
+                    let mut mq = Vec::new();
+                    mqtt_over_ws_handshake(&mut ws, &mut mq, "benchpub", None).await?;
+                    (Pub::MqttOverWs, ws)
+                }
+            };
+            let (how, ws) = ws;
+            let sh = shared.clone();
+            let Ws { r: mut reader, tx } = ws;
+            // Replies (switchboard answers every `pub`) are read and dropped; errors
+            // are counted.
+            tokio::task::spawn_local(async move {
+                loop {
+                    while let Ok(Some(f)) = reader.next_frame() {
+                        if let Frame::Text(t) = f {
+                            if t.starts_with(br#"{"op":"error""#) {
+                                sh.fail(String::from_utf8_lossy(t).into_owned());
+                            }
+                        }
+                    }
+                    if !matches!(reader.fill().await, Ok(true)) {
+                        break;
+                    }
+                }
+            });
+            (how, tx)
+        }
+    };
+    Ok(Setup {
+        shared,
+        publisher: Publisher {
+            how,
+            tx,
+            seq: 0,
+            buf: Vec::with_capacity(64 * 1024),
+            payload: Vec::with_capacity(128),
+        },
+        subs,
+    })
+}
+
+enum Sub {
+    Ws(Ws),
+    Mqtt(MqttTcp),
+}
+
+/// CONNECT (and SUBSCRIBE to `filter`) in binary frames; waits for the acks.
+async fn mqtt_over_ws_handshake(
+    ws: &mut Ws,
+    mq: &mut Vec<u8>,
+    client_id: &str,
+    filter: Option<&str>,
+) -> io::Result<()> {
+    let mut out = Vec::new();
+    proto::connect(client_id, &mut out);
+    ws.send(proto::OP_BINARY, &out).await?;
+    let mut want = vec![0x20u8];
+    if let Some(f) = filter {
+        out.clear();
+        proto::subscribe(1, f, &mut out);
+        ws.send(proto::OP_BINARY, &out).await?;
+        want.push(0x90);
+    }
+    for kind in want {
+        loop {
+            if let Some((first, body)) = proto::next_packet(mq)? {
+                let ok = first & 0xf0 == kind
+                    && match kind {
+                        0x20 => mq.get(body.start + 1) == Some(&0),
+                        _ => mq.get(body.start + 2).is_some_and(|&rc| rc & 0x80 == 0),
+                    };
+                mq.drain(..body.end);
+                if !ok {
+                    return Err(proto::invalid(format!(
+                        "MQTT over WebSocket: refused ({first:#x})"
+                    )));
+                }
+                break;
+            }
+            let data = ws.next_data().await?;
+            mq.extend_from_slice(&data);
+        }
+    }
+    Ok(())
+}
+
+async fn ws_subscriber(kind: Kind, addr: std::net::SocketAddr, k: usize) -> io::Result<Ws> {
+    match kind {
+        Kind::Switchboard => {
+            let mut ws = Ws::connect(addr, "/ws", None).await?;
+            ws.send(
+                proto::OP_TEXT,
+                br#"{"op":"sub","id":"1","topic":"bench/#"}"#,
+            )
+            .await?;
+            for _ in 0..8 {
+                let text = ws.next_data().await?;
+                if text.starts_with(br#"{"op":"ok""#) {
+                    return Ok(ws);
+                }
+                if text.starts_with(br#"{"op":"error""#) {
+                    return Err(proto::invalid(String::from_utf8_lossy(&text)));
+                }
+            }
+            Err(proto::invalid("no ok for sub"))
+        }
+        Kind::Mosquitto => {
+            let mut ws = Ws::connect(addr, "/mqtt", Some("mqtt")).await?;
+            let mut mq = Vec::new();
+            mqtt_over_ws_handshake(&mut ws, &mut mq, &format!("benchsub{k}"), Some(FILTER)).await?;
+            Ok(ws)
+        }
+    }
+}
+
+const MSG: &[u8] = br#"{"op":"msg""#;
+const LAGGED: &[u8] = br#"{"op":"lagged""#;
+
+async fn read_ws(mut ws: Ws, kind: Kind, sh: Rc<Shared>, sample: bool) {
+    // Mosquitto's MQTT stream, reassembled from binary frames.
+    let mut mq: Vec<u8> = Vec::new();
+    loop {
+        let mut pong = Vec::new();
+        loop {
+            let frame = match ws.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return sh.fail(format!("{}: {e}", kind.name())),
+            };
+            match frame {
+                Frame::Text(t) if t.starts_with(MSG) => sh.on_payload(t, sample),
+                Frame::Text(t) if t.starts_with(LAGGED) => {
+                    let n = proto::number_after(t, b"\"dropped\":").unwrap_or(1);
+                    sh.lagged.set(sh.lagged.get() + n);
+                }
+                Frame::Text(_) | Frame::Other => {}
+                Frame::Binary(b) => {
+                    mq.extend_from_slice(b);
+                    let mut at = 0;
+                    while let Ok(Some((first, body))) = proto::next_packet(&mq[at..]) {
+                        if first & 0xf0 == proto::PUBLISH {
+                            let body = &mq[at + body.start..at + body.end];
+                            if let Some(p) = proto::publish_payload(first, body) {
+                                sh.on_payload(p, sample);
+                            }
+                        }
+                        at += body.end;
+                    }
+                    mq.drain(..at);
+                }
+                Frame::Ping(p) => proto::encode_pong(p, &mut pong),
+                Frame::Close => return sh.fail(format!("{} closed the connection", kind.name())),
+            }
+        }
+        if !pong.is_empty() && ws.tx.write_all(&pong).await.is_err() {
+            return sh.fail(format!("{}: write failed", kind.name()));
+        }
+        match ws.fill().await {
+            Ok(true) => {}
+            Ok(false) => return sh.fail(format!("{}: end of stream", kind.name())),
+            Err(e) => return sh.fail(format!("{}: {e}", kind.name())),
+        }
+    }
+}
+
+async fn read_mqtt(mut c: MqttTcp, sh: Rc<Shared>, sample: bool) {
+    loop {
+        loop {
+            let (first, body) = match proto::next_packet(&c.buf[c.start..c.end]) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => return sh.fail(e.to_string()),
+            };
+            if first & 0xf0 == proto::PUBLISH {
+                let b = &c.buf[c.start + body.start..c.start + body.end];
+                if let Some(p) = proto::publish_payload(first, b) {
+                    sh.on_payload(p, sample);
+                }
+            }
+            c.start += body.end;
+        }
+        match c.fill().await {
+            Ok(true) => {}
+            Ok(false) => return sh.fail("MQTT subscriber: end of stream".into()),
+            Err(e) => return sh.fail(format!("MQTT subscriber: {e}")),
+        }
+    }
+}
+
+/// Publishes at `rate` for `warmup` then `measure`, then waits for the stragglers.
+pub async fn point(
+    s: &mut Setup,
+    broker: &Broker,
+    rate: u64,
+    warmup: Duration,
+    measure: Duration,
+) -> io::Result<Point> {
+    let sh = s.shared.clone();
+    let subs = s.subs as u64;
+    let p = &mut s.publisher;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // At most 20 ms of messages in one burst, so a stall shows as a lower rate.
+    let burst = (rate / 50).max(1);
+    let start = Instant::now();
+    let mut base = (start, p.seq);
+    let mut measuring = false;
+    let mut cpu0 = broker.cpu();
+    let self_cpu = || crate::brokers::cpu_time("/proc/self/stat");
+    let mut client0 = self_cpu();
+    let mut measure_start = start;
+    let mut aborted = false;
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        if !measuring && now >= start + warmup {
+            measuring = true;
+            sh.phase_start.set(p.seq);
+            sh.received.set(0);
+            sh.lagged.set(0);
+            sh.samples.borrow_mut().clear();
+            cpu0 = broker.cpu();
+            client0 = self_cpu();
+            measure_start = now;
+            base = (now, p.seq);
+        }
+        if measuring {
+            if now >= measure_start + measure {
+                break;
+            }
+            let outstanding = (p.seq - sh.phase_start.get()) * subs - sh.received.get();
+            if outstanding > MAX_BACKLOG.max(subs * 1000) {
+                aborted = true;
+                break;
+            }
+        }
+        let due = base.1 + (now.duration_since(base.0).as_secs_f64() * rate as f64) as u64;
+        let n = due.saturating_sub(p.seq).min(burst);
+        if n == 0 {
+            continue;
+        }
+        p.buf.clear();
+        for _ in 0..n {
+            p.encode();
+        }
+        p.tx.write_all(&p.buf).await?;
+    }
+    let end_pub = Instant::now();
+    let published = p.seq - sh.phase_start.get();
+    let achieved = published as f64 / end_pub.duration_since(measure_start).as_secs_f64();
+    let expected = published * subs;
+    // Stragglers: until everything arrived, or nothing came for 1 s (10 s at most).
+    let mut last = (sh.received.get(), Instant::now());
+    while sh.received.get() < expected && !aborted {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let r = sh.received.get();
+        if r != last.0 {
+            last = (r, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        if end_pub.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+    }
+    let drain = last.1.saturating_duration_since(end_pub);
+    let wall = last
+        .1
+        .max(end_pub)
+        .duration_since(measure_start)
+        .as_secs_f64();
+    let cpu = (broker.cpu().saturating_sub(cpu0)).as_secs_f64() / wall;
+    let client_cpu = (self_cpu().saturating_sub(client0)).as_secs_f64() / wall;
+    let mut samples = std::mem::take(&mut *sh.samples.borrow_mut());
+    samples.sort_unstable();
+    let pct = |q: f64| -> Option<f64> {
+        if samples.is_empty() {
+            return None;
+        }
+        let i = ((samples.len() as f64 * q) as usize).min(samples.len() - 1);
+        Some(samples[i] as f64 / 1e3)
+    };
+    let point = Point {
+        rate,
+        achieved,
+        expected,
+        received: sh.received.get().min(expected),
+        lagged: sh.lagged.get(),
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        max_us: samples.last().map(|&v| v as f64 / 1e3),
+        drain,
+        aborted,
+        broker_cpu: cpu,
+        client_cpu,
+        broker_rss_mib: broker.rss_mib(),
+    };
+    // Late messages of this point must not count in the next one.
+    sh.phase_start.set(u64::MAX);
+    Ok(point)
+}
+
+pub fn us(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v >= 10_000.0 => format!("{:.0} ms", v / 1e3),
+        Some(v) if v >= 1_000.0 => format!("{:.1} ms", v / 1e3),
+        Some(v) => format!("{v:.0} µs"),
+        None => "-".into(),
+    }
+}

@@ -1,0 +1,405 @@
+//! MQTT publish → WebSocket subscriber (and WebSocket publish → MQTT subscriber):
+//! switchboard against Mosquitto measured in the same run. See docs/benchmarks.md.
+//!
+//! Run: `cargo bench --bench mqtt` (about 3 minutes), or `cargo bench --bench mqtt --
+//! --quick` (short windows). Options: `--subs 1,1000`, `--measure 3` (seconds per
+//! point), `--only switchboard|mosquitto`.
+//!
+//! One publisher connection, paced by a 1 ms tick (a burst per tick), publishes a
+//! 64-byte JSON payload carrying its send time and sequence number to `bench/x`; the
+//! subscribers (`bench/#`) are WebSocket clients: switchboard's JSON protocol on `/ws`,
+//! MQTT over WebSocket (binary frames, subprotocol `mqtt`) for Mosquitto. The rate
+//! steps up until a point is not sustained: a message lost, the publisher unable to
+//! keep its rate, or p99 latency above 100 ms (subscribers behind).
+//!
+//! Both brokers run pinned to core 0 and the bench (publisher and subscribers, one
+//! thread) to core 1.
+
+mod brokers;
+mod load;
+mod proto;
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use brokers::{Broker, Kind};
+use load::{Direction, Point};
+
+struct Options {
+    subs: Vec<usize>,
+    kinds: Vec<Kind>,
+    warmup: Duration,
+    measure: Duration,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        subs: vec![1, 1000],
+        kinds: vec![Kind::Switchboard, Kind::Mosquitto],
+        warmup: Duration::from_millis(500),
+        measure: Duration::from_secs(3),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--bench" => {}
+            "--quick" => {
+                o.warmup = Duration::from_millis(200);
+                o.measure = Duration::from_secs(1);
+            }
+            "--subs" => {
+                o.subs = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|s| s.trim().parse().expect("--subs takes numbers: 1,1000"))
+                    .filter(|&n| n > 0)
+                    .collect();
+            }
+            "--measure" => {
+                o.measure = Duration::from_secs_f64(
+                    args.next()
+                        .and_then(|s| s.parse().ok())
+                        .expect("--measure takes seconds"),
+                );
+            }
+            "--only" => {
+                o.kinds = match args.next().as_deref() {
+                    Some("switchboard") => vec![Kind::Switchboard],
+                    Some("mosquitto") => vec![Kind::Mosquitto],
+                    _ => panic!("--only takes switchboard or mosquitto"),
+                };
+            }
+            other => {
+                eprintln!(
+                    "unknown argument {other:?}; see the doc comment of benches/mqtt/main.rs"
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    o
+}
+
+/// The rates tried, in messages/s, ascending. The first three of the 1-subscriber
+/// ladder and 1k/10k/50k of every ladder are the latency points the issue asks for.
+fn ladder(direction: Direction, subs: usize) -> Vec<u64> {
+    match (direction, subs) {
+        (Direction::WsToMqtt, _) => vec![1_000, 20_000, 50_000, 100_000, 200_000, 400_000],
+        (_, s) if s <= 10 => vec![
+            1_000, 10_000, 20_000, 50_000, 100_000, 200_000, 400_000, 800_000,
+        ],
+        _ => vec![
+            10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 50_000,
+        ],
+    }
+}
+
+struct Run {
+    direction: Direction,
+    subs: usize,
+    kind: Kind,
+    points: Vec<Point>,
+    note: Option<String>,
+}
+
+impl Run {
+    fn at(&self, rate: u64) -> Option<&Point> {
+        self.points.iter().find(|p| p.rate == rate)
+    }
+
+    fn max_sustained(&self) -> Option<u64> {
+        self.points
+            .iter()
+            .take_while(|p| p.sustained())
+            .map(|p| p.rate)
+            .last()
+    }
+}
+
+fn main() {
+    let o = options();
+    let machine = machine();
+    let pinned = brokers::taskset_available() && brokers::pin_self(1);
+    load::EPOCH.get_or_init(std::time::Instant::now);
+    let files = raise_open_file_limit();
+    let mut subs_list = o.subs.clone();
+    for s in &mut subs_list {
+        // Each subscriber is a socket here and one in the broker, plus some slack.
+        if *s + 64 > files as usize {
+            let fit = (files as usize).saturating_sub(64).max(1);
+            println!("note: open-file limit {files}: {s} subscribers reduced to {fit}");
+            *s = fit;
+        }
+    }
+
+    println!("switchboard vs Mosquitto, MQTT ↔ WebSocket, {machine}");
+    if pinned {
+        println!("brokers pinned to core 0 (taskset -c 0), bench clients to core 1");
+    } else {
+        println!("NOT PINNED: taskset unavailable; figures are indicative only");
+    }
+    println!(
+        "payload {} bytes of JSON; {} ms warm-up + {} s measured per point",
+        proto::PAYLOAD_BYTES,
+        o.warmup.as_millis(),
+        o.measure.as_secs_f64()
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the bench runtime");
+    let local = tokio::task::LocalSet::new();
+    let runs = local.block_on(&rt, async {
+        let mut runs = Vec::new();
+        let mut cases: Vec<(Direction, usize)> = subs_list
+            .iter()
+            .map(|&s| (Direction::MqttToWs, s))
+            .collect();
+        cases.push((Direction::WsToMqtt, 1));
+        for (direction, subs) in cases {
+            for &kind in &o.kinds {
+                runs.push(run(kind, direction, subs, &o, pinned).await);
+            }
+        }
+        runs
+    });
+    println!("\n{}", report(&runs));
+}
+
+async fn run(kind: Kind, direction: Direction, subs: usize, o: &Options, pinned: bool) -> Run {
+    let mut broker = Broker::start(kind, pinned);
+    let mut r = Run {
+        direction,
+        subs,
+        kind,
+        points: Vec::new(),
+        note: None,
+    };
+    let label = format!("{} {subs} sub(s) {}", name(direction), kind.name());
+    let mut setup = match load::setup(&broker, direction, subs).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("  {label}: setup failed: {e}");
+            r.note = Some(format!("setup failed: {e}"));
+            return r;
+        }
+    };
+    for rate in ladder(direction, subs) {
+        match load::point(&mut setup, &broker, rate, o.warmup, o.measure).await {
+            Ok(p) => {
+                eprintln!(
+                    "  {label} {rate}/s: p50 {} p99 {} max {} lost {} lagged {} sent {:.0}/s \
+                     drain {} ms broker CPU {:.0}% bench CPU {:.0}% RSS {} MiB: {}",
+                    load::us(p.p50_us),
+                    load::us(p.p99_us),
+                    load::us(p.max_us),
+                    p.lost(),
+                    p.lagged,
+                    p.achieved,
+                    p.drain.as_millis(),
+                    p.broker_cpu * 100.0,
+                    p.client_cpu * 100.0,
+                    p.broker_rss_mib,
+                    p.verdict()
+                );
+                let stop = !p.sustained();
+                r.points.push(p);
+                if stop {
+                    break;
+                }
+            }
+            Err(e) => {
+                eprintln!("  {label} {rate}/s: publisher failed: {e}");
+                r.note = Some(format!("publisher failed at {rate}/s: {e}"));
+                break;
+            }
+        }
+        if !broker.alive() {
+            r.note = Some("broker exited".into());
+            break;
+        }
+    }
+    let failures = setup.shared.failures.get();
+    if failures > 0 {
+        let first = setup
+            .shared
+            .first_failure
+            .borrow()
+            .clone()
+            .unwrap_or_default();
+        let note = format!("{failures} connection failures (first: {first})");
+        eprintln!("  {label}: {note}");
+        r.note = Some(note);
+    }
+    drop(setup);
+    if let Ok(errors) = broker.errors.lock() {
+        for line in errors.iter().take(5) {
+            eprintln!("  [{}] {line}", kind.name());
+        }
+    }
+    r
+}
+
+fn name(d: Direction) -> &'static str {
+    match d {
+        Direction::MqttToWs => "MQTT→WS",
+        Direction::WsToMqtt => "WS→MQTT",
+    }
+}
+
+fn report(runs: &[Run]) -> String {
+    let mut t = String::new();
+    let find = |d: Direction, s: usize, k: Kind| {
+        runs.iter()
+            .find(|r| r.direction == d && r.subs == s && r.kind == k)
+    };
+    let mut cases: Vec<(Direction, usize)> = Vec::new();
+    for r in runs {
+        if !cases.contains(&(r.direction, r.subs)) {
+            cases.push((r.direction, r.subs));
+        }
+    }
+    let _ = writeln!(
+        t,
+        "| direction | subs | rate/s | switchboard p50 / p99 | mosquitto p50 / p99 | ratio p50 / p99 | switchboard | mosquitto |"
+    );
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |");
+    for &(d, s) in &cases {
+        let sb = find(d, s, Kind::Switchboard);
+        let mq = find(d, s, Kind::Mosquitto);
+        let mut rates: Vec<u64> = [sb, mq]
+            .iter()
+            .flatten()
+            .flat_map(|r| r.points.iter().map(|p| p.rate))
+            .collect();
+        rates.sort_unstable();
+        rates.dedup();
+        for rate in rates {
+            let a = sb.and_then(|r| r.at(rate));
+            let b = mq.and_then(|r| r.at(rate));
+            let lat = |p: Option<&Point>| {
+                p.map_or("not run".into(), |p| {
+                    format!("{} / {}", load::us(p.p50_us), load::us(p.p99_us))
+                })
+            };
+            let ratio = match (a, b) {
+                (Some(a), Some(b)) => match (a.p50_us, b.p50_us, a.p99_us, b.p99_us) {
+                    (Some(a50), Some(b50), Some(a99), Some(b99)) => {
+                        format!("{:.2} / {:.2}", a50 / b50, a99 / b99)
+                    }
+                    _ => "-".into(),
+                },
+                _ => "-".into(),
+            };
+            let verdict = |p: Option<&Point>| p.map_or("-".into(), |p| p.verdict());
+            let _ = writeln!(
+                t,
+                "| {} | {s} | {} | {} | {} | {ratio} | {} | {} |",
+                name(d),
+                thousands(rate),
+                lat(a),
+                lat(b),
+                verdict(a),
+                verdict(b)
+            );
+        }
+    }
+    let _ = writeln!(
+        t,
+        "\n| direction | subs | max sustained rate/s, switchboard | mosquitto | ratio |"
+    );
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: |");
+    for &(d, s) in &cases {
+        let max = |k| find(d, s, k).and_then(Run::max_sustained);
+        let (a, b) = (max(Kind::Switchboard), max(Kind::Mosquitto));
+        let show = |m: Option<u64>| m.map_or("none".into(), thousands);
+        let ratio = match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2}", a as f64 / b as f64),
+            _ => "-".into(),
+        };
+        let capped = |k| {
+            find(d, s, k).is_some_and(|r| {
+                r.points.last().is_some_and(|p| p.sustained())
+                    && r.points.len() == ladder(d, s).len()
+            })
+        };
+        let plus = |k| if capped(k) { " (top of ladder)" } else { "" };
+        let _ = writeln!(
+            t,
+            "| {} | {s} | {}{} | {}{} | {ratio} |",
+            name(d),
+            show(a),
+            plus(Kind::Switchboard),
+            show(b),
+            plus(Kind::Mosquitto)
+        );
+    }
+    for r in runs {
+        if let Some(n) = &r.note {
+            let _ = writeln!(
+                t,
+                "note: {} {} subs {}: {n}",
+                name(r.direction),
+                r.subs,
+                r.kind.name()
+            );
+        }
+    }
+    let _ = writeln!(
+        t,
+        "\nratio: switchboard / mosquitto (latency: lower is better; max rate: higher is \
+         better). A ladder stops at its first point that is not sustained."
+    );
+    t
+}
+
+fn thousands(v: u64) -> String {
+    let digits = v.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn open_file_limits() -> Option<(u64, u64)> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut n = line.split_whitespace().skip(3).map(|v| v.parse().ok());
+    Some((n.next()??, n.next()??))
+}
+
+/// Raises the soft open-file limit to the hard one with util-linux `prlimit`.
+fn raise_open_file_limit() -> u64 {
+    let Some((soft, hard)) = open_file_limits() else {
+        return 1024;
+    };
+    if soft < hard {
+        let _ = std::process::Command::new("prlimit")
+            .arg("--pid")
+            .arg(std::process::id().to_string())
+            .arg(format!("--nofile={hard}:{hard}"))
+            .status();
+    }
+    open_file_limits().map_or(soft, |(soft, _)| soft)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+}
