@@ -6,7 +6,7 @@
 //! the server is never idle yet its per-connection queues (1,024 frames) never fill;
 //! the figure is deliveries per second. *Light load*: a fixed publish rate far below
 //! saturation, for latency that is not mostly queueing. Latency is publish-to-receive
-//! on one clock: the publisher writes nanoseconds since [`EPOCH`] at the start of
+//! on one clock: the publisher writes nanoseconds since [`EPOCH`](crate::clock::EPOCH) at the start of
 //! `data`, and a subscriber subtracts it from the time its read returned. Saturation
 //! samples one frame in 4 (one subscriber) or in 16 per subscriber, light load every
 //! frame, so sampling stays a small part of the client's work.
@@ -15,22 +15,18 @@ use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::io;
 use std::rc::Rc;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
+use crate::clock::{now_ns, percentile_us};
+use crate::host;
 use crate::procs::{self, Kind, Server};
-use crate::wire::{self, Conn, Frame, Reader};
-
-/// The clock both ends of a measurement read.
-pub static EPOCH: OnceLock<Instant> = OnceLock::new();
-
-pub fn now_ns() -> u64 {
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
+use crate::read_buf::{find, invalid};
+use crate::wire::{Conn, Frame, Reader};
+use crate::ws_frame::{close_reason, encode_pong, encode_text};
 
 /// Length of the `data` string: 20 digits of timestamp, a space, padding.
 pub const DATA_BYTES: usize = 100;
@@ -286,8 +282,8 @@ async fn phase(
     );
     let (s0, c0, m0) = (
         server.cpu(),
-        procs::cpu_time("/proc/self/stat"),
-        procs::machine_busy(),
+        host::cpu_time("/proc/self/stat"),
+        host::machine_busy(),
     );
     shared.recording.set(true);
     tokio::time::sleep(measure).await;
@@ -296,8 +292,8 @@ async fn phase(
     let (d1, p1) = (shared.delivered.get(), shared.published.get());
     let (s1, c1, m1) = (
         server.cpu(),
-        procs::cpu_time("/proc/self/stat"),
-        procs::machine_busy(),
+        host::cpu_time("/proc/self/stat"),
+        host::machine_busy(),
     );
 
     shared.stop.set(true);
@@ -313,15 +309,11 @@ async fn phase(
 
     let mut samples = std::mem::take(&mut *shared.samples.borrow_mut());
     samples.sort_unstable();
-    let pct = |p: usize| {
-        (!samples.is_empty())
-            .then(|| samples[(samples.len() * p / 100).min(samples.len() - 1)] as f64 / 1e3)
-    };
     let result = Phase {
         deliveries_per_sec: (d1 - d0) as f64 / elapsed,
         publishes_per_sec: (p1 - p0) as f64 / elapsed,
-        p50_us: pct(50),
-        p99_us: pct(99),
+        p50_us: percentile_us(&samples, 50),
+        p99_us: percentile_us(&samples, 99),
         samples: samples.len(),
         server_cpu: (s1 - s0).as_secs_f64() / elapsed,
         client_cpu: (c1 - c0).as_secs_f64() / elapsed,
@@ -387,7 +379,7 @@ async fn publish(
         }
         out.clear();
         if let Some(ping) = shared.pong_due.borrow_mut().take() {
-            wire::encode_pong(&ping, &mut out);
+            encode_pong(&ping, &mut out);
         }
         let first = shared.published.get();
         for id in first + 1..=first + n {
@@ -397,7 +389,7 @@ async fn publish(
                 r#"{{"op":"pub","id":"{id}","topic":"bench","data":"{:020} {pad}"}}"#,
                 now_ns()
             );
-            wire::encode_text(text.as_bytes(), &mut out);
+            encode_text(text.as_bytes(), &mut out);
         }
         // Counted before the write: subscribers may run while it waits for room.
         shared.published.set(first + n);
@@ -421,9 +413,9 @@ async fn acks(mut rx: Reader, shared: Rc<Shared>) {
                     }
                     Frame::Ping(p) => *shared.pong_due.borrow_mut() = Some(p.to_vec()),
                     Frame::Close(c) => {
-                        return Err(wire::invalid(format!(
+                        return Err(invalid(format!(
                             "server closed the publisher: {}",
-                            wire::close_reason(c)
+                            close_reason(c)
                         )))
                     }
                     Frame::Text(_) | Frame::Other => {}
@@ -434,7 +426,7 @@ async fn acks(mut rx: Reader, shared: Rc<Shared>) {
                 shared.progressed();
             }
             if !rx.fill().await? {
-                return Err(wire::invalid("publisher connection ended"));
+                return Err(invalid("publisher connection ended"));
             }
         }
     }
@@ -460,7 +452,7 @@ async fn subscriber(mut conn: Conn, shared: Rc<Shared>) {
                         if shared.recording.get() {
                             seen += 1;
                             if seen & shared.sample_mask.get() == 0 {
-                                if let Some(ts) = wire::data_timestamp(t) {
+                                if let Some(ts) = crate::wire::data_timestamp(t) {
                                     let now = *now.get_or_insert_with(now_ns);
                                     shared.sample(now.saturating_sub(ts));
                                 }
@@ -470,11 +462,11 @@ async fn subscriber(mut conn: Conn, shared: Rc<Shared>) {
                     Frame::Text(t) if t.starts_with(LAGGED) => {
                         shared.lagged.set(shared.lagged.get() + lagged_count(t));
                     }
-                    Frame::Ping(p) => wire::encode_pong(p, &mut pong),
+                    Frame::Ping(p) => encode_pong(p, &mut pong),
                     Frame::Close(c) => {
-                        return Err(wire::invalid(format!(
+                        return Err(invalid(format!(
                             "server closed a subscriber: {}",
-                            wire::close_reason(c)
+                            close_reason(c)
                         )))
                     }
                     Frame::Text(_) | Frame::Other => {}
@@ -489,7 +481,7 @@ async fn subscriber(mut conn: Conn, shared: Rc<Shared>) {
                 pong.clear();
             }
             if !conn.rx.fill().await? {
-                return Err(wire::invalid("subscriber connection ended"));
+                return Err(invalid("subscriber connection ended"));
             }
         }
     }
@@ -501,7 +493,7 @@ async fn subscriber(mut conn: Conn, shared: Rc<Shared>) {
 
 /// The `dropped` count of a `lagged` notice (1 if unreadable: it still says drops).
 fn lagged_count(frame: &[u8]) -> u64 {
-    wire::find(frame, b"\"dropped\":")
+    find(frame, b"\"dropped\":")
         .map(|at| {
             frame[at + 10..]
                 .iter()
@@ -510,19 +502,4 @@ fn lagged_count(frame: &[u8]) -> u64 {
         })
         .filter(|&n| n > 0)
         .unwrap_or(1)
-}
-
-/// Keeps the sample clock's start well before the first publish.
-pub fn init_clock() {
-    let _ = now_ns();
-}
-
-/// Formats an optional microsecond figure.
-pub fn us(v: Option<f64>) -> String {
-    match v {
-        Some(v) if v >= 10_000.0 => format!("{:.0} ms", v / 1e3),
-        Some(v) if v >= 1_000.0 => format!("{:.1} ms", v / 1e3),
-        Some(v) => format!("{v:.0} µs"),
-        None => "-".into(),
-    }
 }

@@ -13,14 +13,23 @@
 //! 2-core machine measures one server core against one client core.
 
 mod baseline;
+#[path = "../common/clock.rs"]
+mod clock;
+#[path = "../common/host.rs"]
+mod host;
 mod idle;
 mod load;
 mod procs;
+#[path = "../common/read_buf.rs"]
+mod read_buf;
 mod wire;
+#[path = "../common/ws_frame.rs"]
+mod ws_frame;
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use host::thousands;
 use procs::{Kind, Server};
 
 struct Options {
@@ -118,11 +127,11 @@ fn main() {
     }
     let o = options();
     // Read before pinning, which narrows what this process may use to one core.
-    let machine = machine();
+    let machine = format!("{}, {}", host::utc_date(), host::machine());
     // Before any thread exists, so every later thread inherits the core.
-    let pinned = procs::taskset_available() && procs::pin_self(1);
-    load::init_clock();
-    let files = raise_open_file_limit();
+    let pinned = host::taskset_available() && host::pin_self(1);
+    clock::init_clock();
+    let files = host::raise_open_file_limit();
     if o.idle + 100 > files as usize {
         eprintln!(
             "warning: the open-file limit ({files}) is below {} idle connections",
@@ -303,15 +312,15 @@ fn report(o: &Options, cases: &[load::Case], idles: &[idle::Idle]) -> String {
                 thousands(s.deliveries_per_sec),
                 range,
                 ratio,
-                load::us(s.p50_us),
-                load::us(s.p99_us),
+                clock::us(s.p50_us),
+                clock::us(s.p99_us),
                 s.server_cpu * 100.0,
                 s.client_cpu * 100.0,
                 s.other_cpu * 100.0,
                 lost,
                 thousands(c.light_rate),
-                load::us(c.light.p50_us),
-                load::us(c.light.p99_us),
+                clock::us(c.light.p50_us),
+                clock::us(c.light.p99_us),
             );
         }
     }
@@ -391,66 +400,6 @@ fn millions(v: f64) -> String {
     } else {
         format!("{:.0}k", v / 1e3)
     }
-}
-
-fn thousands(v: f64) -> String {
-    let digits = format!("{:.0}", v);
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// The soft and hard open-file limits of this process.
-fn open_file_limits() -> Option<(u64, u64)> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let mut n = line.split_whitespace().skip(3).map(|v| v.parse().ok());
-    Some((n.next()??, n.next()??))
-}
-
-/// Raises the soft open-file limit to the hard one (the idle test holds thousands of
-/// sockets), with util-linux `prlimit` since the bench has no libc binding. Returns the
-/// soft limit in force.
-fn raise_open_file_limit() -> u64 {
-    let Some((soft, hard)) = open_file_limits() else {
-        return 1024;
-    };
-    if soft < hard {
-        let _ = std::process::Command::new("prlimit")
-            .arg("--pid")
-            .arg(std::process::id().to_string())
-            .arg(format!("--nofile={hard}:{hard}"))
-            .status();
-    }
-    open_file_limits().map_or(soft, |(soft, _)| soft)
-}
-
-/// Date, CPU model, core count and kernel, for the record.
-fn machine() -> String {
-    let date = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{date}, {cpu}, {cores} cores, Linux {}", kernel.trim())
 }
 
 fn write_json(

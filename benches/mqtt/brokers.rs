@@ -1,10 +1,9 @@
 //! The brokers under test as child processes: switchboard (the release binary cargo
 //! built for this bench) and Mosquitto, both pinned to core 0 when `taskset` works.
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
@@ -22,31 +21,6 @@ impl Kind {
             Kind::Mosquitto => "mosquitto",
         }
     }
-}
-
-pub fn taskset_available() -> bool {
-    Command::new("taskset")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Pins every thread of this process to `core`. Call before spawning threads.
-pub fn pin_self(core: u32) -> bool {
-    Command::new("taskset")
-        .args([
-            "-a",
-            "-p",
-            "-c",
-            &core.to_string(),
-            &std::process::id().to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 pub struct Broker {
@@ -72,13 +46,7 @@ fn free_port() -> u16 {
 impl Broker {
     pub fn start(kind: Kind, pin: bool) -> Broker {
         let dir = tempfile::tempdir().expect("cannot create a temporary directory");
-        let mut cmd = if pin {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "0"]);
-            c
-        } else {
-            Command::new("env")
-        };
+        let mut cmd = crate::host::core0_command(pin);
         let mut fixed = None;
         match kind {
             Kind::Switchboard => {
@@ -119,37 +87,25 @@ impl Broker {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", kind.name()));
         let errors = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().expect("stderr is piped");
         let errs = errors.clone();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if !sent {
-                    if let Some(rest) = line.split("listening ").nth(1) {
-                        let addr = |key: &str| {
-                            rest.split_whitespace()
-                                .find_map(|w| w.strip_prefix(key))
-                                .and_then(|a| a.parse::<SocketAddr>().ok())
-                        };
-                        if let (Some(http), Some(mqtt)) = (addr("http="), addr("mqtt=")) {
-                            sent = tx.send((mqtt, http)).is_ok();
-                            continue;
-                        }
-                    }
-                }
+        let rx = crate::host::watch_stderr(
+            &mut child,
+            |rest| {
+                let addr = |key| crate::host::listening_addr(rest, key);
+                Some((addr("mqtt=")?, addr("http=")?))
+            },
+            move |line| {
                 // Switchboard warns at start that anonymous clients are allowed: expected.
                 if line.contains("no authentication is configured") {
-                    continue;
+                    return;
                 }
                 if let Ok(mut e) = errs.lock() {
                     if e.len() < 50 {
                         e.push(line);
                     }
                 }
-            }
-        });
+            },
+        );
         let (mqtt, ws) = match fixed {
             Some(addrs) => {
                 // Mosquitto says nothing when ready: wait until both ports accept.
@@ -182,19 +138,12 @@ impl Broker {
 
     /// CPU time used so far (user + system, all threads).
     pub fn cpu(&self) -> Duration {
-        cpu_time(&format!("/proc/{}/stat", self.child.id()))
+        crate::host::cpu_time(&format!("/proc/{}/stat", self.child.id()))
     }
 
     /// Resident memory now, in MiB.
     pub fn rss_mib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .map_or(0, |k| k / 1024)
+        crate::host::rss_kib(self.child.id()).map_or(0, |k| k / 1024)
     }
 
     pub fn alive(&mut self) -> bool {
@@ -207,18 +156,4 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// utime + stime from a `/proc/.../stat` file (100 ticks a second on Linux).
-pub fn cpu_time(stat_path: &str) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(stat_path) else {
-        return Duration::ZERO;
-    };
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
-    Duration::from_millis(ticks * 10)
 }

@@ -1,7 +1,7 @@
 //! One run of paced publishes from one publisher to N subscribers, all on the bench's
 //! single-threaded runtime (core 1), against one broker (core 0).
 //!
-//! Each payload carries the send time (ns since [`EPOCH`]) and a sequence number; a
+//! Each payload carries the send time (ns since [`EPOCH`](crate::clock::EPOCH)) and a sequence number; a
 //! subscriber subtracts the time from the moment its read returned. A point publishes
 //! at a fixed rate for a warm-up, then for the measured window, then waits for the
 //! stragglers: every message of the window each subscriber did not receive is lost.
@@ -9,20 +9,16 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::brokers::{Broker, Kind};
+use crate::clock::{now_ns, percentile_us};
 use crate::proto::{self, Frame, MqttTcp, Ws};
-
-pub static EPOCH: OnceLock<Instant> = OnceLock::new();
-
-pub fn now_ns() -> u64 {
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
+use crate::read_buf::{invalid, number_after};
+use crate::ws_frame::{encode, encode_pong, OP_BINARY, OP_TEXT};
 
 pub const TOPIC: &str = "bench/x";
 const FILTER: &str = "bench/#";
@@ -57,7 +53,7 @@ pub struct Shared {
 
 impl Shared {
     fn on_payload(&self, payload: &[u8], sample: bool) {
-        let Some(n) = proto::number_after(payload, b"\"n\":") else {
+        let Some(n) = number_after(payload, b"\"n\":") else {
             return;
         };
         if n < self.phase_start.get() {
@@ -65,7 +61,7 @@ impl Shared {
         }
         self.received.set(self.received.get() + 1);
         if sample {
-            if let Some(t) = proto::number_after(payload, b"\"t\":") {
+            if let Some(t) = number_after(payload, b"\"t\":") {
                 let mut s = self.samples.borrow_mut();
                 if s.len() < MAX_SAMPLES {
                     s.push(now_ns().saturating_sub(t));
@@ -174,12 +170,12 @@ impl Publisher {
                 text.extend_from_slice(br#"","data":"#);
                 text.extend_from_slice(&self.payload);
                 text.push(b'}');
-                proto::encode(proto::OP_TEXT, &text, &mut self.buf);
+                encode(OP_TEXT, &text, &mut self.buf);
             }
             Pub::MqttOverWs => {
                 let mut packet = Vec::with_capacity(self.payload.len() + 16);
                 proto::publish(TOPIC.as_bytes(), &self.payload, &mut packet);
-                proto::encode(proto::OP_BINARY, &packet, &mut self.buf);
+                encode(OP_BINARY, &packet, &mut self.buf);
             }
         }
     }
@@ -234,9 +230,9 @@ pub async fn setup(broker: &Broker, direction: Direction, subs: usize) -> io::Re
     let (how, tx) = match direction {
         Direction::MqttToWs => {
             let c = MqttTcp::connect(mqtt_addr, "benchpub").await?;
-            let MqttTcp { rd, tx, .. } = c;
+            let MqttTcp { r, tx } = c;
             tokio::task::spawn_local(async move {
-                let mut rd = rd;
+                let mut rd = r.rd;
                 let mut sink = [0u8; 4096];
                 while let Ok(n) = tokio::io::AsyncReadExt::read(&mut rd, &mut sink).await {
                     if n == 0 {
@@ -308,12 +304,12 @@ async fn mqtt_over_ws_handshake(
 ) -> io::Result<()> {
     let mut out = Vec::new();
     proto::connect(client_id, &mut out);
-    ws.send(proto::OP_BINARY, &out).await?;
+    ws.send(OP_BINARY, &out).await?;
     let mut want = vec![0x20u8];
     if let Some(f) = filter {
         out.clear();
         proto::subscribe(1, f, &mut out);
-        ws.send(proto::OP_BINARY, &out).await?;
+        ws.send(OP_BINARY, &out).await?;
         want.push(0x90);
     }
     for kind in want {
@@ -326,7 +322,7 @@ async fn mqtt_over_ws_handshake(
                     };
                 mq.drain(..body.end);
                 if !ok {
-                    return Err(proto::invalid(format!(
+                    return Err(invalid(format!(
                         "MQTT over WebSocket: refused ({first:#x})"
                     )));
                 }
@@ -343,21 +339,18 @@ async fn ws_subscriber(kind: Kind, addr: std::net::SocketAddr, k: usize) -> io::
     match kind {
         Kind::Switchboard => {
             let mut ws = Ws::connect(addr, "/ws", None).await?;
-            ws.send(
-                proto::OP_TEXT,
-                br#"{"op":"sub","id":"1","topic":"bench/#"}"#,
-            )
-            .await?;
+            ws.send(OP_TEXT, br#"{"op":"sub","id":"1","topic":"bench/#"}"#)
+                .await?;
             for _ in 0..8 {
                 let text = ws.next_data().await?;
                 if text.starts_with(br#"{"op":"ok""#) {
                     return Ok(ws);
                 }
                 if text.starts_with(br#"{"op":"error""#) {
-                    return Err(proto::invalid(String::from_utf8_lossy(&text)));
+                    return Err(invalid(String::from_utf8_lossy(&text)));
                 }
             }
-            Err(proto::invalid("no ok for sub"))
+            Err(invalid("no ok for sub"))
         }
         Kind::Mosquitto => {
             let mut ws = Ws::connect(addr, "/mqtt", Some("mqtt")).await?;
@@ -385,7 +378,7 @@ async fn read_ws(mut ws: Ws, kind: Kind, sh: Rc<Shared>, sample: bool) {
             match frame {
                 Frame::Text(t) if t.starts_with(MSG) => sh.on_payload(t, sample),
                 Frame::Text(t) if t.starts_with(LAGGED) => {
-                    let n = proto::number_after(t, b"\"dropped\":").unwrap_or(1);
+                    let n = number_after(t, b"\"dropped\":").unwrap_or(1);
                     sh.lagged.set(sh.lagged.get() + n);
                 }
                 Frame::Text(_) | Frame::Other => {}
@@ -403,7 +396,7 @@ async fn read_ws(mut ws: Ws, kind: Kind, sh: Rc<Shared>, sample: bool) {
                     }
                     mq.drain(..at);
                 }
-                Frame::Ping(p) => proto::encode_pong(p, &mut pong),
+                Frame::Ping(p) => encode_pong(p, &mut pong),
                 Frame::Close => return sh.fail(format!("{} closed the connection", kind.name())),
             }
         }
@@ -421,18 +414,18 @@ async fn read_ws(mut ws: Ws, kind: Kind, sh: Rc<Shared>, sample: bool) {
 async fn read_mqtt(mut c: MqttTcp, sh: Rc<Shared>, sample: bool) {
     loop {
         loop {
-            let (first, body) = match proto::next_packet(&c.buf[c.start..c.end]) {
+            let (first, body) = match proto::next_packet(c.r.pending()) {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
                 Err(e) => return sh.fail(e.to_string()),
             };
             if first & 0xf0 == proto::PUBLISH {
-                let b = &c.buf[c.start + body.start..c.start + body.end];
+                let b = &c.r.buf[c.r.start + body.start..c.r.start + body.end];
                 if let Some(p) = proto::publish_payload(first, b) {
                     sh.on_payload(p, sample);
                 }
             }
-            c.start += body.end;
+            c.r.start += body.end;
         }
         match c.fill().await {
             Ok(true) => {}
@@ -461,7 +454,7 @@ pub async fn point(
     let mut base = (start, p.seq);
     let mut measuring = false;
     let mut cpu0 = broker.cpu();
-    let self_cpu = || crate::brokers::cpu_time("/proc/self/stat");
+    let self_cpu = || crate::host::cpu_time("/proc/self/stat");
     let mut client0 = self_cpu();
     let mut measure_start = start;
     let mut aborted = false;
@@ -528,21 +521,14 @@ pub async fn point(
     let client_cpu = (self_cpu().saturating_sub(client0)).as_secs_f64() / wall;
     let mut samples = std::mem::take(&mut *sh.samples.borrow_mut());
     samples.sort_unstable();
-    let pct = |q: f64| -> Option<f64> {
-        if samples.is_empty() {
-            return None;
-        }
-        let i = ((samples.len() as f64 * q) as usize).min(samples.len() - 1);
-        Some(samples[i] as f64 / 1e3)
-    };
     let point = Point {
         rate,
         achieved,
         expected,
         received: sh.received.get().min(expected),
         lagged: sh.lagged.get(),
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
+        p50_us: percentile_us(&samples, 50),
+        p99_us: percentile_us(&samples, 99),
         max_us: samples.last().map(|&v| v as f64 / 1e3),
         drain,
         aborted,
@@ -553,13 +539,4 @@ pub async fn point(
     // Late messages of this point must not count in the next one.
     sh.phase_start.set(u64::MAX);
     Ok(point)
-}
-
-pub fn us(v: Option<f64>) -> String {
-    match v {
-        Some(v) if v >= 10_000.0 => format!("{:.0} ms", v / 1e3),
-        Some(v) if v >= 1_000.0 => format!("{:.1} ms", v / 1e3),
-        Some(v) => format!("{v:.0} µs"),
-        None => "-".into(),
-    }
 }

@@ -16,13 +16,23 @@
 //! thread) to core 1.
 
 mod brokers;
+#[path = "../common/clock.rs"]
+mod clock;
+#[path = "../common/host.rs"]
+mod host;
 mod load;
 mod proto;
+#[path = "../common/read_buf.rs"]
+mod read_buf;
+#[path = "../common/ws_frame.rs"]
+mod ws_frame;
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use brokers::{Broker, Kind};
+use clock::us;
+use host::thousands;
 use load::{Direction, Point};
 
 struct Options {
@@ -119,10 +129,10 @@ impl Run {
 
 fn main() {
     let o = options();
-    let machine = machine();
-    let pinned = brokers::taskset_available() && brokers::pin_self(1);
-    load::EPOCH.get_or_init(std::time::Instant::now);
-    let files = raise_open_file_limit();
+    let machine = host::machine();
+    let pinned = host::taskset_available() && host::pin_self(1);
+    clock::init_clock();
+    let files = host::raise_open_file_limit();
     let mut subs_list = o.subs.clone();
     for s in &mut subs_list {
         // Each subscriber is a socket here and one in the broker, plus some slack.
@@ -192,9 +202,9 @@ async fn run(kind: Kind, direction: Direction, subs: usize, o: &Options, pinned:
                 eprintln!(
                     "  {label} {rate}/s: p50 {} p99 {} max {} lost {} lagged {} sent {:.0}/s \
                      drain {} ms broker CPU {:.0}% bench CPU {:.0}% RSS {} MiB: {}",
-                    load::us(p.p50_us),
-                    load::us(p.p99_us),
-                    load::us(p.max_us),
+                    us(p.p50_us),
+                    us(p.p99_us),
+                    us(p.max_us),
                     p.lost(),
                     p.lagged,
                     p.achieved,
@@ -281,7 +291,7 @@ fn report(runs: &[Run]) -> String {
             let b = mq.and_then(|r| r.at(rate));
             let lat = |p: Option<&Point>| {
                 p.map_or("not run".into(), |p| {
-                    format!("{} / {}", load::us(p.p50_us), load::us(p.p99_us))
+                    format!("{} / {}", us(p.p50_us), us(p.p99_us))
                 })
             };
             let ratio = match (a, b) {
@@ -298,7 +308,7 @@ fn report(runs: &[Run]) -> String {
                 t,
                 "| {} | {s} | {} | {} | {} | {ratio} | {} | {} |",
                 name(d),
-                thousands(rate),
+                thousands(rate as f64),
                 lat(a),
                 lat(b),
                 verdict(a),
@@ -314,7 +324,7 @@ fn report(runs: &[Run]) -> String {
     for &(d, s) in &cases {
         let max = |k| find(d, s, k).and_then(Run::max_sustained);
         let (a, b) = (max(Kind::Switchboard), max(Kind::Mosquitto));
-        let show = |m: Option<u64>| m.map_or("none".into(), thousands);
+        let show = |m: Option<u64>| m.map_or("none".into(), |m| thousands(m as f64));
         let ratio = match (a, b) {
             (Some(a), Some(b)) => format!("{:.2}", a as f64 / b as f64),
             _ => "-".into(),
@@ -353,53 +363,4 @@ fn report(runs: &[Run]) -> String {
          better). A ladder stops at its first point that is not sustained."
     );
     t
-}
-
-fn thousands(v: u64) -> String {
-    let digits = v.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn open_file_limits() -> Option<(u64, u64)> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let mut n = line.split_whitespace().skip(3).map(|v| v.parse().ok());
-    Some((n.next()??, n.next()??))
-}
-
-/// Raises the soft open-file limit to the hard one with util-linux `prlimit`.
-fn raise_open_file_limit() -> u64 {
-    let Some((soft, hard)) = open_file_limits() else {
-        return 1024;
-    };
-    if soft < hard {
-        let _ = std::process::Command::new("prlimit")
-            .arg("--pid")
-            .arg(std::process::id().to_string())
-            .arg(format!("--nofile={hard}:{hard}"))
-            .status();
-    }
-    open_file_limits().map_or(soft, |(soft, _)| soft)
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
 }

@@ -8,32 +8,14 @@
 use std::io;
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
-pub fn invalid(what: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.into())
-}
-
-pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The unsigned integer after `key` (e.g. `"t":`) in a payload.
-pub fn number_after(payload: &[u8], key: &[u8]) -> Option<u64> {
-    let at = find(payload, key)? + key.len();
-    let mut value = None;
-    for &c in payload[at..].iter().take_while(|c| c.is_ascii_digit()) {
-        value = Some(
-            value
-                .unwrap_or(0u64)
-                .checked_mul(10)?
-                .checked_add(u64::from(c - b'0'))?,
-        );
-    }
-    value
-}
+use crate::read_buf::{invalid, ReadBuf};
+use crate::ws_frame::{
+    self, encode, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
+};
 
 /// The bench's payload: `{"t":<ns>,"n":<seq>,"p":"…"}`, padded to `PAYLOAD_BYTES`.
 pub const PAYLOAD_BYTES: usize = 64;
@@ -148,11 +130,8 @@ pub fn publish_payload(first: u8, body: &[u8]) -> Option<&[u8]> {
 
 /// An MQTT connection over TCP with its read buffer.
 pub struct MqttTcp {
-    pub rd: OwnedReadHalf,
+    pub r: ReadBuf,
     pub tx: OwnedWriteHalf,
-    pub buf: Vec<u8>,
-    pub start: usize,
-    pub end: usize,
 }
 
 impl MqttTcp {
@@ -162,11 +141,8 @@ impl MqttTcp {
         stream.set_nodelay(true)?;
         let (rd, tx) = stream.into_split();
         let mut c = MqttTcp {
-            rd,
+            r: ReadBuf::new(rd, 64 * 1024),
             tx,
-            buf: vec![0; 64 * 1024],
-            start: 0,
-            end: 0,
         };
         let mut out = Vec::new();
         connect(client_id, &mut out);
@@ -186,8 +162,8 @@ impl MqttTcp {
 
     async fn expect(&mut self, kind: u8) -> io::Result<()> {
         loop {
-            if let Some((first, body)) = next_packet(&self.buf[self.start..self.end])? {
-                let b = &self.buf[self.start + body.start..self.start + body.end];
+            if let Some((first, body)) = next_packet(self.r.pending())? {
+                let b = &self.r.buf[self.r.start + body.start..self.r.start + body.end];
                 if first & 0xf0 != kind {
                     return Err(invalid(format!(
                         "expected MQTT packet {kind:#x}, got {first:#x}"
@@ -199,7 +175,7 @@ impl MqttTcp {
                 if kind == SUBACK && b.get(2).is_some_and(|&rc| rc & 0x80 != 0) {
                     return Err(invalid("SUBACK refused"));
                 }
-                self.start += body.end;
+                self.r.start += body.end;
                 return Ok(());
             }
             if !self.fill().await? {
@@ -209,43 +185,14 @@ impl MqttTcp {
     }
 
     pub async fn fill(&mut self) -> io::Result<bool> {
-        fill(&mut self.rd, &mut self.buf, &mut self.start, &mut self.end).await
+        self.r.fill().await
     }
-}
-
-/// Reads more bytes into `buf[end..]`, compacting or growing it first if needed.
-async fn fill(
-    rd: &mut OwnedReadHalf,
-    buf: &mut Vec<u8>,
-    start: &mut usize,
-    end: &mut usize,
-) -> io::Result<bool> {
-    if *start == *end {
-        *start = 0;
-        *end = 0;
-    } else if buf.len() - *end < buf.len() / 4 {
-        if *start > 0 {
-            buf.copy_within(*start..*end, 0);
-            *end -= *start;
-            *start = 0;
-        } else {
-            let len = buf.len();
-            buf.resize(len * 2, 0);
-        }
-    }
-    let n = rd.read(&mut buf[*end..]).await?;
-    *end += n;
-    Ok(n > 0)
 }
 
 // ---------------------------------------------------------------- WebSocket
 
-const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-pub const OP_TEXT: u8 = 0x1;
-pub const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+/// Largest server frame accepted.
+const MAX_FRAME: usize = 1 << 24;
 
 pub enum Frame<'a> {
     Text(&'a [u8]),
@@ -263,10 +210,7 @@ pub struct Ws {
 
 /// The read side of a WebSocket connection, with its buffer and frame parser.
 pub struct WsRead {
-    rd: OwnedReadHalf,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    buf: ReadBuf,
 }
 
 impl Ws {
@@ -277,43 +221,12 @@ impl Ws {
         let (rd, tx) = stream.into_split();
         let mut ws = Ws {
             r: WsRead {
-                rd,
-                buf: vec![0; 16 * 1024],
-                start: 0,
-                end: 0,
+                buf: ReadBuf::new(rd, 16 * 1024),
             },
             tx,
         };
-        let proto = protocol
-            .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{proto}\r\n"
-        );
-        ws.tx.write_all(request.as_bytes()).await?;
-        let r = &mut ws.r;
-        loop {
-            if let Some(pos) = find(&r.buf[..r.end], b"\r\n\r\n") {
-                let head = &r.buf[..pos];
-                if !head.starts_with(b"HTTP/1.1 101") {
-                    return Err(invalid(format!(
-                        "upgrade refused: {}",
-                        String::from_utf8_lossy(head)
-                    )));
-                }
-                r.start = pos + 4;
-                return Ok(ws);
-            }
-            if r.end == r.buf.len() {
-                return Err(invalid("upgrade response head too large"));
-            }
-            let n = r.rd.read(&mut r.buf[r.end..]).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            r.end += n;
-        }
+        ws_frame::upgrade(&mut ws.tx, &mut ws.r.buf, addr, path, protocol).await?;
+        Ok(ws)
     }
 
     pub async fn fill(&mut self) -> io::Result<bool> {
@@ -354,71 +267,20 @@ impl Ws {
 
 impl WsRead {
     pub async fn fill(&mut self) -> io::Result<bool> {
-        fill(&mut self.rd, &mut self.buf, &mut self.start, &mut self.end).await
+        self.buf.fill().await
     }
 
     /// The next complete frame already buffered, if any.
     pub fn next_frame(&mut self) -> io::Result<Option<Frame<'_>>> {
-        let b = &self.buf[self.start..self.end];
-        if b.len() < 2 {
-            return Ok(None);
-        }
-        let (len, head) = match b[1] & 0x7f {
-            126 => {
-                if b.len() < 4 {
-                    return Ok(None);
-                }
-                (usize::from(u16::from_be_bytes([b[2], b[3]])), 4)
-            }
-            127 => {
-                if b.len() < 10 {
-                    return Ok(None);
-                }
-                let mut n = [0u8; 8];
-                n.copy_from_slice(&b[2..10]);
-                let n = u64::from_be_bytes(n);
-                if n > 1 << 24 {
-                    return Err(invalid(format!("server frame of {n} bytes")));
-                }
-                (n as usize, 10)
-            }
-            n => (usize::from(n), 2),
-        };
-        if b.len() < head + len {
-            return Ok(None);
-        }
-        let opcode = b[0] & 0x0f;
-        let range = self.start + head..self.start + head + len;
-        self.start += head + len;
-        let p = &self.buf[range];
-        Ok(Some(match opcode {
-            OP_TEXT => Frame::Text(p),
-            // A continuation frame of a binary message carries MQTT stream bytes too.
-            OP_BINARY | 0x0 => Frame::Binary(p),
-            OP_PING => Frame::Ping(p),
-            OP_CLOSE => Frame::Close,
-            _ => Frame::Other,
-        }))
+        Ok(
+            ws_frame::next_frame(&mut self.buf, MAX_FRAME)?.map(|(opcode, p)| match opcode {
+                OP_TEXT => Frame::Text(p),
+                // A continuation frame of a binary message carries MQTT stream bytes too.
+                OP_BINARY | OP_CONTINUATION => Frame::Binary(p),
+                OP_PING => Frame::Ping(p),
+                OP_CLOSE => Frame::Close,
+                _ => Frame::Other,
+            }),
+        )
     }
-}
-
-/// Appends one masked client frame.
-pub fn encode(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
-    out.push(0x80 | opcode);
-    let len = payload.len();
-    if len < 126 {
-        out.push(0x80 | len as u8);
-    } else if let Ok(short) = u16::try_from(len) {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&short.to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    out.extend_from_slice(&MASK);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i & 3]));
-}
-
-pub fn encode_pong(payload: &[u8], out: &mut Vec<u8>) {
-    encode(OP_PONG, payload, out);
 }
