@@ -70,7 +70,7 @@ pub(crate) async fn serve(
         return;
     };
 
-    let mut session = Admission {
+    let session = Admission {
         stream,
         codec,
         shared: shared.clone(),
@@ -170,7 +170,7 @@ impl Admission {
     }
 
     async fn admit(
-        &mut self,
+        mut self,
         connect: rumqttd::protocol::Connect,
         session_expiry: Option<u32>,
         will: Option<LastWill>,
@@ -347,12 +347,10 @@ impl Admission {
         self.shared.ingress.connected(&device);
         tracing::info!(client_id = device.client_id, remote = %device.remote, version = version.as_str(), transport = self.transport.as_str(), "device connected");
 
-        let stream = std::mem::replace(&mut self.stream, Stream::Closed);
-        let codec = std::mem::replace(&mut self.codec, Codec::new(version));
         Some(Running {
-            stream,
-            codec,
-            shared: self.shared.clone(),
+            stream: self.stream,
+            codec: self.codec,
+            shared: self.shared,
             device,
             permissions,
             keep_alive: Duration::from_secs(connect.keep_alive.into()),
@@ -446,14 +444,8 @@ impl Running {
             // link; it also saves a persistent session's state.
             let _ = self.notify_router(vec![disconnect_packet()]).await;
         }
-        if why == Gone::Shutdown && self.device.version == Version::V5 {
-            self.to_device.push(Packet::Disconnect(
-                Disconnect {
-                    reason_code: DisconnectReasonCode::ServerShuttingDown,
-                },
-                None,
-            ));
-            let _ = self.flush().await;
+        if why == Gone::Shutdown {
+            self.say_why(DisconnectReasonCode::ServerShuttingDown).await;
         }
         self.stream.shutdown().await;
         self.shared
@@ -513,15 +505,26 @@ impl Running {
                     return End::Gone(Gone::Lost);
                 }
                 _ = self.slot.take_over.cancelled() => {
-                    if self.device.version == Version::V5 {
-                        self.to_device.push(Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::SessionTakenOver }, None));
-                        let _ = self.flush().await;
-                    }
+                    self.say_why(DisconnectReasonCode::SessionTakenOver).await;
                     return End::Gone(Gone::TakenOver);
                 }
                 _ = self.shared.shutdown.cancelled() => return End::Gone(Gone::Shutdown),
             }
         }
+    }
+
+    /// Writes what is queued for the device, preceded for MQTT 5 by a DISCONNECT saying
+    /// why the server ends the connection (3.1.1 has no server DISCONNECT).
+    async fn say_why(&mut self, reason: DisconnectReasonCode) {
+        if self.device.version == Version::V5 {
+            self.to_device.push(Packet::Disconnect(
+                Disconnect {
+                    reason_code: reason,
+                },
+                None,
+            ));
+        }
+        let _ = self.flush().await;
     }
 
     /// Acts on what is in the read buffer; `Some` if the session ends.
@@ -544,15 +547,7 @@ impl Running {
                     "closing MQTT connection"
                 );
                 let _ = self.forward().await;
-                if self.device.version == Version::V5 {
-                    self.to_device.push(Packet::Disconnect(
-                        Disconnect {
-                            reason_code: reason,
-                        },
-                        None,
-                    ));
-                }
-                let _ = self.flush().await;
+                self.say_why(reason).await;
                 return Some(End::Gone(Gone::Lost));
             }
         }

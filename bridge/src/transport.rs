@@ -15,8 +15,6 @@ use tokio_tungstenite::WebSocketStream;
 pub(crate) enum Stream {
     Tcp(TcpStream),
     Ws(Box<WebSocketStream<TcpStream>>),
-    /// Left behind when a session moves its stream on.
-    Closed,
 }
 
 impl Stream {
@@ -36,7 +34,6 @@ impl Stream {
     pub async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read_buf(buf).await,
-            Stream::Closed => Ok(0),
             Stream::Ws(ws) => loop {
                 match ws.next().await {
                     None | Some(Ok(Message::Close(_))) => return Ok(0),
@@ -63,7 +60,6 @@ impl Stream {
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.write_all(bytes).await,
-            Stream::Closed => Err(io::ErrorKind::NotConnected.into()),
             Stream::Ws(ws) => ws
                 .send(Message::binary(bytes.to_vec()))
                 .await
@@ -79,7 +75,6 @@ impl Stream {
             Stream::Ws(ws) => {
                 let _ = SinkExt::close(ws).await;
             }
-            Stream::Closed => {}
         }
     }
 }
