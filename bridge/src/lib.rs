@@ -251,6 +251,8 @@ pub(crate) struct Shared {
     pub publisher: Publisher,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    /// Permits for `max_connections` admitted devices.
+    pub capacity: Arc<tokio::sync::Semaphore>,
 }
 
 /// The running broker: its listeners, the router thread and the egress thread.
@@ -285,6 +287,7 @@ impl Broker {
             stats.clone(),
             shutdown.clone(),
         )?;
+        let max_connections = config.max_connections;
         let shared = Arc::new(Shared {
             config,
             router,
@@ -295,6 +298,7 @@ impl Broker {
             publisher,
             shutdown,
             tracker: TaskTracker::new(),
+            capacity: Arc::new(tokio::sync::Semaphore::new(max_connections)),
         });
         let local_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
         let ws_local_addr = ws.as_ref().and_then(|l| l.local_addr().ok());

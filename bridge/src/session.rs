@@ -178,13 +178,13 @@ impl Admission {
         login: Option<rumqttd::protocol::Login>,
     ) -> Option<Running> {
         let version = self.codec.version();
-        if self.shared.stats.connections.load(Ordering::Relaxed)
-            >= self.shared.config.max_connections as u64
-        {
+        // Taken now and held for the whole session, so connects racing each other cannot
+        // pass the limit together.
+        let Ok(capacity) = self.shared.capacity.clone().try_acquire_owned() else {
             return self
                 .refuse(ConnectReturnCode::ServerUnavailable, "too many connections")
                 .await;
-        }
+        };
 
         let mut client_id = connect.client_id.clone();
         let mut assigned = None;
@@ -357,6 +357,7 @@ impl Admission {
             link_tx,
             link_rx,
             slot,
+            _capacity: capacity,
             will,
             read_buf: BytesMut::with_capacity(4096),
             write_buf: BytesMut::with_capacity(4096),
@@ -411,6 +412,8 @@ struct Running {
     link_tx: LinkTx,
     link_rx: LinkRx,
     slot: Slot,
+    /// One of `max_connections`, given back when the session ends.
+    _capacity: tokio::sync::OwnedSemaphorePermit,
     will: Option<Will>,
     read_buf: BytesMut,
     write_buf: BytesMut,
