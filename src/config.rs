@@ -40,6 +40,8 @@ pub struct Config {
     pub ws: WsConfig,
     pub presence: PresenceConfig,
     pub mqtt: MqttConfig,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -48,6 +50,15 @@ pub struct Config {
 pub struct HttpConfig {
     /// Address of the HTTP + WebSocket listener. Port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Serve HTTPS and WSS with the certificate in `[tls]`.
+    pub tls: bool,
+    /// Connections (HTTP and WebSocket) open at once; more are closed at accept.
+    pub max_connections: NonZeroUsize,
+    /// Connections open at once from one IP address.
+    pub max_connections_per_ip: NonZeroUsize,
+    /// Time a new connection has for its TLS handshake and first request.
+    #[serde(with = "positive_duration")]
+    pub handshake_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +85,12 @@ pub struct WsConfig {
     pub read_buffer_size: NonZeroUsize,
     /// Bytes buffered before a write reaches the socket (a flush always writes).
     pub write_buffer_size: usize,
+    /// Publishes per second one connection may make, sustained (a token bucket).
+    pub publish_rate: NonZeroU32,
+    /// Publishes one connection may make in a burst above the sustained rate.
+    pub publish_burst: NonZeroU32,
+    /// Refused publishes in a row after which the connection is closed (code 4008).
+    pub rate_limit_strikes: NonZeroU32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,6 +124,102 @@ pub struct MqttConfig {
     pub password_file: PathBuf,
     /// Topic permissions; none means every device may publish and subscribe anywhere.
     pub acl: Vec<AclRule>,
+    /// MQTT over TLS (certificate in `[tls]`); empty turns it off.
+    pub tls_listen: Listen,
+    /// MQTT over secure WebSocket; empty turns it off.
+    pub wss_listen: Listen,
+    /// On the TLS listeners, devices must present a certificate signed by
+    /// `tls.client_ca_file`.
+    pub require_certificate: bool,
+    /// A device's verified certificate names it: its common name becomes the username
+    /// and no password is needed.
+    pub use_identity_as_username: bool,
+}
+
+/// Who may connect over WebSocket and HTTP, and with what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Clients without credentials may connect, with the `anonymous` grants.
+    pub allow_anonymous: bool,
+    /// What an anonymous client may do.
+    pub anonymous: GrantsConfig,
+    /// File holding the admin token (everything allowed); empty for no admin.
+    pub admin_token_file: PathBuf,
+    /// API keys (`switchboard apikey`); empty means `<data_dir>/api_keys.json`.
+    pub api_keys_file: PathBuf,
+    /// Keys that verify client JWTs; several at once, chosen by `kid`, for rotation.
+    pub jwt: Vec<JwtKeyConfig>,
+    /// Tolerated clock difference for `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Time a connection without credentials has to send its `auth` frame.
+    #[serde(with = "positive_duration")]
+    pub auth_timeout: Duration,
+    /// Browser origins allowed to open a WebSocket; empty means same-origin only,
+    /// `*` any. Clients that send no `Origin` (not browsers) are not affected.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Topic filters and recipients one identity is allowed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrantsConfig {
+    /// Filters covering the topics it may publish to.
+    pub publish: Vec<Filter>,
+    /// Filters within which it may subscribe (and ask for presence).
+    pub subscribe: Vec<Filter>,
+    /// Users it may send direct messages to; `*` for anyone.
+    pub send: Vec<String>,
+}
+
+/// One JWT verification key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeyConfig {
+    /// Matched against the token's `kid` header; empty accepts tokens without one.
+    #[serde(default)]
+    pub kid: String,
+    /// `HS256`, `HS384`, `HS512`, `RS256`, `RS384`, `RS512`, `ES256` or `EdDSA`.
+    pub algorithm: JwtAlgorithm,
+    /// HS*: a file holding the shared secret.
+    #[serde(default)]
+    pub secret_file: PathBuf,
+    /// RS*, ES256, EdDSA: a PEM file holding the public key.
+    #[serde(default)]
+    pub public_key_file: PathBuf,
+}
+
+/// The signature algorithms switchboard verifies. `none` is not among them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    ES256,
+    EdDSA,
+}
+
+impl JwtAlgorithm {
+    /// Whether the key is a shared secret rather than a public key.
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Self::HS256 | Self::HS384 | Self::HS512)
+    }
+}
+
+/// The certificate every TLS listener presents, reloaded on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates that sign device client certificates; empty for none.
+    pub client_ca_file: PathBuf,
 }
 
 /// Topic permissions for the devices a rule applies to.
@@ -184,6 +297,10 @@ fn nz(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
 }
 
+fn nz32(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -193,6 +310,8 @@ impl Default for Config {
             ws: WsConfig::default(),
             presence: PresenceConfig::default(),
             mqtt: MqttConfig::default(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -202,6 +321,10 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8700)),
+            tls: false,
+            max_connections: nz(20_000),
+            max_connections_per_ip: nz(20_000),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -215,9 +338,12 @@ impl Default for WsConfig {
             outbound_queue_bytes: nz(1024 * 1024),
             slow_consumer: SlowConsumerPolicy::DropOldest,
             heartbeat_interval: Duration::from_secs(25),
-            heartbeat_misses: NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN),
+            heartbeat_misses: nz32(2),
             read_buffer_size: nz(1024),
             write_buffer_size: 16 * 1024,
+            publish_rate: nz32(1000),
+            publish_burst: nz32(2000),
+            rate_limit_strikes: nz32(100),
         }
     }
 }
@@ -243,6 +369,47 @@ impl Default for MqttConfig {
             allow_anonymous: true,
             password_file: PathBuf::new(),
             acl: Vec::new(),
+            tls_listen: Listen(None),
+            wss_listen: Listen(None),
+            require_certificate: false,
+            use_identity_as_username: false,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            allow_anonymous: true,
+            anonymous: GrantsConfig::default(),
+            admin_token_file: PathBuf::new(),
+            api_keys_file: PathBuf::new(),
+            jwt: Vec::new(),
+            leeway: Duration::from_secs(30),
+            auth_timeout: Duration::from_secs(5),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl Default for GrantsConfig {
+    /// Everything a client can do, for the no-config localhost default.
+    fn default() -> Self {
+        let filter = |f: &str| Filter::new(f).expect("a valid built-in filter");
+        Self {
+            publish: vec![filter("#")],
+            subscribe: vec![filter("#"), filter("$devices/#")],
+            send: vec!["*".into()],
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            client_ca_file: PathBuf::new(),
         }
     }
 }

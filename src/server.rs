@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use switchboard_bridge::Broker;
 
 use crate::auth::devices::DeviceGate;
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::hub::outbox::CloseReason;
 use crate::hub::Hub;
@@ -33,6 +34,8 @@ pub const LISTENING_TARGET: &str = "switchboard::listening";
 pub struct App {
     pub config: Config,
     pub hub: Arc<Hub>,
+    /// Proves the identity of WebSocket and HTTP clients.
+    pub auth: Arc<Authenticator>,
     /// The embedded MQTT broker, unless every MQTT listener is turned off.
     pub broker: Option<Broker>,
     /// Cancelled when shutdown begins.
@@ -60,11 +63,13 @@ impl Server {
         let http = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
+        let auth = Arc::new(Authenticator::from_config(&config)?);
         let hub = Hub::new(config.hub());
         let broker = start_broker(&config, &hub).await?;
         let app = Arc::new(App {
             config,
             hub,
+            auth,
             broker,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -87,7 +92,14 @@ impl Server {
         let addrs = self.local_addrs()?;
         let app = self.app;
         tracing::info!(data_dir = %app.config.data_dir.display(), "data directory");
-        tracing::warn!("no authentication is configured: anonymous clients are allowed");
+        if app.auth.anonymous().is_some() {
+            tracing::warn!(
+                "anonymous clients are allowed (auth.allow_anonymous): {}",
+                app.auth.describe()
+            );
+        } else {
+            tracing::info!("clients: {}", app.auth.describe());
+        }
         let listening: Vec<String> = addrs
             .iter()
             .map(|(name, addr)| format!("{name}={addr}"))

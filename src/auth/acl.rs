@@ -1,27 +1,17 @@
-//! Topic permissions: which topics a device may publish to and subscribe within.
+//! Topic permissions for devices from `[[mqtt.acl]]`.
 //!
-//! Rules come from `[[mqtt.acl]]`. A device's permissions are worked out once, at
-//! connect, by substituting its client id and username into the patterns of every rule
-//! that applies to it; each PUBLISH and SUBSCRIBE is then a few filter matches.
+//! A device's permissions are worked out once, at connect, by substituting its client
+//! id and username into the patterns of every rule that applies to it. The result is
+//! the same [`Grants`] every other identity has, checked by the same code.
 
-use switchboard_bridge::{Denied, Permissions};
+use crate::config::{AclRule, TopicPattern};
 
-use crate::config::AclRule;
-use crate::topic;
+use super::grants::{substitute, Grants};
 
 /// The configured rules.
 #[derive(Debug, Clone, Default)]
 pub struct Acl {
     rules: Vec<AclRule>,
-}
-
-/// What one device may do.
-#[derive(Debug, Clone)]
-pub struct DevicePermissions {
-    /// No rules are configured: anything but `$` topics.
-    open: bool,
-    publish: Vec<String>,
-    subscribe: Vec<String>,
 }
 
 impl Acl {
@@ -33,79 +23,38 @@ impl Acl {
         self.rules.is_empty()
     }
 
-    pub fn for_device(&self, client_id: &str, username: Option<&str>) -> DevicePermissions {
+    /// No rules at all means any topic (but `$` ones, which nobody publishes to).
+    pub fn for_device(&self, client_id: &str, username: Option<&str>) -> Grants {
+        if self.is_open() {
+            return Grants::all();
+        }
         let applies = |rule: &&AclRule| match (rule.user.as_str(), username) {
             ("*", _) => true,
             ("anonymous", None) => true,
             (name, Some(user)) => name == user,
             _ => false,
         };
-        let expand = |patterns: &mut Vec<String>, from: &[crate::config::TopicPattern]| {
+        let values = [("%c", Some(client_id)), ("%u", username)];
+        let expand = |patterns: &mut Vec<String>, from: &[TopicPattern]| {
             patterns.extend(
                 from.iter()
-                    .filter_map(|p| substitute(p.as_str(), client_id, username)),
+                    .filter_map(|p| substitute(p.as_str(), &values)),
             )
         };
-        let mut permissions = DevicePermissions {
-            open: self.is_open(),
-            publish: Vec::new(),
-            subscribe: Vec::new(),
-        };
+        let (mut publish, mut subscribe) = (Vec::new(), Vec::new());
         for rule in self.rules.iter().filter(applies) {
-            expand(&mut permissions.publish, &rule.publish);
-            expand(&mut permissions.subscribe, &rule.subscribe);
+            expand(&mut publish, &rule.publish);
+            expand(&mut subscribe, &rule.subscribe);
         }
-        permissions
-    }
-}
-
-/// Fills `%c` and `%u` in. A value that would change the pattern's shape (a username
-/// with `/`, `+` or `#`), or `%u` for a device without a username, makes the pattern
-/// grant nothing rather than something unintended.
-fn substitute(pattern: &str, client_id: &str, username: Option<&str>) -> Option<String> {
-    let safe = |v: &str| !v.is_empty() && !v.contains(['/', '+', '#', '\0']);
-    let mut out = pattern.to_owned();
-    if out.contains("%c") {
-        if !safe(client_id) {
-            return None;
-        }
-        out = out.replace("%c", client_id);
-    }
-    if out.contains("%u") {
-        let user = username.filter(|u| safe(u))?;
-        out = out.replace("%u", user);
-    }
-    topic::validate_filter(&out).ok()?;
-    Some(out)
-}
-
-impl Permissions for DevicePermissions {
-    fn check_publish(&self, topic_name: &str) -> Result<(), Denied> {
-        topic::validate_topic(topic_name).map_err(|_| Denied::Invalid)?;
-        // `$` topics carry what the server says (device status); devices may not forge it.
-        if topic_name.starts_with('$') {
-            return Err(Denied::NotAuthorized);
-        }
-        if self.open || self.publish.iter().any(|p| topic::matches(p, topic_name)) {
-            Ok(())
-        } else {
-            Err(Denied::NotAuthorized)
-        }
-    }
-
-    fn check_subscribe(&self, filter: &str) -> Result<(), Denied> {
-        topic::validate_filter(filter).map_err(|_| Denied::Invalid)?;
-        if self.open || self.subscribe.iter().any(|p| topic::covers(p, filter)) {
-            Ok(())
-        } else {
-            Err(Denied::NotAuthorized)
-        }
+        // Direct messages are a WebSocket feature; devices have no use for them.
+        Grants::new(publish, subscribe, Vec::new())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_bridge::{Denied, Permissions};
 
     fn rules(toml_text: &str) -> Acl {
         #[derive(serde::Deserialize)]
@@ -119,11 +68,11 @@ mod tests {
     #[test]
     fn no_rules_allow_everything_but_dollar_topics() {
         let p = Acl::default().for_device("n1", None);
-        assert_eq!(p.check_publish("any/thing"), Ok(()));
-        assert_eq!(p.check_subscribe("#"), Ok(()));
-        assert_eq!(p.check_publish("$devices/n1"), Err(Denied::NotAuthorized));
-        assert_eq!(p.check_publish("a/+"), Err(Denied::Invalid));
-        assert_eq!(p.check_subscribe("a/#/b"), Err(Denied::Invalid));
+        assert_eq!(Permissions::check_publish(&p, "any/thing"), Ok(()));
+        assert_eq!(Permissions::check_subscribe(&p, "#"), Ok(()));
+        assert_eq!(Permissions::check_publish(&p, "$devices/n1"), Err(Denied::NotAuthorized));
+        assert_eq!(Permissions::check_publish(&p, "a/+"), Err(Denied::Invalid));
+        assert_eq!(Permissions::check_subscribe(&p, "a/#/b"), Err(Denied::Invalid));
     }
 
     #[test]
@@ -143,32 +92,32 @@ mod tests {
             "##,
         );
         let n1 = acl.for_device("n1", Some("dev"));
-        assert_eq!(n1.check_publish("sensors/n1/temp"), Ok(()));
+        assert_eq!(Permissions::check_publish(&n1, "sensors/n1/temp"), Ok(()));
         assert_eq!(
-            n1.check_publish("sensors/n2/temp"),
+            Permissions::check_publish(&n1, "sensors/n2/temp"),
             Err(Denied::NotAuthorized)
         );
-        assert_eq!(n1.check_subscribe("commands/n1/+"), Ok(()));
-        assert_eq!(n1.check_subscribe("commands/#"), Err(Denied::NotAuthorized));
+        assert_eq!(Permissions::check_subscribe(&n1, "commands/n1/+"), Ok(()));
+        assert_eq!(Permissions::check_subscribe(&n1, "commands/#"), Err(Denied::NotAuthorized));
 
         let ops = acl.for_device("console", Some("ops"));
-        assert_eq!(ops.check_subscribe("sensors/+/temp"), Ok(()));
-        assert_eq!(ops.check_publish("sensors/console/x"), Ok(()));
+        assert_eq!(Permissions::check_subscribe(&ops, "sensors/+/temp"), Ok(()));
+        assert_eq!(Permissions::check_publish(&ops, "sensors/console/x"), Ok(()));
 
         // %u without a username grants nothing.
         let anon = acl.for_device("a1", None);
-        assert_eq!(anon.check_publish("public/u/x"), Err(Denied::NotAuthorized));
-        assert_eq!(anon.check_publish("sensors/a1/t"), Ok(()));
+        assert_eq!(Permissions::check_publish(&anon, "public/u/x"), Err(Denied::NotAuthorized));
+        assert_eq!(Permissions::check_publish(&anon, "sensors/a1/t"), Ok(()));
     }
 
     #[test]
     fn a_username_cannot_widen_a_pattern() {
         let acl = rules("[[acl]]\nuser = \"*\"\nsubscribe = [\"users/%u/#\"]\n");
         let evil = acl.for_device("x", Some("#"));
-        assert_eq!(evil.check_subscribe("users/#"), Err(Denied::NotAuthorized));
+        assert_eq!(Permissions::check_subscribe(&evil, "users/#"), Err(Denied::NotAuthorized));
         let slash = acl.for_device("x", Some("a/b"));
         assert_eq!(
-            slash.check_subscribe("users/a/b/c"),
+            Permissions::check_subscribe(&slash, "users/a/b/c"),
             Err(Denied::NotAuthorized)
         );
     }

@@ -1,5 +1,170 @@
-//! Who may connect and what they may do: device credentials and topic permissions.
+//! Who may connect and what they may do.
+//!
+//! Every credential — the admin token, an API key, a client JWT, an MQTT password —
+//! ends as a [`Principal`] carrying [`Grants`]; the Hub (and, for devices, the broker
+//! session) checks requests against those grants and nothing else. This module proves
+//! identities; it never routes a message.
 
 pub mod acl;
+pub mod apikeys;
 pub mod devices;
+pub mod grants;
+pub mod jwt;
 pub mod passwd;
+pub mod principal;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{AuthConfig, Config};
+pub use grants::{Forbidden, Grants};
+pub use principal::{Kind, Principal};
+
+/// Why a credential was not accepted. Messages say what is wrong with it, never what
+/// it was: a token is not echoed back or logged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("credentials are required")]
+    Missing,
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token's algorithm is not accepted")]
+    Algorithm,
+    #[error("no configured key verifies this token")]
+    UnknownKey,
+    #[error("the token's claims are invalid: {0}")]
+    Claims(String),
+    #[error("unknown API key")]
+    UnknownApiKey,
+    #[error("the API key has been revoked")]
+    Revoked,
+}
+
+/// Shortest admin token accepted: anything shorter could be guessed.
+const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// Turns a presented credential into a [`Principal`].
+pub struct Authenticator {
+    /// SHA-256 of the admin token; compared in constant time.
+    admin: Option<[u8; 32]>,
+    jwt: jwt::JwtVerifier,
+    api_keys: apikeys::ApiKeys,
+    anonymous: Option<Arc<Principal>>,
+}
+
+impl Authenticator {
+    /// Reads every credential file now, so a missing or broken one stops startup with
+    /// its name instead of refusing every client later.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let auth = &config.auth;
+        let admin = if auth.admin_token_file.as_os_str().is_empty() {
+            None
+        } else {
+            Some(read_admin_token(&auth.admin_token_file)?)
+        };
+        let jwt = jwt::JwtVerifier::from_config(auth).context("cannot load the JWT keys")?;
+        let api_keys = apikeys::ApiKeys::open(&api_keys_path(config))
+            .context("cannot load the API keys")?;
+        Ok(Authenticator {
+            admin,
+            jwt,
+            api_keys,
+            anonymous: anonymous(auth),
+        })
+    }
+
+    /// Checks one presented credential: an API key (by its prefix), the admin token,
+    /// or else a JWT.
+    pub fn authenticate(&self, credential: &str) -> Result<Principal, AuthError> {
+        let credential = credential.trim();
+        if credential.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        if credential.starts_with(apikeys::PREFIX) {
+            return self.api_keys.verify(credential);
+        }
+        if let Some(admin) = &self.admin {
+            let digest: [u8; 32] = Sha256::digest(credential.as_bytes()).into();
+            if bool::from(digest.ct_eq(admin)) {
+                return Ok(Principal::admin());
+            }
+        }
+        self.jwt.verify(credential)
+    }
+
+    /// The identity of a client that presents nothing, if anonymous clients are allowed.
+    pub fn anonymous(&self) -> Option<Arc<Principal>> {
+        self.anonymous.clone()
+    }
+
+    pub fn jwt(&self) -> &jwt::JwtVerifier {
+        &self.jwt
+    }
+
+    pub fn api_keys(&self) -> &apikeys::ApiKeys {
+        &self.api_keys
+    }
+
+    /// One line for the startup log saying who may connect.
+    pub fn describe(&self) -> String {
+        let mut ways = Vec::new();
+        if self.admin.is_some() {
+            ways.push("admin token".to_owned());
+        }
+        if !self.jwt.is_empty() {
+            ways.push(format!("JWTs ({} keys)", self.jwt.len()));
+        }
+        ways.push(format!("API keys ({} active)", self.api_keys.active()));
+        let anonymous = if self.anonymous.is_some() {
+            "anonymous clients allowed"
+        } else {
+            "anonymous clients refused"
+        };
+        format!("{anonymous}; accepted: {}", ways.join(", "))
+    }
+}
+
+/// Where API keys live: the configured file, or `api_keys.json` in the data directory.
+pub fn api_keys_path(config: &Config) -> PathBuf {
+    if config.auth.api_keys_file.as_os_str().is_empty() {
+        config.data_dir.join("api_keys.json")
+    } else {
+        config.auth.api_keys_file.clone()
+    }
+}
+
+fn anonymous(auth: &AuthConfig) -> Option<Arc<Principal>> {
+    if !auth.allow_anonymous {
+        return None;
+    }
+    let filters = |v: &[crate::topic::Filter]| v.iter().map(|f| f.as_str().to_owned()).collect();
+    let grants = Grants::new(
+        filters(&auth.anonymous.publish),
+        filters(&auth.anonymous.subscribe),
+        auth.anonymous.send.clone(),
+    );
+    Some(Arc::new(Principal::anonymous(grants)))
+}
+
+fn read_admin_token(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+    let token = text.trim();
+    if token.len() < MIN_ADMIN_TOKEN_LEN {
+        anyhow::bail!(
+            "the admin token in {} is shorter than {MIN_ADMIN_TOKEN_LEN} characters",
+            path.display()
+        );
+    }
+    Ok(Sha256::digest(token.as_bytes()).into())
+}
