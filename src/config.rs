@@ -19,7 +19,7 @@ use crate::hub::HubConfig;
 use crate::topic::Filter;
 
 /// The annotated configuration the package installs; `switchboard default-config`
-/// prints it. A test keeps it equal to [`Config::default`].
+/// prints it. A test keeps it equal to [`Config::packaged`].
 pub const ANNOTATED: &str = include_str!("../config/switchboard.toml");
 
 /// Prefix of environment overrides.
@@ -423,6 +423,25 @@ impl Default for ShutdownConfig {
 }
 
 impl Config {
+    /// The built-in defaults made fit for a network, as the package installs them:
+    /// every interface, credentials required, the service's own directories.
+    pub fn packaged() -> Config {
+        let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        let mut c = Config {
+            data_dir: PathBuf::from("/var/lib/switchboard"),
+            ..Config::default()
+        };
+        c.http.listen = any(8700);
+        c.http.max_connections_per_ip = nz(1000);
+        c.mqtt.listen = Listen(Some(any(1883)));
+        c.mqtt.ws_listen = Listen(Some(any(8083)));
+        c.mqtt.allow_anonymous = false;
+        c.mqtt.password_file = PathBuf::from("/etc/switchboard/passwd");
+        c.auth.allow_anonymous = false;
+        c.auth.admin_token_file = PathBuf::from("/etc/switchboard/admin.token");
+        c
+    }
+
     pub fn hub(&self) -> HubConfig {
         HubConfig {
             queue: QueueLimits {
@@ -440,6 +459,10 @@ impl Config {
         switchboard_bridge::BrokerConfig {
             listen: self.mqtt.listen.0,
             ws_listen: self.mqtt.ws_listen.0,
+            tls_listen: self.mqtt.tls_listen.0,
+            wss_listen: self.mqtt.wss_listen.0,
+            // Comes from the certificate files, loaded by `crate::tls` at startup.
+            tls: None,
             max_connections: self.mqtt.max_connections.get(),
             max_packet_size: self.mqtt.max_packet_size.get(),
             connect_timeout: self.mqtt.connect_timeout,
@@ -766,9 +789,43 @@ mod tests {
     }
 
     #[test]
-    fn annotated_file_equals_the_defaults() {
+    fn annotated_file_is_the_packaged_configuration() {
         let parsed = Config::from_toml(ANNOTATED, "annotated", no_env()).unwrap();
-        assert_eq!(parsed, Config::default());
+        assert_eq!(parsed, Config::packaged());
+    }
+
+    #[test]
+    fn packaged_configuration_requires_credentials_and_says_where_it_differs() {
+        let packaged = Config::packaged();
+        assert!(!packaged.auth.allow_anonymous && !packaged.mqtt.allow_anonymous);
+        // Exactly these differ from the built-in defaults, and the file says so for each.
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        let ours = toml::Table::try_from(&packaged).unwrap();
+        let mut differing: Vec<String> = key_paths(&packaged)
+            .into_iter()
+            .filter(|(_, path)| value_at(&defaults, path) != value_at(&ours, path))
+            .map(|(_, path)| path.join("."))
+            .collect();
+        differing.sort();
+        assert_eq!(
+            differing,
+            [
+                "auth.admin_token_file",
+                "auth.allow_anonymous",
+                "data_dir",
+                "http.listen",
+                "http.max_connections_per_ip",
+                "mqtt.allow_anonymous",
+                "mqtt.listen",
+                "mqtt.password_file",
+                "mqtt.ws_listen",
+            ]
+        );
+        assert_eq!(
+            ANNOTATED.matches("Packaged:").count(),
+            9,
+            "the header, and one note per setting (the mqtt listeners share one)"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! is, [`protocol`] what a WebSocket frame is, [`hub`] routes messages between
 //! sessions, [`ws`] serves WebSocket connections, [`http`] the HTTP listener, [`mqtt`]
 //! joins the embedded MQTT broker (crate `switchboard-bridge`) to the hub, [`auth`] says
-//! which devices may connect and what they may do,
+//! which devices may connect and what they may do, [`tls`] loads and reloads certificates,
 //! [`server`] starts and stops it all, [`config`] reads the configuration, and
 //! [`client`] is the Rust client that talks to a running daemon.
 
@@ -17,5 +17,6 @@ pub mod hub;
 pub mod mqtt;
 pub mod protocol;
 pub mod server;
+pub mod tls;
 pub mod topic;
 pub mod ws;

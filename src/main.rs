@@ -8,8 +8,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use switchboard::cli::apikey::{self, ApikeyArgs};
 use switchboard::cli::passwd::{self, PasswdArgs};
 use switchboard::cli::pubsub::{self, PubArgs, SubArgs};
+use switchboard::cli::token::{self, TokenArgs};
 use switchboard::config::{Config, ANNOTATED};
 use switchboard::server::{self, Server};
 
@@ -39,7 +41,7 @@ enum Command {
         #[arg(long)]
         print: bool,
     },
-    /// Print the annotated default configuration.
+    /// Print the annotated configuration the package installs (every key explained).
     DefaultConfig,
     /// Subscribe and print messages, like mosquitto_sub.
     Sub(SubArgs),
@@ -47,6 +49,10 @@ enum Command {
     Pub(PubArgs),
     /// Add, update or delete an MQTT device in a password file, like mosquitto_passwd.
     Passwd(PasswdArgs),
+    /// Mint client JWTs with a key from the configuration.
+    Token(TokenArgs),
+    /// Create, list and revoke API keys for servers and scripts.
+    Apikey(ApikeyArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +85,8 @@ fn main() -> ExitCode {
             report(runtime().and_then(|rt| rt.block_on(pubsub::run_pub(args))))
         }
         Command::Passwd(args) => report(passwd::run(args)),
+        Command::Token(args) => report(token::run(args)),
+        Command::Apikey(args) => report(apikey::run(args)),
     }
 }
 

@@ -18,6 +18,16 @@ pub const VERSION: u32 = 1;
 pub mod close {
     /// The client broke the protocol in a way that retrying will not fix.
     pub const PROTOCOL_VIOLATION: u16 = 4000;
+    /// Credentials missing or not accepted at connect; an `error` frame says why.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// No `auth` frame arrived within the auth timeout.
+    pub const AUTH_TIMEOUT: u16 = 4002;
+    /// The token expired and was not refreshed; reconnect with a new one.
+    pub const TOKEN_EXPIRED: u16 = 4003;
+    /// The credential (an API key) was revoked.
+    pub const CREDENTIALS_REVOKED: u16 = 4004;
+    /// The client kept publishing past its rate limit after being told.
+    pub const RATE_LIMITED: u16 = 4008;
     /// The outbound queue passed its limit under the `close` slow-consumer policy.
     pub const SLOW_CONSUMER: u16 = 4100;
     /// The peer missed too many heartbeats.
@@ -70,6 +80,8 @@ pub enum ErrorCode {
     NoRecipient,
     /// `info` was too large or not an object.
     InvalidInfo,
+    /// Credentials missing or not accepted (`auth`, `refresh`).
+    Unauthorized,
     /// The caller may not do this (see the security docs).
     Forbidden,
     /// Too many requests in a short time.
@@ -91,6 +103,7 @@ impl ErrorCode {
             ErrorCode::PresenceDisabled => "presence_disabled",
             ErrorCode::NoRecipient => "no_recipient",
             ErrorCode::InvalidInfo => "invalid_info",
+            ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
@@ -143,6 +156,8 @@ struct RawRequest<'a> {
     info: Option<&'a RawValue>,
     #[serde(default)]
     retain: bool,
+    #[serde(default)]
+    token: Option<String>,
 }
 
 /// Only the id, to answer a request that could not be parsed whole.
@@ -187,7 +202,22 @@ pub enum Request<'a> {
     Info {
         info: &'a RawValue,
     },
+    /// Authenticates a connection that has no identity yet.
+    Auth {
+        token: String,
+    },
+    /// Replaces the token of a live connection before it expires.
+    Refresh {
+        token: String,
+    },
     Ping,
+}
+
+impl Request<'_> {
+    /// Publishing ops, which count against the publish rate limit.
+    pub fn is_publish(&self) -> bool {
+        matches!(self, Request::Pub { .. } | Request::Send { .. })
+    }
 }
 
 /// JSON `null`, for requests that leave `data` out.
@@ -277,12 +307,18 @@ fn request_from_raw(raw: RawRequest<'_>) -> Result<Request<'_>, RequestError> {
                 RequestError::new(ErrorCode::BadRequest, "op `info` needs the field `info`")
             })?,
         },
+        "auth" => Request::Auth {
+            token: need(raw.token, "token")?,
+        },
+        "refresh" => Request::Refresh {
+            token: need(raw.token, "token")?,
+        },
         "ping" => Request::Ping,
         other => {
             return Err(RequestError::new(
                 ErrorCode::UnknownOp,
                 format!(
-                    "unknown op `{other}` (known: sub, unsub, pub, send, presence, info, ping)"
+                    "unknown op `{other}` (known: sub, unsub, pub, send, presence, info, auth, refresh, ping)"
                 ),
             ))
         }
@@ -305,6 +341,9 @@ pub enum ServerFrame<'a> {
         server: Cow<'a, str>,
         /// Milliseconds between server pings.
         heartbeat_ms: u64,
+        /// Unix seconds at which the connection's token expires; `refresh` before then.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
     },
     Ok {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -318,6 +357,12 @@ pub enum ServerFrame<'a> {
         /// For `presence`: who is on the topic.
         #[serde(skip_serializing_if = "Option::is_none")]
         members: Option<Vec<Member<'a>>>,
+        /// For `refresh`: the new expiry, and subscriptions the new token no longer
+        /// allows, which were dropped.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        unsubscribed: Option<Vec<String>>,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -435,6 +480,10 @@ pub struct Incoming {
     pub dropped: Option<u64>,
     #[serde(default)]
     pub heartbeat_ms: Option<u64>,
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    #[serde(default)]
+    pub unsubscribed: Option<Vec<String>>,
 }
 
 /// A presence member as a client reads it.

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,15 +18,18 @@ use switchboard_bridge::Broker;
 use crate::auth::devices::DeviceGate;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::http::listener::ListenerStats;
 use crate::hub::outbox::CloseReason;
 use crate::hub::Hub;
 use crate::mqtt::{BrokerTap, HubIngress};
 use crate::protocol::close;
+use crate::tls::TlsReloader;
 
 /// Target of the one log line that reports every bound address. Scripts and tests read
 /// it; its shape is documented in README.md and must stay stable:
 /// `listening http=127.0.0.1:8700 mqtt=127.0.0.1:1883 mqtt_ws=127.0.0.1:8083` (a listener
-/// that is turned off is left out).
+/// that is turned off is left out; the MQTT TLS listeners are `mqtts=` and `mqtt_wss=`,
+/// and `http=` serves HTTPS when `http.tls` is on).
 pub const LISTENING_TARGET: &str = "switchboard::listening";
 
 /// Shared state of the running daemon.
@@ -38,6 +40,11 @@ pub struct App {
     pub auth: Arc<Authenticator>,
     /// The embedded MQTT broker, unless every MQTT listener is turned off.
     pub broker: Option<Broker>,
+    /// The certificate of every TLS listener, reloaded on SIGHUP; `None` when no listener
+    /// uses TLS.
+    pub tls: Option<Arc<TlsReloader>>,
+    /// The HTTP listener's connection counters, for /healthz.
+    pub http_stats: Arc<ListenerStats>,
     /// Cancelled when shutdown begins.
     pub shutdown: CancellationToken,
     /// Every live connection holds a token of this tracker, so shutdown can wait for them.
@@ -64,13 +71,16 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
         let auth = Arc::new(Authenticator::from_config(&config)?);
+        let tls = TlsReloader::from_config(&config).context("cannot set up TLS")?;
         let hub = Hub::new(config.hub());
-        let broker = start_broker(&config, &hub).await?;
+        let broker = start_broker(&config, &hub, &auth, tls.as_ref()).await?;
         let app = Arc::new(App {
             config,
             hub,
             auth,
             broker,
+            tls,
+            http_stats: Arc::new(ListenerStats::default()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
@@ -83,6 +93,8 @@ impl Server {
         if let Some(broker) = &self.app.broker {
             addrs.extend(broker.local_addr().map(|a| ("mqtt", a)));
             addrs.extend(broker.ws_local_addr().map(|a| ("mqtt_ws", a)));
+            addrs.extend(broker.tls_local_addr().map(|a| ("mqtts", a)));
+            addrs.extend(broker.wss_local_addr().map(|a| ("mqtt_wss", a)));
         }
         Ok(addrs)
     }
@@ -100,23 +112,27 @@ impl Server {
         } else {
             tracing::info!("clients: {}", app.auth.describe());
         }
+        if let Some(tls) = &app.tls {
+            tracing::info!("TLS: {}", tls.describe());
+        }
+        // Installed before the listening line, so a SIGHUP sent as soon as it appears
+        // reloads rather than kills (the default action of SIGHUP).
+        #[cfg(unix)]
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hangup) => {
+                tokio::spawn(reload_on_sighup(hangup, app.clone()));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP; reload is off"),
+        }
         let listening: Vec<String> = addrs
             .iter()
             .map(|(name, addr)| format!("{name}={addr}"))
             .collect();
         tracing::info!(target: LISTENING_TARGET, "listening {}", listening.join(" "));
 
-        let listener = self.http.tap_io(|tcp| {
-            // Small frames should leave at once, not wait for Nagle.
-            let _ = tcp.set_nodelay(true);
-        });
+        tokio::spawn(watch_api_keys(app.clone()));
         let router = crate::http::router(app.clone());
-        let accepting = app.shutdown.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { accepting.cancelled().await })
-                .await
-        });
+        let http = tokio::spawn(crate::http::listener::serve(self.http, app.clone(), router));
 
         let broker_died = async {
             match &app.broker {
@@ -169,19 +185,98 @@ impl Server {
 
 /// Starts the embedded MQTT broker, wired to the hub both ways, unless every MQTT
 /// listener is turned off.
-async fn start_broker(config: &Config, hub: &Arc<Hub>) -> anyhow::Result<Option<Broker>> {
-    let broker_config = config.broker();
-    if broker_config.listen.is_none() && broker_config.ws_listen.is_none() {
-        tracing::info!("MQTT is turned off (mqtt.listen and mqtt.ws_listen are empty)");
+async fn start_broker(
+    config: &Config,
+    hub: &Arc<Hub>,
+    auth: &Authenticator,
+    tls: Option<&Arc<TlsReloader>>,
+) -> anyhow::Result<Option<Broker>> {
+    let mut broker_config = config.broker();
+    if broker_config.listen.is_none()
+        && broker_config.ws_listen.is_none()
+        && broker_config.tls_listen.is_none()
+        && broker_config.wss_listen.is_none()
+    {
+        tracing::info!(
+            "MQTT is turned off (mqtt.listen, ws_listen, tls_listen and wss_listen are empty)"
+        );
         return Ok(None);
     }
-    let gate =
-        DeviceGate::from_config(&config.mqtt).context("cannot load the MQTT password file")?;
+    broker_config.tls = tls.and_then(|t| t.mqtt_source());
+    let gate = DeviceGate::from_config(&config.mqtt, Some(auth.jwt().clone()))
+        .context("cannot load the MQTT password file")?;
     tracing::info!("MQTT devices: {}", gate.describe());
     let ingress = Arc::new(HubIngress::new(hub.clone()));
     let broker = Broker::start(broker_config, Arc::new(gate), ingress).await?;
     hub.add_tap(Arc::new(BrokerTap::new(broker.publisher())));
     Ok(Some(broker))
+}
+
+/// Re-reads everything that can change without a restart (SIGHUP). Each part keeps
+/// what it has when its new version does not load, and logs why; one part failing
+/// does not stop the others.
+pub fn reload(app: &App) {
+    if let Some(tls) = &app.tls {
+        match tls.reload() {
+            Ok(()) => tracing::info!("TLS certificate reloaded: {}", tls.describe()),
+            Err(e) => tracing::error!(
+                error = %e,
+                "TLS certificate not reloaded; still serving the previous one"
+            ),
+        }
+    }
+    match app.auth.api_keys().reload() {
+        Ok(gone) => {
+            tracing::info!(active = app.auth.api_keys().active(), "API keys reloaded");
+            close_revoked(app, &gone);
+        }
+        Err(e) => tracing::error!(error = %e, "API keys not reloaded; the previous ones stay"),
+    }
+    // More reloadable parts go here, each in its own block like the ones above.
+}
+
+/// How often the API key file is looked at: a revocation takes effect within this.
+const API_KEYS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Follows the API key file, so `switchboard apikey revoke` reaches live connections
+/// without a signal.
+async fn watch_api_keys(app: Arc<App>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(API_KEYS_POLL) => {}
+            _ = app.shutdown.cancelled() => return,
+        }
+        match app.auth.api_keys().reload_if_changed() {
+            Ok(gone) => close_revoked(&app, &gone),
+            Err(e) => {
+                tracing::warn!(error = %e, "API key file changed but cannot be read; the previous keys stay")
+            }
+        }
+    }
+}
+
+/// Closes the live connections of API keys that are no longer valid.
+fn close_revoked(app: &App, ids: &[String]) {
+    if ids.is_empty() {
+        return;
+    }
+    let revoked = |p: &crate::auth::Principal| matches!(&p.kind, crate::auth::Kind::ApiKey { id } if ids.contains(id));
+    let reason = CloseReason::Code(close::CREDENTIALS_REVOKED, "credentials revoked");
+    let closed = app.hub.close_where(revoked, reason);
+    app.auth.rejections.count_revoked_closes(closed);
+    tracing::info!(keys = ?ids, connections = closed, "API keys revoked: their connections closed");
+}
+
+#[cfg(unix)]
+async fn reload_on_sighup(mut hangup: tokio::signal::unix::Signal, app: Arc<App>) {
+    loop {
+        tokio::select! {
+            got = hangup.recv() => if got.is_none() { return },
+            _ = app.shutdown.cancelled() => return,
+        }
+        tracing::info!("SIGHUP: reloading");
+        reload(&app);
+    }
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

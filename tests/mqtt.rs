@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
-use common::{Daemon, Raw, BIN};
+use common::{mosquitto_pub, Daemon, Raw, BIN};
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -270,24 +270,6 @@ impl Drop for MosquittoSub {
     }
 }
 
-/// Runs `mosquitto_pub` to completion and returns whether it succeeded.
-async fn mosquitto_pub(port: u16, args: &[&str]) -> bool {
-    let mut cmd = Command::new("mosquitto_pub");
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let out = tokio::time::timeout(
-        WAIT,
-        tokio::task::spawn_blocking(move || cmd.status().expect("run mosquitto_pub")),
-    )
-    .await
-    .expect("mosquitto_pub hung")
-    .unwrap();
-    out.success()
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -301,23 +283,6 @@ fn unhex(s: &str) -> Vec<u8> {
 
 fn mqtt_port(d: &Daemon) -> u16 {
     d.mqtt.expect("MQTT listener").port()
-}
-
-async fn ws_sub(d: &Daemon, topic: &str) -> Raw {
-    let mut c = Raw::connect(&d.ws_url()).await;
-    let r = c.request(json!({"op":"sub","topic":topic})).await;
-    assert_eq!(r["op"], "ok", "sub {topic}: {r}");
-    c
-}
-
-/// The next `msg` push (skipping anything else).
-async fn next_msg(c: &mut Raw) -> Value {
-    loop {
-        let f = c.recv().await;
-        if f["op"] == "msg" {
-            return f;
-        }
-    }
 }
 
 /// Asserts no `msg` push arrives for a while.
@@ -364,7 +329,7 @@ fn stat(v: &Value, key: &str) -> u64 {
 /// Another device still works: a `mosquitto_pub` message reaches a WebSocket subscriber.
 async fn still_works(d: &Daemon, what: &str) {
     let topic = format!("alive/{}", rand::random::<u32>());
-    let mut ws = ws_sub(d, &topic).await;
+    let mut ws = Raw::subscribed(&d.ws_url(), &topic).await;
     assert!(
         mosquitto_pub(
             mqtt_port(d),
@@ -373,7 +338,7 @@ async fn still_works(d: &Daemon, what: &str) {
         .await,
         "after {what}: mosquitto_pub failed"
     );
-    let m = tokio::time::timeout(WAIT, next_msg(&mut ws))
+    let m = tokio::time::timeout(WAIT, ws.next_msg())
         .await
         .unwrap_or_else(|_| panic!("after {what}: message did not reach the hub"));
     assert_eq!(m["data"], "ok", "after {what}");
@@ -387,10 +352,10 @@ async fn still_works(d: &Daemon, what: &str) {
 async fn mqtt_publishes_reach_websocket_subscribers_once() {
     let d = Daemon::start("");
     let port = mqtt_port(&d);
-    let mut ws = ws_sub(&d, "house/#").await;
+    let mut ws = Raw::subscribed(&d.ws_url(), "house/#").await;
 
     assert!(mosquitto_pub(port, &["-i", "mosq-1", "-t", "house/hall", "-m", "21"]).await);
-    let m = next_msg(&mut ws).await;
+    let m = ws.next_msg().await;
     assert_eq!(m["topic"], "house/hall");
     assert_eq!(m["data"], 21);
     assert_eq!(m["from"], "mqtt:mosq-1");
@@ -400,7 +365,7 @@ async fn mqtt_publishes_reach_websocket_subscribers_once() {
         let mut p = Paho::connect(port, version, id).await;
         let topic = format!("house/{id}");
         p.publish(&topic, b"{\"v\":1}", 1, false).await;
-        let m = next_msg(&mut ws).await;
+        let m = ws.next_msg().await;
         assert_eq!(m["topic"], topic.as_str());
         assert_eq!(m["data"], json!({"v":1}));
         assert_eq!(m["from"], format!("mqtt:{id}"));
@@ -419,7 +384,7 @@ async fn websocket_publishes_reach_mqtt_subscribers_once_without_loops() {
     let mut mosq = MosquittoSub::start(port, "lights/#", &["-i", "mosq-sub"]).await;
     let mut paho = Paho::connect(port, "5", "paho-sub").await;
     assert_eq!(paho.subscribe(&[("lights/#", 1)]).await, vec![1]);
-    let mut other_ws = ws_sub(&d, "lights/#").await;
+    let mut other_ws = Raw::subscribed(&d.ws_url(), "lights/#").await;
 
     let mut publisher = Raw::connect(&d.ws_url()).await;
     let r = publisher
@@ -433,7 +398,7 @@ async fn websocket_publishes_reach_mqtt_subscribers_once_without_loops() {
     let (topic, payload, _) = paho.message().await;
     assert_eq!(topic, "lights/kitchen");
     assert_eq!(payload, br#"{"on":true}"#);
-    let m = next_msg(&mut other_ws).await;
+    let m = other_ws.next_msg().await;
     assert_eq!(m["data"], json!({"on":true}));
     assert_eq!(m["from"], Value::String(publisher.client_id.clone()));
 
@@ -455,7 +420,7 @@ async fn websocket_publishes_reach_mqtt_subscribers_once_without_loops() {
 async fn payload_kinds_map_to_data_and_round_trip_byte_for_byte() {
     let d = Daemon::start("");
     let port = mqtt_port(&d);
-    let mut ws = ws_sub(&d, "kinds/#").await;
+    let mut ws = Raw::subscribed(&d.ws_url(), "kinds/#").await;
 
     // mosquitto_pub: JSON, text and (from a file) binary.
     let dir = tempfile::tempdir().unwrap();
@@ -475,7 +440,7 @@ async fn payload_kinds_map_to_data_and_round_trip_byte_for_byte() {
     ];
     for (args, want) in cases {
         assert!(mosquitto_pub(port, args).await, "{args:?}");
-        let m = next_msg(&mut ws).await;
+        let m = ws.next_msg().await;
         assert_eq!(m["data"], want, "{args:?}");
     }
     no_msg(&mut ws, "mosquitto_pub kinds").await;
@@ -484,7 +449,7 @@ async fn payload_kinds_map_to_data_and_round_trip_byte_for_byte() {
     let mut back = Paho::connect(port, "5", "back-sub").await;
     assert_eq!(back.subscribe(&[("back/x", 0)]).await, vec![0]);
     let mut device = Paho::connect(port, "5", "rt-dev").await;
-    let mut relay = ws_sub(&d, "rt/x").await;
+    let mut relay = Raw::subscribed(&d.ws_url(), "rt/x").await;
     let payloads: [&[u8]; 8] = [
         br#"{"t": 21.50, "u":"C"}"#,
         b"on",
@@ -520,7 +485,7 @@ async fn payload_kinds_map_to_data_and_round_trip_byte_for_byte() {
 async fn every_qos_is_acknowledged_and_delivered_once() {
     let d = Daemon::start("");
     let port = mqtt_port(&d);
-    let mut ws = ws_sub(&d, "qos/#").await;
+    let mut ws = Raw::subscribed(&d.ws_url(), "qos/#").await;
     for version in ["3.1.1", "5"] {
         let id = format!("qos-{}", version.replace('.', ""));
         let mut p = Paho::connect(port, version, &id).await;
@@ -537,7 +502,7 @@ async fn every_qos_is_acknowledged_and_delivered_once() {
                 .await
                 .expect("on_publish");
             assert_eq!(ack["reason"], 0, "{id} qos {qos}: {ack}");
-            let m = next_msg(&mut ws).await;
+            let m = ws.next_msg().await;
             assert_eq!(m["topic"], topic.as_str());
             assert_eq!(m["data"], "x");
         }
@@ -557,8 +522,8 @@ async fn retained_messages_cross_both_ways_and_clear() {
     // MQTT retain → later WebSocket subscriber.
     let args = ["-i", "ret-pub", "-t", "state/boiler", "-m", "hot", "-r"];
     assert!(mosquitto_pub(port, &args).await);
-    let mut late = ws_sub(&d, "state/boiler").await;
-    let m = next_msg(&mut late).await;
+    let mut late = Raw::subscribed(&d.ws_url(), "state/boiler").await;
+    let m = late.next_msg().await;
     assert_eq!(m["data"], "hot");
     assert_eq!(m["retained"], true, "{m}");
 
@@ -582,12 +547,12 @@ async fn retained_messages_cross_both_ways_and_clear() {
 
     // An empty retained payload from MQTT clears it for both sides.
     assert!(mosquitto_pub(port, &["-t", "state/boiler", "-n", "-r"]).await);
-    let m = next_msg(&mut late).await;
+    let m = late.next_msg().await;
     assert_eq!(
         m["data"], "",
         "the clearing message itself is delivered live"
     );
-    let mut later = ws_sub(&d, "state/boiler").await;
+    let mut later = Raw::subscribed(&d.ws_url(), "state/boiler").await;
     no_msg(&mut later, "cleared retained value").await;
     let mut mqtt_later = Paho::connect(port, "5", "ret-later").await;
     mqtt_later.subscribe(&[("state/boiler", 0)]).await;
@@ -601,7 +566,7 @@ async fn retained_messages_cross_both_ways_and_clear() {
 async fn status_of(c: &mut Raw, id: &str) -> Value {
     let topic = format!("$devices/{id}");
     loop {
-        let m = next_msg(c).await;
+        let m = c.next_msg().await;
         if m["topic"] == topic.as_str() {
             return m;
         }
@@ -612,8 +577,8 @@ async fn status_of(c: &mut Raw, id: &str) -> Value {
 async fn device_status_and_last_will() {
     let d = Daemon::start("");
     let port = mqtt_port(&d);
-    let mut watcher = ws_sub(&d, "$devices/+").await;
-    let mut wills_ws = ws_sub(&d, "wills/#").await;
+    let mut watcher = Raw::subscribed(&d.ws_url(), "$devices/+").await;
+    let mut wills_ws = Raw::subscribed(&d.ws_url(), "wills/#").await;
     let mut wills_mqtt = Paho::connect(port, "3.1.1", "will-watcher").await;
     assert_eq!(wills_mqtt.subscribe(&[("wills/#", 0)]).await, vec![0]);
 
@@ -626,8 +591,8 @@ async fn device_status_and_last_will() {
     assert_eq!(on["data"]["protocol"], "mqtt/5", "{on}");
     assert_eq!(on["data"]["transport"], "tcp", "{on}");
     // A subscriber arriving later gets the retained notice.
-    let mut late = ws_sub(&d, "$devices/dev-clean").await;
-    let m = next_msg(&mut late).await;
+    let mut late = Raw::subscribed(&d.ws_url(), "$devices/dev-clean").await;
+    let m = late.next_msg().await;
     assert_eq!(m["retained"], true, "{m}");
     assert_eq!(m["data"]["online"], true, "{m}");
 
@@ -647,7 +612,7 @@ async fn device_status_and_last_will() {
         true
     );
     dev.sigkill();
-    let will = next_msg(&mut wills_ws).await;
+    let will = wills_ws.next_msg().await;
     assert_eq!(will["topic"], "wills/dev-lost");
     assert_eq!(will["data"], json!({"lost":true}));
     assert_eq!(will["from"], "mqtt:dev-lost");
@@ -668,7 +633,7 @@ async fn device_status_and_last_will() {
         true
     );
     dev.send(json!({"cmd":"close_socket"}));
-    let will = next_msg(&mut wills_ws).await;
+    let will = wills_ws.next_msg().await;
     assert_eq!(will["topic"], "wills/dev-sock");
     assert_eq!(will["data"], "bye");
     let off = status_of(&mut watcher, "dev-sock").await;
@@ -742,10 +707,10 @@ async fn password_file_decides_who_connects() {
     let mut o = PahoOpts::new("5", "good-5");
     o.login = Some(("node", "s3cret"));
     let _good5 = Paho::connect_with(port, o).await;
-    let mut ws = ws_sub(&d, "auth/ok").await;
+    let mut ws = Raw::subscribed(&d.ws_url(), "auth/ok").await;
     let args = ["-u", "node", "-P", "s3cret", "-t", "auth/ok", "-m", "1"];
     assert!(mosquitto_pub(port, &args).await);
-    assert_eq!(next_msg(&mut ws).await["data"], 1);
+    assert_eq!(ws.next_msg().await["data"], 1);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -763,7 +728,7 @@ subscribe = ["commands/%c/#"]
 async fn topic_permissions_are_enforced_for_each_protocol_version() {
     let d = Daemon::start(ACL);
     let port = mqtt_port(&d);
-    let mut ws = ws_sub(&d, "#").await;
+    let mut ws = Raw::subscribed(&d.ws_url(), "#").await;
 
     // MQTT 5: refused QoS 1 publish → PUBACK 135, message goes nowhere; connection stays.
     let mut n1 = Paho::connect(port, "5", "n1").await;
@@ -775,7 +740,7 @@ async fn topic_permissions_are_enforced_for_each_protocol_version() {
         .expect("PUBACK");
     assert_eq!(ack["reason"], 135, "{ack}");
     n1.publish("sensors/n1/temp", b"21", 1, false).await;
-    let m = next_msg(&mut ws).await;
+    let m = ws.next_msg().await;
     assert_eq!(
         m["topic"], "sensors/n1/temp",
         "the refused message reached WS: {m}"
@@ -820,7 +785,7 @@ async fn topic_permissions_are_enforced_for_each_protocol_version() {
     // Nothing refused reached the hub; allowed traffic from others still flows.
     assert!(mosquitto_pub(port, &["-i", "n4", "-t", "sensors/n4/x", "-m", "ok"]).await);
     loop {
-        let m = next_msg(&mut ws).await;
+        let m = ws.next_msg().await;
         assert_ne!(m["data"], "forged", "{m}");
         if m["topic"] == "sensors/n4/x" {
             break;
@@ -963,7 +928,7 @@ async fn broken_and_hostile_connections_do_not_hurt_others() {
 #[tokio::test]
 async fn packets_pipelined_behind_connect_are_not_lost() {
     let d = Daemon::start("");
-    let mut ws = ws_sub(&d, "pipe/#").await;
+    let mut ws = Raw::subscribed(&d.ws_url(), "pipe/#").await;
     let mut s = TcpStream::connect(d.mqtt.unwrap()).await.unwrap();
     let mut bytes = connect_packet("pipe");
     let body = [&[0, 6][..], b"pipe/x", &[0, 7], b"hi"].concat(); // QoS 1, packet id 7
@@ -981,7 +946,7 @@ async fn packets_pipelined_behind_connect_are_not_lost() {
         assert_eq!(&buf[..n], &want[..n], "CONNACK then PUBACK");
         want = &want[n..];
     }
-    let m = next_msg(&mut ws).await;
+    let m = ws.next_msg().await;
     assert_eq!(
         (m["topic"].clone(), m["data"].clone()),
         (json!("pipe/x"), json!("hi"))
@@ -992,7 +957,7 @@ async fn packets_pipelined_behind_connect_are_not_lost() {
 async fn takeover_by_the_same_client_id() {
     let d = Daemon::start("");
     let port = mqtt_port(&d);
-    let mut watcher = ws_sub(&d, "$devices/twin").await;
+    let mut watcher = Raw::subscribed(&d.ws_url(), "$devices/twin").await;
     let mut first = Paho::connect(port, "5", "twin").await;
     assert_eq!(
         status_of(&mut watcher, "twin").await["data"]["online"],
@@ -1011,11 +976,11 @@ async fn takeover_by_the_same_client_id() {
     assert_eq!(on["data"]["online"], true, "{on}");
 
     // The winner works; the retained status says online.
-    let mut ws = ws_sub(&d, "twin/#").await;
+    let mut ws = Raw::subscribed(&d.ws_url(), "twin/#").await;
     second.publish("twin/x", b"2", 1, false).await;
-    assert_eq!(next_msg(&mut ws).await["from"], "mqtt:twin");
-    let mut late = ws_sub(&d, "$devices/twin").await;
-    assert_eq!(next_msg(&mut late).await["data"]["online"], true);
+    assert_eq!(ws.next_msg().await["from"], "mqtt:twin");
+    let mut late = Raw::subscribed(&d.ws_url(), "$devices/twin").await;
+    assert_eq!(late.next_msg().await["data"]["online"], true);
     still_works(&d, "a takeover").await;
 
     // On the wire: the first MQTT 5 connection is told "session taken over" (0x8E) in a
@@ -1073,7 +1038,7 @@ async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
 async fn oversized_packets_close_only_that_connection() {
     let d = Daemon::start("[mqtt]\nmax_packet_size = 1024\n");
     let port = mqtt_port(&d);
-    let mut ws = ws_sub(&d, "big/#").await;
+    let mut ws = Raw::subscribed(&d.ws_url(), "big/#").await;
     let errors0 = stat(&mqtt_stats(&d).await, "protocol_errors");
 
     let mut big = Paho::connect(port, "5", "big").await;
@@ -1098,7 +1063,7 @@ async fn oversized_packets_close_only_that_connection() {
 
     let mut small = Paho::connect(port, "5", "small").await;
     small.publish("big/y", &[b'b'; 512], 1, false).await;
-    let m = next_msg(&mut ws).await;
+    let m = ws.next_msg().await;
     assert_eq!(m["topic"], "big/y");
     still_works(&d, "an oversized publish").await;
 }
@@ -1116,9 +1081,9 @@ async fn mqtt_over_websocket_both_ways() {
     let mut dev = Paho::connect_with(port, o).await;
     assert_eq!(dev.subscribe(&[("down/#", 1)]).await, vec![1]);
 
-    let mut hub = ws_sub(&d, "up/#").await;
+    let mut hub = Raw::subscribed(&d.ws_url(), "up/#").await;
     dev.publish("up/temp", b"19.5", 1, false).await;
-    let m = next_msg(&mut hub).await;
+    let m = hub.next_msg().await;
     assert_eq!(m["data"], 19.5);
     assert_eq!(m["from"], "mqtt:ws-dev");
 
@@ -1134,8 +1099,8 @@ async fn mqtt_over_websocket_both_ways() {
     dev.no_message(QUIET).await;
     no_msg(&mut hub, "echo").await;
 
-    let mut status = ws_sub(&d, "$devices/ws-dev").await;
-    let s = next_msg(&mut status).await;
+    let mut status = Raw::subscribed(&d.ws_url(), "$devices/ws-dev").await;
+    let s = status.next_msg().await;
     assert_eq!(s["data"]["transport"], "websocket", "{s}");
 }
 
@@ -1156,8 +1121,8 @@ fn connect_with_will(client_id: &str, keep_alive: u16, will_topic: &str, will: &
 async fn silent_devices_time_out_and_their_will_fires() {
     let d = Daemon::start("[mqtt]\nconnect_timeout = \"1s\"\n");
     let addr = d.mqtt.expect("mqtt listener");
-    let mut watcher = ws_sub(&d, "wills/#").await;
-    let mut status = ws_sub(&d, "$devices/+").await;
+    let mut watcher = Raw::subscribed(&d.ws_url(), "wills/#").await;
+    let mut status = Raw::subscribed(&d.ws_url(), "$devices/+").await;
 
     // Keep-alive 1 s and then silence: dropped after 1.5 s, will published.
     let mut device = TcpStream::connect(addr).await.unwrap();
@@ -1174,7 +1139,7 @@ async fn silent_devices_time_out_and_their_will_fires() {
     device.read_exact(&mut connack).await.unwrap();
     assert_eq!(connack, [0x20, 2, 0, 0]);
     let started = tokio::time::Instant::now();
-    let will = next_msg(&mut watcher).await;
+    let will = watcher.next_msg().await;
     assert_eq!(will["data"], "gone quiet", "{will}");
     assert_eq!(will["from"], "mqtt:sleepy");
     assert!(

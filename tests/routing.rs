@@ -33,7 +33,7 @@ async fn wildcard_routing_matrix() {
         "#",
         "+/+/+",
         "home/+",
-        "$SYS/#",
+        "$devices/#",
         "home/kitchen/+/x",
     ];
     let topics = [

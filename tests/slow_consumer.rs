@@ -15,7 +15,7 @@ const PAYLOAD: usize = 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_subscriber_while_100k_messages_flow() {
-    let d = Daemon::start("[ws]\nslow_consumer = \"drop_oldest\"\noutbound_queue_messages = 1024\noutbound_queue_bytes = 1048576\n");
+    let d = Daemon::start("[ws]\nslow_consumer = \"drop_oldest\"\noutbound_queue_messages = 1024\noutbound_queue_bytes = 1048576\npublish_rate = 1000000\npublish_burst = 1000000\n");
     let url = d.ws_url();
 
     // The stalled one subscribes, then never reads again.
@@ -97,7 +97,7 @@ async fn stalled_subscriber_while_100k_messages_flow() {
 
 #[tokio::test]
 async fn close_policy_disconnects_a_slow_consumer_with_4100() {
-    let d = Daemon::start("[ws]\nslow_consumer = \"close\"\noutbound_queue_messages = 64\noutbound_queue_bytes = 65536\n");
+    let d = Daemon::start("[ws]\nslow_consumer = \"close\"\noutbound_queue_messages = 64\noutbound_queue_bytes = 65536\npublish_rate = 1000000\npublish_burst = 1000000\n");
     let url = d.ws_url();
     let mut stalled = Raw::connect(&url).await;
     stalled.request(json!({"op":"sub","topic":"flood"})).await;
@@ -160,7 +160,7 @@ async fn a_client_that_pipelines_without_reading_is_slowed_then_dropped() {
 
 #[tokio::test]
 async fn a_backlog_of_pushes_does_not_stop_the_daemon_hearing_that_client() {
-    let d = Daemon::start("");
+    let d = Daemon::start("[ws]\npublish_rate = 1000000\npublish_burst = 1000000\n");
     let url = d.ws_url();
     let mut watcher = Raw::connect(&url).await;
     watcher.request(json!({"op":"sub","topic":"status"})).await;

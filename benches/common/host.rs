@@ -209,3 +209,28 @@ pub fn thousands(v: f64) -> String {
     }
     out
 }
+
+/// Writes a bench's results as pretty JSON to `target/<file name>`, next to the
+/// other build outputs, and says where; a failure is reported, not fatal.
+pub fn write_results(file_name: &str, results: &serde_json::Value) {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join(file_name);
+    match serde_json::to_string_pretty(results) {
+        Ok(text) => match std::fs::write(&path, text) {
+            Ok(()) => println!("written: {}", path.display()),
+            Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+        },
+        Err(e) => eprintln!("cannot encode the results: {e}"),
+    }
+}
+
+/// A single-threaded runtime and a local set: the load generator runs on one core.
+pub fn local_runtime() -> (tokio::runtime::Runtime, tokio::task::LocalSet) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the bench runtime");
+    (rt, tokio::task::LocalSet::new())
+}

@@ -22,6 +22,7 @@ mod load;
 mod procs;
 #[path = "../common/read_buf.rs"]
 mod read_buf;
+#[path = "../common/wire.rs"]
 mod wire;
 #[path = "../common/ws_frame.rs"]
 mod ws_frame;
@@ -161,11 +162,7 @@ fn main() {
     );
     print!("{head}");
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("cannot start the bench runtime");
-    let local = tokio::task::LocalSet::new();
+    let (rt, local) = host::local_runtime();
     let (cases, idles) = local.block_on(&rt, async {
         let mut cases = Vec::new();
         // Rounds interleave, so a disturbance that lasts a while hits one round of
@@ -448,15 +445,5 @@ fn write_json(
             "kib_per_connection": i.kib_per_connection(),
         })).collect::<Vec<_>>(),
     });
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap_or(std::path::Path::new("."))
-        .join("fanout-bench.json");
-    match serde_json::to_string_pretty(&json) {
-        Ok(text) => match std::fs::write(&path, text) {
-            Ok(()) => println!("written: {}", path.display()),
-            Err(e) => eprintln!("cannot write {}: {e}", path.display()),
-        },
-        Err(e) => eprintln!("cannot encode the results: {e}"),
-    }
+    host::write_results("fanout-bench.json", &json);
 }

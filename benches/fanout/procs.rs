@@ -105,6 +105,9 @@ outbound_queue_bytes = 1048576
 slow_consumer = "drop_oldest"
 read_buffer_size = 1024
 write_buffer_size = 16384
+# The publisher is the load generator: no rate limit.
+publish_rate = 4000000000
+publish_burst = 4000000000
 "#;
 
 fn read_listening(child: &mut Child, kind: Kind, dir: &Path) -> SocketAddr {

@@ -59,6 +59,9 @@ impl Broker {
                     .env("SWITCHBOARD_LOG_LEVEL", "warn,switchboard::listening=info")
                     .env("SWITCHBOARD_WS_OUTBOUND_QUEUE_MESSAGES", "65536")
                     .env("SWITCHBOARD_WS_OUTBOUND_QUEUE_BYTES", "16777216")
+                    // The WebSocket publisher is the load generator: no rate limit.
+                    .env("SWITCHBOARD_WS_PUBLISH_RATE", "4000000000")
+                    .env("SWITCHBOARD_WS_PUBLISH_BURST", "4000000000")
                     .env_remove("RUST_LOG");
             }
             Kind::Mosquitto => {

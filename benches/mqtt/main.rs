@@ -156,11 +156,7 @@ fn main() {
         o.measure.as_secs_f64()
     );
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("cannot start the bench runtime");
-    let local = tokio::task::LocalSet::new();
+    let (rt, local) = host::local_runtime();
     let runs = local.block_on(&rt, async {
         let mut runs = Vec::new();
         let mut cases: Vec<(Direction, usize)> = subs_list

@@ -21,6 +21,7 @@ mod router;
 mod session;
 mod transport;
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,6 +39,12 @@ pub struct BrokerConfig {
     pub listen: Option<SocketAddr>,
     /// MQTT over WebSocket (MQTT.js, paho in browsers); `None` turns it off.
     pub ws_listen: Option<SocketAddr>,
+    /// MQTT over TLS (usually port 8883); `None` turns it off. Needs `tls`.
+    pub tls_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket over TLS; `None` turns it off. Needs `tls`.
+    pub wss_listen: Option<SocketAddr>,
+    /// The server configuration of both TLS listeners.
+    pub tls: Option<TlsSource>,
     /// Devices connected at once; more are refused with "server unavailable".
     pub max_connections: usize,
     /// Largest packet a device may send, in bytes.
@@ -54,11 +61,41 @@ impl Default for BrokerConfig {
         BrokerConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
             ws_listen: None,
+            tls_listen: None,
+            wss_listen: None,
+            tls: None,
             max_connections: 10_000,
             max_packet_size: 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
             egress_queue: 65_536,
         }
+    }
+}
+
+/// Where the TLS listeners get their rustls configuration. Asked once per accepted
+/// connection, so a certificate reloaded by the daemon applies to the next device
+/// without a restart while connected devices keep the session they have.
+#[derive(Clone)]
+pub struct TlsSource(Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>);
+
+impl TlsSource {
+    pub fn new(current: impl Fn() -> Arc<rustls::ServerConfig> + Send + Sync + 'static) -> Self {
+        TlsSource(Arc::new(current))
+    }
+
+    /// A configuration that never changes.
+    pub fn fixed(config: Arc<rustls::ServerConfig>) -> Self {
+        TlsSource::new(move || config.clone())
+    }
+
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for TlsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TlsSource")
     }
 }
 
@@ -83,6 +120,10 @@ impl Version {
 pub enum Transport {
     Tcp,
     WebSocket,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket over TLS.
+    SecureWebSocket,
 }
 
 impl Transport {
@@ -90,6 +131,8 @@ impl Transport {
         match self {
             Transport::Tcp => "tcp",
             Transport::WebSocket => "websocket",
+            Transport::Tls => "tls",
+            Transport::SecureWebSocket => "wss",
         }
     }
 }
@@ -101,6 +144,9 @@ pub struct Credentials {
     pub username: Option<String>,
     pub password: Option<String>,
     pub remote: SocketAddr,
+    /// DER of the end-entity certificate the device presented on a TLS listener, present
+    /// only once the client verifier accepted it (so it is signed by a trusted CA).
+    pub peer_certificate: Option<Vec<u8>>,
 }
 
 /// A connected device, as the rest of the daemon sees it.
@@ -135,6 +181,12 @@ pub enum Denied {
 pub trait Permissions: Send + Sync {
     fn check_publish(&self, topic: &str) -> Result<(), Denied>;
     fn check_subscribe(&self, filter: &str) -> Result<(), Denied>;
+
+    /// The name the gate gave the device when it is not the CONNECT username (for
+    /// instance a certificate's common name); the device is known by it from then on.
+    fn username(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Authentication for devices.
@@ -196,6 +248,8 @@ pub struct Stats {
     pub protocol_errors: AtomicU64,
     pub egress_published: AtomicU64,
     pub egress_dropped: AtomicU64,
+    /// TLS handshakes that failed or timed out on the TLS listeners.
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -210,6 +264,7 @@ pub struct StatsSnapshot {
     pub protocol_errors: u64,
     pub egress_published: u64,
     pub egress_dropped: u64,
+    pub tls_handshake_failures: u64,
 }
 
 impl Stats {
@@ -225,6 +280,7 @@ impl Stats {
             protocol_errors: get(&self.protocol_errors),
             egress_published: get(&self.egress_published),
             egress_dropped: get(&self.egress_dropped),
+            tls_handshake_failures: get(&self.tls_handshake_failures),
         }
     }
 }
@@ -238,6 +294,8 @@ pub enum StartError {
     },
     #[error("cannot start the MQTT router: {0}")]
     Router(String),
+    #[error("an MQTT TLS listener is configured without a TLS configuration")]
+    NoTls,
 }
 
 /// Shared by every connection task.
@@ -260,6 +318,8 @@ pub struct Broker {
     shared: Arc<Shared>,
     local_addr: Option<SocketAddr>,
     ws_local_addr: Option<SocketAddr>,
+    tls_local_addr: Option<SocketAddr>,
+    wss_local_addr: Option<SocketAddr>,
 }
 
 impl Broker {
@@ -275,6 +335,17 @@ impl Broker {
             None => None,
         };
         let ws = match config.ws_listen {
+            Some(addr) => Some(listener::bind(addr).await?),
+            None => None,
+        };
+        if (config.tls_listen.is_some() || config.wss_listen.is_some()) && config.tls.is_none() {
+            return Err(StartError::NoTls);
+        }
+        let tls = match config.tls_listen {
+            Some(addr) => Some(listener::bind(addr).await?),
+            None => None,
+        };
+        let wss = match config.wss_listen {
             Some(addr) => Some(listener::bind(addr).await?),
             None => None,
         };
@@ -302,20 +373,24 @@ impl Broker {
         });
         let local_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
         let ws_local_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
-        if let Some(l) = tcp {
-            tokio::spawn(listener::accept_loop(l, Transport::Tcp, shared.clone()));
-        }
-        if let Some(l) = ws {
-            tokio::spawn(listener::accept_loop(
-                l,
-                Transport::WebSocket,
-                shared.clone(),
-            ));
+        let tls_local_addr = tls.as_ref().and_then(|l| l.local_addr().ok());
+        let wss_local_addr = wss.as_ref().and_then(|l| l.local_addr().ok());
+        for (listener, transport) in [
+            (tcp, Transport::Tcp),
+            (ws, Transport::WebSocket),
+            (tls, Transport::Tls),
+            (wss, Transport::SecureWebSocket),
+        ] {
+            if let Some(l) = listener {
+                tokio::spawn(listener::accept_loop(l, transport, shared.clone()));
+            }
         }
         Ok(Broker {
             shared,
             local_addr,
             ws_local_addr,
+            tls_local_addr,
+            wss_local_addr,
         })
     }
 
@@ -327,6 +402,16 @@ impl Broker {
     /// The MQTT/WebSocket address actually bound.
     pub fn ws_local_addr(&self) -> Option<SocketAddr> {
         self.ws_local_addr
+    }
+
+    /// The MQTT/TLS address actually bound.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_local_addr
+    }
+
+    /// The MQTT/WebSocket/TLS address actually bound.
+    pub fn wss_local_addr(&self) -> Option<SocketAddr> {
+        self.wss_local_addr
     }
 
     /// Sends messages from other ways in to MQTT subscribers.

@@ -1,11 +1,15 @@
-//! Accepting device sockets: TCP_NODELAY on, the WebSocket handshake for MQTT over
-//! WebSocket, one task per connection, errors from one connection never reaching the loop.
+//! Accepting device sockets: TCP_NODELAY on, the TLS handshake on the TLS listeners, the
+//! WebSocket handshake for MQTT over WebSocket, one task per connection, errors from one connection never reaching the loop.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{timeout_at, Instant};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 use crate::session;
 use crate::transport::Stream;
@@ -50,12 +54,15 @@ async fn serve(socket: TcpStream, remote: SocketAddr, transport: Transport, shar
     if let Err(e) = socket.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
+    // The TLS and WebSocket handshakes share one deadline: a device that dawdles through
+    // both still gets only the connect timeout before CONNECT is due.
+    let deadline = Instant::now() + shared.config.connect_timeout;
+    let max_packet_size = shared.config.max_packet_size;
     let stream = match transport {
         Transport::Tcp => Stream::Tcp(socket),
         Transport::WebSocket => {
-            let handshake = Stream::websocket(socket, shared.config.max_packet_size);
-            match tokio::time::timeout(shared.config.connect_timeout, handshake).await {
-                Ok(Ok(stream)) => stream,
+            match timeout_at(deadline, Stream::websocket(socket, max_packet_size)).await {
+                Ok(Ok(ws)) => Stream::Ws(Box::new(ws)),
                 Ok(Err(e)) => {
                     tracing::debug!(%remote, error = %e, "MQTT WebSocket handshake failed");
                     return;
@@ -63,6 +70,58 @@ async fn serve(socket: TcpStream, remote: SocketAddr, transport: Transport, shar
                 Err(_) => return,
             }
         }
+        Transport::Tls | Transport::SecureWebSocket => {
+            let Some(tls) = tls_handshake(socket, remote, deadline, &shared).await else {
+                return;
+            };
+            if transport == Transport::Tls {
+                Stream::Tls(Box::new(tls))
+            } else {
+                match timeout_at(deadline, Stream::websocket(tls, max_packet_size)).await {
+                    Ok(Ok(ws)) => Stream::Wss(Box::new(ws)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "MQTT WebSocket handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
     };
     session::serve(stream, remote, transport, shared).await;
+}
+
+/// The TLS handshake with the configuration current now, so a reloaded certificate
+/// applies from the next connection on. Failures are counted and logged at debug: they
+/// are the client's business (a wrong CA, no client certificate, plain MQTT on the TLS
+/// port), not the operator's.
+async fn tls_handshake(
+    socket: TcpStream,
+    remote: SocketAddr,
+    deadline: Instant,
+    shared: &Shared,
+) -> Option<TlsStream<TcpStream>> {
+    let Some(source) = &shared.config.tls else {
+        return None;
+    };
+    let acceptor = TlsAcceptor::from(source.current());
+    match timeout_at(deadline, acceptor.accept(socket)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            shared
+                .stats
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%remote, error = %e, "MQTT TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            shared
+                .stats
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%remote, "MQTT TLS handshake timed out");
+            None
+        }
+    }
 }

@@ -218,6 +218,7 @@ impl Admission {
             username: username.clone(),
             password,
             remote: self.remote,
+            peer_certificate: self.stream.peer_certificate(),
         };
         let gate = self.shared.gate.clone();
         let permissions =
@@ -333,6 +334,8 @@ impl Admission {
             }
         }
 
+        // A name the gate chose (a certificate's common name) replaces the CONNECT one.
+        let username = permissions.username().map(str::to_owned).or(username);
         let device = Device {
             client_id,
             username,

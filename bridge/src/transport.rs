@@ -1,11 +1,13 @@
-//! The byte pipe under an MQTT session: a TCP socket, or WebSocket binary messages.
+//! The byte pipe under an MQTT session: a TCP socket or WebSocket binary messages, either
+//! of them plain or inside TLS.
 
 use std::io;
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -14,56 +16,59 @@ use tokio_tungstenite::WebSocketStream;
 
 pub(crate) enum Stream {
     Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
     Ws(Box<WebSocketStream<TcpStream>>),
+    Wss(Box<WebSocketStream<TlsStream<TcpStream>>>),
 }
 
 impl Stream {
     /// Completes the WebSocket handshake, answering the `mqtt` subprotocol that MQTT.js and
     /// paho ask for (browsers refuse the connection if it is not echoed).
-    pub async fn websocket(socket: TcpStream, max_packet_size: usize) -> io::Result<Stream> {
+    pub async fn websocket<S>(socket: S, max_packet_size: usize) -> io::Result<WebSocketStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let mut config = WebSocketConfig::default();
         config.max_message_size = Some(max_packet_size + 8);
         config.max_frame_size = Some(max_packet_size + 8);
-        let ws = tokio_tungstenite::accept_hdr_async_with_config(socket, choose_mqtt, Some(config))
+        tokio_tungstenite::accept_hdr_async_with_config(socket, choose_mqtt, Some(config))
             .await
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        Ok(Stream::Ws(Box::new(ws)))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// The DER of the end-entity certificate the device presented, if it presented one.
+    /// rustls exposes it only after the client verifier accepted it.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        let tls = match self {
+            Stream::Tls(s) => s.get_ref().1,
+            Stream::Wss(ws) => ws.get_ref().get_ref().1,
+            Stream::Tcp(_) | Stream::Ws(_) => return None,
+        };
+        tls.peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| cert.to_vec())
     }
 
     /// Appends whatever arrives next to `buf`; `Ok(0)` at end of stream.
     pub async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read_buf(buf).await,
-            Stream::Ws(ws) => loop {
-                match ws.next().await {
-                    None | Some(Ok(Message::Close(_))) => return Ok(0),
-                    Some(Ok(Message::Binary(data))) => {
-                        buf.extend_from_slice(&data);
-                        // An empty binary frame is legal; keep reading rather than report EOF.
-                        if !data.is_empty() {
-                            return Ok(data.len());
-                        }
-                    }
-                    Some(Ok(Message::Text(_))) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "MQTT over WebSocket uses binary frames",
-                        ))
-                    }
-                    Some(Ok(_)) => {} // ping/pong are answered by tungstenite
-                    Some(Err(e)) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-                }
-            },
+            Stream::Tls(s) => s.read_buf(buf).await,
+            Stream::Ws(ws) => read_ws(ws, buf).await,
+            Stream::Wss(ws) => read_ws(ws, buf).await,
         }
     }
 
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.write_all(bytes).await,
-            Stream::Ws(ws) => ws
-                .send(Message::binary(bytes.to_vec()))
-                .await
-                .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e)),
+            Stream::Tls(s) => {
+                // rustls holds the records until flushed.
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+            Stream::Ws(ws) => write_ws(ws, bytes).await,
+            Stream::Wss(ws) => write_ws(ws, bytes).await,
         }
     }
 
@@ -72,11 +77,53 @@ impl Stream {
             Stream::Tcp(s) => {
                 let _ = s.shutdown().await;
             }
+            Stream::Tls(s) => {
+                // Sends close_notify, then closes the socket's write side.
+                let _ = s.shutdown().await;
+            }
             Stream::Ws(ws) => {
+                let _ = SinkExt::close(ws).await;
+            }
+            Stream::Wss(ws) => {
                 let _ = SinkExt::close(ws).await;
             }
         }
     }
+}
+
+async fn read_ws<S>(ws: &mut WebSocketStream<S>, buf: &mut BytesMut) -> io::Result<usize>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match ws.next().await {
+            None | Some(Ok(Message::Close(_))) => return Ok(0),
+            Some(Ok(Message::Binary(data))) => {
+                buf.extend_from_slice(&data);
+                // An empty binary frame is legal; keep reading rather than report EOF.
+                if !data.is_empty() {
+                    return Ok(data.len());
+                }
+            }
+            Some(Ok(Message::Text(_))) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "MQTT over WebSocket uses binary frames",
+                ))
+            }
+            Some(Ok(_)) => {} // ping/pong are answered by tungstenite
+            Some(Err(e)) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+    }
+}
+
+async fn write_ws<S>(ws: &mut WebSocketStream<S>, bytes: &[u8]) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ws.send(Message::binary(bytes.to_vec()))
+        .await
+        .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))
 }
 
 // The signature is tungstenite's handshake callback; the large error is theirs.

@@ -36,10 +36,7 @@ impl Acl {
         };
         let values = [("%c", Some(client_id)), ("%u", username)];
         let expand = |patterns: &mut Vec<String>, from: &[TopicPattern]| {
-            patterns.extend(
-                from.iter()
-                    .filter_map(|p| substitute(p.as_str(), &values)),
-            )
+            patterns.extend(from.iter().filter_map(|p| substitute(p.as_str(), &values)))
         };
         let (mut publish, mut subscribe) = (Vec::new(), Vec::new());
         for rule in self.rules.iter().filter(applies) {
@@ -70,9 +67,15 @@ mod tests {
         let p = Acl::default().for_device("n1", None);
         assert_eq!(Permissions::check_publish(&p, "any/thing"), Ok(()));
         assert_eq!(Permissions::check_subscribe(&p, "#"), Ok(()));
-        assert_eq!(Permissions::check_publish(&p, "$devices/n1"), Err(Denied::NotAuthorized));
+        assert_eq!(
+            Permissions::check_publish(&p, "$devices/n1"),
+            Err(Denied::NotAuthorized)
+        );
         assert_eq!(Permissions::check_publish(&p, "a/+"), Err(Denied::Invalid));
-        assert_eq!(Permissions::check_subscribe(&p, "a/#/b"), Err(Denied::Invalid));
+        assert_eq!(
+            Permissions::check_subscribe(&p, "a/#/b"),
+            Err(Denied::Invalid)
+        );
     }
 
     #[test]
@@ -98,15 +101,24 @@ mod tests {
             Err(Denied::NotAuthorized)
         );
         assert_eq!(Permissions::check_subscribe(&n1, "commands/n1/+"), Ok(()));
-        assert_eq!(Permissions::check_subscribe(&n1, "commands/#"), Err(Denied::NotAuthorized));
+        assert_eq!(
+            Permissions::check_subscribe(&n1, "commands/#"),
+            Err(Denied::NotAuthorized)
+        );
 
         let ops = acl.for_device("console", Some("ops"));
         assert_eq!(Permissions::check_subscribe(&ops, "sensors/+/temp"), Ok(()));
-        assert_eq!(Permissions::check_publish(&ops, "sensors/console/x"), Ok(()));
+        assert_eq!(
+            Permissions::check_publish(&ops, "sensors/console/x"),
+            Ok(())
+        );
 
         // %u without a username grants nothing.
         let anon = acl.for_device("a1", None);
-        assert_eq!(Permissions::check_publish(&anon, "public/u/x"), Err(Denied::NotAuthorized));
+        assert_eq!(
+            Permissions::check_publish(&anon, "public/u/x"),
+            Err(Denied::NotAuthorized)
+        );
         assert_eq!(Permissions::check_publish(&anon, "sensors/a1/t"), Ok(()));
     }
 
@@ -114,7 +126,10 @@ mod tests {
     fn a_username_cannot_widen_a_pattern() {
         let acl = rules("[[acl]]\nuser = \"*\"\nsubscribe = [\"users/%u/#\"]\n");
         let evil = acl.for_device("x", Some("#"));
-        assert_eq!(Permissions::check_subscribe(&evil, "users/#"), Err(Denied::NotAuthorized));
+        assert_eq!(
+            Permissions::check_subscribe(&evil, "users/#"),
+            Err(Denied::NotAuthorized)
+        );
         let slash = acl.for_device("x", Some("a/b"));
         assert_eq!(
             Permissions::check_subscribe(&slash, "users/a/b/c"),

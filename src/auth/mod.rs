@@ -12,8 +12,10 @@ pub mod grants;
 pub mod jwt;
 pub mod passwd;
 pub mod principal;
+pub mod private_file;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -57,9 +59,79 @@ const MIN_ADMIN_TOKEN_LEN: usize = 16;
 pub struct Authenticator {
     /// SHA-256 of the admin token; compared in constant time.
     admin: Option<[u8; 32]>,
-    jwt: jwt::JwtVerifier,
+    /// Shared with the MQTT gate, which accepts the same tokens as passwords.
+    jwt: Arc<jwt::JwtVerifier>,
     api_keys: apikeys::ApiKeys,
     anonymous: Option<Arc<Principal>>,
+    /// Every refusal, counted; shown in `/healthz`.
+    pub rejections: Rejections,
+}
+
+/// Counts of refused clients and requests, by reason.
+#[derive(Debug, Default)]
+pub struct Rejections {
+    bad_credentials: AtomicU64,
+    auth_timeouts: AtomicU64,
+    origins_refused: AtomicU64,
+    rate_limited: AtomicU64,
+    rate_limit_closes: AtomicU64,
+    expired_closes: AtomicU64,
+    revoked_closes: AtomicU64,
+}
+
+/// A snapshot of [`Rejections`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RejectionCounts {
+    pub bad_credentials: u64,
+    pub auth_timeouts: u64,
+    pub origins_refused: u64,
+    pub rate_limited: u64,
+    pub rate_limit_closes: u64,
+    pub expired_closes: u64,
+    pub revoked_closes: u64,
+}
+
+impl Rejections {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_auth_timeout(&self) {
+        Self::bump(&self.auth_timeouts);
+    }
+
+    pub fn count_origin_refused(&self) {
+        Self::bump(&self.origins_refused);
+    }
+
+    /// A publish refused for rate; `closed` when it also ended the connection.
+    pub fn count_rate_limited(&self, closed: bool) {
+        Self::bump(&self.rate_limited);
+        if closed {
+            Self::bump(&self.rate_limit_closes);
+        }
+    }
+
+    pub fn count_expired_close(&self) {
+        Self::bump(&self.expired_closes);
+    }
+
+    pub fn count_revoked_closes(&self, n: usize) {
+        self.revoked_closes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> RejectionCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RejectionCounts {
+            bad_credentials: get(&self.bad_credentials),
+            auth_timeouts: get(&self.auth_timeouts),
+            origins_refused: get(&self.origins_refused),
+            rate_limited: get(&self.rate_limited),
+            rate_limit_closes: get(&self.rate_limit_closes),
+            expired_closes: get(&self.expired_closes),
+            revoked_closes: get(&self.revoked_closes),
+        }
+    }
 }
 
 impl Authenticator {
@@ -72,20 +144,31 @@ impl Authenticator {
         } else {
             Some(read_admin_token(&auth.admin_token_file)?)
         };
-        let jwt = jwt::JwtVerifier::from_config(auth).context("cannot load the JWT keys")?;
-        let api_keys = apikeys::ApiKeys::open(&api_keys_path(config))
-            .context("cannot load the API keys")?;
+        let jwt =
+            Arc::new(jwt::JwtVerifier::from_config(auth).context("cannot load the JWT keys")?);
+        let api_keys =
+            apikeys::ApiKeys::open(&api_keys_path(config)).context("cannot load the API keys")?;
         Ok(Authenticator {
             admin,
             jwt,
             api_keys,
             anonymous: anonymous(auth),
+            rejections: Rejections::default(),
         })
     }
 
     /// Checks one presented credential: an API key (by its prefix), the admin token,
-    /// or else a JWT.
+    /// or else a JWT. Refusals are counted.
     pub fn authenticate(&self, credential: &str) -> Result<Principal, AuthError> {
+        let result = self.prove(credential);
+        if let Err(e) = &result {
+            Rejections::bump(&self.rejections.bad_credentials);
+            tracing::debug!(reason = %e, "credential refused");
+        }
+        result
+    }
+
+    fn prove(&self, credential: &str) -> Result<Principal, AuthError> {
         let credential = credential.trim();
         if credential.is_empty() {
             return Err(AuthError::Missing);
@@ -107,7 +190,7 @@ impl Authenticator {
         self.anonymous.clone()
     }
 
-    pub fn jwt(&self) -> &jwt::JwtVerifier {
+    pub fn jwt(&self) -> &Arc<jwt::JwtVerifier> {
         &self.jwt
     }
 

@@ -36,7 +36,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use base64::alphabet;
@@ -360,47 +360,11 @@ impl PasswordFile {
         text
     }
 
-    /// Writes the file atomically: a temporary file in the same directory, flushed to
-    /// disk, then renamed over `path`, so a crash or a full disk leaves either the old
-    /// file or the new one and never half of one, and a daemon reading the file never
-    /// sees a partial write. On Unix the file is mode 0600 (it holds hashes an attacker
-    /// can brute-force offline) and keeps the owner and group of the file it replaces
-    /// when we are allowed to set them, so that root editing a file owned by the daemon's
-    /// user does not lock the daemon out. A symlink is followed, not replaced.
+    /// Writes the file atomically, private to its owner (see [`super::private_file`]).
     pub fn save(&self, path: &Path) -> Result<(), PasswdError> {
-        let target = match fs::canonicalize(path) {
-            Ok(p) => p,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => path.to_owned(),
-            Err(e) => return Err(PasswdError::io("resolve", path, e)),
-        };
-        let dir = match target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let name = target
-            .file_name()
-            .ok_or_else(|| {
-                PasswdError::io(
-                    "write",
-                    path,
-                    io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
-                )
-            })?
-            .to_string_lossy()
-            .into_owned();
-        let temp = dir.join(format!(
-            ".{name}.{}.{:08x}.tmp",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let result = write_new(&temp, &target, self.to_text().as_bytes())
-            .and_then(|()| fs::rename(&temp, &target).map_err(|e| ("replace", e)));
-        if let Err((action, error)) = result {
-            let _ = fs::remove_file(&temp);
-            return Err(PasswdError::io(action, path, error));
-        }
-        // The rename is durable only once the directory entry is on disk too.
-        sync_dir(&dir).map_err(|e| PasswdError::io("sync the directory of", path, e))
+        super::private_file::replace(path, self.to_text().as_bytes(), false, |_| Ok(true))
+            .map(|_| ())
+            .map_err(|e| PasswdError::io(e.action, path, e.source))
     }
 
     /// Sets the hash verified for unknown users to the cost most users have (ties go to
@@ -434,38 +398,6 @@ impl fmt::Debug for PasswordFile {
             .field("users", &self.usernames().collect::<Vec<_>>())
             .finish()
     }
-}
-
-/// Creates `temp` (which must not exist) with `contents`, mode 0600, the owner of
-/// `target` if it exists, and flushes it to disk.
-fn write_new(temp: &Path, target: &Path, contents: &[u8]) -> Result<(), (&'static str, io::Error)> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(temp)
-        .map_err(|e| ("create a temporary file for", e))?;
-    #[cfg(unix)]
-    if let Ok(meta) = fs::metadata(target) {
-        use std::os::unix::fs::MetadataExt;
-        // Best effort: only root may give a file away, and that is the case it matters.
-        let _ = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()));
-    }
-    #[cfg(not(unix))]
-    let _ = target;
-    file.write_all(contents).map_err(|e| ("write", e))?;
-    file.sync_all().map_err(|e| ("flush", e))
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
 }
 
 /// Checks that `username` can be stored (1 to 256 bytes; no `:`, control characters

@@ -30,7 +30,9 @@ pub enum Kind {
     /// The admin credential.
     Admin,
     /// An API key, by its public id (revocation finds live connections by it).
-    ApiKey { id: String },
+    ApiKey {
+        id: String,
+    },
     /// A client JWT.
     Token,
 }

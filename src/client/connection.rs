@@ -18,10 +18,13 @@ use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::backoff::Backoff;
 use super::frame::{classify, Inbound, Outgoing};
@@ -105,13 +108,33 @@ pub(super) async fn open(options: &ClientOptions) -> Result<(Ws, Welcome), Clien
         url: url.clone(),
         reason,
     };
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| connect_error(e.to_string()))?;
+    if let Some(token) = &options.token {
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| connect_error("the token is not a valid header value".into()))?;
+        request.headers_mut().insert(AUTHORIZATION, value);
+    }
+    let connector = if url.starts_with("wss://") {
+        Some(Connector::Rustls(
+            tls_config(options).map_err(|e| connect_error(e.to_string()))?,
+        ))
+    } else {
+        None
+    };
     let attempt = async {
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
         // Nagle off: we batch writes ourselves, and replies should not wait 40 ms.
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
-                .await
-                .map_err(|e| connect_error(e.to_string()))?;
+        let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            connector,
+        )
+        .await
+        .map_err(|e| connect_error(e.to_string()))?;
         let welcome = read_welcome(&mut ws).await.map_err(|e| match e {
             closed @ ClientError::Closed { .. } => closed,
             other => connect_error(other.to_string()),
@@ -128,18 +151,49 @@ pub(super) async fn open(options: &ClientOptions) -> Result<(Ws, Welcome), Clien
         })
 }
 
+/// TLS for `wss://`: the system's roots, plus the configured CA.
+fn tls_config(options: &ClientOptions) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates are skipped; a private CA may be all that is needed.
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = &options.ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                ClientError::Protocol(format!("cannot read the CA file {}: {e}", path.display()))
+            })?;
+        roots.add_parsable_certificates(certs);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 async fn read_welcome(ws: &mut Ws) -> Result<Welcome, ClientError> {
+    // An `error` before the close says why the server refused the connection.
+    let mut refusal: Option<String> = None;
     while let Some(message) = ws.next().await {
         let text = match message.map_err(|e| ClientError::Protocol(e.to_string()))? {
             WsMessage::Text(text) => text,
             WsMessage::Close(frame) => {
                 let (code, reason) = describe_close(frame);
+                let reason = refusal.map_or(reason.clone(), |why| format!("{reason}: {why}"));
                 return Err(ClientError::Closed { code, reason });
             }
             _ => continue,
         };
         let frame: Incoming = serde_json::from_str(&text)
             .map_err(|e| ClientError::Protocol(format!("welcome is not valid JSON: {e}")))?;
+        if frame.op == "error" {
+            refusal = frame.message;
+            continue;
+        }
         return match (frame.op.as_str(), frame.client) {
             ("welcome", Some(client)) => Ok(Welcome {
                 client,

@@ -61,8 +61,12 @@ const EVENT_QUEUE: usize = 1024;
 pub struct ClientOptions {
     /// `ws://host:port/ws`.
     pub url: String,
-    /// Sent as `?user=`; the server uses it when it runs without authentication.
+    /// Sent as `?user=`: the name an anonymous client gives itself.
     pub user: Option<String>,
+    /// A credential (JWT, API key or admin token), sent as `Authorization: Bearer`.
+    pub token: Option<String>,
+    /// A PEM CA certificate trusted for `wss://` besides the system roots (a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Reconnect after the connection drops (not after the first connect fails).
     pub reconnect: bool,
     /// Bounds of the exponential reconnect delay; each delay is drawn in `0..=bound`.
@@ -79,12 +83,24 @@ impl ClientOptions {
         Self {
             url: url.into(),
             user: None,
+            token: None,
+            ca_file: None,
             reconnect: true,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             subscription_buffer: 1024,
         }
+    }
+
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
     }
 
     pub fn user(mut self, user: impl Into<String>) -> Self {

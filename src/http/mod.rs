@@ -1,5 +1,8 @@
-//! The HTTP listener's routes: the WebSocket endpoint and health. The REST API will
-//! live here too, so that HTTP carried over WebSocket can reuse this very router.
+//! The HTTP listener's routes: the WebSocket endpoint, health, and the REST API
+//! (`api`), in one router so that HTTP carried over WebSocket can reuse it.
+
+pub mod api;
+pub mod listener;
 
 use std::sync::Arc;
 
@@ -14,6 +17,10 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/ws", get(crate::ws::upgrade))
         .route("/healthz", get(healthz))
+        .nest("/api/v1", api::router())
+        .layer(axum::extract::DefaultBodyLimit::max(
+            app.config.ws.max_message_size.get(),
+        ))
         .with_state(app)
 }
 
@@ -38,6 +45,7 @@ async fn healthz(State(app): State<Arc<App>>) -> (axum::http::StatusCode, Json<s
             "protocol_errors": m.protocol_errors,
             "egress_published": m.egress_published,
             "egress_dropped": m.egress_dropped,
+            "tls_handshake_failures": m.tls_handshake_failures,
         })
     });
     let body = json!({
@@ -50,7 +58,10 @@ async fn healthz(State(app): State<Arc<App>>) -> (axum::http::StatusCode, Json<s
         "dropped": stats.dropped,
         "slow_consumer_closes": stats.slow_consumer_closes,
         "retained": stats.retained,
+        "forbidden": stats.forbidden,
+        "auth": app.auth.rejections.snapshot(),
         "mqtt": mqtt,
+        "http": app.http_stats.to_json(),
     });
     (status, Json(body))
 }

@@ -22,10 +22,11 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::value::RawValue;
 
+use crate::auth::{Forbidden, Grants, Principal};
 use crate::protocol::{self, Frame, Member, Recipient, ServerFrame};
 use crate::topic::{self, Filter, TopicError};
 use index::SubscriptionIndex;
-use outbox::{Outbox, Pushed, QueueLimits};
+use outbox::{CloseReason, Outbox, Pushed, QueueLimits};
 use session::lock;
 pub use session::Session;
 
@@ -54,8 +55,8 @@ pub enum HubError {
     NoRecipient(String),
     #[error("info must be a JSON object of at most {0} bytes")]
     InvalidInfo(usize),
-    #[error("topics starting with `$` are reserved for the server (`{0}`)")]
-    Reserved(String),
+    #[error(transparent)]
+    Forbidden(#[from] Forbidden),
 }
 
 impl HubError {
@@ -68,7 +69,7 @@ impl HubError {
             HubError::PresenceDisabled(_) => C::PresenceDisabled,
             HubError::NoRecipient(_) => C::NoRecipient,
             HubError::InvalidInfo(_) => C::InvalidInfo,
-            HubError::Reserved(_) => C::Forbidden,
+            HubError::Forbidden(_) => C::Forbidden,
         }
     }
 }
@@ -83,8 +84,43 @@ pub struct Publish<'a> {
     /// Where it came from, shown to subscribers as `from` (a client id, `http`, `mqtt:…`).
     pub from: &'a str,
     pub origin: Origin,
+    /// What the publisher may do; checked here, the one place every publish passes.
+    /// Device publishes were checked by the broker session with the device's own
+    /// grants and carry [`Grants::ALL`]; [`Origin::System`] messages are not checked.
+    pub by: &'a Grants,
     /// Keep it as the topic's retained value (an empty payload, `""`, clears it).
     pub retain: bool,
+}
+
+/// Who sends a direct message: a connection, or an HTTP caller.
+#[derive(Clone, Copy)]
+pub struct Sender<'a> {
+    /// Shown to the recipient as `from`.
+    pub id: &'a str,
+    pub user: Option<&'a str>,
+    pub grants: &'a Grants,
+    /// The sending connection, which a message to its own user skips.
+    key: Option<index::Key>,
+}
+
+impl<'a> Sender<'a> {
+    pub fn session(session: &'a Session, principal: &'a Principal) -> Self {
+        Sender {
+            id: session.id(),
+            user: session.user(),
+            grants: &principal.grants,
+            key: Some(session.key),
+        }
+    }
+
+    pub fn external(id: &'a str, principal: &'a Principal) -> Self {
+        Sender {
+            id,
+            user: principal.user.as_deref(),
+            grants: &principal.grants,
+            key: None,
+        }
+    }
 }
 
 /// Which way a message came in; taps use it to avoid sending a message back where it
@@ -127,6 +163,7 @@ struct Counters {
     direct: AtomicU64,
     retained: AtomicU64,
     retained_refused: AtomicU64,
+    forbidden: AtomicU64,
 }
 
 /// A snapshot of the Hub's figures.
@@ -142,6 +179,8 @@ pub struct Stats {
     pub direct_messages: u64,
     pub retained: u64,
     pub retained_refused: u64,
+    /// Requests refused by permissions, from any way in.
+    pub forbidden: u64,
 }
 
 /// Topics whose sequence numbers are kept before those without subscribers are
@@ -195,14 +234,15 @@ impl Hub {
     }
 
     /// Registers a new connection and gives it a fresh client id.
-    pub fn connect(&self, user: Option<String>) -> Arc<Session> {
+    pub fn connect(&self, principal: Arc<Principal>) -> Arc<Session> {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         // Random, so ids are not guessable from connection order; the key keeps it unique.
         let id = format!("c{:08x}{:x}", rand::random::<u32>(), key);
+        let user = principal.user.clone();
         let session = Arc::new(Session::new(
             key,
             id.clone(),
-            user.clone(),
+            principal,
             Outbox::new(self.config.queue),
         ));
         write(&self.clients).insert(id, session.clone());
@@ -242,15 +282,19 @@ impl Hub {
 
     pub fn subscribe(&self, session: &Arc<Session>, filter: &str) -> Result<(), HubError> {
         topic::validate_filter(filter)?;
+        let principal = session.principal();
+        self.allow(principal.grants.check_subscribe(filter))?;
+        let max = principal
+            .limits
+            .max_subscriptions
+            .unwrap_or(self.config.max_subscriptions);
         {
             let mut filters = lock(&session.filters);
             if filters.contains(filter) {
                 return Ok(());
             }
-            if filters.len() >= self.config.max_subscriptions {
-                return Err(HubError::TooManySubscriptions(
-                    self.config.max_subscriptions,
-                ));
+            if filters.len() >= max {
+                return Err(HubError::TooManySubscriptions(max));
             }
             filters.insert(filter.to_owned());
         }
@@ -302,8 +346,8 @@ impl Hub {
     /// Routes one message to every matching subscriber.
     pub fn publish(&self, p: Publish<'_>) -> Result<Published, HubError> {
         topic::validate_topic(p.topic)?;
-        if p.topic.starts_with('$') && p.origin != Origin::System {
-            return Err(HubError::Reserved(p.topic.to_owned()));
+        if p.origin != Origin::System {
+            self.allow(p.by.check_publish(p.topic))?;
         }
         let state = self.topic_state(p.topic);
         // Held through fan-out: concurrent publishers to one topic are serialised, so
@@ -418,30 +462,39 @@ impl Hub {
     /// Sends a direct message; returns how many connections got it.
     pub fn send_direct(
         &self,
-        from: &Session,
+        from: Sender<'_>,
         to: &Recipient,
         event: Option<&str>,
         data: &RawValue,
     ) -> Result<usize, HubError> {
         let targets: Vec<Arc<Session>> = match to {
-            Recipient::Client(id) => read(&self.clients).get(id).cloned().into_iter().collect(),
-            Recipient::User(user) => read(&self.users)
-                .get(user)
-                .map(|conns| {
-                    conns
-                        .values()
-                        .filter(|s| s.key != from.key)
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default(),
+            Recipient::Client(id) => {
+                let target = read(&self.clients).get(id).cloned();
+                if let Some(target) = &target {
+                    self.allow(from.grants.check_send(target.user()))?;
+                }
+                target.into_iter().collect()
+            }
+            Recipient::User(user) => {
+                self.allow(from.grants.check_send(Some(user)))?;
+                read(&self.users)
+                    .get(user)
+                    .map(|conns| {
+                        conns
+                            .values()
+                            .filter(|s| Some(s.key) != from.key)
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
         };
         let frame = ServerFrame::Dm {
             event: event.map(Cow::Borrowed),
             data,
             ts: protocol::now_ms(),
-            from: Cow::Borrowed(from.id()),
-            from_user: from.user().map(Cow::Borrowed),
+            from: Cow::Borrowed(from.id),
+            from_user: from.user.map(Cow::Borrowed),
         }
         .to_frame();
         let delivered = targets
@@ -464,9 +517,10 @@ impl Hub {
         Ok(delivered)
     }
 
-    /// Who is subscribed to a presence-enabled topic.
-    pub fn presence(&self, topic: &str) -> Result<Vec<Member<'static>>, HubError> {
+    /// Who is subscribed to a presence-enabled topic, for someone allowed to know.
+    pub fn presence(&self, by: &Grants, topic: &str) -> Result<Vec<Member<'static>>, HubError> {
         topic::validate_topic(topic)?;
+        self.allow(by.check_presence(topic))?;
         if !self.presence_enabled(topic) {
             return Err(HubError::PresenceDisabled(topic.to_owned()));
         }
@@ -480,6 +534,11 @@ impl Hub {
     /// Sets the display info others see in presence. Topics the session is already on
     /// get a fresh `join` carrying the new info.
     pub fn set_info(&self, session: &Arc<Session>, info: &RawValue) -> Result<(), HubError> {
+        if session.principal().info.is_some() {
+            self.allow(Err(Forbidden(
+                "presence info was set by your token's issuer".into(),
+            )))?;
+        }
         let text = info.get();
         if text.len() > self.config.max_info_bytes || !text.trim_start().starts_with('{') {
             return Err(HubError::InvalidInfo(self.config.max_info_bytes));
@@ -566,7 +625,44 @@ impl Hub {
             direct_messages: self.counters.direct.load(Ordering::Relaxed),
             retained: self.counters.retained.load(Ordering::Relaxed),
             retained_refused: self.counters.retained_refused.load(Ordering::Relaxed),
+            forbidden: self.counters.forbidden.load(Ordering::Relaxed),
         }
+    }
+
+    /// A permission check's verdict, with refusals counted.
+    fn allow(&self, verdict: Result<(), Forbidden>) -> Result<(), HubError> {
+        verdict.map_err(|e| {
+            self.counters.forbidden.fetch_add(1, Ordering::Relaxed);
+            HubError::Forbidden(e)
+        })
+    }
+
+    /// Replaces a live connection's identity (a refreshed token) and drops the
+    /// subscriptions the new grants no longer allow; returns those filters.
+    pub fn refresh(&self, session: &Arc<Session>, principal: Arc<Principal>) -> Vec<String> {
+        let dropped = principal
+            .grants
+            .disallowed(session.filters().iter().map(String::as_str));
+        session.set_principal(principal);
+        for filter in &dropped {
+            // Gone between the two steps is fine: it is gone either way.
+            let _ = self.unsubscribe(session, filter);
+        }
+        dropped
+    }
+
+    /// Closes every connection whose identity matches, such as those using a revoked
+    /// API key; returns how many.
+    pub fn close_where(&self, matches: impl Fn(&Principal) -> bool, reason: CloseReason) -> usize {
+        let doomed: Vec<Arc<Session>> = read(&self.clients)
+            .values()
+            .filter(|s| matches(&s.principal()))
+            .cloned()
+            .collect();
+        for session in &doomed {
+            session.outbox.close(reason);
+        }
+        doomed.len()
     }
 
     /// Every connected session, for shutdown.
@@ -588,6 +684,17 @@ mod tests {
     use super::*;
     use outbox::SlowConsumerPolicy;
     use std::collections::VecDeque;
+
+    fn anyone() -> Arc<Principal> {
+        Arc::new(Principal::anonymous(Grants::all()))
+    }
+
+    fn named(user: &str) -> Arc<Principal> {
+        Arc::new(Principal {
+            user: Some(user.into()),
+            ..Principal::anonymous(Grants::all())
+        })
+    }
 
     fn hub() -> Arc<Hub> {
         Hub::new(HubConfig {
@@ -613,7 +720,7 @@ mod tests {
     #[tokio::test]
     async fn publish_fans_out_with_sequence() {
         let hub = hub();
-        let a = hub.connect(None);
+        let a = hub.connect(anyone());
         hub.subscribe(&a, "t/+").unwrap();
         let data = RawValue::from_string("[1]".into()).unwrap();
         for _ in 0..2 {
@@ -623,6 +730,7 @@ mod tests {
                 data: &data,
                 from: "me",
                 origin: Origin::Client,
+                by: &Grants::ALL,
                 retain: false,
             })
             .unwrap();
@@ -639,6 +747,7 @@ mod tests {
                 data: &data,
                 from: "me",
                 origin: Origin::Client,
+                by: &Grants::ALL,
                 retain: false,
             })
             .is_err());
@@ -647,7 +756,7 @@ mod tests {
     #[test]
     fn topics_without_subscribers_are_forgotten_past_the_limit() {
         let hub = hub();
-        let a = hub.connect(None);
+        let a = hub.connect(anyone());
         hub.subscribe(&a, "kept").unwrap();
         let data = RawValue::from_string("1".into()).unwrap();
         let publish = |topic: &str| {
@@ -657,6 +766,7 @@ mod tests {
                 data: &data,
                 from: "t",
                 origin: Origin::Client,
+                by: &Grants::ALL,
                 retain: false,
             })
             .unwrap()
@@ -685,6 +795,7 @@ mod tests {
             data: &data,
             from: "t",
             origin,
+            by: &Grants::ALL,
             retain,
         })
     }
@@ -696,7 +807,7 @@ mod tests {
         publish_as(&hub, "r/b", "2", Origin::Client, true).unwrap();
         publish_as(&hub, "r/c", "3", Origin::Client, false).unwrap();
         publish_as(&hub, "r/a", "4", Origin::Client, true).unwrap();
-        let a = hub.connect(None);
+        let a = hub.connect(anyone());
         hub.subscribe(&a, "r/+").unwrap();
         let mut got = frames(&a).await;
         got.sort_by_key(|f| f["topic"].as_str().unwrap().to_owned());
@@ -712,7 +823,7 @@ mod tests {
         let live = frames(&a).await;
         assert_eq!(live.len(), 1, "the clearing message is delivered live");
         assert!(live[0].get("retained").is_none());
-        let b = hub.connect(None);
+        let b = hub.connect(anyone());
         hub.subscribe(&b, "r/a").unwrap();
         hub.subscribe(&b, "r/b").unwrap();
         let got = frames(&b).await;
@@ -737,7 +848,7 @@ mod tests {
         hub.add_tap(seen.clone());
         assert!(matches!(
             publish_as(&hub, "$devices/x", "1", Origin::Client, false),
-            Err(HubError::Reserved(_))
+            Err(HubError::Forbidden(_))
         ));
         publish_as(&hub, "$devices/x", "1", Origin::System, true).unwrap();
         publish_as(&hub, "s/1", "1", Origin::Mqtt, false).unwrap();
@@ -754,7 +865,7 @@ mod tests {
     #[tokio::test]
     async fn subscription_limit_and_cleanup() {
         let hub = hub();
-        let a = hub.connect(Some("ann".into()));
+        let a = hub.connect(named("ann"));
         hub.subscribe(&a, "a").unwrap();
         hub.subscribe(&a, "a").unwrap();
         hub.subscribe(&a, "b").unwrap();

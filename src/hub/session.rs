@@ -3,32 +3,53 @@
 //! connection owns one, and so will any other kind of subscriber.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::value::RawValue;
 
 use super::index::Key;
 use super::outbox::Outbox;
+use crate::auth::Principal;
 
 pub struct Session {
     pub(super) key: Key,
     id: String,
     user: Option<String>,
+    /// Who the connection acts for; replaced whole when a token is refreshed.
+    principal: RwLock<Arc<Principal>>,
     pub outbox: Outbox,
     pub(super) filters: Mutex<HashSet<String>>,
     pub(super) info: Mutex<Option<Box<RawValue>>>,
 }
 
 impl Session {
-    pub(super) fn new(key: Key, id: String, user: Option<String>, outbox: Outbox) -> Self {
+    pub(super) fn new(key: Key, id: String, principal: Arc<Principal>, outbox: Outbox) -> Self {
         Self {
             key,
             id,
-            user,
+            user: principal.user.clone(),
+            info: Mutex::new(principal.info.clone()),
+            principal: RwLock::new(principal),
             outbox,
             filters: Mutex::new(HashSet::new()),
-            info: Mutex::new(None),
         }
+    }
+
+    /// The identity in force now.
+    pub fn principal(&self) -> Arc<Principal> {
+        self.principal
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_principal(&self, principal: Arc<Principal>) {
+        *self.principal.write().unwrap_or_else(|p| p.into_inner()) = principal;
+    }
+
+    /// The filters subscribed to now.
+    pub fn filters(&self) -> Vec<String> {
+        lock(&self.filters).iter().cloned().collect()
     }
 
     /// The server-assigned client id (sent in `welcome`, used by direct messages).

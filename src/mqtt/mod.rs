@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use switchboard_bridge::{Device, Gone, Inbound, Ingress, Publisher};
 
+use crate::auth::Grants;
 use crate::hub::{Hub, Origin, Publish, Tap};
 use crate::protocol;
 
@@ -48,6 +49,7 @@ impl HubIngress {
             data: &data,
             from: "switchboard",
             origin: Origin::System,
+            by: &Grants::ALL,
             retain: true,
         });
         if let Err(e) = published {
@@ -66,6 +68,8 @@ impl Ingress for HubIngress {
             data: &data,
             from: &from,
             origin: Origin::Mqtt,
+            // Checked by the broker session against the device's grants.
+            by: &Grants::ALL,
             retain: message.retain,
         });
         if let Err(e) = published {

@@ -16,7 +16,7 @@
 //! rather than buffered without bound.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -32,10 +32,12 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use super::dispatch;
+use super::dispatch::{self, Then};
+use super::rate::PublishLimiter;
+use crate::auth::{AuthError, Principal};
 use crate::hub::outbox::CloseReason;
 use crate::hub::Session;
-use crate::protocol::{close, ErrorCode, Frame, RequestError, ServerFrame};
+use crate::protocol::{close, parse_request, ErrorCode, Frame, Request, RequestError, ServerFrame};
 use crate::server::App;
 
 /// An upgraded connection.
@@ -47,13 +49,45 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Replies waiting for the socket beyond which requests are no longer read.
 const MAX_UNWRITTEN_REPLIES: usize = 256;
 
+/// Who a new connection is, as far as the upgrade could tell.
+pub enum Identity {
+    Proven(Arc<Principal>),
+    /// A credential came with the upgrade and was refused.
+    Refused(AuthError),
+    /// No credential and no anonymous access: the first frame must be `auth`.
+    AwaitingAuth,
+}
+
 /// Serves one upgraded connection until it ends.
-pub async fn serve(socket: Socket, app: Arc<App>, user: Option<String>) {
-    let session = app.hub.connect(user);
+pub async fn serve(mut socket: Socket, app: Arc<App>, identity: Identity) {
     let _tracked = app.tracker.token();
+    let (principal, auth_reply) = match identity {
+        Identity::Proven(principal) => (principal, None),
+        Identity::Refused(e) => {
+            let refusal = unauthorized(None, &e.to_string());
+            Box::pin(refuse(socket, refusal, close::UNAUTHORIZED, "unauthorized")).await;
+            return;
+        }
+        Identity::AwaitingAuth => match await_auth(&mut socket, &app).await {
+            Ok(proven) => proven,
+            Err(Refusal::Gone) => return,
+            Err(Refusal::Timeout) => {
+                app.auth.rejections.count_auth_timeout();
+                let reason = CloseReason::Code(close::AUTH_TIMEOUT, "authentication timeout");
+                Box::pin(close_gracefully(socket, reason)).await;
+                return;
+            }
+            Err(Refusal::Rejected(reply)) => {
+                Box::pin(refuse(socket, reply, close::UNAUTHORIZED, "unauthorized")).await;
+                return;
+            }
+        },
+    };
+    let session = app.hub.connect(principal);
     tracing::debug!(
         client = session.id(),
         user = session.user(),
+        kind = %session.principal().kind,
         "client connected"
     );
     if app.shutdown.is_cancelled() {
@@ -62,9 +96,112 @@ pub async fn serve(socket: Socket, app: Arc<App>, user: Option<String>) {
             .outbox
             .close(CloseReason::Code(close::GOING_AWAY, "server shutting down"));
     }
-    let connection = Connection::new(socket, app.clone(), session.clone());
-    connection.run().await;
-    tracing::debug!(client = session.id(), "client disconnected");
+    let connection = Connection::new(socket, app.clone(), session, auth_reply);
+    let client = connection.run().await;
+    tracing::debug!(client, "client disconnected");
+}
+
+/// Why a connection awaiting `auth` ends.
+enum Refusal {
+    Gone,
+    Timeout,
+    /// The `error` frame to send before closing with 4001.
+    Rejected(String),
+}
+
+/// Reads the first frame of a connection that must authenticate, within the auth
+/// timeout. Returns the identity and the `ok` reply to send before `welcome`.
+async fn await_auth(
+    socket: &mut Socket,
+    app: &App,
+) -> Result<(Arc<Principal>, Option<Message>), Refusal> {
+    let first = tokio::time::timeout(app.config.auth.auth_timeout, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => return Some(text),
+                Some(Ok(Message::Binary(_))) => return Some(Utf8Bytes::from_static("")),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                // Pings are answered by tungstenite; nothing else counts as the first frame.
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    let text = match first {
+        Err(_) => return Err(Refusal::Timeout),
+        Ok(None) => return Err(Refusal::Gone),
+        Ok(Some(text)) => text,
+    };
+    let (id, request) = match parse_request(text.as_str()) {
+        Ok(parsed) => parsed,
+        Err((id, _)) => {
+            return Err(Refusal::Rejected(unauthorized(
+                id,
+                "authenticate first: the first frame must be {\"op\":\"auth\",\"token\":…}",
+            )))
+        }
+    };
+    let Request::Auth { token } = request else {
+        return Err(Refusal::Rejected(unauthorized(
+            id,
+            "authenticate first: the first frame must be {\"op\":\"auth\",\"token\":…}",
+        )));
+    };
+    match dispatch::authenticate(app, &token) {
+        Ok(principal) => {
+            let ok = ServerFrame::Ok {
+                id,
+                seq: None,
+                delivered: None,
+                members: None,
+                expires_at: principal.expires_at,
+                unsubscribed: None,
+            };
+            Ok((Arc::new(principal), Some(Message::Text(ok.to_frame()))))
+        }
+        Err(e) => Err(Refusal::Rejected(ServerFrame::error(id, &e))),
+    }
+}
+
+fn unauthorized(id: Option<&serde_json::value::RawValue>, why: &str) -> String {
+    ServerFrame::error(id, &RequestError::new(ErrorCode::Unauthorized, why))
+}
+
+/// Tells a client why it is refused, then closes.
+async fn refuse(mut socket: Socket, error: String, code: u16, reason: &'static str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::text(error))).await;
+    close_gracefully(socket, CloseReason::Code(code, reason)).await;
+}
+
+/// The frame that opens every served connection.
+fn welcome(app: &App, session: &Session) -> Message {
+    let welcome = ServerFrame::Welcome {
+        client: session.id().into(),
+        user: session.user().map(Into::into),
+        version: crate::protocol::VERSION,
+        server: concat!("switchboard/", env!("CARGO_PKG_VERSION")).into(),
+        heartbeat_ms: app.config.ws.heartbeat_interval.as_millis() as u64,
+        expires_at: session.principal().expires_at,
+    };
+    Message::Text(welcome.to_frame())
+}
+
+/// A connection's publish limiter: the issuer's limits where it set them, else the
+/// configured ones.
+fn limiter(app: &App, principal: &Principal) -> PublishLimiter {
+    let ws = &app.config.ws;
+    PublishLimiter::new(
+        principal.limits.publish_rate.unwrap_or(ws.publish_rate),
+        principal.limits.publish_burst.unwrap_or(ws.publish_burst),
+        ws.rate_limit_strikes,
+    )
+}
+
+/// A timer that fires when the identity expires, if it does.
+fn expiry(principal: &Principal) -> Option<Pin<Box<tokio::time::Sleep>>> {
+    principal
+        .time_left()
+        .map(|left| Box::pin(tokio::time::sleep(left)))
 }
 
 /// What woke the connection up.
@@ -77,6 +214,8 @@ enum Event {
     Close(CloseReason),
     /// Nothing heard for too long.
     Dead,
+    /// The token expired without a refresh.
+    Expired,
     WriteFailed(tungstenite::Error),
 }
 
@@ -98,26 +237,36 @@ struct Connection {
     heartbeat: Interval,
     heard: bool,
     silent_intervals: u32,
+    limiter: PublishLimiter,
+    /// Fires when the connection's token expires.
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set when the connection decided to close: requests already sent are not served.
+    stop_reading: bool,
 }
 
 impl Connection {
-    fn new(socket: Socket, app: Arc<App>, session: Arc<Session>) -> Self {
+    fn new(
+        socket: Socket,
+        app: Arc<App>,
+        session: Arc<Session>,
+        auth_reply: Option<Message>,
+    ) -> Self {
         let every = app.config.ws.heartbeat_interval;
-        let welcome = ServerFrame::Welcome {
-            client: session.id().into(),
-            user: session.user().map(Into::into),
-            version: crate::protocol::VERSION,
-            server: concat!("switchboard/", env!("CARGO_PKG_VERSION")).into(),
-            heartbeat_ms: every.as_millis() as u64,
-        };
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         // After a stall, count the time that passed once, not as a burst of misses.
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let welcome = Message::Text(welcome.to_frame());
+        let principal = session.principal();
+        let own = auth_reply
+            .into_iter()
+            .chain([welcome(&app, &session)])
+            .collect();
         Self {
             socket,
+            limiter: limiter(&app, &principal),
+            expiry: expiry(&principal),
+            stop_reading: false,
             session,
-            own: VecDeque::from([welcome]),
+            own,
             pushes: VecDeque::new(),
             unflushed: false,
             batch: VecDeque::new(),
@@ -129,7 +278,8 @@ impl Connection {
         }
     }
 
-    async fn run(mut self) {
+    /// Serves until the connection ends; returns the client id it ended with.
+    async fn run(mut self) -> String {
         let close_with = loop {
             match poll_fn(|cx| self.poll_event(cx)).await {
                 Event::Incoming(message) => self.handle(message),
@@ -142,6 +292,11 @@ impl Connection {
                         "heartbeat timeout",
                     ));
                 }
+                Event::Expired => {
+                    tracing::debug!(client = self.session.id(), "token expired");
+                    self.app.auth.rejections.count_expired_close();
+                    break Some(CloseReason::Code(close::TOKEN_EXPIRED, "token expired"));
+                }
                 Event::WriteFailed(e) => {
                     tracing::debug!(client = self.session.id(), error = %e, "write failed");
                     break None;
@@ -153,6 +308,7 @@ impl Connection {
             .outbox
             .close(CloseReason::Code(close::GOING_AWAY, "connection closed"));
         self.app.hub.disconnect(&self.session);
+        let client = self.session.id().to_owned();
         match close_with {
             // Boxed: this path runs once per connection, and its state would otherwise
             // sit in every idle connection's task.
@@ -162,13 +318,23 @@ impl Connection {
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.flush()).await;
             }
         }
+        client
     }
 
     fn handle(&mut self, message: Message) {
         self.heard = true;
         let reply = match message {
             Message::Text(text) => {
-                dispatch::handle_text(&self.app.hub, &self.session, text.as_str())
+                let handled = dispatch::handle_text(
+                    &self.app,
+                    &self.session,
+                    &mut self.limiter,
+                    text.as_str(),
+                );
+                self.own
+                    .push_back(Message::Text(Frame::from(handled.reply)));
+                self.then(handled.then);
+                return;
             }
             Message::Binary(_) => ServerFrame::error(
                 None,
@@ -181,6 +347,29 @@ impl Connection {
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_) => return,
         };
         self.own.push_back(Message::Text(Frame::from(reply)));
+    }
+
+    /// Applies what a request changed about the connection itself.
+    fn then(&mut self, then: Then) {
+        match then {
+            Then::Continue => {}
+            Then::Identify(principal) => {
+                // Nothing was done under the anonymous identity (dispatch checked), so
+                // the connection simply starts again as the proven one.
+                self.app.hub.disconnect(&self.session);
+                self.session = self.app.hub.connect(principal.clone());
+                self.limiter = limiter(&self.app, &principal);
+                self.expiry = expiry(&principal);
+                self.batch.clear();
+                self.own.push_back(welcome(&self.app, &self.session));
+                tracing::debug!(client = self.session.id(), kind = %principal.kind, "client authenticated");
+            }
+            Then::Refreshed(principal) => self.expiry = expiry(&principal),
+            Then::Close(reason) => {
+                self.stop_reading = true;
+                self.session.outbox.close(reason);
+            }
+        }
     }
 
     /// Makes all the progress it can; returns when something needs the caller.
@@ -201,6 +390,11 @@ impl Connection {
                 // Room again: the outbox did not wake us for what it queued meanwhile.
                 continue;
             }
+            if let Some(expiry) = &mut self.expiry {
+                if expiry.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Expired);
+                }
+            }
             if self.heartbeat.poll_tick(cx).is_ready() {
                 if !std::mem::take(&mut self.heard) {
                     self.silent_intervals += 1;
@@ -215,7 +409,7 @@ impl Connection {
             }
             // A backlog of pushes does not stop reading: a slow subscriber's requests and
             // pongs are still heard. Only unwritten replies do.
-            if self.own.len() < MAX_UNWRITTEN_REPLIES {
+            if self.own.len() < MAX_UNWRITTEN_REPLIES && !self.stop_reading {
                 match Pin::new(&mut self.socket).poll_next(cx) {
                     Poll::Ready(Some(Ok(Message::Close(_)))) | Poll::Ready(None) => {
                         return Poll::Ready(Event::PeerGone(None))

@@ -1,12 +1,37 @@
-//! Applies one parsed request from a WebSocket client to the Hub and builds the reply.
+//! Applies one parsed request from a WebSocket client and builds the reply.
 //!
 //! Kept apart from the socket code so that adding an op touches this file and
-//! `protocol.rs`, nothing that reads or writes bytes.
+//! `protocol.rs`, nothing that reads or writes bytes. Permissions are not checked here:
+//! the Hub checks every request against the session's grants. What is decided here is
+//! what only a connection has: its publish rate, and `auth`/`refresh`, which change who
+//! the connection is.
 
 use std::sync::Arc;
 
-use crate::hub::{Hub, HubError, Origin, Publish, Session};
-use crate::protocol::{parse_request, Member, Request, RequestError, ServerFrame};
+use crate::auth::{Kind, Principal};
+use crate::hub::outbox::CloseReason;
+use crate::hub::{HubError, Origin, Publish, Sender, Session};
+use crate::protocol::{
+    close, parse_request, ErrorCode, Member, Request, RequestError, ServerFrame,
+};
+use crate::server::App;
+
+use super::rate::{PublishLimiter, Verdict};
+
+/// The reply to queue, and what the connection must do next.
+pub struct Handled {
+    pub reply: String,
+    pub then: Then,
+}
+
+pub enum Then {
+    Continue,
+    /// An anonymous connection authenticated: serve it as this identity from now on.
+    Identify(Arc<Principal>),
+    /// The token was refreshed: its new expiry applies.
+    Refreshed(Arc<Principal>),
+    Close(CloseReason),
+}
 
 /// The op-specific fields of an `ok` reply.
 #[derive(Default)]
@@ -14,27 +39,82 @@ struct Reply {
     seq: Option<u64>,
     delivered: Option<usize>,
     members: Option<Vec<Member<'static>>>,
+    expires_at: Option<u64>,
+    unsubscribed: Option<Vec<String>>,
 }
 
-/// Handles one text frame and returns the encoded reply to queue.
-pub fn handle_text(hub: &Hub, session: &Arc<Session>, text: &str) -> String {
+/// Handles one text frame.
+pub fn handle_text(
+    app: &App,
+    session: &Arc<Session>,
+    limiter: &mut PublishLimiter,
+    text: &str,
+) -> Handled {
     let (id, request) = match parse_request(text) {
         Ok(parsed) => parsed,
-        Err((id, err)) => return ServerFrame::error(id, &err),
+        Err((id, err)) => return reply_only(ServerFrame::error(id, &err)),
     };
-    match apply(hub, session, request) {
+    let mut then = Then::Continue;
+    if request.is_publish() {
+        match limiter.check() {
+            Verdict::Allowed => {}
+            verdict => {
+                app.auth
+                    .rejections
+                    .count_rate_limited(verdict == Verdict::Abusive);
+                if verdict == Verdict::Abusive {
+                    tracing::info!(client = session.id(), "publish rate limit: closing");
+                    then = Then::Close(CloseReason::Code(
+                        close::RATE_LIMITED,
+                        "publish rate limit exceeded",
+                    ));
+                }
+                let err = RequestError::new(
+                    ErrorCode::RateLimited,
+                    "publishing too fast: wait before publishing again",
+                );
+                return Handled {
+                    reply: ServerFrame::error(id, &err),
+                    then,
+                };
+            }
+        }
+    }
+    let result = match request {
+        Request::Auth { token } => identify(app, session, &token).map(|p| {
+            then = Then::Identify(p);
+            Reply::default()
+        }),
+        Request::Refresh { token } => refresh(app, session, &token).map(|(p, reply)| {
+            then = Then::Refreshed(p);
+            reply
+        }),
+        other => apply(app, session, other).map_err(|e| RequestError::new(e.code(), e.to_string())),
+    };
+    let reply = match result {
         Ok(reply) => ServerFrame::Ok {
             id,
             seq: reply.seq,
             delivered: reply.delivered,
             members: reply.members,
+            expires_at: reply.expires_at,
+            unsubscribed: reply.unsubscribed,
         }
         .encode(),
-        Err(err) => ServerFrame::error(id, &RequestError::new(err.code(), err.to_string())),
+        Err(err) => ServerFrame::error(id, &err),
+    };
+    Handled { reply, then }
+}
+
+fn reply_only(reply: String) -> Handled {
+    Handled {
+        reply,
+        then: Then::Continue,
     }
 }
 
-fn apply(hub: &Hub, session: &Arc<Session>, request: Request<'_>) -> Result<Reply, HubError> {
+fn apply(app: &App, session: &Arc<Session>, request: Request<'_>) -> Result<Reply, HubError> {
+    let hub = &app.hub;
     let mut reply = Reply::default();
     match request {
         Request::Sub { topic } => hub.subscribe(session, &topic)?,
@@ -45,22 +125,77 @@ fn apply(hub: &Hub, session: &Arc<Session>, request: Request<'_>) -> Result<Repl
             data,
             retain,
         } => {
+            let principal = session.principal();
             let published = hub.publish(Publish {
                 topic: &topic,
                 event: event.as_deref(),
                 data,
                 from: session.id(),
                 origin: Origin::Client,
+                by: &principal.grants,
                 retain,
             })?;
             reply.seq = Some(published.seq);
         }
         Request::Send { to, event, data } => {
-            reply.delivered = Some(hub.send_direct(session, &to, event.as_deref(), data)?);
+            let principal = session.principal();
+            let from = Sender::session(session, &principal);
+            reply.delivered = Some(hub.send_direct(from, &to, event.as_deref(), data)?);
         }
-        Request::Presence { topic } => reply.members = Some(hub.presence(&topic)?),
+        Request::Presence { topic } => {
+            reply.members = Some(hub.presence(&session.principal().grants, &topic)?)
+        }
         Request::Info { info } => hub.set_info(session, info)?,
-        Request::Ping => {}
+        // Handled by the caller; listed so a new op cannot be forgotten here.
+        Request::Auth { .. } | Request::Refresh { .. } | Request::Ping => {}
     }
     Ok(reply)
+}
+
+/// `auth` after `welcome`: allowed once, on an anonymous connection that has not
+/// subscribed yet, so nothing done under the old identity carries over.
+fn identify(app: &App, session: &Session, token: &str) -> Result<Arc<Principal>, RequestError> {
+    if session.principal().kind != Kind::Anonymous || !session.filters().is_empty() {
+        return Err(RequestError::new(
+            ErrorCode::BadRequest,
+            "`auth` must come before any subscription on an anonymous connection; use `refresh` to renew a token",
+        ));
+    }
+    authenticate(app, token).map(Arc::new)
+}
+
+fn refresh(
+    app: &App,
+    session: &Arc<Session>,
+    token: &str,
+) -> Result<(Arc<Principal>, Reply), RequestError> {
+    let current = session.principal();
+    if current.kind == Kind::Anonymous {
+        return Err(RequestError::new(
+            ErrorCode::BadRequest,
+            "nothing to refresh: this connection is anonymous (use `auth`)",
+        ));
+    }
+    let principal = authenticate(app, token)?;
+    if !principal.continues(&current) {
+        return Err(RequestError::new(
+            ErrorCode::Forbidden,
+            "a refreshed credential must be of the same kind and for the same user",
+        ));
+    }
+    let principal = Arc::new(principal);
+    let dropped = app.hub.refresh(session, principal.clone());
+    let reply = Reply {
+        expires_at: principal.expires_at,
+        unsubscribed: (!dropped.is_empty()).then_some(dropped),
+        ..Reply::default()
+    };
+    Ok((principal, reply))
+}
+
+/// Checks a credential presented in a frame.
+pub fn authenticate(app: &App, token: &str) -> Result<Principal, RequestError> {
+    app.auth
+        .authenticate(token)
+        .map_err(|e| RequestError::new(ErrorCode::Unauthorized, e.to_string()))
 }

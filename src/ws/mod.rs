@@ -12,6 +12,8 @@
 
 mod connection;
 mod dispatch;
+mod origin;
+mod rate;
 
 use std::sync::Arc;
 
@@ -26,16 +28,20 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::auth::{AuthError, Principal};
 use crate::server::App;
+use connection::Identity;
 
 /// Longest user id accepted in `?user=`.
 const MAX_USER_LEN: usize = 128;
 
 #[derive(Deserialize)]
 pub struct ConnectParams {
-    /// The user this connection acts for. Without authentication configured the
-    /// client names itself; the security layer replaces this with the token's subject.
+    /// A name an anonymous client gives itself. Unverified: only where anonymous
+    /// clients are allowed, and never together with a credential.
     user: Option<String>,
+    /// A credential, for browsers, which cannot set `Authorization` on a WebSocket.
+    token: Option<String>,
 }
 
 /// `GET /ws`: checks the handshake, answers 101 and serves the connection.
@@ -44,6 +50,14 @@ pub async fn upgrade(
     Query(params): Query<ConnectParams>,
     mut request: Request,
 ) -> Response {
+    if !origin::allowed(&app.config.auth.allowed_origins, request.headers()) {
+        app.auth.rejections.count_origin_refused();
+        tracing::debug!("websocket refused: origin not allowed");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "this origin may not open a WebSocket here (auth.allowed_origins)".into(),
+        );
+    }
     if let Some(user) = &params.user {
         if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {
             return refuse(
@@ -52,6 +66,10 @@ pub async fn upgrade(
             );
         }
     }
+    let identity = match identity(&app, request.headers(), params) {
+        Ok(identity) => identity,
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, why.into()),
+    };
     let accept = match check_handshake(request.method(), request.headers()) {
         Ok(accept) => accept,
         Err((status, why)) => return refuse(status, why.into()),
@@ -62,6 +80,12 @@ pub async fn upgrade(
             "this connection cannot be upgraded".into(),
         );
     };
+    // The connection's place in the listener's connection caps: held for as long as
+    // the WebSocket lives, which is longer than the HTTP connection that carried it.
+    let slot = request
+        .extensions()
+        .get::<Arc<crate::http::listener::ConnectionSlot>>()
+        .cloned();
     let ws = &app.config.ws;
     let max = ws.max_message_size.get();
     let config = WebSocketConfig::default()
@@ -70,6 +94,7 @@ pub async fn upgrade(
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     tokio::spawn(async move {
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let socket = WebSocketStream::from_raw_socket(
@@ -78,7 +103,7 @@ pub async fn upgrade(
                     Some(config),
                 )
                 .await;
-                connection::serve(socket, app, params.user).await;
+                connection::serve(socket, app, identity).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
@@ -90,6 +115,45 @@ pub async fn upgrade(
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(Body::empty())
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Who the connection will be: proven by a credential on the upgrade, anonymous, or
+/// not known until an `auth` frame arrives.
+fn identity(
+    app: &App,
+    headers: &HeaderMap,
+    params: ConnectParams,
+) -> Result<Identity, &'static str> {
+    match (credential(headers, params.token.as_deref()), params.user) {
+        (Some(_), Some(_)) => {
+            Err("`user` cannot be combined with a credential: the credential names the user")
+        }
+        (Some(credential), None) => Ok(match app.auth.authenticate(credential) {
+            Ok(principal) => Identity::Proven(Arc::new(principal)),
+            Err(e) => Identity::Refused(e),
+        }),
+        (None, user) => Ok(match (app.auth.anonymous(), user) {
+            (Some(anonymous), None) => Identity::Proven(anonymous),
+            (Some(anonymous), Some(user)) => Identity::Proven(Arc::new(Principal {
+                user: Some(user),
+                ..(*anonymous).clone()
+            })),
+            (None, Some(_)) => Identity::Refused(AuthError::Missing),
+            (None, None) => Identity::AwaitingAuth,
+        }),
+    }
+}
+
+/// A credential from `Authorization: Bearer …`, else from `?token=`.
+fn credential<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
+        });
+    bearer.or(query).filter(|c| !c.is_empty())
 }
 
 /// RFC 6455 §4.2.1: what a client's opening handshake must carry. Returns the

@@ -116,6 +116,23 @@ impl Daemon {
             .expect("VmRSS")
     }
 
+    /// The address of any listener named in the `listening` line (`mqtts`, `mqtt_wss`, …).
+    pub fn listening(&self, name: &str) -> Option<SocketAddr> {
+        // The reader thread reports the line before it stores it: wait for it to land.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let logs = self.logs.lock().unwrap();
+            if let Some(line) = logs.iter().find_map(|l| l.split("listening ").nth(1)) {
+                return parse_listening(line, name);
+            }
+            drop(logs);
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
@@ -257,6 +274,26 @@ impl Raw {
         self.request(serde_json::json!({"op":"ping"})).await;
     }
 
+    /// Connects and subscribes to `topic`.
+    pub async fn subscribed(url: &str, topic: &str) -> Raw {
+        let mut c = Raw::connect(url).await;
+        let r = c
+            .request(serde_json::json!({"op":"sub","topic":topic}))
+            .await;
+        assert_eq!(r["op"], "ok", "sub {topic}: {r}");
+        c
+    }
+
+    /// The next `msg` push, skipping anything else.
+    pub async fn next_msg(&mut self) -> Value {
+        loop {
+            let f = self.recv().await;
+            if f["op"] == "msg" {
+                return f;
+            }
+        }
+    }
+
     /// Sends a request and returns its reply, skipping pushes that arrive first.
     pub async fn request(&mut self, mut frame: Value) -> Value {
         let id = format!("r{}", rand::random::<u32>());
@@ -282,4 +319,22 @@ impl Raw {
             }
         }
     }
+}
+
+/// Runs `mosquitto_pub` against a local port to completion; whether it succeeded.
+pub async fn mosquitto_pub<S: AsRef<std::ffi::OsStr>>(port: u16, args: &[S]) -> bool {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || cmd.status().expect("run mosquitto_pub")),
+    )
+    .await
+    .expect("mosquitto_pub hung")
+    .expect("mosquitto_pub task")
+    .success()
 }

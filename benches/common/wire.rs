@@ -6,6 +6,9 @@
 //! parsing on the receive path. Server frames are unmasked and never fragmented by the
 //! servers under test; client frames are masked as RFC 6455 requires.
 
+// Shared by two benches; each uses a subset.
+#![allow(dead_code)]
+
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
@@ -49,6 +52,17 @@ impl Conn {
         bind: Option<IpAddr>,
         buffer: usize,
     ) -> io::Result<Conn> {
+        Conn::connect_to(addr, bind, buffer, "/ws").await
+    }
+
+    /// [`Conn::connect`] with the request target spelled out: `/ws?token=…` presents a
+    /// credential the way a browser does.
+    pub async fn connect_to(
+        addr: SocketAddr,
+        bind: Option<IpAddr>,
+        buffer: usize,
+        path: &str,
+    ) -> io::Result<Conn> {
         let socket = TcpSocket::new_v4()?;
         if let Some(ip) = bind {
             // Lets a port in TIME_WAIT from an earlier run be bound again.
@@ -64,7 +78,7 @@ impl Conn {
             },
             tx,
         };
-        ws_frame::upgrade(&mut conn.tx, &mut conn.rx.buf, addr, "/ws", None).await?;
+        ws_frame::upgrade(&mut conn.tx, &mut conn.rx.buf, addr, path, None).await?;
         Ok(conn)
     }
 

@@ -1,0 +1,422 @@
+//! The HTTP listener's accept loop: connection limits, the TLS handshake, and hyper
+//! serving the router on each connection.
+//!
+//! Owns everything between `accept` and the first request: TCP_NODELAY, the total and
+//! per-IP connection caps, the handshake deadline, HTTPS, and graceful shutdown of plain
+//! HTTP connections. What a request does is the router's business ([`super::router`]);
+//! WebSocket connections are closed by the hub at shutdown, not here.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tower_service::Service;
+
+use crate::server::App;
+use crate::tls::TlsReloader;
+
+/// Refused connections being answered at once; beyond this a refused connection is
+/// closed without a word, so a flood cannot make us hold more sockets than the cap.
+const MAX_REFUSING: usize = 64;
+
+/// How long a refused plain-HTTP client has to read its 503.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+Connection: close\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Content-Length: 21\r\n\
+\r\n\
+too many connections\n";
+
+/// Counters for /healthz.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Connections holding a place now (HTTP, and WebSocket while their task holds the slot).
+    pub open: AtomicU64,
+    /// Connections given a place since start.
+    pub accepted: AtomicU64,
+    /// Refused because `http.max_connections` were open.
+    pub refused_total_cap: AtomicU64,
+    /// Refused because `http.max_connections_per_ip` were open from the same address.
+    pub refused_per_ip: AtomicU64,
+    /// TLS handshakes that failed (wrong CA, plain HTTP on the HTTPS port, …).
+    pub tls_handshake_failures: AtomicU64,
+    /// Connections closed because the TLS handshake or first request did not arrive in
+    /// `http.handshake_timeout`.
+    pub handshake_timeouts: AtomicU64,
+}
+
+impl ListenerStats {
+    pub fn to_json(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "open": get(&self.open),
+            "accepted": get(&self.accepted),
+            "refused_total_cap": get(&self.refused_total_cap),
+            "refused_per_ip": get(&self.refused_per_ip),
+            "tls_handshake_failures": get(&self.tls_handshake_failures),
+            "handshake_timeouts": get(&self.handshake_timeouts),
+        })
+    }
+}
+
+/// Open connections, in total and per address, under one lock so that two accepts
+/// cannot pass a cap together.
+struct Limits {
+    max_total: usize,
+    max_per_ip: usize,
+    counts: Mutex<Counts>,
+    stats: Arc<ListenerStats>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+enum Refused {
+    Total,
+    PerIp,
+}
+
+impl Limits {
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, Refused> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.total >= self.max_total {
+            return Err(Refused::Total);
+        }
+        let from_ip = counts.per_ip.entry(ip).or_insert(0);
+        if *from_ip >= self.max_per_ip {
+            return Err(Refused::PerIp);
+        }
+        *from_ip += 1;
+        counts.total += 1;
+        self.stats.open.fetch_add(1, Ordering::Relaxed);
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        Ok(ConnectionSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// A connection's place in the total and per-IP counts, given back when dropped.
+///
+/// Every request carries an `Arc<ConnectionSlot>` in its extensions. hyper's connection
+/// future ends when a WebSocket upgrade takes the socket over, so the WebSocket task
+/// must keep a clone for as long as it runs, or its connection stops counting.
+pub struct ConnectionSlot {
+    limits: Arc<Limits>,
+    ip: IpAddr,
+}
+
+impl ConnectionSlot {
+    /// The address the connection counts against.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut counts = self.limits.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(n) = counts.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_ip.remove(&self.ip);
+            }
+        }
+        self.limits.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What every connection task shares.
+struct Listener {
+    app: Arc<App>,
+    router: Router,
+    tls: Option<Arc<TlsReloader>>,
+    limits: Arc<Limits>,
+    builder: auto::Builder<TokioExecutor>,
+    handshake_timeout: Duration,
+    refusing: AtomicUsize,
+}
+
+/// Accepts until `app.shutdown` is cancelled, then lets in-flight HTTP requests finish
+/// (the caller bounds how long it waits for that).
+pub async fn serve(tcp: TcpListener, app: Arc<App>, router: Router) {
+    let config = &app.config.http;
+    let handshake_timeout = config.handshake_timeout;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The first request's headers are due within the handshake timeout too: a client
+    // that trickles them would otherwise hold its place for ever.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let listener = Arc::new(Listener {
+        limits: Arc::new(Limits {
+            max_total: config.max_connections.get(),
+            max_per_ip: config.max_connections_per_ip.get(),
+            counts: Mutex::new(Counts::default()),
+            stats: app.http_stats.clone(),
+        }),
+        tls: if config.tls { app.tls.clone() } else { None },
+        router,
+        builder,
+        handshake_timeout,
+        refusing: AtomicUsize::new(0),
+        app: app.clone(),
+    });
+    let graceful = GracefulShutdown::new();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            accepted = tcp.accept() => accepted,
+            _ = app.shutdown.cancelled() => break,
+        };
+        let (socket, remote) = match accepted {
+            Ok(found) => {
+                backoff = Duration::from_millis(5);
+                found
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait rather than spin.
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        // Small frames should leave at once, not wait for Nagle.
+        let _ = socket.set_nodelay(true);
+        match listener.limits.acquire(remote.ip().to_canonical()) {
+            Ok(slot) => {
+                let watcher = graceful.watcher();
+                tokio::spawn(listener.clone().connection(socket, remote, slot, watcher));
+            }
+            Err(why) => listener.refuse(socket, remote, why),
+        }
+    }
+    drop(tcp);
+    graceful.shutdown().await;
+}
+
+impl Listener {
+    fn refuse(self: &Arc<Self>, mut socket: TcpStream, remote: SocketAddr, why: Refused) {
+        let stats = &self.limits.stats;
+        let (counter, cap) = match why {
+            Refused::Total => (&stats.refused_total_cap, "http.max_connections"),
+            Refused::PerIp => (&stats.refused_per_ip, "http.max_connections_per_ip"),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%remote, cap, "connection refused: over the limit");
+        // Over TLS a plain 503 would be garbage to the client; closing says as much.
+        if self.tls.is_some() {
+            return;
+        }
+        if self.refusing.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSING {
+            self.refusing.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+                socket.write_all(REFUSAL).await?;
+                socket.shutdown().await?;
+                // Read what the client sent until it closes: closing with unread input
+                // makes the kernel answer with a reset that can destroy the 503.
+                let mut sink = [0u8; 1024];
+                loop {
+                    if tokio::io::AsyncReadExt::read(&mut socket, &mut sink).await? == 0 {
+                        return Ok::<_, io::Error>(());
+                    }
+                }
+            })
+            .await;
+            this.refusing.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// One connection: the TLS handshake if any, then HTTP until the client leaves or
+    /// shutdown asks hyper to finish.
+    async fn connection(
+        self: Arc<Self>,
+        socket: TcpStream,
+        remote: SocketAddr,
+        slot: ConnectionSlot,
+        watcher: Watcher,
+    ) {
+        let slot = Arc::new(slot);
+        let deadline = Instant::now() + self.handshake_timeout;
+        let stats = self.limits.stats.clone();
+        match self.tls.as_ref().and_then(|tls| tls.http()) {
+            Some(config) => {
+                let accept = TlsAcceptor::from(config).accept(socket);
+                let tls = match tokio::time::timeout_at(deadline, accept).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        stats.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let io = FirstByte::new(tls, deadline, stats.clone());
+                self.http(io, remote, slot, watcher).await;
+            }
+            None => {
+                let io = FirstByte::new(socket, deadline, stats.clone());
+                self.http(io, remote, slot, watcher).await;
+            }
+        }
+    }
+
+    async fn http<I>(&self, io: I, remote: SocketAddr, slot: Arc<ConnectionSlot>, watcher: Watcher)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let router = self.router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(remote));
+            request.extensions_mut().insert(slot.clone());
+            let mut router = router.clone();
+            async move { router.call(request).await }
+        });
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        if let Err(e) = watcher.watch(connection).await {
+            if is_header_timeout(&*e) {
+                self.limits
+                    .stats
+                    .handshake_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            if !self.app.shutdown.is_cancelled() {
+                tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
+            }
+        }
+    }
+}
+
+/// Whether hyper closed the connection because request headers did not arrive in time.
+fn is_header_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Closes a connection whose first byte has not arrived by the deadline.
+///
+/// hyper-util's version detection waits for the first bytes with no timeout of its own,
+/// and its header timeout starts only after them; without this a client that connects
+/// and sends nothing would hold its place until it leaves. Once a byte has been read the
+/// wrapper only forwards.
+struct FirstByte<I> {
+    io: I,
+    deadline: Option<Pin<Box<Sleep>>>,
+    stats: Arc<ListenerStats>,
+}
+
+impl<I> FirstByte<I> {
+    fn new(io: I, deadline: Instant, stats: Arc<ListenerStats>) -> Self {
+        FirstByte {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            stats,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FirstByte<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        let Some(deadline) = &mut this.deadline else {
+            return read;
+        };
+        match read {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.deadline = None;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                this.deadline = None;
+                this.stats
+                    .handshake_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no request within the handshake timeout",
+                )))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FirstByte<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
