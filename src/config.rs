@@ -26,7 +26,12 @@ pub const ANNOTATED: &str = include_str!("../config/switchboard.toml");
 pub const ENV_PREFIX: &str = "SWITCHBOARD_";
 
 /// Variables with the prefix that are command-line settings, not configuration keys.
-pub const ENV_NOT_SETTINGS: &[&str] = &["SWITCHBOARD_CONFIG", "SWITCHBOARD_URL"];
+pub const ENV_NOT_SETTINGS: &[&str] = &[
+    "SWITCHBOARD_CONFIG",
+    "SWITCHBOARD_URL",
+    "SWITCHBOARD_TOKEN",
+    "SWITCHBOARD_CA_FILE",
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -790,3 +790,48 @@ async fn silent_connections_are_closed_after_the_handshake_timeout() {
     let health = https_healthz(d.http, &[ca.der()]).await;
     assert_eq!(health["http"]["handshake_timeouts"], 1, "{health}");
 }
+
+#[tokio::test]
+async fn the_rust_client_and_the_cli_speak_wss_with_a_private_ca() {
+    let ca = Ca::new("switchboard test CA");
+    let files = Files::new();
+    files.server(&ca.server());
+    let ca_file = files.write("ca.pem", &ca.pem());
+    let d = Daemon::start(&format!("[http]\ntls = true\n{}", files.tls_section(None)));
+    let url = format!("wss://localhost:{}/ws", d.http.port());
+
+    let options = switchboard::client::ClientOptions::new(url.as_str()).ca_file(&ca_file);
+    let client = switchboard::client::Client::connect(options)
+        .await
+        .expect("wss with the private CA");
+    let mut sub = client.subscribe("secure/cli").await.expect("subscribe");
+    let out = std::process::Command::new(common::BIN)
+        .args(["pub", "secure/cli", "42", "--url", &url])
+        .env("SWITCHBOARD_CA_FILE", &ca_file)
+        .output()
+        .expect("run switchboard pub");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let msg = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures_util::StreamExt::next(&mut sub),
+    )
+    .await
+    .expect("message in time")
+    .expect("message");
+    assert_eq!(msg.data.get(), "42");
+
+    // Without the CA the system roots do not know the certificate: refused, clearly.
+    let refused = switchboard::client::Client::connect(
+        switchboard::client::ClientOptions::new(url.as_str()).reconnect(false),
+    )
+    .await;
+    let error = refused
+        .err()
+        .expect("an untrusted certificate is refused")
+        .to_string();
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+}

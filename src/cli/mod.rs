@@ -15,15 +15,24 @@ pub struct ConnectArgs {
     /// WebSocket endpoint of the daemon.
     #[arg(long, env = "SWITCHBOARD_URL", default_value = crate::client::DEFAULT_URL)]
     pub url: String,
-    /// User id to connect as (`?user=`; honoured when the daemon runs without auth).
-    #[arg(long)]
+    /// Name to connect as anonymously (`?user=`; only where anonymous clients are allowed).
+    #[arg(long, conflicts_with = "token")]
     pub user: Option<String>,
+    /// Credential: a client JWT, an API key or the admin token. From the environment
+    /// rather than the command line where others can read it (`ps`).
+    #[arg(long, env = "SWITCHBOARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A PEM CA certificate to trust for `wss://` besides the system roots.
+    #[arg(long, env = "SWITCHBOARD_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl ConnectArgs {
     pub fn options(&self) -> crate::client::ClientOptions {
         let mut options = crate::client::ClientOptions::new(&self.url);
         options.user = self.user.clone();
+        options.token = self.token.clone();
+        options.ca_file = self.ca_file.clone();
         options
     }
 }
