@@ -14,6 +14,8 @@ use crate::auth::Principal;
 pub struct Session {
     pub(super) key: Key,
     id: String,
+    /// Kept apart from `principal` to be read without a lock: a refresh may change the
+    /// grants but never the user.
     user: Option<String>,
     /// Who the connection acts for; replaced whole when a token is refreshed.
     principal: RwLock<Arc<Principal>>,

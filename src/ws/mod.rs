@@ -66,13 +66,14 @@ pub async fn upgrade(
             );
         }
     }
-    let identity = match identity(&app, request.headers(), params) {
-        Ok(identity) => identity,
-        Err(why) => return refuse(StatusCode::BAD_REQUEST, why.into()),
-    };
     let accept = match check_handshake(request.method(), request.headers()) {
         Ok(accept) => accept,
         Err((status, why)) => return refuse(status, why.into()),
+    };
+    // Only a real upgrade gets its credential checked (and a refusal counted).
+    let identity = match identity(&app, request.headers(), params) {
+        Ok(identity) => identity,
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, why.into()),
     };
     let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
         return refuse(
