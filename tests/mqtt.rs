@@ -5,18 +5,18 @@
 mod common;
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
-use common::{mosquitto_pub, Daemon, Raw, BIN};
+use common::{mosquitto_pub, spawn_lines, unhex, Daemon, MosquittoSub, Raw, BIN};
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_tungstenite::tungstenite::Message;
 
 /// How long "nothing else arrives" is watched for.
@@ -31,23 +31,6 @@ const PAHO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mqtt/paho_client.
 // ---------------------------------------------------------------------------------------
 
 /// Spawns `cmd` with piped stdin/stdout; each stdout line is sent on the channel.
-fn spawn_lines(mut cmd: Command) -> (Child, UnboundedReceiver<String>) {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut child = cmd.spawn().expect("spawn client");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
-}
-
 /// A paho-mqtt device: commands in as JSON lines, events out as JSON lines.
 struct Paho {
     child: Child,
@@ -220,65 +203,8 @@ impl Drop for Paho {
     }
 }
 
-/// A running `mosquitto_sub`, subscribed once `start` returns.
-struct MosquittoSub {
-    child: Child,
-    rx: UnboundedReceiver<String>,
-}
-
-impl MosquittoSub {
-    async fn start(port: u16, topic: &str, extra: &[&str]) -> MosquittoSub {
-        // Line-buffered, so the SUBACK debug line is seen while it runs.
-        let mut cmd = Command::new("stdbuf");
-        cmd.args(["-oL", "mosquitto_sub"])
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic])
-            .args(["-d", "-F", "MSG %t %x"])
-            .args(extra);
-        let (child, rx) = spawn_lines(cmd);
-        let mut sub = MosquittoSub { child, rx };
-        sub.line_where(WAIT, |l| l.contains("received SUBACK"))
-            .await
-            .expect("mosquitto_sub got no SUBACK");
-        sub
-    }
-
-    async fn line_where(&mut self, wait: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let line = tokio::time::timeout_at(deadline, self.rx.recv())
-                .await
-                .ok()??;
-            if pred(&line) {
-                return Some(line);
-            }
-        }
-    }
-
-    /// The next message: (topic, payload).
-    async fn message(&mut self, wait: Duration) -> Option<(String, Vec<u8>)> {
-        let line = self.line_where(wait, |l| l.starts_with("MSG ")).await?;
-        let mut parts = line.splitn(3, ' ').skip(1);
-        let topic = parts.next().unwrap().to_owned();
-        Some((topic, unhex(parts.next().unwrap_or(""))))
-    }
-}
-
-impl Drop for MosquittoSub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
 }
 
 fn mqtt_port(d: &Daemon) -> u16 {
@@ -381,7 +307,7 @@ async fn mqtt_publishes_reach_websocket_subscribers_once() {
 async fn websocket_publishes_reach_mqtt_subscribers_once_without_loops() {
     let d = Daemon::start("");
     let port = mqtt_port(&d);
-    let mut mosq = MosquittoSub::start(port, "lights/#", &["-i", "mosq-sub"]).await;
+    let mut mosq = MosquittoSub::start(port, &["-t", "lights/#", "-i", "mosq-sub"]).await;
     let mut paho = Paho::connect(port, "5", "paho-sub").await;
     assert_eq!(paho.subscribe(&[("lights/#", 1)]).await, vec![1]);
     let mut other_ws = Raw::subscribed(&d.ws_url(), "lights/#").await;

@@ -4,14 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{mosquitto_pub, Daemon, Raw};
+use common::{mosquitto_pub, Daemon, MosquittoSub, Raw};
 use futures_util::{SinkExt, StreamExt};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -22,7 +21,6 @@ use rustls::{ClientConfig, RootCertStore};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -446,59 +444,6 @@ fn tls_without_a_certificate_is_a_startup_error() {
 // MQTT over TLS
 // ---------------------------------------------------------------------------------------
 
-/// A running `mosquitto_sub -d`; its stdout lines on a channel.
-struct MosquittoSub {
-    child: Child,
-    rx: UnboundedReceiver<String>,
-}
-
-impl MosquittoSub {
-    async fn start(port: u16, args: Vec<String>) -> MosquittoSub {
-        let mut cmd = Command::new("stdbuf");
-        cmd.args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p"])
-            .arg(port.to_string())
-            .args(["-d", "-F", "MSG %t %p"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn mosquitto_sub");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut sub = MosquittoSub { child, rx };
-        sub.line(|l| l.contains("received SUBACK"))
-            .await
-            .expect("mosquitto_sub got no SUBACK");
-        sub
-    }
-
-    async fn line(&mut self, pred: impl Fn(&str) -> bool) -> Option<String> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let line = tokio::time::timeout_at(deadline, self.rx.recv())
-                .await
-                .ok()??;
-            if pred(&line) {
-                return Some(line);
-            }
-        }
-    }
-}
-
-impl Drop for MosquittoSub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -537,15 +482,15 @@ async fn mosquitto_over_mqtts_round_trips_with_websocket() {
     // WebSocket → MQTTS.
     let mut sub = MosquittoSub::start(
         port,
-        args(&["--cafile", &ca_file, "-i", "tls-sub", "-t", "tls/out"]),
+        &["--cafile", &ca_file, "-i", "tls-sub", "-t", "tls/out"],
     )
     .await;
     let r = ws
         .request(json!({"op":"pub","topic":"tls/out","data":"hello"}))
         .await;
     assert_eq!(r["op"], "ok");
-    let line = sub.line(|l| l.starts_with("MSG ")).await.expect("message");
-    assert_eq!(line, "MSG tls/out hello");
+    let message = sub.message(Duration::from_secs(10)).await.expect("message");
+    assert_eq!(message, ("tls/out".to_owned(), b"hello".to_vec()));
 
     // Plain MQTT on the TLS port is refused and counted; TLS still works after it.
     let mut plain = TcpStream::connect(("127.0.0.1", port)).await.unwrap();

@@ -11,21 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// Settings spelled out so the figures say what they were measured with: the fan-out
-/// bench's defaults, the publish rate limit lifted (the publisher is the load
-/// generator), and an `[auth]` section naming the files in `dir`.
+/// The benches' `[ws]` settings and an `[auth]` section naming the files in `dir`.
 pub fn config(dir: &Path) -> String {
     format!(
-        r#"
-[ws]
-outbound_queue_messages = 1024
-outbound_queue_bytes = 1048576
-slow_consumer = "drop_oldest"
-read_buffer_size = 1024
-write_buffer_size = 16384
-publish_rate = 4000000000
-publish_burst = 4000000000
-
+        r#"{ws}
 [auth]
 allow_anonymous = true
 admin_token_file = "{admin}"
@@ -41,6 +30,7 @@ kid = "rs"
 algorithm = "RS256"
 public_key_file = "{public}"
 "#,
+        ws = crate::host::SWITCHBOARD_WS_CONFIG,
         admin = dir.join("admin.token").display(),
         keys = dir.join("api_keys.json").display(),
         secret = dir.join("jwt.secret").display(),

@@ -234,3 +234,17 @@ pub fn local_runtime() -> (tokio::runtime::Runtime, tokio::task::LocalSet) {
         .expect("cannot start the bench runtime");
     (rt, tokio::task::LocalSet::new())
 }
+
+/// The `[ws]` settings switchboard is benchmarked with, spelled out so the figures say
+/// what they were measured with: the defaults, with the publish rate limit lifted (the
+/// publisher is the load generator).
+pub const SWITCHBOARD_WS_CONFIG: &str = r#"
+[ws]
+outbound_queue_messages = 1024
+outbound_queue_bytes = 1048576
+slow_consumer = "drop_oldest"
+read_buffer_size = 1024
+write_buffer_size = 16384
+publish_rate = 4000000000
+publish_burst = 4000000000
+"#;

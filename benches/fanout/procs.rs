@@ -44,7 +44,14 @@ impl Server {
         match kind {
             Kind::Switchboard => {
                 let config = dir.path().join("switchboard.toml");
-                std::fs::write(&config, SWITCHBOARD_CONFIG).expect("cannot write the config");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "log_level = \"info\"\n{}",
+                        crate::host::SWITCHBOARD_WS_CONFIG
+                    ),
+                )
+                .expect("cannot write the config");
                 cmd.arg(env!("CARGO_BIN_EXE_switchboard"))
                     .arg("serve")
                     .arg("--config")
@@ -94,21 +101,6 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
-
-/// Defaults spelled out so the figures say what they were measured with.
-const SWITCHBOARD_CONFIG: &str = r#"
-log_level = "info"
-
-[ws]
-outbound_queue_messages = 1024
-outbound_queue_bytes = 1048576
-slow_consumer = "drop_oldest"
-read_buffer_size = 1024
-write_buffer_size = 16384
-# The publisher is the load generator: no rate limit.
-publish_rate = 4000000000
-publish_burst = 4000000000
-"#;
 
 fn read_listening(child: &mut Child, kind: Kind, dir: &Path) -> SocketAddr {
     // Errors are passed through, routine logs dropped.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -337,4 +338,84 @@ pub async fn mosquitto_pub<S: AsRef<std::ffi::OsStr>>(port: u16, args: &[S]) -> 
     .expect("mosquitto_pub hung")
     .expect("mosquitto_pub task")
     .success()
+}
+
+/// Runs a client process and hands its stdout lines over a channel, read by a thread.
+pub fn spawn_lines(mut cmd: Command) -> (Child, UnboundedReceiver<String>) {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("spawn client");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// A running `mosquitto_sub -d` against a local port, subscribed once `start` returns.
+pub struct MosquittoSub {
+    child: Child,
+    rx: UnboundedReceiver<String>,
+}
+
+impl MosquittoSub {
+    /// `args` carry the topic (`-t`) and anything else (`-i`, `--cafile`…).
+    pub async fn start<S: AsRef<std::ffi::OsStr>>(port: u16, args: &[S]) -> MosquittoSub {
+        // Line-buffered, so the SUBACK debug line is seen while it runs.
+        let mut cmd = Command::new("stdbuf");
+        cmd.args(["-oL", "mosquitto_sub"])
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-d", "-F", "MSG %t %x"])
+            .args(args);
+        let (child, rx) = spawn_lines(cmd);
+        let mut sub = MosquittoSub { child, rx };
+        sub.line_where(Duration::from_secs(10), |l| l.contains("received SUBACK"))
+            .await
+            .expect("mosquitto_sub got no SUBACK");
+        sub
+    }
+
+    pub async fn line_where(
+        &mut self,
+        wait: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .ok()??;
+            if pred(&line) {
+                return Some(line);
+            }
+        }
+    }
+
+    /// The next message: (topic, payload).
+    pub async fn message(&mut self, wait: Duration) -> Option<(String, Vec<u8>)> {
+        let line = self.line_where(wait, |l| l.starts_with("MSG ")).await?;
+        let mut parts = line.splitn(3, ' ').skip(1);
+        let topic = parts.next()?.to_owned();
+        Some((topic, unhex(parts.next().unwrap_or(""))))
+    }
+}
+
+impl Drop for MosquittoSub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
 }
