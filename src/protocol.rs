@@ -28,6 +28,8 @@ pub mod close {
     pub const CREDENTIALS_REVOKED: u16 = 4004;
     /// The client kept publishing past its rate limit after being told.
     pub const RATE_LIMITED: u16 = 4008;
+    /// An operator disconnected the client (`DELETE /api/v1/clients/{id}`).
+    pub const DISCONNECTED: u16 = 4005;
     /// The outbound queue passed its limit under the `close` slow-consumer policy.
     pub const SLOW_CONSUMER: u16 = 4100;
     /// The peer missed too many heartbeats.
@@ -88,6 +90,12 @@ pub enum ErrorCode {
     RateLimited,
     /// A fault in the server; the request may be retried.
     Internal,
+    /// No such resource (HTTP API: path, client, webhook, dead letter).
+    NotFound,
+    /// The HTTP API path exists but not with this method.
+    MethodNotAllowed,
+    /// A body or message larger than the configured limit.
+    TooLarge,
 }
 
 impl ErrorCode {
@@ -107,6 +115,9 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::TooLarge => "too_large",
         }
     }
 }

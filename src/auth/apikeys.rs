@@ -225,7 +225,7 @@ pub fn create(
     rand::rngs::OsRng
         .try_fill_bytes(&mut secret)
         .map_err(|e| anyhow!("cannot generate a random secret: {e}"))?;
-    let hash = hex(&Sha256::digest(secret));
+    let hash = crate::hex::encode(&Sha256::digest(secret));
     let info = update(path, |keys| {
         if let Some(same) = keys.iter().find(|k| k.revoked.is_none() && k.name == name) {
             bail!(
@@ -238,7 +238,7 @@ pub fn create(
             rand::rngs::OsRng
                 .try_fill_bytes(&mut bytes)
                 .map_err(|e| anyhow!("cannot generate a random id: {e}"))?;
-            let id = hex(&bytes);
+            let id = crate::hex::encode(&bytes);
             if !keys.iter().any(|k| k.id == id) {
                 break id;
             }
@@ -344,7 +344,7 @@ impl StoredKey {
             return Err("its id is not 12 lowercase hex characters".into());
         }
         check_name(&self.name).map_err(|reason| format!("its name {:?}: {reason}", self.name))?;
-        let hash = unhex(&self.hash)
+        let hash = crate::hex::decode32(&self.hash)
             .ok_or_else(|| "its hash is not 64 lowercase hex characters".to_owned())?;
         check_scopes(&self.publish, &self.subscribe, &self.send)?;
         Ok(hash)
@@ -385,7 +385,7 @@ impl Table {
         let keys = keys
             .iter()
             .filter_map(|k| {
-                let hash = unhex(&k.hash)?;
+                let hash = crate::hex::decode32(&k.hash)?;
                 let grants = Grants::new(k.publish.clone(), k.subscribe.clone(), k.send.clone());
                 let entry = Entry {
                     name: k.name.clone(),
@@ -595,22 +595,6 @@ fn check_scopes(publish: &[String], subscribe: &[String], send: &[String]) -> Re
         }
     }
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// 64 lowercase hex characters as 32 bytes.
-fn unhex(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -127,8 +127,10 @@ impl<'a> Sender<'a> {
 /// came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
-    /// A WebSocket client, or HTTP.
-    Client,
+    /// A WebSocket client.
+    Ws,
+    /// The HTTP API, called directly or carried over a WebSocket.
+    Http,
     /// A device on the embedded MQTT broker.
     Mqtt,
     /// The daemon itself (device status notices); may use `$` topics.
@@ -139,6 +141,59 @@ pub enum Origin {
 /// under the topic's lock, so calls for one topic arrive in seq order; must not block.
 pub trait Tap: Send + Sync {
     fn publish(&self, message: &Publish<'_>, seq: u64);
+
+    /// A client or device came or went, or a subscription changed. Must not block.
+    fn lifecycle(&self, _event: &Lifecycle<'_>) {}
+}
+
+/// The comings and goings observers (webhooks) can follow, besides messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle<'a> {
+    /// A WebSocket client connected.
+    Connected {
+        client: &'a str,
+        user: Option<&'a str>,
+    },
+    /// A WebSocket client went away; its subscriptions ended with it.
+    Disconnected {
+        client: &'a str,
+        user: Option<&'a str>,
+    },
+    Subscribed {
+        client: &'a str,
+        user: Option<&'a str>,
+        filter: &'a str,
+    },
+    Unsubscribed {
+        client: &'a str,
+        user: Option<&'a str>,
+        filter: &'a str,
+    },
+    /// An MQTT device connected to the embedded broker.
+    DeviceOnline {
+        client_id: &'a str,
+        username: Option<&'a str>,
+    },
+    /// An MQTT device went away; `reason` says how (see `switchboard_bridge::Gone`).
+    DeviceOffline {
+        client_id: &'a str,
+        username: Option<&'a str>,
+        reason: &'a str,
+    },
+}
+
+impl Lifecycle<'_> {
+    /// The event's name as webhooks and docs spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Lifecycle::Connected { .. } => "client.connected",
+            Lifecycle::Disconnected { .. } => "client.disconnected",
+            Lifecycle::Subscribed { .. } => "client.subscribed",
+            Lifecycle::Unsubscribed { .. } => "client.unsubscribed",
+            Lifecycle::DeviceOnline { .. } => "device.online",
+            Lifecycle::DeviceOffline { .. } => "device.offline",
+        }
+    }
 }
 
 /// Retained values kept at most; beyond it new retained topics are refused (counted),
@@ -252,7 +307,23 @@ impl Hub {
                 .or_default()
                 .insert(key, session.clone());
         }
+        self.notify(&Lifecycle::Connected {
+            client: session.id(),
+            user: session.user(),
+        });
         session
+    }
+
+    /// Tells every tap of a lifecycle event.
+    pub fn notify(&self, event: &Lifecycle<'_>) {
+        for tap in read(&self.taps).iter() {
+            tap.lifecycle(event);
+        }
+    }
+
+    /// A connected client by id.
+    pub fn client(&self, id: &str) -> Option<Arc<Session>> {
+        read(&self.clients).get(id).cloned()
     }
 
     /// Removes a connection: its subscriptions, its presence (announcing leaves) and its
@@ -268,7 +339,12 @@ impl Hub {
         for f in &filters {
             self.leave_presence(session, f);
         }
-        write(&self.clients).remove(session.id());
+        if write(&self.clients).remove(session.id()).is_some() {
+            self.notify(&Lifecycle::Disconnected {
+                client: session.id(),
+                user: session.user(),
+            });
+        }
         if let Some(user) = session.user() {
             let mut users = write(&self.users);
             if let Some(conns) = users.get_mut(user) {
@@ -301,6 +377,11 @@ impl Hub {
         write(&self.index).insert(filter, session.key, session.clone());
         self.join_presence(session, filter);
         self.send_retained(session, filter);
+        self.notify(&Lifecycle::Subscribed {
+            client: session.id(),
+            user: session.user(),
+            filter,
+        });
         Ok(())
     }
 
@@ -340,6 +421,11 @@ impl Hub {
         }
         write(&self.index).remove(filter, session.key);
         self.leave_presence(session, filter);
+        self.notify(&Lifecycle::Unsubscribed {
+            client: session.id(),
+            user: session.user(),
+            filter,
+        });
         Ok(())
     }
 
@@ -729,7 +815,7 @@ mod tests {
                 event: Some("e"),
                 data: &data,
                 from: "me",
-                origin: Origin::Client,
+                origin: Origin::Ws,
                 by: &Grants::ALL,
                 retain: false,
             })
@@ -746,7 +832,7 @@ mod tests {
                 event: None,
                 data: &data,
                 from: "me",
-                origin: Origin::Client,
+                origin: Origin::Ws,
                 by: &Grants::ALL,
                 retain: false,
             })
@@ -765,7 +851,7 @@ mod tests {
                 event: None,
                 data: &data,
                 from: "t",
-                origin: Origin::Client,
+                origin: Origin::Ws,
                 by: &Grants::ALL,
                 retain: false,
             })
@@ -803,10 +889,10 @@ mod tests {
     #[tokio::test]
     async fn retained_values_reach_later_subscribers_and_empty_clears() {
         let hub = hub();
-        publish_as(&hub, "r/a", "1", Origin::Client, true).unwrap();
-        publish_as(&hub, "r/b", "2", Origin::Client, true).unwrap();
-        publish_as(&hub, "r/c", "3", Origin::Client, false).unwrap();
-        publish_as(&hub, "r/a", "4", Origin::Client, true).unwrap();
+        publish_as(&hub, "r/a", "1", Origin::Ws, true).unwrap();
+        publish_as(&hub, "r/b", "2", Origin::Ws, true).unwrap();
+        publish_as(&hub, "r/c", "3", Origin::Ws, false).unwrap();
+        publish_as(&hub, "r/a", "4", Origin::Ws, true).unwrap();
         let a = hub.connect(anyone());
         hub.subscribe(&a, "r/+").unwrap();
         let mut got = frames(&a).await;
@@ -819,7 +905,7 @@ mod tests {
         assert_eq!(got[1]["data"], 2);
         assert_eq!(hub.stats().retained, 2);
 
-        publish_as(&hub, "r/a", "\"\"", Origin::Client, true).unwrap();
+        publish_as(&hub, "r/a", "\"\"", Origin::Ws, true).unwrap();
         let live = frames(&a).await;
         assert_eq!(live.len(), 1, "the clearing message is delivered live");
         assert!(live[0].get("retained").is_none());
@@ -847,7 +933,7 @@ mod tests {
         let seen = Arc::new(Seen(Mutex::default()));
         hub.add_tap(seen.clone());
         assert!(matches!(
-            publish_as(&hub, "$devices/x", "1", Origin::Client, false),
+            publish_as(&hub, "$devices/x", "1", Origin::Ws, false),
             Err(HubError::Forbidden(_))
         ));
         publish_as(&hub, "$devices/x", "1", Origin::System, true).unwrap();

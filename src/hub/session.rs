@@ -22,6 +22,8 @@ pub struct Session {
     pub outbox: Outbox,
     pub(super) filters: Mutex<HashSet<String>>,
     pub(super) info: Mutex<Option<Box<RawValue>>>,
+    /// Milliseconds since the Unix epoch, for the client list.
+    connected_at: u64,
 }
 
 impl Session {
@@ -34,7 +36,13 @@ impl Session {
             principal: RwLock::new(principal),
             outbox,
             filters: Mutex::new(HashSet::new()),
+            connected_at: crate::protocol::now_ms(),
         }
+    }
+
+    /// When the connection was made, in milliseconds since the Unix epoch.
+    pub fn connected_at(&self) -> u64 {
+        self.connected_at
     }
 
     /// The identity in force now.

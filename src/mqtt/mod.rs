@@ -14,7 +14,7 @@ use bytes::Bytes;
 use switchboard_bridge::{Device, Gone, Inbound, Ingress, Publisher};
 
 use crate::auth::Grants;
-use crate::hub::{Hub, Origin, Publish, Tap};
+use crate::hub::{Hub, Lifecycle, Origin, Publish, Tap};
 use crate::protocol;
 
 /// Device status notices are published, retained, on `$devices/<client id>`.
@@ -80,10 +80,19 @@ impl Ingress for HubIngress {
 
     fn connected(&self, device: &Device) {
         self.status(device, true, None);
+        self.hub.notify(&Lifecycle::DeviceOnline {
+            client_id: &device.client_id,
+            username: device.username.as_deref(),
+        });
     }
 
     fn disconnected(&self, device: &Device, why: Gone) {
         self.status(device, false, Some(why));
+        self.hub.notify(&Lifecycle::DeviceOffline {
+            client_id: &device.client_id,
+            username: device.username.as_deref(),
+            reason: why.as_str(),
+        });
     }
 }
 

@@ -131,7 +131,7 @@ fn apply(app: &App, session: &Arc<Session>, request: Request<'_>) -> Result<Repl
                 event: event.as_deref(),
                 data,
                 from: session.id(),
-                origin: Origin::Client,
+                origin: Origin::Ws,
                 by: &principal.grants,
                 retain,
             })?;

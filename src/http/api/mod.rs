@@ -22,11 +22,16 @@ use crate::hub::{HubError, Origin, Publish, Sender};
 use crate::protocol::{null, ErrorCode, Recipient};
 use crate::server::App;
 
+mod stats;
+mod webhooks;
+
 pub fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/publish", post(publish))
         .route("/send", post(send))
         .route("/presence", get(presence))
+        .merge(stats::routes())
+        .merge(webhooks::routes())
 }
 
 /// An API error: the HTTP status and the body `{"error":{"code","message"}}`.
@@ -37,7 +42,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -83,6 +88,22 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl Caller {
+    /// Operations on the server itself (clients, webhooks, stats) need the admin
+    /// credential.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.0.grants.is_all() {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "this operation needs the admin credential",
+            ))
+        }
+    }
+}
+
 /// The authenticated caller: `Authorization: Bearer <credential>`, or anonymous where
 /// anonymous clients are allowed.
 pub struct Caller(pub Arc<Principal>);
@@ -117,7 +138,7 @@ impl FromRequestParts<Arc<App>> for Caller {
 }
 
 /// Parses a JSON body, answering `bad_json` or `bad_request` as WebSocket does.
-fn body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+pub fn body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
         let code = if e.is_syntax() || e.is_eof() {
             ErrorCode::BadJson
@@ -160,7 +181,7 @@ async fn publish(
         event: request.event.as_deref(),
         data: request.data.unwrap_or_else(|| null()),
         from: &from,
-        origin: Origin::Client,
+        origin: Origin::Http,
         by: &caller.grants,
         retain: request.retain,
     })?;
