@@ -25,9 +25,65 @@ pub struct Daemon {
     /// MQTT over TCP and over WebSocket, unless turned off.
     pub mqtt: Option<SocketAddr>,
     pub mqtt_ws: Option<SocketAddr>,
-    logs: Arc<Mutex<Vec<String>>>,
+    logs: Logs,
     pub config_path: PathBuf,
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
+}
+
+type Logs = Arc<Mutex<Vec<String>>>;
+
+/// Starts the binary and waits for its `listening` line; returns the line's addresses.
+fn spawn(
+    config_path: &std::path::Path,
+    data_dir: &std::path::Path,
+    env: &[(String, String)],
+) -> (Child, Logs, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config_path)
+        .env("SWITCHBOARD_DATA_DIR", data_dir)
+        .env("SWITCHBOARD_LOG_LEVEL", "info")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // Every listener on a free port, so tests run in parallel.
+    for var in [
+        "SWITCHBOARD_HTTP_LISTEN",
+        "SWITCHBOARD_MQTT_LISTEN",
+        "SWITCHBOARD_MQTT_WS_LISTEN",
+    ] {
+        if !env.iter().any(|(k, _)| k == var) {
+            cmd.env(var, "127.0.0.1:0");
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn switchboard");
+    let stderr = child.stderr.take().expect("stderr");
+    let logs: Logs = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addrs) = line.split("listening ").nth(1) {
+                let _ = tx.send(addrs.to_owned());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(addrs) => (child, logs, addrs),
+        Err(_) => {
+            let _ = child.kill();
+            panic!(
+                "daemon did not report listening; logs:\n{}",
+                logs.lock().unwrap().join("\n")
+            );
+        }
+    }
 }
 
 impl Daemon {
@@ -41,51 +97,11 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("switchboard.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env("SWITCHBOARD_DATA_DIR", dir.path().join("data"))
-            .env("SWITCHBOARD_LOG_LEVEL", "info")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // Every listener on a free port, so tests run in parallel.
-        for var in [
-            "SWITCHBOARD_HTTP_LISTEN",
-            "SWITCHBOARD_MQTT_LISTEN",
-            "SWITCHBOARD_MQTT_WS_LISTEN",
-        ] {
-            if !env.iter().any(|(k, _)| *k == var) {
-                cmd.env(var, "127.0.0.1:0");
-            }
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn switchboard");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addrs) = line.split("listening ").nth(1) {
-                    let _ = tx.send(addrs.to_owned());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addrs = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "daemon did not report listening; logs:\n{}",
-                    logs.lock().unwrap().join("\n")
-                );
-            }
-        };
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, logs, addrs) = spawn(&config_path, &dir.path().join("data"), &env);
         let http = parse_listening(&addrs, "http").expect("http address in listening line");
         Daemon {
             child,
@@ -94,8 +110,31 @@ impl Daemon {
             mqtt_ws: parse_listening(&addrs, "mqtt_ws"),
             logs,
             config_path,
+            env,
             _dir: dir,
         }
+    }
+
+    /// The data directory, kept across [`Daemon::restart`].
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
+    /// Stops the daemon gracefully (SIGTERM) and starts it again with the same
+    /// configuration file, environment and data directory. Listeners on port 0 get new
+    /// ports; the fields are updated.
+    pub fn restart(&mut self) {
+        self.signal("TERM");
+        if self.wait_exit(Duration::from_secs(15)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let (child, logs, addrs) = spawn(&self.config_path, &self.data_dir(), &self.env);
+        self.child = child;
+        self.logs = logs;
+        self.http = parse_listening(&addrs, "http").expect("http address in listening line");
+        self.mqtt = parse_listening(&addrs, "mqtt");
+        self.mqtt_ws = parse_listening(&addrs, "mqtt_ws");
     }
 
     pub fn ws_url(&self) -> String {
