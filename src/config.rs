@@ -64,6 +64,12 @@ pub struct HttpConfig {
     /// Time a new connection has for its TLS handshake and first request.
     #[serde(with = "positive_duration")]
     pub handshake_timeout: Duration,
+    /// Largest body of `POST /api/v1/publish/batch`; other requests are held to
+    /// `ws.max_message_size`.
+    pub max_batch_bytes: NonZeroUsize,
+    /// How long an HTTP publish's idempotency key is remembered.
+    #[serde(with = "positive_duration")]
+    pub idempotency_window: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -330,6 +336,8 @@ impl Default for HttpConfig {
             max_connections: nz(20_000),
             max_connections_per_ip: nz(20_000),
             handshake_timeout: Duration::from_secs(10),
+            max_batch_bytes: nz(1024 * 1024),
+            idempotency_window: Duration::from_secs(300),
         }
     }
 }

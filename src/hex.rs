@@ -9,9 +9,10 @@ pub fn encode(bytes: &[u8]) -> String {
     out
 }
 
-/// 64 hex characters (either case) as 32 bytes, such as a SHA-256 digest.
+/// 64 lowercase hex characters as 32 bytes, such as a SHA-256 digest. Strict, so a
+/// stored hash has one spelling.
 pub fn decode32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if text.len() != 64 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -29,7 +30,7 @@ mod tests {
         let text = super::encode(&bytes);
         assert_eq!(text.len(), 64);
         assert_eq!(super::decode32(&text), Some(bytes));
-        assert_eq!(super::decode32(&text.to_uppercase()), Some(bytes));
+        assert_eq!(super::decode32(&text.to_uppercase()), None);
         assert_eq!(super::decode32(&text[1..]), None);
         assert_eq!(super::decode32(&format!("{}g", &text[1..])), None);
     }

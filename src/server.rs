@@ -49,6 +49,10 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Every live connection holds a token of this tracker, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Milliseconds since the Unix epoch when the daemon started.
+    pub started_at: u64,
+    /// Idempotency keys of recent HTTP publishes.
+    pub idempotency: crate::http::api::IdempotencyCache,
 }
 
 /// A daemon with its listeners bound, ready to run.
@@ -74,6 +78,7 @@ impl Server {
         let tls = TlsReloader::from_config(&config).context("cannot set up TLS")?;
         let hub = Hub::new(config.hub());
         let broker = start_broker(&config, &hub, &auth, tls.as_ref()).await?;
+        let idempotency = crate::http::api::IdempotencyCache::new(config.http.idempotency_window);
         let app = Arc::new(App {
             config,
             hub,
@@ -83,6 +88,8 @@ impl Server {
             http_stats: Arc::new(ListenerStats::default()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            started_at: crate::protocol::now_ms(),
+            idempotency,
         });
         Ok(Self { app, http })
     }

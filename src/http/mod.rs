@@ -17,7 +17,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/ws", get(crate::ws::upgrade))
         .route("/healthz", get(healthz))
-        .nest("/api/v1", api::router())
+        .nest("/api/v1", api::router(&app.config))
         .layer(axum::extract::DefaultBodyLimit::max(
             app.config.ws.max_message_size.get(),
         ))

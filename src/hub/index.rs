@@ -116,11 +116,41 @@ impl<T: Clone> SubscriptionIndex<T> {
         }
     }
 
+    /// Every filter with at least one subscriber, with how many hold it, in no
+    /// particular order. Walks the whole trie: for the API, not the data path.
+    pub fn filters(&self) -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        let mut path = Vec::new();
+        walk(&self.root, &mut path, &mut out);
+        out
+    }
+
     /// Number of distinct subscribers matching `topic`.
     pub fn count_matches(&self, topic: &str) -> usize {
         let mut n = 0;
         self.for_each_match(topic, |_| n += 1);
         n
+    }
+}
+
+fn walk<'a, T>(node: &'a Node<T>, path: &mut Vec<&'a str>, out: &mut Vec<(String, usize)>) {
+    if !node.exact.is_empty() {
+        out.push((path.join("/"), node.exact.len()));
+    }
+    if !node.hash.is_empty() {
+        let mut filter = path.clone();
+        filter.push("#");
+        out.push((filter.join("/"), node.hash.len()));
+    }
+    if let Some(plus) = &node.plus {
+        path.push("+");
+        walk(plus, path, out);
+        path.pop();
+    }
+    for (level, child) in &node.children {
+        path.push(level);
+        walk(child, path, out);
+        path.pop();
     }
 }
 
@@ -239,5 +269,28 @@ mod tests {
         assert!(index.remove("a/b", 2));
         assert!(index.is_empty());
         assert!(index.root.is_empty(), "empty nodes are pruned");
+    }
+
+    #[test]
+    fn filters_lists_every_subscribed_filter_with_counts() {
+        let mut index = SubscriptionIndex::default();
+        for (filter, key) in [
+            ("#", 1),
+            ("a/+/c", 1),
+            ("a/+/c", 2),
+            ("a/b", 3),
+            ("a/#", 4),
+            ("$x/y", 5),
+        ] {
+            index.insert(filter, key, key);
+        }
+        index.remove("a/b", 3);
+        let mut got = index.filters();
+        got.sort();
+        let want: Vec<(String, usize)> = [("#", 1), ("$x/y", 1), ("a/#", 1), ("a/+/c", 2)]
+            .iter()
+            .map(|(f, n)| (f.to_string(), *n))
+            .collect();
+        assert_eq!(got, want);
     }
 }

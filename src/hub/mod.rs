@@ -751,6 +751,11 @@ impl Hub {
         doomed.len()
     }
 
+    /// Every filter someone subscribes to, with how many connections hold it.
+    pub fn subscribed_filters(&self) -> Vec<(String, usize)> {
+        read(&self.index).filters()
+    }
+
     /// Every connected session, for shutdown.
     pub fn sessions(&self) -> Vec<Arc<Session>> {
         read(&self.clients).values().cloned().collect()

@@ -103,7 +103,7 @@ pub fn verify_github(secret: &[u8], header: &str, body: &[u8]) -> Result<(), Sig
     let tag = header
         .trim()
         .strip_prefix("sha256=")
-        .and_then(crate::hex::decode32)
+        .and_then(|hex| crate::hex::decode32(&hex.to_ascii_lowercase()))
         .ok_or(SignatureError::Malformed(GITHUB_HEADER))?;
     let mut mac = mac(secret);
     mac.update(body);

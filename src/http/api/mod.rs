@@ -6,32 +6,57 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
-use serde_json::value::RawValue;
 
 use crate::auth::{AuthError, Principal};
-use crate::hub::{HubError, Origin, Publish, Sender};
-use crate::protocol::{null, ErrorCode, Recipient};
+use crate::config::Config;
+use crate::hub::HubError;
+use crate::protocol::ErrorCode;
 use crate::server::App;
 
+mod clients;
+mod idempotency;
+mod info;
+mod messages;
+pub mod openapi;
 mod stats;
+mod topics;
 mod webhooks;
 
-pub fn router() -> Router<Arc<App>> {
+pub use idempotency::IdempotencyCache;
+
+/// The `/api/v1` routes. Unknown paths and methods get JSON errors like every other
+/// refusal, so a client needs one error parser.
+pub fn router(config: &Config) -> Router<Arc<App>> {
     Router::new()
-        .route("/publish", post(publish))
-        .route("/send", post(send))
-        .route("/presence", get(presence))
+        .merge(messages::routes(config))
+        .merge(clients::routes())
+        .merge(topics::routes())
+        .merge(info::routes())
         .merge(stats::routes())
         .merge(webhooks::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such path")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::MethodNotAllowed,
+        "this path does not take that method",
+    )
 }
 
 /// An API error: the HTTP status and the body `{"error":{"code","message"}}`.
@@ -51,9 +76,16 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The JSON body, `{"error":{"code","message"}}`; also one item of a batch reply.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"code": self.code, "message": self.message}})
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let body = Json(self.body());
         let mut response = (self.status, body).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
@@ -104,6 +136,12 @@ impl Caller {
     }
 }
 
+/// The identity of the WebSocket connection an HTTP request was carried over. Only
+/// in-process code can put it in a request's extensions, so a remote client cannot
+/// claim it; when present, it is the caller and any `Authorization` header is ignored.
+#[derive(Clone)]
+pub struct Carried(pub Arc<Principal>);
+
 /// The authenticated caller: `Authorization: Bearer <credential>`, or anonymous where
 /// anonymous clients are allowed.
 pub struct Caller(pub Arc<Principal>);
@@ -112,6 +150,9 @@ impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        if let Some(Carried(principal)) = parts.extensions.get::<Carried>() {
+            return Ok(Caller(principal.clone()));
+        }
         let header = parts.headers.get(header::AUTHORIZATION);
         let Some(value) = header else {
             return app
@@ -149,97 +190,70 @@ pub fn body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     })
 }
 
-/// Who an HTTP message is from, as subscribers see it.
-fn from_label(caller: &Principal) -> String {
-    match &caller.user {
-        Some(user) => format!("http:{user}"),
-        None => "http".into(),
+/// The raw request body, refused as JSON errors: `too_large` past the body limit.
+pub struct ApiBytes(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(ApiBytes)
+            .map_err(|e: BytesRejection| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        ErrorCode::TooLarge,
+                        "the request body is larger than the limit",
+                    )
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::BadRequest,
+                        e.body_text(),
+                    )
+                }
+            })
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublishBody<'a> {
-    topic: String,
-    #[serde(default)]
-    event: Option<String>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-    #[serde(default)]
-    retain: bool,
+/// Query parameters, refused as a JSON `bad_request`.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e: QueryRejection| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    e.body_text(),
+                )
+            })
+    }
 }
 
-async fn publish(
-    State(app): State<Arc<App>>,
-    Caller(caller): Caller,
-    bytes: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let request: PublishBody<'_> = body(&bytes)?;
-    let from = from_label(&caller);
-    let published = app.hub.publish(Publish {
-        topic: &request.topic,
-        event: request.event.as_deref(),
-        data: request.data.unwrap_or_else(|| null()),
-        from: &from,
-        origin: Origin::Http,
-        by: &caller.grants,
-        retain: request.retain,
-    })?;
-    Ok(Json(
-        json!({"seq": published.seq, "delivered": published.delivered}),
-    ))
-}
+/// Path parameters, refused as a JSON `bad_request`.
+pub struct ApiPath<T>(pub T);
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SendBody<'a> {
-    #[serde(default)]
-    client: Option<String>,
-    #[serde(default)]
-    user: Option<String>,
-    #[serde(default)]
-    event: Option<String>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-}
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
 
-async fn send(
-    State(app): State<Arc<App>>,
-    Caller(caller): Caller,
-    bytes: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let request: SendBody<'_> = body(&bytes)?;
-    let to = match (request.client, request.user) {
-        (Some(client), None) => Recipient::Client(client),
-        (None, Some(user)) => Recipient::User(user),
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                "needs exactly one of the fields `client` or `user`",
-            ))
-        }
-    };
-    let from = from_label(&caller);
-    let delivered = app.hub.send_direct(
-        Sender::external(&from, &caller),
-        &to,
-        request.event.as_deref(),
-        request.data.unwrap_or_else(|| null()),
-    )?;
-    Ok(Json(json!({"delivered": delivered})))
-}
-
-#[derive(Deserialize)]
-struct PresenceQuery {
-    topic: String,
-}
-
-async fn presence(
-    State(app): State<Arc<App>>,
-    Caller(caller): Caller,
-    Query(query): Query<PresenceQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let members = app.hub.presence(&caller.grants, &query.topic)?;
-    Ok(Json(json!({"topic": query.topic, "members": members})))
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e: PathRejection| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    e.body_text(),
+                )
+            })
+    }
 }

@@ -1,0 +1,216 @@
+//! Messages in over HTTP: publish one, publish a batch, send a direct message.
+//!
+//! Every publish goes to the Hub with the caller's grants, so HTTP is held to the very
+//! permissions a WebSocket client is.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::{body, ApiBytes, ApiError, Caller};
+use crate::auth::{Kind, Principal};
+use crate::config::Config;
+use crate::hub::{Origin, Publish, Sender};
+use crate::protocol::{null, ErrorCode, Recipient};
+use crate::server::App;
+
+/// Messages in one batch at most.
+pub const MAX_BATCH: usize = 1000;
+
+pub fn routes(config: &Config) -> Router<Arc<App>> {
+    Router::new()
+        .route("/publish", post(publish))
+        .route(
+            "/publish/batch",
+            post(publish_batch).layer(DefaultBodyLimit::max(config.http.max_batch_bytes.get())),
+        )
+        .route("/send", post(send))
+}
+
+/// One message to publish, alone or in a batch.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Message<'a> {
+    topic: String,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    retain: bool,
+    /// Publishes with a key already used by this caller within the window are dropped.
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// What happened to one message.
+#[derive(Serialize)]
+struct Outcome {
+    seq: u64,
+    /// Connections the message was queued for.
+    delivered: usize,
+    /// True when the idempotency key was seen before: nothing was published, and
+    /// `seq`/`delivered` are those of the first publish.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
+}
+
+/// Who an HTTP message is from, as subscribers see it.
+fn from_label(caller: &Principal) -> String {
+    match &caller.user {
+        Some(user) => format!("http:{user}"),
+        None => "http".into(),
+    }
+}
+
+/// Whose idempotency keys these are: one caller's keys never collide with another's.
+fn key_scope(caller: &Principal) -> String {
+    match (&caller.kind, &caller.user) {
+        (Kind::ApiKey { id }, _) => format!("key:{id}"),
+        (Kind::Admin, _) => "admin".into(),
+        (_, Some(user)) => format!("user:{user}"),
+        (_, None) => "anonymous".into(),
+    }
+}
+
+fn publish_one(
+    app: &App,
+    caller: &Principal,
+    from: &str,
+    m: &Message<'_>,
+) -> Result<Outcome, ApiError> {
+    let data = m.data.unwrap_or_else(|| null());
+    let limit = app.config.ws.max_message_size.get();
+    if data.get().len() > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge,
+            format!("`data` is larger than {limit} bytes (ws.max_message_size)"),
+        ));
+    }
+    let publish = || {
+        app.hub.publish(Publish {
+            topic: &m.topic,
+            event: m.event.as_deref(),
+            data,
+            from,
+            origin: Origin::Http,
+            by: &caller.grants,
+            retain: m.retain,
+        })
+    };
+    let (published, duplicate) = match &m.idempotency_key {
+        Some(key) => app
+            .idempotency
+            .publish_once(&key_scope(caller), key, publish)?,
+        None => (publish()?, false),
+    };
+    Ok(Outcome {
+        seq: published.seq,
+        delivered: published.delivered,
+        duplicate,
+    })
+}
+
+async fn publish(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    headers: HeaderMap,
+    ApiBytes(bytes): ApiBytes,
+) -> Result<Json<Outcome>, ApiError> {
+    let mut message: Message<'_> = body(&bytes)?;
+    if let Some(key) = headers.get("idempotency-key") {
+        let key = key.to_str().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "the Idempotency-Key header is not visible ASCII",
+            )
+        })?;
+        message
+            .idempotency_key
+            .get_or_insert_with(|| key.to_owned());
+    }
+    let from = from_label(&caller);
+    publish_one(&app, &caller, &from, &message).map(Json)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch<'a> {
+    #[serde(borrow)]
+    messages: Vec<Message<'a>>,
+}
+
+/// Publishes each message in order; one refused message does not stop the others, and
+/// the reply says what happened to each, in the same order.
+async fn publish_batch(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    ApiBytes(bytes): ApiBytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let batch: Batch<'_> = body(&bytes)?;
+    if batch.messages.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge,
+            format!("at most {MAX_BATCH} messages per batch"),
+        ));
+    }
+    let from = from_label(&caller);
+    let results: Vec<serde_json::Value> = batch
+        .messages
+        .iter()
+        .map(|m| match publish_one(&app, &caller, &from, m) {
+            Ok(outcome) => json!(outcome),
+            Err(e) => e.body(),
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Direct<'a> {
+    #[serde(default)]
+    client: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+async fn send(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    ApiBytes(bytes): ApiBytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: Direct<'_> = body(&bytes)?;
+    let to = match (request.client, request.user) {
+        (Some(client), None) => Recipient::Client(client),
+        (None, Some(user)) => Recipient::User(user),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "needs exactly one of the fields `client` or `user`",
+            ))
+        }
+    };
+    let from = from_label(&caller);
+    let delivered = app.hub.send_direct(
+        Sender::external(&from, &caller),
+        &to,
+        request.event.as_deref(),
+        request.data.unwrap_or_else(|| null()),
+    )?;
+    Ok(Json(json!({"delivered": delivered})))
+}
