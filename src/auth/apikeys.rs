@@ -653,7 +653,8 @@ mod tests {
 
         // The file holds the hash, never the secret.
         let text = fs::read_to_string(&path).unwrap();
-        let secret = key.rsplit_once('_').unwrap().1;
+        // The secret itself may contain `_` (URL-safe base64): cut at the fixed offset.
+        let secret = &key[PREFIX.len() + 13..];
         assert!(!text.contains(secret));
         assert!(!text.contains(&key));
     }
