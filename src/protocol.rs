@@ -6,6 +6,7 @@
 //! by one piece of code. It owns no state and does no I/O.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -169,6 +170,14 @@ struct RawRequest<'a> {
     retain: bool,
     #[serde(default)]
     token: Option<String>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    #[serde(borrow)]
+    body: Option<&'a RawValue>,
 }
 
 /// Only the id, to answer a request that could not be parsed whole.
@@ -222,12 +231,31 @@ pub enum Request<'a> {
         token: String,
     },
     Ping,
+    /// An HTTP request carried over the connection, served by the HTTP API's router.
+    Http(HttpRequest<'a>),
+}
+
+/// The `http` op: an HTTP request without a second connection.
+#[derive(Debug)]
+pub struct HttpRequest<'a> {
+    /// Required, to match the reply: many requests may be in flight at once.
+    pub id: &'a RawValue,
+    pub method: String,
+    /// Path and query, such as `/api/v1/topics?prefix=a`.
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    /// Sent as the request body, JSON text as given.
+    pub body: Option<&'a RawValue>,
 }
 
 impl Request<'_> {
-    /// Publishing ops, which count against the publish rate limit.
+    /// Publishing ops, which count against the publish rate limit. A carried HTTP
+    /// request counts too, since it may publish.
     pub fn is_publish(&self) -> bool {
-        matches!(self, Request::Pub { .. } | Request::Send { .. })
+        matches!(
+            self,
+            Request::Pub { .. } | Request::Send { .. } | Request::Http(_)
+        )
     }
 }
 
@@ -325,11 +353,23 @@ fn request_from_raw(raw: RawRequest<'_>) -> Result<Request<'_>, RequestError> {
             token: need(raw.token, "token")?,
         },
         "ping" => Request::Ping,
+        "http" => Request::Http(HttpRequest {
+            id: raw.id.ok_or_else(|| {
+                RequestError::new(
+                    ErrorCode::BadRequest,
+                    "op `http` needs the field `id`, to match its reply",
+                )
+            })?,
+            method: need(raw.method, "method")?,
+            path: need(raw.path, "path")?,
+            headers: raw.headers.unwrap_or_default(),
+            body: raw.body,
+        }),
         other => {
             return Err(RequestError::new(
                 ErrorCode::UnknownOp,
                 format!(
-                    "unknown op `{other}` (known: sub, unsub, pub, send, presence, info, auth, refresh, ping)"
+                    "unknown op `{other}` (known: sub, unsub, pub, send, presence, info, auth, refresh, ping, http)"
                 ),
             ))
         }
@@ -414,6 +454,22 @@ pub enum ServerFrame<'a> {
     },
     /// Messages were dropped because the connection could not keep up.
     Lagged { dropped: u64 },
+    /// The response to an `http` request.
+    Http {
+        id: &'a RawValue,
+        status: u16,
+        headers: BTreeMap<String, String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body: Option<HttpBody<'a>>,
+    },
+}
+
+/// A carried response's body: JSON in place when the response is JSON, else text.
+#[derive(Serialize, Debug)]
+#[serde(untagged)]
+pub enum HttpBody<'a> {
+    Json(&'a RawValue),
+    Text(Cow<'a, str>),
 }
 
 /// One connection present on a topic.
@@ -495,6 +551,13 @@ pub struct Incoming {
     pub expires_at: Option<u64>,
     #[serde(default)]
     pub unsubscribed: Option<Vec<String>>,
+    /// For `http` replies.
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub body: Option<Box<RawValue>>,
 }
 
 /// A presence member as a client reads it.

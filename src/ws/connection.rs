@@ -23,6 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -33,6 +34,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::dispatch::{self, Then};
+use super::http::{LazyRouter, Pending};
 use super::rate::PublishLimiter;
 use crate::auth::{AuthError, Principal};
 use crate::hub::outbox::CloseReason;
@@ -48,6 +50,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Replies waiting for the socket beyond which requests are no longer read.
 const MAX_UNWRITTEN_REPLIES: usize = 256;
+
+/// Carried HTTP requests served at once per connection; beyond it requests are no
+/// longer read until one finishes.
+const MAX_CARRIED_REQUESTS: usize = 128;
 
 /// Who a new connection is, as far as the upgrade could tell.
 pub enum Identity {
@@ -242,6 +248,10 @@ struct Connection {
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Set when the connection decided to close: requests already sent are not served.
     stop_reading: bool,
+    router: LazyRouter,
+    /// Carried HTTP requests in progress; created by the first one, as most
+    /// connections never carry any.
+    carried: Option<FuturesUnordered<Pending>>,
 }
 
 impl Connection {
@@ -274,6 +284,8 @@ impl Connection {
             heartbeat,
             heard: false,
             silent_intervals: 0,
+            router: LazyRouter::new(app.clone()),
+            carried: None,
             app,
         }
     }
@@ -329,10 +341,12 @@ impl Connection {
                     &self.app,
                     &self.session,
                     &mut self.limiter,
+                    &mut self.router,
                     text.as_str(),
                 );
-                self.own
-                    .push_back(Message::Text(Frame::from(handled.reply)));
+                if let Some(reply) = handled.reply {
+                    self.own.push_back(Message::Text(Frame::from(reply)));
+                }
                 self.then(handled.then);
                 return;
             }
@@ -365,6 +379,10 @@ impl Connection {
                 tracing::debug!(client = self.session.id(), kind = %principal.kind, "client authenticated");
             }
             Then::Refreshed(principal) => self.expiry = expiry(&principal),
+            Then::Http(pending) => self
+                .carried
+                .get_or_insert_with(FuturesUnordered::new)
+                .push(pending),
             Then::Close(reason) => {
                 self.stop_reading = true;
                 self.session.outbox.close(reason);
@@ -390,6 +408,12 @@ impl Connection {
                 // Room again: the outbox did not wake us for what it queued meanwhile.
                 continue;
             }
+            if let Some(carried) = &mut self.carried {
+                if let Poll::Ready(Some(reply)) = carried.poll_next_unpin(cx) {
+                    self.own.push_back(Message::Text(reply));
+                    continue;
+                }
+            }
             if let Some(expiry) = &mut self.expiry {
                 if expiry.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Expired);
@@ -409,7 +433,11 @@ impl Connection {
             }
             // A backlog of pushes does not stop reading: a slow subscriber's requests and
             // pongs are still heard. Only unwritten replies do.
-            if self.own.len() < MAX_UNWRITTEN_REPLIES && !self.stop_reading {
+            let carrying = self.carried.as_ref().map_or(0, FuturesUnordered::len);
+            if self.own.len() < MAX_UNWRITTEN_REPLIES
+                && carrying < MAX_CARRIED_REQUESTS
+                && !self.stop_reading
+            {
                 match Pin::new(&mut self.socket).poll_next(cx) {
                     Poll::Ready(Some(Ok(Message::Close(_)))) | Poll::Ready(None) => {
                         return Poll::Ready(Event::PeerGone(None))

@@ -16,11 +16,13 @@ use crate::protocol::{
 };
 use crate::server::App;
 
+use super::http::{LazyRouter, Pending};
 use super::rate::{PublishLimiter, Verdict};
 
 /// The reply to queue, and what the connection must do next.
 pub struct Handled {
-    pub reply: String,
+    /// None when the reply comes later (a carried HTTP request).
+    pub reply: Option<String>,
     pub then: Then,
 }
 
@@ -31,6 +33,8 @@ pub enum Then {
     /// The token was refreshed: its new expiry applies.
     Refreshed(Arc<Principal>),
     Close(CloseReason),
+    /// A carried HTTP request is being served; its reply comes when it is done.
+    Http(Pending),
 }
 
 /// The op-specific fields of an `ok` reply.
@@ -48,6 +52,7 @@ pub fn handle_text(
     app: &App,
     session: &Arc<Session>,
     limiter: &mut PublishLimiter,
+    router: &mut LazyRouter,
     text: &str,
 ) -> Handled {
     let (id, request) = match parse_request(text) {
@@ -74,7 +79,7 @@ pub fn handle_text(
                     "publishing too fast: wait before publishing again",
                 );
                 return Handled {
-                    reply: ServerFrame::error(id, &err),
+                    reply: Some(ServerFrame::error(id, &err)),
                     then,
                 };
             }
@@ -89,6 +94,13 @@ pub fn handle_text(
             then = Then::Refreshed(p);
             reply
         }),
+        Request::Http(request) => {
+            let pending = super::http::serve(router.get(), session.principal(), request);
+            return Handled {
+                reply: None,
+                then: Then::Http(Box::pin(pending)),
+            };
+        }
         other => apply(app, session, other).map_err(|e| RequestError::new(e.code(), e.to_string())),
     };
     let reply = match result {
@@ -103,12 +115,15 @@ pub fn handle_text(
         .encode(),
         Err(err) => ServerFrame::error(id, &err),
     };
-    Handled { reply, then }
+    Handled {
+        reply: Some(reply),
+        then,
+    }
 }
 
 fn reply_only(reply: String) -> Handled {
     Handled {
-        reply,
+        reply: Some(reply),
         then: Then::Continue,
     }
 }
@@ -147,7 +162,7 @@ fn apply(app: &App, session: &Arc<Session>, request: Request<'_>) -> Result<Repl
         }
         Request::Info { info } => hub.set_info(session, info)?,
         // Handled by the caller; listed so a new op cannot be forgotten here.
-        Request::Auth { .. } | Request::Refresh { .. } | Request::Ping => {}
+        Request::Auth { .. } | Request::Refresh { .. } | Request::Ping | Request::Http(_) => {}
     }
     Ok(reply)
 }

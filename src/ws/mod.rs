@@ -12,6 +12,7 @@
 
 mod connection;
 mod dispatch;
+mod http;
 mod origin;
 mod rate;
 

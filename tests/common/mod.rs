@@ -2,6 +2,8 @@
 //! WebSocket client for frame-level tests.
 #![allow(dead_code)]
 
+pub mod creds;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
