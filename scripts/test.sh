@@ -25,6 +25,12 @@ if ! python3 -c 'import paho.mqtt, sys; sys.exit(0 if paho.mqtt.__version__.star
         || python3 -m pip install --quiet --break-system-packages 'paho-mqtt==2.1.0'
 fi
 
+# schemathesis, pinned, for the OpenAPI conformance test (tests/openapi.rs).
+if ! python3 -c 'import schemathesis, sys; sys.exit(0 if schemathesis.__version__ == "4.32.5" else 1)' 2>/dev/null; then
+    python3 -m pip install --quiet 'schemathesis==4.32.5' 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages 'schemathesis==4.32.5'
+fi
+
 # Fan-out tests open a few thousand sockets.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 

@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use super::{body, ApiBytes, ApiError, Caller};
 use crate::auth::{Kind, Principal};
 use crate::config::Config;
-use crate::hub::{Origin, Publish, Sender};
+use crate::hub::{HubError, Origin, Publish, Sender};
 use crate::protocol::{null, ErrorCode, Recipient};
 use crate::server::App;
 
@@ -106,9 +106,13 @@ fn publish_one(
         })
     };
     let (published, duplicate) = match &m.idempotency_key {
-        Some(key) => app
-            .idempotency
-            .publish_once(&key_scope(caller), key, publish)?,
+        Some(key) => {
+            // A bad message is refused as such, even under a key already used.
+            crate::topic::validate_topic(&m.topic).map_err(HubError::from)?;
+            // The topic is part of the key: one key names one message.
+            let scope = format!("{}\n{}", key_scope(caller), m.topic);
+            app.idempotency.publish_once(&scope, key, publish)?
+        }
         None => (publish()?, false),
     };
     Ok(Outcome {
@@ -157,8 +161,9 @@ async fn publish_batch(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let batch: Batch<'_> = body(&bytes)?;
     if batch.messages.len() > MAX_BATCH {
+        // 400, not 413: the body is within its byte limit; the request asks too much.
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::BAD_REQUEST,
             ErrorCode::TooLarge,
             format!("at most {MAX_BATCH} messages per batch"),
         ));
