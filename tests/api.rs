@@ -174,7 +174,7 @@ async fn batches_publish_in_order_and_report_each_message() {
         &too_many.to_string(),
     )
     .await;
-    assert_eq!((s, code(&v)), (StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "too_large"));
     let huge = json!({"messages":[{"topic":"b/ok/1","data":"x".repeat(2 << 20)}]});
     let (s, v) = post(&api(&d, "/publish/batch"), Some(&writer), &huge.to_string()).await;
     assert_eq!((s, code(&v)), (StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
