@@ -19,6 +19,8 @@ mod creds;
 mod daemon;
 #[path = "../common/host.rs"]
 mod host;
+#[path = "../common/daemon.rs"]
+mod process;
 mod publish;
 #[path = "../common/read_buf.rs"]
 mod read_buf;
@@ -34,8 +36,8 @@ use std::io;
 use std::rc::Rc;
 use std::time::Instant;
 
-use daemon::Daemon;
 use host::thousands;
+use process::Daemon;
 
 /// Other work above this share of a core makes a point run again.
 const NOISY: f64 = 0.15;
