@@ -23,7 +23,9 @@ use crate::hub::outbox::CloseReason;
 use crate::hub::Hub;
 use crate::mqtt::{BrokerTap, HubIngress};
 use crate::protocol::close;
+use crate::store::Store;
 use crate::tls::TlsReloader;
+use crate::webhook::Webhooks;
 
 /// Target of the one log line that reports every bound address. Scripts and tests read
 /// it; its shape is documented in README.md and must stay stable:
@@ -49,6 +51,10 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Every live connection holds a token of this tracker, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// The local store under `<data_dir>/store`, flushed at shutdown.
+    pub store: Store,
+    /// Outbound webhook endpoints (none unless configured).
+    pub webhooks: Arc<Webhooks>,
 }
 
 /// A daemon with its listeners bound, ready to run.
@@ -73,6 +79,9 @@ impl Server {
         let auth = Arc::new(Authenticator::from_config(&config)?);
         let tls = TlsReloader::from_config(&config).context("cannot set up TLS")?;
         let hub = Hub::new(config.hub());
+        let store = Store::open(&config.data_dir, config.store.flush_interval)?;
+        let webhooks =
+            Webhooks::open(&config.webhooks, &store, &hub).context("cannot set up the webhooks")?;
         let broker = start_broker(&config, &hub, &auth, tls.as_ref()).await?;
         let app = Arc::new(App {
             config,
@@ -83,6 +92,8 @@ impl Server {
             http_stats: Arc::new(ListenerStats::default()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            store,
+            webhooks,
         });
         Ok(Self { app, http })
     }
@@ -131,6 +142,7 @@ impl Server {
         tracing::info!(target: LISTENING_TARGET, "listening {}", listening.join(" "));
 
         tokio::spawn(watch_api_keys(app.clone()));
+        app.webhooks.start(&app.shutdown, &app.tracker);
         let router = crate::http::router(app.clone());
         let http = tokio::spawn(crate::http::listener::serve(self.http, app.clone(), router));
 
@@ -170,6 +182,8 @@ impl Server {
                 "shutdown grace of {grace:?} passed; dropping the remaining connections"
             );
         }
+        // After the connections, so their last events (disconnections) are stored too.
+        app.webhooks.stop().await;
         // Plain HTTP requests still in flight get what is left of a short deadline.
         if let Ok(Err(e)) = tokio::time::timeout(std::time::Duration::from_millis(200), http).await
         {
