@@ -145,3 +145,42 @@ fn store_error(e: StoreError) -> ApiError {
         "the store failed; see the daemon's log",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    /// The OpenAPI fragment describes exactly the routes above, each admin-only.
+    #[test]
+    fn openapi_fragment_lists_these_routes() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("openapi/webhooks.json")).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut ops: Vec<String> = paths
+            .iter()
+            .flat_map(|(p, item)| {
+                item.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |m| format!("{} {p}", m.to_uppercase()))
+            })
+            .collect();
+        ops.sort();
+        assert_eq!(
+            ops,
+            [
+                "DELETE /webhooks/{name}/dead/{id}",
+                "GET /webhooks",
+                "GET /webhooks/{name}/dead",
+                "POST /webhooks/{name}/dead/retry",
+                "POST /webhooks/{name}/dead/{id}/retry",
+            ]
+        );
+        for item in paths.values() {
+            for op in item.as_object().unwrap().values() {
+                assert_eq!(op["security"], serde_json::json!([{"bearer": []}]));
+                for code in ["401", "403"] {
+                    assert!(op["responses"][code].is_object(), "{op}");
+                }
+            }
+        }
+    }
+}
