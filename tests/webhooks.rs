@@ -303,6 +303,12 @@ async fn messages_and_lifecycle_events_arrive_signed() {
     assert!(list["webhooks"][0]["last_success"].as_u64().is_some());
 }
 
+/// The receiver answers 500, then hangs past the daemon's timeout, across a graceful
+/// restart, then recovers. Tolerated: a webhook-id arriving several times while it is
+/// refused (500) or left hanging, since those are retries of a delivery the receiver
+/// did not accept (a hung request's late 200 reaches no one, and this receiver counts
+/// it as not processed). Not tolerated: any webhook-id answered 200 twice, a retry
+/// whose body differs, a missing or reordered event, a bad signature.
 #[tokio::test]
 async fn fails_hangs_restarts_and_recovers_with_every_event_once_in_order() {
     let rx = Receiver::start(Mode::Fail).await;

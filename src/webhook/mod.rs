@@ -55,7 +55,7 @@ pub enum WebhookError {
 #[derive(Debug, Clone, Serialize)]
 pub struct EndpointStats {
     pub name: String,
-    /// The URL without any user name or password in it.
+    /// The URL's origin (scheme, host, port): paths may hold secrets.
     pub url: String,
     /// Events stored and not yet delivered.
     pub pending: u64,
@@ -200,14 +200,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A URL fit for logs and the API: no user name or password.
+/// A URL fit for logs, /healthz and the API: its origin only (`https://host:port`).
+/// User names, passwords, paths and queries stay out, since some services put their
+/// secret in the path of a webhook URL.
 fn redacted(url: &str) -> String {
     match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
+        Ok(u) => u.origin().ascii_serialization(),
         Err(_) => String::from("(invalid)"),
     }
 }
