@@ -17,6 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::hub::outbox::{QueueLimits, SlowConsumerPolicy};
 use crate::hub::HubConfig;
 use crate::topic::Filter;
+use crate::webhook::config::WebhookConfig;
 
 /// The annotated configuration the package installs; `switchboard default-config`
 /// prints it. A test keeps it equal to [`Config::packaged`].
@@ -48,6 +49,10 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub shutdown: ShutdownConfig,
+    pub store: StoreConfig,
+    /// Outbound webhook endpoints (`[[webhooks]]`); none by default.
+    #[serde(deserialize_with = "crate::webhook::config::unique")]
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -304,6 +309,15 @@ pub struct ShutdownConfig {
     pub grace: Duration,
 }
 
+/// The local store (`crate::store`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// How often writes are flushed to disk: at most this much is lost in a crash.
+    #[serde(with = "positive_duration")]
+    pub flush_interval: Duration,
+}
+
 fn nz(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
 }
@@ -324,6 +338,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             shutdown: ShutdownConfig::default(),
+            store: StoreConfig::default(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -431,6 +447,14 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval: Duration::from_millis(100),
         }
     }
 }
@@ -766,7 +790,7 @@ fn log_filter<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 /// Durations as humantime strings ("25s"), never zero.
-mod positive_duration {
+pub(crate) mod positive_duration {
     use super::*;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

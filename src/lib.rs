@@ -5,7 +5,8 @@
 //! sessions, [`ws`] serves WebSocket connections, [`http`] the HTTP listener, [`mqtt`]
 //! joins the embedded MQTT broker (crate `switchboard-bridge`) to the hub, [`auth`] says
 //! which devices may connect and what they may do, [`tls`] loads and reloads certificates,
-//! [`server`] starts and stops it all, [`config`] reads the configuration, and
+//! [`store`] keeps what must survive a restart, [`webhook`] delivers
+//! events to HTTP endpoints, [`server`] starts and stops it all, [`config`] reads the configuration, and
 //! [`client`] is the Rust client that talks to a running daemon.
 
 pub mod auth;
@@ -18,6 +19,7 @@ pub mod hub;
 pub mod mqtt;
 pub mod protocol;
 pub mod server;
+pub mod store;
 pub mod tls;
 pub mod topic;
 pub mod webhook;

@@ -23,7 +23,9 @@ use crate::hub::outbox::CloseReason;
 use crate::hub::Hub;
 use crate::mqtt::{BrokerTap, HubIngress};
 use crate::protocol::close;
+use crate::store::Store;
 use crate::tls::TlsReloader;
+use crate::webhook::Webhooks;
 
 /// Target of the one log line that reports every bound address. Scripts and tests read
 /// it; its shape is documented in README.md and must stay stable:
@@ -53,6 +55,10 @@ pub struct App {
     pub started_at: u64,
     /// Idempotency keys of recent HTTP publishes.
     pub idempotency: crate::http::api::IdempotencyCache,
+    /// The local store under `<data_dir>/store`, flushed at shutdown.
+    pub store: Store,
+    /// Outbound webhook endpoints (none unless configured).
+    pub webhooks: Arc<Webhooks>,
 }
 
 /// A daemon with its listeners bound, ready to run.
@@ -77,6 +83,9 @@ impl Server {
         let auth = Arc::new(Authenticator::from_config(&config)?);
         let tls = TlsReloader::from_config(&config).context("cannot set up TLS")?;
         let hub = Hub::new(config.hub());
+        let store = Store::open(&config.data_dir, config.store.flush_interval)?;
+        let webhooks =
+            Webhooks::open(&config.webhooks, &store, &hub).context("cannot set up the webhooks")?;
         let broker = start_broker(&config, &hub, &auth, tls.as_ref()).await?;
         let idempotency = crate::http::api::IdempotencyCache::new(config.http.idempotency_window);
         let app = Arc::new(App {
@@ -90,6 +99,8 @@ impl Server {
             tracker: TaskTracker::new(),
             started_at: crate::protocol::now_ms(),
             idempotency,
+            store,
+            webhooks,
         });
         Ok(Self { app, http })
     }
@@ -138,6 +149,7 @@ impl Server {
         tracing::info!(target: LISTENING_TARGET, "listening {}", listening.join(" "));
 
         tokio::spawn(watch_api_keys(app.clone()));
+        app.webhooks.start(&app.shutdown, &app.tracker);
         let router = crate::http::router(app.clone());
         let http = tokio::spawn(crate::http::listener::serve(self.http, app.clone(), router));
 
@@ -177,6 +189,8 @@ impl Server {
                 "shutdown grace of {grace:?} passed; dropping the remaining connections"
             );
         }
+        // After the connections, so their last events (disconnections) are stored too.
+        app.webhooks.stop().await;
         // Plain HTTP requests still in flight get what is left of a short deadline.
         if let Ok(Err(e)) = tokio::time::timeout(std::time::Duration::from_millis(200), http).await
         {

@@ -62,6 +62,7 @@ async fn healthz(State(app): State<Arc<App>>) -> (axum::http::StatusCode, Json<s
         "auth": app.auth.rejections.snapshot(),
         "mqtt": mqtt,
         "http": app.http_stats.to_json(),
+        "webhooks": app.webhooks.stats(),
     });
     (status, Json(body))
 }

@@ -1,5 +1,378 @@
 //! Webhooks out: configured HTTP endpoints that follow topics and lifecycle events like a
 //! subscriber would, with signed, retried, persisted deliveries. Inbound hooks (other
 //! services posting to us) live in `crate::http::hooks` and share [`signature`].
+//!
+//! The path of an event: the hub calls [`tap`] (under a topic lock: it only serialises
+//! the event and offers it to a bounded channel, dropping and counting when full), the
+//! writer task stores it in the endpoint's [`queue`], and one [`delivery`] task per
+//! endpoint sends the queue in order, retrying the head until it succeeds or goes to the
+//! dead letters. Nothing here can slow the hub: a slow endpoint only grows its queue on
+//! disk, up to `max_pending`. docs/webhooks.md is the user's side of this.
 
+pub mod config;
+mod delivery;
+mod event;
+mod queue;
 pub mod signature;
+mod tap;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::hub::Hub;
+use crate::store::{Store, StoreError};
+use config::WebhookConfig;
+use queue::Queue;
+
+/// Why webhooks cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("webhook `{name}`: cannot read the secret file {}: {source}", path.display())]
+    Secret {
+        name: String,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("webhook `{name}`: the secret file {} {problem}", path.display())]
+    BadSecret {
+        name: String,
+        path: std::path::PathBuf,
+        problem: &'static str,
+    },
+    #[error("cannot set up the HTTP client for webhooks: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Figures of one endpoint, for the API, /healthz and metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointStats {
+    pub name: String,
+    /// The URL's origin (scheme, host, port): paths may hold secrets.
+    pub url: String,
+    /// Events stored and not yet delivered.
+    pub pending: u64,
+    /// Deliveries in the dead-letter list.
+    pub dead: u64,
+    /// Events delivered (answered with a 2xx).
+    pub delivered: u64,
+    /// Requests that failed (error, timeout or non-2xx status).
+    pub failed_attempts: u64,
+    /// Events lost: the hub's channel was full, or `max_pending` was passed.
+    pub dropped: u64,
+    pub last_error: Option<String>,
+    /// Unix ms of the last successful delivery.
+    pub last_success: Option<u64>,
+}
+
+/// One configured endpoint: its settings, secret, stored queue and live counters.
+pub struct Endpoint {
+    pub config: WebhookConfig,
+    secret: Vec<u8>,
+    queue: Queue,
+    /// Woken by the writer when events were stored.
+    wake: tokio::sync::Notify,
+    pending: AtomicU64,
+    dead: AtomicU64,
+    delivered: AtomicU64,
+    failed_attempts: AtomicU64,
+    dropped: AtomicU64,
+    last_success: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    /// Prefix of every event and delivery id, chosen once per store, so that ids stay
+    /// unique for a receiver even if the store is deleted and ids start again.
+    epoch: String,
+}
+
+/// A dead letter as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct DeadLetterView {
+    pub id: String,
+    pub events: Vec<Box<RawValue>>,
+    pub attempts: u32,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub failed_at: u64,
+}
+
+impl Endpoint {
+    fn delivery_id(&self, first: u64) -> String {
+        format!("msg_{}_{first}", self.epoch)
+    }
+
+    fn event_id(&self, key: u64) -> String {
+        format!("evt_{}_{key}", self.epoch)
+    }
+
+    /// The store key of a dead letter from its id; None if the id is not one of ours.
+    fn dead_key(&self, id: &str) -> Option<u64> {
+        id.strip_prefix("msg_")?
+            .strip_prefix(self.epoch.as_str())?
+            .strip_prefix('_')?
+            .parse()
+            .ok()
+    }
+
+    pub fn stats(&self) -> EndpointStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let last_success = get(&self.last_success);
+        EndpointStats {
+            name: self.config.name.clone(),
+            url: redacted(&self.config.url),
+            pending: get(&self.pending),
+            dead: get(&self.dead),
+            delivered: get(&self.delivered),
+            failed_attempts: get(&self.failed_attempts),
+            dropped: get(&self.dropped),
+            last_error: lock(&self.last_error).clone(),
+            last_success: (last_success > 0).then_some(last_success),
+        }
+    }
+
+    /// Dead letters, oldest first.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetterView>, StoreError> {
+        Ok(self
+            .queue
+            .dead_letters(limit)?
+            .into_iter()
+            .map(|(_, l)| DeadLetterView {
+                id: l.id,
+                events: l.events,
+                attempts: l.attempts,
+                last_status: l.last_status,
+                last_error: l.last_error,
+                failed_at: l.failed_at,
+            })
+            .collect())
+    }
+
+    /// Sends a dead letter's events again, as a new delivery at the end of the queue.
+    /// None when there is no such dead letter.
+    pub fn retry_dead(&self, id: &str) -> Result<Option<usize>, StoreError> {
+        let Some(key) = self.dead_key(id) else {
+            return Ok(None);
+        };
+        let queued = self.queue.requeue(key)?;
+        if let Some(n) = queued {
+            self.dead.fetch_sub(1, Ordering::Relaxed);
+            self.pending.fetch_add(n as u64, Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+        Ok(queued)
+    }
+
+    /// Sends every dead letter again, oldest first; how many letters.
+    pub fn retry_all_dead(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for key in self.queue.dead_keys()? {
+            if self.retry_dead(&self.delivery_id(key))?.is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Forgets a dead letter; whether it was there.
+    pub fn delete_dead(&self, id: &str) -> Result<bool, StoreError> {
+        let Some(key) = self.dead_key(id) else {
+            return Ok(false);
+        };
+        let gone = self.queue.take_dead(key)?.is_some();
+        if gone {
+            self.dead.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(gone)
+    }
+
+    fn note_error(&self, error: String) {
+        *lock(&self.last_error) = Some(error);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A URL fit for logs, /healthz and the API: its origin only (`https://host:port`).
+/// User names, passwords, paths and queries stay out, since some services put their
+/// secret in the path of a webhook URL.
+fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => String::from("(invalid)"),
+    }
+}
+
+/// Every configured endpoint, and the tasks that feed them.
+pub struct Webhooks {
+    endpoints: Vec<Arc<Endpoint>>,
+    store: Store,
+    client: Option<reqwest::Client>,
+    /// Taken by [`Webhooks::start`].
+    receiver: Mutex<Option<tap::Receiver>>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    stop_writer: CancellationToken,
+}
+
+impl Webhooks {
+    /// Reads every secret and opens every endpoint's queue, and attaches to the hub;
+    /// fails (naming the endpoint and file) before anything is served. Events start
+    /// queueing now; [`Webhooks::start`] starts storing and sending them.
+    pub fn open(
+        configs: &[WebhookConfig],
+        store: &Store,
+        hub: &Hub,
+    ) -> Result<Arc<Webhooks>, WebhookError> {
+        let epoch = epoch(store)?;
+        let mut endpoints = Vec::with_capacity(configs.len());
+        for config in configs {
+            let secret = read_secret(config)?;
+            let queue = Queue::open(store, &config.name)?;
+            let pending = queue.pending_len() as u64;
+            let dead = queue.dead_len() as u64;
+            endpoints.push(Arc::new(Endpoint {
+                config: config.clone(),
+                secret,
+                queue,
+                wake: tokio::sync::Notify::new(),
+                pending: AtomicU64::new(pending),
+                dead: AtomicU64::new(dead),
+                delivered: AtomicU64::new(0),
+                failed_attempts: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+                last_success: AtomicU64::new(0),
+                last_error: Mutex::new(None),
+                epoch: epoch.clone(),
+            }));
+        }
+        let client = if endpoints.is_empty() {
+            None
+        } else {
+            Some(
+                reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(WebhookError::Client)?,
+            )
+        };
+        let (tap, receiver) = tap::channel(endpoints.clone());
+        if !endpoints.is_empty() {
+            hub.add_tap(Arc::new(tap));
+        }
+        Ok(Arc::new(Webhooks {
+            endpoints,
+            store: store.clone(),
+            client,
+            receiver: Mutex::new(Some(receiver)),
+            writer: Mutex::new(None),
+            stop_writer: CancellationToken::new(),
+        }))
+    }
+
+    /// Starts the writer and one delivery task per endpoint. Delivery tasks are on
+    /// `tracker` and stop at `shutdown` between two requests, so a request in flight
+    /// finishes within the shutdown grace and is not sent twice.
+    pub fn start(&self, shutdown: &CancellationToken, tracker: &TaskTracker) {
+        let Some(receiver) = lock(&self.receiver).take() else {
+            return;
+        };
+        let Some(client) = &self.client else {
+            return;
+        };
+        for ep in &self.endpoints {
+            tracing::info!(
+                webhook = %ep.config.name,
+                url = %redacted(&ep.config.url),
+                pending = ep.pending.load(Ordering::Relaxed),
+                dead = ep.dead.load(Ordering::Relaxed),
+                "webhook endpoint"
+            );
+            tracker.spawn(delivery::run(ep.clone(), client.clone(), shutdown.clone()));
+        }
+        let writer = tokio::spawn(tap::write(
+            receiver,
+            self.endpoints.clone(),
+            self.stop_writer.clone(),
+        ));
+        *lock(&self.writer) = Some(writer);
+    }
+
+    /// Stores what is still queued in memory (events of the shutdown itself, such as
+    /// disconnections, included) and flushes the store. Call after the hub is quiet.
+    pub async fn stop(&self) {
+        self.stop_writer.cancel();
+        let writer = lock(&self.writer).take();
+        if let Some(writer) = writer {
+            if let Err(e) = writer.await {
+                tracing::error!(error = %e, "the webhook writer task failed");
+            }
+        }
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(error = %e, "cannot flush the store");
+        }
+    }
+
+    pub fn stats(&self) -> Vec<EndpointStats> {
+        self.endpoints.iter().map(|e| e.stats()).collect()
+    }
+
+    pub fn endpoint(&self, name: &str) -> Option<&Arc<Endpoint>> {
+        self.endpoints.iter().find(|e| e.config.name == name)
+    }
+}
+
+/// The store-wide id prefix, made on first use.
+fn epoch(store: &Store) -> Result<String, StoreError> {
+    let meta = store.tree("webhook.meta")?;
+    let fresh = format!("{:08x}", rand::random::<u32>());
+    let stored = meta
+        .compare_and_swap("epoch", None as Option<&[u8]>, Some(fresh.as_bytes()))
+        .map_err(|e| store.io(e))?;
+    Ok(match stored {
+        Ok(()) => fresh,
+        Err(current) => current
+            .current
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or(fresh),
+    })
+}
+
+/// The signing key: the file's content, trimmed; a Standard Webhooks `whsec_<base64>`
+/// secret is decoded, so receivers can use the same string with their library.
+fn read_secret(config: &WebhookConfig) -> Result<Vec<u8>, WebhookError> {
+    let path = &config.secret_file;
+    let bad = |problem| WebhookError::BadSecret {
+        name: config.name.clone(),
+        path: path.clone(),
+        problem,
+    };
+    if path.as_os_str().is_empty() {
+        return Err(bad(
+            "is not set (secret_file is required: every delivery is signed)",
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| WebhookError::Secret {
+        name: config.name.clone(),
+        path: path.clone(),
+        source,
+    })?;
+    let text = text.trim();
+    if let Some(encoded) = text.strip_prefix("whsec_") {
+        use base64::Engine;
+        return base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| bad("starts with whsec_ but the rest is not base64"));
+    }
+    if text.len() < 16 {
+        return Err(bad("holds fewer than 16 characters"));
+    }
+    Ok(text.as_bytes().to_vec())
+}

@@ -1,0 +1,168 @@
+//! The local event store: one sled database at `<data_dir>/store`, shared by everything
+//! that must survive a restart (webhook deliveries today, recordings later).
+//!
+//! Owns opening, the on-disk format version and flushing. Each user keeps its data in
+//! its own named trees and owns their layout; this module knows nothing of what is in
+//! them. Writes reach disk within `[store] flush_interval` (sled's background flush),
+//! and at once on [`Store::flush`], which shutdown calls.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The layout this build reads and writes. Raised when a change would confuse an older
+/// build; an older build then refuses the store instead of misreading it.
+pub const FORMAT_VERSION: u32 = 1;
+
+const VERSION_KEY: &[u8] = b"switchboard.format_version";
+
+/// Why the store cannot be used. Every variant names the store's path.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error(
+        "the store at {} has format version {found}; this build understands version {FORMAT_VERSION} only (it was written by a newer switchboard: upgrade, or move the directory away)",
+        path.display()
+    )]
+    NewerVersion { path: PathBuf, found: u32 },
+    #[error("the store at {} has an unreadable format version record", path.display())]
+    BadVersion { path: PathBuf },
+    #[error("store at {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+}
+
+/// The open store. Cheap to clone (sled handles are reference counted).
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `data_dir/store` and checks its format version.
+    pub fn open(data_dir: &Path, flush_interval: Duration) -> Result<Store, StoreError> {
+        let path = data_dir.join("store");
+        let flush_ms = u64::try_from(flush_interval.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let db = sled::Config::new()
+            .path(&path)
+            .flush_every_ms(Some(flush_ms))
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let store = Store { db, path };
+        store.check_version()?;
+        Ok(store)
+    }
+
+    fn check_version(&self) -> Result<(), StoreError> {
+        match self.db.get(VERSION_KEY).map_err(|e| self.io(e))? {
+            None => {
+                self.db
+                    .insert(VERSION_KEY, &FORMAT_VERSION.to_be_bytes())
+                    .map_err(|e| self.io(e))?;
+                self.db.flush().map_err(|e| self.io(e))?;
+                Ok(())
+            }
+            Some(bytes) => {
+                let found = <[u8; 4]>::try_from(bytes.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::BadVersion {
+                        path: self.path.clone(),
+                    })?;
+                if found > FORMAT_VERSION || found == 0 {
+                    return Err(StoreError::NewerVersion {
+                        path: self.path.clone(),
+                        found,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A named tree, created if missing. Names are namespaced by their user
+    /// (`webhook/<name>/pending`), so users never collide.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        self.db.open_tree(name).map_err(|e| self.io(e))
+    }
+
+    /// A number never handed out before by this store, even across crashes (sled
+    /// persists a high-water mark and skips ahead on recovery).
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        self.db.generate_id().map_err(|e| self.io(e))
+    }
+
+    /// Writes everything to disk now.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.io(e))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Wraps an error of a running store with its path.
+    pub fn io(&self, source: sled::Error) -> StoreError {
+        StoreError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_its_version_and_refuses_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let a = store.next_id().unwrap();
+        assert!(store.next_id().unwrap() > a);
+        store
+            .db
+            .insert(VERSION_KEY, &(FORMAT_VERSION + 1).to_be_bytes())
+            .unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        let err = Store::open(dir.path(), Duration::from_millis(100))
+            .err()
+            .expect("a newer store is refused");
+        let text = err.to_string();
+        assert!(text.contains("format version 2"), "{text}");
+        assert!(
+            text.contains(&dir.path().join("store").display().to_string()),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reopens_a_store_of_its_own_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Duration::from_millis(100)).unwrap();
+        store.tree("t").unwrap().insert("k", "v").unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), Duration::from_millis(100)).unwrap();
+        assert_eq!(
+            store.tree("t").unwrap().get("k").unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+    }
+}

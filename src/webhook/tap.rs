@@ -1,0 +1,167 @@
+//! From the hub to the store: the [`Tap`] the hub calls for every message and lifecycle
+//! event, and the writer task that stores what it offers.
+//!
+//! The tap runs under the hub's topic lock, so it only serialises the event (once, for
+//! every endpoint that wants it) and `try_send`s it; a full channel drops the event,
+//! counts it on the endpoint and warns at most every [`WARN_EVERY_MS`]. The writer takes
+//! events in bursts, stores each under a fresh id and wakes the endpoint's delivery task.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{event, Endpoint};
+use crate::hub::{Lifecycle, Publish, Tap};
+use crate::protocol::now_ms;
+
+/// Events between the hub and the writer. A burst this large only waits here while the
+/// writer stores the previous one; beyond it, events are dropped rather than the hub
+/// slowed.
+const CHANNEL: usize = 65_536;
+
+/// Events the writer takes at once.
+const BURST: usize = 512;
+
+const WARN_EVERY_MS: u64 = 10_000;
+
+/// An event for the endpoint at an index of the endpoint list.
+type Item = (usize, Arc<str>);
+
+pub struct Receiver(mpsc::Receiver<Item>);
+
+pub struct WebhookTap {
+    endpoints: Vec<Arc<Endpoint>>,
+    tx: mpsc::Sender<Item>,
+    last_warn: AtomicU64,
+}
+
+pub fn channel(endpoints: Vec<Arc<Endpoint>>) -> (WebhookTap, Receiver) {
+    let (tx, rx) = mpsc::channel(CHANNEL);
+    let tap = WebhookTap {
+        endpoints,
+        tx,
+        last_warn: AtomicU64::new(0),
+    };
+    (tap, Receiver(rx))
+}
+
+impl WebhookTap {
+    /// Offers the event, made at most once, to every endpoint `wants` picks.
+    fn offer(&self, wants: impl Fn(&Endpoint) -> bool, make: impl FnOnce() -> String) {
+        let mut make = Some(make);
+        let mut made: Option<Arc<str>> = None;
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            if !wants(ep) {
+                continue;
+            }
+            let event = match (&made, make.take()) {
+                (Some(e), _) => e.clone(),
+                (None, Some(f)) => made.insert(Arc::from(f())).clone(),
+                (None, None) => continue,
+            };
+            if self.tx.try_send((i, event)).is_err() {
+                let dropped = ep.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                self.warn_dropped(ep, dropped);
+            }
+        }
+    }
+
+    fn warn_dropped(&self, ep: &Endpoint, dropped: u64) {
+        let now = now_ms();
+        let last = self.last_warn.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= WARN_EVERY_MS
+            && self
+                .last_warn
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                webhook = %ep.config.name,
+                dropped,
+                "webhook events dropped: the store writer is behind"
+            );
+        }
+    }
+}
+
+impl Tap for WebhookTap {
+    fn publish(&self, message: &Publish<'_>, seq: u64) {
+        self.offer(
+            |ep| ep.config.wants_topic(message.topic),
+            || event::message(message, seq),
+        );
+    }
+
+    fn lifecycle(&self, e: &Lifecycle<'_>) {
+        let name = e.name();
+        self.offer(|ep| ep.config.wants_event(name), || event::lifecycle(e));
+    }
+}
+
+/// Stores events until `stop`, then stores what is left in the channel and returns.
+pub async fn write(mut rx: Receiver, endpoints: Vec<Arc<Endpoint>>, stop: CancellationToken) {
+    let mut burst = Vec::with_capacity(BURST);
+    loop {
+        let n = tokio::select! {
+            n = rx.0.recv_many(&mut burst, BURST) => n,
+            _ = stop.cancelled() => break,
+        };
+        if n == 0 {
+            return;
+        }
+        store(&mut burst, &endpoints);
+    }
+    while let Ok(item) = rx.0.try_recv() {
+        burst.push(item);
+    }
+    store(&mut burst, &endpoints);
+}
+
+fn store(burst: &mut Vec<Item>, endpoints: &[Arc<Endpoint>]) {
+    let mut touched = vec![false; endpoints.len()];
+    for (i, event) in burst.drain(..) {
+        let Some(ep) = endpoints.get(i) else { continue };
+        match ep.queue.push(|id| event::with_id(&ep.event_id(id), &event)) {
+            Ok(()) => {
+                touched[i] = true;
+                let pending = ep.pending.fetch_add(1, Ordering::Relaxed) + 1;
+                if pending > ep.config.max_pending.get() {
+                    overflow(ep);
+                }
+            }
+            Err(e) => {
+                ep.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(webhook = %ep.config.name, error = %e, "cannot store a webhook event; dropped");
+            }
+        }
+    }
+    for (ep, touched) in endpoints.iter().zip(touched) {
+        if touched {
+            ep.wake.notify_one();
+        }
+    }
+}
+
+/// Drops the oldest pending event of an endpoint over its `max_pending`.
+fn overflow(ep: &Endpoint) {
+    match ep.queue.drop_oldest() {
+        Ok(true) => {
+            ep.pending.fetch_sub(1, Ordering::Relaxed);
+            let dropped = ep.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    webhook = %ep.config.name,
+                    dropped,
+                    max_pending = ep.config.max_pending.get(),
+                    "webhook queue full: oldest events dropped"
+                );
+            }
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(webhook = %ep.config.name, error = %e, "cannot drop an old webhook event")
+        }
+    }
+}
