@@ -5,7 +5,8 @@
 //! sessions, [`ws`] serves WebSocket connections, [`http`] the HTTP listener, [`mqtt`]
 //! joins the embedded MQTT broker (crate `switchboard-bridge`) to the hub, [`auth`] says
 //! which devices may connect and what they may do, [`tls`] loads and reloads certificates,
-//! [`server`] starts and stops it all, [`config`] reads the configuration, and
+//! [`metrics`] shows the live figures, [`server`] starts and stops it all, [`config`]
+//! reads the configuration, and
 //! [`client`] is the Rust client that talks to a running daemon.
 
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod hex;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod mqtt;
 pub mod protocol;
 pub mod server;
