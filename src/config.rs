@@ -48,6 +48,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub shutdown: ShutdownConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -298,6 +299,16 @@ pub struct ShutdownConfig {
     pub grace: Duration,
 }
 
+/// The Prometheus endpoint `/metrics` (docs/metrics.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`.
+    pub enabled: bool,
+    /// `/metrics` needs no credential; when false it needs the admin token.
+    pub public: bool,
+}
+
 fn nz(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
 }
@@ -318,6 +329,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             shutdown: ShutdownConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -419,6 +431,15 @@ impl Default for TlsConfig {
     }
 }
 
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            public: true,
+        }
+    }
+}
+
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
@@ -444,6 +465,7 @@ impl Config {
         c.mqtt.password_file = PathBuf::from("/etc/switchboard/passwd");
         c.auth.allow_anonymous = false;
         c.auth.admin_token_file = PathBuf::from("/etc/switchboard/admin.token");
+        c.metrics.public = false;
         c
     }
 
@@ -820,6 +842,7 @@ mod tests {
                 "data_dir",
                 "http.listen",
                 "http.max_connections_per_ip",
+                "metrics.public",
                 "mqtt.allow_anonymous",
                 "mqtt.listen",
                 "mqtt.password_file",
@@ -828,7 +851,7 @@ mod tests {
         );
         assert_eq!(
             ANNOTATED.matches("Packaged:").count(),
-            9,
+            10,
             "the header, and one note per setting (the mqtt listeners share one)"
         );
     }
