@@ -53,6 +53,7 @@ pub struct Config {
     /// Outbound webhook endpoints (`[[webhooks]]`); none by default.
     #[serde(deserialize_with = "crate::webhook::config::unique")]
     pub webhooks: Vec<WebhookConfig>,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -318,6 +319,16 @@ pub struct StoreConfig {
     pub flush_interval: Duration,
 }
 
+/// The Prometheus endpoint `/metrics` (docs/metrics.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`.
+    pub enabled: bool,
+    /// `/metrics` needs no credential; when false it needs the admin token.
+    pub public: bool,
+}
+
 fn nz(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
 }
@@ -340,6 +351,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             store: StoreConfig::default(),
             webhooks: Vec::new(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -443,6 +455,15 @@ impl Default for TlsConfig {
     }
 }
 
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            public: true,
+        }
+    }
+}
+
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
@@ -476,6 +497,7 @@ impl Config {
         c.mqtt.password_file = PathBuf::from("/etc/switchboard/passwd");
         c.auth.allow_anonymous = false;
         c.auth.admin_token_file = PathBuf::from("/etc/switchboard/admin.token");
+        c.metrics.public = false;
         c
     }
 
@@ -852,6 +874,7 @@ mod tests {
                 "data_dir",
                 "http.listen",
                 "http.max_connections_per_ip",
+                "metrics.public",
                 "mqtt.allow_anonymous",
                 "mqtt.listen",
                 "mqtt.password_file",
@@ -860,7 +883,7 @@ mod tests {
         );
         assert_eq!(
             ANNOTATED.matches("Packaged:").count(),
-            9,
+            10,
             "the header, and one note per setting (the mqtt listeners share one)"
         );
     }

@@ -6,7 +6,8 @@
 //! joins the embedded MQTT broker (crate `switchboard-bridge`) to the hub, [`auth`] says
 //! which devices may connect and what they may do, [`tls`] loads and reloads certificates,
 //! [`store`] keeps what must survive a restart, [`webhook`] delivers
-//! events to HTTP endpoints, [`server`] starts and stops it all, [`config`] reads the configuration, and
+//! events to HTTP endpoints, [`metrics`] shows the live figures, [`server`] starts and
+//! stops it all, [`config`] reads the configuration, and
 //! [`client`] is the Rust client that talks to a running daemon.
 
 pub mod auth;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod hex;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod mqtt;
 pub mod protocol;
 pub mod server;

@@ -47,6 +47,8 @@ pub struct App {
     pub tls: Option<Arc<TlsReloader>>,
     /// The HTTP listener's connection counters, for /healthz.
     pub http_stats: Arc<ListenerStats>,
+    /// Figures with no other home (delivery latency…), for `crate::metrics`.
+    pub metrics: crate::metrics::Instruments,
     /// Cancelled when shutdown begins.
     pub shutdown: CancellationToken,
     /// Every live connection holds a token of this tracker, so shutdown can wait for them.
@@ -95,6 +97,7 @@ impl Server {
             broker,
             tls,
             http_stats: Arc::new(ListenerStats::default()),
+            metrics: Default::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             started_at: crate::protocol::now_ms(),

@@ -44,6 +44,11 @@ pub struct Publisher {
 pub struct QueueFull;
 
 impl Publisher {
+    /// Messages waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     pub fn publish(&self, topic: &str, payload: Bytes, retain: bool) -> Result<(), QueueFull> {
         let message = Outgoing {
             topic: Bytes::copy_from_slice(topic.as_bytes()),

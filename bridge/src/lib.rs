@@ -127,6 +127,14 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Every transport, in the order of [`StatsSnapshot::connections_by_transport`].
+    pub const ALL: [Transport; 4] = [
+        Transport::Tcp,
+        Transport::WebSocket,
+        Transport::Tls,
+        Transport::SecureWebSocket,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Tcp => "tcp",
@@ -250,6 +258,8 @@ pub struct Stats {
     pub egress_dropped: AtomicU64,
     /// TLS handshakes that failed or timed out on the TLS listeners.
     pub tls_handshake_failures: AtomicU64,
+    /// `connections` split by [`Transport`] (indexed as [`Transport::ALL`]).
+    pub connections_by_transport: [AtomicU64; 4],
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -265,6 +275,8 @@ pub struct StatsSnapshot {
     pub egress_published: u64,
     pub egress_dropped: u64,
     pub tls_handshake_failures: u64,
+    /// Devices connected now, in the order of [`Transport::ALL`].
+    pub connections_by_transport: [u64; 4],
 }
 
 impl Stats {
@@ -281,6 +293,7 @@ impl Stats {
             egress_published: get(&self.egress_published),
             egress_dropped: get(&self.egress_dropped),
             tls_handshake_failures: get(&self.tls_handshake_failures),
+            connections_by_transport: self.connections_by_transport.each_ref().map(get),
         }
     }
 }
@@ -421,6 +434,11 @@ impl Broker {
 
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats.snapshot()
+    }
+
+    /// Messages queued towards MQTT subscribers now, not yet taken by the egress task.
+    pub fn egress_queue_depth(&self) -> usize {
+        self.shared.publisher.queued()
     }
 
     /// Resolves if the router thread dies. The daemon must then exit rather than run with

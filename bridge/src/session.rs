@@ -347,6 +347,8 @@ impl Admission {
             .stats
             .connections
             .fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.connections_by_transport[self.transport as usize]
+            .fetch_add(1, Ordering::Relaxed);
         self.shared.ingress.connected(&device);
         tracing::info!(client_id = device.client_id, remote = %device.remote, version = version.as_str(), transport = self.transport.as_str(), "device connected");
 
@@ -460,6 +462,8 @@ impl Running {
         self.shared
             .stats
             .connections
+            .fetch_sub(1, Ordering::Relaxed);
+        self.shared.stats.connections_by_transport[self.device.transport as usize]
             .fetch_sub(1, Ordering::Relaxed);
         tracing::info!(
             client_id = self.device.client_id,

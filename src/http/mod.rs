@@ -1,8 +1,9 @@
-//! The HTTP listener's routes: the WebSocket endpoint, health, and the REST API
+//! The HTTP listener's routes: the WebSocket endpoint, health, metrics and the REST API
 //! (`api`), in one router so that HTTP carried over WebSocket can reuse it.
 
 pub mod api;
 pub mod listener;
+mod metrics;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/ws", get(crate::ws::upgrade))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::metrics))
         .nest("/api/v1", api::router(&app.config))
         .layer(axum::extract::DefaultBodyLimit::max(
             app.config.ws.max_message_size.get(),

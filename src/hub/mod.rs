@@ -137,6 +137,21 @@ pub enum Origin {
     System,
 }
 
+impl Origin {
+    /// Every origin, in the order of [`Stats::published_by_origin`].
+    pub const ALL: [Origin; 4] = [Origin::Ws, Origin::Http, Origin::Mqtt, Origin::System];
+
+    /// The transport's name in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Ws => "ws",
+            Origin::Http => "http",
+            Origin::Mqtt => "mqtt",
+            Origin::System => "system",
+        }
+    }
+}
+
 /// Something that sees every message the Hub routes, such as the MQTT broker. Called
 /// under the topic's lock, so calls for one topic arrive in seq order; must not block.
 pub trait Tap: Send + Sync {
@@ -211,10 +226,14 @@ pub struct Published {
 /// Live counters, cheap enough to bump on every delivery.
 #[derive(Default)]
 struct Counters {
-    published: AtomicU64,
+    /// Indexed by `Origin as usize`: one add per publish, as before the split.
+    published: [AtomicU64; 4],
+    publishes_forbidden: AtomicU64,
     delivered: AtomicU64,
     dropped: AtomicU64,
     slow_closed: AtomicU64,
+    /// Frames discarded with the queues of connections closed as slow consumers.
+    slow_discarded: AtomicU64,
     direct: AtomicU64,
     retained: AtomicU64,
     retained_refused: AtomicU64,
@@ -228,9 +247,14 @@ pub struct Stats {
     pub subscriptions: usize,
     pub topics: usize,
     pub published: u64,
+    /// `published` by the way messages came in, in the order of [`Origin::ALL`].
+    pub published_by_origin: [u64; 4],
+    /// Publishes refused by permissions (also counted in `forbidden`).
+    pub publishes_forbidden: u64,
     pub delivered: u64,
     pub dropped: u64,
     pub slow_consumer_closes: u64,
+    pub slow_consumer_discarded: u64,
     pub direct_messages: u64,
     pub retained: u64,
     pub retained_refused: u64,
@@ -433,7 +457,11 @@ impl Hub {
     pub fn publish(&self, p: Publish<'_>) -> Result<Published, HubError> {
         topic::validate_topic(p.topic)?;
         if p.origin != Origin::System {
-            self.allow(p.by.check_publish(p.topic))?;
+            self.allow(p.by.check_publish(p.topic)).inspect_err(|_| {
+                self.counters
+                    .publishes_forbidden
+                    .fetch_add(1, Ordering::Relaxed);
+            })?;
         }
         let state = self.topic_state(p.topic);
         // Held through fan-out: concurrent publishers to one topic are serialised, so
@@ -441,12 +469,14 @@ impl Hub {
         let mut state = lock(&state);
         state.seq += 1;
         let seq = state.seq;
+        // One clock reading per publish, for `ts` and for the delivery latency stamp.
+        let now_us = protocol::now_us();
         let message = |retained| {
             ServerFrame::Msg {
                 topic: Cow::Borrowed(p.topic),
                 event: p.event.map(Cow::Borrowed),
                 data: p.data,
-                ts: protocol::now_ms(),
+                ts: now_us / 1000,
                 seq,
                 from: Cow::Borrowed(p.from),
                 retained,
@@ -476,12 +506,12 @@ impl Hub {
                 _ => 0,
             };
         }
-        let delivered = self.deliver(p.topic, &frame, None);
+        let delivered = self.deliver(p.topic, &frame, None, Some(now_us));
         for tap in read(&self.taps).iter() {
             tap.publish(&p, seq);
         }
         drop(state);
-        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        self.counters.published[p.origin as usize].fetch_add(1, Ordering::Relaxed);
         Ok(Published { seq, delivered })
     }
 
@@ -513,21 +543,32 @@ impl Hub {
     }
 
     /// Pushes one encoded frame to every session subscribed to `topic`, except `skip`.
-    fn deliver(&self, topic: &str, frame: &Frame, skip: Option<index::Key>) -> usize {
+    /// `stamp` is when a published message was accepted (µs), for the latency figure.
+    fn deliver(
+        &self,
+        topic: &str,
+        frame: &Frame,
+        skip: Option<index::Key>,
+        stamp: Option<u64>,
+    ) -> usize {
         let mut delivered = 0usize;
         let mut dropped = 0u64;
         let mut closed = 0u64;
+        let mut discarded = 0u64;
         read(&self.index).for_each_match(topic, |s| {
             if Some(s.key) == skip {
                 return;
             }
-            match s.outbox.push(frame.clone()) {
+            match s.outbox.push_stamped(frame.clone(), stamp) {
                 Pushed::Queued => delivered += 1,
                 Pushed::DroppedOldest(n) => {
                     delivered += 1;
                     dropped += n;
                 }
-                Pushed::Overflowed => closed += 1,
+                Pushed::Overflowed(n) => {
+                    closed += 1;
+                    discarded += n;
+                }
                 Pushed::Closed => {}
             }
         });
@@ -541,6 +582,9 @@ impl Hub {
             self.counters
                 .slow_closed
                 .fetch_add(closed, Ordering::Relaxed);
+            self.counters
+                .slow_discarded
+                .fetch_add(discarded, Ordering::Relaxed);
         }
         delivered
     }
@@ -696,18 +740,26 @@ impl Hub {
             }
         };
         let frame = frame.to_frame();
-        self.deliver(topic, &frame, Some(session.key));
+        self.deliver(topic, &frame, Some(session.key), None);
     }
 
     pub fn stats(&self) -> Stats {
+        let published_by_origin = self
+            .counters
+            .published
+            .each_ref()
+            .map(|c| c.load(Ordering::Relaxed));
         Stats {
             connections: read(&self.clients).len(),
             subscriptions: read(&self.index).len(),
             topics: read(&self.topics).len(),
-            published: self.counters.published.load(Ordering::Relaxed),
+            published: published_by_origin.iter().sum(),
+            published_by_origin,
+            publishes_forbidden: self.counters.publishes_forbidden.load(Ordering::Relaxed),
             delivered: self.counters.delivered.load(Ordering::Relaxed),
             dropped: self.counters.dropped.load(Ordering::Relaxed),
             slow_consumer_closes: self.counters.slow_closed.load(Ordering::Relaxed),
+            slow_consumer_discarded: self.counters.slow_discarded.load(Ordering::Relaxed),
             direct_messages: self.counters.direct.load(Ordering::Relaxed),
             retained: self.counters.retained.load(Ordering::Relaxed),
             retained_refused: self.counters.retained_refused.load(Ordering::Relaxed),

@@ -6,6 +6,9 @@
 //! client how many with a `lagged` notice) or close the connection. Either way a
 //! connection's memory is capped by `max_messages` and `max_bytes`.
 //!
+//! Each batch carries the publish stamp of its oldest stamped frame, so the consumer can
+//! measure delivery latency once per batch rather than once per frame.
+//!
 //! The consumer side is poll-based (`poll_batch`) so a connection can wait for
 //! outbound frames and inbound bytes in one task, without a second task per socket.
 
@@ -53,6 +56,9 @@ struct Queue {
     bytes: usize,
     dropped: u64,
     closed: Option<CloseReason>,
+    /// Publish stamp (µs since the epoch) of the oldest stamped frame queued since the
+    /// last batch.
+    oldest: Option<u64>,
 }
 
 /// What the consumer gets from one `poll_batch`.
@@ -63,6 +69,8 @@ pub struct Batch {
     /// Set once the outbox is closed. Under `SlowConsumer` the queue was discarded and
     /// nothing more should be written; otherwise frames taken with it are still due.
     pub closed: Option<CloseReason>,
+    /// Publish stamp of the oldest stamped frame in the batch (see [`Outbox::push_stamped`]).
+    pub oldest: Option<u64>,
 }
 
 /// What a push did.
@@ -71,8 +79,9 @@ pub enum Pushed {
     Queued,
     /// Queued, and this many older frames were dropped to make room.
     DroppedOldest(u64),
-    /// Not queued: this push passed the limit under the close policy and closed it.
-    Overflowed,
+    /// Not queued: this push passed the limit under the close policy and closed it; this
+    /// many frames were discarded, itself included.
+    Overflowed(u64),
     /// Not queued: the outbox was already closed.
     Closed,
 }
@@ -100,9 +109,18 @@ impl Outbox {
 
     /// Queues a frame without waiting. Never blocks the publisher on a slow reader.
     pub fn push(&self, frame: Frame) -> Pushed {
+        self.push_stamped(frame, None)
+    }
+
+    /// Queues a frame the Hub accepted at `stamp` (µs since the epoch), for the delivery
+    /// latency figure.
+    pub fn push_stamped(&self, frame: Frame, stamp: Option<u64>) -> Pushed {
         let mut q = self.lock();
         if q.closed.is_some() {
             return Pushed::Closed;
+        }
+        if q.oldest.is_none() {
+            q.oldest = stamp;
         }
         let was_empty = q.frames.is_empty();
         q.bytes += frame.len();
@@ -118,12 +136,14 @@ impl Outbox {
                 }
                 // Close, or a single frame larger than the byte limit: nothing to drop.
                 _ => {
+                    let discarded = q.frames.len() as u64;
                     q.closed = Some(CloseReason::SlowConsumer);
                     q.frames = VecDeque::new();
                     q.bytes = 0;
+                    q.oldest = None;
                     drop(q);
                     self.consumer.wake();
-                    return Pushed::Overflowed;
+                    return Pushed::Overflowed(discarded);
                 }
             }
         }
@@ -168,6 +188,7 @@ impl Outbox {
             return Poll::Ready(Batch {
                 dropped: 0,
                 closed: q.closed,
+                oldest: None,
             });
         }
         if !take || (q.frames.is_empty() && q.dropped == 0 && q.closed.is_none()) {
@@ -182,7 +203,13 @@ impl Outbox {
         Poll::Ready(Batch {
             dropped: std::mem::take(&mut q.dropped),
             closed: q.closed,
+            oldest: q.oldest.take(),
         })
+    }
+
+    /// Frames queued now, for the queue depth figures.
+    pub fn depth(&self) -> usize {
+        self.lock().frames.len()
     }
 
     /// Waits for the next batch (for consumers that are plain async code).
@@ -235,7 +262,7 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(o.push(Frame::from_static("x")), Pushed::Queued);
         }
-        assert_eq!(o.push(Frame::from_static("x")), Pushed::Overflowed);
+        assert_eq!(o.push(Frame::from_static("x")), Pushed::Overflowed(4));
         assert_eq!(o.push(Frame::from_static("x")), Pushed::Closed);
         let mut out = VecDeque::new();
         let batch = o.next_batch(&mut out).await;
@@ -263,9 +290,25 @@ mod tests {
             ready,
             Poll::Ready(Batch {
                 dropped: 0,
-                closed: Some(CloseReason::SlowConsumer)
+                closed: Some(CloseReason::SlowConsumer),
+                oldest: None,
             })
         );
+    }
+
+    #[tokio::test]
+    async fn a_batch_carries_its_oldest_stamp() {
+        let o = outbox(SlowConsumerPolicy::DropOldest);
+        o.push(Frame::from_static("presence"));
+        o.push_stamped(Frame::from_static("a"), Some(10));
+        o.push_stamped(Frame::from_static("b"), Some(20));
+        assert_eq!(o.depth(), 3);
+        let mut out = VecDeque::new();
+        assert_eq!(o.next_batch(&mut out).await.oldest, Some(10));
+        assert_eq!(o.depth(), 0);
+        o.push_stamped(Frame::from_static("c"), Some(30));
+        out.clear();
+        assert_eq!(o.next_batch(&mut out).await.oldest, Some(30));
     }
 
     #[tokio::test]

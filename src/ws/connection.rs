@@ -252,6 +252,10 @@ struct Connection {
     /// Carried HTTP requests in progress; created by the first one, as most
     /// connections never carry any.
     carried: Option<FuturesUnordered<Pending>>,
+    /// Published frames taken from the outbox and not yet flushed: the oldest one's
+    /// publish stamp and how many. Recorded in the latency histogram once flushed, so
+    /// the clock is read once per batch, not per frame.
+    unrecorded: Option<(u64, u64)>,
 }
 
 impl Connection {
@@ -275,6 +279,7 @@ impl Connection {
             limiter: limiter(&app, &principal),
             expiry: expiry(&principal),
             stop_reading: false,
+            unrecorded: None,
             session,
             own,
             pushes: VecDeque::new(),
@@ -445,6 +450,9 @@ impl Connection {
                     Poll::Ready(Some(Ok(message))) => return Poll::Ready(Event::Incoming(message)),
                     Poll::Ready(Some(Err(e))) => {
                         tracing::debug!(client = self.session.id(), error = %e, "read failed");
+                        if matches!(e, tungstenite::Error::Capacity(_)) {
+                            self.app.metrics.count_ws_too_large();
+                        }
                         return Poll::Ready(Event::PeerGone(close_for_read_error(&e)));
                     }
                     Poll::Pending => {}
@@ -453,7 +461,12 @@ impl Connection {
             // Nothing more to read for now: flush what was handed over.
             if self.unflushed {
                 match Pin::new(&mut self.socket).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => self.unflushed = false,
+                    Poll::Ready(Ok(())) => {
+                        self.unflushed = false;
+                        if self.pushes.is_empty() {
+                            self.record_latency();
+                        }
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Event::WriteFailed(e)),
                     Poll::Pending => {}
                 }
@@ -489,9 +502,25 @@ impl Connection {
             };
             self.pushes.push_back(Message::Text(notice.to_frame()));
         }
+        if let Some(stamp) = batch.oldest {
+            let frames = self.batch.len() as u64;
+            self.unrecorded = Some(match self.unrecorded {
+                Some((oldest, n)) => (oldest.min(stamp), n + frames),
+                None => (stamp, frames),
+            });
+        }
         self.pushes.extend(self.batch.drain(..).map(Message::Text));
         self.closing = batch.closed;
         None
+    }
+
+    /// Everything taken from the outbox is on the socket: each of those frames counts
+    /// with the age of the oldest (an upper bound of its own).
+    fn record_latency(&mut self) {
+        if let Some((oldest, frames)) = self.unrecorded.take() {
+            let age = crate::protocol::now_us().saturating_sub(oldest);
+            self.app.metrics.delivery_latency.record(age, frames);
+        }
     }
 
     /// Hands unwritten frames to the socket, this connection's own first, which buffers

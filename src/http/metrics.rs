@@ -1,0 +1,47 @@
+//! `GET /metrics`: the Prometheus scrape endpoint.
+//!
+//! Open to anyone by default (`metrics.public`), as scrapers usually hold no credential
+//! and the figures name no client; the packaged configuration asks for the admin token.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::api::{ApiError, Caller};
+use crate::metrics::{prometheus, Snapshot};
+use crate::protocol::ErrorCode;
+use crate::server::App;
+
+pub async fn metrics(State(app): State<Arc<App>>, request: Request) -> Result<Response, ApiError> {
+    if !app.config.metrics.enabled {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "metrics are turned off (metrics.enabled)",
+        ));
+    }
+    if !app.config.metrics.public {
+        let (mut parts, _) = request.into_parts();
+        // Without a header the caller would fall back to the anonymous identity.
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "/metrics needs `Authorization: Bearer <admin token>` (metrics.public is false)",
+            ));
+        }
+        Caller::from_request_parts(&mut parts, &app)
+            .await?
+            .require_admin()?;
+    }
+    let text = prometheus::encode(Snapshot::take(&app)).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "cannot encode the metrics",
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], text).into_response())
+}

@@ -1,0 +1,250 @@
+//! Where each figure comes from: one function per part of the daemon, reading the
+//! counters that part keeps. Families shared by several parts (`connections`,
+//! `messages_out`, `messages_dropped`) are merged by [`Snapshot`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::Snapshot;
+use crate::hub::Origin;
+use crate::server::App;
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+const CONNECTIONS: &str =
+    "Connections open now, by transport (ws: WebSocket clients; mqtt_*: devices by MQTT listener).";
+const MESSAGES_OUT: &str = "Messages handed to subscribers, by transport (ws: queued to a WebSocket connection, one per subscriber; mqtt: PUBLISH packets written to devices).";
+const DROPPED: &str = "Messages not delivered or not kept, by reason.";
+const CLOSES: &str = "WebSocket connections closed by the server, by reason.";
+const TLS_FAILURES: &str =
+    "TLS handshakes that failed or timed out, by listener (http: HTTPS/WSS; mqtt: MQTT TLS and WSS).";
+
+/// WebSocket clients: connections, deliveries, outbox depths and the latency histogram.
+pub fn websocket(app: &App, s: &mut Snapshot) {
+    let hub = app.hub.stats();
+    let auth = app.auth.rejections.snapshot();
+    s.gauges(
+        "connections",
+        CONNECTIONS,
+        "transport",
+        [("ws", hub.connections as u64)],
+    );
+    s.counters(
+        "messages_out",
+        MESSAGES_OUT,
+        "transport",
+        [("ws", hub.delivered)],
+    );
+    s.counters(
+        "messages_dropped",
+        DROPPED,
+        "reason",
+        [
+            ("drop_oldest", hub.dropped),
+            ("slow_consumer_close", hub.slow_consumer_discarded),
+            ("rate_limited", auth.rate_limited),
+            ("too_large", get(&app.metrics.ws_too_large)),
+        ],
+    );
+    s.counters(
+        "ws_closes",
+        CLOSES,
+        "reason",
+        [
+            ("slow_consumer", hub.slow_consumer_closes),
+            ("rate_limited", auth.rate_limit_closes),
+            ("token_expired", auth.expired_closes),
+            ("revoked", auth.revoked_closes),
+        ],
+    );
+    let (mut total, mut max) = (0u64, 0u64);
+    for session in app.hub.sessions() {
+        let depth = session.outbox.depth() as u64;
+        total += depth;
+        max = max.max(depth);
+    }
+    s.gauge(
+        "ws_outbox_frames",
+        "Frames queued for WebSocket connections and not yet taken by their writers, summed over connections.",
+        total,
+    );
+    s.gauge(
+        "ws_outbox_frames_max",
+        "Frames queued for the most backed-up WebSocket connection.",
+        max,
+    );
+    s.histogram(
+        "delivery_latency_seconds",
+        "Time from the Hub accepting a publish to the WebSocket writer flushing it to the socket. \
+         Measured once per write batch: every frame of a batch is counted with the age of its \
+         oldest frame (an upper bound), so the count is frames written and recording costs no \
+         clock read per frame. Publish-time stamps come from the wall clock.",
+        app.metrics.delivery_latency.snapshot(),
+    );
+}
+
+/// Routing: messages in by the way they came, permissions, subscriptions, retained values.
+pub fn hub(app: &App, s: &mut Snapshot) {
+    let hub = app.hub.stats();
+    s.counters(
+        "messages_in",
+        "Messages accepted by the Hub for routing, by the transport they came in by (system: the daemon's own notices).",
+        "transport",
+        Origin::ALL
+            .iter()
+            .zip(hub.published_by_origin)
+            .map(|(origin, n)| (origin.as_str(), n)),
+    );
+    s.counters(
+        "messages_dropped",
+        DROPPED,
+        "reason",
+        [
+            ("forbidden", hub.publishes_forbidden),
+            ("retained_refused", hub.retained_refused),
+        ],
+    );
+    s.counter(
+        "direct_messages",
+        "Direct messages (`send`) delivered to at least one connection.",
+        hub.direct_messages,
+    );
+    s.counter(
+        "requests_forbidden",
+        "Requests over WebSocket and HTTP refused by permissions (publish, subscribe, send, presence).",
+        hub.forbidden,
+    );
+    s.gauge(
+        "subscriptions",
+        "WebSocket subscriptions held now.",
+        hub.subscriptions as u64,
+    );
+    s.gauge(
+        "topics",
+        "Topics whose sequence numbers are tracked now.",
+        hub.topics as u64,
+    );
+    s.gauge(
+        "retained",
+        "Topics holding a retained value now.",
+        hub.retained,
+    );
+}
+
+/// The embedded MQTT broker; zeros when it is turned off, so the set of figures is fixed.
+pub fn mqtt(app: &App, s: &mut Snapshot) {
+    let m = app.broker.as_ref().map(|b| b.stats()).unwrap_or_default();
+    let egress_depth = app.broker.as_ref().map_or(0, |b| b.egress_queue_depth());
+    s.gauges(
+        "connections",
+        CONNECTIONS,
+        "transport",
+        switchboard_bridge::Transport::ALL
+            .iter()
+            .zip(m.connections_by_transport)
+            .map(|(t, n)| (mqtt_transport(*t), n)),
+    );
+    s.counters(
+        "messages_out",
+        MESSAGES_OUT,
+        "transport",
+        [("mqtt", m.messages_out)],
+    );
+    s.counters(
+        "messages_dropped",
+        DROPPED,
+        "reason",
+        [
+            ("forbidden", m.publishes_denied),
+            ("mqtt_egress_full", m.egress_dropped),
+        ],
+    );
+    s.gauge(
+        "mqtt_egress_queue_depth",
+        "Messages from other ways in queued towards MQTT subscribers now.",
+        egress_depth as u64,
+    );
+    s.counter(
+        "mqtt_egress_published",
+        "Messages from other ways in handed to the MQTT router.",
+        m.egress_published,
+    );
+    s.counter(
+        "mqtt_connects_refused",
+        "MQTT CONNECTs refused (bad credentials, bad client id, too many connections).",
+        m.connects_refused,
+    );
+    s.counter(
+        "mqtt_subscribes_denied",
+        "MQTT subscriptions refused by the ACL.",
+        m.subscribes_denied,
+    );
+    s.counter(
+        "mqtt_protocol_errors",
+        "MQTT connections ended for a malformed or oversized packet.",
+        m.protocol_errors,
+    );
+    s.counters(
+        "tls_handshake_failures",
+        TLS_FAILURES,
+        "listener",
+        [("mqtt", m.tls_handshake_failures)],
+    );
+}
+
+fn mqtt_transport(t: switchboard_bridge::Transport) -> &'static str {
+    use switchboard_bridge::Transport as T;
+    match t {
+        T::Tcp => "mqtt_tcp",
+        T::WebSocket => "mqtt_ws",
+        T::Tls => "mqtt_tls",
+        T::SecureWebSocket => "mqtt_wss",
+    }
+}
+
+/// Refused WebSocket and HTTP clients.
+pub fn auth(app: &App, s: &mut Snapshot) {
+    let r = app.auth.rejections.snapshot();
+    s.counters(
+        "auth_refusals",
+        "WebSocket and HTTP clients refused before being served, by reason.",
+        "reason",
+        [
+            ("bad_credentials", r.bad_credentials),
+            ("auth_timeout", r.auth_timeouts),
+            ("origin_refused", r.origins_refused),
+        ],
+    );
+}
+
+/// The HTTP listener (which also carries WebSocket connections).
+pub fn http(app: &App, s: &mut Snapshot) {
+    let h = &app.http_stats;
+    s.gauge(
+        "http_connections_open",
+        "Connections holding a place on the HTTP listener now, WebSocket included.",
+        get(&h.open),
+    );
+    s.counter(
+        "http_connections_accepted",
+        "Connections given a place on the HTTP listener.",
+        get(&h.accepted),
+    );
+    s.counters(
+        "http_connections_refused",
+        "Connections the HTTP listener closed at once, by reason (the caps in [http], or no handshake in time).",
+        "reason",
+        [
+            ("max_connections", get(&h.refused_total_cap)),
+            ("max_connections_per_ip", get(&h.refused_per_ip)),
+            ("handshake_timeout", get(&h.handshake_timeouts)),
+        ],
+    );
+    s.counters(
+        "tls_handshake_failures",
+        TLS_FAILURES,
+        "listener",
+        [("http", get(&h.tls_handshake_failures))],
+    );
+}
