@@ -460,6 +460,36 @@ async fn http_requests_ride_the_websocket_with_the_connections_identity() {
 }
 
 #[tokio::test]
+async fn carried_responses_that_are_not_json_come_back_as_text() {
+    let secrets = Secrets::new();
+    let d = Daemon::start(&secrets.config("[metrics]\npublic = false\n"));
+    let mut admin = admin_ws(&d).await;
+    let reply = carried(
+        &mut admin,
+        json!({"op":"http","id":1,"method":"GET","path":"/metrics"}),
+    )
+    .await;
+    assert_eq!(
+        reply["status"], 200,
+        "the connection's admin identity is the caller: {reply}"
+    );
+    let text = reply["body"].as_str().expect("a text body");
+    assert!(
+        text.contains("switchboard_connections{transport=\"ws\"} 1"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"));
+    let alice = user_token("alice", json!({"subscribe":["a/#"]}));
+    let mut ws = Raw::connect(&format!("{}?token={alice}", d.ws_url())).await;
+    let reply = carried(
+        &mut ws,
+        json!({"op":"http","id":2,"method":"GET","path":"/metrics"}),
+    )
+    .await;
+    assert_eq!(reply["status"], 403, "{reply}");
+}
+
+#[tokio::test]
 async fn a_hundred_carried_requests_in_flight_at_once() {
     let secrets = Secrets::new();
     let d = daemon(&secrets);

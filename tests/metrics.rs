@@ -143,7 +143,7 @@ async fn scrape(d: &Daemon) -> Exposition {
         .unwrap()
         .to_owned();
     assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
         "{content_type}"
     );
     Exposition::parse(&response.text().await.unwrap())

@@ -305,6 +305,16 @@ async fn messages_and_lifecycle_events_arrive_signed() {
     };
     assert_eq!(health["webhooks"][0]["name"], "main");
     assert_eq!(health["webhooks"][0]["delivered"], 8);
+    let metrics = reqwest::get(format!("http://{}/metrics", d.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchboard_webhook_events_delivered_total{webhook=\"main\"} 8"),
+        "{metrics}"
+    );
     let (status, list) = call(reqwest::Method::GET, api(&d, "/webhooks"), Some(ADMIN)).await;
     assert_eq!(status, 200);
     assert_eq!(list["webhooks"][0]["pending"], 0);

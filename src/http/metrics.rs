@@ -24,8 +24,10 @@ pub async fn metrics(State(app): State<Arc<App>>, request: Request) -> Result<Re
     }
     if !app.config.metrics.public {
         let (mut parts, _) = request.into_parts();
-        // Without a header the caller would fall back to the anonymous identity.
-        if !parts.headers.contains_key(header::AUTHORIZATION) {
+        // Without a header the caller would fall back to the anonymous identity; a
+        // request carried over a WebSocket is its connection's identity.
+        let carried = parts.extensions.get::<super::api::Carried>().is_some();
+        if !carried && !parts.headers.contains_key(header::AUTHORIZATION) {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::Unauthorized,

@@ -31,14 +31,15 @@ use crate::server::App;
 /// Adds one source's families to a snapshot, reading live counters.
 pub type Source = fn(&App, &mut Snapshot);
 
-/// Every source of figures, in the order they are shown. Webhooks and the store add
-/// theirs here.
+/// Every source of figures, in the order they are shown.
 pub const SOURCES: &[Source] = &[
     sources::websocket,
     sources::hub,
     sources::mqtt,
     sources::auth,
     sources::http,
+    sources::webhooks,
+    sources::store,
 ];
 
 /// Figures counted by the transports that have no other home.

@@ -16,7 +16,7 @@ use super::{Kind, Snapshot, Values};
 pub const PREFIX: &str = "switchboard";
 
 /// The content type `/metrics` answers with.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Renders every family of the snapshot.
 pub fn encode(snapshot: Snapshot) -> Result<String, std::fmt::Error> {

@@ -113,6 +113,11 @@ impl Store {
             .map_err(|e| self.io(e))
     }
 
+    /// Bytes on disk, for metrics; 0 when it cannot be read.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
