@@ -48,6 +48,9 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub shutdown: ShutdownConfig,
+    /// Inbound webhooks: `POST /hooks/<name>` publishes signed bodies (docs/hooks.md).
+    #[serde(deserialize_with = "crate::http::hooks::config::unique_names")]
+    pub hooks: Vec<crate::http::hooks::HookConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -318,6 +321,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             shutdown: ShutdownConfig::default(),
+            hooks: Vec::new(),
         }
     }
 }
@@ -758,7 +762,7 @@ fn log_filter<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 /// Durations as humantime strings ("25s"), never zero.
-mod positive_duration {
+pub(crate) mod positive_duration {
     use super::*;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -2,6 +2,7 @@
 //! (`api`), in one router so that HTTP carried over WebSocket can reuse it.
 
 pub mod api;
+pub mod hooks;
 pub mod listener;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ws", get(crate::ws::upgrade))
         .route("/healthz", get(healthz))
         .nest("/api/v1", api::router())
+        .merge(hooks::routes())
         .layer(axum::extract::DefaultBodyLimit::max(
             app.config.ws.max_message_size.get(),
         ))
@@ -62,6 +64,7 @@ async fn healthz(State(app): State<Arc<App>>) -> (axum::http::StatusCode, Json<s
         "auth": app.auth.rejections.snapshot(),
         "mqtt": mqtt,
         "http": app.http_stats.to_json(),
+        "hooks": app.hooks.stats(),
     });
     (status, Json(body))
 }
