@@ -51,6 +51,16 @@ pub enum Scheme {
     Standard,
 }
 
+impl Scheme {
+    /// The name as it is written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Github => "github",
+            Scheme::Standard => "standard",
+        }
+    }
+}
+
 fn default_tolerance() -> Duration {
     Duration::from_secs(5 * 60)
 }

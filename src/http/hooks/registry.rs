@@ -96,9 +96,9 @@ impl Hooks {
             .values()
             .map(|h| {
                 format!(
-                    "/hooks/{} ({:?}) → {}",
+                    "/hooks/{} ({}) → {}",
                     h.config.name.as_str(),
-                    h.config.signature,
+                    h.config.signature.as_str(),
                     h.config.topic.as_str()
                 )
             })
