@@ -54,6 +54,9 @@ pub struct Config {
     #[serde(deserialize_with = "crate::webhook::config::unique")]
     pub webhooks: Vec<WebhookConfig>,
     pub metrics: MetricsConfig,
+    /// Inbound webhooks: `POST /hooks/<name>` publishes signed bodies (docs/hooks.md).
+    #[serde(deserialize_with = "crate::http::hooks::config::unique_names")]
+    pub hooks: Vec<crate::http::hooks::HookConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -352,6 +355,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             webhooks: Vec::new(),
             metrics: MetricsConfig::default(),
+            hooks: Vec::new(),
         }
     }
 }

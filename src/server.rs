@@ -45,6 +45,8 @@ pub struct App {
     /// The certificate of every TLS listener, reloaded on SIGHUP; `None` when no listener
     /// uses TLS.
     pub tls: Option<Arc<TlsReloader>>,
+    /// Inbound webhooks (`POST /hooks/<name>`), with their secrets and counters.
+    pub hooks: crate::http::hooks::Hooks,
     /// The HTTP listener's connection counters, for /healthz.
     pub http_stats: Arc<ListenerStats>,
     /// Figures with no other home (delivery latency…), for `crate::metrics`.
@@ -84,6 +86,7 @@ impl Server {
             .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
         let auth = Arc::new(Authenticator::from_config(&config)?);
         let tls = TlsReloader::from_config(&config).context("cannot set up TLS")?;
+        let hooks = crate::http::hooks::Hooks::from_config(&config.hooks)?;
         let hub = Hub::new(config.hub());
         let store = Store::open(&config.data_dir, config.store.flush_interval)?;
         let webhooks =
@@ -96,6 +99,7 @@ impl Server {
             auth,
             broker,
             tls,
+            hooks,
             http_stats: Arc::new(ListenerStats::default()),
             metrics: Default::default(),
             shutdown: CancellationToken::new(),
@@ -135,6 +139,9 @@ impl Server {
         }
         if let Some(tls) = &app.tls {
             tracing::info!("TLS: {}", tls.describe());
+        }
+        if !app.hooks.is_empty() {
+            tracing::info!("inbound hooks: {}", app.hooks.describe());
         }
         // Installed before the listening line, so a SIGHUP sent as soon as it appears
         // reloads rather than kills (the default action of SIGHUP).
@@ -256,6 +263,7 @@ pub fn reload(app: &App) {
         }
         Err(e) => tracing::error!(error = %e, "API keys not reloaded; the previous ones stay"),
     }
+    app.hooks.reload_secrets();
     // More reloadable parts go here, each in its own block like the ones above.
 }
 

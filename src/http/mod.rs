@@ -2,6 +2,7 @@
 //! (`api`), in one router so that HTTP carried over WebSocket can reuse it.
 
 pub mod api;
+pub mod hooks;
 pub mod listener;
 mod metrics;
 
@@ -20,6 +21,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
         .nest("/api/v1", api::router(&app.config))
+        .merge(hooks::routes())
         .layer(axum::extract::DefaultBodyLimit::max(
             app.config.ws.max_message_size.get(),
         ))
@@ -65,6 +67,7 @@ async fn healthz(State(app): State<Arc<App>>) -> (axum::http::StatusCode, Json<s
         "mqtt": mqtt,
         "http": app.http_stats.to_json(),
         "webhooks": app.webhooks.stats(),
+        "hooks": app.hooks.stats(),
     });
     (status, Json(body))
 }
