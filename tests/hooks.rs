@@ -228,6 +228,23 @@ async fn github_hook_publishes_signed_bodies_and_refuses_the_rest() {
         sub.try_recv(Duration::from_millis(200)).await.is_none(),
         "nothing else published"
     );
+    // The same counts in /metrics.
+    let counts = hook_counts(&daemon, "github").await;
+    let metrics = reqwest::get(format!("http://{}/metrics", daemon.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let accepted = format!(
+        "switchboard_hook_requests_accepted_total{{hook=\"github\"}} {}",
+        counts["accepted"]
+    );
+    assert!(metrics.contains(&accepted), "{accepted} in {metrics}");
+    assert!(
+        metrics.contains("switchboard_hook_requests_refused_total{reason=\"too_large\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -301,3 +301,38 @@ pub fn store(app: &App, s: &mut Snapshot) {
         app.store.size_on_disk(),
     );
 }
+
+/// Inbound webhooks (`POST /hooks/<name>`).
+pub fn hooks(app: &App, s: &mut Snapshot) {
+    let stats = app.hooks.stats();
+    if stats.is_empty() {
+        return;
+    }
+    s.counters(
+        "hook_requests_accepted",
+        "Inbound hook requests whose signature checked out and whose body was published.",
+        "hook",
+        stats.iter().map(|(name, c)| (name.clone(), c.accepted)),
+    );
+    s.counters(
+        "hook_requests_duplicate",
+        "Inbound hook requests with a webhook-id seen before, answered without publishing again.",
+        "hook",
+        stats.iter().map(|(name, c)| (name.clone(), c.duplicates)),
+    );
+    let refused = |f: fn(&crate::http::hooks::RefusedCounts) -> u64| {
+        stats.values().map(|c| f(&c.refused)).sum::<u64>()
+    };
+    s.counters(
+        "hook_requests_refused",
+        "Inbound hook requests refused, over every hook, by reason.",
+        "reason",
+        [
+            ("missing_signature", refused(|r| r.missing_signature)),
+            ("malformed_signature", refused(|r| r.malformed_signature)),
+            ("bad_signature", refused(|r| r.bad_signature)),
+            ("stale_timestamp", refused(|r| r.stale_timestamp)),
+            ("too_large", refused(|r| r.too_large)),
+        ],
+    );
+}
