@@ -11,11 +11,13 @@
 
 #[path = "../common/host.rs"]
 mod host;
+#[path = "../common/daemon.rs"]
+#[allow(dead_code)]
+mod process;
 
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use host::thousands;
+use process::Daemon;
 use switchboard::webhook::signature::verify_standard;
 
 const SECRET: &str = "bench-webhook-secret-0123456789";
@@ -101,65 +104,20 @@ async fn receive(State(c): State<Arc<Counts>>, headers: HeaderMap, body: Bytes) 
     StatusCode::NO_CONTENT
 }
 
-struct Daemon {
-    addr: SocketAddr,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(receiver: SocketAddr, batch_max: usize, pin: bool) -> Daemon {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let secret = dir.path().join("hook.secret");
-        std::fs::write(&secret, SECRET).expect("write the secret");
-        let config = dir.path().join("switchboard.toml");
-        let text = format!(
-            "{ws}\n[[webhooks]]\nname = \"bench\"\nurl = \"http://{receiver}/hook\"\nsecret_file = \"{secret}\"\ntopics = [\"bench/#\"]\nbatch_max = {batch_max}\nmax_pending = 10000000\n",
-            ws = host::SWITCHBOARD_WS_CONFIG,
-            secret = secret.display(),
-        );
-        std::fs::write(&config, text).expect("write the configuration");
-        let mut child = host::core0_command(pin)
-            .arg(env!("CARGO_BIN_EXE_switchboard"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("SWITCHBOARD_DATA_DIR", dir.path().join("data"))
-            .env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0")
-            .env("SWITCHBOARD_MQTT_LISTEN", "127.0.0.1:0")
-            .env("SWITCHBOARD_MQTT_WS_LISTEN", "127.0.0.1:0")
-            .env("SWITCHBOARD_LOG_LEVEL", "warn,switchboard::listening=info")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start switchboard");
-        let rx = host::watch_stderr(
-            &mut child,
-            |rest| host::listening_addr(rest, "http="),
-            |line| {
-                if line.contains("ERROR") || line.contains("WARN") || line.contains("panicked") {
-                    eprintln!("  [switchboard] {line}");
-                }
-            },
-        );
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("switchboard did not report its address");
-        Daemon {
-            addr,
-            child,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The daemon with one `[[webhooks]]` endpoint pointing at `receiver`; the directory
+/// holding its configuration and secret lives as long as it does.
+fn start_daemon(receiver: SocketAddr, batch_max: usize, pin: bool) -> (Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let secret = dir.path().join("hook.secret");
+    std::fs::write(&secret, SECRET).expect("write the secret");
+    let config = dir.path().join("switchboard.toml");
+    let text = format!(
+        "{ws}\n[[webhooks]]\nname = \"bench\"\nurl = \"http://{receiver}/hook\"\nsecret_file = \"{secret}\"\ntopics = [\"bench/#\"]\nbatch_max = {batch_max}\nmax_pending = 10000000\n",
+        ws = host::SWITCHBOARD_WS_CONFIG,
+        secret = secret.display(),
+    );
+    std::fs::write(&config, text).expect("write the configuration");
+    (Daemon::start(&config, pin), dir)
 }
 
 struct Point {
@@ -181,7 +139,7 @@ async fn point(batch_max: usize, events: u64, pin: bool) -> Point {
         .expect("bind the receiver");
     let receiver = listener.local_addr().expect("receiver address");
     let server = tokio::task::spawn_local(async move { axum::serve(listener, app).await });
-    let d = Daemon::start(receiver, batch_max, pin);
+    let (d, _dir) = start_daemon(receiver, batch_max, pin);
 
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", d.addr))
         .await
