@@ -43,17 +43,15 @@ fn options() -> Options {
         rounds: 3,
         quick: false,
     };
-    let args: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < args.len() {
-        let value = || args.get(i + 1).and_then(|v| v.parse::<usize>().ok());
-        match args[i].as_str() {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
             "--quick" => o.quick = true,
-            "--requests" => o.requests = value().unwrap_or(o.requests),
-            "--rounds" => o.rounds = value().unwrap_or(o.rounds),
+            "--requests" => o.requests = host::number_arg("--requests", args.next()) as usize,
+            "--rounds" => o.rounds = host::number_arg("--rounds", args.next()) as usize,
+            // Passed by `cargo bench`, and anything else is not ours.
             _ => {}
         }
-        i += 1;
     }
     if o.quick {
         o.requests = 300;
@@ -201,10 +199,11 @@ fn main() {
     let pin = host::taskset_available() && host::pin_self(1);
     let (rt, local) = host::local_runtime();
     println!(
-        "HTTP/1.1 keep-alive versus HTTP over the open WebSocket: {} sequential POST /api/v1/publish per point, median of {} round(s). {}",
+        "HTTP/1.1 keep-alive versus HTTP over the open WebSocket: {} sequential POST /api/v1/publish per point, median of {} round(s). {}\n{}",
         o.requests,
         o.rounds,
-        host::machine()
+        host::machine(),
+        host::pinning_line(pin, "daemon pinned to core 0 (taskset -c 0), bench to core 1")
     );
     let mut table = String::new();
     let mut results = Vec::new();

@@ -248,3 +248,22 @@ write_buffer_size = 16384
 publish_rate = 4000000000
 publish_burst = 4000000000
 "#;
+
+/// The line that says where the processes run: `placement` when pinned, a warning
+/// otherwise.
+pub fn pinning_line(pinned: bool, placement: &str) -> String {
+    if pinned {
+        placement.to_owned()
+    } else {
+        "NOT PINNED: taskset unavailable; figures are indicative only".to_owned()
+    }
+}
+
+/// The value of a numeric option (`--rounds 3`): a number of 1 or more, or a panic that
+/// names the option.
+pub fn number_arg(name: &str, value: Option<String>) -> u64 {
+    value
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| panic!("{name} takes a number (1 or more)"))
+}

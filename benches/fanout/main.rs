@@ -142,17 +142,14 @@ fn main() {
 
     let mut head = String::new();
     let _ = writeln!(head, "switchboard fan-out benchmark, {machine}");
-    if pinned {
-        let _ = writeln!(
-            head,
+    let _ = writeln!(
+        head,
+        "{}",
+        host::pinning_line(
+            pinned,
             "servers pinned to core 0 (taskset -c 0), bench clients to core 1"
-        );
-    } else {
-        let _ = writeln!(
-            head,
-            "NOT PINNED: taskset unavailable; figures are indicative only"
-        );
-    }
+        )
+    );
     let _ = writeln!(
         head,
         "data: a {}-byte JSON string per message; saturation: {} messages in flight per \

@@ -144,11 +144,13 @@ fn main() {
     }
 
     println!("switchboard vs Mosquitto, MQTT ↔ WebSocket, {machine}");
-    if pinned {
-        println!("brokers pinned to core 0 (taskset -c 0), bench clients to core 1");
-    } else {
-        println!("NOT PINNED: taskset unavailable; figures are indicative only");
-    }
+    println!(
+        "{}",
+        host::pinning_line(
+            pinned,
+            "brokers pinned to core 0 (taskset -c 0), bench clients to core 1"
+        )
+    );
     println!(
         "payload {} bytes of JSON; {} ms warm-up + {} s measured per point",
         proto::PAYLOAD_BYTES,

@@ -47,11 +47,7 @@ fn options() -> Options {
         batch: 100,
     };
     let mut args = std::env::args().skip(1);
-    let number = |name: &str, v: Option<String>| -> u64 {
-        v.and_then(|s| s.parse().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| panic!("{name} takes a number (1 or more)"))
-    };
+    let number = host::number_arg;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--bench" => {}
@@ -190,11 +186,10 @@ fn main() {
     let _ = writeln!(
         head,
         "{}",
-        if pinned {
+        host::pinning_line(
+            pinned,
             "daemon pinned to core 0 (taskset -c 0), publisher and receiver to core 1"
-        } else {
-            "NOT PINNED: taskset unavailable; figures are indicative only"
-        }
+        )
     );
     print!("{head}");
     let (rt, local) = host::local_runtime();
