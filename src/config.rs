@@ -320,6 +320,9 @@ pub struct StoreConfig {
     /// How often writes are flushed to disk: at most this much is lost in a crash.
     #[serde(with = "positive_duration")]
     pub flush_interval: Duration,
+    /// Bytes of stored messages (history and recordings) kept at most; the oldest are
+    /// evicted past it.
+    pub max_bytes: u64,
 }
 
 /// The Prometheus endpoint `/metrics` (docs/metrics.md).
@@ -480,6 +483,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             flush_interval: Duration::from_millis(100),
+            max_bytes: 1 << 30,
         }
     }
 }

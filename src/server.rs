@@ -88,7 +88,7 @@ impl Server {
         let tls = TlsReloader::from_config(&config).context("cannot set up TLS")?;
         let hooks = crate::http::hooks::Hooks::from_config(&config.hooks)?;
         let hub = Hub::new(config.hub());
-        let store = Store::open(&config.data_dir, config.store.flush_interval)?;
+        let store = Store::open(&config.data_dir, &config.store)?;
         let webhooks =
             Webhooks::open(&config.webhooks, &store, &hub).context("cannot set up the webhooks")?;
         let broker = start_broker(&config, &hub, &auth, tls.as_ref()).await?;

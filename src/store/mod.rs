@@ -1,13 +1,20 @@
 //! The local event store: one sled database at `<data_dir>/store`, shared by everything
-//! that must survive a restart (webhook deliveries today, recordings later).
+//! that must survive a restart (webhook deliveries, history, recordings).
 //!
-//! Owns opening, the on-disk format version and flushing. Each user keeps its data in
-//! its own named trees and owns their layout; this module knows nothing of what is in
-//! them. Writes reach disk within `[store] flush_interval` (sled's background flush),
+//! Owns opening, the on-disk format version, flushing, the layout of a stored message
+//! ([`message`]) and the cap on stored bytes ([`quota`]). Each user keeps its data in
+//! its own named trees and owns their layout. Writes reach disk within `[store] flush_interval` (sled's background flush),
 //! and at once on [`Store::flush`], which shutdown calls.
 
+pub mod message;
+pub mod quota;
+
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+
+use crate::config::StoreConfig;
+pub use message::StoredMessage;
+pub use quota::{Evictable, Evicted, Quota};
 
 /// The layout this build reads and writes. Raised when a change would confuse an older
 /// build; an older build then refuses the store instead of misreading it.
@@ -44,13 +51,14 @@ pub enum StoreError {
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    quota: Arc<Quota>,
 }
 
 impl Store {
     /// Opens (or creates) the store in `data_dir/store` and checks its format version.
-    pub fn open(data_dir: &Path, flush_interval: Duration) -> Result<Store, StoreError> {
+    pub fn open(data_dir: &Path, config: &StoreConfig) -> Result<Store, StoreError> {
         let path = data_dir.join("store");
-        let flush_ms = u64::try_from(flush_interval.as_millis())
+        let flush_ms = u64::try_from(config.flush_interval.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
         let db = sled::Config::new()
@@ -61,7 +69,11 @@ impl Store {
                 path: path.clone(),
                 source,
             })?;
-        let store = Store { db, path };
+        let store = Store {
+            db,
+            path,
+            quota: Arc::new(Quota::new(config.max_bytes)),
+        };
         store.check_version()?;
         Ok(store)
     }
@@ -118,6 +130,11 @@ impl Store {
         self.db.size_on_disk().unwrap_or(0)
     }
 
+    /// The cap on stored messages; owners of growing data register with it.
+    pub fn quota(&self) -> &Arc<Quota> {
+        &self.quota
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -135,10 +152,17 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn config() -> StoreConfig {
+        StoreConfig {
+            flush_interval: std::time::Duration::from_millis(100),
+            ..StoreConfig::default()
+        }
+    }
+
     #[test]
     fn records_its_version_and_refuses_a_newer_one() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let store = Store::open(dir.path(), &config()).unwrap();
         let a = store.next_id().unwrap();
         assert!(store.next_id().unwrap() > a);
         store
@@ -147,7 +171,7 @@ mod tests {
             .unwrap();
         store.db.flush().unwrap();
         drop(store);
-        let err = Store::open(dir.path(), Duration::from_millis(100))
+        let err = Store::open(dir.path(), &config())
             .err()
             .expect("a newer store is refused");
         let text = err.to_string();
@@ -161,10 +185,10 @@ mod tests {
     #[test]
     fn reopens_a_store_of_its_own_version() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let store = Store::open(dir.path(), &config()).unwrap();
         store.tree("t").unwrap().insert("k", "v").unwrap();
         drop(store);
-        let store = Store::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let store = Store::open(dir.path(), &config()).unwrap();
         assert_eq!(
             store.tree("t").unwrap().get("k").unwrap().as_deref(),
             Some(&b"v"[..])

@@ -1,0 +1,204 @@
+//! The cap on stored messages: `[store] max_bytes`, enforced by evicting the oldest data.
+//!
+//! Each user of the store whose data grows with traffic (history, recordings) registers
+//! as an [`Evictable`] owner and keeps count of the bytes it holds. A janitor sums them
+//! a few times a second and, while the total is over the cap, asks the owner holding
+//! the oldest data to give some up, so "oldest first" holds across owners. The cap
+//! counts the bytes of stored records (keys and values); sled's files are larger by its
+//! own overhead, measured in docs/benchmarks.md.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use super::StoreError;
+
+/// How often the janitor checks the total.
+pub const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Data that can be evicted, oldest first, to respect the cap.
+pub trait Evictable: Send + Sync {
+    /// Bytes of stored records this owner holds now.
+    fn stored_bytes(&self) -> u64;
+    /// When its oldest record was stored (µs since the Unix epoch); None when empty.
+    fn oldest_us(&self) -> Option<u64>;
+    /// Evicts its oldest records, about `at_least` bytes of them (fewer only if it has
+    /// fewer). An owner must make progress when it holds anything.
+    fn evict_oldest(&self, at_least: u64) -> Result<Evicted, StoreError>;
+}
+
+/// What one eviction freed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Evicted {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// The cap and its owners.
+pub struct Quota {
+    max_bytes: u64,
+    owners: RwLock<Vec<Arc<dyn Evictable>>>,
+    evicted_records: AtomicU64,
+    evicted_bytes: AtomicU64,
+}
+
+impl Quota {
+    pub fn new(max_bytes: u64) -> Quota {
+        Quota {
+            max_bytes,
+            owners: RwLock::default(),
+            evicted_records: AtomicU64::new(0),
+            evicted_bytes: AtomicU64::new(0),
+        }
+    }
+
+    pub fn register(&self, owner: Arc<dyn Evictable>) {
+        self.owners
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(owner);
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Bytes held by every owner.
+    pub fn used(&self) -> u64 {
+        self.owners()
+            .iter()
+            .map(|o| o.stored_bytes())
+            .fold(0, u64::saturating_add)
+    }
+
+    /// Records and bytes evicted since start.
+    pub fn evicted(&self) -> Evicted {
+        Evicted {
+            records: self.evicted_records.load(Ordering::Relaxed),
+            bytes: self.evicted_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn owners(&self) -> Vec<Arc<dyn Evictable>> {
+        self.owners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Evicts oldest data until the total is under the cap. Blocking (sled calls).
+    pub fn enforce(&self) -> Result<Evicted, StoreError> {
+        let owners = self.owners();
+        let mut freed = Evicted::default();
+        loop {
+            let used = owners
+                .iter()
+                .map(|o| o.stored_bytes())
+                .fold(0, u64::saturating_add);
+            if used <= self.max_bytes {
+                break;
+            }
+            let Some(oldest) = owners
+                .iter()
+                .filter_map(|o| o.oldest_us().map(|at| (at, o)))
+                .min_by_key(|(at, _)| *at)
+                .map(|(_, o)| o)
+            else {
+                break;
+            };
+            // In steps of at most 1% of the cap, so the next step again takes whichever
+            // owner then holds the oldest data.
+            let want = (used - self.max_bytes).min(self.max_bytes / 100).max(1);
+            let step = oldest.evict_oldest(want)?;
+            freed.records += step.records;
+            freed.bytes += step.bytes;
+            self.evicted_records
+                .fetch_add(step.records, Ordering::Relaxed);
+            self.evicted_bytes.fetch_add(step.bytes, Ordering::Relaxed);
+            if step.records == 0 {
+                break;
+            }
+        }
+        if freed.records > 0 {
+            tracing::info!(
+                records = freed.records,
+                bytes = freed.bytes,
+                max_bytes = self.max_bytes,
+                "store at its cap: evicted the oldest messages"
+            );
+        }
+        Ok(freed)
+    }
+
+    /// Runs [`Quota::enforce`] every [`CHECK_EVERY`] until the process ends.
+    pub fn spawn(self: &Arc<Self>) {
+        let quota = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHECK_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if quota.used() <= quota.max_bytes {
+                    continue;
+                }
+                let q = quota.clone();
+                match tokio::task::spawn_blocking(move || q.enforce()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "store eviction failed"),
+                    Err(e) => tracing::error!(error = %e, "store eviction task failed"),
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// An owner holding records of 10 bytes stamped with the given times.
+    struct Owner(Mutex<std::collections::VecDeque<u64>>);
+
+    impl Evictable for Owner {
+        fn stored_bytes(&self) -> u64 {
+            self.0.lock().unwrap().len() as u64 * 10
+        }
+        fn oldest_us(&self) -> Option<u64> {
+            self.0.lock().unwrap().front().copied()
+        }
+        fn evict_oldest(&self, at_least: u64) -> Result<Evicted, StoreError> {
+            let mut q = self.0.lock().unwrap();
+            let mut freed = Evicted::default();
+            while freed.bytes < at_least && q.pop_front().is_some() {
+                freed.records += 1;
+                freed.bytes += 10;
+            }
+            Ok(freed)
+        }
+    }
+
+    #[test]
+    fn evicts_the_oldest_data_across_owners_until_under_the_cap() {
+        let a = Arc::new(Owner(Mutex::new((0..10).map(|i| i * 2).collect())));
+        let b = Arc::new(Owner(Mutex::new((0..10).map(|i| i * 2 + 1).collect())));
+        let quota = Quota::new(100);
+        quota.register(a.clone());
+        quota.register(b.clone());
+        assert_eq!(quota.used(), 200);
+        let freed = quota.enforce().unwrap();
+        assert_eq!(
+            freed,
+            Evicted {
+                records: 10,
+                bytes: 100
+            }
+        );
+        assert_eq!(quota.used(), 100);
+        // The ten oldest stamps (0..10) went, whichever owner held them.
+        assert_eq!(a.oldest_us(), Some(10));
+        assert_eq!(b.oldest_us(), Some(11));
+        assert_eq!(quota.evicted(), freed);
+        assert_eq!(quota.enforce().unwrap(), Evicted::default());
+    }
+}
