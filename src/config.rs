@@ -45,6 +45,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub ws: WsConfig,
     pub presence: PresenceConfig,
+    /// Topics that keep their recent messages for recovery (docs/history.md).
+    pub history: crate::history::HistoryConfig,
     pub mqtt: MqttConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
@@ -351,6 +353,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             ws: WsConfig::default(),
             presence: PresenceConfig::default(),
+            history: Default::default(),
             mqtt: MqttConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),

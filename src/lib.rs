@@ -15,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod hex;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod metrics;

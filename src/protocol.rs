@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+pub use crate::history::Since;
+
 /// Protocol version announced in `welcome`.
 pub const VERSION: u32 = 1;
 
@@ -97,6 +99,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// A body or message larger than the configured limit.
     TooLarge,
+    /// `sub` asked for missed messages on a topic that keeps no history.
+    HistoryDisabled,
 }
 
 impl ErrorCode {
@@ -119,6 +123,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::HistoryDisabled => "history_disabled",
         }
     }
 }
@@ -178,6 +183,12 @@ struct RawRequest<'a> {
     headers: Option<BTreeMap<String, String>>,
     #[serde(borrow)]
     body: Option<&'a RawValue>,
+    #[serde(default)]
+    since: Option<u64>,
+    #[serde(default)]
+    epoch: Option<String>,
+    #[serde(default)]
+    last: Option<u64>,
 }
 
 /// Only the id, to answer a request that could not be parsed whole.
@@ -201,6 +212,8 @@ pub enum Recipient {
 pub enum Request<'a> {
     Sub {
         topic: String,
+        /// Messages missed, from the topic's history, to deliver before live ones.
+        since: Option<Since>,
     },
     Unsub {
         topic: String,
@@ -298,6 +311,22 @@ pub fn parse_request(
     request_from_raw(raw).map(|r| (id, r)).map_err(|e| (id, e))
 }
 
+/// `sub`'s recovery fields: `last`, or `since` with an optional `epoch`.
+fn since(
+    since: Option<u64>,
+    epoch: Option<String>,
+    last: Option<u64>,
+) -> Result<Option<Since>, RequestError> {
+    let bad = |message: &str| Err(RequestError::new(ErrorCode::BadRequest, message));
+    match (since, epoch, last) {
+        (None, None, None) => Ok(None),
+        (Some(seq), epoch, None) => Ok(Some(Since::After { seq, epoch })),
+        (None, None, Some(n)) => Ok(Some(Since::Last(n))),
+        (None, Some(_), _) => bad("`epoch` goes with `since`"),
+        (Some(_), _, Some(_)) => bad("ask for `since` or `last`, not both"),
+    }
+}
+
 fn request_from_raw(raw: RawRequest<'_>) -> Result<Request<'_>, RequestError> {
     let op = raw.op.as_ref();
     let need = |field: Option<String>, name: &str| {
@@ -310,6 +339,7 @@ fn request_from_raw(raw: RawRequest<'_>) -> Result<Request<'_>, RequestError> {
     };
     Ok(match op {
         "sub" => Request::Sub {
+            since: since(raw.since, raw.epoch, raw.last)?,
             topic: need(raw.topic, "topic")?,
         },
         "unsub" => Request::Unsub {
@@ -376,6 +406,36 @@ fn request_from_raw(raw: RawRequest<'_>) -> Result<Request<'_>, RequestError> {
     })
 }
 
+/// The op-specific fields of an `ok` reply; absent ones are left out.
+#[derive(Serialize, Debug, Default)]
+pub struct OkReply<'a> {
+    /// For `pub`: the sequence number given to the message. For `sub` on a topic with a
+    /// history: the number of its newest message when the subscription began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// For `sub` on a topic with a history: the stream's epoch (see docs/history.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// For `sub` with `since` or `last`: whether every message asked for follows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// For `sub` with `since` or `last`: how many history messages follow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<usize>,
+    /// For `send`: how many connections received the message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<usize>,
+    /// For `presence`: who is on the topic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<Member<'a>>>,
+    /// For `auth` and `refresh`: when the token expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// For `refresh`: subscriptions the new token no longer allows, which were dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsubscribed: Option<Vec<String>>,
+}
+
 /// Frames the server sends. Serialised with serde so field names live in one place;
 /// `&RawValue` fields are copied verbatim, never re-encoded.
 ///
@@ -399,21 +459,8 @@ pub enum ServerFrame<'a> {
     Ok {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RawValue>,
-        /// For `pub`: the sequence number given to the message.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        seq: Option<u64>,
-        /// For `send`: how many connections received the message.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        delivered: Option<usize>,
-        /// For `presence`: who is on the topic.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        members: Option<Vec<Member<'a>>>,
-        /// For `refresh`: the new expiry, and subscriptions the new token no longer
-        /// allows, which were dropped.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        expires_at: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        unsubscribed: Option<Vec<String>>,
+        #[serde(flatten)]
+        reply: OkReply<'a>,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -432,6 +479,9 @@ pub enum ServerFrame<'a> {
         /// Set on the stored value a subscriber receives when it subscribes.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         retained: bool,
+        /// Set on messages recovered from the topic's history by `sub`.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        history: bool,
     },
     Dm {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -551,6 +601,16 @@ pub struct Incoming {
     pub expires_at: Option<u64>,
     #[serde(default)]
     pub unsubscribed: Option<Vec<String>>,
+    #[serde(default)]
+    pub epoch: Option<String>,
+    #[serde(default)]
+    pub recovered: Option<bool>,
+    #[serde(default)]
+    pub retained: Option<bool>,
+    /// On `ok` to `sub`: the count of history messages that follow. On `msg`: true for
+    /// a recovered message.
+    #[serde(default)]
+    pub history: Option<serde_json::Value>,
     /// For `http` replies.
     #[serde(default)]
     pub status: Option<u16>,
@@ -632,6 +692,7 @@ mod tests {
             seq: 9,
             from: "c1".into(),
             retained: false,
+            history: false,
         }
         .encode();
         assert_eq!(

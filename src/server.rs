@@ -18,6 +18,7 @@ use switchboard_bridge::Broker;
 use crate::auth::devices::DeviceGate;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::history::History;
 use crate::http::listener::ListenerStats;
 use crate::hub::outbox::CloseReason;
 use crate::hub::Hub;
@@ -63,6 +64,8 @@ pub struct App {
     pub store: Store,
     /// Outbound webhook endpoints (none unless configured).
     pub webhooks: Arc<Webhooks>,
+    /// Topics that keep their recent messages (none unless configured).
+    pub history: Arc<History>,
 }
 
 /// A daemon with its listeners bound, ready to run.
@@ -89,6 +92,8 @@ impl Server {
         let hooks = crate::http::hooks::Hooks::from_config(&config.hooks)?;
         let hub = Hub::new(config.hub());
         let store = Store::open(&config.data_dir, &config.store)?;
+        let history = open_history(&config, &store)?;
+        hub.set_history(history.clone());
         let webhooks =
             Webhooks::open(&config.webhooks, &store, &hub).context("cannot set up the webhooks")?;
         let broker = start_broker(&config, &hub, &auth, tls.as_ref()).await?;
@@ -108,6 +113,7 @@ impl Server {
             idempotency,
             store,
             webhooks,
+            history,
         });
         Ok(Self { app, http })
     }
@@ -159,6 +165,8 @@ impl Server {
         tracing::info!(target: LISTENING_TARGET, "listening {}", listening.join(" "));
 
         tokio::spawn(watch_api_keys(app.clone()));
+        app.store.quota().spawn();
+        tokio::spawn(expire_history(app.history.clone()));
         app.webhooks.start(&app.shutdown, &app.tracker);
         let router = crate::http::router(app.clone());
         let http = tokio::spawn(crate::http::listener::serve(self.http, app.clone(), router));
@@ -206,10 +214,42 @@ impl Server {
         {
             tracing::warn!(error = %e, "http listener task failed");
         }
+        // Last: nothing publishes any more, so the saved positions are final.
+        if let Err(e) = app.history.close() {
+            tracing::error!(error = %e, "cannot save the history positions");
+        }
+        if let Err(e) = app.store.flush().await {
+            tracing::error!(error = %e, "cannot flush the store");
+        }
         tracing::info!("stopped");
         match failure {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+}
+
+/// Opens the message history and puts it under the store's cap.
+fn open_history(config: &Config, store: &Store) -> anyhow::Result<Arc<History>> {
+    let mut history = config.history.clone();
+    // A recovery must fit in the connection's queue.
+    history.max_recovery = history.max_recovery.min(config.ws.outbound_queue_messages);
+    let history = History::open(history, store).context("cannot open the message history")?;
+    store.quota().register(history.clone());
+    Ok(history)
+}
+
+/// Drops history messages past their rule's age, so idle topics expire too.
+async fn expire_history(history: Arc<History>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let h = history.clone();
+        match tokio::task::spawn_blocking(move || h.expire()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "history: expiring old messages failed"),
+            Err(e) => tracing::error!(error = %e, "history: the expiry task failed"),
         }
     }
 }

@@ -243,6 +243,8 @@ mod tests {
             ts: 1,
             seq: 2,
             from: "c1".into(),
+            retained: false,
+            history: false,
         }
     }
 

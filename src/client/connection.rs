@@ -28,9 +28,10 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::backoff::Backoff;
 use super::frame::{classify, Inbound, Outgoing};
+use super::resume::{Positions, Resumed};
 use super::subscription::{LocalSub, Registry};
 use super::{lock, ClientError, ClientOptions, Event, Shared};
-use crate::protocol::{close, Incoming};
+use crate::protocol::{close, Incoming, Since};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Reply = oneshot::Sender<Result<Incoming, ClientError>>;
@@ -56,6 +57,7 @@ pub(super) enum Command {
         filter: String,
         key: u64,
         sub: LocalSub,
+        since: Option<Since>,
         ack: Ack,
     },
     Unsubscribe {
@@ -79,6 +81,7 @@ enum Pending {
     Sub {
         filter: String,
         key: Option<u64>,
+        since: Option<Since>,
         ack: Option<Ack>,
     },
     Unsub(Option<Ack>),
@@ -230,6 +233,7 @@ pub(super) struct Driver {
     releases: mpsc::UnboundedReceiver<Release>,
     events: broadcast::Sender<Event>,
     registry: Registry,
+    positions: Positions,
     pending: HashMap<u64, Pending>,
 }
 
@@ -246,6 +250,7 @@ impl Driver {
             releases,
             events,
             registry: Registry::default(),
+            positions: Positions::default(),
             pending: HashMap::new(),
         }
     }
@@ -391,6 +396,7 @@ impl Driver {
                 }
                 Some(Release { filter, key }) = self.releases.recv(), if out.capacity() > 0 => {
                     if self.registry.remove(&filter, key) {
+                        self.positions.forget(&filter);
                         if let Some(text) = self.unsub_frame(filter, None) {
                             let _ = out.try_send(WsMessage::text(text));
                         }
@@ -452,13 +458,15 @@ impl Driver {
                 filter,
                 key,
                 sub,
+                since,
                 ack,
             } => {
                 self.registry.insert(&filter, key, sub);
-                self.sub_frame(filter, Some(key), Some(ack))
+                self.sub_frame(filter, Some(key), since, Some(ack))
             }
             Command::Unsubscribe { filter, key, ack } => {
                 if self.registry.remove(&filter, key) {
+                    self.positions.forget(&filter);
                     self.unsub_frame(filter, Some(ack))
                 } else {
                     // Other local subscriptions still need the filter.
@@ -470,10 +478,27 @@ impl Driver {
         }
     }
 
-    fn sub_frame(&mut self, filter: String, key: Option<u64>, ack: Option<Ack>) -> Option<String> {
+    fn sub_frame(
+        &mut self,
+        filter: String,
+        key: Option<u64>,
+        since: Option<Since>,
+        ack: Option<Ack>,
+    ) -> Option<String> {
         let id = self.shared.next_id();
-        let text = encode(Outgoing::new("sub", Some(id)).topic(filter.as_str()))?;
-        self.pending.insert(id, Pending::Sub { filter, key, ack });
+        let frame = Outgoing::new("sub", Some(id))
+            .topic(filter.as_str())
+            .since(since.as_ref());
+        let text = encode(frame)?;
+        self.pending.insert(
+            id,
+            Pending::Sub {
+                filter,
+                key,
+                since,
+                ack,
+            },
+        );
         Some(text)
     }
 
@@ -484,11 +509,13 @@ impl Driver {
         Some(text)
     }
 
-    /// Sends `sub` for every filter held; false if the writer is gone.
+    /// Sends `sub` for every filter held, asking for what was missed on topics with a
+    /// history; false if the writer is gone.
     async fn resubscribe(&mut self, out: &mpsc::Sender<WsMessage>) -> bool {
         let filters: Vec<String> = self.registry.filters().map(str::to_owned).collect();
         for filter in filters {
-            if let Some(text) = self.sub_frame(filter, None, None) {
+            let since = self.positions.since(&filter);
+            if let Some(text) = self.sub_frame(filter, None, since, None) {
                 if out.send(WsMessage::text(text)).await.is_err() {
                     return false;
                 }
@@ -507,7 +534,11 @@ impl Driver {
         };
         match classify(frame) {
             Inbound::Reply(id, result) => self.on_reply(id, result),
-            Inbound::Msg(msg) => self.registry.dispatch(msg),
+            Inbound::Msg(msg) => {
+                if self.positions.admit(&msg) {
+                    self.registry.dispatch(msg);
+                }
+            }
             Inbound::Event(event) => self.emit(event),
             Inbound::Ignored => {}
         }
@@ -523,7 +554,20 @@ impl Driver {
             Pending::Reply(tx) => {
                 let _ = tx.send(result);
             }
-            Pending::Sub { filter, key, ack } => {
+            Pending::Sub {
+                filter,
+                key,
+                since,
+                ack,
+            } => {
+                if let Ok(reply) = &result {
+                    let resumed = self.positions.on_subscribed(&filter, reply, since.as_ref());
+                    if resumed == Resumed::Gap {
+                        self.emit(Event::Gap {
+                            topic: filter.clone(),
+                        });
+                    }
+                }
                 if let Err(e) = &result {
                     match key {
                         Some(key) => {
@@ -532,6 +576,7 @@ impl Driver {
                         None => {
                             tracing::warn!(filter, error = %e, "re-subscribing failed");
                             self.registry.remove_filter(&filter);
+                            self.positions.forget(&filter);
                             if let ClientError::Server { code, message } = e.clone() {
                                 let message = format!("re-subscribing `{filter}`: {message}");
                                 self.emit(Event::ServerError { code, message });
@@ -569,6 +614,7 @@ impl Driver {
                     filter,
                     key: Some(key),
                     ack,
+                    ..
                 } => {
                     self.registry.remove(&filter, key);
                     if let Some(ack) = ack {

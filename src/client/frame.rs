@@ -28,6 +28,12 @@ pub(super) struct Outgoing {
     pub user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub info: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last: Option<u64>,
 }
 
 impl Outgoing {
@@ -41,6 +47,19 @@ impl Outgoing {
 
     pub fn topic(mut self, topic: impl Into<String>) -> Self {
         self.topic = Some(topic.into());
+        self
+    }
+
+    /// `sub`'s recovery fields.
+    pub fn since(mut self, since: Option<&protocol::Since>) -> Self {
+        match since {
+            Some(protocol::Since::Last(n)) => self.last = Some(*n),
+            Some(protocol::Since::After { seq, epoch }) => {
+                self.since = Some(*seq);
+                self.epoch = epoch.clone();
+            }
+            None => {}
+        }
         self
     }
 
@@ -72,6 +91,12 @@ pub struct Message {
     pub seq: u64,
     /// Who published: a client id, `http`, `mqtt:…`.
     pub from: String,
+    /// The topic's retained value, sent on subscribing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retained: bool,
+    /// Recovered from the topic's history (missed while disconnected, or asked for).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub history: bool,
 }
 
 impl Message {
@@ -125,6 +150,12 @@ pub enum Event {
     /// The server dropped this many frames because the client read too slowly.
     Lagged {
         dropped: u64,
+    },
+    /// Re-subscribing `topic` after a reconnect could not deliver every message missed
+    /// meanwhile (trimmed from the history, evicted, or the stream restarted): the
+    /// application should resynchronise what it shows from that topic.
+    Gap {
+        topic: String,
     },
     /// An error nobody waits for: the reply to a fire-and-forget request, or a failed
     /// re-subscription after a reconnect (that filter's subscriptions then end).
@@ -197,6 +228,8 @@ pub(super) fn classify(frame: Incoming) -> Inbound {
                 ts: frame.ts.unwrap_or_default(),
                 seq: frame.seq.unwrap_or_default(),
                 from: frame.from.unwrap_or_default(),
+                retained: frame.retained.unwrap_or_default(),
+                history: frame.history.as_ref().and_then(serde_json::Value::as_bool) == Some(true),
             })
         }),
         "dm" => Some(Inbound::Event(Event::Dm(DirectMessage {

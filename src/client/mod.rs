@@ -28,6 +28,7 @@
 mod backoff;
 mod connection;
 mod frame;
+mod resume;
 mod subscription;
 
 use std::fmt::Write as _;
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+pub use crate::protocol::Since;
 use crate::protocol::{Incoming, OwnedMember};
 use connection::{Command, Release};
 use frame::{to_raw, Outgoing};
@@ -282,8 +284,20 @@ impl Client {
         }
     }
 
-    /// Subscribes to a filter (MQTT syntax) and waits for the server's ok.
+    /// Subscribes to a filter (MQTT syntax) and waits for the server's ok. On a topic
+    /// with a history the client follows its position and, after a reconnect, gets
+    /// what it missed (see [`Event::Gap`]).
     pub async fn subscribe(&self, filter: impl Into<String>) -> Result<Subscription> {
+        self.subscribe_since(filter, None).await
+    }
+
+    /// Subscribes to a topic with a history, first receiving the messages `since`
+    /// asks for (`Since::Last(n)`, or everything after a number of an epoch).
+    pub async fn subscribe_since(
+        &self,
+        filter: impl Into<String>,
+        since: Option<Since>,
+    ) -> Result<Subscription> {
         let filter = filter.into();
         let (tx, rx) = mpsc::channel(self.shared.options.subscription_buffer.max(1));
         let dropped = Arc::default();
@@ -303,6 +317,7 @@ impl Client {
             filter,
             key,
             sub,
+            since,
             ack,
         })
         .await?;

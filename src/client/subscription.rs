@@ -174,6 +174,8 @@ mod tests {
             data: crate::protocol::null().to_owned(),
             ts: 0,
             seq: 1,
+            retained: false,
+            history: false,
             from: "c".into(),
         }
     }

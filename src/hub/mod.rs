@@ -18,12 +18,14 @@ mod session;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use serde_json::value::RawValue;
 
 use crate::auth::{Forbidden, Grants, Principal};
+use crate::history::{History, Log, Position, Since};
 use crate::protocol::{self, Frame, Member, Recipient, ServerFrame};
+use crate::store::StoredMessage;
 use crate::topic::{self, Filter, TopicError};
 use index::SubscriptionIndex;
 use outbox::{CloseReason, Outbox, Pushed, QueueLimits};
@@ -57,6 +59,10 @@ pub enum HubError {
     InvalidInfo(usize),
     #[error(transparent)]
     Forbidden(#[from] Forbidden),
+    #[error("`{0}` keeps no history (see [history] in the configuration)")]
+    HistoryDisabled(String),
+    #[error("recovering messages needs a topic without wildcards, not `{0}`")]
+    HistoryNeedsTopic(String),
 }
 
 impl HubError {
@@ -70,6 +76,8 @@ impl HubError {
             HubError::NoRecipient(_) => C::NoRecipient,
             HubError::InvalidInfo(_) => C::InvalidInfo,
             HubError::Forbidden(_) => C::Forbidden,
+            HubError::HistoryDisabled(_) => C::HistoryDisabled,
+            HubError::HistoryNeedsTopic(_) => C::BadRequest,
         }
     }
 }
@@ -271,6 +279,19 @@ struct TopicState {
     seq: u64,
     /// The retained message, already encoded with `retained: true`.
     retained: Option<Frame>,
+    /// The topic's history, when a rule keeps one; it numbers on from its last message.
+    log: Option<Log>,
+}
+
+/// What a subscription found, for the `ok` reply.
+#[derive(Debug, Default)]
+pub struct Subscribed {
+    /// For a topic with a history: its position when the subscription began. Messages
+    /// numbered after it arrive live.
+    pub position: Option<Position>,
+    /// For a subscription that asked for missed messages: whether all of them were
+    /// queued, and how many.
+    pub recovery: Option<(bool, usize)>,
 }
 
 pub struct Hub {
@@ -285,6 +306,7 @@ pub struct Hub {
     /// Presence-enabled topic → its members, ordered by connection.
     presence: Mutex<HashMap<String, BTreeMap<index::Key, Arc<Session>>>>,
     taps: RwLock<Vec<Arc<dyn Tap>>>,
+    history: OnceLock<Arc<History>>,
     counters: Counters,
 }
 
@@ -308,6 +330,7 @@ impl Hub {
             users: RwLock::default(),
             presence: Mutex::default(),
             taps: RwLock::default(),
+            history: OnceLock::new(),
             counters: Counters::default(),
         })
     }
@@ -380,36 +403,98 @@ impl Hub {
         }
     }
 
-    pub fn subscribe(&self, session: &Arc<Session>, filter: &str) -> Result<(), HubError> {
+    pub fn subscribe(&self, session: &Arc<Session>, filter: &str) -> Result<Subscribed, HubError> {
+        self.subscribe_from(session, filter, None)
+    }
+
+    /// Subscribes, first queueing what the topic's history holds after `since`. On a
+    /// topic with a history the topic's lock is held while the subscription is added,
+    /// so the position reported (and any recovery) sits exactly between the messages
+    /// published before and the live ones after: no gap, no duplicate.
+    pub fn subscribe_from(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        since: Option<&Since>,
+    ) -> Result<Subscribed, HubError> {
         topic::validate_filter(filter)?;
         let principal = session.principal();
         self.allow(principal.grants.check_subscribe(filter))?;
+        let kept = !topic::is_wildcard(filter)
+            && self
+                .history
+                .get()
+                .is_some_and(|h| h.config().rule(filter).is_some());
+        if since.is_some() && !kept {
+            return Err(if topic::is_wildcard(filter) {
+                HubError::HistoryNeedsTopic(filter.to_owned())
+            } else {
+                HubError::HistoryDisabled(filter.to_owned())
+            });
+        }
+        let state = kept.then(|| self.topic_state(filter));
+        let guard = state.as_ref().map(|s| lock(s));
         let max = principal
             .limits
             .max_subscriptions
             .unwrap_or(self.config.max_subscriptions);
-        {
+        let added = {
             let mut filters = lock(&session.filters);
             if filters.contains(filter) {
-                return Ok(());
-            }
-            if filters.len() >= max {
+                false
+            } else if filters.len() >= max {
                 return Err(HubError::TooManySubscriptions(max));
+            } else {
+                filters.insert(filter.to_owned());
+                true
             }
-            filters.insert(filter.to_owned());
+        };
+        if added {
+            write(&self.index).insert(filter, session.key, session.clone());
         }
-        write(&self.index).insert(filter, session.key, session.clone());
+        let mut subscribed = Subscribed::default();
+        if let Some(log) = guard.as_ref().and_then(|state| state.log.as_ref()) {
+            match since.filter(|_| added) {
+                Some(since) => {
+                    let recovery = log.recover(since);
+                    let mut queued = 0;
+                    for message in &recovery.messages {
+                        if let Some(frame) = history_frame(message) {
+                            // A full queue applies the slow-consumer policy as for any push.
+                            let _ = session.outbox.push(frame);
+                            queued += 1;
+                        }
+                    }
+                    let complete = recovery.complete && queued == recovery.messages.len();
+                    subscribed.recovery = Some((complete, queued));
+                    subscribed.position = Some(recovery.position);
+                }
+                None => subscribed.position = Some(log.position()),
+            }
+        }
+        drop(guard);
+        if !added {
+            return Ok(subscribed);
+        }
         self.join_presence(session, filter);
-        self.send_retained(session, filter);
+        if since.is_none() {
+            self.send_retained(session, filter);
+        }
         self.notify(&Lifecycle::Subscribed {
             client: session.id(),
             user: session.user(),
             filter,
         });
-        Ok(())
+        Ok(subscribed)
     }
 
-    /// Queues the retained value of every topic matching a new subscription, as MQTT does.
+    /// Attaches the message history; set once at startup, before anything is served.
+    pub fn set_history(&self, history: Arc<History>) {
+        if self.history.set(history).is_err() {
+            tracing::warn!("the history was already attached");
+        }
+    }
+
     fn send_retained(&self, session: &Arc<Session>, filter: &str) {
         if self.counters.retained.load(Ordering::Relaxed) == 0 {
             return;
@@ -480,6 +565,7 @@ impl Hub {
                 seq,
                 from: Cow::Borrowed(p.from),
                 retained,
+                history: false,
             }
             .to_frame()
         };
@@ -507,6 +593,9 @@ impl Hub {
             };
         }
         let delivered = self.deliver(p.topic, &frame, None, Some(now_us));
+        if let Some(log) = &state.log {
+            log.append(&p, seq, now_us);
+        }
         for tap in read(&self.taps).iter() {
             tap.publish(&p, seq);
         }
@@ -539,7 +628,17 @@ impl Hub {
             self.prune_topics_at.store(next, Ordering::Relaxed);
             tracing::debug!(kept = topics.len(), "forgot topics without subscribers");
         }
-        topics.entry(topic.into()).or_default().clone()
+        topics
+            .entry(topic.into())
+            .or_insert_with(|| {
+                let log = self.history.get().and_then(|h| h.log(topic));
+                Arc::new(Mutex::new(TopicState {
+                    seq: log.as_ref().map_or(0, Log::last_seq),
+                    retained: None,
+                    log,
+                }))
+            })
+            .clone()
     }
 
     /// Pushes one encoded frame to every session subscribed to `topic`, except `skip`.
@@ -812,6 +911,26 @@ impl Hub {
     pub fn sessions(&self) -> Vec<Arc<Session>> {
         read(&self.clients).values().cloned().collect()
     }
+}
+
+/// A recovered message as its subscriber gets it: as first delivered, marked `history`.
+fn history_frame(m: &StoredMessage) -> Option<Frame> {
+    let data = RawValue::from_string(m.data.clone())
+        .inspect_err(|e| tracing::warn!(topic = m.topic, seq = m.seq, error = %e, "history: stored payload is not JSON; skipped"))
+        .ok()?;
+    Some(
+        ServerFrame::Msg {
+            topic: Cow::Borrowed(&m.topic),
+            event: m.event.as_deref().map(Cow::Borrowed),
+            data: &data,
+            ts: m.ts_us / 1000,
+            seq: m.seq,
+            from: Cow::Borrowed(&m.from),
+            retained: false,
+            history: true,
+        }
+        .to_frame(),
+    )
 }
 
 fn member(session: &Session) -> Member<'static> {

@@ -63,6 +63,14 @@ impl StoredMessage {
         out
     }
 
+    /// The storage time of an encoded message, without decoding the rest.
+    pub fn peek_ts_us(bytes: &[u8]) -> Option<u64> {
+        match bytes {
+            [LAYOUT, ts @ ..] => Some(u64::from_be_bytes(ts.get(..8)?.try_into().ok()?)),
+            _ => None,
+        }
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<StoredMessage, Corrupt> {
         let mut r = Reader(bytes);
         if r.u8()? != LAYOUT {
@@ -152,6 +160,7 @@ mod tests {
     #[test]
     fn round_trips_every_field() {
         let m = sample();
+        assert_eq!(StoredMessage::peek_ts_us(&m.encode()), Some(m.ts_us));
         assert_eq!(StoredMessage::decode(&m.encode()), Ok(m.clone()));
         let bare = StoredMessage {
             event: None,

@@ -213,7 +213,6 @@ fn redacted(url: &str) -> String {
 /// Every configured endpoint, and the tasks that feed them.
 pub struct Webhooks {
     endpoints: Vec<Arc<Endpoint>>,
-    store: Store,
     client: Option<reqwest::Client>,
     /// Taken by [`Webhooks::start`].
     receiver: Mutex<Option<tap::Receiver>>,
@@ -269,7 +268,6 @@ impl Webhooks {
         }
         Ok(Arc::new(Webhooks {
             endpoints,
-            store: store.clone(),
             client,
             receiver: Mutex::new(Some(receiver)),
             writer: Mutex::new(None),
@@ -306,7 +304,8 @@ impl Webhooks {
     }
 
     /// Stores what is still queued in memory (events of the shutdown itself, such as
-    /// disconnections, included) and flushes the store. Call after the hub is quiet.
+    /// disconnections, included). Call after the hub is quiet; the server flushes the store
+    /// afterwards.
     pub async fn stop(&self) {
         self.stop_writer.cancel();
         let writer = lock(&self.writer).take();
@@ -314,9 +313,6 @@ impl Webhooks {
             if let Err(e) = writer.await {
                 tracing::error!(error = %e, "the webhook writer task failed");
             }
-        }
-        if let Err(e) = self.store.flush().await {
-            tracing::error!(error = %e, "cannot flush the store");
         }
     }
 

@@ -157,11 +157,10 @@ async fn await_auth(
         Ok(principal) => {
             let ok = ServerFrame::Ok {
                 id,
-                seq: None,
-                delivered: None,
-                members: None,
-                expires_at: principal.expires_at,
-                unsubscribed: None,
+                reply: crate::protocol::OkReply {
+                    expires_at: principal.expires_at,
+                    ..Default::default()
+                },
             };
             Ok((Arc::new(principal), Some(Message::Text(ok.to_frame()))))
         }

@@ -12,7 +12,7 @@ use crate::auth::{Kind, Principal};
 use crate::hub::outbox::CloseReason;
 use crate::hub::{HubError, Origin, Publish, Sender, Session};
 use crate::protocol::{
-    close, parse_request, ErrorCode, Member, Request, RequestError, ServerFrame,
+    close, parse_request, ErrorCode, OkReply, Request, RequestError, ServerFrame,
 };
 use crate::server::App;
 
@@ -37,15 +37,7 @@ pub enum Then {
     Http(Pending),
 }
 
-/// The op-specific fields of an `ok` reply.
-#[derive(Default)]
-struct Reply {
-    seq: Option<u64>,
-    delivered: Option<usize>,
-    members: Option<Vec<Member<'static>>>,
-    expires_at: Option<u64>,
-    unsubscribed: Option<Vec<String>>,
-}
+type Reply = OkReply<'static>;
 
 /// Handles one text frame.
 pub fn handle_text(
@@ -104,15 +96,7 @@ pub fn handle_text(
         other => apply(app, session, other).map_err(|e| RequestError::new(e.code(), e.to_string())),
     };
     let reply = match result {
-        Ok(reply) => ServerFrame::Ok {
-            id,
-            seq: reply.seq,
-            delivered: reply.delivered,
-            members: reply.members,
-            expires_at: reply.expires_at,
-            unsubscribed: reply.unsubscribed,
-        }
-        .encode(),
+        Ok(reply) => ServerFrame::Ok { id, reply }.encode(),
         Err(err) => ServerFrame::error(id, &err),
     };
     Handled {
@@ -132,7 +116,17 @@ fn apply(app: &App, session: &Arc<Session>, request: Request<'_>) -> Result<Repl
     let hub = &app.hub;
     let mut reply = Reply::default();
     match request {
-        Request::Sub { topic } => hub.subscribe(session, &topic)?,
+        Request::Sub { topic, since } => {
+            let subscribed = hub.subscribe_from(session, &topic, since.as_ref())?;
+            if let Some(position) = subscribed.position {
+                reply.epoch = Some(position.epoch);
+                reply.seq = Some(position.seq);
+            }
+            if let Some((complete, count)) = subscribed.recovery {
+                reply.recovered = Some(complete);
+                reply.history = Some(count);
+            }
+        }
         Request::Unsub { topic } => hub.unsubscribe(session, &topic)?,
         Request::Pub {
             topic,

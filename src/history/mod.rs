@@ -1,0 +1,713 @@
+//! Message history: topics matching a `[[history.topics]]` rule keep their last N
+//! messages and/or the last T seconds in the local store, so a client that lost its
+//! connection can ask for what it missed and continue with no gap and no duplicate.
+//!
+//! Owns the per-topic *streams* and their on-disk layout. Each stream has a position:
+//! an **epoch** and the sequence number of its newest message. The Hub numbers a
+//! topic's messages; for a topic with a history it starts from the stream's last
+//! number, so numbers keep increasing across restarts. The epoch changes whenever the
+//! stream can no longer vouch for its numbers: when it is first created, after an
+//! unclean stop (the last flush interval may be lost while clients saw it), when the
+//! store's cap evicted messages the rule would have kept, and when a write failed. A
+//! client holding a position from another epoch is told its recovery is incomplete.
+//!
+//! Appends and recoveries are called by the Hub under the topic's lock, so a recovery
+//! reads exactly the messages published before the subscription and the live ones
+//! follow. Appends are plain sled inserts (memory, flushed by sled's background thread
+//! every `[store] flush_interval`).
+//!
+//! Layout, in two trees: `history/messages` holds `topic NUL seq` → a
+//! [`StoredMessage`]; `history/streams` holds each stream's position, written at a
+//! clean stop together with a marker. Without the marker the daemon did not stop
+//! cleanly, so the streams are rebuilt from the messages and all start new epochs.
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::hub::Publish;
+use crate::store::{Evictable, Evicted, Store, StoreError, StoredMessage};
+pub use config::{HistoryConfig, HistoryRule};
+
+/// The key of the clean-stop marker in the streams tree (no topic is empty).
+const CLEAN: &[u8] = b"";
+
+/// Where a client asks a recovery to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Since {
+    /// The last this many messages.
+    Last(u64),
+    /// Every message after `seq` of stream `epoch`.
+    After { seq: u64, epoch: Option<String> },
+}
+
+/// A stream's position: its epoch and the number of its newest message (0: none yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: String,
+    pub seq: u64,
+}
+
+/// What a recovery found.
+#[derive(Debug)]
+pub struct Recovery {
+    pub position: Position,
+    /// False when some of the requested messages can no longer be delivered (trimmed,
+    /// evicted, too many, or from another epoch).
+    pub complete: bool,
+    /// Oldest first.
+    pub messages: Vec<StoredMessage>,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct HistoryStats {
+    pub streams: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub appended: u64,
+    pub trimmed: u64,
+    pub recoveries: u64,
+    pub incomplete_recoveries: u64,
+    pub recovered_messages: u64,
+    pub write_errors: u64,
+}
+
+/// One topic's stream, in memory. Messages `first..=last` are stored (none when
+/// `first > last`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stream {
+    epoch: u64,
+    /// The first number of the current epoch.
+    epoch_start: u64,
+    first: u64,
+    last: u64,
+    /// When `first` was stored, µs since the Unix epoch (0 when empty).
+    first_ts_us: u64,
+    bytes: u64,
+}
+
+impl Stream {
+    fn new(after: u64) -> Stream {
+        Stream {
+            epoch: new_epoch(),
+            epoch_start: after + 1,
+            first: after + 1,
+            last: after,
+            first_ts_us: 0,
+            bytes: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first > self.last
+    }
+
+    fn count(&self) -> u64 {
+        (self.last + 1).saturating_sub(self.first)
+    }
+
+    /// Continuity is lost from here on: numbers continue, under a new epoch.
+    fn restart_epoch(&mut self) {
+        self.epoch = new_epoch();
+        self.epoch_start = self.last + 1;
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            epoch: epoch_text(self.epoch),
+            seq: self.last,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        [
+            self.epoch,
+            self.epoch_start,
+            self.first,
+            self.last,
+            self.first_ts_us,
+            self.bytes,
+        ]
+        .iter()
+        .flat_map(|n| n.to_be_bytes())
+        .collect()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Stream> {
+        let mut fields = bytes
+            .chunks_exact(8)
+            .map(|c| c.try_into().map(u64::from_be_bytes).ok());
+        let stream = Stream {
+            epoch: fields.next()??,
+            epoch_start: fields.next()??,
+            first: fields.next()??,
+            last: fields.next()??,
+            first_ts_us: fields.next()??,
+            bytes: fields.next()??,
+        };
+        (bytes.len() == 48).then_some(stream)
+    }
+}
+
+fn new_epoch() -> u64 {
+    // Never 0, so an epoch is always 16 hex digits of real randomness.
+    rand::random::<u64>().max(1)
+}
+
+fn epoch_text(epoch: u64) -> String {
+    format!("{epoch:016x}")
+}
+
+/// A topic's stream, shared by the Hub's topic state and the history's table.
+struct Entry {
+    topic: Box<str>,
+    rule: usize,
+    stream: Mutex<Stream>,
+}
+
+fn lock(entry: &Entry) -> std::sync::MutexGuard<'_, Stream> {
+    entry.stream.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every stream and the trees they live in.
+pub struct History {
+    config: HistoryConfig,
+    messages: sled::Tree,
+    positions: sled::Tree,
+    store: Store,
+    streams: RwLock<HashMap<Box<str>, Arc<Entry>>>,
+    /// Bytes of every stored message (keys and values), for the store's cap.
+    bytes: AtomicU64,
+    stored: AtomicU64,
+    appended: AtomicU64,
+    trimmed: AtomicU64,
+    recoveries: AtomicU64,
+    incomplete: AtomicU64,
+    recovered: AtomicU64,
+    write_errors: AtomicU64,
+    /// Set by [`History::close`]; an append after it withdraws the clean marker.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+fn message_key(topic: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(topic.len() + 9);
+    key.extend_from_slice(topic.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Splits a message key into its topic and number.
+fn split_key(key: &[u8]) -> Option<(&str, u64)> {
+    let (head, seq) = key.split_at_checked(key.len().checked_sub(8)?)?;
+    let topic = head.strip_suffix(&[0])?;
+    Some((
+        std::str::from_utf8(topic).ok()?,
+        u64::from_be_bytes(seq.try_into().ok()?),
+    ))
+}
+
+/// A handle on one topic's stream, kept in the Hub's topic state.
+#[derive(Clone)]
+pub struct Log {
+    history: Arc<History>,
+    entry: Arc<Entry>,
+}
+
+impl History {
+    /// Opens the history trees and restores every stream's position: as saved at a
+    /// clean stop, or rebuilt from the stored messages (with new epochs) after an
+    /// unclean one. Messages of topics no rule covers any more are deleted.
+    pub fn open(config: HistoryConfig, store: &Store) -> Result<Arc<History>, StoreError> {
+        let messages = store.tree("history/messages")?;
+        let positions = store.tree("history/streams")?;
+        let history = History {
+            config,
+            messages,
+            positions,
+            store: store.clone(),
+            streams: RwLock::default(),
+            bytes: AtomicU64::new(0),
+            stored: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
+            trimmed: AtomicU64::new(0),
+            recoveries: AtomicU64::new(0),
+            incomplete: AtomicU64::new(0),
+            recovered: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            closed: Default::default(),
+        };
+        let clean = history
+            .positions
+            .remove(CLEAN)
+            .map_err(|e| store.io(e))?
+            .is_some();
+        let streams = if clean {
+            history.load_positions()?
+        } else {
+            history.rebuild()?
+        };
+        let mut table = HashMap::with_capacity(streams.len());
+        for (topic, stream) in streams {
+            let Some(rule) = history.rule_index(&topic) else {
+                history.drop_stream(&topic)?;
+                continue;
+            };
+            history.bytes.fetch_add(stream.bytes, Ordering::Relaxed);
+            history.stored.fetch_add(stream.count(), Ordering::Relaxed);
+            let entry = Entry {
+                topic: topic.clone(),
+                rule,
+                stream: Mutex::new(stream),
+            };
+            table.insert(topic, Arc::new(entry));
+        }
+        *history.streams.write().unwrap_or_else(|p| p.into_inner()) = table;
+        // The marker is gone from disk before anything is served: a crash from here on
+        // is seen as unclean at the next start.
+        history.positions.flush().map_err(|e| store.io(e))?;
+        Ok(Arc::new(history))
+    }
+
+    fn rule_index(&self, topic: &str) -> Option<usize> {
+        self.config
+            .topics
+            .iter()
+            .position(|r| r.filter.matches(topic))
+    }
+
+    fn rule(&self, entry: &Entry) -> &HistoryRule {
+        &self.config.topics[entry.rule]
+    }
+
+    pub fn config(&self) -> &HistoryConfig {
+        &self.config
+    }
+
+    fn load_positions(&self) -> Result<Vec<(Box<str>, Stream)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.positions.iter() {
+            let (key, value) = item.map_err(|e| self.store.io(e))?;
+            let topic = std::str::from_utf8(&key).ok();
+            match (topic, Stream::decode(&value)) {
+                (Some(topic), Some(stream)) => out.push((topic.into(), stream)),
+                _ => {
+                    tracing::warn!("history: unreadable stream position; rebuilding all");
+                    return self.rebuild();
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Recomputes every stream from the stored messages. The numbers continue from
+    /// the highest stored (or saved) one, under new epochs.
+    fn rebuild(&self) -> Result<Vec<(Box<str>, Stream)>, StoreError> {
+        let saved: HashMap<Vec<u8>, u64> = self
+            .positions
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| Some((k.to_vec(), Stream::decode(&v)?.last)))
+            .collect();
+        let mut streams: HashMap<Box<str>, Stream> = HashMap::new();
+        let mut corrupt = Vec::new();
+        for item in self.messages.iter() {
+            let (key, value) = item.map_err(|e| self.store.io(e))?;
+            let (Some((topic, seq)), Ok(message)) =
+                (split_key(&key), StoredMessage::decode(&value))
+            else {
+                corrupt.push(key);
+                continue;
+            };
+            let size = (key.len() + value.len()) as u64;
+            match streams.get_mut(topic) {
+                Some(s) if s.last + 1 == seq => {
+                    s.last = seq;
+                    s.bytes += size;
+                }
+                Some(s) => {
+                    // A hole (never written before a crash): keep the part after it.
+                    tracing::warn!(topic, seq, "history: a gap in a stored stream");
+                    s.first = seq;
+                    s.last = seq;
+                    s.first_ts_us = message.ts_us;
+                    s.bytes = size;
+                }
+                None => {
+                    let mut s = Stream::new(seq.saturating_sub(1));
+                    s.last = seq;
+                    s.first_ts_us = message.ts_us;
+                    s.bytes = size;
+                    streams.insert(topic.into(), s);
+                }
+            }
+        }
+        // Delete what a hole cut off, and unreadable records.
+        let mut cut = 0u64;
+        for (topic, s) in &streams {
+            let start = message_key(topic, 0);
+            let end = message_key(topic, s.first);
+            for item in self.messages.range(start..end) {
+                let (key, _) = item.map_err(|e| self.store.io(e))?;
+                self.messages.remove(key).map_err(|e| self.store.io(e))?;
+                cut += 1;
+            }
+        }
+        for key in &corrupt {
+            self.messages.remove(key).map_err(|e| self.store.io(e))?;
+        }
+        for (topic, last) in saved {
+            if let Ok(topic) = std::str::from_utf8(&topic) {
+                if !topic.is_empty() {
+                    let s = streams
+                        .entry(topic.into())
+                        .or_insert_with(|| Stream::new(last));
+                    s.last = s.last.max(last);
+                    s.first = s.first.min(s.last + 1);
+                }
+            }
+        }
+        self.positions.clear().map_err(|e| self.store.io(e))?;
+        for s in streams.values_mut() {
+            s.restart_epoch();
+            // Numbers the lost interval may have used are given out again, under the
+            // new epoch; the epoch start marks where the new numbering begins.
+        }
+        if !streams.is_empty() || !corrupt.is_empty() {
+            tracing::warn!(
+                streams = streams.len(),
+                unreadable = corrupt.len(),
+                cut,
+                "the store was not closed cleanly: history streams rebuilt and given new epochs"
+            );
+        }
+        Ok(streams.into_iter().collect())
+    }
+
+    fn drop_stream(&self, topic: &str) -> Result<(), StoreError> {
+        self.positions
+            .remove(topic.as_bytes())
+            .map_err(|e| self.store.io(e))?;
+        let mut removed = 0u64;
+        for item in self
+            .messages
+            .range(message_key(topic, 0)..=message_key(topic, u64::MAX))
+        {
+            let (key, _) = item.map_err(|e| self.store.io(e))?;
+            self.messages.remove(key).map_err(|e| self.store.io(e))?;
+            removed += 1;
+        }
+        tracing::info!(
+            topic,
+            removed,
+            "history: no rule covers this topic any more; its messages were deleted"
+        );
+        Ok(())
+    }
+
+    /// The stream of a topic, created when a rule covers it; None when no rule does.
+    pub fn log(self: &Arc<Self>, topic: &str) -> Option<Log> {
+        if let Some(entry) = self.read().get(topic) {
+            return Some(self.handle(entry.clone()));
+        }
+        let rule = self.rule_index(topic)?;
+        let entry = self
+            .streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(topic.into())
+            .or_insert_with(|| {
+                Arc::new(Entry {
+                    topic: topic.into(),
+                    rule,
+                    stream: Mutex::new(Stream::new(0)),
+                })
+            })
+            .clone();
+        Some(self.handle(entry))
+    }
+
+    fn handle(self: &Arc<Self>, entry: Arc<Entry>) -> Log {
+        Log {
+            history: self.clone(),
+            entry,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Box<str>, Arc<Entry>>> {
+        self.streams.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn entries(&self) -> Vec<Arc<Entry>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Removes a stream's oldest message; returns its size.
+    fn pop_oldest(&self, entry: &Entry, s: &mut Stream) -> Result<u64, StoreError> {
+        let key = message_key(&entry.topic, s.first);
+        let removed = self.messages.remove(&key).map_err(|e| self.store.io(e))?;
+        let size = removed.map_or(0, |v| (key.len() + v.len()) as u64);
+        s.first += 1;
+        s.bytes = s.bytes.saturating_sub(size);
+        s.first_ts_us = if s.is_empty() {
+            0
+        } else {
+            self.messages
+                .get(message_key(&entry.topic, s.first))
+                .map_err(|e| self.store.io(e))?
+                .and_then(|v| StoredMessage::peek_ts_us(&v))
+                .unwrap_or(0)
+        };
+        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        self.stored.fetch_sub(1, Ordering::Relaxed);
+        Ok(size)
+    }
+
+    /// Drops what a stream's rule no longer keeps: beyond `keep`, older than `max_age`.
+    fn trim(&self, entry: &Entry, s: &mut Stream, now_us: u64) -> Result<(), StoreError> {
+        let rule = self.rule(entry);
+        let keep = rule.keep.map_or(u64::MAX, |k| k.get());
+        while !s.is_empty() && (s.count() > keep || rule.expired(s.first_ts_us, now_us)) {
+            self.pop_oldest(entry, s)?;
+            self.trimmed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Trims every stream with an age limit; run periodically, so idle topics expire
+    /// too.
+    pub fn expire(&self) -> Result<(), StoreError> {
+        let now = crate::protocol::now_us();
+        for entry in self.entries() {
+            if self.rule(&entry).max_age.is_some() {
+                let mut s = lock(&entry);
+                self.trim(&entry, &mut s, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves every stream's position and marks the stop as clean. Called at shutdown,
+    /// after the last publish, before the store's final flush.
+    pub fn close(&self) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for entry in self.entries() {
+            batch.insert(entry.topic.as_bytes(), lock(&entry).encode());
+        }
+        batch.insert(CLEAN, &[1u8][..]);
+        self.closed.store(true, Ordering::SeqCst);
+        self.positions
+            .apply_batch(batch)
+            .map_err(|e| self.store.io(e))
+    }
+
+    pub fn stats(&self) -> HistoryStats {
+        HistoryStats {
+            streams: self.read().len() as u64,
+            messages: self.stored.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            appended: self.appended.load(Ordering::Relaxed),
+            trimmed: self.trimmed.load(Ordering::Relaxed),
+            recoveries: self.recoveries.load(Ordering::Relaxed),
+            incomplete_recoveries: self.incomplete.load(Ordering::Relaxed),
+            recovered_messages: self.recovered.load(Ordering::Relaxed),
+            write_errors: self.write_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Reads messages `from..=to` of a topic; unreadable ones are skipped and logged.
+    fn read_range(&self, topic: &str, from: u64, to: u64) -> Vec<StoredMessage> {
+        if from > to {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity((to - from + 1).min(4096) as usize);
+        for item in self
+            .messages
+            .range(message_key(topic, from)..=message_key(topic, to))
+        {
+            match item.map_err(|e| self.store.io(e)) {
+                Ok((_, value)) => match StoredMessage::decode(&value) {
+                    Ok(m) => out.push(m),
+                    Err(e) => tracing::warn!(topic, error = %e, "history: skipped a message"),
+                },
+                Err(e) => {
+                    tracing::error!(topic, error = %e, "history: read failed");
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Log {
+    /// The number of the stream's newest message; the Hub continues from it.
+    pub fn last_seq(&self) -> u64 {
+        lock(&self.entry).last
+    }
+
+    pub fn position(&self) -> Position {
+        lock(&self.entry).position()
+    }
+
+    /// Stores a message the Hub just numbered `seq` (under the topic's lock). A failed
+    /// write is logged and starts a new epoch: the stream has a hole from here.
+    pub fn append(&self, p: &Publish<'_>, seq: u64, ts_us: u64) {
+        let history = &self.history;
+        let entry = &self.entry;
+        let mut s = lock(entry);
+        if history.closed.load(Ordering::Relaxed) {
+            // Published after the positions were saved: they are stale, so the next
+            // start must rebuild them as after a crash.
+            if let Err(e) = history.positions.remove(CLEAN) {
+                tracing::error!(error = %e, "history: cannot withdraw the clean-stop marker");
+            }
+        }
+        if seq != s.last + 1 {
+            // Numbers come from the Hub, which starts from `last_seq`; a jump means
+            // messages were numbered without reaching the history.
+            if s.is_empty() {
+                s.first = seq;
+            }
+            s.last = seq - 1;
+            s.restart_epoch();
+        }
+        let message = StoredMessage {
+            topic: entry.topic.to_string(),
+            event: p.event.map(str::to_owned),
+            data: p.data.get().to_owned(),
+            ts_us,
+            seq,
+            from: p.from.to_owned(),
+            origin: p.origin,
+        };
+        let key = message_key(&entry.topic, seq);
+        let value = message.encode();
+        let size = (key.len() + value.len()) as u64;
+        if let Err(e) = history.messages.insert(key, value) {
+            history.write_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(topic = &*entry.topic, seq, error = %e, "history: write failed; the stream starts a new epoch");
+            // The hole stays inside `first..=last`: a recovery across it reads short
+            // and says it is incomplete.
+            s.last = seq;
+            s.restart_epoch();
+            return;
+        }
+        if s.is_empty() {
+            s.first = seq;
+            s.first_ts_us = ts_us;
+        }
+        s.last = seq;
+        s.bytes += size;
+        history.bytes.fetch_add(size, Ordering::Relaxed);
+        history.stored.fetch_add(1, Ordering::Relaxed);
+        history.appended.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = history.trim(entry, &mut s, ts_us) {
+            history.write_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(topic = &*entry.topic, error = %e, "history: trimming failed");
+        }
+    }
+
+    /// What a subscriber asking for `since` should get before live messages: at most
+    /// `[history] max_recovery` messages. Called under the topic's lock.
+    pub fn recover(&self, since: &Since) -> Recovery {
+        let history = &self.history;
+        let max = history.config.max_recovery.get() as u64;
+        let (from, to, complete) = {
+            let mut s = lock(&self.entry);
+            if let Err(e) = history.trim(&self.entry, &mut s, crate::protocol::now_us()) {
+                tracing::error!(error = %e, "history: trimming failed");
+            }
+            let epoch = epoch_text(s.epoch);
+            let (wanted_from, complete) = match since {
+                Since::Last(n) => {
+                    let from = (s.last + 1).saturating_sub(*n).max(1);
+                    // Complete when all were there, or the stream never held more.
+                    (from, from >= s.first || s.first == 1)
+                }
+                Since::After {
+                    seq,
+                    epoch: Some(e),
+                } if *e == epoch && *seq <= s.last => (seq + 1, seq + 1 >= s.first),
+                // Numbers without their epoch cannot be vouched for.
+                Since::After { seq, epoch: None } => (seq + 1, false),
+                // Another epoch: everything since this one began is new to the client.
+                Since::After { .. } => (s.epoch_start, false),
+            };
+            let from = wanted_from.max(s.first);
+            // Too many missed: deliver the newest `max`, and say it was not all.
+            let (from, complete) = if s.last >= from && s.last - from + 1 > max {
+                (s.last + 1 - max, false)
+            } else {
+                (from, complete)
+            };
+            (from, s.last, complete)
+        };
+        // Reading after releasing the stream's lock is safe: the topic's lock keeps new
+        // messages out, and eviction only removes messages older than `from` or makes
+        // the read come back short, which is then reported.
+        let messages = history.read_range(&self.entry.topic, from, to);
+        let complete = complete && messages.len() as u64 == (to + 1).saturating_sub(from);
+        history.recoveries.fetch_add(1, Ordering::Relaxed);
+        history
+            .recovered
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        if !complete {
+            history.incomplete.fetch_add(1, Ordering::Relaxed);
+        }
+        Recovery {
+            position: self.position(),
+            complete,
+            messages,
+        }
+    }
+}
+
+impl Evictable for History {
+    fn stored_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn oldest_us(&self) -> Option<u64> {
+        self.entries()
+            .iter()
+            .map(|e| lock(e))
+            .filter(|s| !s.is_empty())
+            .map(|s| s.first_ts_us)
+            .min()
+    }
+
+    /// Evicts from the stream holding the oldest message, which starts a new epoch:
+    /// its rule promised to keep what was evicted.
+    fn evict_oldest(&self, at_least: u64) -> Result<Evicted, StoreError> {
+        let oldest = self
+            .entries()
+            .into_iter()
+            .filter_map(|e| {
+                let s = lock(&e);
+                (!s.is_empty()).then_some((s.first_ts_us, e.clone()))
+            })
+            .min_by_key(|(ts, _)| *ts);
+        let Some((_, entry)) = oldest else {
+            return Ok(Evicted::default());
+        };
+        let mut s = lock(&entry);
+        let mut freed = Evicted::default();
+        while !s.is_empty() && freed.bytes < at_least {
+            freed.bytes += self.pop_oldest(&entry, &mut s)?;
+            freed.records += 1;
+        }
+        if freed.records > 0 {
+            s.restart_epoch();
+            tracing::info!(
+                topic = &*entry.topic,
+                evicted = freed.records,
+                "history: evicted at the store's cap; the stream starts a new epoch"
+            );
+        }
+        Ok(freed)
+    }
+}
