@@ -293,12 +293,84 @@ pub fn webhooks(app: &App, s: &mut Snapshot) {
     );
 }
 
-/// The local store (sled) under the data directory.
+/// The local store (sled) under the data directory, and its cap.
 pub fn store(app: &App, s: &mut Snapshot) {
+    let quota = app.store.quota();
+    let evicted = quota.evicted();
     s.gauge(
         "store_disk_bytes",
         "Bytes the local store takes on disk.",
         app.store.size_on_disk(),
+    );
+    s.gauge(
+        "store_stored_bytes",
+        "Bytes of stored messages (history and recordings) counted against store.max_bytes.",
+        quota.used(),
+    );
+    s.gauge(
+        "store_max_bytes",
+        "The cap on stored messages (store.max_bytes).",
+        quota.max_bytes(),
+    );
+    s.counter(
+        "store_evicted_messages",
+        "Stored messages evicted, oldest first, to keep under store.max_bytes.",
+        evicted.records,
+    );
+    s.counter(
+        "store_evicted_bytes",
+        "Bytes of stored messages evicted to keep under store.max_bytes.",
+        evicted.bytes,
+    );
+}
+
+/// Message history (`[history]`).
+pub fn history(app: &App, s: &mut Snapshot) {
+    let h = app.history.stats();
+    s.gauge(
+        "history_streams",
+        "Topics with a history (streams) known to the daemon.",
+        h.streams,
+    );
+    s.gauge(
+        "history_messages",
+        "Messages held in topic histories.",
+        h.messages,
+    );
+    s.gauge(
+        "history_bytes",
+        "Bytes of messages held in topic histories.",
+        h.bytes,
+    );
+    s.counter(
+        "history_appended",
+        "Messages written to a topic history.",
+        h.appended,
+    );
+    s.counter(
+        "history_trimmed",
+        "History messages dropped by their rule (keep, max_age).",
+        h.trimmed,
+    );
+    s.counter(
+        "history_recoveries",
+        "Subscriptions that asked for missed messages (since or last).",
+        h.recoveries,
+    );
+    s.counter(
+        "history_incomplete_recoveries",
+        "Recoveries that could not deliver every message asked for.",
+        h.incomplete_recoveries,
+    );
+    s.counter(
+        "history_recovered_messages",
+        "Messages delivered from a history by recoveries.",
+        h.recovered_messages,
+    );
+    s.counter(
+        "history_write_errors",
+        "History writes that failed (each starts a new epoch on its topic).",
+        h.write_errors,
     );
 }
 

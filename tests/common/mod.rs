@@ -131,6 +131,18 @@ impl Daemon {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        self.respawn();
+    }
+
+    /// Kills the daemon with SIGKILL (no shutdown at all) and starts it again, as
+    /// [`Daemon::restart`] does.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.respawn();
+    }
+
+    fn respawn(&mut self) {
         let (child, logs, addrs) = spawn(&self.config_path, &self.data_dir(), &self.env);
         self.child = child;
         self.logs = logs;

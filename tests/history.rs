@@ -1,0 +1,551 @@
+//! Message history against the real daemon: `sub` with `last` and `since`, epochs,
+//! the Rust client's resume through a dropped connection and across restarts, the
+//! store's cap, and SIGKILL during publishing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{creds, Daemon, Raw};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use switchboard::client::{Client, ClientOptions, Event, Since};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+const HISTORY: &str = r#"
+[history]
+[[history.topics]]
+filter = "sensors/#"
+keep = 5
+[[history.topics]]
+filter = "log/#"
+keep = 1000000
+
+[ws]
+publish_rate = 1000000
+publish_burst = 1000000
+"#;
+
+async fn publish(c: &mut Raw, topic: &str, i: u64) -> u64 {
+    let r = c
+        .request(json!({"op":"pub","topic":topic,"data":{"i":i}}))
+        .await;
+    assert_eq!(r["op"], "ok", "{r}");
+    r["seq"].as_u64().expect("seq")
+}
+
+/// Subscribes with the given recovery fields; returns the reply and the messages that
+/// follow it (until `count` arrived).
+async fn sub(url: &str, fields: Value, count: usize) -> (Value, Vec<Value>, Raw) {
+    let mut c = Raw::connect(url).await;
+    let mut frame = json!({"op":"sub"});
+    for (k, v) in fields.as_object().expect("object") {
+        frame[k] = v.clone();
+    }
+    let reply = c.request(frame).await;
+    let mut msgs = Vec::new();
+    while msgs.len() < count {
+        msgs.push(c.next_msg().await);
+    }
+    (reply, msgs, c)
+}
+
+fn seqs(msgs: &[Value]) -> Vec<u64> {
+    msgs.iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
+#[tokio::test]
+async fn sub_recovers_the_last_messages_or_everything_after_a_number() {
+    let daemon = Daemon::start(HISTORY);
+    let url = daemon.ws_url();
+    let mut publisher = Raw::connect(&url).await;
+    for i in 1..=8 {
+        assert_eq!(publish(&mut publisher, "sensors/a", i).await, i);
+    }
+
+    // A plain subscription learns the position.
+    let (plain, _, _) = sub(&url, json!({"topic":"sensors/a"}), 0).await;
+    let epoch = plain["epoch"].as_str().expect("epoch").to_owned();
+    assert_eq!(epoch.len(), 16, "{plain}");
+    assert_eq!(plain["seq"], 8);
+    assert!(plain.get("recovered").is_none(), "{plain}");
+
+    // The last 3: complete, marked as history, then live ones follow unmarked.
+    let (reply, msgs, mut c) = sub(&url, json!({"topic":"sensors/a","last":3}), 3).await;
+    assert_eq!(
+        (reply["recovered"].clone(), reply["history"].clone()),
+        (json!(true), json!(3))
+    );
+    assert_eq!(seqs(&msgs), [6, 7, 8]);
+    assert!(msgs.iter().all(|m| m["history"] == true));
+    assert_eq!(msgs[2]["data"], json!({"i":8}));
+    publish(&mut publisher, "sensors/a", 9).await;
+    let live = c.next_msg().await;
+    assert_eq!((live["seq"].clone(), live.get("history")), (json!(9), None));
+
+    // Everything after 5 of this epoch: complete.
+    let (reply, msgs, _) = sub(
+        &url,
+        json!({"topic":"sensors/a","since":5,"epoch":epoch}),
+        4,
+    )
+    .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(seqs(&msgs), [6, 7, 8, 9]);
+
+    // `keep = 5` holds 5..=9: after 1 is no longer all there, and the reply says so.
+    let (reply, msgs, _) = sub(
+        &url,
+        json!({"topic":"sensors/a","since":1,"epoch":epoch}),
+        5,
+    )
+    .await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_eq!(seqs(&msgs), [5, 6, 7, 8, 9]);
+    let (reply, msgs, _) = sub(&url, json!({"topic":"sensors/a","last":10}), 5).await;
+    assert_eq!(
+        (reply["recovered"].clone(), seqs(&msgs)),
+        (json!(false), vec![5, 6, 7, 8, 9])
+    );
+
+    // Numbers from another epoch, or without one, cannot be vouched for.
+    let (reply, _, _) = sub(
+        &url,
+        json!({"topic":"sensors/a","since":8,"epoch":"0000000000000001"}),
+        5,
+    )
+    .await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    let (reply, msgs, _) = sub(&url, json!({"topic":"sensors/a","since":8}), 1).await;
+    assert_eq!(
+        (reply["recovered"].clone(), seqs(&msgs)),
+        (json!(false), vec![9])
+    );
+
+    // Up to date: nothing follows, and that is complete.
+    let (reply, _, mut c) = sub(
+        &url,
+        json!({"topic":"sensors/a","since":9,"epoch":epoch}),
+        0,
+    )
+    .await;
+    assert_eq!(
+        (reply["recovered"].clone(), reply["history"].clone()),
+        (json!(true), json!(0))
+    );
+    assert!(c.try_recv(Duration::from_millis(300)).await.is_none());
+
+    // Refusals.
+    let mut c = Raw::connect(&url).await;
+    let r = c
+        .request(json!({"op":"sub","topic":"chat/x","last":1}))
+        .await;
+    assert_eq!(r["code"], "history_disabled", "{r}");
+    let r = c
+        .request(json!({"op":"sub","topic":"sensors/+","last":1}))
+        .await;
+    assert_eq!(r["code"], "bad_request", "{r}");
+    let r = c
+        .request(json!({"op":"sub","topic":"sensors/a","last":1,"since":3}))
+        .await;
+    assert_eq!(r["code"], "bad_request", "{r}");
+    let r = c
+        .request(json!({"op":"sub","topic":"sensors/a","since":-1}))
+        .await;
+    assert_eq!(r["code"], "bad_request", "{r}");
+    // A refused recovery did not subscribe.
+    publish(&mut publisher, "chat/x", 1).await;
+    assert!(c.try_recv(Duration::from_millis(300)).await.is_none());
+}
+
+/// A TCP relay in front of the daemon whose connections can be cut at will.
+struct Relay {
+    addr: SocketAddr,
+    accept: JoinHandle<()>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(to: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let addr = listener.local_addr().expect("relay addr");
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = links.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                held.lock().unwrap().push(link);
+            }
+        });
+        Relay {
+            addr,
+            accept,
+            links,
+        }
+    }
+
+    /// Drops every relayed connection, as a lost radio link would.
+    fn cut(&self) {
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+fn options(url: String) -> ClientOptions {
+    let mut options = ClientOptions::new(url);
+    options.backoff_min = Duration::from_millis(20);
+    options.backoff_max = Duration::from_millis(200);
+    options.subscription_buffer = 100_000;
+    options
+}
+
+/// Receives until `want` messages have arrived or `wait` passed.
+async fn collect(
+    sub: &mut switchboard::client::Subscription,
+    want: usize,
+    wait: Duration,
+) -> Vec<u64> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut got = Vec::new();
+    while got.len() < want {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(m)) => got.push(m.decode::<Value>().expect("json")["i"].as_u64().expect("i")),
+            _ => break,
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn the_client_resumes_through_dropped_connections_with_no_gap_or_duplicate() {
+    let daemon = Daemon::start(HISTORY);
+    let relay = Relay::start(daemon.http).await;
+    let client = Client::connect(options(format!("ws://{}/ws", relay.addr)))
+        .await
+        .expect("connect");
+    let mut events = client.events();
+    let mut sub = client.subscribe("log/stream").await.expect("subscribe");
+
+    const TOTAL: u64 = 3000;
+    let url = daemon.ws_url();
+    let publisher = tokio::spawn(async move {
+        let mut p = Raw::connect(&url).await;
+        for i in 0..TOTAL {
+            p.send(json!({"op":"pub","topic":"log/stream","data":{"i":i}}))
+                .await;
+            if i % 100 == 99 {
+                p.request(json!({"op":"ping"})).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        p.request(json!({"op":"ping"})).await;
+    });
+    // Cut the link several times while messages flow.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        relay.cut();
+    }
+    publisher.await.expect("publisher");
+    let got = collect(&mut sub, TOTAL as usize, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), TOTAL as usize, "messages lost");
+    assert!(
+        got.iter().copied().eq(0..TOTAL),
+        "out of order or duplicated"
+    );
+    assert!(
+        collect(&mut sub, 1, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "a duplicate after the end"
+    );
+    let mut reconnects = 0;
+    while let Ok(event) = events.try_recv() {
+        match event {
+            Event::Connected { .. } => reconnects += 1,
+            Event::Gap { topic } => panic!("unexpected gap on {topic}"),
+            _ => {}
+        }
+    }
+    assert!(reconnects >= 1, "the link was never cut");
+    // What was missed while cut off came from the history, not from luck.
+    let recovered = scrape(&daemon, "switchboard_history_recovered_messages_total").await;
+    assert!(recovered > 0, "nothing was recovered");
+}
+
+/// One unlabelled figure from `/metrics`.
+async fn scrape(daemon: &Daemon, name: &str) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", daemon.http))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[tokio::test]
+async fn a_clean_restart_keeps_the_epoch_and_the_client_resumes() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut daemon =
+        Daemon::start_with_env(HISTORY, &[("SWITCHBOARD_HTTP_LISTEN", listen.as_str())]);
+    let client = Client::connect(options(daemon.ws_url()))
+        .await
+        .expect("connect");
+    let mut events = client.events();
+    let mut sub = client.subscribe("log/r").await.expect("subscribe");
+    let mut p = Raw::connect(&daemon.ws_url()).await;
+    for i in 0..50 {
+        publish(&mut p, "log/r", i).await;
+    }
+    assert_eq!(
+        collect(&mut sub, 50, Duration::from_secs(10)).await.len(),
+        50
+    );
+    let (before, _, _) = sub_raw_position(&daemon.ws_url(), "log/r").await;
+
+    daemon.restart();
+    let (after, _, _) = sub_raw_position(&daemon.ws_url(), "log/r").await;
+    assert_eq!(before, after, "a clean restart keeps epoch and numbers");
+    let mut p = Raw::connect(&daemon.ws_url()).await;
+    for i in 50..80 {
+        assert_eq!(publish(&mut p, "log/r", i).await, i + 1, "numbers continue");
+    }
+    let got = collect(&mut sub, 30, Duration::from_secs(15)).await;
+    assert!(got.iter().copied().eq(50..80), "{got:?}");
+    while let Ok(event) = events.try_recv() {
+        assert!(!matches!(event, Event::Gap { .. }), "unexpected {event:?}");
+    }
+
+    // A new subscriber asks for the last few and continues live.
+    let other = Client::connect(options(daemon.ws_url()))
+        .await
+        .expect("connect");
+    let mut late = other
+        .subscribe_since("log/r", Some(Since::Last(5)))
+        .await
+        .expect("subscribe");
+    publish(&mut p, "log/r", 80).await;
+    let got = collect(&mut late, 6, Duration::from_secs(10)).await;
+    assert!(got.iter().copied().eq(75..=80), "{got:?}");
+}
+
+async fn sub_raw_position(url: &str, topic: &str) -> (String, u64, Raw) {
+    let (reply, _, c) = sub(url, json!({"topic":topic}), 0).await;
+    (
+        reply["epoch"].as_str().expect("epoch").to_owned(),
+        reply["seq"].as_u64().expect("seq"),
+        c,
+    )
+}
+
+async fn fetch_stats(daemon: &Daemon) -> BTreeMap<String, Value> {
+    let addr = daemon.http;
+    let url = format!("http://{addr}/api/v1/stats");
+    let body: Value = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(creds::ADMIN)
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats json");
+    body.as_object()
+        .expect("object")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn figure(stats: &BTreeMap<String, Value>, name: &str) -> u64 {
+    stats
+        .get(name)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("{name} in {stats:?}"))
+}
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_store_cap_evicts_the_oldest_and_changes_the_epoch() {
+    const CAP: u64 = 200_000;
+    let secrets = creds::Secrets::new();
+    let config = secrets.config(&format!("{HISTORY}\n[store]\nmax_bytes = {CAP}\n"));
+    let daemon = Daemon::start(&config);
+    let url = format!("{}?token={}", daemon.ws_url(), creds::ADMIN);
+    let (epoch0, seq0, _) = sub_raw_position(&url, "log/big").await;
+    let mut p = Raw::connect(&url).await;
+    // About 2 MB, ten times the cap, in 1 kB messages.
+    p.flood("log/big", 2000, 1000).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let s = fetch_stats(&daemon).await;
+        if figure(&s, "store_stored_bytes") <= CAP || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(figure(&stats, "store_stored_bytes") <= CAP, "{stats:?}");
+    assert!(
+        figure(&stats, "store_evicted_messages") >= 1500,
+        "{stats:?}"
+    );
+    assert_eq!(figure(&stats, "store_max_bytes"), CAP);
+    assert_eq!(
+        figure(&stats, "history_bytes"),
+        figure(&stats, "store_stored_bytes")
+    );
+
+    // Continuity was lost: a client from before hears so, and gets what is left.
+    let (reply, msgs, _) = sub(
+        &url,
+        json!({"topic":"log/big","since":seq0,"epoch":epoch0}),
+        0,
+    )
+    .await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_ne!(reply["epoch"].as_str(), Some(epoch0.as_str()));
+    assert!(msgs.is_empty());
+    let (reply, msgs, _) = sub(&url, json!({"topic":"log/big","last":1000}), 0).await;
+    let kept = reply["history"].as_u64().expect("history count") as usize;
+    assert!(kept > 50 && kept < 200, "{reply}");
+    let _ = msgs;
+
+    // On disk, sled reuses the space evicted messages free: writing four times as
+    // much again grows the files by far less than that (uncapped, they would grow by
+    // more than what was written, sled's overhead included).
+    let first = dir_size(&daemon.data_dir().join("store"));
+    for _ in 0..4 {
+        p.flood("log/big", 2000, 1000).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let last = dir_size(&daemon.data_dir().join("store"));
+    assert!(
+        last < first + 4_000_000,
+        "8 MB written under a 200 kB cap grew the store from {first} to {last} bytes"
+    );
+    let s = fetch_stats(&daemon).await;
+    assert!(figure(&s, "store_stored_bytes") <= CAP + CAP / 10, "{s:?}");
+}
+
+#[tokio::test]
+async fn sigkill_while_publishing_loses_at_most_the_flush_interval_and_never_corrupts() {
+    let secrets = creds::Secrets::new();
+    let config = secrets.config(&format!("{HISTORY}\n[store]\nflush_interval = \"100ms\"\n"));
+    let mut daemon = Daemon::start(&config);
+    // Every data value published, and when its ack came.
+    let mut acked: Vec<(u64, Instant)> = Vec::new();
+    let mut next = 0u64;
+    for round in 0..4 {
+        let url = format!("{}?token={}", daemon.ws_url(), creds::ADMIN);
+        let mut p = Raw::connect(&url).await;
+        let started = Instant::now();
+        // Publish for a while, then kill in the middle of publishing.
+        let stop_at = Duration::from_millis(400 + 150 * round);
+        let killer = {
+            let pid = daemon.pid();
+            tokio::spawn(async move {
+                tokio::time::sleep(stop_at).await;
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+                Instant::now()
+            })
+        };
+        loop {
+            let frame = json!({"op":"pub","topic":"log/k","data":{"i":next}}).to_string();
+            if p.ws.send(WsMessage::text(frame)).await.is_err() {
+                break;
+            }
+            match p.try_recv(Duration::from_secs(2)).await {
+                Some(r) if r["op"] == "ok" => acked.push((next, Instant::now())),
+                _ => break,
+            }
+            next += 1;
+            if started.elapsed() > Duration::from_secs(10) {
+                panic!("the daemon was not killed");
+            }
+        }
+        let killed_at = killer.await.expect("killer");
+        daemon.crash_and_restart();
+        assert!(
+            daemon.logs().contains("not closed cleanly"),
+            "{}",
+            daemon.logs()
+        );
+
+        // Integrity: one contiguous run of numbers, every payload one we sent, in order.
+        let url = format!("{}?token={}", daemon.ws_url(), creds::ADMIN);
+        let (reply, _, mut c) = sub(&url, json!({"topic":"log/k","last":1000}), 0).await;
+        let count = reply["history"].as_u64().expect("count") as usize;
+        let mut msgs = Vec::new();
+        while msgs.len() < count {
+            msgs.push(c.next_msg().await);
+        }
+        let numbers = seqs(&msgs);
+        assert!(
+            numbers.windows(2).all(|w| w[1] == w[0] + 1),
+            "not contiguous: {numbers:?}"
+        );
+        let values: Vec<u64> = msgs
+            .iter()
+            .map(|m| m["data"]["i"].as_u64().expect("payload survived intact"))
+            .collect();
+        assert!(values.windows(2).all(|w| w[1] > w[0]), "{values:?}");
+        let stored: std::collections::HashSet<u64> = values.iter().copied().collect();
+        // Durability: whatever was acknowledged well before the kill is there. The
+        // bound allows the flush interval plus generous scheduling slack.
+        let durable_before = killed_at - Duration::from_millis(1000);
+        let window_start = values.first().copied().unwrap_or(0);
+        let missing: Vec<u64> = acked
+            .iter()
+            .filter(|(i, at)| *at < durable_before && *i >= window_start)
+            .map(|(i, _)| *i)
+            .filter(|i| !stored.contains(i))
+            .collect();
+        assert!(missing.is_empty(), "round {round}: lost {missing:?}");
+        assert!(!values.is_empty(), "round {round}: nothing stored");
+    }
+    let health = daemon.healthz().await;
+    assert!(health.is_object(), "{health}");
+}
