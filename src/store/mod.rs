@@ -17,8 +17,26 @@ pub use message::StoredMessage;
 pub use quota::{Evictable, Evicted, Quota};
 
 /// The layout this build reads and writes. Raised when a change would confuse an older
-/// build; an older build then refuses the store instead of misreading it.
-pub const FORMAT_VERSION: u32 = 1;
+/// build; an older build then refuses the store instead of misreading it, and this
+/// build brings an older store up to date with [`MIGRATIONS`].
+///
+/// 2: message history and recordings. An older build would not withdraw the history's
+/// clean-stop marker, so a crash under it would leave stale positions trusted.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// A step from one format version to the next, applied in order at open.
+struct Migration {
+    from: u32,
+    what: &'static str,
+    run: fn(&sled::Db) -> sled::Result<()>,
+}
+
+/// Every step, oldest first; `from` runs 1, 2, … up to `FORMAT_VERSION - 1`.
+const MIGRATIONS: &[Migration] = &[Migration {
+    from: 1,
+    what: "history and recordings get their own trees; version 1 data is kept as is",
+    run: |_| Ok(()),
+}];
 
 const VERSION_KEY: &[u8] = b"switchboard.format_version";
 
@@ -36,6 +54,11 @@ pub enum StoreError {
         path.display()
     )]
     NewerVersion { path: PathBuf, found: u32 },
+    #[error(
+        "the store at {} has format version {found}, which this build cannot migrate (move the directory away to start afresh)",
+        path.display()
+    )]
+    NoMigration { path: PathBuf, found: u32 },
     #[error("the store at {} has an unreadable format version record", path.display())]
     BadVersion { path: PathBuf },
     #[error("store at {}: {source}", path.display())]
@@ -99,9 +122,38 @@ impl Store {
                         found,
                     });
                 }
-                Ok(())
+                self.migrate(found)
             }
         }
+    }
+
+    /// Brings a store of an older format up to this build's, one step at a time, and
+    /// records each step as it completes: a crash in between resumes from there.
+    fn migrate(&self, mut version: u32) -> Result<(), StoreError> {
+        while version < FORMAT_VERSION {
+            let step =
+                MIGRATIONS
+                    .iter()
+                    .find(|m| m.from == version)
+                    .ok_or(StoreError::NoMigration {
+                        path: self.path.clone(),
+                        found: version,
+                    })?;
+            tracing::info!(
+                path = %self.path.display(),
+                from = version,
+                to = version + 1,
+                "migrating the store: {}",
+                step.what
+            );
+            (step.run)(&self.db).map_err(|e| self.io(e))?;
+            version += 1;
+            self.db
+                .insert(VERSION_KEY, &version.to_be_bytes())
+                .map_err(|e| self.io(e))?;
+            self.db.flush().map_err(|e| self.io(e))?;
+        }
+        Ok(())
     }
 
     /// A named tree, created if missing. Names are namespaced by their user
@@ -175,11 +227,47 @@ mod tests {
             .err()
             .expect("a newer store is refused");
         let text = err.to_string();
-        assert!(text.contains("format version 2"), "{text}");
+        assert!(
+            text.contains(&format!("format version {}", FORMAT_VERSION + 1)),
+            "{text}"
+        );
         assert!(
             text.contains(&dir.path().join("store").display().to_string()),
             "{text}"
         );
+    }
+
+    #[test]
+    fn migrates_a_version_1_store_and_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &config()).unwrap();
+        store
+            .tree("webhook/a/pending")
+            .unwrap()
+            .insert("k", "v")
+            .unwrap();
+        store.db.insert(VERSION_KEY, &1u32.to_be_bytes()).unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), &config()).unwrap();
+        let version = store.db.get(VERSION_KEY).unwrap().unwrap();
+        assert_eq!(version.as_ref(), FORMAT_VERSION.to_be_bytes());
+        assert_eq!(
+            store
+                .tree("webhook/a/pending")
+                .unwrap()
+                .get("k")
+                .unwrap()
+                .as_deref(),
+            Some(&b"v"[..])
+        );
+        // Every version from 1 up has its step.
+        for from in 1..FORMAT_VERSION {
+            assert!(
+                MIGRATIONS.iter().any(|m| m.from == from),
+                "no step from {from}"
+            );
+        }
     }
 
     #[test]
