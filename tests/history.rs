@@ -549,3 +549,43 @@ async fn sigkill_while_publishing_loses_at_most_the_flush_interval_and_never_cor
     let health = daemon.healthz().await;
     assert!(health.is_object(), "{health}");
 }
+
+#[tokio::test]
+async fn the_cli_prints_the_last_messages_first() {
+    let daemon = Daemon::start(HISTORY);
+    let url = daemon.ws_url();
+    let mut p = Raw::connect(&url).await;
+    for i in 1..=5 {
+        publish(&mut p, "sensors/cli", i).await;
+    }
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(common::BIN)
+            .args([
+                "sub",
+                "--url",
+                &url,
+                "--json",
+                "--last",
+                "3",
+                "-C",
+                "3",
+                "sensors/cli",
+            ])
+            .env_remove("SWITCHBOARD_URL")
+            .output()
+            .expect("run switchboard sub")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frames: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON frame per line"))
+        .collect();
+    assert_eq!(seqs(&frames), [3, 4, 5]);
+    assert!(frames.iter().all(|f| f["history"] == true), "{frames:?}");
+}

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use tokio::io::AsyncBufReadExt;
 
 use super::ConnectArgs;
-use crate::client::{Client, Message};
+use crate::client::{Client, Message, Since};
 use crate::topic;
 
 #[derive(clap::Args, Debug)]
@@ -32,6 +32,10 @@ pub struct SubArgs {
     /// Print each message as its whole `msg` frame, in JSON.
     #[arg(long, conflicts_with = "verbose")]
     pub json: bool,
+    /// First print the last N messages of each topic's history (topics with a
+    /// `[history]` rule; no wildcards).
+    #[arg(long, value_name = "N")]
+    pub last: Option<u64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -58,7 +62,7 @@ pub async fn run_sub(args: SubArgs) -> anyhow::Result<()> {
     let mut streams = Vec::with_capacity(args.filters.len());
     for (index, filter) in args.filters.iter().enumerate() {
         let subscription = client
-            .subscribe(filter.as_str())
+            .subscribe_since(filter.as_str(), args.last.map(Since::Last))
             .await
             .with_context(|| format!("subscribing to `{filter}`"))?;
         streams.push(subscription.map(move |msg| (index, msg)));
