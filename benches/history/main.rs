@@ -1,0 +1,244 @@
+//! Message history: what keeping a topic's history costs a publisher, how long a
+//! subscriber waits for 1,000 recovered messages, and how many bytes a kept message
+//! takes, in one run. See docs/history.md for what is stored.
+//!
+//! Run: `cargo bench --bench history` or `cargo bench --bench history -- --quick`.
+//! Options: `--messages 50000` (per publish point), `--fetches 30` (recoveries timed).
+//! The daemon runs pinned to core 0 when `taskset` is there, the clients on core 1.
+//!
+//! 1. Publish rate: one WebSocket publisher pipelines `--messages` publishes of a
+//!    64-byte payload and waits for every ack, to a topic without a history and then
+//!    to one with a history (`keep` larger than the run), on the same daemon. The
+//!    ratio is the cost of writing each message to sled under the topic's lock.
+//! 2. Fetch latency: a new connection sends `sub` with `last: 1000`; the time from
+//!    sending it to the 1,000th message arriving, over `--fetches` runs.
+//! 3. Bytes per message: stored bytes (keys and values, what `store.max_bytes` caps)
+//!    and sled's files on disk, from `/metrics`, divided by the messages kept.
+
+#[path = "../common/host.rs"]
+mod host;
+#[path = "../common/daemon.rs"]
+#[allow(dead_code)]
+mod process;
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use host::thousands;
+use process::Daemon;
+
+struct Options {
+    messages: u64,
+    fetches: usize,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        messages: 50_000,
+        fetches: 30,
+    };
+    let mut args = std::env::args().skip(1);
+    let number = host::number_arg;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--bench" => {}
+            "--quick" => {
+                o.messages = 5_000;
+                o.fetches = 10;
+            }
+            "--messages" => o.messages = number("--messages", args.next()),
+            "--fetches" => o.fetches = number("--fetches", args.next()) as usize,
+            other => {
+                eprintln!("unknown argument {other:?}; see benches/history/main.rs");
+                std::process::exit(2);
+            }
+        }
+    }
+    o
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<
+    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+>;
+
+async fn connect(d: &Daemon) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", d.addr))
+        .await
+        .expect("connect to the daemon");
+    next_json(&mut ws).await; // welcome
+    ws
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                return serde_json::from_str(t.as_str()).expect("a JSON frame")
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("the connection ended: {other:?}"),
+        }
+    }
+}
+
+/// Publishes `n` messages pipelined and returns the seconds until the last ack.
+async fn publish_rate(d: &Daemon, topic: &str, n: u64) -> f64 {
+    let mut ws = connect(d).await;
+    let (mut sink, mut stream) = ws.split();
+    let started = Instant::now();
+    let writer = async {
+        for i in 0..n {
+            let frame = json!({"op":"pub","topic":topic,"data":{"i":i,"v":21.5,"unit":"C","node":"kitchen-7"}});
+            sink.feed(Message::text(frame.to_string()))
+                .await
+                .expect("publish");
+        }
+        sink.flush().await.expect("publish");
+    };
+    let reader = async {
+        let mut acks = 0;
+        while acks < n {
+            match stream.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    assert!(t.as_str().starts_with("{\"op\":\"ok\""), "{t}");
+                    acks += 1;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the connection ended: {other:?}"),
+            }
+        }
+    };
+    tokio::join!(writer, reader);
+    let elapsed = started.elapsed().as_secs_f64();
+    ws = sink.reunite(stream).expect("same socket");
+    let _ = ws.close(None).await;
+    elapsed
+}
+
+/// Seconds from `sub` with `last: 1000` to the 1,000th recovered message.
+async fn fetch(d: &Daemon, topic: &str) -> f64 {
+    let mut ws = connect(d).await;
+    let started = Instant::now();
+    ws.send(Message::text(
+        json!({"op":"sub","id":1,"topic":topic,"last":1000}).to_string(),
+    ))
+    .await
+    .expect("sub");
+    let mut got = 0;
+    while got < 1000 {
+        let f = next_json(&mut ws).await;
+        match f["op"].as_str() {
+            Some("msg") => got += 1,
+            Some("ok") => assert_eq!(f["history"], 1000, "{f}"),
+            _ => panic!("unexpected {f}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = ws.close(None).await;
+    elapsed
+}
+
+/// One unlabelled figure from `/metrics`.
+async fn metric(d: &Daemon, name: &str) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", d.addr))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn main() {
+    let o = options();
+    let machine = format!("{}, {}", host::utc_date(), host::machine());
+    let pinned = host::taskset_available() && host::pin_self(1);
+    let mut head = String::new();
+    let _ = writeln!(head, "switchboard message history benchmark, {machine}");
+    let _ = writeln!(
+        head,
+        "{}",
+        host::pinning_line(pinned, "daemon pinned to core 0 (taskset -c 0), clients to core 1")
+    );
+    print!("{head}");
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = dir.path().join("switchboard.toml");
+    let text = format!(
+        "{ws}\n[history]\n[[history.topics]]\nfilter = \"kept/#\"\nkeep = {keep}\n",
+        ws = host::SWITCHBOARD_WS_CONFIG,
+        keep = o.messages * 2,
+    );
+    std::fs::write(&config, text).expect("write the configuration");
+    let d = Daemon::start(&config, pinned);
+    let (rt, local) = host::local_runtime();
+    let results = local.block_on(&rt, async {
+        // Warm up both paths once, then measure plain and kept alternately, twice.
+        publish_rate(&d, "plain/warm", 2_000).await;
+        publish_rate(&d, "kept/warm", 2_000).await;
+        let disk_before = metric(&d, "switchboard_store_disk_bytes").await;
+        let mut plain = Vec::new();
+        let mut kept = Vec::new();
+        for round in 0..2 {
+            plain.push(publish_rate(&d, "plain/x", o.messages).await);
+            kept.push(publish_rate(&d, &format!("kept/x{round}"), o.messages).await);
+        }
+        let mut fetches = Vec::new();
+        for _ in 0..o.fetches {
+            fetches.push(fetch(&d, "kept/x0").await);
+        }
+        // Let sled's background flush catch up before sizing its files.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let stored = metric(&d, "switchboard_history_bytes").await;
+        let kept_messages = metric(&d, "switchboard_history_messages").await;
+        let disk_after = metric(&d, "switchboard_store_disk_bytes").await;
+        (plain, kept, fetches, stored, kept_messages, disk_before, disk_after)
+    });
+    let (plain, kept, mut fetches, stored, kept_messages, disk_before, disk_after) = results;
+    let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let plain_rate = o.messages as f64 / best(&plain);
+    let kept_rate = o.messages as f64 / best(&kept);
+    fetches.sort_by(f64::total_cmp);
+    let median_ms = percentile(&fetches, 0.5) * 1000.0;
+    let p90_ms = percentile(&fetches, 0.9) * 1000.0;
+    let per_message = stored as f64 / kept_messages.max(1) as f64;
+    let disk_per_message =
+        disk_after.saturating_sub(disk_before) as f64 / (2 * o.messages).max(1) as f64;
+
+    println!(
+        "publish, acked      {:>12} msg/s without history, {:>12} msg/s with ({:.2}x)",
+        thousands(plain_rate),
+        thousands(kept_rate),
+        kept_rate / plain_rate
+    );
+    println!(
+        "fetch 1,000         median {median_ms:.1} ms, p90 {p90_ms:.1} ms over {} recoveries",
+        fetches.len()
+    );
+    println!(
+        "bytes per message   {per_message:.0} stored (payload {} bytes of JSON), {disk_per_message:.0} on disk",
+        json!({"i":12345,"v":21.5,"unit":"C","node":"kitchen-7"})
+            .to_string()
+            .len()
+    );
+    host::write_results(
+        "history-bench.json",
+        &json!({
+            "machine": machine, "pinned": pinned, "messages": o.messages,
+            "publish_per_s": {"plain": plain_rate, "history": kept_rate, "ratio": kept_rate / plain_rate},
+            "fetch_1000_ms": {"median": median_ms, "p90": p90_ms, "runs": fetches.len()},
+            "bytes_per_message": {"stored": per_message, "disk": disk_per_message},
+        }),
+    );
+}
