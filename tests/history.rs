@@ -24,6 +24,9 @@ keep = 5
 [[history.topics]]
 filter = "log/#"
 keep = 1000000
+[[history.topics]]
+filter = "ttl/#"
+max_age = "1s"
 
 [ws]
 publish_rate = 1000000
@@ -588,4 +591,35 @@ async fn the_cli_prints_the_last_messages_first() {
         .collect();
     assert_eq!(seqs(&frames), [3, 4, 5]);
     assert!(frames.iter().all(|f| f["history"] == true), "{frames:?}");
+}
+
+#[tokio::test]
+async fn max_age_trims_old_messages_even_on_idle_topics() {
+    let daemon = Daemon::start(HISTORY);
+    let url = daemon.ws_url();
+    let mut p = Raw::connect(&url).await;
+    for i in 1..=3 {
+        publish(&mut p, "ttl/a", i).await;
+        publish(&mut p, "ttl/idle", i).await;
+    }
+    let (reply, msgs, _) = sub(&url, json!({"topic":"ttl/a","last":10}), 3).await;
+    assert_eq!(
+        (reply["recovered"].clone(), seqs(&msgs)),
+        (json!(true), vec![1, 2, 3])
+    );
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    publish(&mut p, "ttl/a", 4).await;
+    // Only the young one is left, and the older ones are reported missing.
+    let (reply, msgs, _) = sub(&url, json!({"topic":"ttl/a","last":10}), 1).await;
+    assert_eq!(
+        (reply["recovered"].clone(), seqs(&msgs)),
+        (json!(false), vec![4])
+    );
+    // Nobody touched `ttl/idle`: the periodic sweep (every second) empties it anyway.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while scrape(&daemon, "switchboard_history_messages").await > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(scrape(&daemon, "switchboard_history_messages").await, 1);
+    assert!(scrape(&daemon, "switchboard_history_trimmed_total").await >= 5);
 }

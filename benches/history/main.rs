@@ -61,9 +61,8 @@ fn options() -> Options {
     o
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(d: &Daemon) -> Ws {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", d.addr))
@@ -169,7 +168,10 @@ fn main() {
     let _ = writeln!(
         head,
         "{}",
-        host::pinning_line(pinned, "daemon pinned to core 0 (taskset -c 0), clients to core 1")
+        host::pinning_line(
+            pinned,
+            "daemon pinned to core 0 (taskset -c 0), clients to core 1"
+        )
     );
     print!("{head}");
 
@@ -203,7 +205,15 @@ fn main() {
         let stored = metric(&d, "switchboard_history_bytes").await;
         let kept_messages = metric(&d, "switchboard_history_messages").await;
         let disk_after = metric(&d, "switchboard_store_disk_bytes").await;
-        (plain, kept, fetches, stored, kept_messages, disk_before, disk_after)
+        (
+            plain,
+            kept,
+            fetches,
+            stored,
+            kept_messages,
+            disk_before,
+            disk_after,
+        )
     });
     let (plain, kept, mut fetches, stored, kept_messages, disk_before, disk_after) = results;
     let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
