@@ -623,3 +623,32 @@ async fn max_age_trims_old_messages_even_on_idle_topics() {
     assert_eq!(scrape(&daemon, "switchboard_history_messages").await, 1);
     assert!(scrape(&daemon, "switchboard_history_trimmed_total").await >= 5);
 }
+
+#[tokio::test]
+async fn a_recovered_payload_is_byte_for_byte_what_was_published() {
+    let daemon = Daemon::start(HISTORY);
+    let url = daemon.ws_url();
+    // An end-to-end encrypted envelope as a client library might format it: the
+    // gateway cannot read it and must not re-encode it.
+    let envelope = r#"{ "v":1,"alg" : "RSA-OAEP+A256CBC-HS256", "iv":"q83vEjRWeJA=","ct":"3q2+7w==\u00e9","mac":"AAEC+/8="}"#;
+    let mut p = Raw::connect(&url).await;
+    p.send_text(&format!(
+        r#"{{"op":"pub","id":1,"topic":"sensors/e2e","data":{envelope}}}"#
+    ))
+    .await;
+    assert_eq!(p.recv().await["op"], "ok");
+    let mut c = Raw::connect(&url).await;
+    c.send(json!({"op":"sub","id":2,"topic":"sensors/e2e","last":1})).await;
+    let mut texts = Vec::new();
+    while texts.len() < 2 {
+        if let Some(Ok(WsMessage::Text(t))) = c.ws.next().await {
+            texts.push(t.as_str().to_owned());
+        }
+    }
+    assert!(texts[0].starts_with(r#"{"op":"ok""#), "{texts:?}");
+    assert!(
+        texts[1].contains(&format!(r#""data":{envelope},"#)),
+        "{}",
+        texts[1]
+    );
+}
