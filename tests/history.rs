@@ -638,7 +638,8 @@ async fn a_recovered_payload_is_byte_for_byte_what_was_published() {
     .await;
     assert_eq!(p.recv().await["op"], "ok");
     let mut c = Raw::connect(&url).await;
-    c.send(json!({"op":"sub","id":2,"topic":"sensors/e2e","last":1})).await;
+    c.send(json!({"op":"sub","id":2,"topic":"sensors/e2e","last":1}))
+        .await;
     let mut texts = Vec::new();
     while texts.len() < 2 {
         if let Some(Ok(WsMessage::Text(t))) = c.ws.next().await {
@@ -650,5 +651,83 @@ async fn a_recovered_payload_is_byte_for_byte_what_was_published() {
         texts[1].contains(&format!(r#""data":{envelope},"#)),
         "{}",
         texts[1]
+    );
+}
+
+async fn get_history(daemon: &Daemon, token: &str, query: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/api/v1/history?{query}", daemon.http))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET /history");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
+#[tokio::test]
+async fn servers_read_a_history_over_http_page_by_page() {
+    let secrets = creds::Secrets::new();
+    let daemon = Daemon::start(&secrets.config(HISTORY));
+    let url = format!("{}?token={}", daemon.ws_url(), creds::ADMIN);
+    let mut p = Raw::connect(&url).await;
+    for i in 1..=30 {
+        publish(&mut p, "log/api", i).await;
+    }
+    let admin = creds::ADMIN;
+    let (status, body) = get_history(&daemon, admin, "topic=log/api&last=3").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        seqs(body["messages"].as_array().expect("messages")),
+        [28, 29, 30]
+    );
+    assert_eq!(
+        (body["seq"].clone(), body["recovered"].clone()),
+        (json!(30), json!(true))
+    );
+    assert_eq!(body["messages"][0]["data"], json!({"i":28}));
+    let epoch = body["epoch"].as_str().expect("epoch").to_owned();
+
+    // Forward, ten at a time, from the start: three pages, the last one complete.
+    let mut after = 0;
+    let mut pages = 0;
+    loop {
+        let (_, page) = get_history(
+            &daemon,
+            admin,
+            &format!("topic=log/api&since={after}&epoch={epoch}&last=10"),
+        )
+        .await;
+        let got = seqs(page["messages"].as_array().expect("messages"));
+        assert_eq!(
+            got,
+            ((after + 1)..=(after + 10)).collect::<Vec<_>>(),
+            "{page}"
+        );
+        after += 10;
+        pages += 1;
+        if page["recovered"] == true {
+            break;
+        }
+        assert!(pages < 3, "the third page should be the last: {page}");
+    }
+    assert_eq!((pages, after), (3, 30));
+
+    // Refusals: no history, wildcards, a caller that may not subscribe.
+    let (status, body) = get_history(&daemon, admin, "topic=chat/x").await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (404, json!("history_disabled"))
+    );
+    let (status, body) = get_history(&daemon, admin, "topic=log/%2B").await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (400, json!("bad_request"))
+    );
+    let outsider = creds::user_token("eve", json!({"subscribe": ["chat/#"]}));
+    let (status, body) = get_history(&daemon, &outsider, "topic=log/api").await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (403, json!("forbidden"))
     );
 }

@@ -614,6 +614,13 @@ impl Log {
     /// What a subscriber asking for `since` should get before live messages: at most
     /// `[history] max_recovery` messages. Called under the topic's lock.
     pub fn recover(&self, since: &Since) -> Recovery {
+        self.recover_page(since, None)
+    }
+
+    /// As [`Log::recover`]; with `page`, at most that many of the messages after an
+    /// `After` position, oldest first, so a caller can read forward page by page (the
+    /// reply is then incomplete while more remain).
+    pub fn recover_page(&self, since: &Since, page: Option<u64>) -> Recovery {
         let history = &self.history;
         let max = history.config.max_recovery.get() as u64;
         let (from, to, complete) = {
@@ -638,13 +645,18 @@ impl Log {
                 Since::After { .. } => (s.epoch_start, false),
             };
             let from = wanted_from.max(s.first);
-            // Too many missed: deliver the newest `max`, and say it was not all.
-            let (from, complete) = if s.last >= from && s.last - from + 1 > max {
-                (s.last + 1 - max, false)
-            } else {
-                (from, complete)
-            };
-            (from, s.last, complete)
+            let paged = page.filter(|_| matches!(since, Since::After { .. }));
+            match paged {
+                // A page: the oldest first, no more than asked nor than `max`.
+                Some(n) if s.last >= from => {
+                    let to = s.last.min(from + n.min(max).max(1) - 1);
+                    let to = if n == 0 { from - 1 } else { to };
+                    (from, to, complete && to == s.last)
+                }
+                // Too many missed: deliver the newest `max`, and say it was not all.
+                _ if s.last >= from && s.last - from + 1 > max => (s.last + 1 - max, s.last, false),
+                _ => (from, s.last, complete),
+            }
         };
         // Reading after releasing the stream's lock is safe: the topic's lock keeps new
         // messages out, and eviction only removes messages older than `from` or makes

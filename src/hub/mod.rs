@@ -488,6 +488,28 @@ impl Hub {
         Ok(subscribed)
     }
 
+    /// What a topic's history holds after `since`, for a caller that may subscribe to
+    /// it (the HTTP API; a `sub` recovers through [`Hub::subscribe_from`]).
+    pub fn history(
+        &self,
+        by: &Grants,
+        topic: &str,
+        since: &Since,
+        page: Option<u64>,
+    ) -> Result<crate::history::Recovery, HubError> {
+        topic::validate_filter(topic)?;
+        if topic::is_wildcard(topic) {
+            return Err(HubError::HistoryNeedsTopic(topic.to_owned()));
+        }
+        self.allow(by.check_subscribe(topic))?;
+        let log = self
+            .history
+            .get()
+            .and_then(|h| h.log(topic))
+            .ok_or_else(|| HubError::HistoryDisabled(topic.to_owned()))?;
+        Ok(log.recover_page(since, page))
+    }
+
     /// Attaches the message history; set once at startup, before anything is served.
     pub fn set_history(&self, history: Arc<History>) {
         if self.history.set(history).is_err() {

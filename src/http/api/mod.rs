@@ -23,6 +23,7 @@ use crate::protocol::ErrorCode;
 use crate::server::App;
 
 mod clients;
+mod history;
 mod idempotency;
 mod info;
 mod messages;
@@ -40,6 +41,7 @@ pub fn router(config: &Config) -> Router<Arc<App>> {
         .merge(messages::routes(config))
         .merge(clients::routes())
         .merge(topics::routes())
+        .merge(history::routes())
         .merge(info::routes())
         .merge(stats::routes())
         .merge(webhooks::routes())
@@ -103,7 +105,7 @@ impl From<HubError> for ApiError {
         let status = match code {
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NoRecipient => StatusCode::NOT_FOUND,
-            ErrorCode::PresenceDisabled => StatusCode::NOT_FOUND,
+            ErrorCode::PresenceDisabled | ErrorCode::HistoryDisabled => StatusCode::NOT_FOUND,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, code, e.to_string())
