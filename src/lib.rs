@@ -20,6 +20,7 @@ pub mod hub;
 pub mod metrics;
 pub mod mqtt;
 pub mod protocol;
+pub mod recorder;
 pub mod server;
 pub mod store;
 pub mod tls;

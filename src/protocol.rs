@@ -97,6 +97,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// A body or message larger than the configured limit.
     TooLarge,
+    /// The resource is not in a state that allows this (replaying a running recording).
+    Conflict,
 }
 
 impl ErrorCode {
@@ -119,6 +121,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::Conflict => "conflict",
         }
     }
 }
