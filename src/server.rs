@@ -23,6 +23,7 @@ use crate::hub::outbox::CloseReason;
 use crate::hub::Hub;
 use crate::mqtt::{BrokerTap, HubIngress};
 use crate::protocol::close;
+use crate::recorder::Recorder;
 use crate::store::Store;
 use crate::tls::TlsReloader;
 use crate::webhook::Webhooks;
@@ -63,6 +64,8 @@ pub struct App {
     pub store: Store,
     /// Outbound webhook endpoints (none unless configured).
     pub webhooks: Arc<Webhooks>,
+    /// Recordings and replays.
+    pub recorder: Arc<Recorder>,
 }
 
 /// A daemon with its listeners bound, ready to run.
@@ -91,6 +94,8 @@ impl Server {
         let store = Store::open(&config.data_dir, &config.store)?;
         let webhooks =
             Webhooks::open(&config.webhooks, &store, &hub).context("cannot set up the webhooks")?;
+        let recorder = Recorder::open(&store, &hub, &config.recording)
+            .context("cannot open the recordings")?;
         let broker = start_broker(&config, &hub, &auth, tls.as_ref()).await?;
         let idempotency = crate::http::api::IdempotencyCache::new(config.http.idempotency_window);
         let app = Arc::new(App {
@@ -108,6 +113,7 @@ impl Server {
             idempotency,
             store,
             webhooks,
+            recorder,
         });
         Ok(Self { app, http })
     }
@@ -160,6 +166,7 @@ impl Server {
 
         tokio::spawn(watch_api_keys(app.clone()));
         app.webhooks.start(&app.shutdown, &app.tracker);
+        app.recorder.start();
         let router = crate::http::router(app.clone());
         let http = tokio::spawn(crate::http::listener::serve(self.http, app.clone(), router));
 
@@ -201,6 +208,7 @@ impl Server {
         }
         // After the connections, so their last events (disconnections) are stored too.
         app.webhooks.stop().await;
+        app.recorder.stop().await;
         // Plain HTTP requests still in flight get what is left of a short deadline.
         if let Ok(Err(e)) = tokio::time::timeout(std::time::Duration::from_millis(200), http).await
         {

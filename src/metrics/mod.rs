@@ -41,6 +41,7 @@ pub const SOURCES: &[Source] = &[
     sources::webhooks,
     sources::hooks,
     sources::store,
+    sources::recordings,
 ];
 
 /// Figures counted by the transports that have no other home.

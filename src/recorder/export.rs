@@ -139,12 +139,18 @@ fn parse(text: &str) -> Result<(HeaderRecording, Vec<StoredMessage>), RecorderEr
     let header: Header =
         serde_json::from_str(first).map_err(|e| bad(n, format!("not a header line: {e}")))?;
     if header.format != FORMAT {
-        return Err(bad(n, format!("format is `{}`, expected `{FORMAT}`", header.format)));
+        return Err(bad(
+            n,
+            format!("format is `{}`, expected `{FORMAT}`", header.format),
+        ));
     }
     if header.version != VERSION {
         return Err(bad(
             n,
-            format!("version {} is not one this build reads ({VERSION})", header.version),
+            format!(
+                "version {} is not one this build reads ({VERSION})",
+                header.version
+            ),
         ));
     }
     let mut messages = Vec::new();
@@ -183,15 +189,15 @@ impl Recorder {
     /// every topic in the file, as if it had recorded them itself.
     pub fn import(&self, caller: &Principal, text: &str) -> Result<RecordingView, RecorderError> {
         let (header, messages) = parse(text)?;
-        let mut meta: Meta = super::validated_meta(
-            caller,
-            header.name,
-            header.notes,
-            header.topics,
-        )
-        .map_err(|e| bad(1, e))?;
+        let mut meta: Meta =
+            super::validated_meta(caller, header.name, header.notes, header.topics)
+                .map_err(|e| bad(1, e))?;
         let topics: BTreeSet<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
-        for t in topics.iter().copied().chain(meta.topics.iter().map(String::as_str)) {
+        for t in topics
+            .iter()
+            .copied()
+            .chain(meta.topics.iter().map(String::as_str))
+        {
             caller
                 .grants
                 .check_subscribe(t)
@@ -203,7 +209,11 @@ impl Recorder {
         meta.stopped_at = Some(header.stopped_at.or(last).unwrap_or(meta.started_at));
         meta.imported = true;
         let view = self.insert_complete(meta, &messages)?;
-        tracing::info!(recording = view.id, messages = view.messages, "recording imported");
+        tracing::info!(
+            recording = view.id,
+            messages = view.messages,
+            "recording imported"
+        );
         Ok(view)
     }
 }
@@ -243,9 +253,18 @@ mod tests {
         for (text, want) in [
             (String::new(), "line 1"),
             (format!("{HEAD}\n{good}{{\"topic\":\"a\"}}\n"), "line 3"),
-            (format!("{HEAD}\n{}", good.replace("\"a/b\"", "\"a/#\"")), "line 2: `topic`"),
-            (format!("{HEAD}\n{}", good.replace("replay", "pigeon")), "line 2: unknown origin"),
-            (HEAD.replace("\"version\":1", "\"version\":9"), "line 1: version 9"),
+            (
+                format!("{HEAD}\n{}", good.replace("\"a/b\"", "\"a/#\"")),
+                "line 2: `topic`",
+            ),
+            (
+                format!("{HEAD}\n{}", good.replace("replay", "pigeon")),
+                "line 2: unknown origin",
+            ),
+            (
+                HEAD.replace("\"version\":1", "\"version\":9"),
+                "line 1: version 9",
+            ),
         ] {
             let err = parse(&text).err().expect("refused").to_string();
             assert!(err.starts_with(want), "{err} (wanted {want})");

@@ -262,11 +262,7 @@ impl Recorder {
         let Some(receiver) = lock(&self.receiver).take() else {
             return;
         };
-        let writer = tokio::spawn(tap::write(
-            self.clone(),
-            receiver,
-            self.stop_writer.clone(),
-        ));
+        let writer = tokio::spawn(tap::write(self.clone(), receiver, self.stop_writer.clone()));
         *lock(&self.writer) = Some(writer);
     }
 
@@ -292,6 +288,11 @@ impl Recorder {
     /// Recordings running now.
     pub fn active(&self) -> usize {
         self.tap.active_count()
+    }
+
+    /// Replays running or paused now.
+    pub fn running_replays(&self) -> usize {
+        self.replays.running()
     }
 
     /// Tells the tap which recordings run, after a change.
@@ -441,7 +442,9 @@ impl Recorder {
                 .unwrap_or(u64::MAX);
             match StoredMessage::decode(&value) {
                 Ok(m) => out.push((n, m)),
-                Err(e) => tracing::error!(recording = id, n, error = %e, "unreadable recorded message; skipped"),
+                Err(e) => {
+                    tracing::error!(recording = id, n, error = %e, "unreadable recorded message; skipped")
+                }
             }
         }
         Ok(out)
@@ -474,7 +477,12 @@ impl Recorder {
         })();
         if let Err(e) = written {
             let mut batch = sled::Batch::default();
-            for key in self.tree.scan_prefix(layout::messages_prefix(id)).keys().flatten() {
+            for key in self
+                .tree
+                .scan_prefix(layout::messages_prefix(id))
+                .keys()
+                .flatten()
+            {
                 batch.remove(key);
             }
             if let Err(e) = self.tree.apply_batch(batch) {
@@ -513,11 +521,12 @@ fn validated_meta(
     topics: Vec<String>,
 ) -> Result<Meta, RecorderError> {
     let invalid = |m: String| Err(RecorderError::Invalid(m));
-    if name.trim().is_empty() || name.len() > MAX_NAME {
-        return invalid(format!("`name` must be 1 to {MAX_NAME} bytes"));
+    // Counted in characters, as JSON Schema counts `maxLength`.
+    if name.is_empty() || name.chars().count() > MAX_NAME {
+        return invalid(format!("`name` must be 1 to {MAX_NAME} characters"));
     }
-    if notes.len() > MAX_NOTES {
-        return invalid(format!("`notes` must be at most {MAX_NOTES} bytes"));
+    if notes.chars().count() > MAX_NOTES {
+        return invalid(format!("`notes` must be at most {MAX_NOTES} characters"));
     }
     if topics.is_empty() || topics.len() > MAX_FILTERS {
         return invalid(format!("`topics` must hold 1 to {MAX_FILTERS} filters"));

@@ -25,7 +25,6 @@ use super::{lock, Recorder, RecorderError};
 use crate::auth::{Grants, Principal};
 use crate::hub::{HubError, Origin, Publish};
 use crate::protocol::now_ms;
-use crate::topic;
 
 /// The topic prefix of replay events.
 pub const EVENTS_PREFIX: &str = "$replays/";
@@ -237,18 +236,8 @@ impl Recorder {
         };
         let prefix = match request.prefix.filter(|p| !p.is_empty()) {
             None => None,
-            Some(p) if p.ends_with('/') => Some(p),
-            Some(p) => Some(format!("{p}/")),
+            Some(p) => Some(checked_prefix(p)?),
         };
-        if let Some(p) = &prefix {
-            if p.starts_with('$') {
-                return Err(RecorderError::Invalid(
-                    "`prefix` may not start with `$`".into(),
-                ));
-            }
-            topic::validate_topic(&format!("{p}x"))
-                .map_err(|e| RecorderError::Invalid(format!("`prefix`: {e}")))?;
-        }
         let view = self.show(&caller, recording)?;
         if view.stopped_at.is_none() {
             return Err(RecorderError::Conflict(format!(
@@ -314,8 +303,18 @@ impl Recorder {
         let replay = self.replays.get(caller, id)?;
         let state = replay.state();
         let (allowed, control, next, event) = match action {
-            Action::Pause => (state == State::Running, Control::Pause, State::Paused, "paused"),
-            Action::Resume => (state == State::Paused, Control::Run, State::Running, "resumed"),
+            Action::Pause => (
+                state == State::Running,
+                Control::Pause,
+                State::Paused,
+                "paused",
+            ),
+            Action::Resume => (
+                state == State::Paused,
+                Control::Run,
+                State::Running,
+                "resumed",
+            ),
             Action::Stop => (
                 matches!(state, State::Running | State::Paused),
                 Control::Stop,
@@ -355,6 +354,34 @@ impl Recorder {
             tracing::warn!(replay = replay.id, error = %e, "replay event not published");
         }
     }
+}
+
+/// Longest prefix, in characters, and most levels it may add.
+pub const MAX_PREFIX: usize = 512;
+pub const MAX_PREFIX_LEVELS: usize = 16;
+
+/// A replay prefix, ending in `/`: no wildcards, no NUL, not a `$` topic, not starting
+/// with `/` (docs/openapi's `ReplayStart.prefix` states the same rule).
+fn checked_prefix(prefix: String) -> Result<String, RecorderError> {
+    let levels = prefix
+        .strip_suffix('/')
+        .unwrap_or(&prefix)
+        .split('/')
+        .count();
+    if prefix.starts_with(['$', '/'])
+        || prefix.contains(['+', '#', '\0'])
+        || prefix.chars().count() > MAX_PREFIX
+        || levels > MAX_PREFIX_LEVELS
+    {
+        return Err(RecorderError::Invalid(format!(
+            "`prefix` must be at most {MAX_PREFIX} characters and {MAX_PREFIX_LEVELS} levels, without `+`, `#` or NUL, and not start with `$` or `/`"
+        )));
+    }
+    Ok(if prefix.ends_with('/') {
+        prefix
+    } else {
+        format!("{prefix}/")
+    })
 }
 
 /// Waits while paused. Returns how long it waited, or None when told to stop.
@@ -410,23 +437,29 @@ async fn run(recorder: Arc<Recorder>, replay: Arc<Replay>, caller: Arc<Principal
                 }
             }
             let topic = replay.target(&m.topic);
-            let outcome = RawValue::from_string(m.data).map_err(|_| None).and_then(|data| {
-                recorder
-                    .hub
-                    .publish(Publish {
-                        topic: &topic,
-                        event: m.event.as_deref(),
-                        data: &data,
-                        from: &from,
-                        origin: Origin::Replay,
-                        by: &caller.grants,
-                        retain: false,
-                    })
-                    .map_err(Some)
-            });
+            let outcome = RawValue::from_string(m.data)
+                .map_err(|_| None)
+                .and_then(|data| {
+                    recorder
+                        .hub
+                        .publish(Publish {
+                            topic: &topic,
+                            event: m.event.as_deref(),
+                            data: &data,
+                            from: &from,
+                            origin: Origin::Replay,
+                            by: &caller.grants,
+                            retain: false,
+                        })
+                        .map_err(Some)
+                });
             let counter = match outcome {
                 Ok(_) => {
-                    recorder.tap.counters.replayed.fetch_add(1, Ordering::Relaxed);
+                    recorder
+                        .tap
+                        .counters
+                        .replayed
+                        .fetch_add(1, Ordering::Relaxed);
                     &replay.sent
                 }
                 Err(Some(HubError::Forbidden(_))) => &replay.forbidden,
@@ -455,5 +488,11 @@ async fn run(recorder: Arc<Recorder>, replay: Arc<Replay>, caller: Arc<Principal
         recorder.announce(&replay, "finished");
     }
     let v = replay.view();
-    tracing::info!(replay = v.id, sent = v.sent, forbidden = v.forbidden, failed = v.failed, "replay ended");
+    tracing::info!(
+        replay = v.id,
+        sent = v.sent,
+        forbidden = v.forbidden,
+        failed = v.failed,
+        "replay ended"
+    );
 }

@@ -127,11 +127,7 @@ impl Tap for Shared {
 }
 
 /// Stores messages until `stop`, then stores what is left in the channel and returns.
-pub async fn write(
-    recorder: Arc<Recorder>,
-    mut rx: mpsc::Receiver<Item>,
-    stop: CancellationToken,
-) {
+pub async fn write(recorder: Arc<Recorder>, mut rx: mpsc::Receiver<Item>, stop: CancellationToken) {
     let mut burst = Vec::with_capacity(BURST);
     loop {
         let n = tokio::select! {
@@ -175,7 +171,11 @@ impl Recorder {
                 let Some(entry) = recordings.get_mut(&id) else {
                     continue;
                 };
-                if entry.meta.stopped_at.is_some_and(|at| message.ts_us / 1000 > at) {
+                if entry
+                    .meta
+                    .stopped_at
+                    .is_some_and(|at| message.ts_us / 1000 > at)
+                {
                     continue;
                 }
                 before.entry(id).or_insert_with(|| entry.figures.clone());
@@ -195,7 +195,10 @@ impl Recorder {
         if !before.is_empty() {
             match self.tree.apply_batch(batch) {
                 Ok(()) => {
-                    self.tap.counters.recorded.fetch_add(stored, Ordering::Relaxed);
+                    self.tap
+                        .counters
+                        .recorded
+                        .fetch_add(stored, Ordering::Relaxed);
                     self.tap
                         .counters
                         .recorded_bytes
@@ -210,7 +213,10 @@ impl Recorder {
                             entry.dropped.fetch_add(lost, Ordering::Relaxed);
                         }
                     }
-                    self.tap.counters.dropped.fetch_add(stored, Ordering::Relaxed);
+                    self.tap
+                        .counters
+                        .dropped
+                        .fetch_add(stored, Ordering::Relaxed);
                 }
             }
         }
