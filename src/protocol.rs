@@ -181,6 +181,17 @@ struct RawRequest<'a> {
     headers: Option<BTreeMap<String, String>>,
     #[serde(borrow)]
     body: Option<&'a RawValue>,
+    /// For `record`.
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    notes: Option<String>,
+    #[serde(default)]
+    topics: Option<Vec<String>>,
+    #[serde(default)]
+    recording: Option<u64>,
 }
 
 /// Only the id, to answer a request that could not be parsed whole.
@@ -236,6 +247,21 @@ pub enum Request<'a> {
     Ping,
     /// An HTTP request carried over the connection, served by the HTTP API's router.
     Http(HttpRequest<'a>),
+    /// Starts or stops a recording (docs/recordings.md).
+    Record(Record),
+}
+
+/// The `record` op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Start {
+        name: String,
+        notes: String,
+        topics: Vec<String>,
+    },
+    Stop {
+        recording: u64,
+    },
 }
 
 /// The `http` op: an HTTP request without a second connection.
@@ -368,11 +394,34 @@ fn request_from_raw(raw: RawRequest<'_>) -> Result<Request<'_>, RequestError> {
             headers: raw.headers.unwrap_or_default(),
             body: raw.body,
         }),
+        "record" => Request::Record(match need(raw.action, "action")?.as_str() {
+            "start" => Record::Start {
+                name: need(raw.name, "name")?,
+                notes: raw.notes.unwrap_or_default(),
+                topics: raw.topics.ok_or_else(|| {
+                    RequestError::new(ErrorCode::BadRequest, "op `record` needs the field `topics`")
+                })?,
+            },
+            "stop" => Record::Stop {
+                recording: raw.recording.ok_or_else(|| {
+                    RequestError::new(
+                        ErrorCode::BadRequest,
+                        "op `record` with `action: stop` needs the field `recording`",
+                    )
+                })?,
+            },
+            other => {
+                return Err(RequestError::new(
+                    ErrorCode::BadRequest,
+                    format!("unknown `record` action `{other}` (known: start, stop)"),
+                ))
+            }
+        }),
         other => {
             return Err(RequestError::new(
                 ErrorCode::UnknownOp,
                 format!(
-                    "unknown op `{other}` (known: sub, unsub, pub, send, presence, info, auth, refresh, ping, http)"
+                    "unknown op `{other}` (known: sub, unsub, pub, send, presence, info, auth, refresh, ping, http, record)"
                 ),
             ))
         }
@@ -417,6 +466,9 @@ pub enum ServerFrame<'a> {
         expires_at: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         unsubscribed: Option<Vec<String>>,
+        /// For `record`: the recording as the HTTP API shows it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recording: Option<serde_json::Value>,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -554,6 +606,9 @@ pub struct Incoming {
     pub expires_at: Option<u64>,
     #[serde(default)]
     pub unsubscribed: Option<Vec<String>>,
+    /// For `record` replies.
+    #[serde(default)]
+    pub recording: Option<serde_json::Value>,
     /// For `http` replies.
     #[serde(default)]
     pub status: Option<u16>,
@@ -621,6 +676,26 @@ mod tests {
         let (_, err) = parse_request(r#"{"op":"dance","id":1}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::UnknownOp);
         let (_, err) = parse_request("[1,2]").unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn parses_record() {
+        let (_, req) =
+            parse_request(r#"{"op":"record","id":1,"action":"start","name":"n","topics":["a/#"]}"#)
+                .unwrap();
+        assert!(
+            matches!(req, Request::Record(Record::Start { ref topics, .. }) if topics == &["a/#"])
+        );
+        let (_, req) =
+            parse_request(r#"{"op":"record","id":1,"action":"stop","recording":7}"#).unwrap();
+        assert!(matches!(
+            req,
+            Request::Record(Record::Stop { recording: 7 })
+        ));
+        let (_, err) = parse_request(r#"{"op":"record","id":1,"action":"stop"}"#).unwrap_err();
+        assert!(err.message.contains("recording"), "{}", err.message);
+        let (_, err) = parse_request(r#"{"op":"record","id":1,"action":"dance"}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
     }
 

@@ -162,6 +162,7 @@ async fn await_auth(
                 members: None,
                 expires_at: principal.expires_at,
                 unsubscribed: None,
+                recording: None,
             };
             Ok((Arc::new(principal), Some(Message::Text(ok.to_frame()))))
         }
