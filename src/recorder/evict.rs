@@ -4,9 +4,37 @@
 //! is oldest. An eviction removes messages and rewrites that recording's figures
 //! (count, bytes, per-topic counts, first `ts`, `evicted`) in one batch.
 
+use std::sync::{Arc, Weak};
+
 use crate::store::{Evictable, Evicted, StoreError, StoredMessage};
 
 use super::{json, layout, lock, Recorder};
+
+/// What the store's cap holds: a weak handle, since the recorder holds the store and
+/// a strong one would keep both (and sled's lock on the directory) alive forever.
+pub struct Owner(pub Weak<Recorder>);
+
+impl Evictable for Owner {
+    fn stored_bytes(&self) -> u64 {
+        self.0.upgrade().map_or(0, |r| r.stored_bytes())
+    }
+
+    fn oldest_us(&self) -> Option<u64> {
+        self.0.upgrade().and_then(|r| r.oldest_us())
+    }
+
+    fn evict_oldest(&self, at_least: u64) -> Result<Evicted, StoreError> {
+        self.0
+            .upgrade()
+            .map_or(Ok(Evicted::default()), |r| r.evict_oldest(at_least))
+    }
+}
+
+impl Owner {
+    pub fn of(recorder: &Arc<Recorder>) -> Arc<Owner> {
+        Arc::new(Owner(Arc::downgrade(recorder)))
+    }
+}
 
 impl Evictable for Recorder {
     fn stored_bytes(&self) -> u64 {

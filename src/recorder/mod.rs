@@ -253,7 +253,7 @@ impl Recorder {
             tracing::info!(recordings = running, "recordings resumed");
         }
         hub.add_tap(tap);
-        store.quota().register(recorder.clone());
+        store.quota().register(evict::Owner::of(&recorder));
         Ok(recorder)
     }
 

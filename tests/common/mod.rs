@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod creds;
+pub mod http;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
