@@ -165,7 +165,7 @@ impl Recorder {
                     continue;
                 }
             };
-            let value = message.encode();
+            let value = sled::IVec::from(message.encode());
             for id in ids {
                 // Deleted since, or taken by the tap just as it was stopped.
                 let Some(entry) = recordings.get_mut(&id) else {
@@ -181,6 +181,7 @@ impl Recorder {
                 before.entry(id).or_insert_with(|| entry.figures.clone());
                 let n = entry.figures.next;
                 entry.figures.count_in(&message, value.len());
+                // An IVec clone shares the bytes: one copy for every recording.
                 batch.insert(&layout::message_key(id, n), value.clone());
                 stored += 1;
                 bytes += layout::record_bytes(value.len());
