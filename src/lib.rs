@@ -23,6 +23,7 @@ pub mod protocol;
 pub mod recorder;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 pub mod topic;
 pub mod webhook;

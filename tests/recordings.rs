@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::creds::{user_token, Secrets, ADMIN};
 use common::http::{api, call, code, get, post, subscribed_as};
-use common::{mosquitto_pub, Daemon, Raw};
+use common::{mosquitto_pub, Daemon, MosquittoSub, Raw};
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -182,12 +182,17 @@ async fn records_every_message_under_load_while_subscribers_get_every_one() {
     let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
     assert_eq!(bin["data"], json!({"$base64": b64}));
     assert_eq!(bin["origin"], "mqtt");
-    let metrics = reqwest::get(format!("http://{}/metrics", d.http))
+    // Replayed, the binary payload reaches an MQTT device as the very bytes published.
+    let mut device = MosquittoSub::start(port, &["-t", "again/load/bin"]).await;
+    let body = json!({"max": true, "prefix": "again/"}).to_string();
+    let (s, r) = post(&api(&d, &format!("/recordings/{id}/replay")), None, &body).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let (topic, payload) = device
+        .message(Duration::from_secs(20))
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .expect("replayed to MQTT");
+    assert_eq!((topic.as_str(), payload), ("again/load/bin", bytes));
+    let metrics = d.metrics_text().await;
     let line = format!("switchboard_recorded_messages_total {total}\n");
     assert!(metrics.contains(&line), "{metrics}");
 }

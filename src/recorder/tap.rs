@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{json, layout, lock, Counters, Recorder};
 use crate::hub::{Publish, Tap};
-use crate::protocol::{now_ms, now_us};
+use crate::protocol::now_us;
 use crate::store::StoredMessage;
+use crate::throttle::Throttle;
 use crate::topic::Filter;
 
 /// Messages the writer takes and stores in one batch.
@@ -44,7 +45,7 @@ pub struct Shared {
     active: RwLock<Arc<Vec<Active>>>,
     pub tx: mpsc::Sender<Item>,
     pub counters: Counters,
-    last_warn: AtomicU64,
+    warn: Throttle,
 }
 
 pub fn channel(capacity: usize) -> (Arc<Shared>, mpsc::Receiver<Item>) {
@@ -53,7 +54,7 @@ pub fn channel(capacity: usize) -> (Arc<Shared>, mpsc::Receiver<Item>) {
         active: RwLock::default(),
         tx,
         counters: Counters::default(),
-        last_warn: AtomicU64::new(0),
+        warn: Throttle::new(WARN_EVERY_MS),
     };
     (Arc::new(shared), rx)
 }
@@ -75,14 +76,7 @@ impl Shared {
     }
 
     fn warn_dropped(&self) {
-        let now = now_ms();
-        let last = self.last_warn.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= WARN_EVERY_MS
-            && self
-                .last_warn
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.warn.due() {
             tracing::warn!(
                 dropped = self.counters.dropped.load(Ordering::Relaxed),
                 "messages left out of recordings: the recording writer is behind"

@@ -201,6 +201,16 @@ impl Daemon {
         None
     }
 
+    /// The text of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub async fn healthz(&self) -> Value {
         http_get_json(self.http, "/healthz").await
     }
