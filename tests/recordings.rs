@@ -125,8 +125,13 @@ async fn drain(ws: &mut Raw) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn records_every_message_under_load_while_subscribers_get_every_one() {
-    // Anonymous, so the MQTT device may publish; a publish rate high enough to flood.
-    let d = Daemon::start("[ws]\npublish_rate = 100000\npublish_burst = 100000\n");
+    // Anonymous, so the MQTT device may publish; a publish rate high enough to flood,
+    // and a subscriber queue deep enough that the slow-consumer policy never applies:
+    // what is checked is that recording takes nothing away from delivery.
+    let d = Daemon::start(
+        "[ws]\npublish_rate = 100000\npublish_burst = 100000\n\
+         outbound_queue_messages = 100000\noutbound_queue_bytes = 100000000\n",
+    );
     let url = d.ws_url();
     let mut sub = Raw::subscribed(&url, "load/#").await;
     let rec = start_anonymous(&d, &["load/#"]).await;
