@@ -52,6 +52,8 @@ pub struct Config {
     pub tls: TlsConfig,
     pub shutdown: ShutdownConfig,
     pub store: StoreConfig,
+    /// Recordings and replays (`crate::recorder`, docs/recordings.md).
+    pub recording: RecordingConfig,
     /// Outbound webhook endpoints (`[[webhooks]]`); none by default.
     #[serde(deserialize_with = "crate::webhook::config::unique")]
     pub webhooks: Vec<WebhookConfig>,
@@ -327,6 +329,18 @@ pub struct StoreConfig {
     pub max_bytes: u64,
 }
 
+/// Recordings and replays (`crate::recorder`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// Messages waiting between the Hub and the recording writer; past it messages are
+    /// dropped from recordings (and counted) rather than the Hub slowed.
+    pub queue: NonZeroUsize,
+    /// Least time between two progress events of a replay on `$replays/<id>`.
+    #[serde(with = "positive_duration")]
+    pub progress_interval: Duration,
+}
+
 /// The Prometheus endpoint `/metrics` (docs/metrics.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -359,6 +373,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             shutdown: ShutdownConfig::default(),
             store: StoreConfig::default(),
+            recording: RecordingConfig::default(),
             webhooks: Vec::new(),
             metrics: MetricsConfig::default(),
             hooks: Vec::new(),
@@ -487,6 +502,15 @@ impl Default for StoreConfig {
         Self {
             flush_interval: Duration::from_millis(100),
             max_bytes: 1 << 30,
+        }
+    }
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self {
+            queue: nz(65_536),
+            progress_interval: Duration::from_secs(1),
         }
     }
 }

@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 use switchboard::cli::apikey::{self, ApikeyArgs};
 use switchboard::cli::passwd::{self, PasswdArgs};
 use switchboard::cli::pubsub::{self, PubArgs, SubArgs};
+use switchboard::cli::record::{self, RecordArgs, ReplayArgs};
 use switchboard::cli::token::{self, TokenArgs};
 use switchboard::config::{Config, ANNOTATED};
 use switchboard::server::{self, Server};
@@ -53,6 +54,11 @@ enum Command {
     Token(TokenArgs),
     /// Create, list and revoke API keys for servers and scripts.
     Apikey(ApikeyArgs),
+    /// Start, stop, list, show, delete, export and import recordings.
+    Record(RecordArgs),
+    /// Replay a recording (`replay <id> [--speed X | --max] [--prefix P]`), or control
+    /// a replay (`pause`, `resume`, `stop`, `status`).
+    Replay(ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +93,14 @@ fn main() -> ExitCode {
         Command::Passwd(args) => report(passwd::run(args)),
         Command::Token(args) => report(token::run(args)),
         Command::Apikey(args) => report(apikey::run(args)),
+        Command::Record(args) => {
+            init_logging("warn");
+            report(runtime().and_then(|rt| rt.block_on(record::run_record(args))))
+        }
+        Command::Replay(args) => {
+            init_logging("warn");
+            report(runtime().and_then(|rt| rt.block_on(record::run_replay(args))))
+        }
     }
 }
 

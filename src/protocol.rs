@@ -101,6 +101,8 @@ pub enum ErrorCode {
     TooLarge,
     /// `sub` asked for missed messages on a topic that keeps no history.
     HistoryDisabled,
+    /// The resource is not in a state that allows this (replaying a running recording).
+    Conflict,
 }
 
 impl ErrorCode {
@@ -124,6 +126,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::HistoryDisabled => "history_disabled",
+            ErrorCode::Conflict => "conflict",
         }
     }
 }
@@ -189,6 +192,17 @@ struct RawRequest<'a> {
     epoch: Option<String>,
     #[serde(default)]
     last: Option<u64>,
+    /// For `record`.
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    notes: Option<String>,
+    #[serde(default)]
+    topics: Option<Vec<String>>,
+    #[serde(default)]
+    recording: Option<u64>,
 }
 
 /// Only the id, to answer a request that could not be parsed whole.
@@ -246,6 +260,21 @@ pub enum Request<'a> {
     Ping,
     /// An HTTP request carried over the connection, served by the HTTP API's router.
     Http(HttpRequest<'a>),
+    /// Starts or stops a recording (docs/recordings.md).
+    Record(Record),
+}
+
+/// The `record` op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Start {
+        name: String,
+        notes: String,
+        topics: Vec<String>,
+    },
+    Stop {
+        recording: u64,
+    },
 }
 
 /// The `http` op: an HTTP request without a second connection.
@@ -395,11 +424,34 @@ fn request_from_raw(raw: RawRequest<'_>) -> Result<Request<'_>, RequestError> {
             headers: raw.headers.unwrap_or_default(),
             body: raw.body,
         }),
+        "record" => Request::Record(match need(raw.action, "action")?.as_str() {
+            "start" => Record::Start {
+                name: need(raw.name, "name")?,
+                notes: raw.notes.unwrap_or_default(),
+                topics: raw.topics.ok_or_else(|| {
+                    RequestError::new(ErrorCode::BadRequest, "op `record` needs the field `topics`")
+                })?,
+            },
+            "stop" => Record::Stop {
+                recording: raw.recording.ok_or_else(|| {
+                    RequestError::new(
+                        ErrorCode::BadRequest,
+                        "op `record` with `action: stop` needs the field `recording`",
+                    )
+                })?,
+            },
+            other => {
+                return Err(RequestError::new(
+                    ErrorCode::BadRequest,
+                    format!("unknown `record` action `{other}` (known: start, stop)"),
+                ))
+            }
+        }),
         other => {
             return Err(RequestError::new(
                 ErrorCode::UnknownOp,
                 format!(
-                    "unknown op `{other}` (known: sub, unsub, pub, send, presence, info, auth, refresh, ping, http)"
+                    "unknown op `{other}` (known: sub, unsub, pub, send, presence, info, auth, refresh, ping, http, record)"
                 ),
             ))
         }
@@ -434,6 +486,9 @@ pub struct OkReply<'a> {
     /// For `refresh`: subscriptions the new token no longer allows, which were dropped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unsubscribed: Option<Vec<String>>,
+    /// For `record`: the recording as the HTTP API shows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<serde_json::Value>,
 }
 
 /// Frames the server sends. Serialised with serde so field names live in one place;
@@ -611,6 +666,9 @@ pub struct Incoming {
     /// a recovered message.
     #[serde(default)]
     pub history: Option<serde_json::Value>,
+    /// For `record` replies.
+    #[serde(default)]
+    pub recording: Option<serde_json::Value>,
     /// For `http` replies.
     #[serde(default)]
     pub status: Option<u16>,
@@ -678,6 +736,26 @@ mod tests {
         let (_, err) = parse_request(r#"{"op":"dance","id":1}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::UnknownOp);
         let (_, err) = parse_request("[1,2]").unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn parses_record() {
+        let (_, req) =
+            parse_request(r#"{"op":"record","id":1,"action":"start","name":"n","topics":["a/#"]}"#)
+                .unwrap();
+        assert!(
+            matches!(req, Request::Record(Record::Start { ref topics, .. }) if topics == &["a/#"])
+        );
+        let (_, req) =
+            parse_request(r#"{"op":"record","id":1,"action":"stop","recording":7}"#).unwrap();
+        assert!(matches!(
+            req,
+            Request::Record(Record::Stop { recording: 7 })
+        ));
+        let (_, err) = parse_request(r#"{"op":"record","id":1,"action":"stop"}"#).unwrap_err();
+        assert!(err.message.contains("recording"), "{}", err.message);
+        let (_, err) = parse_request(r#"{"op":"record","id":1,"action":"dance"}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
     }
 

@@ -24,6 +24,7 @@ use crate::hub::outbox::CloseReason;
 use crate::hub::Hub;
 use crate::mqtt::{BrokerTap, HubIngress};
 use crate::protocol::close;
+use crate::recorder::Recorder;
 use crate::store::Store;
 use crate::tls::TlsReloader;
 use crate::webhook::Webhooks;
@@ -66,6 +67,8 @@ pub struct App {
     pub webhooks: Arc<Webhooks>,
     /// Topics that keep their recent messages (none unless configured).
     pub history: Arc<History>,
+    /// Recordings and replays.
+    pub recorder: Arc<Recorder>,
 }
 
 /// A daemon with its listeners bound, ready to run.
@@ -96,6 +99,8 @@ impl Server {
         hub.set_history(history.clone());
         let webhooks =
             Webhooks::open(&config.webhooks, &store, &hub).context("cannot set up the webhooks")?;
+        let recorder = Recorder::open(&store, &hub, &config.recording)
+            .context("cannot open the recordings")?;
         let broker = start_broker(&config, &hub, &auth, tls.as_ref()).await?;
         let idempotency = crate::http::api::IdempotencyCache::new(config.http.idempotency_window);
         let app = Arc::new(App {
@@ -114,6 +119,7 @@ impl Server {
             store,
             webhooks,
             history,
+            recorder,
         });
         Ok(Self { app, http })
     }
@@ -168,6 +174,7 @@ impl Server {
         app.store.quota().spawn();
         tokio::spawn(expire_history(app.history.clone()));
         app.webhooks.start(&app.shutdown, &app.tracker);
+        app.recorder.start();
         let router = crate::http::router(app.clone());
         let http = tokio::spawn(crate::http::listener::serve(self.http, app.clone(), router));
 
@@ -209,6 +216,7 @@ impl Server {
         }
         // After the connections, so their last events (disconnections) are stored too.
         app.webhooks.stop().await;
+        app.recorder.stop().await;
         // Plain HTTP requests still in flight get what is left of a short deadline.
         if let Ok(Err(e)) = tokio::time::timeout(std::time::Duration::from_millis(200), http).await
         {
@@ -235,7 +243,7 @@ fn open_history(config: &Config, store: &Store) -> anyhow::Result<Arc<History>> 
     // A recovery must fit in the connection's queue.
     history.max_recovery = history.max_recovery.min(config.ws.outbound_queue_messages);
     let history = History::open(history, store).context("cannot open the message history")?;
-    store.quota().register(history.clone());
+    store.quota().register(&history);
     Ok(history)
 }
 

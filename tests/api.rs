@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::creds::{user_token, Secrets, ADMIN};
+use common::http::{api, call, code, get, post, subscribed_as};
 use common::{Daemon, Raw};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -17,61 +18,8 @@ fn daemon(secrets: &Secrets) -> Daemon {
     Daemon::start(&secrets.config(""))
 }
 
-fn api(d: &Daemon, path: &str) -> String {
-    format!("http://{}/api/v1{path}", d.http)
-}
-
-/// Sends a request and returns the status and the JSON body (`null` when empty).
-async fn call(
-    method: reqwest::Method,
-    url: &str,
-    credential: Option<&str>,
-    body: Option<&str>,
-) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-    let mut request = reqwest::Client::new().request(method, url);
-    if let Some(c) = credential {
-        request = request.bearer_auth(c);
-    }
-    if let Some(b) = body {
-        request = request
-            .header("content-type", "application/json")
-            .body(b.to_owned());
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await.expect("body");
-    let json = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-    };
-    (status, json, headers)
-}
-
-async fn post(url: &str, credential: Option<&str>, body: &str) -> (StatusCode, Value) {
-    let (s, v, _) = call(reqwest::Method::POST, url, credential, Some(body)).await;
-    (s, v)
-}
-
-async fn get(url: &str, credential: Option<&str>) -> (StatusCode, Value) {
-    let (s, v, _) = call(reqwest::Method::GET, url, credential, None).await;
-    (s, v)
-}
-
 async fn admin_ws(d: &Daemon) -> Raw {
     Raw::connect(&format!("{}?token={ADMIN}", d.ws_url())).await
-}
-
-async fn subscribed_as(d: &Daemon, credential: &str, topic: &str) -> Raw {
-    let mut ws = Raw::connect(&format!("{}?token={credential}", d.ws_url())).await;
-    let ok = ws.request(json!({"op":"sub","topic":topic})).await;
-    assert_eq!(ok["op"], "ok", "{ok}");
-    ws
-}
-
-fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or("")
 }
 
 #[tokio::test]

@@ -230,12 +230,7 @@ async fn github_hook_publishes_signed_bodies_and_refuses_the_rest() {
     );
     // The same counts in /metrics.
     let counts = hook_counts(&daemon, "github").await;
-    let metrics = reqwest::get(format!("http://{}/metrics", daemon.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.metrics_text().await;
     let accepted = format!(
         "switchboard_hook_requests_accepted_total{{hook=\"github\"}} {}",
         counts["accepted"]

@@ -63,6 +63,11 @@ async fn the_served_document_matches_the_implementation() {
         "1",
         "--seed",
         &seed,
+        // The import body is a file in its own line format (application/x-ndjson), for
+        // which schemathesis has no serializer, and whose validity no JSON Schema can
+        // state; tests/recordings.rs covers it, good files and bad.
+        "--exclude-operation-id",
+        "importRecording",
         "--no-color",
     ]
     .iter()

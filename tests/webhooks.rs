@@ -305,12 +305,7 @@ async fn messages_and_lifecycle_events_arrive_signed() {
     };
     assert_eq!(health["webhooks"][0]["name"], "main");
     assert_eq!(health["webhooks"][0]["delivered"], 8);
-    let metrics = reqwest::get(format!("http://{}/metrics", d.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics_text().await;
     assert!(
         metrics.contains("switchboard_webhook_events_delivered_total{webhook=\"main\"} 8"),
         "{metrics}"

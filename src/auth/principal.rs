@@ -68,6 +68,17 @@ impl Principal {
         }
     }
 
+    /// Who this is for ownership (idempotency keys, recordings): `admin`, `key:<id>`,
+    /// `user:<sub>` or `anonymous`. Stable across tokens of one user.
+    pub fn identity(&self) -> String {
+        match (&self.kind, &self.user) {
+            (Kind::ApiKey { id }, _) => format!("key:{id}"),
+            (Kind::Admin, _) => "admin".into(),
+            (_, Some(user)) => format!("user:{user}"),
+            (_, None) => "anonymous".into(),
+        }
+    }
+
     /// Whether `self` may replace `current` on a live connection (`refresh`): the same
     /// kind of credential for the same user.
     pub fn continues(&self, current: &Principal) -> bool {

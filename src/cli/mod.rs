@@ -1,12 +1,14 @@
 //! The operator's command-line tools (the daemon's own commands live in `main.rs`):
 //! `sub` and `pub` talk to a running daemon through [`crate::client`]; `passwd` edits a
 //! device password file; `apikey` creates, lists and revokes API keys; `token create`
-//! mints a client JWT. Each tool is a clap `Args` struct and a `run_*` function;
+//! mints a client JWT; `record` and `replay` manage recordings through the REST API.
+//! Each tool is a clap `Args` struct and a `run_*` function;
 //! `main.rs` only wires them in.
 
 pub mod apikey;
 pub mod passwd;
 pub mod pubsub;
+pub mod record;
 pub mod token;
 
 /// Where and as whom to connect, shared by every client tool.

@@ -42,6 +42,7 @@ pub const SOURCES: &[Source] = &[
     sources::hooks,
     sources::store,
     sources::history,
+    sources::recordings,
 ];
 
 /// Figures counted by the transports that have no other home.

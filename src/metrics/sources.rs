@@ -374,6 +374,42 @@ pub fn history(app: &App, s: &mut Snapshot) {
     );
 }
 
+/// Recordings and replays (`crate::recorder`).
+pub fn recordings(app: &App, s: &mut Snapshot) {
+    let c = app.recorder.counters();
+    s.counter(
+        "recorded_messages",
+        "Messages stored into recordings (a message kept by two recordings counts twice).",
+        get(&c.recorded),
+    );
+    s.counter(
+        "recorded_bytes",
+        "Bytes of message records stored into recordings.",
+        get(&c.recorded_bytes),
+    );
+    s.counters(
+        "messages_dropped",
+        DROPPED,
+        "reason",
+        [("recording_queue_full", get(&c.dropped))],
+    );
+    s.gauge(
+        "recordings_active",
+        "Recordings running now.",
+        app.recorder.active() as u64,
+    );
+    s.gauge(
+        "replays_running",
+        "Replays running or paused now.",
+        app.recorder.running_replays() as u64,
+    );
+    s.counter(
+        "replayed_messages",
+        "Messages published by replays and accepted by the Hub.",
+        get(&c.replayed),
+    );
+}
+
 /// Inbound webhooks (`POST /hooks/<name>`).
 pub fn hooks(app: &App, s: &mut Snapshot) {
     let stats = app.hooks.stats();

@@ -8,7 +8,7 @@
 //! own overhead, measured in docs/benchmarks.md.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use super::StoreError;
@@ -37,7 +37,9 @@ pub struct Evicted {
 /// The cap and its owners.
 pub struct Quota {
     max_bytes: u64,
-    owners: RwLock<Vec<Arc<dyn Evictable>>>,
+    /// Weak: an owner holds the store, and the store holds this, so a strong handle
+    /// would keep both (and sled's lock on the directory) alive forever.
+    owners: RwLock<Vec<Weak<dyn Evictable>>>,
     evicted_records: AtomicU64,
     evicted_bytes: AtomicU64,
 }
@@ -52,11 +54,12 @@ impl Quota {
         }
     }
 
-    pub fn register(&self, owner: Arc<dyn Evictable>) {
+    pub fn register<T: Evictable + 'static>(&self, owner: &Arc<T>) {
+        let owner: Arc<dyn Evictable> = owner.clone();
         self.owners
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .push(owner);
+            .push(Arc::downgrade(&owner));
     }
 
     pub fn max_bytes(&self) -> u64 {
@@ -79,11 +82,14 @@ impl Quota {
         }
     }
 
+    /// The owners still alive.
     fn owners(&self) -> Vec<Arc<dyn Evictable>> {
         self.owners
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 
     /// Evicts oldest data until the total is under the cap. Blocking (sled calls).
@@ -183,8 +189,8 @@ mod tests {
         let a = Arc::new(Owner(Mutex::new((0..10).map(|i| i * 2).collect())));
         let b = Arc::new(Owner(Mutex::new((0..10).map(|i| i * 2 + 1).collect())));
         let quota = Quota::new(100);
-        quota.register(a.clone());
-        quota.register(b.clone());
+        quota.register(&a);
+        quota.register(&b);
         assert_eq!(quota.used(), 200);
         let freed = quota.enforce().unwrap();
         assert_eq!(

@@ -6,7 +6,7 @@
 //! counts it on the endpoint and warns at most every [`WARN_EVERY_MS`]. The writer takes
 //! events in bursts, stores each under a fresh id and wakes the endpoint's delivery task.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{event, Endpoint};
 use crate::hub::{Lifecycle, Publish, Tap};
-use crate::protocol::now_ms;
+use crate::throttle::Throttle;
 
 /// Events between the hub and the writer. A burst this large only waits here while the
 /// writer stores the previous one; beyond it, events are dropped rather than the hub
@@ -34,7 +34,7 @@ pub struct Receiver(mpsc::Receiver<Item>);
 pub struct WebhookTap {
     endpoints: Vec<Arc<Endpoint>>,
     tx: mpsc::Sender<Item>,
-    last_warn: AtomicU64,
+    warn: Throttle,
 }
 
 pub fn channel(endpoints: Vec<Arc<Endpoint>>) -> (WebhookTap, Receiver) {
@@ -42,7 +42,7 @@ pub fn channel(endpoints: Vec<Arc<Endpoint>>) -> (WebhookTap, Receiver) {
     let tap = WebhookTap {
         endpoints,
         tx,
-        last_warn: AtomicU64::new(0),
+        warn: Throttle::new(WARN_EVERY_MS),
     };
     (tap, Receiver(rx))
 }
@@ -69,14 +69,7 @@ impl WebhookTap {
     }
 
     fn warn_dropped(&self, ep: &Endpoint, dropped: u64) {
-        let now = now_ms();
-        let last = self.last_warn.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= WARN_EVERY_MS
-            && self
-                .last_warn
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.warn.due() {
             tracing::warn!(
                 webhook = %ep.config.name,
                 dropped,

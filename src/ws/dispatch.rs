@@ -12,8 +12,9 @@ use crate::auth::{Kind, Principal};
 use crate::hub::outbox::CloseReason;
 use crate::hub::{HubError, Origin, Publish, Sender, Session};
 use crate::protocol::{
-    close, parse_request, ErrorCode, OkReply, Request, RequestError, ServerFrame,
+    close, parse_request, ErrorCode, OkReply, Record, Request, RequestError, ServerFrame,
 };
+use crate::recorder::StartRequest;
 use crate::server::App;
 
 use super::http::{LazyRouter, Pending};
@@ -33,7 +34,8 @@ pub enum Then {
     /// The token was refreshed: its new expiry applies.
     Refreshed(Arc<Principal>),
     Close(CloseReason),
-    /// A carried HTTP request is being served; its reply comes when it is done.
+    /// A carried HTTP request (or a `record` op) is being served; its reply comes when
+    /// it is done.
     Http(Pending),
 }
 
@@ -86,6 +88,15 @@ pub fn handle_text(
             then = Then::Refreshed(p);
             reply
         }),
+        Request::Record(record) => {
+            // A stop waits for the writer to store what the recording took; the reply
+            // comes when it has, like a carried HTTP request's.
+            let pending = recording(app.recorder.clone(), session.principal(), id, record);
+            return Handled {
+                reply: None,
+                then: Then::Http(Box::pin(pending)),
+            };
+        }
         Request::Http(request) => {
             let pending = super::http::serve(router.get(), session.principal(), request);
             return Handled {
@@ -156,9 +167,55 @@ fn apply(app: &App, session: &Arc<Session>, request: Request<'_>) -> Result<Repl
         }
         Request::Info { info } => hub.set_info(session, info)?,
         // Handled by the caller; listed so a new op cannot be forgotten here.
-        Request::Auth { .. } | Request::Refresh { .. } | Request::Ping | Request::Http(_) => {}
+        Request::Auth { .. }
+        | Request::Refresh { .. }
+        | Request::Ping
+        | Request::Http(_)
+        | Request::Record(_) => {}
     }
     Ok(reply)
+}
+
+/// The `record` op: the same operation as `POST /api/v1/recordings` (and `…/stop`),
+/// with the connection's identity; the reply carries the recording.
+fn recording(
+    recorder: Arc<crate::recorder::Recorder>,
+    principal: Arc<Principal>,
+    id: Option<&serde_json::value::RawValue>,
+    record: Record,
+) -> impl std::future::Future<Output = crate::protocol::Frame> + Send + 'static {
+    let id = id.map(|i| i.to_owned());
+    async move {
+        let done = match record {
+            Record::Start {
+                name,
+                notes,
+                topics,
+            } => recorder.start_recording(
+                &principal,
+                StartRequest {
+                    name,
+                    notes,
+                    topics,
+                },
+            ),
+            Record::Stop { recording } => recorder.stop_recording(&principal, recording).await,
+        };
+        let reply = match done {
+            Ok(view) => ServerFrame::Ok {
+                id: id.as_deref(),
+                reply: OkReply {
+                    recording: serde_json::to_value(view).ok(),
+                    ..OkReply::default()
+                },
+            }
+            .encode(),
+            Err(e) => {
+                ServerFrame::error(id.as_deref(), &RequestError::new(e.code(), e.to_string()))
+            }
+        };
+        crate::protocol::Frame::from(reply)
+    }
 }
 
 /// `auth` after `welcome`: allowed once, on an anonymous connection that has not

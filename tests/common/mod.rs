@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod creds;
+pub mod http;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -210,6 +211,16 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// The text of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     pub async fn healthz(&self) -> Value {

@@ -14,7 +14,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::{body, ApiBytes, ApiError, Caller};
-use crate::auth::{Kind, Principal};
+use crate::auth::Principal;
 use crate::config::Config;
 use crate::hub::{HubError, Origin, Publish, Sender};
 use crate::protocol::{null, ErrorCode, Recipient};
@@ -69,16 +69,6 @@ fn from_label(caller: &Principal) -> String {
     }
 }
 
-/// Whose idempotency keys these are: one caller's keys never collide with another's.
-fn key_scope(caller: &Principal) -> String {
-    match (&caller.kind, &caller.user) {
-        (Kind::ApiKey { id }, _) => format!("key:{id}"),
-        (Kind::Admin, _) => "admin".into(),
-        (_, Some(user)) => format!("user:{user}"),
-        (_, None) => "anonymous".into(),
-    }
-}
-
 fn publish_one(
     app: &App,
     caller: &Principal,
@@ -110,7 +100,7 @@ fn publish_one(
             // A bad message is refused as such, even under a key already used.
             crate::topic::validate_topic(&m.topic).map_err(HubError::from)?;
             // The topic is part of the key: one key names one message.
-            let scope = format!("{}\n{}", key_scope(caller), m.topic);
+            let scope = format!("{}\n{}", caller.identity(), m.topic);
             app.idempotency.publish_once(&scope, key, publish)?
         }
         None => (publish()?, false),

@@ -28,6 +28,7 @@ mod idempotency;
 mod info;
 mod messages;
 pub mod openapi;
+mod recordings;
 mod stats;
 mod topics;
 mod webhooks;
@@ -45,6 +46,7 @@ pub fn router(config: &Config) -> Router<Arc<App>> {
         .merge(info::routes())
         .merge(stats::routes())
         .merge(webhooks::routes())
+        .merge(recordings::routes(config))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -20,6 +20,7 @@ const FRAGMENTS: &[(&str, &str)] = &[
     ("info.json", include_str!("openapi/info.json")),
     ("stats.json", include_str!("openapi/stats.json")),
     ("webhooks.json", include_str!("openapi/webhooks.json")),
+    ("recordings.json", include_str!("openapi/recordings.json")),
 ];
 
 /// The merged document as JSON text, built once.

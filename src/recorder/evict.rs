@@ -1,0 +1,73 @@
+//! The recorder as an owner of stored bytes under `[store] max_bytes`: it gives up its
+//! oldest messages first. Each recording's messages are stored oldest first, so the
+//! oldest message overall is the first message of the recording whose first message
+//! is oldest. An eviction removes messages and rewrites that recording's figures
+//! (count, bytes, per-topic counts, first `ts`, `evicted`) in one batch.
+
+use crate::store::{Evictable, Evicted, StoreError, StoredMessage};
+
+use super::{json, layout, lock, Recorder};
+
+impl Evictable for Recorder {
+    fn stored_bytes(&self) -> u64 {
+        lock(&self.recordings)
+            .values()
+            .map(|e| e.figures.bytes)
+            .fold(0, u64::saturating_add)
+    }
+
+    fn oldest_us(&self) -> Option<u64> {
+        lock(&self.recordings)
+            .values()
+            .filter(|e| e.figures.messages > 0)
+            .filter_map(|e| e.figures.first_us)
+            .min()
+    }
+
+    fn evict_oldest(&self, at_least: u64) -> Result<Evicted, StoreError> {
+        let mut recordings = lock(&self.recordings);
+        let Some((&id, entry)) = recordings
+            .iter_mut()
+            .filter(|(_, e)| e.figures.messages > 0)
+            .min_by_key(|(_, e)| e.figures.first_us)
+        else {
+            return Ok(Evicted::default());
+        };
+        let mut figures = entry.figures.clone();
+        let mut freed = Evicted::default();
+        let mut batch = sled::Batch::default();
+        figures.first_us = None;
+        for item in self.tree.scan_prefix(layout::messages_prefix(id)) {
+            let (key, value) = item.map_err(|e| self.store.io(e))?;
+            let decoded = StoredMessage::decode(&value);
+            if freed.bytes >= at_least.max(1) {
+                // The first message kept: the recording now starts here.
+                figures.first_us = decoded.ok().map(|m| m.ts_us);
+                break;
+            }
+            if let Ok(m) = decoded {
+                if let Some(n) = figures.topics.get_mut(&m.topic) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        figures.topics.remove(&m.topic);
+                    }
+                }
+            }
+            freed.records += 1;
+            freed.bytes += layout::record_bytes(value.len());
+            batch.remove(key);
+        }
+        figures.messages = figures.messages.saturating_sub(freed.records);
+        figures.bytes = figures.bytes.saturating_sub(freed.bytes);
+        figures.evicted += freed.records;
+        if figures.messages == 0 {
+            figures.first_us = None;
+            figures.last_us = None;
+            figures.bytes = 0;
+        }
+        batch.insert(&layout::figures_key(id), json(&figures));
+        self.tree.apply_batch(batch).map_err(|e| self.store.io(e))?;
+        entry.figures = figures;
+        Ok(freed)
+    }
+}

@@ -1,0 +1,223 @@
+//! From the Hub to the store: the [`Tap`] the Hub calls for every message, and the
+//! writer task that stores what it offers.
+//!
+//! The tap runs under the Hub's topic lock, so it only matches the topic against the
+//! running recordings, builds the [`StoredMessage`] once for all of them and
+//! `try_send`s it; a full channel counts the message as dropped for each recording that
+//! wanted it. The writer stores each burst with one `sled::Batch` that also rewrites
+//! the figures of every recording it touched (see the module doc of `recorder`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{json, layout, lock, Counters, Recorder};
+use crate::hub::{Publish, Tap};
+use crate::protocol::now_us;
+use crate::store::StoredMessage;
+use crate::throttle::Throttle;
+use crate::topic::Filter;
+
+/// Messages the writer takes and stores in one batch.
+pub const BURST: usize = 1024;
+
+const WARN_EVERY_MS: u64 = 10_000;
+
+pub enum Item {
+    /// A message for the recordings with these ids.
+    Message(Vec<u64>, StoredMessage),
+    /// Answered once everything before it is stored.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// A running recording as the tap sees it.
+pub struct Active {
+    pub id: u64,
+    pub filters: Vec<Filter>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+/// What the tap and the recorder share.
+pub struct Shared {
+    active: RwLock<Arc<Vec<Active>>>,
+    pub tx: mpsc::Sender<Item>,
+    pub counters: Counters,
+    warn: Throttle,
+}
+
+pub fn channel(capacity: usize) -> (Arc<Shared>, mpsc::Receiver<Item>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let shared = Shared {
+        active: RwLock::default(),
+        tx,
+        counters: Counters::default(),
+        warn: Throttle::new(WARN_EVERY_MS),
+    };
+    (Arc::new(shared), rx)
+}
+
+impl Shared {
+    pub fn set_active(&self, active: Vec<Active>) {
+        *self.active.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(active);
+    }
+
+    fn active(&self) -> Arc<Vec<Active>> {
+        self.active
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.active().len()
+    }
+
+    fn warn_dropped(&self) {
+        if self.warn.due() {
+            tracing::warn!(
+                dropped = self.counters.dropped.load(Ordering::Relaxed),
+                "messages left out of recordings: the recording writer is behind"
+            );
+        }
+    }
+}
+
+impl Tap for Shared {
+    fn publish(&self, message: &Publish<'_>, seq: u64) {
+        let active = self.active();
+        if active.is_empty() {
+            return;
+        }
+        let wanted: Vec<&Active> = active
+            .iter()
+            .filter(|a| a.filters.iter().any(|f| f.matches(message.topic)))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let stored = StoredMessage {
+            topic: message.topic.to_owned(),
+            event: message.event.map(str::to_owned),
+            data: message.data.get().to_owned(),
+            ts_us: now_us(),
+            seq,
+            from: message.from.to_owned(),
+            origin: message.origin,
+        };
+        let ids = wanted.iter().map(|a| a.id).collect();
+        if self.tx.try_send(Item::Message(ids, stored)).is_err() {
+            for a in &wanted {
+                a.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            self.counters
+                .dropped
+                .fetch_add(wanted.len() as u64, Ordering::Relaxed);
+            self.warn_dropped();
+        }
+    }
+}
+
+/// Stores messages until `stop`, then stores what is left in the channel and returns.
+pub async fn write(recorder: Arc<Recorder>, mut rx: mpsc::Receiver<Item>, stop: CancellationToken) {
+    let mut burst = Vec::with_capacity(BURST);
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut burst, BURST) => n,
+            _ = stop.cancelled() => break,
+        };
+        if n == 0 {
+            return;
+        }
+        recorder.store_burst(&mut burst);
+    }
+    while let Ok(item) = rx.try_recv() {
+        burst.push(item);
+        if burst.len() == BURST {
+            recorder.store_burst(&mut burst);
+        }
+    }
+    recorder.store_burst(&mut burst);
+}
+
+impl Recorder {
+    /// Stores one burst: every message and the figures of every recording it touched,
+    /// in one batch. On a failure the figures in memory go back to what is stored.
+    fn store_burst(&self, burst: &mut Vec<Item>) {
+        let mut barriers = Vec::new();
+        let mut recordings = lock(&self.recordings);
+        let mut before = HashMap::new();
+        let mut batch = sled::Batch::default();
+        let (mut stored, mut bytes) = (0u64, 0u64);
+        for item in burst.drain(..) {
+            let (ids, message) = match item {
+                Item::Message(ids, message) => (ids, message),
+                Item::Barrier(done) => {
+                    barriers.push(done);
+                    continue;
+                }
+            };
+            let value = sled::IVec::from(message.encode());
+            for id in ids {
+                // Deleted since, or taken by the tap just as it was stopped.
+                let Some(entry) = recordings.get_mut(&id) else {
+                    continue;
+                };
+                if entry
+                    .meta
+                    .stopped_at
+                    .is_some_and(|at| message.ts_us / 1000 > at)
+                {
+                    continue;
+                }
+                before.entry(id).or_insert_with(|| entry.figures.clone());
+                let n = entry.figures.next;
+                entry.figures.count_in(&message, value.len());
+                // An IVec clone shares the bytes: one copy for every recording.
+                batch.insert(&layout::message_key(id, n), value.clone());
+                stored += 1;
+                bytes += layout::record_bytes(value.len());
+            }
+        }
+        for id in before.keys() {
+            if let Some(entry) = recordings.get_mut(id) {
+                entry.figures.dropped = entry.dropped.load(Ordering::Relaxed);
+                batch.insert(&layout::figures_key(*id), json(&entry.figures));
+            }
+        }
+        if !before.is_empty() {
+            match self.tree.apply_batch(batch) {
+                Ok(()) => {
+                    self.tap
+                        .counters
+                        .recorded
+                        .fetch_add(stored, Ordering::Relaxed);
+                    self.tap
+                        .counters
+                        .recorded_bytes
+                        .fetch_add(bytes, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, messages = stored, "cannot store recorded messages; dropped");
+                    for (id, figures) in before {
+                        if let Some(entry) = recordings.get_mut(&id) {
+                            let lost = entry.figures.messages - figures.messages;
+                            entry.figures = figures;
+                            entry.dropped.fetch_add(lost, Ordering::Relaxed);
+                        }
+                    }
+                    self.tap
+                        .counters
+                        .dropped
+                        .fetch_add(stored, Ordering::Relaxed);
+                }
+            }
+        }
+        drop(recordings);
+        for done in barriers {
+            let _ = done.send(());
+        }
+    }
+}
