@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::http::{api, get, post};
 use common::{creds, Daemon, Raw};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -369,22 +370,21 @@ async fn sub_raw_position(url: &str, topic: &str) -> (String, u64, Raw) {
 }
 
 async fn fetch_stats(daemon: &Daemon) -> BTreeMap<String, Value> {
-    let addr = daemon.http;
-    let url = format!("http://{addr}/api/v1/stats");
-    let body: Value = reqwest::Client::new()
-        .get(url)
-        .bearer_auth(creds::ADMIN)
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("stats json");
+    let (status, body) = get(&api(daemon, "/stats"), Some(creds::ADMIN)).await;
+    assert_eq!(status, 200, "{body}");
     body.as_object()
         .expect("object")
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+/// Starts a recording of `topics` as the admin; returns its id.
+async fn start_recording(daemon: &Daemon, topics: Value) -> u64 {
+    let body = json!({"name":"crash","topics":topics}).to_string();
+    let (status, rec) = post(&api(daemon, "/recordings"), Some(creds::ADMIN), &body).await;
+    assert!(status.is_success(), "{rec}");
+    rec["id"].as_u64().expect("recording id")
 }
 
 fn figure(stats: &BTreeMap<String, Value>, name: &str) -> u64 {
@@ -417,6 +417,9 @@ async fn the_store_cap_evicts_the_oldest_and_changes_the_epoch() {
     let daemon = Daemon::start(&config);
     let url = format!("{}?token={}", daemon.ws_url(), creds::ADMIN);
     let (epoch0, seq0, _) = sub_raw_position(&url, "log/big").await;
+    // A recording of the same messages shares the cap: the oldest go first, whoever
+    // holds them.
+    let recording = start_recording(&daemon, json!(["log/#"])).await;
     let mut p = Raw::connect(&url).await;
     // About 2 MB, ten times the cap, in 1 kB messages.
     p.flood("log/big", 2000, 1000).await;
@@ -434,10 +437,18 @@ async fn the_store_cap_evicts_the_oldest_and_changes_the_epoch() {
         "{stats:?}"
     );
     assert_eq!(figure(&stats, "store_max_bytes"), CAP);
+    let (_, rec) = get(
+        &api(&daemon, &format!("/recordings/{recording}")),
+        Some(creds::ADMIN),
+    )
+    .await;
     assert_eq!(
-        figure(&stats, "history_bytes"),
-        figure(&stats, "store_stored_bytes")
+        figure(&stats, "history_bytes") + rec["bytes"].as_u64().expect("bytes"),
+        figure(&stats, "store_stored_bytes"),
+        "{rec}"
     );
+    assert!(rec["evicted"].as_u64().expect("evicted") > 500, "{rec}");
+    assert!(rec["messages"].as_u64().expect("messages") < 2000, "{rec}");
 
     // Continuity was lost: a client from before hears so, and gets what is left.
     let (reply, msgs, _) = sub(
@@ -472,17 +483,23 @@ async fn the_store_cap_evicts_the_oldest_and_changes_the_epoch() {
 }
 
 #[tokio::test]
-async fn sigkill_while_publishing_loses_at_most_the_flush_interval_and_never_corrupts() {
+async fn sigkill_while_publishing_and_recording_loses_at_most_the_flush_interval_and_never_corrupts(
+) {
     let secrets = creds::Secrets::new();
     let config = secrets.config(&format!("{HISTORY}\n[store]\nflush_interval = \"100ms\"\n"));
     let mut daemon = Daemon::start(&config);
-    // Every data value published, and when its ack came.
-    let mut acked: Vec<(u64, Instant)> = Vec::new();
+    // A recording runs through every crash too, and must stay as consistent.
+    let recording = start_recording(&daemon, json!(["log/k"])).await;
+    // The values acknowledged well before the kill that followed them: the bound
+    // allows the flush interval plus generous scheduling slack. These must survive.
+    let mut required: Vec<u64> = Vec::new();
     let mut next = 0u64;
     for round in 0..4 {
         let url = format!("{}?token={}", daemon.ws_url(), creds::ADMIN);
         let mut p = Raw::connect(&url).await;
         let started = Instant::now();
+        // This round's values and when each was acknowledged.
+        let mut acked: Vec<(u64, Instant)> = Vec::new();
         // Publish for a while, then kill in the middle of publishing.
         let stop_at = Duration::from_millis(400 + 150 * round);
         let killer = {
@@ -510,6 +527,13 @@ async fn sigkill_while_publishing_loses_at_most_the_flush_interval_and_never_cor
             }
         }
         let killed_at = killer.await.expect("killer");
+        let durable_before = killed_at - Duration::from_millis(1000);
+        required.extend(
+            acked
+                .iter()
+                .filter(|(_, at)| *at < durable_before)
+                .map(|(i, _)| *i),
+        );
         daemon.crash_and_restart();
         assert!(
             daemon.logs().contains("not closed cleanly"),
@@ -536,18 +560,63 @@ async fn sigkill_while_publishing_loses_at_most_the_flush_interval_and_never_cor
             .collect();
         assert!(values.windows(2).all(|w| w[1] > w[0]), "{values:?}");
         let stored: std::collections::HashSet<u64> = values.iter().copied().collect();
-        // Durability: whatever was acknowledged well before the kill is there. The
-        // bound allows the flush interval plus generous scheduling slack.
-        let durable_before = killed_at - Duration::from_millis(1000);
+        // Durability, within the last 1,000 the history returned.
         let window_start = values.first().copied().unwrap_or(0);
-        let missing: Vec<u64> = acked
+        let missing: Vec<u64> = required
             .iter()
-            .filter(|(i, at)| *at < durable_before && *i >= window_start)
-            .map(|(i, _)| *i)
-            .filter(|i| !stored.contains(i))
+            .copied()
+            .filter(|i| *i >= window_start && !stored.contains(i))
             .collect();
         assert!(missing.is_empty(), "round {round}: lost {missing:?}");
         assert!(!values.is_empty(), "round {round}: nothing stored");
+
+        // The recording: its figures match what it holds, every line is intact, and
+        // it too has what was acknowledged well before the kill.
+        let (_, rec) = get(
+            &api(&daemon, &format!("/recordings/{recording}")),
+            Some(creds::ADMIN),
+        )
+        .await;
+        assert_eq!(
+            rec["state"], "recording",
+            "still running after the crash: {rec}"
+        );
+        let export = reqwest::Client::new()
+            .get(api(&daemon, &format!("/recordings/{recording}/export")))
+            .bearer_auth(creds::ADMIN)
+            .send()
+            .await
+            .expect("export")
+            .text()
+            .await
+            .expect("export text");
+        let recorded: Vec<u64> = export
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let line: Value = serde_json::from_str(l).expect("an intact line");
+                line["data"]["i"].as_u64().expect("an intact payload")
+            })
+            .collect();
+        assert_eq!(
+            recorded.len() as u64,
+            rec["messages"].as_u64().expect("messages"),
+            "{rec}"
+        );
+        assert!(
+            recorded.windows(2).all(|w| w[1] > w[0]),
+            "recording out of order"
+        );
+        let in_recording: std::collections::HashSet<u64> = recorded.into_iter().collect();
+        let lost: Vec<u64> = required
+            .iter()
+            .copied()
+            .filter(|i| !in_recording.contains(i))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: the recording lost {lost:?}"
+        );
     }
     let health = daemon.healthz().await;
     assert!(health.is_object(), "{health}");
@@ -655,14 +724,8 @@ async fn a_recovered_payload_is_byte_for_byte_what_was_published() {
 }
 
 async fn get_history(daemon: &Daemon, token: &str, query: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .get(format!("http://{}/api/v1/history?{query}", daemon.http))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("GET /history");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON body"))
+    let (status, body) = get(&api(daemon, &format!("/history?{query}")), Some(token)).await;
+    (status.as_u16(), body)
 }
 
 #[tokio::test]
