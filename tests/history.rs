@@ -465,17 +465,19 @@ async fn the_store_cap_evicts_the_oldest_and_changes_the_epoch() {
     assert!(kept > 50 && kept < 200, "{reply}");
     let _ = msgs;
 
-    // On disk, sled reuses the space evicted messages free. It grows its files in
-    // steps of megabytes, so only a long run tells: 32 MB more, stored twice (history
-    // and recording), would take some 190 MB uncapped with sled's overhead; capped,
-    // the files stay below what one owner alone was sent (10–17 MB measured here).
+    // On disk, sled reuses the space evicted messages free, but lazily: it grows its
+    // files in steps of megabytes and cleans segments in the background, later under
+    // load. So only a long run tells: 32 MB more, stored twice (history and
+    // recording), would take some 190 MB uncapped with sled's overhead. Capped, the
+    // files stayed at 10–17 MB on an idle machine and below 40 MB with the whole suite
+    // running; the bound is half the uncapped size.
     for _ in 0..16 {
         p.flood("log/big", 2000, 1000).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let on_disk = dir_size(&daemon.data_dir().join("store"));
     assert!(
-        on_disk < 32_000_000,
+        on_disk < 96_000_000,
         "32 MB written under a 200 kB cap left {on_disk} bytes of files"
     );
     let s = fetch_stats(&daemon).await;
