@@ -17,7 +17,8 @@ use switchboard_bridge::Broker;
 
 use crate::auth::devices::DeviceGate;
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::bridges::Bridges;
+use crate::config::{Config, MqttMode};
 use crate::history::History;
 use crate::http::listener::ListenerStats;
 use crate::hub::outbox::CloseReason;
@@ -66,6 +67,8 @@ pub struct App {
     pub webhooks: Arc<Webhooks>,
     /// Topics that keep their recent messages (none unless configured).
     pub history: Arc<History>,
+    /// Upstream bridges, and the broker of external mode.
+    pub bridges: Arc<Bridges>,
 }
 
 /// A daemon with its listeners bound, ready to run.
@@ -96,7 +99,21 @@ impl Server {
         hub.set_history(history.clone());
         let webhooks =
             Webhooks::open(&config.webhooks, &store, &hub).context("cannot set up the webhooks")?;
-        let broker = start_broker(&config, &hub, &auth, tls.as_ref()).await?;
+        let external = match config.mqtt.mode {
+            MqttMode::Embedded => None,
+            MqttMode::External => Some(config.mqtt.external.as_ref().context(
+                "mqtt.mode is \"external\" but there is no [mqtt.external] section saying which broker",
+            )?),
+        };
+        let bridges = Bridges::open(&config.bridges, external, &store, &hub)
+            .context("cannot set up the MQTT bridges")?;
+        let broker = match external {
+            None => start_broker(&config, &hub, &auth, tls.as_ref()).await?,
+            Some(ext) => {
+                tracing::info!(address = %ext.address, "MQTT: external broker (the embedded one is off)");
+                None
+            }
+        };
         let idempotency = crate::http::api::IdempotencyCache::new(config.http.idempotency_window);
         let app = Arc::new(App {
             config,
@@ -114,6 +131,7 @@ impl Server {
             store,
             webhooks,
             history,
+            bridges,
         });
         Ok(Self { app, http })
     }
@@ -168,6 +186,7 @@ impl Server {
         app.store.quota().spawn();
         tokio::spawn(expire_history(app.history.clone()));
         app.webhooks.start(&app.shutdown, &app.tracker);
+        app.bridges.start(&app.hub, &app.shutdown, &app.tracker);
         let router = crate::http::router(app.clone());
         let http = tokio::spawn(crate::http::listener::serve(self.http, app.clone(), router));
 
@@ -209,6 +228,7 @@ impl Server {
         }
         // After the connections, so their last events (disconnections) are stored too.
         app.webhooks.stop().await;
+        app.bridges.stop().await;
         // Plain HTTP requests still in flight get what is left of a short deadline.
         if let Ok(Err(e)) = tokio::time::timeout(std::time::Duration::from_millis(200), http).await
         {

@@ -143,11 +143,19 @@ pub enum Origin {
     Mqtt,
     /// The daemon itself (device status notices); may use `$` topics.
     System,
+    /// An upstream broker, through a configured bridge (`from` is `bridge:<name>`).
+    Bridge,
 }
 
 impl Origin {
     /// Every origin, in the order of [`Stats::published_by_origin`].
-    pub const ALL: [Origin; 4] = [Origin::Ws, Origin::Http, Origin::Mqtt, Origin::System];
+    pub const ALL: [Origin; 5] = [
+        Origin::Ws,
+        Origin::Http,
+        Origin::Mqtt,
+        Origin::System,
+        Origin::Bridge,
+    ];
 
     /// The transport's name in metrics.
     pub fn as_str(self) -> &'static str {
@@ -156,6 +164,7 @@ impl Origin {
             Origin::Http => "http",
             Origin::Mqtt => "mqtt",
             Origin::System => "system",
+            Origin::Bridge => "bridge",
         }
     }
 }
@@ -235,7 +244,7 @@ pub struct Published {
 #[derive(Default)]
 struct Counters {
     /// Indexed by `Origin as usize`: one add per publish, as before the split.
-    published: [AtomicU64; 4],
+    published: [AtomicU64; Origin::ALL.len()],
     publishes_forbidden: AtomicU64,
     delivered: AtomicU64,
     dropped: AtomicU64,
@@ -256,7 +265,7 @@ pub struct Stats {
     pub topics: usize,
     pub published: u64,
     /// `published` by the way messages came in, in the order of [`Origin::ALL`].
-    pub published_by_origin: [u64; 4],
+    pub published_by_origin: [u64; Origin::ALL.len()],
     /// Publishes refused by permissions (also counted in `forbidden`).
     pub publishes_forbidden: u64,
     pub delivered: u64,
