@@ -166,7 +166,9 @@ pub async fn session(
             }
             Event::Incoming(Packet::Publish(p)) => match std::str::from_utf8(&p.topic) {
                 Ok(topic) => inbox.message(topic, &p.payload, p.retain),
-                Err(_) => tracing::warn!("message with a non-UTF-8 topic from the other broker ignored"),
+                Err(_) => {
+                    tracing::warn!("message with a non-UTF-8 topic from the other broker ignored")
+                }
             },
             Event::Incoming(Packet::PubAck(ack)) => {
                 if let Some(id) = by_pkid.remove(&ack.pkid) {
@@ -194,7 +196,9 @@ pub async fn session(
     }
 }
 
-async fn wait<T>(task: &mut Option<tokio::task::JoinHandle<T>>) -> Option<Result<T, tokio::task::JoinError>> {
+async fn wait<T>(
+    task: &mut Option<tokio::task::JoinHandle<T>>,
+) -> Option<Result<T, tokio::task::JoinError>> {
     match task {
         Some(t) => Some(t.await),
         None => std::future::pending().await,

@@ -247,8 +247,14 @@ mod tests {
     fn bad_entries_are_refused_where_they_stand() {
         let base = "[[bridges]]\nname = \"a\"\naddress = \"h:1883\"\n";
         let cases = [
-            ("[[bridges]]\nname = \"a\"\naddress = \"h\"\n", "must be host:port"),
-            ("[[bridges]]\nname = \"a\"\naddress = \"h:x\"\n", "must be host:port"),
+            (
+                "[[bridges]]\nname = \"a\"\naddress = \"h\"\n",
+                "must be host:port",
+            ),
+            (
+                "[[bridges]]\nname = \"a\"\naddress = \"h:x\"\n",
+                "must be host:port",
+            ),
             ("[[bridges]]\naddress = \"h:1\"\n", "needs a `name`"),
             (&format!("{base}{base}"), "two bridges are named `a`"),
             (
@@ -260,7 +266,9 @@ mod tests {
                 "not a valid MQTT filter",
             ),
             (
-                &format!("{base}[[bridges.topics]]\npattern = \"a\"\ndirection = \"in\"\nqos = 2\n"),
+                &format!(
+                    "{base}[[bridges.topics]]\npattern = \"a\"\ndirection = \"in\"\nqos = 2\n"
+                ),
                 "qos 2",
             ),
         ];

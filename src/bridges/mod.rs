@@ -230,8 +230,7 @@ impl Bridges {
             if bridges.iter().any(|b| b.name == EXTERNAL) {
                 return Err(BridgeError::Config {
                     name: EXTERNAL.into(),
-                    problem: "the name is taken by external mode's link; rename the bridge"
-                        .into(),
+                    problem: "the name is taken by external mode's link; rename the bridge".into(),
                 });
             }
             links.push(Arc::new(Link::open(ext, true, store)?));

@@ -165,9 +165,15 @@ impl Outbox for Queue {
         match self.tree.remove(key(id)) {
             Ok(Some(old)) => self.forget(old.len()),
             Ok(None) => {}
-            Err(e) => tracing::error!(bridge = %self.name, error = %e, "cannot remove an acknowledged bridge message"),
+            Err(e) => {
+                tracing::error!(bridge = %self.name, error = %e, "cannot remove an acknowledged bridge message")
+            }
         }
-        let counter = if refused { &self.refused } else { &self.forwarded };
+        let counter = if refused {
+            &self.refused
+        } else {
+            &self.forwarded
+        };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }

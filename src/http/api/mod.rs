@@ -22,6 +22,7 @@ use crate::hub::HubError;
 use crate::protocol::ErrorCode;
 use crate::server::App;
 
+mod bridges;
 mod clients;
 mod idempotency;
 mod info;
@@ -43,6 +44,7 @@ pub fn router(config: &Config) -> Router<Arc<App>> {
         .merge(info::routes())
         .merge(stats::routes())
         .merge(webhooks::routes())
+        .merge(bridges::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -19,6 +19,7 @@ const FRAGMENTS: &[(&str, &str)] = &[
     ("info.json", include_str!("openapi/info.json")),
     ("stats.json", include_str!("openapi/stats.json")),
     ("webhooks.json", include_str!("openapi/webhooks.json")),
+    ("bridges.json", include_str!("openapi/bridges.json")),
 ];
 
 /// The merged document as JSON text, built once.
