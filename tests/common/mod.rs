@@ -2,7 +2,9 @@
 //! WebSocket client for frame-level tests.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod creds;
+pub mod mosquitto;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -320,8 +322,13 @@ impl Raw {
     /// Publishes `count` messages `{"i": n, "pad": …}` of about `pad` bytes without
     /// waiting for acks, then one ping so that all of them have been processed.
     pub async fn flood(&mut self, topic: &str, count: u64, pad: usize) {
+        self.flood_from(topic, 0, count, pad).await
+    }
+
+    /// [`Raw::flood`] with `i` running from `start` to `end` (excluded).
+    pub async fn flood_from(&mut self, topic: &str, start: u64, end: u64, pad: usize) {
         let pad = "p".repeat(pad);
-        for i in 0..count {
+        for i in start..end {
             self.send(serde_json::json!({"op":"pub","topic":topic,"data":{"i":i,"pad":pad}}))
                 .await;
         }
