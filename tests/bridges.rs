@@ -5,8 +5,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::creds::{Secrets, ADMIN};
 use common::mosquitto::{free_port, Mosquitto};
-use common::{http_get_json, mosquitto_pub, Daemon, MosquittoSub, Raw};
+use common::{mosquitto_pub, Daemon, MosquittoSub, Raw};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -25,8 +26,26 @@ fn rule(pattern: &str, direction: &str, local: &str, remote: &str) -> String {
     format!("[[bridges.topics]]\npattern = \"{pattern}\"\ndirection = \"{direction}\"\nqos = 1\nlocal_prefix = \"{local}\"\nremote_prefix = \"{remote}\"\n")
 }
 
+/// Starts the daemon with `config` and the admin token the status API needs.
+fn start(config: &str) -> (Daemon, Secrets) {
+    let secrets = Secrets::new();
+    let auth = format!(
+        "[auth]\nadmin_token_file = \"{}\"\n",
+        secrets.path("admin.token").display()
+    );
+    (Daemon::start(&format!("{auth}{config}")), secrets)
+}
+
 async fn status(d: &Daemon, name: &str) -> Value {
-    http_get_json(d.http, &format!("/api/v1/bridges/{name}")).await
+    reqwest::Client::new()
+        .get(format!("http://{}/api/v1/bridges/{name}", d.http))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Polls the bridge's status until `pred` holds; panics with the last status if not.
@@ -134,7 +153,7 @@ async fn expect_in_order(up: &mut Upstream, topic: &str, n: u64) {
 async fn forwards_10000_messages_in_order_across_an_upstream_restart() {
     let mut m = Mosquitto::start("");
     let mut up = Upstream::subscribe(m.port, "edge/#").await;
-    let d = Daemon::start(&bridge(m.port, "", &rule("t/#", "out", "", "edge/")));
+    let (d, _secrets) = start(&bridge(m.port, "", &rule("t/#", "out", "", "edge/")));
     wait_status(&d, "up", |s| s["connected"] == true).await;
     let mut ws = Raw::connect(&d.ws_url()).await;
     ws.flood("t/x", 5_000, 16).await;
@@ -158,7 +177,7 @@ async fn the_queue_survives_a_restart_of_switchboard_while_the_upstream_is_down(
     let mut m = Mosquitto::start("");
     let mut up = Upstream::subscribe(m.port, "edge/#").await;
     m.stop();
-    let mut d = Daemon::start(&bridge(m.port, "", &rule("t/#", "out", "", "edge/")));
+    let (mut d, _secrets) = start(&bridge(m.port, "", &rule("t/#", "out", "", "edge/")));
     let mut ws = Raw::connect(&d.ws_url()).await;
     ws.flood("t/q", 100, 8).await;
     wait_status(&d, "up", |s| s["queue_messages"] == 100).await;
@@ -175,7 +194,7 @@ async fn a_full_queue_drops_the_oldest_and_counts_them() {
     let mut m = Mosquitto::start("");
     let mut up = Upstream::subscribe(m.port, "edge/#").await;
     m.stop();
-    let d = Daemon::start(&bridge(
+    let (d, _secrets) = start(&bridge(
         m.port,
         "max_queue_messages = 10",
         &rule("t/#", "out", "", "edge/"),
@@ -185,6 +204,7 @@ async fn a_full_queue_drops_the_oldest_and_counts_them() {
     let s = wait_status(&d, "up", |s| s["dropped"] == 15).await;
     assert_eq!(s["queue_messages"], 10, "{s}");
     m.restart();
+    wait_status(&d, "up", |s| s["queue_messages"] == 0 && s["forwarded"] == 10).await;
     // The newest ten, in order.
     for i in 15..25 {
         let (topic, payload) = up.next().await;
@@ -196,7 +216,7 @@ async fn a_full_queue_drops_the_oldest_and_counts_them() {
 async fn in_and_both_rules_map_prefixes_without_a_loop() {
     let m = Mosquitto::start("");
     let rules = rule("cmd/#", "in", "site/", "cloud/") + &rule("data/#", "both", "", "edge/");
-    let d = Daemon::start(&bridge(m.port, "", &rules));
+    let (d, _secrets) = start(&bridge(m.port, "", &rules));
     wait_status(&d, "up", |s| s["connected"] == true).await;
     let mut ws = Raw::subscribed(&d.ws_url(), "site/cmd/#").await;
     ws.request(json!({"op":"sub","id":"d","topic":"data/#"}))
@@ -244,7 +264,7 @@ async fn in_and_both_rules_map_prefixes_without_a_loop() {
 #[tokio::test]
 async fn status_is_published_retained_on_its_topic() {
     let m = Mosquitto::start("");
-    let d = Daemon::start(&bridge(m.port, "", &rule("t/#", "out", "", "")));
+    let (d, _secrets) = start(&bridge(m.port, "", &rule("t/#", "out", "", "")));
     wait_status(&d, "up", |s| s["connected"] == true).await;
     let mut ws = Raw::subscribed(&d.ws_url(), "$bridges/up/status").await;
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -279,7 +299,7 @@ async fn wrong_credentials_are_reported_and_retried_with_backoff() {
     );
     m.restart();
     let wrong = m.write("wrong.password", "wrong-password\n");
-    let d = Daemon::start(&format!(
+    let (d, _secrets) = start(&format!(
         "[[bridges]]\nname = \"up\"\naddress = \"127.0.0.1:{}\"\nusername = \"edge\"\npassword_file = \"{wrong}\"\nreconnect_min = \"400ms\"\nreconnect_max = \"1600ms\"\n{}",
         m.port,
         rule("t/#", "out", "", "")
@@ -335,7 +355,7 @@ async fn tls_to_the_upstream_with_a_generated_ca() {
         &rule("t/#", "out", "", "edge/"),
     );
     config = config.replace("127.0.0.1:", "localhost:");
-    let d = Daemon::start(&config);
+    let (d, _secrets) = start(&config);
     wait_status(&d, "up", |s| s["connected"] == true).await;
     let mut ws = Raw::connect(&d.ws_url()).await;
     ws.flood("t/tls", 3, 4).await;
@@ -348,7 +368,7 @@ async fn tls_to_the_upstream_with_a_generated_ca() {
 #[tokio::test]
 async fn external_mode_attaches_the_hub_to_mosquitto() {
     let m = Mosquitto::start("");
-    let d = Daemon::start(&format!(
+    let (d, _secrets) = start(&format!(
         "[mqtt]\nmode = \"external\"\n[mqtt.external]\naddress = \"127.0.0.1:{}\"\nreconnect_min = \"100ms\"\n",
         m.port
     ));

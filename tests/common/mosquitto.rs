@@ -31,6 +31,11 @@ impl Mosquitto {
     /// The same on a chosen port.
     pub fn start_on(port: u16, listeners: &str) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Started as root, Mosquitto drops to its own user, which must still write its
+        // database (and read the files put here).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
         let d = dir.path().display().to_string();
         let config = format!(
             "per_listener_settings false\nallow_anonymous true\npersistence true\npersistence_location {d}/\nautosave_interval 0\nmax_queued_messages 0\nmax_inflight_messages 100\nlog_dest stderr\nlog_type all\nlistener {port} 127.0.0.1\n{}\n",
