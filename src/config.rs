@@ -470,7 +470,7 @@ impl Default for GrantsConfig {
         let filter = |f: &str| Filter::new(f).expect("a valid built-in filter");
         Self {
             publish: vec![filter("#")],
-            subscribe: vec![filter("#"), filter("$devices/#")],
+            subscribe: vec![filter("#"), filter("$devices/#"), filter("$bridges/#")],
             send: vec!["*".into()],
         }
     }

@@ -26,11 +26,12 @@ fn rule(pattern: &str, direction: &str, local: &str, remote: &str) -> String {
     format!("[[bridges.topics]]\npattern = \"{pattern}\"\ndirection = \"{direction}\"\nqos = 1\nlocal_prefix = \"{local}\"\nremote_prefix = \"{remote}\"\n")
 }
 
-/// Starts the daemon with `config` and the admin token the status API needs.
+/// Starts the daemon with `config`, the admin token the status API needs, and no
+/// publish rate limit (the tests flood).
 fn start(config: &str) -> (Daemon, Secrets) {
     let secrets = Secrets::new();
     let auth = format!(
-        "[auth]\nadmin_token_file = \"{}\"\n",
+        "[ws]\npublish_rate = 1000000\npublish_burst = 1000000\n[auth]\nadmin_token_file = \"{}\"\n",
         secrets.path("admin.token").display()
     );
     (Daemon::start(&format!("{auth}{config}")), secrets)
