@@ -205,7 +205,10 @@ async fn a_full_queue_drops_the_oldest_and_counts_them() {
     let s = wait_status(&d, "up", |s| s["dropped"] == 15).await;
     assert_eq!(s["queue_messages"], 10, "{s}");
     m.restart();
-    wait_status(&d, "up", |s| s["queue_messages"] == 0 && s["forwarded"] == 10).await;
+    wait_status(&d, "up", |s| {
+        s["queue_messages"] == 0 && s["forwarded"] == 10
+    })
+    .await;
     // The newest ten, in order.
     for i in 15..25 {
         let (topic, payload) = up.next().await;

@@ -235,6 +235,30 @@ mod tests {
     }
 
     #[test]
+    fn the_annotated_example_parses() {
+        let example: String = crate::config::ANNOTATED
+            .lines()
+            .skip_while(|l| !l.starts_with("#     [[bridges]]"))
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = parse(&example).unwrap();
+        let b = &c.bridges[0];
+        assert_eq!(b.name, "cloud");
+        assert_eq!(b.topics.len(), 2);
+        let rules = b.rules();
+        assert_eq!(
+            switchboard_bridge::rules::outbound(&rules, "sensors/t"),
+            Some(("sites/edge-1/sensors/t".to_owned(), 1))
+        );
+        assert_eq!(
+            switchboard_bridge::rules::inbound(&rules, "sites/edge-1/commands/reboot").as_deref(),
+            Some("commands/reboot")
+        );
+    }
+
+    #[test]
     fn a_bridge_parses_with_defaults() {
         let c = parse("[[bridges]]\nname = \"cloud\"\naddress = \"example.com:8883\"\n[[bridges.topics]]\npattern = \"a/#\"\ndirection = \"both\"\n").unwrap();
         let b = &c.bridges[0];

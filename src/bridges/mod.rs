@@ -57,7 +57,7 @@ pub enum BridgeError {
     Tls {
         name: String,
         #[source]
-        source: crate::tls::TlsError,
+        source: Box<crate::tls::TlsError>,
     },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -125,7 +125,7 @@ impl Link {
                 crate::tls::client_config(&config.ca_file, client).map_err(|source| {
                     BridgeError::Tls {
                         name: name.clone(),
-                        source,
+                        source: Box::new(source),
                     }
                 })?,
             )
