@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::hub::{Hub, Origin, Publish};
+use crate::store::writer::Writer;
 use crate::store::{Store, StoreError};
 use config::LinkConfig;
 use queue::Queue;
@@ -210,9 +211,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Every link, and the tasks that feed them.
 pub struct Bridges {
     links: Vec<Arc<Link>>,
-    receiver: Mutex<Option<tap::Receiver>>,
-    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    stop_writer: CancellationToken,
+    writer: Writer<tap::Item>,
 }
 
 impl Bridges {
@@ -238,24 +237,19 @@ impl Bridges {
         for b in bridges {
             links.push(Arc::new(Link::open(b, false, store)?));
         }
-        let (tap, receiver) = tap::channel(links.clone());
+        let (tap, writer) = tap::channel(links.clone());
         if !links.is_empty() {
             hub.add_tap(Arc::new(tap));
         }
         Ok(Arc::new(Bridges {
             links,
-            receiver: Mutex::new(Some(receiver)),
-            writer: Mutex::new(None),
-            stop_writer: CancellationToken::new(),
+            writer,
         }))
     }
 
     /// Starts the writer, one link task per link (on `tracker`, stopping at
     /// `shutdown`), and the status publisher.
     pub fn start(&self, hub: &Arc<Hub>, shutdown: &CancellationToken, tracker: &TaskTracker) {
-        let Some(receiver) = lock(&self.receiver).take() else {
-            return;
-        };
         if self.links.is_empty() {
             return;
         }
@@ -274,24 +268,15 @@ impl Bridges {
             hub.clone(),
             shutdown.clone(),
         ));
-        let writer = tokio::spawn(tap::write(
-            receiver,
-            self.links.clone(),
-            self.stop_writer.clone(),
-        ));
-        *lock(&self.writer) = Some(writer);
+        let links = self.links.clone();
+        self.writer
+            .start(tap::BURST, move |burst| tap::store(burst, &links));
     }
 
     /// Stores what is still in the channel. Call after the Hub is quiet; the server
     /// flushes the store afterwards.
     pub async fn stop(&self) {
-        self.stop_writer.cancel();
-        let writer = lock(&self.writer).take();
-        if let Some(writer) = writer {
-            if let Err(e) = writer.await {
-                tracing::error!(error = %e, "the bridge writer task failed");
-            }
-        }
+        self.writer.stop().await;
     }
 
     pub fn status(&self) -> Vec<LinkStatus> {

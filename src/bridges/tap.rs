@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use switchboard_bridge::rules;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::queue;
 use super::Link;
 use crate::hub::{Publish, Tap};
+use crate::store::writer::{self, Writer};
 use crate::store::StoredMessage;
 
 /// Messages between the Hub and the writer; beyond it they are dropped, not the Hub
@@ -22,21 +22,19 @@ use crate::store::StoredMessage;
 const CHANNEL: usize = 65_536;
 
 /// Messages the writer stores at once.
-const BURST: usize = 512;
+pub const BURST: usize = 512;
 
 /// An entry for the link at an index of the link list.
-type Item = (usize, Vec<u8>);
-
-pub struct Receiver(mpsc::Receiver<Item>);
+pub type Item = (usize, Vec<u8>);
 
 pub struct BridgeTap {
     links: Vec<Arc<Link>>,
     tx: mpsc::Sender<Item>,
 }
 
-pub fn channel(links: Vec<Arc<Link>>) -> (BridgeTap, Receiver) {
-    let (tx, rx) = mpsc::channel(CHANNEL);
-    (BridgeTap { links, tx }, Receiver(rx))
+pub fn channel(links: Vec<Arc<Link>>) -> (BridgeTap, Writer<Item>) {
+    let (tx, writer) = writer::channel(CHANNEL, "bridge");
+    (BridgeTap { links, tx }, writer)
 }
 
 impl Tap for BridgeTap {
@@ -68,26 +66,8 @@ impl Tap for BridgeTap {
     }
 }
 
-/// Stores entries until `stop`, then what is left in the channel, and returns.
-pub async fn write(mut rx: Receiver, links: Vec<Arc<Link>>, stop: CancellationToken) {
-    let mut burst = Vec::with_capacity(BURST);
-    loop {
-        let n = tokio::select! {
-            n = rx.0.recv_many(&mut burst, BURST) => n,
-            _ = stop.cancelled() => break,
-        };
-        if n == 0 {
-            return;
-        }
-        store(&mut burst, &links);
-    }
-    while let Ok(item) = rx.0.try_recv() {
-        burst.push(item);
-    }
-    store(&mut burst, &links);
-}
-
-fn store(burst: &mut Vec<Item>, links: &[Arc<Link>]) {
+/// Stores a burst of entries and wakes their links' sending tasks.
+pub fn store(burst: &mut Vec<Item>, links: &[Arc<Link>]) {
     let mut touched = vec![false; links.len()];
     for (i, value) in burst.drain(..) {
         let Some(link) = links.get(i) else { continue };
