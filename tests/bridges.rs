@@ -6,11 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::creds::{Secrets, ADMIN};
-use common::mosquitto::{free_port, Mosquitto};
+use common::mosquitto::{free_port, Mosquitto, Subscriber};
 use common::{mosquitto_pub, Daemon, MosquittoSub, Raw};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -66,64 +64,6 @@ async fn wait_status(d: &Daemon, name: &str, pred: impl Fn(&Value) -> bool) -> V
     }
 }
 
-/// A subscriber on the upstream broker with a persistent session, reconnecting by
-/// itself, so it gets what was queued for it while the broker was down.
-struct Upstream {
-    rx: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Upstream {
-    async fn subscribe(port: u16, filter: &str) -> Upstream {
-        let mut options = MqttOptions::new(format!("upstream-sub-{port}"), "127.0.0.1", port);
-        options.set_clean_session(false);
-        options.set_keep_alive(Duration::from_secs(5));
-        let (client, mut events) = AsyncClient::new(options, 100);
-        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let _client = client;
-            let mut ready = Some(ready_tx);
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let topic = p.topic.clone();
-                        if tx.send((topic, p.payload.to_vec())).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        tokio::time::timeout(WAIT, ready_rx)
-            .await
-            .expect("no SUBACK from the upstream broker")
-            .unwrap();
-        Upstream { rx, task }
-    }
-
-    async fn next(&mut self) -> (String, Vec<u8>) {
-        tokio::time::timeout(WAIT, self.rx.recv())
-            .await
-            .expect("nothing arrived upstream in time")
-            .expect("subscriber ended")
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// The `i` of a `{"i": n, …}` payload from `Raw::flood`.
 fn index(payload: &[u8]) -> u64 {
     serde_json::from_slice::<Value>(payload).unwrap()["i"]
@@ -133,7 +73,7 @@ fn index(payload: &[u8]) -> u64 {
 
 /// Receives until every index below `n` was seen; checks they came in order, where a
 /// message sent again after a reconnect (at-least-once) may repeat earlier ones.
-async fn expect_in_order(up: &mut Upstream, topic: &str, n: u64) {
+async fn expect_in_order(up: &mut Subscriber, topic: &str, n: u64) {
     let mut next = 0u64;
     let mut repeats = 0u64;
     while next < n {
@@ -153,7 +93,7 @@ async fn expect_in_order(up: &mut Upstream, topic: &str, n: u64) {
 #[tokio::test]
 async fn forwards_10000_messages_in_order_across_an_upstream_restart() {
     let mut m = Mosquitto::start("");
-    let mut up = Upstream::subscribe(m.port, "edge/#").await;
+    let mut up = Subscriber::start(m.port, "edge/#").await;
     let (d, _secrets) = start(&bridge(m.port, "", &rule("t/#", "out", "", "edge/")));
     wait_status(&d, "up", |s| s["connected"] == true).await;
     let mut ws = Raw::connect(&d.ws_url()).await;
@@ -176,7 +116,7 @@ async fn forwards_10000_messages_in_order_across_an_upstream_restart() {
 #[tokio::test]
 async fn the_queue_survives_a_restart_of_switchboard_while_the_upstream_is_down() {
     let mut m = Mosquitto::start("");
-    let mut up = Upstream::subscribe(m.port, "edge/#").await;
+    let mut up = Subscriber::start(m.port, "edge/#").await;
     m.stop();
     let (mut d, _secrets) = start(&bridge(m.port, "", &rule("t/#", "out", "", "edge/")));
     let mut ws = Raw::connect(&d.ws_url()).await;
@@ -193,7 +133,7 @@ async fn the_queue_survives_a_restart_of_switchboard_while_the_upstream_is_down(
 #[tokio::test]
 async fn a_full_queue_drops_the_oldest_and_counts_them() {
     let mut m = Mosquitto::start("");
-    let mut up = Upstream::subscribe(m.port, "edge/#").await;
+    let mut up = Subscriber::start(m.port, "edge/#").await;
     m.stop();
     let (d, _secrets) = start(&bridge(
         m.port,
@@ -225,7 +165,7 @@ async fn in_and_both_rules_map_prefixes_without_a_loop() {
     let mut ws = Raw::subscribed(&d.ws_url(), "site/cmd/#").await;
     ws.request(json!({"op":"sub","id":"d","topic":"data/#"}))
         .await;
-    let mut up = Upstream::subscribe(m.port, "edge/#").await;
+    let mut up = Subscriber::start(m.port, "edge/#").await;
 
     // in: cloud/cmd/x upstream arrives as site/cmd/x, from the bridge.
     assert!(
@@ -352,7 +292,7 @@ async fn tls_to_the_upstream_with_a_generated_ca() {
     let m = Mosquitto::start(&format!(
         "listener {tls_port} 127.0.0.1\ncafile {ca_file}\ncertfile {cert}\nkeyfile {key}\n"
     ));
-    let mut up = Upstream::subscribe(m.port, "edge/#").await;
+    let mut up = Subscriber::start(m.port, "edge/#").await;
     let mut config = bridge(
         tls_port,
         &format!("ca_file = \"{ca_file}\""),
@@ -417,8 +357,7 @@ async fn external_mode_attaches_the_hub_to_mosquitto() {
 
 #[test]
 fn bad_bridge_configuration_is_a_clear_error_at_startup() {
-    let dir = tempfile::tempdir().unwrap();
-    let cases = [
+    common::assert_startup_errors(&[
         ("[[bridges]]\nname = \"up\"\naddress = \"nowhere\"\n", "must be host:port"),
         (
             "[[bridges]]\nname = \"up\"\naddress = \"h:1883\"\n[[bridges.topics]]\npattern = \"a/#\"\ndirection = \"upward\"\n",
@@ -429,21 +368,5 @@ fn bad_bridge_configuration_is_a_clear_error_at_startup() {
             "bridge `up`: cannot read the password file /nonexistent/up.password",
         ),
         ("[mqtt]\nmode = \"external\"\n", "no [mqtt.external] section"),
-    ];
-    for (config, needle) in cases {
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, config).unwrap();
-        let out = std::process::Command::new(common::BIN)
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("SWITCHBOARD_DATA_DIR", dir.path().join("data"))
-            .env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0")
-            .env("SWITCHBOARD_MQTT_LISTEN", "127.0.0.1:0")
-            .env("SWITCHBOARD_MQTT_WS_LISTEN", "127.0.0.1:0")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{config} started");
-        assert!(stderr.contains(needle), "{config}: {stderr}");
-    }
+    ]);
 }

@@ -6,7 +6,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -345,8 +344,7 @@ async fn sighup_reloads_the_certificate_for_new_connections_only() {
 
 #[test]
 fn tls_without_a_certificate_is_a_startup_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let cases = [
+    common::assert_startup_errors(&[
         ("[http]\ntls = true\n", "set tls.cert_file and tls.key_file"),
         (
             "[mqtt]\ntls_listen = \"127.0.0.1:0\"\n",
@@ -360,23 +358,7 @@ fn tls_without_a_certificate_is_a_startup_error() {
             "[http]\ntls = true\n[tls]\ncert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n",
             "/nonexistent/cert.pem",
         ),
-    ];
-    for (config, needle) in cases {
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, config).unwrap();
-        let out = Command::new(common::BIN)
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("SWITCHBOARD_DATA_DIR", dir.path().join("data"))
-            .env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0")
-            .env("SWITCHBOARD_MQTT_LISTEN", "127.0.0.1:0")
-            .env("SWITCHBOARD_MQTT_WS_LISTEN", "127.0.0.1:0")
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{config}: started anyway");
-        assert!(err.contains(needle), "{config}: {err}");
-    }
+    ]);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
-use mosquitto::Mosquitto;
+use mosquitto::{Mosquitto, Subscriber};
 use process::Daemon;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
@@ -69,8 +69,7 @@ fn options() -> Options {
     o
 }
 
-/// The upstream subscriber: a persistent QoS 1 session that reconnects by itself, and
-/// counts messages with the times of the first and last.
+/// Counts what the upstream subscriber receives, with the times of the first and last.
 struct Counter {
     count: Arc<AtomicU64>,
     first_last: Arc<Mutex<Option<(Instant, Instant)>>>,
@@ -78,41 +77,20 @@ struct Counter {
 }
 
 impl Counter {
-    async fn start(port: u16, id: &str) -> Counter {
-        let mut options = MqttOptions::new(id, "127.0.0.1", port);
-        options.set_clean_session(false);
-        options.set_inflight(100);
-        let (client, mut events) = AsyncClient::new(options, 100);
-        client
-            .subscribe("up/#", QoS::AtLeastOnce)
-            .await
-            .expect("subscribe upstream");
+    async fn start(port: u16) -> Counter {
+        let mut sub = Subscriber::start(port, "up/#").await;
         let count = Arc::new(AtomicU64::new(0));
         let first_last = Arc::new(Mutex::new(None));
         let (c, fl) = (count.clone(), first_last.clone());
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            let _client = client;
-            let mut ready = Some(ready_tx);
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(_))) => {
-                        let now = Instant::now();
-                        let mut fl = fl.lock().unwrap_or_else(|p| p.into_inner());
-                        *fl = Some(fl.map_or((now, now), |(first, _)| (first, now)));
-                        c.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
+            // The subscriber lives as long as this task.
+            while sub.rx.recv().await.is_some() {
+                let now = Instant::now();
+                let mut fl = fl.lock().unwrap_or_else(|p| p.into_inner());
+                *fl = Some(fl.map_or((now, now), |(first, _)| (first, now)));
+                c.fetch_add(1, Ordering::Relaxed);
             }
         });
-        let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
         Counter {
             count,
             first_last,
@@ -244,58 +222,57 @@ struct Figures {
     drained: u64,
 }
 
-async fn run_switchboard(o: &Options, pin: bool) -> Figures {
-    let mut upstream = Mosquitto::start("");
-    let counter = Counter::start(upstream.port, "counter-sb").await;
-    let (d, _dir) = switchboard(upstream.port, pin);
-    // Warm up: the link is up once a message gets through.
-    while counter.count.load(Ordering::Relaxed) == 0 {
-        flood_switchboard(&d, 1).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    counter.wait_for(1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    counter.reset();
-    let started = Instant::now();
-    flood_switchboard(&d, o.messages).await;
-    let received = counter.wait_for(o.messages).await;
-    let rate = received as f64 / started.elapsed().as_secs_f64();
+/// The bridge under test: what it forwards from, and how to fill it.
+enum Local {
+    /// The daemon, and the directory of its configuration (kept while it runs).
+    Switchboard(Daemon, #[allow(dead_code)] tempfile::TempDir),
+    Mosquitto(Mosquitto),
+}
 
-    upstream.stop();
-    counter.reset();
-    flood_switchboard(&d, o.backlog).await;
-    let deadline = Instant::now() + WAIT;
-    while queued(&d).await < o.backlog && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+impl Local {
+    /// Publishes `n` messages to the local side, as fast as it takes them.
+    async fn flood(&self, n: u64) {
+        match self {
+            Local::Switchboard(d, _) => flood_switchboard(d, n).await,
+            Local::Mosquitto(m) => flood_mosquitto(m.port, n, QoS::AtMostOnce).await,
+        }
     }
-    upstream.restart();
-    let drained = counter.wait_for(o.backlog).await;
-    Figures {
-        rate,
-        received,
-        drain: counter.span(),
-        drained,
+
+    /// Queues a backlog of `n` while the upstream is down, and returns once it is all
+    /// held by the bridge.
+    async fn backlog(&self, n: u64) {
+        match self {
+            Local::Switchboard(d, _) => {
+                flood_switchboard(d, n).await;
+                let deadline = Instant::now() + WAIT;
+                while queued(d).await < n && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Local::Mosquitto(m) => flood_mosquitto(m.port, n, QoS::AtLeastOnce).await,
+        }
     }
 }
 
-async fn run_mosquitto(o: &Options) -> Figures {
+async fn run(o: &Options, start: impl FnOnce(u16) -> Local) -> Figures {
     let mut upstream = Mosquitto::start("");
-    let counter = Counter::start(upstream.port, "counter-mq").await;
-    let local = mosquitto_bridge(upstream.port);
+    let counter = Counter::start(upstream.port).await;
+    let local = start(upstream.port);
+    // Warm up: the link is up once a message gets through.
     while counter.count.load(Ordering::Relaxed) == 0 {
-        flood_mosquitto(local.port, 1, QoS::AtLeastOnce).await;
+        local.flood(1).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     counter.reset();
     let started = Instant::now();
-    flood_mosquitto(local.port, o.messages, QoS::AtMostOnce).await;
+    local.flood(o.messages).await;
     let received = counter.wait_for(o.messages).await;
     let rate = received as f64 / started.elapsed().as_secs_f64();
 
     upstream.stop();
     counter.reset();
-    flood_mosquitto(local.port, o.backlog, QoS::AtLeastOnce).await;
+    local.backlog(o.backlog).await;
     upstream.restart();
     let drained = counter.wait_for(o.backlog).await;
     Figures {
@@ -327,8 +304,12 @@ fn main() {
         .build()
         .expect("runtime");
     let (sb, mq) = rt.block_on(async {
-        let sb = run_switchboard(&o, pinned).await;
-        let mq = run_mosquitto(&o).await;
+        let sb = run(&o, |port| {
+            let (d, dir) = switchboard(port, pinned);
+            Local::Switchboard(d, dir)
+        })
+        .await;
+        let mq = run(&o, |port| Local::Mosquitto(mosquitto_bridge(port))).await;
         (sb, mq)
     });
     println!(

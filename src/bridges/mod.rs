@@ -241,10 +241,7 @@ impl Bridges {
         if !links.is_empty() {
             hub.add_tap(Arc::new(tap));
         }
-        Ok(Arc::new(Bridges {
-            links,
-            writer,
-        }))
+        Ok(Arc::new(Bridges { links, writer }))
     }
 
     /// Starts the writer, one link task per link (on `tracker`, stopping at

@@ -400,6 +400,28 @@ pub async fn mosquitto_pub<S: AsRef<std::ffi::OsStr>>(port: u16, args: &[S]) -> 
     .success()
 }
 
+/// Runs `switchboard serve` with each configuration and checks that it refuses to
+/// start with an error containing the paired text.
+pub fn assert_startup_errors(cases: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (config, needle) in cases {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, config).expect("write config");
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("SWITCHBOARD_DATA_DIR", dir.path().join("data"))
+            .env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_MQTT_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_MQTT_WS_LISTEN", "127.0.0.1:0")
+            .output()
+            .expect("run switchboard");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{config}: started anyway");
+        assert!(err.contains(needle), "{config}: {err}");
+    }
+}
+
 /// Runs a client process and hands its stdout lines over a channel, read by a thread.
 pub fn spawn_lines(mut cmd: Command) -> (Child, UnboundedReceiver<String>) {
     cmd.stdin(Stdio::piped())

@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
 pub struct Mosquitto {
     pub port: u16,
     dir: tempfile::TempDir,
@@ -118,5 +121,69 @@ impl Drop for Mosquitto {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A QoS 1 subscriber with a persistent session that reconnects by itself, so it also
+/// gets what the broker queued for it while the broker or it was down. Messages come
+/// out of `rx` as (topic, payload).
+pub struct Subscriber {
+    pub rx: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Subscribes to `filter` and returns once the broker acknowledged it.
+    pub async fn start(port: u16, filter: &str) -> Subscriber {
+        let mut options = MqttOptions::new(format!("subscriber-{port}"), "127.0.0.1", port);
+        options.set_clean_session(false);
+        options.set_keep_alive(Duration::from_secs(5));
+        options.set_inflight(100);
+        let (client, mut events) = AsyncClient::new(options, 100);
+        client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _client = client;
+            let mut ready = Some(ready_tx);
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(20), ready_rx)
+            .await
+            .expect("no SUBACK from mosquitto")
+            .expect("subscriber task");
+        Subscriber { rx, task }
+    }
+
+    /// The next message, within 20 s.
+    pub async fn next(&mut self) -> (String, Vec<u8>) {
+        tokio::time::timeout(Duration::from_secs(20), self.rx.recv())
+            .await
+            .expect("nothing arrived in time")
+            .expect("subscriber ended")
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
