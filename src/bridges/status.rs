@@ -11,8 +11,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{lock, Link};
-use crate::auth::Grants;
-use crate::hub::{Hub, Origin, Publish};
+use crate::hub::{Hub, Origin};
 
 /// Status messages are published, retained, on `$bridges/<name>/status`.
 pub const STATUS_PREFIX: &str = "$bridges/";
@@ -82,16 +81,7 @@ impl Link {
             return;
         };
         let topic = format!("{STATUS_PREFIX}{}/status", self.name);
-        let published = hub.publish(Publish {
-            topic: &topic,
-            event: Some("status"),
-            data: &data,
-            from: "switchboard",
-            origin: Origin::System,
-            by: &Grants::ALL,
-            retain: true,
-        });
-        if let Err(e) = published {
+        if let Err(e) = hub.publish_notice(&topic, "status", &data) {
             tracing::warn!(bridge = %self.name, error = %e, "bridge status not published");
         }
     }

@@ -547,6 +547,25 @@ impl Hub {
         Ok(())
     }
 
+    /// Publishes one of the daemon's own retained notices (device and bridge status on
+    /// `$` topics), from `switchboard`.
+    pub fn publish_notice(
+        &self,
+        topic: &str,
+        event: &str,
+        data: &RawValue,
+    ) -> Result<Published, HubError> {
+        self.publish(Publish {
+            topic,
+            event: Some(event),
+            data,
+            from: "switchboard",
+            origin: Origin::System,
+            by: &Grants::ALL,
+            retain: true,
+        })
+    }
+
     /// Routes one message to every matching subscriber.
     pub fn publish(&self, p: Publish<'_>) -> Result<Published, HubError> {
         topic::validate_topic(p.topic)?;
