@@ -114,7 +114,7 @@ async fn forwards_10000_messages_in_order_across_an_upstream_restart() {
 }
 
 #[tokio::test]
-async fn the_queue_survives_a_restart_of_switchboard_while_the_upstream_is_down() {
+async fn the_queue_survives_a_restart_and_a_crash_of_switchboard_while_the_upstream_is_down() {
     let mut m = Mosquitto::start("");
     let mut up = Subscriber::start(m.port, "edge/#").await;
     m.stop();
@@ -125,8 +125,16 @@ async fn the_queue_survives_a_restart_of_switchboard_while_the_upstream_is_down(
     d.restart();
     let s = status(&d, "up").await;
     assert_eq!(s["queue_messages"], 100, "{s}");
+    // SIGKILL: what was stored more than the flush interval (100 ms) before is kept.
+    let mut ws = Raw::connect(&d.ws_url()).await;
+    ws.flood_from("t/q", 100, 150, 8).await;
+    wait_status(&d, "up", |s| s["queue_messages"] == 150).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    d.crash_and_restart();
+    let s = status(&d, "up").await;
+    assert_eq!(s["queue_messages"], 150, "{s}");
     m.restart();
-    expect_in_order(&mut up, "edge/t/q", 100).await;
+    expect_in_order(&mut up, "edge/t/q", 150).await;
     wait_status(&d, "up", |s| s["queue_messages"] == 0).await;
 }
 
