@@ -10,7 +10,7 @@ use switchboard_bridge::rules;
 use switchboard_bridge::upstream::{self, Inbox};
 use tokio_util::sync::CancellationToken;
 
-use super::Link;
+use super::{lock, Link};
 use crate::auth::Grants;
 use crate::client::backoff::Backoff;
 use crate::hub::{Hub, Publish};
@@ -47,12 +47,17 @@ pub async fn run(link: Arc<Link>, hub: Arc<Hub>, stop: CancellationToken) {
                 return;
             }
             Err(e) => {
+                let error = e.to_string();
+                let repeated = lock(&link.last_error).as_deref() == Some(error.as_str());
                 if was_connected {
-                    tracing::warn!(bridge = %link.name, error = %e, "bridge disconnected");
+                    tracing::warn!(bridge = %link.name, %error, "bridge disconnected");
+                } else if repeated {
+                    // Said once at warn level; a broker down for hours is not a log flood.
+                    tracing::debug!(bridge = %link.name, %error, "bridge connection failed again");
                 } else {
-                    tracing::debug!(bridge = %link.name, error = %e, "bridge connection failed");
+                    tracing::warn!(bridge = %link.name, %error, "bridge connection failed; retrying with backoff");
                 }
-                link.note_error(e.to_string());
+                link.note_error(error);
             }
         }
         link.publish_status(&hub);
