@@ -58,6 +58,9 @@ pub struct Config {
     #[serde(deserialize_with = "crate::webhook::config::unique")]
     pub webhooks: Vec<WebhookConfig>,
     pub metrics: MetricsConfig,
+    /// Links to upstream MQTT brokers (`[[bridges]]`, docs/bridges.md); none by default.
+    #[serde(deserialize_with = "crate::bridges::config::bridges")]
+    pub bridges: Vec<crate::bridges::config::LinkConfig>,
     /// Inbound webhooks: `POST /hooks/<name>` publishes signed bodies (docs/hooks.md).
     #[serde(deserialize_with = "crate::http::hooks::config::unique_names")]
     pub hooks: Vec<crate::http::hooks::HookConfig>,
@@ -158,6 +161,21 @@ pub struct MqttConfig {
     /// A device's verified certificate names it: its common name becomes the username
     /// and no password is needed.
     pub use_identity_as_username: bool,
+    /// `embedded` runs our own broker; `external` attaches the Hub to the broker in
+    /// `[mqtt.external]` instead (docs/bridges.md).
+    pub mode: MqttMode,
+    /// The broker of external mode.
+    #[serde(deserialize_with = "crate::bridges::config::external")]
+    pub external: Option<crate::bridges::config::LinkConfig>,
+}
+
+/// Which MQTT broker devices talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MqttMode {
+    #[default]
+    Embedded,
+    External,
 }
 
 /// Who may connect over WebSocket and HTTP, and with what.
@@ -375,6 +393,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             recording: RecordingConfig::default(),
             webhooks: Vec::new(),
+            bridges: Vec::new(),
             metrics: MetricsConfig::default(),
             hooks: Vec::new(),
         }
@@ -439,6 +458,8 @@ impl Default for MqttConfig {
             wss_listen: Listen(None),
             require_certificate: false,
             use_identity_as_username: false,
+            mode: MqttMode::Embedded,
+            external: None,
         }
     }
 }
@@ -464,7 +485,7 @@ impl Default for GrantsConfig {
         let filter = |f: &str| Filter::new(f).expect("a valid built-in filter");
         Self {
             publish: vec![filter("#")],
-            subscribe: vec![filter("#"), filter("$devices/#")],
+            subscribe: vec![filter("#"), filter("$devices/#"), filter("$bridges/#")],
             send: vec!["*".into()],
         }
     }

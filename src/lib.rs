@@ -6,11 +6,12 @@
 //! joins the embedded MQTT broker (crate `switchboard-bridge`) to the hub, [`auth`] says
 //! which devices may connect and what they may do, [`tls`] loads and reloads certificates,
 //! [`store`] keeps what must survive a restart, [`webhook`] delivers
-//! events to HTTP endpoints, [`metrics`] shows the live figures, [`server`] starts and
+//! events to HTTP endpoints, [`bridges`] links the Hub to other MQTT brokers, [`metrics`] shows the live figures, [`server`] starts and
 //! stops it all, [`config`] reads the configuration, and
 //! [`client`] is the Rust client that talks to a running daemon.
 
 pub mod auth;
+pub mod bridges;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -17,7 +17,8 @@ use switchboard_bridge::Broker;
 
 use crate::auth::devices::DeviceGate;
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::bridges::Bridges;
+use crate::config::{Config, MqttMode};
 use crate::history::History;
 use crate::http::listener::ListenerStats;
 use crate::hub::outbox::CloseReason;
@@ -69,6 +70,8 @@ pub struct App {
     pub history: Arc<History>,
     /// Recordings and replays.
     pub recorder: Arc<Recorder>,
+    /// Upstream bridges, and the broker of external mode.
+    pub bridges: Arc<Bridges>,
 }
 
 /// A daemon with its listeners bound, ready to run.
@@ -101,7 +104,21 @@ impl Server {
             Webhooks::open(&config.webhooks, &store, &hub).context("cannot set up the webhooks")?;
         let recorder = Recorder::open(&store, &hub, &config.recording)
             .context("cannot open the recordings")?;
-        let broker = start_broker(&config, &hub, &auth, tls.as_ref()).await?;
+        let external = match config.mqtt.mode {
+            MqttMode::Embedded => None,
+            MqttMode::External => Some(config.mqtt.external.as_ref().context(
+                "mqtt.mode is \"external\" but there is no [mqtt.external] section saying which broker",
+            )?),
+        };
+        let bridges = Bridges::open(&config.bridges, external, &store, &hub)
+            .context("cannot set up the MQTT bridges")?;
+        let broker = match external {
+            None => start_broker(&config, &hub, &auth, tls.as_ref()).await?,
+            Some(ext) => {
+                tracing::info!(address = %ext.address, "MQTT: external broker (the embedded one is off)");
+                None
+            }
+        };
         let idempotency = crate::http::api::IdempotencyCache::new(config.http.idempotency_window);
         let app = Arc::new(App {
             config,
@@ -120,6 +137,7 @@ impl Server {
             webhooks,
             history,
             recorder,
+            bridges,
         });
         Ok(Self { app, http })
     }
@@ -175,6 +193,7 @@ impl Server {
         tokio::spawn(expire_history(app.history.clone()));
         app.webhooks.start(&app.shutdown, &app.tracker);
         app.recorder.start();
+        app.bridges.start(&app.hub, &app.shutdown, &app.tracker);
         let router = crate::http::router(app.clone());
         let http = tokio::spawn(crate::http::listener::serve(self.http, app.clone(), router));
 
@@ -217,6 +236,7 @@ impl Server {
         // After the connections, so their last events (disconnections) are stored too.
         app.webhooks.stop().await;
         app.recorder.stop().await;
+        app.bridges.stop().await;
         // Plain HTTP requests still in flight get what is left of a short deadline.
         if let Ok(Err(e)) = tokio::time::timeout(std::time::Duration::from_millis(200), http).await
         {

@@ -297,3 +297,33 @@ fn certificate_summary(der: &[u8]) -> Option<String> {
         cert.validity().not_after
     ))
 }
+
+/// A client configuration trusting the CAs in `ca_file` (only those: a bridge names the
+/// authority of its broker), presenting `cert_file` and `key_file` when both are set.
+pub fn client_config(
+    ca_file: &Path,
+    client: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(load_certs(ca_file)?);
+    if added == 0 {
+        return Err(TlsError::File {
+            path: ca_file.to_owned(),
+            problem: "no usable CA certificate in it".into(),
+        });
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+            .map_err(|reason| TlsError::KeyMismatch {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+                reason,
+            })?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}

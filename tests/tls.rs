@@ -6,16 +6,12 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::certs::{Ca, Leaf};
 use common::{mosquitto_pub, Daemon, MosquittoSub, Raw};
 use futures_util::{SinkExt, StreamExt};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use serde_json::{json, Value};
@@ -31,64 +27,6 @@ const WAIT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------
 // Certificates
 // ---------------------------------------------------------------------------------------
-
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().unwrap();
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, key).unwrap(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    fn der(&self) -> CertificateDer<'static> {
-        self.issuer.der().clone()
-    }
-
-    /// A leaf certificate: (certificate PEM, key PEM, certificate DER).
-    fn leaf(&self, cn: &str, sans: &[&str], client: bool) -> Leaf {
-        let mut params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().to_vec(),
-        }
-    }
-
-    fn server(&self) -> Leaf {
-        self.leaf("localhost", &["localhost", "127.0.0.1"], false)
-    }
-}
-
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: Vec<u8>,
-}
 
 /// Files of one test: the server certificate and key, the CA, and a config.
 struct Files {
@@ -406,8 +344,7 @@ async fn sighup_reloads_the_certificate_for_new_connections_only() {
 
 #[test]
 fn tls_without_a_certificate_is_a_startup_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let cases = [
+    common::assert_startup_errors(&[
         ("[http]\ntls = true\n", "set tls.cert_file and tls.key_file"),
         (
             "[mqtt]\ntls_listen = \"127.0.0.1:0\"\n",
@@ -421,23 +358,7 @@ fn tls_without_a_certificate_is_a_startup_error() {
             "[http]\ntls = true\n[tls]\ncert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n",
             "/nonexistent/cert.pem",
         ),
-    ];
-    for (config, needle) in cases {
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, config).unwrap();
-        let out = Command::new(common::BIN)
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("SWITCHBOARD_DATA_DIR", dir.path().join("data"))
-            .env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0")
-            .env("SWITCHBOARD_MQTT_LISTEN", "127.0.0.1:0")
-            .env("SWITCHBOARD_MQTT_WS_LISTEN", "127.0.0.1:0")
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{config}: started anyway");
-        assert!(err.contains(needle), "{config}: {err}");
-    }
+    ]);
 }
 
 // ---------------------------------------------------------------------------------------

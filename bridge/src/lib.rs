@@ -12,14 +12,20 @@
 //! - [`Gate`] decides who may connect and what they may publish or subscribe to;
 //! - [`Ingress`] receives every message a device publishes and every device coming and going;
 //! - [`Publisher`] carries messages from elsewhere to MQTT subscribers.
+//!
+//! Links to other brokers (upstream bridges, or the site's broker in external mode) are
+//! in [`upstream`], with their topic [`rules`]: an inbound stream of messages
+//! ([`upstream::Inbox`]) and an outbound queue the caller keeps ([`upstream::Outbox`]).
 
 mod codec;
 mod egress;
 mod listener;
 mod registry;
 mod router;
+pub mod rules;
 mod session;
 mod transport;
+pub mod upstream;
 
 use std::fmt;
 use std::net::SocketAddr;

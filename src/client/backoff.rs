@@ -9,7 +9,7 @@ use std::time::Duration;
 use rand::Rng;
 
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Backoff {
+pub(crate) struct Backoff {
     pub min: Duration,
     pub max: Duration,
 }
@@ -24,6 +24,13 @@ impl Backoff {
     /// A random delay in `0..=ceiling(attempt)`.
     pub fn delay(&self, attempt: u32) -> Duration {
         rand::thread_rng().gen_range(Duration::ZERO..=self.ceiling(attempt))
+    }
+
+    /// A random delay in `ceiling/2..=ceiling`: still spread, but never near zero, for
+    /// a loop that must not spin when every attempt fails at once (a refused login).
+    pub fn equal_jitter(&self, attempt: u32) -> Duration {
+        let ceiling = self.ceiling(attempt);
+        rand::thread_rng().gen_range(ceiling / 2..=ceiling)
     }
 }
 

@@ -25,7 +25,7 @@
 //! # Ok(()) }
 //! ```
 
-mod backoff;
+pub(crate) mod backoff;
 mod connection;
 mod frame;
 mod resume;

@@ -145,16 +145,19 @@ pub enum Origin {
     System,
     /// A replay of a recording (`crate::recorder`), held to its starter's grants.
     Replay,
+    /// An upstream broker, through a configured bridge (`from` is `bridge:<name>`).
+    Bridge,
 }
 
 impl Origin {
     /// Every origin, in the order of [`Stats::published_by_origin`].
-    pub const ALL: [Origin; 5] = [
+    pub const ALL: [Origin; 6] = [
         Origin::Ws,
         Origin::Http,
         Origin::Mqtt,
         Origin::System,
         Origin::Replay,
+        Origin::Bridge,
     ];
 
     /// The transport's name in metrics.
@@ -165,6 +168,7 @@ impl Origin {
             Origin::Mqtt => "mqtt",
             Origin::System => "system",
             Origin::Replay => "replay",
+            Origin::Bridge => "bridge",
         }
     }
 }
@@ -244,7 +248,7 @@ pub struct Published {
 #[derive(Default)]
 struct Counters {
     /// Indexed by `Origin as usize`: one add per publish, as before the split.
-    published: [AtomicU64; 5],
+    published: [AtomicU64; Origin::ALL.len()],
     publishes_forbidden: AtomicU64,
     delivered: AtomicU64,
     dropped: AtomicU64,
@@ -265,7 +269,7 @@ pub struct Stats {
     pub topics: usize,
     pub published: u64,
     /// `published` by the way messages came in, in the order of [`Origin::ALL`].
-    pub published_by_origin: [u64; 5],
+    pub published_by_origin: [u64; Origin::ALL.len()],
     /// Publishes refused by permissions (also counted in `forbidden`).
     pub publishes_forbidden: u64,
     pub delivered: u64,
@@ -567,6 +571,25 @@ impl Hub {
             filter,
         });
         Ok(())
+    }
+
+    /// Publishes one of the daemon's own retained notices (device and bridge status on
+    /// `$` topics), from `switchboard`.
+    pub fn publish_notice(
+        &self,
+        topic: &str,
+        event: &str,
+        data: &RawValue,
+    ) -> Result<Published, HubError> {
+        self.publish(Publish {
+            topic,
+            event: Some(event),
+            data,
+            from: "switchboard",
+            origin: Origin::System,
+            by: &Grants::ALL,
+            retain: true,
+        })
     }
 
     /// Routes one message to every matching subscriber.

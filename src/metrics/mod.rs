@@ -39,6 +39,7 @@ pub const SOURCES: &[Source] = &[
     sources::auth,
     sources::http,
     sources::webhooks,
+    sources::bridges,
     sources::hooks,
     sources::store,
     sources::history,

@@ -43,15 +43,8 @@ impl HubIngress {
             return;
         };
         let topic = format!("{DEVICE_STATUS_PREFIX}{}", device.client_id);
-        let published = self.hub.publish(Publish {
-            topic: &topic,
-            event: Some(if online { "online" } else { "offline" }),
-            data: &data,
-            from: "switchboard",
-            origin: Origin::System,
-            by: &Grants::ALL,
-            retain: true,
-        });
+        let event = if online { "online" } else { "offline" };
+        let published = self.hub.publish_notice(&topic, event, &data);
         if let Err(e) = published {
             tracing::warn!(client_id = device.client_id, error = %e, "device status not published");
         }

@@ -8,6 +8,7 @@
 
 pub mod message;
 pub mod quota;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -100,13 +100,18 @@ mod defaults {
     }
 }
 
-fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    let ok = !s.is_empty()
+/// A name fit for the API, metrics labels and store trees: 1 to 64 letters, digits,
+/// `-`, `_` or `.`.
+pub fn is_valid_name(s: &str) -> bool {
+    !s.is_empty()
         && s.len() <= 64
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !ok {
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if !is_valid_name(&s) {
         return Err(serde::de::Error::custom(format!(
             "webhook name `{s}` must be 1 to 64 letters, digits, `-`, `_` or `.`"
         )));

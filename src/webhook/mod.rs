@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::hub::Hub;
+use crate::store::writer::Writer;
 use crate::store::{Store, StoreError};
 use config::WebhookConfig;
 use queue::Queue;
@@ -214,10 +215,7 @@ fn redacted(url: &str) -> String {
 pub struct Webhooks {
     endpoints: Vec<Arc<Endpoint>>,
     client: Option<reqwest::Client>,
-    /// Taken by [`Webhooks::start`].
-    receiver: Mutex<Option<tap::Receiver>>,
-    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    stop_writer: CancellationToken,
+    writer: Writer<tap::Item>,
 }
 
 impl Webhooks {
@@ -262,16 +260,14 @@ impl Webhooks {
                     .map_err(WebhookError::Client)?,
             )
         };
-        let (tap, receiver) = tap::channel(endpoints.clone());
+        let (tap, writer) = tap::channel(endpoints.clone());
         if !endpoints.is_empty() {
             hub.add_tap(Arc::new(tap));
         }
         Ok(Arc::new(Webhooks {
             endpoints,
             client,
-            receiver: Mutex::new(Some(receiver)),
-            writer: Mutex::new(None),
-            stop_writer: CancellationToken::new(),
+            writer,
         }))
     }
 
@@ -279,9 +275,6 @@ impl Webhooks {
     /// `tracker` and stop at `shutdown` between two requests, so a request in flight
     /// finishes within the shutdown grace and is not sent twice.
     pub fn start(&self, shutdown: &CancellationToken, tracker: &TaskTracker) {
-        let Some(receiver) = lock(&self.receiver).take() else {
-            return;
-        };
         let Some(client) = &self.client else {
             return;
         };
@@ -295,25 +288,16 @@ impl Webhooks {
             );
             tracker.spawn(delivery::run(ep.clone(), client.clone(), shutdown.clone()));
         }
-        let writer = tokio::spawn(tap::write(
-            receiver,
-            self.endpoints.clone(),
-            self.stop_writer.clone(),
-        ));
-        *lock(&self.writer) = Some(writer);
+        let endpoints = self.endpoints.clone();
+        self.writer
+            .start(tap::BURST, move |burst| tap::store(burst, &endpoints));
     }
 
     /// Stores what is still queued in memory (events of the shutdown itself, such as
     /// disconnections, included). Call after the hub is quiet; the server flushes the store
     /// afterwards.
     pub async fn stop(&self) {
-        self.stop_writer.cancel();
-        let writer = lock(&self.writer).take();
-        if let Some(writer) = writer {
-            if let Err(e) = writer.await {
-                tracing::error!(error = %e, "the webhook writer task failed");
-            }
-        }
+        self.writer.stop().await;
     }
 
     pub fn stats(&self) -> Vec<EndpointStats> {

@@ -10,10 +10,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::{event, Endpoint};
 use crate::hub::{Lifecycle, Publish, Tap};
+use crate::store::writer::{self, Writer};
 use crate::throttle::Throttle;
 
 /// Events between the hub and the writer. A burst this large only waits here while the
@@ -22,14 +22,12 @@ use crate::throttle::Throttle;
 const CHANNEL: usize = 65_536;
 
 /// Events the writer takes at once.
-const BURST: usize = 512;
+pub const BURST: usize = 512;
 
 const WARN_EVERY_MS: u64 = 10_000;
 
 /// An event for the endpoint at an index of the endpoint list.
-type Item = (usize, Arc<str>);
-
-pub struct Receiver(mpsc::Receiver<Item>);
+pub type Item = (usize, Arc<str>);
 
 pub struct WebhookTap {
     endpoints: Vec<Arc<Endpoint>>,
@@ -37,14 +35,14 @@ pub struct WebhookTap {
     warn: Throttle,
 }
 
-pub fn channel(endpoints: Vec<Arc<Endpoint>>) -> (WebhookTap, Receiver) {
-    let (tx, rx) = mpsc::channel(CHANNEL);
+pub fn channel(endpoints: Vec<Arc<Endpoint>>) -> (WebhookTap, Writer<Item>) {
+    let (tx, writer) = writer::channel(CHANNEL, "webhook");
     let tap = WebhookTap {
         endpoints,
         tx,
         warn: Throttle::new(WARN_EVERY_MS),
     };
-    (tap, Receiver(rx))
+    (tap, writer)
 }
 
 impl WebhookTap {
@@ -93,26 +91,8 @@ impl Tap for WebhookTap {
     }
 }
 
-/// Stores events until `stop`, then stores what is left in the channel and returns.
-pub async fn write(mut rx: Receiver, endpoints: Vec<Arc<Endpoint>>, stop: CancellationToken) {
-    let mut burst = Vec::with_capacity(BURST);
-    loop {
-        let n = tokio::select! {
-            n = rx.0.recv_many(&mut burst, BURST) => n,
-            _ = stop.cancelled() => break,
-        };
-        if n == 0 {
-            return;
-        }
-        store(&mut burst, &endpoints);
-    }
-    while let Ok(item) = rx.0.try_recv() {
-        burst.push(item);
-    }
-    store(&mut burst, &endpoints);
-}
-
-fn store(burst: &mut Vec<Item>, endpoints: &[Arc<Endpoint>]) {
+/// Stores a burst of events, each under a fresh id, and wakes their endpoints.
+pub fn store(burst: &mut Vec<Item>, endpoints: &[Arc<Endpoint>]) {
     let mut touched = vec![false; endpoints.len()];
     for (i, event) in burst.drain(..) {
         let Some(ep) = endpoints.get(i) else { continue };

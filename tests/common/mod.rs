@@ -2,8 +2,10 @@
 //! WebSocket client for frame-level tests.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod creds;
 pub mod http;
+pub mod mosquitto;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -331,8 +333,13 @@ impl Raw {
     /// Publishes `count` messages `{"i": n, "pad": …}` of about `pad` bytes without
     /// waiting for acks, then one ping so that all of them have been processed.
     pub async fn flood(&mut self, topic: &str, count: u64, pad: usize) {
+        self.flood_from(topic, 0, count, pad).await
+    }
+
+    /// [`Raw::flood`] with `i` running from `start` to `end` (excluded).
+    pub async fn flood_from(&mut self, topic: &str, start: u64, end: u64, pad: usize) {
         let pad = "p".repeat(pad);
-        for i in 0..count {
+        for i in start..end {
             self.send(serde_json::json!({"op":"pub","topic":topic,"data":{"i":i,"pad":pad}}))
                 .await;
         }
@@ -402,6 +409,28 @@ pub async fn mosquitto_pub<S: AsRef<std::ffi::OsStr>>(port: u16, args: &[S]) -> 
     .expect("mosquitto_pub hung")
     .expect("mosquitto_pub task")
     .success()
+}
+
+/// Runs `switchboard serve` with each configuration and checks that it refuses to
+/// start with an error containing the paired text.
+pub fn assert_startup_errors(cases: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (config, needle) in cases {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, config).expect("write config");
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("SWITCHBOARD_DATA_DIR", dir.path().join("data"))
+            .env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_MQTT_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_MQTT_WS_LISTEN", "127.0.0.1:0")
+            .output()
+            .expect("run switchboard");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{config}: started anyway");
+        assert!(err.contains(needle), "{config}: {err}");
+    }
 }
 
 /// Runs a client process and hands its stdout lines over a channel, read by a thread.

@@ -22,6 +22,7 @@ use crate::hub::HubError;
 use crate::protocol::ErrorCode;
 use crate::server::App;
 
+mod bridges;
 mod clients;
 mod history;
 mod idempotency;
@@ -47,6 +48,7 @@ pub fn router(config: &Config) -> Router<Arc<App>> {
         .merge(stats::routes())
         .merge(webhooks::routes())
         .merge(recordings::routes(config))
+        .merge(bridges::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -21,6 +21,7 @@ const FRAGMENTS: &[(&str, &str)] = &[
     ("stats.json", include_str!("openapi/stats.json")),
     ("webhooks.json", include_str!("openapi/webhooks.json")),
     ("recordings.json", include_str!("openapi/recordings.json")),
+    ("bridges.json", include_str!("openapi/bridges.json")),
 ];
 
 /// The merged document as JSON text, built once.

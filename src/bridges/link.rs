@@ -1,0 +1,113 @@
+//! One link's life: connect, run a session, and after it ends wait a jittered,
+//! exponentially growing delay (capped at `reconnect_max`) before the next attempt —
+//! also when the broker refuses us, so wrong credentials cost one attempt per delay,
+//! never a busy loop. A session that got connected starts the delays over.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use switchboard_bridge::rules;
+use switchboard_bridge::upstream::{self, Inbox};
+use tokio_util::sync::CancellationToken;
+
+use super::{lock, Link};
+use crate::auth::Grants;
+use crate::client::backoff::Backoff;
+use crate::hub::{Hub, Publish};
+use crate::mqtt::payload;
+
+pub async fn run(link: Arc<Link>, hub: Arc<Hub>, stop: CancellationToken) {
+    let backoff = Backoff {
+        min: link.config.reconnect_min,
+        max: link.config.reconnect_max,
+    };
+    let inbox = HubInbox {
+        link: link.clone(),
+        hub: hub.clone(),
+    };
+    let mut attempt = 0u32;
+    loop {
+        link.attempts.fetch_add(1, Ordering::Relaxed);
+        let outbox = link.queue.clone();
+        let ended = upstream::session(
+            &link.upstream,
+            outbox,
+            &inbox,
+            link.queue.wake.clone(),
+            &stop,
+        )
+        .await;
+        let was_connected = link.connected.swap(false, Ordering::Relaxed);
+        if was_connected {
+            attempt = 0;
+        }
+        match ended {
+            Ok(()) => {
+                link.publish_status(&hub);
+                return;
+            }
+            Err(e) => {
+                let error = e.to_string();
+                let repeated = lock(&link.last_error).as_deref() == Some(error.as_str());
+                if was_connected {
+                    tracing::warn!(bridge = %link.name, %error, "bridge disconnected");
+                } else if repeated {
+                    // Said once at warn level; a broker down for hours is not a log flood.
+                    tracing::debug!(bridge = %link.name, %error, "bridge connection failed again");
+                } else {
+                    tracing::warn!(bridge = %link.name, %error, "bridge connection failed; retrying with backoff");
+                }
+                link.note_error(error);
+            }
+        }
+        link.publish_status(&hub);
+        let delay = backoff.equal_jitter(attempt);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Upstream messages into the Hub.
+struct HubInbox {
+    link: Arc<Link>,
+    hub: Arc<Hub>,
+}
+
+impl Inbox for HubInbox {
+    fn connected(&self) {
+        self.link.connected.store(true, Ordering::Relaxed);
+        self.link
+            .connected_at
+            .store(crate::protocol::now_ms(), Ordering::Relaxed);
+        tracing::info!(bridge = %self.link.name, address = %self.link.config.address, "bridge connected");
+        self.link.publish_status(&self.hub);
+    }
+
+    fn message(&self, topic: &str, payload_bytes: &[u8], retain: bool) {
+        let Some(local) = rules::inbound(&self.link.rules, topic) else {
+            return;
+        };
+        let data = payload::to_data(payload_bytes);
+        let published = self.hub.publish(Publish {
+            topic: &local,
+            event: None,
+            data: &data,
+            from: &self.link.from,
+            origin: self.link.origin,
+            // The operator chose these topics in the bridge's rules.
+            by: &Grants::ALL,
+            retain,
+        });
+        match published {
+            Ok(_) => {
+                self.link.received.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(bridge = %self.link.name, topic = %local, error = %e, "bridged message not routed")
+            }
+        }
+    }
+}

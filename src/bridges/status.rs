@@ -1,0 +1,108 @@
+//! What a link reports: the API's and metrics' [`LinkStatus`], and the same figures as
+//! a retained message on `$bridges/<name>/status`, published by the daemon
+//! ([`Origin::System`]) when the link connects or drops and, while its figures move,
+//! at most every [`EVERY`].
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{lock, Link};
+use crate::hub::{Hub, Origin};
+
+/// Status messages are published, retained, on `$bridges/<name>/status`.
+pub const STATUS_PREFIX: &str = "$bridges/";
+
+const EVERY: Duration = Duration::from_secs(2);
+
+/// One link's figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkStatus {
+    pub name: String,
+    /// `bridge`, or `external` for the broker of external mode.
+    pub kind: &'static str,
+    /// `host:port` of the other broker.
+    pub address: String,
+    pub connected: bool,
+    /// Unix ms of the last successful connection.
+    pub connected_at: Option<u64>,
+    /// Why the last connection failed or ended.
+    pub last_error: Option<String>,
+    /// Connection attempts since start.
+    pub connect_attempts: u64,
+    /// Messages waiting to go out, and their stored bytes.
+    pub queue_messages: u64,
+    pub queue_bytes: u64,
+    /// Messages dropped: queue full (oldest first), or the writer behind.
+    pub dropped: u64,
+    /// Messages the other broker acknowledged.
+    pub forwarded: u64,
+    /// Messages the other broker acknowledged with an error reason (not sent again).
+    pub refused: u64,
+    /// Messages that came in from the other broker.
+    pub received: u64,
+}
+
+impl Link {
+    pub fn status(&self) -> LinkStatus {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let connected_at = get(&self.connected_at);
+        LinkStatus {
+            name: self.name.clone(),
+            kind: if self.origin == Origin::Bridge {
+                "bridge"
+            } else {
+                "external"
+            },
+            address: self.config.address.clone(),
+            connected: self.connected.load(Ordering::Relaxed),
+            connected_at: (connected_at > 0).then_some(connected_at),
+            last_error: lock(&self.last_error).clone(),
+            connect_attempts: get(&self.attempts),
+            queue_messages: get(&self.queue.len),
+            queue_bytes: get(&self.queue.bytes),
+            dropped: get(&self.queue.dropped),
+            forwarded: get(&self.queue.forwarded),
+            refused: get(&self.queue.refused),
+            received: get(&self.received),
+        }
+    }
+
+    /// Publishes the status, retained.
+    pub fn publish_status(&self, hub: &Hub) {
+        self.publish(hub, &self.status());
+    }
+
+    fn publish(&self, hub: &Hub, status: &LinkStatus) {
+        let Ok(data) = serde_json::value::to_raw_value(status) else {
+            return;
+        };
+        let topic = format!("{STATUS_PREFIX}{}/status", self.name);
+        if let Err(e) = hub.publish_notice(&topic, "status", &data) {
+            tracing::warn!(bridge = %self.name, error = %e, "bridge status not published");
+        }
+    }
+}
+
+/// Publishes each link's status when its figures changed, at most every [`EVERY`].
+pub async fn publish_changes(links: Vec<Arc<Link>>, hub: Arc<Hub>, stop: CancellationToken) {
+    let mut last: Vec<Option<LinkStatus>> = vec![None; links.len()];
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        for (link, last) in links.iter().zip(last.iter_mut()) {
+            let now = link.status();
+            if last.as_ref() != Some(&now) {
+                link.publish(&hub, &now);
+                *last = Some(now);
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! From the Hub to the queues: the [`Tap`] the Hub calls for every message, and the
+//! writer task that stores what it offers.
+//!
+//! The tap runs under the Hub's topic lock, so it only maps the topic, encodes the entry
+//! and `try_send`s it; a full channel drops the message and counts it on the link. The
+//! writer takes messages in bursts, stores each and wakes the link's sending task.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use switchboard_bridge::rules;
+use tokio::sync::mpsc;
+
+use super::queue;
+use super::Link;
+use crate::hub::{Publish, Tap};
+use crate::store::writer::{self, Writer};
+use crate::store::StoredMessage;
+
+/// Messages between the Hub and the writer; beyond it they are dropped, not the Hub
+/// slowed.
+const CHANNEL: usize = 65_536;
+
+/// Messages the writer stores at once.
+pub const BURST: usize = 512;
+
+/// An entry for the link at an index of the link list.
+pub type Item = (usize, Vec<u8>);
+
+pub struct BridgeTap {
+    links: Vec<Arc<Link>>,
+    tx: mpsc::Sender<Item>,
+}
+
+pub fn channel(links: Vec<Arc<Link>>) -> (BridgeTap, Writer<Item>) {
+    let (tx, writer) = writer::channel(CHANNEL, "bridge");
+    (BridgeTap { links, tx }, writer)
+}
+
+impl Tap for BridgeTap {
+    fn publish(&self, message: &Publish<'_>, seq: u64) {
+        for (i, link) in self.links.iter().enumerate() {
+            if link.came_from(message) {
+                continue;
+            }
+            let Some((remote, qos)) = rules::outbound(&link.rules, message.topic) else {
+                continue;
+            };
+            let stored = StoredMessage {
+                topic: remote,
+                event: message.event.map(str::to_owned),
+                data: message.data.get().to_owned(),
+                ts_us: crate::protocol::now_us(),
+                seq,
+                from: message.from.to_owned(),
+                origin: message.origin,
+            };
+            if self
+                .tx
+                .try_send((i, queue::entry(&stored, qos, message.retain)))
+                .is_err()
+            {
+                link.queue.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Stores a burst of entries and wakes their links' sending tasks.
+pub fn store(burst: &mut Vec<Item>, links: &[Arc<Link>]) {
+    let mut touched = vec![false; links.len()];
+    for (i, value) in burst.drain(..) {
+        let Some(link) = links.get(i) else { continue };
+        match link.queue.push(&value) {
+            Ok(()) => touched[i] = true,
+            Err(e) => {
+                link.queue.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(bridge = %link.name, error = %e, "cannot store a bridge message; dropped");
+            }
+        }
+    }
+    for (link, touched) in links.iter().zip(touched) {
+        if touched {
+            link.queue.wake.notify_one();
+        }
+    }
+}
