@@ -164,8 +164,12 @@ async fn records_every_message_under_load_while_subscribers_get_every_one() {
     mqtt.await.unwrap();
     let total = 3 * PER + 500 + 1;
     let mut got = 0;
+    let mut delivered_bin = Value::Null;
     while got < total {
-        sub.next_msg().await;
+        let m = sub.next_msg().await;
+        if m["topic"] == "load/bin" {
+            delivered_bin = m;
+        }
         got += 1;
     }
     let (s, v) = post(&api(&d, &format!("/recordings/{id}/stop")), None, "").await;
@@ -187,6 +191,13 @@ async fn records_every_message_under_load_while_subscribers_get_every_one() {
     let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
     assert_eq!(bin["data"], json!({"$base64": b64}));
     assert_eq!(bin["origin"], "mqtt");
+    // Stored as delivered: the same number, and the same clock reading (µs vs ms).
+    assert_eq!(bin["seq"], delivered_bin["seq"], "{delivered_bin}");
+    assert_eq!(
+        bin["ts"].as_u64().map(|us| us / 1000),
+        delivered_bin["ts"].as_u64(),
+        "{bin} vs {delivered_bin}"
+    );
     // Replayed, the binary payload reaches an MQTT device as the very bytes published.
     let mut device = MosquittoSub::start(port, &["-t", "again/load/bin"]).await;
     let body = json!({"max": true, "prefix": "again/"}).to_string();

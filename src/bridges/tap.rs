@@ -38,7 +38,7 @@ pub fn channel(links: Vec<Arc<Link>>) -> (BridgeTap, Writer<Item>) {
 }
 
 impl Tap for BridgeTap {
-    fn publish(&self, message: &Publish<'_>, seq: u64) {
+    fn publish(&self, message: &Publish<'_>, seq: u64, ts_us: u64) {
         for (i, link) in self.links.iter().enumerate() {
             if link.came_from(message) {
                 continue;
@@ -48,12 +48,7 @@ impl Tap for BridgeTap {
             };
             let stored = StoredMessage {
                 topic: remote,
-                event: message.event.map(str::to_owned),
-                data: message.data.get().to_owned(),
-                ts_us: crate::protocol::now_us(),
-                seq,
-                from: message.from.to_owned(),
-                origin: message.origin,
+                ..StoredMessage::routed(message, seq, ts_us)
             };
             if self
                 .tx

@@ -575,15 +575,7 @@ impl Log {
             s.last = seq - 1;
             s.restart_epoch();
         }
-        let message = StoredMessage {
-            topic: entry.topic.to_string(),
-            event: p.event.map(str::to_owned),
-            data: p.data.get().to_owned(),
-            ts_us,
-            seq,
-            from: p.from.to_owned(),
-            origin: p.origin,
-        };
+        let message = StoredMessage::routed(p, seq, ts_us);
         let key = message_key(&entry.topic, seq);
         let value = message.encode();
         let size = (key.len() + value.len()) as u64;

@@ -176,7 +176,9 @@ impl Origin {
 /// Something that sees every message the Hub routes, such as the MQTT broker. Called
 /// under the topic's lock, so calls for one topic arrive in seq order; must not block.
 pub trait Tap: Send + Sync {
-    fn publish(&self, message: &Publish<'_>, seq: u64);
+    /// `seq` and `ts_us` are what subscribers see (`ts` is `ts_us / 1000`), so a
+    /// stored copy matches the delivered one.
+    fn publish(&self, message: &Publish<'_>, seq: u64, ts_us: u64);
 
     /// A client or device came or went, or a subscription changed. Must not block.
     fn lifecycle(&self, _event: &Lifecycle<'_>) {}
@@ -651,7 +653,7 @@ impl Hub {
             log.append(&p, seq, now_us);
         }
         for tap in read(&self.taps).iter() {
-            tap.publish(&p, seq);
+            tap.publish(&p, seq, now_us);
         }
         drop(state);
         self.counters.published[p.origin as usize].fetch_add(1, Ordering::Relaxed);
@@ -1152,7 +1154,7 @@ mod tests {
     fn dollar_topics_are_reserved_for_the_server_and_taps_see_origins() {
         struct Seen(Mutex<Vec<(String, Origin, bool)>>);
         impl Tap for Seen {
-            fn publish(&self, m: &Publish<'_>, _seq: u64) {
+            fn publish(&self, m: &Publish<'_>, _seq: u64, _ts_us: u64) {
                 self.0
                     .lock()
                     .unwrap()

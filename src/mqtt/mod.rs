@@ -101,7 +101,7 @@ impl BrokerTap {
 }
 
 impl Tap for BrokerTap {
-    fn publish(&self, message: &Publish<'_>, _seq: u64) {
+    fn publish(&self, message: &Publish<'_>, _seq: u64, _ts_us: u64) {
         // `$` topics (device status) stay on the WebSocket side: rumqttd's router refuses
         // `$` subscriptions, so no MQTT subscriber could receive them.
         if message.origin == Origin::Mqtt || message.topic.starts_with('$') {

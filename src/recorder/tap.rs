@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{json, layout, lock, Counters, Recorder};
 use crate::hub::{Publish, Tap};
-use crate::protocol::now_us;
 use crate::store::StoredMessage;
 use crate::throttle::Throttle;
 use crate::topic::Filter;
@@ -86,7 +85,7 @@ impl Shared {
 }
 
 impl Tap for Shared {
-    fn publish(&self, message: &Publish<'_>, seq: u64) {
+    fn publish(&self, message: &Publish<'_>, seq: u64, ts_us: u64) {
         let active = self.active();
         if active.is_empty() {
             return;
@@ -98,15 +97,7 @@ impl Tap for Shared {
         if wanted.is_empty() {
             return;
         }
-        let stored = StoredMessage {
-            topic: message.topic.to_owned(),
-            event: message.event.map(str::to_owned),
-            data: message.data.get().to_owned(),
-            ts_us: now_us(),
-            seq,
-            from: message.from.to_owned(),
-            origin: message.origin,
-        };
+        let stored = StoredMessage::routed(message, seq, ts_us);
         let ids = wanted.iter().map(|a| a.id).collect();
         if self.tx.try_send(Item::Message(ids, stored)).is_err() {
             for a in &wanted {

@@ -5,7 +5,7 @@
 //! the fixed fields cost a few bytes. The first byte is the record's layout version, so
 //! a later layout can be read beside this one.
 
-use crate::hub::Origin;
+use crate::hub::{Origin, Publish};
 
 /// The layout written by this build.
 const LAYOUT: u8 = 1;
@@ -32,6 +32,19 @@ pub struct StoredMessage {
 pub struct Corrupt(&'static str);
 
 impl StoredMessage {
+    /// The copy of a message the Hub just routed as `seq` at `ts_us`.
+    pub fn routed(p: &Publish<'_>, seq: u64, ts_us: u64) -> StoredMessage {
+        StoredMessage {
+            topic: p.topic.to_owned(),
+            event: p.event.map(str::to_owned),
+            data: p.data.get().to_owned(),
+            ts_us,
+            seq,
+            from: p.from.to_owned(),
+            origin: p.origin,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let event = self.event.as_deref().unwrap_or("");
         let mut out = Vec::with_capacity(

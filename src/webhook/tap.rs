@@ -78,7 +78,7 @@ impl WebhookTap {
 }
 
 impl Tap for WebhookTap {
-    fn publish(&self, message: &Publish<'_>, seq: u64) {
+    fn publish(&self, message: &Publish<'_>, seq: u64, _ts_us: u64) {
         self.offer(
             |ep| ep.config.wants_topic(message.topic),
             || event::message(message, seq),
