@@ -359,6 +359,13 @@ fn agree(json: &Value, e: &Exposition) {
     let object = json.as_object().expect("stats object");
     let mut covered = 0;
     for (family, value) in object {
+        // The one figure that moves on its own between the two reads: a connection of
+        // an earlier request is counted down when the server notices it closed.
+        if family == "http_connections_open" {
+            assert!(value.is_u64(), "{family}");
+            covered += 1;
+            continue;
+        }
         let name = format!("switchboard_{family}");
         let sample = match e.types.get(&name).map(String::as_str) {
             Some("counter") => format!("{name}_total"),

@@ -190,7 +190,12 @@ pub struct History {
     write_errors: AtomicU64,
     /// Set by [`History::close`]; an append after it withdraws the clean marker.
     closed: std::sync::atomic::AtomicBool,
+    /// Table size at which empty, unused streams are forgotten.
+    prune_at: std::sync::atomic::AtomicUsize,
 }
+
+/// Streams kept before empty, unused ones are forgotten.
+const MAX_IDLE_STREAMS: usize = 100_000;
 
 fn message_key(topic: &str, seq: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(topic.len() + 9);
@@ -239,6 +244,7 @@ impl History {
             recovered: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             closed: Default::default(),
+            prune_at: std::sync::atomic::AtomicUsize::new(MAX_IDLE_STREAMS),
         };
         let clean = history
             .positions
@@ -414,10 +420,17 @@ impl History {
             return Some(self.handle(entry.clone()));
         }
         let rule = self.rule_index(topic)?;
-        let entry = self
-            .streams
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
+        let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        if streams.len() >= self.prune_at.load(Ordering::Relaxed) && !streams.contains_key(topic) {
+            // Subscribing to ever-new topics under a broad rule must not grow this table
+            // forever: forget streams that hold nothing and that no topic state uses.
+            // One that comes back is a new stream, with a new epoch, as it should be.
+            streams.retain(|_, e| Arc::strong_count(e) > 1 || !lock(e).is_empty());
+            let next = MAX_IDLE_STREAMS.max(streams.len() * 2);
+            self.prune_at.store(next, Ordering::Relaxed);
+            tracing::debug!(kept = streams.len(), "history: forgot empty streams");
+        }
+        let entry = streams
             .entry(topic.into())
             .or_insert_with(|| {
                 Arc::new(Entry {
@@ -493,6 +506,9 @@ impl History {
     /// Saves every stream's position and marks the stop as clean. Called at shutdown,
     /// after the last publish, before the store's final flush.
     pub fn close(&self) -> Result<(), StoreError> {
+        // Positions of forgotten streams go; a crash before the batch lands leaves no
+        // marker, so the next start rebuilds from the messages instead.
+        self.positions.clear().map_err(|e| self.store.io(e))?;
         let mut batch = sled::Batch::default();
         for entry in self.entries() {
             batch.insert(entry.topic.as_bytes(), lock(&entry).encode());
@@ -713,5 +729,78 @@ impl Evictable for History {
             );
         }
         Ok(freed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Grants;
+    use crate::config::StoreConfig;
+    use crate::hub::Origin;
+
+    fn history(dir: &std::path::Path) -> Arc<History> {
+        let store = crate::store::open_when_free(dir, &StoreConfig::default());
+        let config: HistoryConfig =
+            toml::from_str("[[topics]]\nfilter = \"t/#\"\nkeep = 10\n").unwrap();
+        History::open(config, &store).unwrap()
+    }
+
+    fn append(log: &Log, seq: u64) {
+        let data = serde_json::value::RawValue::from_string(seq.to_string()).unwrap();
+        log.append(
+            &Publish {
+                topic: "t/kept",
+                event: None,
+                data: &data,
+                from: "c1",
+                origin: Origin::Ws,
+                by: &Grants::ALL,
+                retain: false,
+            },
+            seq,
+            seq * 1000,
+        );
+    }
+
+    #[test]
+    fn empty_unused_streams_are_forgotten_but_not_those_holding_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = history(dir.path());
+        append(&h.log("t/kept").unwrap(), 1);
+        let held = h.log("t/held").unwrap();
+        for i in 0..MAX_IDLE_STREAMS + 1 {
+            h.log(&format!("t/{i}")).unwrap();
+        }
+        assert!(h.log("other/x").is_none(), "no rule, no stream");
+        let streams = h.stats().streams;
+        assert!(streams < 10, "{streams} streams kept");
+        assert_eq!(h.log("t/kept").unwrap().last_seq(), 1);
+        assert!(h.read().contains_key("t/held"));
+        drop(held);
+    }
+
+    #[test]
+    fn a_clean_close_keeps_positions_and_epochs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (epoch, seq) = {
+            let h = history(dir.path());
+            let log = h.log("t/kept").unwrap();
+            for seq in 1..=3 {
+                append(&log, seq);
+            }
+            h.close().unwrap();
+            let p = log.position();
+            (p.epoch, p.seq)
+        };
+        let h = history(dir.path());
+        let p = h.log("t/kept").unwrap().position();
+        assert_eq!((p.epoch, p.seq), (epoch, seq));
+        let r = h.log("t/kept").unwrap().recover(&Since::Last(10));
+        assert!(r.complete);
+        assert_eq!(
+            r.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
     }
 }

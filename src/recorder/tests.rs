@@ -15,19 +15,7 @@ fn open(dir: &std::path::Path, max_bytes: u64) -> (Store, Arc<Hub>, Arc<Recorder
         max_bytes,
         ..StoreConfig::default()
     };
-    // sled lets go of the directory's lock shortly after the last handle is dropped
-    // (its flusher thread notices on its next round), so a reopen may need a moment.
-    let mut tries = 0;
-    let store = loop {
-        match Store::open(dir, &config) {
-            Ok(store) => break store,
-            Err(_) if tries < 100 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("cannot reopen the store: {e}"),
-        }
-    };
+    let store = crate::store::open_when_free(dir, &config);
     let hub = Hub::new(Config::default().hub());
     let recorder = Recorder::open(&store, &hub, &RecordingConfig::default()).unwrap();
     (store, hub, recorder)

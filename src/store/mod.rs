@@ -201,6 +201,19 @@ impl Store {
     }
 }
 
+/// Opens a store in tests that reopen one: sled lets go of the directory's lock shortly
+/// after the last handle is dropped (its flusher notices on its next round).
+#[cfg(test)]
+pub(crate) fn open_when_free(dir: &Path, config: &StoreConfig) -> Store {
+    for _ in 0..250 {
+        if let Ok(store) = Store::open(dir, config) {
+            return store;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("the store at {} stayed locked", dir.display());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
