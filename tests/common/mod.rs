@@ -6,6 +6,7 @@ pub mod certs;
 pub mod creds;
 pub mod http;
 pub mod mosquitto;
+pub mod notify;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -51,6 +52,12 @@ fn spawn(
         .env("SWITCHBOARD_DATA_DIR", data_dir)
         .env("SWITCHBOARD_LOG_LEVEL", "info")
         .env_remove("RUST_LOG")
+        // A test run under systemd must not have its daemons talk to the real manager
+        // (tests/systemd.rs passes its own).
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("JOURNAL_STREAM")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     // Every listener on a free port, so tests run in parallel.
