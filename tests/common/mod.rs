@@ -201,6 +201,20 @@ impl Daemon {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// Waits up to 10 s for the daemon to log a line containing `needle`: the reader
+    /// thread stores lines a moment after the daemon writes them.
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.logs().contains(needle) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no `{needle}` in the log:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .arg(format!("-{sig}"))
