@@ -9,10 +9,10 @@
 //! from the Hub, so a daemon whose runtime or routing is stuck stops pinging and
 //! systemd restarts it.
 //!
-//! Everything here is a no-op when `NOTIFY_SOCKET` is not set (a shell, the tests
-//! without it), and all of it is pure Rust (sd-notify, tracing-journald) so the
-//! package cross-builds for ARM without a C toolchain. It must not decide anything
-//! about the daemon's life: it only reports.
+//! Notifications are a no-op when `NOTIFY_SOCKET` is not set (a shell, the tests
+//! without it); journald logging needs stderr to be the journal. All of it is pure
+//! Rust (sd-notify, tracing-journald) so the package cross-builds for ARM without a C
+//! toolchain. It must not decide anything about the daemon's life: it only reports.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -142,6 +142,7 @@ fn watchdog_interval() -> Option<Duration> {
 /// each one only after the Hub answered a cheap question from the blocking pool, so a
 /// poisoned or deadlocked Hub, a starved runtime or an exhausted blocking pool all
 /// stop the pings. Returns whether it started.
+///
 /// Pings continue during shutdown (it may take the whole grace period); the task ends
 /// with the runtime.
 pub fn spawn_watchdog(hub: Arc<Hub>) -> bool {
