@@ -4,13 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests use: a C linker, and MQTT clients nobody here wrote
+# System packages the tests use: a C linker, systemd-analyze, and MQTT clients nobody here wrote
 # (mosquitto_pub/sub; mosquitto itself for mosquitto_passwd and the benchmark peer;
 # Python's paho-mqtt for MQTT 3.1.1, 5 and MQTT over WebSocket).
 need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc)
 command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
 command -v mosquitto_passwd >/dev/null || need_apt+=(mosquitto)
+# systemd-analyze checks the packaged unit (verify, security score); no running systemd.
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then

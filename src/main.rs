@@ -113,7 +113,7 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         None => tracing::info!("no configuration file: using built-in defaults"),
     }
     runtime()?.block_on(async {
-        let server = Server::bind(config).await?;
+        let server = Server::bind(config).await?.with_config_path(config_path);
         server.run(server::shutdown_signal()).await
     })
 }
@@ -125,16 +125,33 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Logs go to stderr (journald collects them under systemd); RUST_LOG wins over config.
+/// Logs go to stderr as text, or straight to journald with their fields when stderr is
+/// the journal (a systemd service); RUST_LOG wins over config.
 fn init_logging(default_filter: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(default_filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let journald = if switchboard::systemd::stderr_is_journal() {
+        // No journald socket (a container without it): the text on stderr still
+        // reaches whoever reads it.
+        tracing_journald::layer().ok()
+    } else {
+        None
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    match journald {
+        Some(journald) => registry.with(journald).init(),
+        None => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .init(),
+    }
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

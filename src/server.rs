@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -78,6 +79,8 @@ pub struct App {
 pub struct Server {
     app: Arc<App>,
     http: TcpListener,
+    /// The file SIGHUP re-reads; `None` runs on the built-in defaults.
+    config_path: Option<PathBuf>,
 }
 
 impl Server {
@@ -139,7 +142,18 @@ impl Server {
             recorder,
             bridges,
         });
-        Ok(Self { app, http })
+        Ok(Self {
+            app,
+            http,
+            config_path: None,
+        })
+    }
+
+    /// The configuration file the daemon was started with, checked again on SIGHUP so
+    /// a broken edit is refused rather than half applied.
+    pub fn with_config_path(mut self, path: Option<PathBuf>) -> Self {
+        self.config_path = path;
+        self
     }
 
     /// Every bound listener, by name.
@@ -178,7 +192,7 @@ impl Server {
         #[cfg(unix)]
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(hangup) => {
-                tokio::spawn(reload_on_sighup(hangup, app.clone()));
+                tokio::spawn(reload_on_sighup(hangup, app.clone(), self.config_path));
             }
             Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP; reload is off"),
         }
@@ -186,7 +200,8 @@ impl Server {
             .iter()
             .map(|(name, addr)| format!("{name}={addr}"))
             .collect();
-        tracing::info!(target: LISTENING_TARGET, "listening {}", listening.join(" "));
+        let listening = format!("listening {}", listening.join(" "));
+        tracing::info!(target: LISTENING_TARGET, "{listening}");
 
         tokio::spawn(watch_api_keys(app.clone()));
         app.store.quota().spawn();
@@ -196,6 +211,10 @@ impl Server {
         app.bridges.start(&app.hub, &app.shutdown, &app.tracker);
         let router = crate::http::router(app.clone());
         let http = tokio::spawn(crate::http::listener::serve(self.http, app.clone(), router));
+        // Every listener is bound and the store is open since `bind`; everything that
+        // serves is now spawned.
+        crate::systemd::ready(&listening);
+        crate::systemd::spawn_watchdog(app.hub.clone());
 
         let broker_died = async {
             match &app.broker {
@@ -212,6 +231,11 @@ impl Server {
             }
         }
         tracing::info!("shutting down: no new connections, closing clients");
+        let sessions = app.hub.sessions();
+        crate::systemd::stopping(&format!(
+            "shutting down: closing {} clients",
+            sessions.len()
+        ));
         app.shutdown.cancel();
         let grace = app.config.shutdown.grace;
         let mqtt_closed = async {
@@ -219,7 +243,7 @@ impl Server {
                 broker.shutdown(grace).await;
             }
         };
-        for session in app.hub.sessions() {
+        for session in sessions {
             session
                 .outbox
                 .close(CloseReason::Code(close::GOING_AWAY, "server shutting down"));
@@ -313,15 +337,19 @@ async fn start_broker(
 
 /// Re-reads everything that can change without a restart (SIGHUP). Each part keeps
 /// what it has when its new version does not load, and logs why; one part failing
-/// does not stop the others.
-pub fn reload(app: &App) {
+/// does not stop the others. Returns the parts that kept their previous version.
+pub fn reload(app: &App) -> Vec<&'static str> {
+    let mut refused = Vec::new();
     if let Some(tls) = &app.tls {
         match tls.reload() {
             Ok(()) => tracing::info!("TLS certificate reloaded: {}", tls.describe()),
-            Err(e) => tracing::error!(
-                error = %e,
-                "TLS certificate not reloaded; still serving the previous one"
-            ),
+            Err(e) => {
+                refused.push("TLS certificate");
+                tracing::error!(
+                    error = %e,
+                    "TLS certificate not reloaded; still serving the previous one"
+                )
+            }
         }
     }
     match app.auth.api_keys().reload() {
@@ -329,10 +357,45 @@ pub fn reload(app: &App) {
             tracing::info!(active = app.auth.api_keys().active(), "API keys reloaded");
             close_revoked(app, &gone);
         }
-        Err(e) => tracing::error!(error = %e, "API keys not reloaded; the previous ones stay"),
+        Err(e) => {
+            refused.push("API keys");
+            tracing::error!(error = %e, "API keys not reloaded; the previous ones stay")
+        }
     }
     app.hooks.reload_secrets();
     // More reloadable parts go here, each in its own block like the ones above.
+    refused
+}
+
+/// One SIGHUP: the configuration file must still be valid (an operator's broken edit
+/// is refused whole, before any part reloads, and the running configuration stays);
+/// then every reloadable part reloads. Returns the STATUS line for systemd.
+fn reload_checked(app: &App, config_path: Option<&std::path::Path>) -> String {
+    match Config::load(config_path) {
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused: the configuration is invalid; the running one stays in force");
+            return format!("reload refused: invalid configuration; {}", status_of(app));
+        }
+        Ok(new) if new != app.config => tracing::warn!(
+            "the configuration file changed: settings other than the files reloaded here take effect at the next restart"
+        ),
+        Ok(_) => {}
+    }
+    let refused = reload(app);
+    if refused.is_empty() {
+        format!("reload applied; {}", status_of(app))
+    } else {
+        format!(
+            "reload partly refused (kept the previous {}); {}",
+            refused.join(", "),
+            status_of(app)
+        )
+    }
+}
+
+/// What `systemctl status` shows after a reload: the daemon serves, with how many clients.
+fn status_of(app: &App) -> String {
+    format!("serving {} clients", app.hub.stats().connections)
 }
 
 /// How often the API key file is looked at: a revocation takes effect within this.
@@ -368,14 +431,27 @@ fn close_revoked(app: &App, ids: &[String]) {
 }
 
 #[cfg(unix)]
-async fn reload_on_sighup(mut hangup: tokio::signal::unix::Signal, app: Arc<App>) {
+async fn reload_on_sighup(
+    mut hangup: tokio::signal::unix::Signal,
+    app: Arc<App>,
+    config_path: Option<PathBuf>,
+) {
     loop {
         tokio::select! {
             got = hangup.recv() => if got.is_none() { return },
             _ = app.shutdown.cancelled() => return,
         }
         tracing::info!("SIGHUP: reloading");
-        reload(&app);
+        crate::systemd::reloading();
+        // Files are read here: off the async workers.
+        let (a, path) = (app.clone(), config_path.clone());
+        let status = tokio::task::spawn_blocking(move || reload_checked(&a, path.as_deref()))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "the reload task failed");
+                "reload failed; serving with the previous configuration".to_owned()
+            });
+        crate::systemd::ready(&status);
     }
 }
 

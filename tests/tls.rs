@@ -202,19 +202,6 @@ async fn healthz_from(local: [u8; 4], to: SocketAddr) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
-/// Waits until the daemon's log has a line containing `needle`.
-async fn wait_log(d: &Daemon, needle: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !d.logs().contains(needle) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no `{needle}` in the log:\n{}",
-            d.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // HTTPS and WSS
 // ---------------------------------------------------------------------------------------
@@ -303,7 +290,7 @@ async fn sighup_reloads_the_certificate_for_new_connections_only() {
     let second = second_ca.server();
     files.server(&second);
     d.signal("HUP");
-    wait_log(&d, "TLS certificate reloaded").await;
+    d.wait_log("TLS certificate reloaded").await;
     let (_, presented) = tls_connect(d.http, &both).await.unwrap();
     assert_eq!(
         presented, second.der,
@@ -331,7 +318,7 @@ async fn sighup_reloads_the_certificate_for_new_connections_only() {
     );
     files.write("server.pem", &ca.server().cert_pem);
     d.signal("HUP");
-    wait_log(&d, "TLS certificate not reloaded").await;
+    d.wait_log("TLS certificate not reloaded").await;
     assert!(d.logs().contains("server.key"), "the error names the file");
     let (_, presented) = tls_connect(d.http, &both).await.unwrap();
     assert_eq!(presented, second.der, "the old certificate stays");

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod creds;
 pub mod http;
 pub mod mosquitto;
+pub mod notify;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -51,6 +52,12 @@ fn spawn(
         .env("SWITCHBOARD_DATA_DIR", data_dir)
         .env("SWITCHBOARD_LOG_LEVEL", "info")
         .env_remove("RUST_LOG")
+        // A test run under systemd must not have its daemons talk to the real manager
+        // (tests/systemd.rs passes its own).
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("JOURNAL_STREAM")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     // Every listener on a free port, so tests run in parallel.
@@ -192,6 +199,20 @@ impl Daemon {
 
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Waits up to 10 s for the daemon to log a line containing `needle`: the reader
+    /// thread stores lines a moment after the daemon writes them.
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.logs().contains(needle) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no `{needle}` in the log:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn signal(&self, sig: &str) {
