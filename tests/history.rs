@@ -296,13 +296,10 @@ async fn the_client_resumes_through_dropped_connections_with_no_gap_or_duplicate
 
 /// One unlabelled figure from `/metrics`.
 async fn scrape(daemon: &Daemon, name: &str) -> u64 {
-    let text = reqwest::get(format!("http://{}/metrics", daemon.http))
+    daemon
+        .metrics_text()
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }

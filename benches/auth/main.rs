@@ -20,6 +20,7 @@ mod daemon;
 #[path = "../common/host.rs"]
 mod host;
 #[path = "../common/daemon.rs"]
+#[allow(dead_code)]
 mod process;
 mod publish;
 #[path = "../common/read_buf.rs"]

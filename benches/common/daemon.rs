@@ -55,6 +55,18 @@ impl Daemon {
         }
     }
 
+    /// One unlabelled figure from the daemon's `/metrics`, if it is there.
+    pub async fn metric(&self, name: &str) -> Option<u64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     /// A reader of the CPU time the daemon's threads have run so far, for tasks that
     /// outlive a borrow of the daemon.
     ///

@@ -141,16 +141,10 @@ async fn fetch(d: &Daemon, topic: &str) -> f64 {
     elapsed
 }
 
-/// One unlabelled figure from `/metrics`.
+/// One unlabelled figure from `/metrics`; the bench needs it.
 async fn metric(d: &Daemon, name: &str) -> u64 {
-    let text = reqwest::get(format!("http://{}/metrics", d.addr))
+    d.metric(name)
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 

@@ -84,16 +84,7 @@ async fn call(d: &Daemon, method: reqwest::Method, path: &str, body: Value) -> V
 
 /// The store's size on disk, from /metrics.
 async fn disk_bytes(d: &Daemon) -> u64 {
-    let text = reqwest::get(format!("http://{}/metrics", d.addr))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|l| l.strip_prefix("switchboard_store_disk_bytes "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    d.metric("switchboard_store_disk_bytes").await.unwrap_or(0)
 }
 
 /// A subscriber that counts `msg` frames (and messages reported lost by `lagged`).
