@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::creds::{Secrets, ADMIN};
+use common::http::{api, get};
 use common::mosquitto::{free_port, Mosquitto, Subscriber};
 use common::{mosquitto_pub, Daemon, MosquittoSub, Raw};
 use serde_json::{json, Value};
@@ -36,15 +37,9 @@ fn start(config: &str) -> (Daemon, Secrets) {
 }
 
 async fn status(d: &Daemon, name: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("http://{}/api/v1/bridges/{name}", d.http))
-        .bearer_auth(ADMIN)
-        .send()
+    get(&api(d, &format!("/bridges/{name}")), Some(ADMIN))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+        .1
 }
 
 /// Polls the bridge's status until `pred` holds; panics with the last status if not.

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::http::{api, get, post};
+use common::mosquitto::free_port;
 use common::{creds, Daemon, Raw};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -302,13 +303,6 @@ async fn scrape(daemon: &Daemon, name: &str) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 #[tokio::test]
