@@ -4,7 +4,9 @@
 //! sees a partial write. On Unix the file is mode 0600 (it holds hashes an attacker can
 //! brute-force offline) and keeps the owner and group of the file it replaces when we
 //! may set them, so that root editing a file owned by the daemon's user does not lock
-//! the daemon out. A symlink is followed, not replaced.
+//! the daemon out. For the same reason a file its group could read (the package's
+//! `root:switchboard 0640`) stays readable by that group; no other bit is ever given.
+//! A symlink is followed, not replaced.
 
 use std::fs;
 use std::io::{self, Write};
@@ -80,8 +82,9 @@ pub fn replace(
     Ok(true)
 }
 
-/// Creates `temp` (which must not exist) with `contents`, mode 0600, the owner of
-/// `target` if it exists, and flushes it to disk.
+/// Creates `temp` (which must not exist) with `contents`, mode 0600 (0640 if `target`
+/// exists and its group may read it), the owner of `target` if it exists, and flushes
+/// it to disk.
 fn write_new(temp: &Path, target: &Path, contents: &[u8]) -> Result<(), (&'static str, io::Error)> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -95,6 +98,12 @@ fn write_new(temp: &Path, target: &Path, contents: &[u8]) -> Result<(), (&'stati
         use std::os::unix::fs::MetadataExt;
         // Best effort: only root may give a file away, and that is the case it matters.
         let _ = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()));
+        let group_read = meta.mode() & 0o040;
+        if group_read != 0 {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(fs::Permissions::from_mode(0o600 | group_read))
+                .map_err(|e| ("set the mode of", e))?;
+        }
     }
     #[cfg(not(unix))]
     let _ = target;
@@ -119,4 +128,32 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(not(unix))]
 fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_new_file_is_private_and_a_group_readable_one_stays_group_readable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("passwd");
+        assert!(replace(&path, b"one\n", false, |_| Ok(true)).expect("create"));
+        assert_eq!(mode(&path), 0o600);
+
+        // The package's root:switchboard 0640: the daemon's group keeps reading it.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(replace(&path, b"two\n", false, |_| Ok(true)).expect("replace"));
+        assert_eq!(mode(&path), 0o640, "group read kept, world read dropped");
+        assert_eq!(fs::read(&path).expect("read"), b"two\n");
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(replace(&path, b"three\n", false, |_| Ok(true)).expect("replace"));
+        assert_eq!(mode(&path), 0o600);
+    }
 }
