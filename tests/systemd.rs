@@ -209,9 +209,18 @@ fn systemd_analyze_accepts_the_unit_and_scores_it_2_or_better() {
     let unit = dir.path().join("switchboard.service");
     // verify wants ExecStart to exist: point it at the binary under test.
     std::fs::write(&unit, UNIT.replace("/usr/bin/switchboard", common::BIN)).expect("write unit");
+    // verify also looks up `Documentation=man:switchboard(1)`: show it the packaged page.
+    let man1 = dir.path().join("man").join("man1");
+    std::fs::create_dir_all(&man1).expect("man dir");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/switchboard.1"),
+        man1.join("switchboard.1"),
+    )
+    .expect("copy the man page");
     let verify = std::process::Command::new("systemd-analyze")
         .arg("verify")
         .arg(&unit)
+        .env("MANPATH", dir.path().join("man"))
         .output()
         .expect("systemd-analyze verify");
     assert!(
