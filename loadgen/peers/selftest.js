@@ -304,6 +304,26 @@ async function testWsServer(check) {
       assert.deepEqual(res.json, { delivered: 0 });
     });
 
+    await check('ws: a subscriber that stops reading gets messages dropped, not buffered forever', async () => {
+      const slow = await JsonClient.open(port, 'slow');
+      clients.push(slow);
+      await slow.ok({ op: 'sub', topic: 'flood' });
+      slow.ws.pause(); // stop reading: the server's send buffer for it fills up
+      const before = await getStats(port);
+      const chunk = 'z'.repeat(ONE_MIB);
+      const total = 64; // 64 MiB offered; the server may hold at most ~16 MiB + socket buffers
+      for (let i = 0; i < total; i++) await c.ok({ op: 'pub', topic: 'flood', data: chunk });
+      const after = await getStats(port);
+      const dropped = after.dropped - before.dropped;
+      const delivered = after.delivered - before.delivered;
+      assert.ok(dropped > 0, 'nothing was dropped for a subscriber that does not read');
+      assert.equal(dropped + delivered, total, 'every publish is either delivered or dropped');
+      slow.ws.resume();
+      for (let i = 0; i < delivered; i++) await slow.msg('flood');
+      await slow.settle();
+      slow.inbox.idle('message beyond those counted as delivered');
+    });
+
     await check('ws: upgrades on other paths are refused', async () => {
       const ws = new WebSocket(`ws://127.0.0.1:${port}/not-ws`);
       await withTimeout(
