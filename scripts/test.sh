@@ -37,3 +37,7 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 cargo test --workspace
+
+# The .deb on a real systemd: built, linted, installed, reloaded, upgraded and purged
+# inside a Debian bookworm booted with systemd-nspawn (docs/packaging.md).
+bash scripts/test-package.sh
