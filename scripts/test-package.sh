@@ -179,13 +179,20 @@ done
 main_pid=$(prop MainPID)
 [ "$(ct stat -c %U "/proc/$main_pid")" = switchboard ] || fail "the daemon does not run as switchboard"
 
-# Figures for docs/benchmarks.md: start to READY is from the exec to the unit's
-# becoming active, which Type=notify ties to READY=1.
-started=$(prop ExecMainStartTimestampMonotonic)
-ready=$(prop ActiveEnterTimestampMonotonic)
-ready_ms=$(((ready - started) / 1000))
+# Figures for docs/benchmarks.md. Start to READY: from the exec to the unit's becoming
+# active, which Type=notify ties to READY=1; the median of five starts.
+ready_times=()
+for _ in 1 2 3 4 5; do
+    # Deliberate restarts are not the crash loop StartLimitBurst= guards against.
+    ct systemctl reset-failed switchboard
+    ct systemctl restart switchboard
+    started=$(prop ExecMainStartTimestampMonotonic)
+    ready=$(prop ActiveEnterTimestampMonotonic)
+    ready_times+=($(((ready - started) / 1000)))
+done
+ready_ms=$(printf '%s\n' "${ready_times[@]}" | sort -n | sed -n 3p)
 sleep 2
-idle_kib=$(ct awk '/^VmRSS:/ {print $2}' "/proc/$main_pid/status")
+idle_kib=$(ct awk '/^VmRSS:/ {print $2}' "/proc/$(prop MainPID)/status")
 
 say "it answers on WebSocket and MQTT"
 token=$(ct cat /etc/switchboard/admin.token)
@@ -301,5 +308,5 @@ say "figures"
 printf 'package size: %s bytes (%s KiB)\n' "$package_size" "$((package_size / 1024))"
 printf 'installed size: %s KiB\n' "$installed_kib"
 printf 'idle memory (VmRSS, after start): %s KiB\n' "$idle_kib"
-printf 'start to READY: %s ms\n' "$ready_ms"
+printf 'start to READY: %s ms (median of 5: %s)\n' "$ready_ms" "${ready_times[*]}"
 say "the package works"
