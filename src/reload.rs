@@ -2,9 +2,10 @@
 //! without dropping connections.
 //!
 //! A reload is all or nothing: [`prepare`] reads the new file and every file it names
-//! (credentials, certificates, keys) without touching the running daemon; only when all
-//! of it loads does [`apply`] put each part in force. A broken edit therefore changes
-//! nothing, and says why in the log and in systemd's STATUS line. Settings that only a
+//! (credentials, certificates, keys, webhook secrets, bridge passwords) without touching
+//! the running daemon (it may create the empty on-disk queue of a new webhook or bridge);
+//! only when all of it loads does [`apply`] put each part in force. A broken edit
+//! therefore changes nothing, and says why in the log and in systemd's STATUS line. Settings that only a
 //! restart can change (listeners, data directory, …) are named in a warning.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use anyhow::Context;
 use crate::auth::apikeys::KeyFile;
 use crate::auth::devices::DeviceRules;
 use crate::auth::{Accepted, Kind, Principal};
+use crate::bridges::BridgePlan;
 use crate::config::Config;
 use crate::http::hooks::HookSecrets;
 use crate::hub::outbox::CloseReason;
@@ -22,6 +24,7 @@ use crate::logging::LogControl;
 use crate::protocol::close;
 use crate::server::App;
 use crate::tls::TlsUpdate;
+use crate::webhook::WebhookPlan;
 
 /// Settings a reload puts in force; a change to any other one waits for a restart.
 /// A prefix covers every key under it.
@@ -36,6 +39,8 @@ const LIVE: &[&str] = &[
     "mqtt.password_file",
     "mqtt.acl",
     "mqtt.use_identity_as_username",
+    "webhooks",
+    "bridges",
 ];
 
 /// The new configuration with every file it names loaded, ready to apply.
@@ -46,6 +51,8 @@ struct Prepared {
     tls: Option<TlsUpdate>,
     hook_secrets: HookSecrets,
     api_keys: KeyFile,
+    webhooks: WebhookPlan,
+    bridges: BridgePlan,
 }
 
 /// Reads the configuration and every file it names; changes nothing.
@@ -65,6 +72,14 @@ fn prepare(app: &App, path: Option<&Path>) -> anyhow::Result<Prepared> {
     };
     let hook_secrets = app.hooks.read_secrets()?;
     let api_keys = app.auth.api_keys().read_again()?;
+    let webhooks = app
+        .webhooks
+        .prepare(&config.webhooks)
+        .context("cannot set up the webhooks")?;
+    let bridges = app
+        .bridges
+        .prepare(&config.bridges)
+        .context("cannot set up the MQTT bridges")?;
     Ok(Prepared {
         config,
         accepted,
@@ -72,11 +87,13 @@ fn prepare(app: &App, path: Option<&Path>) -> anyhow::Result<Prepared> {
         tls,
         hook_secrets,
         api_keys,
+        webhooks,
+        bridges,
     })
 }
 
 /// Puts every prepared part in force, in the order that keeps clients consistent:
-/// credentials first, then what live connections may do.
+/// credentials first, then what live connections may do, then the ways out.
 fn apply(app: &App, log: &LogControl, new: Prepared) {
     apply_log_level(log, &new.config.log_level);
     if let (Some(tls), Some(update)) = (&app.tls, new.tls) {
@@ -97,6 +114,8 @@ fn apply(app: &App, log: &LogControl, new: Prepared) {
         }
     }
     tracing::info!("clients: {}", app.auth.describe());
+    app.webhooks.apply(new.webhooks, &app.hub);
+    app.bridges.apply(new.bridges, &app.hub);
 }
 
 /// The log filter of the new configuration, now.
