@@ -228,6 +228,7 @@ pub async fn on_sighup(
                 tracing::error!(error = %e, "the reload task failed");
                 "reload failed; serving with the previous configuration".to_owned()
             });
+        tracing::info!(%status, "reload done");
         crate::systemd::ready(&status);
     }
 }

@@ -28,7 +28,7 @@ fn write_passwords(path: &Path, users: &[(&str, &str)]) {
 async fn reload(d: &Daemon, config: &str, n: usize) {
     std::fs::write(&d.config_path, config).expect("write config");
     d.signal("HUP");
-    d.wait_log_count("SIGHUP: reloading", n).await;
+    d.wait_log_count("reload done", n).await;
 }
 
 /// Publishes one message over MQTT as `user`; whether the broker accepted the CONNECT.
@@ -235,4 +235,150 @@ async fn a_broken_configuration_is_refused_whole_and_the_running_one_stays() {
         .unwrap_or_default();
     assert!(warning.contains("ws.max_subscriptions"), "{warning}");
     assert!(!warning.contains("mqtt.password_file"), "{warning}");
+}
+
+/// Publishes over the WebSocket and checks that the same connection, subscribed since
+/// before the reloads, still gets the message.
+async fn publish_seen(ws: &mut Raw, topic: &str) {
+    let ok = ws
+        .request(json!({"op": "pub", "topic": topic, "data": 1}))
+        .await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    assert_eq!(
+        ws.next_msg().await["topic"],
+        topic,
+        "the subscriber still receives"
+    );
+}
+
+/// An HTTP endpoint that hands over the body of every POST it gets.
+async fn webhook_receiver() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(serde_json::from_slice(&body).unwrap_or_default());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+/// The topics of the message events in a delivery body.
+fn delivered_topics(body: &serde_json::Value) -> Vec<String> {
+    body.to_string()
+        .split("\"topic\":\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits for a delivery that carries `topic`.
+async fn delivery_of(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    topic: &str,
+) {
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some(body) = rx.recv().await {
+            if delivered_topics(&body).iter().any(|t| t == topic) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "no delivery of {topic}");
+}
+
+#[tokio::test]
+async fn webhooks_added_changed_and_removed_take_effect_live() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("hook.secret");
+    std::fs::write(&secret, "a-webhook-secret-for-reload-tests").expect("write");
+    let (first_url, mut first) = webhook_receiver().await;
+    let (second_url, mut second) = webhook_receiver().await;
+    let hook = |url: &str| {
+        format!(
+            "[[webhooks]]\nname = \"main\"\nurl = \"{url}\"\nsecret_file = \"{}\"\ntopics = [\"t/#\"]\n",
+            secret.display()
+        )
+    };
+    let d = Daemon::start("");
+    let mut ws = Raw::subscribed(&d.ws_url(), "t/#").await;
+
+    reload(&d, &hook(&first_url), 1).await;
+    d.wait_log("webhook endpoint").await;
+    publish_seen(&mut ws, "t/1").await;
+    delivery_of(&mut first, "t/1").await;
+
+    reload(&d, &hook(&second_url), 2).await;
+    d.wait_log("webhook endpoint changed").await;
+    publish_seen(&mut ws, "t/2").await;
+    delivery_of(&mut second, "t/2").await;
+
+    reload(&d, "", 3).await;
+    d.wait_log("webhook endpoint removed").await;
+    publish_seen(&mut ws, "t/3").await;
+    let stats = common::http_get_json(d.http, "/healthz").await;
+    assert!(
+        stats["webhooks"].as_array().is_some_and(|w| w.is_empty()),
+        "{stats}"
+    );
+}
+
+#[tokio::test]
+async fn bridges_added_removed_and_changed_while_unchanged_ones_stay_connected() {
+    use common::mosquitto::{Mosquitto, Subscriber};
+
+    let (a, b) = (Mosquitto::start(""), Mosquitto::start(""));
+    let bridge = |name: &str, port: u16, prefix: &str| {
+        format!(
+            "[[bridges]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\nreconnect_min = \"100ms\"\nreconnect_max = \"500ms\"\n[[bridges.topics]]\npattern = \"data/#\"\ndirection = \"out\"\nqos = 1\nremote_prefix = \"{prefix}\"\n"
+        )
+    };
+    let d = Daemon::start(&bridge("a", a.port, "edge/"));
+    let mut up_a = Subscriber::start(a.port, "#").await;
+    let mut ws = Raw::subscribed(&d.ws_url(), "data/#").await;
+    publish_seen(&mut ws, "data/1").await;
+    assert_eq!(up_a.next().await.0, "edge/data/1");
+    let connections_to_a = a.connection_attempts();
+
+    // Added: b connects and forwards; a is not touched.
+    let mut up_b = Subscriber::start(b.port, "#").await;
+    let both = format!(
+        "{}{}",
+        bridge("a", a.port, "edge/"),
+        bridge("b", b.port, "site/")
+    );
+    reload(&d, &both, 1).await;
+    publish_seen(&mut ws, "data/2").await;
+    assert_eq!(up_b.next().await.0, "site/data/2");
+    assert_eq!(up_a.next().await.0, "edge/data/2");
+    assert_eq!(
+        a.connection_attempts(),
+        connections_to_a,
+        "a unchanged, not reconnected"
+    );
+
+    // b removed, a changed: a restarts with its new prefix.
+    reload(&d, &bridge("a", a.port, "edge2/"), 2).await;
+    d.wait_log("bridge removed").await;
+    publish_seen(&mut ws, "data/3").await;
+    assert_eq!(up_a.next().await.0, "edge2/data/3");
+    assert!(
+        a.connection_attempts() > connections_to_a,
+        "a reconnected with its new settings"
+    );
 }
