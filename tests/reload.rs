@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchboard::auth::passwd::PasswordFile;
+use switchboard::client::{Client, Event};
 
 use common::{mosquitto_pub, Daemon, MosquittoSub, Raw};
 
@@ -127,6 +128,11 @@ subscribe = [{subscribe}]
     let mut ws = Raw::subscribed(&d.ws_url(), "a/1").await;
     let ok = ws.request(json!({"op": "sub", "topic": "b/1"})).await;
     assert_eq!(ok["op"], "ok", "{ok}");
+    // The crate's client: its `b/#` subscription ends, its `a/#` one goes on.
+    let client = Client::connect(d.ws_url()).await.expect("client");
+    let mut events = client.events();
+    let mut client_a = client.subscribe("a/#").await.expect("sub a");
+    let mut client_b = client.subscribe("b/#").await.expect("sub b");
     let mut mqtt_a = MosquittoSub::start(port, &["-i", "sub-a", "-t", "a/#"]).await;
     let _mqtt_b = MosquittoSub::start(port, &["-i", "sub-b", "-t", "b/#"]).await;
 
@@ -135,6 +141,22 @@ subscribe = [{subscribe}]
     let notice = ws.recv().await;
     assert_eq!(notice["op"], "unsubscribed", "{notice}");
     assert_eq!(notice["unsubscribed"], json!(["b/1"]), "{notice}");
+    let event = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(Event::Unsubscribed { filters, .. }) => return filters,
+                Ok(_) => continue,
+                Err(e) => panic!("events ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("an Unsubscribed event");
+    assert_eq!(event, ["b/#"]);
+    assert!(
+        client_b.recv().await.is_none(),
+        "the dropped subscription ends"
+    );
     // MQTT cannot take one subscription away and say so: that device is closed.
     d.wait_log("no longer authorized").await;
     let closed = d
@@ -153,6 +175,8 @@ subscribe = [{subscribe}]
     assert_eq!(ws.next_msg().await["data"], "after");
     let (topic, _) = mqtt_a.message(WAIT).await.expect("MQTT subscriber kept");
     assert_eq!(topic, "a/1");
+    let kept = tokio::time::timeout(WAIT, client_a.recv()).await;
+    assert_eq!(kept.ok().flatten().map(|m| m.topic), Some("a/1".to_owned()));
     // And the new rules apply to new operations of existing connections.
     let refused = ws.request(json!({"op": "sub", "topic": "b/2"})).await;
     assert_eq!(refused["op"], "error", "{refused}");
