@@ -63,7 +63,15 @@ pub fn store_burst<T, V>(
 #[derive(Default)]
 pub struct Tasks {
     context: OnceLock<(CancellationToken, TaskTracker)>,
-    running: Mutex<HashMap<String, (CancellationToken, JoinHandle<()>)>>,
+    running: Mutex<Running>,
+}
+
+#[derive(Default)]
+struct Running {
+    tasks: HashMap<String, (CancellationToken, JoinHandle<()>)>,
+    /// Tasks asked to stop, kept until they end, so a part added back under the same
+    /// name waits for them (a request in flight finishes first).
+    stopping: HashMap<String, JoinHandle<()>>,
 }
 
 impl Tasks {
@@ -72,8 +80,8 @@ impl Tasks {
         let _ = self.context.set((shutdown.clone(), tracker.clone()));
     }
 
-    /// Starts the task of part `name`, after the previous task of that name (if any)
-    /// has ended, so two never work on the same queue. Does nothing before
+    /// Starts the task of part `name`, after the previous task of that name (running or
+    /// stopping) has ended, so two never work on the same queue. Does nothing before
     /// [`Tasks::start`]: the parts in force then are started by their owner.
     pub fn spawn<F, Fut>(&self, name: &str, task: F)
     where
@@ -83,7 +91,8 @@ impl Tasks {
         let Some((shutdown, tracker)) = self.context.get() else {
             return;
         };
-        let previous = self.stop(name);
+        self.stop(name);
+        let previous = self.lock().stopping.remove(name);
         let stop = shutdown.child_token();
         let token = stop.clone();
         let handle = tracker.spawn(async move {
@@ -92,19 +101,71 @@ impl Tasks {
             }
             task(token).await
         });
-        self.lock().insert(name.to_owned(), (stop, handle));
+        self.lock().tasks.insert(name.to_owned(), (stop, handle));
     }
 
-    /// Asks the task of part `name` to stop; its handle, to wait for it.
-    pub fn stop(&self, name: &str) -> Option<JoinHandle<()>> {
-        let (stop, handle) = self.lock().remove(name)?;
-        stop.cancel();
-        Some(handle)
+    /// Asks the task of part `name` to stop (between two units of work).
+    pub fn stop(&self, name: &str) {
+        let mut running = self.lock();
+        running.stopping.retain(|_, handle| !handle.is_finished());
+        if let Some((stop, handle)) = running.tasks.remove(name) {
+            stop.cancel();
+            running.stopping.insert(name.to_owned(), handle);
+        }
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (CancellationToken, JoinHandle<()>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_wakes_each_part_that_stored_something_once() {
+        let (a, b, c) = (Arc::new("a"), Arc::new("b"), Arc::new("c"));
+        let mut burst = vec![
+            (a.clone(), 1),
+            (b.clone(), 2),
+            (a.clone(), 3),
+            (c.clone(), 4),
+        ];
+        let woken = Mutex::new(Vec::new());
+        // `c` fails to store: not woken.
+        store_burst(
+            &mut burst,
+            |part, _| *part != "c",
+            |part| woken.lock().unwrap().push(*part),
+        );
+        assert!(burst.is_empty());
+        assert_eq!(*woken.lock().unwrap(), ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn a_part_added_back_starts_after_its_stopping_task_ended() {
+        let tasks = Tasks::default();
+        let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+        tasks.start(&shutdown, &tracker);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let o = order.clone();
+        tasks.spawn("a", move |stop| async move {
+            stop.cancelled().await;
+            // A request still in flight when it is told to stop.
+            let _ = released.await;
+            o.lock().unwrap().push("first ended");
+        });
+        tasks.stop("a");
+        let (started, has_started) = tokio::sync::oneshot::channel();
+        let o = order.clone();
+        tasks.spawn("a", move |_| async move {
+            o.lock().unwrap().push("second started");
+            let _ = started.send(());
+        });
+        release.send(()).unwrap();
+        has_started.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), ["first ended", "second started"]);
     }
 }
