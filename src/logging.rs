@@ -4,6 +4,7 @@
 //! journald or stderr layer stays as it is.
 
 use std::io::IsTerminal;
+use std::sync::{Mutex, PoisonError};
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -27,6 +28,18 @@ pub struct LogControl {
     handle: Option<reload::Handle<EnvFilter, Registry>>,
     /// `RUST_LOG` was set at startup: it wins over the configuration, on reload too.
     from_env: bool,
+    /// The configured filter in force (or that would be, without `RUST_LOG`).
+    configured: Mutex<String>,
+}
+
+/// What [`LogControl::set`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LogChange {
+    Applied,
+    /// The filter is the one in force already.
+    Unchanged,
+    /// `RUST_LOG` decides the level, not the configuration.
+    EnvWins,
 }
 
 impl LogControl {
@@ -36,23 +49,33 @@ impl LogControl {
         LogControl {
             handle: None,
             from_env: false,
+            configured: Mutex::new(String::new()),
         }
     }
 
-    /// Puts `filter` in force now; `Ok(false)` when `RUST_LOG` decides instead.
-    pub fn set(&self, filter: &str) -> Result<bool, LogError> {
+    /// Puts `filter` in force now, unless it already is or `RUST_LOG` decides.
+    pub fn set(&self, filter: &str) -> Result<LogChange, LogError> {
         let Some(handle) = &self.handle else {
-            return Ok(false);
+            return Ok(LogChange::Unchanged);
         };
+        let mut configured = self
+            .configured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *configured == filter {
+            return Ok(LogChange::Unchanged);
+        }
         if self.from_env {
-            return Ok(false);
+            *configured = filter.to_owned();
+            return Ok(LogChange::EnvWins);
         }
         let new = EnvFilter::try_new(filter).map_err(|source| LogError::Filter {
             filter: filter.to_owned(),
             source,
         })?;
         handle.reload(new)?;
-        Ok(true)
+        *configured = filter.to_owned();
+        Ok(LogChange::Applied)
     }
 }
 
@@ -87,5 +110,6 @@ pub fn init(default_filter: &str) -> LogControl {
     LogControl {
         handle: Some(handle),
         from_env,
+        configured: Mutex::new(default_filter.to_owned()),
     }
 }

@@ -20,7 +20,7 @@ use crate::bridges::BridgePlan;
 use crate::config::Config;
 use crate::http::hooks::HookSecrets;
 use crate::hub::outbox::CloseReason;
-use crate::logging::LogControl;
+use crate::logging::{LogChange, LogControl};
 use crate::protocol::close;
 use crate::server::App;
 use crate::tls::TlsUpdate;
@@ -121,8 +121,12 @@ fn apply(app: &App, log: &LogControl, new: Prepared) {
 /// The log filter of the new configuration, now.
 fn apply_log_level(log: &LogControl, filter: &str) {
     match log.set(filter) {
-        Ok(true) => tracing::info!(log_level = filter, "log level applied"),
-        Ok(false) => {}
+        Ok(LogChange::Applied) => tracing::info!(log_level = filter, "log level applied"),
+        Ok(LogChange::Unchanged) => {}
+        Ok(LogChange::EnvWins) => tracing::info!(
+            log_level = filter,
+            "log_level changed but not applied: RUST_LOG decides the log level"
+        ),
         Err(e) => tracing::error!(error = %e, "log level not changed"),
     }
 }

@@ -387,4 +387,52 @@ mod tests {
             Some(Refusal::BadCredentials)
         );
     }
+
+    /// Rules from a password file with `users` and `acl` TOML (`[[acl]]` tables).
+    fn rules(dir: &tempfile::TempDir, users: &[(&str, &str)], acl: &str) -> DeviceRules {
+        let path = dir.path().join("passwd");
+        let mut file = PasswordFile::load(&path).unwrap_or_else(|_| PasswordFile::new());
+        for (user, password) in users {
+            file.set_with_iterations(user, password, 1_000)
+                .expect("set");
+        }
+        file.save(&path).expect("save");
+        #[derive(serde::Deserialize)]
+        struct Acl {
+            #[serde(default)]
+            acl: Vec<crate::config::AclRule>,
+        }
+        let acl: Acl = toml::from_str(acl).expect("acl");
+        let mqtt = MqttConfig {
+            allow_anonymous: false,
+            password_file: path,
+            acl: acl.acl,
+            ..MqttConfig::default()
+        };
+        DeviceRules::from_config(&mqtt, None).expect("rules")
+    }
+
+    #[test]
+    fn replaced_rules_reach_connected_devices() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = "[[acl]]\nuser = \"*\"\npublish = [\"#\"]\nsubscribe = [\"#\"]\n";
+        let gate = DeviceGate::new(rules(&dir, &[("ann", "a-1"), ("bob", "b-1")], open));
+        let ann = connect(&gate, Some("ann"), "a-1").expect("ann admitted");
+        let bob = connect(&gate, Some("bob"), "b-1").expect("bob admitted");
+        assert!(ann.check_subscribe("x/#").is_ok());
+
+        // Ann's password changes and the ACL narrows; bob's entry stays as it was.
+        let narrow = "[[acl]]\nuser = \"*\"\nsubscribe = [\"y/#\"]\n";
+        gate.replace(rules(&dir, &[("ann", "a-2")], narrow));
+        assert!(!ann.still_valid(), "her entry changed");
+        assert!(bob.still_valid(), "his did not");
+        assert_eq!(bob.check_subscribe("x/#"), Err(Denied::NotAuthorized));
+        assert!(bob.check_subscribe("y/1").is_ok());
+        assert!(bob.check_publish("y/1").is_err());
+        assert_eq!(
+            connect(&gate, Some("ann"), "a-1").err(),
+            Some(Refusal::BadCredentials)
+        );
+        assert!(connect(&gate, Some("ann"), "a-2").is_ok());
+    }
 }
