@@ -5,8 +5,9 @@
 //! (credentials, certificates, keys, webhook secrets, bridge passwords) without touching
 //! the running daemon (it may create the empty on-disk queue of a new webhook or bridge);
 //! only when all of it loads does [`apply`] put each part in force. A broken edit
-//! therefore changes nothing, and says why in the log and in systemd's STATUS line. Settings that only a
-//! restart can change (listeners, data directory, …) are named in a warning.
+//! therefore changes nothing, and says why in the log and in systemd's STATUS line.
+//! Settings that only a restart can change (listeners, data directory, …) are named in
+//! a warning, for as long as the running value differs from the file's.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
