@@ -653,6 +653,23 @@ impl Config {
     }
 }
 
+/// Every setting (`section.key`, as in the file) whose value differs between two
+/// configurations, sorted; a list of tables such as `webhooks` is one setting.
+pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+    let (Ok(a), Ok(b)) = (toml::Table::try_from(old), toml::Table::try_from(new)) else {
+        return vec!["(configuration)".to_owned()];
+    };
+    let mut keys: Vec<String> = key_paths(old)
+        .into_iter()
+        .chain(key_paths(new))
+        .filter(|(_, path)| value_at(&a, path) != value_at(&b, path))
+        .map(|(_, path)| path.join("."))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 /// The per-user data directory: `$XDG_DATA_HOME/switchboard`, else
 /// `~/.local/share/switchboard`; `/var/lib/switchboard` when there is no home at all.
 pub fn default_data_dir() -> PathBuf {

@@ -7,7 +7,7 @@
 //! which devices may connect and what they may do, [`tls`] loads and reloads certificates,
 //! [`store`] keeps what must survive a restart, [`webhook`] delivers
 //! events to HTTP endpoints, [`bridges`] links the Hub to other MQTT brokers, [`metrics`] shows the live figures, [`server`] starts and
-//! stops it all, [`systemd`] tells the service manager how that goes, [`config`] reads the configuration, and
+//! stops it all, [`reload`] applies a changed configuration on SIGHUP ([`live`] holds the parts it adds and removes), [`logging`] sets up logs, [`systemd`] tells the service manager how that goes, [`config`] reads the configuration, and
 //! [`client`] is the Rust client that talks to a running daemon.
 
 pub mod auth;
@@ -19,10 +19,13 @@ pub mod hex;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod live;
+pub mod logging;
 pub mod metrics;
 pub mod mqtt;
 pub mod protocol;
 pub mod recorder;
+pub mod reload;
 pub mod server;
 pub mod store;
 pub mod systemd;

@@ -1,12 +1,10 @@
 //! The `switchboard` command: the daemon and the operator's tools around it.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 use switchboard::cli::apikey::{self, ApikeyArgs};
 use switchboard::cli::passwd::{self, PasswdArgs};
@@ -107,13 +105,16 @@ fn main() -> ExitCode {
 fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     // A broken file stops here, before any listener exists.
     let config = Config::load(config_path.as_deref())?;
-    init_logging(&config.log_level);
+    let log = switchboard::logging::init(&config.log_level);
     match &config_path {
         Some(p) => tracing::info!(config = %p.display(), "configuration loaded"),
         None => tracing::info!("no configuration file: using built-in defaults"),
     }
     runtime()?.block_on(async {
-        let server = Server::bind(config).await?.with_config_path(config_path);
+        let server = Server::bind(config)
+            .await?
+            .with_config_path(config_path)
+            .with_log_control(log);
         server.run(server::shutdown_signal()).await
     })
 }
@@ -125,33 +126,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Logs go to stderr as text, or straight to journald with their fields when stderr is
-/// the journal (a systemd service); RUST_LOG wins over config.
+/// Logs for the operator's tools; the daemon keeps the control to change the level.
 fn init_logging(default_filter: &str) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(default_filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let journald = if switchboard::systemd::stderr_is_journal() {
-        // No journald socket (a container without it): the text on stderr still
-        // reaches whoever reads it.
-        tracing_journald::layer().ok()
-    } else {
-        None
-    };
-    let registry = tracing_subscriber::registry().with(filter);
-    match journald {
-        Some(journald) => registry.with(journald).init(),
-        None => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(std::io::stderr().is_terminal()),
-            )
-            .init(),
-    }
+    switchboard::logging::init(default_filter);
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

@@ -559,6 +559,12 @@ pub enum ServerFrame<'a> {
     },
     /// Messages were dropped because the connection could not keep up.
     Lagged { dropped: u64 },
+    /// The server dropped subscriptions the connection's permissions no longer allow
+    /// (a reload changed them); the same field as the `refresh` reply's.
+    Unsubscribed {
+        unsubscribed: &'a [String],
+        message: Cow<'a, str>,
+    },
     /// The response to an `http` request.
     Http {
         id: &'a RawValue,

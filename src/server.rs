@@ -73,6 +73,9 @@ pub struct App {
     pub recorder: Arc<Recorder>,
     /// Upstream bridges, and the broker of external mode.
     pub bridges: Arc<Bridges>,
+    /// Who may connect over MQTT, and what devices may do; `None` without the embedded
+    /// broker. Replaced on reload.
+    pub devices: Option<Arc<DeviceGate>>,
 }
 
 /// A daemon with its listeners bound, ready to run.
@@ -81,6 +84,8 @@ pub struct Server {
     http: TcpListener,
     /// The file SIGHUP re-reads; `None` runs on the built-in defaults.
     config_path: Option<PathBuf>,
+    /// Changes the log level when a reload changes `log_level`.
+    log: crate::logging::LogControl,
 }
 
 impl Server {
@@ -115,11 +120,11 @@ impl Server {
         };
         let bridges = Bridges::open(&config.bridges, external, &store, &hub)
             .context("cannot set up the MQTT bridges")?;
-        let broker = match external {
+        let (broker, devices) = match external {
             None => start_broker(&config, &hub, &auth, tls.as_ref()).await?,
             Some(ext) => {
                 tracing::info!(address = %ext.address, "MQTT: external broker (the embedded one is off)");
-                None
+                (None, None)
             }
         };
         let idempotency = crate::http::api::IdempotencyCache::new(config.http.idempotency_window);
@@ -141,11 +146,13 @@ impl Server {
             history,
             recorder,
             bridges,
+            devices,
         });
         Ok(Self {
             app,
             http,
             config_path: None,
+            log: crate::logging::LogControl::none(),
         })
     }
 
@@ -153,6 +160,12 @@ impl Server {
     /// a broken edit is refused rather than half applied.
     pub fn with_config_path(mut self, path: Option<PathBuf>) -> Self {
         self.config_path = path;
+        self
+    }
+
+    /// How a reload changes the log level (the process's logging is set up by `main`).
+    pub fn with_log_control(mut self, log: crate::logging::LogControl) -> Self {
+        self.log = log;
         self
     }
 
@@ -192,7 +205,12 @@ impl Server {
         #[cfg(unix)]
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(hangup) => {
-                tokio::spawn(reload_on_sighup(hangup, app.clone(), self.config_path));
+                tokio::spawn(crate::reload::on_sighup(
+                    hangup,
+                    app.clone(),
+                    self.config_path,
+                    self.log,
+                ));
             }
             Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP; reload is off"),
         }
@@ -307,13 +325,13 @@ async fn expire_history(history: Arc<History>) {
 }
 
 /// Starts the embedded MQTT broker, wired to the hub both ways, unless every MQTT
-/// listener is turned off.
+/// listener is turned off; with it, the gate its devices pass.
 async fn start_broker(
     config: &Config,
     hub: &Arc<Hub>,
     auth: &Authenticator,
     tls: Option<&Arc<TlsReloader>>,
-) -> anyhow::Result<Option<Broker>> {
+) -> anyhow::Result<(Option<Broker>, Option<Arc<DeviceGate>>)> {
     let mut broker_config = config.broker();
     if broker_config.listen.is_none()
         && broker_config.ws_listen.is_none()
@@ -323,79 +341,17 @@ async fn start_broker(
         tracing::info!(
             "MQTT is turned off (mqtt.listen, ws_listen, tls_listen and wss_listen are empty)"
         );
-        return Ok(None);
+        return Ok((None, None));
     }
     broker_config.tls = tls.and_then(|t| t.mqtt_source());
-    let gate = DeviceGate::from_config(&config.mqtt, Some(auth.jwt().clone()))
+    let gate = DeviceGate::from_config(&config.mqtt, Some(auth.jwt()))
         .context("cannot load the MQTT password file")?;
     tracing::info!("MQTT devices: {}", gate.describe());
+    let gate = Arc::new(gate);
     let ingress = Arc::new(HubIngress::new(hub.clone()));
-    let broker = Broker::start(broker_config, Arc::new(gate), ingress).await?;
+    let broker = Broker::start(broker_config, gate.clone(), ingress).await?;
     hub.add_tap(Arc::new(BrokerTap::new(broker.publisher())));
-    Ok(Some(broker))
-}
-
-/// Re-reads everything that can change without a restart (SIGHUP). Each part keeps
-/// what it has when its new version does not load, and logs why; one part failing
-/// does not stop the others. Returns the parts that kept their previous version.
-pub fn reload(app: &App) -> Vec<&'static str> {
-    let mut refused = Vec::new();
-    if let Some(tls) = &app.tls {
-        match tls.reload() {
-            Ok(()) => tracing::info!("TLS certificate reloaded: {}", tls.describe()),
-            Err(e) => {
-                refused.push("TLS certificate");
-                tracing::error!(
-                    error = %e,
-                    "TLS certificate not reloaded; still serving the previous one"
-                )
-            }
-        }
-    }
-    match app.auth.api_keys().reload() {
-        Ok(gone) => {
-            tracing::info!(active = app.auth.api_keys().active(), "API keys reloaded");
-            close_revoked(app, &gone);
-        }
-        Err(e) => {
-            refused.push("API keys");
-            tracing::error!(error = %e, "API keys not reloaded; the previous ones stay")
-        }
-    }
-    app.hooks.reload_secrets();
-    // More reloadable parts go here, each in its own block like the ones above.
-    refused
-}
-
-/// One SIGHUP: the configuration file must still be valid (an operator's broken edit
-/// is refused whole, before any part reloads, and the running configuration stays);
-/// then every reloadable part reloads. Returns the STATUS line for systemd.
-fn reload_checked(app: &App, config_path: Option<&std::path::Path>) -> String {
-    match Config::load(config_path) {
-        Err(e) => {
-            tracing::error!(error = %e, "reload refused: the configuration is invalid; the running one stays in force");
-            return format!("reload refused: invalid configuration; {}", status_of(app));
-        }
-        Ok(new) if new != app.config => tracing::warn!(
-            "the configuration file changed: settings other than the files reloaded here take effect at the next restart"
-        ),
-        Ok(_) => {}
-    }
-    let refused = reload(app);
-    if refused.is_empty() {
-        format!("reload applied; {}", status_of(app))
-    } else {
-        format!(
-            "reload partly refused (kept the previous {}); {}",
-            refused.join(", "),
-            status_of(app)
-        )
-    }
-}
-
-/// What `systemctl status` shows after a reload: the daemon serves, with how many clients.
-fn status_of(app: &App) -> String {
-    format!("serving {} clients", app.hub.stats().connections)
+    Ok((Some(broker), Some(gate)))
 }
 
 /// How often the API key file is looked at: a revocation takes effect within this.
@@ -419,7 +375,7 @@ async fn watch_api_keys(app: Arc<App>) {
 }
 
 /// Closes the live connections of API keys that are no longer valid.
-fn close_revoked(app: &App, ids: &[String]) {
+pub(crate) fn close_revoked(app: &App, ids: &[String]) {
     if ids.is_empty() {
         return;
     }
@@ -428,31 +384,6 @@ fn close_revoked(app: &App, ids: &[String]) {
     let closed = app.hub.close_where(revoked, reason);
     app.auth.rejections.count_revoked_closes(closed);
     tracing::info!(keys = ?ids, connections = closed, "API keys revoked: their connections closed");
-}
-
-#[cfg(unix)]
-async fn reload_on_sighup(
-    mut hangup: tokio::signal::unix::Signal,
-    app: Arc<App>,
-    config_path: Option<PathBuf>,
-) {
-    loop {
-        tokio::select! {
-            got = hangup.recv() => if got.is_none() { return },
-            _ = app.shutdown.cancelled() => return,
-        }
-        tracing::info!("SIGHUP: reloading");
-        crate::systemd::reloading();
-        // Files are read here: off the async workers.
-        let (a, path) = (app.clone(), config_path.clone());
-        let status = tokio::task::spawn_blocking(move || reload_checked(&a, path.as_deref()))
-            .await
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %e, "the reload task failed");
-                "reload failed; serving with the previous configuration".to_owned()
-            });
-        crate::systemd::ready(&status);
-    }
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

@@ -64,6 +64,9 @@ pub struct TlsReloader {
 /// One listener kind's current configuration, shared with the listeners themselves.
 type Shared = Arc<RwLock<Arc<ServerConfig>>>;
 
+/// A certificate loaded on reload and not yet served.
+pub struct TlsUpdate(Loaded);
+
 /// What one load of the files produced.
 struct Loaded {
     http: Option<Arc<ServerConfig>>,
@@ -114,16 +117,21 @@ impl TlsReloader {
         Ok(Some(Arc::new(reloader)))
     }
 
-    /// Re-reads the files and swaps the configurations only if everything loads; on
-    /// failure the old certificate stays in use and the reason is returned.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        let loaded = self.load(self.http.is_some(), self.mqtt.is_some())?;
+    /// Re-reads the files and builds the new configurations without putting them in
+    /// force; on failure the old certificate stays in use and the reason is returned.
+    pub fn prepare(&self) -> Result<TlsUpdate, TlsError> {
+        self.load(self.http.is_some(), self.mqtt.is_some())
+            .map(TlsUpdate)
+    }
+
+    /// Serves the certificate of [`TlsReloader::prepare`] to the next client.
+    pub fn install(&self, update: TlsUpdate) {
+        let loaded = update.0;
         for (slot, new) in [(&self.http, loaded.http), (&self.mqtt, loaded.mqtt)] {
             if let (Some(slot), Some(new)) = (slot, new) {
                 *slot.write().unwrap_or_else(|e| e.into_inner()) = new;
             }
         }
-        Ok(())
     }
 
     /// The HTTP listener's configuration now, if `http.tls` is on.

@@ -191,10 +191,17 @@ pub enum Denied {
     Invalid,
 }
 
-/// What one authenticated device may do; computed once at connect.
+/// What one authenticated device may do. Asked on every PUBLISH and SUBSCRIBE, so an
+/// implementation may follow rules that change while the device is connected.
 pub trait Permissions: Send + Sync {
     fn check_publish(&self, topic: &str) -> Result<(), Denied>;
     fn check_subscribe(&self, filter: &str) -> Result<(), Denied>;
+
+    /// Whether the credential the device connected with is still accepted; asked after
+    /// [`Broker::recheck`]. A device whose answer is false is disconnected.
+    fn still_valid(&self) -> bool {
+        true
+    }
 
     /// The name the gate gave the device when it is not the CONNECT username (for
     /// instance a certificate's common name); the device is known by it from then on.
@@ -228,6 +235,9 @@ pub enum Gone {
     TakenOver,
     /// The daemon is shutting down.
     Shutdown,
+    /// Its credential or a subscription it held is no longer allowed (a reload changed
+    /// the rules): the server closed it, without its Last Will.
+    Revoked,
 }
 
 impl Gone {
@@ -237,6 +247,7 @@ impl Gone {
             Gone::Lost => "lost",
             Gone::TakenOver => "taken_over",
             Gone::Shutdown => "shutdown",
+            Gone::Revoked => "revoked",
         }
     }
 }
@@ -328,6 +339,8 @@ pub(crate) struct Shared {
     pub publisher: Publisher,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    /// Bumped by [`Broker::recheck`]: every session then checks its device again.
+    pub recheck: tokio::sync::watch::Sender<u64>,
     /// Permits for `max_connections` admitted devices.
     pub capacity: Arc<tokio::sync::Semaphore>,
 }
@@ -388,6 +401,7 @@ impl Broker {
             publisher,
             shutdown,
             tracker: TaskTracker::new(),
+            recheck: tokio::sync::watch::Sender::new(0),
             capacity: Arc::new(tokio::sync::Semaphore::new(max_connections)),
         });
         let local_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
@@ -445,6 +459,16 @@ impl Broker {
     /// Messages queued towards MQTT subscribers now, not yet taken by the egress task.
     pub fn egress_queue_depth(&self) -> usize {
         self.shared.publisher.queued()
+    }
+
+    /// Asks every connected device's session to check its permissions again, after the
+    /// rules behind them changed (a reload). A device whose credential is no longer
+    /// valid, or that holds a subscription its permissions no longer allow, is
+    /// disconnected with "not authorized": MQTT has no way to take one subscription
+    /// away from a client and tell it, and a reconnecting device learns what it may
+    /// do from its SUBACKs.
+    pub fn recheck(&self) {
+        self.shared.recheck.send_modify(|n| *n += 1);
     }
 
     /// Resolves if the router thread dies. The daemon must then exit rather than run with

@@ -352,6 +352,7 @@ impl Admission {
         self.shared.ingress.connected(&device);
         tracing::info!(client_id = device.client_id, remote = %device.remote, version = version.as_str(), transport = self.transport.as_str(), "device connected");
 
+        let recheck = self.shared.recheck.subscribe();
         Some(Running {
             stream: self.stream,
             codec: self.codec,
@@ -371,6 +372,8 @@ impl Admission {
             awaiting_release: HashSet::new(),
             topic_aliases: HashMap::new(),
             pending_subacks: HashMap::new(),
+            subscribed: HashSet::new(),
+            recheck,
         })
     }
 }
@@ -429,6 +432,10 @@ struct Running {
     awaiting_release: HashSet<u16>,
     topic_aliases: HashMap<u16, String>,
     pending_subacks: HashMap<u16, PendingSubAck>,
+    /// Filters handed to the router and not unsubscribed, checked again on a recheck.
+    subscribed: HashSet<String>,
+    /// Changes when the permissions behind every device may have changed.
+    recheck: tokio::sync::watch::Receiver<u64>,
 }
 
 /// What reading one packet led to.
@@ -519,8 +526,30 @@ impl Running {
                     return End::Gone(Gone::TakenOver);
                 }
                 _ = self.shared.shutdown.cancelled() => return End::Gone(Gone::Shutdown),
+                changed = self.recheck.changed() => {
+                    if changed.is_ok() {
+                        if let Some(why) = self.no_longer_allowed() {
+                            tracing::info!(client_id = self.device.client_id, why, "closing MQTT connection: no longer authorized");
+                            self.say_why(DisconnectReasonCode::NotAuthorized).await;
+                            return End::Gone(Gone::Revoked);
+                        }
+                    }
+                }
             }
         }
+    }
+
+    /// Why the device may not stay after its permissions changed, if it may not.
+    fn no_longer_allowed(&self) -> Option<&'static str> {
+        if !self.permissions.still_valid() {
+            return Some("its credential is no longer accepted");
+        }
+        let lost = self.subscribed.iter().any(|f| {
+            self.permissions
+                .check_subscribe(shared_subscription_filter(f))
+                .is_err()
+        });
+        lost.then_some("a subscription it holds is no longer permitted")
     }
 
     /// Writes what is queued for the device, preceded for MQTT 5 by a DISCONNECT saying
@@ -598,8 +627,14 @@ impl Running {
                     Step::Continue
                 }
                 Packet::Subscribe(subscribe, props) => self.on_subscribe(subscribe, props),
-                packet @ (Packet::Unsubscribe(..)
-                | Packet::PubAck(..)
+                Packet::Unsubscribe(unsubscribe, props) => {
+                    for filter in &unsubscribe.filters {
+                        self.subscribed.remove(filter);
+                    }
+                    self.to_router.push(Packet::Unsubscribe(unsubscribe, props));
+                    Step::Continue
+                }
+                packet @ (Packet::PubAck(..)
                 | Packet::PubRec(..)
                 | Packet::PubComp(..)
                 | Packet::PingReq(..)) => {
@@ -750,7 +785,10 @@ impl Running {
                 continue;
             }
             match self.permissions.check_subscribe(checked) {
-                Ok(()) => allowed.push(filter),
+                Ok(()) => {
+                    self.subscribed.insert(filter.path.clone());
+                    allowed.push(filter)
+                }
                 Err(denied) => {
                     self.shared
                         .stats

@@ -163,11 +163,23 @@ impl ApiKeys {
         self.reload_locked(&mut seen)
     }
 
-    /// Reads the file again whatever its timestamps say (SIGHUP). Same result and
-    /// same handling of a broken file as [`reload_if_changed`](Self::reload_if_changed).
-    pub fn reload(&self) -> anyhow::Result<Vec<String>> {
+    /// Reads the file again whatever its timestamps say (SIGHUP), without putting the
+    /// keys in force: a reload checks every file before it changes anything.
+    pub fn read_again(&self) -> anyhow::Result<KeyFile> {
+        let (text, stamp) = read(&self.path)?;
+        let table = match text {
+            Some(text) => Table::new(&parse(&text, &self.path)?),
+            None => Table::default(),
+        };
+        Ok(KeyFile { table, stamp })
+    }
+
+    /// Puts keys read by [`ApiKeys::read_again`] in force. Same result as
+    /// [`reload_if_changed`](Self::reload_if_changed).
+    pub fn install(&self, file: KeyFile) -> Vec<String> {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        self.reload_locked(&mut seen)
+        *seen = file.stamp;
+        self.swap(file.table)
     }
 
     fn reload_locked(&self, seen: &mut Option<Stamp>) -> anyhow::Result<Vec<String>> {
@@ -178,7 +190,11 @@ impl ApiKeys {
         };
         // Remember even a broken file, so that polling reports it once, not every time.
         *seen = stamp;
-        let new = parsed?;
+        Ok(self.swap(parsed?))
+    }
+
+    /// Puts `new` in force; returns the ids valid before and not any more.
+    fn swap(&self, new: Table) -> Vec<String> {
         let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
         let old = std::mem::replace(&mut *table, new);
         let mut gone: Vec<String> = old
@@ -192,8 +208,14 @@ impl ApiKeys {
             .map(|(id, _)| id.clone())
             .collect();
         gone.sort();
-        Ok(gone)
+        gone
     }
+}
+
+/// The API key file as read on reload, not yet in force.
+pub struct KeyFile {
+    table: Table,
+    stamp: Option<Stamp>,
 }
 
 /// Shows the file and how many keys are active: never a hash.
@@ -730,7 +752,7 @@ mod tests {
 
         // A deleted file takes every key with it.
         fs::remove_file(&path).unwrap();
-        assert_eq!(keys.reload().unwrap(), vec![other.id]);
+        assert_eq!(keys.install(keys.read_again().unwrap()), vec![other.id]);
         assert_eq!(keys.active(), 0);
     }
 
@@ -747,7 +769,7 @@ mod tests {
         assert!(keys.verify(&key).is_ok());
         // Reported once; SIGHUP retries.
         assert_eq!(keys.reload_if_changed().unwrap(), Vec::<String>::new());
-        assert!(keys.reload().is_err());
+        assert!(keys.read_again().is_err());
         assert!(keys.verify(&key).is_ok());
         assert!(ApiKeys::open(&path).is_err());
     }

@@ -9,7 +9,7 @@
 //! Any other password goes to the password file as before.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use switchboard_bridge::{Credentials, Denied, Gate, Permissions, Refusal};
 
@@ -19,7 +19,16 @@ use super::jwt::{self, JwtVerifier};
 use super::passwd::{PasswdError, PasswordFile};
 use crate::config::MqttConfig;
 
+/// The device gate. Its rules can be replaced while devices are connected (SIGHUP):
+/// new devices meet the new rules, and connected ones are checked against them on
+/// their next operation and by the broker's recheck.
 pub struct DeviceGate {
+    rules: Arc<RwLock<Arc<DeviceRules>>>,
+}
+
+/// Everything that decides who may connect and what a device may do: built whole
+/// from the configuration, so a reload swaps all of it at once or nothing.
+pub struct DeviceRules {
     passwords: Option<PasswordFile>,
     allow_anonymous: bool,
     acl: Acl,
@@ -30,9 +39,9 @@ pub struct DeviceGate {
     use_identity_as_username: bool,
 }
 
-impl DeviceGate {
-    /// Reads the password file now, so a missing or broken file stops startup with the
-    /// file's name and line rather than refusing every device later.
+impl DeviceRules {
+    /// Reads the password file now, so a missing or broken file stops startup (or a
+    /// reload) with the file's name and line rather than refusing every device later.
     pub fn from_config(
         config: &MqttConfig,
         jwt: Option<Arc<JwtVerifier>>,
@@ -42,7 +51,7 @@ impl DeviceGate {
         } else {
             Some(PasswordFile::load(Path::new(&config.password_file))?)
         };
-        Ok(DeviceGate {
+        Ok(DeviceRules {
             passwords,
             allow_anonymous: config.allow_anonymous,
             acl: Acl::new(config.acl.clone()),
@@ -51,8 +60,8 @@ impl DeviceGate {
         })
     }
 
-    /// One line for the startup log saying who may connect, so an operator sees an open
-    /// broker at a glance.
+    /// One line for the log saying who may connect, so an operator sees an open broker
+    /// at a glance.
     pub fn describe(&self) -> String {
         let users = match &self.passwords {
             Some(p) => format!("{} users in the password file", p.len()),
@@ -81,7 +90,7 @@ impl DeviceGate {
         jwt: &JwtVerifier,
         c: &Credentials,
         token: &str,
-    ) -> Result<Arc<dyn Permissions>, Refusal> {
+    ) -> Result<Grants, Refusal> {
         let principal = jwt.verify(token).map_err(|e| {
             tracing::debug!(
                 client_id = %c.client_id, remote = %c.remote, error = %e,
@@ -96,12 +105,11 @@ impl DeviceGate {
             );
             return Err(Refusal::BadCredentials);
         }
-        Ok(Arc::new(principal.grants))
+        Ok(principal.grants)
     }
-}
 
-impl Gate for DeviceGate {
-    fn authenticate(&self, c: &Credentials) -> Result<Arc<dyn Permissions>, Refusal> {
+    /// How a device proves who it is under these rules.
+    fn admit(&self, c: &Credentials) -> Result<Basis, Refusal> {
         // Certificate identity, as Mosquitto's use_identity_as_username: the TLS layer
         // already verified the certificate against tls.client_ca_file.
         if let (true, Some(der)) = (self.use_identity_as_username, &c.peer_certificate) {
@@ -109,52 +117,174 @@ impl Gate for DeviceGate {
                 tracing::info!(client_id = %c.client_id, remote = %c.remote, "MQTT certificate has no common name to use as username");
                 return Err(Refusal::NotAuthorized);
             };
-            let grants = self.acl.for_device(&c.client_id, Some(&name));
-            return Ok(Arc::new(CertifiedDevice { name, grants }));
+            return Ok(Basis::Certificate(name));
         }
         if let (Some(verifier), Some(password)) = (&self.jwt, c.password.as_deref()) {
             if jwt::looks_like_jwt(password) {
-                return Self::authenticate_token(verifier, c, password);
+                return Self::authenticate_token(verifier, c, password).map(Basis::Token);
             }
         }
         match (&c.username, &self.passwords) {
-            (None, _) if self.allow_anonymous => {}
-            (None, _) => return Err(Refusal::NotAuthorized),
+            (None, _) if self.allow_anonymous => Ok(Basis::Anonymous),
+            (None, _) => Err(Refusal::NotAuthorized),
             (Some(user), Some(passwords)) => {
                 let password = c.password.as_deref().unwrap_or("");
-                if !passwords.verify(user, password) {
-                    return Err(Refusal::BadCredentials);
+                if passwords.verify(user, password) {
+                    Ok(Basis::Password(user.clone()))
+                } else {
+                    Err(Refusal::BadCredentials)
                 }
             }
             // A username nobody can check: accepted only where anonymous devices are,
             // and then it is only a label (as in Mosquitto with allow_anonymous).
-            (Some(_), None) if self.allow_anonymous => {}
-            (Some(_), None) => return Err(Refusal::BadCredentials),
+            (Some(_), None) if self.allow_anonymous => Ok(Basis::Label),
+            (Some(_), None) => Err(Refusal::BadCredentials),
         }
-        Ok(Arc::new(
-            self.acl.for_device(&c.client_id, c.username.as_deref()),
-        ))
+    }
+
+    /// Whether a device admitted on `basis` under `then` would still be admitted now,
+    /// without its password (which is not kept): its entry in the password file must
+    /// be the same one.
+    fn still_admits(&self, then: &DeviceRules, basis: &Basis) -> bool {
+        match basis {
+            // A certificate is checked by TLS; a token until it expires.
+            Basis::Certificate(_) | Basis::Token(_) => true,
+            Basis::Anonymous => self.allow_anonymous,
+            Basis::Label => self.allow_anonymous && self.passwords.is_none(),
+            Basis::Password(user) => match (&self.passwords, &then.passwords) {
+                (Some(now), Some(before)) => now.same_entry(before, user),
+                _ => false,
+            },
+        }
     }
 }
 
-/// A device named by its certificate: the ACL's grants for that name, and the name
-/// itself so the device is known by it rather than by its CONNECT username.
-struct CertifiedDevice {
-    name: String,
-    grants: Grants,
+impl DeviceGate {
+    pub fn new(rules: DeviceRules) -> Self {
+        DeviceGate {
+            rules: Arc::new(RwLock::new(Arc::new(rules))),
+        }
+    }
+
+    pub fn from_config(
+        config: &MqttConfig,
+        jwt: Option<Arc<JwtVerifier>>,
+    ) -> Result<Self, PasswdError> {
+        DeviceRules::from_config(config, jwt).map(Self::new)
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> Arc<DeviceRules> {
+        current(&self.rules)
+    }
+
+    /// Puts new rules in force for every device, connected or not. The broker's
+    /// recheck then closes devices the new rules no longer admit.
+    pub fn replace(&self, rules: DeviceRules) {
+        *self.rules.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(rules);
+    }
+
+    pub fn describe(&self) -> String {
+        self.rules().describe()
+    }
 }
 
-impl Permissions for CertifiedDevice {
+fn current(rules: &RwLock<Arc<DeviceRules>>) -> Arc<DeviceRules> {
+    rules.read().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+impl Gate for DeviceGate {
+    fn authenticate(&self, c: &Credentials) -> Result<Arc<dyn Permissions>, Refusal> {
+        let rules = self.rules();
+        let basis = rules.admit(c)?;
+        let grants = basis.grants(&rules, &c.client_id, c.username.as_deref());
+        Ok(Arc::new(LiveDevice {
+            rules: self.rules.clone(),
+            client_id: c.client_id.clone(),
+            username: c.username.clone(),
+            cached: RwLock::new((rules.clone(), grants)),
+            admitted_under: rules,
+            basis,
+        }))
+    }
+}
+
+/// How a connected device proved who it is.
+enum Basis {
+    /// A certificate's common name, which is its username from then on.
+    Certificate(String),
+    /// A client JWT: its claims are the device's permissions (the ACL does not apply).
+    Token(Grants),
+    /// An entry of the password file.
+    Password(String),
+    /// No username, where anonymous devices are allowed.
+    Anonymous,
+    /// A username nobody checks (there is no password file, anonymous devices are
+    /// allowed).
+    Label,
+}
+
+impl Basis {
+    fn grants(&self, rules: &DeviceRules, client_id: &str, username: Option<&str>) -> Grants {
+        match self {
+            Basis::Token(grants) => grants.clone(),
+            Basis::Certificate(name) => rules.acl.for_device(client_id, Some(name)),
+            Basis::Password(_) | Basis::Anonymous | Basis::Label => {
+                rules.acl.for_device(client_id, username)
+            }
+        }
+    }
+}
+
+/// A connected device's permissions: worked out from the rules in force, again
+/// whenever they are replaced, so a reload reaches devices already connected.
+struct LiveDevice {
+    rules: Arc<RwLock<Arc<DeviceRules>>>,
+    client_id: String,
+    username: Option<String>,
+    basis: Basis,
+    /// The rules it was admitted under, to tell whether its password entry changed.
+    admitted_under: Arc<DeviceRules>,
+    /// The grants and the rules they were worked out from.
+    cached: RwLock<(Arc<DeviceRules>, Grants)>,
+}
+
+impl LiveDevice {
+    fn with_grants<T>(&self, f: impl FnOnce(&Grants) -> T) -> T {
+        let now = current(&self.rules);
+        {
+            let cached = self.cached.read().unwrap_or_else(PoisonError::into_inner);
+            if Arc::ptr_eq(&cached.0, &now) {
+                return f(&cached.1);
+            }
+        }
+        let grants = self
+            .basis
+            .grants(&now, &self.client_id, self.username.as_deref());
+        let result = f(&grants);
+        *self.cached.write().unwrap_or_else(PoisonError::into_inner) = (now, grants);
+        result
+    }
+}
+
+impl Permissions for LiveDevice {
     fn check_publish(&self, topic: &str) -> Result<(), Denied> {
-        Permissions::check_publish(&self.grants, topic)
+        self.with_grants(|g| Permissions::check_publish(g, topic))
     }
 
     fn check_subscribe(&self, filter: &str) -> Result<(), Denied> {
-        Permissions::check_subscribe(&self.grants, filter)
+        self.with_grants(|g| Permissions::check_subscribe(g, filter))
+    }
+
+    fn still_valid(&self) -> bool {
+        current(&self.rules).still_admits(&self.admitted_under, &self.basis)
     }
 
     fn username(&self) -> Option<&str> {
-        Some(&self.name)
+        match &self.basis {
+            Basis::Certificate(name) => Some(name),
+            _ => None,
+        }
     }
 }
 
@@ -256,5 +386,53 @@ mod tests {
             connect(&gate, Some("th-7"), "plain.pass.word").err(),
             Some(Refusal::BadCredentials)
         );
+    }
+
+    /// Rules from a password file with `users` and `acl` TOML (`[[acl]]` tables).
+    fn rules(dir: &tempfile::TempDir, users: &[(&str, &str)], acl: &str) -> DeviceRules {
+        let path = dir.path().join("passwd");
+        let mut file = PasswordFile::load(&path).unwrap_or_else(|_| PasswordFile::new());
+        for (user, password) in users {
+            file.set_with_iterations(user, password, 1_000)
+                .expect("set");
+        }
+        file.save(&path).expect("save");
+        #[derive(serde::Deserialize)]
+        struct Acl {
+            #[serde(default)]
+            acl: Vec<crate::config::AclRule>,
+        }
+        let acl: Acl = toml::from_str(acl).expect("acl");
+        let mqtt = MqttConfig {
+            allow_anonymous: false,
+            password_file: path,
+            acl: acl.acl,
+            ..MqttConfig::default()
+        };
+        DeviceRules::from_config(&mqtt, None).expect("rules")
+    }
+
+    #[test]
+    fn replaced_rules_reach_connected_devices() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = "[[acl]]\nuser = \"*\"\npublish = [\"#\"]\nsubscribe = [\"#\"]\n";
+        let gate = DeviceGate::new(rules(&dir, &[("ann", "a-1"), ("bob", "b-1")], open));
+        let ann = connect(&gate, Some("ann"), "a-1").expect("ann admitted");
+        let bob = connect(&gate, Some("bob"), "b-1").expect("bob admitted");
+        assert!(ann.check_subscribe("x/#").is_ok());
+
+        // Ann's password changes and the ACL narrows; bob's entry stays as it was.
+        let narrow = "[[acl]]\nuser = \"*\"\nsubscribe = [\"y/#\"]\n";
+        gate.replace(rules(&dir, &[("ann", "a-2")], narrow));
+        assert!(!ann.still_valid(), "her entry changed");
+        assert!(bob.still_valid(), "his did not");
+        assert_eq!(bob.check_subscribe("x/#"), Err(Denied::NotAuthorized));
+        assert!(bob.check_subscribe("y/1").is_ok());
+        assert!(bob.check_publish("y/1").is_err());
+        assert_eq!(
+            connect(&gate, Some("ann"), "a-1").err(),
+            Some(Refusal::BadCredentials)
+        );
+        assert!(connect(&gate, Some("ann"), "a-2").is_ok());
     }
 }

@@ -16,7 +16,7 @@ pub mod private_file;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
@@ -57,12 +57,9 @@ const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 /// Turns a presented credential into a [`Principal`].
 pub struct Authenticator {
-    /// SHA-256 of the admin token; compared in constant time.
-    admin: Option<[u8; 32]>,
-    /// Shared with the MQTT gate, which accepts the same tokens as passwords.
-    jwt: Arc<jwt::JwtVerifier>,
+    /// What the configuration accepts; replaced whole on reload.
+    accepted: RwLock<Arc<Accepted>>,
     api_keys: apikeys::ApiKeys,
-    anonymous: Option<Arc<Principal>>,
     /// Every refusal, counted; shown in `/healthz`.
     pub rejections: Rejections,
 }
@@ -134,11 +131,20 @@ impl Rejections {
     }
 }
 
-impl Authenticator {
-    /// Reads every credential file now, so a missing or broken one stops startup with
-    /// its name instead of refusing every client later.
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let auth = &config.auth;
+/// The credentials `[auth]` accepts besides API keys: the admin token, the JWT keys and
+/// what anonymous clients may do. Built whole from files, so a reload that cannot read
+/// one of them changes nothing.
+pub struct Accepted {
+    /// SHA-256 of the admin token; compared in constant time.
+    admin: Option<[u8; 32]>,
+    /// Shared with the MQTT gate, which accepts the same tokens as passwords.
+    jwt: Arc<jwt::JwtVerifier>,
+    anonymous: Option<Arc<Principal>>,
+}
+
+impl Accepted {
+    /// Reads the admin token and JWT key files named in `[auth]`.
+    pub fn from_config(auth: &AuthConfig) -> anyhow::Result<Self> {
         let admin = if auth.admin_token_file.as_os_str().is_empty() {
             None
         } else {
@@ -146,15 +152,46 @@ impl Authenticator {
         };
         let jwt =
             Arc::new(jwt::JwtVerifier::from_config(auth).context("cannot load the JWT keys")?);
+        Ok(Accepted {
+            admin,
+            jwt,
+            anonymous: anonymous(auth),
+        })
+    }
+
+    pub fn jwt(&self) -> &Arc<jwt::JwtVerifier> {
+        &self.jwt
+    }
+}
+
+impl Authenticator {
+    /// Reads every credential file now, so a missing or broken one stops startup with
+    /// its name instead of refusing every client later.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let accepted = Accepted::from_config(&config.auth)?;
         let api_keys =
             apikeys::ApiKeys::open(&api_keys_path(config)).context("cannot load the API keys")?;
         Ok(Authenticator {
-            admin,
-            jwt,
+            accepted: RwLock::new(Arc::new(accepted)),
             api_keys,
-            anonymous: anonymous(auth),
             rejections: Rejections::default(),
         })
+    }
+
+    fn accepted(&self) -> Arc<Accepted> {
+        self.accepted
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts new `[auth]` credentials in force for the next client (reload). Connected
+    /// clients keep the identity they proved.
+    pub fn replace(&self, accepted: Accepted) {
+        *self
+            .accepted
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(accepted);
     }
 
     /// Checks one presented credential: an API key (by its prefix), the admin token,
@@ -176,22 +213,24 @@ impl Authenticator {
         if credential.starts_with(apikeys::PREFIX) {
             return self.api_keys.verify(credential);
         }
-        if let Some(admin) = &self.admin {
+        let accepted = self.accepted();
+        if let Some(admin) = &accepted.admin {
             let digest: [u8; 32] = Sha256::digest(credential.as_bytes()).into();
             if bool::from(digest.ct_eq(admin)) {
                 return Ok(Principal::admin());
             }
         }
-        self.jwt.verify(credential)
+        accepted.jwt.verify(credential)
     }
 
     /// The identity of a client that presents nothing, if anonymous clients are allowed.
     pub fn anonymous(&self) -> Option<Arc<Principal>> {
-        self.anonymous.clone()
+        self.accepted().anonymous.clone()
     }
 
-    pub fn jwt(&self) -> &Arc<jwt::JwtVerifier> {
-        &self.jwt
+    /// The JWT keys in force now.
+    pub fn jwt(&self) -> Arc<jwt::JwtVerifier> {
+        self.accepted().jwt.clone()
     }
 
     pub fn api_keys(&self) -> &apikeys::ApiKeys {
@@ -200,15 +239,16 @@ impl Authenticator {
 
     /// One line for the startup log saying who may connect.
     pub fn describe(&self) -> String {
+        let accepted = self.accepted();
         let mut ways = Vec::new();
-        if self.admin.is_some() {
+        if accepted.admin.is_some() {
             ways.push("admin token".to_owned());
         }
-        if !self.jwt.is_empty() {
-            ways.push(format!("JWTs ({} keys)", self.jwt.len()));
+        if !accepted.jwt.is_empty() {
+            ways.push(format!("JWTs ({} keys)", accepted.jwt.len()));
         }
         ways.push(format!("API keys ({} active)", self.api_keys.active()));
-        let anonymous = if self.anonymous.is_some() {
+        let anonymous = if accepted.anonymous.is_some() {
             "anonymous clients allowed"
         } else {
             "anonymous clients refused"

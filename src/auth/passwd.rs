@@ -321,6 +321,22 @@ impl PasswordFile {
         true
     }
 
+    /// Whether `username` has the same entry (hash, salt and cost) here as in `other`:
+    /// a password that verified against `other` still verifies here.
+    pub fn same_entry(&self, other: &PasswordFile, username: &str) -> bool {
+        match (self.hash_of(username), other.hash_of(username)) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    fn hash_of(&self, username: &str) -> Option<&Hash> {
+        match self.lines.get(*self.index.get(username)?)? {
+            Line::User { hash, .. } => Some(hash),
+            Line::Other(_) => None,
+        }
+    }
+
     pub fn contains(&self, username: &str) -> bool {
         self.index.contains_key(username)
     }
@@ -462,7 +478,7 @@ impl Cost {
 }
 
 /// One entry's stored hash.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 struct Hash {
     cost: Cost,
     salt: Vec<u8>,

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::hub::{Hub, Origin, Publish};
+use crate::live::{LiveList, Tasks};
 use crate::store::writer::Writer;
 use crate::store::{Store, StoreError};
 use config::LinkConfig;
@@ -83,7 +84,14 @@ pub struct Link {
 }
 
 impl Link {
-    fn open(config: &LinkConfig, external: bool, store: &Store) -> Result<Link, BridgeError> {
+    /// Reads the link's password and certificates and opens its queue, or takes over
+    /// `queue` (a link restarted by a reload keeps what it had queued).
+    fn open(
+        config: &LinkConfig,
+        external: bool,
+        store: &Store,
+        queue: Option<Arc<Queue>>,
+    ) -> Result<Link, BridgeError> {
         let mut config = config.clone();
         if external {
             config.name = EXTERNAL.to_owned();
@@ -149,12 +157,15 @@ impl Link {
             window: config.inflight.get(),
             connect_timeout: Duration::from_secs(10),
         };
-        let queue = Queue::open(
-            store,
-            &name,
-            config.max_queue_messages.get(),
-            config.max_queue_bytes.get(),
-        )?;
+        let queue = match queue {
+            Some(queue) => queue,
+            None => Arc::new(Queue::open(
+                store,
+                &name,
+                config.max_queue_messages.get(),
+                config.max_queue_bytes.get(),
+            )?),
+        };
         let (origin, from) = if external {
             (Origin::Mqtt, "mqtt".to_owned())
         } else {
@@ -167,7 +178,7 @@ impl Link {
             upstream,
             origin,
             from,
-            queue: Arc::new(queue),
+            queue,
             connected: AtomicBool::new(false),
             connected_at: AtomicU64::new(0),
             attempts: AtomicU64::new(0),
@@ -210,8 +221,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Every link, and the tasks that feed them.
 pub struct Bridges {
-    links: Vec<Arc<Link>>,
+    links: Arc<LiveList<Link>>,
     writer: Writer<tap::Item>,
+    /// Attached to the Hub with the first link, so a daemon without bridges pays nothing
+    /// per message.
+    tap: Mutex<Option<tap::BridgeTap>>,
+    tasks: Tasks,
+    store: Store,
+}
+
+/// A reload's new `[[bridges]]`, every password and certificate read, not yet in force.
+pub struct BridgePlan {
+    links: Vec<Arc<Link>>,
+    /// New links and changed ones (which take over the queue of the link they replace).
+    started: Vec<Arc<Link>>,
+    removed: Vec<String>,
 }
 
 impl Bridges {
@@ -232,42 +256,126 @@ impl Bridges {
                     problem: "the name is taken by external mode's link; rename the bridge".into(),
                 });
             }
-            links.push(Arc::new(Link::open(ext, true, store)?));
+            links.push(Arc::new(Link::open(ext, true, store, None)?));
         }
         for b in bridges {
-            links.push(Arc::new(Link::open(b, false, store)?));
+            links.push(Arc::new(Link::open(b, false, store, None)?));
         }
+        let links = Arc::new(LiveList::new(links));
         let (tap, writer) = tap::channel(links.clone());
-        if !links.is_empty() {
+        let bridges = Bridges {
+            links,
+            writer,
+            tap: Mutex::new(Some(tap)),
+            tasks: Tasks::default(),
+            store: store.clone(),
+        };
+        bridges.attach(hub);
+        Ok(Arc::new(bridges))
+    }
+
+    /// Attaches the tap to the Hub once there is a link.
+    fn attach(&self, hub: &Hub) {
+        if self.links.current().is_empty() {
+            return;
+        }
+        if let Some(tap) = lock(&self.tap).take() {
             hub.add_tap(Arc::new(tap));
         }
-        Ok(Arc::new(Bridges { links, writer }))
     }
 
     /// Starts the writer, one link task per link (on `tracker`, stopping at
     /// `shutdown`), and the status publisher.
     pub fn start(&self, hub: &Arc<Hub>, shutdown: &CancellationToken, tracker: &TaskTracker) {
-        if self.links.is_empty() {
-            return;
-        }
-        for link in &self.links {
-            tracing::info!(
-                bridge = %link.name,
-                address = %link.config.address,
-                queued = link.queue.len.load(Ordering::Relaxed),
-                "bridge"
-            );
-            link.publish_status(hub);
-            tracker.spawn(link::run(link.clone(), hub.clone(), shutdown.clone()));
+        self.tasks.start(shutdown, tracker);
+        for link in self.links.current().iter() {
+            self.spawn_link(link, hub);
         }
         tracker.spawn(status::publish_changes(
             self.links.clone(),
             hub.clone(),
             shutdown.clone(),
         ));
-        let links = self.links.clone();
-        self.writer
-            .start(tap::BURST, move |burst| tap::store(burst, &links));
+        self.writer.start(tap::BURST, tap::store);
+    }
+
+    fn spawn_link(&self, link: &Arc<Link>, hub: &Arc<Hub>) {
+        tracing::info!(
+            bridge = %link.name,
+            address = %link.config.address,
+            queued = link.queue.len.load(Ordering::Relaxed),
+            "bridge"
+        );
+        link.publish_status(hub);
+        let (link, hub) = (link.clone(), hub.clone());
+        self.tasks
+            .spawn(&link.name.clone(), move |stop| link::run(link, hub, stop));
+    }
+
+    /// Reads the passwords and certificates of new and changed `[[bridges]]`; changes
+    /// nothing in force. External mode's link is not part of it (a restart changes it).
+    pub fn prepare(&self, bridges: &[LinkConfig]) -> Result<BridgePlan, BridgeError> {
+        let current = self.links.current();
+        let mut plan = BridgePlan {
+            links: current
+                .iter()
+                .filter(|l| l.origin == Origin::Mqtt)
+                .cloned()
+                .collect(),
+            started: Vec::new(),
+            removed: current
+                .iter()
+                .filter(|l| l.origin == Origin::Bridge)
+                .filter(|l| !bridges.iter().any(|b| b.name == l.name))
+                .map(|l| l.name.clone())
+                .collect(),
+        };
+        for config in bridges {
+            if plan.links.iter().any(|l| l.name == config.name) {
+                return Err(BridgeError::Config {
+                    name: EXTERNAL.into(),
+                    problem: "the name is taken by external mode's link; rename the bridge".into(),
+                });
+            }
+            let before = current
+                .iter()
+                .find(|l| l.origin == Origin::Bridge && l.name == config.name);
+            let link = match before {
+                Some(link) if link.config == *config => link.clone(),
+                Some(link) => {
+                    let queue = Some(link.queue.clone());
+                    let changed = Arc::new(Link::open(config, false, &self.store, queue)?);
+                    plan.started.push(changed.clone());
+                    changed
+                }
+                None => {
+                    let added = Arc::new(Link::open(config, false, &self.store, None)?);
+                    plan.started.push(added.clone());
+                    added
+                }
+            };
+            plan.links.push(link);
+        }
+        Ok(plan)
+    }
+
+    /// Puts a plan in force: new links start, changed ones restart with their new
+    /// settings once the old session has ended, removed ones stop (their queue stays on
+    /// disk, sent if the bridge comes back). Unchanged links are not touched.
+    pub fn apply(&self, plan: BridgePlan, hub: &Arc<Hub>) {
+        self.links.replace(plan.links);
+        self.attach(hub);
+        for link in &plan.started {
+            link.queue.set_limits(
+                link.config.max_queue_messages.get(),
+                link.config.max_queue_bytes.get(),
+            );
+            self.spawn_link(link, hub);
+        }
+        for name in plan.removed {
+            self.tasks.stop(&name);
+            tracing::info!(bridge = %name, "bridge removed; what it had queued stays on disk");
+        }
     }
 
     /// Stores what is still in the channel. Call after the Hub is quiet; the server
@@ -277,11 +385,12 @@ impl Bridges {
     }
 
     pub fn status(&self) -> Vec<LinkStatus> {
-        self.links.iter().map(|l| l.status()).collect()
+        self.links.current().iter().map(|l| l.status()).collect()
     }
 
     pub fn get(&self, name: &str) -> Option<LinkStatus> {
         self.links
+            .current()
             .iter()
             .find(|l| l.name == name)
             .map(|l| l.status())

@@ -26,8 +26,9 @@ pub struct Queue {
     name: String,
     store: Store,
     tree: sled::Tree,
-    max_messages: u64,
-    max_bytes: u64,
+    /// Limits; a reload that changes the bridge changes them in place.
+    max_messages: AtomicU64,
+    max_bytes: AtomicU64,
     pub len: AtomicU64,
     pub bytes: AtomicU64,
     /// Dropped by the overflow policy (and entries that could not be stored).
@@ -57,6 +58,12 @@ pub fn entry(message: &StoredMessage, qos: u8, retain: bool) -> Vec<u8> {
 }
 
 impl Queue {
+    /// New limits, applied from the next message stored.
+    pub fn set_limits(&self, max_messages: u64, max_bytes: u64) {
+        self.max_messages.store(max_messages, Ordering::Relaxed);
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
+    }
+
     pub fn open(
         store: &Store,
         name: &str,
@@ -74,8 +81,8 @@ impl Queue {
             len: AtomicU64::new(tree.len() as u64),
             bytes: AtomicU64::new(bytes),
             tree,
-            max_messages,
-            max_bytes,
+            max_messages: AtomicU64::new(max_messages),
+            max_bytes: AtomicU64::new(max_bytes),
             dropped: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -91,8 +98,8 @@ impl Queue {
             .map_err(|e| self.store.io(e))?;
         self.len.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(value.len() as u64, Ordering::Relaxed);
-        while self.len.load(Ordering::Relaxed) > self.max_messages
-            || self.bytes.load(Ordering::Relaxed) > self.max_bytes
+        while self.len.load(Ordering::Relaxed) > self.max_messages.load(Ordering::Relaxed)
+            || self.bytes.load(Ordering::Relaxed) > self.max_bytes.load(Ordering::Relaxed)
         {
             let Some((_, old)) = self.tree.pop_min().map_err(|e| self.store.io(e))? else {
                 break;

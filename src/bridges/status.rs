@@ -3,6 +3,7 @@
 //! ([`Origin::System`]) when the link connects or drops and, while its figures move,
 //! at most every [`EVERY`].
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{lock, Link};
 use crate::hub::{Hub, Origin};
+use crate::live::LiveList;
 
 /// Status messages are published, retained, on `$bridges/<name>/status`.
 pub const STATUS_PREFIX: &str = "$bridges/";
@@ -88,8 +90,9 @@ impl Link {
 }
 
 /// Publishes each link's status when its figures changed, at most every [`EVERY`].
-pub async fn publish_changes(links: Vec<Arc<Link>>, hub: Arc<Hub>, stop: CancellationToken) {
-    let mut last: Vec<Option<LinkStatus>> = vec![None; links.len()];
+pub async fn publish_changes(links: Arc<LiveList<Link>>, hub: Arc<Hub>, stop: CancellationToken) {
+    // By name: a reload may add, remove or restart links between two ticks.
+    let mut last: HashMap<String, LinkStatus> = HashMap::new();
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -97,11 +100,13 @@ pub async fn publish_changes(links: Vec<Arc<Link>>, hub: Arc<Hub>, stop: Cancell
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        for (link, last) in links.iter().zip(last.iter_mut()) {
+        let links = links.current();
+        last.retain(|name, _| links.iter().any(|l| &l.name == name));
+        for link in links.iter() {
             let now = link.status();
-            if last.as_ref() != Some(&now) {
+            if last.get(&link.name) != Some(&now) {
                 link.publish(&hub, &now);
-                *last = Some(now);
+                last.insert(link.name.clone(), now);
             }
         }
     }

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::queue;
 use super::Link;
 use crate::hub::{Publish, Tap};
+use crate::live::{self, LiveList};
 use crate::store::writer::{self, Writer};
 use crate::store::StoredMessage;
 
@@ -24,22 +25,22 @@ const CHANNEL: usize = 65_536;
 /// Messages the writer stores at once.
 pub const BURST: usize = 512;
 
-/// An entry for the link at an index of the link list.
-pub type Item = (usize, Vec<u8>);
+/// An entry for one link.
+pub type Item = (Arc<Link>, Vec<u8>);
 
 pub struct BridgeTap {
-    links: Vec<Arc<Link>>,
+    links: Arc<LiveList<Link>>,
     tx: mpsc::Sender<Item>,
 }
 
-pub fn channel(links: Vec<Arc<Link>>) -> (BridgeTap, Writer<Item>) {
+pub fn channel(links: Arc<LiveList<Link>>) -> (BridgeTap, Writer<Item>) {
     let (tx, writer) = writer::channel(CHANNEL, "bridge");
     (BridgeTap { links, tx }, writer)
 }
 
 impl Tap for BridgeTap {
     fn publish(&self, message: &Publish<'_>, seq: u64, ts_us: u64) {
-        for (i, link) in self.links.iter().enumerate() {
+        for link in self.links.current().iter() {
             if link.came_from(message) {
                 continue;
             }
@@ -52,7 +53,7 @@ impl Tap for BridgeTap {
             };
             if self
                 .tx
-                .try_send((i, queue::entry(&stored, qos, message.retain)))
+                .try_send((link.clone(), queue::entry(&stored, qos, message.retain)))
                 .is_err()
             {
                 link.queue.dropped.fetch_add(1, Ordering::Relaxed);
@@ -62,21 +63,17 @@ impl Tap for BridgeTap {
 }
 
 /// Stores a burst of entries and wakes their links' sending tasks.
-pub fn store(burst: &mut Vec<Item>, links: &[Arc<Link>]) {
-    let mut touched = vec![false; links.len()];
-    for (i, value) in burst.drain(..) {
-        let Some(link) = links.get(i) else { continue };
-        match link.queue.push(&value) {
-            Ok(()) => touched[i] = true,
+pub fn store(burst: &mut Vec<Item>) {
+    live::store_burst(
+        burst,
+        |link, value| match link.queue.push(&value) {
+            Ok(()) => true,
             Err(e) => {
                 link.queue.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(bridge = %link.name, error = %e, "cannot store a bridge message; dropped");
+                false
             }
-        }
-    }
-    for (link, touched) in links.iter().zip(touched) {
-        if touched {
-            link.queue.wake.notify_one();
-        }
-    }
+        },
+        |link| link.queue.wake.notify_one(),
+    );
 }

@@ -539,9 +539,22 @@ impl Driver {
                     self.registry.dispatch(msg);
                 }
             }
-            Inbound::Event(event) => self.emit(event),
+            Inbound::Event(event) => {
+                if let Event::Unsubscribed { filters, .. } = &event {
+                    for filter in filters {
+                        self.end_filter(filter);
+                    }
+                }
+                self.emit(event)
+            }
             Inbound::Ignored => {}
         }
+    }
+
+    /// Ends every local subscription of a filter the server no longer holds.
+    fn end_filter(&mut self, filter: &str) {
+        self.registry.remove_filter(filter);
+        self.positions.forget(filter);
     }
 
     fn on_reply(&mut self, id: u64, result: Result<Incoming, ClientError>) {
@@ -575,8 +588,7 @@ impl Driver {
                         }
                         None => {
                             tracing::warn!(filter, error = %e, "re-subscribing failed");
-                            self.registry.remove_filter(&filter);
-                            self.positions.forget(&filter);
+                            self.end_filter(&filter);
                             if let ClientError::Server { code, message } = e.clone() {
                                 let message = format!("re-subscribing `{filter}`: {message}");
                                 self.emit(Event::ServerError { code, message });

@@ -151,6 +151,12 @@ pub enum Event {
     Lagged {
         dropped: u64,
     },
+    /// The server dropped these subscriptions: the connection's permissions no longer
+    /// allow them (a reload changed them). Their local subscriptions have ended.
+    Unsubscribed {
+        filters: Vec<String>,
+        message: String,
+    },
     /// Re-subscribing `topic` after a reconnect could not deliver every message missed
     /// meanwhile (trimmed from the history, evicted, or the stream restarted): the
     /// application should resynchronise what it shows from that topic.
@@ -256,6 +262,12 @@ pub(super) fn classify(frame: Incoming) -> Inbound {
         "lagged" => Some(Inbound::Event(Event::Lagged {
             dropped: frame.dropped.unwrap_or_default(),
         })),
+        "unsubscribed" => frame.unsubscribed.map(|filters| {
+            Inbound::Event(Event::Unsubscribed {
+                filters,
+                message: frame.message.unwrap_or_default(),
+            })
+        }),
         other => {
             tracing::debug!(op = other, "ignoring a frame");
             Some(Inbound::Ignored)
@@ -325,6 +337,10 @@ mod tests {
         assert!(matches!(
             classify_text(r#"{"op":"lagged","dropped":4}"#),
             Inbound::Event(Event::Lagged { dropped: 4 })
+        ));
+        assert!(matches!(
+            classify_text(r#"{"op":"unsubscribed","unsubscribed":["b/1"],"message":"m"}"#),
+            Inbound::Event(Event::Unsubscribed { filters, .. }) if filters == ["b/1"]
         ));
         assert!(matches!(
             classify_text(r#"{"op":"msg","data":1}"#),

@@ -23,7 +23,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 pub use config::HookConfig;
-pub use registry::{Hook, Hooks, LoadError};
+pub use registry::{Hook, HookSecrets, Hooks, LoadError};
 pub use stats::{HookCounts, RefusedCounts};
 
 use crate::http::api::ApiError;

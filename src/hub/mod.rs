@@ -944,6 +944,34 @@ impl Hub {
         dropped
     }
 
+    /// Gives every connection whose identity matches a new one (the configuration's
+    /// anonymous grants changed), drops the subscriptions it no longer allows as
+    /// [`Hub::refresh`] does, and tells the client which with an `unsubscribed` frame.
+    /// Returns how many connections lost a subscription.
+    pub fn regrant(
+        &self,
+        matches: impl Fn(&Principal) -> bool,
+        principal: &Arc<Principal>,
+        why: &str,
+    ) -> usize {
+        let mut narrowed = 0;
+        for session in self.sessions() {
+            if !matches(&session.principal()) {
+                continue;
+            }
+            let dropped = self.refresh(&session, principal.clone());
+            if !dropped.is_empty() {
+                narrowed += 1;
+                let notice = ServerFrame::Unsubscribed {
+                    unsubscribed: &dropped,
+                    message: Cow::Borrowed(why),
+                };
+                session.outbox.push(notice.to_frame());
+            }
+        }
+        narrowed
+    }
+
     /// Closes every connection whose identity matches, such as those using a revoked
     /// API key; returns how many.
     pub fn close_where(&self, matches: impl Fn(&Principal) -> bool, reason: CloseReason) -> usize {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::queue::{DeadLetter, Inflight};
 use super::signature::{self, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use super::{event, redacted, Endpoint};
+use super::{event, redacted, Endpoint, Settings};
 use crate::protocol::now_ms;
 use crate::store::StoreError;
 
@@ -32,7 +32,7 @@ pub async fn run(ep: Arc<Endpoint>, client: reqwest::Client, shutdown: Cancellat
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
-                tracing::error!(webhook = %ep.config.name, error = %e, "webhook store error");
+                tracing::error!(webhook = %ep.name, error = %e, "webhook store error");
                 ep.note_error(format!("store: {e}"));
                 if sleep_or_stop(STORE_RETRY, &shutdown).await {
                     return;
@@ -63,10 +63,12 @@ async fn step(
         return Ok(true);
     }
     let id = ep.delivery_id(inflight.first);
-    let body = event::body(&ep.config.name, events.iter().map(|e| e.as_ref()));
+    let body = event::body(&ep.name, events.iter().map(|e| e.as_ref()));
+    // Read once per attempt: a reload that changes the endpoint applies to the next one.
+    let settings = ep.settings();
     // Not raced against shutdown: a request that started is let finish (within the
     // shutdown grace), so its result is recorded and a restart does not repeat it.
-    let outcome = attempt(ep, client, &id, body).await;
+    let outcome = attempt(&settings, client, &id, body).await;
     inflight.attempts += 1;
     match outcome {
         Outcome::Delivered => {
@@ -79,9 +81,9 @@ async fn step(
         Outcome::Failed { status, error } => {
             ep.failed_attempts.fetch_add(1, Ordering::Relaxed);
             ep.note_error(error.clone());
-            if inflight.attempts >= ep.config.max_attempts.get() {
+            if inflight.attempts >= settings.config.max_attempts.get() {
                 tracing::warn!(
-                    webhook = %ep.config.name, id = %id, attempts = inflight.attempts, error = %error,
+                    webhook = %ep.name, id = %id, attempts = inflight.attempts, error = %error,
                     "webhook delivery failed for good; moved to the dead letters"
                 );
                 let letter = DeadLetter {
@@ -100,12 +102,12 @@ async fn step(
                 ep.dead.fetch_add(1, Ordering::Relaxed);
             } else {
                 let delay = backoff(
-                    ep.config.retry_initial,
-                    ep.config.retry_max,
+                    settings.config.retry_initial,
+                    settings.config.retry_max,
                     inflight.attempts,
                 );
                 tracing::debug!(
-                    webhook = %ep.config.name, id = %id, attempts = inflight.attempts, error = %error,
+                    webhook = %ep.name, id = %id, attempts = inflight.attempts, error = %error,
                     retry_in = ?delay, "webhook delivery failed; will retry"
                 );
                 inflight.next_at = now_ms() + delay.as_millis() as u64;
@@ -132,11 +134,11 @@ async fn next(ep: &Endpoint, shutdown: &CancellationToken) -> Result<Option<Infl
                 _ = shutdown.cancelled() => return Ok(None),
             }
         }
-        let batch_max = ep.config.batch_max.get();
+        let (batch_max, batch_wait) = ep.with_config(|c| (c.batch_max.get(), c.batch_wait));
         if batch_max > 1
-            && !ep.config.batch_wait.is_zero()
+            && !batch_wait.is_zero()
             && ep.pending.load(Ordering::Relaxed) < batch_max as u64
-            && sleep_or_stop(ep.config.batch_wait, shutdown).await
+            && sleep_or_stop(batch_wait, shutdown).await
         {
             return Ok(None);
         }
@@ -156,12 +158,17 @@ async fn next(ep: &Endpoint, shutdown: &CancellationToken) -> Result<Option<Infl
     }
 }
 
-async fn attempt(ep: &Endpoint, client: &reqwest::Client, id: &str, body: Vec<u8>) -> Outcome {
+async fn attempt(
+    settings: &Settings,
+    client: &reqwest::Client,
+    id: &str,
+    body: Vec<u8>,
+) -> Outcome {
     let timestamp = now_ms() / 1000;
-    let signature = signature::sign(&ep.secret, id, timestamp, &body);
+    let signature = signature::sign(&settings.secret, id, timestamp, &body);
     let request = client
-        .post(&ep.config.url)
-        .timeout(ep.config.timeout)
+        .post(&settings.config.url)
+        .timeout(settings.config.timeout)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(ID_HEADER, id)
         .header(TIMESTAMP_HEADER, timestamp.to_string())
@@ -183,22 +190,22 @@ async fn attempt(ep: &Endpoint, client: &reqwest::Client, id: &str, body: Vec<u8
         }
         Err(e) => Outcome::Failed {
             status: None,
-            error: describe(&e, ep),
+            error: describe(&e, settings),
         },
     }
 }
 
 /// A request error without the URL (it may hold credentials).
-fn describe(e: &reqwest::Error, ep: &Endpoint) -> String {
+fn describe(e: &reqwest::Error, settings: &Settings) -> String {
     if e.is_timeout() {
-        return format!("timed out after {:?}", ep.config.timeout);
+        return format!("timed out after {:?}", settings.config.timeout);
     }
     let kind = if e.is_connect() {
         "cannot connect"
     } else {
         "request failed"
     };
-    let mut text = format!("{kind} to {}", redacted(&ep.config.url));
+    let mut text = format!("{kind} to {}", redacted(&settings.config.url));
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         text.push_str(": ");

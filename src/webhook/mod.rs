@@ -17,7 +17,7 @@ pub mod signature;
 mod tap;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::hub::Hub;
+use crate::live::{LiveList, Tasks};
 use crate::store::writer::Writer;
 use crate::store::{Store, StoreError};
 use config::WebhookConfig;
@@ -73,10 +74,12 @@ pub struct EndpointStats {
     pub last_success: Option<u64>,
 }
 
-/// One configured endpoint: its settings, secret, stored queue and live counters.
+/// One configured endpoint: its settings, secret, stored queue and live counters. An
+/// endpoint keeps its identity (queue, counters, task) across a reload that changes its
+/// settings; only its name is fixed.
 pub struct Endpoint {
-    pub config: WebhookConfig,
-    secret: Vec<u8>,
+    pub name: String,
+    settings: RwLock<Arc<Settings>>,
     queue: Queue,
     /// Woken by the writer when events were stored.
     wake: tokio::sync::Notify,
@@ -103,7 +106,61 @@ pub struct DeadLetterView {
     pub failed_at: u64,
 }
 
+/// What a reload can change of an endpoint: read by the delivery task for each attempt.
+#[derive(PartialEq)]
+pub struct Settings {
+    pub config: WebhookConfig,
+    secret: Vec<u8>,
+}
+
 impl Endpoint {
+    /// Opens the endpoint's queue (kept on disk under its name, so a removed and re-added
+    /// endpoint finds what it had not delivered).
+    fn open(
+        config: &WebhookConfig,
+        secret: Vec<u8>,
+        store: &Store,
+        epoch: &str,
+    ) -> Result<Endpoint, WebhookError> {
+        let queue = Queue::open(store, &config.name)?;
+        let pending = queue.pending_len() as u64;
+        let dead = queue.dead_len() as u64;
+        Ok(Endpoint {
+            name: config.name.clone(),
+            settings: RwLock::new(Arc::new(Settings {
+                config: config.clone(),
+                secret,
+            })),
+            queue,
+            wake: tokio::sync::Notify::new(),
+            pending: AtomicU64::new(pending),
+            dead: AtomicU64::new(dead),
+            delivered: AtomicU64::new(0),
+            failed_attempts: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            last_success: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            epoch: epoch.to_owned(),
+        })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Runs `f` on the settings without taking a reference count (the Hub's tap).
+    fn with_config<R>(&self, f: impl FnOnce(&WebhookConfig) -> R) -> R {
+        f(&self
+            .settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .config)
+    }
+
     fn delivery_id(&self, first: u64) -> String {
         format!("msg_{}_{first}", self.epoch)
     }
@@ -125,8 +182,8 @@ impl Endpoint {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let last_success = get(&self.last_success);
         EndpointStats {
-            name: self.config.name.clone(),
-            url: redacted(&self.config.url),
+            name: self.name.clone(),
+            url: self.with_config(|c| redacted(&c.url)),
             pending: get(&self.pending),
             dead: get(&self.dead),
             delivered: get(&self.delivered),
@@ -213,9 +270,26 @@ fn redacted(url: &str) -> String {
 
 /// Every configured endpoint, and the tasks that feed them.
 pub struct Webhooks {
-    endpoints: Vec<Arc<Endpoint>>,
-    client: Option<reqwest::Client>,
+    endpoints: Arc<LiveList<Endpoint>>,
+    /// Built with the first endpoint.
+    client: Mutex<Option<reqwest::Client>>,
     writer: Writer<tap::Item>,
+    /// Attached to the hub with the first endpoint, so a daemon without webhooks pays
+    /// nothing per message.
+    tap: Mutex<Option<tap::WebhookTap>>,
+    tasks: Tasks,
+    store: Store,
+    epoch: String,
+}
+
+/// A reload's new set of endpoints, every secret read and every queue open, not yet in
+/// force.
+pub struct WebhookPlan {
+    endpoints: Vec<Arc<Endpoint>>,
+    changed: Vec<(Arc<Endpoint>, Settings)>,
+    added: Vec<Arc<Endpoint>>,
+    removed: Vec<String>,
+    client: Option<reqwest::Client>,
 }
 
 impl Webhooks {
@@ -231,66 +305,133 @@ impl Webhooks {
         let mut endpoints = Vec::with_capacity(configs.len());
         for config in configs {
             let secret = read_secret(config)?;
-            let queue = Queue::open(store, &config.name)?;
-            let pending = queue.pending_len() as u64;
-            let dead = queue.dead_len() as u64;
-            endpoints.push(Arc::new(Endpoint {
-                config: config.clone(),
-                secret,
-                queue,
-                wake: tokio::sync::Notify::new(),
-                pending: AtomicU64::new(pending),
-                dead: AtomicU64::new(dead),
-                delivered: AtomicU64::new(0),
-                failed_attempts: AtomicU64::new(0),
-                dropped: AtomicU64::new(0),
-                last_success: AtomicU64::new(0),
-                last_error: Mutex::new(None),
-                epoch: epoch.clone(),
-            }));
+            endpoints.push(Arc::new(Endpoint::open(config, secret, store, &epoch)?));
         }
         let client = if endpoints.is_empty() {
             None
         } else {
-            Some(
-                reqwest::Client::builder()
-                    .redirect(reqwest::redirect::Policy::none())
-                    .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
-                    .build()
-                    .map_err(WebhookError::Client)?,
-            )
+            Some(client()?)
         };
+        let endpoints = Arc::new(LiveList::new(endpoints));
         let (tap, writer) = tap::channel(endpoints.clone());
-        if !endpoints.is_empty() {
+        let webhooks = Webhooks {
+            endpoints,
+            client: Mutex::new(client),
+            writer,
+            tap: Mutex::new(Some(tap)),
+            tasks: Tasks::default(),
+            store: store.clone(),
+            epoch,
+        };
+        webhooks.attach(hub);
+        Ok(Arc::new(webhooks))
+    }
+
+    /// Attaches the tap to the hub once there is an endpoint.
+    fn attach(&self, hub: &Hub) {
+        if self.endpoints.current().is_empty() {
+            return;
+        }
+        if let Some(tap) = lock(&self.tap).take() {
             hub.add_tap(Arc::new(tap));
         }
-        Ok(Arc::new(Webhooks {
-            endpoints,
-            client,
-            writer,
-        }))
     }
 
     /// Starts the writer and one delivery task per endpoint. Delivery tasks are on
     /// `tracker` and stop at `shutdown` between two requests, so a request in flight
     /// finishes within the shutdown grace and is not sent twice.
     pub fn start(&self, shutdown: &CancellationToken, tracker: &TaskTracker) {
-        let Some(client) = &self.client else {
+        self.tasks.start(shutdown, tracker);
+        for ep in self.endpoints.current().iter() {
+            self.spawn_delivery(ep);
+        }
+        self.writer.start(tap::BURST, tap::store);
+    }
+
+    fn spawn_delivery(&self, ep: &Arc<Endpoint>) {
+        let Some(client) = lock(&self.client).clone() else {
             return;
         };
-        for ep in &self.endpoints {
-            tracing::info!(
-                webhook = %ep.config.name,
-                url = %redacted(&ep.config.url),
-                pending = ep.pending.load(Ordering::Relaxed),
-                dead = ep.dead.load(Ordering::Relaxed),
-                "webhook endpoint"
-            );
-            tracker.spawn(delivery::run(ep.clone(), client.clone(), shutdown.clone()));
+        tracing::info!(
+            webhook = %ep.name,
+            url = %ep.with_config(|c| redacted(&c.url)),
+            pending = ep.pending.load(Ordering::Relaxed),
+            dead = ep.dead.load(Ordering::Relaxed),
+            "webhook endpoint"
+        );
+        let ep = ep.clone();
+        self.tasks.spawn(&ep.name.clone(), move |stop| {
+            delivery::run(ep, client, stop)
+        });
+    }
+
+    /// Reads the secrets of `configs` and opens the queues of new endpoints; changes
+    /// nothing in force.
+    pub fn prepare(&self, configs: &[WebhookConfig]) -> Result<WebhookPlan, WebhookError> {
+        let current = self.endpoints.current();
+        let mut plan = WebhookPlan {
+            endpoints: Vec::with_capacity(configs.len()),
+            changed: Vec::new(),
+            added: Vec::new(),
+            removed: current
+                .iter()
+                .filter(|ep| !configs.iter().any(|c| c.name == ep.name))
+                .map(|ep| ep.name.clone())
+                .collect(),
+            client: None,
+        };
+        for config in configs {
+            let settings = Settings {
+                config: config.clone(),
+                secret: read_secret(config)?,
+            };
+            match current.iter().find(|ep| ep.name == config.name) {
+                Some(ep) => {
+                    if *ep.settings() != settings {
+                        plan.changed.push((ep.clone(), settings));
+                    }
+                    plan.endpoints.push(ep.clone());
+                }
+                None => {
+                    let ep = Arc::new(Endpoint::open(
+                        config,
+                        settings.secret,
+                        &self.store,
+                        &self.epoch,
+                    )?);
+                    plan.added.push(ep.clone());
+                    plan.endpoints.push(ep);
+                }
+            }
         }
-        let endpoints = self.endpoints.clone();
-        self.writer
-            .start(tap::BURST, move |burst| tap::store(burst, &endpoints));
+        if !plan.endpoints.is_empty() && lock(&self.client).is_none() {
+            plan.client = Some(client()?);
+        }
+        Ok(plan)
+    }
+
+    /// Puts a plan in force: changed endpoints take their new settings at their next
+    /// attempt (what they have queued stays queued), new ones start, removed ones stop
+    /// between two requests and keep their queue on disk.
+    pub fn apply(&self, plan: WebhookPlan, hub: &Hub) {
+        if let Some(client) = plan.client {
+            *lock(&self.client) = Some(client);
+        }
+        for (ep, settings) in plan.changed {
+            *ep.settings.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(settings);
+            // Waiting out a batch or a retry delay under the old settings is not needed.
+            ep.wake.notify_one();
+            tracing::info!(webhook = %ep.name, "webhook endpoint changed");
+        }
+        self.endpoints.replace(plan.endpoints);
+        self.attach(hub);
+        for ep in &plan.added {
+            self.spawn_delivery(ep);
+        }
+        for name in plan.removed {
+            self.tasks.stop(&name);
+            tracing::info!(webhook = %name, "webhook endpoint removed; what it had queued stays on disk");
+        }
     }
 
     /// Stores what is still queued in memory (events of the shutdown itself, such as
@@ -301,12 +442,25 @@ impl Webhooks {
     }
 
     pub fn stats(&self) -> Vec<EndpointStats> {
-        self.endpoints.iter().map(|e| e.stats()).collect()
+        self.endpoints.current().iter().map(|e| e.stats()).collect()
     }
 
-    pub fn endpoint(&self, name: &str) -> Option<&Arc<Endpoint>> {
-        self.endpoints.iter().find(|e| e.config.name == name)
+    pub fn endpoint(&self, name: &str) -> Option<Arc<Endpoint>> {
+        self.endpoints
+            .current()
+            .iter()
+            .find(|e| e.name == name)
+            .cloned()
     }
+}
+
+/// The HTTP client every endpoint shares.
+fn client() -> Result<reqwest::Client, WebhookError> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(WebhookError::Client)
 }
 
 /// The store-wide id prefix, made on first use.

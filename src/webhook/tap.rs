@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use super::{event, Endpoint};
 use crate::hub::{Lifecycle, Publish, Tap};
+use crate::live::{self, LiveList};
 use crate::store::writer::{self, Writer};
 use crate::throttle::Throttle;
 
@@ -26,16 +27,16 @@ pub const BURST: usize = 512;
 
 const WARN_EVERY_MS: u64 = 10_000;
 
-/// An event for the endpoint at an index of the endpoint list.
-pub type Item = (usize, Arc<str>);
+/// An event for one endpoint.
+pub type Item = (Arc<Endpoint>, Arc<str>);
 
 pub struct WebhookTap {
-    endpoints: Vec<Arc<Endpoint>>,
+    endpoints: Arc<LiveList<Endpoint>>,
     tx: mpsc::Sender<Item>,
     warn: Throttle,
 }
 
-pub fn channel(endpoints: Vec<Arc<Endpoint>>) -> (WebhookTap, Writer<Item>) {
+pub fn channel(endpoints: Arc<LiveList<Endpoint>>) -> (WebhookTap, Writer<Item>) {
     let (tx, writer) = writer::channel(CHANNEL, "webhook");
     let tap = WebhookTap {
         endpoints,
@@ -50,7 +51,7 @@ impl WebhookTap {
     fn offer(&self, wants: impl Fn(&Endpoint) -> bool, make: impl FnOnce() -> String) {
         let mut make = Some(make);
         let mut made: Option<Arc<str>> = None;
-        for (i, ep) in self.endpoints.iter().enumerate() {
+        for ep in self.endpoints.current().iter() {
             if !wants(ep) {
                 continue;
             }
@@ -59,7 +60,7 @@ impl WebhookTap {
                 (None, Some(f)) => made.insert(Arc::from(f())).clone(),
                 (None, None) => continue,
             };
-            if self.tx.try_send((i, event)).is_err() {
+            if self.tx.try_send((ep.clone(), event)).is_err() {
                 let dropped = ep.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 self.warn_dropped(ep, dropped);
             }
@@ -69,7 +70,7 @@ impl WebhookTap {
     fn warn_dropped(&self, ep: &Endpoint, dropped: u64) {
         if self.warn.due() {
             tracing::warn!(
-                webhook = %ep.config.name,
+                webhook = %ep.name,
                 dropped,
                 "webhook events dropped: the store writer is behind"
             );
@@ -80,41 +81,40 @@ impl WebhookTap {
 impl Tap for WebhookTap {
     fn publish(&self, message: &Publish<'_>, seq: u64, _ts_us: u64) {
         self.offer(
-            |ep| ep.config.wants_topic(message.topic),
+            |ep| ep.with_config(|c| c.wants_topic(message.topic)),
             || event::message(message, seq),
         );
     }
 
     fn lifecycle(&self, e: &Lifecycle<'_>) {
         let name = e.name();
-        self.offer(|ep| ep.config.wants_event(name), || event::lifecycle(e));
+        self.offer(
+            |ep| ep.with_config(|c| c.wants_event(name)),
+            || event::lifecycle(e),
+        );
     }
 }
 
 /// Stores a burst of events, each under a fresh id, and wakes their endpoints.
-pub fn store(burst: &mut Vec<Item>, endpoints: &[Arc<Endpoint>]) {
-    let mut touched = vec![false; endpoints.len()];
-    for (i, event) in burst.drain(..) {
-        let Some(ep) = endpoints.get(i) else { continue };
-        match ep.queue.push(|id| event::with_id(&ep.event_id(id), &event)) {
+pub fn store(burst: &mut Vec<Item>) {
+    live::store_burst(
+        burst,
+        |ep, event| match ep.queue.push(|id| event::with_id(&ep.event_id(id), &event)) {
             Ok(()) => {
-                touched[i] = true;
                 let pending = ep.pending.fetch_add(1, Ordering::Relaxed) + 1;
-                if pending > ep.config.max_pending.get() {
+                if pending > ep.with_config(|c| c.max_pending.get()) {
                     overflow(ep);
                 }
+                true
             }
             Err(e) => {
                 ep.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(webhook = %ep.config.name, error = %e, "cannot store a webhook event; dropped");
+                tracing::error!(webhook = %ep.name, error = %e, "cannot store a webhook event; dropped");
+                false
             }
-        }
-    }
-    for (ep, touched) in endpoints.iter().zip(touched) {
-        if touched {
-            ep.wake.notify_one();
-        }
-    }
+        },
+        |ep| ep.wake.notify_one(),
+    );
 }
 
 /// Drops the oldest pending event of an endpoint over its `max_pending`.
@@ -125,16 +125,16 @@ fn overflow(ep: &Endpoint) {
             let dropped = ep.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 tracing::warn!(
-                    webhook = %ep.config.name,
+                    webhook = %ep.name,
                     dropped,
-                    max_pending = ep.config.max_pending.get(),
+                    max_pending = ep.with_config(|c| c.max_pending.get()),
                     "webhook queue full: oldest events dropped"
                 );
             }
         }
         Ok(false) => {}
         Err(e) => {
-            tracing::error!(webhook = %ep.config.name, error = %e, "cannot drop an old webhook event")
+            tracing::error!(webhook = %ep.name, error = %e, "cannot drop an old webhook event")
         }
     }
 }

@@ -50,7 +50,6 @@ fn spawn(
         .arg("--config")
         .arg(config_path)
         .env("SWITCHBOARD_DATA_DIR", data_dir)
-        .env("SWITCHBOARD_LOG_LEVEL", "info")
         .env_remove("RUST_LOG")
         // A test run under systemd must not have its daemons talk to the real manager
         // (tests/systemd.rs passes its own).
@@ -60,6 +59,14 @@ fn spawn(
         .env_remove("JOURNAL_STREAM")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    // Info, unless the test's file chooses (an environment variable would win over it).
+    let text = std::fs::read_to_string(config_path).unwrap_or_default();
+    if !text
+        .lines()
+        .any(|l| l.trim_start().starts_with("log_level"))
+    {
+        cmd.env("SWITCHBOARD_LOG_LEVEL", "info");
+    }
     // Every listener on a free port, so tests run in parallel.
     for var in [
         "SWITCHBOARD_HTTP_LISTEN",
@@ -209,6 +216,19 @@ impl Daemon {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "no `{needle}` in the log:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits up to 10 s until the daemon has logged `needle` at least `n` times.
+    pub async fn wait_log_count(&self, needle: &str, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.logs().matches(needle).count() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "`{needle}` not logged {n} times:\n{}",
                 self.logs()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -116,7 +116,7 @@ fn endpoint_and_id(
 }
 
 fn find(app: &App, name: &str) -> Result<Arc<Endpoint>, ApiError> {
-    app.webhooks.endpoint(name).cloned().ok_or_else(|| {
+    app.webhooks.endpoint(name).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
@@ -129,7 +129,7 @@ fn no_letter(ep: &Endpoint, id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         ErrorCode::NotFound,
-        format!("webhook `{}` has no dead letter `{id}`", ep.config.name),
+        format!("webhook `{}` has no dead letter `{id}`", ep.name),
     )
 }
 

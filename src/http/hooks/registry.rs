@@ -114,32 +114,39 @@ impl Hooks {
             .collect()
     }
 
-    /// Re-reads every secret file (SIGHUP). A file that cannot be read keeps the
-    /// previous secret, so a botched rotation does not lock every sender out.
-    pub fn reload_secrets(&self) {
-        let mut reloaded = 0;
-        for (name, hook) in &self.by_name {
-            match Secret::read(&hook.config.secret_file, hook.config.signature) {
-                Ok(secret) => {
-                    *hook.secret.write().unwrap_or_else(PoisonError::into_inner) = secret;
-                    reloaded += 1;
-                }
-                Err(e) => tracing::error!(
-                    hook = %name,
-                    error = %e,
-                    "hook secret not reloaded; the previous one stays"
-                ),
+    /// Re-reads every secret file (SIGHUP) without putting any in force: a file that
+    /// cannot be read refuses the whole reload, so a botched rotation locks no sender out.
+    pub fn read_secrets(&self) -> Result<HookSecrets, LoadError> {
+        self.by_name
+            .iter()
+            .map(|(name, hook)| {
+                Secret::read(&hook.config.secret_file, hook.config.signature)
+                    .map(|secret| (name.clone(), secret))
+                    .map_err(|source| LoadError {
+                        name: name.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<_, _>>()
+            .map(HookSecrets)
+    }
+
+    /// Puts secrets read by [`Hooks::read_secrets`] in force.
+    pub fn install_secrets(&self, secrets: HookSecrets) {
+        let total = secrets.0.len();
+        for (name, secret) in secrets.0 {
+            if let Some(hook) = self.by_name.get(&name) {
+                *hook.secret.write().unwrap_or_else(PoisonError::into_inner) = secret;
             }
         }
-        if !self.by_name.is_empty() {
-            tracing::info!(
-                reloaded,
-                total = self.by_name.len(),
-                "hook secrets reloaded"
-            );
+        if total > 0 {
+            tracing::info!(total, "hook secrets reloaded");
         }
     }
 }
+
+/// Every hook's secret, read and not yet in force.
+pub struct HookSecrets(Vec<(String, Secret)>);
 
 impl Hook {
     /// Verifies a request and publishes its body. Refusals are counted here.
