@@ -11,7 +11,7 @@
 //!
 //! Notifications are a no-op when `NOTIFY_SOCKET` is not set (a shell, the tests
 //! without it); journald logging needs stderr to be the journal. All of it is pure
-//! Rust (sd-notify, tracing-journald) so the package cross-builds for ARM without a C
+//! Rust (sd-notify, our journald writer) so the package cross-builds for ARM without a C
 //! toolchain. It must not decide anything about the daemon's life: it only reports.
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,6 +3,8 @@
 //! runs (`log_level` on reload) through a `tracing_subscriber::reload` handle; the
 //! journald or stderr layer stays as it is.
 
+mod journal;
+
 use std::io::IsTerminal;
 use std::sync::{Mutex, PoisonError};
 
@@ -92,7 +94,7 @@ pub fn init(default_filter: &str) -> LogControl {
     let journald = if crate::systemd::stderr_is_journal() {
         // No journald socket (a container without it): the text on stderr still
         // reaches whoever reads it.
-        tracing_journald::layer().ok()
+        journal::JournalLayer::connect().ok()
     } else {
         None
     };
