@@ -39,6 +39,36 @@ impl<T> LiveList<T> {
     }
 }
 
+/// A Hub tap held back until there is a part for it to serve, so that a daemon with no
+/// webhook or bridge pays nothing per message; attached once, at start or by the
+/// reload that adds the first part, and never detached.
+pub struct PendingTap<T> {
+    tap: Mutex<Option<T>>,
+}
+
+impl<T: crate::hub::Tap + 'static> PendingTap<T> {
+    pub fn new(tap: T) -> Self {
+        PendingTap {
+            tap: Mutex::new(Some(tap)),
+        }
+    }
+
+    /// Attaches the tap to `hub` when `wanted` and it is not attached yet.
+    pub fn attach_if(&self, hub: &crate::hub::Hub, wanted: bool) {
+        if !wanted {
+            return;
+        }
+        let taken = self
+            .tap
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(tap) = taken {
+            hub.add_tap(Arc::new(tap));
+        }
+    }
+}
+
 /// Stores a burst of items taken from a tap's channel, each with the part it is for,
 /// then wakes every part that got something, once. `store` says whether it stored.
 /// Items for a part removed meanwhile are still stored: its queue stays on disk.

@@ -225,7 +225,7 @@ pub struct Bridges {
     writer: Writer<tap::Item>,
     /// Attached to the Hub with the first link, so a daemon without bridges pays nothing
     /// per message.
-    tap: Mutex<Option<tap::BridgeTap>>,
+    tap: crate::live::PendingTap<tap::BridgeTap>,
     tasks: Tasks,
     store: Store,
 }
@@ -266,7 +266,7 @@ impl Bridges {
         let bridges = Bridges {
             links,
             writer,
-            tap: Mutex::new(Some(tap)),
+            tap: crate::live::PendingTap::new(tap),
             tasks: Tasks::default(),
             store: store.clone(),
         };
@@ -276,12 +276,7 @@ impl Bridges {
 
     /// Attaches the tap to the Hub once there is a link.
     fn attach(&self, hub: &Hub) {
-        if self.links.current().is_empty() {
-            return;
-        }
-        if let Some(tap) = lock(&self.tap).take() {
-            hub.add_tap(Arc::new(tap));
-        }
+        self.tap.attach_if(hub, !self.links.current().is_empty());
     }
 
     /// Starts the writer, one link task per link (on `tracker`, stopping at

@@ -276,7 +276,7 @@ pub struct Webhooks {
     writer: Writer<tap::Item>,
     /// Attached to the hub with the first endpoint, so a daemon without webhooks pays
     /// nothing per message.
-    tap: Mutex<Option<tap::WebhookTap>>,
+    tap: crate::live::PendingTap<tap::WebhookTap>,
     tasks: Tasks,
     store: Store,
     epoch: String,
@@ -318,7 +318,7 @@ impl Webhooks {
             endpoints,
             client: Mutex::new(client),
             writer,
-            tap: Mutex::new(Some(tap)),
+            tap: crate::live::PendingTap::new(tap),
             tasks: Tasks::default(),
             store: store.clone(),
             epoch,
@@ -329,12 +329,8 @@ impl Webhooks {
 
     /// Attaches the tap to the hub once there is an endpoint.
     fn attach(&self, hub: &Hub) {
-        if self.endpoints.current().is_empty() {
-            return;
-        }
-        if let Some(tap) = lock(&self.tap).take() {
-            hub.add_tap(Arc::new(tap));
-        }
+        self.tap
+            .attach_if(hub, !self.endpoints.current().is_empty());
     }
 
     /// Starts the writer and one delivery task per endpoint. Delivery tasks are on
