@@ -38,6 +38,9 @@ pub enum Direction {
     MqttToWs,
     /// A WebSocket client publishes, one MQTT/TCP subscriber.
     WsToMqtt,
+    /// A WebSocket client publishes, subscribers are on WebSocket: the control for
+    /// `MqttToWs`, the same paced fan-out without the MQTT ingress.
+    WsToWs,
 }
 
 #[derive(Default)]
@@ -205,7 +208,9 @@ pub async fn setup(broker: &Broker, direction: Direction, subs: usize) -> io::Re
         i += batch.len();
         let conns = futures_util::future::join_all(batch.iter().map(|&k| async move {
             match direction {
-                Direction::MqttToWs => ws_subscriber(kind, ws_addr, k).await.map(Sub::Ws),
+                Direction::MqttToWs | Direction::WsToWs => {
+                    ws_subscriber(kind, ws_addr, k).await.map(Sub::Ws)
+                }
                 Direction::WsToMqtt => {
                     let mut c = MqttTcp::connect(mqtt_addr, &format!("benchsub{k}")).await?;
                     c.subscribe(FILTER).await?;
@@ -242,7 +247,7 @@ pub async fn setup(broker: &Broker, direction: Direction, subs: usize) -> io::Re
             });
             (Pub::Mqtt, tx)
         }
-        Direction::WsToMqtt => {
+        Direction::WsToMqtt | Direction::WsToWs => {
             let ws = match kind {
                 Kind::Switchboard => {
                     let ws = Ws::connect(ws_addr, "/ws", None).await?;
