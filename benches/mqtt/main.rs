@@ -125,8 +125,10 @@ fn ladder(direction: Direction, subs: usize) -> Vec<u64> {
         (_, s) if s <= 10 => vec![
             1_000, 10_000, 20_000, 50_000, 100_000, 200_000, 400_000, 800_000,
         ],
+        // 750/1,500/3,000: steps of 1.5-2x around the 1.5M deliveries/s target, so one
+        // coarse step does not halve the figure.
         _ => vec![
-            10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 50_000,
+            10, 20, 50, 100, 200, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 10_000, 50_000,
         ],
     }
 }
@@ -230,11 +232,11 @@ async fn run(kind: Kind, direction: Direction, subs: usize, o: &Options, pinned:
         }
     };
     for rate in rates {
-        match load::point(&mut setup, &broker, rate, o.warmup, o.measure).await {
+        match measured(&mut setup, &broker, rate, o).await {
             Ok(p) => {
                 eprintln!(
                     "  {label} {rate}/s: p50 {} p99 {} max {} lost {} lagged {} sent {:.0}/s \
-                     drain {} ms broker CPU {:.0}% bench CPU {:.0}% RSS {} MiB: {}",
+                     drain {} ms broker CPU {:.0}% bench CPU {:.0}% other {:.0}% RSS {} MiB: {}",
                     us(p.p50_us),
                     us(p.p99_us),
                     us(p.max_us),
@@ -244,6 +246,7 @@ async fn run(kind: Kind, direction: Direction, subs: usize, o: &Options, pinned:
                     p.drain.as_millis(),
                     p.broker_cpu * 100.0,
                     p.client_cpu * 100.0,
+                    p.other_cpu * 100.0,
                     p.broker_rss_mib,
                     p.verdict()
                 );
@@ -284,6 +287,39 @@ async fn run(kind: Kind, direction: Direction, subs: usize, o: &Options, pinned:
     }
     r
 }
+
+/// One point, measured again (up to [`TRIES`] times in all) while it fails with other
+/// work disturbing it; the quietest try is kept. On this shared machine a build on core
+/// 0 can halve the broker's share of its core, and a ladder stops at its first failure,
+/// so one disturbed point would otherwise set the "highest sustained rate".
+async fn measured(
+    setup: &mut load::Setup,
+    broker: &Broker,
+    rate: u64,
+    o: &Options,
+) -> std::io::Result<Point> {
+    let mut best: Option<Point> = None;
+    for _ in 0..TRIES {
+        let p = load::point(setup, broker, rate, o.warmup, o.measure).await?;
+        let other = p.other_cpu;
+        let disturbed = other > load::DISTURBED_CPU;
+        let done = p.sustained() || !disturbed;
+        if done || best.as_ref().is_none_or(|b| p.other_cpu < b.other_cpu) {
+            best = Some(p);
+        }
+        if done {
+            break;
+        }
+        eprintln!(
+            "  {rate}/s: not sustained while other work used {:.0}% of a core: measuring again",
+            other * 100.0
+        );
+    }
+    best.ok_or_else(|| std::io::Error::other("no try"))
+}
+
+/// Tries of one point when other work disturbs it.
+const TRIES: usize = 3;
 
 fn name(d: Direction) -> &'static str {
     match d {
@@ -365,8 +401,7 @@ fn report(runs: &[Run]) -> String {
         };
         let capped = |k| {
             find(d, s, k).is_some_and(|r| {
-                r.points.last().is_some_and(|p| p.sustained())
-                    && r.points.len() == r.ladder_len
+                r.points.last().is_some_and(|p| p.sustained()) && r.points.len() == r.ladder_len
             })
         };
         let plus = |k| if capped(k) { " (top of ladder)" } else { "" };
