@@ -30,6 +30,10 @@ const MAX_SAMPLES: usize = 4_000_000;
 const MAX_BACKLOG: u64 = 2_000_000;
 /// p99 above which a rate does not count as sustained: the subscriber is behind.
 pub const BEHIND_P99_US: f64 = 100_000.0;
+/// Other work (in cores) above which a point is disturbed: the broker shares core 0
+/// with whatever else runs, and with half a core taken it falls behind at a third of
+/// its rate.
+pub const DISTURBED_CPU: f64 = 0.15;
 
 /// Which way the messages go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +42,9 @@ pub enum Direction {
     MqttToWs,
     /// A WebSocket client publishes, one MQTT/TCP subscriber.
     WsToMqtt,
+    /// A WebSocket client publishes, subscribers are on WebSocket: the control for
+    /// `MqttToWs`, the same paced fan-out without the MQTT ingress.
+    WsToWs,
 }
 
 #[derive(Default)]
@@ -95,6 +102,9 @@ pub struct Point {
     pub broker_cpu: f64,
     /// CPU share of the bench process (publisher and subscribers, one core).
     pub client_cpu: f64,
+    /// Cores' worth of CPU other work (other processes on this shared machine) used
+    /// during the window: above [`DISTURBED_CPU`] the point says little about the broker.
+    pub other_cpu: f64,
     pub broker_rss_mib: u64,
 }
 
@@ -132,10 +142,15 @@ impl Point {
         if self.p99_us.is_none_or(|p| p >= BEHIND_P99_US) {
             why.push("behind".into());
         }
-        if why.is_empty() {
+        let verdict = if why.is_empty() {
             "ok".into()
         } else {
             why.join(", ")
+        };
+        if self.other_cpu > DISTURBED_CPU {
+            format!("{verdict} (other work {:.0}%)", self.other_cpu * 100.0)
+        } else {
+            verdict
         }
     }
 }
@@ -205,7 +220,9 @@ pub async fn setup(broker: &Broker, direction: Direction, subs: usize) -> io::Re
         i += batch.len();
         let conns = futures_util::future::join_all(batch.iter().map(|&k| async move {
             match direction {
-                Direction::MqttToWs => ws_subscriber(kind, ws_addr, k).await.map(Sub::Ws),
+                Direction::MqttToWs | Direction::WsToWs => {
+                    ws_subscriber(kind, ws_addr, k).await.map(Sub::Ws)
+                }
                 Direction::WsToMqtt => {
                     let mut c = MqttTcp::connect(mqtt_addr, &format!("benchsub{k}")).await?;
                     c.subscribe(FILTER).await?;
@@ -242,7 +259,7 @@ pub async fn setup(broker: &Broker, direction: Direction, subs: usize) -> io::Re
             });
             (Pub::Mqtt, tx)
         }
-        Direction::WsToMqtt => {
+        Direction::WsToMqtt | Direction::WsToWs => {
             let ws = match kind {
                 Kind::Switchboard => {
                     let ws = Ws::connect(ws_addr, "/ws", None).await?;
@@ -456,6 +473,7 @@ pub async fn point(
     let mut cpu0 = broker.cpu();
     let self_cpu = || crate::host::cpu_time("/proc/self/stat");
     let mut client0 = self_cpu();
+    let mut machine0 = crate::host::machine_busy();
     let mut measure_start = start;
     let mut aborted = false;
     loop {
@@ -469,6 +487,7 @@ pub async fn point(
             sh.samples.borrow_mut().clear();
             cpu0 = broker.cpu();
             client0 = self_cpu();
+            machine0 = crate::host::machine_busy();
             measure_start = now;
             base = (now, p.seq);
         }
@@ -519,6 +538,8 @@ pub async fn point(
         .as_secs_f64();
     let cpu = (broker.cpu().saturating_sub(cpu0)).as_secs_f64() / wall;
     let client_cpu = (self_cpu().saturating_sub(client0)).as_secs_f64() / wall;
+    let machine = (crate::host::machine_busy().saturating_sub(machine0)).as_secs_f64() / wall;
+    let other_cpu = (machine - cpu - client_cpu).max(0.0);
     let mut samples = std::mem::take(&mut *sh.samples.borrow_mut());
     samples.sort_unstable();
     let point = Point {
@@ -534,6 +555,7 @@ pub async fn point(
         aborted,
         broker_cpu: cpu,
         client_cpu,
+        other_cpu,
         broker_rss_mib: broker.rss_mib(),
     };
     // Late messages of this point must not count in the next one.

@@ -3,7 +3,10 @@
 //!
 //! Run: `cargo bench --bench mqtt` (about 3 minutes), or `cargo bench --bench mqtt --
 //! --quick` (short windows). Options: `--subs 1,1000`, `--measure 3` (seconds per
-//! point), `--only switchboard|mosquitto`.
+//! point), `--only switchboard|mosquitto`, `--rates 500,1000,2000` (messages/s, replaces
+//! every ladder), `--direction mqtt-ws|ws-mqtt|ws-ws` (one direction only; `ws-ws`, a
+//! WebSocket publisher to the WebSocket subscribers, is the control for `mqtt-ws` and
+//! runs only when asked for).
 //!
 //! One publisher connection, paced by a 1 ms tick (a burst per tick), publishes a
 //! 64-byte JSON payload carrying its send time and sequence number to `bench/x`; the
@@ -40,6 +43,9 @@ struct Options {
     kinds: Vec<Kind>,
     warmup: Duration,
     measure: Duration,
+    /// Replaces every ladder when set.
+    rates: Option<Vec<u64>>,
+    directions: Vec<Direction>,
 }
 
 fn options() -> Options {
@@ -48,6 +54,8 @@ fn options() -> Options {
         kinds: vec![Kind::Switchboard, Kind::Mosquitto],
         warmup: Duration::from_millis(500),
         measure: Duration::from_secs(3),
+        rates: None,
+        directions: vec![Direction::MqttToWs, Direction::WsToMqtt],
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -72,6 +80,24 @@ fn options() -> Options {
                         .and_then(|s| s.parse().ok())
                         .expect("--measure takes seconds"),
                 );
+            }
+            "--rates" => {
+                let rates: Vec<u64> = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|s| s.trim().parse().expect("--rates takes numbers: 500,1000"))
+                    .filter(|&n| n > 0)
+                    .collect();
+                o.rates = Some(rates);
+            }
+            "--direction" => {
+                o.directions = match args.next().as_deref() {
+                    Some("mqtt-ws") => vec![Direction::MqttToWs],
+                    Some("ws-mqtt") => vec![Direction::WsToMqtt],
+                    Some("ws-ws") => vec![Direction::WsToWs],
+                    _ => panic!("--direction takes mqtt-ws, ws-mqtt or ws-ws"),
+                };
             }
             "--only" => {
                 o.kinds = match args.next().as_deref() {
@@ -99,8 +125,10 @@ fn ladder(direction: Direction, subs: usize) -> Vec<u64> {
         (_, s) if s <= 10 => vec![
             1_000, 10_000, 20_000, 50_000, 100_000, 200_000, 400_000, 800_000,
         ],
+        // 750/1,500/3,000: steps of 1.5-2x around the 1.5M deliveries/s target, so one
+        // coarse step does not halve the figure.
         _ => vec![
-            10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 50_000,
+            10, 20, 50, 100, 200, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 10_000, 50_000,
         ],
     }
 }
@@ -110,6 +138,8 @@ struct Run {
     subs: usize,
     kind: Kind,
     points: Vec<Point>,
+    /// How many rates this run's ladder had.
+    ladder_len: usize,
     note: Option<String>,
 }
 
@@ -161,11 +191,16 @@ fn main() {
     let (rt, local) = host::local_runtime();
     let runs = local.block_on(&rt, async {
         let mut runs = Vec::new();
-        let mut cases: Vec<(Direction, usize)> = subs_list
-            .iter()
-            .map(|&s| (Direction::MqttToWs, s))
-            .collect();
-        cases.push((Direction::WsToMqtt, 1));
+        let mut cases: Vec<(Direction, usize)> = Vec::new();
+        if o.directions.contains(&Direction::MqttToWs) {
+            cases.extend(subs_list.iter().map(|&s| (Direction::MqttToWs, s)));
+        }
+        if o.directions.contains(&Direction::WsToWs) {
+            cases.extend(subs_list.iter().map(|&s| (Direction::WsToWs, s)));
+        }
+        if o.directions.contains(&Direction::WsToMqtt) {
+            cases.push((Direction::WsToMqtt, 1));
+        }
         for (direction, subs) in cases {
             for &kind in &o.kinds {
                 runs.push(run(kind, direction, subs, &o, pinned).await);
@@ -177,12 +212,14 @@ fn main() {
 }
 
 async fn run(kind: Kind, direction: Direction, subs: usize, o: &Options, pinned: bool) -> Run {
+    let rates = o.rates.clone().unwrap_or_else(|| ladder(direction, subs));
     let mut broker = Broker::start(kind, pinned);
     let mut r = Run {
         direction,
         subs,
         kind,
         points: Vec::new(),
+        ladder_len: rates.len(),
         note: None,
     };
     let label = format!("{} {subs} sub(s) {}", name(direction), kind.name());
@@ -194,12 +231,12 @@ async fn run(kind: Kind, direction: Direction, subs: usize, o: &Options, pinned:
             return r;
         }
     };
-    for rate in ladder(direction, subs) {
-        match load::point(&mut setup, &broker, rate, o.warmup, o.measure).await {
+    for rate in rates {
+        match measured(&mut setup, &broker, rate, o).await {
             Ok(p) => {
                 eprintln!(
                     "  {label} {rate}/s: p50 {} p99 {} max {} lost {} lagged {} sent {:.0}/s \
-                     drain {} ms broker CPU {:.0}% bench CPU {:.0}% RSS {} MiB: {}",
+                     drain {} ms broker CPU {:.0}% bench CPU {:.0}% other {:.0}% RSS {} MiB: {}",
                     us(p.p50_us),
                     us(p.p99_us),
                     us(p.max_us),
@@ -209,6 +246,7 @@ async fn run(kind: Kind, direction: Direction, subs: usize, o: &Options, pinned:
                     p.drain.as_millis(),
                     p.broker_cpu * 100.0,
                     p.client_cpu * 100.0,
+                    p.other_cpu * 100.0,
                     p.broker_rss_mib,
                     p.verdict()
                 );
@@ -250,10 +288,44 @@ async fn run(kind: Kind, direction: Direction, subs: usize, o: &Options, pinned:
     r
 }
 
+/// One point, measured again (up to [`TRIES`] times in all) while it fails with other
+/// work disturbing it; the quietest try is kept. On this shared machine a build on core
+/// 0 can halve the broker's share of its core, and a ladder stops at its first failure,
+/// so one disturbed point would otherwise set the "highest sustained rate".
+async fn measured(
+    setup: &mut load::Setup,
+    broker: &Broker,
+    rate: u64,
+    o: &Options,
+) -> std::io::Result<Point> {
+    let mut best: Option<Point> = None;
+    for _ in 0..TRIES {
+        let p = load::point(setup, broker, rate, o.warmup, o.measure).await?;
+        let other = p.other_cpu;
+        let disturbed = other > load::DISTURBED_CPU;
+        let done = p.sustained() || !disturbed;
+        if done || best.as_ref().is_none_or(|b| p.other_cpu < b.other_cpu) {
+            best = Some(p);
+        }
+        if done {
+            break;
+        }
+        eprintln!(
+            "  {rate}/s: not sustained while other work used {:.0}% of a core: measuring again",
+            other * 100.0
+        );
+    }
+    best.ok_or_else(|| std::io::Error::other("no try"))
+}
+
+/// Tries of one point when other work disturbs it.
+const TRIES: usize = 3;
+
 fn name(d: Direction) -> &'static str {
     match d {
         Direction::MqttToWs => "MQTT→WS",
         Direction::WsToMqtt => "WS→MQTT",
+        Direction::WsToWs => "WS→WS",
     }
 }
 
@@ -329,8 +401,7 @@ fn report(runs: &[Run]) -> String {
         };
         let capped = |k| {
             find(d, s, k).is_some_and(|r| {
-                r.points.last().is_some_and(|p| p.sustained())
-                    && r.points.len() == ladder(d, s).len()
+                r.points.last().is_some_and(|p| p.sustained()) && r.points.len() == r.ladder_len
             })
         };
         let plus = |k| if capped(k) { " (top of ladder)" } else { "" };
