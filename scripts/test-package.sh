@@ -8,8 +8,9 @@
 # reports (package size, installed size, idle memory, start to READY).
 #
 # Needs root. Installs what is missing (debootstrap, systemd-container, lintian,
-# cargo-deb). The Debian mirror is the host's (apt sources), or $SWITCHBOARD_DEBIAN_MIRROR.
-# The pristine root is kept in $SWITCHBOARD_NSPAWN_CACHE (default
+# cargo-deb). The Debian mirror is the host's (apt sources), or $PACKAGE_TEST_MIRROR.
+# (Not SWITCHBOARD_*: the daemon takes those as settings and refuses unknown ones.)
+# The pristine root is kept in $PACKAGE_TEST_CACHE (default
 # /var/tmp/switchboard-nspawn) and copied for each run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -83,7 +84,7 @@ echo "clean"
 
 # ---------------------------------------------------------------------------------
 say "a Debian bookworm root"
-mirror=${SWITCHBOARD_DEBIAN_MIRROR:-}
+mirror=${PACKAGE_TEST_MIRROR:-}
 if [ -z "$mirror" ]; then
     mirror=$(grep -h -A3 '^Types: deb' /etc/apt/sources.list.d/*.sources 2>/dev/null \
         | awk '/^URIs:/ && $2 ~ /debian\/?$/ {print $2; exit}')
@@ -92,7 +93,7 @@ if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
     mirror=$(awk '$1=="deb" && $2 ~ /debian\/?$/ {print $2; exit}' /etc/apt/sources.list)
 fi
 mirror=${mirror:-http://deb.debian.org/debian}
-cache=${SWITCHBOARD_NSPAWN_CACHE:-/var/tmp/switchboard-nspawn}
+cache=${PACKAGE_TEST_CACHE:-/var/tmp/switchboard-nspawn}
 pristine="$cache/bookworm"
 if [ ! -f "$pristine/.complete" ]; then
     rm -rf "$pristine"
