@@ -5,12 +5,15 @@
 //! Up to 1,000 subscribers share the bench's one core, so the receive path does no
 //! JSON parsing and no allocation per message: it finds `"t":` and `"n":` in the bytes.
 
+// Shared with benches/mqtt; each uses a subset.
+#![allow(dead_code)]
+
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::read_buf::{invalid, ReadBuf};
 use crate::ws_frame::{
@@ -216,12 +219,31 @@ pub struct WsRead {
 impl Ws {
     /// Connects and upgrades on `path`, asking for `protocol` if given.
     pub async fn connect(addr: SocketAddr, path: &str, protocol: Option<&str>) -> io::Result<Ws> {
-        let stream = TcpStream::connect(addr).await?;
+        Ws::connect_from(addr, None, 16 * 1024, path, protocol).await
+    }
+
+    /// [`Ws::connect`] from source address `bind` when given (many connections spread
+    /// over 127.0.0.x, past one address's ephemeral ports), with a read buffer of
+    /// `buffer` bytes to start with (it grows for larger frames).
+    pub async fn connect_from(
+        addr: SocketAddr,
+        bind: Option<IpAddr>,
+        buffer: usize,
+        path: &str,
+        protocol: Option<&str>,
+    ) -> io::Result<Ws> {
+        let socket = TcpSocket::new_v4()?;
+        if let Some(ip) = bind {
+            // Lets a port in TIME_WAIT from an earlier run be bound again.
+            socket.set_reuseaddr(true)?;
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
         let (rd, tx) = stream.into_split();
         let mut ws = Ws {
             r: WsRead {
-                buf: ReadBuf::new(rd, 16 * 1024),
+                buf: ReadBuf::new(rd, buffer),
             },
             tx,
         };
