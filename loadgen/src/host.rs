@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -175,4 +176,27 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Adds `switchboard serve` with what racing it needs: every listener (HTTP, MQTT,
+/// MQTT over WebSocket) on a free port of loopback, data under `data_dir`, only the
+/// `listening` line and warnings on stderr, outbound queues as deep as Mosquitto's
+/// `max_queued_messages 65536` with `queue_bytes` per connection, and no publish rate
+/// limit (the publishers are the load generator).
+pub fn switchboard_serve(cmd: &mut Command, bin: &Path, data_dir: &Path, queue_bytes: u64) {
+    cmd.arg(bin)
+        .arg("serve")
+        .env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0")
+        .env("SWITCHBOARD_MQTT_LISTEN", "127.0.0.1:0")
+        .env("SWITCHBOARD_MQTT_WS_LISTEN", "127.0.0.1:0")
+        .env("SWITCHBOARD_DATA_DIR", data_dir)
+        .env("SWITCHBOARD_LOG_LEVEL", "warn,switchboard::listening=info")
+        .env("SWITCHBOARD_WS_OUTBOUND_QUEUE_MESSAGES", "65536")
+        .env(
+            "SWITCHBOARD_WS_OUTBOUND_QUEUE_BYTES",
+            queue_bytes.to_string(),
+        )
+        .env("SWITCHBOARD_WS_PUBLISH_RATE", "4000000000")
+        .env("SWITCHBOARD_WS_PUBLISH_BURST", "4000000000")
+        .env_remove("RUST_LOG");
 }

@@ -129,22 +129,14 @@ impl Server {
         let mut mosquitto_ports = (0, 0);
         match system {
             System::Switchboard => {
-                cmd.arg(&setup.switchboard_bin)
-                    .arg("serve")
-                    .env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0")
-                    .env("SWITCHBOARD_MQTT_LISTEN", "127.0.0.1:0")
-                    .env("SWITCHBOARD_MQTT_WS_LISTEN", "127.0.0.1:0")
-                    .env("SWITCHBOARD_DATA_DIR", dir.path().join("data"))
-                    .env("SWITCHBOARD_LOG_LEVEL", "warn,switchboard::listening=info")
-                    // Queues as deep as Mosquitto's max_queued_messages below.
-                    .env("SWITCHBOARD_WS_OUTBOUND_QUEUE_MESSAGES", "65536")
-                    .env("SWITCHBOARD_WS_OUTBOUND_QUEUE_BYTES", "67108864")
-                    // The publishers are the load generator: no rate limit.
-                    .env("SWITCHBOARD_WS_PUBLISH_RATE", "4000000000")
-                    .env("SWITCHBOARD_WS_PUBLISH_BURST", "4000000000")
-                    .env_remove("RUST_LOG")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped());
+                // Queues of 64 MiB: the payload scenario sends up to 1 MiB messages.
+                host::switchboard_serve(
+                    &mut cmd,
+                    &setup.switchboard_bin,
+                    &dir.path().join("data"),
+                    64 << 20,
+                );
+                cmd.stdout(Stdio::null()).stderr(Stdio::piped());
             }
             System::Mosquitto => {
                 let config = dir.path().join("mosquitto.conf");

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::read_buf::{invalid, ReadBuf};
 use crate::ws_frame::{
@@ -222,8 +222,7 @@ impl Ws {
         Ws::connect_from(addr, None, 16 * 1024, path, protocol).await
     }
 
-    /// [`Ws::connect`] from source address `bind` when given (many connections spread
-    /// over 127.0.0.x, past one address's ephemeral ports), with a read buffer of
+    /// [`Ws::connect`] from source address `bind` when given, with a read buffer of
     /// `buffer` bytes to start with (it grows for larger frames).
     pub async fn connect_from(
         addr: SocketAddr,
@@ -232,14 +231,7 @@ impl Ws {
         path: &str,
         protocol: Option<&str>,
     ) -> io::Result<Ws> {
-        let socket = TcpSocket::new_v4()?;
-        if let Some(ip) = bind {
-            // Lets a port in TIME_WAIT from an earlier run be bound again.
-            socket.set_reuseaddr(true)?;
-            socket.bind(SocketAddr::new(ip, 0))?;
-        }
-        let stream = socket.connect(addr).await?;
-        stream.set_nodelay(true)?;
+        let stream = ws_frame::connect_tcp(addr, bind).await?;
         let (rd, tx) = stream.into_split();
         let mut ws = Ws {
             r: WsRead {
