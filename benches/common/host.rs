@@ -6,32 +6,10 @@
 #![allow(dead_code)]
 
 use std::process::Command;
-use std::time::Duration;
 
 #[path = "../../loadgen/src/host.rs"]
 mod shared;
 pub use shared::*;
-
-/// CPU time every core of the machine has spent busy (not idle or waiting for I/O).
-/// With the server's and the bench's own time subtracted, what remains is other work
-/// (other processes, interrupt time not charged to either) that may have disturbed
-/// the measurement.
-pub fn machine_busy() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return Duration::ZERO;
-    };
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return Duration::ZERO;
-    };
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is inside user).
-    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum();
-    Duration::from_secs_f64(busy as f64 / clock_ticks() as f64)
-}
 
 /// Today's date (UTC) as `YYYY-MM-DD`, empty if `date` fails.
 pub fn utc_date() -> String {

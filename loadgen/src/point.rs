@@ -236,9 +236,14 @@ impl Rig {
             }
         }
         self.publish(load.rate, self.seq, warm, load.shape).await?;
-        let cpu0 = self.server.cpu();
+        let busy0 = crate::host::machine_busy();
+        let (cpu0, client0) = (self.server.cpu(), self.client_cpu());
         let elapsed = self.publish(load.rate, lo, window, load.shape).await?;
         let cpu = self.server.cpu().saturating_sub(cpu0);
+        let client_cpu = self.client_cpu().saturating_sub(client0);
+        let other = crate::host::machine_busy()
+            .saturating_sub(busy0)
+            .saturating_sub(cpu + client_cpu);
         self.seq = hi;
 
         let mut hist = worker::histogram();
@@ -271,6 +276,8 @@ impl Rig {
             p999_us: q(0.999),
             max_us: hist.max() as f64,
             server_cpu_pct: 100.0 * cpu.as_secs_f64() / secs.max(1e-9),
+            client_cpu_pct: 100.0 * client_cpu.as_secs_f64() / secs.max(1e-9),
+            other_cpu_pct: 100.0 * other.as_secs_f64() / secs.max(1e-9),
             server_peak_rss_kib: self.server.peak_rss_kib(),
             ..Row::default()
         };
@@ -290,6 +297,17 @@ impl Rig {
         row.sustained = notes.is_empty();
         row.note = notes.join("; ");
         Ok(row)
+    }
+
+    /// CPU time of the load generator so far: this process and its workers. Near
+    /// 100% of its core, the figures are the client's limit, not the server's.
+    fn client_cpu(&self) -> Duration {
+        let workers = self
+            .workers
+            .iter()
+            .filter_map(|w| w.child.id())
+            .map(|pid| crate::host::cpu_time(&format!("/proc/{pid}/stat")));
+        workers.sum::<Duration>() + crate::host::cpu_time("/proc/self/stat")
     }
 
     /// Stops the workers.

@@ -31,6 +31,11 @@ pub struct Row {
     pub p999_us: f64,
     pub max_us: f64,
     pub server_cpu_pct: f64,
+    /// The load generator's CPU (coordinator and workers; 100% = its one core).
+    pub client_cpu_pct: f64,
+    /// CPU the rest of the machine used meanwhile (other processes on this shared
+    /// box): above [`NOISY_PCT`] the point is run again, up to three times.
+    pub other_cpu_pct: f64,
     pub server_peak_rss_kib: u64,
     /// No loss, no closed connection, publisher on time, p99 ≤ 100 ms.
     pub sustained: bool,
@@ -41,6 +46,9 @@ pub struct Row {
     pub rss_per_conn_kib: Option<f64>,
     pub connect_per_s: Option<f64>,
 }
+
+/// Share of a core other work may take during a window before the point is retried.
+pub const NOISY_PCT: f64 = 15.0;
 
 /// The median of repeated runs of one point, by delivered rate.
 pub fn median(mut runs: Vec<Row>) -> Option<Row> {
@@ -71,7 +79,7 @@ pub struct Results {
 }
 
 const CSV_HEADER: &str = "scenario,system,series,x_label,x,subscribers,publishers,payload_bytes,\
-offered_per_s,delivered_per_s,lost,loss,p50_us,p90_us,p99_us,p999_us,max_us,server_cpu_pct,\
+offered_per_s,delivered_per_s,lost,loss,p50_us,p90_us,p99_us,p999_us,max_us,server_cpu_pct,client_cpu_pct,other_cpu_pct,\
 server_peak_rss_kib,sustained,repeats,held,rss_per_conn_kib,connect_per_s,note";
 
 impl Results {
@@ -85,7 +93,7 @@ impl Results {
         let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.2}"));
         for r in &self.rows {
             csv.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{:.0},{:.0},{},{:.6},{},{},{},{},{},{:.1},{},{},{},{},{},{},\"{}\"\n",
+                "{},{},{},{},{},{},{},{},{:.0},{:.0},{},{:.6},{},{},{},{},{},{:.1},{:.1},{:.1},{},{},{},{},{},{},\"{}\"\n",
                 r.scenario,
                 r.system,
                 r.series,
@@ -104,6 +112,8 @@ impl Results {
                 r.p999_us,
                 r.max_us,
                 r.server_cpu_pct,
+                r.client_cpu_pct,
+                r.other_cpu_pct,
                 r.server_peak_rss_kib,
                 r.sustained,
                 r.repeats,
@@ -143,7 +153,7 @@ pub fn print_row(r: &Row) {
         return;
     }
     println!(
-        "  {:<24} {}={:<8} offered {:>7}/s delivered {:>7}/s  p50 {:>8.0} µs  p99 {:>8.0} µs  max {:>8.0} µs  cpu {:>3.0}%  {}",
+        "  {:<24} {}={:<8} offered {:>7}/s delivered {:>7}/s  p50 {:>8.0} µs  p99 {:>8.0} µs  max {:>8.0} µs  cpu {:>3.0}% (client {:>3.0}%, other {:>3.0}%)  {}",
         r.series,
         r.x_label,
         short(r.x),
@@ -153,6 +163,8 @@ pub fn print_row(r: &Row) {
         r.p99_us,
         r.max_us,
         r.server_cpu_pct,
+        r.client_cpu_pct,
+        r.other_cpu_pct,
         if r.sustained { "ok" } else { &r.note }
     );
 }

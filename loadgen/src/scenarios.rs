@@ -221,7 +221,19 @@ async fn measured_as(
 ) -> Result<Row> {
     let mut runs = Vec::new();
     for _ in 0..repeats.max(1) {
-        runs.push(rig.point(load).await?);
+        // This machine is shared: a window during which other work took a share of a
+        // core is run again (up to three tries), and the quietest try is kept.
+        let mut best = rig.point(load).await?;
+        for _ in 1..3 {
+            if best.other_cpu_pct <= results::NOISY_PCT {
+                break;
+            }
+            let again = rig.point(load).await?;
+            if again.other_cpu_pct < best.other_cpu_pct {
+                best = again;
+            }
+        }
+        runs.push(best);
     }
     let mut row = results::median(runs).context("no runs")?;
     row.x_label = x_label.into();
