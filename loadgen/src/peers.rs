@@ -136,7 +136,11 @@ impl Server {
                     &dir.path().join("data"),
                     64 << 20,
                 );
-                cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+                // Mosquitto takes packets up to 256 MiB: let switchboard take 1 MiB
+                // payloads too (its default limit is 1 MiB per packet).
+                cmd.env("SWITCHBOARD_MQTT_MAX_PACKET_SIZE", (4u32 << 20).to_string())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped());
             }
             System::Mosquitto => {
                 let config = dir.path().join("mosquitto.conf");

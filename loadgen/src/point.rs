@@ -81,6 +81,8 @@ pub struct Load {
     pub shape: Shape,
     pub warmup: Duration,
     pub measure: Duration,
+    /// Run a window again when other work disturbed it (off in quick mode).
+    pub retry_noisy: bool,
 }
 
 struct Worker {

@@ -153,8 +153,9 @@ pub fn print_row(r: &Row) {
         return;
     }
     println!(
-        "  {:<24} {}={:<8} offered {:>7}/s delivered {:>7}/s  p50 {:>8.0} µs  p99 {:>8.0} µs  max {:>8.0} µs  cpu {:>3.0}% (client {:>3.0}%, other {:>3.0}%)  {}",
+        "  {:<24} N={:<6} {}={:<8} offered {:>7}/s delivered {:>7}/s  p50 {:>8.0} µs  p99 {:>8.0} µs  max {:>8.0} µs  cpu {:>3.0}% (client {:>3.0}%, other {:>3.0}%)  {}",
         r.series,
+        r.subscribers,
         r.x_label,
         short(r.x),
         short(r.offered_per_s),

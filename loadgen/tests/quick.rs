@@ -55,16 +55,16 @@ fn quick_mode_runs_every_scenario_against_every_available_system() {
     eprintln!("quick mode took {:.0} s", started.elapsed().as_secs_f64());
 
     // Points per scenario in quick mode: fanout 2 subscriber counts × at least 2
-    // rates; fanin 2 rates; latency 2 counts; payload 3 sizes; http 3 ways × 2
-    // concurrencies; connections 1; e2e 2 shapes × 2 sizes.
+    // rates; fanin 2 rates; latency 2 counts; payload 2 sizes; http 3 ways × 2
+    // concurrencies; connections 1; e2e 2 shapes × 1 size.
     let points = [
         ("fanout", 4),
         ("fanin", 2),
         ("latency", 2),
-        ("payload", 3),
+        ("payload", 2),
         ("http", 6),
         ("connections", 1),
-        ("e2e", 4),
+        ("e2e", 2),
     ];
     for (scenario, min_points) in points {
         let dir = out.path().join(scenario);
