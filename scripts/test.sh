@@ -15,6 +15,9 @@ command -v mosquitto_passwd >/dev/null || need_apt+=(mosquitto)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+# Node.js and npm run the Socket.IO and `ws` peers of the benchmark harness (loadgen/).
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
@@ -31,6 +34,11 @@ fi
 if ! python3 -c 'import schemathesis, sys; sys.exit(0 if schemathesis.__version__ == "4.32.5" else 1)' 2>/dev/null; then
     python3 -m pip install --quiet 'schemathesis==4.32.5' 2>/dev/null \
         || python3 -m pip install --quiet --break-system-packages 'schemathesis==4.32.5'
+fi
+
+# The harness's Node peers, pinned by their package-lock.json.
+if [ -f loadgen/peers/package-lock.json ] && [ ! -d loadgen/peers/node_modules ]; then
+    npm ci --no-audit --no-fund --prefix loadgen/peers
 fi
 
 # Fan-out tests open a few thousand sockets.

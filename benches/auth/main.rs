@@ -23,13 +23,13 @@ mod host;
 #[allow(dead_code)]
 mod process;
 mod publish;
-#[path = "../common/read_buf.rs"]
+#[path = "../../loadgen/src/read_buf.rs"]
 mod read_buf;
 mod setup;
 mod window;
 #[path = "../common/wire.rs"]
 mod wire;
-#[path = "../common/ws_frame.rs"]
+#[path = "../../loadgen/src/ws_frame.rs"]
 mod ws_frame;
 
 use std::fmt::Write as _;

@@ -14,7 +14,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpSocket;
 
 use crate::read_buf::{invalid, number_after, ReadBuf};
 use crate::ws_frame::{self, close_reason, encode_pong, encode_text, OP_CLOSE, OP_PING, OP_TEXT};
@@ -63,14 +62,7 @@ impl Conn {
         buffer: usize,
         path: &str,
     ) -> io::Result<Conn> {
-        let socket = TcpSocket::new_v4()?;
-        if let Some(ip) = bind {
-            // Lets a port in TIME_WAIT from an earlier run be bound again.
-            socket.set_reuseaddr(true)?;
-            socket.bind(SocketAddr::new(ip, 0))?;
-        }
-        let stream = socket.connect(addr).await?;
-        stream.set_nodelay(true)?;
+        let stream = ws_frame::connect_tcp(addr, bind).await?;
         let (rd, tx) = stream.into_split();
         let mut conn = Conn {
             rx: Reader {

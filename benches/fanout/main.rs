@@ -20,11 +20,11 @@ mod host;
 mod idle;
 mod load;
 mod procs;
-#[path = "../common/read_buf.rs"]
+#[path = "../../loadgen/src/read_buf.rs"]
 mod read_buf;
 #[path = "../common/wire.rs"]
 mod wire;
-#[path = "../common/ws_frame.rs"]
+#[path = "../../loadgen/src/ws_frame.rs"]
 mod ws_frame;
 
 use std::fmt::Write as _;

@@ -50,19 +50,12 @@ impl Broker {
         let mut fixed = None;
         match kind {
             Kind::Switchboard => {
-                cmd.arg(env!("CARGO_BIN_EXE_switchboard"))
-                    .arg("serve")
-                    .env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0")
-                    .env("SWITCHBOARD_MQTT_LISTEN", "127.0.0.1:0")
-                    .env("SWITCHBOARD_MQTT_WS_LISTEN", "127.0.0.1:0")
-                    .env("SWITCHBOARD_DATA_DIR", dir.path().join("data"))
-                    .env("SWITCHBOARD_LOG_LEVEL", "warn,switchboard::listening=info")
-                    .env("SWITCHBOARD_WS_OUTBOUND_QUEUE_MESSAGES", "65536")
-                    .env("SWITCHBOARD_WS_OUTBOUND_QUEUE_BYTES", "16777216")
-                    // The WebSocket publisher is the load generator: no rate limit.
-                    .env("SWITCHBOARD_WS_PUBLISH_RATE", "4000000000")
-                    .env("SWITCHBOARD_WS_PUBLISH_BURST", "4000000000")
-                    .env_remove("RUST_LOG");
+                crate::host::switchboard_serve(
+                    &mut cmd,
+                    std::path::Path::new(env!("CARGO_BIN_EXE_switchboard")),
+                    &dir.path().join("data"),
+                    16 << 20,
+                );
             }
             Kind::Mosquitto => {
                 let (mqtt, ws) = (free_port(), free_port());

@@ -24,10 +24,11 @@ mod clock;
 #[path = "../common/host.rs"]
 mod host;
 mod load;
+#[path = "../../loadgen/src/proto.rs"]
 mod proto;
-#[path = "../common/read_buf.rs"]
+#[path = "../../loadgen/src/read_buf.rs"]
 mod read_buf;
-#[path = "../common/ws_frame.rs"]
+#[path = "../../loadgen/src/ws_frame.rs"]
 mod ws_frame;
 
 use std::fmt::Write as _;

@@ -4,10 +4,11 @@
 #![allow(dead_code)]
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::read_buf::{find, invalid, ReadBuf};
 
@@ -20,6 +21,20 @@ pub const OP_BINARY: u8 = 0x2;
 pub const OP_CLOSE: u8 = 0x8;
 pub const OP_PING: u8 = 0x9;
 pub const OP_PONG: u8 = 0xA;
+
+/// A TCP connection with Nagle off, from source address `bind` when given: many
+/// connections spread over 127.0.0.x get past one address's ephemeral ports.
+pub async fn connect_tcp(addr: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(ip) = bind {
+        // Lets a port in TIME_WAIT from an earlier run be bound again.
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
 
 /// Sends the upgrade request for `path` (asking for `protocol` if given) and reads
 /// the response head; whatever follows it in `rx` is already WebSocket frames.

@@ -5,8 +5,11 @@
 //! Up to 1,000 subscribers share the bench's one core, so the receive path does no
 //! JSON parsing and no allocation per message: it finds `"t":` and `"n":` in the bytes.
 
+// Shared with benches/mqtt; each uses a subset.
+#![allow(dead_code)]
+
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -216,12 +219,23 @@ pub struct WsRead {
 impl Ws {
     /// Connects and upgrades on `path`, asking for `protocol` if given.
     pub async fn connect(addr: SocketAddr, path: &str, protocol: Option<&str>) -> io::Result<Ws> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        Ws::connect_from(addr, None, 16 * 1024, path, protocol).await
+    }
+
+    /// [`Ws::connect`] from source address `bind` when given, with a read buffer of
+    /// `buffer` bytes to start with (it grows for larger frames).
+    pub async fn connect_from(
+        addr: SocketAddr,
+        bind: Option<IpAddr>,
+        buffer: usize,
+        path: &str,
+        protocol: Option<&str>,
+    ) -> io::Result<Ws> {
+        let stream = ws_frame::connect_tcp(addr, bind).await?;
         let (rd, tx) = stream.into_split();
         let mut ws = Ws {
             r: WsRead {
-                buf: ReadBuf::new(rd, 16 * 1024),
+                buf: ReadBuf::new(rd, buffer),
             },
             tx,
         };
