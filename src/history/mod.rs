@@ -735,9 +735,7 @@ impl Evictable for History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Grants;
     use crate::config::StoreConfig;
-    use crate::hub::Origin;
 
     fn history(dir: &std::path::Path) -> Arc<History> {
         let store = crate::store::open_when_free(dir, &StoreConfig::default());
@@ -748,19 +746,7 @@ mod tests {
 
     fn append(log: &Log, seq: u64) {
         let data = serde_json::value::RawValue::from_string(seq.to_string()).unwrap();
-        log.append(
-            &Publish {
-                topic: "t/kept",
-                event: None,
-                data: &data,
-                from: "c1",
-                origin: Origin::Ws,
-                by: &Grants::ALL,
-                retain: false,
-            },
-            seq,
-            seq * 1000,
-        );
+        log.append(&Publish::test("t/kept", &data), seq, seq * 1000);
     }
 
     #[test]

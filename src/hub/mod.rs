@@ -100,6 +100,23 @@ pub struct Publish<'a> {
     pub retain: bool,
 }
 
+#[cfg(test)]
+impl<'a> Publish<'a> {
+    /// The unit tests' message: a plain WebSocket publish by client `c1`, all grants.
+    pub(crate) fn test(topic: &'a str, data: &'a RawValue) -> Self {
+        static ALL: Grants = Grants::ALL;
+        Publish {
+            topic,
+            event: None,
+            data,
+            from: "c1",
+            origin: Origin::Ws,
+            by: &ALL,
+            retain: false,
+        }
+    }
+}
+
 /// Who sends a direct message: a connection, or an HTTP caller.
 #[derive(Clone, Copy)]
 pub struct Sender<'a> {

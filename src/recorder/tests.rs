@@ -6,9 +6,8 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use super::*;
-use crate::auth::Grants;
 use crate::config::{Config, StoreConfig};
-use crate::hub::{Origin, Publish};
+use crate::hub::Publish;
 
 fn open(dir: &std::path::Path, max_bytes: u64) -> (Store, Arc<Hub>, Arc<Recorder>) {
     let config = StoreConfig {
@@ -23,16 +22,7 @@ fn open(dir: &std::path::Path, max_bytes: u64) -> (Store, Arc<Hub>, Arc<Recorder
 
 fn publish(hub: &Hub, topic: &str, data: &str) {
     let data = RawValue::from_string(data.to_owned()).unwrap();
-    hub.publish(Publish {
-        topic,
-        event: None,
-        data: &data,
-        from: "c1",
-        origin: Origin::Ws,
-        by: &Grants::ALL,
-        retain: false,
-    })
-    .unwrap();
+    hub.publish(Publish::test(topic, &data)).unwrap();
 }
 
 fn start(recorder: &Recorder, topics: &[&str]) -> u64 {

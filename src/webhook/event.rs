@@ -102,24 +102,11 @@ pub fn body<'a>(webhook: &str, events: impl IntoIterator<Item = &'a [u8]>) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Grants;
-    use crate::hub::Origin;
 
     #[test]
     fn events_and_bodies_are_json() {
         let data = RawValue::from_string("{\"t\":21.5}".into()).unwrap();
-        let m = message(
-            &Publish {
-                topic: "a/b",
-                event: None,
-                data: &data,
-                from: "c1",
-                origin: Origin::Ws,
-                by: &Grants::ALL,
-                retain: false,
-            },
-            7,
-        );
+        let m = message(&Publish::test("a/b", &data), 7);
         let stored = with_id("evt_1", &m);
         let gone = lifecycle(&Lifecycle::DeviceOffline {
             client_id: "n1",
