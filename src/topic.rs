@@ -78,32 +78,9 @@ pub fn is_wildcard(filter: &str) -> bool {
     filter.split('/').any(|l| l == "+" || l == "#")
 }
 
-/// Does a (valid) filter match a (valid) topic?
-///
-/// Follows MQTT 3.1.1 §4.7: `a/#` also matches `a`, and a filter starting with a
-/// wildcard never matches a topic starting with `$` (system topics stay opt-in).
-pub fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut topic_levels = topic.split('/');
-    for f in filter.split('/') {
-        match f {
-            "#" => return true,
-            "+" => {
-                if topic_levels.next().is_none() {
-                    return false;
-                }
-            }
-            literal => {
-                if topic_levels.next() != Some(literal) {
-                    return false;
-                }
-            }
-        }
-    }
-    topic_levels.next().is_none()
-}
+/// Does a (valid) filter match a (valid) topic? One matcher for the whole daemon: the
+/// MQTT broker decides with it which device publishes its own subscribers could want.
+pub use switchboard_bridge::filter_matches as matches;
 
 /// Does `pattern` allow everything `filter` could ever match? Used for subscribe
 /// permissions: a device allowed `sensors/#` may subscribe to `sensors/+/temp`, but one

@@ -47,6 +47,8 @@ struct PahoOpts<'a> {
     login: Option<(&'a str, &'a str)>,
     /// topic, payload, retain
     will: Option<(&'a str, &'a [u8], bool)>,
+    /// 3.1.1 clean session off.
+    persistent: bool,
 }
 
 impl<'a> PahoOpts<'a> {
@@ -57,6 +59,7 @@ impl<'a> PahoOpts<'a> {
             websocket: false,
             login: None,
             will: None,
+            persistent: false,
         }
     }
 }
@@ -72,6 +75,9 @@ impl Paho {
             .args(["--client-id", o.client_id]);
         if o.websocket {
             cmd.args(["--transport", "websockets"]);
+        }
+        if o.persistent {
+            cmd.arg("--persistent");
         }
         if let Some((user, pass)) = o.login {
             cmd.args(["--username", user, "--password", pass]);
@@ -336,6 +342,75 @@ async fn websocket_publishes_reach_mqtt_subscribers_once_without_loops() {
     paho.no_message(QUIET).await;
     no_msg(&mut other_ws, "second copy to WS").await;
     no_msg(&mut publisher, "echo to the publisher").await;
+}
+
+/// A device's QoS 0 publishes skip the MQTT router while no MQTT subscriber could want
+/// them (see `bridge/src/interest.rs`). What must hold: WebSocket dashboards get every
+/// one; an MQTT subscriber gets them from the moment its SUBACK arrives, even though the
+/// publishing device's session had already found nobody listening on that topic; and a
+/// persistent session's subscription keeps receiving after its device comes back without
+/// subscribing again.
+#[tokio::test]
+async fn device_publishes_reach_mqtt_subscribers_however_late_they_subscribe() {
+    let d = Daemon::start("");
+    let port = mqtt_port(&d);
+    let mut dashboard = Raw::subscribed(&d.ws_url(), "plant/#").await;
+    let mut sensor = Paho::connect(port, "3.1.1", "sensor-1").await;
+
+    // Nobody over MQTT listens yet; the dashboard still gets it.
+    sensor.publish("plant/a/temp", b"before", 0, false).await;
+    ws_sees(&mut dashboard, "before").await;
+
+    // Now an MQTT subscriber (persistent session) and a clean one appear.
+    let keeper_opts = || PahoOpts {
+        persistent: true,
+        ..PahoOpts::new("3.1.1", "keeper")
+    };
+    let mut keeper = Paho::connect_with(port, keeper_opts()).await;
+    assert_eq!(keeper.subscribe(&[("plant/+/temp", 1)]).await, vec![1]);
+    let mut mosq = MosquittoSub::start(port, &["-t", "plant/#", "-i", "mosq-plant"]).await;
+    sensor.publish("plant/a/temp", b"one", 0, false).await;
+    ws_sees(&mut dashboard, "one").await;
+    let (topic, payload, _) = keeper.message().await;
+    assert_eq!((topic.as_str(), payload.as_slice()), ("plant/a/temp", &b"one"[..]));
+    let (topic, payload) = mosq.message(WAIT).await.expect("mosquitto_sub message");
+    assert_eq!((topic.as_str(), payload.as_slice()), ("plant/a/temp", &b"one"[..]));
+    // Other topics of the same device follow the filters too.
+    sensor.publish("plant/a/humidity", b"damp", 0, false).await;
+    let (topic, _) = mosq.message(WAIT).await.expect("mosquitto_sub message");
+    assert_eq!(topic, "plant/a/humidity");
+    ws_sees(&mut dashboard, "damp").await;
+    keeper.no_message(QUIET).await;
+    drop(mosq);
+
+    // The persistent subscriber leaves cleanly and comes back without subscribing: the
+    // router kept its subscription, so it must still get what the sensor publishes.
+    keeper.send(json!({"cmd":"disconnect"}));
+    keeper.expect_disconnected().await;
+    drop(keeper);
+    let mut keeper = Paho::connect_with(port, keeper_opts()).await;
+    sensor.publish("plant/a/temp", b"three", 0, false).await;
+    let three = keeper
+        .next_where(WAIT, |e| {
+            e["event"] == "message" && e["payload_hex"] == hex(b"three")
+        })
+        .await
+        .expect("the resumed persistent session gets the publish");
+    assert_eq!(three["topic"], "plant/a/temp");
+    ws_sees(&mut dashboard, "three").await;
+    drop(keeper);
+
+    // Back with a clean session, the old subscription is gone for the router and for
+    // the interest record alike; the dashboard alone keeps receiving.
+    let mut keeper = Paho::connect(port, "3.1.1", "keeper").await;
+    sensor.publish("plant/a/temp", b"four", 0, false).await;
+    ws_sees(&mut dashboard, "four").await;
+    keeper.no_message(QUIET).await;
+}
+
+async fn ws_sees(dashboard: &mut Raw, payload: &str) {
+    let m = dashboard.next_msg().await;
+    assert_eq!(m["data"], json!(payload), "{m}");
 }
 
 // ---------------------------------------------------------------------------------------

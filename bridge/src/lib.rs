@@ -19,6 +19,7 @@
 
 mod codec;
 mod egress;
+mod interest;
 mod listener;
 mod registry;
 mod router;
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use egress::{Publisher, QueueFull};
+pub use interest::filter_matches;
 
 /// How the broker listens and what it tolerates.
 #[derive(Debug, Clone)]
@@ -335,6 +337,8 @@ pub(crate) struct Shared {
     pub gate: Arc<dyn Gate>,
     pub ingress: Arc<dyn Ingress>,
     pub registry: registry::Registry,
+    /// The filters MQTT subscribers hold, so publishes nobody over MQTT wants skip the router.
+    pub interest: interest::Interest,
     pub stats: Arc<Stats>,
     pub publisher: Publisher,
     pub shutdown: CancellationToken,
@@ -397,6 +401,7 @@ impl Broker {
             gate,
             ingress,
             registry: registry::Registry::default(),
+            interest: interest::Interest::default(),
             stats,
             publisher,
             shutdown,

@@ -24,6 +24,7 @@ use rumqttd::protocol::{
 use tokio::time::{sleep_until, Instant};
 
 use crate::codec::{self, Codec, Sniff};
+use crate::interest::{match_filter, InterestCache};
 use crate::registry::Slot;
 use crate::router::LinkOptions;
 use crate::transport::Stream;
@@ -314,6 +315,10 @@ impl Admission {
             }
         };
 
+        if clean_session {
+            // The router has just discarded any session this id left behind.
+            self.shared.interest.forget(&client_id);
+        }
         let mut connack: Option<Packet> = connack.into();
         if let (Some(Packet::ConnAck(_, props)), Version::V5) = (&mut connack, version) {
             let props = props.get_or_insert_with(ConnAckProperties::default);
@@ -360,6 +365,7 @@ impl Admission {
             device,
             permissions,
             keep_alive: Duration::from_secs(connect.keep_alive.into()),
+            clean_session,
             link_tx,
             link_rx,
             slot,
@@ -373,6 +379,7 @@ impl Admission {
             topic_aliases: HashMap::new(),
             pending_subacks: HashMap::new(),
             subscribed: HashSet::new(),
+            interest: InterestCache::default(),
             recheck,
         })
     }
@@ -417,6 +424,8 @@ struct Running {
     device: Device,
     permissions: Arc<dyn Permissions>,
     keep_alive: Duration,
+    /// A clean session's subscriptions leave the router with it; a persistent one's stay.
+    clean_session: bool,
     link_tx: LinkTx,
     link_rx: LinkRx,
     slot: Slot,
@@ -434,6 +443,8 @@ struct Running {
     pending_subacks: HashMap<u16, PendingSubAck>,
     /// Filters handed to the router and not unsubscribed, checked again on a recheck.
     subscribed: HashSet<String>,
+    /// Whether MQTT subscribers want the topics this device publishes to.
+    interest: InterestCache,
     /// Changes when the permissions behind every device may have changed.
     recheck: tokio::sync::watch::Receiver<u64>,
 }
@@ -481,6 +492,9 @@ impl Running {
             if let Some(will) = self.will.take() {
                 fire_will(self.shared.clone(), self.device.clone(), will);
             }
+        }
+        if self.clean_session {
+            self.shared.interest.forget(&self.device.client_id);
         }
         self.shared.ingress.disconnected(&self.device, why);
         self.slot.gone.cancel();
@@ -546,7 +560,7 @@ impl Running {
         }
         let lost = self.subscribed.iter().any(|f| {
             self.permissions
-                .check_subscribe(shared_subscription_filter(f))
+                .check_subscribe(match_filter(f))
                 .is_err()
         });
         lost.then_some("a subscription it holds is no longer permitted")
@@ -630,6 +644,7 @@ impl Running {
                 Packet::Unsubscribe(unsubscribe, props) => {
                     for filter in &unsubscribe.filters {
                         self.subscribed.remove(filter);
+                        self.shared.interest.remove(&self.device.client_id, filter);
                     }
                     self.to_router.push(Packet::Unsubscribe(unsubscribe, props));
                     Step::Continue
@@ -715,7 +730,14 @@ impl Running {
             };
             self.shared.ingress.publish(&self.device, inbound);
         }
-        self.to_router.push(Packet::Publish(publish, props));
+        // See `interest`: only what the router must see, or an MQTT subscriber may want.
+        let router_needed = header.qos > 0
+            || publish.retain
+            || props.as_ref().is_some_and(|p| p.topic_alias.is_some())
+            || self.interest.wants(&self.shared.interest, &topic);
+        if router_needed {
+            self.to_router.push(Packet::Publish(publish, props));
+        }
         Step::Continue
     }
 
@@ -772,7 +794,7 @@ impl Running {
         let mut allowed = Vec::with_capacity(total);
         let mut refused = Vec::new();
         for (index, filter) in subscribe.filters.into_iter().enumerate() {
-            let checked = shared_subscription_filter(&filter.path);
+            let checked = match_filter(&filter.path);
             if checked.starts_with('$') {
                 // rumqttd's router refuses `$` filters by dropping the whole connection;
                 // refusing just this filter keeps the device connected.
@@ -787,6 +809,9 @@ impl Running {
             match self.permissions.check_subscribe(checked) {
                 Ok(()) => {
                     self.subscribed.insert(filter.path.clone());
+                    self.shared
+                        .interest
+                        .add(&self.device.client_id, &filter.path);
                     allowed.push(filter)
                 }
                 Err(denied) => {
@@ -915,13 +940,6 @@ impl Running {
     }
 }
 
-/// `$share/<group>/<filter>` is checked as `<filter>`.
-fn shared_subscription_filter(path: &str) -> &str {
-    path.strip_prefix("$share/")
-        .and_then(|rest| rest.split_once('/'))
-        .map_or(path, |(_, filter)| filter)
-}
-
 /// Publishes a device's Last Will to both MQTT subscribers and the ingress, after its
 /// delay unless the device comes back first.
 fn fire_will(shared: Arc<Shared>, device: Device, will: Will) {
@@ -969,10 +987,10 @@ mod tests {
     #[test]
     fn shared_subscriptions_are_checked_by_their_filter() {
         assert_eq!(
-            shared_subscription_filter("$share/g/sensors/#"),
+            match_filter("$share/g/sensors/#"),
             "sensors/#"
         );
-        assert_eq!(shared_subscription_filter("sensors/#"), "sensors/#");
-        assert_eq!(shared_subscription_filter("$share/g"), "$share/g");
+        assert_eq!(match_filter("sensors/#"), "sensors/#");
+        assert_eq!(match_filter("$share/g"), "$share/g");
     }
 }

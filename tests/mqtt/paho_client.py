@@ -58,6 +58,9 @@ def main():
     ap.add_argument("--will-topic")
     ap.add_argument("--will-payload-hex", default="")
     ap.add_argument("--will-retain", action="store_true")
+    ap.add_argument(
+        "--persistent", action="store_true", help="3.1.1 only: clean session off"
+    )
     args = ap.parse_args()
 
     v5 = args.version == "5"
@@ -66,6 +69,7 @@ def main():
         client_id=args.client_id,
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
         transport=args.transport,
+        **({"clean_session": False} if args.persistent and not v5 else {}),
     )
     if args.username is not None:
         client.username_pw_set(args.username, args.password)
