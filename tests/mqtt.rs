@@ -372,9 +372,15 @@ async fn device_publishes_reach_mqtt_subscribers_however_late_they_subscribe() {
     sensor.publish("plant/a/temp", b"one", 0, false).await;
     ws_sees(&mut dashboard, "one").await;
     let (topic, payload, _) = keeper.message().await;
-    assert_eq!((topic.as_str(), payload.as_slice()), ("plant/a/temp", &b"one"[..]));
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("plant/a/temp", &b"one"[..])
+    );
     let (topic, payload) = mosq.message(WAIT).await.expect("mosquitto_sub message");
-    assert_eq!((topic.as_str(), payload.as_slice()), ("plant/a/temp", &b"one"[..]));
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("plant/a/temp", &b"one"[..])
+    );
     // Other topics of the same device follow the filters too.
     sensor.publish("plant/a/humidity", b"damp", 0, false).await;
     let (topic, _) = mosq.message(WAIT).await.expect("mosquitto_sub message");

@@ -558,11 +558,10 @@ impl Running {
         if !self.permissions.still_valid() {
             return Some("its credential is no longer accepted");
         }
-        let lost = self.subscribed.iter().any(|f| {
-            self.permissions
-                .check_subscribe(match_filter(f))
-                .is_err()
-        });
+        let lost = self
+            .subscribed
+            .iter()
+            .any(|f| self.permissions.check_subscribe(match_filter(f)).is_err());
         lost.then_some("a subscription it holds is no longer permitted")
     }
 
@@ -986,10 +985,7 @@ mod tests {
 
     #[test]
     fn shared_subscriptions_are_checked_by_their_filter() {
-        assert_eq!(
-            match_filter("$share/g/sensors/#"),
-            "sensors/#"
-        );
+        assert_eq!(match_filter("$share/g/sensors/#"), "sensors/#");
         assert_eq!(match_filter("sensors/#"), "sensors/#");
         assert_eq!(match_filter("$share/g"), "$share/g");
     }
