@@ -1,4 +1,6 @@
-//! SVG charts of the results: one line per series (system), x on a log scale.
+//! SVG charts of the results: one line per series (system), both axes on a log scale,
+//! since the systems differ by orders of magnitude (100 µs next to seconds, 100k next
+//! to 6M deliveries/s) and a linear axis flattens all but the largest.
 //! plotters' SVG backend writes text as SVG `<text>`, so no font library is needed.
 
 use std::path::Path;
@@ -17,11 +19,17 @@ pub enum Metric {
 }
 
 impl Metric {
-    fn value(self, r: &Row) -> f64 {
-        match self {
+    /// The value to plot, if the row has one: a point that delivered nothing measured no
+    /// latency, and drawing its zero would look like the best latency of all.
+    fn value(self, r: &Row) -> Option<f64> {
+        let v = match self {
             Metric::Delivered => r.delivered_per_s,
             Metric::P99 => r.p99_us / 1000.0,
-            Metric::RssPerConn => r.rss_per_conn_kib.unwrap_or(0.0),
+            Metric::RssPerConn => r.rss_per_conn_kib?,
+        };
+        match self {
+            Metric::P99 if r.delivered_per_s <= 0.0 => None,
+            _ => Some(v),
         }
     }
 
@@ -59,12 +67,17 @@ pub fn draw(path: &Path, title: &str, rows: &[&Row], metric: Metric) -> Result<(
     } else {
         (xmin / 1.5, xmax * 1.5)
     };
-    let ymax = rows
+    let ys = rows
         .iter()
-        .map(|r| metric.value(r))
-        .fold(0.0f64, f64::max)
-        .max(1e-3)
-        * 1.1;
+        .filter_map(|r| metric.value(r))
+        .filter(|&y| y > 0.0);
+    let (ymin, ymax) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
+    // Zero (nothing delivered) sits on the bottom edge.
+    let (ymin, ymax) = if ymin > ymax {
+        (0.1, 10.0)
+    } else {
+        (ymin / 1.5, ymax * 1.5)
+    };
     let x_label = rows.first().map_or("x", |r| r.x_label.as_str());
 
     let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
@@ -75,7 +88,7 @@ pub fn draw(path: &Path, title: &str, rows: &[&Row], metric: Metric) -> Result<(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((xmin..xmax).log_scale(), 0.0..ymax)
+        .build_cartesian_2d((xmin..xmax).log_scale(), (ymin..ymax).log_scale())
         .map_err(e)?;
     chart
         .configure_mesh()
@@ -84,7 +97,8 @@ pub fn draw(path: &Path, title: &str, rows: &[&Row], metric: Metric) -> Result<(
         .x_label_formatter(&|v| crate::results::short(*v))
         .y_label_formatter(&|v| match metric {
             Metric::Delivered => crate::results::short(*v),
-            _ => format!("{v:.1}"),
+            _ if *v < 10.0 => format!("{v:.2}"),
+            _ => format!("{v:.0}"),
         })
         .draw()
         .map_err(e)?;
@@ -93,7 +107,7 @@ pub fn draw(path: &Path, title: &str, rows: &[&Row], metric: Metric) -> Result<(
         let mut points: Vec<(f64, f64)> = rows
             .iter()
             .filter(|r| r.series == *name)
-            .map(|r| (r.x.max(1e-3), metric.value(r)))
+            .filter_map(|r| Some((r.x.max(1e-3), metric.value(r)?.max(ymin))))
             .collect();
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
         chart

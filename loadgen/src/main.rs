@@ -93,6 +93,11 @@ enum Scenario {
     E2e,
     /// Every scenario in turn.
     All,
+    /// Redraws the charts of earlier results from each `DIR/results.json`.
+    Chart {
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
     /// Internal: a process holding subscribers for the coordinator.
     #[command(hide = true)]
     Worker { spec: String },
@@ -109,7 +114,7 @@ impl Scenario {
             Scenario::Connections => vec!["connections"],
             Scenario::E2e => vec!["e2e"],
             Scenario::All => scenarios::ALL.to_vec(),
-            Scenario::Worker { .. } => Vec::new(),
+            Scenario::Worker { .. } | Scenario::Chart { .. } => Vec::new(),
         }
     }
 }
@@ -118,6 +123,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Scenario::Worker { spec } = &cli.scenario {
         return worker::run(spec);
+    }
+    if let Scenario::Chart { dirs } = &cli.scenario {
+        return dirs.iter().try_for_each(|dir| scenarios::redraw(dir));
     }
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let setup = Setup {

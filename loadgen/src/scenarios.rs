@@ -127,6 +127,19 @@ pub async fn run(name: &str, opts: &Opts) -> Result<Results> {
     Ok(results)
 }
 
+/// Draws the charts of the results in `dir` again (after a change to the charts, or
+/// to put a point from another run in).
+pub fn redraw(dir: &std::path::Path) -> Result<()> {
+    let path = dir.join("results.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let results: Results = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a results file", path.display()))?;
+    charts(&results.scenario, &results.rows, dir)?;
+    println!("  charts redrawn: {}", dir.display());
+    Ok(())
+}
+
 /// The charts of a scenario, next to its data.
 fn charts(name: &str, rows: &[Row], dir: &std::path::Path) -> Result<()> {
     let all: Vec<&Row> = rows.iter().collect();

@@ -113,3 +113,47 @@ fn quick_mode_runs_every_scenario_against_every_available_system() {
         );
     }
 }
+
+/// `chart` redraws a run's charts from its `results.json` (committed runs in
+/// docs/bench/ are redrawn this way), and says clearly when the file is not results.
+#[test]
+fn chart_redraws_from_results_and_refuses_other_files() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/bench/latency.json");
+    std::fs::copy(&committed, dir.path().join("results.json")).expect("copy results");
+    let results = read_json(&dir.path().join("results.json"));
+    let series: BTreeSet<&str> = results["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["series"].as_str())
+        .collect();
+    let bench = || Command::new(env!("CARGO_BIN_EXE_switchboard-bench"));
+    let out = bench()
+        .arg("chart")
+        .arg(dir.path())
+        .output()
+        .expect("run chart");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for chart in ["latency-p99.svg", "latency-delivered.svg"] {
+        assert_eq!(
+            chart_lines(&dir.path().join(chart)),
+            series.len(),
+            "{chart}"
+        );
+    }
+
+    std::fs::write(dir.path().join("results.json"), "{\"rows\": 3").expect("write");
+    let out = bench()
+        .arg("chart")
+        .arg(dir.path())
+        .output()
+        .expect("run chart");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("is not a results file"), "{stderr}");
+}
