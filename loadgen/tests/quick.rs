@@ -40,6 +40,13 @@ fn chart_lines(path: &Path) -> usize {
         .count()
 }
 
+/// The chart lines (series) the rows of a results file make.
+fn series_of<'a>(rows: impl IntoIterator<Item = &'a serde_json::Value>) -> BTreeSet<&'a str> {
+    rows.into_iter()
+        .filter_map(|r| r["series"].as_str())
+        .collect()
+}
+
 #[test]
 fn quick_mode_runs_every_scenario_against_every_available_system() {
     let out = tempfile::tempdir().expect("temporary directory");
@@ -102,10 +109,7 @@ fn quick_mode_runs_every_scenario_against_every_available_system() {
             .iter()
             .filter(|r| scenario != "fanout" || r["subscribers"] == 100)
             .collect();
-        let series: BTreeSet<&str> = rows_in_chart
-            .iter()
-            .filter_map(|r| r["series"].as_str())
-            .collect();
+        let series = series_of(rows_in_chart.iter().copied());
         assert_eq!(
             chart_lines(&dir.join(&chart)),
             series.len(),
@@ -122,18 +126,15 @@ fn chart_redraws_from_results_and_refuses_other_files() {
     let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/bench/latency.json");
     std::fs::copy(&committed, dir.path().join("results.json")).expect("copy results");
     let results = read_json(&dir.path().join("results.json"));
-    let series: BTreeSet<&str> = results["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .filter_map(|r| r["series"].as_str())
-        .collect();
-    let bench = || Command::new(env!("CARGO_BIN_EXE_switchboard-bench"));
-    let out = bench()
-        .arg("chart")
-        .arg(dir.path())
-        .output()
-        .expect("run chart");
+    let series = series_of(results["rows"].as_array().expect("rows"));
+    let chart = || {
+        Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+            .arg("chart")
+            .arg(dir.path())
+            .output()
+            .expect("run chart")
+    };
+    let out = chart();
     assert!(
         out.status.success(),
         "{}",
@@ -148,11 +149,7 @@ fn chart_redraws_from_results_and_refuses_other_files() {
     }
 
     std::fs::write(dir.path().join("results.json"), "{\"rows\": 3").expect("write");
-    let out = bench()
-        .arg("chart")
-        .arg(dir.path())
-        .output()
-        .expect("run chart");
+    let out = chart();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("is not a results file"), "{stderr}");
