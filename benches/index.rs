@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use switchboard::hub::index::SubscriptionIndex;
-use switchboard::topic;
+use switchboard_core::topic;
 
 const SUBSCRIPTIONS: u64 = 100_000;
 const SITES: u64 = 50;

@@ -16,8 +16,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::hub::outbox::{QueueLimits, SlowConsumerPolicy};
 use crate::hub::HubConfig;
-use crate::topic::Filter;
 use crate::webhook::config::WebhookConfig;
+use switchboard_core::topic::Filter;
 
 /// The annotated configuration the package installs; `switchboard default-config`
 /// prints it. A test keeps it equal to [`Config::packaged`].
@@ -294,7 +294,7 @@ impl<'de> Deserialize<'de> for TopicPattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         let filled = s.replace("%c", "c").replace("%u", "u");
-        crate::topic::validate_filter(&filled)
+        switchboard_core::topic::validate_filter(&filled)
             .map_err(|e| serde::de::Error::custom(format!("invalid topic pattern `{s}`: {e}")))?;
         Ok(TopicPattern(s))
     }

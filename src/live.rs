@@ -46,7 +46,7 @@ pub struct PendingTap<T> {
     tap: Mutex<Option<T>>,
 }
 
-impl<T: crate::hub::Tap + 'static> PendingTap<T> {
+impl<T: switchboard_core::message::Tap + 'static> PendingTap<T> {
     pub fn new(tap: T) -> Self {
         PendingTap {
             tap: Mutex::new(Some(tap)),

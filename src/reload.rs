@@ -22,10 +22,10 @@ use crate::config::Config;
 use crate::http::hooks::HookSecrets;
 use crate::hub::outbox::CloseReason;
 use crate::logging::{LogChange, LogControl};
-use crate::protocol::close;
 use crate::server::App;
 use crate::tls::TlsUpdate;
 use crate::webhook::WebhookPlan;
+use switchboard_core::protocol::close;
 
 /// Settings a reload puts in force; a change to any other one waits for a restart.
 /// A prefix covers every key under it.

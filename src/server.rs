@@ -25,11 +25,11 @@ use crate::http::listener::ListenerStats;
 use crate::hub::outbox::CloseReason;
 use crate::hub::Hub;
 use crate::mqtt::{BrokerTap, HubIngress};
-use crate::protocol::close;
 use crate::recorder::Recorder;
 use crate::store::Store;
 use crate::tls::TlsReloader;
 use crate::webhook::Webhooks;
+use switchboard_core::protocol::close;
 
 /// Target of the one log line that reports every bound address. Scripts and tests read
 /// it; its shape is documented in README.md and must stay stable:
@@ -139,7 +139,7 @@ impl Server {
             metrics: Default::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            started_at: crate::protocol::now_ms(),
+            started_at: switchboard_core::clock::now_ms(),
             idempotency,
             store,
             webhooks,

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::protocol::now_ms;
+use switchboard_core::clock::now_ms;
 
 pub struct Throttle {
     every_ms: u64,

@@ -12,13 +12,13 @@ use common::{Daemon, BIN};
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use switchboard::client::{Client, ClientError, ClientOptions, Event, Subscription};
+use switchboard_client::{Client, ClientError, ClientOptions, Event, Subscription};
 use tokio::sync::broadcast;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 /// The next message on a subscription, or a failed test.
-async fn next(sub: &mut Subscription) -> switchboard::client::Message {
+async fn next(sub: &mut Subscription) -> switchboard_client::Message {
     tokio::time::timeout(WAIT, sub.next())
         .await
         .expect("a message within 10 s")

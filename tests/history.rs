@@ -13,7 +13,7 @@ use common::mosquitto::free_port;
 use common::{creds, Daemon, Raw};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use switchboard::client::{Client, ClientOptions, Event, Since};
+use switchboard_client::{Client, ClientOptions, Event, Since};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -224,7 +224,7 @@ fn options(url: String) -> ClientOptions {
 
 /// Receives until `want` messages have arrived or `wait` passed.
 async fn collect(
-    sub: &mut switchboard::client::Subscription,
+    sub: &mut switchboard_client::Subscription,
     want: usize,
     wait: Duration,
 ) -> Vec<u64> {

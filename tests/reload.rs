@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchboard::auth::passwd::PasswordFile;
-use switchboard::client::{Client, Event};
+use switchboard_client::{Client, Event};
 
 use common::{mosquitto_pub, Daemon, MosquittoSub, Raw};
 

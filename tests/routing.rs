@@ -74,7 +74,7 @@ async fn wildcard_routing_matrix() {
     for (f, c) in filters.iter().zip(subs.iter_mut()) {
         let want: BTreeSet<String> = topics
             .iter()
-            .filter(|t| switchboard::topic::matches(f, t))
+            .filter(|t| switchboard_core::topic::matches(f, t))
             .map(|t| t.to_string())
             .collect();
         assert_eq!(drain_topics(c).await, want, "filter {f}");

@@ -653,8 +653,8 @@ async fn the_rust_client_and_the_cli_speak_wss_with_a_private_ca() {
     let d = Daemon::start(&format!("[http]\ntls = true\n{}", files.tls_section(None)));
     let url = format!("wss://localhost:{}/ws", d.http.port());
 
-    let options = switchboard::client::ClientOptions::new(url.as_str()).ca_file(&ca_file);
-    let client = switchboard::client::Client::connect(options)
+    let options = switchboard_client::ClientOptions::new(url.as_str()).ca_file(&ca_file);
+    let client = switchboard_client::Client::connect(options)
         .await
         .expect("wss with the private CA");
     let mut sub = client.subscribe("secure/cli").await.expect("subscribe");
@@ -678,8 +678,8 @@ async fn the_rust_client_and_the_cli_speak_wss_with_a_private_ca() {
     assert_eq!(msg.data.get(), "42");
 
     // Without the CA the system roots do not know the certificate: refused, clearly.
-    let refused = switchboard::client::Client::connect(
-        switchboard::client::ClientOptions::new(url.as_str()).reconnect(false),
+    let refused = switchboard_client::Client::connect(
+        switchboard_client::ClientOptions::new(url.as_str()).reconnect(false),
     )
     .await;
     let error = match refused {

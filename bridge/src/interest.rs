@@ -15,6 +15,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
+use switchboard_core::topic::matches as filter_matches;
+
 /// The filters of every session the router knows, live or persistent.
 #[derive(Default)]
 pub(crate) struct Interest {
@@ -142,33 +144,6 @@ pub(crate) fn match_filter(path: &str) -> &str {
         .map_or(path, |(_, filter)| filter)
 }
 
-/// Does a (valid) MQTT filter match a (valid) topic?
-///
-/// Follows MQTT 3.1.1 §4.7: `a/#` also matches `a`, and a filter starting with a
-/// wildcard never matches a topic starting with `$` (system topics stay opt-in).
-pub fn filter_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut topic_levels = topic.split('/');
-    for f in filter.split('/') {
-        match f {
-            "#" => return true,
-            "+" => {
-                if topic_levels.next().is_none() {
-                    return false;
-                }
-            }
-            literal => {
-                if topic_levels.next() != Some(literal) {
-                    return false;
-                }
-            }
-        }
-    }
-    topic_levels.next().is_none()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,15 +200,5 @@ mod tests {
             cache.wants(&i, &format!("t/{n}"));
             assert!(cache.answers.len() <= CACHED_TOPICS);
         }
-    }
-
-    #[test]
-    fn matching_follows_mqtt() {
-        assert!(filter_matches("a/#", "a"));
-        assert!(filter_matches("a/+/c", "a/b/c"));
-        assert!(!filter_matches("a/+", "a/b/c"));
-        assert!(!filter_matches("#", "$SYS/x"));
-        assert!(filter_matches("$SYS/#", "$SYS/x"));
-        assert!(!filter_matches("a/b", "a"));
     }
 }

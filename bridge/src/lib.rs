@@ -38,7 +38,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use egress::{Publisher, QueueFull};
-pub use interest::filter_matches;
 
 /// How the broker listens and what it tolerates.
 #[derive(Debug, Clone)]
@@ -493,5 +492,19 @@ impl Broker {
         {
             tracing::warn!("some MQTT connections did not close within the grace period");
         }
+    }
+}
+
+/// The daemon's permissions, checked for devices with the very same methods as for
+/// WebSocket and HTTP clients.
+impl Permissions for switchboard_core::Grants {
+    fn check_publish(&self, topic_name: &str) -> Result<(), Denied> {
+        switchboard_core::topic::validate_topic(topic_name).map_err(|_| Denied::Invalid)?;
+        switchboard_core::Grants::check_publish(self, topic_name).map_err(|_| Denied::NotAuthorized)
+    }
+
+    fn check_subscribe(&self, filter: &str) -> Result<(), Denied> {
+        switchboard_core::topic::validate_filter(filter).map_err(|_| Denied::Invalid)?;
+        switchboard_core::Grants::check_subscribe(self, filter).map_err(|_| Denied::NotAuthorized)
     }
 }

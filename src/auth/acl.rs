@@ -6,7 +6,8 @@
 
 use crate::config::{AclRule, TopicPattern};
 
-use super::grants::{substitute, Grants};
+use super::patterns::substitute;
+use switchboard_core::grants::Grants;
 
 /// The configured rules.
 #[derive(Debug, Clone, Default)]

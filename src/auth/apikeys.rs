@@ -43,8 +43,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::principal::{unix_now, ClientLimits};
-use super::{AuthError, Grants, Kind, Principal};
-use crate::topic;
+use super::{AuthError, Kind, Principal};
+use switchboard_core::grants::Grants;
+use switchboard_core::topic;
 
 /// Every API key starts with this, which tells it apart from a JWT or the admin token.
 pub const PREFIX: &str = "sbk_";

@@ -14,10 +14,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use switchboard_bridge::{Credentials, Denied, Gate, Permissions, Refusal};
 
 use super::acl::Acl;
-use super::grants::Grants;
 use super::jwt::{self, JwtVerifier};
 use super::passwd::{PasswdError, PasswordFile};
 use crate::config::MqttConfig;
+use switchboard_core::grants::Grants;
 
 /// The device gate. Its rules can be replaced while devices are connected (SIGHUP):
 /// new devices meet the new rules, and connected ones are checked against them on

@@ -8,9 +8,9 @@
 pub mod acl;
 pub mod apikeys;
 pub mod devices;
-pub mod grants;
 pub mod jwt;
 pub mod passwd;
+pub mod patterns;
 pub mod principal;
 pub mod private_file;
 
@@ -23,8 +23,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{AuthConfig, Config};
-pub use grants::{Forbidden, Grants};
 pub use principal::{Kind, Principal};
+use switchboard_core::grants::Grants;
 
 /// Why a credential was not accepted. Messages say what is wrong with it, never what
 /// it was: a token is not echoed back or logged.
@@ -270,7 +270,8 @@ fn anonymous(auth: &AuthConfig) -> Option<Arc<Principal>> {
     if !auth.allow_anonymous {
         return None;
     }
-    let filters = |v: &[crate::topic::Filter]| v.iter().map(|f| f.as_str().to_owned()).collect();
+    let filters =
+        |v: &[switchboard_core::topic::Filter]| v.iter().map(|f| f.as_str().to_owned()).collect();
     let grants = Grants::new(
         filters(&auth.anonymous.publish),
         filters(&auth.anonymous.subscribe),

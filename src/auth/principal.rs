@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::value::RawValue;
 
-use super::grants::Grants;
+use switchboard_core::grants::Grants;
 
 /// An authenticated identity and everything it was granted.
 #[derive(Debug, Clone)]

@@ -11,10 +11,11 @@ use switchboard_bridge::upstream::{self, Inbox};
 use tokio_util::sync::CancellationToken;
 
 use super::{lock, Link};
-use crate::auth::Grants;
-use crate::client::backoff::Backoff;
-use crate::hub::{Hub, Publish};
+use crate::hub::Hub;
 use crate::mqtt::payload;
+use switchboard_core::backoff::Backoff;
+use switchboard_core::grants::Grants;
+use switchboard_core::message::Publish;
 
 pub async fn run(link: Arc<Link>, hub: Arc<Hub>, stop: CancellationToken) {
     let backoff = Backoff {
@@ -81,7 +82,7 @@ impl Inbox for HubInbox {
         self.link.connected.store(true, Ordering::Relaxed);
         self.link
             .connected_at
-            .store(crate::protocol::now_ms(), Ordering::Relaxed);
+            .store(switchboard_core::clock::now_ms(), Ordering::Relaxed);
         tracing::info!(bridge = %self.link.name, address = %self.link.config.address, "bridge connected");
         self.link.publish_status(&self.hub);
     }

@@ -32,13 +32,14 @@ use switchboard_bridge::upstream::UpstreamConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::hub::{Hub, Origin, Publish};
+use crate::hub::Hub;
 use crate::live::{LiveList, Tasks};
 use crate::store::writer::Writer;
 use crate::store::{Store, StoreError};
 use config::LinkConfig;
 use queue::Queue;
 pub use status::{LinkStatus, STATUS_PREFIX};
+use switchboard_core::message::{Origin, Publish};
 
 /// The name external mode's link goes by (API, metrics, store, status topic).
 pub const EXTERNAL: &str = "external";

@@ -188,7 +188,7 @@ impl Outbox for Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Origin;
+    use switchboard_core::message::Origin;
 
     fn message(topic: &str, data: &str) -> StoredMessage {
         StoredMessage {

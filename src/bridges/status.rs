@@ -12,8 +12,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{lock, Link};
-use crate::hub::{Hub, Origin};
+use crate::hub::Hub;
 use crate::live::LiveList;
+use switchboard_core::message::Origin;
 
 /// Status messages are published, retained, on `$bridges/<name>/status`.
 pub const STATUS_PREFIX: &str = "$bridges/";

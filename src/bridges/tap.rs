@@ -13,10 +13,10 @@ use tokio::sync::mpsc;
 
 use super::queue;
 use super::Link;
-use crate::hub::{Publish, Tap};
 use crate::live::{self, LiveList};
 use crate::store::writer::{self, Writer};
 use crate::store::StoredMessage;
+use switchboard_core::message::{Publish, Tap};
 
 /// Messages between the Hub and the writer; beyond it they are dropped, not the Hub
 /// slowed.

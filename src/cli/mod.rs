@@ -1,5 +1,5 @@
 //! The operator's command-line tools (the daemon's own commands live in `main.rs`):
-//! `sub` and `pub` talk to a running daemon through [`crate::client`]; `passwd` edits a
+//! `sub` and `pub` talk to a running daemon through [`switchboard_client`]; `passwd` edits a
 //! device password file; `apikey` creates, lists and revokes API keys; `token create`
 //! mints a client JWT; `record` and `replay` manage recordings through the REST API.
 //! Each tool is a clap `Args` struct and a `run_*` function;
@@ -15,7 +15,7 @@ pub mod token;
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnectArgs {
     /// WebSocket endpoint of the daemon.
-    #[arg(long, env = "SWITCHBOARD_URL", default_value = crate::client::DEFAULT_URL)]
+    #[arg(long, env = "SWITCHBOARD_URL", default_value = switchboard_client::DEFAULT_URL)]
     pub url: String,
     /// Name to connect as anonymously (`?user=`; only where anonymous clients are allowed).
     #[arg(long, conflicts_with = "token")]
@@ -30,8 +30,8 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
-    pub fn options(&self) -> crate::client::ClientOptions {
-        let mut options = crate::client::ClientOptions::new(&self.url);
+    pub fn options(&self) -> switchboard_client::ClientOptions {
+        let mut options = switchboard_client::ClientOptions::new(&self.url);
         options.user = self.user.clone();
         options.token = self.token.clone();
         options.ca_file = self.ca_file.clone();

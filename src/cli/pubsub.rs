@@ -13,8 +13,8 @@ use serde_json::value::RawValue;
 use tokio::io::AsyncBufReadExt;
 
 use super::ConnectArgs;
-use crate::client::{Client, Message, Since};
-use crate::topic;
+use switchboard_client::{Client, Message, Since};
+use switchboard_core::topic;
 
 #[derive(clap::Args, Debug)]
 pub struct SubArgs {

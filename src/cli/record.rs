@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 #[derive(clap::Args, Debug, Clone)]
 pub struct ApiArgs {
     /// WebSocket endpoint of the daemon; the API is on the same host and port.
-    #[arg(long, global = true, env = "SWITCHBOARD_URL", default_value = crate::client::DEFAULT_URL)]
+    #[arg(long, global = true, env = "SWITCHBOARD_URL", default_value = switchboard_client::DEFAULT_URL)]
     pub url: String,
     /// Credential: a client JWT, an API key or the admin token.
     #[arg(long, global = true, env = "SWITCHBOARD_TOKEN", hide_env_values = true)]

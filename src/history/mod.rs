@@ -27,21 +27,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::hub::Publish;
 use crate::store::{Evictable, Evicted, Store, StoreError, StoredMessage};
 pub use config::{HistoryConfig, HistoryRule};
+use switchboard_core::message::Publish;
+use switchboard_core::protocol::Since;
 
 /// The key of the clean-stop marker in the streams tree (no topic is empty).
 const CLEAN: &[u8] = b"";
-
-/// Where a client asks a recovery to start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Since {
-    /// The last this many messages.
-    Last(u64),
-    /// Every message after `seq` of stream `epoch`.
-    After { seq: u64, epoch: Option<String> },
-}
 
 /// A stream's position: its epoch and the number of its newest message (0: none yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -493,7 +485,7 @@ impl History {
     /// Trims every stream with an age limit; run periodically, so idle topics expire
     /// too.
     pub fn expire(&self) -> Result<(), StoreError> {
-        let now = crate::protocol::now_us();
+        let now = switchboard_core::clock::now_us();
         for entry in self.entries() {
             if self.rule(&entry).max_age.is_some() {
                 let mut s = lock(&entry);
@@ -633,7 +625,7 @@ impl Log {
         let max = history.config.max_recovery.get() as u64;
         let (from, to, complete) = {
             let mut s = lock(&self.entry);
-            if let Err(e) = history.trim(&self.entry, &mut s, crate::protocol::now_us()) {
+            if let Err(e) = history.trim(&self.entry, &mut s, switchboard_core::clock::now_us()) {
                 tracing::error!(error = %e, "history: trimming failed");
             }
             let epoch = epoch_text(s.epoch);

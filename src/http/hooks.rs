@@ -27,10 +27,10 @@ pub use registry::{Hook, HookSecrets, Hooks, LoadError};
 pub use stats::{HookCounts, RefusedCounts};
 
 use crate::http::api::ApiError;
-use crate::protocol::ErrorCode;
 use crate::server::App;
 use registry::{Delivered, DeliveryError};
 use stats::Refusal;
+use switchboard_core::protocol::ErrorCode;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new().route("/hooks/{name}", post(receive).fallback(method_not_allowed))

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::api::{ApiError, Caller};
 use crate::metrics::{prometheus, Snapshot};
-use crate::protocol::ErrorCode;
 use crate::server::App;
+use switchboard_core::protocol::ErrorCode;
 
 pub async fn metrics(State(app): State<Arc<App>>, request: Request) -> Result<Response, ApiError> {
     if !app.config.metrics.enabled {

@@ -210,7 +210,7 @@ fn remove_in<T>(node: &mut Node<T>, levels: &[&str], key: Key) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topic;
+    use switchboard_core::topic;
 
     fn matched(index: &SubscriptionIndex<u64>, topic: &str) -> Vec<u64> {
         let mut v = Vec::new();

@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use futures_util::task::AtomicWaker;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::Frame;
+use switchboard_core::protocol::Frame;
 
 /// What to do when a connection's outbound queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

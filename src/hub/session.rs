@@ -36,7 +36,7 @@ impl Session {
             principal: RwLock::new(principal),
             outbox,
             filters: Mutex::new(HashSet::new()),
-            connected_at: crate::protocol::now_ms(),
+            connected_at: switchboard_core::clock::now_ms(),
         }
     }
 

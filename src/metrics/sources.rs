@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Snapshot;
-use crate::hub::Origin;
 use crate::server::App;
+use switchboard_core::message::Origin;
 
 fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)

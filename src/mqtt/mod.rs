@@ -13,9 +13,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use switchboard_bridge::{Device, Gone, Inbound, Ingress, Publisher};
 
-use crate::auth::Grants;
-use crate::hub::{Hub, Lifecycle, Origin, Publish, Tap};
-use crate::protocol;
+use crate::hub::Hub;
+use switchboard_core::grants::Grants;
+use switchboard_core::message::{Lifecycle, Origin, Publish, Tap};
 
 /// Device status notices are published, retained, on `$devices/<client id>`.
 pub const DEVICE_STATUS_PREFIX: &str = "$devices/";
@@ -33,7 +33,7 @@ impl HubIngress {
     fn status(&self, device: &Device, online: bool, why: Option<Gone>) {
         let notice = serde_json::json!({
             "online": online,
-            "ts": protocol::now_ms(),
+            "ts": switchboard_core::clock::now_ms(),
             "username": device.username,
             "protocol": format!("mqtt/{}", device.version.as_str()),
             "transport": device.transport.as_str(),

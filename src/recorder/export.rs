@@ -16,10 +16,10 @@ use serde_json::value::RawValue;
 use super::layout::Meta;
 use super::{Recorder, RecorderError, RecordingView};
 use crate::auth::Principal;
-use crate::hub::Origin;
-use crate::protocol::now_ms;
 use crate::store::StoredMessage;
-use crate::topic;
+use switchboard_core::clock::now_ms;
+use switchboard_core::message::Origin;
+use switchboard_core::topic;
 
 pub const FORMAT: &str = "switchboard-recording";
 pub const VERSION: u32 = 1;

@@ -37,10 +37,11 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Principal;
 use crate::config::RecordingConfig;
 use crate::hub::Hub;
-use crate::protocol::{now_ms, ErrorCode};
 use crate::store::{Store, StoreError, StoredMessage};
-use crate::topic::{self, Filter};
 use layout::{Figures, Meta};
+use switchboard_core::clock::now_ms;
+use switchboard_core::protocol::ErrorCode;
+use switchboard_core::topic::{self, Filter};
 
 pub use replay::{ReplayRequest, ReplayView};
 

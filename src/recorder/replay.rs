@@ -22,9 +22,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{lock, Recorder, RecorderError};
-use crate::auth::{Grants, Principal};
-use crate::hub::{HubError, Origin, Publish};
-use crate::protocol::now_ms;
+use crate::auth::Principal;
+use crate::hub::HubError;
+use switchboard_core::clock::now_ms;
+use switchboard_core::grants::Grants;
+use switchboard_core::message::{Origin, Publish};
 
 /// The topic prefix of replay events.
 pub const EVENTS_PREFIX: &str = "$replays/";

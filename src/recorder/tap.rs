@@ -15,10 +15,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{json, layout, lock, Counters, Recorder};
-use crate::hub::{Publish, Tap};
 use crate::store::StoredMessage;
 use crate::throttle::Throttle;
-use crate::topic::Filter;
+use switchboard_core::message::{Publish, Tap};
+use switchboard_core::topic::Filter;
 
 /// Messages the writer takes and stores in one batch.
 pub const BURST: usize = 1024;

@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 
 use super::*;
 use crate::config::{Config, StoreConfig};
-use crate::hub::Publish;
+use switchboard_core::message::Publish;
 
 fn open(dir: &std::path::Path, max_bytes: u64) -> (Store, Arc<Hub>, Arc<Recorder>) {
     let config = StoreConfig {

@@ -5,7 +5,7 @@
 //! the fixed fields cost a few bytes. The first byte is the record's layout version, so
 //! a later layout can be read beside this one.
 
-use crate::hub::{Origin, Publish};
+use switchboard_core::message::{Origin, Publish};
 
 /// The layout written by this build.
 const LAYOUT: u8 = 1;

@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::config::positive_duration;
-use crate::topic::Filter;
+use switchboard_core::topic::Filter;
 
-/// The lifecycle events an endpoint may follow, as `crate::hub::Lifecycle::name` spells
+/// The lifecycle events an endpoint may follow, as `switchboard_core::message::Lifecycle::name` spells
 /// them; `*` in `events` stands for all of them.
 pub const EVENT_NAMES: [&str; 6] = [
     "client.connected",

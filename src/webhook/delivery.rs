@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::queue::{DeadLetter, Inflight};
 use super::signature::{self, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use super::{event, redacted, Endpoint, Settings};
-use crate::protocol::now_ms;
 use crate::store::StoreError;
+use switchboard_core::clock::now_ms;
 
 /// Pause after a store error before trying again, so a broken disk does not spin.
 const STORE_RETRY: Duration = Duration::from_secs(1);

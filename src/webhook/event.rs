@@ -7,8 +7,8 @@ use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::hub::{Lifecycle, Publish};
-use crate::protocol::now_ms;
+use switchboard_core::clock::now_ms;
+use switchboard_core::message::{Lifecycle, Publish};
 
 #[derive(Serialize)]
 struct MessageEvent<'a> {

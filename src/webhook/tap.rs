@@ -12,10 +12,10 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::{event, Endpoint};
-use crate::hub::{Lifecycle, Publish, Tap};
 use crate::live::{self, LiveList};
 use crate::store::writer::{self, Writer};
 use crate::throttle::Throttle;
+use switchboard_core::message::{Lifecycle, Publish, Tap};
 
 /// Events between the hub and the writer. A burst this large only waits here while the
 /// writer stores the previous one; beyond it, events are dropped rather than the hub

@@ -39,8 +39,10 @@ use super::rate::PublishLimiter;
 use crate::auth::{AuthError, Principal};
 use crate::hub::outbox::CloseReason;
 use crate::hub::Session;
-use crate::protocol::{close, parse_request, ErrorCode, Frame, Request, RequestError, ServerFrame};
 use crate::server::App;
+use switchboard_core::protocol::{
+    close, parse_request, ErrorCode, Frame, Request, RequestError, ServerFrame,
+};
 
 /// An upgraded connection.
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -162,7 +164,7 @@ async fn await_auth(
         Ok(principal) => {
             let ok = ServerFrame::Ok {
                 id,
-                reply: crate::protocol::OkReply {
+                reply: switchboard_core::protocol::OkReply {
                     expires_at: principal.expires_at,
                     ..Default::default()
                 },
@@ -188,7 +190,7 @@ fn welcome(app: &App, session: &Session) -> Message {
     let welcome = ServerFrame::Welcome {
         client: session.id().into(),
         user: session.user().map(Into::into),
-        version: crate::protocol::VERSION,
+        version: switchboard_core::protocol::VERSION,
         server: concat!("switchboard/", env!("CARGO_PKG_VERSION")).into(),
         heartbeat_ms: app.config.ws.heartbeat_interval.as_millis() as u64,
         expires_at: session.principal().expires_at,
@@ -552,7 +554,7 @@ impl Connection {
     /// with the age of the oldest (an upper bound of its own).
     fn record_latency(&mut self) {
         if let Some((oldest, frames)) = self.unrecorded.take() {
-            let age = crate::protocol::now_us().saturating_sub(oldest);
+            let age = switchboard_core::clock::now_us().saturating_sub(oldest);
             self.app.metrics.delivery_latency.record(age, frames);
         }
     }

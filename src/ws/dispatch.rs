@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 use crate::auth::{Kind, Principal};
 use crate::hub::outbox::CloseReason;
-use crate::hub::{HubError, Origin, Publish, Sender, Session};
-use crate::protocol::{
-    close, parse_request, ErrorCode, OkReply, Record, Request, RequestError, ServerFrame,
-};
+use crate::hub::{HubError, Sender, Session};
 use crate::recorder::StartRequest;
 use crate::server::App;
+use switchboard_core::message::{Origin, Publish};
+use switchboard_core::protocol::{
+    close, parse_request, ErrorCode, OkReply, Record, Request, RequestError, ServerFrame,
+};
 
 use super::http::{LazyRouter, Pending};
 use super::rate::{PublishLimiter, Verdict};
@@ -183,7 +184,7 @@ fn recording(
     principal: Arc<Principal>,
     id: Option<&serde_json::value::RawValue>,
     record: Record,
-) -> impl std::future::Future<Output = crate::protocol::Frame> + Send + 'static {
+) -> impl std::future::Future<Output = switchboard_core::protocol::Frame> + Send + 'static {
     let id = id.map(|i| i.to_owned());
     async move {
         let done = match record {
@@ -214,7 +215,7 @@ fn recording(
                 ServerFrame::error(id.as_deref(), &RequestError::new(e.code(), e.to_string()))
             }
         };
-        crate::protocol::Frame::from(reply)
+        switchboard_core::protocol::Frame::from(reply)
     }
 }
 

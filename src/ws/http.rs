@@ -19,7 +19,9 @@ use tower_service::Service;
 
 use crate::auth::Principal;
 use crate::http::api::Carried;
-use crate::protocol::{ErrorCode, Frame, HttpBody, HttpRequest, RequestError, ServerFrame};
+use switchboard_core::protocol::{
+    ErrorCode, Frame, HttpBody, HttpRequest, RequestError, ServerFrame,
+};
 
 /// Largest response body carried back; beyond it the reply is an error. Responses of
 /// the API are small; this only stops a frame from growing without bound.

@@ -3,7 +3,7 @@
 //! Owns everything between the socket and the Hub: the handshake, socket buffer sizes,
 //! frame limits, heartbeats, close codes. Where a frame's bytes become a request is
 //! `connection.rs`; what a request does is `dispatch.rs`; the JSON itself is
-//! `crate::protocol`.
+//! `switchboard_core::protocol`.
 //!
 //! The upgrade is done here rather than by axum's extractor so the connection keeps the
 //! raw socket: after sending a close frame we half-close it and drain what the peer still

@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::{ApiError, Caller};
-use crate::protocol::ErrorCode;
 use crate::server::App;
+use switchboard_core::protocol::ErrorCode;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()

@@ -12,8 +12,8 @@ use super::{ApiError, ApiPath, ApiQuery, Caller};
 use crate::auth::Kind;
 use crate::hub::outbox::CloseReason;
 use crate::hub::Session;
-use crate::protocol::{close, ErrorCode};
 use crate::server::App;
+use switchboard_core::protocol::{close, ErrorCode};
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()

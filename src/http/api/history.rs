@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{ApiError, ApiQuery, Caller};
-use crate::history::Since;
 use crate::server::App;
+use switchboard_core::protocol::Since;
 
 /// Messages returned when the caller names neither `last` nor `since`.
 const DEFAULT_LAST: u64 = 100;

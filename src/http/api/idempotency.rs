@@ -8,7 +8,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::hub::{HubError, Published};
+use crate::hub::HubError;
+use switchboard_core::message::Published;
 
 /// Keys remembered at most, across all callers.
 pub const MAX_KEYS: usize = 100_000;

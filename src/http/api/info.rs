@@ -11,8 +11,8 @@ use serde_json::json;
 
 use super::messages::MAX_BATCH;
 use super::{openapi, Caller};
-use crate::protocol;
 use crate::server::App;
+use switchboard_core::protocol;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -22,7 +22,7 @@ pub fn routes() -> Router<Arc<App>> {
 
 async fn info(State(app): State<Arc<App>>, _caller: Caller) -> Json<serde_json::Value> {
     let config = &app.config;
-    let now = protocol::now_ms();
+    let now = switchboard_core::clock::now_ms();
     Json(json!({
         "name": "switchboard",
         "version": env!("CARGO_PKG_VERSION"),

@@ -16,9 +16,10 @@ use serde_json::value::RawValue;
 use super::{body, ApiBytes, ApiError, Caller};
 use crate::auth::Principal;
 use crate::config::Config;
-use crate::hub::{HubError, Origin, Publish, Sender};
-use crate::protocol::{null, ErrorCode, Recipient};
+use crate::hub::{HubError, Sender};
 use crate::server::App;
+use switchboard_core::message::{Origin, Publish};
+use switchboard_core::protocol::{null, ErrorCode, Recipient};
 
 /// Messages in one batch at most.
 pub const MAX_BATCH: usize = 1000;
@@ -98,7 +99,7 @@ fn publish_one(
     let (published, duplicate) = match &m.idempotency_key {
         Some(key) => {
             // A bad message is refused as such, even under a key already used.
-            crate::topic::validate_topic(&m.topic).map_err(HubError::from)?;
+            switchboard_core::topic::validate_topic(&m.topic).map_err(HubError::from)?;
             // The topic is part of the key: one key names one message.
             let scope = format!("{}\n{}", caller.identity(), m.topic);
             app.idempotency.publish_once(&scope, key, publish)?

@@ -19,8 +19,8 @@ use serde_json::json;
 use crate::auth::{AuthError, Principal};
 use crate::config::Config;
 use crate::hub::HubError;
-use crate::protocol::ErrorCode;
 use crate::server::App;
+use switchboard_core::protocol::ErrorCode;
 
 mod bridges;
 mod clients;

@@ -16,12 +16,12 @@ use serde_json::{json, Value};
 
 use super::{body, ApiBytes, ApiError, ApiPath, Caller};
 use crate::config::Config;
-use crate::protocol::ErrorCode;
 use crate::recorder::replay::Action;
 use crate::recorder::{
     export, RecorderError, RecordingView, ReplayRequest, ReplayView, StartRequest,
 };
 use crate::server::App;
+use switchboard_core::protocol::ErrorCode;
 
 /// The media type of an export.
 pub const JSON_LINES: &str = "application/x-ndjson";

@@ -12,10 +12,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, Caller};
-use crate::protocol::ErrorCode;
 use crate::server::App;
 use crate::store::StoreError;
 use crate::webhook::Endpoint;
+use switchboard_core::protocol::ErrorCode;
 
 /// Dead letters listed when the request names no `limit`, and the most it may ask.
 const DEFAULT_LIMIT: usize = 100;

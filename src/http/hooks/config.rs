@@ -109,7 +109,7 @@ impl HookTopic {
 impl<'de> Deserialize<'de> for HookTopic {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        crate::topic::validate_topic(&s)
+        switchboard_core::topic::validate_topic(&s)
             .map_err(|e| serde::de::Error::custom(format!("invalid hook topic `{s}`: {e}")))?;
         if s.starts_with('$') {
             return Err(serde::de::Error::custom(format!(

@@ -11,9 +11,10 @@ use super::config::{HookConfig, Scheme};
 use super::replay::{self, ReplayWindow};
 use super::secret::{Secret, SecretError};
 use super::stats::{Counters, HookCounts, Refusal};
-use crate::auth::Grants;
-use crate::hub::{Hub, HubError, Origin, Publish, Published};
+use crate::hub::{Hub, HubError};
 use crate::webhook::signature::{self, SignatureError};
+use switchboard_core::grants::Grants;
+use switchboard_core::message::{Origin, Publish, Published};
 
 /// Every configured hook, by name.
 pub struct Hooks {

@@ -11,10 +11,17 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-pub use crate::history::Since;
-
 /// Protocol version announced in `welcome`.
 pub const VERSION: u32 = 1;
+
+/// Where a client asks a recovery to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Since {
+    /// The last this many messages.
+    Last(u64),
+    /// Every message after `seq` of stream `epoch`.
+    After { seq: u64, epoch: Option<String> },
+}
 
 /// Close codes. The range tells a client what to do next:
 /// 4000–4099 do not reconnect, 4100–4199 reconnect with backoff, 4200–4299 reconnect now.
@@ -312,7 +319,7 @@ pub fn null() -> &'static RawValue {
 /// WebSocket text frame must be UTF-8; keeping the text as `Utf8Bytes` from the moment
 /// it is encoded means no connection re-checks the same bytes (that check was 3.6% of
 /// server CPU at 1,000 subscribers).
-pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
+pub type Frame = tungstenite::Utf8Bytes;
 
 /// A request id as the client sent it (any JSON scalar), echoed back verbatim.
 pub type RequestId<'a> = Option<&'a RawValue>;
@@ -692,20 +699,6 @@ pub struct OwnedMember {
     pub user: Option<String>,
     #[serde(default)]
     pub info: Option<serde_json::Value>,
-}
-
-/// Milliseconds since the Unix epoch, as carried in `ts`.
-pub fn now_ms() -> u64 {
-    now_us() / 1000
-}
-
-/// Microseconds since the Unix epoch: `ts` and the delivery latency stamp of a message
-/// come from one reading.
-pub fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

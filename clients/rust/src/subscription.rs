@@ -2,7 +2,7 @@
 //! [`Registry`] that routes each `msg` push to every local subscription it matches.
 //!
 //! The server delivers a message once per connection however many of its filters match,
-//! so matching happens again here, with `crate::topic::matches`, to fan it out locally.
+//! so matching happens again here, with `switchboard_core::topic::matches`, to fan it out locally.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -14,7 +14,7 @@ use futures_util::Stream;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::{Client, ClientError, Message};
-use crate::topic;
+use switchboard_core::topic;
 
 /// The driver's end of one subscription.
 pub(super) struct LocalSub {
@@ -171,7 +171,7 @@ mod tests {
         Message {
             topic: topic.into(),
             event: None,
-            data: crate::protocol::null().to_owned(),
+            data: switchboard_core::protocol::null().to_owned(),
             ts: 0,
             seq: 1,
             retained: false,

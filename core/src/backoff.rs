@@ -9,7 +9,7 @@ use std::time::Duration;
 use rand::Rng;
 
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     pub min: Duration,
     pub max: Duration,
 }

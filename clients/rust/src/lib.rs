@@ -8,13 +8,13 @@
 //! tasks can share one client and keep many requests in flight. The connection stays
 //! open while any handle or subscription exists, or until [`Client::close`].
 //!
-//! It owns no wire format of its own: frames are `crate::protocol`'s, topic matching is
-//! `crate::topic`'s.
+//! It owns no wire format of its own: frames are `switchboard_core::protocol`'s, topic matching is
+//! `switchboard_core::topic`'s.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), switchboard::client::ClientError> {
+//! # async fn demo() -> Result<(), switchboard_client::ClientError> {
 //! use futures_util::StreamExt;
-//! use switchboard::client::Client;
+//! use switchboard_client::Client;
 //!
 //! let client = Client::connect("ws://127.0.0.1:8700/ws").await?;
 //! let mut temps = client.subscribe("weather/+/temperature").await?;
@@ -25,7 +25,6 @@
 //! # Ok(()) }
 //! ```
 
-pub(crate) mod backoff;
 mod connection;
 mod frame;
 mod resume;
@@ -39,11 +38,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use crate::protocol::Since;
-use crate::protocol::{Incoming, OwnedMember};
 use connection::{Command, Release};
 use frame::{to_raw, Outgoing};
 use subscription::LocalSub;
+pub use switchboard_core::protocol::Since;
+use switchboard_core::protocol::{Incoming, OwnedMember};
 
 pub use frame::{DirectMessage, Event, Message};
 pub use subscription::Subscription;

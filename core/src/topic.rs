@@ -1,7 +1,7 @@
 //! Topic names and subscription filters in MQTT syntax.
 //!
 //! Owns the rules every way in shares: what a valid topic or filter is, and whether a
-//! filter matches a topic. The Hub, the client and (later) the MQTT bridge all call this
+//! filter matches a topic. The Hub, the Rust client and the MQTT crate all call this
 //! module so that a topic means the same thing everywhere. It knows nothing of
 //! connections or messages.
 
@@ -79,8 +79,33 @@ pub fn is_wildcard(filter: &str) -> bool {
 }
 
 /// Does a (valid) filter match a (valid) topic? One matcher for the whole daemon: the
-/// MQTT broker decides with it which device publishes its own subscribers could want.
-pub use switchboard_bridge::filter_matches as matches;
+/// Hub routes with it and the MQTT broker decides with it which device publishes its own
+/// subscribers could want.
+///
+/// Follows MQTT 3.1.1 §4.7: `a/#` also matches `a`, and a filter starting with a
+/// wildcard never matches a topic starting with `$` (system topics stay opt-in).
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut topic_levels = topic.split('/');
+    for f in filter.split('/') {
+        match f {
+            "#" => return true,
+            "+" => {
+                if topic_levels.next().is_none() {
+                    return false;
+                }
+            }
+            literal => {
+                if topic_levels.next() != Some(literal) {
+                    return false;
+                }
+            }
+        }
+    }
+    topic_levels.next().is_none()
+}
 
 /// Does `pattern` allow everything `filter` could ever match? Used for subscribe
 /// permissions: a device allowed `sensors/#` may subscribe to `sensors/+/temp`, but one

@@ -2,11 +2,9 @@
 //! users it may send direct messages to.
 //!
 //! One type for every way in. WebSocket and HTTP requests are checked by the Hub with
-//! these methods; MQTT devices are checked by the broker session through the bridge's
-//! [`Permissions`] trait, which this type implements with the very same methods. A
-//! check is a handful of filter matches, worked out once per identity.
-
-use switchboard_bridge::{Denied, Permissions};
+//! these methods; MQTT devices are checked by the broker session through the MQTT crate's
+//! `Permissions` trait, which that crate implements for this type with the very same
+//! methods. A check is a handful of filter matches, worked out once per identity.
 
 use crate::topic;
 
@@ -127,32 +125,6 @@ impl Grants {
     }
 }
 
-/// Substitutes `{name}` placeholders with values. A value that would change a filter's
-/// shape (empty, or holding `/`, `+`, `#` or NUL) makes the pattern grant nothing.
-pub fn substitute(pattern: &str, values: &[(&str, Option<&str>)]) -> Option<String> {
-    let safe = |v: &str| !v.is_empty() && !v.contains(['/', '+', '#', '\0']);
-    let mut out = pattern.to_owned();
-    for (placeholder, value) in values {
-        if out.contains(placeholder) {
-            let value = value.filter(|v| safe(v))?;
-            out = out.replace(placeholder, value);
-        }
-    }
-    Some(out)
-}
-
-impl Permissions for Grants {
-    fn check_publish(&self, topic_name: &str) -> Result<(), Denied> {
-        topic::validate_topic(topic_name).map_err(|_| Denied::Invalid)?;
-        Grants::check_publish(self, topic_name).map_err(|_| Denied::NotAuthorized)
-    }
-
-    fn check_subscribe(&self, filter: &str) -> Result<(), Denied> {
-        topic::validate_filter(filter).map_err(|_| Denied::Invalid)?;
-        Grants::check_subscribe(self, filter).map_err(|_| Denied::NotAuthorized)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,20 +167,6 @@ mod tests {
         assert!(none.check_publish("a").is_err());
         assert!(none.check_subscribe("a").is_err());
         assert!(none.check_send(Some("a")).is_err());
-    }
-
-    #[test]
-    fn substitution_refuses_values_that_change_the_shape() {
-        let sub = |v| substitute("u/{sub}/#", &[("{sub}", v)]);
-        assert_eq!(sub(Some("alice")).as_deref(), Some("u/alice/#"));
-        assert_eq!(sub(Some("a/b")), None);
-        assert_eq!(sub(Some("+")), None);
-        assert_eq!(sub(Some("")), None);
-        assert_eq!(sub(None), None);
-        assert_eq!(
-            substitute("fixed", &[("{sub}", None)]).as_deref(),
-            Some("fixed")
-        );
     }
 
     #[test]

@@ -26,12 +26,12 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use super::backoff::Backoff;
 use super::frame::{classify, Inbound, Outgoing};
 use super::resume::{Positions, Resumed};
 use super::subscription::{LocalSub, Registry};
 use super::{lock, ClientError, ClientOptions, Event, Shared};
-use crate::protocol::{close, Incoming, Since};
+use switchboard_core::backoff::Backoff;
+use switchboard_core::protocol::{close, Incoming, Since};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Reply = oneshot::Sender<Result<Incoming, ClientError>>;

@@ -13,8 +13,8 @@
 use std::collections::HashMap;
 
 use super::Message;
-use crate::protocol::{Incoming, Since};
-use crate::topic;
+use switchboard_core::protocol::{Incoming, Since};
+use switchboard_core::topic;
 
 /// Where the client stands in one topic's stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +119,7 @@ mod tests {
         Message {
             topic: topic.into(),
             event: None,
-            data: crate::protocol::null().to_owned(),
+            data: switchboard_core::protocol::null().to_owned(),
             ts: 0,
             seq,
             from: "x".into(),

@@ -1,5 +1,5 @@
 //! Where the client's bytes become values: requests it writes ([`Outgoing`]) and what a
-//! server frame means to it ([`classify`]). Parsing itself is `crate::protocol`'s
+//! server frame means to it ([`classify`]). Parsing itself is `switchboard_core::protocol`'s
 //! [`Incoming`]; this file only sorts frames into replies, messages and events.
 
 use serde::de::DeserializeOwned;
@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::ClientError;
-use crate::protocol::{self, Incoming, OwnedMember};
+use switchboard_core::protocol::{self, Incoming, OwnedMember};
 
 /// A request as the client writes it. Only the fields an op uses are set; `data` and
 /// `info` are JSON text already, so a payload is serialised once, by the caller.

@@ -1,0 +1,16 @@
+//! The ground floor of switchboard, shared by the daemon, the Rust client, the MQTT crate
+//! and the load generator. It imports nothing of theirs, so what a topic, a frame or a
+//! message is cannot depend on who routes, stores or sends it.
+//!
+//! [`topic`] says what a valid topic or filter is and whether one matches the other;
+//! [`protocol`] is the WebSocket wire format; [`message`] is what enters the Hub and what
+//! its observers see; [`grants`] is what one identity may do; [`clock`] stamps messages.
+
+pub mod backoff;
+pub mod clock;
+pub mod grants;
+pub mod message;
+pub mod protocol;
+pub mod topic;
+
+pub use grants::{Forbidden, Grants};
