@@ -17,6 +17,7 @@
 //! in [`upstream`], with their topic [`rules`]: an inbound stream of messages
 //! ([`upstream::Inbox`]) and an outbound queue the caller keeps ([`upstream::Outbox`]).
 
+mod admission;
 mod codec;
 mod egress;
 mod interest;

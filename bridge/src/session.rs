@@ -5,7 +5,8 @@
 //! it does not: authenticate, check every PUBLISH and SUBSCRIBE against the device's
 //! permissions, hand accepted publishes to the [`Ingress`](crate::Ingress) exactly once,
 //! keep the client id unique, and fire the Last Will itself so that it reaches WebSocket
-//! subscribers as well as MQTT ones.
+//! subscribers as well as MQTT ones. The steps from CONNECT to CONNACK are in
+//! [`admission`](crate::admission).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -13,28 +14,21 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
-    LastWillProperties, Packet, PubAck, PubAckReason, PubRec, PubRecReason, SubAck, Subscribe,
-    SubscribeReasonCode,
+    ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, PubRec,
+    PubRecReason, SubAck, Subscribe, SubscribeReasonCode,
 };
 use tokio::time::{sleep_until, Instant};
 
+use crate::admission::{Admission, Admitted, Will};
 use crate::codec::{self, Codec, Sniff};
 use crate::interest::{match_filter, InterestCache};
 use crate::registry::Slot;
-use crate::router::LinkOptions;
 use crate::transport::Stream;
-use crate::{
-    Credentials, Denied, Device, Gone, Inbound, Permissions, Refusal, Shared, Transport, Version,
-};
-
-/// Longest client id we accept. MQTT only promises 23 characters; 128 covers MAC- and
-/// UUID-based ids with room to spare and keeps ids usable in topic patterns.
-pub(crate) const MAX_CLIENT_ID_LEN: usize = 128;
+use crate::{Denied, Device, Gone, Inbound, Permissions, Shared, Transport, Version};
 
 /// Why the session loop ended.
 enum End {
@@ -78,7 +72,7 @@ pub(crate) async fn serve(
         remote,
         transport,
     };
-    let Some(mut admitted) = session
+    let Ok(admitted) = session
         .admit(
             connect,
             props.and_then(|p| p.session_expiry_interval),
@@ -92,8 +86,7 @@ pub(crate) async fn serve(
     };
     // A client may send packets right behind CONNECT without waiting for the CONNACK;
     // whatever of them was read with it is processed first.
-    admitted.read_buf = read_buf;
-    admitted.run().await;
+    Running::new(admitted, read_buf).run().await;
 }
 
 /// Reads until a whole CONNECT packet is buffered, choosing the codec from its header.
@@ -139,268 +132,7 @@ async fn read_connect(
     }
 }
 
-/// The steps between a parsed CONNECT and a running session.
-struct Admission {
-    stream: Stream,
-    codec: Codec,
-    shared: Arc<Shared>,
-    remote: SocketAddr,
-    transport: Transport,
-}
-
-struct Will {
-    topic: String,
-    payload: Bytes,
-    retain: bool,
-    delay: Duration,
-}
-
-impl Admission {
-    async fn refuse(&mut self, code: ConnectReturnCode, why: &str) -> Option<Running> {
-        self.shared
-            .stats
-            .connects_refused
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(remote = %self.remote, why, "MQTT connect refused");
-        let mut out = BytesMut::new();
-        if self.codec.write(self.codec.refusal(code), &mut out).is_ok() {
-            let _ = self.stream.write_all(&out).await;
-        }
-        self.stream.shutdown().await;
-        None
-    }
-
-    async fn admit(
-        mut self,
-        connect: rumqttd::protocol::Connect,
-        session_expiry: Option<u32>,
-        will: Option<LastWill>,
-        will_props: Option<LastWillProperties>,
-        login: Option<rumqttd::protocol::Login>,
-    ) -> Option<Running> {
-        let version = self.codec.version();
-        // Taken now and held for the whole session, so connects racing each other cannot
-        // pass the limit together.
-        let Ok(capacity) = self.shared.capacity.clone().try_acquire_owned() else {
-            return self
-                .refuse(ConnectReturnCode::ServerUnavailable, "too many connections")
-                .await;
-        };
-
-        let mut client_id = connect.client_id.clone();
-        let mut assigned = None;
-        if client_id.is_empty() {
-            // 3.1.1 only allows a generated id for a clean session; 5 always does.
-            if version == Version::V311 && !connect.clean_session {
-                return self
-                    .refuse(
-                        ConnectReturnCode::ClientIdentifierNotValid,
-                        "empty client id with a persistent session",
-                    )
-                    .await;
-            }
-            client_id = format!("auto-{}", uuid::Uuid::new_v4().simple());
-            assigned = Some(client_id.clone());
-        }
-        if let Err(why) = validate_client_id(&client_id) {
-            return self
-                .refuse(ConnectReturnCode::ClientIdentifierNotValid, why)
-                .await;
-        }
-
-        let (username, password) = match login {
-            Some(login) if !login.username.is_empty() || !login.password.is_empty() => {
-                (Some(login.username), Some(login.password))
-            }
-            _ => (None, None),
-        };
-        let credentials = Credentials {
-            client_id: client_id.clone(),
-            username: username.clone(),
-            password,
-            remote: self.remote,
-            peer_certificate: self.stream.peer_certificate(),
-        };
-        let gate = self.shared.gate.clone();
-        let permissions =
-            match tokio::task::spawn_blocking(move || gate.authenticate(&credentials)).await {
-                Ok(Ok(permissions)) => permissions,
-                Ok(Err(Refusal::BadCredentials)) => {
-                    return self
-                        .refuse(
-                            ConnectReturnCode::BadUserNamePassword,
-                            "bad username or password",
-                        )
-                        .await
-                }
-                Ok(Err(Refusal::NotAuthorized)) => {
-                    return self
-                        .refuse(ConnectReturnCode::NotAuthorized, "not authorized")
-                        .await
-                }
-                Err(_) => {
-                    return self
-                        .refuse(
-                            ConnectReturnCode::ServerUnavailable,
-                            "authentication failed internally",
-                        )
-                        .await
-                }
-            };
-
-        let will = match will {
-            Some(will) => {
-                let Ok(topic) = String::from_utf8(will.topic.to_vec()) else {
-                    return self
-                        .refuse(
-                            ConnectReturnCode::TopicNameInvalid,
-                            "will topic is not UTF-8",
-                        )
-                        .await;
-                };
-                if let Err(denied) = permissions.check_publish(&topic) {
-                    let code = match denied {
-                        Denied::NotAuthorized => ConnectReturnCode::NotAuthorized,
-                        Denied::Invalid => ConnectReturnCode::TopicNameInvalid,
-                    };
-                    return self.refuse(code, "will topic not allowed").await;
-                }
-                let delay = will_props.and_then(|p| p.delay_interval).unwrap_or(0);
-                let delay = delay.min(session_expiry.unwrap_or(0));
-                Some(Will {
-                    topic,
-                    payload: will.message,
-                    retain: will.retain,
-                    delay: Duration::from_secs(delay.into()),
-                })
-            }
-            None => None,
-        };
-
-        let (slot, previous) = self.shared.registry.claim(&client_id);
-        if let Some(previous) = previous {
-            previous.take_over.cancel();
-            // The old session leaves the router before this one joins, so its offline
-            // notice precedes our online one and the router sees one owner at a time.
-            let _ = tokio::time::timeout(Duration::from_secs(5), previous.gone.cancelled()).await;
-        }
-
-        let router = self.shared.router.clone();
-        let id = client_id.clone();
-        let clean_session = connect.clean_session;
-        let linked = tokio::task::spawn_blocking(move || {
-            router.connect(&LinkOptions {
-                client_id: &id,
-                clean_session,
-            })
-        })
-        .await;
-        let link = match linked {
-            Ok(Ok(link)) => Ok(link),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(e.to_string()),
-        };
-        let (link_tx, link_rx, connack) = match link {
-            Ok(link) => link,
-            Err(why) => {
-                tracing::warn!(client_id, error = %why, "the MQTT router refused the link");
-                self.shared.registry.release(&client_id, slot.serial);
-                slot.gone.cancel();
-                return self
-                    .refuse(
-                        ConnectReturnCode::ServerUnavailable,
-                        "router refused the link",
-                    )
-                    .await;
-            }
-        };
-
-        if clean_session {
-            // The router has just discarded any session this id left behind.
-            self.shared.interest.forget(&client_id);
-        }
-        let mut connack: Option<Packet> = connack.into();
-        if let (Some(Packet::ConnAck(_, props)), Version::V5) = (&mut connack, version) {
-            let props = props.get_or_insert_with(ConnAckProperties::default);
-            props.assigned_client_identifier = assigned;
-            props.max_packet_size = u32::try_from(self.shared.config.max_packet_size).ok();
-        }
-        let mut out = BytesMut::new();
-        if let Some(connack) = connack {
-            if self.codec.write(connack, &mut out).is_err()
-                || self.stream.write_all(&out).await.is_err()
-            {
-                // Leave the router cleanly even though the device already left.
-                let mut link_tx = link_tx;
-                let _ = link_tx.send(disconnect_packet()).await;
-                self.shared.registry.release(&client_id, slot.serial);
-                slot.gone.cancel();
-                return None;
-            }
-        }
-
-        // A name the gate chose (a certificate's common name) replaces the CONNECT one.
-        let username = permissions.username().map(str::to_owned).or(username);
-        let device = Device {
-            client_id,
-            username,
-            version,
-            transport: self.transport,
-            remote: self.remote,
-        };
-        self.shared
-            .stats
-            .connections
-            .fetch_add(1, Ordering::Relaxed);
-        self.shared.stats.connections_by_transport[self.transport as usize]
-            .fetch_add(1, Ordering::Relaxed);
-        self.shared.ingress.connected(&device);
-        tracing::info!(client_id = device.client_id, remote = %device.remote, version = version.as_str(), transport = self.transport.as_str(), "device connected");
-
-        let recheck = self.shared.recheck.subscribe();
-        Some(Running {
-            stream: self.stream,
-            codec: self.codec,
-            shared: self.shared,
-            device,
-            permissions,
-            keep_alive: Duration::from_secs(connect.keep_alive.into()),
-            clean_session,
-            link_tx,
-            link_rx,
-            slot,
-            _capacity: capacity,
-            will,
-            read_buf: BytesMut::with_capacity(4096),
-            write_buf: BytesMut::with_capacity(4096),
-            to_router: Vec::new(),
-            to_device: Vec::new(),
-            awaiting_release: HashSet::new(),
-            topic_aliases: HashMap::new(),
-            pending_subacks: HashMap::new(),
-            subscribed: HashSet::new(),
-            interest: InterestCache::default(),
-            recheck,
-        })
-    }
-}
-
-/// Client ids end up in topic patterns (`sensors/%c/#`) and in the router, which rejects
-/// wildcard and separator characters; refusing them here gives the device a clear CONNACK.
-pub(crate) fn validate_client_id(id: &str) -> Result<(), &'static str> {
-    if id.len() > MAX_CLIENT_ID_LEN {
-        return Err("client id longer than 128 bytes");
-    }
-    if id
-        .chars()
-        .any(|c| c.is_control() || matches!(c, '+' | '#' | '/' | '$'))
-    {
-        return Err("client id contains a control character or one of + # / $");
-    }
-    Ok(())
-}
-
-fn disconnect_packet() -> Packet {
+pub(crate) fn disconnect_packet() -> Packet {
     Packet::Disconnect(
         Disconnect {
             reason_code: DisconnectReasonCode::NormalDisconnection,
@@ -459,6 +191,36 @@ enum Step {
 }
 
 impl Running {
+    /// The session of an admitted device; `read_buf` holds what the device sent behind
+    /// its CONNECT.
+    fn new(admitted: Admitted, read_buf: BytesMut) -> Running {
+        let recheck = admitted.shared.recheck.subscribe();
+        Running {
+            stream: admitted.stream,
+            codec: admitted.codec,
+            shared: admitted.shared,
+            device: admitted.device,
+            permissions: admitted.permissions,
+            keep_alive: admitted.keep_alive,
+            clean_session: admitted.clean_session,
+            link_tx: admitted.link_tx,
+            link_rx: admitted.link_rx,
+            slot: admitted.slot,
+            _capacity: admitted.capacity,
+            will: admitted.will,
+            read_buf,
+            write_buf: BytesMut::with_capacity(4096),
+            to_router: Vec::new(),
+            to_device: Vec::new(),
+            awaiting_release: HashSet::new(),
+            topic_aliases: HashMap::new(),
+            pending_subacks: HashMap::new(),
+            subscribed: HashSet::new(),
+            interest: InterestCache::default(),
+            recheck,
+        }
+    }
+
     async fn run(mut self) {
         let end = self.serve().await;
         let why = match end {
@@ -972,16 +734,6 @@ fn fire_will(shared: Arc<Shared>, device: Device, will: Will) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn client_ids_that_would_break_patterns_are_refused() {
-        assert!(validate_client_id("node-7").is_ok());
-        assert!(validate_client_id("a".repeat(128).as_str()).is_ok());
-        assert!(validate_client_id("a".repeat(129).as_str()).is_err());
-        for bad in ["a/b", "a+", "#", "$SYS", "a\nb", "a\0"] {
-            assert!(validate_client_id(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn shared_subscriptions_are_checked_by_their_filter() {

@@ -1,0 +1,400 @@
+//! Admitting a device: the steps between a parsed CONNECT and a running session.
+//!
+//! Each step establishes one thing the session needs, and most can refuse the device with
+//! the CONNACK code that says why. In this order: a connection permit, the client id, the
+//! credentials, the Last Will, the client id's previous holder, the router link, the CONNACK.
+//! The order matters: the cheap checks come before the slow password hash, and a session
+//! holding the client id is only asked to leave once the newcomer's credentials and Last
+//! Will have passed, so a device that is refused never disturbs one that is connected.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{
+    ConnAckProperties, Connect, ConnectReturnCode, LastWill, LastWillProperties, Login, Packet,
+};
+use rumqttd::Notification;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::codec::Codec;
+use crate::registry::Slot;
+use crate::router::LinkOptions;
+use crate::session::disconnect_packet;
+use crate::transport::Stream;
+use crate::{Credentials, Denied, Device, Permissions, Refusal, Shared, Transport, Version};
+
+/// Longest client id we accept. MQTT only promises 23 characters; 128 covers MAC- and
+/// UUID-based ids with room to spare and keeps ids usable in topic patterns.
+pub(crate) const MAX_CLIENT_ID_LEN: usize = 128;
+
+/// A connection that has sent CONNECT and is not yet a session.
+pub(crate) struct Admission {
+    pub stream: Stream,
+    pub codec: Codec,
+    pub shared: Arc<Shared>,
+    pub remote: SocketAddr,
+    pub transport: Transport,
+}
+
+/// What admission hands to the session: everything it established and holds.
+pub(crate) struct Admitted {
+    pub stream: Stream,
+    pub codec: Codec,
+    pub shared: Arc<Shared>,
+    pub device: Device,
+    pub permissions: Arc<dyn Permissions>,
+    pub keep_alive: Duration,
+    pub clean_session: bool,
+    pub link_tx: LinkTx,
+    pub link_rx: LinkRx,
+    pub slot: Slot,
+    /// One of `max_connections`, given back when the session ends.
+    pub capacity: OwnedSemaphorePermit,
+    pub will: Option<Will>,
+}
+
+/// The device was refused (and told why) or left during the handshake. Whatever admission
+/// had taken for it (permit, client id, router link) is given back by then.
+pub(crate) struct NotAdmitted;
+
+/// A Last Will the device's permissions allow, fired by the session if the device is lost.
+pub(crate) struct Will {
+    pub topic: String,
+    pub payload: Bytes,
+    pub retain: bool,
+    pub delay: Duration,
+}
+
+/// The id the device goes by, and the same id again if we generated it (MQTT 5 devices
+/// are told it in the CONNACK).
+struct ClientId {
+    id: String,
+    assigned: Option<String>,
+}
+
+impl Admission {
+    /// Runs the steps in order; the first that refuses ends admission.
+    pub(crate) async fn admit(
+        mut self,
+        connect: Connect,
+        session_expiry: Option<u32>,
+        will: Option<LastWill>,
+        will_props: Option<LastWillProperties>,
+        login: Option<Login>,
+    ) -> Result<Admitted, NotAdmitted> {
+        let capacity = self.take_permit().await?;
+        let client_id = self.client_id(&connect).await?;
+        let (username, permissions) = self.authenticate(&client_id.id, login).await?;
+        let will = self
+            .accept_will(will, will_props, session_expiry, permissions.as_ref())
+            .await?;
+        let slot = self.claim(&client_id.id).await;
+        let clean_session = connect.clean_session;
+        let (link_tx, link_rx, connack) = self
+            .join_router(&client_id.id, clean_session, &slot)
+            .await?;
+        if self
+            .send_connack(connack, client_id.assigned)
+            .await
+            .is_err()
+        {
+            self.leave_router(link_tx, &client_id.id, &slot).await;
+            return Err(NotAdmitted);
+        }
+        let device = self.announce(client_id.id, username, permissions.as_ref());
+        Ok(Admitted {
+            stream: self.stream,
+            codec: self.codec,
+            shared: self.shared,
+            device,
+            permissions,
+            keep_alive: Duration::from_secs(connect.keep_alive.into()),
+            clean_session,
+            link_tx,
+            link_rx,
+            slot,
+            capacity,
+            will,
+        })
+    }
+
+    /// Counts and logs the refusal, tells the device with a CONNACK and closes.
+    async fn refuse(&mut self, code: ConnectReturnCode, why: &str) -> NotAdmitted {
+        self.shared
+            .stats
+            .connects_refused
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(remote = %self.remote, why, "MQTT connect refused");
+        let mut out = BytesMut::new();
+        if self.codec.write(self.codec.refusal(code), &mut out).is_ok() {
+            let _ = self.stream.write_all(&out).await;
+        }
+        self.stream.shutdown().await;
+        NotAdmitted
+    }
+
+    /// One of `max_connections`. Taken now and held for the whole session, so connects
+    /// racing each other cannot pass the limit together.
+    async fn take_permit(&mut self) -> Result<OwnedSemaphorePermit, NotAdmitted> {
+        match self.shared.capacity.clone().try_acquire_owned() {
+            Ok(permit) => Ok(permit),
+            Err(_) => Err(self
+                .refuse(ConnectReturnCode::ServerUnavailable, "too many connections")
+                .await),
+        }
+    }
+
+    /// The CONNECT's client id, or a generated one for an empty id where MQTT allows it.
+    async fn client_id(&mut self, connect: &Connect) -> Result<ClientId, NotAdmitted> {
+        let mut id = connect.client_id.clone();
+        let mut assigned = None;
+        if id.is_empty() {
+            // 3.1.1 only allows a generated id for a clean session; 5 always does.
+            if self.codec.version() == Version::V311 && !connect.clean_session {
+                return Err(self
+                    .refuse(
+                        ConnectReturnCode::ClientIdentifierNotValid,
+                        "empty client id with a persistent session",
+                    )
+                    .await);
+            }
+            id = format!("auto-{}", uuid::Uuid::new_v4().simple());
+            assigned = Some(id.clone());
+        }
+        if let Err(why) = validate_client_id(&id) {
+            return Err(self
+                .refuse(ConnectReturnCode::ClientIdentifierNotValid, why)
+                .await);
+        }
+        Ok(ClientId { id, assigned })
+    }
+
+    /// Asks the gate on a blocking thread (password hashing is deliberately slow). Gives
+    /// the CONNECT username back with the permissions.
+    async fn authenticate(
+        &mut self,
+        client_id: &str,
+        login: Option<Login>,
+    ) -> Result<(Option<String>, Arc<dyn Permissions>), NotAdmitted> {
+        let (username, password) = match login {
+            Some(login) if !login.username.is_empty() || !login.password.is_empty() => {
+                (Some(login.username), Some(login.password))
+            }
+            _ => (None, None),
+        };
+        let credentials = Credentials {
+            client_id: client_id.to_owned(),
+            username: username.clone(),
+            password,
+            remote: self.remote,
+            peer_certificate: self.stream.peer_certificate(),
+        };
+        let gate = self.shared.gate.clone();
+        let (code, why) = match tokio::task::spawn_blocking(move || gate.authenticate(&credentials))
+            .await
+        {
+            Ok(Ok(permissions)) => return Ok((username, permissions)),
+            Ok(Err(Refusal::BadCredentials)) => (
+                ConnectReturnCode::BadUserNamePassword,
+                "bad username or password",
+            ),
+            Ok(Err(Refusal::NotAuthorized)) => (ConnectReturnCode::NotAuthorized, "not authorized"),
+            Err(_) => (
+                ConnectReturnCode::ServerUnavailable,
+                "authentication failed internally",
+            ),
+        };
+        Err(self.refuse(code, why).await)
+    }
+
+    /// The Last Will, if the device left one, checked like any publish of the device. Its
+    /// delay cannot outlast the session: MQTT 5 fires it when the session expires.
+    async fn accept_will(
+        &mut self,
+        will: Option<LastWill>,
+        will_props: Option<LastWillProperties>,
+        session_expiry: Option<u32>,
+        permissions: &dyn Permissions,
+    ) -> Result<Option<Will>, NotAdmitted> {
+        let Some(will) = will else {
+            return Ok(None);
+        };
+        let Ok(topic) = String::from_utf8(will.topic.to_vec()) else {
+            return Err(self
+                .refuse(
+                    ConnectReturnCode::TopicNameInvalid,
+                    "will topic is not UTF-8",
+                )
+                .await);
+        };
+        if let Err(denied) = permissions.check_publish(&topic) {
+            let code = match denied {
+                Denied::NotAuthorized => ConnectReturnCode::NotAuthorized,
+                Denied::Invalid => ConnectReturnCode::TopicNameInvalid,
+            };
+            return Err(self.refuse(code, "will topic not allowed").await);
+        }
+        let delay = will_props.and_then(|p| p.delay_interval).unwrap_or(0);
+        let delay = delay.min(session_expiry.unwrap_or(0));
+        Ok(Some(Will {
+            topic,
+            payload: will.message,
+            retain: will.retain,
+            delay: Duration::from_secs(delay.into()),
+        }))
+    }
+
+    /// Claims the client id, asking a session that holds it to leave first.
+    async fn claim(&self, client_id: &str) -> Slot {
+        let (slot, previous) = self.shared.registry.claim(client_id);
+        if let Some(previous) = previous {
+            previous.take_over.cancel();
+            // The old session leaves the router before this one joins, so its offline
+            // notice precedes our online one and the router sees one owner at a time.
+            let _ = tokio::time::timeout(Duration::from_secs(5), previous.gone.cancelled()).await;
+        }
+        slot
+    }
+
+    /// Registers the link with the router (it blocks until the router answers, so on a
+    /// blocking thread), which answers with the CONNACK to send.
+    async fn join_router(
+        &mut self,
+        client_id: &str,
+        clean_session: bool,
+        slot: &Slot,
+    ) -> Result<(LinkTx, LinkRx, Notification), NotAdmitted> {
+        let router = self.shared.router.clone();
+        let id = client_id.to_owned();
+        let linked = tokio::task::spawn_blocking(move || {
+            router.connect(&LinkOptions {
+                client_id: &id,
+                clean_session,
+            })
+        })
+        .await;
+        let link = match linked {
+            Ok(Ok(link)) => Ok(link),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e.to_string()),
+        };
+        let link = match link {
+            Ok(link) => link,
+            Err(why) => {
+                tracing::warn!(client_id, error = %why, "the MQTT router refused the link");
+                self.release(client_id, slot);
+                return Err(self
+                    .refuse(
+                        ConnectReturnCode::ServerUnavailable,
+                        "router refused the link",
+                    )
+                    .await);
+            }
+        };
+        if clean_session {
+            // The router has just discarded any session this id left behind.
+            self.shared.interest.forget(client_id);
+        }
+        Ok(link)
+    }
+
+    /// Writes the router's CONNACK, with what MQTT 5 devices are told besides: the id we
+    /// assigned and the largest packet we accept. `Err` if the device is gone.
+    async fn send_connack(
+        &mut self,
+        connack: Notification,
+        assigned: Option<String>,
+    ) -> Result<(), ()> {
+        let mut connack: Option<Packet> = connack.into();
+        if let (Some(Packet::ConnAck(_, props)), Version::V5) = (&mut connack, self.codec.version())
+        {
+            let props = props.get_or_insert_with(ConnAckProperties::default);
+            props.assigned_client_identifier = assigned;
+            props.max_packet_size = u32::try_from(self.shared.config.max_packet_size).ok();
+        }
+        let mut out = BytesMut::new();
+        if let Some(connack) = connack {
+            if self.codec.write(connack, &mut out).is_err()
+                || self.stream.write_all(&out).await.is_err()
+            {
+                return Err(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves the router cleanly even though the device already left, and gives the client
+    /// id back.
+    async fn leave_router(&self, mut link_tx: LinkTx, client_id: &str, slot: &Slot) {
+        let _ = link_tx.send(disconnect_packet()).await;
+        self.release(client_id, slot);
+    }
+
+    /// Gives the client id back and lets a connection waiting to take it over go ahead.
+    fn release(&self, client_id: &str, slot: &Slot) {
+        self.shared.registry.release(client_id, slot.serial);
+        slot.gone.cancel();
+    }
+
+    /// The device as the rest of the daemon knows it, counted and announced.
+    fn announce(
+        &self,
+        client_id: String,
+        username: Option<String>,
+        permissions: &dyn Permissions,
+    ) -> Device {
+        let version = self.codec.version();
+        // A name the gate chose (a certificate's common name) replaces the CONNECT one.
+        let username = permissions.username().map(str::to_owned).or(username);
+        let device = Device {
+            client_id,
+            username,
+            version,
+            transport: self.transport,
+            remote: self.remote,
+        };
+        self.shared
+            .stats
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.connections_by_transport[self.transport as usize]
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared.ingress.connected(&device);
+        tracing::info!(client_id = device.client_id, remote = %device.remote, version = version.as_str(), transport = self.transport.as_str(), "device connected");
+        device
+    }
+}
+
+/// Client ids end up in topic patterns (`sensors/%c/#`) and in the router, which rejects
+/// wildcard and separator characters; refusing them here gives the device a clear CONNACK.
+pub(crate) fn validate_client_id(id: &str) -> Result<(), &'static str> {
+    if id.len() > MAX_CLIENT_ID_LEN {
+        return Err("client id longer than 128 bytes");
+    }
+    if id
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '+' | '#' | '/' | '$'))
+    {
+        return Err("client id contains a control character or one of + # / $");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_that_would_break_patterns_are_refused() {
+        assert!(validate_client_id("node-7").is_ok());
+        assert!(validate_client_id("a".repeat(128).as_str()).is_ok());
+        assert!(validate_client_id("a".repeat(129).as_str()).is_err());
+        for bad in ["a/b", "a+", "#", "$SYS", "a\nb", "a\0"] {
+            assert!(validate_client_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}
