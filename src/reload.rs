@@ -13,18 +13,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use switchboard_bridge::Broker;
 
 use crate::auth::apikeys::KeyFile;
+use crate::auth::devices::DeviceGate;
 use crate::auth::devices::DeviceRules;
-use crate::auth::{Accepted, Kind, Principal};
-use crate::bridges::BridgePlan;
+use crate::auth::{Accepted, Authenticator, Kind, Principal};
+use crate::bridges::{BridgePlan, Bridges};
 use crate::config::Config;
-use crate::http::hooks::HookSecrets;
+use crate::http::hooks::{HookSecrets, Hooks};
 use crate::hub::outbox::CloseReason;
+use crate::hub::Hub;
 use crate::logging::{LogChange, LogControl};
-use crate::server::App;
-use crate::tls::TlsUpdate;
-use crate::webhook::WebhookPlan;
+use crate::tls::{TlsReloader, TlsUpdate};
+use crate::webhook::{WebhookPlan, Webhooks};
 use switchboard_core::protocol::close;
 
 /// Settings a reload puts in force; a change to any other one waits for a restart.
@@ -44,6 +48,23 @@ const LIVE: &[&str] = &[
     "bridges",
 ];
 
+/// The parts a reload changes, and the running configuration it compares the file with;
+/// handed over by the composition root (`crate::server`).
+pub struct Reloadable {
+    /// The configuration the daemon started with.
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    pub auth: Arc<Authenticator>,
+    pub tls: Option<Arc<TlsReloader>>,
+    pub hooks: Arc<Hooks>,
+    /// The gate devices pass; `None` without the embedded broker.
+    pub devices: Option<Arc<DeviceGate>>,
+    pub broker: Option<Arc<Broker>>,
+    pub webhooks: Arc<Webhooks>,
+    pub bridges: Arc<Bridges>,
+    pub shutdown: CancellationToken,
+}
+
 /// The new configuration with every file it names loaded, ready to apply.
 struct Prepared {
     config: Config,
@@ -57,27 +78,27 @@ struct Prepared {
 }
 
 /// Reads the configuration and every file it names; changes nothing.
-fn prepare(app: &App, path: Option<&Path>) -> anyhow::Result<Prepared> {
+fn prepare(running: &Reloadable, path: Option<&Path>) -> anyhow::Result<Prepared> {
     let config = Config::load(path)?;
     let accepted = Accepted::from_config(&config.auth)?;
-    let devices = match &app.devices {
+    let devices = match &running.devices {
         Some(_) => Some(
             DeviceRules::from_config(&config.mqtt, Some(accepted.jwt().clone()))
                 .context("cannot load the MQTT password file")?,
         ),
         None => None,
     };
-    let tls = match &app.tls {
+    let tls = match &running.tls {
         Some(tls) => Some(tls.prepare().context("TLS certificate not reloaded")?),
         None => None,
     };
-    let hook_secrets = app.hooks.read_secrets()?;
-    let api_keys = app.auth.api_keys().read_again()?;
-    let webhooks = app
+    let hook_secrets = running.hooks.read_secrets()?;
+    let api_keys = running.auth.api_keys().read_again()?;
+    let webhooks = running
         .webhooks
         .prepare(&config.webhooks)
         .context("cannot set up the webhooks")?;
-    let bridges = app
+    let bridges = running
         .bridges
         .prepare(&config.bridges)
         .context("cannot set up the MQTT bridges")?;
@@ -95,28 +116,31 @@ fn prepare(app: &App, path: Option<&Path>) -> anyhow::Result<Prepared> {
 
 /// Puts every prepared part in force, in the order that keeps clients consistent:
 /// credentials first, then what live connections may do, then the ways out.
-fn apply(app: &App, log: &LogControl, new: Prepared) {
+fn apply(running: &Reloadable, log: &LogControl, new: Prepared) {
     apply_log_level(log, &new.config.log_level);
-    if let (Some(tls), Some(update)) = (&app.tls, new.tls) {
+    if let (Some(tls), Some(update)) = (&running.tls, new.tls) {
         tls.install(update);
         tracing::info!("TLS certificate reloaded: {}", tls.describe());
     }
-    let gone = app.auth.api_keys().install(new.api_keys);
-    tracing::info!(active = app.auth.api_keys().active(), "API keys reloaded");
-    crate::server::close_revoked(app, &gone);
-    app.hooks.install_secrets(new.hook_secrets);
-    app.auth.replace(new.accepted);
-    regrant_anonymous(app);
-    if let (Some(gate), Some(rules)) = (&app.devices, new.devices) {
+    let gone = running.auth.api_keys().install(new.api_keys);
+    tracing::info!(
+        active = running.auth.api_keys().active(),
+        "API keys reloaded"
+    );
+    close_revoked(&running.hub, &running.auth, &gone);
+    running.hooks.install_secrets(new.hook_secrets);
+    running.auth.replace(new.accepted);
+    regrant_anonymous(running);
+    if let (Some(gate), Some(rules)) = (&running.devices, new.devices) {
         gate.replace(rules);
         tracing::info!("MQTT devices: {}", gate.describe());
-        if let Some(broker) = &app.broker {
+        if let Some(broker) = &running.broker {
             broker.recheck();
         }
     }
-    tracing::info!("clients: {}", app.auth.describe());
-    app.webhooks.apply(new.webhooks, &app.hub);
-    app.bridges.apply(new.bridges, &app.hub);
+    tracing::info!("clients: {}", running.auth.describe());
+    running.webhooks.apply(new.webhooks, &running.hub);
+    running.bridges.apply(new.bridges, &running.hub);
 }
 
 /// The log filter of the new configuration, now.
@@ -135,12 +159,13 @@ fn apply_log_level(log: &LogControl, filter: &str) {
 /// Anonymous WebSocket connections get the new anonymous grants, losing (and told of)
 /// subscriptions these no longer allow; if anonymous clients are no longer allowed,
 /// they are closed as revoked credentials are.
-fn regrant_anonymous(app: &App) {
+fn regrant_anonymous(running: &Reloadable) {
     let anonymous = |p: &Principal| p.kind == Kind::Anonymous;
-    match app.auth.anonymous() {
+    match running.auth.anonymous() {
         Some(principal) => {
             let narrowed =
-                app.hub
+                running
+                    .hub
                     .regrant(anonymous, &principal, "the server's permissions changed");
             if narrowed > 0 {
                 tracing::info!(
@@ -151,9 +176,9 @@ fn regrant_anonymous(app: &App) {
         }
         None => {
             let reason = CloseReason::Code(close::CREDENTIALS_REVOKED, "anonymous access ended");
-            let closed = app.hub.close_where(anonymous, reason);
+            let closed = running.hub.close_where(anonymous, reason);
             if closed > 0 {
-                app.auth.rejections.count_revoked_closes(closed);
+                running.auth.rejections.count_revoked_closes(closed);
                 tracing::info!(
                     connections = closed,
                     "anonymous clients are no longer allowed: their connections closed"
@@ -176,21 +201,24 @@ fn needing_restart(old: &Config, new: &Config) -> Vec<String> {
 }
 
 /// One SIGHUP. Returns the STATUS line for systemd.
-fn reload(app: &App, log: &LogControl, path: Option<&Path>) -> String {
-    let prepared = match prepare(app, path) {
+fn reload(running: &Reloadable, log: &LogControl, path: Option<&Path>) -> String {
+    let prepared = match prepare(running, path) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(
                 error = format!("{e:#}"),
                 "reload refused: the configuration is invalid; the running one stays in force"
             );
-            return format!("reload refused: invalid configuration; {}", status_of(app));
+            return format!(
+                "reload refused: invalid configuration; {}",
+                status_of(running)
+            );
         }
     };
-    let restart = needing_restart(&app.config, &prepared.config);
-    apply(app, log, prepared);
+    let restart = needing_restart(&running.config, &prepared.config);
+    apply(running, log, prepared);
     if restart.is_empty() {
-        format!("reload applied; {}", status_of(app))
+        format!("reload applied; {}", status_of(running))
     } else {
         tracing::warn!(
             settings = restart.join(", "),
@@ -199,21 +227,21 @@ fn reload(app: &App, log: &LogControl, path: Option<&Path>) -> String {
         format!(
             "reload applied; restart needed for {}; {}",
             restart.join(", "),
-            status_of(app)
+            status_of(running)
         )
     }
 }
 
 /// What `systemctl status` shows after a reload: the daemon serves, with how many clients.
-fn status_of(app: &App) -> String {
-    format!("serving {} clients", app.hub.stats().connections)
+fn status_of(running: &Reloadable) -> String {
+    format!("serving {} clients", running.hub.stats().connections)
 }
 
 /// Reloads on every SIGHUP until shutdown.
 #[cfg(unix)]
 pub async fn on_sighup(
     mut hangup: tokio::signal::unix::Signal,
-    app: Arc<App>,
+    running: Arc<Reloadable>,
     config_path: Option<PathBuf>,
     log: LogControl,
 ) {
@@ -221,12 +249,12 @@ pub async fn on_sighup(
     loop {
         tokio::select! {
             got = hangup.recv() => if got.is_none() { return },
-            _ = app.shutdown.cancelled() => return,
+            _ = running.shutdown.cancelled() => return,
         }
         tracing::info!("SIGHUP: reloading");
         crate::systemd::reloading();
         // Files are read (and passwords hashed) here: off the async workers.
-        let (a, path, l) = (app.clone(), config_path.clone(), log.clone());
+        let (a, path, l) = (running.clone(), config_path.clone(), log.clone());
         let status = tokio::task::spawn_blocking(move || reload(&a, &l, path.as_deref()))
             .await
             .unwrap_or_else(|e| {
@@ -236,4 +264,36 @@ pub async fn on_sighup(
         tracing::info!(%status, "reload done");
         crate::systemd::ready(&status);
     }
+}
+
+/// How often the API key file is looked at: a revocation takes effect within this.
+const API_KEYS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Follows the API key file until shutdown, so `switchboard apikey revoke` reaches live
+/// connections without a signal.
+pub async fn watch_api_keys(hub: Arc<Hub>, auth: Arc<Authenticator>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(API_KEYS_POLL) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match auth.api_keys().reload_if_changed() {
+            Ok(gone) => close_revoked(&hub, &auth, &gone),
+            Err(e) => {
+                tracing::warn!(error = %e, "API key file changed but cannot be read; the previous keys stay")
+            }
+        }
+    }
+}
+
+/// Closes the live connections of API keys that are no longer valid.
+fn close_revoked(hub: &Hub, auth: &Authenticator, ids: &[String]) {
+    if ids.is_empty() {
+        return;
+    }
+    let revoked = |p: &Principal| matches!(&p.kind, Kind::ApiKey { id } if ids.contains(id));
+    let reason = CloseReason::Code(close::CREDENTIALS_REVOKED, "credentials revoked");
+    let closed = hub.close_where(revoked, reason);
+    auth.rejections.count_revoked_closes(closed);
+    tracing::info!(keys = ?ids, connections = closed, "API keys revoked: their connections closed");
 }

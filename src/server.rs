@@ -1,7 +1,7 @@
 //! The daemon's life: bind every listener, serve, and shut down gracefully.
 //!
-//! Owns [`App`], the state every handler shares, and the shutdown sequence: stop
-//! accepting, ask every connection to write what it has queued and close with 1001,
+//! The composition root: it opens every part, hands each consumer the narrow pieces it
+//! uses, and owns the shutdown sequence: stop accepting, ask every connection to write what it has queued and close with 1001,
 //! wait for them up to the configured grace period, return.
 
 use std::future::Future;
@@ -21,14 +21,22 @@ use crate::auth::Authenticator;
 use crate::bridges::Bridges;
 use crate::config::{Config, MqttMode};
 use crate::history::History;
+use crate::http::api::IdempotencyCache;
+use crate::http::hooks::Hooks;
 use crate::http::listener::ListenerStats;
+use crate::http::state::{About, HttpState, Limits};
 use crate::hub::outbox::CloseReason;
 use crate::hub::Hub;
+use crate::metrics::{Instruments, Registry};
+use crate::mqtt::metrics::MqttMetrics;
 use crate::mqtt::{BrokerTap, HubIngress};
 use crate::recorder::Recorder;
+use crate::reload::Reloadable;
 use crate::store::Store;
 use crate::tls::TlsReloader;
 use crate::webhook::Webhooks;
+use crate::ws::metrics::WsMetrics;
+use crate::ws::WsState;
 use switchboard_core::protocol::close;
 
 /// Target of the one log line that reports every bound address. Scripts and tests read
@@ -38,49 +46,133 @@ use switchboard_core::protocol::close;
 /// and `http=` serves HTTPS when `http.tls` is on).
 pub const LISTENING_TARGET: &str = "switchboard::listening";
 
-/// Shared state of the running daemon.
-pub struct App {
-    pub config: Config,
-    pub hub: Arc<Hub>,
+/// The running daemon's parts. Owned here, in the composition root, and handed out in
+/// narrow pieces: the HTTP routes get an [`HttpState`], the WebSocket side a [`WsState`],
+/// a reload a [`Reloadable`], the metrics registry one source per part. Nothing else
+/// holds all of them.
+struct Daemon {
+    config: Config,
+    hub: Arc<Hub>,
     /// Proves the identity of WebSocket and HTTP clients.
-    pub auth: Arc<Authenticator>,
+    auth: Arc<Authenticator>,
     /// The embedded MQTT broker, unless every MQTT listener is turned off.
-    pub broker: Option<Broker>,
+    broker: Option<Arc<Broker>>,
     /// The certificate of every TLS listener, reloaded on SIGHUP; `None` when no listener
     /// uses TLS.
-    pub tls: Option<Arc<TlsReloader>>,
+    tls: Option<Arc<TlsReloader>>,
     /// Inbound webhooks (`POST /hooks/<name>`), with their secrets and counters.
-    pub hooks: crate::http::hooks::Hooks,
-    /// The HTTP listener's connection counters, for /healthz.
-    pub http_stats: Arc<ListenerStats>,
-    /// Figures with no other home (delivery latency…), for `crate::metrics`.
-    pub metrics: crate::metrics::Instruments,
+    hooks: Arc<Hooks>,
+    /// The HTTP listener's connection counters.
+    http_stats: Arc<ListenerStats>,
+    /// Figures counted by the WebSocket side with no other home.
+    instruments: Arc<Instruments>,
+    /// Every part that shows figures at /metrics and /api/v1/stats.
+    metrics: Arc<Registry>,
     /// Cancelled when shutdown begins.
-    pub shutdown: CancellationToken,
+    shutdown: CancellationToken,
     /// Every live connection holds a token of this tracker, so shutdown can wait for them.
-    pub tracker: TaskTracker,
+    tracker: TaskTracker,
     /// Milliseconds since the Unix epoch when the daemon started.
-    pub started_at: u64,
+    started_at: u64,
     /// Idempotency keys of recent HTTP publishes.
-    pub idempotency: crate::http::api::IdempotencyCache,
+    idempotency: Arc<IdempotencyCache>,
     /// The local store under `<data_dir>/store`, flushed at shutdown.
-    pub store: Store,
+    store: Store,
     /// Outbound webhook endpoints (none unless configured).
-    pub webhooks: Arc<Webhooks>,
+    webhooks: Arc<Webhooks>,
     /// Topics that keep their recent messages (none unless configured).
-    pub history: Arc<History>,
+    history: Arc<History>,
     /// Recordings and replays.
-    pub recorder: Arc<Recorder>,
+    recorder: Arc<Recorder>,
     /// Upstream bridges, and the broker of external mode.
-    pub bridges: Arc<Bridges>,
+    bridges: Arc<Bridges>,
     /// Who may connect over MQTT, and what devices may do; `None` without the embedded
     /// broker. Replaced on reload.
-    pub devices: Option<Arc<DeviceGate>>,
+    devices: Option<Arc<DeviceGate>>,
+}
+
+impl Daemon {
+    /// The sources of /metrics, in the order their figures are shown.
+    fn register_metrics(&self) {
+        let m = &self.metrics;
+        m.register(Arc::new(WsMetrics {
+            hub: self.hub.clone(),
+            auth: self.auth.clone(),
+            instruments: self.instruments.clone(),
+        }));
+        m.register(self.hub.clone());
+        m.register(Arc::new(MqttMetrics(self.broker.clone())));
+        m.register(self.auth.clone());
+        m.register(self.http_stats.clone());
+        m.register(self.webhooks.clone());
+        m.register(self.bridges.clone());
+        m.register(self.hooks.clone());
+        m.register(Arc::new(self.store.clone()));
+        m.register(self.history.clone());
+        m.register(self.recorder.clone());
+    }
+
+    /// Every HTTP route, `/ws` included.
+    fn router(&self) -> axum::Router {
+        let config = &self.config;
+        let api = crate::http::router(HttpState {
+            hub: self.hub.clone(),
+            auth: self.auth.clone(),
+            recorder: self.recorder.clone(),
+            webhooks: self.webhooks.clone(),
+            bridges: self.bridges.clone(),
+            hooks: self.hooks.clone(),
+            metrics: self.metrics.clone(),
+            idempotency: self.idempotency.clone(),
+            broker: self.broker.clone(),
+            listener: self.http_stats.clone(),
+            limits: Limits {
+                max_message_size: config.ws.max_message_size.get(),
+                max_batch_bytes: config.http.max_batch_bytes.get(),
+                idempotency_window: config.http.idempotency_window,
+            },
+            about: About {
+                started_at: self.started_at,
+                mqtt: self.broker.is_some(),
+                metrics_enabled: config.metrics.enabled,
+                metrics_public: config.metrics.public,
+            },
+            shutdown: self.shutdown.clone(),
+        });
+        crate::ws::routes(WsState {
+            hub: self.hub.clone(),
+            auth: self.auth.clone(),
+            recorder: self.recorder.clone(),
+            config: config.ws.clone(),
+            auth_timeout: config.auth.auth_timeout,
+            allowed_origins: config.auth.allowed_origins.clone(),
+            instruments: self.instruments.clone(),
+            shutdown: self.shutdown.clone(),
+            tracker: self.tracker.clone(),
+            api,
+        })
+    }
+
+    /// What a reload changes.
+    fn reloadable(&self) -> Reloadable {
+        Reloadable {
+            config: self.config.clone(),
+            hub: self.hub.clone(),
+            auth: self.auth.clone(),
+            tls: self.tls.clone(),
+            hooks: self.hooks.clone(),
+            devices: self.devices.clone(),
+            broker: self.broker.clone(),
+            webhooks: self.webhooks.clone(),
+            bridges: self.bridges.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
 }
 
 /// A daemon with its listeners bound, ready to run.
 pub struct Server {
-    app: Arc<App>,
+    app: Daemon,
     http: TcpListener,
     /// The file SIGHUP re-reads; `None` runs on the built-in defaults.
     config_path: Option<PathBuf>,
@@ -103,7 +195,7 @@ impl Server {
             .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
         let auth = Arc::new(Authenticator::from_config(&config)?);
         let tls = TlsReloader::from_config(&config).context("cannot set up TLS")?;
-        let hooks = crate::http::hooks::Hooks::from_config(&config.hooks)?;
+        let hooks = Arc::new(Hooks::from_config(&config.hooks)?);
         let hub = Hub::new(config.hub());
         let store = Store::open(&config.data_dir, &config.store)?;
         let history = open_history(&config, &store)?;
@@ -127,8 +219,8 @@ impl Server {
                 (None, None)
             }
         };
-        let idempotency = crate::http::api::IdempotencyCache::new(config.http.idempotency_window);
-        let app = Arc::new(App {
+        let idempotency = Arc::new(IdempotencyCache::new(config.http.idempotency_window));
+        let app = Daemon {
             config,
             hub,
             auth,
@@ -136,7 +228,8 @@ impl Server {
             tls,
             hooks,
             http_stats: Arc::new(ListenerStats::default()),
-            metrics: Default::default(),
+            instruments: Arc::default(),
+            metrics: Arc::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             started_at: switchboard_core::clock::now_ms(),
@@ -147,7 +240,8 @@ impl Server {
             recorder,
             bridges,
             devices,
-        });
+        };
+        app.register_metrics();
         Ok(Self {
             app,
             http,
@@ -207,7 +301,7 @@ impl Server {
             Ok(hangup) => {
                 tokio::spawn(crate::reload::on_sighup(
                     hangup,
-                    app.clone(),
+                    Arc::new(app.reloadable()),
                     self.config_path,
                     self.log,
                 ));
@@ -221,14 +315,25 @@ impl Server {
         let listening = format!("listening {}", listening.join(" "));
         tracing::info!(target: LISTENING_TARGET, "{listening}");
 
-        tokio::spawn(watch_api_keys(app.clone()));
+        tokio::spawn(crate::reload::watch_api_keys(
+            app.hub.clone(),
+            app.auth.clone(),
+            app.shutdown.clone(),
+        ));
         app.store.quota().spawn();
         tokio::spawn(expire_history(app.history.clone()));
         app.webhooks.start(&app.shutdown, &app.tracker);
         app.recorder.start();
         app.bridges.start(&app.hub, &app.shutdown, &app.tracker);
-        let router = crate::http::router(app.clone());
-        let http = tokio::spawn(crate::http::listener::serve(self.http, app.clone(), router));
+        let router = app.router();
+        let http = tokio::spawn(crate::http::listener::serve(
+            self.http,
+            app.config.http.clone(),
+            app.http_stats.clone(),
+            app.tls.clone(),
+            app.shutdown.clone(),
+            router,
+        ));
         // Every listener is bound and the store is open since `bind`; everything that
         // serves is now spawned.
         crate::systemd::ready(&listening);
@@ -331,7 +436,7 @@ async fn start_broker(
     hub: &Arc<Hub>,
     auth: &Authenticator,
     tls: Option<&Arc<TlsReloader>>,
-) -> anyhow::Result<(Option<Broker>, Option<Arc<DeviceGate>>)> {
+) -> anyhow::Result<(Option<Arc<Broker>>, Option<Arc<DeviceGate>>)> {
     let mut broker_config = config.broker();
     if broker_config.listen.is_none()
         && broker_config.ws_listen.is_none()
@@ -351,39 +456,7 @@ async fn start_broker(
     let ingress = Arc::new(HubIngress::new(hub.clone()));
     let broker = Broker::start(broker_config, gate.clone(), ingress).await?;
     hub.add_tap(Arc::new(BrokerTap::new(broker.publisher())));
-    Ok((Some(broker), Some(gate)))
-}
-
-/// How often the API key file is looked at: a revocation takes effect within this.
-const API_KEYS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Follows the API key file, so `switchboard apikey revoke` reaches live connections
-/// without a signal.
-async fn watch_api_keys(app: Arc<App>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(API_KEYS_POLL) => {}
-            _ = app.shutdown.cancelled() => return,
-        }
-        match app.auth.api_keys().reload_if_changed() {
-            Ok(gone) => close_revoked(&app, &gone),
-            Err(e) => {
-                tracing::warn!(error = %e, "API key file changed but cannot be read; the previous keys stay")
-            }
-        }
-    }
-}
-
-/// Closes the live connections of API keys that are no longer valid.
-pub(crate) fn close_revoked(app: &App, ids: &[String]) {
-    if ids.is_empty() {
-        return;
-    }
-    let revoked = |p: &crate::auth::Principal| matches!(&p.kind, crate::auth::Kind::ApiKey { id } if ids.contains(id));
-    let reason = CloseReason::Code(close::CREDENTIALS_REVOKED, "credentials revoked");
-    let closed = app.hub.close_where(revoked, reason);
-    app.auth.rejections.count_revoked_closes(closed);
-    tracing::info!(keys = ?ids, connections = closed, "API keys revoked: their connections closed");
+    Ok((Some(Arc::new(broker)), Some(gate)))
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

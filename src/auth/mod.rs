@@ -9,6 +9,7 @@ pub mod acl;
 pub mod apikeys;
 pub mod devices;
 pub mod jwt;
+pub mod metrics;
 pub mod passwd;
 pub mod patterns;
 pub mod principal;

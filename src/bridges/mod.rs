@@ -19,6 +19,7 @@
 
 pub mod config;
 mod link;
+pub mod metrics;
 mod queue;
 mod status;
 mod tap;

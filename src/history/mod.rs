@@ -22,6 +22,7 @@
 //! cleanly, so the streams are rebuilt from the messages and all start new epochs.
 
 pub mod config;
+pub mod metrics;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

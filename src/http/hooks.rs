@@ -6,6 +6,7 @@
 //! never write anywhere else; it knows nothing of who subscribes.
 
 pub mod config;
+pub mod metrics;
 mod registry;
 mod replay;
 mod secret;
@@ -26,23 +27,26 @@ pub use config::HookConfig;
 pub use registry::{Hook, HookSecrets, Hooks, LoadError};
 pub use stats::{HookCounts, RefusedCounts};
 
+use super::state::{HttpState, Limits};
 use crate::http::api::ApiError;
-use crate::server::App;
+use crate::hub::Hub;
 use registry::{Delivered, DeliveryError};
 use stats::Refusal;
 use switchboard_core::protocol::ErrorCode;
 
-pub fn routes() -> Router<Arc<App>> {
+pub fn routes() -> Router<HttpState> {
     Router::new().route("/hooks/{name}", post(receive).fallback(method_not_allowed))
 }
 
 async fn receive(
-    State(app): State<Arc<App>>,
+    State(hooks): State<Arc<Hooks>>,
+    State(hub): State<Arc<Hub>>,
+    State(limits): State<Limits>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(hook) = app.hooks.get(&name) else {
+    let Some(hook) = hooks.get(&name) else {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
@@ -54,7 +58,7 @@ async fn receive(
         Ok(body) => body,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             hook.refused(Refusal::TooLarge);
-            let limit = app.config.ws.max_message_size;
+            let limit = limits.max_message_size;
             return ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorCode::TooLarge,
@@ -66,7 +70,7 @@ async fn receive(
             return ApiError::new(e.status(), ErrorCode::BadRequest, e.body_text()).into_response()
         }
     };
-    match hook.deliver(&app.hub, &headers, &body, now_s()) {
+    match hook.deliver(&hub, &headers, &body, now_s()) {
         Ok(Delivered::Published(p)) => (
             StatusCode::ACCEPTED,
             Json(json!({"seq": p.seq, "delivered": p.delivered})),

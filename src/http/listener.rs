@@ -28,7 +28,9 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
-use crate::server::App;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HttpConfig;
 use crate::tls::TlsReloader;
 
 /// Refused connections being answered at once; beyond this a refused connection is
@@ -151,7 +153,7 @@ impl Drop for ConnectionSlot {
 
 /// What every connection task shares.
 struct Listener {
-    app: Arc<App>,
+    shutdown: CancellationToken,
     router: Router,
     tls: Option<Arc<TlsReloader>>,
     limits: Arc<Limits>,
@@ -160,10 +162,17 @@ struct Listener {
     refusing: AtomicUsize,
 }
 
-/// Accepts until `app.shutdown` is cancelled, then lets in-flight HTTP requests finish
-/// (the caller bounds how long it waits for that).
-pub async fn serve(tcp: TcpListener, app: Arc<App>, router: Router) {
-    let config = &app.config.http;
+/// Accepts until `shutdown` is cancelled, then lets in-flight HTTP requests finish
+/// (the caller bounds how long it waits for that). `tls` is the certificate to serve
+/// when `config.tls` is on.
+pub async fn serve(
+    tcp: TcpListener,
+    config: HttpConfig,
+    stats: Arc<ListenerStats>,
+    tls: Option<Arc<TlsReloader>>,
+    shutdown: CancellationToken,
+    router: Router,
+) {
     let handshake_timeout = config.handshake_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The first request's headers are due within the handshake timeout too: a client
@@ -178,21 +187,21 @@ pub async fn serve(tcp: TcpListener, app: Arc<App>, router: Router) {
             max_total: config.max_connections.get(),
             max_per_ip: config.max_connections_per_ip.get(),
             counts: Mutex::new(Counts::default()),
-            stats: app.http_stats.clone(),
+            stats,
         }),
-        tls: if config.tls { app.tls.clone() } else { None },
+        tls: if config.tls { tls } else { None },
         router,
         builder,
         handshake_timeout,
         refusing: AtomicUsize::new(0),
-        app: app.clone(),
+        shutdown: shutdown.clone(),
     });
     let graceful = GracefulShutdown::new();
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
             accepted = tcp.accept() => accepted,
-            _ = app.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break,
         };
         let (socket, remote) = match accepted {
             Ok(found) => {
@@ -316,7 +325,7 @@ impl Listener {
                     .handshake_timeouts
                     .fetch_add(1, Ordering::Relaxed);
             }
-            if !self.app.shutdown.is_cancelled() {
+            if !self.shutdown.is_cancelled() {
                 tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
             }
         }
@@ -418,5 +427,38 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FirstByte<I> {
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+/// The HTTP listener (which also carries WebSocket connections).
+impl crate::metrics::Source for ListenerStats {
+    fn collect(&self, s: &mut crate::metrics::Snapshot) {
+        let h = self;
+        s.gauge(
+            "http_connections_open",
+            "Connections holding a place on the HTTP listener now, WebSocket included.",
+            crate::metrics::read(&h.open),
+        );
+        s.counter(
+            "http_connections_accepted",
+            "Connections given a place on the HTTP listener.",
+            crate::metrics::read(&h.accepted),
+        );
+        s.counters(
+            "http_connections_refused",
+            "Connections the HTTP listener closed at once, by reason (the caps in [http], or no handshake in time).",
+            "reason",
+            [
+                ("max_connections", crate::metrics::read(&h.refused_total_cap)),
+                ("max_connections_per_ip", crate::metrics::read(&h.refused_per_ip)),
+                ("handshake_timeout", crate::metrics::read(&h.handshake_timeouts)),
+            ],
+        );
+        s.counters(
+            "tls_handshake_failures",
+            crate::metrics::families::TLS_FAILURES,
+            "listener",
+            [("http", crate::metrics::read(&h.tls_handshake_failures))],
+        );
     }
 }

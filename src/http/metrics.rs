@@ -10,19 +10,24 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::api::{ApiError, Caller};
-use crate::metrics::{prometheus, Snapshot};
-use crate::server::App;
+use super::state::{About, HttpState};
+use crate::metrics::{prometheus, Registry};
 use switchboard_core::protocol::ErrorCode;
 
-pub async fn metrics(State(app): State<Arc<App>>, request: Request) -> Result<Response, ApiError> {
-    if !app.config.metrics.enabled {
+pub async fn metrics(
+    State(state): State<HttpState>,
+    State(about): State<About>,
+    State(registry): State<Arc<Registry>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    if !about.metrics_enabled {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
             "metrics are turned off (metrics.enabled)",
         ));
     }
-    if !app.config.metrics.public {
+    if !about.metrics_public {
         let (mut parts, _) = request.into_parts();
         // Without a header the caller would fall back to the anonymous identity; a
         // request carried over a WebSocket is its connection's identity.
@@ -34,11 +39,11 @@ pub async fn metrics(State(app): State<Arc<App>>, request: Request) -> Result<Re
                 "/metrics needs `Authorization: Bearer <admin token>` (metrics.public is false)",
             ));
         }
-        Caller::from_request_parts(&mut parts, &app)
+        Caller::from_request_parts(&mut parts, &state)
             .await?
             .require_admin()?;
     }
-    let text = prometheus::encode(Snapshot::take(&app)).map_err(|_| {
+    let text = prometheus::encode(registry.snapshot()).map_err(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Internal,

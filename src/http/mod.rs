@@ -1,43 +1,47 @@
-//! The HTTP listener's routes: the WebSocket endpoint, health, metrics and the REST API
-//! (`api`), in one router so that HTTP carried over WebSocket can reuse it.
+//! The HTTP listener ([`listener`]) and its routes: health, metrics, the REST API
+//! ([`api`]) and inbound webhooks ([`hooks`]), in one router that the WebSocket side
+//! extends with `/ws` and reuses for HTTP carried over a WebSocket. Handlers take their
+//! narrow parts of [`state::HttpState`].
 
 pub mod api;
 pub mod hooks;
 pub mod listener;
 mod metrics;
-
-use std::sync::Arc;
+pub mod state;
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::server::App;
+use state::HttpState;
 
-pub fn router(app: Arc<App>) -> Router {
+/// Every HTTP route but the WebSocket upgrade, which the WebSocket side adds to this
+/// router (it also serves HTTP requests carried over a WebSocket with it).
+pub fn router(state: HttpState) -> Router {
     Router::new()
-        .route("/ws", get(crate::ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
-        .nest("/api/v1", api::router(&app.config))
+        .nest("/api/v1", api::router(state.limits))
         .merge(hooks::routes())
         .layer(axum::extract::DefaultBodyLimit::max(
-            app.config.ws.max_message_size.get(),
+            state.limits.max_message_size,
         ))
-        .with_state(app)
+        .with_state(state)
 }
 
 /// Liveness for load balancers and systemd checks: 200 while the daemon serves,
 /// 503 once shutdown has begun.
-async fn healthz(State(app): State<Arc<App>>) -> (axum::http::StatusCode, Json<serde_json::Value>) {
-    let stats = app.hub.stats();
-    let status = if app.shutdown.is_cancelled() {
+async fn healthz(
+    State(state): State<HttpState>,
+) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+    let stats = state.hub.stats();
+    let status = if state.shutdown.is_cancelled() {
         axum::http::StatusCode::SERVICE_UNAVAILABLE
     } else {
         axum::http::StatusCode::OK
     };
-    let mqtt = app.broker.as_ref().map(|b| {
+    let mqtt = state.broker.as_ref().map(|b| {
         let m = b.stats();
         json!({
             "connections": m.connections,
@@ -63,11 +67,11 @@ async fn healthz(State(app): State<Arc<App>>) -> (axum::http::StatusCode, Json<s
         "slow_consumer_closes": stats.slow_consumer_closes,
         "retained": stats.retained,
         "forbidden": stats.forbidden,
-        "auth": app.auth.rejections.snapshot(),
+        "auth": state.auth.rejections.snapshot(),
         "mqtt": mqtt,
-        "http": app.http_stats.to_json(),
-        "webhooks": app.webhooks.stats(),
-        "hooks": app.hooks.stats(),
+        "http": state.listener.to_json(),
+        "webhooks": state.webhooks.stats(),
+        "hooks": state.hooks.stats(),
     });
     (status, Json(body))
 }

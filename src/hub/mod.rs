@@ -12,6 +12,7 @@
 //! write lock alone. No lock is held across an `.await`.
 
 pub mod index;
+pub mod metrics;
 pub mod outbox;
 mod session;
 

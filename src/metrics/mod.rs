@@ -5,46 +5,65 @@
 //! Counters stay where they are counted (the Hub, the broker, the authenticator, the
 //! HTTP listener) and are read only when someone asks, so being observed costs the hot
 //! path nothing. What has no other home — the delivery latency histogram, oversized
-//! frames — lives in [`Instruments`], held by the `App`.
+//! frames — lives in [`Instruments`], held by the WebSocket side.
 //!
-//! Adding figures: a source is a plain function `fn(&App, &mut Snapshot)` that adds its
-//! families; list it in [`SOURCES`]. A family added under a name that already exists (the
+//! Adding figures: the part that counts them implements [`Source`] (in its own
+//! `metrics.rs`) and the composition root registers it in the [`Registry`], so this
+//! module imports none of the parts it shows. A family added under a name that already exists (the
 //! same kind and label) is merged — values for a label value already there are added
 //! up — so a new source can add its own `reason` to `messages_dropped` without touching
 //! the others.
 //! This module must not count anything on the hot path itself.
 
+pub mod families;
 pub mod histogram;
 pub mod prometheus;
-mod sources;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
 pub use histogram::{Histogram, HistogramSnapshot};
 
-use crate::server::App;
+/// A part of the daemon that shows figures: it adds its families to a snapshot by
+/// reading the counters it keeps. Parts register themselves in a [`Registry`] at start,
+/// so this module never reads a part it does not know.
+pub trait Source: Send + Sync {
+    fn collect(&self, snapshot: &mut Snapshot);
+}
 
-/// Adds one source's families to a snapshot, reading live counters.
-pub type Source = fn(&App, &mut Snapshot);
+/// Every registered source, in the order their figures are shown.
+#[derive(Default)]
+pub struct Registry {
+    sources: RwLock<Vec<Arc<dyn Source>>>,
+}
 
-/// Every source of figures, in the order they are shown.
-pub const SOURCES: &[Source] = &[
-    sources::websocket,
-    sources::hub,
-    sources::mqtt,
-    sources::auth,
-    sources::http,
-    sources::webhooks,
-    sources::bridges,
-    sources::hooks,
-    sources::store,
-    sources::history,
-    sources::recordings,
-];
+impl Registry {
+    pub fn register(&self, source: Arc<dyn Source>) {
+        self.sources
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(source);
+    }
+
+    /// Reads every source now.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        let sources = self.sources.read().unwrap_or_else(PoisonError::into_inner);
+        for source in sources.iter() {
+            source.collect(&mut snapshot);
+        }
+        snapshot
+    }
+}
+
+/// A counter's value now.
+pub fn read(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
 
 /// Figures counted by the transports that have no other home.
 #[derive(Debug, Default)]
@@ -102,15 +121,6 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Reads every source now.
-    pub fn take(app: &App) -> Snapshot {
-        let mut snapshot = Snapshot::default();
-        for source in SOURCES {
-            source(app, &mut snapshot);
-        }
-        snapshot
-    }
-
     pub fn families(&self) -> &[Family] {
         &self.families
     }

@@ -22,6 +22,7 @@
 mod evict;
 pub mod export;
 mod layout;
+pub mod metrics;
 pub mod replay;
 mod tap;
 

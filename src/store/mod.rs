@@ -7,6 +7,7 @@
 //! and at once on [`Store::flush`], which shutdown calls.
 
 pub mod message;
+pub mod metrics;
 pub mod quota;
 pub mod writer;
 

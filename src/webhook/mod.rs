@@ -12,6 +12,7 @@
 pub mod config;
 mod delivery;
 mod event;
+pub mod metrics;
 mod queue;
 pub mod signature;
 mod tap;

@@ -34,12 +34,12 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::dispatch::{self, Then};
-use super::http::{LazyRouter, Pending};
+use super::http::Pending;
 use super::rate::PublishLimiter;
+use super::WsState;
 use crate::auth::{AuthError, Principal};
 use crate::hub::outbox::CloseReason;
 use crate::hub::Session;
-use crate::server::App;
 use switchboard_core::protocol::{
     close, parse_request, ErrorCode, Frame, Request, RequestError, ServerFrame,
 };
@@ -72,8 +72,8 @@ pub enum Identity {
 }
 
 /// Serves one upgraded connection until it ends.
-pub async fn serve(mut socket: Socket, app: Arc<App>, identity: Identity) {
-    let _tracked = app.tracker.token();
+pub async fn serve(mut socket: Socket, state: Arc<WsState>, identity: Identity) {
+    let _tracked = state.tracker.token();
     let (principal, auth_reply) = match identity {
         Identity::Proven(principal) => (principal, None),
         Identity::Refused(e) => {
@@ -81,11 +81,11 @@ pub async fn serve(mut socket: Socket, app: Arc<App>, identity: Identity) {
             Box::pin(refuse(socket, refusal, close::UNAUTHORIZED, "unauthorized")).await;
             return;
         }
-        Identity::AwaitingAuth => match await_auth(&mut socket, &app).await {
+        Identity::AwaitingAuth => match await_auth(&mut socket, &state).await {
             Ok(proven) => proven,
             Err(Refusal::Gone) => return,
             Err(Refusal::Timeout) => {
-                app.auth.rejections.count_auth_timeout();
+                state.auth.rejections.count_auth_timeout();
                 let reason = CloseReason::Code(close::AUTH_TIMEOUT, "authentication timeout");
                 Box::pin(close_gracefully(socket, reason)).await;
                 return;
@@ -96,20 +96,20 @@ pub async fn serve(mut socket: Socket, app: Arc<App>, identity: Identity) {
             }
         },
     };
-    let session = app.hub.connect(principal);
+    let session = state.hub.connect(principal);
     tracing::debug!(
         client = session.id(),
         user = session.user(),
         kind = %session.principal().kind,
         "client connected"
     );
-    if app.shutdown.is_cancelled() {
+    if state.shutdown.is_cancelled() {
         // Accepted just as shutdown began: say so instead of leaving it half-served.
         session
             .outbox
             .close(CloseReason::Code(close::GOING_AWAY, "server shutting down"));
     }
-    let connection = Connection::new(socket, app.clone(), session, auth_reply);
+    let connection = Connection::new(socket, state.clone(), session, auth_reply);
     let client = connection.run().await;
     tracing::debug!(client, "client disconnected");
 }
@@ -126,9 +126,9 @@ enum Refusal {
 /// timeout. Returns the identity and the `ok` reply to send before `welcome`.
 async fn await_auth(
     socket: &mut Socket,
-    app: &App,
+    state: &WsState,
 ) -> Result<(Arc<Principal>, Option<Message>), Refusal> {
-    let first = tokio::time::timeout(app.config.auth.auth_timeout, async {
+    let first = tokio::time::timeout(state.auth_timeout, async {
         loop {
             match socket.next().await {
                 Some(Ok(Message::Text(text))) => return Some(text),
@@ -160,7 +160,7 @@ async fn await_auth(
             "authenticate first: the first frame must be {\"op\":\"auth\",\"token\":…}",
         )));
     };
-    match dispatch::authenticate(app, &token) {
+    match dispatch::authenticate(state, &token) {
         Ok(principal) => {
             let ok = ServerFrame::Ok {
                 id,
@@ -186,13 +186,13 @@ async fn refuse(mut socket: Socket, error: String, code: u16, reason: &'static s
 }
 
 /// The frame that opens every served connection.
-fn welcome(app: &App, session: &Session) -> Message {
+fn welcome(state: &WsState, session: &Session) -> Message {
     let welcome = ServerFrame::Welcome {
         client: session.id().into(),
         user: session.user().map(Into::into),
         version: switchboard_core::protocol::VERSION,
         server: concat!("switchboard/", env!("CARGO_PKG_VERSION")).into(),
-        heartbeat_ms: app.config.ws.heartbeat_interval.as_millis() as u64,
+        heartbeat_ms: state.config.heartbeat_interval.as_millis() as u64,
         expires_at: session.principal().expires_at,
     };
     Message::Text(welcome.to_frame())
@@ -200,8 +200,8 @@ fn welcome(app: &App, session: &Session) -> Message {
 
 /// A connection's publish limiter: the issuer's limits where it set them, else the
 /// configured ones.
-fn limiter(app: &App, principal: &Principal) -> PublishLimiter {
-    let ws = &app.config.ws;
+fn limiter(state: &WsState, principal: &Principal) -> PublishLimiter {
+    let ws = &state.config;
     PublishLimiter::new(
         principal.limits.publish_rate.unwrap_or(ws.publish_rate),
         principal.limits.publish_burst.unwrap_or(ws.publish_burst),
@@ -233,7 +233,7 @@ enum Event {
 
 struct Connection {
     socket: Socket,
-    app: Arc<App>,
+    state: Arc<WsState>,
     session: Arc<Session>,
     /// Frames produced by this connection (welcome, replies, pings), not yet handed to
     /// the socket. Written first, and the only backlog that pauses reading.
@@ -255,7 +255,6 @@ struct Connection {
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Set when the connection decided to close: requests already sent are not served.
     stop_reading: bool,
-    router: LazyRouter,
     /// Carried HTTP requests in progress; created by the first one, as most
     /// connections never carry any.
     carried: Option<FuturesUnordered<Pending>>,
@@ -272,22 +271,22 @@ struct Connection {
 impl Connection {
     fn new(
         socket: Socket,
-        app: Arc<App>,
+        state: Arc<WsState>,
         session: Arc<Session>,
         auth_reply: Option<Message>,
     ) -> Self {
-        let every = app.config.ws.heartbeat_interval;
+        let every = state.config.heartbeat_interval;
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         // After a stall, count the time that passed once, not as a burst of misses.
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let principal = session.principal();
         let own = auth_reply
             .into_iter()
-            .chain([welcome(&app, &session)])
+            .chain([welcome(&state, &session)])
             .collect();
         Self {
             socket,
-            limiter: limiter(&app, &principal),
+            limiter: limiter(&state, &principal),
             expiry: expiry(&principal),
             stop_reading: false,
             unrecorded: None,
@@ -299,11 +298,10 @@ impl Connection {
             heartbeat,
             heard: false,
             silent_intervals: 0,
-            router: LazyRouter::new(app.clone()),
             carried: None,
             last_flush: None,
             deferred: false,
-            app,
+            state,
         }
     }
 
@@ -323,7 +321,7 @@ impl Connection {
                 }
                 Event::Expired => {
                     tracing::debug!(client = self.session.id(), "token expired");
-                    self.app.auth.rejections.count_expired_close();
+                    self.state.auth.rejections.count_expired_close();
                     break Some(CloseReason::Code(close::TOKEN_EXPIRED, "token expired"));
                 }
                 Event::WriteFailed(e) => {
@@ -336,7 +334,7 @@ impl Connection {
         self.session
             .outbox
             .close(CloseReason::Code(close::GOING_AWAY, "connection closed"));
-        self.app.hub.disconnect(&self.session);
+        self.state.hub.disconnect(&self.session);
         let client = self.session.id().to_owned();
         match close_with {
             // Boxed: this path runs once per connection, and its state would otherwise
@@ -355,10 +353,9 @@ impl Connection {
         let reply = match message {
             Message::Text(text) => {
                 let handled = dispatch::handle_text(
-                    &self.app,
+                    &self.state,
                     &self.session,
                     &mut self.limiter,
-                    &mut self.router,
                     text.as_str(),
                 );
                 if let Some(reply) = handled.reply {
@@ -387,11 +384,11 @@ impl Connection {
             Then::Identify(principal) => {
                 // Nothing was done under the anonymous identity (dispatch checked), so
                 // the connection simply starts again as the proven one.
-                self.app.hub.disconnect(&self.session);
-                self.session = self.app.hub.connect(principal.clone());
-                self.limiter = limiter(&self.app, &principal);
+                self.state.hub.disconnect(&self.session);
+                self.session = self.state.hub.connect(principal.clone());
+                self.limiter = limiter(&self.state, &principal);
                 self.expiry = expiry(&principal);
-                self.own.push_back(welcome(&self.app, &self.session));
+                self.own.push_back(welcome(&self.state, &self.session));
                 tracing::debug!(client = self.session.id(), kind = %principal.kind, "client authenticated");
             }
             Then::Refreshed(principal) => self.expiry = expiry(&principal),
@@ -438,7 +435,7 @@ impl Connection {
             if self.heartbeat.poll_tick(cx).is_ready() {
                 if !std::mem::take(&mut self.heard) {
                     self.silent_intervals += 1;
-                    if self.silent_intervals >= self.app.config.ws.heartbeat_misses.get() {
+                    if self.silent_intervals >= self.state.config.heartbeat_misses.get() {
                         return Poll::Ready(Event::Dead);
                     }
                 } else {
@@ -462,7 +459,7 @@ impl Connection {
                     Poll::Ready(Some(Err(e))) => {
                         tracing::debug!(client = self.session.id(), error = %e, "read failed");
                         if matches!(e, tungstenite::Error::Capacity(_)) {
-                            self.app.metrics.count_ws_too_large();
+                            self.state.instruments.count_ws_too_large();
                         }
                         return Poll::Ready(Event::PeerGone(close_for_read_error(&e)));
                     }
@@ -555,7 +552,7 @@ impl Connection {
     fn record_latency(&mut self) {
         if let Some((oldest, frames)) = self.unrecorded.take() {
             let age = switchboard_core::clock::now_us().saturating_sub(oldest);
-            self.app.metrics.delivery_latency.record(age, frames);
+            self.state.instruments.delivery_latency.record(age, frames);
         }
     }
 

@@ -8,17 +8,17 @@
 
 use std::sync::Arc;
 
+use super::WsState;
 use crate::auth::{Kind, Principal};
 use crate::hub::outbox::CloseReason;
 use crate::hub::{HubError, Sender, Session};
 use crate::recorder::StartRequest;
-use crate::server::App;
 use switchboard_core::message::{Origin, Publish};
 use switchboard_core::protocol::{
     close, parse_request, ErrorCode, OkReply, Record, Request, RequestError, ServerFrame,
 };
 
-use super::http::{LazyRouter, Pending};
+use super::http::Pending;
 use super::rate::{PublishLimiter, Verdict};
 
 /// The reply to queue, and what the connection must do next.
@@ -44,10 +44,9 @@ type Reply = OkReply<'static>;
 
 /// Handles one text frame.
 pub fn handle_text(
-    app: &App,
+    state: &WsState,
     session: &Arc<Session>,
     limiter: &mut PublishLimiter,
-    router: &mut LazyRouter,
     text: &str,
 ) -> Handled {
     let (id, request) = match parse_request(text) {
@@ -59,7 +58,8 @@ pub fn handle_text(
         match limiter.check() {
             Verdict::Allowed => {}
             verdict => {
-                app.auth
+                state
+                    .auth
                     .rejections
                     .count_rate_limited(verdict == Verdict::Abusive);
                 if verdict == Verdict::Abusive {
@@ -81,31 +81,33 @@ pub fn handle_text(
         }
     }
     let result = match request {
-        Request::Auth { token } => identify(app, session, &token).map(|p| {
+        Request::Auth { token } => identify(state, session, &token).map(|p| {
             then = Then::Identify(p);
             Reply::default()
         }),
-        Request::Refresh { token } => refresh(app, session, &token).map(|(p, reply)| {
+        Request::Refresh { token } => refresh(state, session, &token).map(|(p, reply)| {
             then = Then::Refreshed(p);
             reply
         }),
         Request::Record(record) => {
             // A stop waits for the writer to store what the recording took; the reply
             // comes when it has, like a carried HTTP request's.
-            let pending = recording(app.recorder.clone(), session.principal(), id, record);
+            let pending = recording(state.recorder.clone(), session.principal(), id, record);
             return Handled {
                 reply: None,
                 then: Then::Http(Box::pin(pending)),
             };
         }
         Request::Http(request) => {
-            let pending = super::http::serve(router.get(), session.principal(), request);
+            let pending = super::http::serve(&state.api, session.principal(), request);
             return Handled {
                 reply: None,
                 then: Then::Http(Box::pin(pending)),
             };
         }
-        other => apply(app, session, other).map_err(|e| RequestError::new(e.code(), e.to_string())),
+        other => {
+            apply(state, session, other).map_err(|e| RequestError::new(e.code(), e.to_string()))
+        }
     };
     let reply = match result {
         Ok(reply) => ServerFrame::Ok { id, reply }.encode(),
@@ -124,8 +126,8 @@ fn reply_only(reply: String) -> Handled {
     }
 }
 
-fn apply(app: &App, session: &Arc<Session>, request: Request<'_>) -> Result<Reply, HubError> {
-    let hub = &app.hub;
+fn apply(state: &WsState, session: &Arc<Session>, request: Request<'_>) -> Result<Reply, HubError> {
+    let hub = &state.hub;
     let mut reply = Reply::default();
     match request {
         Request::Sub { topic, since } => {
@@ -221,18 +223,22 @@ fn recording(
 
 /// `auth` after `welcome`: allowed once, on an anonymous connection that has not
 /// subscribed yet, so nothing done under the old identity carries over.
-fn identify(app: &App, session: &Session, token: &str) -> Result<Arc<Principal>, RequestError> {
+fn identify(
+    state: &WsState,
+    session: &Session,
+    token: &str,
+) -> Result<Arc<Principal>, RequestError> {
     if session.principal().kind != Kind::Anonymous || !session.filters().is_empty() {
         return Err(RequestError::new(
             ErrorCode::BadRequest,
             "`auth` must come before any subscription on an anonymous connection; use `refresh` to renew a token",
         ));
     }
-    authenticate(app, token).map(Arc::new)
+    authenticate(state, token).map(Arc::new)
 }
 
 fn refresh(
-    app: &App,
+    state: &WsState,
     session: &Arc<Session>,
     token: &str,
 ) -> Result<(Arc<Principal>, Reply), RequestError> {
@@ -243,7 +249,7 @@ fn refresh(
             "nothing to refresh: this connection is anonymous (use `auth`)",
         ));
     }
-    let principal = authenticate(app, token)?;
+    let principal = authenticate(state, token)?;
     if !principal.continues(&current) {
         return Err(RequestError::new(
             ErrorCode::Forbidden,
@@ -251,7 +257,7 @@ fn refresh(
         ));
     }
     let principal = Arc::new(principal);
-    let dropped = app.hub.refresh(session, principal.clone());
+    let dropped = state.hub.refresh(session, principal.clone());
     let reply = Reply {
         expires_at: principal.expires_at,
         unsubscribed: (!dropped.is_empty()).then_some(dropped),
@@ -261,8 +267,9 @@ fn refresh(
 }
 
 /// Checks a credential presented in a frame.
-pub fn authenticate(app: &App, token: &str) -> Result<Principal, RequestError> {
-    app.auth
+pub fn authenticate(state: &WsState, token: &str) -> Result<Principal, RequestError> {
+    state
+        .auth
         .authenticate(token)
         .map_err(|e| RequestError::new(ErrorCode::Unauthorized, e.to_string()))
 }

@@ -131,23 +131,5 @@ pub fn serve(
     }
 }
 
-/// The HTTP router, built on a connection's first `http` request: most connections
-/// never carry one, and building it costs more than serving a request.
-pub struct LazyRouter {
-    app: Arc<crate::server::App>,
-    router: Option<Router>,
-}
-
-impl LazyRouter {
-    pub fn new(app: Arc<crate::server::App>) -> Self {
-        LazyRouter { app, router: None }
-    }
-
-    pub fn get(&mut self) -> &Router {
-        self.router
-            .get_or_insert_with(|| crate::http::router(self.app.clone()))
-    }
-}
-
 /// A carried request being served.
 pub type Pending = std::pin::Pin<Box<dyn Future<Output = Frame> + Send>>;

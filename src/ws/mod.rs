@@ -13,6 +13,7 @@
 mod connection;
 mod dispatch;
 mod http;
+pub mod metrics;
 mod origin;
 mod rate;
 
@@ -29,9 +30,48 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::auth::{AuthError, Principal};
-use crate::server::App;
+use axum::routing::get;
+use axum::Router;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{AuthError, Authenticator, Principal};
+use crate::config::WsConfig;
+use crate::hub::Hub;
+use crate::metrics::Instruments;
+use crate::recorder::Recorder;
 use connection::Identity;
+
+/// What the WebSocket side serves from; filled by the composition root.
+pub struct WsState {
+    pub hub: Arc<Hub>,
+    pub auth: Arc<Authenticator>,
+    /// Recordings, for the `record` op.
+    pub recorder: Arc<Recorder>,
+    pub config: WsConfig,
+    /// How long a connection may take to send its `auth` frame (`auth.auth_timeout`).
+    pub auth_timeout: Duration,
+    /// Origins whose pages may open a WebSocket (`auth.allowed_origins`).
+    pub allowed_origins: Vec<String>,
+    pub instruments: Arc<Instruments>,
+    /// Cancelled when shutdown begins: no new connection is served.
+    pub shutdown: CancellationToken,
+    /// Every connection holds a token, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// The HTTP routes, which serve the requests carried over a WebSocket (`http` op).
+    pub api: Router,
+}
+
+/// `GET /ws` added to the HTTP routes, which also serve the requests carried over it.
+pub fn routes(state: WsState) -> Router {
+    let api = state.api.clone();
+    api.merge(
+        Router::new()
+            .route("/ws", get(upgrade))
+            .with_state(Arc::new(state)),
+    )
+}
 
 /// Longest user id accepted in `?user=`.
 const MAX_USER_LEN: usize = 128;
@@ -46,13 +86,13 @@ pub struct ConnectParams {
 }
 
 /// `GET /ws`: checks the handshake, answers 101 and serves the connection.
-pub async fn upgrade(
-    State(app): State<Arc<App>>,
+async fn upgrade(
+    State(state): State<Arc<WsState>>,
     Query(params): Query<ConnectParams>,
     mut request: Request,
 ) -> Response {
-    if !origin::allowed(&app.config.auth.allowed_origins, request.headers()) {
-        app.auth.rejections.count_origin_refused();
+    if !origin::allowed(&state.allowed_origins, request.headers()) {
+        state.auth.rejections.count_origin_refused();
         tracing::debug!("websocket refused: origin not allowed");
         return refuse(
             StatusCode::FORBIDDEN,
@@ -72,7 +112,7 @@ pub async fn upgrade(
         Err((status, why)) => return refuse(status, why.into()),
     };
     // Only a real upgrade gets its credential checked (and a refusal counted).
-    let identity = match identity(&app, request.headers(), params) {
+    let identity = match identity(&state, request.headers(), params) {
         Ok(identity) => identity,
         Err(why) => return refuse(StatusCode::BAD_REQUEST, why.into()),
     };
@@ -88,7 +128,7 @@ pub async fn upgrade(
         .extensions()
         .get::<Arc<crate::http::listener::ConnectionSlot>>()
         .cloned();
-    let ws = &app.config.ws;
+    let ws = &state.config;
     let max = ws.max_message_size.get();
     let config = WebSocketConfig::default()
         .read_buffer_size(ws.read_buffer_size.get())
@@ -105,7 +145,7 @@ pub async fn upgrade(
                     Some(config),
                 )
                 .await;
-                connection::serve(socket, app, identity).await;
+                connection::serve(socket, state, identity).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
@@ -122,7 +162,7 @@ pub async fn upgrade(
 /// Who the connection will be: proven by a credential on the upgrade, anonymous, or
 /// not known until an `auth` frame arrives.
 fn identity(
-    app: &App,
+    state: &WsState,
     headers: &HeaderMap,
     params: ConnectParams,
 ) -> Result<Identity, &'static str> {
@@ -130,11 +170,11 @@ fn identity(
         (Some(_), Some(_)) => {
             Err("`user` cannot be combined with a credential: the credential names the user")
         }
-        (Some(credential), None) => Ok(match app.auth.authenticate(credential) {
+        (Some(credential), None) => Ok(match state.auth.authenticate(credential) {
             Ok(principal) => Identity::Proven(Arc::new(principal)),
             Err(e) => Identity::Refused(e),
         }),
-        (None, user) => Ok(match (app.auth.anonymous(), user) {
+        (None, user) => Ok(match (state.auth.anonymous(), user) {
             (Some(anonymous), None) => Identity::Proven(anonymous),
             (Some(anonymous), Some(user)) => Identity::Proven(Arc::new(Principal {
                 user: Some(user),

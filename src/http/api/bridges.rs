@@ -12,22 +12,26 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::{ApiError, Caller};
-use crate::server::App;
+use crate::bridges::Bridges;
+use crate::http::state::HttpState;
 use switchboard_core::protocol::ErrorCode;
 
-pub fn routes() -> Router<Arc<App>> {
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/bridges", get(list))
         .route("/bridges/{name}", get(one))
 }
 
-async fn list(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(bridges): State<Arc<Bridges>>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    Ok(Json(json!({"bridges": app.bridges.status()})))
+    Ok(Json(json!({"bridges": bridges.status()})))
 }
 
 async fn one(
-    State(app): State<Arc<App>>,
+    State(bridges): State<Arc<Bridges>>,
     caller: Caller,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -39,7 +43,7 @@ async fn one(
             e.body_text(),
         )
     })?;
-    let status = app.bridges.get(&name).ok_or_else(|| {
+    let status = bridges.get(&name).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,

@@ -10,12 +10,13 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiPath, ApiQuery, Caller};
 use crate::auth::Kind;
+use crate::http::state::HttpState;
 use crate::hub::outbox::CloseReason;
+use crate::hub::Hub;
 use crate::hub::Session;
-use crate::server::App;
 use switchboard_core::protocol::{close, ErrorCode};
 
-pub fn routes() -> Router<Arc<App>> {
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/clients", get(list))
         .route("/clients/{id}", get(show).delete(disconnect))
@@ -68,13 +69,12 @@ struct ListQuery {
 }
 
 async fn list(
-    State(app): State<Arc<App>>,
+    State(hub): State<Arc<Hub>>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_admin()?;
-    let mut clients: Vec<ClientView> = app
-        .hub
+    let mut clients: Vec<ClientView> = hub
         .sessions()
         .iter()
         .filter(|s| query.user.is_none() || s.user() == query.user.as_deref())
@@ -84,8 +84,8 @@ async fn list(
     Ok(Json(serde_json::json!({ "clients": clients })))
 }
 
-fn find(app: &App, id: &str) -> Result<Arc<Session>, ApiError> {
-    app.hub.client(id).ok_or_else(|| {
+fn find(hub: &Hub, id: &str) -> Result<Arc<Session>, ApiError> {
+    hub.client(id).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
@@ -95,23 +95,23 @@ fn find(app: &App, id: &str) -> Result<Arc<Session>, ApiError> {
 }
 
 async fn show(
-    State(app): State<Arc<App>>,
+    State(hub): State<Arc<Hub>>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ClientView>, ApiError> {
     caller.require_admin()?;
-    let session = find(&app, &id)?;
+    let session = find(&hub, &id)?;
     Ok(Json(view(&session)))
 }
 
 /// Closes the connection with 4005: the client is told not to reconnect on its own.
 async fn disconnect(
-    State(app): State<Arc<App>>,
+    State(hub): State<Arc<Hub>>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
-    let session = find(&app, &id)?;
+    let session = find(&hub, &id)?;
     session.outbox.close(CloseReason::Code(
         close::DISCONNECTED,
         "disconnected by an operator",

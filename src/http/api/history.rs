@@ -10,13 +10,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{ApiError, ApiQuery, Caller};
-use crate::server::App;
+use crate::http::state::HttpState;
+use crate::hub::Hub;
 use switchboard_core::protocol::Since;
 
 /// Messages returned when the caller names neither `last` nor `since`.
 const DEFAULT_LAST: u64 = 100;
 
-pub fn routes() -> Router<Arc<App>> {
+pub fn routes() -> Router<HttpState> {
     Router::new().route("/history", get(history))
 }
 
@@ -54,7 +55,7 @@ struct Item {
 }
 
 async fn history(
-    State(app): State<Arc<App>>,
+    State(hub): State<Arc<Hub>>,
     Caller(caller): Caller,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<Reply>, ApiError> {
@@ -70,9 +71,7 @@ async fn history(
         ),
         None => (Since::Last(query.last.unwrap_or(DEFAULT_LAST)), None),
     };
-    let recovery = app
-        .hub
-        .history(&caller.grants, &query.topic, &since, page)?;
+    let recovery = hub.history(&caller.grants, &query.topic, &since, page)?;
     let messages = recovery
         .messages
         .into_iter()

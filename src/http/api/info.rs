@@ -1,7 +1,5 @@
 //! What this server is: `GET /info`, and the API's own description, `GET /openapi.json`.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -11,30 +9,33 @@ use serde_json::json;
 
 use super::messages::MAX_BATCH;
 use super::{openapi, Caller};
-use crate::server::App;
+use crate::http::state::{About, HttpState, Limits};
 use switchboard_core::protocol;
 
-pub fn routes() -> Router<Arc<App>> {
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/info", get(info))
         .route("/openapi.json", get(document))
 }
 
-async fn info(State(app): State<Arc<App>>, _caller: Caller) -> Json<serde_json::Value> {
-    let config = &app.config;
+async fn info(
+    State(about): State<About>,
+    State(limits): State<Limits>,
+    _caller: Caller,
+) -> Json<serde_json::Value> {
     let now = switchboard_core::clock::now_ms();
     Json(json!({
         "name": "switchboard",
         "version": env!("CARGO_PKG_VERSION"),
         "protocol": protocol::VERSION,
-        "started_at": app.started_at,
-        "uptime_s": now.saturating_sub(app.started_at) / 1000,
-        "mqtt": app.broker.is_some(),
+        "started_at": about.started_at,
+        "uptime_s": now.saturating_sub(about.started_at) / 1000,
+        "mqtt": about.mqtt,
         "limits": {
-            "max_message_size": config.ws.max_message_size.get(),
+            "max_message_size": limits.max_message_size,
             "max_batch_messages": MAX_BATCH,
-            "max_batch_bytes": config.http.max_batch_bytes.get(),
-            "idempotency_window_s": config.http.idempotency_window.as_secs(),
+            "max_batch_bytes": limits.max_batch_bytes,
+            "idempotency_window_s": limits.idempotency_window.as_secs(),
         },
     }))
 }

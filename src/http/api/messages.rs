@@ -13,23 +13,24 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use super::IdempotencyCache;
 use super::{body, ApiBytes, ApiError, Caller};
 use crate::auth::Principal;
-use crate::config::Config;
+use crate::http::state::{HttpState, Limits};
+use crate::hub::Hub;
 use crate::hub::{HubError, Sender};
-use crate::server::App;
 use switchboard_core::message::{Origin, Publish};
 use switchboard_core::protocol::{null, ErrorCode, Recipient};
 
 /// Messages in one batch at most.
 pub const MAX_BATCH: usize = 1000;
 
-pub fn routes(config: &Config) -> Router<Arc<App>> {
+pub fn routes(limits: Limits) -> Router<HttpState> {
     Router::new()
         .route("/publish", post(publish))
         .route(
             "/publish/batch",
-            post(publish_batch).layer(DefaultBodyLimit::max(config.http.max_batch_bytes.get())),
+            post(publish_batch).layer(DefaultBodyLimit::max(limits.max_batch_bytes)),
         )
         .route("/send", post(send))
 }
@@ -71,13 +72,15 @@ fn from_label(caller: &Principal) -> String {
 }
 
 fn publish_one(
-    app: &App,
+    hub: &Hub,
+    idempotency: &IdempotencyCache,
+    limits: Limits,
     caller: &Principal,
     from: &str,
     m: &Message<'_>,
 ) -> Result<Outcome, ApiError> {
     let data = m.data.unwrap_or_else(|| null());
-    let limit = app.config.ws.max_message_size.get();
+    let limit = limits.max_message_size;
     if data.get().len() > limit {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -86,7 +89,7 @@ fn publish_one(
         ));
     }
     let publish = || {
-        app.hub.publish(Publish {
+        hub.publish(Publish {
             topic: &m.topic,
             event: m.event.as_deref(),
             data,
@@ -102,7 +105,7 @@ fn publish_one(
             switchboard_core::topic::validate_topic(&m.topic).map_err(HubError::from)?;
             // The topic is part of the key: one key names one message.
             let scope = format!("{}\n{}", caller.identity(), m.topic);
-            app.idempotency.publish_once(&scope, key, publish)?
+            idempotency.publish_once(&scope, key, publish)?
         }
         None => (publish()?, false),
     };
@@ -114,7 +117,9 @@ fn publish_one(
 }
 
 async fn publish(
-    State(app): State<Arc<App>>,
+    State(hub): State<Arc<Hub>>,
+    State(idempotency): State<Arc<IdempotencyCache>>,
+    State(limits): State<Limits>,
     Caller(caller): Caller,
     headers: HeaderMap,
     ApiBytes(bytes): ApiBytes,
@@ -133,7 +138,7 @@ async fn publish(
             .get_or_insert_with(|| key.to_owned());
     }
     let from = from_label(&caller);
-    publish_one(&app, &caller, &from, &message).map(Json)
+    publish_one(&hub, &idempotency, limits, &caller, &from, &message).map(Json)
 }
 
 #[derive(Deserialize)]
@@ -146,7 +151,9 @@ struct Batch<'a> {
 /// Publishes each message in order; one refused message does not stop the others, and
 /// the reply says what happened to each, in the same order.
 async fn publish_batch(
-    State(app): State<Arc<App>>,
+    State(hub): State<Arc<Hub>>,
+    State(idempotency): State<Arc<IdempotencyCache>>,
+    State(limits): State<Limits>,
     Caller(caller): Caller,
     ApiBytes(bytes): ApiBytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -163,10 +170,12 @@ async fn publish_batch(
     let results: Vec<serde_json::Value> = batch
         .messages
         .iter()
-        .map(|m| match publish_one(&app, &caller, &from, m) {
-            Ok(outcome) => json!(outcome),
-            Err(e) => e.body(),
-        })
+        .map(
+            |m| match publish_one(&hub, &idempotency, limits, &caller, &from, m) {
+                Ok(outcome) => json!(outcome),
+                Err(e) => e.body(),
+            },
+        )
         .collect();
     Ok(Json(json!({ "results": results })))
 }
@@ -185,7 +194,7 @@ struct Direct<'a> {
 }
 
 async fn send(
-    State(app): State<Arc<App>>,
+    State(hub): State<Arc<Hub>>,
     Caller(caller): Caller,
     ApiBytes(bytes): ApiBytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -202,7 +211,7 @@ async fn send(
         }
     };
     let from = from_label(&caller);
-    let delivered = app.hub.send_direct(
+    let delivered = hub.send_direct(
         Sender::external(&from, &caller),
         &to,
         request.event.as_deref(),

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,10 +16,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::{AuthError, Principal};
-use crate::config::Config;
+use super::state::{HttpState, Limits};
+use crate::auth::{AuthError, Authenticator, Principal};
 use crate::hub::HubError;
-use crate::server::App;
 use switchboard_core::protocol::ErrorCode;
 
 mod bridges;
@@ -38,16 +37,16 @@ pub use idempotency::IdempotencyCache;
 
 /// The `/api/v1` routes. Unknown paths and methods get JSON errors like every other
 /// refusal, so a client needs one error parser.
-pub fn router(config: &Config) -> Router<Arc<App>> {
+pub fn router(limits: Limits) -> Router<HttpState> {
     Router::new()
-        .merge(messages::routes(config))
+        .merge(messages::routes(limits))
         .merge(clients::routes())
         .merge(topics::routes())
         .merge(history::routes())
         .merge(info::routes())
         .merge(stats::routes())
         .merge(webhooks::routes())
-        .merge(recordings::routes(config))
+        .merge(recordings::routes(limits))
         .merge(bridges::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -152,17 +151,21 @@ pub struct Carried(pub Arc<Principal>);
 /// anonymous clients are allowed.
 pub struct Caller(pub Arc<Principal>);
 
-impl FromRequestParts<Arc<App>> for Caller {
+impl<S> FromRequestParts<S> for Caller
+where
+    Arc<Authenticator>: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let auth = Arc::<Authenticator>::from_ref(state);
         if let Some(Carried(principal)) = parts.extensions.get::<Carried>() {
             return Ok(Caller(principal.clone()));
         }
         let header = parts.headers.get(header::AUTHORIZATION);
         let Some(value) = header else {
-            return app
-                .auth
+            return auth
                 .anonymous()
                 .map(Caller)
                 .ok_or(AuthError::Missing.into());
@@ -180,7 +183,7 @@ impl FromRequestParts<Arc<App>> for Caller {
                     "expected `Authorization: Bearer <token or API key>`",
                 )
             })?;
-        Ok(Caller(Arc::new(app.auth.authenticate(credential)?)))
+        Ok(Caller(Arc::new(auth.authenticate(credential)?)))
     }
 }
 

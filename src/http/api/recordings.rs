@@ -15,23 +15,23 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::{body, ApiBytes, ApiError, ApiPath, Caller};
-use crate::config::Config;
+use crate::http::state::{HttpState, Limits};
 use crate::recorder::replay::Action;
+use crate::recorder::Recorder;
 use crate::recorder::{
     export, RecorderError, RecordingView, ReplayRequest, ReplayView, StartRequest,
 };
-use crate::server::App;
 use switchboard_core::protocol::ErrorCode;
 
 /// The media type of an export.
 pub const JSON_LINES: &str = "application/x-ndjson";
 
-pub fn routes(config: &Config) -> Router<Arc<App>> {
+pub fn routes(limits: Limits) -> Router<HttpState> {
     Router::new()
         .route("/recordings", get(list).post(start))
         .route(
             "/recordings/import",
-            post(import).layer(DefaultBodyLimit::max(config.http.max_batch_bytes.get())),
+            post(import).layer(DefaultBodyLimit::max(limits.max_batch_bytes)),
         )
         .route("/recordings/{id}", get(show).delete(delete))
         .route("/recordings/{id}/stop", post(stop))
@@ -66,54 +66,54 @@ impl From<RecorderError> for ApiError {
 
 type Reply<T> = Result<Json<T>, ApiError>;
 
-async fn list(State(app): State<Arc<App>>, Caller(caller): Caller) -> Reply<Value> {
-    Ok(Json(json!({"recordings": app.recorder.list(&caller)})))
+async fn list(State(recorder): State<Arc<Recorder>>, Caller(caller): Caller) -> Reply<Value> {
+    Ok(Json(json!({"recordings": recorder.list(&caller)})))
 }
 
 async fn start(
-    State(app): State<Arc<App>>,
+    State(recorder): State<Arc<Recorder>>,
     Caller(caller): Caller,
     ApiBytes(bytes): ApiBytes,
 ) -> Result<(StatusCode, Json<RecordingView>), ApiError> {
     let request: StartRequest = body(&bytes)?;
-    let view = app.recorder.start_recording(&caller, request)?;
+    let view = recorder.start_recording(&caller, request)?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
 async fn show(
-    State(app): State<Arc<App>>,
+    State(recorder): State<Arc<Recorder>>,
     Caller(caller): Caller,
     ApiPath(id): ApiPath<u64>,
 ) -> Reply<RecordingView> {
-    Ok(Json(app.recorder.show(&caller, id)?))
+    Ok(Json(recorder.show(&caller, id)?))
 }
 
 async fn stop(
-    State(app): State<Arc<App>>,
+    State(recorder): State<Arc<Recorder>>,
     Caller(caller): Caller,
     ApiPath(id): ApiPath<u64>,
 ) -> Reply<RecordingView> {
-    Ok(Json(app.recorder.stop_recording(&caller, id).await?))
+    Ok(Json(recorder.stop_recording(&caller, id).await?))
 }
 
 async fn delete(
-    State(app): State<Arc<App>>,
+    State(recorder): State<Arc<Recorder>>,
     Caller(caller): Caller,
     ApiPath(id): ApiPath<u64>,
 ) -> Result<StatusCode, ApiError> {
-    app.recorder.delete(&caller, id)?;
+    recorder.delete(&caller, id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Streams the export a chunk of messages at a time, read by a blocking task.
 async fn export(
-    State(app): State<Arc<App>>,
+    State(recorder): State<Arc<Recorder>>,
     Caller(caller): Caller,
     ApiPath(id): ApiPath<u64>,
 ) -> Result<Response, ApiError> {
-    let view = app.recorder.show(&caller, id)?;
+    let view = recorder.show(&caller, id)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let recorder = app.recorder.clone();
+    let recorder = recorder.clone();
     tokio::task::spawn_blocking(move || {
         if tx
             .blocking_send(Bytes::from(export::header(&view)))
@@ -157,18 +157,18 @@ async fn export(
 }
 
 async fn import(
-    State(app): State<Arc<App>>,
+    State(recorder): State<Arc<Recorder>>,
     Caller(caller): Caller,
     ApiBytes(bytes): ApiBytes,
 ) -> Result<(StatusCode, Json<RecordingView>), ApiError> {
     let text = std::str::from_utf8(&bytes)
         .map_err(|e| RecorderError::Invalid(format!("the file is not UTF-8: {e}")))?;
-    let view = app.recorder.import(&caller, text)?;
+    let view = recorder.import(&caller, text)?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
 async fn replay(
-    State(app): State<Arc<App>>,
+    State(recorder): State<Arc<Recorder>>,
     Caller(caller): Caller,
     ApiPath(id): ApiPath<u64>,
     ApiBytes(bytes): ApiBytes,
@@ -178,51 +178,51 @@ async fn replay(
     } else {
         body(&bytes)?
     };
-    let view = app.recorder.start_replay(caller, id, request)?;
+    let view = recorder.start_replay(caller, id, request)?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-async fn replays(State(app): State<Arc<App>>, Caller(caller): Caller) -> Reply<Value> {
-    Ok(Json(json!({"replays": app.recorder.replays(&caller)})))
+async fn replays(State(recorder): State<Arc<Recorder>>, Caller(caller): Caller) -> Reply<Value> {
+    Ok(Json(json!({"replays": recorder.replays(&caller)})))
 }
 
 async fn replay_status(
-    State(app): State<Arc<App>>,
+    State(recorder): State<Arc<Recorder>>,
     Caller(caller): Caller,
     ApiPath(id): ApiPath<u64>,
 ) -> Reply<ReplayView> {
-    Ok(Json(app.recorder.replay(&caller, id)?))
+    Ok(Json(recorder.replay(&caller, id)?))
 }
 
 fn control(
-    app: &App,
+    recorder: &Recorder,
     caller: &crate::auth::Principal,
     id: u64,
     action: Action,
 ) -> Reply<ReplayView> {
-    Ok(Json(app.recorder.control_replay(caller, id, action)?))
+    Ok(Json(recorder.control_replay(caller, id, action)?))
 }
 
 async fn pause(
-    State(app): State<Arc<App>>,
+    State(recorder): State<Arc<Recorder>>,
     Caller(caller): Caller,
     ApiPath(id): ApiPath<u64>,
 ) -> Reply<ReplayView> {
-    control(&app, &caller, id, Action::Pause)
+    control(&recorder, &caller, id, Action::Pause)
 }
 
 async fn resume(
-    State(app): State<Arc<App>>,
+    State(recorder): State<Arc<Recorder>>,
     Caller(caller): Caller,
     ApiPath(id): ApiPath<u64>,
 ) -> Reply<ReplayView> {
-    control(&app, &caller, id, Action::Resume)
+    control(&recorder, &caller, id, Action::Resume)
 }
 
 async fn stop_replay(
-    State(app): State<Arc<App>>,
+    State(recorder): State<Arc<Recorder>>,
     Caller(caller): Caller,
     ApiPath(id): ApiPath<u64>,
 ) -> Reply<ReplayView> {
-    control(&app, &caller, id, Action::Stop)
+    control(&recorder, &caller, id, Action::Stop)
 }

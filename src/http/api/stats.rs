@@ -7,14 +7,17 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use super::{ApiError, Caller};
-use crate::metrics::Snapshot;
-use crate::server::App;
+use crate::http::state::HttpState;
+use crate::metrics::{Registry, Snapshot};
 
-pub fn routes() -> Router<Arc<App>> {
+pub fn routes() -> Router<HttpState> {
     Router::new().route("/stats", get(stats))
 }
 
-async fn stats(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Snapshot>, ApiError> {
+async fn stats(
+    State(registry): State<Arc<Registry>>,
+    caller: Caller,
+) -> Result<Json<Snapshot>, ApiError> {
     caller.require_admin()?;
-    Ok(Json(Snapshot::take(&app)))
+    Ok(Json(registry.snapshot()))
 }

@@ -9,9 +9,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, ApiQuery, Caller};
-use crate::server::App;
+use crate::http::state::HttpState;
+use crate::hub::Hub;
 
-pub fn routes() -> Router<Arc<App>> {
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/topics", get(topics))
         .route("/presence", get(presence))
@@ -28,13 +29,12 @@ struct TopicsQuery {
 /// Every subscribed filter with its number of subscribers, limited to what the caller
 /// may itself subscribe to: a client learns nothing about topics it cannot see.
 async fn topics(
-    State(app): State<Arc<App>>,
+    State(hub): State<Arc<Hub>>,
     Caller(caller): Caller,
     ApiQuery(query): ApiQuery<TopicsQuery>,
 ) -> Json<serde_json::Value> {
     let prefix = query.prefix.as_deref().unwrap_or("");
-    let mut topics: Vec<(String, usize)> = app
-        .hub
+    let mut topics: Vec<(String, usize)> = hub
         .subscribed_filters()
         .into_iter()
         .filter(|(f, _)| f.starts_with(prefix) && caller.grants.check_subscribe(f).is_ok())
@@ -54,10 +54,10 @@ struct PresenceQuery {
 }
 
 async fn presence(
-    State(app): State<Arc<App>>,
+    State(hub): State<Arc<Hub>>,
     Caller(caller): Caller,
     ApiQuery(query): ApiQuery<PresenceQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let members = app.hub.presence(&caller.grants, &query.topic)?;
+    let members = hub.presence(&caller.grants, &query.topic)?;
     Ok(Json(json!({"topic": query.topic, "members": members})))
 }

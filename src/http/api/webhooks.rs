@@ -12,16 +12,17 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, Caller};
-use crate::server::App;
+use crate::http::state::HttpState;
 use crate::store::StoreError;
 use crate::webhook::Endpoint;
+use crate::webhook::Webhooks;
 use switchboard_core::protocol::ErrorCode;
 
 /// Dead letters listed when the request names no `limit`, and the most it may ask.
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
-pub fn routes() -> Router<Arc<App>> {
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/webhooks", get(list))
         .route("/webhooks/{name}/dead", get(dead))
@@ -30,9 +31,12 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/webhooks/{name}/dead/{id}", delete(delete_one))
 }
 
-async fn list(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(webhooks): State<Arc<Webhooks>>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    Ok(Json(json!({"webhooks": app.webhooks.stats()})))
+    Ok(Json(json!({"webhooks": webhooks.stats()})))
 }
 
 #[derive(Deserialize)]
@@ -42,13 +46,13 @@ struct DeadQuery {
 }
 
 async fn dead(
-    State(app): State<Arc<App>>,
+    State(webhooks): State<Arc<Webhooks>>,
     caller: Caller,
     name: Result<Path<String>, PathRejection>,
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let ep = endpoint(&app, name)?;
+    let ep = endpoint(&webhooks, name)?;
     let query = Query::<DeadQuery>::try_from_uri(&uri)
         .map_err(|e| bad_request(e.body_text()))?
         .0;
@@ -62,12 +66,12 @@ async fn dead(
 }
 
 async fn retry_one(
-    State(app): State<Arc<App>>,
+    State(webhooks): State<Arc<Webhooks>>,
     caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let (ep, id) = endpoint_and_id(&app, path)?;
+    let (ep, id) = endpoint_and_id(&webhooks, path)?;
     match ep.retry_dead(&id).map_err(store_error)? {
         Some(events) => Ok(Json(json!({"retried": 1, "events": events}))),
         None => Err(no_letter(&ep, &id)),
@@ -75,23 +79,23 @@ async fn retry_one(
 }
 
 async fn retry_all(
-    State(app): State<Arc<App>>,
+    State(webhooks): State<Arc<Webhooks>>,
     caller: Caller,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let ep = endpoint(&app, name)?;
+    let ep = endpoint(&webhooks, name)?;
     let retried = ep.retry_all_dead().map_err(store_error)?;
     Ok(Json(json!({"retried": retried})))
 }
 
 async fn delete_one(
-    State(app): State<Arc<App>>,
+    State(webhooks): State<Arc<Webhooks>>,
     caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
-    let (ep, id) = endpoint_and_id(&app, path)?;
+    let (ep, id) = endpoint_and_id(&webhooks, path)?;
     if ep.delete_dead(&id).map_err(store_error)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -100,23 +104,23 @@ async fn delete_one(
 }
 
 fn endpoint(
-    app: &App,
+    webhooks: &Webhooks,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Arc<Endpoint>, ApiError> {
     let Path(name) = name.map_err(|e| bad_request(e.body_text()))?;
-    find(app, &name)
+    find(webhooks, &name)
 }
 
 fn endpoint_and_id(
-    app: &App,
+    webhooks: &Webhooks,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<(Arc<Endpoint>, String), ApiError> {
     let Path((name, id)) = path.map_err(|e| bad_request(e.body_text()))?;
-    Ok((find(app, &name)?, id))
+    Ok((find(webhooks, &name)?, id))
 }
 
-fn find(app: &App, name: &str) -> Result<Arc<Endpoint>, ApiError> {
-    app.webhooks.endpoint(name).ok_or_else(|| {
+fn find(webhooks: &Webhooks, name: &str) -> Result<Arc<Endpoint>, ApiError> {
+    webhooks.endpoint(name).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,

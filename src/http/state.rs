@@ -1,0 +1,88 @@
+//! What the HTTP routes serve from. The composition root fills one [`HttpState`]; each
+//! handler takes only the parts it uses (axum's `FromRef`: `State<Arc<Hub>>`,
+//! `State<Limits>`…), so a handler's signature says what it can reach.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use tokio_util::sync::CancellationToken;
+
+use switchboard_bridge::Broker;
+
+use super::api::IdempotencyCache;
+use super::hooks::Hooks;
+use super::listener::ListenerStats;
+use crate::auth::Authenticator;
+use crate::bridges::Bridges;
+use crate::hub::Hub;
+use crate::metrics::Registry;
+use crate::recorder::Recorder;
+use crate::webhook::Webhooks;
+
+/// Sizes and windows the handlers enforce, from `[ws]` and `[http]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body, as for a WebSocket frame (`ws.max_message_size`).
+    pub max_message_size: usize,
+    /// Largest batch or import body (`http.max_batch_bytes`).
+    pub max_batch_bytes: usize,
+    pub idempotency_window: Duration,
+}
+
+/// Facts about the running daemon that `/api/v1/info` and `/metrics` show.
+#[derive(Debug, Clone, Copy)]
+pub struct About {
+    /// Milliseconds since the Unix epoch when the daemon started.
+    pub started_at: u64,
+    /// Whether the embedded MQTT broker runs.
+    pub mqtt: bool,
+    /// `[metrics] enabled`: whether `/metrics` answers at all.
+    pub metrics_enabled: bool,
+    /// `[metrics] public`: whether `/metrics` answers without the admin credential.
+    pub metrics_public: bool,
+}
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub hub: Arc<Hub>,
+    pub auth: Arc<Authenticator>,
+    pub recorder: Arc<Recorder>,
+    pub webhooks: Arc<Webhooks>,
+    pub bridges: Arc<Bridges>,
+    pub hooks: Arc<Hooks>,
+    pub metrics: Arc<Registry>,
+    pub idempotency: Arc<IdempotencyCache>,
+    /// The embedded MQTT broker, for `/healthz` and `/api/v1/info`.
+    pub broker: Option<Arc<Broker>>,
+    /// The listener's connection counters, for `/healthz`.
+    pub listener: Arc<ListenerStats>,
+    pub limits: Limits,
+    pub about: About,
+    /// Cancelled when shutdown begins: `/healthz` answers 503 from then on.
+    pub shutdown: CancellationToken,
+}
+
+/// One `FromRef` per part a handler may take.
+macro_rules! parts {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        $(impl FromRef<HttpState> for $ty {
+            fn from_ref(state: &HttpState) -> Self {
+                state.$field.clone()
+            }
+        })*
+    };
+}
+
+parts!(
+    hub: Arc<Hub>,
+    auth: Arc<Authenticator>,
+    recorder: Arc<Recorder>,
+    webhooks: Arc<Webhooks>,
+    bridges: Arc<Bridges>,
+    hooks: Arc<Hooks>,
+    metrics: Arc<Registry>,
+    idempotency: Arc<IdempotencyCache>,
+    limits: Limits,
+    about: About,
+);

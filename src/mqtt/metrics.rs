@@ -1,0 +1,83 @@
+//! What the embedded MQTT broker shows at /metrics.
+
+use std::sync::Arc;
+
+use switchboard_bridge::Broker;
+
+use crate::metrics::families::{CONNECTIONS, DROPPED, MESSAGES_OUT, TLS_FAILURES};
+use crate::metrics::{Snapshot, Source};
+
+/// The embedded MQTT broker; zeros when it is turned off, so the set of figures is fixed.
+pub struct MqttMetrics(pub Option<Arc<Broker>>);
+
+impl Source for MqttMetrics {
+    fn collect(&self, s: &mut Snapshot) {
+        let m = self.0.as_ref().map(|b| b.stats()).unwrap_or_default();
+        let egress_depth = self.0.as_ref().map_or(0, |b| b.egress_queue_depth());
+        s.gauges(
+            "connections",
+            CONNECTIONS,
+            "transport",
+            switchboard_bridge::Transport::ALL
+                .iter()
+                .zip(m.connections_by_transport)
+                .map(|(t, n)| (mqtt_transport(*t), n)),
+        );
+        s.counters(
+            "messages_out",
+            MESSAGES_OUT,
+            "transport",
+            [("mqtt", m.messages_out)],
+        );
+        s.counters(
+            "messages_dropped",
+            DROPPED,
+            "reason",
+            [
+                ("forbidden", m.publishes_denied),
+                ("mqtt_egress_full", m.egress_dropped),
+            ],
+        );
+        s.gauge(
+            "mqtt_egress_queue_depth",
+            "Messages from other ways in queued towards MQTT subscribers now.",
+            egress_depth as u64,
+        );
+        s.counter(
+            "mqtt_egress_published",
+            "Messages from other ways in handed to the MQTT router.",
+            m.egress_published,
+        );
+        s.counter(
+            "mqtt_connects_refused",
+            "MQTT CONNECTs refused (bad credentials, bad client id, too many connections).",
+            m.connects_refused,
+        );
+        s.counter(
+            "mqtt_subscribes_denied",
+            "MQTT subscriptions refused by the ACL.",
+            m.subscribes_denied,
+        );
+        s.counter(
+            "mqtt_protocol_errors",
+            "MQTT connections ended for a malformed or oversized packet.",
+            m.protocol_errors,
+        );
+        s.counters(
+            "tls_handshake_failures",
+            TLS_FAILURES,
+            "listener",
+            [("mqtt", m.tls_handshake_failures)],
+        );
+    }
+}
+
+fn mqtt_transport(t: switchboard_bridge::Transport) -> &'static str {
+    use switchboard_bridge::Transport as T;
+    match t {
+        T::Tcp => "mqtt_tcp",
+        T::WebSocket => "mqtt_ws",
+        T::Tls => "mqtt_tls",
+        T::SecureWebSocket => "mqtt_wss",
+    }
+}

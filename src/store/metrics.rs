@@ -1,0 +1,37 @@
+//! What the local store shows at /metrics: its size on disk and its cap.
+
+use super::Store;
+use crate::metrics::{Snapshot, Source};
+
+/// The local store (sled) under the data directory, and its cap.
+impl Source for Store {
+    fn collect(&self, s: &mut Snapshot) {
+        let quota = self.quota();
+        let evicted = quota.evicted();
+        s.gauge(
+            "store_disk_bytes",
+            "Bytes the local store takes on disk.",
+            self.size_on_disk(),
+        );
+        s.gauge(
+            "store_stored_bytes",
+            "Bytes of stored messages (history and recordings) counted against store.max_bytes.",
+            quota.used(),
+        );
+        s.gauge(
+            "store_max_bytes",
+            "The cap on stored messages (store.max_bytes).",
+            quota.max_bytes(),
+        );
+        s.counter(
+            "store_evicted_messages",
+            "Stored messages evicted, oldest first, to keep under store.max_bytes.",
+            evicted.records,
+        );
+        s.counter(
+            "store_evicted_bytes",
+            "Bytes of stored messages evicted to keep under store.max_bytes.",
+            evicted.bytes,
+        );
+    }
+}
