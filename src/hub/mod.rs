@@ -11,6 +11,7 @@
 //! messages in sequence order) and then the index read lock. Subscribing takes the index
 //! write lock alone. No lock is held across an `.await`.
 
+mod direct;
 pub mod index;
 pub mod outbox;
 mod session;
@@ -25,6 +26,7 @@ use serde_json::value::RawValue;
 use crate::auth::Principal;
 use crate::history::{History, Log, Position};
 use crate::store::StoredMessage;
+pub use direct::Sender;
 use index::SubscriptionIndex;
 use outbox::{CloseReason, Outbox, Pushed, QueueLimits};
 use session::lock;
@@ -32,7 +34,7 @@ pub use session::Session;
 use switchboard_core::grants::{Forbidden, Grants};
 use switchboard_core::message::{Lifecycle, Origin, Publish, Published, Tap};
 use switchboard_core::protocol::Since;
-use switchboard_core::protocol::{self, Frame, Member, Recipient, ServerFrame};
+use switchboard_core::protocol::{self, Frame, Member, ServerFrame};
 use switchboard_core::topic::{self, Filter, TopicError};
 
 /// What the Hub needs from the configuration.
@@ -81,37 +83,6 @@ impl HubError {
             HubError::Forbidden(_) => C::Forbidden,
             HubError::HistoryDisabled(_) => C::HistoryDisabled,
             HubError::HistoryNeedsTopic(_) => C::BadRequest,
-        }
-    }
-}
-
-/// Who sends a direct message: a connection, or an HTTP caller.
-#[derive(Clone, Copy)]
-pub struct Sender<'a> {
-    /// Shown to the recipient as `from`.
-    pub id: &'a str,
-    pub user: Option<&'a str>,
-    pub grants: &'a Grants,
-    /// The sending connection, which a message to its own user skips.
-    key: Option<index::Key>,
-}
-
-impl<'a> Sender<'a> {
-    pub fn session(session: &'a Session, principal: &'a Principal) -> Self {
-        Sender {
-            id: session.id(),
-            user: session.user(),
-            grants: &principal.grants,
-            key: Some(session.key),
-        }
-    }
-
-    pub fn external(id: &'a str, principal: &'a Principal) -> Self {
-        Sender {
-            id,
-            user: principal.user.as_deref(),
-            grants: &principal.grants,
-            key: None,
         }
     }
 }
@@ -616,64 +587,6 @@ impl Hub {
                 .fetch_add(discarded, Ordering::Relaxed);
         }
         delivered
-    }
-
-    /// Sends a direct message; returns how many connections got it.
-    pub fn send_direct(
-        &self,
-        from: Sender<'_>,
-        to: &Recipient,
-        event: Option<&str>,
-        data: &RawValue,
-    ) -> Result<usize, HubError> {
-        let targets: Vec<Arc<Session>> = match to {
-            Recipient::Client(id) => {
-                let target = read(&self.clients).get(id).cloned();
-                if let Some(target) = &target {
-                    self.allow(from.grants.check_send(target.user()))?;
-                }
-                target.into_iter().collect()
-            }
-            Recipient::User(user) => {
-                self.allow(from.grants.check_send(Some(user)))?;
-                read(&self.users)
-                    .get(user)
-                    .map(|conns| {
-                        conns
-                            .values()
-                            .filter(|s| Some(s.key) != from.key)
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            }
-        };
-        let frame = ServerFrame::Dm {
-            event: event.map(Cow::Borrowed),
-            data,
-            ts: switchboard_core::clock::now_ms(),
-            from: Cow::Borrowed(from.id),
-            from_user: from.user.map(Cow::Borrowed),
-        }
-        .to_frame();
-        let delivered = targets
-            .iter()
-            .filter(|s| {
-                matches!(
-                    s.outbox.push(frame.clone()),
-                    Pushed::Queued | Pushed::DroppedOldest(_)
-                )
-            })
-            .count();
-        if delivered == 0 {
-            let who = match to {
-                Recipient::Client(id) => format!("client `{id}`"),
-                Recipient::User(u) => format!("user `{u}`"),
-            };
-            return Err(HubError::NoRecipient(who));
-        }
-        self.counters.direct.fetch_add(1, Ordering::Relaxed);
-        Ok(delivered)
     }
 
     /// Who is subscribed to a presence-enabled topic, for someone allowed to know.
