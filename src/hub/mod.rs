@@ -16,6 +16,7 @@ pub mod index;
 pub mod outbox;
 mod presence;
 mod session;
+mod topics;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use serde_json::value::RawValue;
 
 use crate::auth::Principal;
-use crate::history::{History, Log, Position};
+use crate::history::{History, Position};
 use crate::store::StoredMessage;
 pub use direct::Sender;
 use index::SubscriptionIndex;
@@ -37,6 +38,8 @@ use switchboard_core::message::{Lifecycle, Origin, Publish, Published, Tap};
 use switchboard_core::protocol::Since;
 use switchboard_core::protocol::{self, Frame, ServerFrame};
 use switchboard_core::topic::{self, Filter, TopicError};
+pub use topics::MAX_RETAINED;
+use topics::{TopicState, MAX_TRACKED_TOPICS};
 
 /// What the Hub needs from the configuration.
 #[derive(Debug, Clone)]
@@ -88,10 +91,6 @@ impl HubError {
     }
 }
 
-/// Retained values kept at most; beyond it new retained topics are refused (counted),
-/// so a client cannot grow memory without bound by retaining to ever-new topics.
-pub const MAX_RETAINED: usize = 100_000;
-
 /// Live counters, cheap enough to bump on every delivery.
 #[derive(Default)]
 struct Counters {
@@ -129,19 +128,6 @@ pub struct Stats {
     pub retained_refused: u64,
     /// Requests refused by permissions, from any way in.
     pub forbidden: u64,
-}
-
-/// Topics whose sequence numbers are kept before those without subscribers are
-/// forgotten (their `seq` then starts again at 1).
-const MAX_TRACKED_TOPICS: usize = 100_000;
-
-#[derive(Default)]
-struct TopicState {
-    seq: u64,
-    /// The retained message, already encoded with `retained: true`.
-    retained: Option<Frame>,
-    /// The topic's history, when a rule keeps one; it numbers on from its last message.
-    log: Option<Log>,
 }
 
 /// What a subscription found, for the `ok` reply.
@@ -378,29 +364,6 @@ impl Hub {
         }
     }
 
-    fn send_retained(&self, session: &Arc<Session>, filter: &str) {
-        if self.counters.retained.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let frames: Vec<Frame> = if topic::is_wildcard(filter) {
-            read(&self.topics)
-                .iter()
-                .filter(|(t, _)| topic::matches(filter, t))
-                .filter_map(|(_, state)| lock(state).retained.clone())
-                .collect()
-        } else {
-            read(&self.topics)
-                .get(filter)
-                .and_then(|state| lock(state).retained.clone())
-                .into_iter()
-                .collect()
-        };
-        for frame in frames {
-            // A full queue applies the slow-consumer policy as for any push.
-            let _ = session.outbox.push(frame);
-        }
-    }
-
     /// Adds a consumer of every message.
     pub fn add_tap(&self, tap: Arc<dyn Tap>) {
         write(&self.taps).push(tap);
@@ -473,26 +436,7 @@ impl Hub {
         };
         let frame = message(false);
         if p.retain {
-            let clears = p.data.get() == "\"\"";
-            let had = state.retained.is_some();
-            if clears {
-                state.retained = None;
-            } else if had || self.counters.retained.load(Ordering::Relaxed) < MAX_RETAINED as u64 {
-                state.retained = Some(message(true));
-            } else {
-                self.counters
-                    .retained_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    topic = p.topic,
-                    "retained value not kept: {MAX_RETAINED} topics already retain one"
-                );
-            }
-            match (had, state.retained.is_some()) {
-                (false, true) => self.counters.retained.fetch_add(1, Ordering::Relaxed),
-                (true, false) => self.counters.retained.fetch_sub(1, Ordering::Relaxed),
-                _ => 0,
-            };
+            self.keep_retained(&mut state, p.topic, p.data, || message(true));
         }
         let delivered = self.deliver(p.topic, &frame, None, Some(now_us));
         if let Some(log) = &state.log {
@@ -504,43 +448,6 @@ impl Hub {
         drop(state);
         self.counters.published[p.origin as usize].fetch_add(1, Ordering::Relaxed);
         Ok(Published { seq, delivered })
-    }
-
-    fn topic_state(&self, topic: &str) -> Arc<Mutex<TopicState>> {
-        if let Some(s) = read(&self.topics).get(topic) {
-            return s.clone();
-        }
-        let mut topics = write(&self.topics);
-        if topics.len() >= self.prune_topics_at.load(Ordering::Relaxed)
-            && !topics.contains_key(topic)
-        {
-            // A client publishing to ever-new topics must not grow this map forever:
-            // forget topics nobody subscribes to and nobody is publishing to right now.
-            let index = read(&self.index);
-            // A state only the map holds cannot be locked by anyone else, so the lock
-            // taken for the retained check never waits.
-            topics.retain(|t, state| {
-                Arc::strong_count(state) > 1
-                    || index.count_matches(t) > 0
-                    || lock(state).retained.is_some()
-            });
-            // If most topics are in use, wait for the map to double before scanning
-            // again, so the scan costs O(1) per new topic over time.
-            let next = MAX_TRACKED_TOPICS.max(topics.len() * 2);
-            self.prune_topics_at.store(next, Ordering::Relaxed);
-            tracing::debug!(kept = topics.len(), "forgot topics without subscribers");
-        }
-        topics
-            .entry(topic.into())
-            .or_insert_with(|| {
-                let log = self.history.get().and_then(|h| h.log(topic));
-                Arc::new(Mutex::new(TopicState {
-                    seq: log.as_ref().map_or(0, Log::last_seq),
-                    retained: None,
-                    log,
-                }))
-            })
-            .clone()
     }
 
     /// Pushes one encoded frame to every session subscribed to `topic`, except `skip`.
@@ -715,18 +622,18 @@ mod tests {
     use outbox::SlowConsumerPolicy;
     use std::collections::VecDeque;
 
-    fn anyone() -> Arc<Principal> {
+    pub(super) fn anyone() -> Arc<Principal> {
         Arc::new(Principal::anonymous(Grants::all()))
     }
 
-    fn named(user: &str) -> Arc<Principal> {
+    pub(super) fn named(user: &str) -> Arc<Principal> {
         Arc::new(Principal {
             user: Some(user.into()),
             ..Principal::anonymous(Grants::all())
         })
     }
 
-    fn hub() -> Arc<Hub> {
+    pub(super) fn hub() -> Arc<Hub> {
         Hub::new(HubConfig {
             queue: QueueLimits {
                 max_messages: 16,
@@ -739,7 +646,7 @@ mod tests {
         })
     }
 
-    async fn frames(s: &Session) -> Vec<serde_json::Value> {
+    pub(super) async fn frames(s: &Session) -> Vec<serde_json::Value> {
         let mut out = VecDeque::new();
         s.outbox.next_batch(&mut out).await;
         out.iter()
@@ -783,35 +690,7 @@ mod tests {
             .is_err());
     }
 
-    #[test]
-    fn topics_without_subscribers_are_forgotten_past_the_limit() {
-        let hub = hub();
-        let a = hub.connect(anyone());
-        hub.subscribe(&a, "kept").unwrap();
-        let data = RawValue::from_string("1".into()).unwrap();
-        let publish = |topic: &str| {
-            hub.publish(Publish {
-                topic,
-                event: None,
-                data: &data,
-                from: "t",
-                origin: Origin::Ws,
-                by: &Grants::ALL,
-                retain: false,
-            })
-            .unwrap()
-            .seq
-        };
-        publish("kept");
-        for i in 0..MAX_TRACKED_TOPICS + 10 {
-            publish(&format!("noise/{i}"));
-        }
-        let topics = hub.stats().topics;
-        assert!(topics < 20, "noise forgotten: {topics} topics kept");
-        assert_eq!(publish("kept"), 2, "a subscribed topic keeps its sequence");
-    }
-
-    fn publish_as(
+    pub(super) fn publish_as(
         hub: &Hub,
         topic: &str,
         data: &str,
@@ -828,38 +707,6 @@ mod tests {
             by: &Grants::ALL,
             retain,
         })
-    }
-
-    #[tokio::test]
-    async fn retained_values_reach_later_subscribers_and_empty_clears() {
-        let hub = hub();
-        publish_as(&hub, "r/a", "1", Origin::Ws, true).unwrap();
-        publish_as(&hub, "r/b", "2", Origin::Ws, true).unwrap();
-        publish_as(&hub, "r/c", "3", Origin::Ws, false).unwrap();
-        publish_as(&hub, "r/a", "4", Origin::Ws, true).unwrap();
-        let a = hub.connect(anyone());
-        hub.subscribe(&a, "r/+").unwrap();
-        let mut got = frames(&a).await;
-        got.sort_by_key(|f| f["topic"].as_str().unwrap().to_owned());
-        assert_eq!(got.len(), 2, "{got:?}");
-        assert_eq!(
-            (got[0]["data"].clone(), got[0]["retained"].clone()),
-            (4.into(), true.into())
-        );
-        assert_eq!(got[1]["data"], 2);
-        assert_eq!(hub.stats().retained, 2);
-
-        publish_as(&hub, "r/a", "\"\"", Origin::Ws, true).unwrap();
-        let live = frames(&a).await;
-        assert_eq!(live.len(), 1, "the clearing message is delivered live");
-        assert!(live[0].get("retained").is_none());
-        let b = hub.connect(anyone());
-        hub.subscribe(&b, "r/a").unwrap();
-        hub.subscribe(&b, "r/b").unwrap();
-        let got = frames(&b).await;
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0]["topic"], "r/b");
-        assert_eq!(hub.stats().retained, 1);
     }
 
     #[test]
