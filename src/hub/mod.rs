@@ -16,6 +16,7 @@ pub mod index;
 pub mod outbox;
 mod presence;
 mod session;
+mod stats;
 mod topics;
 
 use std::borrow::Cow;
@@ -33,6 +34,8 @@ use index::SubscriptionIndex;
 use outbox::{CloseReason, Outbox, Pushed, QueueLimits};
 use session::lock;
 pub use session::Session;
+use stats::Counters;
+pub use stats::Stats;
 use switchboard_core::grants::{Forbidden, Grants};
 use switchboard_core::message::{Lifecycle, Origin, Publish, Published, Tap};
 use switchboard_core::protocol::Since;
@@ -89,45 +92,6 @@ impl HubError {
             HubError::HistoryNeedsTopic(_) => C::BadRequest,
         }
     }
-}
-
-/// Live counters, cheap enough to bump on every delivery.
-#[derive(Default)]
-struct Counters {
-    /// Indexed by `Origin as usize`: one add per publish, as before the split.
-    published: [AtomicU64; Origin::ALL.len()],
-    publishes_forbidden: AtomicU64,
-    delivered: AtomicU64,
-    dropped: AtomicU64,
-    slow_closed: AtomicU64,
-    /// Frames discarded with the queues of connections closed as slow consumers.
-    slow_discarded: AtomicU64,
-    direct: AtomicU64,
-    retained: AtomicU64,
-    retained_refused: AtomicU64,
-    forbidden: AtomicU64,
-}
-
-/// A snapshot of the Hub's figures.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Stats {
-    pub connections: usize,
-    pub subscriptions: usize,
-    pub topics: usize,
-    pub published: u64,
-    /// `published` by the way messages came in, in the order of [`Origin::ALL`].
-    pub published_by_origin: [u64; Origin::ALL.len()],
-    /// Publishes refused by permissions (also counted in `forbidden`).
-    pub publishes_forbidden: u64,
-    pub delivered: u64,
-    pub dropped: u64,
-    pub slow_consumer_closes: u64,
-    pub slow_consumer_discarded: u64,
-    pub direct_messages: u64,
-    pub retained: u64,
-    pub retained_refused: u64,
-    /// Requests refused by permissions, from any way in.
-    pub forbidden: u64,
 }
 
 /// What a subscription found, for the `ok` reply.
@@ -495,30 +459,6 @@ impl Hub {
                 .fetch_add(discarded, Ordering::Relaxed);
         }
         delivered
-    }
-
-    pub fn stats(&self) -> Stats {
-        let published_by_origin = self
-            .counters
-            .published
-            .each_ref()
-            .map(|c| c.load(Ordering::Relaxed));
-        Stats {
-            connections: read(&self.clients).len(),
-            subscriptions: read(&self.index).len(),
-            topics: read(&self.topics).len(),
-            published: published_by_origin.iter().sum(),
-            published_by_origin,
-            publishes_forbidden: self.counters.publishes_forbidden.load(Ordering::Relaxed),
-            delivered: self.counters.delivered.load(Ordering::Relaxed),
-            dropped: self.counters.dropped.load(Ordering::Relaxed),
-            slow_consumer_closes: self.counters.slow_closed.load(Ordering::Relaxed),
-            slow_consumer_discarded: self.counters.slow_discarded.load(Ordering::Relaxed),
-            direct_messages: self.counters.direct.load(Ordering::Relaxed),
-            retained: self.counters.retained.load(Ordering::Relaxed),
-            retained_refused: self.counters.retained_refused.load(Ordering::Relaxed),
-            forbidden: self.counters.forbidden.load(Ordering::Relaxed),
-        }
     }
 
     /// A permission check's verdict, with refusals counted.

@@ -1,6 +1,6 @@
 //! Topic state: each topic's sequence numbers, retained value and history log.
 //!
-//! Owns [`TopicState`], the `topics` map, [`MAX_RETAINED`], setting and clearing retained
+//! Owns `TopicState`, the `topics` map, [`MAX_RETAINED`], setting and clearing retained
 //! values (with their count) and forgetting tracked topics nobody uses. Routing
 //! (`publish`, `subscribe_from`) takes a topic's state from here and holds its lock
 //! while it numbers and delivers; this file never delivers and never changes the
