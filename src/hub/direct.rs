@@ -4,7 +4,7 @@
 //! Owns [`Sender`] and [`Hub::send_direct`]. Reads the `clients` and `users` tables
 //! (each read lock taken alone, and released before anything is pushed); takes no topic
 //! lock, never touches the subscription index, and does not fill those tables (that is
-//! `connect`/`disconnect`, in the routing code).
+//! `connect`/`disconnect`, in routing.rs).
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;

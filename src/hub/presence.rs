@@ -3,8 +3,8 @@
 //!
 //! Owns the members table (`Hub::presence`, one mutex), [`Hub::presence`],
 //! [`Hub::set_info`], and the joins and leaves that subscribing, unsubscribing and
-//! disconnecting call here. Announcements go out through the routing code's `deliver`
-//! (the index read lock) after the presence lock is released; no topic lock is taken
+//! disconnecting call here. Announcements go out through `deliver` (routing.rs, the
+//! index read lock) after the presence lock is released; no topic lock is taken
 //! here and the subscription index is never changed here.
 
 use std::borrow::Cow;
