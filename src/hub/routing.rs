@@ -1,0 +1,535 @@
+//! Routing: connections, subscriptions and publishes.
+//!
+//! Owns the sessions table (`clients`, `users`), the subscription index, the taps and
+//! the attached history: connecting and disconnecting, subscribing (with recovery from
+//! a topic's history) and unsubscribing, and publishing. A publish turns into one
+//! encoded frame pushed to every matching session by `deliver`, which presence
+//! announcements use too. Topic state is taken from `topics.rs`, joins and leaves are
+//! left to `presence.rs`; direct messages (`direct.rs`) do not pass through here.
+//!
+//! Locking: a publish takes its topic's lock (so every subscriber sees one topic's
+//! messages in sequence order), then the index read lock to deliver and the taps read
+//! lock, and releases the topic's lock last. Subscribing takes the index write lock
+//! alone, or on a topic with a history inside that topic's lock. A session's own
+//! `filters` lock is taken and released before the index lock. No lock is held across
+//! an `.await`.
+
+use std::borrow::Cow;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use super::outbox::{CloseReason, Outbox, Pushed};
+use super::session::lock;
+use super::{index, read, write, Hub, HubError, Session};
+use crate::auth::Principal;
+use crate::history::{History, Position};
+use crate::store::StoredMessage;
+use switchboard_core::grants::Grants;
+use switchboard_core::message::{Lifecycle, Origin, Publish, Published, Tap};
+use switchboard_core::protocol::{Frame, ServerFrame, Since};
+use switchboard_core::topic;
+
+/// What a subscription found, for the `ok` reply.
+#[derive(Debug, Default)]
+pub struct Subscribed {
+    /// For a topic with a history: its position when the subscription began. Messages
+    /// numbered after it arrive live.
+    pub position: Option<Position>,
+    /// For a subscription that asked for missed messages: whether all of them were
+    /// queued, and how many.
+    pub recovery: Option<(bool, usize)>,
+}
+
+impl Hub {
+    /// Registers a new connection and gives it a fresh client id.
+    pub fn connect(&self, principal: Arc<Principal>) -> Arc<Session> {
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        // Random, so ids are not guessable from connection order; the key keeps it unique.
+        let id = format!("c{:08x}{:x}", rand::random::<u32>(), key);
+        let user = principal.user.clone();
+        let session = Arc::new(Session::new(
+            key,
+            id.clone(),
+            principal,
+            Outbox::new(self.config.queue),
+        ));
+        write(&self.clients).insert(id, session.clone());
+        if let Some(user) = user {
+            write(&self.users)
+                .entry(user)
+                .or_default()
+                .insert(key, session.clone());
+        }
+        self.notify(&Lifecycle::Connected {
+            client: session.id(),
+            user: session.user(),
+        });
+        session
+    }
+
+    /// Tells every tap of a lifecycle event.
+    pub fn notify(&self, event: &Lifecycle<'_>) {
+        for tap in read(&self.taps).iter() {
+            tap.lifecycle(event);
+        }
+    }
+
+    /// A connected client by id.
+    pub fn client(&self, id: &str) -> Option<Arc<Session>> {
+        read(&self.clients).get(id).cloned()
+    }
+
+    /// Removes a connection: its subscriptions, its presence (announcing leaves) and its
+    /// entry in the client table. Safe to call more than once.
+    pub fn disconnect(&self, session: &Arc<Session>) {
+        let filters: Vec<String> = lock(&session.filters).drain().collect();
+        {
+            let mut index = write(&self.index);
+            for f in &filters {
+                index.remove(f, session.key);
+            }
+        }
+        for f in &filters {
+            self.leave_presence(session, f);
+        }
+        if write(&self.clients).remove(session.id()).is_some() {
+            self.notify(&Lifecycle::Disconnected {
+                client: session.id(),
+                user: session.user(),
+            });
+        }
+        if let Some(user) = session.user() {
+            let mut users = write(&self.users);
+            if let Some(conns) = users.get_mut(user) {
+                conns.remove(&session.key);
+                if conns.is_empty() {
+                    users.remove(user);
+                }
+            }
+        }
+    }
+
+    pub fn subscribe(&self, session: &Arc<Session>, filter: &str) -> Result<Subscribed, HubError> {
+        self.subscribe_from(session, filter, None)
+    }
+
+    /// Subscribes, first queueing what the topic's history holds after `since`. On a
+    /// topic with a history the topic's lock is held while the subscription is added,
+    /// so the position reported (and any recovery) sits exactly between the messages
+    /// published before and the live ones after: no gap, no duplicate.
+    pub fn subscribe_from(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        since: Option<&Since>,
+    ) -> Result<Subscribed, HubError> {
+        topic::validate_filter(filter)?;
+        let principal = session.principal();
+        self.allow(principal.grants.check_subscribe(filter))?;
+        let kept = !topic::is_wildcard(filter)
+            && self
+                .history
+                .get()
+                .is_some_and(|h| h.config().rule(filter).is_some());
+        if since.is_some() && !kept {
+            return Err(if topic::is_wildcard(filter) {
+                HubError::HistoryNeedsTopic(filter.to_owned())
+            } else {
+                HubError::HistoryDisabled(filter.to_owned())
+            });
+        }
+        let state = kept.then(|| self.topic_state(filter));
+        let guard = state.as_ref().map(|s| lock(s));
+        let max = principal
+            .limits
+            .max_subscriptions
+            .unwrap_or(self.config.max_subscriptions);
+        let added = {
+            let mut filters = lock(&session.filters);
+            if filters.contains(filter) {
+                false
+            } else if filters.len() >= max {
+                return Err(HubError::TooManySubscriptions(max));
+            } else {
+                filters.insert(filter.to_owned());
+                true
+            }
+        };
+        if added {
+            write(&self.index).insert(filter, session.key, session.clone());
+        }
+        let mut subscribed = Subscribed::default();
+        if let Some(log) = guard.as_ref().and_then(|state| state.log.as_ref()) {
+            match since.filter(|_| added) {
+                Some(since) => {
+                    let recovery = log.recover(since);
+                    let mut queued = 0;
+                    for message in &recovery.messages {
+                        if let Some(frame) = history_frame(message) {
+                            // A full queue applies the slow-consumer policy as for any push.
+                            let _ = session.outbox.push(frame);
+                            queued += 1;
+                        }
+                    }
+                    let complete = recovery.complete && queued == recovery.messages.len();
+                    subscribed.recovery = Some((complete, queued));
+                    subscribed.position = Some(recovery.position);
+                }
+                None => subscribed.position = Some(log.position()),
+            }
+        }
+        drop(guard);
+        if !added {
+            return Ok(subscribed);
+        }
+        self.join_presence(session, filter);
+        if since.is_none() {
+            self.send_retained(session, filter);
+        }
+        self.notify(&Lifecycle::Subscribed {
+            client: session.id(),
+            user: session.user(),
+            filter,
+        });
+        Ok(subscribed)
+    }
+
+    /// What a topic's history holds after `since`, for a caller that may subscribe to
+    /// it (the HTTP API; a `sub` recovers through [`Hub::subscribe_from`]).
+    pub fn history(
+        &self,
+        by: &Grants,
+        topic: &str,
+        since: &Since,
+        page: Option<u64>,
+    ) -> Result<crate::history::Recovery, HubError> {
+        topic::validate_filter(topic)?;
+        if topic::is_wildcard(topic) {
+            return Err(HubError::HistoryNeedsTopic(topic.to_owned()));
+        }
+        self.allow(by.check_subscribe(topic))?;
+        let log = self
+            .history
+            .get()
+            .and_then(|h| h.log(topic))
+            .ok_or_else(|| HubError::HistoryDisabled(topic.to_owned()))?;
+        Ok(log.recover_page(since, page))
+    }
+
+    /// Attaches the message history; set once at startup, before anything is served.
+    pub fn set_history(&self, history: Arc<History>) {
+        if self.history.set(history).is_err() {
+            tracing::warn!("the history was already attached");
+        }
+    }
+
+    /// Adds a consumer of every message.
+    pub fn add_tap(&self, tap: Arc<dyn Tap>) {
+        write(&self.taps).push(tap);
+    }
+
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> Result<(), HubError> {
+        topic::validate_filter(filter)?;
+        if !lock(&session.filters).remove(filter) {
+            return Err(HubError::NotSubscribed(filter.to_owned()));
+        }
+        write(&self.index).remove(filter, session.key);
+        self.leave_presence(session, filter);
+        self.notify(&Lifecycle::Unsubscribed {
+            client: session.id(),
+            user: session.user(),
+            filter,
+        });
+        Ok(())
+    }
+
+    /// Publishes one of the daemon's own retained notices (device and bridge status on
+    /// `$` topics), from `switchboard`.
+    pub fn publish_notice(
+        &self,
+        topic: &str,
+        event: &str,
+        data: &RawValue,
+    ) -> Result<Published, HubError> {
+        self.publish(Publish {
+            topic,
+            event: Some(event),
+            data,
+            from: "switchboard",
+            origin: Origin::System,
+            by: &Grants::ALL,
+            retain: true,
+        })
+    }
+
+    /// Routes one message to every matching subscriber.
+    pub fn publish(&self, p: Publish<'_>) -> Result<Published, HubError> {
+        topic::validate_topic(p.topic)?;
+        if p.origin != Origin::System {
+            self.allow(p.by.check_publish(p.topic)).inspect_err(|_| {
+                self.counters
+                    .publishes_forbidden
+                    .fetch_add(1, Ordering::Relaxed);
+            })?;
+        }
+        let state = self.topic_state(p.topic);
+        // Held through fan-out: concurrent publishers to one topic are serialised, so
+        // every subscriber sees that topic's messages in seq order.
+        let mut state = lock(&state);
+        state.seq += 1;
+        let seq = state.seq;
+        // One clock reading per publish, for `ts` and for the delivery latency stamp.
+        let now_us = switchboard_core::clock::now_us();
+        let message = |retained| {
+            ServerFrame::Msg {
+                topic: Cow::Borrowed(p.topic),
+                event: p.event.map(Cow::Borrowed),
+                data: p.data,
+                ts: now_us / 1000,
+                seq,
+                from: Cow::Borrowed(p.from),
+                retained,
+                history: false,
+            }
+            .to_frame()
+        };
+        let frame = message(false);
+        if p.retain {
+            self.keep_retained(&mut state, p.topic, p.data, || message(true));
+        }
+        let delivered = self.deliver(p.topic, &frame, None, Some(now_us));
+        if let Some(log) = &state.log {
+            log.append(&p, seq, now_us);
+        }
+        for tap in read(&self.taps).iter() {
+            tap.publish(&p, seq, now_us);
+        }
+        drop(state);
+        self.counters.published[p.origin as usize].fetch_add(1, Ordering::Relaxed);
+        Ok(Published { seq, delivered })
+    }
+
+    /// Pushes one encoded frame to every session subscribed to `topic`, except `skip`.
+    /// `stamp` is when a published message was accepted (µs), for the latency figure.
+    pub(super) fn deliver(
+        &self,
+        topic: &str,
+        frame: &Frame,
+        skip: Option<index::Key>,
+        stamp: Option<u64>,
+    ) -> usize {
+        let mut delivered = 0usize;
+        let mut dropped = 0u64;
+        let mut closed = 0u64;
+        let mut discarded = 0u64;
+        read(&self.index).for_each_match(topic, |s| {
+            if Some(s.key) == skip {
+                return;
+            }
+            match s.outbox.push_stamped(frame.clone(), stamp) {
+                Pushed::Queued => delivered += 1,
+                Pushed::DroppedOldest(n) => {
+                    delivered += 1;
+                    dropped += n;
+                }
+                Pushed::Overflowed(n) => {
+                    closed += 1;
+                    discarded += n;
+                }
+                Pushed::Closed => {}
+            }
+        });
+        self.counters
+            .delivered
+            .fetch_add(delivered as u64, Ordering::Relaxed);
+        if dropped > 0 {
+            self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        if closed > 0 {
+            self.counters
+                .slow_closed
+                .fetch_add(closed, Ordering::Relaxed);
+            self.counters
+                .slow_discarded
+                .fetch_add(discarded, Ordering::Relaxed);
+        }
+        delivered
+    }
+
+    /// Replaces a live connection's identity (a refreshed token) and drops the
+    /// subscriptions the new grants no longer allow; returns those filters.
+    pub fn refresh(&self, session: &Arc<Session>, principal: Arc<Principal>) -> Vec<String> {
+        let dropped = principal
+            .grants
+            .disallowed(session.filters().iter().map(String::as_str));
+        session.set_principal(principal);
+        for filter in &dropped {
+            // Gone between the two steps is fine: it is gone either way.
+            let _ = self.unsubscribe(session, filter);
+        }
+        dropped
+    }
+
+    /// Gives every connection whose identity matches a new one (the configuration's
+    /// anonymous grants changed), drops the subscriptions it no longer allows as
+    /// [`Hub::refresh`] does, and tells the client which with an `unsubscribed` frame.
+    /// Returns how many connections lost a subscription.
+    pub fn regrant(
+        &self,
+        matches: impl Fn(&Principal) -> bool,
+        principal: &Arc<Principal>,
+        why: &str,
+    ) -> usize {
+        let mut narrowed = 0;
+        for session in self.sessions() {
+            if !matches(&session.principal()) {
+                continue;
+            }
+            let dropped = self.refresh(&session, principal.clone());
+            if !dropped.is_empty() {
+                narrowed += 1;
+                let notice = ServerFrame::Unsubscribed {
+                    unsubscribed: &dropped,
+                    message: Cow::Borrowed(why),
+                };
+                session.outbox.push(notice.to_frame());
+            }
+        }
+        narrowed
+    }
+
+    /// Closes every connection whose identity matches, such as those using a revoked
+    /// API key; returns how many.
+    pub fn close_where(&self, matches: impl Fn(&Principal) -> bool, reason: CloseReason) -> usize {
+        let doomed: Vec<Arc<Session>> = read(&self.clients)
+            .values()
+            .filter(|s| matches(&s.principal()))
+            .cloned()
+            .collect();
+        for session in &doomed {
+            session.outbox.close(reason);
+        }
+        doomed.len()
+    }
+
+    /// Every filter someone subscribes to, with how many connections hold it.
+    pub fn subscribed_filters(&self) -> Vec<(String, usize)> {
+        read(&self.index).filters()
+    }
+
+    /// Every connected session, for shutdown.
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        read(&self.clients).values().cloned().collect()
+    }
+}
+
+/// A recovered message as its subscriber gets it: as first delivered, marked `history`.
+fn history_frame(m: &StoredMessage) -> Option<Frame> {
+    let data = RawValue::from_string(m.data.clone())
+        .inspect_err(|e| tracing::warn!(topic = m.topic, seq = m.seq, error = %e, "history: stored payload is not JSON; skipped"))
+        .ok()?;
+    Some(
+        ServerFrame::Msg {
+            topic: Cow::Borrowed(&m.topic),
+            event: m.event.as_deref().map(Cow::Borrowed),
+            data: &data,
+            ts: m.ts_us / 1000,
+            seq: m.seq,
+            from: Cow::Borrowed(&m.from),
+            retained: false,
+            history: true,
+        }
+        .to_frame(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{anyone, frames, hub, named, publish_as};
+    use super::*;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn publish_fans_out_with_sequence() {
+        let hub = hub();
+        let a = hub.connect(anyone());
+        hub.subscribe(&a, "t/+").unwrap();
+        let data = RawValue::from_string("[1]".into()).unwrap();
+        for _ in 0..2 {
+            hub.publish(Publish {
+                topic: "t/x",
+                event: Some("e"),
+                data: &data,
+                from: "me",
+                origin: Origin::Ws,
+                by: &Grants::ALL,
+                retain: false,
+            })
+            .unwrap();
+        }
+        let got = frames(&a).await;
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0]["seq"], 1);
+        assert_eq!(got[1]["seq"], 2);
+        assert_eq!(got[1]["event"], "e");
+        assert!(hub
+            .publish(Publish {
+                topic: "t/#",
+                event: None,
+                data: &data,
+                from: "me",
+                origin: Origin::Ws,
+                by: &Grants::ALL,
+                retain: false,
+            })
+            .is_err());
+    }
+
+    #[test]
+    fn dollar_topics_are_reserved_for_the_server_and_taps_see_origins() {
+        struct Seen(Mutex<Vec<(String, Origin, bool)>>);
+        impl Tap for Seen {
+            fn publish(&self, m: &Publish<'_>, _seq: u64, _ts_us: u64) {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push((m.topic.to_owned(), m.origin, m.retain));
+            }
+        }
+        let hub = hub();
+        let seen = Arc::new(Seen(Mutex::default()));
+        hub.add_tap(seen.clone());
+        assert!(matches!(
+            publish_as(&hub, "$devices/x", "1", Origin::Ws, false),
+            Err(HubError::Forbidden(_))
+        ));
+        publish_as(&hub, "$devices/x", "1", Origin::System, true).unwrap();
+        publish_as(&hub, "s/1", "1", Origin::Mqtt, false).unwrap();
+        let seen = seen.0.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![
+                ("$devices/x".to_owned(), Origin::System, true),
+                ("s/1".to_owned(), Origin::Mqtt, false)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn subscription_limit_and_cleanup() {
+        let hub = hub();
+        let a = hub.connect(named("ann"));
+        hub.subscribe(&a, "a").unwrap();
+        hub.subscribe(&a, "a").unwrap();
+        hub.subscribe(&a, "b").unwrap();
+        assert!(matches!(
+            hub.subscribe(&a, "c"),
+            Err(HubError::TooManySubscriptions(2))
+        ));
+        hub.disconnect(&a);
+        let s = hub.stats();
+        assert_eq!((s.connections, s.subscriptions), (0, 0));
+    }
+}
