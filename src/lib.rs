@@ -11,6 +11,7 @@
 //! [`client`] is the Rust client that talks to a running daemon.
 
 pub mod auth;
+pub mod background;
 pub mod bridges;
 pub mod cli;
 pub mod config;

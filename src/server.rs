@@ -294,17 +294,18 @@ impl Server {
         if !app.hooks.is_empty() {
             tracing::info!("inbound hooks: {}", app.hooks.describe());
         }
+        // The daemon's own tasks (reload, API keys, watchdog), stopped and awaited
+        // before the history and the store are closed.
+        let background = crate::background::Background::new();
         // Installed before the listening line, so a SIGHUP sent as soon as it appears
         // reloads rather than kills (the default action of SIGHUP).
         #[cfg(unix)]
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(hangup) => {
-                tokio::spawn(crate::reload::on_sighup(
-                    hangup,
-                    Arc::new(app.reloadable()),
-                    self.config_path,
-                    self.log,
-                ));
+                let reloadable = Arc::new(app.reloadable());
+                background.spawn(|_| {
+                    crate::reload::on_sighup(hangup, reloadable, self.config_path, self.log)
+                });
             }
             Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP; reload is off"),
         }
@@ -315,18 +316,15 @@ impl Server {
         let listening = format!("listening {}", listening.join(" "));
         tracing::info!(target: LISTENING_TARGET, "{listening}");
 
-        tokio::spawn(crate::reload::watch_api_keys(
-            app.hub.clone(),
-            app.auth.clone(),
-            app.shutdown.clone(),
-        ));
-        app.store.quota().spawn();
-        tokio::spawn(expire_history(app.history.clone()));
+        let (hub, auth) = (app.hub.clone(), app.auth.clone());
+        background.spawn(|stop| crate::reload::watch_api_keys(hub, auth, stop));
+        app.store.quota().start();
+        app.history.start();
         app.webhooks.start(&app.shutdown, &app.tracker);
         app.recorder.start();
         app.bridges.start(&app.hub, &app.shutdown, &app.tracker);
         let router = app.router();
-        let http = tokio::spawn(crate::http::listener::serve(
+        let mut http = tokio::spawn(crate::http::listener::serve(
             self.http,
             app.config.http.clone(),
             app.http_stats.clone(),
@@ -337,7 +335,7 @@ impl Server {
         // Every listener is bound and the store is open since `bind`; everything that
         // serves is now spawned.
         crate::systemd::ready(&listening);
-        crate::systemd::spawn_watchdog(app.hub.clone());
+        crate::systemd::spawn_watchdog(app.hub.clone(), &background);
 
         let broker_died = async {
             match &app.broker {
@@ -385,12 +383,20 @@ impl Server {
         app.recorder.stop().await;
         app.bridges.stop().await;
         // Plain HTTP requests still in flight get what is left of a short deadline.
-        if let Ok(Err(e)) = tokio::time::timeout(std::time::Duration::from_millis(200), http).await
-        {
-            tracing::warn!(error = %e, "http listener task failed");
+        match tokio::time::timeout(std::time::Duration::from_millis(200), &mut http).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "http listener task failed"),
+            Err(_) => {
+                http.abort();
+                let _ = http.await;
+            }
         }
+        // No task may touch the history or the store once they are closed: each is
+        // stopped and awaited first (the store's janitor evicts from the history).
+        background.stop().await;
+        app.store.quota().stop().await;
         // Last: nothing publishes any more, so the saved positions are final.
-        if let Err(e) = app.history.close() {
+        if let Err(e) = app.history.close().await {
             tracing::error!(error = %e, "cannot save the history positions");
         }
         if let Err(e) = app.store.flush().await {
@@ -412,21 +418,6 @@ fn open_history(config: &Config, store: &Store) -> anyhow::Result<Arc<History>> 
     let history = History::open(history, store).context("cannot open the message history")?;
     store.quota().register(&history);
     Ok(history)
-}
-
-/// Drops history messages past their rule's age, so idle topics expire too.
-async fn expire_history(history: Arc<History>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let h = history.clone();
-        match tokio::task::spawn_blocking(move || h.expire()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "history: expiring old messages failed"),
-            Err(e) => tracing::error!(error = %e, "history: the expiry task failed"),
-        }
-    }
 }
 
 /// Starts the embedded MQTT broker, wired to the hub both ways, unless every MQTT

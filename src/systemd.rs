@@ -143,27 +143,34 @@ fn watchdog_interval() -> Option<Duration> {
 /// poisoned or deadlocked Hub, a starved runtime or an exhausted blocking pool all
 /// stop the pings. Returns whether it started.
 ///
-/// Pings continue during shutdown (it may take the whole grace period); the task ends
-/// with the runtime.
-pub fn spawn_watchdog(hub: Arc<Hub>) -> bool {
+/// Pings continue during shutdown (it may take the whole grace period) until `owner`
+/// is stopped, which the server does last, before it closes the history and the store.
+pub fn spawn_watchdog(hub: Arc<Hub>, owner: &crate::background::Background) -> bool {
     let Some(interval) = watchdog_interval() else {
         return false;
     };
     let period = interval / 2;
     tracing::info!(interval = ?interval, "systemd watchdog on: pinging every {period:?}");
-    tokio::spawn(async move {
+    owner.spawn(|stop| async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A probe that has not answered yet is waited for again, not started twice:
         // a stuck Hub holds one blocking thread, not one per tick.
         let mut probe: Option<tokio::task::JoinHandle<usize>> = None;
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
             let handle = probe.get_or_insert_with(|| {
                 let hub = hub.clone();
                 tokio::task::spawn_blocking(move || hub.stats().connections)
             });
-            match tokio::time::timeout(period, handle).await {
+            let answer = tokio::select! {
+                _ = stop.cancelled() => return,
+                answer = tokio::time::timeout(period, handle) => answer,
+            };
+            match answer {
                 Ok(Ok(_)) => {
                     probe = None;
                     send(&[NotifyState::Watchdog], Wait::Never);

@@ -787,3 +787,55 @@ async fn servers_read_a_history_over_http_page_by_page() {
         (403, json!("forbidden"))
     );
 }
+
+/// In this process rather than as a child, so the test sees what the daemon's tasks do
+/// after `Server::run` returned (a process of its own would exit and hide it): the
+/// positions and the clean-stop marker saved at shutdown must describe the messages the
+/// next start finds, so no background task (expiry, the store's cap) may delete one
+/// after they were saved.
+#[test]
+fn no_task_deletes_history_after_the_clean_stop_was_saved() {
+    use switchboard::config::Config;
+    use switchboard::history::History;
+    use switchboard::server::Server;
+    use switchboard::store::Store;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"\"\nws_listen = \"\"\n{HISTORY}",
+        dir.path()
+    );
+    let config = Config::from_toml(&text, "test", std::iter::empty()).expect("config");
+    let (history, store) = (config.history.clone(), config.store.clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let server = Server::bind(config).await.expect("bind");
+        let http = server.local_addrs().expect("addrs")[0].1;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        let mut c = Raw::connect(&format!("ws://{http}/ws")).await;
+        assert_eq!(publish(&mut c, "ttl/a", 1).await, 1);
+        drop(c);
+        stop.send(()).expect("stop");
+        running.await.expect("join").expect("run");
+        // `ttl/#` keeps a message 1s: an expiry tick from here on would delete it.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    });
+    drop(runtime);
+
+    let store = Store::open(dir.path(), &store).expect("the store is free again");
+    let on_disk = store.tree("history/messages").expect("tree").len() as u64;
+    let history = History::open(history, &store).expect("history");
+    assert_eq!(
+        history.stats().messages,
+        on_disk,
+        "the positions saved at the clean stop count messages that were deleted after it"
+    );
+    assert_eq!(on_disk, 1, "the message was stored before the stop");
+}

@@ -20,6 +20,10 @@
 //! [`StoredMessage`]; `history/streams` holds each stream's position, written at a
 //! clean stop together with a marker. Without the marker the daemon did not stop
 //! cleanly, so the streams are rebuilt from the messages and all start new epochs.
+//!
+//! The history owns its expiry task ([`History::start`]); [`History::close`] stops it
+//! and waits for a pass in progress before saving, and from then on nothing trims or
+//! evicts, so the saved positions describe exactly the messages the next start finds.
 
 pub mod config;
 pub mod metrics;
@@ -28,10 +32,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::background::Background;
 use crate::store::{Evictable, Evicted, Store, StoreError, StoredMessage};
 pub use config::{HistoryConfig, HistoryRule};
 use switchboard_core::message::Publish;
 use switchboard_core::protocol::Since;
+
+/// How often streams with an age limit are trimmed, so idle topics expire too.
+pub const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The key of the clean-stop marker in the streams tree (no topic is empty).
 const CLEAN: &[u8] = b"";
@@ -181,8 +189,11 @@ pub struct History {
     incomplete: AtomicU64,
     recovered: AtomicU64,
     write_errors: AtomicU64,
-    /// Set by [`History::close`]; an append after it withdraws the clean marker.
+    /// Set by [`History::close`]; an append after it withdraws the clean marker, and
+    /// nothing is trimmed or evicted after it.
     closed: std::sync::atomic::AtomicBool,
+    /// The expiry task, from [`History::start`] to [`History::close`].
+    expiry: Background,
     /// Table size at which empty, unused streams are forgotten.
     prune_at: std::sync::atomic::AtomicUsize,
 }
@@ -237,6 +248,7 @@ impl History {
             recovered: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             closed: Default::default(),
+            expiry: Background::new(),
             prune_at: std::sync::atomic::AtomicUsize::new(MAX_IDLE_STREAMS),
         };
         let clean = history
@@ -473,7 +485,11 @@ impl History {
     }
 
     /// Drops what a stream's rule no longer keeps: beyond `keep`, older than `max_age`.
+    /// Nothing once closed: the saved positions count what is stored.
     fn trim(&self, entry: &Entry, s: &mut Stream, now_us: u64) -> Result<(), StoreError> {
+        if self.is_closed() {
+            return Ok(());
+        }
         let rule = self.rule(entry);
         let keep = rule.keep.map_or(u64::MAX, |k| k.get());
         while !s.is_empty() && (s.count() > keep || rule.expired(s.first_ts_us, now_us)) {
@@ -481,6 +497,25 @@ impl History {
             self.trimmed.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Starts the expiry task, which runs [`History::expire`] every [`EXPIRE_EVERY`]
+    /// until [`History::close`]; none when no rule has an age limit.
+    pub fn start(self: &Arc<Self>) {
+        if self.config.topics.iter().any(|r| r.max_age.is_some()) {
+            self.expiry.every(
+                self,
+                EXPIRE_EVERY,
+                "history: expiring old messages",
+                History::expire,
+            );
+        }
+    }
+
+    /// Whether [`History::close`] began (read under a stream's lock: close sets it
+    /// before it takes any).
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Trims every stream with an age limit; run periodically, so idle topics expire
@@ -496,9 +531,16 @@ impl History {
         Ok(())
     }
 
-    /// Saves every stream's position and marks the stop as clean. Called at shutdown,
-    /// after the last publish, before the store's final flush.
-    pub fn close(&self) -> Result<(), StoreError> {
+    /// Stops the expiry task (waiting for a pass in progress), then saves every
+    /// stream's position and marks the stop as clean. Called at shutdown, after the last
+    /// publish and after the store's janitor stopped, before the store's final flush.
+    /// From here on nothing is trimmed or evicted, so no message the positions count
+    /// can go missing before the next start.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.expiry.stop().await;
+        // Before any stream's lock is taken below: a trim or an eviction that gets a
+        // stream's lock after its position was read sees it and does nothing.
+        self.closed.store(true, Ordering::SeqCst);
         // Positions of forgotten streams go; a crash before the batch lands leaves no
         // marker, so the next start rebuilds from the messages instead.
         self.positions.clear().map_err(|e| self.store.io(e))?;
@@ -507,7 +549,6 @@ impl History {
             batch.insert(entry.topic.as_bytes(), lock(&entry).encode());
         }
         batch.insert(CLEAN, &[1u8][..]);
-        self.closed.store(true, Ordering::SeqCst);
         self.positions
             .apply_batch(batch)
             .map_err(|e| self.store.io(e))
@@ -709,6 +750,10 @@ impl Evictable for History {
         };
         let mut s = lock(&entry);
         let mut freed = Evicted::default();
+        if self.is_closed() {
+            // The positions are saved: evicting now would make them lie.
+            return Ok(freed);
+        }
         while !s.is_empty() && freed.bytes < at_least {
             freed.bytes += self.pop_oldest(&entry, &mut s)?;
             freed.records += 1;
@@ -759,8 +804,23 @@ mod tests {
         drop(held);
     }
 
-    #[test]
-    fn a_clean_close_keeps_positions_and_epochs() {
+    #[tokio::test]
+    async fn nothing_is_evicted_or_trimmed_once_the_positions_are_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = history(dir.path());
+        let log = h.log("t/kept").unwrap();
+        for seq in 1..=3 {
+            append(&log, seq);
+        }
+        h.close().await.unwrap();
+        assert_eq!(h.evict_oldest(u64::MAX).unwrap(), Evicted::default());
+        h.expire().unwrap();
+        assert_eq!(h.stats().messages, 3);
+        assert_eq!(h.messages.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_clean_close_keeps_positions_and_epochs() {
         let dir = tempfile::tempdir().unwrap();
         let (epoch, seq) = {
             let h = history(dir.path());
@@ -768,7 +828,7 @@ mod tests {
             for seq in 1..=3 {
                 append(&log, seq);
             }
-            h.close().unwrap();
+            h.close().await.unwrap();
             let p = log.position();
             (p.epoch, p.seq)
         };

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use super::StoreError;
+use crate::background::Background;
 
 /// How often the janitor checks the total.
 pub const CHECK_EVERY: Duration = Duration::from_millis(250);
@@ -42,6 +43,8 @@ pub struct Quota {
     owners: RwLock<Vec<Weak<dyn Evictable>>>,
     evicted_records: AtomicU64,
     evicted_bytes: AtomicU64,
+    /// The janitor, from [`Quota::start`] to [`Quota::stop`].
+    janitor: Background,
 }
 
 impl Quota {
@@ -51,6 +54,7 @@ impl Quota {
             owners: RwLock::default(),
             evicted_records: AtomicU64::new(0),
             evicted_bytes: AtomicU64::new(0),
+            janitor: Background::new(),
         }
     }
 
@@ -136,25 +140,21 @@ impl Quota {
         Ok(freed)
     }
 
-    /// Runs [`Quota::enforce`] every [`CHECK_EVERY`] until the process ends.
-    pub fn spawn(self: &Arc<Self>) {
-        let quota = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(CHECK_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if quota.used() <= quota.max_bytes {
-                    continue;
+    /// Runs [`Quota::enforce`] every [`CHECK_EVERY`] until [`Quota::stop`].
+    pub fn start(self: &Arc<Self>) {
+        self.janitor
+            .every(self, CHECK_EVERY, "store eviction", |quota: &Quota| {
+                if quota.used() > quota.max_bytes {
+                    quota.enforce()?;
                 }
-                let q = quota.clone();
-                match tokio::task::spawn_blocking(move || q.enforce()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "store eviction failed"),
-                    Err(e) => tracing::error!(error = %e, "store eviction task failed"),
-                }
-            }
-        });
+                Ok::<(), StoreError>(())
+            });
+    }
+
+    /// Stops the janitor and waits for an eviction in progress: nothing is evicted
+    /// afterwards. Called at shutdown before the history saves its positions.
+    pub async fn stop(&self) {
+        self.janitor.stop().await;
     }
 }
 
