@@ -16,20 +16,16 @@
 //! (switchboard or Mosquitto) is pinned to core 0 when `taskset` is there; the upstream
 //! Mosquitto and the clients share core 1.
 
-#[path = "../../tests/common/mosquitto.rs"]
-#[allow(dead_code)]
-mod mosquitto;
-
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
-use mosquitto::{Mosquitto, Subscriber};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 use switchboard_bench::daemon::Daemon;
+use switchboard_bench::mosquitto::{Mosquitto, Subscriber};
 use switchboard_bench::{harness, host};
 use tokio_tungstenite::tungstenite::Message;
 

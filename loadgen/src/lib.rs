@@ -1,12 +1,12 @@
 //! `switchboard-bench` as a library: the lean raw-socket clients, the machine and
 //! process helpers and the result writers that the `switchboard-bench` binary races
-//! systems with, and that the root package's `cargo bench` benches share instead of
-//! including each other's files.
+//! systems with, and that the root package's `cargo bench` benches (and the bridge
+//! tests, for [`mosquitto`]) share instead of including each other's files.
 //!
 //! Clients: [`read_buf`], [`ws_frame`], [`wire`] (switchboard's protocol on a raw
 //! WebSocket), [`proto`] (MQTT and WebSocket codecs), [`engineio`], [`client`].
 //! Processes and the machine: [`host`], [`daemon`] (the daemon under test, given its
-//! binary), [`peers`]. Measuring and reporting: [`clock`], [`harness`],
+//! binary), [`mosquitto`], [`peers`]. Measuring and reporting: [`clock`], [`harness`],
 //! [`point`], [`worker`], [`results`], [`chart`], [`scenarios`].
 
 pub mod chart;
@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod engineio;
 pub mod harness;
 pub mod host;
+pub mod mosquitto;
 pub mod peers;
 pub mod point;
 pub mod proto;
