@@ -6,8 +6,8 @@
 //! the server is never idle yet its per-connection queues (1,024 frames) never fill;
 //! the figure is deliveries per second. *Light load*: a fixed publish rate far below
 //! saturation, for latency that is not mostly queueing. Latency is publish-to-receive
-//! on one clock: the publisher writes nanoseconds since [`EPOCH`](switchboard_bench::clock::EPOCH) at the start of
-//! `data`, and a subscriber subtracts it from the time its read returned. Saturation
+//! on one clock: the publisher writes nanoseconds since
+//! [`EPOCH`](switchboard_bench::clock::EPOCH) at the start of `data`, and a subscriber subtracts it from the time its read returned. Saturation
 //! samples one frame in 4 (one subscriber) or in 16 per subscriber, light load every
 //! frame, so sampling stays a small part of the client's work.
 

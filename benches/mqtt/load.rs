@@ -1,8 +1,9 @@
 //! One run of paced publishes from one publisher to N subscribers, all on the bench's
 //! single-threaded runtime (core 1), against one broker (core 0).
 //!
-//! Each payload carries the send time (ns since [`EPOCH`](switchboard_bench::clock::EPOCH)) and a sequence number; a
-//! subscriber subtracts the time from the moment its read returned. A point publishes
+//! Each payload carries the send time (ns since
+//! [`EPOCH`](switchboard_bench::clock::EPOCH)) and a sequence number; a subscriber
+//! subtracts the time from the moment its read returned. A point publishes
 //! at a fixed rate for a warm-up, then for the measured window, then waits for the
 //! stragglers: every message of the window each subscriber did not receive is lost.
 
