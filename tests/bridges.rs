@@ -1,5 +1,6 @@
 //! Bridges to other MQTT brokers and external-broker mode, against a real Mosquitto
-//! started by each test on its own port (tests/common/mosquitto.rs).
+//! started by each test on its own port (the load generator's
+//! `switchboard_bench::mosquitto`, which the bridge bench uses too).
 
 mod common;
 
@@ -7,9 +8,9 @@ use std::time::Duration;
 
 use common::creds::{Secrets, ADMIN};
 use common::http::{api, get};
-use common::mosquitto::{free_port, Mosquitto, Subscriber};
 use common::{mosquitto_pub, Daemon, MosquittoSub, Raw};
 use serde_json::{json, Value};
+use switchboard_bench::mosquitto::{free_port, Mosquitto, Subscriber};
 
 const WAIT: Duration = Duration::from_secs(20);
 

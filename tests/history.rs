@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::http::{api, get, post};
-use common::mosquitto::free_port;
 use common::{creds, Daemon, Raw};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use switchboard_bench::mosquitto::free_port;
 use switchboard_client::{Client, ClientOptions, Event, Since};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;

@@ -364,7 +364,7 @@ async fn webhooks_added_changed_and_removed_take_effect_live() {
 
 #[tokio::test]
 async fn bridges_added_removed_and_changed_while_unchanged_ones_stay_connected() {
-    use common::mosquitto::{Mosquitto, Subscriber};
+    use switchboard_bench::mosquitto::{Mosquitto, Subscriber};
 
     let (a, b) = (Mosquitto::start(""), Mosquitto::start(""));
     let bridge = |name: &str, port: u16, prefix: &str| {

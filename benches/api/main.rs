@@ -11,12 +11,6 @@
 //! One request at a time on one connection: latency, not throughput. The daemon runs
 //! on core 0 and the bench on core 1 when `taskset` is there.
 
-#[path = "../common/daemon.rs"]
-#[allow(dead_code)]
-mod daemon;
-#[path = "../common/host.rs"]
-mod host;
-
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -29,7 +23,8 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::Connector;
 
-use daemon::Daemon;
+use switchboard_bench::daemon::Daemon;
+use switchboard_bench::{harness, host};
 
 struct Options {
     requests: usize,
@@ -47,8 +42,8 @@ fn options() -> Options {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => o.quick = true,
-            "--requests" => o.requests = host::number_arg("--requests", args.next()) as usize,
-            "--rounds" => o.rounds = host::number_arg("--rounds", args.next()) as usize,
+            "--requests" => o.requests = harness::number_arg("--requests", args.next()) as usize,
+            "--rounds" => o.rounds = harness::number_arg("--rounds", args.next()) as usize,
             // Passed by `cargo bench`, and anything else is not ours.
             _ => {}
         }
@@ -78,7 +73,7 @@ fn certificates(dir: &Path) -> CertificateDer<'static> {
 }
 
 fn config(dir: &Path, tls: bool) -> String {
-    let mut c = host::SWITCHBOARD_WS_CONFIG.to_owned();
+    let mut c = switchboard_bench::daemon::SWITCHBOARD_WS_CONFIG.to_owned();
     if tls {
         let _ = write!(
             c,
@@ -197,13 +192,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let o = options();
     let pin = host::taskset_available() && host::pin_self(1);
-    let (rt, local) = host::local_runtime();
+    let (rt, local) = harness::local_runtime();
     println!(
         "HTTP/1.1 keep-alive versus HTTP over the open WebSocket: {} sequential POST /api/v1/publish per point, median of {} round(s). {}\n{}",
         o.requests,
         o.rounds,
         host::machine(),
-        host::pinning_line(pin, "daemon pinned to core 0 (taskset -c 0), bench to core 1")
+        harness::pinning_line(pin, "daemon pinned to core 0 (taskset -c 0), bench to core 1")
     );
     let mut table = String::new();
     let mut results = Vec::new();
@@ -212,7 +207,7 @@ fn main() {
         let ca = certificates(dir.path());
         let config_path = dir.path().join("switchboard.toml");
         std::fs::write(&config_path, config(dir.path(), tls)).expect("write config");
-        let daemon = Daemon::start(&config_path, pin);
+        let daemon = Daemon::start(env!("CARGO_BIN_EXE_switchboard"), &config_path, pin);
         let scheme = if tls { "https" } else { "http" };
         let base = format!("{scheme}://localhost:{}", daemon.addr.port());
         let ca = tls.then_some(&ca);
@@ -272,7 +267,8 @@ fn main() {
     println!("| | HTTP/1.1 keep-alive | HTTP over the WebSocket | keep-alive ÷ over WS | WS `pub` op (floor) | HTTP, new connection each | new connection ÷ over WS (p50) |");
     println!("|---|---|---|---|---|---|---|");
     print!("{table}");
-    host::write_results(
+    harness::write_results(
+        env!("CARGO_TARGET_TMPDIR"),
         "bench-api.json",
         &json!({"machine": host::machine(), "requests": o.requests, "rounds": o.rounds, "results": results}),
     );

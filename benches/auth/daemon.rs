@@ -1,5 +1,5 @@
 //! The auth bench's daemon configuration: one file shared by every point of the run
-//! (each point gets a fresh process from `common/daemon.rs`).
+//! (each point gets a fresh process from `switchboard_bench::daemon`).
 //!
 //! One configuration serves every credential the bench presents (anonymous clients
 //! allowed, an admin token, an HS256 and an RS256 key told apart by `kid`, an API key
@@ -28,7 +28,7 @@ kid = "rs"
 algorithm = "RS256"
 public_key_file = "{public}"
 "#,
-        ws = crate::host::SWITCHBOARD_WS_CONFIG,
+        ws = switchboard_bench::daemon::SWITCHBOARD_WS_CONFIG,
         admin = dir.join("admin.token").display(),
         keys = dir.join("api_keys.json").display(),
         secret = dir.join("jwt.secret").display(),

@@ -17,28 +17,18 @@
 
 mod creds;
 mod daemon;
-#[path = "../common/host.rs"]
-mod host;
-#[path = "../common/daemon.rs"]
-#[allow(dead_code)]
-mod process;
 mod publish;
-#[path = "../../loadgen/src/read_buf.rs"]
-mod read_buf;
 mod setup;
 mod window;
-#[path = "../common/wire.rs"]
-mod wire;
-#[path = "../../loadgen/src/ws_frame.rs"]
-mod ws_frame;
 
 use std::fmt::Write as _;
 use std::io;
 use std::rc::Rc;
 use std::time::Instant;
 
-use host::thousands;
-use process::Daemon;
+use switchboard_bench::daemon::Daemon;
+use switchboard_bench::harness::{self, thousands};
+use switchboard_bench::host;
 
 /// Other work above this share of a core makes a point run again.
 const NOISY: f64 = 0.15;
@@ -63,7 +53,7 @@ fn options() -> Options {
         quick: false,
     };
     let mut args = std::env::args().skip(1);
-    let number = host::number_arg;
+    let number = harness::number_arg;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             // Passed by `cargo bench`.
@@ -181,7 +171,7 @@ async fn setup_point(
     pinned: bool,
 ) -> io::Result<setup::Setup> {
     let paths = Rc::new(credential.paths(c, o.connections));
-    let d = Daemon::start(&c.config, pinned);
+    let d = Daemon::start(env!("CARGO_BIN_EXE_switchboard"), &c.config, pinned);
     let (figures, conns) = setup::run(d.addr, paths, o.concurrency, d.cpu_clock()).await?;
     // The clients close first, then the daemon goes.
     drop(conns);
@@ -195,7 +185,7 @@ async fn publish_point(
     o: &Options,
     pinned: bool,
 ) -> io::Result<publish::Throughput> {
-    let d = Daemon::start(&c.config, pinned);
+    let d = Daemon::start(env!("CARGO_BIN_EXE_switchboard"), &c.config, pinned);
     let token = check.credential(c);
     publish::run(d.addr, token, token, o.messages, o.window, d.cpu_clock()).await
 }
@@ -203,7 +193,7 @@ async fn publish_point(
 fn main() {
     let o = options();
     // Read before pinning, which narrows what this process may use to one core.
-    let machine = format!("{}, {}", host::utc_date(), host::machine());
+    let machine = format!("{}, {}", harness::utc_date(), host::machine());
     let started = Instant::now();
     eprintln!(
         "  making an RSA key, an API key and {} tokens per algorithm…",
@@ -229,14 +219,14 @@ fn main() {
     let _ = writeln!(
         head,
         "{}",
-        host::pinning_line(
+        harness::pinning_line(
             pinned,
             "daemon pinned to core 0 (taskset -c 0), bench to core 1"
         )
     );
     print!("{head}");
 
-    let (rt, local) = host::local_runtime();
+    let (rt, local) = harness::local_runtime();
     let (setups, publishes) = local.block_on(&rt, async {
         let mut setups = Vec::new();
         for round in 1..=o.rounds {
@@ -529,5 +519,5 @@ fn write_json(
             "other_cpu": r.throughput.window.other_share(),
         })).collect::<Vec<_>>(),
     });
-    host::write_results("bench-auth.json", &json);
+    harness::write_results(env!("CARGO_TARGET_TMPDIR"), "bench-auth.json", &json);
 }

@@ -16,11 +16,11 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
-use crate::read_buf::invalid;
 use crate::setup::WELCOME;
 use crate::window::{Mark, Window};
-use crate::wire::{Conn, Frame, Reader};
-use crate::ws_frame::{encode_pong, encode_text};
+use switchboard_bench::read_buf::invalid;
+use switchboard_bench::wire::{Conn, Frame, Reader};
+use switchboard_bench::ws_frame::{encode_pong, encode_text};
 
 const MSG: &[u8] = br#"{"op":"msg""#;
 const OK: &[u8] = br#"{"op":"ok""#;

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::window::{Mark, Window};
-use crate::wire::Conn;
+use switchboard_bench::wire::Conn;
 
 pub const WELCOME: &[u8] = br#"{"op":"welcome""#;
 

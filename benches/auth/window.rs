@@ -17,8 +17,8 @@ impl Mark {
         Mark {
             at: Instant::now(),
             server,
-            busy: crate::host::machine_busy(),
-            bench: crate::host::cpu_time("/proc/self/stat"),
+            busy: switchboard_bench::host::machine_busy(),
+            bench: switchboard_bench::host::cpu_time("/proc/self/stat"),
         }
     }
 }

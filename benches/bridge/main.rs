@@ -16,25 +16,17 @@
 //! (switchboard or Mosquitto) is pinned to core 0 when `taskset` is there; the upstream
 //! Mosquitto and the clients share core 1.
 
-#[path = "../common/host.rs"]
-mod host;
-#[path = "../../tests/common/mosquitto.rs"]
-#[allow(dead_code)]
-mod mosquitto;
-#[path = "../common/daemon.rs"]
-#[allow(dead_code)]
-mod process;
-
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
-use mosquitto::{Mosquitto, Subscriber};
-use process::Daemon;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
+use switchboard_bench::daemon::Daemon;
+use switchboard_bench::mosquitto::{Mosquitto, Subscriber};
+use switchboard_bench::{harness, host};
 use tokio_tungstenite::tungstenite::Message;
 
 const ADMIN: &str = "bench-admin-token-0123456789abcdef";
@@ -58,8 +50,8 @@ fn options() -> Options {
                 o.messages = 5_000;
                 o.backlog = 10_000;
             }
-            "--messages" => o.messages = host::number_arg("--messages", args.next()),
-            "--backlog" => o.backlog = host::number_arg("--backlog", args.next()),
+            "--messages" => o.messages = harness::number_arg("--messages", args.next()),
+            "--backlog" => o.backlog = harness::number_arg("--backlog", args.next()),
             other => {
                 eprintln!("unknown argument {other:?}; see benches/bridge/main.rs");
                 std::process::exit(2);
@@ -133,11 +125,14 @@ fn switchboard(port: u16, pin: bool) -> (Daemon, tempfile::TempDir) {
     let config = dir.path().join("switchboard.toml");
     let text = format!(
         "{ws}\n[auth]\nadmin_token_file = \"{token}\"\n\n[[bridges]]\nname = \"up\"\naddress = \"127.0.0.1:{port}\"\nreconnect_min = \"50ms\"\nreconnect_max = \"200ms\"\n[[bridges.topics]]\npattern = \"t/#\"\ndirection = \"out\"\nqos = 1\nremote_prefix = \"up/\"\n",
-        ws = host::SWITCHBOARD_WS_CONFIG,
+        ws = switchboard_bench::daemon::SWITCHBOARD_WS_CONFIG,
         token = token.display(),
     );
     std::fs::write(&config, text).expect("write the configuration");
-    (Daemon::start(&config, pin), dir)
+    (
+        Daemon::start(env!("CARGO_BIN_EXE_switchboard"), &config, pin),
+        dir,
+    )
 }
 
 async fn queued(d: &Daemon) -> u64 {
@@ -285,14 +280,14 @@ async fn run(o: &Options, start: impl FnOnce(u16) -> Local) -> Figures {
 
 fn main() {
     let o = options();
-    let machine = format!("{}, {}", host::utc_date(), host::machine());
+    let machine = format!("{}, {}", harness::utc_date(), host::machine());
     let pinned = host::taskset_available() && host::pin_self(1);
     let mut head = String::new();
     let _ = writeln!(head, "bridge forwarding benchmark, {machine}");
     let _ = writeln!(
         head,
         "{}",
-        host::pinning_line(
+        harness::pinning_line(
             pinned,
             "switchboard pinned to core 0; upstream Mosquitto, local Mosquitto and clients on core 1"
         )
@@ -320,7 +315,7 @@ fn main() {
         println!(
             "{:>12} {:>14} {:>10} {:>16.2} {:>10}",
             name,
-            host::thousands(f.rate),
+            harness::thousands(f.rate),
             f.received,
             f.drain.as_secs_f64(),
             f.drained
@@ -336,7 +331,8 @@ fn main() {
         json!({"forwarded_per_s": f.rate, "received": f.received,
                "drain_s": f.drain.as_secs_f64(), "drained": f.drained})
     };
-    host::write_results(
+    harness::write_results(
+        env!("CARGO_TARGET_TMPDIR"),
         "bridge-bench.json",
         &json!({"machine": machine, "pinned": pinned, "messages": o.messages,
                 "backlog": o.backlog, "switchboard": row(&sb), "mosquitto": row(&mq)}),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::procs::{self, Kind, Server};
-use crate::wire::Conn;
+use switchboard_bench::wire::Conn;
 
 /// Source addresses used, round robin.
 const SOURCES: u8 = 5;

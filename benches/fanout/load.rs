@@ -6,8 +6,8 @@
 //! the server is never idle yet its per-connection queues (1,024 frames) never fill;
 //! the figure is deliveries per second. *Light load*: a fixed publish rate far below
 //! saturation, for latency that is not mostly queueing. Latency is publish-to-receive
-//! on one clock: the publisher writes nanoseconds since [`EPOCH`](crate::clock::EPOCH) at the start of
-//! `data`, and a subscriber subtracts it from the time its read returned. Saturation
+//! on one clock: the publisher writes nanoseconds since
+//! [`EPOCH`](switchboard_bench::clock::EPOCH) at the start of `data`, and a subscriber subtracts it from the time its read returned. Saturation
 //! samples one frame in 4 (one subscriber) or in 16 per subscriber, light load every
 //! frame, so sampling stays a small part of the client's work.
 
@@ -21,12 +21,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
-use crate::clock::{now_ns, percentile_us};
-use crate::host;
 use crate::procs::{self, Kind, Server};
-use crate::read_buf::{find, invalid};
-use crate::wire::{Conn, Frame, Reader};
-use crate::ws_frame::{close_reason, encode_pong, encode_text};
+use switchboard_bench::clock::{now_ns, percentile_us};
+use switchboard_bench::host;
+use switchboard_bench::read_buf::{find, invalid};
+use switchboard_bench::wire::{Conn, Frame, Reader};
+use switchboard_bench::ws_frame::{close_reason, encode_pong, encode_text};
 
 /// Length of the `data` string: 20 digits of timestamp, a space, padding.
 pub const DATA_BYTES: usize = 100;
@@ -452,7 +452,7 @@ async fn subscriber(mut conn: Conn, shared: Rc<Shared>) {
                         if shared.recording.get() {
                             seen += 1;
                             if seen & shared.sample_mask.get() == 0 {
-                                if let Some(ts) = crate::wire::data_timestamp(t) {
+                                if let Some(ts) = switchboard_bench::wire::data_timestamp(t) {
                                     let now = *now.get_or_insert_with(now_ns);
                                     shared.sample(now.saturating_sub(ts));
                                 }

@@ -13,25 +13,16 @@
 //! 2-core machine measures one server core against one client core.
 
 mod baseline;
-#[path = "../common/clock.rs"]
-mod clock;
-#[path = "../common/host.rs"]
-mod host;
 mod idle;
 mod load;
 mod procs;
-#[path = "../../loadgen/src/read_buf.rs"]
-mod read_buf;
-#[path = "../common/wire.rs"]
-mod wire;
-#[path = "../../loadgen/src/ws_frame.rs"]
-mod ws_frame;
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use host::thousands;
 use procs::{Kind, Server};
+use switchboard_bench::harness::{self, thousands};
+use switchboard_bench::{clock, host};
 
 struct Options {
     subs: Vec<usize>,
@@ -128,7 +119,7 @@ fn main() {
     }
     let o = options();
     // Read before pinning, which narrows what this process may use to one core.
-    let machine = format!("{}, {}", host::utc_date(), host::machine());
+    let machine = format!("{}, {}", harness::utc_date(), host::machine());
     // Before any thread exists, so every later thread inherits the core.
     let pinned = host::taskset_available() && host::pin_self(1);
     clock::init_clock();
@@ -145,7 +136,7 @@ fn main() {
     let _ = writeln!(
         head,
         "{}",
-        host::pinning_line(
+        harness::pinning_line(
             pinned,
             "servers pinned to core 0 (taskset -c 0), bench clients to core 1"
         )
@@ -159,7 +150,7 @@ fn main() {
     );
     print!("{head}");
 
-    let (rt, local) = host::local_runtime();
+    let (rt, local) = harness::local_runtime();
     let (cases, idles) = local.block_on(&rt, async {
         let mut cases = Vec::new();
         // Rounds interleave, so a disturbance that lasts a while hits one round of
@@ -442,5 +433,5 @@ fn write_json(
             "kib_per_connection": i.kib_per_connection(),
         })).collect::<Vec<_>>(),
     });
-    host::write_results("fanout-bench.json", &json);
+    harness::write_results(env!("CARGO_TARGET_TMPDIR"), "fanout-bench.json", &json);
 }

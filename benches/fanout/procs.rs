@@ -40,7 +40,7 @@ impl Server {
     /// Starts a server and waits for its `listening http=ADDR` line.
     pub fn start(kind: Kind, pin: bool) -> Server {
         let dir = tempfile::tempdir().expect("cannot create a temporary directory");
-        let mut cmd = crate::host::core0_command(pin);
+        let mut cmd = switchboard_bench::host::core0_command(pin);
         match kind {
             Kind::Switchboard => {
                 let config = dir.path().join("switchboard.toml");
@@ -48,7 +48,7 @@ impl Server {
                     &config,
                     format!(
                         "log_level = \"info\"\n{}",
-                        crate::host::SWITCHBOARD_WS_CONFIG
+                        switchboard_bench::daemon::SWITCHBOARD_WS_CONFIG
                     ),
                 )
                 .expect("cannot write the config");
@@ -86,12 +86,12 @@ impl Server {
 
     /// Resident memory now, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        crate::host::rss_kib(self.pid()).expect("no VmRSS in the server's /proc status")
+        switchboard_bench::host::rss_kib(self.pid()).expect("no VmRSS in the server's /proc status")
     }
 
     /// CPU time used so far (user + system, all threads).
     pub fn cpu(&self) -> Duration {
-        crate::host::cpu_time(&format!("/proc/{}/stat", self.pid()))
+        switchboard_bench::host::cpu_time(&format!("/proc/{}/stat", self.pid()))
     }
 }
 
@@ -104,9 +104,9 @@ impl Drop for Server {
 
 fn read_listening(child: &mut Child, kind: Kind, dir: &Path) -> SocketAddr {
     // Errors are passed through, routine logs dropped.
-    let rx = crate::host::watch_stderr(
+    let rx = switchboard_bench::host::watch_stderr(
         child,
-        |rest| crate::host::listening_addr(rest, "http="),
+        |rest| switchboard_bench::host::listening_addr(rest, "http="),
         move |line| {
             if line.contains("ERROR") || line.contains("panicked") {
                 eprintln!("  [{}] {line}", kind.name());
@@ -139,11 +139,11 @@ pub async fn healthz(addr: SocketAddr) -> std::io::Result<Health> {
     .await?;
     let mut response = Vec::new();
     s.read_to_end(&mut response).await?;
-    let body = crate::read_buf::find(&response, b"\r\n\r\n")
+    let body = switchboard_bench::read_buf::find(&response, b"\r\n\r\n")
         .map(|p| &response[p + 4..])
-        .ok_or_else(|| crate::read_buf::invalid("healthz: no body"))?;
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| crate::read_buf::invalid(e.to_string()))?;
+        .ok_or_else(|| switchboard_bench::read_buf::invalid("healthz: no body"))?;
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| switchboard_bench::read_buf::invalid(e.to_string()))?;
     let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
     Ok(Health {
         connections: n("connections"),

@@ -15,12 +15,6 @@
 //! 3. Bytes per message: stored bytes (keys and values, what `store.max_bytes` caps)
 //!    and sled's files on disk, from `/metrics`, divided by the messages kept.
 
-#[path = "../common/host.rs"]
-mod host;
-#[path = "../common/daemon.rs"]
-#[allow(dead_code)]
-mod process;
-
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -28,8 +22,9 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use host::thousands;
-use process::Daemon;
+use switchboard_bench::daemon::Daemon;
+use switchboard_bench::harness::{self, thousands};
+use switchboard_bench::host;
 
 struct Options {
     messages: u64,
@@ -42,7 +37,7 @@ fn options() -> Options {
         fetches: 30,
     };
     let mut args = std::env::args().skip(1);
-    let number = host::number_arg;
+    let number = harness::number_arg;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--bench" => {}
@@ -155,14 +150,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() {
     let o = options();
-    let machine = format!("{}, {}", host::utc_date(), host::machine());
+    let machine = format!("{}, {}", harness::utc_date(), host::machine());
     let pinned = host::taskset_available() && host::pin_self(1);
     let mut head = String::new();
     let _ = writeln!(head, "switchboard message history benchmark, {machine}");
     let _ = writeln!(
         head,
         "{}",
-        host::pinning_line(
+        harness::pinning_line(
             pinned,
             "daemon pinned to core 0 (taskset -c 0), clients to core 1"
         )
@@ -173,12 +168,12 @@ fn main() {
     let config = dir.path().join("switchboard.toml");
     let text = format!(
         "{ws}\n[history]\n[[history.topics]]\nfilter = \"kept/#\"\nkeep = {keep}\n",
-        ws = host::SWITCHBOARD_WS_CONFIG,
+        ws = switchboard_bench::daemon::SWITCHBOARD_WS_CONFIG,
         keep = o.messages * 2,
     );
     std::fs::write(&config, text).expect("write the configuration");
-    let d = Daemon::start(&config, pinned);
-    let (rt, local) = host::local_runtime();
+    let d = Daemon::start(env!("CARGO_BIN_EXE_switchboard"), &config, pinned);
+    let (rt, local) = harness::local_runtime();
     let results = local.block_on(&rt, async {
         // Warm up both paths once, then measure plain and kept alternately, twice.
         publish_rate(&d, "plain/warm", 2_000).await;
@@ -236,7 +231,8 @@ fn main() {
             .to_string()
             .len()
     );
-    host::write_results(
+    harness::write_results(
+        env!("CARGO_TARGET_TMPDIR"),
         "history-bench.json",
         &json!({
             "machine": machine, "pinned": pinned, "messages": o.messages,

@@ -46,11 +46,11 @@ fn free_port() -> u16 {
 impl Broker {
     pub fn start(kind: Kind, pin: bool) -> Broker {
         let dir = tempfile::tempdir().expect("cannot create a temporary directory");
-        let mut cmd = crate::host::core0_command(pin);
+        let mut cmd = switchboard_bench::host::core0_command(pin);
         let mut fixed = None;
         match kind {
             Kind::Switchboard => {
-                crate::host::switchboard_serve(
+                switchboard_bench::host::switchboard_serve(
                     &mut cmd,
                     std::path::Path::new(env!("CARGO_BIN_EXE_switchboard")),
                     &dir.path().join("data"),
@@ -84,10 +84,10 @@ impl Broker {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", kind.name()));
         let errors = Arc::new(Mutex::new(Vec::new()));
         let errs = errors.clone();
-        let rx = crate::host::watch_stderr(
+        let rx = switchboard_bench::host::watch_stderr(
             &mut child,
             |rest| {
-                let addr = |key| crate::host::listening_addr(rest, key);
+                let addr = |key| switchboard_bench::host::listening_addr(rest, key);
                 Some((addr("mqtt=")?, addr("http=")?))
             },
             move |line| {
@@ -134,12 +134,12 @@ impl Broker {
 
     /// CPU time used so far (user + system, all threads).
     pub fn cpu(&self) -> Duration {
-        crate::host::cpu_time(&format!("/proc/{}/stat", self.child.id()))
+        switchboard_bench::host::cpu_time(&format!("/proc/{}/stat", self.child.id()))
     }
 
     /// Resident memory now, in MiB.
     pub fn rss_mib(&self) -> u64 {
-        crate::host::rss_kib(self.child.id()).map_or(0, |k| k / 1024)
+        switchboard_bench::host::rss_kib(self.child.id()).map_or(0, |k| k / 1024)
     }
 
     pub fn alive(&mut self) -> bool {

@@ -1,8 +1,9 @@
 //! One run of paced publishes from one publisher to N subscribers, all on the bench's
 //! single-threaded runtime (core 1), against one broker (core 0).
 //!
-//! Each payload carries the send time (ns since [`EPOCH`](crate::clock::EPOCH)) and a sequence number; a
-//! subscriber subtracts the time from the moment its read returned. A point publishes
+//! Each payload carries the send time (ns since
+//! [`EPOCH`](switchboard_bench::clock::EPOCH)) and a sequence number; a subscriber
+//! subtracts the time from the moment its read returned. A point publishes
 //! at a fixed rate for a warm-up, then for the measured window, then waits for the
 //! stragglers: every message of the window each subscriber did not receive is lost.
 
@@ -15,10 +16,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::brokers::{Broker, Kind};
-use crate::clock::{now_ns, percentile_us};
-use crate::proto::{self, Frame, MqttTcp, Ws};
-use crate::read_buf::{invalid, number_after};
-use crate::ws_frame::{encode, encode_pong, OP_BINARY, OP_TEXT};
+use switchboard_bench::clock::{now_ns, percentile_us};
+use switchboard_bench::proto::{self, Frame, MqttTcp, Ws};
+use switchboard_bench::read_buf::{invalid, number_after};
+use switchboard_bench::ws_frame::{encode, encode_pong, OP_BINARY, OP_TEXT};
 
 pub const TOPIC: &str = "bench/x";
 const FILTER: &str = "bench/#";
@@ -471,9 +472,9 @@ pub async fn point(
     let mut base = (start, p.seq);
     let mut measuring = false;
     let mut cpu0 = broker.cpu();
-    let self_cpu = || crate::host::cpu_time("/proc/self/stat");
+    let self_cpu = || switchboard_bench::host::cpu_time("/proc/self/stat");
     let mut client0 = self_cpu();
-    let mut machine0 = crate::host::machine_busy();
+    let mut machine0 = switchboard_bench::host::machine_busy();
     let mut measure_start = start;
     let mut aborted = false;
     loop {
@@ -487,7 +488,7 @@ pub async fn point(
             sh.samples.borrow_mut().clear();
             cpu0 = broker.cpu();
             client0 = self_cpu();
-            machine0 = crate::host::machine_busy();
+            machine0 = switchboard_bench::host::machine_busy();
             measure_start = now;
             base = (now, p.seq);
         }
@@ -538,7 +539,8 @@ pub async fn point(
         .as_secs_f64();
     let cpu = (broker.cpu().saturating_sub(cpu0)).as_secs_f64() / wall;
     let client_cpu = (self_cpu().saturating_sub(client0)).as_secs_f64() / wall;
-    let machine = (crate::host::machine_busy().saturating_sub(machine0)).as_secs_f64() / wall;
+    let machine =
+        (switchboard_bench::host::machine_busy().saturating_sub(machine0)).as_secs_f64() / wall;
     let other_cpu = (machine - cpu - client_cpu).max(0.0);
     let mut samples = std::mem::take(&mut *sh.samples.borrow_mut());
     samples.sort_unstable();

@@ -19,25 +19,16 @@
 //! thread) to core 1.
 
 mod brokers;
-#[path = "../common/clock.rs"]
-mod clock;
-#[path = "../common/host.rs"]
-mod host;
 mod load;
-#[path = "../../loadgen/src/proto.rs"]
-mod proto;
-#[path = "../../loadgen/src/read_buf.rs"]
-mod read_buf;
-#[path = "../../loadgen/src/ws_frame.rs"]
-mod ws_frame;
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use brokers::{Broker, Kind};
-use clock::us;
-use host::thousands;
 use load::{Direction, Point};
+use switchboard_bench::clock::us;
+use switchboard_bench::harness::{self, thousands};
+use switchboard_bench::{clock, host, proto};
 
 struct Options {
     subs: Vec<usize>,
@@ -177,7 +168,7 @@ fn main() {
     println!("switchboard vs Mosquitto, MQTT ↔ WebSocket, {machine}");
     println!(
         "{}",
-        host::pinning_line(
+        harness::pinning_line(
             pinned,
             "brokers pinned to core 0 (taskset -c 0), bench clients to core 1"
         )
@@ -189,7 +180,7 @@ fn main() {
         o.measure.as_secs_f64()
     );
 
-    let (rt, local) = host::local_runtime();
+    let (rt, local) = harness::local_runtime();
     let runs = local.block_on(&rt, async {
         let mut runs = Vec::new();
         let mut cases: Vec<(Direction, usize)> = Vec::new();

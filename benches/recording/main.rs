@@ -8,12 +8,6 @@
 //! daemon (pinned to core 0 when `taskset` is there) and data directory; the publisher
 //! and subscriber share core 1.
 
-#[path = "../common/host.rs"]
-mod host;
-#[path = "../common/daemon.rs"]
-#[allow(dead_code)]
-mod process;
-
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::rc::Rc;
@@ -23,8 +17,9 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use host::thousands;
-use process::Daemon;
+use switchboard_bench::daemon::Daemon;
+use switchboard_bench::harness::{self, thousands};
+use switchboard_bench::host;
 
 struct Options {
     messages: u64,
@@ -41,8 +36,8 @@ fn options() -> Options {
         match arg.as_str() {
             "--bench" => {}
             "--quick" => (o.messages, o.rounds) = (5_000, 1),
-            "--messages" => o.messages = host::number_arg("--messages", args.next()),
-            "--rounds" => o.rounds = host::number_arg("--rounds", args.next()),
+            "--messages" => o.messages = harness::number_arg("--messages", args.next()),
+            "--rounds" => o.rounds = harness::number_arg("--rounds", args.next()),
             other => {
                 eprintln!("unknown argument {other:?}; see benches/recording/main.rs");
                 std::process::exit(2);
@@ -57,7 +52,7 @@ fn options() -> Options {
 fn start_daemon(pin: bool) -> (Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let config = dir.path().join("switchboard.toml");
-    let ws = host::SWITCHBOARD_WS_CONFIG
+    let ws = switchboard_bench::daemon::SWITCHBOARD_WS_CONFIG
         .replace(
             "outbound_queue_messages = 1024",
             "outbound_queue_messages = 10000000",
@@ -67,7 +62,10 @@ fn start_daemon(pin: bool) -> (Daemon, tempfile::TempDir) {
             "outbound_queue_bytes = 4000000000",
         );
     std::fs::write(&config, ws).expect("write the configuration");
-    (Daemon::start(&config, pin), dir)
+    (
+        Daemon::start(env!("CARGO_BIN_EXE_switchboard"), &config, pin),
+        dir,
+    )
 }
 
 async fn call(d: &Daemon, method: reqwest::Method, path: &str, body: Value) -> Value {
@@ -208,21 +206,21 @@ async fn round(n: u64, pin: bool) -> Point {
 
 fn main() {
     let o = options();
-    let machine = format!("{}, {}", host::utc_date(), host::machine());
+    let machine = format!("{}, {}", harness::utc_date(), host::machine());
     let pinned = host::taskset_available() && host::pin_self(1);
     let mut head = String::new();
     let _ = writeln!(head, "switchboard recording benchmark, {machine}");
     let _ = writeln!(
         head,
         "{}",
-        host::pinning_line(
+        harness::pinning_line(
             pinned,
             "daemon pinned to core 0 (taskset -c 0), publisher and subscriber to core 1"
         )
     );
     let _ = writeln!(head, "{} messages of ~90 bytes per point", o.messages);
     print!("{head}");
-    let (rt, local) = host::local_runtime();
+    let (rt, local) = harness::local_runtime();
     let n = o.messages;
     let points = local.block_on(&rt, async {
         let mut points = Vec::new();
@@ -274,7 +272,8 @@ fn main() {
             "disk_bytes_per_message": disk,
         }));
     }
-    host::write_results(
+    harness::write_results(
+        env!("CARGO_TARGET_TMPDIR"),
         "recording-bench.json",
         &json!({"machine": machine, "pinned": pinned, "points": rows}),
     );

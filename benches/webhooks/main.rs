@@ -9,12 +9,6 @@
 //! there) and data directory; the publisher and receiver share core 1. The rate is
 //! counted from the first publish to the last event received, so it includes storing.
 
-#[path = "../common/host.rs"]
-mod host;
-#[path = "../common/daemon.rs"]
-#[allow(dead_code)]
-mod process;
-
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -30,9 +24,10 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use host::thousands;
-use process::Daemon;
 use switchboard::webhook::signature::verify_standard;
+use switchboard_bench::daemon::Daemon;
+use switchboard_bench::harness::{self, thousands};
+use switchboard_bench::host;
 
 const SECRET: &str = "bench-webhook-secret-0123456789";
 
@@ -47,7 +42,7 @@ fn options() -> Options {
         batch: 100,
     };
     let mut args = std::env::args().skip(1);
-    let number = host::number_arg;
+    let number = harness::number_arg;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--bench" => {}
@@ -109,11 +104,14 @@ fn start_daemon(receiver: SocketAddr, batch_max: usize, pin: bool) -> (Daemon, t
     let config = dir.path().join("switchboard.toml");
     let text = format!(
         "{ws}\n[[webhooks]]\nname = \"bench\"\nurl = \"http://{receiver}/hook\"\nsecret_file = \"{secret}\"\ntopics = [\"bench/#\"]\nbatch_max = {batch_max}\nmax_pending = 10000000\n",
-        ws = host::SWITCHBOARD_WS_CONFIG,
+        ws = switchboard_bench::daemon::SWITCHBOARD_WS_CONFIG,
         secret = secret.display(),
     );
     std::fs::write(&config, text).expect("write the configuration");
-    (Daemon::start(&config, pin), dir)
+    (
+        Daemon::start(env!("CARGO_BIN_EXE_switchboard"), &config, pin),
+        dir,
+    )
 }
 
 struct Point {
@@ -179,20 +177,20 @@ async fn point(batch_max: usize, events: u64, pin: bool) -> Point {
 
 fn main() {
     let o = options();
-    let machine = format!("{}, {}", host::utc_date(), host::machine());
+    let machine = format!("{}, {}", harness::utc_date(), host::machine());
     let pinned = host::taskset_available() && host::pin_self(1);
     let mut head = String::new();
     let _ = writeln!(head, "switchboard webhook delivery benchmark, {machine}");
     let _ = writeln!(
         head,
         "{}",
-        host::pinning_line(
+        harness::pinning_line(
             pinned,
             "daemon pinned to core 0 (taskset -c 0), publisher and receiver to core 1"
         )
     );
     print!("{head}");
-    let (rt, local) = host::local_runtime();
+    let (rt, local) = harness::local_runtime();
     let points = local.block_on(&rt, async {
         let mut points = Vec::new();
         for batch in [1, o.batch] {
@@ -227,7 +225,8 @@ fn main() {
             "bad_signatures": p.bad,
         }));
     }
-    host::write_results(
+    harness::write_results(
+        env!("CARGO_TARGET_TMPDIR"),
         "webhooks-bench.json",
         &json!({"machine": machine, "pinned": pinned, "points": rows}),
     );

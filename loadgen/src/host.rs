@@ -2,8 +2,7 @@
 //! CPU time and memory of a process from `/proc`, the open-file limit, a description of
 //! the machine for the record, and the `listening …` line a server child prints.
 //!
-//! Shared by `switchboard-bench` and the `cargo bench` benches (`benches/common/host.rs`
-//! includes this file); each uses a subset.
+//! Shared by `switchboard-bench` and the `cargo bench` benches; each uses a subset.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -9,19 +9,9 @@
 //! Mosquitto runs, the whole harness first re-executes itself under `unshare -n`:
 //! Mosquitto's websockets listener binds every interface, and in a private network
 //! namespace the only interface is loopback.
-
-mod chart;
-mod client;
-mod engineio;
-mod host;
-mod peers;
-mod point;
-mod proto;
-mod read_buf;
-mod results;
-mod scenarios;
-mod worker;
-mod ws_frame;
+//!
+//! The command line only: what it runs is in the library (`src/lib.rs`), which the
+//! `cargo bench` benches share.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -30,8 +20,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use client::System;
-use peers::{Setup, NETNS_ENV};
+use switchboard_bench::client::System;
+use switchboard_bench::peers::{Setup, NETNS_ENV};
+use switchboard_bench::{host, scenarios, worker};
 
 #[derive(Parser)]
 #[command(

@@ -5,9 +5,6 @@
 //! Up to 1,000 subscribers share the bench's one core, so the receive path does no
 //! JSON parsing and no allocation per message: it finds `"t":` and `"n":` in the bytes.
 
-// Shared with benches/mqtt; each uses a subset.
-#![allow(dead_code)]
-
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 

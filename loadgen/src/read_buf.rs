@@ -1,8 +1,5 @@
 //! A socket's read half with its buffer (refill, compact, grow), and the byte searches the lean bench clients run over what it holds.
 
-// Shared by two benches; each uses a subset.
-#![allow(dead_code)]
-
 use std::io;
 
 use tokio::io::AsyncReadExt;

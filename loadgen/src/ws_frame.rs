@@ -1,8 +1,5 @@
 //! Client-side WebSocket framing for the bench clients: the upgrade handshake, masked client frames, and the parser of server frames.
 
-// Shared by two benches; each uses a subset.
-#![allow(dead_code)]
-
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 

@@ -5,7 +5,6 @@
 pub mod certs;
 pub mod creds;
 pub mod http;
-pub mod mosquitto;
 pub mod notify;
 
 use std::io::{BufRead, BufReader};

@@ -1,6 +1,11 @@
-//! A real Mosquitto for bridge tests (and the bridge bench): its own generated config on
-//! a free port, with persistence in its own directory, so it can be stopped and started
-//! again on the same port with its sessions and queued messages kept.
+//! A real Mosquitto for the bridge bench and the root package's bridge tests: its own
+//! generated config on a free port, with persistence in its own directory, so it can be
+//! stopped and started again on the same port with its sessions and queued messages
+//! kept. Unlike [`crate::peers`] (Mosquitto as a system raced, started once), this one
+//! is an upstream broker that a test takes down and brings back.
+//!
+//! Test fixtures: a broker that does not start, or a subscription it does not
+//! acknowledge, panics with what went wrong, since the test or bench cannot go on.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -10,12 +15,15 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
+/// A running Mosquitto, killed when dropped.
 pub struct Mosquitto {
+    /// Its plain MQTT listener on 127.0.0.1.
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
+/// A port nothing listens on now, for a broker that must keep its port across restarts.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -54,6 +62,8 @@ impl Mosquitto {
         m
     }
 
+    /// A file in the broker's directory (its config, database, log, and what tests put
+    /// there).
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -105,6 +115,7 @@ impl Mosquitto {
         self.run();
     }
 
+    /// Everything the broker has logged so far (`log_type all`), for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.path("mosquitto.log")).unwrap_or_default()
     }

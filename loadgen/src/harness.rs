@@ -1,15 +1,10 @@
-//! The machine the benches run on: what `switchboard-bench` shares with them (pinning,
-//! `/proc` readers, the open-file limit, the machine's description; in
-//! `loadgen/src/host.rs`), plus the benches' own report helpers.
+//! What the `cargo bench` benches do around a measurement, alike in each: read a numeric
+//! option, run the load on one core, and report (the date, numbers with separators,
+//! whether the processes were pinned, the results file). The machine itself (pinning,
+//! `/proc`) is [`crate::host`].
 
-// Shared by several benches; each uses a subset.
-#![allow(dead_code)]
-
+use std::path::Path;
 use std::process::Command;
-
-#[path = "../../loadgen/src/host.rs"]
-mod shared;
-pub use shared::*;
 
 /// Today's date (UTC) as `YYYY-MM-DD`, empty if `date` fails.
 pub fn utc_date() -> String {
@@ -37,10 +32,13 @@ pub fn thousands(v: f64) -> String {
 
 /// Writes a bench's results as pretty JSON to `target/<file name>`, next to the
 /// other build outputs, and says where; a failure is reported, not fatal.
-pub fn write_results(file_name: &str, results: &serde_json::Value) {
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+///
+/// `target_tmpdir` is the bench's `env!("CARGO_TARGET_TMPDIR")` (`target/tmp`): cargo
+/// sets it only when it compiles a bench or test, so the bench passes it in.
+pub fn write_results(target_tmpdir: &str, file_name: &str, results: &serde_json::Value) {
+    let path = Path::new(target_tmpdir)
         .parent()
-        .unwrap_or(std::path::Path::new("."))
+        .unwrap_or(Path::new("."))
         .join(file_name);
     match serde_json::to_string_pretty(results) {
         Ok(text) => match std::fs::write(&path, text) {
@@ -59,20 +57,6 @@ pub fn local_runtime() -> (tokio::runtime::Runtime, tokio::task::LocalSet) {
         .expect("cannot start the bench runtime");
     (rt, tokio::task::LocalSet::new())
 }
-
-/// The `[ws]` settings switchboard is benchmarked with, spelled out so the figures say
-/// what they were measured with: the defaults, with the publish rate limit lifted (the
-/// publisher is the load generator).
-pub const SWITCHBOARD_WS_CONFIG: &str = r#"
-[ws]
-outbound_queue_messages = 1024
-outbound_queue_bytes = 1048576
-slow_consumer = "drop_oldest"
-read_buffer_size = 1024
-write_buffer_size = 16384
-publish_rate = 4000000000
-publish_burst = 4000000000
-"#;
 
 /// The line that says where the processes run: `placement` when pinned, a warning
 /// otherwise.

@@ -1,8 +1,5 @@
 //! The one clock both ends of a latency measurement read, and how latency samples are summarised and printed.
 
-// Shared by two benches; each uses a subset.
-#![allow(dead_code)]
-
 use std::sync::OnceLock;
 use std::time::Instant;
 

@@ -1,25 +1,52 @@
 //! The daemon under test as a child process: a fresh process and data directory for
 //! each point of a bench, pinned to core 0 when `taskset` is there.
+//!
+//! The benches pass the binary cargo built for them (`env!("CARGO_BIN_EXE_switchboard")`):
+//! this crate does not depend on switchboard, so it cannot name the binary itself.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The `[ws]` settings switchboard is benchmarked with, spelled out so the figures say
+/// what they were measured with: the defaults, with the publish rate limit lifted (the
+/// publisher is the load generator).
+pub const SWITCHBOARD_WS_CONFIG: &str = r#"
+[ws]
+outbound_queue_messages = 1024
+outbound_queue_bytes = 1048576
+slow_consumer = "drop_oldest"
+read_buffer_size = 1024
+write_buffer_size = 16384
+publish_rate = 4000000000
+publish_burst = 4000000000
+"#;
+
+/// A running `switchboard serve`, killed when dropped, with its data directory.
 pub struct Daemon {
+    /// Its HTTP (and WebSocket) listener.
     pub addr: SocketAddr,
     child: Child,
     _data: tempfile::TempDir,
 }
 
 impl Daemon {
-    /// Starts `switchboard serve` with `config` (on core 0 when `pin` holds) and waits
-    /// for its `listening http=ADDR` line. Every listener is on a free port; only
-    /// errors from the daemon's log reach the bench's stderr.
-    pub fn start(config: &Path, pin: bool) -> Daemon {
+    /// Starts `bin serve` with `config` (on core 0 when `pin` holds) and waits for its
+    /// `listening http=ADDR` line. Every listener is on a free port; only errors from
+    /// the daemon's log reach the bench's stderr.
+    ///
+    /// # Panics
+    ///
+    /// When the daemon cannot be started or reports no address within 20 s: a bench
+    /// has nothing to measure then.
+    pub fn start(bin: impl AsRef<Path>, config: &Path, pin: bool) -> Daemon {
         let data = tempfile::tempdir().expect("cannot create a temporary directory");
         let mut child = crate::host::core0_command(pin)
-            .arg(env!("CARGO_BIN_EXE_switchboard"))
+            .arg(bin.as_ref())
             .arg("serve")
             .arg("--config")
             .arg(config)
@@ -57,12 +84,7 @@ impl Daemon {
 
     /// One unlabelled figure from the daemon's `/metrics`, if it is there.
     pub async fn metric(&self, name: &str) -> Option<u64> {
-        let text = reqwest::get(format!("http://{}/metrics", self.addr))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = http_get(self.addr, "/metrics").await.ok()?;
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
@@ -87,6 +109,28 @@ impl Daemon {
             Duration::from_nanos(ns)
         }
     }
+}
+
+/// The body of a `GET` of `path`, if the answer is 200. HTTP/1.0 on purpose: the body
+/// then ends with the connection, never chunked, so reading to the end is the parser.
+async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| crate::read_buf::invalid("no end of the response head"))?;
+    if head.split_whitespace().nth(1) != Some("200") {
+        return Err(crate::read_buf::invalid(format!(
+            "GET {path}: {}",
+            head.lines().next().unwrap_or_default()
+        )));
+    }
+    Ok(body.to_owned())
 }
 
 impl Drop for Daemon {

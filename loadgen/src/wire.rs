@@ -6,9 +6,6 @@
 //! parsing on the receive path. Server frames are unmasked and never fragmented by the
 //! servers under test; client frames are masked as RFC 6455 requires.
 
-// Shared by two benches; each uses a subset.
-#![allow(dead_code)]
-
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
