@@ -22,8 +22,8 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::codec::Codec;
 use crate::registry::Slot;
+use crate::router::disconnect_packet;
 use crate::router::LinkOptions;
-use crate::session::disconnect_packet;
 use crate::transport::Stream;
 use crate::{Credentials, Denied, Device, Permissions, Refusal, Shared, Transport, Version};
 

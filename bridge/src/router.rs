@@ -137,3 +137,15 @@ fn run_now<F: std::future::Future>(future: F) -> F::Output {
         std::thread::yield_now();
     }
 }
+
+/// The DISCONNECT handed to the router when a device goes (or its CONNACK could not be
+/// written), so the router ends the client's link.
+pub(crate) fn disconnect_packet() -> rumqttd::protocol::Packet {
+    use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
+    Packet::Disconnect(
+        Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        },
+        None,
+    )
+}

@@ -27,6 +27,7 @@ use crate::admission::{Admission, Admitted, Will};
 use crate::codec::{self, Codec, Sniff};
 use crate::interest::{match_filter, InterestCache};
 use crate::registry::Slot;
+use crate::router::disconnect_packet;
 use crate::transport::Stream;
 use crate::{Denied, Device, Gone, Inbound, Permissions, Shared, Transport, Version};
 
@@ -130,15 +131,6 @@ async fn read_connect(
             return Err("closed");
         }
     }
-}
-
-pub(crate) fn disconnect_packet() -> Packet {
-    Packet::Disconnect(
-        Disconnect {
-            reason_code: DisconnectReasonCode::NormalDisconnection,
-        },
-        None,
-    )
 }
 
 /// A SUBSCRIBE that went to the router with some filters removed; the router's SUBACK gets
