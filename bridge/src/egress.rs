@@ -1,6 +1,6 @@
 //! Messages from other ways in (WebSocket, HTTP, the daemon itself) to MQTT subscribers.
 //!
-//! Callers must never block on the router, so [`Publisher::publish`] only queues; one task
+//! Callers must never block on the router, so [`Publisher::enqueue`] only queues; one task
 //! owns the router link, takes whatever is queued, hands it to the router in one batch and
 //! one wake-up. A task rather than a thread: the hand-off from the publishing connection
 //! then usually stays on its runtime thread, one context switch fewer per message. The queue is bounded: when the router cannot keep up the newest messages
@@ -49,7 +49,7 @@ impl Publisher {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
-    pub fn publish(&self, topic: &str, payload: Bytes, retain: bool) -> Result<(), QueueFull> {
+    pub fn enqueue(&self, topic: &str, payload: Bytes, retain: bool) -> Result<(), QueueFull> {
         let message = Outgoing {
             topic: Bytes::copy_from_slice(topic.as_bytes()),
             payload,

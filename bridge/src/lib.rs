@@ -258,7 +258,7 @@ impl Gone {
 pub trait Ingress: Send + Sync + 'static {
     /// Called on the device's connection task for every accepted publish, exactly once per
     /// message (QoS 2 retransmissions are filtered before this). Must not block.
-    fn publish(&self, from: &Device, message: Inbound<'_>);
+    fn accept(&self, from: &Device, message: Inbound<'_>);
     fn connected(&self, device: &Device);
     fn disconnected(&self, device: &Device, why: Gone);
 }

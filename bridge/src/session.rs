@@ -481,7 +481,7 @@ impl Running {
                 payload: &publish.payload,
                 retain: publish.retain,
             };
-            self.shared.ingress.publish(&self.device, inbound);
+            self.shared.ingress.accept(&self.device, inbound);
         }
         // See `interest`: only what the router must see, or an MQTT subscriber may want.
         let router_needed = header.qos > 0
@@ -702,10 +702,10 @@ fn fire_will(shared: Arc<Shared>, device: Device, will: Will) {
             payload: &will.payload,
             retain: will.retain,
         };
-        shared.ingress.publish(device, inbound);
+        shared.ingress.accept(device, inbound);
         let _ = shared
             .publisher
-            .publish(&will.topic, will.payload.clone(), will.retain);
+            .enqueue(&will.topic, will.payload.clone(), will.retain);
     };
     if will.delay.is_zero() {
         publish(&shared, &device, &will);

@@ -91,7 +91,7 @@ impl Origin {
 pub trait Tap: Send + Sync {
     /// `seq` and `ts_us` are what subscribers see (`ts` is `ts_us / 1000`), so a
     /// stored copy matches the delivered one.
-    fn publish(&self, message: &Publish<'_>, seq: u64, ts_us: u64);
+    fn routed(&self, message: &Publish<'_>, seq: u64, ts_us: u64);
 
     /// A client or device came or went, or a subscription changed. Must not block.
     fn lifecycle(&self, _event: &Lifecycle<'_>) {}

@@ -76,10 +76,10 @@ impl Link {
 
     /// Publishes the status, retained.
     pub fn publish_status(&self, hub: &Hub) {
-        self.publish(hub, &self.status());
+        self.announce(hub, &self.status());
     }
 
-    fn publish(&self, hub: &Hub, status: &LinkStatus) {
+    fn announce(&self, hub: &Hub, status: &LinkStatus) {
         let Ok(data) = serde_json::value::to_raw_value(status) else {
             return;
         };
@@ -106,7 +106,7 @@ pub async fn publish_changes(links: Arc<LiveList<Link>>, hub: Arc<Hub>, stop: Ca
         for link in links.iter() {
             let now = link.status();
             if last.get(&link.name) != Some(&now) {
-                link.publish(&hub, &now);
+                link.announce(&hub, &now);
                 last.insert(link.name.clone(), now);
             }
         }

@@ -39,7 +39,7 @@ pub fn channel(links: Arc<LiveList<Link>>) -> (BridgeTap, Writer<Item>) {
 }
 
 impl Tap for BridgeTap {
-    fn publish(&self, message: &Publish<'_>, seq: u64, ts_us: u64) {
+    fn routed(&self, message: &Publish<'_>, seq: u64, ts_us: u64) {
         for link in self.links.current().iter() {
             if link.came_from(message) {
                 continue;

@@ -304,7 +304,7 @@ impl Hub {
             log.append(&p, seq, now_us);
         }
         for tap in read(&self.taps).iter() {
-            tap.publish(&p, seq, now_us);
+            tap.routed(&p, seq, now_us);
         }
         drop(state);
         self.counters.published[p.origin as usize].fetch_add(1, Ordering::Relaxed);
@@ -491,7 +491,7 @@ mod tests {
     fn dollar_topics_are_reserved_for_the_server_and_taps_see_origins() {
         struct Seen(Mutex<Vec<(String, Origin, bool)>>);
         impl Tap for Seen {
-            fn publish(&self, m: &Publish<'_>, _seq: u64, _ts_us: u64) {
+            fn routed(&self, m: &Publish<'_>, _seq: u64, _ts_us: u64) {
                 self.0
                     .lock()
                     .unwrap()

@@ -53,7 +53,7 @@ impl HubIngress {
 }
 
 impl Ingress for HubIngress {
-    fn publish(&self, device: &Device, message: Inbound<'_>) {
+    fn accept(&self, device: &Device, message: Inbound<'_>) {
         let data = payload::to_data(message.payload);
         let from = format!("mqtt:{}", device.client_id);
         let published = self.hub.publish(Publish {
@@ -102,7 +102,7 @@ impl BrokerTap {
 }
 
 impl Tap for BrokerTap {
-    fn publish(&self, message: &Publish<'_>, _seq: u64, _ts_us: u64) {
+    fn routed(&self, message: &Publish<'_>, _seq: u64, _ts_us: u64) {
         // `$` topics (device status) stay on the WebSocket side: rumqttd's router refuses
         // `$` subscriptions, so no MQTT subscriber could receive them.
         if message.origin == Origin::Mqtt || message.topic.starts_with('$') {
@@ -112,6 +112,6 @@ impl Tap for BrokerTap {
         // A full queue is counted by the publisher (egress_dropped).
         let _ = self
             .publisher
-            .publish(message.topic, payload, message.retain);
+            .enqueue(message.topic, payload, message.retain);
     }
 }

@@ -85,7 +85,7 @@ impl Shared {
 }
 
 impl Tap for Shared {
-    fn publish(&self, message: &Publish<'_>, seq: u64, ts_us: u64) {
+    fn routed(&self, message: &Publish<'_>, seq: u64, ts_us: u64) {
         let active = self.active();
         if active.is_empty() {
             return;

@@ -79,7 +79,7 @@ impl WebhookTap {
 }
 
 impl Tap for WebhookTap {
-    fn publish(&self, message: &Publish<'_>, seq: u64, _ts_us: u64) {
+    fn routed(&self, message: &Publish<'_>, seq: u64, _ts_us: u64) {
         self.offer(
             |ep| ep.with_config(|c| c.wants_topic(message.topic)),
             || event::message(message, seq),
