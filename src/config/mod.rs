@@ -14,25 +14,22 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod env;
+mod errors;
+
 use crate::hub::outbox::{QueueLimits, SlowConsumerPolicy};
 use crate::hub::HubConfig;
+use crate::settings::{nz, nz32, positive_duration, Listen};
 use crate::webhook::config::WebhookConfig;
 use switchboard_core::topic::Filter;
 
+use env::{key_paths, value_at};
+pub use env::{ENV_NOT_SETTINGS, ENV_PREFIX};
+pub use errors::ConfigError;
+
 /// The annotated configuration the package installs; `switchboard default-config`
 /// prints it. A test keeps it equal to [`Config::packaged`].
-pub const ANNOTATED: &str = include_str!("../config/switchboard.toml");
-
-/// Prefix of environment overrides.
-pub const ENV_PREFIX: &str = "SWITCHBOARD_";
-
-/// Variables with the prefix that are command-line settings, not configuration keys.
-pub const ENV_NOT_SETTINGS: &[&str] = &[
-    "SWITCHBOARD_CONFIG",
-    "SWITCHBOARD_URL",
-    "SWITCHBOARD_TOKEN",
-    "SWITCHBOARD_CA_FILE",
-];
+pub const ANNOTATED: &str = include_str!("../../config/switchboard.toml");
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -300,33 +297,6 @@ impl<'de> Deserialize<'de> for TopicPattern {
     }
 }
 
-/// A listen address, or empty for "off".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Listen(pub Option<SocketAddr>);
-
-impl Serialize for Listen {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Some(addr) => s.collect_str(&addr),
-            None => s.serialize_str(""),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Listen {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if s.trim().is_empty() {
-            return Ok(Listen(None));
-        }
-        s.trim().parse().map(|a| Listen(Some(a))).map_err(|_| {
-            serde::de::Error::custom(format!(
-                "`{s}` is not an address such as 127.0.0.1:1883 or [::]:1883 (empty turns the listener off)"
-            ))
-        })
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
@@ -367,14 +337,6 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// `/metrics` needs no credential; when false it needs the admin token.
     pub public: bool,
-}
-
-fn nz(n: usize) -> NonZeroUsize {
-    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
-}
-
-fn nz32(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
 impl Default for Config {
@@ -609,47 +571,13 @@ impl Config {
         // Parse the file alone first, so its errors carry their line and column.
         let parsed: Config =
             toml::from_str(text).map_err(|e| ConfigError::parse(origin, text, &e))?;
-        let overrides: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !ENV_NOT_SETTINGS.contains(&k.as_str()))
-            .collect();
+        let overrides = env::overrides(env);
         if overrides.is_empty() {
             return Ok(parsed);
         }
-        let mut table: toml::Table =
+        let table: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError::parse(origin, text, &e))?;
-        let keys = key_paths(&Config::default());
-        for (var, raw) in overrides {
-            let Some(path) = keys
-                .iter()
-                .find(|(env_name, _)| *env_name == var)
-                .map(|(_, p)| p)
-            else {
-                return Err(ConfigError::Env {
-                    var: var.clone(),
-                    message: "no such setting".into(),
-                    hint: closest(&var, keys.iter().map(|(e, _)| e.as_str()))
-                        .map(|k| format!("did you mean {k}?")),
-                });
-            };
-            let value = env_value(&raw, value_at(&table_of_defaults(), path));
-            // Check this one variable on its own so an error names it.
-            let mut alone = toml::Table::new();
-            set_path(&mut alone, path, value.clone());
-            if let Err(e) = Config::deserialize(toml::Value::Table(alone)) {
-                return Err(ConfigError::Env {
-                    var,
-                    message: e.message().to_owned(),
-                    hint: None,
-                });
-            }
-            set_path(&mut table, path, value);
-        }
-        Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Env {
-            var: "SWITCHBOARD_*".into(),
-            message: e.message().to_owned(),
-            hint: None,
-        })
+        env::apply(table, overrides)
     }
 }
 
@@ -682,187 +610,6 @@ pub fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/switchboard")
 }
 
-fn table_of_defaults() -> toml::Table {
-    toml::Table::try_from(Config::default()).unwrap_or_default()
-}
-
-/// Every leaf key as (`SWITCHBOARD_HTTP_LISTEN`, ["http", "listen"]).
-fn key_paths(config: &Config) -> Vec<(String, Vec<String>)> {
-    fn walk(table: &toml::Table, prefix: &[String], out: &mut Vec<(String, Vec<String>)>) {
-        for (k, v) in table {
-            let mut path = prefix.to_vec();
-            path.push(k.clone());
-            match v {
-                toml::Value::Table(t) => walk(t, &path, out),
-                _ => {
-                    let env = format!("{ENV_PREFIX}{}", path.join("_").to_uppercase());
-                    out.push((env, path));
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    if let Ok(table) = toml::Table::try_from(config) {
-        walk(&table, &[], &mut out);
-    }
-    out
-}
-
-fn value_at<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
-    let (last, parents) = path.split_last()?;
-    let mut t = table;
-    for p in parents {
-        t = t.get(p)?.as_table()?;
-    }
-    t.get(last)
-}
-
-fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
-    let Some((last, parents)) = path.split_last() else {
-        return;
-    };
-    let mut t = table;
-    for p in parents {
-        let entry = t
-            .entry(p.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        if !entry.is_table() {
-            *entry = toml::Value::Table(toml::Table::new());
-        }
-        let toml::Value::Table(inner) = entry else {
-            return;
-        };
-        t = inner;
-    }
-    t.insert(last.clone(), value);
-}
-
-/// Reads an environment value as the type the key has: strings stay verbatim (no
-/// quoting needed), lists may be TOML arrays or comma-separated, the rest is TOML.
-fn env_value(raw: &str, default: Option<&toml::Value>) -> toml::Value {
-    let as_toml = || {
-        toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-    };
-    match default {
-        Some(toml::Value::String(_)) | None => toml::Value::String(raw.to_owned()),
-        Some(toml::Value::Array(_)) => as_toml().filter(|v| v.is_array()).unwrap_or_else(|| {
-            toml::Value::Array(
-                raw.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| toml::Value::String(s.to_owned()))
-                    .collect(),
-            )
-        }),
-        Some(_) => as_toml().unwrap_or_else(|| toml::Value::String(raw.to_owned())),
-    }
-}
-
-fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    candidates
-        .map(|c| (strsim::jaro_winkler(word, c), c))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}", render_parse(.origin, *.line, *.column, .message, .hint.as_deref()))]
-    Parse {
-        origin: String,
-        line: usize,
-        column: usize,
-        message: String,
-        hint: Option<String>,
-    },
-    #[error("environment variable {var}: {message}{}", .hint.as_ref().map(|h| format!("\n  hint: {h}")).unwrap_or_default())]
-    Env {
-        var: String,
-        message: String,
-        hint: Option<String>,
-    },
-}
-
-fn render_parse(
-    origin: &str,
-    line: usize,
-    column: usize,
-    message: &str,
-    hint: Option<&str>,
-) -> String {
-    let mut s = format!("{origin}:{line}:{column}: {message}");
-    if let Some(h) = hint {
-        s.push_str("\n  hint: ");
-        s.push_str(h);
-    }
-    s
-}
-
-impl ConfigError {
-    fn parse(origin: &str, text: &str, e: &toml::de::Error) -> Self {
-        let (line, column) = e
-            .span()
-            .map(|span| line_col(text, span.start))
-            .unwrap_or((1, 1));
-        let message = e.message().trim().to_owned();
-        ConfigError::Parse {
-            origin: origin.to_owned(),
-            line,
-            column,
-            hint: Some(hint_for(&message)),
-            message,
-        }
-    }
-
-    /// Line and column (1-based) for file errors.
-    pub fn position(&self) -> Option<(usize, usize)> {
-        match self {
-            ConfigError::Parse { line, column, .. } => Some((*line, *column)),
-            _ => None,
-        }
-    }
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rsplit('\n')
-        .next()
-        .map(|l| l.chars().count())
-        .unwrap_or(0)
-        + 1;
-    (line, column)
-}
-
-/// A hint for the common mistakes: a misspelt key, a duration without a unit.
-fn hint_for(message: &str) -> String {
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        let field = rest.split('`').next().unwrap_or("");
-        let expected: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
-        if let Some(best) = closest(field, expected.iter().copied()) {
-            return format!("did you mean `{best}`?");
-        }
-        return "remove it; `switchboard default-config` lists every key".into();
-    }
-    if message.contains("duration") || message.contains("time unit") {
-        return "durations are strings with a unit, such as \"25s\", \"500ms\" or \"2m\"".into();
-    }
-    if message.contains("nonzero") {
-        return "this setting must be at least 1".into();
-    }
-    "`switchboard default-config` prints every key with its default and meaning".into()
-}
-
 /// A `tracing` filter directive, checked now so a typo is reported with its position.
 fn log_filter<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
@@ -884,25 +631,6 @@ fn log_filter<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(s)
 }
 
-/// Durations as humantime strings ("25s"), never zero.
-pub(crate) mod positive_duration {
-    use super::*;
-
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        humantime_serde::serialize(d, s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let value: Duration = humantime_serde::deserialize(d)?;
-        if value.is_zero() {
-            return Err(serde::de::Error::custom(
-                "duration must be greater than zero",
-            ));
-        }
-        Ok(value)
-    }
-}
-
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match toml::to_string_pretty(self) {
@@ -913,193 +641,4 @@ impl fmt::Display for Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn no_env() -> Vec<(String, String)> {
-        Vec::new()
-    }
-
-    #[test]
-    fn annotated_file_is_the_packaged_configuration() {
-        let parsed = Config::from_toml(ANNOTATED, "annotated", no_env()).unwrap();
-        assert_eq!(parsed, Config::packaged());
-    }
-
-    #[test]
-    fn packaged_configuration_requires_credentials_and_says_where_it_differs() {
-        let packaged = Config::packaged();
-        assert!(!packaged.auth.allow_anonymous && !packaged.mqtt.allow_anonymous);
-        // Exactly these differ from the built-in defaults, and the file says so for each.
-        let defaults = toml::Table::try_from(Config::default()).unwrap();
-        let ours = toml::Table::try_from(&packaged).unwrap();
-        let mut differing: Vec<String> = key_paths(&packaged)
-            .into_iter()
-            .filter(|(_, path)| value_at(&defaults, path) != value_at(&ours, path))
-            .map(|(_, path)| path.join("."))
-            .collect();
-        differing.sort();
-        assert_eq!(
-            differing,
-            [
-                "auth.admin_token_file",
-                "auth.allow_anonymous",
-                "data_dir",
-                "http.listen",
-                "http.max_connections_per_ip",
-                "metrics.public",
-                "mqtt.allow_anonymous",
-                "mqtt.listen",
-                "mqtt.password_file",
-                "mqtt.ws_listen",
-            ]
-        );
-        assert_eq!(
-            ANNOTATED.matches("Packaged:").count(),
-            10,
-            "the header, and one note per setting (the mqtt listeners share one)"
-        );
-    }
-
-    #[test]
-    fn every_key_is_documented_in_the_annotated_file() {
-        for (_, path) in key_paths(&Config::default()) {
-            let key = path.last().unwrap();
-            assert!(
-                ANNOTATED.contains(&format!("{key} =")),
-                "{key} is not in config/switchboard.toml"
-            );
-        }
-    }
-
-    #[test]
-    fn mqtt_permissions_parse_and_bad_patterns_have_positions() {
-        // The example in the annotated file, uncommented, is a valid configuration.
-        let example: String = ANNOTATED
-            .lines()
-            .skip_while(|l| !l.starts_with("#     [[mqtt.acl]]"))
-            .take_while(|l| l.starts_with("#     ") || *l == "#")
-            .map(|l| l.trim_start_matches('#').trim_start())
-            .collect::<Vec<_>>()
-            .join("\n");
-        assert!(example.contains("[[mqtt.acl]]"), "{example}");
-        let parsed = Config::from_toml(&example, "example", no_env()).unwrap();
-        assert_eq!(parsed.mqtt.acl.len(), 2);
-        assert_eq!(parsed.mqtt.acl[0].publish[0].as_str(), "sensors/%c/#");
-
-        let err = Config::from_toml(
-            "[[mqtt.acl]]\nuser = \"*\"\npublish = [\"a/#/b\"]\n",
-            "f.toml",
-            no_env(),
-        )
-        .unwrap_err();
-        assert_eq!(err.position().map(|p| p.0), Some(3), "{err}");
-        assert!(err.to_string().contains("a/#/b"), "{err}");
-
-        let err = Config::from_toml("[mqtt]\nlisten = \"1883\"\n", "f.toml", no_env()).unwrap_err();
-        assert_eq!(err.position().map(|p| p.0), Some(2), "{err}");
-        assert!(
-            err.to_string().contains("empty turns the listener off"),
-            "{err}"
-        );
-
-        let off = Config::from_toml("[mqtt]\nws_listen = \"\"\n", "f.toml", no_env()).unwrap();
-        assert_eq!(off.mqtt.ws_listen, Listen(None));
-    }
-
-    #[test]
-    fn unknown_key_has_position_and_hint() {
-        let err = Config::from_toml(
-            "[http]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n",
-            "x.toml",
-            no_env(),
-        )
-        .unwrap_err();
-        assert_eq!(err.position(), Some((3, 1)));
-        let text = err.to_string();
-        assert!(
-            text.starts_with("x.toml:3:1: unknown field `listn`"),
-            "{text}"
-        );
-        assert!(text.contains("did you mean `listen`?"), "{text}");
-    }
-
-    #[test]
-    fn values_are_validated_where_they_stand() {
-        let cases = [
-            (
-                "[ws]\nheartbeat_interval = \"0s\"\n",
-                2,
-                "greater than zero",
-            ),
-            ("[ws]\nmax_subscriptions = 0\n", 2, "nonzero"),
-            (
-                "[presence]\ntopics = [\"ok/#\", \"bad/#/x\"]\n",
-                2,
-                "must be the last level",
-            ),
-            (
-                "[http]\nlisten = \"nowhere\"\n",
-                2,
-                "invalid socket address",
-            ),
-            (
-                "[ws]\nslow_consumer = \"sometimes\"\n",
-                2,
-                "unknown variant",
-            ),
-            ("[ws\n", 1, ""),
-            ("log_level = \"foo=loud\"\n", 1, "invalid log filter"),
-            ("log_level = \"verbose\"\n", 1, "not a log level"),
-        ];
-        for (text, line, needle) in cases {
-            let err = Config::from_toml(text, "f", no_env()).unwrap_err();
-            assert_eq!(err.position().map(|p| p.0), Some(line), "{text}: {err}");
-            assert!(err.to_string().contains(needle), "{text}: {err}");
-        }
-    }
-
-    #[test]
-    fn environment_overrides_the_file() {
-        let env = vec![
-            (
-                "SWITCHBOARD_HTTP_LISTEN".to_owned(),
-                "127.0.0.1:0".to_owned(),
-            ),
-            (
-                "SWITCHBOARD_WS_MAX_SUBSCRIPTIONS".to_owned(),
-                "7".to_owned(),
-            ),
-            (
-                "SWITCHBOARD_PRESENCE_TOPICS".to_owned(),
-                "chat/+,room/#".to_owned(),
-            ),
-            (
-                "SWITCHBOARD_WS_HEARTBEAT_INTERVAL".to_owned(),
-                "2s".to_owned(),
-            ),
-        ];
-        let c = Config::from_toml("[ws]\nmax_subscriptions = 3\n", "f", env).unwrap();
-        assert_eq!(c.http.listen.port(), 0);
-        assert_eq!(c.ws.max_subscriptions.get(), 7);
-        assert_eq!(c.presence.topics.len(), 2);
-        assert_eq!(c.ws.heartbeat_interval, Duration::from_secs(2));
-    }
-
-    #[test]
-    fn bad_environment_is_named() {
-        let env = vec![("SWITCHBOARD_WS_MAX_SUBSCRIPTONS".to_owned(), "7".to_owned())];
-        let err = Config::from_toml("", "f", env).unwrap_err().to_string();
-        assert!(err.contains("SWITCHBOARD_WS_MAX_SUBSCRIPTONS"), "{err}");
-        assert!(
-            err.contains("did you mean SWITCHBOARD_WS_MAX_SUBSCRIPTIONS"),
-            "{err}"
-        );
-        let env = vec![(
-            "SWITCHBOARD_WS_MAX_SUBSCRIPTIONS".to_owned(),
-            "lots".to_owned(),
-        )];
-        let err = Config::from_toml("", "f", env).unwrap_err().to_string();
-        assert!(err.contains("SWITCHBOARD_WS_MAX_SUBSCRIPTIONS"), "{err}");
-    }
-}
+mod tests;
