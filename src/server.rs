@@ -19,11 +19,12 @@ use switchboard_bridge::Broker;
 use crate::auth::devices::DeviceGate;
 use crate::auth::Authenticator;
 use crate::bridges::Bridges;
-use crate::config::{Config, MqttMode};
+use crate::config::Config;
 use crate::history::History;
 use crate::http::listener::ListenerStats;
 use crate::hub::outbox::CloseReason;
 use crate::hub::Hub;
+use crate::mqtt::config::MqttMode;
 use crate::mqtt::{BrokerTap, HubIngress};
 use crate::recorder::Recorder;
 use crate::store::Store;
@@ -101,8 +102,12 @@ impl Server {
         let http = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
-        let auth = Arc::new(Authenticator::from_config(&config)?);
-        let tls = TlsReloader::from_config(&config).context("cannot set up TLS")?;
+        let auth = Arc::new(Authenticator::from_config(
+            &config.auth,
+            &config.api_keys_file(),
+        )?);
+        let tls = TlsReloader::from_config(&config.tls, &config.tls_listeners())
+            .context("cannot set up TLS")?;
         let hooks = crate::http::hooks::Hooks::from_config(&config.hooks)?;
         let hub = Hub::new(config.hub());
         let store = Store::open(&config.data_dir, &config.store)?;
@@ -332,7 +337,7 @@ async fn start_broker(
     auth: &Authenticator,
     tls: Option<&Arc<TlsReloader>>,
 ) -> anyhow::Result<(Option<Broker>, Option<Arc<DeviceGate>>)> {
-    let mut broker_config = config.broker();
+    let mut broker_config = config.mqtt.broker();
     if broker_config.listen.is_none()
         && broker_config.ws_listen.is_none()
         && broker_config.tls_listen.is_none()
@@ -344,7 +349,7 @@ async fn start_broker(
         return Ok((None, None));
     }
     broker_config.tls = tls.and_then(|t| t.mqtt_source());
-    let gate = DeviceGate::from_config(&config.mqtt, Some(auth.jwt()))
+    let gate = DeviceGate::from_config(config.mqtt.devices(), Some(auth.jwt()))
         .context("cannot load the MQTT password file")?;
     tracing::info!("MQTT devices: {}", gate.describe());
     let gate = Arc::new(gate);

@@ -2,7 +2,7 @@
 //! addresses that may be off, non-zero counts.
 //!
 //! A leaf: it imports nothing of the crate, so every module that owns a section (and
-//! `crate::config`, which composes them) can use it without depending on another
+//! the module that composes them) can use it without depending on another
 //! section. Each parser fails inside deserialisation, so the error keeps the line and
 //! column of the value it rejects.
 

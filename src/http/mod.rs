@@ -2,6 +2,7 @@
 //! (`api`), in one router so that HTTP carried over WebSocket can reuse it.
 
 pub mod api;
+pub mod config;
 pub mod hooks;
 pub mod listener;
 mod metrics;
@@ -20,7 +21,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ws", get(crate::ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
-        .nest("/api/v1", api::router(&app.config))
+        .nest("/api/v1", api::router(&app.config.http))
         .merge(hooks::routes())
         .layer(axum::extract::DefaultBodyLimit::max(
             app.config.ws.max_message_size.get(),

@@ -11,6 +11,7 @@
 //! messages in sequence order) and then the index read lock. Subscribing takes the index
 //! write lock alone. No lock is held across an `.await`.
 
+pub mod config;
 pub mod index;
 pub mod outbox;
 mod session;

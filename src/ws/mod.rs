@@ -10,6 +10,7 @@
 //! sends, otherwise unread input makes the kernel answer with a reset that can destroy
 //! the close frame (and its code) before the client reads it.
 
+pub mod config;
 mod connection;
 mod dispatch;
 mod http;

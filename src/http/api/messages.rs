@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 use super::{body, ApiBytes, ApiError, Caller};
 use crate::auth::Principal;
-use crate::config::Config;
+use crate::http::config::HttpConfig;
 use crate::hub::{HubError, Sender};
 use crate::server::App;
 use switchboard_core::message::{Origin, Publish};
@@ -24,12 +24,12 @@ use switchboard_core::protocol::{null, ErrorCode, Recipient};
 /// Messages in one batch at most.
 pub const MAX_BATCH: usize = 1000;
 
-pub fn routes(config: &Config) -> Router<Arc<App>> {
+pub fn routes(http: &HttpConfig) -> Router<Arc<App>> {
     Router::new()
         .route("/publish", post(publish))
         .route(
             "/publish/batch",
-            post(publish_batch).layer(DefaultBodyLimit::max(config.http.max_batch_bytes.get())),
+            post(publish_batch).layer(DefaultBodyLimit::max(http.max_batch_bytes.get())),
         )
         .route("/send", post(send))
 }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{AuthError, Principal};
-use crate::config::Config;
+use crate::http::config::HttpConfig;
 use crate::hub::HubError;
 use crate::server::App;
 use switchboard_core::protocol::ErrorCode;
@@ -38,16 +38,16 @@ pub use idempotency::IdempotencyCache;
 
 /// The `/api/v1` routes. Unknown paths and methods get JSON errors like every other
 /// refusal, so a client needs one error parser.
-pub fn router(config: &Config) -> Router<Arc<App>> {
+pub fn router(http: &HttpConfig) -> Router<Arc<App>> {
     Router::new()
-        .merge(messages::routes(config))
+        .merge(messages::routes(http))
         .merge(clients::routes())
         .merge(topics::routes())
         .merge(history::routes())
         .merge(info::routes())
         .merge(stats::routes())
         .merge(webhooks::routes())
-        .merge(recordings::routes(config))
+        .merge(recordings::routes(http))
         .merge(bridges::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::{body, ApiBytes, ApiError, ApiPath, Caller};
-use crate::config::Config;
+use crate::http::config::HttpConfig;
 use crate::recorder::replay::Action;
 use crate::recorder::{
     export, RecorderError, RecordingView, ReplayRequest, ReplayView, StartRequest,
@@ -26,12 +26,12 @@ use switchboard_core::protocol::ErrorCode;
 /// The media type of an export.
 pub const JSON_LINES: &str = "application/x-ndjson";
 
-pub fn routes(config: &Config) -> Router<Arc<App>> {
+pub fn routes(http: &HttpConfig) -> Router<Arc<App>> {
     Router::new()
         .route("/recordings", get(list).post(start))
         .route(
             "/recordings/import",
-            post(import).layer(DefaultBodyLimit::max(config.http.max_batch_bytes.get())),
+            post(import).layer(DefaultBodyLimit::max(http.max_batch_bytes.get())),
         )
         .route("/recordings/{id}", get(show).delete(delete))
         .route("/recordings/{id}/stop", post(stop))
