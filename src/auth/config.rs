@@ -1,5 +1,5 @@
 //! `[auth]`, who may connect over WebSocket and HTTP, and the device permissions of
-//! `[[mqtt.acl]]`, which the MQTT section holds but this module enforces.
+//! `[[mqtt.acl]]`, which the `[mqtt]` section holds but this module enforces.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -147,7 +147,7 @@ impl Default for GrantsConfig {
 }
 
 /// The `[mqtt]` settings that decide which devices may connect and what they may do.
-/// The section is the MQTT module's (`MqttConfig::devices` picks these out), so device
+/// The root picks them out of the section (`MqttConfig::devices`), so device
 /// authentication depends on its own settings and not on the broker's listeners.
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceAuthConfig<'a> {

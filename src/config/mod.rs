@@ -20,13 +20,13 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 mod env;
 mod errors;
+mod mqtt;
 
 use crate::auth::config::AuthConfig;
 use crate::http::config::{HttpConfig, MetricsConfig};
 use crate::hub::config::PresenceConfig;
 use crate::hub::outbox::QueueLimits;
 use crate::hub::HubConfig;
-use crate::mqtt::config::MqttConfig;
 use crate::recorder::RecordingConfig;
 use crate::settings::{nz, positive_duration, Listen};
 use crate::store::StoreConfig;
@@ -37,6 +37,7 @@ use crate::ws::config::WsConfig;
 use env::{key_paths, value_at};
 pub use env::{ENV_NOT_SETTINGS, ENV_PREFIX};
 pub use errors::ConfigError;
+pub use mqtt::{MqttConfig, MqttMode};
 
 /// The annotated configuration the package installs; `switchboard default-config`
 /// prints it. A test keeps it equal to [`Config::packaged`].

@@ -6,7 +6,6 @@
 //! and [`BrokerTap`] sends every other Hub message on to MQTT subscribers. A message from
 //! MQTT is never tapped back to MQTT, so nothing loops and nothing arrives twice.
 
-pub mod config;
 pub mod payload;
 
 use std::sync::Arc;

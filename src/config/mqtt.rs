@@ -1,9 +1,11 @@
 //! `[mqtt]`: the embedded broker's listeners and limits, the devices it admits, or the
 //! external broker that takes its place.
 //!
-//! The section is one table in the file, but three modules act on it: the broker crate
-//! listens ([`MqttConfig::broker`]), `crate::auth` decides who a device is and what it
-//! may do ([`MqttConfig::devices`]), and `crate::bridges` links to the external broker.
+//! The section is one table in the file, but no module below the root reads it whole:
+//! the broker crate listens with [`MqttConfig::broker`], `crate::auth` decides who a
+//! device is and what it may do with [`MqttConfig::devices`], and `crate::bridges` is
+//! handed the external broker. So the composition root owns it, and the MQTT seam
+//! (`crate::mqtt`) stays free of the auth and bridge types the section names.
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
