@@ -26,6 +26,7 @@ pub mod mqtt;
 pub mod recorder;
 pub mod reload;
 pub mod server;
+pub mod settings;
 pub mod store;
 pub mod systemd;
 pub mod throttle;

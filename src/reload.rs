@@ -83,7 +83,7 @@ fn prepare(running: &Reloadable, path: Option<&Path>) -> anyhow::Result<Prepared
     let accepted = Accepted::from_config(&config.auth)?;
     let devices = match &running.devices {
         Some(_) => Some(
-            DeviceRules::from_config(&config.mqtt, Some(accepted.jwt().clone()))
+            DeviceRules::from_config(config.mqtt.devices(), Some(accepted.jwt().clone()))
                 .context("cannot load the MQTT password file")?,
         ),
         None => None,

@@ -193,8 +193,12 @@ impl Server {
         let http = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
-        let auth = Arc::new(Authenticator::from_config(&config)?);
-        let tls = TlsReloader::from_config(&config).context("cannot set up TLS")?;
+        let auth = Arc::new(Authenticator::from_config(
+            &config.auth,
+            &config.api_keys_file(),
+        )?);
+        let tls = TlsReloader::from_config(&config.tls, &config.tls_listeners())
+            .context("cannot set up TLS")?;
         let hooks = Arc::new(Hooks::from_config(&config.hooks)?);
         let hub = Hub::new(config.hub());
         let store = Store::open(&config.data_dir, &config.store)?;
@@ -428,7 +432,7 @@ async fn start_broker(
     auth: &Authenticator,
     tls: Option<&Arc<TlsReloader>>,
 ) -> anyhow::Result<(Option<Arc<Broker>>, Option<Arc<DeviceGate>>)> {
-    let mut broker_config = config.broker();
+    let mut broker_config = config.mqtt.broker();
     if broker_config.listen.is_none()
         && broker_config.ws_listen.is_none()
         && broker_config.tls_listen.is_none()
@@ -440,7 +444,7 @@ async fn start_broker(
         return Ok((None, None));
     }
     broker_config.tls = tls.and_then(|t| t.mqtt_source());
-    let gate = DeviceGate::from_config(&config.mqtt, Some(auth.jwt()))
+    let gate = DeviceGate::from_config(config.mqtt.devices(), Some(auth.jwt()))
         .context("cannot load the MQTT password file")?;
     tracing::info!("MQTT devices: {}", gate.describe());
     let gate = Arc::new(gate);

@@ -13,12 +13,49 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
-use crate::config::Config;
+use serde::{Deserialize, Serialize};
 
 /// ALPN the HTTP listener offers: HTTP/2 for clients that want it, HTTP/1.1 for the rest
 /// (WebSocket upgrades are HTTP/1.1).
 const HTTP_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// The certificate every TLS listener presents, reloaded on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates that sign device client certificates; empty for none.
+    pub client_ca_file: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            client_ca_file: PathBuf::new(),
+        }
+    }
+}
+
+/// Which listeners serve TLS. `[tls]` only names the files; whether a listener wants
+/// them is in `[http]` and `[mqtt]`, so the composition root decides this
+/// (`Config::tls_listeners`) and hands it over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsListeners {
+    /// The settings that ask for TLS, as the file names them, for the error that says
+    /// the certificate is missing.
+    pub asked_by: Vec<&'static str>,
+    /// The HTTP listener serves HTTPS and WSS.
+    pub http: bool,
+    /// An MQTT listener (TLS or secure WebSocket) serves TLS.
+    pub mqtt: bool,
+    /// Devices must present a certificate (`mqtt.require_certificate`).
+    pub require_certificate: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -77,41 +114,30 @@ impl TlsReloader {
     /// Loads the files for every listener that asks for TLS; `None` when none does.
     /// Every problem is a startup error: a daemon told to serve TLS never serves
     /// without it.
-    pub fn from_config(config: &Config) -> Result<Option<Arc<Self>>, TlsError> {
-        let mqtt = &config.mqtt;
-        if mqtt.require_certificate && config.tls.client_ca_file.as_os_str().is_empty() {
+    pub fn from_config(
+        tls: &TlsConfig,
+        listeners: &TlsListeners,
+    ) -> Result<Option<Arc<Self>>, TlsError> {
+        if listeners.require_certificate && tls.client_ca_file.as_os_str().is_empty() {
             return Err(TlsError::RequireWithoutCa);
         }
-        let mut wanted = Vec::new();
-        if config.http.tls {
-            wanted.push("http.tls");
-        }
-        if mqtt.tls_listen.0.is_some() {
-            wanted.push("mqtt.tls_listen");
-        }
-        if mqtt.wss_listen.0.is_some() {
-            wanted.push("mqtt.wss_listen");
-        }
-        if wanted.is_empty() {
+        if listeners.asked_by.is_empty() {
             return Ok(None);
         }
-        if config.tls.cert_file.as_os_str().is_empty() || config.tls.key_file.as_os_str().is_empty()
-        {
+        if tls.cert_file.as_os_str().is_empty() || tls.key_file.as_os_str().is_empty() {
             return Err(TlsError::NotConfigured {
-                what: wanted.join(" and "),
+                what: listeners.asked_by.join(" and "),
             });
         }
         let mut reloader = TlsReloader {
-            cert_file: config.tls.cert_file.clone(),
-            key_file: config.tls.key_file.clone(),
-            client_ca_file: config.tls.client_ca_file.clone(),
-            require_certificate: mqtt.require_certificate,
+            cert_file: tls.cert_file.clone(),
+            key_file: tls.key_file.clone(),
+            client_ca_file: tls.client_ca_file.clone(),
+            require_certificate: listeners.require_certificate,
             http: None,
             mqtt: None,
         };
-        let want_http = config.http.tls;
-        let want_mqtt = mqtt.tls_listen.0.is_some() || mqtt.wss_listen.0.is_some();
-        let loaded = reloader.load(want_http, want_mqtt)?;
+        let loaded = reloader.load(listeners.http, listeners.mqtt)?;
         reloader.http = loaded.http.map(|c| Arc::new(RwLock::new(c)));
         reloader.mqtt = loaded.mqtt.map(|c| Arc::new(RwLock::new(c)));
         Ok(Some(Arc::new(reloader)))

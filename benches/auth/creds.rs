@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde_json::{json, Value};
+use switchboard::auth::config::JwtAlgorithm;
 use switchboard::auth::jwt::{mint, MintKey};
-use switchboard::config::JwtAlgorithm;
 
 /// 48 bytes: more than HS256's minimum of 32.
 const HS_SECRET: &str = "auth-bench-hs256-shared-secret-0123456789abcdef";

@@ -4,7 +4,7 @@
 //! id and username into the patterns of every rule that applies to it. The result is
 //! the same [`Grants`] every other identity has, checked by the same code.
 
-use crate::config::{AclRule, TopicPattern};
+use super::config::{AclRule, TopicPattern};
 
 use super::patterns::substitute;
 use switchboard_core::grants::Grants;

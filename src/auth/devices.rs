@@ -8,15 +8,14 @@
 //! `publish`/`subscribe` claims are the device's permissions (the ACL does not apply).
 //! Any other password goes to the password file as before.
 
-use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use switchboard_bridge::{Credentials, Denied, Gate, Permissions, Refusal};
 
 use super::acl::Acl;
+use super::config::DeviceAuthConfig;
 use super::jwt::{self, JwtVerifier};
 use super::passwd::{PasswdError, PasswordFile};
-use crate::config::MqttConfig;
 use switchboard_core::grants::Grants;
 
 /// The device gate. Its rules can be replaced while devices are connected (SIGHUP):
@@ -43,18 +42,18 @@ impl DeviceRules {
     /// Reads the password file now, so a missing or broken file stops startup (or a
     /// reload) with the file's name and line rather than refusing every device later.
     pub fn from_config(
-        config: &MqttConfig,
+        config: DeviceAuthConfig<'_>,
         jwt: Option<Arc<JwtVerifier>>,
     ) -> Result<Self, PasswdError> {
         let passwords = if config.password_file.as_os_str().is_empty() {
             None
         } else {
-            Some(PasswordFile::load(Path::new(&config.password_file))?)
+            Some(PasswordFile::load(config.password_file)?)
         };
         Ok(DeviceRules {
             passwords,
             allow_anonymous: config.allow_anonymous,
-            acl: Acl::new(config.acl.clone()),
+            acl: Acl::new(config.acl.to_vec()),
             jwt: jwt.filter(|j| !j.is_empty()),
             use_identity_as_username: config.use_identity_as_username,
         })
@@ -167,7 +166,7 @@ impl DeviceGate {
     }
 
     pub fn from_config(
-        config: &MqttConfig,
+        config: DeviceAuthConfig<'_>,
         jwt: Option<Arc<JwtVerifier>>,
     ) -> Result<Self, PasswdError> {
         DeviceRules::from_config(config, jwt).map(Self::new)
@@ -296,9 +295,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::auth::config::{AuthConfig, JwtAlgorithm, JwtKeyConfig};
     use crate::auth::jwt::{mint, MintKey};
     use crate::auth::principal::unix_now;
-    use crate::config::{AuthConfig, JwtAlgorithm, JwtKeyConfig};
 
     const SECRET: &[u8] = b"device-test-secret-0123456789abcdef";
 
@@ -318,11 +317,13 @@ mod tests {
             ..AuthConfig::default()
         };
         let verifier = Arc::new(JwtVerifier::from_config(&auth).expect("keys"));
-        let mqtt = MqttConfig {
+        let devices = DeviceAuthConfig {
             allow_anonymous: false,
-            ..MqttConfig::default()
+            password_file: std::path::Path::new(""),
+            acl: &[],
+            use_identity_as_username: false,
         };
-        DeviceGate::from_config(&mqtt, Some(verifier)).expect("gate")
+        DeviceGate::from_config(devices, Some(verifier)).expect("gate")
     }
 
     fn token(sub: &str, exp: u64) -> String {
@@ -400,16 +401,16 @@ mod tests {
         #[derive(serde::Deserialize)]
         struct Acl {
             #[serde(default)]
-            acl: Vec<crate::config::AclRule>,
+            acl: Vec<crate::auth::config::AclRule>,
         }
         let acl: Acl = toml::from_str(acl).expect("acl");
-        let mqtt = MqttConfig {
+        let devices = DeviceAuthConfig {
             allow_anonymous: false,
-            password_file: path,
-            acl: acl.acl,
-            ..MqttConfig::default()
+            password_file: &path,
+            acl: &acl.acl,
+            use_identity_as_username: false,
         };
-        DeviceRules::from_config(&mqtt, None).expect("rules")
+        DeviceRules::from_config(devices, None).expect("rules")
     }
 
     #[test]

@@ -54,10 +54,10 @@ use rsa::pkcs1::DecodeRsaPublicKey;
 use rsa::traits::PublicKeyParts;
 use serde_json::{Map, Value};
 
+use super::config::{AuthConfig, JwtAlgorithm, JwtKeyConfig};
 use super::patterns::substitute;
 use super::principal::{ClientLimits, Kind, Principal};
 use super::AuthError;
-use crate::config::{AuthConfig, JwtAlgorithm, JwtKeyConfig};
 use switchboard_core::grants::Grants;
 
 /// Longest accepted `sub`, in bytes: it is shown in presence and direct messages.

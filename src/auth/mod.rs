@@ -7,6 +7,7 @@
 
 pub mod acl;
 pub mod apikeys;
+pub mod config;
 pub mod devices;
 pub mod jwt;
 pub mod metrics;
@@ -15,7 +16,7 @@ pub mod patterns;
 pub mod principal;
 pub mod private_file;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -23,7 +24,7 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{AuthConfig, Config};
+use config::AuthConfig;
 pub use principal::{Kind, Principal};
 use switchboard_core::grants::Grants;
 
@@ -168,10 +169,11 @@ impl Accepted {
 impl Authenticator {
     /// Reads every credential file now, so a missing or broken one stops startup with
     /// its name instead of refusing every client later.
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let accepted = Accepted::from_config(&config.auth)?;
-        let api_keys =
-            apikeys::ApiKeys::open(&api_keys_path(config)).context("cannot load the API keys")?;
+    /// `api_keys_file` is the composition root's choice (`Config::api_keys_file`): the
+    /// default lies in the data directory, outside `[auth]`.
+    pub fn from_config(auth: &AuthConfig, api_keys_file: &Path) -> anyhow::Result<Self> {
+        let accepted = Accepted::from_config(auth)?;
+        let api_keys = apikeys::ApiKeys::open(api_keys_file).context("cannot load the API keys")?;
         Ok(Authenticator {
             accepted: RwLock::new(Arc::new(accepted)),
             api_keys,
@@ -255,15 +257,6 @@ impl Authenticator {
             "anonymous clients refused"
         };
         format!("{anonymous}; accepted: {}", ways.join(", "))
-    }
-}
-
-/// Where API keys live: the configured file, or `api_keys.json` in the data directory.
-pub fn api_keys_path(config: &Config) -> PathBuf {
-    if config.auth.api_keys_file.as_os_str().is_empty() {
-        config.data_dir.join("api_keys.json")
-    } else {
-        config.auth.api_keys_file.clone()
     }
 }
 

@@ -1,6 +1,6 @@
 //! `[[bridges]]` entries and `[mqtt.external]`: how to reach another broker and which
 //! topics cross. Both are a [`LinkConfig`]. Validated while deserialised (like the rest
-//! of `crate::config`), so a bad address or direction is reported at its line; the
+//! of the configuration), so a bad address or direction is reported at its line; the
 //! password file is read when the daemon starts.
 
 use std::num::{NonZeroU64, NonZeroUsize};
@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 use switchboard_bridge::rules::{Direction, Rule};
 
-use crate::config::positive_duration;
+use crate::settings::positive_duration;
 
 /// A link to another MQTT broker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -222,81 +222,4 @@ fn rules_valid(link: &LinkConfig) -> Result<(), String> {
         return Err(format!("{who}: reconnect_min is longer than reconnect_max"));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::config::Config;
-
-    fn parse(text: &str) -> Result<Config, crate::config::ConfigError> {
-        Config::from_toml(text, "f.toml", Vec::new())
-    }
-
-    #[test]
-    fn the_annotated_example_parses() {
-        let example: String = crate::config::ANNOTATED
-            .lines()
-            .skip_while(|l| !l.starts_with("#     [[bridges]]"))
-            .take_while(|l| l.starts_with('#'))
-            .map(|l| l.trim_start_matches('#').trim_start())
-            .collect::<Vec<_>>()
-            .join("\n");
-        let c = parse(&example).unwrap();
-        let b = &c.bridges[0];
-        assert_eq!(b.name, "cloud");
-        assert_eq!(b.topics.len(), 2);
-        let rules = b.rules();
-        assert_eq!(
-            switchboard_bridge::rules::outbound(&rules, "sensors/t"),
-            Some(("sites/edge-1/sensors/t".to_owned(), 1))
-        );
-        assert_eq!(
-            switchboard_bridge::rules::inbound(&rules, "sites/edge-1/commands/reboot").as_deref(),
-            Some("commands/reboot")
-        );
-    }
-
-    #[test]
-    fn a_bridge_parses_with_defaults() {
-        let c = parse("[[bridges]]\nname = \"cloud\"\naddress = \"example.com:8883\"\n[[bridges.topics]]\npattern = \"a/#\"\ndirection = \"both\"\n").unwrap();
-        let b = &c.bridges[0];
-        assert_eq!(b.host_port(), ("example.com".to_owned(), 8883));
-        assert_eq!(b.client_id(), "switchboard-cloud");
-        assert_eq!(b.topics[0].qos, 1);
-    }
-
-    #[test]
-    fn bad_entries_are_refused_where_they_stand() {
-        let base = "[[bridges]]\nname = \"a\"\naddress = \"h:1883\"\n";
-        let cases = [
-            (
-                "[[bridges]]\nname = \"a\"\naddress = \"h\"\n",
-                "must be host:port",
-            ),
-            (
-                "[[bridges]]\nname = \"a\"\naddress = \"h:x\"\n",
-                "must be host:port",
-            ),
-            ("[[bridges]]\naddress = \"h:1\"\n", "needs a `name`"),
-            (&format!("{base}{base}"), "two bridges are named `a`"),
-            (
-                &format!("{base}[[bridges.topics]]\npattern = \"a\"\ndirection = \"sideways\"\n"),
-                "unknown bridge direction `sideways`",
-            ),
-            (
-                &format!("{base}[[bridges.topics]]\npattern = \"a/#/b\"\ndirection = \"in\"\n"),
-                "not a valid MQTT filter",
-            ),
-            (
-                &format!(
-                    "{base}[[bridges.topics]]\npattern = \"a\"\ndirection = \"in\"\nqos = 2\n"
-                ),
-                "qos 2",
-            ),
-        ];
-        for (text, needle) in cases {
-            let err = parse(text).unwrap_err().to_string();
-            assert!(err.contains(needle), "{text}: {err}");
-        }
-    }
 }

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::auth::api_keys_path;
 use crate::auth::apikeys::{self, format_time, KeyInfo};
 use crate::config::Config;
 
@@ -68,7 +67,7 @@ pub struct ConfigArg {
 impl ConfigArg {
     fn key_file(&self) -> anyhow::Result<PathBuf> {
         let config = Config::load(self.config.as_deref())?;
-        Ok(api_keys_path(&config))
+        Ok(config.api_keys_file())
     }
 }
 

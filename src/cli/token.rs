@@ -14,9 +14,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 
+use crate::auth::config::JwtKeyConfig;
 use crate::auth::jwt::{mint, JwtVerifier, MintKey};
 use crate::auth::principal::unix_now;
-use crate::config::{Config, JwtKeyConfig};
+use crate::config::Config;
 
 #[derive(clap::Args, Debug)]
 pub struct TokenArgs {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::config::positive_duration;
+use crate::settings::positive_duration;
 use switchboard_core::topic::Filter;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -773,7 +773,7 @@ impl Evictable for History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StoreConfig;
+    use crate::store::StoreConfig;
 
     fn history(dir: &std::path::Path) -> Arc<History> {
         let store = crate::store::open_when_free(dir, &StoreConfig::default());

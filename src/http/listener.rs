@@ -30,7 +30,7 @@ use tower_service::Service;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HttpConfig;
+use super::config::HttpConfig;
 use crate::tls::TlsReloader;
 
 /// Refused connections being answered at once; beyond this a refused connection is

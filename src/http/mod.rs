@@ -4,6 +4,7 @@
 //! narrow parts of [`state::HttpState`].
 
 pub mod api;
+pub mod config;
 pub mod hooks;
 pub mod listener;
 mod metrics;

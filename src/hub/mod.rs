@@ -24,6 +24,7 @@
 //! `clients`/`users` locks are each taken alone and released before delivering. No lock
 //! is held across an `.await`. Each file's notes say which of these it takes.
 
+pub mod config;
 mod direct;
 pub mod index;
 pub mod metrics;

@@ -19,6 +19,7 @@
 //! Recordings still running when the daemon stops keep running after it starts again.
 //! This module owns the `recordings` tree and nothing else in the store.
 
+pub mod config;
 mod evict;
 pub mod export;
 mod layout;
@@ -36,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
-use crate::config::RecordingConfig;
+
 use crate::hub::Hub;
 use crate::store::{Store, StoreError, StoredMessage};
 use layout::{Figures, Meta};
@@ -44,6 +45,7 @@ use switchboard_core::clock::now_ms;
 use switchboard_core::protocol::ErrorCode;
 use switchboard_core::topic::{self, Filter};
 
+pub use config::RecordingConfig;
 pub use replay::{ReplayRequest, ReplayView};
 
 /// Longest name, notes and filter list a recording may have.

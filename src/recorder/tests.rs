@@ -6,7 +6,9 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use super::*;
-use crate::config::{Config, StoreConfig};
+use crate::hub::outbox::{QueueLimits, SlowConsumerPolicy};
+use crate::hub::HubConfig;
+use crate::store::StoreConfig;
 use switchboard_core::message::Publish;
 
 fn open(dir: &std::path::Path, max_bytes: u64) -> (Store, Arc<Hub>, Arc<Recorder>) {
@@ -15,9 +17,25 @@ fn open(dir: &std::path::Path, max_bytes: u64) -> (Store, Arc<Hub>, Arc<Recorder
         ..StoreConfig::default()
     };
     let store = crate::store::open_when_free(dir, &config);
-    let hub = Hub::new(Config::default().hub());
+    let hub = test_hub();
     let recorder = Recorder::open(&store, &hub, &RecordingConfig::default()).unwrap();
     (store, hub, recorder)
+}
+
+/// A Hub with room to spare and no presence: the recorder taps every message, and
+/// no test here has a session that could fill a queue.
+fn test_hub() -> Arc<Hub> {
+    let queue = QueueLimits {
+        max_messages: 1024,
+        max_bytes: 1 << 20,
+        policy: SlowConsumerPolicy::DropOldest,
+    };
+    Hub::new(HubConfig {
+        queue,
+        max_subscriptions: 1000,
+        presence: Vec::new(),
+        max_info_bytes: 1024,
+    })
 }
 
 fn publish(hub: &Hub, topic: &str, data: &str) {
@@ -137,7 +155,7 @@ async fn the_cap_evicts_the_oldest_messages_across_recordings_and_counts_them() 
 async fn a_full_queue_drops_and_counts_instead_of_waiting() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
-    let hub = Hub::new(Config::default().hub());
+    let hub = test_hub();
     let config = RecordingConfig {
         queue: std::num::NonZeroUsize::new(4).unwrap(),
         ..RecordingConfig::default()

@@ -6,6 +6,7 @@
 //! its own named trees and owns their layout. Writes reach disk within `[store] flush_interval` (sled's background flush),
 //! and at once on [`Store::flush`], which shutdown calls.
 
+pub mod config;
 pub mod message;
 pub mod metrics;
 pub mod quota;
@@ -14,7 +15,7 @@ pub mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::StoreConfig;
+pub use config::StoreConfig;
 pub use message::StoredMessage;
 pub use quota::{Evictable, Evicted, Quota};
 

@@ -1,5 +1,5 @@
 //! `[[webhooks]]` entries: what one endpoint receives and how hard we try. Validated
-//! while deserialised (like the rest of `crate::config`), so a bad name, URL or event
+//! while deserialised (like the rest of the configuration), so a bad name, URL or event
 //! is reported at its line; the secret file is read when the daemon starts.
 
 use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::config::positive_duration;
+use crate::settings::positive_duration;
 use switchboard_core::topic::Filter;
 
 /// The lifecycle events an endpoint may follow, as `switchboard_core::message::Lifecycle::name` spells
@@ -157,69 +157,4 @@ pub fn unique<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<WebhookConfig>, D::
         }
     }
     Ok(list)
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::config::{Config, ANNOTATED};
-
-    fn parse(text: &str) -> Result<Config, crate::config::ConfigError> {
-        Config::from_toml(text, "f.toml", Vec::new())
-    }
-
-    #[test]
-    fn the_annotated_example_parses_with_its_defaults() {
-        let example: String = ANNOTATED
-            .lines()
-            .skip_while(|l| !l.starts_with("#     [[webhooks]]"))
-            .take_while(|l| l.starts_with("#     "))
-            .map(|l| l.trim_start_matches('#').trim_start())
-            .filter(|l| !l.starts_with('#'))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let c = parse(&example).unwrap();
-        let w = &c.webhooks[0];
-        assert_eq!(w.name, "alerts");
-        assert!(w.wants_event("device.online") && !w.wants_event("client.connected"));
-        assert!(w.wants_topic("alerts/x/y") && !w.wants_topic("other"));
-        // Only the required keys: every other value is the default written above.
-        let minimal = parse(
-            "[[webhooks]]\nname = \"alerts\"\nurl = \"https://example.com/hooks/switchboard\"\nsecret_file = \"/etc/switchboard/alerts.secret\"\ntopics = [\"alerts/#\"]\nevents = [\"device.online\", \"device.offline\"]\n",
-        )
-        .unwrap();
-        assert_eq!(minimal.webhooks, c.webhooks);
-    }
-
-    #[test]
-    fn bad_entries_are_refused_where_they_stand() {
-        let base = "[[webhooks]]\nname = \"a\"\nurl = \"http://h/\"\nsecret_file = \"s\"\n";
-        let cases = [
-            (
-                "[[webhooks]]\nname = \"a\"\nurl = \"ftp://h/\"\nsecret_file = \"s\"\n",
-                "http:// or https://",
-            ),
-            (
-                "[[webhooks]]\nname = \"a\"\nurl = \"not a url\"\nsecret_file = \"s\"\n",
-                "not a URL",
-            ),
-            (
-                "[[webhooks]]\nname = \"a b\"\nurl = \"http://h/\"\nsecret_file = \"s\"\n",
-                "letters, digits",
-            ),
-            (
-                "[[webhooks]]\nname = \"a\"\nurl = \"http://h/\"\n",
-                "missing field `secret_file`",
-            ),
-            (
-                &format!("{base}events = [\"client.joined\"]\n"),
-                "unknown webhook event",
-            ),
-            (&format!("{base}{base}"), "two webhooks are named `a`"),
-            (&format!("{base}timeout = \"0s\"\n"), "greater than zero"),
-        ];
-        for (text, needle) in cases {
-            let err = parse(text).unwrap_err().to_string();
-            assert!(err.contains(needle), "{text}: {err}");
-        }
-    }
 }

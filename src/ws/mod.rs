@@ -10,6 +10,7 @@
 //! sends, otherwise unread input makes the kernel answer with a reset that can destroy
 //! the close frame (and its code) before the client reads it.
 
+pub mod config;
 mod connection;
 mod dispatch;
 mod http;
@@ -37,10 +38,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Authenticator, Principal};
-use crate::config::WsConfig;
 use crate::hub::Hub;
 use crate::metrics::Instruments;
 use crate::recorder::Recorder;
+use config::WsConfig;
 use connection::Identity;
 
 /// What the WebSocket side serves from; filled by the composition root.

@@ -23,7 +23,7 @@ pub struct HookConfig {
     /// `webhook-id` is remembered to refuse replays.
     #[serde(
         default = "default_tolerance",
-        with = "crate::config::positive_duration"
+        with = "crate::settings::positive_duration"
     )]
     pub tolerance: Duration,
     /// The `event` of every published message, unless `event_header` gives one.
@@ -139,67 +139,4 @@ pub fn unique_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HookConfig>, 
         }
     }
     Ok(hooks)
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::config::{Config, ANNOTATED};
-
-    fn parse(text: &str) -> Result<Config, crate::config::ConfigError> {
-        Config::from_toml(text, "f.toml", Vec::new())
-    }
-
-    #[test]
-    fn the_annotated_example_is_a_valid_configuration() {
-        let example: String = ANNOTATED
-            .lines()
-            .skip_while(|l| !l.starts_with("#     [[hooks]]"))
-            .take_while(|l| l.starts_with("#     ") || *l == "#")
-            .map(|l| l.trim_start_matches('#').trim_start())
-            .collect::<Vec<_>>()
-            .join("\n");
-        let parsed = parse(&example).unwrap();
-        assert_eq!(parsed.hooks.len(), 2);
-        assert_eq!(
-            parsed.hooks[0].event_header.as_deref(),
-            Some("X-GitHub-Event")
-        );
-        assert_eq!(parsed.hooks[1].tolerance.as_secs(), 300);
-    }
-
-    #[test]
-    fn bad_hooks_are_refused_with_a_position_and_a_reason() {
-        let hook = |name: &str, topic: &str| {
-            format!(
-                "[[hooks]]\nname = \"{name}\"\ntopic = \"{topic}\"\nsecret_file = \"s\"\nsignature = \"github\"\n"
-            )
-        };
-        let cases = [
-            (hook("a/b", "t"), Some(2), "invalid hook name `a/b`"),
-            (hook("a", "t/#"), Some(3), "wildcards"),
-            (hook("a", "$devices/x"), Some(3), "`$` topics"),
-            (
-                format!("{}{}", hook("a", "t"), hook("a", "u")),
-                None,
-                "hook name `a` is used twice",
-            ),
-            (
-                hook("a", "t").replace("github", "gitlab"),
-                Some(5),
-                "unknown variant",
-            ),
-            (
-                format!("{}event_header = \"a b\"\n", hook("a", "t")),
-                Some(6),
-                "not an HTTP header name",
-            ),
-        ];
-        for (text, line, needle) in cases {
-            let err = parse(&text).unwrap_err();
-            if line.is_some() {
-                assert_eq!(err.position().map(|p| p.0), line, "{text}: {err}");
-            }
-            assert!(err.to_string().contains(needle), "{text}: {err}");
-        }
-    }
 }
