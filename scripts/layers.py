@@ -17,6 +17,24 @@ import sys
 # Cycles between top-level modules that docs/architecture.md justifies.
 ALLOWED_CYCLES = []
 
+# The daemon's layers, lowest first (docs/architecture.md): a module may import its own
+# layer and the ones below. Names of earlier trees (client, protocol, topic: now crates)
+# are kept so the same measure reads an old checkout.
+DAEMON_LAYERS = [
+    ["topic", "protocol", "client", "settings", "hex", "throttle", "background", "metrics"],
+    ["store", "tls"],
+    ["auth", "history"],
+    ["hub"],
+    ["mqtt", "live", "systemd"],
+    ["outbound_webhooks", "webhook", "recordings", "recorder"],
+    ["uplinks", "bridges", "logging"],
+    ["http"],
+    ["ws"],
+    ["config"],
+    ["reload", "cli"],
+    ["server"],
+]
+
 PATH_RE = re.compile(r"\b(crate|super)((?:::[a-z_][a-z0-9_]*)+)")
 USE_GROUP_RE = re.compile(r"use\s+(crate|super)((?:::[a-z_][a-z0-9_]*)*)::\{([^;]*)\};", re.S)
 
@@ -134,6 +152,19 @@ def report(src):
     print(f"  largest file-level cycle: {len(file_cycles[0]) if file_cycles else 0} files")
     print(f"  largest file: {largest} ({lines} lines)")
     bad = [c for c in top_cycles if c not in ALLOWED_CYCLES]
+    if os.path.abspath(src) == os.path.join(ROOT, "src"):
+        layer = {m: i for i, names in enumerate(DAEMON_LAYERS) for m in names}
+        up = sorted(
+            (a[0], b[0]) for a, bs in top.items() for b in bs
+            if a[0] in layer and b[0] in layer and layer[b[0]] > layer[a[0]]
+        )
+        unknown = sorted({m[0] for m in tops if m and m[0] not in layer})
+        print(f"  imports that run back up a layer: {len(up)}")
+        for a, b in up:
+            print(f"    UP {a} -> {b}")
+        if unknown:
+            print(f"  modules in no layer (add them to DAEMON_LAYERS): {' '.join(unknown)}")
+        bad = bad + up + unknown
     for c in top_cycles:
         tag = "allowed" if c in ALLOWED_CYCLES else "CYCLE"
         print(f"  {tag} between top-level modules: {' '.join(c)}")
@@ -145,9 +176,12 @@ def report(src):
     return not bad
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("-")]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = ROOT
     if not args:
         args = [os.path.join(root, d, "src") for d in sorted(os.listdir(root))
                 if os.path.isfile(os.path.join(root, d, "Cargo.toml"))]
