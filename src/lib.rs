@@ -15,6 +15,7 @@ pub mod bridges;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod config_files;
 pub mod hex;
 pub mod history;
 pub mod http;
