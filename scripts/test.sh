@@ -14,6 +14,8 @@ command -v mosquitto_passwd >/dev/null || need_apt+=(mosquitto)
 # systemd-analyze checks the packaged unit (verify, security score); no running systemd.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v python3 >/dev/null || need_apt+=(python3)
+# curl runs the README's HTTP example (tests/readme.rs).
+command -v curl >/dev/null || need_apt+=(curl)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 # Node.js and npm run the Socket.IO and `ws` peers of the benchmark harness (loadgen/).
 command -v node >/dev/null || need_apt+=(nodejs)
