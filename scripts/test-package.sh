@@ -12,17 +12,44 @@
 # (Not SWITCHBOARD_*: the daemon takes those as settings and refuses unknown ones.)
 # The pristine root is kept in $PACKAGE_TEST_CACHE (default
 # /var/tmp/switchboard-nspawn) and copied for each run.
+#
+# `scripts/test-package.sh --boot-loop N` only boots the root N times (no build, no
+# package) and checks each boot: finding the container's leader and entering it is
+# what used to flake, so this reproduces it (docs/packaging.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+boot_loop=0
+case "${1:-}" in
+"") ;;
+--boot-loop)
+    boot_loop=${2:-}
+    [[ "$boot_loop" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [--boot-loop N]" >&2; exit 2; }
+    ;;
+*) echo "usage: $0 [--boot-loop N]" >&2; exit 2 ;;
+esac
+
 say() { printf '\n== %s\n' "$*"; }
 leader=
+console_log=
+# Set once a failure has printed what the container said, so the exit trap does not
+# print it twice.
+reported=
+# The container's own console (systemd's boot messages, failed units): whatever went
+# wrong, this is the first thing to read.
+print_console() {
+    [ -z "$reported" ] && [ -n "$console_log" ] && [ -f "$console_log" ] || return 0
+    reported=1
+    echo "--- the container's console ($console_log), last lines:" >&2
+    tail -n 60 "$console_log" >&2 || true
+}
 fail() {
     printf 'FAILED: %s\n' "$*" >&2
-    if [ -n "$leader" ]; then
+    if [ -n "$leader" ] && [ "$boot_loop" = 0 ]; then
         echo "--- the service's journal, last lines:" >&2
         ct journalctl -u switchboard --no-pager -n 40 >&2 || true
     fi
+    print_console
     exit 1
 }
 
@@ -43,44 +70,59 @@ command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 command -v systemd-nspawn >/dev/null || need_apt+=(systemd-container)
 command -v lintian >/dev/null || need_apt+=(lintian)
 command -v nsenter >/dev/null || need_apt+=(util-linux)
+command -v xz >/dev/null || need_apt+=(xz-utils)
 if [ ${#need_apt[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-cargo_deb_version=3.8.0
-if [[ "$(cargo deb --version 2>/dev/null || true)" != *"$cargo_deb_version"* ]]; then
-    cargo install --quiet --locked cargo-deb --version "$cargo_deb_version"
-fi
 
 # ---------------------------------------------------------------------------------
-say "build: cargo deb"
-version=$(cargo metadata --no-deps --format-version 1 \
-    | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="switchboard"))')
-# Outside target/debian: cargo-deb clears older builds of the package from there.
-out=target/package-test
-rm -rf "$out"
-mkdir -p "$out/first" "$out/upgrade"
-deb1="$out/first/switchboard_${version}-1_amd64.deb"
-deb2="$out/upgrade/switchboard_${version}-2_amd64.deb"
-cargo deb --locked --output "$deb1"
-# The upgrade: a newer revision of the same build, as a rebuilt package would be.
-cargo deb --no-build --deb-revision 2 --output "$deb2"
-# The declared libc6 must cover the newest glibc symbol version the binary uses.
-unpacked="$out/unpacked"
-dpkg-deb -x "$deb1" "$unpacked"
-glibc_needed=$(objdump -T "$unpacked/usr/bin/switchboard" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1 | cut -d_ -f2)
-glibc_declared=$(dpkg-deb -f "$deb1" Depends | sed -n 's/.*libc6 (>= \([0-9.]*\)).*/\1/p')
-dpkg --compare-versions "$glibc_needed" le "$glibc_declared" \
-    || fail "the binary needs glibc $glibc_needed but the package depends on libc6 >= $glibc_declared"
-package_size=$(stat -c %s "$deb1")
-installed_kib=$(dpkg-deb -f "$deb1" Installed-Size)
+build_package() {
+    # cargo-deb without its default features: the .deb is still xz-compressed, by the
+    # system's `xz` (xz-utils) instead of a liblzma compiled from C. A debug build of
+    # the tool itself: it only copies files and runs xz, and builds in a fraction of
+    # the time of its release build (docs/packaging.md has the figures).
+    local cargo_deb_version=3.8.0
+    if [[ "$(cargo deb --version 2>/dev/null || true)" != *"$cargo_deb_version"* ]]; then
+        cargo install --quiet --locked --debug --no-default-features cargo-deb --version "$cargo_deb_version"
+    fi
 
-say "lintian"
-# Errors and warnings fail; `lintian` itself only warns that it runs as root.
-lint=$(lintian --fail-on none "$deb1" 2>&1 | grep -v 'running with root privileges' || true)
-[ -z "$lint" ] || fail "lintian: $lint"
-echo "clean"
+    say "build: cargo build --release, cargo deb --no-build"
+    version=$(cargo metadata --no-deps --format-version 1 \
+        | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="switchboard"))')
+    # cargo-deb takes the binary from target/release: where the build put it,
+    # whatever CARGO_TARGET_DIR says.
+    target_dir=$(cargo metadata --no-deps --format-version 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+    # Outside target/debian: cargo-deb clears older builds of the package from there.
+    out=target/package-test
+    rm -rf "$out"
+    mkdir -p "$out/first" "$out/upgrade"
+    deb1="$out/first/switchboard_${version}-1_amd64.deb"
+    deb2="$out/upgrade/switchboard_${version}-2_amd64.deb"
+    cargo build --release --locked --bin switchboard
+    [ -x "$target_dir/release/switchboard" ] || fail "no release binary in $target_dir/release"
+    cargo deb --no-build --output "$deb1"
+    # The upgrade: a newer revision of the same build, as a rebuilt package would be.
+    # --fast: lighter xz (2 s instead of 20 here); only the first is measured and linted.
+    cargo deb --no-build --fast --deb-revision 2 --output "$deb2"
+    # The declared libc6 must cover the newest glibc symbol version the binary uses.
+    unpacked="$out/unpacked"
+    dpkg-deb -x "$deb1" "$unpacked"
+    glibc_needed=$(objdump -T "$unpacked/usr/bin/switchboard" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1 | cut -d_ -f2)
+    glibc_declared=$(dpkg-deb -f "$deb1" Depends | sed -n 's/.*libc6 (>= \([0-9.]*\)).*/\1/p')
+    dpkg --compare-versions "$glibc_needed" le "$glibc_declared" \
+        || fail "the binary needs glibc $glibc_needed but the package depends on libc6 >= $glibc_declared"
+    package_size=$(stat -c %s "$deb1")
+    installed_kib=$(dpkg-deb -f "$deb1" Installed-Size)
+
+    say "lintian"
+    # Errors and warnings fail; `lintian` itself only warns that it runs as root.
+    lint=$(lintian --fail-on none "$deb1" 2>&1 | grep -v 'running with root privileges' || true)
+    [ -z "$lint" ] || fail "lintian: $lint"
+    echo "clean"
+}
+[ "$boot_loop" != 0 ] || build_package
 
 # ---------------------------------------------------------------------------------
 say "a Debian bookworm root"
@@ -108,37 +150,64 @@ root="$cache/run"
 rm -rf "$root"
 cp -a "$pristine" "$root"
 rm -f "$root/.complete"
-cp "$deb1" "$deb2" "$root/root/"
+[ "$boot_loop" != 0 ] || cp "$deb1" "$deb2" "$root/root/"
 echo "switchboard-test" >"$root/etc/hostname"
 
 # ---------------------------------------------------------------------------------
-say "boot it: systemd-nspawn --boot"
 # On a host whose PID 1 is not systemd (a CI container), nspawn needs these two: no
 # machine registration, and a tmpfs for its runtime state.
 mkdir -p /run/systemd/nspawn
 mountpoint -q /run/systemd/nspawn || mount -t tmpfs tmpfs /run/systemd/nspawn
 console_log="$cache/console.log"
-systemd-nspawn -D "$root" --boot --register=no --keep-unit --private-network \
-    --console=read-only -M switchboard-test >"$console_log" 2>&1 &
-nspawn_pid=$!
-cleanup() {
+nspawn_pid=
+
+# Powers the container off (nspawn turns SIGTERM into a clean poweroff) and waits
+# for nspawn to exit.
+stop_container() {
+    [ -n "$nspawn_pid" ] || return 0
     if kill -0 "$nspawn_pid" 2>/dev/null; then
-        # nspawn turns SIGTERM into a clean poweroff of the container.
         kill -TERM "$nspawn_pid" 2>/dev/null || true
         for _ in $(seq 100); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$nspawn_pid" 2>/dev/null || true
     fi
     wait "$nspawn_pid" 2>/dev/null || true
+    nspawn_pid=
+    leader=
+}
+cleanup() {
+    local rc=$?
+    # A failure that did not go through `fail` (a command under `set -e`): still show
+    # what the container said.
+    [ "$rc" = 0 ] || print_console
+    stop_container
 }
 trap cleanup EXIT
 
-for _ in $(seq 100); do
-    leader=$(pgrep -P "$nspawn_pid" | head -1 || true)
-    [ -n "$leader" ] && break
-    kill -0 "$nspawn_pid" 2>/dev/null || fail "systemd-nspawn exited: $(tail -20 "$console_log")"
-    sleep 0.1
-done
-[ -n "$leader" ] || fail "no container process"
+# The container's PID 1, as a host PID: the process below nspawn that is PID 1 in a
+# PID namespace of its own. nspawn first forks a short-lived helper in the host's
+# namespace (it sets up mounts, then starts the real init and exits); entering that
+# helper's namespaces fails once it is gone, so it must never be taken for the leader.
+find_leader() {
+    local own_ns pid ns nspid
+    own_ns=$(readlink "/proc/$nspawn_pid/ns/pid") || return 1
+    # Descendants, breadth first: the init may be a child or a grandchild of nspawn.
+    local queue=("$nspawn_pid")
+    while [ ${#queue[@]} -gt 0 ]; do
+        local parent=${queue[0]}
+        queue=("${queue[@]:1}")
+        for pid in $(pgrep -P "$parent" || true); do
+            queue+=("$pid")
+            ns=$(readlink "/proc/$pid/ns/pid" 2>/dev/null) || continue
+            [ "$ns" != "$own_ns" ] || continue
+            # NSpid: the host PID, then the PID in each nested namespace: 1 innermost.
+            nspid=$(awk '/^NSpid:/ {print $NF}' "/proc/$pid/status" 2>/dev/null) || continue
+            [ "$nspid" = 1 ] || continue
+            echo "$pid"
+            return 0
+        done
+    done
+    return 1
+}
 
 # Runs a command inside the container, as root, with the container's root and PATH.
 ct() {
@@ -147,12 +216,48 @@ ct() {
 }
 ct_sh() { ct /bin/sh -c "$1"; }
 
-wait_for 30 "systemd in the container answers" ct test -S /run/systemd/private
-state=$(ct timeout 60 systemctl is-system-running --wait || true)
-case "$state" in
-running | degraded) echo "container: $state" ;;
-*) fail "the container did not boot ($state): $(tail -20 "$console_log")" ;;
-esac
+# Boots the root and waits until systemd inside says it is up; sets nspawn_pid and
+# leader. Every failure prints the container's console.
+boot_container() {
+    systemd-nspawn -D "$root" --boot --register=no --keep-unit --private-network \
+        --console=read-only -M switchboard-test >"$console_log" 2>&1 &
+    nspawn_pid=$!
+    leader=
+    for _ in $(seq 300); do
+        leader=$(find_leader || true)
+        [ -n "$leader" ] && break
+        kill -0 "$nspawn_pid" 2>/dev/null || fail "systemd-nspawn exited before the container's init started"
+        sleep 0.1
+    done
+    [ -n "$leader" ] || fail "no process below systemd-nspawn is PID 1 of its own namespace (after 30s)"
+    wait_for 30 "systemd in the container answers" ct test -S /run/systemd/private
+    local state
+    state=$(ct timeout 60 systemctl is-system-running --wait || true)
+    case "$state" in
+    running | degraded) ;;
+    *) fail "the container did not boot ($state)" ;;
+    esac
+    # The leader is still the one we entered: the boot did not replace it.
+    [ "$(ct cat /proc/1/comm)" = systemd ] || fail "PID 1 in the container is not systemd"
+    container_state=$state
+}
+
+if [ "$boot_loop" != 0 ]; then
+    say "boot loop: systemd-nspawn --boot, $boot_loop times"
+    for i in $(seq "$boot_loop"); do
+        started=$(date +%s%N)
+        boot_container
+        stop_container
+        printf 'boot %d/%d: %s, leader found and entered, %d ms\n' "$i" "$boot_loop" \
+            "$container_state" "$((($(date +%s%N) - started) / 1000000))"
+    done
+    say "$boot_loop boots, no failure"
+    exit 0
+fi
+
+say "boot it: systemd-nspawn --boot"
+boot_container
+echo "container: $container_state"
 
 # What the root holds before the package, to compare after purge. dpkg's and apt's
 # own records, logs and caches change by design; /root is this test's scratch space.

@@ -14,26 +14,39 @@ command -v mosquitto_passwd >/dev/null || need_apt+=(mosquitto)
 # systemd-analyze checks the packaged unit (verify, security score); no running systemd.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v python3 >/dev/null || need_apt+=(python3)
+# curl runs the README's HTTP example (tests/readme.rs).
+command -v curl >/dev/null || need_apt+=(curl)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 # Node.js and npm run the Socket.IO and `ws` peers of the benchmark harness (loadgen/).
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${need_apt[@]}"
+    if [ "$(id -u)" = 0 ]; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq "${need_apt[@]}"
+    else
+        # Not root: no apt. Say exactly what to install rather than fail halfway.
+        echo "scripts/test.sh: missing system packages; install them, then run again:" >&2
+        echo "    sudo apt-get install ${need_apt[*]}" >&2
+        exit 1
+    fi
 fi
+
+# Python packages go to the user's site-packages when not root.
+pip_user=()
+[ "$(id -u)" = 0 ] || pip_user=(--user)
 
 # paho-mqtt 2.x, pinned: the tests use its v2 callback API.
 if ! python3 -c 'import paho.mqtt, sys; sys.exit(0 if paho.mqtt.__version__.startswith("2.") else 1)' 2>/dev/null; then
-    python3 -m pip install --quiet 'paho-mqtt==2.1.0' 2>/dev/null \
-        || python3 -m pip install --quiet --break-system-packages 'paho-mqtt==2.1.0'
+    python3 -m pip install --quiet "${pip_user[@]}" 'paho-mqtt==2.1.0' 2>/dev/null \
+        || python3 -m pip install --quiet "${pip_user[@]}" --break-system-packages 'paho-mqtt==2.1.0'
 fi
 
 # schemathesis, pinned, for the OpenAPI conformance test (tests/openapi.rs).
 if ! python3 -c 'import schemathesis, sys; sys.exit(0 if schemathesis.__version__ == "4.32.5" else 1)' 2>/dev/null; then
-    python3 -m pip install --quiet 'schemathesis==4.32.5' 2>/dev/null \
-        || python3 -m pip install --quiet --break-system-packages 'schemathesis==4.32.5'
+    python3 -m pip install --quiet "${pip_user[@]}" 'schemathesis==4.32.5' 2>/dev/null \
+        || python3 -m pip install --quiet "${pip_user[@]}" --break-system-packages 'schemathesis==4.32.5'
 fi
 
 # The harness's Node peers, pinned by their package-lock.json.
@@ -48,4 +61,8 @@ cargo test --workspace
 
 # The .deb on a real systemd: built, linted, installed, reloaded, upgraded and purged
 # inside a Debian bookworm booted with systemd-nspawn (docs/packaging.md).
-bash scripts/test-package.sh
+if [ "$(id -u)" = 0 ]; then
+    bash scripts/test-package.sh
+else
+    echo "package test skipped: needs root (debootstrap, systemd-nspawn); run: sudo bash scripts/test-package.sh"
+fi

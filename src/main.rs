@@ -65,6 +65,18 @@ fn main() -> ExitCode {
         Command::Serve { config } => report(serve(config)),
         Command::CheckConfig { path, print } => match Config::load(Some(&path)) {
             Ok(config) => {
+                // Valid TOML that names a missing credential would still not start.
+                let problems = switchboard::config::files::check(&config);
+                if !problems.is_empty() {
+                    for problem in &problems {
+                        eprintln!("error: {}: {problem}", path.display());
+                    }
+                    eprintln!(
+                        "{}: configuration is not usable: serve would fail on the above",
+                        path.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
                 if print {
                     print!("{config}");
                 }

@@ -133,13 +133,20 @@ fn broken_configuration_is_reported_and_never_served() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("SWITCHBOARD_WS_MAX_SUBSCRIPTIONS"));
-    // And the annotated default configuration is itself valid.
+    // And the annotated default configuration is itself valid, given the credential
+    // files the package makes at install (here in the test's directory).
     let annotated = dir.path().join("default.toml");
     let out = Command::new(BIN).arg("default-config").output().unwrap();
     std::fs::write(&annotated, &out.stdout).unwrap();
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let passwd = dir.path().join("passwd");
+    std::fs::write(&passwd, "").unwrap();
     let out = Command::new(BIN)
         .arg("check-config")
         .arg(&annotated)
+        .env("SWITCHBOARD_AUTH_ADMIN_TOKEN_FILE", &token)
+        .env("SWITCHBOARD_MQTT_PASSWORD_FILE", &passwd)
         .output()
         .unwrap();
     assert!(

@@ -6,14 +6,16 @@
 
 use std::borrow::Cow;
 use std::io::Write;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use tokio::io::AsyncBufReadExt;
+use tokio::sync::broadcast;
 
 use super::ConnectArgs;
-use switchboard_client::{Client, Message, Since};
+use switchboard_client::{Client, Event, Message, Since};
 use switchboard_core::topic;
 
 #[derive(clap::Args, Debug)]
@@ -55,10 +57,20 @@ pub struct PubArgs {
     pub lines: bool,
 }
 
+/// The longest wait between reconnect attempts. The library's default (10 s) spreads
+/// thousands of clients over a restarted server; one person at a terminal wants the
+/// messages as soon as the daemon is back.
+const SUB_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// Subscribes to every filter and prints messages until `--count` is reached. Rides out
-/// server restarts (the client reconnects); fails only when the server refuses us.
+/// server restarts (the client reconnects, and resumes topics with a history); says on
+/// stderr when the connection is lost and back. Fails only when the server refuses us.
 pub async fn run_sub(args: SubArgs) -> anyhow::Result<()> {
-    let client = Client::connect(args.connect.options()).await?;
+    let mut options = args.connect.options();
+    options.backoff_max = SUB_BACKOFF_MAX;
+    let client = Client::connect(options).await?;
+    // Taken before subscribing, so no event of this connection is missed.
+    let mut events = client.events();
     let mut streams = Vec::with_capacity(args.filters.len());
     for (index, filter) in args.filters.iter().enumerate() {
         let subscription = client
@@ -69,8 +81,22 @@ pub async fn run_sub(args: SubArgs) -> anyhow::Result<()> {
     }
     let mut messages = futures_util::stream::select_all(streams);
     let mut printed = 0u64;
+    let mut events_open = true;
     while args.count.is_none_or(|n| printed < n) {
-        let Some((index, msg)) = messages.next().await else {
+        let next = tokio::select! {
+            next = messages.next() => next,
+            event = events.recv(), if events_open => {
+                match event {
+                    Ok(event) => report_event(&event),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        eprintln!("switchboard sub: {n} connection events not shown");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => events_open = false,
+                }
+                continue;
+            }
+        };
+        let Some((index, msg)) = next else {
             match client.closed_reason() {
                 Some(reason) => bail!(reason),
                 None => bail!("the connection ended"),
@@ -96,6 +122,35 @@ pub async fn run_sub(args: SubArgs) -> anyhow::Result<()> {
     }
     client.close().await;
     Ok(())
+}
+
+/// Tells the person at the terminal what happened to the connection: stdout carries
+/// only messages, so a pipe is not disturbed.
+fn report_event(event: &Event) {
+    match event {
+        Event::Disconnected {
+            reason,
+            reconnecting: true,
+            ..
+        } => eprintln!("switchboard sub: connection lost ({reason}); reconnecting"),
+        Event::Connected { .. } => {
+            eprintln!("switchboard sub: reconnected; subscriptions restored");
+        }
+        Event::Gap { topic } => eprintln!(
+            "switchboard sub: some messages on `{topic}` published while disconnected are gone (not in its history)"
+        ),
+        Event::Lagged { dropped } => {
+            eprintln!("switchboard sub: the server dropped {dropped} messages (reading too slowly)");
+        }
+        Event::Unsubscribed { filters, message } => {
+            eprintln!("switchboard sub: unsubscribed from {filters:?}: {message}");
+        }
+        Event::ServerError { code, message } => {
+            eprintln!("switchboard sub: server error `{code}`: {message}");
+        }
+        // The final disconnect is reported when the stream ends; the rest is not ours.
+        _ => {}
+    }
 }
 
 /// One output line for a message.

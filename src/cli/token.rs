@@ -89,7 +89,14 @@ pub fn create(args: &CreateArgs) -> anyhow::Result<String> {
     let path = args.config.display();
     let keys = &config.auth.jwt;
     if keys.is_empty() {
-        bail!("no JWT keys are configured ([[auth.jwt]] in {path})");
+        // Say exactly what to add: the first token is often the first contact with JWTs.
+        bail!(
+            "no JWT keys are configured ([[auth.jwt]] in {path}). For a shared-secret key, \
+             make a secret of at least 32 bytes and name it in the configuration:\n\n    \
+             head -c 32 /dev/urandom > jwt.secret && chmod 600 jwt.secret\n    \
+             printf '[[auth.jwt]]\\nalgorithm = \"HS256\"\\nsecret_file = \"jwt.secret\"\\n' >> {path}\n\n\
+             (docs/security.md has RS256, ES256 and EdDSA keys)"
+        );
     }
     // The keys the daemon would load, checked first: a broken one is reported as such.
     let verifier =

@@ -20,6 +20,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 mod env;
 mod errors;
+pub mod files;
 mod mqtt;
 
 use crate::auth::config::AuthConfig;

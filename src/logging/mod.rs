@@ -71,7 +71,7 @@ impl LogControl {
             *configured = filter.to_owned();
             return Ok(LogChange::EnvWins);
         }
-        let new = EnvFilter::try_new(filter).map_err(|source| LogError::Filter {
+        let new = EnvFilter::try_new(quiet_broker(filter)).map_err(|source| LogError::Filter {
             filter: filter.to_owned(),
             source,
         })?;
@@ -81,12 +81,29 @@ impl LogControl {
     }
 }
 
+/// The configured filter with the embedded broker's own logs (target `rumqttd`) kept
+/// to warnings: at `info` its router logs every MQTT client's connection and
+/// subscription, and an operator used to Mosquitto expects a quiet log. A filter that
+/// names `rumqttd` itself, or that is quieter than `warn` anyway, is left as it is.
+/// `RUST_LOG` is never changed.
+pub fn quiet_broker(filter: &str) -> String {
+    let quieter = filter
+        .split(',')
+        .any(|d| matches!(d.trim().to_ascii_lowercase().as_str(), "error" | "off"));
+    if filter.contains("rumqttd") || quieter {
+        filter.to_owned()
+    } else {
+        format!("{filter},rumqttd=warn")
+    }
+}
+
 /// Installs the global subscriber; `RUST_LOG` wins over `default_filter`.
 pub fn init(default_filter: &str) -> LogControl {
     let (filter, from_env) = match EnvFilter::try_from_default_env() {
         Ok(f) => (f, true),
         Err(_) => (
-            EnvFilter::try_new(default_filter).unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_new(quiet_broker(default_filter))
+                .unwrap_or_else(|_| EnvFilter::new(quiet_broker("info"))),
             false,
         ),
     };
@@ -113,5 +130,18 @@ pub fn init(default_filter: &str) -> LogControl {
         handle: Some(handle),
         from_env,
         configured: Mutex::new(default_filter.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quiet_broker;
+
+    #[test]
+    fn the_broker_is_quiet_unless_named_or_everything_is_quieter() {
+        assert_eq!(quiet_broker("info"), "info,rumqttd=warn");
+        assert_eq!(quiet_broker("debug"), "debug,rumqttd=warn");
+        assert_eq!(quiet_broker("info,rumqttd=info"), "info,rumqttd=info");
+        assert_eq!(quiet_broker("error"), "error");
     }
 }

@@ -158,7 +158,19 @@ impl Daemon {
         self.respawn();
     }
 
-    fn respawn(&mut self) {
+    /// Stops the daemon gracefully (SIGTERM) and leaves it stopped; [`Daemon::respawn`]
+    /// starts it again.
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        if self.wait_exit(Duration::from_secs(15)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Starts the daemon again with the same configuration file, environment and data
+    /// directory (after [`Daemon::stop`]).
+    pub fn respawn(&mut self) {
         let (child, logs, addrs) = spawn(&self.config_path, &self.data_dir(), &self.env);
         self.child = child;
         self.logs = logs;
