@@ -57,6 +57,10 @@ fi
 # Fan-out tests open a few thousand sockets.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+# The daemon's modules import one another without cycles and never up a layer
+# (docs/architecture.md).
+python3 scripts/layers.py
+
 cargo test --workspace
 
 # The .deb on a real systemd: built, linted, installed, reloaded, upgraded and purged

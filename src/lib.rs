@@ -1,18 +1,22 @@
-//! switchboard: a real-time gateway for the edge.
+//! switchboard: a real-time gateway for the edge. docs/architecture.md is the map.
 //!
-//! The tree follows the data path (see docs/ and DESIGN): [`topic`] says what a topic
-//! is, [`protocol`] what a WebSocket frame is, [`hub`] routes messages between
-//! sessions, [`ws`] serves WebSocket connections, [`http`] the HTTP listener, [`mqtt`]
-//! joins the embedded MQTT broker (crate `switchboard-bridge`) to the hub, [`auth`] says
-//! which devices may connect and what they may do, [`tls`] loads and reloads certificates,
-//! [`store`] keeps what must survive a restart, [`webhook`] delivers
-//! events to HTTP endpoints, [`bridges`] links the Hub to other MQTT brokers, [`metrics`] shows the live figures, [`server`] starts and
-//! stops it all, [`reload`] applies a changed configuration on SIGHUP ([`live`] holds the parts it adds and removes), [`logging`] sets up logs, [`systemd`] tells the service manager how that goes, [`config`] reads the configuration, and
-//! [`client`] is the Rust client that talks to a running daemon.
+//! The tree follows the data path and its layers, lowest first: [`settings`], [`hex`],
+//! [`throttle`], [`background`] (task ownership) and [`metrics`] (the registry parts
+//! register into) are leaves; [`store`] keeps what must survive a restart and [`tls`]
+//! loads certificates; [`auth`] says who a client is and what it may do, [`history`]
+//! keeps per-topic streams; [`hub`] routes every message; [`mqtt`] joins the embedded
+//! broker (crate `switchboard-bridge`) to the hub, [`live`] holds the parts a reload adds
+//! and removes, [`systemd`] talks to the service manager; [`outbound_webhooks`] and
+//! [`recordings`] keep and deliver what the hub routes; [`uplinks`] bridges to upstream
+//! MQTT brokers and [`logging`] writes logs; [`http`] serves the HTTP listener, the REST
+//! API and inbound webhooks; [`ws`] serves WebSocket connections; [`config`] composes
+//! every module's configuration section; [`reload`] applies a changed configuration on
+//! SIGHUP and [`cli`] is the command line; [`server`] opens every part and hands each
+//! consumer its narrow pieces. Topic rules, the wire protocol and the message
+//! vocabulary are the crate `switchboard-core`; the Rust client is `switchboard-client`.
 
 pub mod auth;
 pub mod background;
-pub mod bridges;
 pub mod cli;
 pub mod config;
 pub mod hex;
@@ -23,7 +27,8 @@ pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod mqtt;
-pub mod recorder;
+pub mod outbound_webhooks;
+pub mod recordings;
 pub mod reload;
 pub mod server;
 pub mod settings;
@@ -31,5 +36,5 @@ pub mod store;
 pub mod systemd;
 pub mod throttle;
 pub mod tls;
-pub mod webhook;
+pub mod uplinks;
 pub mod ws;

@@ -2,7 +2,7 @@
 //! endpoints, bridge links): the list the Hub's taps read, and one task per part that
 //! can be stopped on its own.
 //!
-//! Owns no part itself: `crate::webhook` and `crate::bridges` decide what a part is and
+//! Owns no part itself: `crate::outbound_webhooks` and `crate::uplinks` decide what a part is and
 //! what its task does.
 
 use std::collections::HashMap;

@@ -21,14 +21,14 @@ use crate::auth::apikeys::KeyFile;
 use crate::auth::devices::DeviceGate;
 use crate::auth::devices::DeviceRules;
 use crate::auth::{Accepted, Authenticator, Kind, Principal};
-use crate::bridges::{BridgePlan, Bridges};
 use crate::config::Config;
-use crate::http::hooks::{HookSecrets, Hooks};
+use crate::http::inbound_webhooks::{HookSecrets, Hooks};
 use crate::hub::outbox::CloseReason;
 use crate::hub::Hub;
 use crate::logging::{LogChange, LogControl};
+use crate::outbound_webhooks::{WebhookPlan, Webhooks};
 use crate::tls::{TlsReloader, TlsUpdate};
-use crate::webhook::{WebhookPlan, Webhooks};
+use crate::uplinks::{BridgePlan, Bridges};
 use switchboard_core::protocol::close;
 
 /// Settings a reload puts in force; a change to any other one waits for a restart.

@@ -506,15 +506,18 @@ async fn sigkill_while_publishing_and_recording_loses_at_most_the_flush_interval
             })
         };
         loop {
-            let frame = json!({"op":"pub","topic":"log/k","data":{"i":next}}).to_string();
+            // Each value is sent once: one the kill left unacknowledged may still have
+            // been stored, so the next round must not send it again.
+            let value = next;
+            next += 1;
+            let frame = json!({"op":"pub","topic":"log/k","data":{"i":value}}).to_string();
             if p.ws.send(WsMessage::text(frame)).await.is_err() {
                 break;
             }
             match p.try_recv(Duration::from_secs(2)).await {
-                Some(r) if r["op"] == "ok" => acked.push((next, Instant::now())),
+                Some(r) if r["op"] == "ok" => acked.push((value, Instant::now())),
                 _ => break,
             }
-            next += 1;
             if started.elapsed() > Duration::from_secs(10) {
                 panic!("the daemon was not killed");
             }

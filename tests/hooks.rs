@@ -12,7 +12,7 @@ use base64::Engine;
 use common::{Daemon, Raw, BIN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use switchboard::webhook::signature::{github_signature, sign};
+use switchboard::outbound_webhooks::signature::{github_signature, sign};
 
 const GITHUB_SECRET: &[u8] = b"It's a Secret to Everybody";
 /// The Standard Webhooks key; its file holds it as `whsec_<base64>`.

@@ -17,7 +17,7 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use common::{mosquitto_pub, Daemon, Raw};
-use switchboard::webhook::signature::verify_standard;
+use switchboard::outbound_webhooks::signature::verify_standard;
 
 const SECRET: &str = "webhook-test-secret-0123456789";
 const ADMIN: &str = "admin-token-for-the-webhook-tests";

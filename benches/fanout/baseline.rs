@@ -4,7 +4,7 @@
 //! It is what a careful afternoon's work gives: one task per connection, a tokio
 //! `broadcast` channel, each published frame serialised once and shared by every
 //! subscriber, writes batched per wake-up, and tungstenite's read buffer at 4 KiB
-//! (DESIGN.md: the 128 KiB default is zero-filled before every read). It speaks just
+//! (tungstenite 0.29 zero-fills its whole 128 KiB default before every read attempt). It speaks just
 //! enough of switchboard's protocol for the bench clients: a welcome, an `ok` for
 //! every request, and `msg` frames for `pub` to every connection that sent a `sub`
 //! (topics are ignored: the bench uses one).

@@ -24,7 +24,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use switchboard::webhook::signature::verify_standard;
+use switchboard::outbound_webhooks::signature::verify_standard;
 use switchboard_bench::daemon::Daemon;
 use switchboard_bench::harness::{self, thousands};
 use switchboard_bench::host;

@@ -49,7 +49,7 @@ pub fn check(config: &Config) -> Vec<String> {
     if let Err(e) = crate::tls::TlsReloader::from_config(&config.tls, &config.tls_listeners()) {
         problems.push(format!("[tls]: {e}"));
     }
-    if let Err(e) = crate::http::hooks::Hooks::from_config(&config.hooks) {
+    if let Err(e) = crate::http::inbound_webhooks::Hooks::from_config(&config.hooks) {
         problems.push(format!("[[hooks]]: {e}"));
     }
     problems

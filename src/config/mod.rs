@@ -28,11 +28,11 @@ use crate::http::config::{HttpConfig, MetricsConfig};
 use crate::hub::config::PresenceConfig;
 use crate::hub::outbox::QueueLimits;
 use crate::hub::HubConfig;
-use crate::recorder::RecordingConfig;
+use crate::outbound_webhooks::config::WebhookConfig;
+use crate::recordings::RecordingConfig;
 use crate::settings::{nz, positive_duration, Listen};
 use crate::store::StoreConfig;
 use crate::tls::{TlsConfig, TlsListeners};
-use crate::webhook::config::WebhookConfig;
 use crate::ws::config::WsConfig;
 
 use env::{key_paths, value_at};
@@ -62,18 +62,18 @@ pub struct Config {
     pub tls: TlsConfig,
     pub shutdown: ShutdownConfig,
     pub store: StoreConfig,
-    /// Recordings and replays (`crate::recorder`, docs/recordings.md).
+    /// Recordings and replays (`crate::recordings`, docs/recordings.md).
     pub recording: RecordingConfig,
     /// Outbound webhook endpoints (`[[webhooks]]`); none by default.
-    #[serde(deserialize_with = "crate::webhook::config::unique")]
+    #[serde(deserialize_with = "crate::outbound_webhooks::config::unique")]
     pub webhooks: Vec<WebhookConfig>,
     pub metrics: MetricsConfig,
     /// Links to upstream MQTT brokers (`[[bridges]]`, docs/bridges.md); none by default.
-    #[serde(deserialize_with = "crate::bridges::config::bridges")]
-    pub bridges: Vec<crate::bridges::config::LinkConfig>,
+    #[serde(deserialize_with = "crate::uplinks::config::bridges")]
+    pub bridges: Vec<crate::uplinks::config::LinkConfig>,
     /// Inbound webhooks: `POST /hooks/<name>` publishes signed bodies (docs/hooks.md).
-    #[serde(deserialize_with = "crate::http::hooks::config::unique_names")]
-    pub hooks: Vec<crate::http::hooks::HookConfig>,
+    #[serde(deserialize_with = "crate::http::inbound_webhooks::config::unique_names")]
+    pub hooks: Vec<crate::http::inbound_webhooks::HookConfig>,
 }
 
 /// `[shutdown]`: read by the root alone, which runs the shutdown, so it stays here.

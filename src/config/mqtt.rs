@@ -3,7 +3,7 @@
 //!
 //! The section is one table in the file, but no module below the root reads it whole:
 //! the broker crate listens with [`MqttConfig::broker`], `crate::auth` decides who a
-//! device is and what it may do with [`MqttConfig::devices`], and `crate::bridges` is
+//! device is and what it may do with [`MqttConfig::devices`], and `crate::uplinks` is
 //! handed the external broker. So the composition root owns it, and the MQTT seam
 //! (`crate::mqtt`) stays free of the auth and bridge types the section names.
 
@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::config::{AclRule, DeviceAuthConfig};
-use crate::bridges::config::LinkConfig;
 use crate::settings::{nz, positive_duration, Listen};
+use crate::uplinks::config::LinkConfig;
 
 /// The embedded broker's listeners and limits, who its devices are, or the external
 /// broker that replaces it.
@@ -56,7 +56,7 @@ pub struct MqttConfig {
     /// `[mqtt.external]` instead (docs/bridges.md).
     pub mode: MqttMode,
     /// The broker of external mode.
-    #[serde(deserialize_with = "crate::bridges::config::external")]
+    #[serde(deserialize_with = "crate::uplinks::config::external")]
     pub external: Option<LinkConfig>,
 }
 

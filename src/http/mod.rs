@@ -1,11 +1,11 @@
 //! The HTTP listener ([`listener`]) and its routes: health, metrics, the REST API
-//! ([`api`]) and inbound webhooks ([`hooks`]), in one router that the WebSocket side
+//! ([`api`]) and inbound webhooks ([`inbound_webhooks`]), in one router that the WebSocket side
 //! extends with `/ws` and reuses for HTTP carried over a WebSocket. Handlers take their
 //! narrow parts of [`state::HttpState`].
 
 pub mod api;
 pub mod config;
-pub mod hooks;
+pub mod inbound_webhooks;
 pub mod listener;
 mod metrics;
 pub mod state;
@@ -24,7 +24,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
         .nest("/api/v1", api::router(state.limits))
-        .merge(hooks::routes())
+        .merge(inbound_webhooks::routes())
         .layer(axum::extract::DefaultBodyLimit::max(
             state.limits.max_message_size,
         ))

@@ -11,14 +11,14 @@ use tokio_util::sync::CancellationToken;
 use switchboard_bridge::Broker;
 
 use super::api::IdempotencyCache;
-use super::hooks::Hooks;
+use super::inbound_webhooks::Hooks;
 use super::listener::ListenerStats;
 use crate::auth::Authenticator;
-use crate::bridges::Bridges;
 use crate::hub::Hub;
 use crate::metrics::Registry;
-use crate::recorder::Recorder;
-use crate::webhook::Webhooks;
+use crate::outbound_webhooks::Webhooks;
+use crate::recordings::Recorder;
+use crate::uplinks::Bridges;
 
 /// Sizes and windows the handlers enforce, from `[ws]` and `[http]`.
 #[derive(Debug, Clone, Copy)]

@@ -12,7 +12,7 @@ use super::WsState;
 use crate::auth::{Kind, Principal};
 use crate::hub::outbox::CloseReason;
 use crate::hub::{HubError, Sender, Session};
-use crate::recorder::StartRequest;
+use crate::recordings::StartRequest;
 use switchboard_core::message::{Origin, Publish};
 use switchboard_core::protocol::{
     close, parse_request, ErrorCode, OkReply, Record, Request, RequestError, ServerFrame,
@@ -182,7 +182,7 @@ fn apply(state: &WsState, session: &Arc<Session>, request: Request<'_>) -> Resul
 /// The `record` op: the same operation as `POST /api/v1/recordings` (and `…/stop`),
 /// with the connection's identity; the reply carries the recording.
 fn recording(
-    recorder: Arc<crate::recorder::Recorder>,
+    recorder: Arc<crate::recordings::Recorder>,
     principal: Arc<Principal>,
     id: Option<&serde_json::value::RawValue>,
     record: Record,

@@ -40,7 +40,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{AuthError, Authenticator, Principal};
 use crate::hub::Hub;
 use crate::metrics::Instruments;
-use crate::recorder::Recorder;
+use crate::recordings::Recorder;
 use config::WsConfig;
 use connection::Identity;
 

@@ -38,7 +38,8 @@ type Reply = oneshot::Sender<Result<Incoming, ClientError>>;
 type Ack = oneshot::Sender<Result<(), ClientError>>;
 
 /// Socket read chunk. tungstenite zero-fills its whole read buffer before every read;
-/// at the default 128 KiB that memset dominated a fan-out test's CPU (see DESIGN.md).
+/// at the default 128 KiB that memset dominated a fan-out test's CPU (with 4 KiB a plain
+/// broadcast server went from 100% to 40% of a core at 1,000 connections).
 const READ_BUFFER: usize = 4 * 1024;
 /// Frames handed to the writer task and not yet written.
 const WRITE_QUEUE: usize = 256;

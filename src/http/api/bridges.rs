@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::{ApiError, Caller};
-use crate::bridges::Bridges;
 use crate::http::state::HttpState;
+use crate::uplinks::Bridges;
 use switchboard_core::protocol::ErrorCode;
 
 pub fn routes() -> Router<HttpState> {

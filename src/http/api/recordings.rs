@@ -1,6 +1,6 @@
 //! `/api/v1/recordings` and `/api/v1/replays`: start, stop, inspect, delete, export
 //! and import recordings, and replay them. Each caller sees and manages its own; the
-//! admin sees all. The work is `crate::recorder`'s; this file maps HTTP onto it. The
+//! admin sees all. The work is `crate::recordings`'s; this file maps HTTP onto it. The
 //! OpenAPI description is `openapi/recordings.json`; keep them equal.
 
 use std::convert::Infallible;
@@ -16,9 +16,9 @@ use serde_json::{json, Value};
 
 use super::{body, ApiBytes, ApiError, ApiPath, Caller};
 use crate::http::state::{HttpState, Limits};
-use crate::recorder::replay::Action;
-use crate::recorder::Recorder;
-use crate::recorder::{
+use crate::recordings::replay::Action;
+use crate::recordings::Recorder;
+use crate::recordings::{
     export, RecorderError, RecordingView, ReplayRequest, ReplayView, StartRequest,
 };
 use switchboard_core::protocol::ErrorCode;

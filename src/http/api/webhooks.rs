@@ -13,9 +13,9 @@ use serde_json::{json, Value};
 
 use super::{ApiError, Caller};
 use crate::http::state::HttpState;
+use crate::outbound_webhooks::Endpoint;
+use crate::outbound_webhooks::Webhooks;
 use crate::store::StoreError;
-use crate::webhook::Endpoint;
-use crate::webhook::Webhooks;
 use switchboard_core::protocol::ErrorCode;
 
 /// Dead letters listed when the request names no `limit`, and the most it may ask.

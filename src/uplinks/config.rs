@@ -160,7 +160,7 @@ fn address<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
     // Empty is allowed here (`[mqtt.external]` has none); `bridges` requires one.
-    if !s.is_empty() && !crate::webhook::config::is_valid_name(&s) {
+    if !s.is_empty() && !crate::outbound_webhooks::config::is_valid_name(&s) {
         return Err(serde::de::Error::custom(format!(
             "bridge name `{s}` must be 1 to 64 letters, digits, `-`, `_` or `.`"
         )));

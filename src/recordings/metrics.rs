@@ -4,7 +4,7 @@ use super::Recorder;
 use crate::metrics::families::DROPPED;
 use crate::metrics::{read, Snapshot, Source};
 
-/// Recordings and replays (`crate::recorder`).
+/// Recordings and replays (`crate::recordings`).
 impl Source for Recorder {
     fn collect(&self, s: &mut Snapshot) {
         let c = self.counters();

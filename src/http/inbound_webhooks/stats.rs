@@ -82,9 +82,9 @@ impl Counters {
     }
 }
 
-impl From<&crate::webhook::signature::SignatureError> for Refusal {
-    fn from(e: &crate::webhook::signature::SignatureError) -> Self {
-        use crate::webhook::signature::SignatureError as E;
+impl From<&crate::outbound_webhooks::signature::SignatureError> for Refusal {
+    fn from(e: &crate::outbound_webhooks::signature::SignatureError) -> Self {
+        use crate::outbound_webhooks::signature::SignatureError as E;
         match e {
             E::Missing(_) => Refusal::MissingSignature,
             E::Malformed(_) => Refusal::MalformedSignature,

@@ -12,7 +12,7 @@ use super::replay::{self, ReplayWindow};
 use super::secret::{Secret, SecretError};
 use super::stats::{Counters, HookCounts, Refusal};
 use crate::hub::{Hub, HubError};
-use crate::webhook::signature::{self, SignatureError};
+use crate::outbound_webhooks::signature::{self, SignatureError};
 use switchboard_core::grants::Grants;
 use switchboard_core::message::{Origin, Publish, Published};
 

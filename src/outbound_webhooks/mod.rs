@@ -1,6 +1,6 @@
 //! Webhooks out: configured HTTP endpoints that follow topics and lifecycle events like a
 //! subscriber would, with signed, retried, persisted deliveries. Inbound hooks (other
-//! services posting to us) live in `crate::http::hooks` and share [`signature`].
+//! services posting to us) live in `crate::http::inbound_webhooks` and share [`signature`].
 //!
 //! The path of an event: the hub calls [`tap`] (under a topic lock: it only serialises
 //! the event and offers it to a bounded channel, dropping and counting when full), the

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::settings::{nz, positive_duration};
 
-/// Recordings and replays (`crate::recorder`).
+/// Recordings and replays (`crate::recordings`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RecordingConfig {
