@@ -67,22 +67,30 @@ impl Drop for Sub {
     }
 }
 
-#[test]
-fn sub_says_it_lost_the_daemon_and_resumes_without_a_gap() {
-    // A fixed HTTP port, so the restarted daemon is where the subscriber looks.
+/// A free address for the HTTP listener, so a restarted daemon is where the subscriber
+/// looks.
+fn free_listen() -> String {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut daemon = Daemon::start_with_env(
-        "[[history.topics]]\nfilter = \"news/#\"\nkeep = 100\n",
-        &[("SWITCHBOARD_HTTP_LISTEN", listen.as_str())],
-    );
-    let url = daemon.ws_url();
+    format!("127.0.0.1:{port}")
+}
 
+/// A daemon on `listen` that keeps the history of `news/#`.
+fn start_daemon(listen: &str) -> Daemon {
+    Daemon::start_with_env(
+        "[[history.topics]]\nfilter = \"news/#\"\nkeep = 100\n",
+        &[("SWITCHBOARD_HTTP_LISTEN", listen)],
+    )
+}
+
+/// Starts `switchboard sub -v` on `filters` and waits until it receives: it connects in
+/// the background, so `news/feed` is published until a message comes through.
+fn start_sub(url: &str, filters: &[&str]) -> (Sub, Lines, Lines) {
     let mut child = Command::new(BIN)
-        .args(["sub", "-v", "--url", &url, "news/feed", "live/+"])
+        .args(["sub", "-v", "--url", url])
+        .args(filters)
         .env_remove("SWITCHBOARD_TOKEN")
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
@@ -91,15 +99,24 @@ fn sub_says_it_lost_the_daemon_and_resumes_without_a_gap() {
         .expect("start switchboard sub");
     let out = collect(child.stdout.take().expect("stdout"));
     let err = collect(child.stderr.take().expect("stderr"));
-    let _sub = Sub(child);
-
-    // Subscribed once a message comes through (it connects in the background).
+    let sub = Sub(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !snapshot(&out).iter().any(|l| l == "news/feed before") {
         assert!(Instant::now() < deadline, "the subscriber got nothing");
-        publish(&url, "news/feed", "before");
+        publish(url, "news/feed", "before");
         std::thread::sleep(Duration::from_millis(200));
     }
+    (sub, out, err)
+}
+
+#[test]
+fn sub_says_it_lost_the_daemon_and_resumes_without_a_gap() {
+    // A fixed HTTP port, so the restarted daemon is where the subscriber looks.
+    let listen = free_listen();
+    let mut daemon = start_daemon(&listen);
+    let url = daemon.ws_url();
+
+    let (_sub, out, err) = start_sub(&url, &["news/feed", "live/+"]);
     let before = snapshot(&out).len();
 
     daemon.stop();
@@ -157,33 +174,10 @@ fn sub_says_it_lost_the_daemon_and_resumes_without_a_gap() {
 fn sub_resumes_what_was_published_while_it_was_disconnected() {
     // Published while the subscriber cannot be connected (its process is stopped), so
     // only the topic's history can bring them.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut daemon = Daemon::start_with_env(
-        "[[history.topics]]\nfilter = \"news/#\"\nkeep = 100\n",
-        &[("SWITCHBOARD_HTTP_LISTEN", listen.as_str())],
-    );
+    let listen = free_listen();
+    let mut daemon = start_daemon(&listen);
     let url = daemon.ws_url();
-    let mut child = Command::new(BIN)
-        .args(["sub", "-v", "--url", &url, "news/feed"])
-        .env_remove("SWITCHBOARD_TOKEN")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start switchboard sub");
-    let out = collect(child.stdout.take().expect("stdout"));
-    let err = collect(child.stderr.take().expect("stderr"));
-    let sub = Sub(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !snapshot(&out).iter().any(|l| l == "news/feed before") {
-        assert!(Instant::now() < deadline, "the subscriber got nothing");
-        publish(&url, "news/feed", "before");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (sub, out, err) = start_sub(&url, &["news/feed"]);
 
     // Stop the subscriber's process (SIGSTOP) while the daemon is down, until after
     // the restart and the publishes: it cannot reconnect before they are all in the
