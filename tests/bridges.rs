@@ -233,7 +233,9 @@ async fn in_and_both_rules_map_prefixes_without_a_loop() {
     assert_eq!(ws.next_msg().await["topic"], "data/marker");
     assert_eq!(up.next().await.0, "edge/data/marker");
 
-    let s = status(&d, "up").await;
+    // `forwarded` counts the upstream broker's PUBACKs, which can reach the bridge
+    // after the upstream subscriber already has the message.
+    let s = wait_status(&d, "up", |s| s["forwarded"] == 2).await;
     assert_eq!(s["received"], 2, "{s}");
     assert_eq!(s["forwarded"], 2, "{s}");
 }
