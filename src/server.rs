@@ -133,7 +133,6 @@ impl Daemon {
             },
             about: About {
                 started_at: self.started_at,
-                mqtt: self.broker.is_some(),
                 metrics_enabled: config.metrics.enabled,
                 metrics_public: config.metrics.public,
             },

@@ -35,8 +35,6 @@ pub struct Limits {
 pub struct About {
     /// Milliseconds since the Unix epoch when the daemon started.
     pub started_at: u64,
-    /// Whether the embedded MQTT broker runs.
-    pub mqtt: bool,
     /// `[metrics] enabled`: whether `/metrics` answers at all.
     pub metrics_enabled: bool,
     /// `[metrics] public`: whether `/metrics` answers without the admin credential.
@@ -83,6 +81,7 @@ parts!(
     hooks: Arc<Hooks>,
     metrics: Arc<Registry>,
     idempotency: Arc<IdempotencyCache>,
+    broker: Option<Arc<Broker>>,
     limits: Limits,
     about: About,
 );

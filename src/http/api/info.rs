@@ -9,6 +9,10 @@ use serde_json::json;
 
 use super::messages::MAX_BATCH;
 use super::{openapi, Caller};
+use std::sync::Arc;
+
+use switchboard_bridge::Broker;
+
 use crate::http::state::{About, HttpState, Limits};
 use switchboard_core::protocol;
 
@@ -20,6 +24,7 @@ pub fn routes() -> Router<HttpState> {
 
 async fn info(
     State(about): State<About>,
+    State(broker): State<Option<Arc<Broker>>>,
     State(limits): State<Limits>,
     _caller: Caller,
 ) -> Json<serde_json::Value> {
@@ -30,7 +35,7 @@ async fn info(
         "protocol": protocol::VERSION,
         "started_at": about.started_at,
         "uptime_s": now.saturating_sub(about.started_at) / 1000,
-        "mqtt": about.mqtt,
+        "mqtt": broker.is_some(),
         "limits": {
             "max_message_size": limits.max_message_size,
             "max_batch_messages": MAX_BATCH,
