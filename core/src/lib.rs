@@ -4,13 +4,15 @@
 //!
 //! [`topic`] says what a valid topic or filter is and whether one matches the other;
 //! [`protocol`] is the WebSocket wire format; [`message`] is what enters the Hub and what
-//! its observers see; [`grants`] is what one identity may do; [`clock`] stamps messages.
+//! its observers see; [`grants`] is what one identity may do; [`clock`] stamps messages;
+//! [`quiet`] keeps logs readable when a client repeats itself.
 
 pub mod backoff;
 pub mod clock;
 pub mod grants;
 pub mod message;
 pub mod protocol;
+pub mod quiet;
 pub mod topic;
 
 pub use grants::{Forbidden, Grants};
