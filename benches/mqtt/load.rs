@@ -46,6 +46,9 @@ pub enum Direction {
     /// A WebSocket client publishes, subscribers are on WebSocket: the control for
     /// `MqttToWs`, the same paced fan-out without the MQTT ingress.
     WsToWs,
+    /// A device publishes over MQTT/TCP, subscribers are MQTT/TCP devices: what the
+    /// embedded router does against Mosquitto's, with no WebSocket anywhere.
+    MqttToMqtt,
 }
 
 #[derive(Default)]
@@ -224,7 +227,7 @@ pub async fn setup(broker: &Broker, direction: Direction, subs: usize) -> io::Re
                 Direction::MqttToWs | Direction::WsToWs => {
                     ws_subscriber(kind, ws_addr, k).await.map(Sub::Ws)
                 }
-                Direction::WsToMqtt => {
+                Direction::WsToMqtt | Direction::MqttToMqtt => {
                     let mut c = MqttTcp::connect(mqtt_addr, &format!("benchsub{k}")).await?;
                     c.subscribe(FILTER).await?;
                     Ok(Sub::Mqtt(c))
@@ -246,7 +249,7 @@ pub async fn setup(broker: &Broker, direction: Direction, subs: usize) -> io::Re
         }
     }
     let (how, tx) = match direction {
-        Direction::MqttToWs => {
+        Direction::MqttToWs | Direction::MqttToMqtt => {
             let c = MqttTcp::connect(mqtt_addr, "benchpub").await?;
             let MqttTcp { r, tx } = c;
             tokio::task::spawn_local(async move {

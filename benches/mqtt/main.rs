@@ -4,9 +4,10 @@
 //! Run: `cargo bench --bench mqtt` (about 3 minutes), or `cargo bench --bench mqtt --
 //! --quick` (short windows). Options: `--subs 1,1000`, `--measure 3` (seconds per
 //! point), `--only switchboard|mosquitto`, `--rates 500,1000,2000` (messages/s, replaces
-//! every ladder), `--direction mqtt-ws|ws-mqtt|ws-ws` (one direction only; `ws-ws`, a
-//! WebSocket publisher to the WebSocket subscribers, is the control for `mqtt-ws` and
-//! runs only when asked for).
+//! every ladder), `--direction mqtt-ws|ws-mqtt|ws-ws|mqtt-mqtt` (one direction only;
+//! `ws-ws`, a WebSocket publisher to the WebSocket subscribers, is the control for
+//! `mqtt-ws`; `mqtt-mqtt`, MQTT/TCP subscribers of an MQTT publisher, measures the
+//! embedded router against Mosquitto's; both run only when asked for).
 //!
 //! One publisher connection, paced by a 1 ms tick (a burst per tick), publishes a
 //! 64-byte JSON payload carrying its send time and sequence number to `bench/x`; the
@@ -88,7 +89,8 @@ fn options() -> Options {
                     Some("mqtt-ws") => vec![Direction::MqttToWs],
                     Some("ws-mqtt") => vec![Direction::WsToMqtt],
                     Some("ws-ws") => vec![Direction::WsToWs],
-                    _ => panic!("--direction takes mqtt-ws, ws-mqtt or ws-ws"),
+                    Some("mqtt-mqtt") => vec![Direction::MqttToMqtt],
+                    _ => panic!("--direction takes mqtt-ws, ws-mqtt, ws-ws or mqtt-mqtt"),
                 };
             }
             "--only" => {
@@ -189,6 +191,9 @@ fn main() {
         }
         if o.directions.contains(&Direction::WsToWs) {
             cases.extend(subs_list.iter().map(|&s| (Direction::WsToWs, s)));
+        }
+        if o.directions.contains(&Direction::MqttToMqtt) {
+            cases.extend(subs_list.iter().map(|&s| (Direction::MqttToMqtt, s)));
         }
         if o.directions.contains(&Direction::WsToMqtt) {
             cases.push((Direction::WsToMqtt, 1));
@@ -318,6 +323,7 @@ fn name(d: Direction) -> &'static str {
         Direction::MqttToWs => "MQTT→WS",
         Direction::WsToMqtt => "WS→MQTT",
         Direction::WsToWs => "WS→WS",
+        Direction::MqttToMqtt => "MQTT→MQTT",
     }
 }
 
