@@ -31,6 +31,36 @@ use crate::{Credentials, Denied, Device, Permissions, Refusal, Shared, Transport
 /// UUID-based ids with room to spare and keeps ids usable in topic patterns.
 pub(crate) const MAX_CLIENT_ID_LEN: usize = 128;
 
+/// Most a connection may buffer before its CONNECT is complete. A real CONNECT is a few
+/// hundred bytes (a Last Will with a large payload being the exception); without this
+/// bound an anonymous socket could hold `max_packet_size` (1 MiB by default) for the whole
+/// connect timeout, and a thousand of them a gigabyte, before any credential is checked.
+pub(crate) const MAX_CONNECT_SIZE: usize = 64 * 1024;
+
+/// The largest CONNECT accepted: [`MAX_CONNECT_SIZE`], or less if packets are smaller.
+pub(crate) fn connect_limit(max_packet_size: usize) -> usize {
+    MAX_CONNECT_SIZE.min(max_packet_size)
+}
+
+/// Refuses a CONNECT over [`connect_limit`] before the rest of it is read: MQTT 5 devices
+/// are told "packet too large" (3.1.1 has no code for it), and the socket is closed by
+/// the caller.
+pub(crate) async fn refuse_oversized_connect(stream: &mut Stream, codec: &Codec, shared: &Shared) {
+    shared
+        .stats
+        .connects_too_large
+        .fetch_add(1, Ordering::Relaxed);
+    if codec.version() == Version::V5 {
+        let mut out = BytesMut::new();
+        if codec
+            .write(codec.refusal(ConnectReturnCode::PacketTooLarge), &mut out)
+            .is_ok()
+        {
+            let _ = stream.write_all(&out).await;
+        }
+    }
+}
+
 /// A connection that has sent CONNECT and is not yet a session.
 pub(crate) struct Admission {
     pub stream: Stream,

@@ -1,0 +1,170 @@
+//! The MQTT side before and around a device's session: what a socket may cost before it
+//! is admitted, packets the spec calls malformed, identity fields in ACL patterns, the
+//! Last Will's MQTT 5 properties, device status notices and the log under a connect
+//! storm. Raw bytes where no client library will send the bad input, paho-mqtt and
+//! the mosquitto clients otherwise.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{mosquitto_pub, Daemon, Raw};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long anything that should happen may take.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// MQTT's variable-length integer.
+fn varint(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A packet of this first byte and body.
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut p = vec![first];
+    p.extend(varint(body.len()));
+    p.extend(body);
+    p
+}
+
+/// A length-prefixed MQTT string.
+fn string(s: &str) -> Vec<u8> {
+    let mut out = (s.len() as u16).to_be_bytes().to_vec();
+    out.extend(s.as_bytes());
+    out
+}
+
+/// A CONNECT with a clean session and no will or login; `level` 4 is 3.1.1, 5 is 5.
+fn connect(level: u8, client_id: &str) -> Vec<u8> {
+    let mut body = [&string("MQTT")[..], &[level, 0x02, 0, 60]].concat();
+    if level == 5 {
+        body.push(0); // no properties
+    }
+    body.extend(string(client_id));
+    packet(0x10, &body)
+}
+
+/// Everything the server sends until it closes the connection; `None` if it stays open.
+async fn until_closed(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    match tokio::time::timeout(WAIT, s.read_to_end(&mut got)).await {
+        Ok(_) => Some(got),
+        Err(_) => None,
+    }
+}
+
+/// A device connected from raw bytes, its (successful) CONNACK read.
+async fn connected(addr: SocketAddr, level: u8, client_id: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&connect(level, client_id)).await.unwrap();
+    let mut head = [0u8; 2];
+    tokio::time::timeout(WAIT, s.read_exact(&mut head))
+        .await
+        .expect("no CONNACK")
+        .unwrap();
+    let mut rest = vec![0u8; head[1] as usize];
+    s.read_exact(&mut rest).await.unwrap();
+    assert_eq!((head[0], rest[1]), (0x20, 0), "CONNACK success");
+    s
+}
+
+/// The value of an unlabelled counter at /metrics.
+async fn metric(d: &Daemon, name: &str) -> u64 {
+    let text = d.metrics_text().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// Waits for a counter to reach `at_least`; returns its last value.
+async fn metric_reaches(d: &Daemon, name: &str, at_least: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = metric(d, name).await;
+        if v >= at_least || tokio::time::Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Another device is still served: a `mosquitto_pub` message reaches a WebSocket page.
+async fn probe(d: &Daemon, after: &str) {
+    let topic = format!("probe/{}", rand::random::<u32>());
+    let mut page = Raw::subscribed(&d.ws_url(), &topic).await;
+    let port = d.mqtt.expect("MQTT listener").port();
+    assert!(
+        mosquitto_pub(port, &["-i", "probe", "-t", &topic, "-m", "ok"]).await,
+        "after {after}: mosquitto_pub failed"
+    );
+    let m = tokio::time::timeout(WAIT, page.next_msg())
+        .await
+        .unwrap_or_else(|_| panic!("after {after}: the probe's message did not arrive"));
+    assert_eq!(m["data"], "ok", "after {after}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Before CONNECT
+// ---------------------------------------------------------------------------------------
+
+/// A socket announcing a CONNECT over 64 KiB (well under `max_packet_size`) is refused as
+/// soon as the length is read, not left to buffer it until the connect timeout.
+#[tokio::test]
+async fn an_oversized_connect_is_refused_before_it_is_buffered() {
+    let d = Daemon::start("");
+    let addr = d.mqtt.unwrap();
+    let counted0 = metric(&d, "switchboard_mqtt_connects_too_large_total").await;
+
+    // MQTT 5: the start of a CONNECT that claims 200,000 bytes.
+    let mut v5 = TcpStream::connect(addr).await.unwrap();
+    let head = [
+        &[0x10][..],
+        &varint(200_000),
+        &string("MQTT"),
+        &[5, 0x02, 0, 60],
+    ]
+    .concat();
+    v5.write_all(&head).await.unwrap();
+    let got = until_closed(&mut v5)
+        .await
+        .expect("a 200 kB CONNECT left open");
+    // CONNACK, no session, reason 0x95 "packet too large".
+    assert_eq!(got.get(..4), Some(&[0x20, 3, 0, 0x95][..]), "{got:x?}");
+
+    // 3.1.1 has no code for it: the socket is closed.
+    let mut v4 = TcpStream::connect(addr).await.unwrap();
+    let head = [
+        &[0x10][..],
+        &varint(100_000),
+        &string("MQTT"),
+        &[4, 0x02, 0, 60],
+    ]
+    .concat();
+    v4.write_all(&head).await.unwrap();
+    let got = until_closed(&mut v4)
+        .await
+        .expect("a 100 kB CONNECT left open");
+    assert!(got.is_empty(), "{got:x?}");
+
+    let counted = metric_reaches(
+        &d,
+        "switchboard_mqtt_connects_too_large_total",
+        counted0 + 2,
+    );
+    assert_eq!(counted.await, counted0 + 2);
+    // A CONNECT under the bound is as welcome as ever.
+    drop(connected(addr, 5, "small").await);
+    probe(&d, "oversized CONNECTs").await;
+}
+
