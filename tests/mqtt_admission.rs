@@ -168,3 +168,96 @@ async fn an_oversized_connect_is_refused_before_it_is_buffered() {
     probe(&d, "oversized CONNECTs").await;
 }
 
+// ---------------------------------------------------------------------------------------
+// Malformed packets and identity fields
+// ---------------------------------------------------------------------------------------
+
+/// SUBSCRIBE, UNSUBSCRIBE and PUBREL must carry header flags 0b0010, the other packets 0
+/// (but PUBLISH), and SUBSCRIBE/UNSUBSCRIBE a non-zero packet id. Anything else closes the
+/// connection; an MQTT 5 device is told "malformed packet" (0x81) first.
+#[tokio::test]
+async fn malformed_subscribe_packets_close_the_connection() {
+    let d = Daemon::start("");
+    let addr = d.mqtt.unwrap();
+    let errors0 = metric(&d, "switchboard_mqtt_protocol_errors_total").await;
+    let subscribe = |first: u8, pkid: u16| {
+        let body = [&pkid.to_be_bytes()[..], &[0], &string("s/#"), &[0]].concat();
+        packet(first, &body)
+    };
+    let v5_malformed = [
+        ("SUBSCRIBE with flags 0", subscribe(0x80, 1)),
+        ("SUBSCRIBE with flags 0b1010", subscribe(0x8a, 1)),
+        ("SUBSCRIBE with packet id 0", subscribe(0x82, 0)),
+        (
+            "UNSUBSCRIBE with flags 0",
+            packet(0xa0, &[&[0, 1, 0][..], &string("s/#")].concat()),
+        ),
+        (
+            "UNSUBSCRIBE with packet id 0",
+            packet(0xa2, &[&[0, 0, 0][..], &string("s/#")].concat()),
+        ),
+        ("PINGREQ with flags 1", vec![0xc1, 0]),
+    ];
+    for (what, bad) in &v5_malformed {
+        let mut s = connected(addr, 5, "malformed-5").await;
+        s.write_all(bad).await.unwrap();
+        let got = until_closed(&mut s)
+            .await
+            .unwrap_or_else(|| panic!("{what}: left open"));
+        assert_eq!(
+            got.first(),
+            Some(&0xe0),
+            "{what}: DISCONNECT expected, got {got:x?}"
+        );
+        assert_eq!(got.get(2), Some(&0x81), "{what}: reason {got:x?}");
+    }
+    // 3.1.1 has no server DISCONNECT: no SUBACK, the socket is closed.
+    let mut s = connected(addr, 4, "malformed-4").await;
+    s.write_all(&subscribe(0x80, 1)).await.unwrap();
+    let got = until_closed(&mut s).await.expect("3.1.1: left open");
+    assert!(got.is_empty(), "3.1.1: {got:x?}");
+
+    let want = errors0 + v5_malformed.len() as u64 + 1;
+    let counted = metric_reaches(&d, "switchboard_mqtt_protocol_errors_total", want).await;
+    assert_eq!(counted, want);
+    // A well-formed SUBSCRIBE is still answered with a SUBACK.
+    let mut s = connected(addr, 5, "well-formed").await;
+    s.write_all(&subscribe(0x82, 7)).await.unwrap();
+    let mut suback = [0u8; 6];
+    tokio::time::timeout(WAIT, s.read_exact(&mut suback))
+        .await
+        .expect("no SUBACK")
+        .unwrap();
+    assert_eq!(suback, [0x90, 4, 0, 7, 0, 0], "SUBACK");
+    probe(&d, "malformed packets").await;
+}
+
+/// A client id spelled `%u` must not take the username's place in a `%c` pattern.
+#[tokio::test]
+async fn a_client_id_never_stands_in_for_the_username() {
+    let d = Daemon::start(
+        "[mqtt]\nallow_anonymous = true\n\n[[mqtt.acl]]\nuser = \"*\"\npublish = [\"d/%c/#\"]\n",
+    );
+    let port = d.mqtt.unwrap().port();
+    let mut page = Raw::subscribed(&d.ws_url(), "d/#").await;
+    let publish = |client_id: &'static str, topic: &'static str| async move {
+        let args = [
+            "-V", "5", "-q", "1", "-u", "alice", "-i", client_id, "-t", topic, "-m", client_id,
+        ];
+        mosquitto_pub(port, &args).await
+    };
+    // `%c` becomes "%u" (allowed as a client id), never "alice".
+    let _ = publish("%u", "d/alice/x").await;
+    let _ = publish("x%u", "d/xalice/x").await;
+    // Its own topic is allowed, with the client id taken literally.
+    assert!(publish("%u", "d/%u/x").await, "own topic refused");
+    let m = tokio::time::timeout(WAIT, page.next_msg())
+        .await
+        .expect("nothing arrived");
+    assert_eq!(
+        (m["topic"].as_str(), m["data"].as_str()),
+        (Some("d/%u/x"), Some("%u")),
+        "{m}"
+    );
+}
+
