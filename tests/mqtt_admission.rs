@@ -261,3 +261,50 @@ async fn a_client_id_never_stands_in_for_the_username() {
     );
 }
 
+// ---------------------------------------------------------------------------------------
+// The Last Will
+// ---------------------------------------------------------------------------------------
+
+const WILL_PROPERTIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mqtt/will_properties.py");
+
+/// An MQTT 5 will reaches MQTT subscribers with the properties the device gave it.
+#[tokio::test]
+async fn an_mqtt5_will_keeps_its_properties() {
+    let d = Daemon::start("");
+    let port = d.mqtt.unwrap().port().to_string();
+    let mut page = Raw::subscribed(&d.ws_url(), "wills/node").await;
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args([WILL_PROPERTIES, "--port", &port, "--topic", "wills/node"])
+            .output()
+            .expect("run python3")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let will: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(
+        will,
+        serde_json::json!({
+            "topic": "wills/node",
+            "payload": "gone",
+            "retain": false,
+            "user_properties": [["site", "north"], ["unit", "C"]],
+            "content_type": "text/plain",
+            "payload_format": 1,
+            "response_topic": "replies/node",
+            "correlation_data": "0102",
+        })
+    );
+    // The WebSocket side still gets it too.
+    let m = tokio::time::timeout(WAIT, page.next_msg())
+        .await
+        .expect("no will on the page");
+    assert_eq!(m["data"], "gone");
+}
+

@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     ConnAckProperties, Connect, ConnectReturnCode, LastWill, LastWillProperties, Login, Packet,
+    PublishProperties,
 };
 use rumqttd::Notification;
 use tokio::sync::OwnedSemaphorePermit;
@@ -97,6 +98,9 @@ pub(crate) struct Will {
     pub payload: Bytes,
     pub retain: bool,
     pub delay: Duration,
+    /// MQTT 5: what MQTT subscribers get with the will (user properties, content type,
+    /// payload format, message expiry, response topic, correlation data).
+    pub properties: Option<PublishProperties>,
 }
 
 /// The id the device goes by, and the same id again if we generated it (MQTT 5 devices
@@ -268,13 +272,14 @@ impl Admission {
             };
             return Err(self.refuse(code, "will topic not allowed").await);
         }
-        let delay = will_props.and_then(|p| p.delay_interval).unwrap_or(0);
-        let delay = delay.min(session_expiry.unwrap_or(0));
+        let delay = will_props.as_ref().and_then(|p| p.delay_interval);
+        let delay = delay.unwrap_or(0).min(session_expiry.unwrap_or(0));
         Ok(Some(Will {
             topic,
             payload: will.message,
             retain: will.retain,
             delay: Duration::from_secs(delay.into()),
+            properties: will_props.map(publish_properties),
         }))
     }
 
@@ -396,6 +401,21 @@ impl Admission {
         self.shared.ingress.connected(&device);
         tracing::info!(client_id = device.client_id, remote = %device.remote, version = version.as_str(), transport = self.transport.as_str(), "device connected");
         device
+    }
+}
+
+/// A will's properties as the PUBLISH that delivers it carries them (MQTT 5 §3.1.3.2:
+/// all but the delay, which is ours to honour).
+fn publish_properties(will: LastWillProperties) -> PublishProperties {
+    PublishProperties {
+        payload_format_indicator: will.payload_format_indicator,
+        message_expiry_interval: will.message_expiry_interval,
+        topic_alias: None,
+        response_topic: will.response_topic,
+        correlation_data: will.correlation_data,
+        user_properties: will.user_properties,
+        subscription_identifiers: Vec::new(),
+        content_type: will.content_type,
     }
 }
 

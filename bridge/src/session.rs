@@ -707,9 +707,11 @@ fn fire_will(shared: Arc<Shared>, device: Device, will: Will) {
             retain: will.retain,
         };
         shared.ingress.accept(device, inbound);
-        let _ = shared
-            .publisher
-            .enqueue(&will.topic, will.payload.clone(), will.retain);
+        let props = will.properties.clone();
+        let _ =
+            shared
+                .publisher
+                .enqueue_with(&will.topic, will.payload.clone(), will.retain, props);
     };
     if will.delay.is_zero() {
         publish(&shared, &device, &will);
