@@ -308,3 +308,54 @@ async fn an_mqtt5_will_keeps_its_properties() {
     assert_eq!(m["data"], "gone");
 }
 
+// ---------------------------------------------------------------------------------------
+// Device status notices and the log under a connect storm
+// ---------------------------------------------------------------------------------------
+
+/// Connects `client_id` from raw bytes and leaves with a DISCONNECT.
+async fn come_and_go(addr: SocketAddr, client_id: &str) {
+    let mut s = connected(addr, 4, client_id).await;
+    s.write_all(&[0xe0, 0]).await.unwrap();
+    until_closed(&mut s)
+        .await
+        .expect("not closed after DISCONNECT");
+}
+
+/// Past `offline_notices`, the oldest retained offline notices are forgotten, so client
+/// ids that come once cannot pile up notices (nor use up the values users retain).
+#[tokio::test]
+async fn the_oldest_offline_notices_are_forgotten_past_their_bound() {
+    let d = Daemon::start("[mqtt]\noffline_notices = 2\n");
+    let addr = d.mqtt.unwrap();
+    let mut watch = Raw::subscribed(&d.ws_url(), "$devices/+").await;
+    for id in ["n1", "n2", "n3", "n4"] {
+        come_and_go(addr, id).await;
+        loop {
+            let m = tokio::time::timeout(WAIT, watch.next_msg())
+                .await
+                .expect("no notice");
+            if m["topic"] == format!("$devices/{id}") && m["event"] == "offline" {
+                break;
+            }
+        }
+    }
+    // A dashboard arriving now gets the retained notices, then n5's live one.
+    let mut late = Raw::subscribed(&d.ws_url(), "$devices/+").await;
+    let _n5 = connected(addr, 4, "n5").await;
+    let mut retained = Vec::new();
+    loop {
+        let m = tokio::time::timeout(WAIT, late.next_msg())
+            .await
+            .expect("no n5 notice");
+        if m["topic"] == "$devices/n5" {
+            break;
+        }
+        retained.push(m["topic"].as_str().unwrap_or_default().to_owned());
+    }
+    retained.sort();
+    assert_eq!(retained, ["$devices/n3", "$devices/n4"]);
+    // A device that comes back replaces its offline notice and is not forgotten.
+    come_and_go(addr, "n3").await;
+    probe(&d, "offline notices").await;
+}
+
