@@ -359,3 +359,44 @@ async fn the_oldest_offline_notices_are_forgotten_past_their_bound() {
     probe(&d, "offline notices").await;
 }
 
+/// A connect and a disconnect cost at most one INFO line, none of it from rumqttd's
+/// router, and a refusal repeated many times one line per window.
+#[tokio::test]
+async fn a_connect_storm_does_not_flood_the_log() {
+    let d = Daemon::start("");
+    let addr = d.mqtt.unwrap();
+    let before = d.logs().lines().count();
+    const DEVICES: usize = 20;
+    for i in 0..DEVICES {
+        come_and_go(addr, &format!("storm-{i}")).await;
+    }
+    d.wait_log_count("device disconnected", DEVICES).await;
+    let logs = d.logs();
+    let lines: Vec<&str> = logs.lines().skip(before).collect();
+    assert!(
+        lines.len() <= DEVICES,
+        "{} lines:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    assert!(
+        !logs.contains("rumqttd"),
+        "router lines in the log:\n{logs}"
+    );
+
+    // Twenty refused CONNECTs (a client id with `/`) in a row: one line, not twenty.
+    let before = d.logs().lines().count();
+    for _ in 0..DEVICES {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&connect(4, "bad/id")).await.unwrap();
+        let got = until_closed(&mut s).await.expect("refused and left open");
+        assert_eq!(got, [0x20, 2, 0, 2], "CONNACK identifier rejected");
+    }
+    probe(&d, "refused connects").await;
+    let logs = d.logs();
+    let refused = logs
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains("connect refused"));
+    assert_eq!(refused.count(), 1, "{logs}");
+}

@@ -19,6 +19,7 @@ use rumqttd::protocol::{
     PublishProperties,
 };
 use rumqttd::Notification;
+use switchboard_core::quiet::Throttle;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::codec::Codec;
@@ -162,7 +163,12 @@ impl Admission {
             .stats
             .connects_refused
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(remote = %self.remote, why, "MQTT connect refused");
+        // A device retrying with a wrong password, or a connect storm past
+        // max_connections, must not write a line per attempt.
+        static REFUSED: Throttle = Throttle::per_secs(10);
+        if let Some(held_back) = REFUSED.admit() {
+            tracing::info!(remote = %self.remote, why, held_back, "MQTT connect refused");
+        }
         let mut out = BytesMut::new();
         if self.codec.write(self.codec.refusal(code), &mut out).is_ok() {
             let _ = self.stream.write_all(&out).await;
@@ -399,7 +405,9 @@ impl Admission {
         self.shared.stats.connections_by_transport[self.transport as usize]
             .fetch_add(1, Ordering::Relaxed);
         self.shared.ingress.connected(&device);
-        tracing::info!(client_id = device.client_id, remote = %device.remote, version = version.as_str(), transport = self.transport.as_str(), "device connected");
+        // At debug: the disconnect line says the rest, so a connect storm costs one
+        // line per device, not two.
+        tracing::debug!(client_id = device.client_id, remote = %device.remote, version = version.as_str(), transport = self.transport.as_str(), "device connected");
         device
     }
 }
