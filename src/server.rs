@@ -447,7 +447,10 @@ async fn start_broker(
         .context("cannot load the MQTT password file")?;
     tracing::info!("MQTT devices: {}", gate.describe());
     let gate = Arc::new(gate);
-    let ingress = Arc::new(HubIngress::new(hub.clone()));
+    let ingress = Arc::new(HubIngress::new(
+        hub.clone(),
+        config.mqtt.offline_notices.get(),
+    ));
     let broker = Broker::start(broker_config, gate.clone(), ingress).await?;
     hub.add_tap(Arc::new(BrokerTap::new(broker.publisher())));
     Ok((Some(Arc::new(broker)), Some(gate)))

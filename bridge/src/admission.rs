@@ -16,8 +16,10 @@ use bytes::{Bytes, BytesMut};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     ConnAckProperties, Connect, ConnectReturnCode, LastWill, LastWillProperties, Login, Packet,
+    PublishProperties,
 };
 use rumqttd::Notification;
+use switchboard_core::quiet::Throttle;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::codec::Codec;
@@ -30,6 +32,36 @@ use crate::{Credentials, Denied, Device, Permissions, Refusal, Shared, Transport
 /// Longest client id we accept. MQTT only promises 23 characters; 128 covers MAC- and
 /// UUID-based ids with room to spare and keeps ids usable in topic patterns.
 pub(crate) const MAX_CLIENT_ID_LEN: usize = 128;
+
+/// Most a connection may buffer before its CONNECT is complete. A real CONNECT is a few
+/// hundred bytes (a Last Will with a large payload being the exception); without this
+/// bound an anonymous socket could hold `max_packet_size` (1 MiB by default) for the whole
+/// connect timeout, and a thousand of them a gigabyte, before any credential is checked.
+pub(crate) const MAX_CONNECT_SIZE: usize = 64 * 1024;
+
+/// The largest CONNECT accepted: [`MAX_CONNECT_SIZE`], or less if packets are smaller.
+pub(crate) fn connect_limit(max_packet_size: usize) -> usize {
+    MAX_CONNECT_SIZE.min(max_packet_size)
+}
+
+/// Refuses a CONNECT over [`connect_limit`] before the rest of it is read: MQTT 5 devices
+/// are told "packet too large" (3.1.1 has no code for it), and the socket is closed by
+/// the caller.
+pub(crate) async fn refuse_oversized_connect(stream: &mut Stream, codec: &Codec, shared: &Shared) {
+    shared
+        .stats
+        .connects_too_large
+        .fetch_add(1, Ordering::Relaxed);
+    if codec.version() == Version::V5 {
+        let mut out = BytesMut::new();
+        if codec
+            .write(codec.refusal(ConnectReturnCode::PacketTooLarge), &mut out)
+            .is_ok()
+        {
+            let _ = stream.write_all(&out).await;
+        }
+    }
+}
 
 /// A connection that has sent CONNECT and is not yet a session.
 pub(crate) struct Admission {
@@ -67,6 +99,9 @@ pub(crate) struct Will {
     pub payload: Bytes,
     pub retain: bool,
     pub delay: Duration,
+    /// MQTT 5: what MQTT subscribers get with the will (user properties, content type,
+    /// payload format, message expiry, response topic, correlation data).
+    pub properties: Option<PublishProperties>,
 }
 
 /// The id the device goes by, and the same id again if we generated it (MQTT 5 devices
@@ -128,7 +163,12 @@ impl Admission {
             .stats
             .connects_refused
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(remote = %self.remote, why, "MQTT connect refused");
+        // A device retrying with a wrong password, or a connect storm past
+        // max_connections, must not write a line per attempt.
+        static REFUSED: Throttle = Throttle::per_secs(10);
+        if let Some(held_back) = REFUSED.admit() {
+            tracing::info!(remote = %self.remote, why, held_back, "MQTT connect refused");
+        }
         let mut out = BytesMut::new();
         if self.codec.write(self.codec.refusal(code), &mut out).is_ok() {
             let _ = self.stream.write_all(&out).await;
@@ -238,13 +278,14 @@ impl Admission {
             };
             return Err(self.refuse(code, "will topic not allowed").await);
         }
-        let delay = will_props.and_then(|p| p.delay_interval).unwrap_or(0);
-        let delay = delay.min(session_expiry.unwrap_or(0));
+        let delay = will_props.as_ref().and_then(|p| p.delay_interval);
+        let delay = delay.unwrap_or(0).min(session_expiry.unwrap_or(0));
         Ok(Some(Will {
             topic,
             payload: will.message,
             retain: will.retain,
             delay: Duration::from_secs(delay.into()),
+            properties: will_props.map(publish_properties),
         }))
     }
 
@@ -364,8 +405,25 @@ impl Admission {
         self.shared.stats.connections_by_transport[self.transport as usize]
             .fetch_add(1, Ordering::Relaxed);
         self.shared.ingress.connected(&device);
-        tracing::info!(client_id = device.client_id, remote = %device.remote, version = version.as_str(), transport = self.transport.as_str(), "device connected");
+        // At debug: the disconnect line says the rest, so a connect storm costs one
+        // line per device, not two.
+        tracing::debug!(client_id = device.client_id, remote = %device.remote, version = version.as_str(), transport = self.transport.as_str(), "device connected");
         device
+    }
+}
+
+/// A will's properties as the PUBLISH that delivers it carries them (MQTT 5 §3.1.3.2:
+/// all but the delay, which is ours to honour).
+fn publish_properties(will: LastWillProperties) -> PublishProperties {
+    PublishProperties {
+        payload_format_indicator: will.payload_format_indicator,
+        message_expiry_interval: will.message_expiry_interval,
+        topic_alias: None,
+        response_topic: will.response_topic,
+        correlation_data: will.correlation_data,
+        user_properties: will.user_properties,
+        subscription_identifiers: Vec::new(),
+        content_type: will.content_type,
     }
 }
 

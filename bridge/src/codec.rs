@@ -117,18 +117,23 @@ impl Codec {
         }
     }
 
-    /// One packet off the front of `buf`, `Ok(None)` if more bytes are needed.
+    /// One packet off the front of `buf`, `Ok(None)` if more bytes are needed. A packet
+    /// whose reserved header flags are wrong, or that needs a packet id and has 0, is an
+    /// error (rumqttd's decoders let both through): MQTT says close the connection.
     pub fn read(
         &mut self,
         buf: &mut BytesMut,
         max_size: usize,
     ) -> Result<Option<Packet>, ProtocolError> {
+        if let Some(&first) = buf.first() {
+            check_flags(first)?;
+        }
         let result = match self {
             Codec::V4(c) => c.read_mut(buf, max_size),
             Codec::V5(c) => c.read_mut(buf, max_size),
         };
         match result {
-            Ok(packet) => Ok(Some(packet)),
+            Ok(packet) => check_packet_id(packet).map(Some),
             Err(ProtocolError::InsufficientBytes(_)) => Ok(None),
             Err(e) => Err(e),
         }
@@ -157,6 +162,33 @@ impl Codec {
             },
             None,
         )
+    }
+}
+
+/// The fixed header's low four bits are reserved for every packet but PUBLISH: 0b0010 for
+/// PUBREL, SUBSCRIBE and UNSUBSCRIBE, 0 for the rest (3.1.1 §2.2.2, 5 §2.1.3). Any other
+/// value is a malformed packet, and so is a PUBLISH with both QoS bits set.
+fn check_flags(first: u8) -> Result<(), ProtocolError> {
+    let flags = first & 0x0f;
+    let ok = match first >> 4 {
+        3 => flags & 0b0110 != 0b0110,
+        6 | 8 | 10 => flags == 0b0010,
+        _ => flags == 0,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ProtocolError::MalformedPacket)
+    }
+}
+
+/// SUBSCRIBE and UNSUBSCRIBE need a non-zero packet id (3.1.1 §2.3.1, 5 §2.2.1); rumqttd
+/// checks it only for PUBLISH.
+fn check_packet_id(packet: Packet) -> Result<Packet, ProtocolError> {
+    match &packet {
+        Packet::Subscribe(s, _) if s.pkid == 0 => Err(ProtocolError::PacketIdZero),
+        Packet::Unsubscribe(u, _) if u.pkid == 0 => Err(ProtocolError::PacketIdZero),
+        _ => Ok(packet),
     }
 }
 
@@ -271,6 +303,33 @@ mod tests {
         assert_eq!(peek_publish(&qos0), Some(PublishHeader { qos: 0, pkid: 0 }));
         assert_eq!(peek_publish(&[0x82, 1]), None);
         assert_eq!(peek_publish(&[0x34, 8, 0]), None);
+    }
+
+    #[test]
+    fn reserved_flags_and_packet_id_zero_are_malformed() {
+        let mut codec = Codec::new(Version::V311);
+        let mut read = |bytes: &[u8]| codec.read(&mut BytesMut::from(bytes), 1024);
+        // SUBSCRIBE pkid 1 to "a" at QoS 0: fine with flags 0b0010 only.
+        let subscribe = |first: u8, pkid: u8| [first, 6, 0, pkid, 0, 1, b'a', 0];
+        assert!(matches!(read(&subscribe(0x82, 1)), Ok(Some(_))));
+        assert!(read(&subscribe(0x80, 1)).is_err());
+        assert!(read(&subscribe(0x8f, 1)).is_err());
+        assert!(read(&subscribe(0x82, 0)).is_err(), "packet id 0");
+        assert!(
+            read(&[0xa2, 5, 0, 0, 0, 1, b'a']).is_err(),
+            "UNSUBSCRIBE id 0"
+        );
+        assert!(
+            read(&[0xa0, 5, 0, 1, 0, 1, b'a']).is_err(),
+            "UNSUBSCRIBE flags"
+        );
+        assert!(read(&[0x60, 2, 0, 1]).is_err(), "PUBREL flags");
+        assert!(matches!(read(&[0x62, 2, 0, 1]), Ok(Some(_))));
+        assert!(read(&[0xc1, 0]).is_err(), "PINGREQ flags");
+        assert!(read(&[0x41, 2, 0, 1]).is_err(), "PUBACK flags");
+        assert!(read(&[0x36, 4, 0, 1, b'a', b'x']).is_err(), "PUBLISH QoS 3");
+        // The header alone is enough to tell.
+        assert!(read(&[0x80]).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rumqttd::local::LinkRx;
-use rumqttd::protocol::{Packet, Publish};
+use rumqttd::protocol::{Packet, Publish, PublishProperties};
 use rumqttd::Notification;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,8 @@ struct Outgoing {
     topic: Bytes,
     payload: Bytes,
     retain: bool,
+    /// Only a Last Will has any; boxed so the queue's slots stay small.
+    properties: Option<Box<PublishProperties>>,
 }
 
 /// Queues messages for MQTT subscribers. Cheap to clone.
@@ -50,10 +52,22 @@ impl Publisher {
     }
 
     pub fn enqueue(&self, topic: &str, payload: Bytes, retain: bool) -> Result<(), QueueFull> {
+        self.enqueue_with(topic, payload, retain, None)
+    }
+
+    /// [`Publisher::enqueue`] with MQTT 5 properties for the subscribers (a Last Will's).
+    pub(crate) fn enqueue_with(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        retain: bool,
+        properties: Option<PublishProperties>,
+    ) -> Result<(), QueueFull> {
         let message = Outgoing {
             topic: Bytes::copy_from_slice(topic.as_bytes()),
             payload,
             retain,
+            properties: properties.map(Box::new),
         };
         self.tx.try_send(message).map_err(|_| {
             self.stats.egress_dropped.fetch_add(1, Ordering::Relaxed);
@@ -82,7 +96,10 @@ pub(crate) fn start(
             let count = batch.len() as u64;
             let packets = batch
                 .drain(..)
-                .map(|m| Packet::Publish(Publish::new(m.topic, m.payload, m.retain), None))
+                .map(|m| {
+                    let publish = Publish::new(m.topic, m.payload, m.retain);
+                    Packet::Publish(publish, m.properties.map(|p| *p))
+                })
                 .collect();
             if handle.hand_over(&mut link_tx, packets).await.is_err() {
                 tracing::error!("the MQTT router has stopped; egress ends");

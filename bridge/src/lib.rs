@@ -273,6 +273,9 @@ pub struct Stats {
     pub publishes_denied: AtomicU64,
     pub subscribes_denied: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Sockets closed because their CONNECT was larger than the bound on what a
+    /// connection may buffer before it is admitted.
+    pub connects_too_large: AtomicU64,
     pub egress_published: AtomicU64,
     pub egress_dropped: AtomicU64,
     /// TLS handshakes that failed or timed out on the TLS listeners.
@@ -291,6 +294,7 @@ pub struct StatsSnapshot {
     pub publishes_denied: u64,
     pub subscribes_denied: u64,
     pub protocol_errors: u64,
+    pub connects_too_large: u64,
     pub egress_published: u64,
     pub egress_dropped: u64,
     pub tls_handshake_failures: u64,
@@ -309,6 +313,7 @@ impl Stats {
             publishes_denied: get(&self.publishes_denied),
             subscribes_denied: get(&self.subscribes_denied),
             protocol_errors: get(&self.protocol_errors),
+            connects_too_large: get(&self.connects_too_large),
             egress_published: get(&self.egress_published),
             egress_dropped: get(&self.egress_dropped),
             tls_handshake_failures: get(&self.tls_handshake_failures),

@@ -23,7 +23,7 @@ use rumqttd::protocol::{
 };
 use tokio::time::{sleep_until, Instant};
 
-use crate::admission::{Admission, Admitted, Will};
+use crate::admission::{self, Admission, Admitted, Will};
 use crate::codec::{self, Codec, Sniff};
 use crate::interest::{match_filter, InterestCache};
 use crate::registry::Slot;
@@ -121,10 +121,14 @@ async fn read_connect(
         }
     };
     loop {
-        match codec.read(buf, shared.config.max_packet_size) {
+        match codec.read(buf, admission::connect_limit(shared.config.max_packet_size)) {
             Ok(Some(packet @ Packet::Connect(..))) => return Ok((codec, packet)),
             Ok(Some(_)) => return Err("the first packet must be CONNECT"),
             Ok(None) => {}
+            Err(rumqttd::protocol::Error::PayloadSizeLimitExceeded(_)) => {
+                admission::refuse_oversized_connect(stream, &codec, shared).await;
+                return Err("CONNECT larger than the limit");
+            }
             Err(_) => return Err("malformed CONNECT"),
         }
         if stream.read(buf).await.map_err(|_| "read error")? == 0 {
@@ -703,9 +707,11 @@ fn fire_will(shared: Arc<Shared>, device: Device, will: Will) {
             retain: will.retain,
         };
         shared.ingress.accept(device, inbound);
-        let _ = shared
-            .publisher
-            .enqueue(&will.topic, will.payload.clone(), will.retain);
+        let props = will.properties.clone();
+        let _ =
+            shared
+                .publisher
+                .enqueue_with(&will.topic, will.payload.clone(), will.retain, props);
     };
     if will.delay.is_zero() {
         publish(&shared, &device, &will);

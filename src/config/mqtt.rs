@@ -36,6 +36,8 @@ pub struct MqttConfig {
     pub connect_timeout: Duration,
     /// Messages from other ways in queued towards MQTT subscribers before drops.
     pub egress_queue: NonZeroUsize,
+    /// Retained `$devices/…` offline notices kept; past it the oldest are forgotten.
+    pub offline_notices: NonZeroUsize,
     /// Devices without a username may connect.
     pub allow_anonymous: bool,
     /// Password file (`switchboard passwd`, Mosquitto-compatible); empty for none.
@@ -78,6 +80,7 @@ impl Default for MqttConfig {
             max_packet_size: nz(1024 * 1024),
             connect_timeout: Duration::from_secs(10),
             egress_queue: nz(65_536),
+            offline_notices: nz(crate::mqtt::MAX_OFFLINE_NOTICES),
             allow_anonymous: true,
             password_file: PathBuf::new(),
             acl: Vec::new(),

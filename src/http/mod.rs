@@ -52,6 +52,7 @@ async fn healthz(
             "publishes_denied": m.publishes_denied,
             "subscribes_denied": m.subscribes_denied,
             "protocol_errors": m.protocol_errors,
+            "connects_too_large": m.connects_too_large,
             "egress_published": m.egress_published,
             "egress_dropped": m.egress_dropped,
             "tls_handshake_failures": m.tls_handshake_failures,

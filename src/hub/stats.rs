@@ -24,6 +24,9 @@ pub(super) struct Counters {
     pub(super) slow_discarded: AtomicU64,
     pub(super) direct: AtomicU64,
     pub(super) retained: AtomicU64,
+    /// The part of `retained` on `$` topics (the server's notices), which does not count
+    /// against [`MAX_RETAINED`](super::topics::MAX_RETAINED).
+    pub(super) retained_system: AtomicU64,
     pub(super) retained_refused: AtomicU64,
     pub(super) forbidden: AtomicU64,
 }

@@ -24,7 +24,10 @@ use switchboard_core::protocol::Frame;
 use switchboard_core::topic;
 
 /// Retained values kept at most; beyond it new retained topics are refused (counted),
-/// so a client cannot grow memory without bound by retaining to ever-new topics.
+/// so a client cannot grow memory without bound by retaining to ever-new topics. The
+/// server's own notices on `$` topics are not counted here: they are bounded by whoever
+/// makes them (device status in `crate::mqtt`), and a storm of device connects must not
+/// use up the values users retain.
 pub const MAX_RETAINED: usize = 100_000;
 
 /// Topics whose sequence numbers are kept before those without subscribers are
@@ -93,9 +96,12 @@ impl Hub {
     ) {
         let clears = data.get() == "\"\"";
         let had = state.retained.is_some();
+        let system = topic.starts_with('$');
+        let users = self.counters.retained.load(Ordering::Relaxed)
+            - self.counters.retained_system.load(Ordering::Relaxed);
         if clears {
             state.retained = None;
-        } else if had || self.counters.retained.load(Ordering::Relaxed) < MAX_RETAINED as u64 {
+        } else if had || system || users < MAX_RETAINED as u64 {
             state.retained = Some(retained());
         } else {
             self.counters
@@ -107,10 +113,33 @@ impl Hub {
             );
         }
         match (had, state.retained.is_some()) {
-            (false, true) => self.counters.retained.fetch_add(1, Ordering::Relaxed),
-            (true, false) => self.counters.retained.fetch_sub(1, Ordering::Relaxed),
-            _ => 0,
+            (false, true) => self.count_retained(topic, true),
+            (true, false) => self.count_retained(topic, false),
+            _ => {}
         };
+    }
+
+    fn count_retained(&self, topic: &str, added: bool) {
+        let counters = [&self.counters.retained, &self.counters.retained_system];
+        let counted = if topic.starts_with('$') { 2 } else { 1 };
+        for counter in &counters[..counted] {
+            if added {
+                counter.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counter.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Drops a topic's retained value without a message to anyone: for the server's own
+    /// notices, which their maker expires (a device's offline notice long after it left).
+    pub fn forget_retained(&self, topic: &str) {
+        let Some(state) = read(&self.topics).get(topic).cloned() else {
+            return;
+        };
+        if lock(&state).retained.take().is_some() {
+            self.count_retained(topic, false);
+        }
     }
 
     /// Queues the retained values a new subscription to `filter` matches.
@@ -171,6 +200,20 @@ mod tests {
         let topics = hub.stats().topics;
         assert!(topics < 20, "noise forgotten: {topics} topics kept");
         assert_eq!(publish("kept"), 2, "a subscribed topic keeps its sequence");
+    }
+
+    #[test]
+    fn server_notices_do_not_use_up_the_users_retained_values() {
+        let hub = hub();
+        for i in 0..MAX_RETAINED {
+            publish_as(&hub, &format!("$devices/n{i}"), "1", Origin::System, true).unwrap();
+        }
+        publish_as(&hub, "r/kept", "1", Origin::Ws, true).unwrap();
+        assert_eq!(hub.stats().retained_refused, 0);
+        assert_eq!(hub.stats().retained, MAX_RETAINED as u64 + 1);
+        hub.forget_retained("$devices/n0");
+        hub.forget_retained("$devices/never");
+        assert_eq!(hub.stats().retained, MAX_RETAINED as u64);
     }
 
     #[tokio::test]

@@ -63,6 +63,11 @@ impl Source for MqttMetrics {
             "MQTT connections ended for a malformed or oversized packet.",
             m.protocol_errors,
         );
+        s.counter(
+            "mqtt_connects_too_large",
+            "MQTT sockets closed because their CONNECT was over the 64 KiB bound (also in mqtt_protocol_errors).",
+            m.connects_too_large,
+        );
         s.counters(
             "tls_handshake_failures",
             TLS_FAILURES,

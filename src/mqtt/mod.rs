@@ -9,7 +9,8 @@
 pub mod metrics;
 pub mod payload;
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use switchboard_bridge::{Device, Gone, Inbound, Ingress, Publisher};
@@ -21,14 +22,78 @@ use switchboard_core::message::{Lifecycle, Origin, Publish, Tap};
 /// Device status notices are published, retained, on `$devices/<client id>`.
 pub const DEVICE_STATUS_PREFIX: &str = "$devices/";
 
+/// Offline notices kept by default (`mqtt.offline_notices`).
+pub const MAX_OFFLINE_NOTICES: usize = 10_000;
+
 /// Device traffic into the Hub.
 pub struct HubIngress {
     hub: Arc<Hub>,
+    offline: Mutex<OfflineNotices>,
+}
+
+/// The retained offline notices, oldest first, so that past `max` the oldest is
+/// forgotten: without a bound, a storm of connects with ever-new client ids would keep a
+/// notice for each forever (100,000 of them in 20 s once filled the retained store).
+/// Online notices need no bound of their own: there are at most `max_connections`.
+struct OfflineNotices {
+    max: usize,
+    /// Client ids in the order they went offline, with the generation of that notice;
+    /// an entry whose generation is no longer in `current` was superseded.
+    order: VecDeque<(String, u64)>,
+    current: HashMap<String, u64>,
+    next: u64,
+}
+
+impl OfflineNotices {
+    /// Records `client_id` as offline; returns the client ids whose notices to forget.
+    fn went_offline(&mut self, client_id: &str) -> Vec<String> {
+        self.next += 1;
+        self.current.insert(client_id.to_owned(), self.next);
+        self.order.push_back((client_id.to_owned(), self.next));
+        let mut expired = Vec::new();
+        while self.current.len() > self.max {
+            let Some((id, generation)) = self.order.pop_front() else {
+                break;
+            };
+            if self.current.get(&id) == Some(&generation) {
+                self.current.remove(&id);
+                expired.push(id);
+            }
+        }
+        // Devices that come and go leave superseded entries behind: drop them once they
+        // outnumber the live ones, so the queue stays within twice the bound.
+        if self.order.len() > 2 * self.max.max(self.current.len()) {
+            let current = &self.current;
+            self.order.retain(|(id, g)| current.get(id) == Some(g));
+        }
+        expired
+    }
+
+    fn came_back(&mut self, client_id: &str) {
+        self.current.remove(client_id);
+    }
 }
 
 impl HubIngress {
-    pub fn new(hub: Arc<Hub>) -> Self {
-        HubIngress { hub }
+    /// `max_offline_notices`: offline notices kept before the oldest are forgotten.
+    pub fn new(hub: Arc<Hub>, max_offline_notices: usize) -> Self {
+        let offline = OfflineNotices {
+            max: max_offline_notices,
+            order: VecDeque::new(),
+            current: HashMap::new(),
+            next: 0,
+        };
+        HubIngress {
+            hub,
+            offline: Mutex::new(offline),
+        }
+    }
+
+    /// Held while a status notice is published, so a device coming back cannot have its
+    /// online notice forgotten in place of the offline one it replaced.
+    fn offline(&self) -> MutexGuard<'_, OfflineNotices> {
+        // Each update leaves the queue usable, so a poisoned lock is safe to keep.
+        self.offline.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn status(&self, device: &Device, online: bool, why: Option<Gone>) {
@@ -73,7 +138,10 @@ impl Ingress for HubIngress {
     }
 
     fn connected(&self, device: &Device) {
+        let mut offline = self.offline();
+        offline.came_back(&device.client_id);
         self.status(device, true, None);
+        drop(offline);
         self.hub.notify(&Lifecycle::DeviceOnline {
             client_id: &device.client_id,
             username: device.username.as_deref(),
@@ -81,7 +149,13 @@ impl Ingress for HubIngress {
     }
 
     fn disconnected(&self, device: &Device, why: Gone) {
+        let mut offline = self.offline();
         self.status(device, false, Some(why));
+        for client_id in offline.went_offline(&device.client_id) {
+            self.hub
+                .forget_retained(&format!("{DEVICE_STATUS_PREFIX}{client_id}"));
+        }
+        drop(offline);
         self.hub.notify(&Lifecycle::DeviceOffline {
             client_id: &device.client_id,
             username: device.username.as_deref(),
@@ -113,5 +187,32 @@ impl Tap for BrokerTap {
         let _ = self
             .publisher
             .enqueue(message.topic, payload, message.retain);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_offline_notices_go_first_and_superseded_ones_never() {
+        let mut notices = OfflineNotices {
+            max: 2,
+            order: VecDeque::new(),
+            current: HashMap::new(),
+            next: 0,
+        };
+        assert!(notices.went_offline("a").is_empty());
+        assert!(notices.went_offline("b").is_empty());
+        notices.came_back("a");
+        assert!(notices.went_offline("c").is_empty(), "a is online");
+        assert_eq!(notices.went_offline("d"), ["b"]);
+        // A device that flaps does not grow the queue past twice the bound.
+        for _ in 0..100 {
+            notices.came_back("d");
+            notices.went_offline("d");
+        }
+        assert!(notices.order.len() <= 4, "{}", notices.order.len());
+        assert_eq!(notices.went_offline("e"), ["c"]);
     }
 }
