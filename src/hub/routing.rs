@@ -414,9 +414,18 @@ impl Hub {
         doomed.len()
     }
 
-    /// Every filter someone subscribes to, with how many connections hold it.
-    pub fn subscribed_filters(&self) -> Vec<(String, usize)> {
-        read(&self.index).filters()
+    /// A page of the filters someone subscribes to, with how many connections hold
+    /// each (see [`index::SubscriptionIndex::page`]); the index read lock is held for
+    /// one page only.
+    pub fn subscribed_filters(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        visible: impl Fn(&str) -> bool,
+    ) -> index::FilterPage {
+        // Filters the caller may not see cost a look each: bound those too.
+        read(&self.index).page(prefix, after, limit, limit.saturating_mul(10), visible)
     }
 
     /// Every connected session, for shutdown.
