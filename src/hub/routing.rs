@@ -40,6 +40,9 @@ pub struct Subscribed {
     /// For a subscription that asked for missed messages: whether all of them were
     /// queued, and how many.
     pub recovery: Option<(bool, usize)>,
+    /// For a wildcard subscription: where queueing its retained values is up to, when
+    /// more remain (see [`Hub::send_retained_step`]).
+    pub retained: Option<super::RetainedCursor>,
 }
 
 impl Hub {
@@ -186,7 +189,7 @@ impl Hub {
         }
         self.join_presence(session, filter);
         if since.is_none() {
-            self.send_retained(session, filter);
+            subscribed.retained = self.send_retained(session, filter);
         }
         self.notify(&Lifecycle::Subscribed {
             client: session.id(),
