@@ -24,6 +24,10 @@ pub struct HttpConfig {
     /// Time a new connection has for its TLS handshake and first request.
     #[serde(with = "positive_duration")]
     pub handshake_timeout: Duration,
+    /// Time a request's body has to arrive whole, from its headers on; a body trickled
+    /// slower fails (and its connection closes), so it cannot hold a connection slot.
+    #[serde(with = "positive_duration")]
+    pub body_timeout: Duration,
     /// Largest body of `POST /api/v1/publish/batch`; other requests are held to
     /// `ws.max_message_size`.
     pub max_batch_bytes: NonZeroUsize,
@@ -50,6 +54,7 @@ impl Default for HttpConfig {
             max_connections: nz(20_000),
             max_connections_per_ip: nz(20_000),
             handshake_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
             max_batch_bytes: nz(1024 * 1024),
             idempotency_window: Duration::from_secs(300),
         }

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
+
+use super::deadline::Deadline;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -63,6 +65,8 @@ pub struct ListenerStats {
     /// Connections closed because the TLS handshake or first request did not arrive in
     /// `http.handshake_timeout`.
     pub handshake_timeouts: AtomicU64,
+    /// Requests whose body did not arrive within `http.body_timeout`.
+    pub body_timeouts: AtomicU64,
 }
 
 impl ListenerStats {
@@ -75,6 +79,7 @@ impl ListenerStats {
             "refused_per_ip": get(&self.refused_per_ip),
             "tls_handshake_failures": get(&self.tls_handshake_failures),
             "handshake_timeouts": get(&self.handshake_timeouts),
+            "body_timeouts": get(&self.body_timeouts),
         })
     }
 }
@@ -159,6 +164,7 @@ struct Listener {
     limits: Arc<Limits>,
     builder: auto::Builder<TokioExecutor>,
     handshake_timeout: Duration,
+    body_timeout: Duration,
     refusing: AtomicUsize,
 }
 
@@ -193,6 +199,7 @@ pub async fn serve(
         router,
         builder,
         handshake_timeout,
+        body_timeout: config.body_timeout,
         refusing: AtomicUsize::new(0),
         shutdown: shutdown.clone(),
     });
@@ -309,9 +316,11 @@ impl Listener {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let router = self.router.clone();
+        let (body_timeout, stats) = (self.body_timeout, self.limits.stats.clone());
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(remote));
             request.extensions_mut().insert(slot.clone());
+            let request = request.map(|body| Deadline::new(body, body_timeout, stats.clone()));
             let mut router = router.clone();
             async move { router.call(request).await }
         });

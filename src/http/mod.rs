@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod config;
+mod deadline;
 pub mod inbound_webhooks;
 pub mod listener;
 mod metrics;

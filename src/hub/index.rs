@@ -4,8 +4,14 @@
 //! costs one walk down the topic's levels (plus the wildcard branches that exist), not a
 //! scan of every subscription. Subscribers are kept per node in a map keyed by a small
 //! id, so removing one of 100k subscriptions is O(levels), not O(subscriptions).
+//!
+//! Beside the trie, each filter's number of subscribers is kept in order, so a listing
+//! is a page of it (O(log n + page)) rather than a walk of the whole trie under the
+//! lock every publish needs: over 100k filters the walk slowed every other client from
+//! 1 ms to 0.5–2 s while `GET /api/v1/topics` ran.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 
 /// A subscriber key, unique per connection for the life of the process.
 pub type Key = u64;
@@ -42,6 +48,8 @@ impl<T> Node<T> {
 pub struct SubscriptionIndex<T> {
     root: Node<T>,
     len: usize,
+    /// Each subscribed filter with its number of subscribers, in byte order.
+    counts: BTreeMap<Box<str>, usize>,
 }
 
 impl<T> Default for SubscriptionIndex<T> {
@@ -49,8 +57,17 @@ impl<T> Default for SubscriptionIndex<T> {
         Self {
             root: Node::default(),
             len: 0,
+            counts: BTreeMap::new(),
         }
     }
+}
+
+/// One page of subscribed filters (see [`SubscriptionIndex::page`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FilterPage {
+    pub filters: Vec<(String, usize)>,
+    /// Where the next page starts (pass as `after`), if more filters may follow.
+    pub next: Option<String>,
 }
 
 impl<T: Clone> SubscriptionIndex<T> {
@@ -70,7 +87,7 @@ impl<T: Clone> SubscriptionIndex<T> {
         while let Some(level) = levels.next() {
             if level == "#" && levels.peek().is_none() {
                 let added = node.hash.insert(key, value).is_none();
-                self.len += usize::from(added);
+                self.count(filter, added);
                 return added;
             }
             node = if level == "+" {
@@ -80,15 +97,37 @@ impl<T: Clone> SubscriptionIndex<T> {
             };
         }
         let added = node.exact.insert(key, value).is_none();
-        self.len += usize::from(added);
+        self.count(filter, added);
         added
+    }
+
+    /// Counts a subscription to `filter` added.
+    fn count(&mut self, filter: &str, added: bool) {
+        if !added {
+            return;
+        }
+        self.len += 1;
+        match self.counts.get_mut(filter) {
+            Some(n) => *n += 1,
+            None => {
+                self.counts.insert(filter.into(), 1);
+            }
+        }
     }
 
     /// Removes a subscription; prunes nodes left empty. Returns false if it was absent.
     pub fn remove(&mut self, filter: &str, key: Key) -> bool {
         let levels: Vec<&str> = filter.split('/').collect();
         let removed = remove_in(&mut self.root, &levels, key);
-        self.len -= usize::from(removed);
+        if removed {
+            self.len -= 1;
+            if let Some(n) = self.counts.get_mut(filter) {
+                *n -= 1;
+                if *n == 0 {
+                    self.counts.remove(filter);
+                }
+            }
+        }
         removed
     }
 
@@ -116,13 +155,51 @@ impl<T: Clone> SubscriptionIndex<T> {
         }
     }
 
-    /// Every filter with at least one subscriber, with how many hold it, in no
-    /// particular order. Walks the whole trie: for the API, not the data path.
-    pub fn filters(&self) -> Vec<(String, usize)> {
-        let mut out = Vec::new();
-        let mut path = Vec::new();
-        walk(&self.root, &mut path, &mut out);
-        out
+    /// Up to `limit` subscribed filters, with how many hold each, in byte order: those
+    /// after `after` that start with `prefix` and that `visible` lets through. Looks at
+    /// no more than `scan` filters, so a caller who may see few of them still gets a
+    /// page for bounded work (possibly a short one, with `next` set).
+    pub fn page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        scan: usize,
+        visible: impl Fn(&str) -> bool,
+    ) -> FilterPage {
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let mut page = FilterPage::default();
+        let mut last: Option<&str> = None;
+        let filters = self.counts.range::<str, _>((start, Bound::Unbounded));
+        for (looked, (filter, n)) in filters.enumerate() {
+            if !filter.starts_with(prefix) {
+                break;
+            }
+            if page.filters.len() == limit || looked == scan {
+                page.next = last.map(str::to_owned);
+                break;
+            }
+            last = Some(filter);
+            if visible(filter) {
+                page.filters.push((filter.to_string(), *n));
+            }
+        }
+        page
+    }
+
+    /// Whether someone subscribes to exactly `topic` (a filter without wildcards).
+    pub fn has_exact(&self, topic: &str) -> bool {
+        let mut node = &self.root;
+        for level in topic.split('/') {
+            match node.children.get(level) {
+                Some(child) => node = child,
+                None => return false,
+            }
+        }
+        !node.exact.is_empty()
     }
 
     /// Number of distinct subscribers matching `topic`.
@@ -130,27 +207,6 @@ impl<T: Clone> SubscriptionIndex<T> {
         let mut n = 0;
         self.for_each_match(topic, |_| n += 1);
         n
-    }
-}
-
-fn walk<'a, T>(node: &'a Node<T>, path: &mut Vec<&'a str>, out: &mut Vec<(String, usize)>) {
-    if !node.exact.is_empty() {
-        out.push((path.join("/"), node.exact.len()));
-    }
-    if !node.hash.is_empty() {
-        let mut filter = path.clone();
-        filter.push("#");
-        out.push((filter.join("/"), node.hash.len()));
-    }
-    if let Some(plus) = &node.plus {
-        path.push("+");
-        walk(plus, path, out);
-        path.pop();
-    }
-    for (level, child) in &node.children {
-        path.push(level);
-        walk(child, path, out);
-        path.pop();
     }
 }
 
@@ -285,12 +341,33 @@ mod tests {
             index.insert(filter, key, key);
         }
         index.remove("a/b", 3);
-        let mut got = index.filters();
-        got.sort();
+        let all = |_: &str| true;
+        let got = index.page("", None, 10, 100, all);
         let want: Vec<(String, usize)> = [("#", 1), ("$x/y", 1), ("a/#", 1), ("a/+/c", 2)]
             .iter()
             .map(|(f, n)| (f.to_string(), *n))
             .collect();
-        assert_eq!(got, want);
+        assert_eq!(
+            got,
+            FilterPage {
+                filters: want,
+                next: None
+            }
+        );
+        let first = index.page("", None, 2, 100, all);
+        assert_eq!(first.next.as_deref(), Some("$x/y"));
+        let second = index.page("", first.next.as_deref(), 2, 100, all);
+        assert_eq!(second.filters.len(), 2);
+        assert_eq!(second.next, None, "no empty last page");
+        let in_a = index.page("a/", None, 10, 100, all);
+        assert_eq!(in_a.filters.len(), 2);
+        let hidden = index.page("", None, 10, 2, |f| f.starts_with('a'));
+        assert_eq!(
+            hidden,
+            FilterPage {
+                filters: vec![],
+                next: Some("$x/y".into())
+            }
+        );
     }
 }

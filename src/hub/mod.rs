@@ -20,7 +20,9 @@
 //! Locking: a publish takes its topic's lock (so every subscriber sees one topic's
 //! messages in sequence order) and then the index read lock. Subscribing takes the index
 //! write lock alone (inside the topic's lock on a topic with a history). The `topics`
-//! map lock is never taken while a topic's lock is held. The presence lock and the
+//! map lock is never taken while a topic's lock is held. The `retained` map (retained
+//! values in topic order) is written inside a topic's lock and read alone, one step of
+//! a subscription's catch-up at a time. The presence lock and the
 //! `clients`/`users` locks are each taken alone and released before delivering. No lock
 //! is held across an `.await`. Each file's notes say which of these it takes.
 
@@ -51,7 +53,7 @@ use switchboard_core::grants::Forbidden;
 use switchboard_core::message::Tap;
 use switchboard_core::protocol;
 use switchboard_core::topic::{Filter, TopicError};
-pub use topics::MAX_RETAINED;
+pub use topics::{RetainedCursor, MAX_RETAINED};
 use topics::{TopicState, MAX_TRACKED_TOPICS};
 
 /// What the Hub needs from the configuration.
@@ -111,6 +113,8 @@ pub struct Hub {
     next_key: AtomicU64,                                       // routing.rs
     index: RwLock<SubscriptionIndex<Arc<Session>>>,            // routing.rs
     topics: RwLock<HashMap<Box<str>, Arc<Mutex<TopicState>>>>, // topics.rs
+    /// Each retained value by topic, in topic order, for new subscriptions.
+    retained: RwLock<BTreeMap<Box<str>, protocol::Frame>>, // topics.rs
     /// Size of `topics` at which topics without subscribers are forgotten.
     prune_topics_at: std::sync::atomic::AtomicUsize, // topics.rs
     clients: RwLock<HashMap<String, Arc<Session>>>,            // routing.rs
@@ -137,6 +141,7 @@ impl Hub {
             next_key: AtomicU64::new(1),
             index: RwLock::default(),
             topics: RwLock::default(),
+            retained: RwLock::default(),
             prune_topics_at: std::sync::atomic::AtomicUsize::new(MAX_TRACKED_TOPICS),
             clients: RwLock::default(),
             users: RwLock::default(),

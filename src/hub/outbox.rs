@@ -4,7 +4,11 @@
 //! queued in one batch and writes it with one flush. When a subscriber cannot keep up,
 //! the configured [`SlowConsumerPolicy`] decides: drop the oldest frames (and tell the
 //! client how many with a `lagged` notice) or close the connection. Either way a
-//! connection's memory is capped by `max_messages` and `max_bytes`.
+//! connection's memory is capped by `max_messages` and `max_bytes`: frames the
+//! connection has taken but not yet handed to its socket still count (see
+//! [`Outbox::release`]), so the queue and the batch being written together stay within
+//! them (before, each held up to the limit: a never-reading subscriber cost 2.6 MB
+//! against a documented 1 MiB).
 //!
 //! Each batch carries the publish stamp of its oldest stamped frame, so the consumer can
 //! measure delivery latency once per batch rather than once per frame.
@@ -54,6 +58,9 @@ pub enum CloseReason {
 struct Queue {
     frames: VecDeque<Frame>,
     bytes: usize,
+    /// Frames (and their bytes) handed to the consumer and not yet released by it.
+    taken_frames: usize,
+    taken_bytes: usize,
     dropped: u64,
     closed: Option<CloseReason>,
     /// Publish stamp (µs since the epoch) of the oldest stamped frame queued since the
@@ -126,7 +133,9 @@ impl Outbox {
         q.bytes += frame.len();
         q.frames.push_back(frame);
         let mut dropped = 0;
-        while q.frames.len() > self.limits.max_messages || q.bytes > self.limits.max_bytes {
+        while q.frames.len() + q.taken_frames > self.limits.max_messages
+            || q.bytes + q.taken_bytes > self.limits.max_bytes
+        {
             match self.limits.policy {
                 SlowConsumerPolicy::DropOldest if q.frames.len() > 1 => {
                     if let Some(old) = q.frames.pop_front() {
@@ -134,6 +143,9 @@ impl Outbox {
                         dropped += 1;
                     }
                 }
+                // The newest frame fits the limit on its own, only not beside the batch
+                // being written: keep it, the batch's release makes room.
+                SlowConsumerPolicy::DropOldest if q.bytes <= self.limits.max_bytes => break,
                 // Close, or a single frame larger than the byte limit: nothing to drop.
                 _ => {
                     let discarded = q.frames.len() as u64;
@@ -159,6 +171,14 @@ impl Outbox {
         } else {
             Pushed::Queued
         }
+    }
+
+    /// The consumer handed `frames` frames of `bytes` bytes, taken in a batch, to its
+    /// socket: they no longer count against the limits.
+    pub fn release(&self, frames: usize, bytes: usize) {
+        let mut q = self.lock();
+        q.taken_frames = q.taken_frames.saturating_sub(frames);
+        q.taken_bytes = q.taken_bytes.saturating_sub(bytes);
     }
 
     /// Stops taking frames; what is queued is still handed out, then `closed` is set.
@@ -194,6 +214,8 @@ impl Outbox {
         if !take || (q.frames.is_empty() && q.dropped == 0 && q.closed.is_none()) {
             return Poll::Pending;
         }
+        q.taken_frames += q.frames.len();
+        q.taken_bytes += q.bytes;
         if out.is_empty() {
             std::mem::swap(out, &mut q.frames);
         } else {
@@ -212,9 +234,14 @@ impl Outbox {
         self.lock().frames.len()
     }
 
-    /// Waits for the next batch (for consumers that are plain async code).
+    /// Waits for the next batch (for consumers that are plain async code, which are
+    /// done with a batch once they have it: it is released at once).
     pub async fn next_batch(&self, out: &mut VecDeque<Frame>) -> Batch {
-        std::future::poll_fn(|cx| self.poll_batch(cx, true, out)).await
+        let before = out.len();
+        let batch = std::future::poll_fn(|cx| self.poll_batch(cx, true, out)).await;
+        let taken = out.iter().skip(before);
+        self.release(taken.len(), taken.map(|f| f.len()).sum());
+        batch
     }
 }
 
@@ -294,6 +321,25 @@ mod tests {
                 oldest: None,
             })
         );
+    }
+
+    #[tokio::test]
+    async fn a_batch_being_written_counts_until_released() {
+        let o = outbox(SlowConsumerPolicy::DropOldest);
+        for i in 0..3u8 {
+            o.push(Frame::from(i.to_string()));
+        }
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut writing = VecDeque::new();
+        assert!(o.poll_batch(&mut cx, true, &mut writing).is_ready());
+        // The batch taken still counts: the newest is kept, alone.
+        assert_eq!(o.push(Frame::from_static("3")), Pushed::Queued);
+        assert_eq!(o.push(Frame::from_static("4")), Pushed::DroppedOldest(1));
+        o.release(3, 3);
+        assert_eq!(o.push(Frame::from_static("5")), Pushed::Queued);
+        assert_eq!(o.push(Frame::from_static("6")), Pushed::Queued);
+        assert_eq!(o.depth(), 3);
     }
 
     #[tokio::test]

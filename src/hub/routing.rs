@@ -40,6 +40,9 @@ pub struct Subscribed {
     /// For a subscription that asked for missed messages: whether all of them were
     /// queued, and how many.
     pub recovery: Option<(bool, usize)>,
+    /// For a wildcard subscription: where queueing its retained values is up to, when
+    /// more remain (see [`Hub::send_retained_step`]).
+    pub retained: Option<super::RetainedCursor>,
 }
 
 impl Hub {
@@ -186,7 +189,7 @@ impl Hub {
         }
         self.join_presence(session, filter);
         if since.is_none() {
-            self.send_retained(session, filter);
+            subscribed.retained = self.send_retained(session, filter);
         }
         self.notify(&Lifecycle::Subscribed {
             client: session.id(),
@@ -414,9 +417,18 @@ impl Hub {
         doomed.len()
     }
 
-    /// Every filter someone subscribes to, with how many connections hold it.
-    pub fn subscribed_filters(&self) -> Vec<(String, usize)> {
-        read(&self.index).filters()
+    /// A page of the filters someone subscribes to, with how many connections hold
+    /// each (see [`index::SubscriptionIndex::page`]); the index read lock is held for
+    /// one page only.
+    pub fn subscribed_filters(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        visible: impl Fn(&str) -> bool,
+    ) -> index::FilterPage {
+        // Filters the caller may not see cost a look each: bound those too.
+        read(&self.index).page(prefix, after, limit, limit.saturating_mul(10), visible)
     }
 
     /// Every connected session, for shutdown.

@@ -8,10 +8,12 @@
 //!
 //! Locking: `topic_state` takes the `topics` read lock, and only to add a topic its write
 //! lock; while forgetting topics it also takes the index read lock and the lock of states
-//! only the map holds (so never waits on them). `send_retained` takes the `topics` read
-//! lock and each matching topic's lock in turn, and pushes after releasing them all.
-//! No topic's lock is held while the `topics` map lock is taken.
+//! only the map holds (so never waits on them). Retained values are also kept in
+//! `retained`, in topic order, written with the topic's lock held; `send_retained` takes
+//! only its read lock, for one step of a subscription's catch-up at a time, and pushes
+//! after releasing it. No topic's lock is held while the `topics` map lock is taken.
 
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -21,7 +23,11 @@ use super::session::lock;
 use super::{read, write, Hub, Session};
 use crate::history::Log;
 use switchboard_core::protocol::Frame;
+use switchboard_core::quiet::{clip, Throttle};
 use switchboard_core::topic;
+
+/// Retained topics a subscription's catch-up looks at per step (see [`RetainedCursor`]).
+const RETAINED_STEP: usize = 512;
 
 /// Retained values kept at most; beyond it new retained topics are refused (counted),
 /// so a client cannot grow memory without bound by retaining to ever-new topics. The
@@ -30,8 +36,8 @@ use switchboard_core::topic;
 /// use up the values users retain.
 pub const MAX_RETAINED: usize = 100_000;
 
-/// Topics whose sequence numbers are kept before those without subscribers are
-/// forgotten (their `seq` then starts again at 1).
+/// Topics whose sequence numbers are kept before those that keep nothing and have no
+/// subscriber by name are forgotten (their `seq` then starts again at 1).
 pub(super) const MAX_TRACKED_TOPICS: usize = 100_000;
 
 /// One topic's state; routing holds its lock while it numbers, delivers and logs.
@@ -56,15 +62,22 @@ impl Hub {
             && !topics.contains_key(topic)
         {
             // A client publishing to ever-new topics must not grow this map forever:
-            // forget topics nobody subscribes to and nobody is publishing to right now.
+            // forget topics that keep nothing (no retained value, no history), that no
+            // one subscribes to by name and that no one is publishing to right now. A
+            // wildcard subscriber does not keep them: with one `#` subscriber every topic
+            // ever published was kept (+515 MB for 300,000 topics, never given back); its
+            // cost is that such a topic's `seq` starts again at 1.
             let index = read(&self.index);
             // A state only the map holds cannot be locked by anyone else, so the lock
-            // taken for the retained check never waits.
+            // taken for the check never waits.
             topics.retain(|t, state| {
-                Arc::strong_count(state) > 1
-                    || index.count_matches(t) > 0
-                    || lock(state).retained.is_some()
+                Arc::strong_count(state) > 1 || index.has_exact(t) || {
+                    let state = lock(state);
+                    state.retained.is_some() || state.log.is_some()
+                }
             });
+            // Give the memory back, not only the entries.
+            topics.shrink_to_fit();
             // If most topics are in use, wait for the map to double before scanning
             // again, so the scan costs O(1) per new topic over time.
             let next = MAX_TRACKED_TOPICS.max(topics.len() * 2);
@@ -101,16 +114,33 @@ impl Hub {
             - self.counters.retained_system.load(Ordering::Relaxed);
         if clears {
             state.retained = None;
+            if had {
+                write(&self.retained).remove(topic);
+            }
         } else if had || system || users < MAX_RETAINED as u64 {
-            state.retained = Some(retained());
+            let frame = retained();
+            let mut sorted = write(&self.retained);
+            match sorted.get_mut(topic) {
+                Some(kept) => *kept = frame.clone(),
+                None => {
+                    sorted.insert(topic.into(), frame.clone());
+                }
+            }
+            state.retained = Some(frame);
         } else {
             self.counters
                 .retained_refused
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                topic,
-                "retained value not kept: {MAX_RETAINED} topics already retain one"
-            );
+            // One line per window: each refused message logged its own (50,000 lines
+            // for 50,000 messages); the count is in `retained_refused`.
+            static REFUSED: Throttle = Throttle::per_secs(10);
+            if let Some(held_back) = REFUSED.admit() {
+                tracing::warn!(
+                    topic = clip(topic, 128),
+                    held_back,
+                    "retained value not kept: {MAX_RETAINED} topics already retain one"
+                );
+            }
         }
         match (had, state.retained.is_some()) {
             (false, true) => self.count_retained(topic, true),
@@ -138,33 +168,96 @@ impl Hub {
             return;
         };
         if lock(&state).retained.take().is_some() {
+            write(&self.retained).remove(topic);
             self.count_retained(topic, false);
         }
     }
 
-    /// Queues the retained values a new subscription to `filter` matches.
-    pub(super) fn send_retained(&self, session: &Arc<Session>, filter: &str) {
+    /// Starts queueing the retained values a new subscription to `filter` matches: the
+    /// first step now, and a cursor when more remain, for the connection to take
+    /// further steps with [`Hub::send_retained_step`] between its other work.
+    pub(super) fn send_retained(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+    ) -> Option<RetainedCursor> {
         if self.counters.retained.load(Ordering::Relaxed) == 0 {
-            return;
+            return None;
         }
-        let frames: Vec<Frame> = if topic::is_wildcard(filter) {
-            read(&self.topics)
-                .iter()
-                .filter(|(t, _)| topic::matches(filter, t))
-                .filter_map(|(_, state)| lock(state).retained.clone())
-                .collect()
-        } else {
-            read(&self.topics)
-                .get(filter)
-                .and_then(|state| lock(state).retained.clone())
-                .into_iter()
-                .collect()
+        if !topic::is_wildcard(filter) {
+            let frame = read(&self.retained).get(filter).cloned();
+            if let Some(frame) = frame {
+                // A full queue applies the slow-consumer policy as for any push.
+                let _ = session.outbox.push(frame);
+            }
+            return None;
+        }
+        let mut cursor = RetainedCursor {
+            filter: filter.to_owned(),
+            after: None,
         };
+        (!self.send_retained_step(session, &mut cursor)).then_some(cursor)
+    }
+
+    /// Queues the retained values of the next [`RETAINED_STEP`] retained topics the
+    /// cursor's filter could match; true once none remain. The retained read lock is
+    /// held for one step only, and nothing is pushed under it.
+    pub fn send_retained_step(&self, session: &Session, cursor: &mut RetainedCursor) -> bool {
+        // Retained topics are in byte order, so those a filter can match start with its
+        // levels before the first wildcard.
+        let prefix = match cursor.filter.find(['+', '#']) {
+            Some(at) => &cursor.filter[..at],
+            None => cursor.filter.as_str(),
+        };
+        let mut frames = Vec::new();
+        let mut last = None;
+        let mut done = true;
+        {
+            let retained = read(&self.retained);
+            let start = match &cursor.after {
+                Some(after) => Bound::Excluded(&**after),
+                None => Bound::Included(prefix),
+            };
+            for (looked, (t, frame)) in retained
+                .range::<str, _>((start, Bound::Unbounded))
+                .enumerate()
+            {
+                if !t.starts_with(prefix) {
+                    break;
+                }
+                if looked == RETAINED_STEP {
+                    done = false;
+                    break;
+                }
+                if topic::matches(&cursor.filter, t) {
+                    frames.push(frame.clone());
+                }
+                last = Some(t);
+            }
+            if let Some(last) = last {
+                cursor.after = Some(last.clone());
+            }
+        }
         for frame in frames {
             // A full queue applies the slow-consumer policy as for any push.
             let _ = session.outbox.push(frame);
         }
+        done
     }
+}
+
+/// Where a wildcard subscription's retained values are up to.
+///
+/// Queueing them all at once held a worker thread for the whole retained table: two
+/// clients alternating `sub #` and `unsub #` over 100,000 retained values stalled
+/// every other client for 102 s (a busy tokio worker also checks for socket events
+/// only every 61 tasks, so yielding between requests did not help). A connection takes
+/// one step per turn instead, and reads no request until the last.
+#[derive(Debug)]
+pub struct RetainedCursor {
+    filter: String,
+    /// The last retained topic looked at.
+    after: Option<Box<str>>,
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use switchboard_bridge::{Device, Gone, Inbound, Ingress, Publisher};
 use crate::hub::Hub;
 use switchboard_core::grants::Grants;
 use switchboard_core::message::{Lifecycle, Origin, Publish, Tap};
+use switchboard_core::quiet::{clip, Throttle};
 
 /// Device status notices are published, retained, on `$devices/<client id>`.
 pub const DEVICE_STATUS_PREFIX: &str = "$devices/";
@@ -112,7 +113,11 @@ impl HubIngress {
         let event = if online { "online" } else { "offline" };
         let published = self.hub.publish_notice(&topic, event, &data);
         if let Err(e) = published {
-            tracing::warn!(client_id = device.client_id, error = %e, "device status not published");
+            // A connect storm repeats this once per connect.
+            static UNPUBLISHED: Throttle = Throttle::per_secs(10);
+            if let Some(held_back) = UNPUBLISHED.admit() {
+                tracing::warn!(client_id = clip(&device.client_id, 64), held_back, error = %e, "device status not published");
+            }
         }
     }
 }
@@ -133,7 +138,10 @@ impl Ingress for HubIngress {
         });
         if let Err(e) = published {
             // The broker checked the topic already, so this is a bug, not bad input.
-            tracing::warn!(client_id = device.client_id, topic = message.topic, error = %e, "device message not routed to the hub");
+            static UNROUTED: Throttle = Throttle::per_secs(10);
+            if let Some(held_back) = UNROUTED.admit() {
+                tracing::warn!(client_id = clip(&device.client_id, 64), topic = clip(message.topic, 128), held_back, error = %e, "device message not routed to the hub");
+            }
         }
     }
 

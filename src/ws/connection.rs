@@ -38,11 +38,12 @@ use super::http::Pending;
 use super::rate::PublishLimiter;
 use super::WsState;
 use crate::auth::{AuthError, Principal};
-use crate::hub::outbox::CloseReason;
-use crate::hub::Session;
+use crate::hub::outbox::{CloseReason, SlowConsumerPolicy};
+use crate::hub::{RetainedCursor, Session};
 use switchboard_core::protocol::{
     close, parse_request, ErrorCode, Frame, Request, RequestError, ServerFrame,
 };
+use switchboard_core::quiet::Throttle;
 
 /// An upgraded connection.
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -59,8 +60,10 @@ const STREAMING_WITHIN: Duration = Duration::from_micros(500);
 const MAX_UNWRITTEN_REPLIES: usize = 256;
 
 /// Carried HTTP requests served at once per connection; beyond it requests are no
-/// longer read until one finishes.
-const MAX_CARRIED_REQUESTS: usize = 128;
+/// longer read until one finishes. Each may hold a response body of up to 4 MiB while
+/// it is built, so this bounds what pipelining can make a connection hold
+/// (docs/protocol.md, "Memory per connection").
+const MAX_CARRIED_REQUESTS: usize = 4;
 
 /// Who a new connection is, as far as the upgrade could tell.
 pub enum Identity {
@@ -238,6 +241,9 @@ struct Connection {
     /// Frames produced by this connection (welcome, replies, pings), not yet handed to
     /// the socket. Written first, and the only backlog that pauses reading.
     own: VecDeque<Message>,
+    /// Bytes in `own`, held to `outbound_queue_bytes` like the outbox (one reply may
+    /// pass it: replies are never dropped).
+    own_bytes: usize,
     /// Frames taken from the outbox, in the order the Hub queued them, not yet handed to
     /// the socket. The outbox swaps its queue into this one when it is empty, so a
     /// batch reaches the writer without moving each frame again (a per-frame copy into
@@ -255,6 +261,9 @@ struct Connection {
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Set when the connection decided to close: requests already sent are not served.
     stop_reading: bool,
+    /// A subscription's retained values still being queued; no request is read until
+    /// they all are.
+    retained: Option<RetainedCursor>,
     /// Carried HTTP requests in progress; created by the first one, as most
     /// connections never carry any.
     carried: Option<FuturesUnordered<Pending>>,
@@ -280,7 +289,7 @@ impl Connection {
         // After a stall, count the time that passed once, not as a burst of misses.
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let principal = session.principal();
-        let own = auth_reply
+        let own: VecDeque<Message> = auth_reply
             .into_iter()
             .chain([welcome(&state, &session)])
             .collect();
@@ -289,8 +298,10 @@ impl Connection {
             limiter: limiter(&state, &principal),
             expiry: expiry(&principal),
             stop_reading: false,
+            retained: None,
             unrecorded: None,
             session,
+            own_bytes: own.iter().map(own_len).sum(),
             own,
             pushes: VecDeque::new(),
             unflushed: false,
@@ -359,9 +370,10 @@ impl Connection {
                     text.as_str(),
                 );
                 if let Some(reply) = handled.reply {
-                    self.own.push_back(Message::Text(Frame::from(reply)));
+                    self.queue_own(Message::Text(Frame::from(reply)));
                 }
                 self.then(handled.then);
+                self.retained = handled.retained;
                 return;
             }
             Message::Binary(_) => ServerFrame::error(
@@ -374,7 +386,13 @@ impl Connection {
             // Pongs are heard; pings are answered by tungstenite itself.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_) => return,
         };
-        self.own.push_back(Message::Text(Frame::from(reply)));
+        self.queue_own(Message::Text(Frame::from(reply)));
+    }
+
+    /// Queues one of the connection's own frames (replies, notices, pings).
+    fn queue_own(&mut self, message: Message) {
+        self.own_bytes += own_len(&message);
+        self.own.push_back(message);
     }
 
     /// Applies what a request changed about the connection itself.
@@ -388,7 +406,8 @@ impl Connection {
                 self.session = self.state.hub.connect(principal.clone());
                 self.limiter = limiter(&self.state, &principal);
                 self.expiry = expiry(&principal);
-                self.own.push_back(welcome(&self.state, &self.session));
+                let welcome = welcome(&self.state, &self.session);
+                self.queue_own(welcome);
                 tracing::debug!(client = self.session.id(), kind = %principal.kind, "client authenticated");
             }
             Then::Refreshed(principal) => self.expiry = expiry(&principal),
@@ -421,9 +440,23 @@ impl Connection {
                 // Room again: the outbox did not wake us for what it queued meanwhile.
                 continue;
             }
-            if let Some(carried) = &mut self.carried {
+            // Carried replies wait while the connection's own unwritten frames are over
+            // the outbound byte limit: a client pipelining large GETs without reading
+            // held 1.2 GB of them before they counted.
+            let budget = self.state.config.outbound_queue_bytes.get();
+            let room = self.own_bytes < budget;
+            if let Some(carried) = self.carried.as_mut().filter(|_| room) {
                 if let Poll::Ready(Some(reply)) = carried.poll_next_unpin(cx) {
-                    self.own.push_back(Message::Text(reply));
+                    let backlog = self.own_bytes;
+                    self.queue_own(Message::Text(reply));
+                    if backlog > 0
+                        && self.own_bytes > budget
+                        && self.state.config.slow_consumer == SlowConsumerPolicy::Close
+                    {
+                        // Replies are never dropped; under `close` the reader is too slow.
+                        self.stop_reading = true;
+                        self.session.outbox.close(CloseReason::SlowConsumer);
+                    }
                     continue;
                 }
             }
@@ -441,13 +474,15 @@ impl Connection {
                 } else {
                     self.silent_intervals = 0;
                 }
-                self.own.push_back(Message::Ping(Bytes::new()));
+                self.queue_own(Message::Ping(Bytes::new()));
                 continue; // hand the ping over
             }
             // A backlog of pushes does not stop reading: a slow subscriber's requests and
             // pongs are still heard. Only unwritten replies do.
             let carrying = self.carried.as_ref().map_or(0, FuturesUnordered::len);
             if self.own.len() < MAX_UNWRITTEN_REPLIES
+                && self.own_bytes < budget
+                && self.retained.is_none()
                 && carrying < MAX_CARRIED_REQUESTS
                 && !self.stop_reading
             {
@@ -485,6 +520,15 @@ impl Connection {
                     return Poll::Ready(Event::Close(reason));
                 }
             }
+            if let Some(cursor) = &mut self.retained {
+                // One step of a subscription's retained values per turn, then the other
+                // tasks ready to run (see `hub::RetainedCursor`).
+                if self.state.hub.send_retained_step(&self.session, cursor) {
+                    self.retained = None;
+                    continue;
+                }
+                cx.waker().wake_by_ref();
+            }
             return Poll::Pending;
         }
     }
@@ -499,10 +543,14 @@ impl Connection {
             return None;
         };
         if batch.closed == Some(CloseReason::SlowConsumer) {
-            tracing::info!(
-                client = self.session.id(),
-                "slow consumer: closing connection"
-            );
+            static SLOW: Throttle = Throttle::per_secs(10);
+            if let Some(held_back) = SLOW.admit() {
+                tracing::info!(
+                    client = self.session.id(),
+                    held_back,
+                    "slow consumer: closing connection"
+                );
+            }
             return Some(Event::Close(CloseReason::SlowConsumer));
         }
         if let Some(stamp) = batch.oldest {
@@ -514,10 +562,11 @@ impl Connection {
         }
         if batch.dropped > 0 {
             // The notice goes before the frames that survived the drops.
+            // It is the connection's own frame (written first), not one of the batch.
             let notice = ServerFrame::Lagged {
                 dropped: batch.dropped,
             };
-            self.pushes.push_front(notice.to_frame());
+            self.queue_own(Message::Text(notice.to_frame()));
         }
         self.closing = batch.closed;
         None
@@ -559,6 +608,21 @@ impl Connection {
     /// Hands unwritten frames to the socket, this connection's own first, which buffers
     /// them up to its write buffer size and writes when that fills.
     fn poll_hand_over(&mut self, cx: &mut Context<'_>) -> Result<(), tungstenite::Error> {
+        // Frames taken from the outbox and handed over here (count, bytes): they stop
+        // counting against the outbox's limits once they are the socket's.
+        let mut released = (0, 0);
+        let result = self.hand_over(cx, &mut released);
+        if released.0 > 0 {
+            self.session.outbox.release(released.0, released.1);
+        }
+        result
+    }
+
+    fn hand_over(
+        &mut self,
+        cx: &mut Context<'_>,
+        released: &mut (usize, usize),
+    ) -> Result<(), tungstenite::Error> {
         let mut socket = Pin::new(&mut self.socket);
         loop {
             if self.own.is_empty() && self.pushes.is_empty() {
@@ -570,8 +634,15 @@ impl Connection {
                 Poll::Pending => return Ok(()),
             }
             let next = match self.own.pop_front() {
-                Some(own) => Some(own),
-                None => self.pushes.pop_front().map(Message::Text),
+                Some(own) => {
+                    self.own_bytes = self.own_bytes.saturating_sub(own_len(&own));
+                    Some(own)
+                }
+                None => self.pushes.pop_front().map(|frame| {
+                    released.0 += 1;
+                    released.1 += frame.len();
+                    Message::Text(frame)
+                }),
             };
             if let Some(message) = next {
                 socket.as_mut().start_send(message)?;
@@ -579,6 +650,11 @@ impl Connection {
             }
         }
     }
+}
+
+/// What one of the connection's own frames holds, for its byte limit.
+fn own_len(message: &Message) -> usize {
+    message.len()
 }
 
 /// Which close code a read error deserves, if the peer can still be told.

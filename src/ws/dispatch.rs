@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::WsState;
 use crate::auth::{Kind, Principal};
 use crate::hub::outbox::CloseReason;
-use crate::hub::{HubError, Sender, Session};
+use crate::hub::{HubError, RetainedCursor, Sender, Session};
 use crate::recordings::StartRequest;
 use switchboard_core::message::{Origin, Publish};
 use switchboard_core::protocol::{
@@ -20,12 +20,15 @@ use switchboard_core::protocol::{
 
 use super::http::Pending;
 use super::rate::{PublishLimiter, Verdict};
+use switchboard_core::quiet::Throttle;
 
 /// The reply to queue, and what the connection must do next.
 pub struct Handled {
     /// None when the reply comes later (a carried HTTP request).
     pub reply: Option<String>,
     pub then: Then,
+    /// A wildcard `sub` whose retained values are still to be queued, a step at a time.
+    pub retained: Option<RetainedCursor>,
 }
 
 pub enum Then {
@@ -54,7 +57,7 @@ pub fn handle_text(
         Err((id, err)) => return reply_only(ServerFrame::error(id, &err)),
     };
     let mut then = Then::Continue;
-    if request.is_publish() {
+    if counts_against_rate(&request) {
         match limiter.check() {
             Verdict::Allowed => {}
             verdict => {
@@ -63,7 +66,14 @@ pub fn handle_text(
                     .rejections
                     .count_rate_limited(verdict == Verdict::Abusive);
                 if verdict == Verdict::Abusive {
-                    tracing::info!(client = session.id(), "publish rate limit: closing");
+                    static CLOSING: Throttle = Throttle::per_secs(10);
+                    if let Some(held_back) = CLOSING.admit() {
+                        tracing::info!(
+                            client = session.id(),
+                            held_back,
+                            "request rate limit: closing"
+                        );
+                    }
                     then = Then::Close(CloseReason::Code(
                         close::RATE_LIMITED,
                         "publish rate limit exceeded",
@@ -71,15 +81,17 @@ pub fn handle_text(
                 }
                 let err = RequestError::new(
                     ErrorCode::RateLimited,
-                    "publishing too fast: wait before publishing again",
+                    "too many requests (publishes, subscriptions, info): wait before sending more",
                 );
                 return Handled {
                     reply: Some(ServerFrame::error(id, &err)),
                     then,
+                    retained: None,
                 };
             }
         }
     }
+    let mut retained = None;
     let result = match request {
         Request::Auth { token } => identify(state, session, &token).map(|p| {
             then = Then::Identify(p);
@@ -96,6 +108,7 @@ pub fn handle_text(
             return Handled {
                 reply: None,
                 then: Then::Http(Box::pin(pending)),
+                retained: None,
             };
         }
         Request::Http(request) => {
@@ -103,11 +116,11 @@ pub fn handle_text(
             return Handled {
                 reply: None,
                 then: Then::Http(Box::pin(pending)),
+                retained: None,
             };
         }
-        other => {
-            apply(state, session, other).map_err(|e| RequestError::new(e.code(), e.to_string()))
-        }
+        other => apply(state, session, other, &mut retained)
+            .map_err(|e| RequestError::new(e.code(), e.to_string())),
     };
     let reply = match result {
         Ok(reply) => ServerFrame::Ok { id, reply }.encode(),
@@ -116,17 +129,38 @@ pub fn handle_text(
     Handled {
         reply: Some(reply),
         then,
+        retained,
     }
+}
+
+/// Ops that cost the daemon work for others, drawn from the connection's token bucket.
+///
+/// Besides publishes: `sub` and `unsub` (a `sub #` queues every retained value; two
+/// clients alternating `sub #` and `unsub #` over 100,000 of them stalled every other
+/// client for 102 s), and presence `info` (fanned out to every watcher of each room
+/// the connection is in: 20,000 frames per op were measured).
+fn counts_against_rate(request: &Request<'_>) -> bool {
+    request.is_publish()
+        || matches!(
+            request,
+            Request::Sub { .. } | Request::Unsub { .. } | Request::Info { .. }
+        )
 }
 
 fn reply_only(reply: String) -> Handled {
     Handled {
         reply: Some(reply),
         then: Then::Continue,
+        retained: None,
     }
 }
 
-fn apply(state: &WsState, session: &Arc<Session>, request: Request<'_>) -> Result<Reply, HubError> {
+fn apply(
+    state: &WsState,
+    session: &Arc<Session>,
+    request: Request<'_>,
+    retained: &mut Option<RetainedCursor>,
+) -> Result<Reply, HubError> {
     let hub = &state.hub;
     let mut reply = Reply::default();
     match request {
@@ -140,6 +174,7 @@ fn apply(state: &WsState, session: &Arc<Session>, request: Request<'_>) -> Resul
                 reply.recovered = Some(complete);
                 reply.history = Some(count);
             }
+            *retained = subscribed.retained;
         }
         Request::Unsub { topic } => hub.unsubscribe(session, &topic)?,
         Request::Pub {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -11,6 +12,7 @@ use serde_json::json;
 use super::{ApiError, ApiQuery, Caller};
 use crate::http::state::HttpState;
 use crate::hub::Hub;
+use switchboard_core::protocol::ErrorCode;
 
 pub fn routes() -> Router<HttpState> {
     Router::new()
@@ -18,33 +20,49 @@ pub fn routes() -> Router<HttpState> {
         .route("/presence", get(presence))
 }
 
+/// Filters per page of `GET /topics` unless `limit` says fewer; also the most it may ask.
+const MAX_PAGE: usize = 1000;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TopicsQuery {
     /// Only filters starting with this.
     #[serde(default)]
     prefix: Option<String>,
+    /// Filters per page, 1 to [`MAX_PAGE`].
+    #[serde(default)]
+    limit: Option<usize>,
+    /// The `next` of the previous page: this page starts after it.
+    #[serde(default)]
+    after: Option<String>,
 }
 
-/// Every subscribed filter with its number of subscribers, limited to what the caller
-/// may itself subscribe to: a client learns nothing about topics it cannot see.
+/// A page of the subscribed filters with their number of subscribers, in byte order,
+/// limited to what the caller may itself subscribe to: a client learns nothing about
+/// topics it cannot see. Paged so that anyone's listing holds the index for one page.
 async fn topics(
     State(hub): State<Arc<Hub>>,
     Caller(caller): Caller,
     ApiQuery(query): ApiQuery<TopicsQuery>,
-) -> Json<serde_json::Value> {
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = query.limit.unwrap_or(MAX_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            format!("`limit` must be between 1 and {MAX_PAGE}"),
+        ));
+    }
     let prefix = query.prefix.as_deref().unwrap_or("");
-    let mut topics: Vec<(String, usize)> = hub
-        .subscribed_filters()
-        .into_iter()
-        .filter(|(f, _)| f.starts_with(prefix) && caller.grants.check_subscribe(f).is_ok())
-        .collect();
-    topics.sort();
-    let topics: Vec<serde_json::Value> = topics
+    let page = hub.subscribed_filters(prefix, query.after.as_deref(), limit, |f| {
+        caller.grants.check_subscribe(f).is_ok()
+    });
+    let topics: Vec<serde_json::Value> = page
+        .filters
         .into_iter()
         .map(|(filter, subscribers)| json!({"filter": filter, "subscribers": subscribers}))
         .collect();
-    Json(json!({ "topics": topics }))
+    Ok(Json(json!({ "topics": topics, "next": page.next })))
 }
 
 #[derive(Deserialize)]

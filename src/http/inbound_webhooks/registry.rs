@@ -15,6 +15,7 @@ use crate::hub::{Hub, HubError};
 use crate::outbound_webhooks::signature::{self, SignatureError};
 use switchboard_core::grants::Grants;
 use switchboard_core::message::{Origin, Publish, Published};
+use switchboard_core::quiet::Throttle;
 
 /// Every configured hook, by name.
 pub struct Hooks {
@@ -188,7 +189,11 @@ impl Hook {
                 if let Some((id, _)) = &replay_id {
                     lock(&self.seen).forget(id);
                 }
-                tracing::warn!(hook = self.config.name.as_str(), error = %e, "hook delivery not published");
+                // Each request can fail the same way (a forbidden topic): one line a window.
+                static UNPUBLISHED: Throttle = Throttle::per_secs(10);
+                if let Some(held_back) = UNPUBLISHED.admit() {
+                    tracing::warn!(hook = self.config.name.as_str(), held_back, error = %e, "hook delivery not published");
+                }
                 Err(e.into())
             }
         }
