@@ -62,6 +62,9 @@ pub struct BrokerConfig {
     /// Messages queued towards MQTT subscribers from other ways in before new ones are
     /// dropped (and counted).
     pub egress_queue: usize,
+    /// QoS 2 publishes one device may leave unreleased (no PUBREL yet); announced to
+    /// MQTT 5 devices as Receive Maximum. One more closes the connection.
+    pub receive_maximum: u16,
 }
 
 impl Default for BrokerConfig {
@@ -76,6 +79,7 @@ impl Default for BrokerConfig {
             max_packet_size: 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
             egress_queue: 65_536,
+            receive_maximum: 32,
         }
     }
 }
@@ -279,6 +283,21 @@ pub struct Stats {
     pub tls_handshake_failures: AtomicU64,
     /// `connections` split by [`Transport`] (indexed as [`Transport::ALL`]).
     pub connections_by_transport: [AtomicU64; 4],
+    /// Connections closed for going past a limit the broker announced.
+    pub limit_disconnects: LimitCounters,
+}
+
+/// Connections closed for going past an announced limit, by limit.
+#[derive(Debug, Default)]
+pub struct LimitCounters {
+    /// More unreleased QoS 2 publishes than the Receive Maximum.
+    pub receive_maximum: AtomicU64,
+}
+
+/// A point-in-time copy of [`LimitCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitSnapshot {
+    pub receive_maximum: u64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -296,6 +315,7 @@ pub struct StatsSnapshot {
     pub tls_handshake_failures: u64,
     /// Devices connected now, in the order of [`Transport::ALL`].
     pub connections_by_transport: [u64; 4],
+    pub limit_disconnects: LimitSnapshot,
 }
 
 impl Stats {
@@ -313,6 +333,9 @@ impl Stats {
             egress_dropped: get(&self.egress_dropped),
             tls_handshake_failures: get(&self.tls_handshake_failures),
             connections_by_transport: self.connections_by_transport.each_ref().map(get),
+            limit_disconnects: LimitSnapshot {
+                receive_maximum: get(&self.limit_disconnects.receive_maximum),
+            },
         }
     }
 }

@@ -343,10 +343,14 @@ impl Running {
                 return Some(End::Gone(why));
             }
             Step::Close(reason, why) => {
-                self.shared
-                    .stats
-                    .protocol_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                let stats = &self.shared.stats;
+                let counter = match reason {
+                    DisconnectReasonCode::ReceiveMaximumExceeded => {
+                        &stats.limit_disconnects.receive_maximum
+                    }
+                    _ => &stats.protocol_errors,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     client_id = self.device.client_id,
                     why,
@@ -469,6 +473,17 @@ impl Running {
                 "publish refused: {denied}"
             );
             return self.refuse_publish(header, denied);
+        }
+        if header.qos == 2
+            && !self.awaiting_release.contains(&header.pkid)
+            && self.awaiting_release.len() >= usize::from(self.shared.config.receive_maximum)
+        {
+            // Each unreleased QoS 2 publish holds memory until its PUBREL; the device was
+            // told how many it may leave open.
+            return Step::Close(
+                DisconnectReasonCode::ReceiveMaximumExceeded,
+                "more unreleased QoS 2 publishes than the receive maximum",
+            );
         }
         let duplicate = header.qos == 2 && !self.awaiting_release.insert(header.pkid);
         if !duplicate {

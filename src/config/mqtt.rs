@@ -8,7 +8,7 @@
 //! (`crate::mqtt`) stays free of the auth and bridge types the section names.
 
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU16, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -36,6 +36,8 @@ pub struct MqttConfig {
     pub connect_timeout: Duration,
     /// Messages from other ways in queued towards MQTT subscribers before drops.
     pub egress_queue: NonZeroUsize,
+    /// Unreleased QoS 2 publishes per device (MQTT 5 Receive Maximum).
+    pub receive_maximum: NonZeroU16,
     /// Devices without a username may connect.
     pub allow_anonymous: bool,
     /// Password file (`switchboard passwd`, Mosquitto-compatible); empty for none.
@@ -78,6 +80,7 @@ impl Default for MqttConfig {
             max_packet_size: nz(1024 * 1024),
             connect_timeout: Duration::from_secs(10),
             egress_queue: nz(65_536),
+            receive_maximum: NonZeroU16::new(32).unwrap_or(NonZeroU16::MIN),
             allow_anonymous: true,
             password_file: PathBuf::new(),
             acl: Vec::new(),
@@ -106,6 +109,7 @@ impl MqttConfig {
             max_packet_size: self.max_packet_size.get(),
             connect_timeout: self.connect_timeout,
             egress_queue: self.egress_queue.get(),
+            receive_maximum: self.receive_maximum.get(),
         }
     }
 

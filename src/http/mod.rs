@@ -55,6 +55,9 @@ async fn healthz(
             "egress_published": m.egress_published,
             "egress_dropped": m.egress_dropped,
             "tls_handshake_failures": m.tls_handshake_failures,
+            "limit_disconnects": {
+                "receive_maximum": m.limit_disconnects.receive_maximum,
+            },
         })
     });
     let body = json!({

@@ -63,6 +63,13 @@ impl Source for MqttMetrics {
             "MQTT connections ended for a malformed or oversized packet.",
             m.protocol_errors,
         );
+        let limits = m.limit_disconnects;
+        s.counters(
+            "mqtt_limit_disconnects",
+            "MQTT connections closed for going past a limit the broker announced.",
+            "limit",
+            [("receive_maximum", limits.receive_maximum)],
+        );
         s.counters(
             "tls_handshake_failures",
             TLS_FAILURES,

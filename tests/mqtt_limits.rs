@@ -1,0 +1,372 @@
+//! The MQTT session under abuse and at the edges of the spec: every limit the broker
+//! announces is enforced on the wire (the device sees the reason code, the counter moves)
+//! and another device is still served. Raw packets, because no client library will send
+//! what a hostile or broken device sends.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{mosquitto_pub, Daemon, Raw};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(5);
+/// How long "nothing else arrives" is watched for.
+const QUIET: Duration = Duration::from_millis(300);
+
+const CONNACK: u8 = 0x20;
+const PUBLISH: u8 = 0x30;
+const PUBACK: u8 = 0x40;
+const PUBREC: u8 = 0x50;
+const PUBCOMP: u8 = 0x70;
+const SUBACK: u8 = 0x90;
+const UNSUBACK: u8 = 0xb0;
+const PINGRESP: u8 = 0xd0;
+const DISCONNECT: u8 = 0xe0;
+
+/// One MQTT packet as read off the wire: its first byte and its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Packet {
+    first: u8,
+    body: Vec<u8>,
+}
+
+impl Packet {
+    fn kind(&self) -> u8 {
+        self.first & 0xf0
+    }
+
+    /// The packet id at the front of an acknowledgement's body.
+    fn pkid(&self) -> u16 {
+        u16::from_be_bytes([self.body[0], self.body[1]])
+    }
+
+    /// The reason code of an MQTT 5 DISCONNECT (0 when it has none).
+    fn reason(&self) -> u8 {
+        self.body.first().copied().unwrap_or(0)
+    }
+
+    /// (topic, payload) of a PUBLISH on an MQTT 5 connection, QoS 0.
+    fn v5_publish(&self) -> (String, Vec<u8>) {
+        let tlen = u16::from_be_bytes([self.body[0], self.body[1]]) as usize;
+        let topic = String::from_utf8(self.body[2..2 + tlen].to_vec()).unwrap();
+        let mut at = 2 + tlen;
+        if (self.first >> 1) & 3 > 0 {
+            at += 2;
+        }
+        let (props, n) = varint(&self.body[at..]);
+        (topic, self.body[at + n + props..].to_vec())
+    }
+}
+
+/// MQTT's variable byte integer: (value, bytes used).
+fn varint(b: &[u8]) -> (usize, usize) {
+    let mut value = 0;
+    for (i, byte) in b.iter().enumerate().take(4) {
+        value |= ((byte & 0x7f) as usize) << (7 * i);
+        if byte & 0x80 == 0 {
+            return (value, i + 1);
+        }
+    }
+    panic!("bad variable byte integer");
+}
+
+fn encode_varint(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut p = vec![first];
+    encode_varint(body.len(), &mut p);
+    p.extend_from_slice(body);
+    p
+}
+
+fn string(s: &str) -> Vec<u8> {
+    let mut out = (s.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+/// A device speaking raw MQTT over TCP.
+struct Wire {
+    s: TcpStream,
+    v5: bool,
+    buf: Vec<u8>,
+}
+
+impl Wire {
+    /// Connects with clean start and `props` (MQTT 5 CONNECT properties, encoded), and
+    /// returns the device with its CONNACK, which must accept it.
+    async fn connect(addr: SocketAddr, v5: bool, client_id: &str, props: &[u8]) -> (Wire, Packet) {
+        let s = TcpStream::connect(addr).await.expect("connect");
+        let mut body = string("MQTT");
+        body.extend([if v5 { 5 } else { 4 }, 0x02, 0, 60]);
+        if v5 {
+            encode_varint(props.len(), &mut body);
+            body.extend_from_slice(props);
+        }
+        body.extend(string(client_id));
+        let mut wire = Wire {
+            s,
+            v5,
+            buf: Vec::new(),
+        };
+        wire.send(&packet(0x10, &body)).await;
+        let connack = wire.next().await.expect("CONNACK");
+        assert_eq!(connack.kind(), CONNACK, "{connack:?}");
+        assert_eq!(connack.body[1], 0, "refused: {connack:?}");
+        (wire, connack)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).await.expect("write");
+    }
+
+    /// The next packet, or `None` if the server closed the connection.
+    async fn next(&mut self) -> Option<Packet> {
+        self.next_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no packet within {WAIT:?}"))
+    }
+
+    /// `Some(None)` when closed, `None` if nothing arrived in `wait`.
+    async fn next_within(&mut self, wait: Duration) -> Option<Option<Packet>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.buf.len() >= 2 {
+                let (len, n) = varint(&self.buf[1..]);
+                if self.buf.len() >= 1 + n + len {
+                    let body = self.buf[1 + n..1 + n + len].to_vec();
+                    let first = self.buf[0];
+                    self.buf.drain(..1 + n + len);
+                    return Some(Some(Packet { first, body }));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.s.read(&mut chunk)).await {
+                Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(None),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The next packet of `kind`, skipping others.
+    async fn expect(&mut self, kind: u8) -> Packet {
+        loop {
+            let p = self.next().await.unwrap_or_else(|| panic!("closed"));
+            if p.kind() == kind {
+                return p;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the last packet it sent before.
+    async fn closed(&mut self) -> Option<Packet> {
+        let mut last = None;
+        while let Some(p) = self.next().await {
+            last = Some(p);
+        }
+        last
+    }
+
+    /// Asserts the server ended the connection, telling an MQTT 5 device `reason`.
+    async fn expect_disconnect(&mut self, reason: u8) {
+        let last = self.closed().await;
+        if self.v5 {
+            let last = last.expect("a DISCONNECT before the close");
+            assert_eq!(last.kind(), DISCONNECT, "{last:?}");
+            assert_eq!(last.reason(), reason, "{last:?}");
+        } else {
+            assert!(
+                last.is_none_or(|p| p.kind() != DISCONNECT),
+                "3.1.1 has no server DISCONNECT"
+            );
+        }
+    }
+
+    fn publish(&self, qos: u8, pkid: u16, topic: &str, payload: &[u8], dup: bool) -> Vec<u8> {
+        self.publish_with(qos, pkid, topic, payload, dup, &[])
+    }
+
+    fn publish_with(
+        &self,
+        qos: u8,
+        pkid: u16,
+        topic: &str,
+        payload: &[u8],
+        dup: bool,
+        props: &[u8],
+    ) -> Vec<u8> {
+        let mut body = string(topic);
+        if qos > 0 {
+            body.extend(pkid.to_be_bytes());
+        }
+        if self.v5 {
+            encode_varint(props.len(), &mut body);
+            body.extend_from_slice(props);
+        }
+        body.extend_from_slice(payload);
+        packet(PUBLISH | (u8::from(dup) << 3) | (qos << 1), &body)
+    }
+
+    fn pubrel(&self, pkid: u16) -> Vec<u8> {
+        packet(0x62, &pkid.to_be_bytes())
+    }
+
+    fn subscribe(&self, pkid: u16, filters: &[&str]) -> Vec<u8> {
+        let mut body = pkid.to_be_bytes().to_vec();
+        if self.v5 {
+            body.push(0);
+        }
+        for f in filters {
+            body.extend(string(f));
+            body.push(1);
+        }
+        packet(0x82, &body)
+    }
+
+    fn unsubscribe(&self, pkid: u16, filters: &[&str]) -> Vec<u8> {
+        let mut body = pkid.to_be_bytes().to_vec();
+        if self.v5 {
+            body.push(0);
+        }
+        for f in filters {
+            body.extend(string(f));
+        }
+        packet(0xa2, &body)
+    }
+
+    /// Subscribes (QoS 1) and returns the SUBACK's codes.
+    async fn subscribed(&mut self, pkid: u16, filters: &[&str]) -> Vec<u8> {
+        let sub = self.subscribe(pkid, filters);
+        self.send(&sub).await;
+        let suback = self.expect(SUBACK).await;
+        assert_eq!(suback.pkid(), pkid);
+        let codes = if self.v5 {
+            let (props, n) = varint(&suback.body[2..]);
+            &suback.body[2 + n + props..]
+        } else {
+            &suback.body[2..]
+        };
+        codes.to_vec()
+    }
+}
+
+/// The property of this identifier in an MQTT 5 CONNACK, as a big-endian number.
+fn connack_property(connack: &Packet, id: u8) -> Option<u32> {
+    let (len, n) = varint(&connack.body[2..]);
+    let mut props = &connack.body[2 + n..2 + n + len];
+    while let Some((&key, rest)) = props.split_first() {
+        let width = match key {
+            0x24 | 0x25 | 0x28 | 0x29 | 0x2a => 1,
+            0x13 | 0x21 | 0x22 => 2,
+            0x11 | 0x27 => 4,
+            _ => {
+                // Strings and binary data: a two-byte length first.
+                let l = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+                props = &rest[2 + l..];
+                continue;
+            }
+        };
+        let value = rest[..width]
+            .iter()
+            .fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+        if key == id {
+            return Some(value);
+        }
+        props = &rest[width..];
+    }
+    None
+}
+
+async fn mqtt_stats(d: &Daemon) -> Value {
+    d.healthz().await["mqtt"].clone()
+}
+
+/// Waits for the healthz figure at `path` (under `mqtt`) to reach `want`.
+async fn wait_stat(d: &Daemon, path: &[&str], want: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stats = mqtt_stats(d).await;
+        let got = path.iter().fold(&stats, |v, k| &v[*k]).as_u64();
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mqtt.{} is {got:?}, want {want}: {stats}",
+            path.join(".")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Another device is still served: a `mosquitto_pub` QoS 1 message reaches a WebSocket
+/// subscriber.
+async fn still_served(d: &Daemon, what: &str) {
+    let topic = format!("probe/{}", rand::random::<u32>());
+    let mut ws = Raw::subscribed(&d.ws_url(), &topic).await;
+    let port = d.mqtt.expect("MQTT listener").port();
+    assert!(
+        mosquitto_pub(port, &["-i", "probe", "-q", "1", "-t", &topic, "-m", "ok"]).await,
+        "after {what}: mosquitto_pub failed"
+    );
+    let m = tokio::time::timeout(WAIT, ws.next_msg())
+        .await
+        .unwrap_or_else(|_| panic!("after {what}: the probe did not reach the hub"));
+    assert_eq!(m["data"], "ok", "after {what}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Unreleased QoS 2 publishes are bounded by the Receive Maximum.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn unreleased_qos2_beyond_the_receive_maximum_disconnects() {
+    let d = Daemon::start("[mqtt]\nreceive_maximum = 4\n");
+    let addr = d.mqtt.unwrap();
+
+    for v5 in [true, false] {
+        let (mut dev, connack) = Wire::connect(addr, v5, "hoarder", &[]).await;
+        if v5 {
+            assert_eq!(connack_property(&connack, 0x21), Some(4), "{connack:?}");
+        }
+        // Four open flows are allowed, and a retransmission of one is not a fifth.
+        for pkid in 1..=4 {
+            let p = dev.publish(2, pkid, "hoard/x", b"x", false);
+            dev.send(&p).await;
+            assert_eq!(dev.expect(PUBREC).await.pkid(), pkid);
+        }
+        let again = dev.publish(2, 4, "hoard/x", b"x", true);
+        dev.send(&again).await;
+        assert_eq!(dev.expect(PUBREC).await.pkid(), 4);
+        // Releasing one makes room for another.
+        let rel = dev.pubrel(1);
+        dev.send(&rel).await;
+        assert_eq!(dev.expect(PUBCOMP).await.pkid(), 1);
+        let p = dev.publish(2, 5, "hoard/x", b"x", false);
+        dev.send(&p).await;
+        assert_eq!(dev.expect(PUBREC).await.pkid(), 5);
+
+        let fifth = dev.publish(2, 6, "hoard/x", b"x", false);
+        dev.send(&fifth).await;
+        dev.expect_disconnect(0x93).await;
+    }
+    wait_stat(&d, &["limit_disconnects", "receive_maximum"], 2).await;
+    still_served(&d, "QoS 2 hoarding").await;
+}
