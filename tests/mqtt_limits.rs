@@ -370,3 +370,67 @@ async fn unreleased_qos2_beyond_the_receive_maximum_disconnects() {
     wait_stat(&d, &["limit_disconnects", "receive_maximum"], 2).await;
     still_served(&d, "QoS 2 hoarding").await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Floods while reading the replies: what the session queues towards the router is bounded.
+// ---------------------------------------------------------------------------------------
+
+/// Writes `rounds` copies of `chunk` while reading everything the server sends, and
+/// returns the bytes read by the time `want` bytes arrived (or the server went quiet).
+async fn flood_reading(dev: Wire, chunk: Vec<u8>, rounds: usize, want: usize) -> usize {
+    let (mut rd, mut wr) = dev.s.into_split();
+    let writer = tokio::spawn(async move {
+        for _ in 0..rounds {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = dev.buf.len();
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < want {
+        match tokio::time::timeout(WAIT, rd.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got += n,
+            _ => break,
+        }
+    }
+    writer.abort();
+    got
+}
+
+#[tokio::test]
+async fn a_pingreq_flood_is_answered_without_growing_memory() {
+    let d = Daemon::start("");
+    let addr = d.mqtt.unwrap();
+    let rss_before = d.rss_kib();
+    let pings: Vec<u8> = [0xc0u8, 0x00].repeat(32 * 1024);
+    const ROUNDS: usize = 40;
+    let mut floods = Vec::new();
+    for (i, v5) in [true, false].into_iter().enumerate() {
+        let (dev, _) = Wire::connect(addr, v5, &format!("pinger{i}"), &[]).await;
+        let chunk = pings.clone();
+        floods.push(tokio::spawn(flood_reading(
+            dev,
+            chunk,
+            ROUNDS,
+            pings.len() * ROUNDS,
+        )));
+    }
+    for flood in floods {
+        // Every PINGREQ gets its two-byte PINGRESP.
+        let got = flood.await.unwrap();
+        let rss = d.rss_kib() / 1024;
+        assert_eq!(
+            got,
+            pings.len() * ROUNDS,
+            "PINGRESP bytes (RSS now {rss} MiB)"
+        );
+    }
+    let growth_mib = d.rss_kib().saturating_sub(rss_before) / 1024;
+    eprintln!(
+        "RSS grew {growth_mib} MiB over 2 x {} PINGREQs",
+        32 * 1024 * ROUNDS
+    );
+    assert!(growth_mib < 32, "RSS grew {growth_mib} MiB");
+    still_served(&d, "a PINGREQ flood").await;
+}

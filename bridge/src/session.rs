@@ -18,8 +18,8 @@ use bytes::BytesMut;
 use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, PubRec,
-    PubRecReason, SubAck, Subscribe, SubscribeReasonCode,
+    ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason,
+    PubRec, PubRecReason, SubAck, Subscribe, SubscribeReasonCode,
 };
 use tokio::time::{sleep_until, Instant};
 
@@ -173,9 +173,16 @@ struct Running {
     recheck: tokio::sync::watch::Receiver<u64>,
 }
 
+/// Packets decoded from the read buffer before they are handed on and written: a read
+/// of tiny packets (a megabyte of PINGREQs is half a million) must not turn into as
+/// many queued packets at once.
+const BATCH: usize = 64;
+
 /// What reading one packet led to.
 enum Step {
     Continue,
+    /// A batch is full; more may be waiting in the read buffer.
+    Batch,
     End(Gone),
     /// A protocol violation or refused publish that ends the connection, with a reason for
     /// MQTT 5 devices.
@@ -333,10 +340,24 @@ impl Running {
         let _ = self.flush().await;
     }
 
-    /// Acts on what is in the read buffer; `Some` if the session ends.
+    /// Acts on what is in the read buffer, a batch at a time; `Some` if the session ends.
     async fn handle_input(&mut self) -> Option<End> {
-        match self.process_input() {
-            Step::Continue => {}
+        loop {
+            let step = self.process_input();
+            let more = matches!(step, Step::Batch);
+            if let Some(end) = self.act(step).await {
+                return Some(end);
+            }
+            if !more {
+                return None;
+            }
+        }
+    }
+
+    /// Hands on and writes what one batch of input produced; `Some` if the session ends.
+    async fn act(&mut self, step: Step) -> Option<End> {
+        match step {
+            Step::Continue | Step::Batch => {}
             Step::End(why) => {
                 let _ = self.forward().await;
                 let _ = self.flush().await;
@@ -406,10 +427,14 @@ impl Running {
                     self.to_router.push(Packet::Unsubscribe(unsubscribe, props));
                     Step::Continue
                 }
-                packet @ (Packet::PubAck(..)
-                | Packet::PubRec(..)
-                | Packet::PubComp(..)
-                | Packet::PingReq(..)) => {
+                Packet::PingReq(_) => {
+                    // Answered here: through the router each one is a wake-up of its
+                    // thread and a queued ack, and a device pinging in a loop outran it
+                    // by gigabytes.
+                    self.to_device.push(Packet::PingResp(PingResp));
+                    Step::Continue
+                }
+                packet @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => {
                     self.to_router.push(packet);
                     Step::Continue
                 }
@@ -431,6 +456,9 @@ impl Running {
             };
             if !matches!(step, Step::Continue) {
                 return step;
+            }
+            if self.to_router.len() + self.to_device.len() >= BATCH {
+                return Step::Batch;
             }
         }
     }
