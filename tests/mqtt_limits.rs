@@ -235,7 +235,7 @@ impl Wire {
         }
         for f in filters {
             body.extend(string(f));
-            body.push(1);
+            body.push(0);
         }
         packet(0x82, &body)
     }
@@ -251,7 +251,7 @@ impl Wire {
         packet(0xa2, &body)
     }
 
-    /// Subscribes (QoS 1) and returns the SUBACK's codes.
+    /// Subscribes (QoS 0) and returns the SUBACK's codes.
     async fn subscribed(&mut self, pkid: u16, filters: &[&str]) -> Vec<u8> {
         let sub = self.subscribe(pkid, filters);
         self.send(&sub).await;
@@ -379,12 +379,16 @@ async fn unreleased_qos2_beyond_the_receive_maximum_disconnects() {
 /// returns the bytes read by the time `want` bytes arrived (or the server went quiet).
 async fn flood_reading(dev: Wire, chunk: Vec<u8>, rounds: usize, want: usize) -> usize {
     let (mut rd, mut wr) = dev.s.into_split();
+    // The write half is kept open until the reading is done: dropping it sends FIN,
+    // and the server rightly ends a session whose device has closed.
     let writer = tokio::spawn(async move {
         for _ in 0..rounds {
             if wr.write_all(&chunk).await.is_err() {
-                return;
+                break;
             }
         }
+        std::future::pending::<()>().await;
+        drop(wr);
     });
     let mut got = dev.buf.len();
     let mut buf = vec![0u8; 64 * 1024];
@@ -433,4 +437,63 @@ async fn a_pingreq_flood_is_answered_without_growing_memory() {
     );
     assert!(growth_mib < 32, "RSS grew {growth_mib} MiB");
     still_served(&d, "a PINGREQ flood").await;
+}
+
+/// Keeps reading a device's connection so the router never pauses it.
+fn drain(dev: Wire) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut s = dev.s;
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+}
+
+#[tokio::test]
+async fn qos1_and_subscribe_floods_are_paced_not_queued() {
+    let d = Daemon::start("");
+    let addr = d.mqtt.unwrap();
+    // An MQTT subscriber, so the publishes do go to the router.
+    let (mut sub, _) = Wire::connect(addr, true, "flood-sub", &[]).await;
+    assert_eq!(sub.subscribed(1, &["flood/#"]).await, [0]);
+    let reader = drain(sub);
+    let rss_before = d.rss_kib();
+
+    const ROUNDS: usize = 50;
+    let (dev, _) = Wire::connect(addr, true, "flooder", &[]).await;
+    let mut chunk = Vec::new();
+    for pkid in 1..=1000u16 {
+        chunk.extend(dev.publish(1, pkid, "flood/x", &[b'p'; 100], false));
+    }
+    // Every QoS 1 publish gets its four-byte PUBACK.
+    let got = flood_reading(dev, chunk, ROUNDS, 1000 * ROUNDS * 4).await;
+    assert_eq!(
+        got,
+        1000 * ROUNDS * 4,
+        "PUBACK bytes (RSS {} MiB)",
+        d.rss_kib() / 1024
+    );
+
+    let (dev, _) = Wire::connect(addr, true, "subflooder", &[]).await;
+    let mut chunk = Vec::new();
+    for pkid in 1..=1000u16 {
+        chunk.extend(dev.subscribe(pkid, &["flood/again"]));
+    }
+    // Every SUBSCRIBE gets its six-byte SUBACK (no properties, one code).
+    let got = flood_reading(dev, chunk, ROUNDS, 1000 * ROUNDS * 6).await;
+    assert_eq!(
+        got,
+        1000 * ROUNDS * 6,
+        "SUBACK bytes (RSS {} MiB)",
+        d.rss_kib() / 1024
+    );
+
+    let growth_mib = d.rss_kib().saturating_sub(rss_before) / 1024;
+    eprintln!(
+        "RSS grew {growth_mib} MiB over 2 x {} packets",
+        1000 * ROUNDS
+    );
+    // The router's own segments for the filter take up to 10 MiB of this.
+    assert!(growth_mib < 64, "RSS grew {growth_mib} MiB");
+    still_served(&d, "QoS 1 and SUBSCRIBE floods").await;
+    reader.abort();
 }

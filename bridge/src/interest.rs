@@ -3,10 +3,11 @@
 //! Every publish handed to rumqttd's router wakes its thread, and on one core that
 //! wake-up and the context switches around it cost more than the rest of the publish
 //! (a thousand sensors at 100 messages/s: a third of the core). Most device traffic is
-//! read only by WebSocket dashboards through the Hub, so a QoS 0, non-retained publish
-//! that no MQTT filter matches is not handed over at all. QoS 1 and 2 still go (the
-//! router acknowledges them), as do retained messages (it keeps them for later
-//! subscribers) and anything carrying a topic alias (it keeps the alias table).
+//! read only by WebSocket dashboards through the Hub, so a QoS 0
+//! or QoS 1 (the session acknowledges it), non-retained publish that no MQTT filter
+//! matches is not handed over at all. QoS 2 still goes (the router holds it until
+//! PUBREL), as do retained messages (it keeps them for later subscribers) and anything
+//! carrying a topic alias (it keeps the alias table).
 //!
 //! Filters are recorded per client id, because a persistent session's subscriptions stay
 //! in the router after its device leaves and come back with it.

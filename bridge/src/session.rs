@@ -178,6 +178,10 @@ struct Running {
 /// many queued packets at once.
 const BATCH: usize = 64;
 
+/// Packets one session may have waiting in its link for the router before it stops
+/// reading the device; with a [`BATCH`] on top, at most this many plus one batch.
+const ROUTER_BACKLOG: usize = 64;
+
 /// What reading one packet led to.
 enum Step {
     Continue,
@@ -526,12 +530,30 @@ impl Running {
             };
             self.shared.ingress.accept(&self.device, inbound);
         }
+        if header.qos == 1 {
+            // Acknowledged here, not by the router: the message is the broker's once it is
+            // in the Hub, and a QoS 1 publish no MQTT subscriber wants never costs the
+            // router a wake-up.
+            self.to_device.push(Packet::PubAck(
+                PubAck {
+                    pkid: header.pkid,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            ));
+        }
         // See `interest`: only what the router must see, or an MQTT subscriber may want.
-        let router_needed = header.qos > 0
+        let router_needed = header.qos == 2
             || publish.retain
             || props.as_ref().is_some_and(|p| p.topic_alias.is_some())
             || self.interest.wants(&self.shared.interest, &topic);
         if router_needed {
+            let publish = if header.qos == 1 {
+                // The router delivers at each subscription's QoS whatever the publish's.
+                rumqttd::protocol::Publish::new(publish.topic, publish.payload, publish.retain)
+            } else {
+                publish
+            };
             self.to_router.push(Packet::Publish(publish, props));
         }
         Step::Continue
@@ -654,8 +676,23 @@ impl Running {
     }
 
     /// Hands what the device sent to the router, waking it once per batch.
+    ///
+    /// The link's queue into the router is unbounded and the router is one thread for
+    /// every device, so a device that sends faster than it keeps up must wait here: the
+    /// session stops reading its socket until the router has taken most of what this
+    /// link holds, and TCP pushes back on the device.
     async fn forward(&mut self) -> Result<(), ()> {
         let packets = std::mem::take(&mut self.to_router);
+        if packets.is_empty() {
+            return Ok(());
+        }
+        while self.link_tx.buffer().len() >= ROUTER_BACKLOG {
+            if self.shared.router.stopped() {
+                return Err(());
+            }
+            // rumqttd says nothing when it has read a link's queue; look again shortly.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         self.notify_router(packets).await
     }
 
