@@ -497,3 +497,37 @@ async fn qos1_and_subscribe_floods_are_paced_not_queued() {
     still_served(&d, "QoS 1 and SUBSCRIBE floods").await;
     reader.abort();
 }
+
+// ---------------------------------------------------------------------------------------
+// Subscriptions per device.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn subscriptions_beyond_the_cap_are_refused_in_the_suback() {
+    let d = Daemon::start("[mqtt]\nmax_subscriptions = 3\n");
+    let addr = d.mqtt.unwrap();
+    let mut ws = Raw::subscribed(&d.ws_url(), "cap/#").await;
+    for (v5, refused) in [(true, 0x97), (false, 0x80)] {
+        let id = if v5 { "capped5" } else { "capped4" };
+        let (mut dev, _) = Wire::connect(addr, v5, id, &[]).await;
+        assert_eq!(dev.subscribed(1, &["cap/a", "cap/b"]).await, [0, 0]);
+        // Again to a held filter is no new subscription; the fourth is one too many.
+        assert_eq!(
+            dev.subscribed(2, &["cap/a", "cap/c", "cap/d"]).await,
+            [0, 0, refused]
+        );
+        // Giving one back makes room.
+        let unsub = dev.unsubscribe(3, &["cap/b"]);
+        dev.send(&unsub).await;
+        dev.expect(UNSUBACK).await;
+        assert_eq!(dev.subscribed(4, &["cap/d"]).await, [0]);
+        // The refused filter was never held: nothing arrives for it, and the device
+        // is still served.
+        let p = dev.publish(1, 5, "cap/d", b"d", false);
+        dev.send(&p).await;
+        let m = dev.expect(PUBLISH).await;
+        assert_eq!(m.body[2..7], *b"cap/d");
+        assert_eq!(ws.next_msg().await["data"], "d");
+    }
+    wait_stat(&d, &["subscribes_over_quota"], 2).await;
+}

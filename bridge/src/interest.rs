@@ -76,6 +76,16 @@ impl Interest {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
+    /// The filters `client_id` holds in the router: a persistent session's come back
+    /// with its device.
+    pub fn held_by(&self, client_id: &str) -> HashSet<String> {
+        self.read()
+            .by_client
+            .get(client_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Could any MQTT subscriber receive a publish to `topic`?
     pub fn wants(&self, topic: &str) -> bool {
         self.read()

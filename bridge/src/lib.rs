@@ -65,6 +65,8 @@ pub struct BrokerConfig {
     /// QoS 2 publishes one device may leave unreleased (no PUBREL yet); announced to
     /// MQTT 5 devices as Receive Maximum. One more closes the connection.
     pub receive_maximum: u16,
+    /// Topic filters one device may hold; further ones are refused in the SUBACK.
+    pub max_subscriptions: usize,
 }
 
 impl Default for BrokerConfig {
@@ -80,6 +82,7 @@ impl Default for BrokerConfig {
             connect_timeout: Duration::from_secs(10),
             egress_queue: 65_536,
             receive_maximum: 32,
+            max_subscriptions: 1000,
         }
     }
 }
@@ -283,6 +286,8 @@ pub struct Stats {
     pub tls_handshake_failures: AtomicU64,
     /// `connections` split by [`Transport`] (indexed as [`Transport::ALL`]).
     pub connections_by_transport: [AtomicU64; 4],
+    /// Subscription filters refused because the device held `max_subscriptions`.
+    pub subscribes_over_quota: AtomicU64,
     /// Connections closed for going past a limit the broker announced.
     pub limit_disconnects: LimitCounters,
 }
@@ -315,6 +320,7 @@ pub struct StatsSnapshot {
     pub tls_handshake_failures: u64,
     /// Devices connected now, in the order of [`Transport::ALL`].
     pub connections_by_transport: [u64; 4],
+    pub subscribes_over_quota: u64,
     pub limit_disconnects: LimitSnapshot,
 }
 
@@ -333,6 +339,7 @@ impl Stats {
             egress_dropped: get(&self.egress_dropped),
             tls_handshake_failures: get(&self.tls_handshake_failures),
             connections_by_transport: self.connections_by_transport.each_ref().map(get),
+            subscribes_over_quota: get(&self.subscribes_over_quota),
             limit_disconnects: LimitSnapshot {
                 receive_maximum: get(&self.limit_disconnects.receive_maximum),
             },

@@ -21,6 +21,7 @@ use rumqttd::protocol::{
     ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason,
     PubRec, PubRecReason, SubAck, Subscribe, SubscribeReasonCode,
 };
+use switchboard_core::quiet::Throttle;
 use tokio::time::{sleep_until, Instant};
 
 use crate::admission::{Admission, Admitted, Will};
@@ -182,6 +183,8 @@ const BATCH: usize = 64;
 /// reading the device; with a [`BATCH`] on top, at most this many plus one batch.
 const ROUTER_BACKLOG: usize = 64;
 
+static OVER_QUOTA: Throttle = Throttle::per_secs(10);
+
 /// What reading one packet led to.
 enum Step {
     Continue,
@@ -198,6 +201,12 @@ impl Running {
     /// its CONNECT.
     fn new(admitted: Admitted, read_buf: BytesMut) -> Running {
         let recheck = admitted.shared.recheck.subscribe();
+        // A persistent session's filters are still in the router and still count.
+        let subscribed = if admitted.clean_session {
+            HashSet::new()
+        } else {
+            admitted.shared.interest.held_by(&admitted.device.client_id)
+        };
         Running {
             stream: admitted.stream,
             codec: admitted.codec,
@@ -218,7 +227,7 @@ impl Running {
             awaiting_release: HashSet::new(),
             topic_aliases: HashMap::new(),
             pending_subacks: HashMap::new(),
-            subscribed: HashSet::new(),
+            subscribed,
             interest: InterestCache::default(),
             recheck,
         }
@@ -622,6 +631,25 @@ impl Running {
                     "subscribe refused: `$` topics are not available over MQTT"
                 );
                 refused.push((index, SubscribeReasonCode::ImplementationSpecific));
+                continue;
+            }
+            if !self.subscribed.contains(&filter.path)
+                && self.subscribed.len() >= self.shared.config.max_subscriptions
+            {
+                // Each filter costs router memory that outlives the connection.
+                self.shared
+                    .stats
+                    .subscribes_over_quota
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(held_back) = OVER_QUOTA.admit() {
+                    tracing::info!(
+                        client_id = self.device.client_id,
+                        held_back,
+                        max = self.shared.config.max_subscriptions,
+                        "subscribe refused: the device holds max_subscriptions filters"
+                    );
+                }
+                refused.push((index, SubscribeReasonCode::QuotaExceeded));
                 continue;
             }
             match self.permissions.check_subscribe(checked) {

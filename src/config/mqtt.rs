@@ -38,6 +38,8 @@ pub struct MqttConfig {
     pub egress_queue: NonZeroUsize,
     /// Unreleased QoS 2 publishes per device (MQTT 5 Receive Maximum).
     pub receive_maximum: NonZeroU16,
+    /// Topic filters one device may hold (as `[ws] max_subscriptions` for WebSocket).
+    pub max_subscriptions: NonZeroUsize,
     /// Devices without a username may connect.
     pub allow_anonymous: bool,
     /// Password file (`switchboard passwd`, Mosquitto-compatible); empty for none.
@@ -81,6 +83,7 @@ impl Default for MqttConfig {
             connect_timeout: Duration::from_secs(10),
             egress_queue: nz(65_536),
             receive_maximum: NonZeroU16::new(32).unwrap_or(NonZeroU16::MIN),
+            max_subscriptions: nz(1000),
             allow_anonymous: true,
             password_file: PathBuf::new(),
             acl: Vec::new(),
@@ -110,6 +113,7 @@ impl MqttConfig {
             connect_timeout: self.connect_timeout,
             egress_queue: self.egress_queue.get(),
             receive_maximum: self.receive_maximum.get(),
+            max_subscriptions: self.max_subscriptions.get(),
         }
     }
 

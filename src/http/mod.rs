@@ -55,6 +55,7 @@ async fn healthz(
             "egress_published": m.egress_published,
             "egress_dropped": m.egress_dropped,
             "tls_handshake_failures": m.tls_handshake_failures,
+            "subscribes_over_quota": m.subscribes_over_quota,
             "limit_disconnects": {
                 "receive_maximum": m.limit_disconnects.receive_maximum,
             },

@@ -63,6 +63,11 @@ impl Source for MqttMetrics {
             "MQTT connections ended for a malformed or oversized packet.",
             m.protocol_errors,
         );
+        s.counter(
+            "mqtt_subscribes_over_quota",
+            "MQTT subscription filters refused because the device held mqtt.max_subscriptions.",
+            m.subscribes_over_quota,
+        );
         let limits = m.limit_disconnects;
         s.counters(
             "mqtt_limit_disconnects",
