@@ -531,3 +531,70 @@ async fn subscriptions_beyond_the_cap_are_refused_in_the_suback() {
     }
     wait_stat(&d, &["subscribes_over_quota"], 2).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Topic aliases.
+// ---------------------------------------------------------------------------------------
+
+/// MQTT 5 PUBLISH properties holding one topic alias.
+fn alias(n: u16) -> Vec<u8> {
+    let mut p = vec![0x23];
+    p.extend(n.to_be_bytes());
+    p
+}
+
+#[tokio::test]
+async fn topic_aliases_are_bounded_and_refusals_log_little() {
+    let d = Daemon::start(
+        "[mqtt]\ntopic_alias_maximum = 2\n[[mqtt.acl]]\nuser = \"*\"\npublish = [\"alias/#\", \"probe/#\"]\nsubscribe = [\"#\"]\n",
+    );
+    let addr = d.mqtt.unwrap();
+    let mut ws = Raw::subscribed(&d.ws_url(), "alias/#").await;
+    let (mut dev, connack) = Wire::connect(addr, true, "aliaser", &[]).await;
+    assert_eq!(connack_property(&connack, 0x22), Some(2), "{connack:?}");
+
+    // Alias 2 is set, then used with an empty topic.
+    let set = dev.publish_with(1, 1, "alias/two", b"set", false, &alias(2));
+    dev.send(&set).await;
+    dev.expect(PUBACK).await;
+    let used = dev.publish_with(1, 2, "", b"used", false, &alias(2));
+    dev.send(&used).await;
+    dev.expect(PUBACK).await;
+    for want in ["set", "used"] {
+        let m = ws.next_msg().await;
+        assert_eq!(
+            (m["topic"].as_str(), m["data"].as_str()),
+            (Some("alias/two"), Some(want))
+        );
+    }
+
+    // A refused publish with a huge topic, many times: a few short log lines.
+    let long = format!("denied/{}", "x".repeat(60_000));
+    let mut flood = Vec::new();
+    for pkid in 3..203 {
+        flood.extend(dev.publish(1, pkid, &long, b"no", false));
+    }
+    dev.send(&flood).await;
+    for _ in 3..203 {
+        let ack = dev.expect(PUBACK).await;
+        assert_eq!(ack.body[2], 0x90, "topic name invalid: {ack:?}");
+    }
+    let logs = d.logs();
+    let refusals: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("publish refused"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "one line per window: {}", refusals.len());
+    assert!(
+        refusals[0].len() < 1024,
+        "clipped: {} bytes",
+        refusals[0].len()
+    );
+
+    // Alias 3 is past the announced maximum.
+    let past = dev.publish_with(0, 0, "alias/three", b"x", false, &alias(3));
+    dev.send(&past).await;
+    dev.expect_disconnect(0x94).await;
+    wait_stat(&d, &["limit_disconnects", "topic_alias"], 1).await;
+    still_served(&d, "a topic alias past the maximum").await;
+}

@@ -316,6 +316,7 @@ impl Admission {
             props.assigned_client_identifier = assigned;
             props.max_packet_size = u32::try_from(self.shared.config.max_packet_size).ok();
             props.receive_max = Some(self.shared.config.receive_maximum);
+            props.topic_alias_max = Some(self.shared.config.topic_alias_maximum);
         }
         let mut out = BytesMut::new();
         if let Some(connack) = connack {

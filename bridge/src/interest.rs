@@ -6,8 +6,8 @@
 //! read only by WebSocket dashboards through the Hub, so a QoS 0
 //! or QoS 1 (the session acknowledges it), non-retained publish that no MQTT filter
 //! matches is not handed over at all. QoS 2 still goes (the router holds it until
-//! PUBREL), as do retained messages (it keeps them for later subscribers) and anything
-//! carrying a topic alias (it keeps the alias table).
+//! PUBREL), as do retained messages (it keeps them for later subscribers). Topic aliases
+//! are resolved by the session, so the router never needs its own alias table.
 //!
 //! Filters are recorded per client id, because a persistent session's subscriptions stay
 //! in the router after its device leaves and come back with it.

@@ -65,6 +65,9 @@ pub struct BrokerConfig {
     /// QoS 2 publishes one device may leave unreleased (no PUBREL yet); announced to
     /// MQTT 5 devices as Receive Maximum. One more closes the connection.
     pub receive_maximum: u16,
+    /// Topic aliases an MQTT 5 device may set (announced as Topic Alias Maximum); one
+    /// past it closes the connection.
+    pub topic_alias_maximum: u16,
     /// Topic filters one device may hold; further ones are refused in the SUBACK.
     pub max_subscriptions: usize,
 }
@@ -83,6 +86,7 @@ impl Default for BrokerConfig {
             egress_queue: 65_536,
             receive_maximum: 32,
             max_subscriptions: 1000,
+            topic_alias_maximum: 16,
         }
     }
 }
@@ -297,12 +301,15 @@ pub struct Stats {
 pub struct LimitCounters {
     /// More unreleased QoS 2 publishes than the Receive Maximum.
     pub receive_maximum: AtomicU64,
+    /// A topic alias of 0 or above the Topic Alias Maximum.
+    pub topic_alias: AtomicU64,
 }
 
 /// A point-in-time copy of [`LimitCounters`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LimitSnapshot {
     pub receive_maximum: u64,
+    pub topic_alias: u64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -342,6 +349,7 @@ impl Stats {
             subscribes_over_quota: get(&self.subscribes_over_quota),
             limit_disconnects: LimitSnapshot {
                 receive_maximum: get(&self.limit_disconnects.receive_maximum),
+                topic_alias: get(&self.limit_disconnects.topic_alias),
             },
         }
     }

@@ -21,7 +21,7 @@ use rumqttd::protocol::{
     ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason,
     PubRec, PubRecReason, SubAck, Subscribe, SubscribeReasonCode,
 };
-use switchboard_core::quiet::Throttle;
+use switchboard_core::quiet::{clip, Throttle};
 use tokio::time::{sleep_until, Instant};
 
 use crate::admission::{Admission, Admitted, Will};
@@ -184,6 +184,10 @@ const BATCH: usize = 64;
 const ROUTER_BACKLOG: usize = 64;
 
 static OVER_QUOTA: Throttle = Throttle::per_secs(10);
+static PUBLISH_REFUSED: Throttle = Throttle::per_secs(10);
+
+/// Bytes of a device's topic that go into a log line.
+const LOGGED_TOPIC: usize = 256;
 
 /// What reading one packet led to.
 enum Step {
@@ -382,6 +386,7 @@ impl Running {
                     DisconnectReasonCode::ReceiveMaximumExceeded => {
                         &stats.limit_disconnects.receive_maximum
                     }
+                    DisconnectReasonCode::TopicAliasInvalid => &stats.limit_disconnects.topic_alias,
                     _ => &stats.protocol_errors,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -485,16 +490,26 @@ impl Running {
         let Some(header) = header else {
             return Step::Close(DisconnectReasonCode::MalformedPacket, "malformed PUBLISH");
         };
+        let mut publish = publish;
+        let mut props = props;
         let Ok(mut topic) = std::str::from_utf8(&publish.topic).map(str::to_owned) else {
             return Step::Close(DisconnectReasonCode::TopicNameInvalid, "topic is not UTF-8");
         };
-        if let Some(alias) = props.as_ref().and_then(|p| p.topic_alias) {
+        if let Some(alias) = props.as_mut().and_then(|p| p.topic_alias.take()) {
+            if alias == 0 || alias > self.shared.config.topic_alias_maximum {
+                // Each alias holds a topic of up to a packet's size: the device was told
+                // how many it may set.
+                return Step::Close(
+                    DisconnectReasonCode::TopicAliasInvalid,
+                    "topic alias beyond the topic alias maximum",
+                );
+            }
             if topic.is_empty() {
                 match self.topic_aliases.get(&alias) {
                     Some(known) => topic.clone_from(known),
                     None => {
                         return Step::Close(
-                            DisconnectReasonCode::TopicAliasInvalid,
+                            DisconnectReasonCode::ProtocolError,
                             "unknown topic alias",
                         )
                     }
@@ -502,17 +517,22 @@ impl Running {
             } else {
                 self.topic_aliases.insert(alias, topic.clone());
             }
+            // The router gets the topic itself, so it needs no alias table of its own.
+            publish.topic = bytes::Bytes::copy_from_slice(topic.as_bytes());
         }
         if let Err(denied) = self.permissions.check_publish(&topic) {
             self.shared
                 .stats
                 .publishes_denied
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                client_id = self.device.client_id,
-                topic,
-                "publish refused: {denied}"
-            );
+            if let Some(held_back) = PUBLISH_REFUSED.admit() {
+                tracing::info!(
+                    client_id = self.device.client_id,
+                    topic = clip(&topic, LOGGED_TOPIC),
+                    held_back,
+                    "publish refused: {denied}"
+                );
+            }
             return self.refuse_publish(header, denied);
         }
         if header.qos == 2
@@ -552,10 +572,8 @@ impl Running {
             ));
         }
         // See `interest`: only what the router must see, or an MQTT subscriber may want.
-        let router_needed = header.qos == 2
-            || publish.retain
-            || props.as_ref().is_some_and(|p| p.topic_alias.is_some())
-            || self.interest.wants(&self.shared.interest, &topic);
+        let router_needed =
+            header.qos == 2 || publish.retain || self.interest.wants(&self.shared.interest, &topic);
         if router_needed {
             let publish = if header.qos == 1 {
                 // The router delivers at each subscription's QoS whatever the publish's.
@@ -627,7 +645,7 @@ impl Running {
                 // refusing just this filter keeps the device connected.
                 tracing::info!(
                     client_id = self.device.client_id,
-                    filter = filter.path,
+                    filter = clip(&filter.path, LOGGED_TOPIC),
                     "subscribe refused: `$` topics are not available over MQTT"
                 );
                 refused.push((index, SubscribeReasonCode::ImplementationSpecific));
@@ -667,7 +685,7 @@ impl Running {
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         client_id = self.device.client_id,
-                        filter = filter.path,
+                        filter = clip(&filter.path, LOGGED_TOPIC),
                         "subscribe refused: {denied}"
                     );
                     let code = match denied {

@@ -38,6 +38,8 @@ pub struct MqttConfig {
     pub egress_queue: NonZeroUsize,
     /// Unreleased QoS 2 publishes per device (MQTT 5 Receive Maximum).
     pub receive_maximum: NonZeroU16,
+    /// Topic aliases an MQTT 5 device may set (Topic Alias Maximum); 0 for none.
+    pub topic_alias_maximum: u16,
     /// Topic filters one device may hold (as `[ws] max_subscriptions` for WebSocket).
     pub max_subscriptions: NonZeroUsize,
     /// Devices without a username may connect.
@@ -84,6 +86,7 @@ impl Default for MqttConfig {
             egress_queue: nz(65_536),
             receive_maximum: NonZeroU16::new(32).unwrap_or(NonZeroU16::MIN),
             max_subscriptions: nz(1000),
+            topic_alias_maximum: 16,
             allow_anonymous: true,
             password_file: PathBuf::new(),
             acl: Vec::new(),
@@ -114,6 +117,7 @@ impl MqttConfig {
             egress_queue: self.egress_queue.get(),
             receive_maximum: self.receive_maximum.get(),
             max_subscriptions: self.max_subscriptions.get(),
+            topic_alias_maximum: self.topic_alias_maximum,
         }
     }
 

@@ -58,6 +58,7 @@ async fn healthz(
             "subscribes_over_quota": m.subscribes_over_quota,
             "limit_disconnects": {
                 "receive_maximum": m.limit_disconnects.receive_maximum,
+                "topic_alias": m.limit_disconnects.topic_alias,
             },
         })
     });

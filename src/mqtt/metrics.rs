@@ -73,7 +73,10 @@ impl Source for MqttMetrics {
             "mqtt_limit_disconnects",
             "MQTT connections closed for going past a limit the broker announced.",
             "limit",
-            [("receive_maximum", limits.receive_maximum)],
+            [
+                ("receive_maximum", limits.receive_maximum),
+                ("topic_alias", limits.topic_alias),
+            ],
         );
         s.counters(
             "tls_handshake_failures",
