@@ -598,3 +598,55 @@ async fn topic_aliases_are_bounded_and_refusals_log_little() {
     wait_stat(&d, &["limit_disconnects", "topic_alias"], 1).await;
     still_served(&d, "a topic alias past the maximum").await;
 }
+
+// ---------------------------------------------------------------------------------------
+// QoS 2 exactly once.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn qos2_is_delivered_once_and_pubrel_releases_its_own_packet() {
+    let d = Daemon::start("");
+    let addr = d.mqtt.unwrap();
+    let mut ws = Raw::subscribed(&d.ws_url(), "once/#").await;
+    let (mut sub, _) = Wire::connect(addr, true, "once-sub", &[]).await;
+    assert_eq!(sub.subscribed(1, &["once/#"]).await, [0]);
+
+    let (mut dev, _) = Wire::connect(addr, true, "once-pub", &[]).await;
+    let one = dev.publish(2, 1, "once/x", b"one", false);
+    let one_again = dev.publish(2, 1, "once/x", b"one", true);
+    let two = dev.publish(2, 2, "once/x", b"two", false);
+    for p in [one, one_again, two] {
+        dev.send(&p).await;
+    }
+    for pkid in [1, 1, 2] {
+        assert_eq!(dev.expect(PUBREC).await.pkid(), pkid);
+    }
+    // Released out of order: packet 2 first.
+    for pkid in [2, 1] {
+        let rel = dev.pubrel(pkid);
+        dev.send(&rel).await;
+        let comp = dev.expect(PUBCOMP).await;
+        assert_eq!(
+            (comp.pkid(), comp.body.get(2).copied().unwrap_or(0)),
+            (pkid, 0)
+        );
+    }
+    let mut got = Vec::new();
+    while let Some(Some(p)) = sub.next_within(QUIET).await {
+        if p.kind() == PUBLISH {
+            got.push(String::from_utf8(p.v5_publish().1).unwrap());
+        }
+    }
+    assert_eq!(got, ["one", "two"], "MQTT subscriber");
+    for want in ["one", "two"] {
+        assert_eq!(ws.next_msg().await["data"], want);
+    }
+    while let Some(f) = ws.try_recv(QUIET).await {
+        assert_ne!(f["op"], "msg", "delivered twice to the hub: {f}");
+    }
+    // A PUBREL for a packet id not awaiting release: PUBCOMP 0x92.
+    let stray = dev.pubrel(9);
+    dev.send(&stray).await;
+    let comp = dev.expect(PUBCOMP).await;
+    assert_eq!((comp.pkid(), comp.body[2]), (9, 0x92));
+}

@@ -3,11 +3,11 @@
 //! Every publish handed to rumqttd's router wakes its thread, and on one core that
 //! wake-up and the context switches around it cost more than the rest of the publish
 //! (a thousand sensors at 100 messages/s: a third of the core). Most device traffic is
-//! read only by WebSocket dashboards through the Hub, so a QoS 0
-//! or QoS 1 (the session acknowledges it), non-retained publish that no MQTT filter
-//! matches is not handed over at all. QoS 2 still goes (the router holds it until
-//! PUBREL), as do retained messages (it keeps them for later subscribers). Topic aliases
-//! are resolved by the session, so the router never needs its own alias table.
+//! read only by WebSocket dashboards through the Hub, so a non-retained publish that no
+//! MQTT filter matches is not handed over at all, whatever its QoS (the session
+//! acknowledges it). Retained messages always go (the router keeps them for later
+//! subscribers). Topic aliases are resolved by the session, so the router never needs
+//! its own alias table.
 //!
 //! Filters are recorded per client id, because a persistent session's subscriptions stay
 //! in the router after its device leaves and come back with it.

@@ -19,7 +19,7 @@ use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason,
-    PubRec, PubRecReason, SubAck, Subscribe, SubscribeReasonCode,
+    PubComp, PubCompReason, PubRec, PubRecReason, SubAck, Subscribe, SubscribeReasonCode,
 };
 use switchboard_core::quiet::{clip, Throttle};
 use tokio::time::{sleep_until, Instant};
@@ -431,9 +431,19 @@ impl Running {
             };
             let step = match packet {
                 Packet::Publish(publish, props) => self.on_publish(publish, props, header),
-                Packet::PubRel(pubrel, props) => {
-                    self.awaiting_release.remove(&pubrel.pkid);
-                    self.to_router.push(Packet::PubRel(pubrel, props));
+                Packet::PubRel(pubrel, _) => {
+                    let reason = if self.awaiting_release.remove(&pubrel.pkid) {
+                        PubCompReason::Success
+                    } else {
+                        PubCompReason::PacketIdentifierNotFound
+                    };
+                    self.to_device.push(Packet::PubComp(
+                        PubComp {
+                            pkid: pubrel.pkid,
+                            reason,
+                        },
+                        None,
+                    ));
                     Step::Continue
                 }
                 Packet::Subscribe(subscribe, props) => self.on_subscribe(subscribe, props),
@@ -559,29 +569,37 @@ impl Running {
             };
             self.shared.ingress.accept(&self.device, inbound);
         }
-        if header.qos == 1 {
-            // Acknowledged here, not by the router: the message is the broker's once it is
-            // in the Hub, and a QoS 1 publish no MQTT subscriber wants never costs the
-            // router a wake-up.
-            self.to_device.push(Packet::PubAck(
+        // Acknowledged here, not by the router: the message is the broker's once it is in
+        // the Hub, a publish no MQTT subscriber wants never costs the router a wake-up, and
+        // QoS 2 is delivered onwards once, on its first PUBLISH (the spec's "method A"),
+        // keeping only its packet id until PUBREL. rumqttd's router would hold the whole
+        // message, deliver a DUP retransmission twice and release the oldest message on
+        // any PUBREL, whatever its packet id.
+        match header.qos {
+            1 => self.to_device.push(Packet::PubAck(
                 PubAck {
                     pkid: header.pkid,
                     reason: PubAckReason::Success,
                 },
                 None,
-            ));
+            )),
+            2 => self.to_device.push(Packet::PubRec(
+                PubRec {
+                    pkid: header.pkid,
+                    reason: PubRecReason::Success,
+                },
+                None,
+            )),
+            _ => {}
         }
         // See `interest`: only what the router must see, or an MQTT subscriber may want.
         let router_needed =
-            header.qos == 2 || publish.retain || self.interest.wants(&self.shared.interest, &topic);
+            !duplicate && (publish.retain || self.interest.wants(&self.shared.interest, &topic));
         if router_needed {
-            let publish = if header.qos == 1 {
-                // The router delivers at each subscription's QoS whatever the publish's.
-                rumqttd::protocol::Publish::new(publish.topic, publish.payload, publish.retain)
-            } else {
-                publish
-            };
-            self.to_router.push(Packet::Publish(publish, props));
+            // The router delivers at each subscription's QoS whatever the publish's.
+            let copy =
+                rumqttd::protocol::Publish::new(publish.topic, publish.payload, publish.retain);
+            self.to_router.push(Packet::Publish(copy, props));
         }
         Step::Continue
     }
