@@ -650,3 +650,40 @@ async fn qos2_is_delivered_once_and_pubrel_releases_its_own_packet() {
     let comp = dev.expect(PUBCOMP).await;
     assert_eq!((comp.pkid(), comp.body[2]), (9, 0x92));
 }
+
+// ---------------------------------------------------------------------------------------
+// UNSUBSCRIBE always gets its UNSUBACK.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn every_unsubscribe_gets_one_unsuback() {
+    let d = Daemon::start("");
+    let addr = d.mqtt.unwrap();
+    for v5 in [true, false] {
+        let (mut dev, _) = Wire::connect(addr, v5, "unsub", &[]).await;
+        assert_eq!(dev.subscribed(1, &["held/a", "held/b"]).await, [0, 0]);
+        // One filter never subscribed, then one held and one not, in one packet.
+        let never = dev.unsubscribe(2, &["never/x"]);
+        dev.send(&never).await;
+        let mixed = dev.unsubscribe(3, &["held/a", "never/y", "held/b"]);
+        dev.send(&mixed).await;
+        let mut acks = Vec::new();
+        while let Some(Some(p)) = dev.next_within(QUIET).await {
+            assert_eq!(p.kind(), UNSUBACK, "{p:?}");
+            acks.push(p);
+        }
+        assert_eq!(acks.len(), 2, "one UNSUBACK per UNSUBSCRIBE: {acks:?}");
+        assert_eq!((acks[0].pkid(), acks[1].pkid()), (2, 3));
+        if v5 {
+            // After the property length: No subscription existed (0x11) or Success.
+            assert_eq!(acks[0].body[3..], [0x11]);
+            assert_eq!(acks[1].body[3..], [0x00, 0x11, 0x00]);
+        } else {
+            assert_eq!(acks[0].body.len(), 2);
+        }
+        // The held ones are gone: a publish to them comes back to nobody.
+        let p = dev.publish(0, 0, "held/a", b"x", false);
+        dev.send(&p).await;
+        assert_eq!(dev.next_within(QUIET).await, None, "still subscribed");
+    }
+}

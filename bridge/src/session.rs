@@ -19,7 +19,8 @@ use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason,
-    PubComp, PubCompReason, PubRec, PubRecReason, SubAck, Subscribe, SubscribeReasonCode,
+    PubComp, PubCompReason, PubRec, PubRecReason, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason,
 };
 use switchboard_core::quiet::{clip, Throttle};
 use tokio::time::{sleep_until, Instant};
@@ -448,11 +449,7 @@ impl Running {
                 }
                 Packet::Subscribe(subscribe, props) => self.on_subscribe(subscribe, props),
                 Packet::Unsubscribe(unsubscribe, props) => {
-                    for filter in &unsubscribe.filters {
-                        self.subscribed.remove(filter);
-                        self.shared.interest.remove(&self.device.client_id, filter);
-                    }
-                    self.to_router.push(Packet::Unsubscribe(unsubscribe, props));
+                    self.on_unsubscribe(unsubscribe, props);
                     Step::Continue
                 }
                 Packet::PingReq(_) => {
@@ -739,6 +736,36 @@ impl Running {
         Step::Continue
     }
 
+    /// Answers UNSUBSCRIBE here: rumqttd's router sends no UNSUBACK for a filter it does
+    /// not hold (the spec wants one for every UNSUBSCRIBE) and one per filter it does.
+    /// Every filter still goes to the router, which ignores those it does not hold.
+    fn on_unsubscribe(
+        &mut self,
+        unsubscribe: rumqttd::protocol::Unsubscribe,
+        props: Option<rumqttd::protocol::UnsubscribeProperties>,
+    ) {
+        let reasons = unsubscribe
+            .filters
+            .iter()
+            .map(|filter| {
+                self.shared.interest.remove(&self.device.client_id, filter);
+                if self.subscribed.remove(filter) {
+                    UnsubAckReason::Success
+                } else {
+                    UnsubAckReason::NoSubscriptionExisted
+                }
+            })
+            .collect();
+        self.to_device.push(Packet::UnsubAck(
+            UnsubAck {
+                pkid: unsubscribe.pkid,
+                reasons,
+            },
+            None,
+        ));
+        self.to_router.push(Packet::Unsubscribe(unsubscribe, props));
+    }
+
     /// Hands what the device sent to the router, waking it once per batch.
     ///
     /// The link's queue into the router is unbounded and the router is one thread for
@@ -797,6 +824,8 @@ impl Running {
 
     fn queue_from_router(&mut self, packet: Packet) {
         let packet = match packet {
+            // Answered by the session already.
+            Packet::UnsubAck(..) => return,
             Packet::SubAck(mut suback, props) => {
                 if let Some(pending) = self.pending_subacks.remove(&suback.pkid) {
                     let mut codes = std::mem::take(&mut suback.return_codes).into_iter();
