@@ -24,7 +24,6 @@ const PUBREC: u8 = 0x50;
 const PUBCOMP: u8 = 0x70;
 const SUBACK: u8 = 0x90;
 const UNSUBACK: u8 = 0xb0;
-const PINGRESP: u8 = 0xd0;
 const DISCONNECT: u8 = 0xe0;
 
 /// One MQTT packet as read off the wire: its first byte and its body.
@@ -686,4 +685,33 @@ async fn every_unsubscribe_gets_one_unsuback() {
         dev.send(&p).await;
         assert_eq!(dev.next_within(QUIET).await, None, "still subscribed");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The device's own Maximum Packet Size.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn packets_larger_than_the_device_takes_are_not_sent_to_it() {
+    let d = Daemon::start("");
+    let addr = d.mqtt.unwrap();
+    let port = addr.port();
+    // Maximum Packet Size 64 (property 0x27).
+    let (mut dev, _) = Wire::connect(addr, true, "small", &[0x27, 0, 0, 0, 64]).await;
+    // Subscribe at QoS 1, so the router waits for acknowledgements.
+    let sub = packet(0x82, &[&[0, 1, 0][..], &string("tiny/#"), &[1]].concat());
+    dev.send(&sub).await;
+    dev.expect(SUBACK).await;
+    for payload in ["x".repeat(100), "fits".to_owned()] {
+        assert!(mosquitto_pub(port, &["-q", "1", "-t", "tiny/x", "-m", &payload]).await);
+    }
+    let m = dev.expect(PUBLISH).await;
+    assert!(m.body.len() < 64, "{} bytes", m.body.len());
+    assert!(m.body.ends_with(b"fits"), "{m:?}");
+    let ack = packet(PUBACK, &m.body[8..10]);
+    dev.send(&ack).await;
+    wait_stat(&d, &["too_large_for_device"], 1).await;
+    // The router's flow went on: later messages still arrive.
+    assert!(mosquitto_pub(port, &["-q", "1", "-t", "tiny/x", "-m", "more"]).await);
+    assert!(dev.expect(PUBLISH).await.body.ends_with(b"more"));
 }

@@ -292,6 +292,8 @@ pub struct Stats {
     pub connections_by_transport: [AtomicU64; 4],
     /// Subscription filters refused because the device held `max_subscriptions`.
     pub subscribes_over_quota: AtomicU64,
+    /// Packets not sent to a device for being larger than its Maximum Packet Size.
+    pub too_large_for_device: AtomicU64,
     /// Connections closed for going past a limit the broker announced.
     pub limit_disconnects: LimitCounters,
 }
@@ -328,6 +330,7 @@ pub struct StatsSnapshot {
     /// Devices connected now, in the order of [`Transport::ALL`].
     pub connections_by_transport: [u64; 4],
     pub subscribes_over_quota: u64,
+    pub too_large_for_device: u64,
     pub limit_disconnects: LimitSnapshot,
 }
 
@@ -347,6 +350,7 @@ impl Stats {
             tls_handshake_failures: get(&self.tls_handshake_failures),
             connections_by_transport: self.connections_by_transport.each_ref().map(get),
             subscribes_over_quota: get(&self.subscribes_over_quota),
+            too_large_for_device: get(&self.too_large_for_device),
             limit_disconnects: LimitSnapshot {
                 receive_maximum: get(&self.limit_disconnects.receive_maximum),
                 topic_alias: get(&self.limit_disconnects.topic_alias),

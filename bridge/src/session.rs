@@ -68,6 +68,11 @@ pub(crate) async fn serve(
         return;
     };
 
+    // MQTT 5: the largest packet the device will take; larger ones are not sent to it.
+    let device_max_packet = props
+        .as_ref()
+        .and_then(|p| p.max_packet_size)
+        .map_or(usize::MAX, |n| n as usize);
     let session = Admission {
         stream,
         codec,
@@ -89,7 +94,9 @@ pub(crate) async fn serve(
     };
     // A client may send packets right behind CONNECT without waiting for the CONNACK;
     // whatever of them was read with it is processed first.
-    Running::new(admitted, read_buf).run().await;
+    Running::new(admitted, read_buf, device_max_packet)
+        .run()
+        .await;
 }
 
 /// Reads until a whole CONNECT packet is buffered, choosing the codec from its header.
@@ -169,6 +176,11 @@ struct Running {
     pending_subacks: HashMap<u16, PendingSubAck>,
     /// Filters handed to the router and not unsubscribed, checked again on a recheck.
     subscribed: HashSet<String>,
+    /// The device's Maximum Packet Size (MQTT 5), `usize::MAX` when it set none.
+    device_max_packet: usize,
+    /// QoS 2 publishes not sent for being too large, whose PUBREL from the router is
+    /// answered here.
+    skipped_qos2: HashSet<u16>,
     /// Whether MQTT subscribers want the topics this device publishes to.
     interest: InterestCache,
     /// Changes when the permissions behind every device may have changed.
@@ -204,7 +216,7 @@ enum Step {
 impl Running {
     /// The session of an admitted device; `read_buf` holds what the device sent behind
     /// its CONNECT.
-    fn new(admitted: Admitted, read_buf: BytesMut) -> Running {
+    fn new(admitted: Admitted, read_buf: BytesMut, device_max_packet: usize) -> Running {
         let recheck = admitted.shared.recheck.subscribe();
         // A persistent session's filters are still in the router and still count.
         let subscribed = if admitted.clean_session {
@@ -233,6 +245,8 @@ impl Running {
             topic_aliases: HashMap::new(),
             pending_subacks: HashMap::new(),
             subscribed,
+            device_max_packet,
+            skipped_qos2: HashSet::new(),
             interest: InterestCache::default(),
             recheck,
         }
@@ -816,6 +830,10 @@ impl Running {
             }
         }
         self.flush().await?;
+        // Acknowledgements for publishes too large for the device.
+        if self.forward().await.is_err() {
+            return Ok(false);
+        }
         if unscheduled && self.link_rx.wake().await.is_err() {
             return Ok(false);
         }
@@ -826,6 +844,16 @@ impl Running {
         let packet = match packet {
             // Answered by the session already.
             Packet::UnsubAck(..) => return,
+            Packet::PubRel(pubrel, _) if self.skipped_qos2.remove(&pubrel.pkid) => {
+                self.to_router.push(Packet::PubComp(
+                    PubComp {
+                        pkid: pubrel.pkid,
+                        reason: PubCompReason::Success,
+                    },
+                    None,
+                ));
+                return;
+            }
             Packet::SubAck(mut suback, props) => {
                 if let Some(pending) = self.pending_subacks.remove(&suback.pkid) {
                     let mut codes = std::mem::take(&mut suback.return_codes).into_iter();
@@ -840,6 +868,8 @@ impl Running {
                 Packet::SubAck(suback, props)
             }
             Packet::Publish(publish, props) => {
+                // Counted even when too large for the device: the router's flow for it
+                // completes as if it was sent.
                 self.shared
                     .stats
                     .messages_out
@@ -856,8 +886,39 @@ impl Running {
             return Ok(());
         }
         for packet in self.to_device.drain(..) {
+            let start = self.write_buf.len();
             if let Err(e) = self.codec.write(packet, &mut self.write_buf) {
                 tracing::warn!(client_id = self.device.client_id, error = %e, "cannot encode a packet for the device");
+            }
+            if self.write_buf.len() - start > self.device_max_packet {
+                // MQTT 5 §3.1.2.11.4: not sent, and handled as if it had been delivered,
+                // so the router's flow for it completes.
+                let header = codec::peek_publish(&self.write_buf[start..]);
+                self.write_buf.truncate(start);
+                self.shared
+                    .stats
+                    .too_large_for_device
+                    .fetch_add(1, Ordering::Relaxed);
+                match header {
+                    Some(h) if h.qos == 1 => self.to_router.push(Packet::PubAck(
+                        PubAck {
+                            pkid: h.pkid,
+                            reason: PubAckReason::Success,
+                        },
+                        None,
+                    )),
+                    Some(h) if h.qos == 2 => {
+                        self.skipped_qos2.insert(h.pkid);
+                        self.to_router.push(Packet::PubRec(
+                            PubRec {
+                                pkid: h.pkid,
+                                reason: PubRecReason::Success,
+                            },
+                            None,
+                        ));
+                    }
+                    _ => {}
+                }
             }
         }
         let result = self.stream.write_all(&self.write_buf).await;

@@ -36,6 +36,7 @@ impl Source for MqttMetrics {
             [
                 ("forbidden", m.publishes_denied),
                 ("mqtt_egress_full", m.egress_dropped),
+                ("mqtt_device_max_packet_size", m.too_large_for_device),
             ],
         );
         s.gauge(
