@@ -516,6 +516,8 @@ impl Running {
         let Ok(mut topic) = std::str::from_utf8(&publish.topic).map(str::to_owned) else {
             return Step::Close(DisconnectReasonCode::TopicNameInvalid, "topic is not UTF-8");
         };
+        // Recorded only for a topic that passes the checks (so at most 1 KiB each).
+        let mut new_alias = None;
         if let Some(alias) = props.as_mut().and_then(|p| p.topic_alias.take()) {
             if alias == 0 || alias > self.shared.config.topic_alias_maximum {
                 // Each alias holds a topic of up to a packet's size: the device was told
@@ -536,7 +538,7 @@ impl Running {
                     }
                 }
             } else {
-                self.topic_aliases.insert(alias, topic.clone());
+                new_alias = Some(alias);
             }
             // The router gets the topic itself, so it needs no alias table of its own.
             publish.topic = bytes::Bytes::copy_from_slice(topic.as_bytes());
@@ -555,6 +557,9 @@ impl Running {
                 );
             }
             return self.refuse_publish(header, denied);
+        }
+        if let Some(alias) = new_alias {
+            self.topic_aliases.insert(alias, topic.clone());
         }
         if header.qos == 2
             && !self.awaiting_release.contains(&header.pkid)
