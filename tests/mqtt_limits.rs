@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{mosquitto_pub, Daemon, Raw};
+use common::{mosquitto_pub, mqtt_still_serves, Daemon, Raw};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -315,22 +315,6 @@ async fn wait_stat(d: &Daemon, path: &[&str], want: u64) {
     }
 }
 
-/// Another device is still served: a `mosquitto_pub` QoS 1 message reaches a WebSocket
-/// subscriber.
-async fn still_served(d: &Daemon, what: &str) {
-    let topic = format!("probe/{}", rand::random::<u32>());
-    let mut ws = Raw::subscribed(&d.ws_url(), &topic).await;
-    let port = d.mqtt.expect("MQTT listener").port();
-    assert!(
-        mosquitto_pub(port, &["-i", "probe", "-q", "1", "-t", &topic, "-m", "ok"]).await,
-        "after {what}: mosquitto_pub failed"
-    );
-    let m = tokio::time::timeout(WAIT, ws.next_msg())
-        .await
-        .unwrap_or_else(|_| panic!("after {what}: the probe did not reach the hub"));
-    assert_eq!(m["data"], "ok", "after {what}");
-}
-
 // ---------------------------------------------------------------------------------------
 // Unreleased QoS 2 publishes are bounded by the Receive Maximum.
 // ---------------------------------------------------------------------------------------
@@ -367,7 +351,7 @@ async fn unreleased_qos2_beyond_the_receive_maximum_disconnects() {
         dev.expect_disconnect(0x93).await;
     }
     wait_stat(&d, &["limit_disconnects", "receive_maximum"], 2).await;
-    still_served(&d, "QoS 2 hoarding").await;
+    mqtt_still_serves(&d, "QoS 2 hoarding").await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -435,7 +419,7 @@ async fn a_pingreq_flood_is_answered_without_growing_memory() {
         32 * 1024 * ROUNDS
     );
     assert!(growth_mib < 32, "RSS grew {growth_mib} MiB");
-    still_served(&d, "a PINGREQ flood").await;
+    mqtt_still_serves(&d, "a PINGREQ flood").await;
 }
 
 /// Keeps reading a device's connection so the router never pauses it.
@@ -493,7 +477,7 @@ async fn qos1_and_subscribe_floods_are_paced_not_queued() {
     );
     // The router's own segments for the filter take up to 10 MiB of this.
     assert!(growth_mib < 64, "RSS grew {growth_mib} MiB");
-    still_served(&d, "QoS 1 and SUBSCRIBE floods").await;
+    mqtt_still_serves(&d, "QoS 1 and SUBSCRIBE floods").await;
     reader.abort();
 }
 
@@ -545,7 +529,7 @@ fn alias(n: u16) -> Vec<u8> {
 #[tokio::test]
 async fn topic_aliases_are_bounded_and_refusals_log_little() {
     let d = Daemon::start(
-        "[mqtt]\ntopic_alias_maximum = 2\n[[mqtt.acl]]\nuser = \"*\"\npublish = [\"alias/#\", \"probe/#\"]\nsubscribe = [\"#\"]\n",
+        "[mqtt]\ntopic_alias_maximum = 2\n[[mqtt.acl]]\nuser = \"*\"\npublish = [\"alias/#\", \"alive/#\"]\nsubscribe = [\"#\"]\n",
     );
     let addr = d.mqtt.unwrap();
     let mut ws = Raw::subscribed(&d.ws_url(), "alias/#").await;
@@ -595,7 +579,7 @@ async fn topic_aliases_are_bounded_and_refusals_log_little() {
     dev.send(&past).await;
     dev.expect_disconnect(0x94).await;
     wait_stat(&d, &["limit_disconnects", "topic_alias"], 1).await;
-    still_served(&d, "a topic alias past the maximum").await;
+    mqtt_still_serves(&d, "a topic alias past the maximum").await;
 }
 
 // ---------------------------------------------------------------------------------------
