@@ -260,20 +260,7 @@ fn stat(v: &Value, key: &str) -> u64 {
 
 /// Another device still works: a `mosquitto_pub` message reaches a WebSocket subscriber.
 async fn still_works(d: &Daemon, what: &str) {
-    let topic = format!("alive/{}", rand::random::<u32>());
-    let mut ws = Raw::subscribed(&d.ws_url(), &topic).await;
-    assert!(
-        mosquitto_pub(
-            mqtt_port(d),
-            &["-i", "alive-check", "-t", &topic, "-m", "ok"]
-        )
-        .await,
-        "after {what}: mosquitto_pub failed"
-    );
-    let m = tokio::time::timeout(WAIT, ws.next_msg())
-        .await
-        .unwrap_or_else(|_| panic!("after {what}: message did not reach the hub"));
-    assert_eq!(m["data"], "ok", "after {what}");
+    common::mqtt_still_serves(d, what).await
 }
 
 // ---------------------------------------------------------------------------------------

@@ -344,7 +344,7 @@ impl Admission {
     }
 
     /// Writes the router's CONNACK, with what MQTT 5 devices are told besides: the id we
-    /// assigned and the largest packet we accept. `Err` if the device is gone.
+    /// assigned, the largest packet we accept and the limits the session enforces. `Err` if the device is gone.
     async fn send_connack(
         &mut self,
         connack: Notification,
@@ -356,6 +356,8 @@ impl Admission {
             let props = props.get_or_insert_with(ConnAckProperties::default);
             props.assigned_client_identifier = assigned;
             props.max_packet_size = u32::try_from(self.shared.config.max_packet_size).ok();
+            props.receive_max = Some(self.shared.config.receive_maximum);
+            props.topic_alias_max = Some(self.shared.config.topic_alias_maximum);
         }
         let mut out = BytesMut::new();
         if let Some(connack) = connack {

@@ -211,6 +211,7 @@ fn for_v5(packet: Packet) -> Packet {
                 Code::TopicNameInvalid => "topic name invalid",
                 Code::TopicAliasInvalid => "topic alias invalid",
                 Code::KeepAliveTimeout => "keep alive timeout",
+                Code::ReceiveMaximumExceeded => "receive maximum exceeded",
                 _ => "disconnected",
             };
             let props = DisconnectProperties {

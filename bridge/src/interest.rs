@@ -3,10 +3,11 @@
 //! Every publish handed to rumqttd's router wakes its thread, and on one core that
 //! wake-up and the context switches around it cost more than the rest of the publish
 //! (a thousand sensors at 100 messages/s: a third of the core). Most device traffic is
-//! read only by WebSocket dashboards through the Hub, so a QoS 0, non-retained publish
-//! that no MQTT filter matches is not handed over at all. QoS 1 and 2 still go (the
-//! router acknowledges them), as do retained messages (it keeps them for later
-//! subscribers) and anything carrying a topic alias (it keeps the alias table).
+//! read only by WebSocket dashboards through the Hub, so a non-retained publish that no
+//! MQTT filter matches is not handed over at all, whatever its QoS (the session
+//! acknowledges it). Retained messages always go (the router keeps them for later
+//! subscribers). Topic aliases are resolved by the session, so the router never needs
+//! its own alias table.
 //!
 //! Filters are recorded per client id, because a persistent session's subscriptions stay
 //! in the router after its device leaves and come back with it.
@@ -73,6 +74,16 @@ impl Interest {
             f.release(filter);
         }
         self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The filters `client_id` holds in the router: a persistent session's come back
+    /// with its device.
+    pub fn held_by(&self, client_id: &str) -> HashSet<String> {
+        self.read()
+            .by_client
+            .get(client_id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Could any MQTT subscriber receive a publish to `topic`?

@@ -62,6 +62,14 @@ pub struct BrokerConfig {
     /// Messages queued towards MQTT subscribers from other ways in before new ones are
     /// dropped (and counted).
     pub egress_queue: usize,
+    /// QoS 2 publishes one device may leave unreleased (no PUBREL yet); announced to
+    /// MQTT 5 devices as Receive Maximum. One more closes the connection.
+    pub receive_maximum: u16,
+    /// Topic aliases an MQTT 5 device may set (announced as Topic Alias Maximum); one
+    /// past it closes the connection.
+    pub topic_alias_maximum: u16,
+    /// Topic filters one device may hold; further ones are refused in the SUBACK.
+    pub max_subscriptions: usize,
 }
 
 impl Default for BrokerConfig {
@@ -76,6 +84,9 @@ impl Default for BrokerConfig {
             max_packet_size: 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
             egress_queue: 65_536,
+            receive_maximum: 32,
+            max_subscriptions: 1000,
+            topic_alias_maximum: 16,
         }
     }
 }
@@ -282,6 +293,28 @@ pub struct Stats {
     pub tls_handshake_failures: AtomicU64,
     /// `connections` split by [`Transport`] (indexed as [`Transport::ALL`]).
     pub connections_by_transport: [AtomicU64; 4],
+    /// Subscription filters refused because the device held `max_subscriptions`.
+    pub subscribes_over_quota: AtomicU64,
+    /// Packets not sent to a device for being larger than its Maximum Packet Size.
+    pub too_large_for_device: AtomicU64,
+    /// Connections closed for going past a limit the broker announced.
+    pub limit_disconnects: LimitCounters,
+}
+
+/// Connections closed for going past an announced limit, by limit.
+#[derive(Debug, Default)]
+pub struct LimitCounters {
+    /// More unreleased QoS 2 publishes than the Receive Maximum.
+    pub receive_maximum: AtomicU64,
+    /// A topic alias of 0 or above the Topic Alias Maximum.
+    pub topic_alias: AtomicU64,
+}
+
+/// A point-in-time copy of [`LimitCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitSnapshot {
+    pub receive_maximum: u64,
+    pub topic_alias: u64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -300,6 +333,9 @@ pub struct StatsSnapshot {
     pub tls_handshake_failures: u64,
     /// Devices connected now, in the order of [`Transport::ALL`].
     pub connections_by_transport: [u64; 4],
+    pub subscribes_over_quota: u64,
+    pub too_large_for_device: u64,
+    pub limit_disconnects: LimitSnapshot,
 }
 
 impl Stats {
@@ -318,6 +354,12 @@ impl Stats {
             egress_dropped: get(&self.egress_dropped),
             tls_handshake_failures: get(&self.tls_handshake_failures),
             connections_by_transport: self.connections_by_transport.each_ref().map(get),
+            subscribes_over_quota: get(&self.subscribes_over_quota),
+            too_large_for_device: get(&self.too_large_for_device),
+            limit_disconnects: LimitSnapshot {
+                receive_maximum: get(&self.limit_disconnects.receive_maximum),
+                topic_alias: get(&self.limit_disconnects.topic_alias),
+            },
         }
     }
 }

@@ -79,6 +79,11 @@ impl RouterHandle {
         (self.connect)(options)
     }
 
+    /// True once the router thread is gone.
+    pub fn stopped(&self) -> bool {
+        !(self.alive)()
+    }
+
     /// True when the router's event queue is full, so a send would block the thread.
     fn is_full(&self) -> bool {
         (self.full)()

@@ -18,9 +18,11 @@ use bytes::BytesMut;
 use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, PubRec,
-    PubRecReason, SubAck, Subscribe, SubscribeReasonCode,
+    ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason,
+    PubComp, PubCompReason, PubRec, PubRecReason, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason,
 };
+use switchboard_core::quiet::{clip, Throttle};
 use tokio::time::{sleep_until, Instant};
 
 use crate::admission::{self, Admission, Admitted, Will};
@@ -66,6 +68,11 @@ pub(crate) async fn serve(
         return;
     };
 
+    // MQTT 5: the largest packet the device will take; larger ones are not sent to it.
+    let device_max_packet = props
+        .as_ref()
+        .and_then(|p| p.max_packet_size)
+        .map_or(usize::MAX, |n| n as usize);
     let session = Admission {
         stream,
         codec,
@@ -87,7 +94,9 @@ pub(crate) async fn serve(
     };
     // A client may send packets right behind CONNECT without waiting for the CONNACK;
     // whatever of them was read with it is processed first.
-    Running::new(admitted, read_buf).run().await;
+    Running::new(admitted, read_buf, device_max_packet)
+        .run()
+        .await;
 }
 
 /// Reads until a whole CONNECT packet is buffered, choosing the codec from its header.
@@ -171,15 +180,37 @@ struct Running {
     pending_subacks: HashMap<u16, PendingSubAck>,
     /// Filters handed to the router and not unsubscribed, checked again on a recheck.
     subscribed: HashSet<String>,
+    /// The device's Maximum Packet Size (MQTT 5), `usize::MAX` when it set none.
+    device_max_packet: usize,
+    /// QoS 2 publishes not sent for being too large, whose PUBREL from the router is
+    /// answered here.
+    skipped_qos2: HashSet<u16>,
     /// Whether MQTT subscribers want the topics this device publishes to.
     interest: InterestCache,
     /// Changes when the permissions behind every device may have changed.
     recheck: tokio::sync::watch::Receiver<u64>,
 }
 
+/// Packets decoded from the read buffer before they are handed on and written: a read
+/// of tiny packets (a megabyte of PINGREQs is half a million) must not turn into as
+/// many queued packets at once.
+const BATCH: usize = 64;
+
+/// Packets one session may have waiting in its link for the router before it stops
+/// reading the device; with a [`BATCH`] on top, at most this many plus one batch.
+const ROUTER_BACKLOG: usize = 64;
+
+static OVER_QUOTA: Throttle = Throttle::per_secs(10);
+static PUBLISH_REFUSED: Throttle = Throttle::per_secs(10);
+
+/// Bytes of a device's topic that go into a log line.
+const LOGGED_TOPIC: usize = 256;
+
 /// What reading one packet led to.
 enum Step {
     Continue,
+    /// A batch is full; more may be waiting in the read buffer.
+    Batch,
     End(Gone),
     /// A protocol violation or refused publish that ends the connection, with a reason for
     /// MQTT 5 devices.
@@ -189,8 +220,14 @@ enum Step {
 impl Running {
     /// The session of an admitted device; `read_buf` holds what the device sent behind
     /// its CONNECT.
-    fn new(admitted: Admitted, read_buf: BytesMut) -> Running {
+    fn new(admitted: Admitted, read_buf: BytesMut, device_max_packet: usize) -> Running {
         let recheck = admitted.shared.recheck.subscribe();
+        // A persistent session's filters are still in the router and still count.
+        let subscribed = if admitted.clean_session {
+            HashSet::new()
+        } else {
+            admitted.shared.interest.held_by(&admitted.device.client_id)
+        };
         Running {
             stream: admitted.stream,
             codec: admitted.codec,
@@ -211,7 +248,9 @@ impl Running {
             awaiting_release: HashSet::new(),
             topic_aliases: HashMap::new(),
             pending_subacks: HashMap::new(),
-            subscribed: HashSet::new(),
+            subscribed,
+            device_max_packet,
+            skipped_qos2: HashSet::new(),
             interest: InterestCache::default(),
             recheck,
         }
@@ -337,20 +376,39 @@ impl Running {
         let _ = self.flush().await;
     }
 
-    /// Acts on what is in the read buffer; `Some` if the session ends.
+    /// Acts on what is in the read buffer, a batch at a time; `Some` if the session ends.
     async fn handle_input(&mut self) -> Option<End> {
-        match self.process_input() {
-            Step::Continue => {}
+        loop {
+            let step = self.process_input();
+            let more = matches!(step, Step::Batch);
+            if let Some(end) = self.act(step).await {
+                return Some(end);
+            }
+            if !more {
+                return None;
+            }
+        }
+    }
+
+    /// Hands on and writes what one batch of input produced; `Some` if the session ends.
+    async fn act(&mut self, step: Step) -> Option<End> {
+        match step {
+            Step::Continue | Step::Batch => {}
             Step::End(why) => {
                 let _ = self.forward().await;
                 let _ = self.flush().await;
                 return Some(End::Gone(why));
             }
             Step::Close(reason, why) => {
-                self.shared
-                    .stats
-                    .protocol_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                let stats = &self.shared.stats;
+                let counter = match reason {
+                    DisconnectReasonCode::ReceiveMaximumExceeded => {
+                        &stats.limit_disconnects.receive_maximum
+                    }
+                    DisconnectReasonCode::TopicAliasInvalid => &stats.limit_disconnects.topic_alias,
+                    _ => &stats.protocol_errors,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     client_id = self.device.client_id,
                     why,
@@ -392,24 +450,34 @@ impl Running {
             };
             let step = match packet {
                 Packet::Publish(publish, props) => self.on_publish(publish, props, header),
-                Packet::PubRel(pubrel, props) => {
-                    self.awaiting_release.remove(&pubrel.pkid);
-                    self.to_router.push(Packet::PubRel(pubrel, props));
+                Packet::PubRel(pubrel, _) => {
+                    let reason = if self.awaiting_release.remove(&pubrel.pkid) {
+                        PubCompReason::Success
+                    } else {
+                        PubCompReason::PacketIdentifierNotFound
+                    };
+                    self.to_device.push(Packet::PubComp(
+                        PubComp {
+                            pkid: pubrel.pkid,
+                            reason,
+                        },
+                        None,
+                    ));
                     Step::Continue
                 }
                 Packet::Subscribe(subscribe, props) => self.on_subscribe(subscribe, props),
                 Packet::Unsubscribe(unsubscribe, props) => {
-                    for filter in &unsubscribe.filters {
-                        self.subscribed.remove(filter);
-                        self.shared.interest.remove(&self.device.client_id, filter);
-                    }
-                    self.to_router.push(Packet::Unsubscribe(unsubscribe, props));
+                    self.on_unsubscribe(unsubscribe, props);
                     Step::Continue
                 }
-                packet @ (Packet::PubAck(..)
-                | Packet::PubRec(..)
-                | Packet::PubComp(..)
-                | Packet::PingReq(..)) => {
+                Packet::PingReq(_) => {
+                    // Answered here: through the router each one is a wake-up of its
+                    // thread and a queued ack, and a device pinging in a loop outran it
+                    // by gigabytes.
+                    self.to_device.push(Packet::PingResp(PingResp));
+                    Step::Continue
+                }
+                packet @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => {
                     self.to_router.push(packet);
                     Step::Continue
                 }
@@ -432,6 +500,9 @@ impl Running {
             if !matches!(step, Step::Continue) {
                 return step;
             }
+            if self.to_router.len() + self.to_device.len() >= BATCH {
+                return Step::Batch;
+            }
         }
     }
 
@@ -444,35 +515,66 @@ impl Running {
         let Some(header) = header else {
             return Step::Close(DisconnectReasonCode::MalformedPacket, "malformed PUBLISH");
         };
+        let mut publish = publish;
+        let mut props = props;
         let Ok(mut topic) = std::str::from_utf8(&publish.topic).map(str::to_owned) else {
             return Step::Close(DisconnectReasonCode::TopicNameInvalid, "topic is not UTF-8");
         };
-        if let Some(alias) = props.as_ref().and_then(|p| p.topic_alias) {
+        // Recorded only for a topic that passes the checks (so at most 1 KiB each).
+        let mut new_alias = None;
+        if let Some(alias) = props.as_mut().and_then(|p| p.topic_alias.take()) {
+            if alias == 0 || alias > self.shared.config.topic_alias_maximum {
+                // Each alias holds a topic of up to a packet's size: the device was told
+                // how many it may set.
+                return Step::Close(
+                    DisconnectReasonCode::TopicAliasInvalid,
+                    "topic alias beyond the topic alias maximum",
+                );
+            }
             if topic.is_empty() {
                 match self.topic_aliases.get(&alias) {
                     Some(known) => topic.clone_from(known),
                     None => {
                         return Step::Close(
-                            DisconnectReasonCode::TopicAliasInvalid,
+                            DisconnectReasonCode::ProtocolError,
                             "unknown topic alias",
                         )
                     }
                 }
             } else {
-                self.topic_aliases.insert(alias, topic.clone());
+                new_alias = Some(alias);
             }
+            // The router gets the topic itself, so it needs no alias table of its own.
+            publish.topic = bytes::Bytes::copy_from_slice(topic.as_bytes());
         }
         if let Err(denied) = self.permissions.check_publish(&topic) {
             self.shared
                 .stats
                 .publishes_denied
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                client_id = self.device.client_id,
-                topic,
-                "publish refused: {denied}"
-            );
+            if let Some(held_back) = PUBLISH_REFUSED.admit() {
+                tracing::info!(
+                    client_id = self.device.client_id,
+                    topic = clip(&topic, LOGGED_TOPIC),
+                    held_back,
+                    "publish refused: {denied}"
+                );
+            }
             return self.refuse_publish(header, denied);
+        }
+        if let Some(alias) = new_alias {
+            self.topic_aliases.insert(alias, topic.clone());
+        }
+        if header.qos == 2
+            && !self.awaiting_release.contains(&header.pkid)
+            && self.awaiting_release.len() >= usize::from(self.shared.config.receive_maximum)
+        {
+            // Each unreleased QoS 2 publish holds memory until its PUBREL; the device was
+            // told how many it may leave open.
+            return Step::Close(
+                DisconnectReasonCode::ReceiveMaximumExceeded,
+                "more unreleased QoS 2 publishes than the receive maximum",
+            );
         }
         let duplicate = header.qos == 2 && !self.awaiting_release.insert(header.pkid);
         if !duplicate {
@@ -487,13 +589,37 @@ impl Running {
             };
             self.shared.ingress.accept(&self.device, inbound);
         }
+        // Acknowledged here, not by the router: the message is the broker's once it is in
+        // the Hub, a publish no MQTT subscriber wants never costs the router a wake-up, and
+        // QoS 2 is delivered onwards once, on its first PUBLISH (the spec's "method A"),
+        // keeping only its packet id until PUBREL. rumqttd's router would hold the whole
+        // message, deliver a DUP retransmission twice and release the oldest message on
+        // any PUBREL, whatever its packet id.
+        match header.qos {
+            1 => self.to_device.push(Packet::PubAck(
+                PubAck {
+                    pkid: header.pkid,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            )),
+            2 => self.to_device.push(Packet::PubRec(
+                PubRec {
+                    pkid: header.pkid,
+                    reason: PubRecReason::Success,
+                },
+                None,
+            )),
+            _ => {}
+        }
         // See `interest`: only what the router must see, or an MQTT subscriber may want.
-        let router_needed = header.qos > 0
-            || publish.retain
-            || props.as_ref().is_some_and(|p| p.topic_alias.is_some())
-            || self.interest.wants(&self.shared.interest, &topic);
+        let router_needed =
+            !duplicate && (publish.retain || self.interest.wants(&self.shared.interest, &topic));
         if router_needed {
-            self.to_router.push(Packet::Publish(publish, props));
+            // The router delivers at each subscription's QoS whatever the publish's.
+            let copy =
+                rumqttd::protocol::Publish::new(publish.topic, publish.payload, publish.retain);
+            self.to_router.push(Packet::Publish(copy, props));
         }
         Step::Continue
     }
@@ -557,10 +683,29 @@ impl Running {
                 // refusing just this filter keeps the device connected.
                 tracing::info!(
                     client_id = self.device.client_id,
-                    filter = filter.path,
+                    filter = clip(&filter.path, LOGGED_TOPIC),
                     "subscribe refused: `$` topics are not available over MQTT"
                 );
                 refused.push((index, SubscribeReasonCode::ImplementationSpecific));
+                continue;
+            }
+            if !self.subscribed.contains(&filter.path)
+                && self.subscribed.len() >= self.shared.config.max_subscriptions
+            {
+                // Each filter costs router memory that outlives the connection.
+                self.shared
+                    .stats
+                    .subscribes_over_quota
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(held_back) = OVER_QUOTA.admit() {
+                    tracing::info!(
+                        client_id = self.device.client_id,
+                        held_back,
+                        max = self.shared.config.max_subscriptions,
+                        "subscribe refused: the device holds max_subscriptions filters"
+                    );
+                }
+                refused.push((index, SubscribeReasonCode::QuotaExceeded));
                 continue;
             }
             match self.permissions.check_subscribe(checked) {
@@ -578,7 +723,7 @@ impl Running {
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         client_id = self.device.client_id,
-                        filter = filter.path,
+                        filter = clip(&filter.path, LOGGED_TOPIC),
                         "subscribe refused: {denied}"
                     );
                     let code = match denied {
@@ -614,9 +759,54 @@ impl Running {
         Step::Continue
     }
 
+    /// Answers UNSUBSCRIBE here: rumqttd's router sends no UNSUBACK for a filter it does
+    /// not hold (the spec wants one for every UNSUBSCRIBE) and one per filter it does.
+    /// Every filter still goes to the router, which ignores those it does not hold.
+    fn on_unsubscribe(
+        &mut self,
+        unsubscribe: rumqttd::protocol::Unsubscribe,
+        props: Option<rumqttd::protocol::UnsubscribeProperties>,
+    ) {
+        let reasons = unsubscribe
+            .filters
+            .iter()
+            .map(|filter| {
+                self.shared.interest.remove(&self.device.client_id, filter);
+                if self.subscribed.remove(filter) {
+                    UnsubAckReason::Success
+                } else {
+                    UnsubAckReason::NoSubscriptionExisted
+                }
+            })
+            .collect();
+        self.to_device.push(Packet::UnsubAck(
+            UnsubAck {
+                pkid: unsubscribe.pkid,
+                reasons,
+            },
+            None,
+        ));
+        self.to_router.push(Packet::Unsubscribe(unsubscribe, props));
+    }
+
     /// Hands what the device sent to the router, waking it once per batch.
+    ///
+    /// The link's queue into the router is unbounded and the router is one thread for
+    /// every device, so a device that sends faster than it keeps up must wait here: the
+    /// session stops reading its socket until the router has taken most of what this
+    /// link holds, and TCP pushes back on the device.
     async fn forward(&mut self) -> Result<(), ()> {
         let packets = std::mem::take(&mut self.to_router);
+        if packets.is_empty() {
+            return Ok(());
+        }
+        while self.link_tx.buffer().len() >= ROUTER_BACKLOG {
+            if self.shared.router.stopped() {
+                return Err(());
+            }
+            // rumqttd says nothing when it has read a link's queue; look again shortly.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         self.notify_router(packets).await
     }
 
@@ -649,6 +839,10 @@ impl Running {
             }
         }
         self.flush().await?;
+        // Acknowledgements for publishes too large for the device.
+        if self.forward().await.is_err() {
+            return Ok(false);
+        }
         if unscheduled && self.link_rx.wake().await.is_err() {
             return Ok(false);
         }
@@ -657,6 +851,18 @@ impl Running {
 
     fn queue_from_router(&mut self, packet: Packet) {
         let packet = match packet {
+            // Answered by the session already.
+            Packet::UnsubAck(..) => return,
+            Packet::PubRel(pubrel, _) if self.skipped_qos2.remove(&pubrel.pkid) => {
+                self.to_router.push(Packet::PubComp(
+                    PubComp {
+                        pkid: pubrel.pkid,
+                        reason: PubCompReason::Success,
+                    },
+                    None,
+                ));
+                return;
+            }
             Packet::SubAck(mut suback, props) => {
                 if let Some(pending) = self.pending_subacks.remove(&suback.pkid) {
                     let mut codes = std::mem::take(&mut suback.return_codes).into_iter();
@@ -671,6 +877,8 @@ impl Running {
                 Packet::SubAck(suback, props)
             }
             Packet::Publish(publish, props) => {
+                // Counted even when too large for the device: the router's flow for it
+                // completes as if it was sent.
                 self.shared
                     .stats
                     .messages_out
@@ -687,8 +895,39 @@ impl Running {
             return Ok(());
         }
         for packet in self.to_device.drain(..) {
+            let start = self.write_buf.len();
             if let Err(e) = self.codec.write(packet, &mut self.write_buf) {
                 tracing::warn!(client_id = self.device.client_id, error = %e, "cannot encode a packet for the device");
+            }
+            if self.write_buf.len() - start > self.device_max_packet {
+                // MQTT 5 §3.1.2.11.4: not sent, and handled as if it had been delivered,
+                // so the router's flow for it completes.
+                let header = codec::peek_publish(&self.write_buf[start..]);
+                self.write_buf.truncate(start);
+                self.shared
+                    .stats
+                    .too_large_for_device
+                    .fetch_add(1, Ordering::Relaxed);
+                match header {
+                    Some(h) if h.qos == 1 => self.to_router.push(Packet::PubAck(
+                        PubAck {
+                            pkid: h.pkid,
+                            reason: PubAckReason::Success,
+                        },
+                        None,
+                    )),
+                    Some(h) if h.qos == 2 => {
+                        self.skipped_qos2.insert(h.pkid);
+                        self.to_router.push(Packet::PubRec(
+                            PubRec {
+                                pkid: h.pkid,
+                                reason: PubRecReason::Success,
+                            },
+                            None,
+                        ));
+                    }
+                    _ => {}
+                }
             }
         }
         let result = self.stream.write_all(&self.write_buf).await;

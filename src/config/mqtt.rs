@@ -8,7 +8,7 @@
 //! (`crate::mqtt`) stays free of the auth and bridge types the section names.
 
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU16, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,6 +38,12 @@ pub struct MqttConfig {
     pub egress_queue: NonZeroUsize,
     /// Retained `$devices/…` offline notices kept; past it the oldest are forgotten.
     pub offline_notices: NonZeroUsize,
+    /// Unreleased QoS 2 publishes per device (MQTT 5 Receive Maximum).
+    pub receive_maximum: NonZeroU16,
+    /// Topic aliases an MQTT 5 device may set (Topic Alias Maximum); 0 for none.
+    pub topic_alias_maximum: u16,
+    /// Topic filters one device may hold (as `[ws] max_subscriptions` for WebSocket).
+    pub max_subscriptions: NonZeroUsize,
     /// Devices without a username may connect.
     pub allow_anonymous: bool,
     /// Password file (`switchboard passwd`, Mosquitto-compatible); empty for none.
@@ -81,6 +87,9 @@ impl Default for MqttConfig {
             connect_timeout: Duration::from_secs(10),
             egress_queue: nz(65_536),
             offline_notices: nz(crate::mqtt::MAX_OFFLINE_NOTICES),
+            receive_maximum: NonZeroU16::new(32).unwrap_or(NonZeroU16::MIN),
+            max_subscriptions: nz(1000),
+            topic_alias_maximum: 16,
             allow_anonymous: true,
             password_file: PathBuf::new(),
             acl: Vec::new(),
@@ -109,6 +118,9 @@ impl MqttConfig {
             max_packet_size: self.max_packet_size.get(),
             connect_timeout: self.connect_timeout,
             egress_queue: self.egress_queue.get(),
+            receive_maximum: self.receive_maximum.get(),
+            max_subscriptions: self.max_subscriptions.get(),
+            topic_alias_maximum: self.topic_alias_maximum,
         }
     }
 

@@ -57,6 +57,12 @@ async fn healthz(
             "egress_published": m.egress_published,
             "egress_dropped": m.egress_dropped,
             "tls_handshake_failures": m.tls_handshake_failures,
+            "subscribes_over_quota": m.subscribes_over_quota,
+            "too_large_for_device": m.too_large_for_device,
+            "limit_disconnects": {
+                "receive_maximum": m.limit_disconnects.receive_maximum,
+                "topic_alias": m.limit_disconnects.topic_alias,
+            },
         })
     });
     let body = json!({

@@ -36,6 +36,7 @@ impl Source for MqttMetrics {
             [
                 ("forbidden", m.publishes_denied),
                 ("mqtt_egress_full", m.egress_dropped),
+                ("mqtt_device_max_packet_size", m.too_large_for_device),
             ],
         );
         s.gauge(
@@ -67,6 +68,21 @@ impl Source for MqttMetrics {
             "mqtt_connects_too_large",
             "MQTT sockets closed because their CONNECT was over the 64 KiB bound (also in mqtt_protocol_errors).",
             m.connects_too_large,
+        );
+        s.counter(
+            "mqtt_subscribes_over_quota",
+            "MQTT subscription filters refused because the device held mqtt.max_subscriptions.",
+            m.subscribes_over_quota,
+        );
+        let limits = m.limit_disconnects;
+        s.counters(
+            "mqtt_limit_disconnects",
+            "MQTT connections closed for going past a limit the broker announced.",
+            "limit",
+            [
+                ("receive_maximum", limits.receive_maximum),
+                ("topic_alias", limits.topic_alias),
+            ],
         );
         s.counters(
             "tls_handshake_failures",

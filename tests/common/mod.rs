@@ -446,6 +446,22 @@ impl Raw {
 }
 
 /// Runs `mosquitto_pub` against a local port to completion; whether it succeeded.
+/// Another device is still served after `what`: a `mosquitto_pub` message reaches a
+/// WebSocket subscriber through the daemon's MQTT listener.
+pub async fn mqtt_still_serves(d: &Daemon, what: &str) {
+    let topic = format!("alive/{}", rand::random::<u32>());
+    let mut ws = Raw::subscribed(&d.ws_url(), &topic).await;
+    let port = d.mqtt.expect("MQTT listener").port();
+    assert!(
+        mosquitto_pub(port, &["-i", "alive-check", "-t", &topic, "-m", "ok"]).await,
+        "after {what}: mosquitto_pub failed"
+    );
+    let m = tokio::time::timeout(Duration::from_secs(5), ws.next_msg())
+        .await
+        .unwrap_or_else(|_| panic!("after {what}: message did not reach the hub"));
+    assert_eq!(m["data"], "ok", "after {what}");
+}
+
 pub async fn mosquitto_pub<S: AsRef<std::ffi::OsStr>>(port: u16, args: &[S]) -> bool {
     let mut cmd = Command::new("mosquitto_pub");
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
