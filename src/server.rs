@@ -402,8 +402,8 @@ impl Server {
         if let Err(e) = app.history.close().await {
             tracing::error!(error = %e, "cannot save the history positions");
         }
-        if let Err(e) = app.store.flush().await {
-            tracing::error!(error = %e, "cannot flush the store");
+        if let Err(e) = app.store.close().await {
+            tracing::error!(error = %e, "cannot close the store");
         }
         tracing::info!("stopped");
         match failure {
