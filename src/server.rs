@@ -126,6 +126,7 @@ impl Daemon {
             idempotency: self.idempotency.clone(),
             broker: self.broker.clone(),
             listener: self.http_stats.clone(),
+            store: self.store.health().clone(),
             limits: Limits {
                 max_message_size: config.ws.max_message_size.get(),
                 max_batch_bytes: config.http.max_batch_bytes.get(),

@@ -1,7 +1,10 @@
 //! The local store under faults, against the real daemon and its real files: a store
 //! damaged on disk (a zeroed page, a file cut to half) is refused at start with an error
 //! naming the directory and an exit status systemd does not retry, never a panic and
-//! never a silent empty start; `switchboard store check` says the same.
+//! never a silent empty start; `switchboard store check` says the same. A full disk
+//! (a small tmpfs of the test's own, which needs root: CI runs as root) shows in
+//! `/healthz` and `/metrics` while delivery goes on, and history tells a resuming
+//! client it missed messages.
 
 mod common;
 
@@ -134,7 +137,8 @@ async fn a_zeroed_page_is_refused_with_the_directory_named_and_no_panic() {
         zero_4k(&db, at);
         match daemon.run_to_exit() {
             (Some(status), stderr) => break (status, stderr),
-            // Started: the page held only superseded data.
+            // Started: the page held only superseded data (and the clean stop that
+            // followed counted the entries afresh).
             (None, _) => at += SEGMENT,
         }
     };
@@ -172,4 +176,141 @@ async fn store_check_passes_a_sound_store_and_the_daemon_reopens_it() {
         .await;
     assert_eq!(r["op"], "ok", "{r}");
     assert_eq!(r["seq"], 3000, "{r}");
+}
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted when dropped; `None` (with
+/// the reason printed) where this process may not mount, that is when not root.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Some(Tmpfs(dir)),
+            Ok(out) => {
+                eprintln!(
+                    "skipped: cannot mount a tmpfs (root only): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// Writes a file until the file system is full.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut f = std::fs::File::create(&path).expect("create filler");
+        let chunk = vec![1u8; 64 * 1024];
+        while f.write_all(&chunk).and_then(|()| f.flush()).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+    }
+}
+
+/// Publishes `n` messages on `log/a`, numbered on from `*published`, and checks that
+/// the live subscriber gets each: delivery goes on whatever the store does.
+async fn publish_n(p: &mut Raw, live: &mut Raw, n: u64, published: &mut u64) {
+    let pad = "x".repeat(1000);
+    for _ in 0..n {
+        let i = *published;
+        let r = p
+            .request(json!({"op":"pub","topic":"log/a","data":{"i":i,"pad":pad}}))
+            .await;
+        assert_eq!(r["op"], "ok", "{r}");
+        let m = live.next_msg().await;
+        assert_eq!(m["data"]["i"], i, "{m}");
+        *published += 1;
+    }
+}
+
+fn scrape(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+#[tokio::test]
+async fn a_full_disk_shows_in_health_and_metrics_and_resuming_clients_see_the_gap() {
+    let Some(fs) = Tmpfs::mount("16m") else {
+        return;
+    };
+    let data = fs.path().join("data");
+    let data = data.to_str().expect("utf-8 path");
+    let daemon = Daemon::start_with_env(HISTORY, &[("SWITCHBOARD_DATA_DIR", data)]);
+    let health = daemon.healthz().await;
+    assert_eq!(health["store"]["status"], "ok", "{health}");
+
+    let mut live = Raw::connect(&daemon.ws_url()).await;
+    assert_eq!(
+        live.request(json!({"op":"sub","topic":"log/a"})).await["op"],
+        "ok"
+    );
+    let mut p = Raw::connect(&daemon.ws_url()).await;
+    let mut published = 0u64;
+    publish_n(&mut p, &mut live, 10, &mut published).await;
+    let mut resumer = Raw::connect(&daemon.ws_url()).await;
+    let before = resumer.request(json!({"op":"sub","topic":"log/a"})).await;
+    let epoch = before["epoch"].as_str().expect("epoch").to_owned();
+    assert_eq!(before["seq"], 10, "{before}");
+    drop(resumer);
+
+    let _filler = fs.fill();
+    // sled writes in the background: publish until the store says it fails.
+    let health = loop {
+        publish_n(&mut p, &mut live, 20, &mut published).await;
+        let health = daemon.healthz().await;
+        if health["store"]["status"] == "failing" {
+            break health;
+        }
+        assert!(published < 20_000, "the store never failed: {health}");
+    };
+    // Many more writes fail from here on; the log does not get a line for each.
+    publish_n(&mut p, &mut live, 200, &mut published).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    let last_error = health["store"]["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.contains("No space left on device"), "{health}");
+    assert!(
+        health["store"]["failing_since"].as_u64().is_some(),
+        "{health}"
+    );
+
+    let metrics = daemon.metrics_text().await;
+    assert_eq!(scrape(&metrics, "switchboard_store_failing"), 1);
+    assert!(scrape(&metrics, "switchboard_store_failing_since_seconds") > 0);
+    let write_errors = scrape(&metrics, "switchboard_history_write_errors_total");
+    assert!(write_errors >= 200, "{write_errors}");
+    assert!(scrape(&metrics, "switchboard_store_errors_total") >= write_errors);
+    let lines = daemon.logs().matches("history: write failed").count();
+    assert!(
+        lines <= 2,
+        "{lines} log lines for {write_errors} failed writes"
+    );
+
+    // A client resuming from before the failure is told it missed messages.
+    let mut resumer = Raw::connect(&daemon.ws_url()).await;
+    let reply = resumer
+        .request(json!({"op":"sub","topic":"log/a","since":10,"epoch":epoch}))
+        .await;
+    assert_eq!(reply["op"], "ok", "{reply}");
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_ne!(reply["epoch"], json!(epoch), "{reply}");
 }

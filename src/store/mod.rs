@@ -7,6 +7,7 @@
 //! and at once on [`Store::flush`], which shutdown calls.
 
 pub mod config;
+pub mod health;
 pub mod manifest;
 pub mod message;
 pub mod metrics;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use config::StoreConfig;
+pub use health::Health;
 use manifest::Manifest;
 pub use message::StoredMessage;
 pub use quota::{Evictable, Evicted, Quota};
@@ -123,6 +125,8 @@ pub struct Store {
     quota: Arc<Quota>,
     /// This open's generation, recorded in the manifest at a clean stop.
     generation: u64,
+    /// Failures of the running store, for health and metrics.
+    health: Arc<Health>,
 }
 
 impl Store {
@@ -168,6 +172,7 @@ impl Store {
             path,
             quota: Arc::new(Quota::new(config.max_bytes)),
             generation: 0,
+            health: Arc::default(),
         })
     }
 
@@ -396,9 +401,16 @@ impl Store {
         &self.path
     }
 
-    /// Wraps an error of a running store with its path. sled reports damage it finds
-    /// while reading as corruption; that is [`StoreError::Damaged`], with what to do.
+    /// Whether writes succeed, and the last failure.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Wraps an error of a running store with its path, and records it in the store's
+    /// [`Health`]. sled reports damage it finds while reading as corruption; that is
+    /// [`StoreError::Damaged`], with what to do.
     pub fn io(&self, source: sled::Error) -> StoreError {
+        self.health.failed(&source);
         match source {
             sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => StoreError::Damaged {
                 path: self.path.clone(),

@@ -193,7 +193,8 @@ impl Daemon {
 
     /// Runs the daemon again on the same configuration and data directory (after
     /// [`Daemon::stop`]) when it may refuse to start: its exit status, or `None` when it
-    /// started (logged its `listening` line; it is then killed), and its stderr.
+    /// started (logged its `listening` line; it is then stopped with SIGTERM, cleanly),
+    /// and its stderr.
     pub fn run_to_exit(&self) -> (Option<ExitStatus>, String) {
         let mut child = command(&self.config_path, &self.data_dir(), &self.env)
             .spawn()
@@ -215,7 +216,10 @@ impl Daemon {
                     let started = line.contains("listening ");
                     logs.push(line);
                     if started {
-                        let _ = child.kill();
+                        let _ = Command::new("kill")
+                            .arg("-TERM")
+                            .arg(child.id().to_string())
+                            .status();
                         let _ = child.wait();
                         break None;
                     }
