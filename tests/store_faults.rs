@@ -113,11 +113,17 @@ fn assert_refused(daemon: &Daemon, status: ExitStatus, stderr: &str) {
 }
 
 /// Moving the store aside, as the error says, starts the daemon afresh.
-fn assert_moving_aside_starts_afresh(daemon: &mut Daemon) {
+async fn assert_moving_aside_starts_afresh(daemon: &mut Daemon) {
     let store = daemon.data_dir().join("store");
     std::fs::rename(&store, daemon.data_dir().join("store.damaged")).expect("move aside");
     daemon.respawn();
-    assert!(daemon.logs().contains("listening"));
+    let mut c = Raw::connect(&daemon.ws_url()).await;
+    let r = c.request(json!({"op":"sub","topic":"log/a"})).await;
+    assert_eq!(
+        (r["op"].as_str(), r["seq"].as_u64()),
+        (Some("ok"), Some(0)),
+        "{r}"
+    );
 }
 
 #[tokio::test]
@@ -143,7 +149,7 @@ async fn a_zeroed_page_is_refused_with_the_directory_named_and_no_panic() {
         }
     };
     assert_refused(&daemon, refused.0, &refused.1);
-    assert_moving_aside_starts_afresh(&mut daemon);
+    assert_moving_aside_starts_afresh(&mut daemon).await;
 }
 
 #[tokio::test]
@@ -153,7 +159,7 @@ async fn a_store_cut_to_half_is_refused_rather_than_started_empty() {
     let (status, stderr) = daemon.run_to_exit();
     let status = status.unwrap_or_else(|| panic!("started on half a store:\n{stderr}"));
     assert_refused(&daemon, status, &stderr);
-    assert_moving_aside_starts_afresh(&mut daemon);
+    assert_moving_aside_starts_afresh(&mut daemon).await;
 }
 
 #[tokio::test]

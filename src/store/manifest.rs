@@ -7,7 +7,7 @@
 //! open raises a *generation*, written into the store (and flushed) before the manifest,
 //! and a clean stop writes how many entries the store holds. At the next open the store
 //! must show the manifest's generation (or the one after, when a crash fell between the
-//! two writes) and, after a clean stop, exactly that many entries. Moving the store
+//! two writes) and, after a clean stop, at least that many entries. Moving the store
 //! directory aside takes the manifest with it, so an operator who does starts afresh.
 
 use std::io::Write;
