@@ -10,6 +10,7 @@ use switchboard::cli::apikey::{self, ApikeyArgs};
 use switchboard::cli::passwd::{self, PasswdArgs};
 use switchboard::cli::pubsub::{self, PubArgs, SubArgs};
 use switchboard::cli::record::{self, RecordArgs, ReplayArgs};
+use switchboard::cli::store::{self, StoreArgs};
 use switchboard::cli::token::{self, TokenArgs};
 use switchboard::config::{Config, ANNOTATED};
 use switchboard::server::{self, Server};
@@ -57,12 +58,20 @@ enum Command {
     /// Replay a recording (`replay <id> [--speed X | --max] [--prefix P]`), or control
     /// a replay (`pause`, `resume`, `stop`, `status`).
     Replay(ReplayArgs),
+    /// Check the local store of a stopped daemon (`store check`).
+    Store(StoreArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => report(serve(config)),
+        Command::Serve { config } => match serve(config) {
+            Err(e) if store_unusable(&e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(switchboard::store::EXIT_UNUSABLE)
+            }
+            result => report(result),
+        },
         Command::CheckConfig { path, print } => match Config::load(Some(&path)) {
             Ok(config) => {
                 // Valid TOML that names a missing credential would still not start.
@@ -111,7 +120,15 @@ fn main() -> ExitCode {
             init_logging("warn");
             report(runtime().and_then(|rt| rt.block_on(record::run_replay(args))))
         }
+        Command::Store(args) => store::run(args).unwrap_or_else(|e| report(Err(e))),
     }
+}
+
+/// A store that starting again cannot fix: the exit status tells systemd not to retry.
+fn store_unusable(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<switchboard::store::StoreError>())
+        .any(|e| e.is_unusable())
 }
 
 fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {

@@ -126,6 +126,7 @@ impl Daemon {
             idempotency: self.idempotency.clone(),
             broker: self.broker.clone(),
             listener: self.http_stats.clone(),
+            store: self.store.health().clone(),
             limits: Limits {
                 max_message_size: config.ws.max_message_size.get(),
                 max_batch_bytes: config.http.max_batch_bytes.get(),
@@ -402,8 +403,8 @@ impl Server {
         if let Err(e) = app.history.close().await {
             tracing::error!(error = %e, "cannot save the history positions");
         }
-        if let Err(e) = app.store.flush().await {
-            tracing::error!(error = %e, "cannot flush the store");
+        if let Err(e) = app.store.close().await {
+            tracing::error!(error = %e, "cannot close the store");
         }
         tracing::info!("stopped");
         match failure {

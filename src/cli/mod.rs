@@ -1,7 +1,8 @@
 //! The operator's command-line tools (the daemon's own commands live in `main.rs`):
 //! `sub` and `pub` talk to a running daemon through [`switchboard_client`]; `passwd` edits a
 //! device password file; `apikey` creates, lists and revokes API keys; `token create`
-//! mints a client JWT; `record` and `replay` manage recordings through the REST API.
+//! mints a client JWT; `record` and `replay` manage recordings through the REST API;
+//! `store check` checks the local store of a stopped daemon.
 //! Each tool is a clap `Args` struct and a `run_*` function;
 //! `main.rs` only wires them in.
 
@@ -9,6 +10,7 @@ pub mod apikey;
 pub mod passwd;
 pub mod pubsub;
 pub mod record;
+pub mod store;
 pub mod token;
 
 /// Where and as whom to connect, shared by every client tool.

@@ -37,6 +37,7 @@ use crate::store::{Evictable, Evicted, Store, StoreError, StoredMessage};
 pub use config::{HistoryConfig, HistoryRule};
 use switchboard_core::message::Publish;
 use switchboard_core::protocol::Since;
+use switchboard_core::quiet::Throttle;
 
 /// How often streams with an age limit are trimmed, so idle topics expire too.
 pub const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -631,7 +632,13 @@ impl Log {
         let size = (key.len() + value.len()) as u64;
         if let Err(e) = history.messages.insert(key, value) {
             history.write_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(topic = &*entry.topic, seq, error = %e, "history: write failed; the stream starts a new epoch");
+            // A full disk fails every write: one line per window, the store's health
+            // and `history_write_errors` say the rest.
+            static FAILED: Throttle = Throttle::per_secs(10);
+            let e = history.store.io(e);
+            if let Some(held_back) = FAILED.admit() {
+                tracing::error!(topic = &*entry.topic, seq, error = %e, held_back, "history: write failed; the stream starts a new epoch");
+            }
             // The hole stays inside `first..=last`: a recovery across it reads short
             // and says it is incomplete.
             s.last = seq;
@@ -649,7 +656,10 @@ impl Log {
         history.appended.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = history.trim(entry, &mut s, ts_us) {
             history.write_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(topic = &*entry.topic, error = %e, "history: trimming failed");
+            static FAILED: Throttle = Throttle::per_secs(10);
+            if let Some(held_back) = FAILED.admit() {
+                tracing::error!(topic = &*entry.topic, error = %e, held_back, "history: trimming failed");
+            }
         }
     }
 
@@ -668,7 +678,10 @@ impl Log {
         let (from, to, complete) = {
             let mut s = lock(&self.entry);
             if let Err(e) = history.trim(&self.entry, &mut s, switchboard_core::clock::now_us()) {
-                tracing::error!(error = %e, "history: trimming failed");
+                static FAILED: Throttle = Throttle::per_secs(10);
+                if let Some(held_back) = FAILED.admit() {
+                    tracing::error!(error = %e, held_back, "history: trimming failed");
+                }
             }
             let epoch = epoch_text(s.epoch);
             let (wanted_from, complete) = match since {

@@ -33,7 +33,8 @@ pub fn router(state: HttpState) -> Router {
 }
 
 /// Liveness for load balancers and systemd checks: 200 while the daemon serves,
-/// 503 once shutdown has begun.
+/// 503 once shutdown has begun. A failing store (a full disk) makes the status
+/// `degraded` but keeps 200: delivery goes on without it.
 async fn healthz(
     State(state): State<HttpState>,
 ) -> (axum::http::StatusCode, Json<serde_json::Value>) {
@@ -65,8 +66,14 @@ async fn healthz(
             },
         })
     });
+    let store = state.store.view();
     let body = json!({
-        "status": if status.is_success() { "ok" } else { "shutting_down" },
+        "status": match (status.is_success(), store.failing_since) {
+            (false, _) => "shutting_down",
+            (true, Some(_)) => "degraded",
+            (true, None) => "ok",
+        },
+        "store": store,
         "version": env!("CARGO_PKG_VERSION"),
         "connections": stats.connections,
         "subscriptions": stats.subscriptions,

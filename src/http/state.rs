@@ -55,6 +55,8 @@ pub struct HttpState {
     pub broker: Option<Arc<Broker>>,
     /// The listener's connection counters, for `/healthz`.
     pub listener: Arc<ListenerStats>,
+    /// Whether the local store's writes succeed, for `/healthz`.
+    pub store: Arc<crate::store::Health>,
     pub limits: Limits,
     pub about: About,
     /// Cancelled when shutdown begins: `/healthz` answers 503 from then on.

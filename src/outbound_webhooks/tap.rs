@@ -16,6 +16,7 @@ use crate::live::{self, LiveList};
 use crate::store::writer::{self, Writer};
 use crate::throttle::Throttle;
 use switchboard_core::message::{Lifecycle, Publish, Tap};
+use switchboard_core::quiet::Throttle as Quiet;
 
 /// Events between the hub and the writer. A burst this large only waits here while the
 /// writer stores the previous one; beyond it, events are dropped rather than the hub
@@ -109,7 +110,10 @@ pub fn store(burst: &mut Vec<Item>) {
             }
             Err(e) => {
                 ep.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(webhook = %ep.name, error = %e, "cannot store a webhook event; dropped");
+                static FAILED: Quiet = Quiet::per_secs(10);
+                if let Some(held_back) = FAILED.admit() {
+                    tracing::error!(webhook = %ep.name, error = %e, held_back, "cannot store a webhook event; dropped");
+                }
                 false
             }
         },

@@ -191,7 +191,12 @@ impl Recorder {
                         .fetch_add(bytes, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, messages = stored, "cannot store recorded messages; dropped");
+                    static FAILED: switchboard_core::quiet::Throttle =
+                        switchboard_core::quiet::Throttle::per_secs(10);
+                    let e = self.store.io(e);
+                    if let Some(held_back) = FAILED.admit() {
+                        tracing::error!(error = %e, messages = stored, held_back, "cannot store recorded messages; dropped (dropped messages count in the recordings' figures)");
+                    }
                     for (id, figures) in before {
                         if let Some(entry) = recordings.get_mut(&id) {
                             let lost = entry.figures.messages - figures.messages;

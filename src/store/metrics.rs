@@ -1,4 +1,4 @@
-//! What the local store shows at /metrics: its size on disk and its cap.
+//! What the local store shows at /metrics: whether it works, its size on disk and its cap.
 
 use super::Store;
 use crate::metrics::{Snapshot, Source};
@@ -8,6 +8,22 @@ impl Source for Store {
     fn collect(&self, s: &mut Snapshot) {
         let quota = self.quota();
         let evicted = quota.evicted();
+        let health = self.health().view();
+        s.gauge(
+            "store_failing",
+            "1 while the store's writes fail (a full disk, an I/O error): see /healthz for the last error.",
+            u64::from(health.failing_since.is_some()),
+        );
+        s.gauge(
+            "store_failing_since_seconds",
+            "Unix time of the store's first failure while it is failing; 0 while it works.",
+            health.failing_since.map_or(0, |ms| ms / 1000),
+        );
+        s.counter(
+            "store_errors",
+            "Failed store operations (each write that failed, each failed flush or read).",
+            health.errors,
+        );
         s.gauge(
             "store_disk_bytes",
             "Bytes the local store takes on disk.",

@@ -7,15 +7,20 @@
 //! and at once on [`Store::flush`], which shutdown calls.
 
 pub mod config;
+pub mod health;
+pub mod manifest;
 pub mod message;
 pub mod metrics;
 pub mod quota;
 pub mod writer;
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use config::StoreConfig;
+pub use health::Health;
+use manifest::Manifest;
 pub use message::StoredMessage;
 pub use quota::{Evictable, Evicted, Quota};
 
@@ -42,6 +47,11 @@ const MIGRATIONS: &[Migration] = &[Migration {
 }];
 
 const VERSION_KEY: &[u8] = b"switchboard.format_version";
+/// The generation of the last open, matched against the manifest's ([`manifest`]).
+const GENERATION_KEY: &[u8] = b"switchboard.generation";
+
+/// What to do about a damaged store; every message about one ends with it.
+const MOVE_ASIDE: &str = "stop switchboard and move the directory aside (for example `mv store store.damaged` in the data directory) to start with an empty store; `switchboard store check` shows what is wrong";
 
 /// Why the store cannot be used. Every variant names the store's path.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +74,10 @@ pub enum StoreError {
     NoMigration { path: PathBuf, found: u32 },
     #[error("the store at {} has an unreadable format version record", path.display())]
     BadVersion { path: PathBuf },
+    #[error("the store at {} is damaged ({detail}): {MOVE_ASIDE}", path.display())]
+    Damaged { path: PathBuf, detail: String },
+    #[error("the store at {} lost data ({detail}): {MOVE_ASIDE}", path.display())]
+    Lost { path: PathBuf, detail: String },
     #[error("store at {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -72,40 +86,111 @@ pub enum StoreError {
     },
 }
 
+/// Exit status of the daemon and of `switchboard store check` when the store cannot be
+/// used as it is (damaged, lost data, a newer or unknown format): starting again will not
+/// help, so the packaged unit lists it in `RestartPreventExitStatus=` (EX_DATAERR).
+pub const EXIT_UNUSABLE: u8 = 65;
+
+impl StoreError {
+    /// Whether the store itself is the problem (rather than, say, a full disk or a
+    /// lock held by another process): starting again cannot help.
+    pub fn is_unusable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Damaged { .. }
+                | StoreError::Lost { .. }
+                | StoreError::NewerVersion { .. }
+                | StoreError::NoMigration { .. }
+                | StoreError::BadVersion { .. }
+        )
+    }
+}
+
+/// What a readable store holds.
+#[derive(Debug)]
+pub struct CheckReport {
+    pub path: PathBuf,
+    /// None: a store nothing was ever written to.
+    pub version: Option<u32>,
+    pub generation: Option<u64>,
+    /// Every tree by name, with its entries.
+    pub trees: Vec<(String, u64)>,
+}
+
 /// The open store. Cheap to clone (sled handles are reference counted).
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
     quota: Arc<Quota>,
+    /// This open's generation, recorded in the manifest at a clean stop.
+    generation: u64,
+    /// Failures of the running store, for health and metrics.
+    health: Arc<Health>,
 }
 
 impl Store {
-    /// Opens (or creates) the store in `data_dir/store` and checks its format version.
+    /// Opens (or creates) the store in `data_dir/store`, checks its format version and
+    /// that it holds what the manifest says it held, and starts a new generation.
     pub fn open(data_dir: &Path, config: &StoreConfig) -> Result<Store, StoreError> {
+        let mut store = Store::open_as_is(data_dir, config)?;
+        let manifest = store.manifest()?;
+        store.check_version(manifest.is_some())?;
+        store.check_manifest(manifest)?;
+        store.generation = store.begin_generation(manifest)?;
+        Ok(store)
+    }
+
+    /// Opens sled's files and nothing more. sled panics on some damaged files (a zeroed
+    /// page: "tried to serialize Uninitialized"); the panic is caught here, without the
+    /// default hook's message, and becomes an error that names the directory.
+    fn open_as_is(data_dir: &Path, config: &StoreConfig) -> Result<Store, StoreError> {
         let path = data_dir.join("store");
         let flush_ms = u64::try_from(config.flush_interval.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let db = sled::Config::new()
+        let sled_config = sled::Config::new()
             .path(&path)
-            .flush_every_ms(Some(flush_ms))
-            .open()
-            .map_err(|source| StoreError::Open {
+            .flush_every_ms(Some(flush_ms));
+        let opened =
+            catch_quietly(|| sled_config.open()).map_err(|detail| StoreError::Damaged {
+                path: path.clone(),
+                detail: format!("sled failed reading it: {detail}"),
+            })?;
+        let db = opened.map_err(|source| match source {
+            sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => StoreError::Damaged {
+                path: path.clone(),
+                detail: source.to_string(),
+            },
+            source => StoreError::Open {
                 path: path.clone(),
                 source,
-            })?;
-        let store = Store {
+            },
+        })?;
+        Ok(Store {
             db,
             path,
             quota: Arc::new(Quota::new(config.max_bytes)),
-        };
-        store.check_version()?;
-        Ok(store)
+            generation: 0,
+            health: Arc::default(),
+        })
     }
 
-    fn check_version(&self) -> Result<(), StoreError> {
+    fn manifest(&self) -> Result<Option<Manifest>, StoreError> {
+        Manifest::read(&self.path).map_err(|e| StoreError::Damaged {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// `written`: the manifest says switchboard wrote this store before, so a missing
+    /// version record means lost data, not a new store.
+    fn check_version(&self, written: bool) -> Result<(), StoreError> {
         match self.db.get(VERSION_KEY).map_err(|e| self.io(e))? {
+            None if written => Err(StoreError::Lost {
+                path: self.path.clone(),
+                detail: "it has no format version record although switchboard wrote it before: the data file was probably cut short".into(),
+            }),
             None => {
                 self.db
                     .insert(VERSION_KEY, &FORMAT_VERSION.to_be_bytes())
@@ -128,6 +213,108 @@ impl Store {
                 self.migrate(found)
             }
         }
+    }
+
+    fn stored_generation(&self) -> Result<Option<u64>, StoreError> {
+        let found = self.db.get(GENERATION_KEY).map_err(|e| self.io(e))?;
+        Ok(found.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok().map(u64::from_be_bytes)))
+    }
+
+    /// The store must show the manifest's generation (or the next: a crash between
+    /// writing it to the store and to the manifest) and, after a clean stop, at least
+    /// the entries counted then.
+    fn check_manifest(&self, manifest: Option<Manifest>) -> Result<(), StoreError> {
+        let Some(m) = manifest else {
+            return Ok(());
+        };
+        let lost = |detail: String| StoreError::Lost {
+            path: self.path.clone(),
+            detail,
+        };
+        let found = self.stored_generation()?;
+        match found {
+            Some(g) if g == m.generation + 1 => return Ok(()),
+            Some(g) if g == m.generation => {}
+            found => {
+                return Err(lost(format!(
+                    "its generation record is {} where the manifest says {}: what was written since is gone",
+                    found.map_or("missing".to_string(), |g| g.to_string()),
+                    m.generation
+                )))
+            }
+        }
+        if let Some(expected) = m.entries {
+            // More is not a loss: a write after the count (none should come) adds one.
+            let found = self.count_entries()?;
+            if found < expected {
+                return Err(lost(format!(
+                    "it holds {found} entries where {expected} were counted at the last clean stop"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a new generation in the store, then in the manifest.
+    fn begin_generation(&self, manifest: Option<Manifest>) -> Result<u64, StoreError> {
+        let last = manifest
+            .map(|m| m.generation)
+            .max(self.stored_generation()?)
+            .unwrap_or(0);
+        let generation = last + 1;
+        self.db
+            .insert(GENERATION_KEY, &generation.to_be_bytes())
+            .map_err(|e| self.io(e))?;
+        self.db.flush().map_err(|e| self.io(e))?;
+        self.write_manifest(Manifest {
+            generation,
+            entries: None,
+        })?;
+        Ok(generation)
+    }
+
+    fn write_manifest(&self, manifest: Manifest) -> Result<(), StoreError> {
+        manifest
+            .write(&self.path)
+            .map_err(|e| self.io(sled::Error::Io(e)))
+    }
+
+    /// Entries in every tree, reading each one: an unreadable entry, or a panic of sled
+    /// on one, is an error.
+    pub fn count_entries(&self) -> Result<u64, StoreError> {
+        Ok(self.tree_entries()?.iter().map(|(_, n)| n).sum())
+    }
+
+    /// Every tree by name, with the entries read from it.
+    fn tree_entries(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let count = || -> Result<Vec<(String, u64)>, StoreError> {
+            let mut trees = Vec::new();
+            for name in self.db.tree_names() {
+                let tree = self.db.open_tree(&name).map_err(|e| self.io(e))?;
+                let mut n = 0u64;
+                for item in tree.iter() {
+                    item.map_err(|e| self.io(e))?;
+                    n += 1;
+                }
+                trees.push((String::from_utf8_lossy(&name).into_owned(), n));
+            }
+            Ok(trees)
+        };
+        catch_quietly(count).map_err(|detail| StoreError::Damaged {
+            path: self.path.clone(),
+            detail: format!("sled failed reading it: {detail}"),
+        })?
+    }
+
+    /// Flushes and records in the manifest what the store holds, so the next open can
+    /// tell whether it all came back. The last thing shutdown does with the store.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.flush().await?;
+        let entries = self.count_entries()?;
+        self.write_manifest(Manifest {
+            generation: self.generation,
+            entries: Some(entries),
+        })
     }
 
     /// Brings a store of an older format up to this build's, one step at a time, and
@@ -157,6 +344,27 @@ impl Store {
             self.db.flush().map_err(|e| self.io(e))?;
         }
         Ok(())
+    }
+
+    /// What `switchboard store check` reports: opens the store as the daemon would,
+    /// without starting a generation or writing anything of ours, and reads every entry.
+    pub fn check(data_dir: &Path, config: &StoreConfig) -> Result<CheckReport, StoreError> {
+        let store = Store::open_as_is(data_dir, config)?;
+        let manifest = store.manifest()?;
+        let version = store.db.get(VERSION_KEY).map_err(|e| store.io(e))?;
+        if version.is_none() && manifest.is_some() {
+            // What `open` would refuse.
+            store.check_version(true)?;
+        }
+        store.check_manifest(manifest)?;
+        let trees = store.tree_entries()?;
+        Ok(CheckReport {
+            path: store.path.clone(),
+            version: version
+                .and_then(|b| <[u8; 4]>::try_from(b.as_ref()).ok().map(u32::from_be_bytes)),
+            generation: store.stored_generation()?,
+            trees,
+        })
     }
 
     /// A named tree, created if missing. Names are namespaced by their user
@@ -194,13 +402,58 @@ impl Store {
         &self.path
     }
 
-    /// Wraps an error of a running store with its path.
+    /// Whether writes succeed, and the last failure.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Wraps an error of a running store with its path, and records it in the store's
+    /// [`Health`]. sled reports damage it finds while reading as corruption; that is
+    /// [`StoreError::Damaged`], with what to do.
     pub fn io(&self, source: sled::Error) -> StoreError {
-        StoreError::Io {
-            path: self.path.clone(),
-            source,
+        self.health.failed(&source);
+        match source {
+            sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => StoreError::Damaged {
+                path: self.path.clone(),
+                detail: source.to_string(),
+            },
+            source => StoreError::Io {
+                path: self.path.clone(),
+                source,
+            },
         }
     }
+}
+
+thread_local! {
+    /// Set while [`catch_quietly`] runs on this thread.
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into an error with the panic's message, and keeps the
+/// panic hook quiet for panics on this thread meanwhile: the operator should read our
+/// error, not a backtrace hint from inside sled. The hook installed here once passes
+/// every other panic to the hook that was there before.
+fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into())
+    })
 }
 
 /// Opens a store in tests that reopen one: sled lets go of the directory's lock shortly

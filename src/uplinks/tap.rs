@@ -17,6 +17,7 @@ use crate::live::{self, LiveList};
 use crate::store::writer::{self, Writer};
 use crate::store::StoredMessage;
 use switchboard_core::message::{Publish, Tap};
+use switchboard_core::quiet::Throttle;
 
 /// Messages between the Hub and the writer; beyond it they are dropped, not the Hub
 /// slowed.
@@ -70,7 +71,10 @@ pub fn store(burst: &mut Vec<Item>) {
             Ok(()) => true,
             Err(e) => {
                 link.queue.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(bridge = %link.name, error = %e, "cannot store a bridge message; dropped");
+                static FAILED: Throttle = Throttle::per_secs(10);
+                if let Some(held_back) = FAILED.admit() {
+                    tracing::error!(bridge = %link.name, error = %e, held_back, "cannot store a bridge message; dropped");
+                }
                 false
             }
         },

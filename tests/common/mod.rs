@@ -38,12 +38,13 @@ pub struct Daemon {
 
 type Logs = Arc<Mutex<Vec<String>>>;
 
-/// Starts the binary and waits for its `listening` line; returns the line's addresses.
-fn spawn(
+/// `switchboard serve` as the tests run it: this configuration and data directory,
+/// every listener on a free port, stderr piped.
+fn command(
     config_path: &std::path::Path,
     data_dir: &std::path::Path,
     env: &[(String, String)],
-) -> (Child, Logs, String) {
+) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve")
         .arg("--config")
@@ -79,7 +80,18 @@ fn spawn(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn switchboard");
+    cmd
+}
+
+/// Starts the binary and waits for its `listening` line; returns the line's addresses.
+fn spawn(
+    config_path: &std::path::Path,
+    data_dir: &std::path::Path,
+    env: &[(String, String)],
+) -> (Child, Logs, String) {
+    let mut child = command(config_path, data_dir, env)
+        .spawn()
+        .expect("spawn switchboard");
     let stderr = child.stderr.take().expect("stderr");
     let logs: Logs = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = std::sync::mpsc::channel();
@@ -177,6 +189,54 @@ impl Daemon {
         self.http = parse_listening(&addrs, "http").expect("http address in listening line");
         self.mqtt = parse_listening(&addrs, "mqtt");
         self.mqtt_ws = parse_listening(&addrs, "mqtt_ws");
+    }
+
+    /// Runs the daemon again on the same configuration and data directory (after
+    /// [`Daemon::stop`]) when it may refuse to start: its exit status, or `None` when it
+    /// started (logged its `listening` line; it is then stopped with SIGTERM, cleanly),
+    /// and its stderr.
+    pub fn run_to_exit(&self) -> (Option<ExitStatus>, String) {
+        let mut child = command(&self.config_path, &self.data_dir(), &self.env)
+            .spawn()
+            .expect("spawn switchboard");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut logs = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => {
+                    let started = line.contains("listening ");
+                    logs.push(line);
+                    if started {
+                        let _ = Command::new("kill")
+                            .arg("-TERM")
+                            .arg(child.id().to_string())
+                            .status();
+                        let _ = child.wait();
+                        break None;
+                    }
+                }
+                // stderr closed: the process is exiting.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    break Some(child.wait().expect("wait for switchboard"));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "switchboard neither started nor exited"
+                    );
+                }
+            }
+        };
+        (status, logs.join("\n"))
     }
 
     pub fn ws_url(&self) -> String {

@@ -1,0 +1,322 @@
+//! The local store under faults, against the real daemon and its real files: a store
+//! damaged on disk (a zeroed page, a file cut to half) is refused at start with an error
+//! naming the directory and an exit status systemd does not retry, never a panic and
+//! never a silent empty start; `switchboard store check` says the same. A full disk
+//! (a small tmpfs of the test's own, which needs root: CI runs as root) shows in
+//! `/healthz` and `/metrics` while delivery goes on, and history tells a resuming
+//! client it missed messages.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use common::{Daemon, Raw, BIN};
+use serde_json::json;
+
+const HISTORY: &str = r#"
+[[history.topics]]
+filter = "log/#"
+keep = 1000000
+
+[ws]
+publish_rate = 1000000
+publish_burst = 1000000
+"#;
+
+/// The exit status of a store that starting again cannot fix (EX_DATAERR); the
+/// packaged unit names it in RestartPreventExitStatus=.
+const UNUSABLE: i32 = 65;
+
+/// A daemon whose store holds 3,000 history messages (3 MB: sled's file spans several of
+/// its 512 KiB segments, as a store in use does), stopped cleanly; the path of sled's
+/// data file.
+async fn stopped_with_history() -> (Daemon, PathBuf) {
+    let mut daemon = Daemon::start(HISTORY);
+    let mut c = Raw::connect(&daemon.ws_url()).await;
+    let pad = "x".repeat(1000);
+    // In pipelined chunks: replies come in order, so the last one of a chunk means
+    // every publish in it was handled.
+    for chunk in 0..30 {
+        let ids = chunk * 100..(chunk + 1) * 100;
+        for i in ids.clone() {
+            c.send(json!({"op":"pub","id":i,"topic":"log/a","data":{"i":i,"pad":pad}}))
+                .await;
+        }
+        loop {
+            let r = c.recv().await;
+            assert_ne!(r["op"], "error", "{r}");
+            if r["id"] == ids.end - 1 {
+                break;
+            }
+        }
+    }
+    daemon.stop();
+    let db = daemon.data_dir().join("store").join("db");
+    let len = std::fs::metadata(&db).expect("sled's data file").len();
+    assert!(
+        len > 2 << 20,
+        "the store spans several segments: {len} bytes"
+    );
+    (daemon, db)
+}
+
+/// sled's segment size (its default, which the store keeps).
+const SEGMENT: u64 = 512 * 1024;
+
+/// Zeroes the first 4 KiB of the segment that starts at `at` (a segment's header is what
+/// sled's recovery reads first).
+fn zero_4k(file: &Path, at: u64) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .expect("open");
+    f.seek(SeekFrom::Start(at)).expect("seek");
+    f.write_all(&[0u8; 4096]).expect("write");
+    f.sync_all().expect("sync");
+}
+
+fn cut_to_half(file: &Path) {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .expect("open");
+    let len = f.metadata().expect("size").len();
+    f.set_len(len / 2).expect("truncate");
+}
+
+/// `switchboard store check` on the daemon's configuration and data directory.
+fn store_check(daemon: &Daemon) -> std::process::Output {
+    Command::new(BIN)
+        .args(["store", "check", "--config"])
+        .arg(&daemon.config_path)
+        .env("SWITCHBOARD_DATA_DIR", daemon.data_dir())
+        .output()
+        .expect("run store check")
+}
+
+/// The daemon refuses the store: the right exit status, the directory named, what to
+/// do, and no panic; `store check` says the same.
+fn assert_refused(daemon: &Daemon, status: ExitStatus, stderr: &str) {
+    let store = daemon.data_dir().join("store");
+    assert_eq!(status.code(), Some(UNUSABLE), "{stderr}");
+    assert!(stderr.contains(&store.display().to_string()), "{stderr}");
+    assert!(stderr.contains("move the directory aside"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("RUST_BACKTRACE"), "{stderr}");
+    let check = store_check(daemon);
+    let out = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(UNUSABLE), "{out}");
+    assert!(out.contains(&store.display().to_string()), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+}
+
+/// Moving the store aside, as the error says, starts the daemon afresh.
+async fn assert_moving_aside_starts_afresh(daemon: &mut Daemon) {
+    let store = daemon.data_dir().join("store");
+    std::fs::rename(&store, daemon.data_dir().join("store.damaged")).expect("move aside");
+    daemon.respawn();
+    let mut c = Raw::connect(&daemon.ws_url()).await;
+    let r = c.request(json!({"op":"sub","topic":"log/a"})).await;
+    assert_eq!(
+        (r["op"].as_str(), r["seq"].as_u64()),
+        (Some("ok"), Some(0)),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn a_zeroed_page_is_refused_with_the_directory_named_and_no_panic() {
+    let (mut daemon, db) = stopped_with_history().await;
+    // Where live data sits in sled's log depends on timing (pages are rewritten as they
+    // change, leaving old copies behind), so zero a page in the middle, then the next
+    // segment's, and so on, until one held live data: the daemon must then refuse.
+    // sled alone panics ("tried to serialize Uninitialized") or drops what follows.
+    let len = std::fs::metadata(&db).expect("size").len();
+    let mut at = len / 2 / SEGMENT * SEGMENT;
+    let refused = loop {
+        assert!(
+            at < len,
+            "zeroing every segment from the middle on went unnoticed"
+        );
+        zero_4k(&db, at);
+        match daemon.run_to_exit() {
+            (Some(status), stderr) => break (status, stderr),
+            // Started: the page held only superseded data (and the clean stop that
+            // followed counted the entries afresh).
+            (None, _) => at += SEGMENT,
+        }
+    };
+    assert_refused(&daemon, refused.0, &refused.1);
+    assert_moving_aside_starts_afresh(&mut daemon).await;
+}
+
+#[tokio::test]
+async fn a_store_cut_to_half_is_refused_rather_than_started_empty() {
+    let (mut daemon, db) = stopped_with_history().await;
+    cut_to_half(&db);
+    let (status, stderr) = daemon.run_to_exit();
+    let status = status.unwrap_or_else(|| panic!("started on half a store:\n{stderr}"));
+    assert_refused(&daemon, status, &stderr);
+    assert_moving_aside_starts_afresh(&mut daemon).await;
+}
+
+#[tokio::test]
+async fn store_check_passes_a_sound_store_and_the_daemon_reopens_it() {
+    let (mut daemon, _) = stopped_with_history().await;
+    let check = store_check(&daemon);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(out.contains(": ok:"), "{out}");
+    assert!(out.contains("history/messages: 3000"), "{out}");
+    // Checking changed nothing the daemon checks in turn.
+    daemon.respawn();
+    let mut c = Raw::connect(&daemon.ws_url()).await;
+    let r = c
+        .request(json!({"op":"sub","topic":"log/a","last":1000}))
+        .await;
+    assert_eq!(r["op"], "ok", "{r}");
+    assert_eq!(r["seq"], 3000, "{r}");
+}
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted when dropped; `None` (with
+/// the reason printed) where this process may not mount, that is when not root.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Some(Tmpfs(dir)),
+            Ok(out) => {
+                eprintln!(
+                    "skipped: cannot mount a tmpfs (root only): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// Writes a file until the file system is full.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut f = std::fs::File::create(&path).expect("create filler");
+        let chunk = vec![1u8; 64 * 1024];
+        while f.write_all(&chunk).and_then(|()| f.flush()).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+    }
+}
+
+/// Publishes `n` messages on `log/a`, numbered on from `*published`, and checks that
+/// the live subscriber gets each: delivery goes on whatever the store does.
+async fn publish_n(p: &mut Raw, live: &mut Raw, n: u64, published: &mut u64) {
+    let pad = "x".repeat(1000);
+    for _ in 0..n {
+        let i = *published;
+        let r = p
+            .request(json!({"op":"pub","topic":"log/a","data":{"i":i,"pad":pad}}))
+            .await;
+        assert_eq!(r["op"], "ok", "{r}");
+        let m = live.next_msg().await;
+        assert_eq!(m["data"]["i"], i, "{m}");
+        *published += 1;
+    }
+}
+
+fn scrape(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+#[tokio::test]
+async fn a_full_disk_shows_in_health_and_metrics_and_resuming_clients_see_the_gap() {
+    let Some(fs) = Tmpfs::mount("16m") else {
+        return;
+    };
+    let data = fs.path().join("data");
+    let data = data.to_str().expect("utf-8 path");
+    let daemon = Daemon::start_with_env(HISTORY, &[("SWITCHBOARD_DATA_DIR", data)]);
+    let health = daemon.healthz().await;
+    assert_eq!(health["store"]["status"], "ok", "{health}");
+
+    let mut live = Raw::connect(&daemon.ws_url()).await;
+    assert_eq!(
+        live.request(json!({"op":"sub","topic":"log/a"})).await["op"],
+        "ok"
+    );
+    let mut p = Raw::connect(&daemon.ws_url()).await;
+    let mut published = 0u64;
+    publish_n(&mut p, &mut live, 10, &mut published).await;
+    let mut resumer = Raw::connect(&daemon.ws_url()).await;
+    let before = resumer.request(json!({"op":"sub","topic":"log/a"})).await;
+    let epoch = before["epoch"].as_str().expect("epoch").to_owned();
+    assert_eq!(before["seq"], 10, "{before}");
+    drop(resumer);
+
+    let _filler = fs.fill();
+    // sled writes in the background: publish until the store says it fails.
+    let health = loop {
+        publish_n(&mut p, &mut live, 20, &mut published).await;
+        let health = daemon.healthz().await;
+        if health["store"]["status"] == "failing" {
+            break health;
+        }
+        assert!(published < 20_000, "the store never failed: {health}");
+    };
+    // Many more writes fail from here on; the log does not get a line for each.
+    publish_n(&mut p, &mut live, 200, &mut published).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    let last_error = health["store"]["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.contains("No space left on device"), "{health}");
+    assert!(
+        health["store"]["failing_since"].as_u64().is_some(),
+        "{health}"
+    );
+
+    let metrics = daemon.metrics_text().await;
+    assert_eq!(scrape(&metrics, "switchboard_store_failing"), 1);
+    assert!(scrape(&metrics, "switchboard_store_failing_since_seconds") > 0);
+    let write_errors = scrape(&metrics, "switchboard_history_write_errors_total");
+    assert!(write_errors >= 200, "{write_errors}");
+    assert!(scrape(&metrics, "switchboard_store_errors_total") >= write_errors);
+    let lines = daemon.logs().matches("history: write failed").count();
+    assert!(
+        lines <= 2,
+        "{lines} log lines for {write_errors} failed writes"
+    );
+
+    // A client resuming from before the failure is told it missed messages.
+    let mut resumer = Raw::connect(&daemon.ws_url()).await;
+    let reply = resumer
+        .request(json!({"op":"sub","topic":"log/a","since":10,"epoch":epoch}))
+        .await;
+    assert_eq!(reply["op"], "ok", "{reply}");
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_ne!(reply["epoch"], json!(epoch), "{reply}");
+}
