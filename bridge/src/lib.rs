@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use egress::{Publisher, QueueFull};
+pub use switchboard_core::web::WebPolicy;
 
 /// How the broker listens and what it tolerates.
 #[derive(Debug, Clone)]
@@ -62,6 +63,9 @@ pub struct BrokerConfig {
     /// Messages queued towards MQTT subscribers from other ways in before new ones are
     /// dropped (and counted).
     pub egress_queue: usize,
+    /// Which browser pages (`Origin`) and host names (`Host`) the WebSocket listeners
+    /// accept: the daemon's own policy, so a page refused on its `/ws` is refused here.
+    pub web: WebPolicy,
 }
 
 impl Default for BrokerConfig {
@@ -76,6 +80,7 @@ impl Default for BrokerConfig {
             max_packet_size: 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
             egress_queue: 65_536,
+            web: WebPolicy::default(),
         }
     }
 }

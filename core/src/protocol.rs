@@ -110,6 +110,10 @@ pub enum ErrorCode {
     HistoryDisabled,
     /// The resource is not in a state that allows this (replaying a running recording).
     Conflict,
+    /// HTTP API: a request body that is not declared `application/json`.
+    UnsupportedMediaType,
+    /// HTTP: the `Host` is a name the server is not configured to be reached by.
+    Misdirected,
 }
 
 impl ErrorCode {
@@ -134,6 +138,8 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::HistoryDisabled => "history_disabled",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::Misdirected => "misdirected",
         }
     }
 }

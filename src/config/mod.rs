@@ -137,6 +137,15 @@ impl Config {
         c
     }
 
+    /// Which browser pages and host names every web-facing listener accepts (HTTP, `/ws`,
+    /// MQTT over WebSocket): origins from `[auth]`, host names from `[http]`.
+    pub fn web_policy(&self) -> switchboard_core::web::WebPolicy {
+        switchboard_core::web::WebPolicy {
+            allowed_origins: self.auth.allowed_origins.clone(),
+            allowed_hosts: self.http.allowed_hosts.clone(),
+        }
+    }
+
     /// The Hub's settings: presence from `[presence]`, the per-connection limits it
     /// enforces from `[ws]`.
     pub fn hub(&self) -> HubConfig {

@@ -106,6 +106,8 @@ impl MqttConfig {
             max_packet_size: self.max_packet_size.get(),
             connect_timeout: self.connect_timeout,
             egress_queue: self.egress_queue.get(),
+            // Spans `[auth]` and `[http]`: set by the root from `Config::web_policy`.
+            web: switchboard_bridge::WebPolicy::default(),
         }
     }
 

@@ -30,6 +30,10 @@ pub struct HttpConfig {
     /// How long an HTTP publish's idempotency key is remembered.
     #[serde(with = "positive_duration")]
     pub idempotency_window: Duration,
+    /// Host names (the `Host` header) the daemon may be reached by besides loopback
+    /// names and IP addresses, which always may; against DNS rebinding
+    /// (docs/security.md).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// The Prometheus endpoint `/metrics` (docs/metrics.md).
@@ -52,6 +56,7 @@ impl Default for HttpConfig {
             handshake_timeout: Duration::from_secs(10),
             max_batch_bytes: nz(1024 * 1024),
             idempotency_window: Duration::from_secs(300),
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -34,6 +34,7 @@ mod topics;
 mod webhooks;
 
 pub use idempotency::IdempotencyCache;
+pub use recordings::JSON_LINES;
 
 /// The `/api/v1` routes. Unknown paths and methods get JSON errors like every other
 /// refusal, so a client needs one error parser.
