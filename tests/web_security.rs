@@ -300,3 +300,22 @@ async fn cors_answers_the_configured_origins_only() {
     );
     assert!(line.contains("auth.allowed_origins"), "{line}");
 }
+
+#[tokio::test]
+async fn a_token_without_kid_is_not_tried_against_keys_that_have_one() {
+    use common::creds::{now, sign, Secrets, SECRET};
+    let secrets = Secrets::new();
+    // The only key has a kid: a token must name it.
+    let config = secrets.config("").replace(
+        "[[auth.jwt]]\nalgorithm",
+        "[[auth.jwt]]\nkid = \"k1\"\nalgorithm",
+    );
+    let d = Daemon::start(&config);
+    let claims = json!({"sub":"ann","exp": now() + 600});
+    let named = sign(&json!({"alg":"HS256","kid":"k1"}), &claims, SECRET);
+    let unnamed = sign(&json!({"alg":"HS256"}), &claims, SECRET);
+    let info = common::http::api(&d, "/info");
+    assert_eq!(common::http::get(&info, Some(&named)).await.0, 200);
+    let (status, reply) = common::http::get(&info, Some(&unnamed)).await;
+    assert_eq!(status, 401, "{reply}");
+}
