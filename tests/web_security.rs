@@ -302,6 +302,48 @@ async fn cors_answers_the_configured_origins_only() {
 }
 
 #[tokio::test]
+async fn one_address_cannot_take_every_connection_by_default() {
+    // The default total is 20,000; one address gets a twentieth of it.
+    let d = Daemon::start("");
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        held.push(
+            tokio::net::TcpStream::connect(d.http)
+                .await
+                .expect("connect"),
+        );
+    }
+    // Each connection is counted once accepted: wait until the next one is refused.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ws_status(&d.ws_url(), &[]).await != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a 1001st connection was served"
+        );
+    }
+    drop(held);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let health = loop {
+        let (status, _, body) = raw_http(
+            d.http,
+            &format!("GET /healthz HTTP/1.1\r\nHost: {}", d.http),
+            "",
+        )
+        .await;
+        if status == 200 {
+            break serde_json::from_str::<serde_json::Value>(&body).unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        health["http"]["refused_per_ip"].as_u64() >= Some(1),
+        "{health}"
+    );
+    assert_eq!(health["http"]["refused_total_cap"], 0, "{health}");
+}
+
+#[tokio::test]
 async fn a_token_without_kid_is_not_tried_against_keys_that_have_one() {
     use common::creds::{now, sign, Secrets, SECRET};
     let secrets = Secrets::new();

@@ -54,6 +54,8 @@ impl Daemon {
             .env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_MQTT_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_MQTT_WS_LISTEN", "127.0.0.1:0")
+            // Thousands of clients from one machine: lift the per-address cap.
+            .env("SWITCHBOARD_HTTP_MAX_CONNECTIONS_PER_IP", "1000000")
             // Nothing per connection on stderr: a log line per connect would be
             // part of what the setup rate measures.
             .env("SWITCHBOARD_LOG_LEVEL", "warn,switchboard::listening=info")

@@ -30,7 +30,7 @@ use crate::hub::outbox::QueueLimits;
 use crate::hub::HubConfig;
 use crate::outbound_webhooks::config::WebhookConfig;
 use crate::recordings::RecordingConfig;
-use crate::settings::{nz, positive_duration, Listen};
+use crate::settings::{positive_duration, Listen};
 use crate::store::StoreConfig;
 use crate::tls::{TlsConfig, TlsListeners};
 use crate::ws::config::WsConfig;
@@ -126,7 +126,6 @@ impl Config {
             ..Config::default()
         };
         c.http.listen = any(8700);
-        c.http.max_connections_per_ip = nz(1000);
         c.mqtt.listen = Listen(Some(any(1883)));
         c.mqtt.ws_listen = Listen(Some(any(8083)));
         c.mqtt.allow_anonymous = false;
