@@ -84,13 +84,15 @@ impl WebPolicy {
     }
 
     /// Whether a page from `origin` may connect. No `Origin` means no browser, and so
-    /// no cross-site page to defend against. With no list, only the same origin (the
-    /// `Origin` names the host the request was sent to) is allowed.
+    /// no cross-site page to defend against. The same origin (the `Origin` names the
+    /// host the request was sent to, which the host check vouches for) always may: a
+    /// page the daemon could have served, or a client that fills `Origin` in from its
+    /// own URL as paho-mqtt does; the list adds others.
     pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
         let Some(origin) = origin else { return true };
         let origin = origin.trim().to_ascii_lowercase();
-        if self.allowed_origins.is_empty() {
-            return self.same_origin(&origin, host);
+        if self.same_origin(&origin, host) {
+            return true;
         }
         self.allowed_origins.iter().any(|pattern| {
             let pattern = pattern.trim().to_ascii_lowercase();
@@ -173,6 +175,8 @@ mod tests {
         assert!(!ok("https://evilexample.org"));
         assert!(!ok("https://example.org.evil.com"));
         assert!(policy(&["*"], &[]).origin_allowed(Some("https://anything"), Some("gw")));
+        // A list does not take the same origin away (paho-mqtt sends its own URL).
+        assert!(p.origin_allowed(Some("https://gw:8083"), Some("gw:8083")));
     }
 
     #[test]
