@@ -139,18 +139,19 @@ impl Daemon {
             },
             shutdown: self.shutdown.clone(),
         });
-        crate::ws::routes(WsState {
+        let routes = crate::ws::routes(WsState {
             hub: self.hub.clone(),
             auth: self.auth.clone(),
             recorder: self.recorder.clone(),
             config: config.ws.clone(),
             auth_timeout: config.auth.auth_timeout,
-            allowed_origins: config.auth.allowed_origins.clone(),
+            web: config.web_policy(),
             instruments: self.instruments.clone(),
             shutdown: self.shutdown.clone(),
             tracker: self.tracker.clone(),
             api,
-        })
+        });
+        crate::http::web::guard(routes, config.web_policy())
     }
 
     /// What a reload changes.
@@ -444,6 +445,7 @@ async fn start_broker(
         return Ok((None, None));
     }
     broker_config.tls = tls.and_then(|t| t.mqtt_source());
+    broker_config.web = config.web_policy();
     let gate = DeviceGate::from_config(config.mqtt.devices(), Some(auth.jwt()))
         .context("cannot load the MQTT password file")?;
     tracing::info!("MQTT devices: {}", gate.describe());

@@ -59,6 +59,7 @@ async fn publish_reaches_subscribers_and_idempotency_keys_drop_repeats() {
         .post(api(&d, "/publish"))
         .bearer_auth(ADMIN)
         .header("Idempotency-Key", "k-1")
+        .header("content-type", "application/json")
         .body(r#"{"topic":"orders/2","data":"b"}"#)
         .send()
         .await
@@ -189,6 +190,7 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
     let basic = reqwest::Client::new()
         .post(&publish)
         .basic_auth("admin", Some(ADMIN))
+        .header("content-type", "application/json")
         .body(r#"{"topic":"a"}"#)
         .send()
         .await

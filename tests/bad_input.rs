@@ -209,7 +209,7 @@ async fn garbage_instead_of_websocket_is_refused_and_survived() {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     // An HTTP upgrade request without the WebSocket headers.
     let mut s = tokio::net::TcpStream::connect(d.http).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let mut buf = Vec::new();

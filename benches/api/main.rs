@@ -112,7 +112,13 @@ async fn over_http(
     for i in 0..n {
         let body = body(i).to_string();
         let start = Instant::now();
-        let response = client.post(&url).body(body).send().await.expect("request");
+        let response = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
         assert!(response.status().is_success(), "{}", response.status());
         response.bytes().await.expect("response body");
         out.push(start.elapsed().as_nanos() as u64);

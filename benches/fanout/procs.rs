@@ -57,6 +57,8 @@ impl Server {
                     .arg("--config")
                     .arg(&config)
                     .env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0")
+                    // Thousands of clients from one machine: lift the per-address cap.
+                    .env("SWITCHBOARD_HTTP_MAX_CONNECTIONS_PER_IP", "1000000")
                     .env("SWITCHBOARD_DATA_DIR", dir.path().join("data"))
                     .env_remove("RUST_LOG");
             }

@@ -71,6 +71,7 @@ fn start_daemon(pin: bool) -> (Daemon, tempfile::TempDir) {
 async fn call(d: &Daemon, method: reqwest::Method, path: &str, body: Value) -> Value {
     reqwest::Client::new()
         .request(method, format!("http://{}/api/v1{path}", d.addr))
+        .header("content-type", "application/json")
         .body(body.to_string())
         .send()
         .await

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use egress::{Publisher, QueueFull};
+pub use switchboard_core::web::WebPolicy;
 
 /// How the broker listens and what it tolerates.
 #[derive(Debug, Clone)]
@@ -70,6 +71,9 @@ pub struct BrokerConfig {
     pub topic_alias_maximum: u16,
     /// Topic filters one device may hold; further ones are refused in the SUBACK.
     pub max_subscriptions: usize,
+    /// Which browser pages (`Origin`) and host names (`Host`) the WebSocket listeners
+    /// accept: the daemon's own policy, so a page refused on its `/ws` is refused here.
+    pub web: WebPolicy,
 }
 
 impl Default for BrokerConfig {
@@ -87,6 +91,7 @@ impl Default for BrokerConfig {
             receive_maximum: 32,
             max_subscriptions: 1000,
             topic_alias_maximum: 16,
+            web: WebPolicy::default(),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Accepting device sockets: TCP_NODELAY on, the TLS handshake on the TLS listeners, the
-//! WebSocket handshake for MQTT over WebSocket, one task per connection, errors from one connection never reaching the loop.
+//! WebSocket handshake (with the daemon's web policy) for MQTT over WebSocket, one task per connection, errors from one connection never reaching the loop.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -61,7 +61,12 @@ async fn serve(socket: TcpStream, remote: SocketAddr, transport: Transport, shar
     let stream = match transport {
         Transport::Tcp => Stream::Tcp(socket),
         Transport::WebSocket => {
-            match timeout_at(deadline, Stream::websocket(socket, max_packet_size)).await {
+            match timeout_at(
+                deadline,
+                Stream::websocket(socket, max_packet_size, &shared.config.web, remote),
+            )
+            .await
+            {
                 Ok(Ok(ws)) => Stream::Ws(Box::new(ws)),
                 Ok(Err(e)) => {
                     tracing::debug!(%remote, error = %e, "MQTT WebSocket handshake failed");
@@ -77,7 +82,12 @@ async fn serve(socket: TcpStream, remote: SocketAddr, transport: Transport, shar
             if transport == Transport::Tls {
                 Stream::Tls(Box::new(tls))
             } else {
-                match timeout_at(deadline, Stream::websocket(tls, max_packet_size)).await {
+                match timeout_at(
+                    deadline,
+                    Stream::websocket(tls, max_packet_size, &shared.config.web, remote),
+                )
+                .await
+                {
                     Ok(Ok(ws)) => Stream::Wss(Box::new(ws)),
                     Ok(Err(e)) => {
                         tracing::debug!(%remote, error = %e, "MQTT WebSocket handshake failed");

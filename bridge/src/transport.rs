@@ -2,14 +2,17 @@
 //! of them plain or inside TLS.
 
 use std::io;
+use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
+use switchboard_core::quiet::{clip, Throttle};
+use switchboard_core::web::{Refusal, WebPolicy};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -23,15 +26,28 @@ pub(crate) enum Stream {
 
 impl Stream {
     /// Completes the WebSocket handshake, answering the `mqtt` subprotocol that MQTT.js and
-    /// paho ask for (browsers refuse the connection if it is not echoed).
-    pub async fn websocket<S>(socket: S, max_packet_size: usize) -> io::Result<WebSocketStream<S>>
+    /// paho ask for (browsers refuse the connection if it is not echoed). A browser page
+    /// the daemon's web policy refuses gets 403 (foreign `Origin`) or 421 (a `Host` name
+    /// it is not reached by) before any MQTT byte is read.
+    pub async fn websocket<S>(
+        socket: S,
+        max_packet_size: usize,
+        web: &WebPolicy,
+        remote: SocketAddr,
+    ) -> io::Result<WebSocketStream<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut config = WebSocketConfig::default();
         config.max_message_size = Some(max_packet_size + 8);
         config.max_frame_size = Some(max_packet_size + 8);
-        tokio_tungstenite::accept_hdr_async_with_config(socket, choose_mqtt, Some(config))
+        // The error type is tungstenite's handshake callback's; the large error is theirs.
+        #[allow(clippy::result_large_err)]
+        let callback = |request: &Request, response: Response| {
+            check_page(web, remote, request)?;
+            Ok(choose_mqtt(request, response))
+        };
+        tokio_tungstenite::accept_hdr_async_with_config(socket, callback, Some(config))
             .await
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
@@ -126,9 +142,30 @@ where
         .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))
 }
 
-// The signature is tungstenite's handshake callback; the large error is theirs.
+/// The web policy at the upgrade. A refused browser sees only a failed connection, so the
+/// reason goes to the log (info, one line per window: a page can retry in a loop).
+// The error type is tungstenite's handshake callback's; the large error is theirs.
 #[allow(clippy::result_large_err)]
-fn choose_mqtt(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+fn check_page(web: &WebPolicy, remote: SocketAddr, request: &Request) -> Result<(), ErrorResponse> {
+    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let Err(refusal) = web.check(header("origin"), header("host")) else {
+        return Ok(());
+    };
+    static REFUSED: Throttle = Throttle::per_secs(10);
+    if let Some(held_back) = REFUSED.admit() {
+        let why = refusal.to_string();
+        tracing::info!(%remote, held_back, "MQTT WebSocket refused: {}", clip(&why, 300));
+    }
+    let status = match refusal {
+        Refusal::Host(_) => StatusCode::MISDIRECTED_REQUEST,
+        Refusal::Origin(_) => StatusCode::FORBIDDEN,
+    };
+    let mut response = ErrorResponse::new(Some(refusal.to_string()));
+    *response.status_mut() = status;
+    Err(response)
+}
+
+fn choose_mqtt(request: &Request, mut response: Response) -> Response {
     let offered = request
         .headers()
         .get_all("sec-websocket-protocol")
@@ -144,5 +181,5 @@ fn choose_mqtt(request: &Request, mut response: Response) -> Result<Response, Er
                 .insert("sec-websocket-protocol", value);
         }
     }
-    Ok(response)
+    response
 }

@@ -5,7 +5,8 @@
 //! [`topic`] says what a valid topic or filter is and whether one matches the other;
 //! [`protocol`] is the WebSocket wire format; [`message`] is what enters the Hub and what
 //! its observers see; [`grants`] is what one identity may do; [`clock`] stamps messages;
-//! [`quiet`] keeps logs readable when a client repeats itself.
+//! [`quiet`] keeps logs readable when a client repeats itself; [`web`] is which browser
+//! pages and host names every web-facing listener accepts.
 
 pub mod backoff;
 pub mod clock;
@@ -14,5 +15,6 @@ pub mod message;
 pub mod protocol;
 pub mod quiet;
 pub mod topic;
+pub mod web;
 
 pub use grants::{Forbidden, Grants};

@@ -110,6 +110,10 @@ pub enum ErrorCode {
     HistoryDisabled,
     /// The resource is not in a state that allows this (replaying a running recording).
     Conflict,
+    /// HTTP API: a request body that is not declared `application/json`.
+    UnsupportedMediaType,
+    /// HTTP: the `Host` is a name the server is not configured to be reached by.
+    Misdirected,
 }
 
 impl ErrorCode {
@@ -134,6 +138,8 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::HistoryDisabled => "history_disabled",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::Misdirected => "misdirected",
         }
     }
 }
@@ -167,7 +173,7 @@ impl RequestError {
 struct RawRequest<'a> {
     #[serde(borrow)]
     op: Cow<'a, str>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
     #[serde(default)]
     topic: Option<String>,
@@ -215,8 +221,14 @@ struct RawRequest<'a> {
 /// Only the id, to answer a request that could not be parsed whole.
 #[derive(Deserialize)]
 struct IdOnly<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
+}
+
+/// A field that is there, whatever its value: serde reads an `Option` holding `null` as
+/// absent, but `"id": null` is an id the client chose and gets back.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Who a direct message goes to.
@@ -340,11 +352,31 @@ pub fn parse_request(
             } else {
                 ErrorCode::BadRequest
             };
-            return Err((id, RequestError::new(code, e.to_string())));
+            return Err((
+                id,
+                RequestError::new(code, json_error::<RawRequest<'_>>(text.as_bytes(), e)),
+            ));
         }
     };
     let id = raw.id;
     request_from_raw(raw).map(|r| (id, r)).map_err(|e| (id, e))
+}
+
+/// What went wrong with JSON text, naming the field when one is to blame
+/// (`` field `topic`: invalid type: integer `42`, expected a string ``) rather than only a
+/// column. serde_json does not track the path; parsing again with the path tracked costs
+/// nothing on the success path, which never comes here.
+pub fn json_error<'a, T: Deserialize<'a>>(text: &'a [u8], e: serde_json::Error) -> String {
+    if e.is_syntax() || e.is_eof() {
+        return e.to_string();
+    }
+    let mut de = serde_json::Deserializer::from_slice(text);
+    match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Err(tracked) if tracked.path().iter().next().is_some() => {
+            format!("field `{}`: {}", tracked.path(), tracked.inner())
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// `sub`'s recovery fields: `last`, or `since` with an optional `epoch`.
@@ -736,6 +768,33 @@ mod tests {
         assert_eq!(err.code, ErrorCode::UnknownOp);
         let (_, err) = parse_request("[1,2]").unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn a_null_id_is_an_id() {
+        let (id, _) = parse_request(r#"{"op":"ping","id":null}"#).unwrap();
+        assert_eq!(id.map(RawValue::get), Some("null"));
+        let (id, _) = parse_request(r#"{"op":"sub","id":null,"topic":5}"#).unwrap_err();
+        assert_eq!(id.map(RawValue::get), Some("null"));
+        let (id, _) = parse_request(r#"{"op":"ping"}"#).unwrap();
+        assert!(id.is_none());
+    }
+
+    #[test]
+    fn a_mistyped_field_is_named() {
+        let (_, err) = parse_request(r#"{"op":"pub","id":1,"topic":42}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert!(
+            err.message.starts_with("field `topic`: "),
+            "{}",
+            err.message
+        );
+        let (_, err) = parse_request(r#"{"op":"record","topics":["a",7]}"#).unwrap_err();
+        assert!(
+            err.message.starts_with("field `topics[1]`: "),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

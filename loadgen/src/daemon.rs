@@ -54,6 +54,8 @@ impl Daemon {
             .env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_MQTT_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_MQTT_WS_LISTEN", "127.0.0.1:0")
+            // Thousands of clients from one machine: lift the per-address cap.
+            .env("SWITCHBOARD_HTTP_MAX_CONNECTIONS_PER_IP", "1000000")
             // Nothing per connection on stderr: a log line per connect would be
             // part of what the setup rate measures.
             .env("SWITCHBOARD_LOG_LEVEL", "warn,switchboard::listening=info")
@@ -116,7 +118,7 @@ impl Daemon {
 async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(addr).await?;
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .await?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await?;

@@ -188,6 +188,8 @@ pub fn switchboard_serve(cmd: &mut Command, bin: &Path, data_dir: &Path, queue_b
         .env("SWITCHBOARD_HTTP_LISTEN", "127.0.0.1:0")
         .env("SWITCHBOARD_MQTT_LISTEN", "127.0.0.1:0")
         .env("SWITCHBOARD_MQTT_WS_LISTEN", "127.0.0.1:0")
+        // Thousands of clients from one machine: lift the per-address cap.
+        .env("SWITCHBOARD_HTTP_MAX_CONNECTIONS_PER_IP", "1000000")
         .env("SWITCHBOARD_DATA_DIR", data_dir)
         .env("SWITCHBOARD_LOG_LEVEL", "warn,switchboard::listening=info")
         .env("SWITCHBOARD_WS_OUTBOUND_QUEUE_MESSAGES", "65536")

@@ -550,7 +550,7 @@ impl Requester {
             Requester::Http(stream, buf, path) => {
                 let body = format!(r#"{{"topic":"{topic}","data":{data}}}"#);
                 let req = format!(
-                    "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 );
                 stream.write_all(req.as_bytes()).await?;

@@ -17,8 +17,8 @@
 //!
 //! Several keys may be configured at once, for rotation. A token whose header has a
 //! `kid` is checked only with the key of that `kid` (none: refused as an unknown key).
-//! A token without `kid` is checked with the keys that have no `kid`, or, if every key
-//! has one, with every key. Either way the header's `alg` must be the key's configured
+//! A token without `kid` is checked only with the keys that have no `kid` (none: refused
+//! as an unknown key). Either way the header's `alg` must be the key's configured
 //! algorithm: the header never chooses how a key is used, so an RSA public key can never
 //! be used as an HMAC secret, and `alg: none` is never accepted.
 //!
@@ -125,13 +125,15 @@ impl JwtVerifier {
                 }
                 named
             }
+            // A kid scopes a key to the issuer that names it: a token that names none
+            // must not reach keys whose issuers promised to, nor should adding one
+            // unnamed key change which keys the others are tried with.
             None => {
                 let unnamed: Vec<_> = self.keys.iter().filter(|k| k.kid.is_empty()).collect();
                 if unnamed.is_empty() {
-                    self.keys.iter().collect()
-                } else {
-                    unnamed
+                    return Err(AuthError::UnknownKey);
                 }
+                unnamed
             }
         };
         // The header only selects among keys configured for its algorithm.
@@ -978,8 +980,11 @@ mod tests {
             v.verify(&token(&hs("k3", SECRET), claims("a"))).err(),
             Some(AuthError::UnknownKey)
         );
-        // No kid, and every key has one: each key of the algorithm is tried.
-        assert!(v.verify(&token(&hs("", OTHER_SECRET), claims("c"))).is_ok());
+        // No kid, and every key has one: no key is for it (docs/security.md).
+        assert_eq!(
+            v.verify(&token(&hs("", OTHER_SECRET), claims("c"))).err(),
+            Some(AuthError::UnknownKey)
+        );
     }
 
     #[test]
@@ -1024,11 +1029,12 @@ mod tests {
         let s = Setup::new().public("rsa", JwtAlgorithm::RS256, &pair.public);
         let v = s.verifier();
         let file = std::fs::read(&s.auth.jwt[0].public_key_file).expect("pem");
-        for kid in ["rsa", ""] {
+        // Without a kid the token reaches no key at all (the only key has one).
+        for (kid, why) in [("rsa", AuthError::Algorithm), ("", AuthError::UnknownKey)] {
             let confused = MintKey::from_secret(kid, JwtAlgorithm::HS256, &file).expect("key");
             assert_eq!(
                 refusal(&v, &confused, claims("alice")),
-                Some(AuthError::Algorithm),
+                Some(why),
                 "kid {kid:?}"
             );
         }

@@ -133,20 +133,24 @@ impl Api {
         })
     }
 
-    /// Sends a request; a non-2xx answer becomes an error carrying the server's message.
+    /// Sends a request, its body declared as `content_type` (the API refuses a body that
+    /// does not say it is JSON); a non-2xx answer becomes an error carrying the server's
+    /// message.
     async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<reqwest::Body>,
+        body: Option<(reqwest::Body, &'static str)>,
     ) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        if let Some(body) = body {
-            request = request.body(body);
+        if let Some((body, content_type)) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(body);
         }
         let response = request
             .send()
@@ -170,7 +174,7 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let body = body.map(|b| reqwest::Body::from(b.to_string()));
+        let body = body.map(|b| (reqwest::Body::from(b.to_string()), "application/json"));
         let response = self.call(method, path, body).await?;
         if response.status() == reqwest::StatusCode::NO_CONTENT {
             return Ok(Value::Null);
@@ -252,7 +256,11 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot read {}", file.display()))?;
             }
             let response = api
-                .call(Method::POST, "/recordings/import", Some(bytes.into()))
+                .call(
+                    Method::POST,
+                    "/recordings/import",
+                    Some((bytes.into(), crate::http::api::JSON_LINES)),
+                )
                 .await?;
             response.json().await.context("the answer is not JSON")?
         }

@@ -30,7 +30,7 @@ use crate::hub::outbox::QueueLimits;
 use crate::hub::HubConfig;
 use crate::outbound_webhooks::config::WebhookConfig;
 use crate::recordings::RecordingConfig;
-use crate::settings::{nz, positive_duration, Listen};
+use crate::settings::{positive_duration, Listen};
 use crate::store::StoreConfig;
 use crate::tls::{TlsConfig, TlsListeners};
 use crate::ws::config::WsConfig;
@@ -126,7 +126,6 @@ impl Config {
             ..Config::default()
         };
         c.http.listen = any(8700);
-        c.http.max_connections_per_ip = nz(1000);
         c.mqtt.listen = Listen(Some(any(1883)));
         c.mqtt.ws_listen = Listen(Some(any(8083)));
         c.mqtt.allow_anonymous = false;
@@ -135,6 +134,15 @@ impl Config {
         c.auth.admin_token_file = PathBuf::from("/etc/switchboard/admin.token");
         c.metrics.public = false;
         c
+    }
+
+    /// Which browser pages and host names every web-facing listener accepts (HTTP, `/ws`,
+    /// MQTT over WebSocket): origins from `[auth]`, host names from `[http]`.
+    pub fn web_policy(&self) -> switchboard_core::web::WebPolicy {
+        switchboard_core::web::WebPolicy {
+            allowed_origins: self.auth.allowed_origins.clone(),
+            allowed_hosts: self.http.allowed_hosts.clone(),
+        }
     }
 
     /// The Hub's settings: presence from `[presence]`, the per-connection limits it

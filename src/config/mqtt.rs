@@ -121,6 +121,8 @@ impl MqttConfig {
             receive_maximum: self.receive_maximum.get(),
             max_subscriptions: self.max_subscriptions.get(),
             topic_alias_maximum: self.topic_alias_maximum,
+            // Spans `[auth]` and `[http]`: set by the root from `Config::web_policy`.
+            web: switchboard_bridge::WebPolicy::default(),
         }
     }
 

@@ -39,7 +39,6 @@ fn packaged_configuration_requires_credentials_and_says_where_it_differs() {
             "auth.allow_anonymous",
             "data_dir",
             "http.listen",
-            "http.max_connections_per_ip",
             "metrics.public",
             "mqtt.allow_anonymous",
             "mqtt.listen",
@@ -49,7 +48,7 @@ fn packaged_configuration_requires_credentials_and_says_where_it_differs() {
     );
     assert_eq!(
         ANNOTATED.matches("Packaged:").count(),
-        10,
+        9,
         "the header, and one note per setting (the mqtt listeners share one)"
     );
 }

@@ -19,7 +19,9 @@ pub struct HttpConfig {
     pub tls: bool,
     /// Connections (HTTP and WebSocket) open at once; more are closed at accept.
     pub max_connections: NonZeroUsize,
-    /// Connections open at once from one IP address.
+    /// Connections open at once from one IP address: a twentieth of the default
+    /// total, so one address cannot take every place while a NAT or a busy host still
+    /// gets many.
     pub max_connections_per_ip: NonZeroUsize,
     /// Time a new connection has for its TLS handshake and first request.
     #[serde(with = "positive_duration")]
@@ -34,6 +36,10 @@ pub struct HttpConfig {
     /// How long an HTTP publish's idempotency key is remembered.
     #[serde(with = "positive_duration")]
     pub idempotency_window: Duration,
+    /// Host names (the `Host` header) the daemon may be reached by besides loopback
+    /// names and IP addresses, which always may; against DNS rebinding
+    /// (docs/security.md).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// The Prometheus endpoint `/metrics` (docs/metrics.md).
@@ -52,11 +58,12 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8700)),
             tls: false,
             max_connections: nz(20_000),
-            max_connections_per_ip: nz(20_000),
+            max_connections_per_ip: nz(1_000),
             handshake_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_batch_bytes: nz(1024 * 1024),
             idempotency_window: Duration::from_secs(300),
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The HTTP listener ([`listener`]) and its routes: health, metrics, the REST API
 //! ([`api`]) and inbound webhooks ([`inbound_webhooks`]), in one router that the WebSocket side
 //! extends with `/ws` and reuses for HTTP carried over a WebSocket. Handlers take their
-//! narrow parts of [`state::HttpState`].
+//! narrow parts of [`state::HttpState`]. [`web`] checks what a browser sends before any
+//! route sees it.
 
 pub mod api;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod inbound_webhooks;
 pub mod listener;
 mod metrics;
 pub mod state;
+pub mod web;
 
 use axum::extract::State;
 use axum::routing::get;

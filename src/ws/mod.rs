@@ -15,7 +15,6 @@ mod connection;
 mod dispatch;
 mod http;
 pub mod metrics;
-mod origin;
 mod rate;
 
 use std::sync::Arc;
@@ -43,6 +42,8 @@ use crate::metrics::Instruments;
 use crate::recordings::Recorder;
 use config::WsConfig;
 use connection::Identity;
+use switchboard_core::quiet::Throttle;
+use switchboard_core::web::{Refusal, WebPolicy};
 
 /// What the WebSocket side serves from; filled by the composition root.
 pub struct WsState {
@@ -53,8 +54,9 @@ pub struct WsState {
     pub config: WsConfig,
     /// How long a connection may take to send its `auth` frame (`auth.auth_timeout`).
     pub auth_timeout: Duration,
-    /// Origins whose pages may open a WebSocket (`auth.allowed_origins`).
-    pub allowed_origins: Vec<String>,
+    /// Which pages may open a WebSocket (`auth.allowed_origins`); the host name was
+    /// checked by the HTTP layer before the upgrade got here.
+    pub web: WebPolicy,
     pub instruments: Arc<Instruments>,
     /// Cancelled when shutdown begins: no new connection is served.
     pub shutdown: CancellationToken,
@@ -92,13 +94,17 @@ async fn upgrade(
     Query(params): Query<ConnectParams>,
     mut request: Request,
 ) -> Response {
-    if !origin::allowed(&state.allowed_origins, request.headers()) {
+    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+    if !state
+        .web
+        .origin_allowed(header(header::ORIGIN), header(header::HOST))
+    {
         state.auth.rejections.count_origin_refused();
-        tracing::debug!("websocket refused: origin not allowed");
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "this origin may not open a WebSocket here (auth.allowed_origins)".into(),
-        );
+        // The page sees only close 1006; its developer finds the reason here.
+        static REFUSED: Throttle = Throttle::per_secs(10);
+        let refusal = Refusal::Origin(header(header::ORIGIN).unwrap_or_default().to_owned());
+        crate::http::web::log_refusal(&REFUSED, "websocket refused", &refusal);
+        return refuse(StatusCode::FORBIDDEN, refusal.to_string());
     }
     if let Some(user) = &params.user {
         if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {

@@ -34,6 +34,7 @@ mod topics;
 mod webhooks;
 
 pub use idempotency::IdempotencyCache;
+pub use recordings::JSON_LINES;
 
 /// The `/api/v1` routes. Unknown paths and methods get JSON errors like every other
 /// refusal, so a client needs one error parser.
@@ -187,7 +188,8 @@ where
     }
 }
 
-/// Parses a JSON body, answering `bad_json` or `bad_request` as WebSocket does.
+/// Parses a JSON body, answering `bad_json` or `bad_request` (naming the field) as
+/// WebSocket does.
 pub fn body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
         let code = if e.is_syntax() || e.is_eof() {
@@ -195,7 +197,11 @@ pub fn body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
         } else {
             ErrorCode::BadRequest
         };
-        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            code,
+            switchboard_core::protocol::json_error::<T>(bytes, e),
+        )
     })
 }
 
