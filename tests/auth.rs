@@ -461,7 +461,9 @@ async fn a_token_can_limit_its_own_rate_and_subscriptions() {
     let d = Daemon::start(&secrets.config(""));
     let t = user_token(
         "alice",
-        json!({"publish":["#"], "subscribe":["#"], "limits":{"publish_rate":1,"publish_burst":1,"max_subscriptions":1}}),
+        // Subscriptions draw on the same rate as publishes: a burst of three covers the
+        // two `sub`s and the first `pub`.
+        json!({"publish":["#"], "subscribe":["#"], "limits":{"publish_rate":1,"publish_burst":3,"max_subscriptions":1}}),
     );
     let mut a = connect_as(&d, &t).await;
     assert_eq!(a.request(json!({"op":"sub","topic":"x"})).await["op"], "ok");

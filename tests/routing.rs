@@ -183,7 +183,8 @@ async fn order_is_kept_under_concurrent_publishers() {
 
 #[tokio::test]
 async fn one_message_fans_out_to_a_thousand_subscribers() {
-    let d = Daemon::start("");
+    // Every client comes from 127.0.0.1, and 1,000 is the default per-address cap.
+    let d = Daemon::start("[http]\nmax_connections_per_ip = 1100\n");
     let mut subs = Vec::new();
     for _ in 0..1000 {
         let mut c = Raw::connect(&d.ws_url()).await;

@@ -457,16 +457,30 @@ fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 }
 
 /// Opens a store in tests that reopen one: sled lets go of the directory's lock shortly
-/// after the last handle is dropped (its flusher notices on its next round).
+/// after the last handle is dropped (its flusher notices on its next round), so a lock
+/// error is retried for a while; any other outcome is returned.
 #[cfg(test)]
-pub(crate) fn open_when_free(dir: &Path, config: &StoreConfig) -> Store {
+pub(crate) fn reopen(dir: &Path, config: &StoreConfig) -> Result<Store, StoreError> {
     for _ in 0..250 {
-        if let Ok(store) = Store::open(dir, config) {
-            return store;
+        match Store::open(dir, config) {
+            Err(StoreError::Open { ref source, .. })
+                if source.to_string().contains("could not acquire lock") =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened,
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     panic!("the store at {} stayed locked", dir.display());
+}
+
+/// [`reopen`], for tests that expect the store to open.
+#[cfg(test)]
+pub(crate) fn open_when_free(dir: &Path, config: &StoreConfig) -> Store {
+    match reopen(dir, config) {
+        Ok(store) => store,
+        Err(e) => panic!("the store at {} did not open: {e}", dir.display()),
+    }
 }
 
 #[cfg(test)]
@@ -492,7 +506,7 @@ mod tests {
             .unwrap();
         store.db.flush().unwrap();
         drop(store);
-        let err = Store::open(dir.path(), &config())
+        let err = reopen(dir.path(), &config())
             .err()
             .expect("a newer store is refused");
         let text = err.to_string();
@@ -518,7 +532,7 @@ mod tests {
         store.db.insert(VERSION_KEY, &1u32.to_be_bytes()).unwrap();
         store.db.flush().unwrap();
         drop(store);
-        let store = Store::open(dir.path(), &config()).unwrap();
+        let store = open_when_free(dir.path(), &config());
         let version = store.db.get(VERSION_KEY).unwrap().unwrap();
         assert_eq!(version.as_ref(), FORMAT_VERSION.to_be_bytes());
         assert_eq!(
@@ -545,7 +559,7 @@ mod tests {
         let store = Store::open(dir.path(), &config()).unwrap();
         store.tree("t").unwrap().insert("k", "v").unwrap();
         drop(store);
-        let store = Store::open(dir.path(), &config()).unwrap();
+        let store = open_when_free(dir.path(), &config());
         assert_eq!(
             store.tree("t").unwrap().get("k").unwrap().as_deref(),
             Some(&b"v"[..])
