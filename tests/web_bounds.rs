@@ -220,6 +220,8 @@ async fn pipelined_carried_responses_meet_the_slow_consumer_policy() {
         assert_eq!(code, 4100);
     }
     probe_round_trip(&mut probe, 1).await;
+    let health = d.healthz().await;
+    assert_eq!(health["slow_consumer_closes"], 1, "{health}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

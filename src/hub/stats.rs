@@ -54,6 +54,13 @@ pub struct Stats {
 }
 
 impl Hub {
+    /// Counts a connection closed as a slow consumer by its own side: a client that does
+    /// not read the replies it asked for (carried HTTP) is closed by its connection, not
+    /// by a publish.
+    pub fn count_slow_close(&self) {
+        self.counters.slow_closed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A snapshot of the figures.
     pub fn stats(&self) -> Stats {
         let published_by_origin = self

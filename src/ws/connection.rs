@@ -456,6 +456,7 @@ impl Connection {
                         // Replies are never dropped; under `close` the reader is too slow.
                         self.stop_reading = true;
                         self.session.outbox.close(CloseReason::SlowConsumer);
+                        self.state.hub.count_slow_close();
                     }
                     continue;
                 }
