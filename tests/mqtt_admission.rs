@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{mosquitto_pub, Daemon, Raw};
+use common::{mosquitto_pub, mqtt_still_serves, Daemon, Raw};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -99,21 +99,6 @@ async fn metric_reaches(d: &Daemon, name: &str, at_least: u64) -> u64 {
     }
 }
 
-/// Another device is still served: a `mosquitto_pub` message reaches a WebSocket page.
-async fn probe(d: &Daemon, after: &str) {
-    let topic = format!("probe/{}", rand::random::<u32>());
-    let mut page = Raw::subscribed(&d.ws_url(), &topic).await;
-    let port = d.mqtt.expect("MQTT listener").port();
-    assert!(
-        mosquitto_pub(port, &["-i", "probe", "-t", &topic, "-m", "ok"]).await,
-        "after {after}: mosquitto_pub failed"
-    );
-    let m = tokio::time::timeout(WAIT, page.next_msg())
-        .await
-        .unwrap_or_else(|_| panic!("after {after}: the probe's message did not arrive"));
-    assert_eq!(m["data"], "ok", "after {after}");
-}
-
 // ---------------------------------------------------------------------------------------
 // Before CONNECT
 // ---------------------------------------------------------------------------------------
@@ -165,7 +150,7 @@ async fn an_oversized_connect_is_refused_before_it_is_buffered() {
     assert_eq!(counted.await, counted0 + 2);
     // A CONNECT under the bound is as welcome as ever.
     drop(connected(addr, 5, "small").await);
-    probe(&d, "oversized CONNECTs").await;
+    mqtt_still_serves(&d, "oversized CONNECTs").await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -229,7 +214,7 @@ async fn malformed_subscribe_packets_close_the_connection() {
         .expect("no SUBACK")
         .unwrap();
     assert_eq!(suback, [0x90, 4, 0, 7, 0, 0], "SUBACK");
-    probe(&d, "malformed packets").await;
+    mqtt_still_serves(&d, "malformed packets").await;
 }
 
 /// A client id spelled `%u` must not take the username's place in a `%c` pattern.
@@ -356,7 +341,7 @@ async fn the_oldest_offline_notices_are_forgotten_past_their_bound() {
     assert_eq!(retained, ["$devices/n3", "$devices/n4"]);
     // A device that comes back replaces its offline notice and is not forgotten.
     come_and_go(addr, "n3").await;
-    probe(&d, "offline notices").await;
+    mqtt_still_serves(&d, "offline notices").await;
 }
 
 /// A connect and a disconnect cost at most one INFO line, none of it from rumqttd's
@@ -392,7 +377,7 @@ async fn a_connect_storm_does_not_flood_the_log() {
         let got = until_closed(&mut s).await.expect("refused and left open");
         assert_eq!(got, [0x20, 2, 0, 2], "CONNACK identifier rejected");
     }
-    probe(&d, "refused connects").await;
+    mqtt_still_serves(&d, "refused connects").await;
     let logs = d.logs();
     let refused = logs
         .lines()

@@ -13,6 +13,7 @@ use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 
+use switchboard_core::quiet::clip;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::Context;
@@ -184,7 +185,7 @@ fn field_name(name: &str) -> String {
 
 /// `NAME=value\n`, or for a value with a line break `NAME\n<u64 LE length><value>\n`.
 fn put(entry: &mut Vec<u8>, name: &str, value: &str) {
-    let value = cut(value, MAX_VALUE);
+    let value = clip(value, MAX_VALUE);
     entry.extend_from_slice(name.as_bytes());
     if value.contains('\n') {
         entry.push(b'\n');
@@ -194,18 +195,6 @@ fn put(entry: &mut Vec<u8>, name: &str, value: &str) {
     }
     entry.extend_from_slice(value.as_bytes());
     entry.push(b'\n');
-}
-
-/// At most `max` bytes, cut at a character boundary.
-fn cut(value: &str, max: usize) -> &str {
-    if value.len() <= max {
-        return value;
-    }
-    let mut end = max;
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    &value[..end]
 }
 
 #[cfg(test)]
@@ -278,7 +267,7 @@ mod tests {
         assert_eq!(field_name("data_dir"), "DATA_DIR");
         assert_eq!(field_name("peer.addr"), "PEER_ADDR");
         let long = "é".repeat(MAX_VALUE);
-        let short = cut(&long, MAX_VALUE);
+        let short = clip(&long, MAX_VALUE);
         assert!(short.len() <= MAX_VALUE && short.chars().all(|c| c == 'é'));
     }
 }

@@ -505,7 +505,6 @@ impl Raw {
     }
 }
 
-/// Runs `mosquitto_pub` against a local port to completion; whether it succeeded.
 /// Another device is still served after `what`: a `mosquitto_pub` message reaches a
 /// WebSocket subscriber through the daemon's MQTT listener.
 pub async fn mqtt_still_serves(d: &Daemon, what: &str) {
@@ -522,6 +521,7 @@ pub async fn mqtt_still_serves(d: &Daemon, what: &str) {
     assert_eq!(m["data"], "ok", "after {what}");
 }
 
+/// Runs `mosquitto_pub` against a local port to completion; whether it succeeded.
 pub async fn mosquitto_pub<S: AsRef<std::ffi::OsStr>>(port: u16, args: &[S]) -> bool {
     let mut cmd = Command::new("mosquitto_pub");
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
