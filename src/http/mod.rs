@@ -1,6 +1,7 @@
 //! The HTTP listener ([`listener`]) and its routes: health, metrics, the REST API
-//! ([`api`]) and inbound webhooks ([`inbound_webhooks`]), in one router that the WebSocket side
-//! extends with `/ws` and reuses for HTTP carried over a WebSocket. Handlers take their
+//! ([`api`]), inbound webhooks ([`inbound_webhooks`]) and the JavaScript SDK ([`sdk`]),
+//! in one router that the WebSocket side extends with `/ws` and reuses for HTTP carried
+//! over a WebSocket. Handlers take their
 //! narrow parts of [`state::HttpState`]. [`web`] checks what a browser sends before any
 //! route sees it.
 
@@ -10,6 +11,7 @@ mod deadline;
 pub mod inbound_webhooks;
 pub mod listener;
 mod metrics;
+mod sdk;
 pub mod state;
 pub mod web;
 
@@ -28,6 +30,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .nest("/api/v1", api::router(state.limits))
         .merge(inbound_webhooks::routes())
+        .merge(sdk::routes())
         .layer(axum::extract::DefaultBodyLimit::max(
             state.limits.max_message_size,
         ))

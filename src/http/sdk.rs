@@ -1,0 +1,92 @@
+//! The JavaScript SDK (clients/js), served so that a page needs no npm: its
+//! single-file builds are compiled into the binary (committed, so building the daemon
+//! needs no Node; `tests/sdk.rs` fails when they are stale).
+//!
+//! `/sdk/switchboard.js` (a classic script defining `Switchboard`) and
+//! `/sdk/switchboard.mjs` (an ES module) are revalidated on every load (`no-cache` with an
+//! `ETag`, so a page never runs an SDK older than its daemon); the same bytes under
+//! `/sdk/switchboard.<etag>.js` may be cached for good, for pages that pin a build. The
+//! browser policy of [`super::web`] applies as to every route: a module script from
+//! another site loads only from an allowed origin (CORS), and a wrong `Host` is refused.
+
+use std::sync::LazyLock;
+
+use axum::extract::Path;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use sha2::{Digest, Sha256};
+
+use super::api::ApiError;
+use switchboard_core::protocol::ErrorCode;
+
+/// The builds, as `(file extension, bytes)`.
+const BUNDLES: [(&str, &str); 2] = [
+    (".js", include_str!("../../clients/js/dist/switchboard.js")),
+    (
+        ".mjs",
+        include_str!("../../clients/js/dist/switchboard.mjs"),
+    ),
+];
+
+/// Per build, 16 hex digits of its SHA-256: the ETag and the pinned file name.
+static TAGS: LazyLock<[String; 2]> = LazyLock::new(|| BUNDLES.map(|(_, text)| tag_of(text)));
+
+fn tag_of(text: &str) -> String {
+    crate::hex::encode(&Sha256::digest(text.as_bytes())[..8])
+}
+
+/// A year: a pinned build never changes.
+const PINNED: &str = "public, max-age=31536000, immutable";
+
+pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route("/sdk/{file}", get(serve))
+}
+
+async fn serve(Path(file): Path<String>, request: HeaderMap) -> Response {
+    let found = BUNDLES
+        .iter()
+        .zip(TAGS.iter())
+        .find_map(|(&(ext, text), tag)| {
+            let stem = file.strip_prefix("switchboard")?.strip_suffix(ext)?;
+            match stem.strip_prefix('.') {
+                None if stem.is_empty() => Some((text, tag, false)),
+                Some(asked) if asked == tag => Some((text, tag, true)),
+                _ => None,
+            }
+        });
+    let Some((text, tag, pinned)) = found else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such file: the SDK is /sdk/switchboard.js or /sdk/switchboard.mjs",
+        )
+        .into_response();
+    };
+    let etag = format!("\"{tag}\"");
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(if pinned { PINNED } else { "no-cache" }),
+    );
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, value);
+    }
+    let fresh = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if fresh {
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
+    }
+    (StatusCode::OK, headers, text).into_response()
+}
