@@ -259,7 +259,7 @@ export class Client extends Emitter {
     let token = options.token ?? null;
     if (options.getToken) {
       try {
-        token = await options.getToken();
+        token = (await options.getToken()) ?? null;
       } catch (error) {
         if (this.#state === "closed") return;
         this.emit("error", new SwitchboardError("token", `getToken failed: ${error?.message ?? error}`));
@@ -380,7 +380,10 @@ export class Client extends Emitter {
         conn.authed = true;
         if (typeof frame.expires_at === "number") this.expiresAt = frame.expires_at;
       } else {
+        // Where anonymous clients are allowed the server keeps the connection, as
+        // anonymous; we were given an identity to use, so this is a refusal (4001).
         conn.refusal = frame;
+        this.#abandon(conn, frame.code ?? "unauthorized", 4001);
       }
       return;
     }
@@ -441,8 +444,11 @@ export class Client extends Emitter {
     this.#retryTimer = setTimeout(() => this.#connect(), delay);
   }
 
-  /** Gives up on a connection that went silent or never said `welcome`, without waiting for TCP. */
-  #abandon(conn, reason) {
+  /**
+   * Gives up on a connection (silent, no `welcome`, token refused) without waiting for
+   * TCP, as if the server had closed it with `code`.
+   */
+  #abandon(conn, reason, code = null) {
     if (conn !== this.#conn) return;
     const { ws } = conn;
     ws.onclose = null;
@@ -454,7 +460,7 @@ export class Client extends Emitter {
     } catch {
       // Closing a socket that is already gone.
     }
-    this.#onClose(conn, null, reason);
+    this.#onClose(conn, code, reason);
   }
 
   #stopTimers(conn) {
