@@ -20,6 +20,9 @@ python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 # Node.js and npm run the Socket.IO and `ws` peers of the benchmark harness (loadgen/).
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+# Debian's Chromium runs the JavaScript SDK's browser tests (clients/js, driven by
+# playwright-core, which downloads no browser of its own).
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         export DEBIAN_FRONTEND=noninteractive
@@ -54,6 +57,12 @@ if [ -f loadgen/peers/package-lock.json ] && [ ! -d loadgen/peers/node_modules ]
     npm ci --no-audit --no-fund --prefix loadgen/peers
 fi
 
+# The JavaScript SDK's dev tools (esbuild, TypeScript, ws, playwright-core), pinned by
+# clients/js/package-lock.json.
+if [ ! -d clients/js/node_modules ]; then
+    npm ci --no-audit --no-fund --prefix clients/js
+fi
+
 # Fan-out tests open a few thousand sockets.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -62,6 +71,11 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 python3 scripts/layers.py
 
 cargo test --workspace
+
+# The JavaScript SDK against the daemon just built: node --test and headless Chromium
+# (clients/js/test; docs/sdk-js.md).
+cargo build --bin switchboard
+SWITCHBOARD_BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/switchboard" npm test --prefix clients/js
 
 # The .deb on a real systemd: built, linted, installed, reloaded, upgraded and purged
 # inside a Debian bookworm booted with systemd-nspawn (docs/packaging.md).
