@@ -2,26 +2,11 @@
 // (4001, not retried), a refresh before expiry, and an expiry without one (4003).
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import WebSocket from "ws";
-import { Client } from "../src/index.js";
-import { jwt, next, now, startDaemon, until } from "./daemon.mjs";
+import { test } from "node:test";
+import { jwt, next, now, startDaemon, until, useDaemon } from "./daemon.mjs";
 
-let daemon;
-const clients = [];
-const client = (options) => {
-  const sb = new Client(daemon.wsUrl(), { WebSocket, minReconnectDelay: 10, maxReconnectDelay: 50, ...options });
-  clients.push(sb);
-  return sb;
-};
-
-before(async () => {
-  daemon = await startDaemon();
-});
-after(async () => {
-  await Promise.all(clients.map((c) => c.close()));
-  await daemon?.dispose();
-});
+const suite = useDaemon();
+const client = (options) => suite.client(options);
 
 test("a token in the first frame or in the query names the connection's user", async () => {
   for (const tokenIn of ["auth", "query"]) {
@@ -72,4 +57,27 @@ test("a token that expires without a refresh closes with 4003 and the client sto
   const gone = await next(sb, "disconnected", 6000);
   assert.deepEqual([gone.code, gone.reconnect], [4003, false]);
   assert.equal(sb.state, "closed");
+});
+
+test("where anonymous clients are refused: the auth frame admits a token, no token closes with 4002, not retried", async () => {
+  const strict = await startDaemon({
+    env: { SWITCHBOARD_AUTH_ALLOW_ANONYMOUS: "false", SWITCHBOARD_AUTH_AUTH_TIMEOUT: "1s" },
+  });
+  try {
+    const sb = suite.client({ token: jwt({ sub: "dave", exp: now() + 3600, publish: ["strict/#"] }) }, strict.wsUrl());
+    assert.equal((await sb.connected()).user, "dave");
+    assert.equal((await sb.publish("strict/a", 1)).seq, 1);
+    await sb.close();
+
+    const anonymous = suite.client({}, strict.wsUrl());
+    const error = await anonymous.connected().then(
+      () => assert.fail("connected without a token"),
+      (e) => e,
+    );
+    // The server waited for an `auth` frame that never came.
+    assert.equal(error.closeCode, 4002, error.message);
+    assert.equal(anonymous.state, "closed");
+  } finally {
+    await strict.dispose();
+  }
 });

@@ -3,16 +3,13 @@
 
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { after, before, test } from "node:test";
-import WebSocket from "ws";
-import { Client, SwitchboardError, backoffDelay, closeAdvice, matches } from "../src/index.js";
-import { ADMIN, next, relay, startDaemon, until } from "./daemon.mjs";
+import { test } from "node:test";
+import { SwitchboardError, backoffDelay, closeAdvice, matches } from "../src/index.js";
+import { ADMIN, next, relay, until, useDaemon } from "./daemon.mjs";
 
-let daemon;
-const clients = [];
-const connect = async (options = {}, url = daemon.wsUrl()) => {
-  const sb = new Client(url, { WebSocket, ...options });
-  clients.push(sb);
+const suite = useDaemon();
+const connect = async (options, url) => {
+  const sb = suite.client(options, url);
   await sb.connected();
   return sb;
 };
@@ -25,14 +22,6 @@ const rejects = async (promise, code) => {
   assert.equal(error.code, code, error.message);
   return error;
 };
-
-before(async () => {
-  daemon = await startDaemon();
-});
-after(async () => {
-  await Promise.all(clients.map((c) => c.close()));
-  await daemon?.dispose();
-});
 
 test("subscribe with wildcards, publish with acknowledgement and event, retained values flagged", async () => {
   const a = await connect();
@@ -181,11 +170,11 @@ test("HTTP over the WebSocket and recordings", async () => {
 });
 
 test("40xx closes for good: an operator's disconnect (4005) is not retried and rejects what is pending", async () => {
-  const sb = await connect({ minReconnectDelay: 10, maxReconnectDelay: 50 });
+  const sb = await connect();
   const events = [];
   sb.on("disconnected", (e) => events.push(e));
   const closed = next(sb, "closed");
-  const r = await fetch(`http://${daemon.http}/api/v1/clients/${sb.clientId}`, {
+  const r = await fetch(`http://${suite.daemon.http}/api/v1/clients/${sb.clientId}`, {
     method: "DELETE",
     headers: { authorization: `Bearer ${ADMIN}` },
   });
@@ -201,9 +190,9 @@ test("40xx closes for good: an operator's disconnect (4005) is not retried and r
 });
 
 test("a drop rejects every request in flight with `disconnected`, then the client reconnects", async () => {
-  const path = await relay(daemon.http);
+  const path = await relay(suite.daemon.http);
   try {
-    const sb = await connect({ minReconnectDelay: 10, maxReconnectDelay: 50 }, path.url);
+    const sb = await connect({}, path.url);
     const before = sb.clientId;
     // Replies stop coming back; the requests stay in flight until the cut.
     path.freeze();
@@ -240,7 +229,7 @@ test("after close() nothing keeps Node running", async () => {
   const script = `
     import { Client } from ${JSON.stringify(sdk)};
     import WebSocket from ${JSON.stringify(ws)};
-    const sb = new Client(${JSON.stringify(daemon.wsUrl())}, { WebSocket });
+    const sb = new Client(${JSON.stringify(suite.daemon.wsUrl())}, { WebSocket });
     const sub = sb.subscribe("exit/a");
     await sub.ready;
     await sb.publish("exit/a", 1);

@@ -8,7 +8,10 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
+import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
+import WebSocket from "ws";
+import { Client } from "../src/index.js";
 
 const repo = join(dirname(fileURLToPath(import.meta.url)), "../../..");
 
@@ -63,6 +66,31 @@ keep = 5
 publish_rate = 1000000
 publish_burst = 1000000
 ${extra}`;
+}
+
+/**
+ * One daemon for a test file: started before its tests, stopped after them with every
+ * client `client()` made. `client(options, url)` connects an SDK client (to the
+ * daemon unless `url` says otherwise) with short reconnect delays.
+ */
+export function useDaemon(options = {}) {
+  const clients = [];
+  const suite = {
+    daemon: null,
+    client(clientOptions = {}, url = suite.daemon.wsUrl()) {
+      const sb = new Client(url, { WebSocket, minReconnectDelay: 10, maxReconnectDelay: 100, ...clientOptions });
+      clients.push(sb);
+      return sb;
+    },
+  };
+  before(async () => {
+    suite.daemon = await startDaemon(options);
+  });
+  after(async () => {
+    await Promise.all(clients.map((c) => c.close()));
+    await suite.daemon?.dispose();
+  });
+  return suite;
 }
 
 /** Starts the daemon on free ports (or `env`'s) and waits for its `listening` line. */

@@ -3,32 +3,17 @@
 // holds what was missed, and a daemon restart.
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import WebSocket from "ws";
-import { Client } from "../src/index.js";
-import { next, relay, startDaemon, until } from "./daemon.mjs";
+import { test } from "node:test";
+import { next, relay, until, useDaemon } from "./daemon.mjs";
 
-let daemon;
-const clients = [];
-const client = (url, options = {}) => {
-  const sb = new Client(url, { WebSocket, minReconnectDelay: 10, maxReconnectDelay: 100, ...options });
-  clients.push(sb);
-  return sb;
-};
-
-before(async () => {
-  daemon = await startDaemon();
-});
-after(async () => {
-  await Promise.all(clients.map((c) => c.close()));
-  await daemon?.dispose();
-});
+const suite = useDaemon();
+const client = (url) => suite.client({}, url);
 
 test("3,000 messages through a relay cut five times arrive exactly once, in order, without a gap", async () => {
-  const path = await relay(daemon.http);
+  const path = await relay(suite.daemon.http);
   try {
     const reader = client(path.url);
-    const publisher = client(daemon.wsUrl());
+    const publisher = client();
     const seqs = [];
     const gaps = [];
     let drops = 0;
@@ -68,10 +53,10 @@ test("3,000 messages through a relay cut five times arrive exactly once, in orde
 });
 
 test("a `gap` when the history no longer holds what was missed", async () => {
-  const path = await relay(daemon.http);
+  const path = await relay(suite.daemon.http);
   try {
     const reader = client(path.url);
-    const publisher = client(daemon.wsUrl());
+    const publisher = client();
     const sub = reader.subscribe("short/a"); // keeps 5 messages
     const seqs = [];
     sub.on("message", (m) => seqs.push(m.seq));
@@ -100,7 +85,7 @@ test("a `gap` when the history no longer holds what was missed", async () => {
 });
 
 test("a daemon restart: the client reconnects with backoff and resumes its history topic", async () => {
-  const sb = client(daemon.wsUrl());
+  const sb = client();
   const sub = sb.subscribe("log/restart");
   const seqs = [];
   sub.on("message", (m) => seqs.push(m.seq));
@@ -109,11 +94,11 @@ test("a daemon restart: the client reconnects with backoff and resumes its histo
   await until(() => seqs.length === 3, "three messages");
   const id = sb.clientId;
   const gone = next(sb, "disconnected");
-  await daemon.restart();
+  await suite.daemon.restart();
   const dropped = await gone;
   assert.deepEqual([dropped.code, dropped.reconnect], [1001, true]);
   await until(() => sb.state === "connected" && sb.clientId !== id, "the reconnection", 15_000);
-  const publisher = client(daemon.wsUrl());
+  const publisher = client();
   await publisher.publish("log/restart", 4);
   await until(() => seqs.length === 4, "the message after the restart");
   assert.deepEqual(seqs, [1, 2, 3, 4]);
