@@ -81,3 +81,27 @@ test("where anonymous clients are refused: the auth frame admits a token, no tok
     await strict.dispose();
   }
 });
+
+test("a refresh to narrower permissions ends the subscriptions they no longer allow", async () => {
+  const token = (subscribe) => jwt({ sub: "erin", exp: now() + 3600, subscribe });
+  const sb = client({ token: token(["r/#", "keep/#"]) });
+  const dropped = sb.subscribe("r/a");
+  const kept = sb.subscribe("keep/a");
+  await Promise.all([dropped.ready, kept.ready]);
+  const ended = next(dropped, "end");
+  const notice = next(sb, "unsubscribed");
+  await sb.refresh(token(["keep/#"]));
+  assert.equal((await ended).code, "forbidden");
+  assert.deepEqual((await notice).filters, ["r/a"]);
+  assert.deepEqual([dropped.state, kept.state], ["ended", "active"]);
+  await rejectsWith(sb.refresh(jwt({ sub: "someone-else", exp: now() + 3600 })), "forbidden");
+  assert.equal(sb.state, "connected");
+});
+
+async function rejectsWith(promise, code) {
+  const error = await promise.then(
+    () => assert.fail(`resolved; expected ${code}`),
+    (e) => e,
+  );
+  assert.equal(error.code, code, error.message);
+}
