@@ -211,7 +211,7 @@ export declare class Client extends Emitter<ClientEvents> {
 
 export declare class SwitchboardError extends Error {
   constructor(code: string, message: string, closeCode?: number | null);
-  /** A server error code (docs/protocol.md) or one of DISCONNECTED, CLOSED, TIMEOUT, INVALID_ARGUMENT. */
+  /** A server error code (docs/protocol.md), one of DISCONNECTED, CLOSED, TIMEOUT, INVALID_ARGUMENT, or `token` (getToken failed; `error` event only). */
   readonly code: string;
   readonly closeCode: number | null;
 }
