@@ -278,3 +278,60 @@ async fn rsv1_garbage_is_closed_with_1002() {
         .expect("send");
     assert_eq!(plain.close_code(Duration::from_secs(5)).await, Some(1002));
 }
+
+#[tokio::test]
+async fn the_rust_client_negotiates_compression_when_asked() {
+    use switchboard_client::{Client, ClientOptions};
+    let d = Daemon::start(ON);
+    let options = ClientOptions::new(d.ws_url()).compression(true);
+    let reader = Client::connect(options.clone()).await.expect("connect");
+    let writer = Client::connect(options).await.expect("connect");
+    let mut sub = reader.subscribe("env/rust").await.expect("sub");
+    let data = readings(40);
+    writer.publish("env/rust", &data).await.expect("pub");
+    let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a message")
+        .expect("open");
+    assert_eq!(m.decode::<Value>().expect("JSON"), data);
+    // The push reached the reader compressed (the writer's `pub` went compressed too:
+    // the daemon could read it).
+    assert_eq!(d.metric("switchboard_ws_deflate_frames_total").await, 1);
+    // A publisher that did not ask gets nothing compressed; its push to the reader is.
+    let plain = Client::connect(d.ws_url()).await.expect("connect");
+    plain.publish("env/rust", &data).await.expect("pub");
+    let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a message")
+        .expect("open");
+    assert_eq!(m.decode::<Value>().expect("JSON"), data);
+    assert_eq!(d.metric("switchboard_ws_deflate_frames_total").await, 2);
+}
+
+#[tokio::test]
+async fn chromium_negotiates_and_exchanges_compressed_frames() {
+    let d = Daemon::start(ON);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/deflate.mjs");
+    let out = Command::new("node")
+        .arg(script)
+        .arg(format!("http://{}", d.http))
+        .output()
+        .expect("run node (scripts/test.sh installs tests/browser's playwright-core)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser test failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("report");
+    let extensions = report["extensions"].as_str().unwrap_or_default();
+    assert!(
+        extensions.starts_with("permessage-deflate")
+            && extensions.contains("server_no_context_takeover"),
+        "{report}"
+    );
+    // Chromium's `pub` came compressed and was read; the push went back compressed.
+    assert_eq!(report["ok"], "ok", "{report}");
+    assert_eq!(report["intact"], true, "{report}");
+    assert!(d.metric("switchboard_ws_deflate_frames_total").await >= 1);
+}

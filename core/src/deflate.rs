@@ -236,8 +236,12 @@ impl<S> Inflating<S> {
         }
     }
 
+    /// Whether the extension is in use: negotiated (a client: its offer accepted by
+    /// the response already read).
     pub fn is_compressed(&self) -> bool {
-        self.rewriter.is_some()
+        self.rewriter
+            .as_deref()
+            .is_some_and(|r| r.inflate && r.handshake.is_none())
     }
 
     pub fn get_mut(&mut self) -> &mut S {
