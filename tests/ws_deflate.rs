@@ -335,3 +335,168 @@ async fn chromium_negotiates_and_exchanges_compressed_frames() {
     assert_eq!(report["intact"], true, "{report}");
     assert!(d.metric("switchboard_ws_deflate_frames_total").await >= 1);
 }
+
+/// A socket that counts the bytes read from it: what the wire carried.
+struct Counting {
+    tcp: TcpStream,
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl tokio::io::AsyncRead for Counting {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Counting {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// Bytes a subscriber reads per message of a stream, with the daemon's `[ws]` section
+/// `ws` (and the client offering compression whenever the daemon has it on).
+async fn wire_bytes_per_message(ws: &str, messages: &[Value]) -> f64 {
+    let d = Daemon::start(ws);
+    let mut request = d.ws_url().into_client_request().expect("request");
+    request.headers_mut().insert(
+        "sec-websocket-extensions",
+        HeaderValue::from_static(CLIENT_OFFER),
+    );
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tcp = TcpStream::connect(d.http).await.expect("connect");
+    let io = Counting {
+        tcp,
+        read: read.clone(),
+    };
+    let (ws, _) = tokio_tungstenite::client_async(request, Inflating::client(io, 1 << 20))
+        .await
+        .expect("handshake");
+    let (mut sink, mut stream) = ws.split();
+    sink.send(Message::text(
+        r#"{"op":"sub","topic":"sensors/#","id":"s"}"#,
+    ))
+    .await
+    .expect("sub");
+    let mut publisher = Raw::connect(&d.ws_url()).await;
+    let mut texts = 0;
+    // welcome and the sub's ok
+    while texts < 2 {
+        if let Some(Ok(Message::Text(_))) = stream.next().await {
+            texts += 1;
+        }
+    }
+    let start = read.load(std::sync::atomic::Ordering::Relaxed);
+    for (i, data) in messages.iter().enumerate() {
+        let topic = format!("sensors/node-{}/env", i % 10);
+        publisher
+            .send(json!({"op": "pub", "topic": topic, "data": data}))
+            .await;
+    }
+    let mut got = 0;
+    while got < messages.len() {
+        match stream.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str().starts_with(r#"{"op":"msg""#) => got += 1,
+            Some(Ok(_)) => {}
+            other => panic!("stream ended: {other:?}"),
+        }
+    }
+    let bytes = read.load(std::sync::atomic::Ordering::Relaxed) - start;
+    bytes as f64 / messages.len() as f64
+}
+
+/// The bytes-on-the-wire figures of docs/benchmarks.md (a measurement, not a check):
+/// `cargo test --test ws_deflate bytes_on_the_wire -- --ignored --nocapture`
+#[tokio::test]
+#[ignore]
+async fn bytes_on_the_wire() {
+    let n = 500;
+    // The MicroPython/Arduino firmware examples' reading, one per message.
+    let firmware: Vec<Value> = (0..n)
+        .map(|i| json!({"n": i, "t": 21.0 + (i % 37) as f64 * 0.13, "up": 60_000 + i * 5_000, "src": "chip"}))
+        .collect();
+    // A weather station's reading (docs/examples: weather/<station>/current).
+    let weather: Vec<Value> = (0..n)
+        .map(|i| json!({"t": 4.8 + (i % 11) as f64 * 0.1, "h": 61 + i % 7, "p": 1013.2, "wind": 3.4, "ts": 1_765_000_000_000u64 + i * 1000}))
+        .collect();
+    // A gateway's batch: 20 sensors' readings in one message.
+    let batch: Vec<Value> = (0..n / 5)
+        .map(|i| {
+            let rows: Vec<Value> = (0..20)
+                .map(|k| json!({"node": format!("node-{k}"), "t": 20.0 + ((i + k) % 50) as f64 * 0.1, "h": 40 + (i + k) % 20, "bat": 3.71}))
+                .collect();
+            json!({"readings": rows, "ts": 1_765_000_000_000u64 + i * 1000})
+        })
+        .collect();
+    println!("| stream | off | on, threshold 256 | on, threshold 0 |");
+    for (name, stream) in [
+        ("firmware reading", &firmware),
+        ("weather reading", &weather),
+        ("20-sensor batch", &batch),
+    ] {
+        let off = wire_bytes_per_message("", stream).await;
+        let on = wire_bytes_per_message(ON, stream).await;
+        let all = wire_bytes_per_message(
+            "[ws]\ncompression = true\ncompression_threshold = 0\n",
+            stream,
+        )
+        .await;
+        println!(
+            "| {name} | {off:.0} | {on:.0} ({:.2}x) | {all:.0} ({:.2}x) |",
+            off / on,
+            off / all
+        );
+    }
+}
+
+/// Resident memory per idle connection, compressed or not, for docs/benchmarks.md (a
+/// measurement, not a check; a debug build holds the same heap per connection):
+/// `cargo test --test ws_deflate idle_memory -- --ignored --nocapture`
+#[tokio::test]
+#[ignore]
+async fn idle_memory() {
+    let n = 2000;
+    for offer in [false, true, false, true] {
+        let d = Daemon::start(&format!("{ON}[http]\nmax_connections_per_ip = 5000\n"));
+        // Warm up the runtime's threads and allocator before the baseline.
+        let warm = Raw::connect(&d.ws_url()).await;
+        let before = d.rss_kib();
+        let (mut plain, mut compressed) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            if offer {
+                compressed.push(Deflating::connect(&d).await);
+            } else {
+                plain.push(Raw::connect(&d.ws_url()).await);
+            }
+        }
+        d.wait_for_connections(n as u64 + 1, Duration::from_secs(10))
+            .await;
+        let kib = (d.rss_kib() - before) as f64 / n as f64;
+        println!("compressed: {offer}: {kib:.2} KiB per idle connection");
+        drop((warm, plain, compressed));
+    }
+}

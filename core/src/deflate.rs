@@ -273,7 +273,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
             if rewriter.has_output() {
                 continue;
             }
-            // Read more, into the input's spare room (tungstenite asks for its read chunk).
+            if rewriter.input.is_empty() {
+                // Read into the reader's buffer and take the bytes from there: an idle
+                // connection, waiting here, holds no buffer of ours.
+                let before = buf.filled().len();
+                match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                    Poll::Ready(Ok(())) => {
+                        if buf.filled().len() == before {
+                            return Poll::Ready(Ok(())); // end of stream
+                        }
+                        rewriter.input.extend_from_slice(&buf.filled()[before..]);
+                        buf.set_filled(before);
+                        continue;
+                    }
+                    other => return other,
+                }
+            }
+            // Part of a frame is here: read the rest into the input's spare room.
             let want = buf.remaining().max(1024);
             rewriter.input.reserve(want);
             let spare = rewriter.input.spare_capacity_mut();
