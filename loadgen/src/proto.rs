@@ -236,7 +236,7 @@ impl Ws {
             },
             tx,
         };
-        ws_frame::upgrade(&mut ws.tx, &mut ws.r.buf, addr, path, protocol).await?;
+        ws_frame::upgrade(&mut ws.tx, &mut ws.r.buf, addr, path, protocol, "").await?;
         Ok(ws)
     }
 
