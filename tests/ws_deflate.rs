@@ -205,6 +205,34 @@ async fn a_publish_is_compressed_once_for_all_its_compressed_subscribers() {
 }
 
 #[tokio::test]
+async fn frames_over_64_kib_go_uncompressed() {
+    let d = Daemon::start("[ws]\ncompression = true\nmax_message_size = 262144\n");
+    let mut c = Deflating::connect(&d).await;
+    let r = c
+        .request(json!({"op": "sub", "topic": "env/big", "id": "s"}))
+        .await;
+    assert_eq!(r["op"], "ok", "{r}");
+    let data = readings(2000); // about 100 KiB
+    let mut publisher = Raw::connect(&d.ws_url()).await;
+    let r = publisher
+        .request(json!({"op": "pub", "topic": "env/big", "data": data}))
+        .await;
+    assert_eq!(r["op"], "ok", "{r}");
+    let msg = loop {
+        let f = c.recv().await;
+        if f["op"] == "msg" {
+            break f;
+        }
+    };
+    assert_eq!(msg["data"], data);
+    // Compressing it would hold the connection's thread for milliseconds.
+    assert_eq!(
+        d.metric("switchboard_ws_deflate_compressions_total").await,
+        0
+    );
+}
+
+#[tokio::test]
 async fn fragmented_compressed_messages_are_reassembled() {
     let d = Daemon::start(ON);
     let mut c = Deflating::connect(&d).await;
