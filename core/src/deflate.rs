@@ -243,10 +243,6 @@ impl<S> Inflating<S> {
             .as_deref()
             .is_some_and(|r| r.inflate && r.handshake.is_none())
     }
-
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
@@ -273,35 +269,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
             if rewriter.has_output() {
                 continue;
             }
-            if rewriter.input.is_empty() {
-                // Read into the reader's buffer and take the bytes from there: an idle
-                // connection, waiting here, holds no buffer of ours.
-                let before = buf.filled().len();
-                match Pin::new(&mut this.inner).poll_read(cx, buf) {
-                    Poll::Ready(Ok(())) => {
-                        if buf.filled().len() == before {
-                            return Poll::Ready(Ok(())); // end of stream
-                        }
-                        rewriter.input.extend_from_slice(&buf.filled()[before..]);
-                        buf.set_filled(before);
-                        continue;
-                    }
-                    other => return other,
-                }
+            if buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
             }
-            // Part of a frame is here: read the rest into the input's spare room.
-            let want = buf.remaining().max(1024);
-            rewriter.input.reserve(want);
-            let spare = rewriter.input.spare_capacity_mut();
-            let mut scratch = ReadBuf::uninit(&mut spare[..want]);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut scratch) {
+            // Read into the reader's own buffer and take the bytes from there: no buffer
+            // of ours is held while waiting, so an idle connection costs nothing here.
+            let before = buf.filled().len();
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
                 Poll::Ready(Ok(())) => {
-                    let n = scratch.filled().len();
-                    if n == 0 {
+                    if buf.filled().len() == before {
                         return Poll::Ready(Ok(())); // end of stream
                     }
-                    // SAFETY: `ReadBuf` initialised these `n` bytes of the spare capacity.
-                    unsafe { rewriter.input.set_len(rewriter.input.len() + n) };
+                    rewriter.input.extend_from_slice(&buf.filled()[before..]);
+                    buf.set_filled(before);
                 }
                 other => return other,
             }
