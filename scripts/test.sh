@@ -20,7 +20,7 @@ python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 # Node.js and npm run the Socket.IO and `ws` peers of the benchmark harness (loadgen/).
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
-# Debian's Chromium runs the JavaScript SDK's browser tests (clients/js, driven by
+# Debian's Chromium runs the browser tests (clients/js and tests/browser/, driven by
 # playwright-core, which downloads no browser of its own).
 command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -50,6 +50,18 @@ fi
 if ! python3 -c 'import schemathesis, sys; sys.exit(0 if schemathesis.__version__ == "4.32.5" else 1)' 2>/dev/null; then
     python3 -m pip install --quiet "${pip_user[@]}" 'schemathesis==4.32.5' 2>/dev/null \
         || python3 -m pip install --quiet "${pip_user[@]}" --break-system-packages 'schemathesis==4.32.5'
+fi
+
+# Python websockets, pinned: a third-party client whose permessage-deflate is on by
+# default (tests/ws_deflate.rs).
+if ! python3 -c 'import websockets, sys; sys.exit(0 if websockets.__version__ == "15.0.1" else 1)' 2>/dev/null; then
+    python3 -m pip install --quiet "${pip_user[@]}" 'websockets==15.0.1' 2>/dev/null \
+        || python3 -m pip install --quiet "${pip_user[@]}" --break-system-packages 'websockets==15.0.1'
+fi
+
+# playwright-core for the browser tests, pinned by tests/browser/package-lock.json.
+if [ ! -d tests/browser/node_modules ]; then
+    npm ci --no-audit --no-fund --prefix tests/browser
 fi
 
 # The harness's Node peers, pinned by their package-lock.json.

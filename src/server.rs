@@ -35,6 +35,7 @@ use crate::reload::Reloadable;
 use crate::store::Store;
 use crate::tls::TlsReloader;
 use crate::uplinks::Bridges;
+use crate::ws::deflate::Deflater;
 use crate::ws::metrics::WsMetrics;
 use crate::ws::WsState;
 use switchboard_core::protocol::close;
@@ -66,6 +67,8 @@ struct Daemon {
     http_stats: Arc<ListenerStats>,
     /// Figures counted by the WebSocket side with no other home.
     instruments: Arc<Instruments>,
+    /// permessage-deflate's compress-once cache and counters (`ws.compression`).
+    deflate: Arc<Deflater>,
     /// Every part that shows figures at /metrics and /api/v1/stats.
     metrics: Arc<Registry>,
     /// Cancelled when shutdown begins.
@@ -99,6 +102,7 @@ impl Daemon {
             hub: self.hub.clone(),
             auth: self.auth.clone(),
             instruments: self.instruments.clone(),
+            deflate: self.deflate.clone(),
         }));
         m.register(self.hub.clone());
         m.register(Arc::new(MqttMetrics(self.broker.clone())));
@@ -150,6 +154,7 @@ impl Daemon {
             shutdown: self.shutdown.clone(),
             tracker: self.tracker.clone(),
             api,
+            deflate: self.deflate.clone(),
         });
         crate::http::web::guard(routes, config.web_policy())
     }
@@ -225,6 +230,10 @@ impl Server {
             }
         };
         let idempotency = Arc::new(IdempotencyCache::new(config.http.idempotency_window));
+        let deflate = Arc::new(Deflater::new(
+            config.ws.compression_threshold,
+            config.ws.compression_level,
+        ));
         let app = Daemon {
             config,
             hub,
@@ -234,6 +243,7 @@ impl Server {
             hooks,
             http_stats: Arc::new(ListenerStats::default()),
             instruments: Arc::default(),
+            deflate,
             metrics: Arc::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),

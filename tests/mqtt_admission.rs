@@ -81,10 +81,7 @@ async fn connected(addr: SocketAddr, level: u8, client_id: &str) -> TcpStream {
 
 /// The value of an unlabelled counter at /metrics.
 async fn metric(d: &Daemon, name: &str) -> u64 {
-    let text = d.metrics_text().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    d.metric(name).await
 }
 
 /// Waits for a counter to reach `at_least`; returns its last value.

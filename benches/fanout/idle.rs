@@ -36,7 +36,7 @@ impl Idle {
     }
 }
 
-pub async fn run(server: &Server, count: usize) -> io::Result<Idle> {
+pub async fn run(server: &Server, count: usize, deflate: bool) -> io::Result<Idle> {
     // Let the fresh server finish starting before the first reading.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before_kib = server.rss_kib();
@@ -51,7 +51,11 @@ pub async fn run(server: &Server, count: usize) -> io::Result<Idle> {
             let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % SOURCES as usize) as u8));
             let setup = async {
                 let _permit = gate.acquire().await.map_err(io::Error::other)?;
-                let mut conn = Conn::connect(addr, Some(source), 1024).await?;
+                let mut conn = if deflate {
+                    Conn::connect_deflate(addr, Some(source), 1024).await?
+                } else {
+                    Conn::connect(addr, Some(source), 1024).await?
+                };
                 conn.wait_for(br#"{"op":"welcome""#).await?;
                 conn.send_text(&format!(r#"{{"op":"sub","id":"1","topic":"idle/{i}"}}"#))
                     .await?;

@@ -159,7 +159,13 @@ pub fn light_rate(subs: usize) -> f64 {
     (100_000.0 / subs as f64).min(10_000.0)
 }
 
-pub async fn run(server: &Server, subs: usize, timing: Timing, window: u64) -> io::Result<Case> {
+pub async fn run(
+    server: &Server,
+    subs: usize,
+    timing: Timing,
+    window: u64,
+    deflate: bool,
+) -> io::Result<Case> {
     let shared = Rc::new(Shared {
         subs: subs as u64,
         window: Cell::new(window),
@@ -185,7 +191,8 @@ pub async fn run(server: &Server, subs: usize, timing: Timing, window: u64) -> i
         let n = remaining.min(CONNECT_CONCURRENCY);
         remaining -= n;
         let conns =
-            futures_util::future::try_join_all((0..n).map(|_| subscribe(server.addr))).await?;
+            futures_util::future::try_join_all((0..n).map(|_| subscribe(server.addr, deflate)))
+                .await?;
         for conn in conns {
             tasks.push(tokio::task::spawn_local(subscriber(conn, shared.clone())));
         }
@@ -239,8 +246,12 @@ pub async fn run(server: &Server, subs: usize, timing: Timing, window: u64) -> i
     })
 }
 
-async fn subscribe(addr: std::net::SocketAddr) -> io::Result<Conn> {
-    let mut conn = Conn::connect(addr, None, 16 * 1024).await?;
+async fn subscribe(addr: std::net::SocketAddr, deflate: bool) -> io::Result<Conn> {
+    let mut conn = if deflate {
+        Conn::connect_deflate(addr, None, 16 * 1024).await?
+    } else {
+        Conn::connect(addr, None, 16 * 1024).await?
+    };
     conn.wait_for(br#"{"op":"welcome""#).await?;
     conn.send_text(r#"{"op":"sub","id":"1","topic":"bench"}"#)
         .await?;

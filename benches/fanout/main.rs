@@ -7,7 +7,8 @@
 //! connections). Options: `--rounds 3` (every case is run this many times, interleaved,
 //! and the median reported), `--subs 1,100,1000`, `--idle 10000` (0 skips the memory
 //! test), `--only switchboard|baseline`, `--window 256` (messages in flight per
-//! subscriber).
+//! subscriber), `--deflate` (switchboard compresses every frame for clients that all
+//! offer permessage-deflate; the baseline has no compression and ignores the offer).
 //!
 //! The servers run pinned to core 0 and every client of this process to core 1, so a
 //! 2-core machine measures one server core against one client core.
@@ -32,6 +33,9 @@ struct Options {
     window: u64,
     quick: bool,
     rounds: usize,
+    /// Serve with `ws.compression` on (every frame compressed) and have every client
+    /// offer it.
+    deflate: bool,
 }
 
 fn options() -> Options {
@@ -48,6 +52,7 @@ fn options() -> Options {
         quick: false,
         window: load::WINDOW,
         rounds: 3,
+        deflate: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -65,6 +70,7 @@ fn options() -> Options {
                     light_measure: Duration::from_secs(1),
                 };
             }
+            "--deflate" => o.deflate = true,
             "--subs" => {
                 o.subs = args
                     .next()
@@ -133,6 +139,12 @@ fn main() {
 
     let mut head = String::new();
     let _ = writeln!(head, "switchboard fan-out benchmark, {machine}");
+    if o.deflate {
+        let _ = writeln!(
+            head,
+            "permessage-deflate: switchboard compresses every frame (threshold 0, level 6); the baseline has none"
+        );
+    }
     let _ = writeln!(
         head,
         "{}",
@@ -173,9 +185,9 @@ fn main() {
         let mut idles = Vec::new();
         if o.idle > 0 {
             for &kind in &o.kinds {
-                let server = Server::start(kind, pinned);
+                let server = Server::start(kind, pinned, o.deflate);
                 eprintln!("  {} idle connections, {}…", o.idle, kind.name());
-                match idle::run(&server, o.idle).await {
+                match idle::run(&server, o.idle, o.deflate).await {
                     Ok(i) => idles.push(i),
                     Err(e) => eprintln!("  idle connections to {} failed: {e}", kind.name()),
                 }
@@ -197,8 +209,8 @@ const DISTURBED: f64 = 0.15;
 async fn run_case(kind: Kind, subs: usize, o: &Options, pinned: bool) -> Option<load::Case> {
     let mut best: Option<load::Case> = None;
     for attempt in 1..=3 {
-        let server = Server::start(kind, pinned);
-        match load::run(&server, subs, o.timing, o.window).await {
+        let server = Server::start(kind, pinned, o.deflate);
+        match load::run(&server, subs, o.timing, o.window, o.deflate).await {
             Ok(case) => {
                 let other = case.other_cpu();
                 if best.as_ref().is_none_or(|b| other < b.other_cpu()) {
@@ -415,6 +427,7 @@ fn write_json(
         "data_bytes": load::DATA_BYTES,
         "window": o.window,
         "rounds": o.rounds,
+        "deflate": o.deflate,
         "cases": cases.iter().map(|c| serde_json::json!({
             "round": c.round,
             "server": c.kind.name(),

@@ -38,7 +38,9 @@ pub struct Server {
 
 impl Server {
     /// Starts a server and waits for its `listening http=ADDR` line.
-    pub fn start(kind: Kind, pin: bool) -> Server {
+    /// With `deflate`, switchboard compresses every frame (`compression_threshold = 0`)
+    /// for the clients that offer it.
+    pub fn start(kind: Kind, pin: bool, deflate: bool) -> Server {
         let dir = tempfile::tempdir().expect("cannot create a temporary directory");
         let mut cmd = switchboard_bench::host::core0_command(pin);
         match kind {
@@ -47,8 +49,13 @@ impl Server {
                 std::fs::write(
                     &config,
                     format!(
-                        "log_level = \"info\"\n{}",
-                        switchboard_bench::daemon::SWITCHBOARD_WS_CONFIG
+                        "log_level = \"info\"\n{}{}",
+                        switchboard_bench::daemon::SWITCHBOARD_WS_CONFIG,
+                        if deflate {
+                            "compression = true\ncompression_threshold = 0\n"
+                        } else {
+                            ""
+                        }
                     ),
                 )
                 .expect("cannot write the config");

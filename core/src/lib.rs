@@ -5,11 +5,13 @@
 //! [`topic`] says what a valid topic or filter is and whether one matches the other;
 //! [`protocol`] is the WebSocket wire format; [`message`] is what enters the Hub and what
 //! its observers see; [`grants`] is what one identity may do; [`clock`] stamps messages;
-//! [`quiet`] keeps logs readable when a client repeats itself; [`web`] is which browser
+//! [`quiet`] keeps logs readable when a client repeats itself; [`deflate`] is the
+//! WebSocket compression extension tungstenite lacks; [`web`] is which browser
 //! pages and host names every web-facing listener accepts.
 
 pub mod backoff;
 pub mod clock;
+pub mod deflate;
 pub mod grants;
 pub mod message;
 pub mod protocol;

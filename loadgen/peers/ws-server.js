@@ -9,8 +9,11 @@ const common = require('./common');
 
 const { WebSocketServer, WebSocket } = common.requireDep('ws');
 
-const USAGE = 'usage: node ws-server.js [--host 127.0.0.1] [--port 0]';
-const opts = common.parseArgs(process.argv.slice(2), USAGE);
+const USAGE = 'usage: node ws-server.js [--host 127.0.0.1] [--port 0] [--deflate]';
+// --deflate: permessage-deflate on every frame (the harness's --deflate), compressed by
+// ws per connection with no context takeover, as switchboard's clients offer.
+const deflate = process.argv.includes('--deflate');
+const opts = common.parseArgs(process.argv.slice(2).filter((a) => a !== '--deflate'), USAGE);
 
 // Past this much unsent data a subscriber is too slow: drop its copy rather
 // than let one slow reader grow the process's memory without bound.
@@ -116,7 +119,9 @@ const server = http.createServer(
 const wss = new WebSocketServer({
   server,
   path: '/ws',
-  perMessageDeflate: false,
+  perMessageDeflate: deflate
+    ? { threshold: 0, zlibDeflateOptions: { level: 6 }, serverNoContextTakeover: true, clientNoContextTakeover: true }
+    : false,
   maxPayload: common.MAX_MESSAGE_BYTES,
 });
 

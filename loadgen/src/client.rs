@@ -57,6 +57,9 @@ pub struct Target {
     pub ws: SocketAddr,
     /// MQTT over TCP, for the systems that have it.
     pub mqtt: Option<SocketAddr>,
+    /// Subscribers offer permessage-deflate (`--deflate`; switchboard and Node `ws`).
+    #[serde(default)]
+    pub deflate: bool,
 }
 
 /// A subscribed connection, ready to receive.
@@ -82,7 +85,12 @@ pub async fn subscribe(
 ) -> io::Result<Sub> {
     match target.system {
         System::Switchboard | System::NodeWs => {
-            let mut ws = Ws::connect_from(target.ws, bind, SUB_BUFFER, "/ws", None).await?;
+            let offer = if target.deflate {
+                crate::ws_frame::OFFER_DEFLATE
+            } else {
+                ""
+            };
+            let mut ws = Ws::connect_with(target.ws, bind, SUB_BUFFER, "/ws", None, offer).await?;
             let req = format!(r#"{{"op":"sub","id":1,"topic":"{topic}"}}"#);
             ws.send(OP_TEXT, req.as_bytes()).await?;
             for _ in 0..16 {

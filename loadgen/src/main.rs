@@ -64,6 +64,11 @@ struct Cli {
     /// The Node peers' directory (`ws-server.js`, `socketio-server.js`, package.json).
     #[arg(long, global = true)]
     peers_dir: Option<PathBuf>,
+    /// permessage-deflate: switchboard (every frame compressed, once per publish) and
+    /// the Node `ws` peer (`perMessageDeflate`, per connection) compress, and their
+    /// subscribers offer it. Mosquitto and Socket.IO are unchanged.
+    #[arg(long, global = true)]
+    deflate: bool,
 }
 
 #[derive(Subcommand, Clone)]
@@ -129,6 +134,7 @@ fn main() -> Result<()> {
             .clone()
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers")),
         pin: false,
+        deflate: cli.deflate,
     };
     let systems = if cli.systems.is_empty() {
         System::ALL.to_vec()
@@ -200,6 +206,11 @@ fn main() -> Result<()> {
         machine,
         pinned,
     };
+    if cli.deflate {
+        println!(
+            "permessage-deflate on: switchboard compresses every frame once per publish, Node ws per connection; their subscribers offer it"
+        );
+    }
     println!(
         "open-file limit {limit}; {} repeat(s) per point, {:.1} s warm-up + {:.1} s measured",
         opts.repeats,

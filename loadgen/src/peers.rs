@@ -25,6 +25,10 @@ pub struct Setup {
     pub switchboard_bin: PathBuf,
     pub peers_dir: PathBuf,
     pub pin: bool,
+    /// permessage-deflate on (`--deflate`): switchboard with `ws.compression` and every
+    /// frame compressed, the Node `ws` peer with `perMessageDeflate`, and their
+    /// subscribers offering it. Mosquitto and Socket.IO run as always.
+    pub deflate: bool,
 }
 
 impl Setup {
@@ -141,6 +145,10 @@ impl Server {
                 cmd.env("SWITCHBOARD_MQTT_MAX_PACKET_SIZE", (4u32 << 20).to_string())
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped());
+                if setup.deflate {
+                    cmd.env("SWITCHBOARD_WS_COMPRESSION", "true")
+                        .env("SWITCHBOARD_WS_COMPRESSION_THRESHOLD", "0");
+                }
             }
             System::Mosquitto => {
                 let config = dir.path().join("mosquitto.conf");
@@ -162,6 +170,9 @@ impl Server {
                     .args(["--port", "0"])
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped());
+                if setup.deflate && system == System::NodeWs {
+                    cmd.arg("--deflate");
+                }
             }
         }
         let mut child = cmd
@@ -169,7 +180,12 @@ impl Server {
             .spawn()
             .with_context(|| format!("cannot start {}", system.name()))?;
         let server = |ws, mqtt, http, child| Server {
-            target: Target { system, ws, mqtt },
+            target: Target {
+                system,
+                ws,
+                mqtt,
+                deflate: setup.deflate && matches!(system, System::Switchboard | System::NodeWs),
+            },
             http,
             child,
             _dir: dir,

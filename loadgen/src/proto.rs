@@ -211,6 +211,8 @@ pub struct Ws {
 /// The read side of a WebSocket connection, with its buffer and frame parser.
 pub struct WsRead {
     buf: ReadBuf,
+    /// The last compressed text frame, inflated.
+    inflated: Vec<u8>,
 }
 
 impl Ws {
@@ -228,15 +230,29 @@ impl Ws {
         path: &str,
         protocol: Option<&str>,
     ) -> io::Result<Ws> {
+        Ws::connect_with(addr, bind, buffer, path, protocol, "").await
+    }
+
+    /// [`Ws::connect_from`] with the upgrade header lines `extra`
+    /// ([`ws_frame::OFFER_DEFLATE`]: compressed text frames are read as their text).
+    pub async fn connect_with(
+        addr: SocketAddr,
+        bind: Option<IpAddr>,
+        buffer: usize,
+        path: &str,
+        protocol: Option<&str>,
+        extra: &str,
+    ) -> io::Result<Ws> {
         let stream = ws_frame::connect_tcp(addr, bind).await?;
         let (rd, tx) = stream.into_split();
         let mut ws = Ws {
             r: WsRead {
                 buf: ReadBuf::new(rd, buffer),
+                inflated: Vec::new(),
             },
             tx,
         };
-        ws_frame::upgrade(&mut ws.tx, &mut ws.r.buf, addr, path, protocol).await?;
+        ws_frame::upgrade(&mut ws.tx, &mut ws.r.buf, addr, path, protocol, extra).await?;
         Ok(ws)
     }
 
@@ -283,15 +299,20 @@ impl WsRead {
 
     /// The next complete frame already buffered, if any.
     pub fn next_frame(&mut self) -> io::Result<Option<Frame<'_>>> {
-        Ok(
-            ws_frame::next_frame(&mut self.buf, MAX_FRAME)?.map(|(opcode, p)| match opcode {
-                OP_TEXT => Frame::Text(p),
-                // A continuation frame of a binary message carries MQTT stream bytes too.
-                OP_BINARY | OP_CONTINUATION => Frame::Binary(p),
-                OP_PING => Frame::Ping(p),
-                OP_CLOSE => Frame::Close,
-                _ => Frame::Other,
-            }),
-        )
+        let Some((opcode, p)) = ws_frame::next_frame(&mut self.buf, MAX_FRAME)? else {
+            return Ok(None);
+        };
+        Ok(Some(match opcode {
+            OP_TEXT => Frame::Text(p),
+            ws_frame::OP_TEXT_DEFLATED => {
+                ws_frame::inflate(p, &mut self.inflated)?;
+                Frame::Text(&self.inflated)
+            }
+            // A continuation frame of a binary message carries MQTT stream bytes too.
+            OP_BINARY | OP_CONTINUATION => Frame::Binary(p),
+            OP_PING => Frame::Ping(p),
+            OP_CLOSE => Frame::Close,
+            _ => Frame::Other,
+        }))
     }
 }

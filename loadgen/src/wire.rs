@@ -4,7 +4,8 @@
 //! Every subscriber of the benchmark shares one core, so the client must cost far less
 //! per frame than the server it measures: no HTTP library, no tungstenite, no JSON
 //! parsing on the receive path. Server frames are unmasked and never fragmented by the
-//! servers under test; client frames are masked as RFC 6455 requires.
+//! servers under test; client frames are masked as RFC 6455 requires. A connection that
+//! offered permessage-deflate reads compressed frames as the text they hold.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -13,7 +14,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::read_buf::{invalid, number_after, ReadBuf};
-use crate::ws_frame::{self, close_reason, encode_pong, encode_text, OP_CLOSE, OP_PING, OP_TEXT};
+use crate::ws_frame::{
+    self, close_reason, encode_pong, encode_text, OP_CLOSE, OP_PING, OP_TEXT, OP_TEXT_DEFLATED,
+};
 
 /// Largest server frame accepted; the benchmark's frames are a few hundred bytes.
 const MAX_FRAME: usize = 1 << 20;
@@ -31,6 +34,8 @@ pub enum Frame<'a> {
 /// The read side of a connection, with its buffer and frame parser.
 pub struct Reader {
     buf: ReadBuf,
+    /// The last compressed text frame, inflated (empty unless compression was offered).
+    inflated: Vec<u8>,
 }
 
 /// A client WebSocket connection, split so that one task can read while another
@@ -51,6 +56,16 @@ impl Conn {
         Conn::connect_to(addr, bind, buffer, "/ws").await
     }
 
+    /// [`Conn::connect`] offering permessage-deflate: compressed text frames are read
+    /// as the text they hold.
+    pub async fn connect_deflate(
+        addr: SocketAddr,
+        bind: Option<IpAddr>,
+        buffer: usize,
+    ) -> io::Result<Conn> {
+        Conn::open(addr, bind, buffer, "/ws", ws_frame::OFFER_DEFLATE).await
+    }
+
     /// [`Conn::connect`] with the request target spelled out: `/ws?token=…` presents a
     /// credential the way a browser does.
     pub async fn connect_to(
@@ -59,15 +74,26 @@ impl Conn {
         buffer: usize,
         path: &str,
     ) -> io::Result<Conn> {
+        Conn::open(addr, bind, buffer, path, "").await
+    }
+
+    async fn open(
+        addr: SocketAddr,
+        bind: Option<IpAddr>,
+        buffer: usize,
+        path: &str,
+        extra: &str,
+    ) -> io::Result<Conn> {
         let stream = ws_frame::connect_tcp(addr, bind).await?;
         let (rd, tx) = stream.into_split();
         let mut conn = Conn {
             rx: Reader {
                 buf: ReadBuf::new(rd, buffer.max(1024)),
+                inflated: Vec::new(),
             },
             tx,
         };
-        ws_frame::upgrade(&mut conn.tx, &mut conn.rx.buf, addr, path, None).await?;
+        ws_frame::upgrade(&mut conn.tx, &mut conn.rx.buf, addr, path, None, extra).await?;
         Ok(conn)
     }
 
@@ -148,14 +174,19 @@ impl Reader {
 
     /// The next complete frame already buffered, if any.
     pub fn next_frame(&mut self) -> io::Result<Option<Frame<'_>>> {
-        Ok(
-            ws_frame::next_frame(&mut self.buf, MAX_FRAME)?.map(|(opcode, payload)| match opcode {
-                OP_TEXT => Frame::Text(payload),
-                OP_PING => Frame::Ping(payload),
-                OP_CLOSE => Frame::Close(payload),
-                _ => Frame::Other,
-            }),
-        )
+        let Some((opcode, payload)) = ws_frame::next_frame(&mut self.buf, MAX_FRAME)? else {
+            return Ok(None);
+        };
+        Ok(Some(match opcode {
+            OP_TEXT => Frame::Text(payload),
+            OP_TEXT_DEFLATED => {
+                ws_frame::inflate(payload, &mut self.inflated)?;
+                Frame::Text(&self.inflated)
+            }
+            OP_PING => Frame::Ping(payload),
+            OP_CLOSE => Frame::Close(payload),
+            _ => Frame::Other,
+        }))
     }
 }
 

@@ -18,6 +18,73 @@ pub const OP_BINARY: u8 = 0x2;
 pub const OP_CLOSE: u8 = 0x8;
 pub const OP_PING: u8 = 0x9;
 pub const OP_PONG: u8 = 0xA;
+/// A text frame with RSV1 set: compressed (permessage-deflate). [`next_frame`] keeps
+/// RSV1 in the opcode it returns, so a reader that did not ask for compression sees an
+/// opcode it does not know.
+pub const OP_TEXT_DEFLATED: u8 = 0x40 | OP_TEXT;
+
+/// The upgrade header that offers permessage-deflate with a fresh context per message
+/// both ways (what switchboard accepts).
+pub const OFFER_DEFLATE: &str = "Sec-WebSocket-Extensions: permessage-deflate; \
+     server_no_context_takeover; client_no_context_takeover\r\n";
+
+/// Compressed payloads remembered with what they inflate to, per client thread.
+const INFLATED_KEPT: usize = 4096;
+
+thread_local! {
+    /// One inflater per client thread, reset for every message.
+    static INFLATER: std::cell::RefCell<flate2::Decompress> =
+        std::cell::RefCell::new(flate2::Decompress::new(false));
+    /// The bench's clients share one core and must cost far less per frame than the
+    /// server: a server that compresses a publish once sends every subscriber the same
+    /// bytes, so they are inflated once here too.
+    static INFLATED: std::cell::RefCell<std::collections::HashMap<Vec<u8>, Vec<u8>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// A compressed message's payload inflated into `out` (replacing what it held).
+pub fn inflate(payload: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    let known = INFLATED.with_borrow(|kept| {
+        kept.get(payload).map(|plain| {
+            out.clear();
+            out.extend_from_slice(plain);
+        })
+    });
+    if known.is_some() {
+        return Ok(());
+    }
+    inflate_anew(payload, out)?;
+    INFLATED.with_borrow_mut(|kept| {
+        if kept.len() >= INFLATED_KEPT {
+            kept.clear();
+        }
+        kept.insert(payload.to_vec(), out.clone());
+    });
+    Ok(())
+}
+
+fn inflate_anew(payload: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    INFLATER.with_borrow_mut(|inflater| {
+        inflater.reset(false);
+        out.clear();
+        out.reserve(payload.len() * 4 + 64);
+        for chunk in [payload, &[0, 0, 0xff, 0xff][..]] {
+            let mut at = 0;
+            loop {
+                let before = inflater.total_in();
+                inflater
+                    .decompress_vec(&chunk[at..], out, flate2::FlushDecompress::Sync)
+                    .map_err(|e| invalid(format!("compressed frame: {e}")))?;
+                at += (inflater.total_in() - before) as usize;
+                if at == chunk.len() && out.len() < out.capacity() {
+                    break;
+                }
+                out.reserve(out.capacity());
+            }
+        }
+        Ok(())
+    })
+}
 
 /// A TCP connection with Nagle off, from source address `bind` when given: many
 /// connections spread over 127.0.0.x get past one address's ephemeral ports.
@@ -33,18 +100,21 @@ pub async fn connect_tcp(addr: SocketAddr, bind: Option<IpAddr>) -> io::Result<T
     Ok(stream)
 }
 
-/// Sends the upgrade request for `path` (asking for `protocol` if given) and reads
-/// the response head; whatever follows it in `rx` is already WebSocket frames.
+/// Sends the upgrade request for `path` (asking for `protocol` if given, with the
+/// header lines `extra`) and reads the response head; whatever follows it in `rx` is
+/// already WebSocket frames.
 pub async fn upgrade(
     tx: &mut OwnedWriteHalf,
     rx: &mut ReadBuf,
     addr: SocketAddr,
     path: &str,
     protocol: Option<&str>,
+    extra: &str,
 ) -> io::Result<()> {
     let proto = protocol
         .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
-        .unwrap_or_default();
+        .unwrap_or_default()
+        + extra;
     // The accept key is not checked: the servers are on loopback.
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -109,7 +179,8 @@ pub fn next_frame(rx: &mut ReadBuf, max: usize) -> io::Result<Option<(u8, &[u8])
     if b.len() < head + len {
         return Ok(None);
     }
-    let opcode = b[0] & 0x0f;
+    // RSV1 kept: see OP_TEXT_DEFLATED.
+    let opcode = b[0] & 0x4f;
     let payload = rx.start + head..rx.start + head + len;
     rx.start += head + len;
     Ok(Some((opcode, &rx.buf[payload])))

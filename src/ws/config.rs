@@ -39,6 +39,24 @@ pub struct WsConfig {
     pub publish_burst: NonZeroU32,
     /// Refused publishes in a row after which the connection is closed (code 4008).
     pub rate_limit_strikes: NonZeroU32,
+    /// Offer permessage-deflate (RFC 7692). Off: it costs CPU on every frame, and most
+    /// clients are on links where bytes are cheap (docs/configuration.md).
+    pub compression: bool,
+    /// Frames smaller than this go uncompressed: deflate saves little on them.
+    pub compression_threshold: usize,
+    /// zlib's level, 0 (store) to 9 (smallest, slowest).
+    #[serde(deserialize_with = "level")]
+    pub compression_level: u32,
+}
+
+fn level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let level = u32::deserialize(d)?;
+    if level > 9 {
+        return Err(serde::de::Error::custom(format!(
+            "compression_level is zlib's 0 (store) to 9 (smallest), not {level}"
+        )));
+    }
+    Ok(level)
 }
 
 impl Default for WsConfig {
@@ -56,6 +74,9 @@ impl Default for WsConfig {
             publish_rate: nz32(1000),
             publish_burst: nz32(2000),
             rate_limit_strikes: nz32(100),
+            compression: false,
+            compression_threshold: 256,
+            compression_level: 6,
         }
     }
 }

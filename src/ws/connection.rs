@@ -40,13 +40,15 @@ use super::WsState;
 use crate::auth::{AuthError, Principal};
 use crate::hub::outbox::{CloseReason, SlowConsumerPolicy};
 use crate::hub::{RetainedCursor, Session};
+use switchboard_core::deflate::{compressed_text, DeflateError, Inflating};
 use switchboard_core::protocol::{
     close, parse_request, ErrorCode, Frame, Request, RequestError, ServerFrame,
 };
 use switchboard_core::quiet::Throttle;
 
-/// An upgraded connection.
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+/// An upgraded connection; compressed frames from the peer are inflated below
+/// tungstenite when permessage-deflate was negotiated.
+pub type Socket = WebSocketStream<Inflating<TokioIo<Upgraded>>>;
 
 /// How long closing may wait on the peer (to write our close frame, for its reply).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -275,6 +277,8 @@ struct Connection {
     last_flush: Option<std::time::Instant>,
     /// This wake-up's batch was put off once already.
     deferred: bool,
+    /// permessage-deflate was negotiated: text frames go out compressed.
+    compressed: bool,
 }
 
 impl Connection {
@@ -294,6 +298,7 @@ impl Connection {
             .chain([welcome(&state, &session)])
             .collect();
         Self {
+            compressed: socket.get_ref().is_compressed(),
             socket,
             limiter: limiter(&state, &principal),
             expiry: expiry(&principal),
@@ -494,7 +499,9 @@ impl Connection {
                     Poll::Ready(Some(Ok(message))) => return Poll::Ready(Event::Incoming(message)),
                     Poll::Ready(Some(Err(e))) => {
                         tracing::debug!(client = self.session.id(), error = %e, "read failed");
-                        if matches!(e, tungstenite::Error::Capacity(_)) {
+                        if matches!(e, tungstenite::Error::Capacity(_))
+                            || matches!(DeflateError::of(&e), Some(DeflateError::TooBig { .. }))
+                        {
                             self.state.instruments.count_ws_too_large();
                         }
                         return Poll::Ready(Event::PeerGone(close_for_read_error(&e)));
@@ -637,12 +644,22 @@ impl Connection {
             let next = match self.own.pop_front() {
                 Some(own) => {
                     self.own_bytes = self.own_bytes.saturating_sub(own_len(&own));
-                    Some(own)
+                    Some(match own {
+                        Message::Text(frame) if self.compressed => {
+                            let packed = self.state.deflate.own(&frame);
+                            packed.map_or(Message::Text(frame), compressed_message)
+                        }
+                        other => other,
+                    })
                 }
                 None => self.pushes.pop_front().map(|frame| {
                     released.0 += 1;
                     released.1 += frame.len();
-                    Message::Text(frame)
+                    // Shared with every other subscriber of the publish: compressed once.
+                    let packed = self.compressed.then(|| self.state.deflate.shared(&frame));
+                    packed
+                        .flatten()
+                        .map_or(Message::Text(frame), compressed_message)
                 }),
             };
             if let Some(message) = next {
@@ -653,6 +670,10 @@ impl Connection {
     }
 }
 
+fn compressed_message(payload: Bytes) -> Message {
+    Message::Frame(compressed_text(payload))
+}
+
 /// What one of the connection's own frames holds, for its byte limit.
 fn own_len(message: &Message) -> usize {
     message.len()
@@ -660,6 +681,18 @@ fn own_len(message: &Message) -> usize {
 
 /// Which close code a read error deserves, if the peer can still be told.
 fn close_for_read_error(e: &tungstenite::Error) -> Option<CloseReason> {
+    match DeflateError::of(e) {
+        Some(DeflateError::TooBig { .. }) => {
+            return Some(CloseReason::Code(
+                close::MESSAGE_TOO_BIG,
+                "message too large",
+            ))
+        }
+        Some(DeflateError::Invalid(_)) => {
+            return Some(CloseReason::Code(1002, "invalid compressed frame"))
+        }
+        None => {}
+    }
     match e {
         tungstenite::Error::Capacity(_) => {
             Some(CloseReason::Code(close::MESSAGE_TOO_BIG, "frame too large"))

@@ -1,8 +1,9 @@
-//! What WebSocket clients show at /metrics: connections, deliveries, outbox depths and
-//! the delivery latency histogram.
+//! What WebSocket clients show at /metrics: connections, deliveries, outbox depths,
+//! compression and the delivery latency histogram.
 
 use std::sync::Arc;
 
+use super::deflate::Deflater;
 use crate::auth::Authenticator;
 use crate::hub::Hub;
 use crate::metrics::families::{CLOSES, CONNECTIONS, DROPPED, MESSAGES_OUT};
@@ -13,6 +14,7 @@ pub struct WsMetrics {
     pub hub: Arc<Hub>,
     pub auth: Arc<Authenticator>,
     pub instruments: Arc<Instruments>,
+    pub deflate: Arc<Deflater>,
 }
 
 impl Source for WsMetrics {
@@ -68,6 +70,27 @@ impl Source for WsMetrics {
             "ws_outbox_frames_max",
             "Frames queued for the most backed-up WebSocket connection.",
             max,
+        );
+        let deflate = &self.deflate;
+        s.counter(
+            "ws_deflate_compressions",
+            "Payloads compressed for permessage-deflate connections: once per published message, \
+             however many compressed subscribers it has, plus each compressed reply.",
+            read(&deflate.compressions),
+        );
+        s.counter(
+            "ws_deflate_frames",
+            "Frames sent compressed (each delivery to a compressed connection counts).",
+            read(&deflate.frames),
+        );
+        s.counters(
+            "ws_deflate_bytes",
+            "Bytes of the frames sent compressed: their payload before (plain) and after (compressed).",
+            "form",
+            [
+                ("plain", read(&deflate.plain_bytes)),
+                ("compressed", read(&deflate.wire_bytes)),
+            ],
         );
         s.histogram(
             "delivery_latency_seconds",

@@ -8,10 +8,12 @@
 //! The upgrade is done here rather than by axum's extractor so the connection keeps the
 //! raw socket: after sending a close frame we half-close it and drain what the peer still
 //! sends, otherwise unread input makes the kernel answer with a reset that can destroy
-//! the close frame (and its code) before the client reads it.
+//! the close frame (and its code) before the client reads it. It also lets the upgrade
+//! answer a permessage-deflate offer (`ws.compression`), which axum's extractor cannot.
 
 pub mod config;
 mod connection;
+pub mod deflate;
 mod dispatch;
 mod http;
 pub mod metrics;
@@ -42,6 +44,7 @@ use crate::metrics::Instruments;
 use crate::recordings::Recorder;
 use config::WsConfig;
 use connection::Identity;
+use switchboard_core::deflate::{accept_offer, Inflating};
 use switchboard_core::quiet::Throttle;
 use switchboard_core::web::{Refusal, WebPolicy};
 
@@ -64,6 +67,8 @@ pub struct WsState {
     pub tracker: TaskTracker,
     /// The HTTP routes, which serve the requests carried over a WebSocket (`http` op).
     pub api: Router,
+    /// Compresses frames for connections that negotiated permessage-deflate.
+    pub deflate: Arc<deflate::Deflater>,
 }
 
 /// `GET /ws` added to the HTTP routes, which also serve the requests carried over it.
@@ -137,6 +142,12 @@ async fn upgrade(
         .cloned();
     let ws = &state.config;
     let max = ws.max_message_size.get();
+    let extensions = request.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+    let deflate = ws
+        .compression
+        .then(|| accept_offer(extensions.iter().filter_map(|v| v.to_str().ok())))
+        .flatten();
+    let compressed = deflate.is_some();
     let config = WebSocketConfig::default()
         .read_buffer_size(ws.read_buffer_size.get())
         .write_buffer_size(ws.write_buffer_size)
@@ -146,22 +157,27 @@ async fn upgrade(
         let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
+                let io = TokioIo::new(upgraded);
+                let io = if compressed {
+                    Inflating::new(io, max)
+                } else {
+                    Inflating::plain(io)
+                };
+                let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                 connection::serve(socket, state, identity).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
-    Response::builder()
+    let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(deflate) = deflate {
+        response = response.header(header::SEC_WEBSOCKET_EXTENSIONS, deflate);
+    }
+    response
         .body(Body::empty())
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

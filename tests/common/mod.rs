@@ -337,6 +337,14 @@ impl Daemon {
             .expect("metrics text")
     }
 
+    /// The value of an unlabelled counter or gauge at /metrics.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    }
+
     pub async fn healthz(&self) -> Value {
         http_get_json(self.http, "/healthz").await
     }

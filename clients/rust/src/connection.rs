@@ -19,21 +19,24 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
+use tokio_tungstenite::tungstenite::http::header::{AUTHORIZATION, SEC_WEBSOCKET_EXTENSIONS};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::frame::{classify, Inbound, Outgoing};
 use super::resume::{Positions, Resumed};
 use super::subscription::{LocalSub, Registry};
 use super::{lock, ClientError, ClientOptions, Event, Shared};
 use switchboard_core::backoff::Backoff;
+use switchboard_core::deflate::{self, Inflating};
 use switchboard_core::protocol::{close, Incoming, Since};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A connection; with permessage-deflate, the server's compressed frames are inflated
+/// below tungstenite (`switchboard_core::deflate`).
+type Ws = WebSocketStream<Inflating<MaybeTlsStream<TcpStream>>>;
 type Reply = oneshot::Sender<Result<Incoming, ClientError>>;
 type Ack = oneshot::Sender<Result<(), ClientError>>;
 
@@ -41,6 +44,12 @@ type Ack = oneshot::Sender<Result<(), ClientError>>;
 /// at the default 128 KiB that memset dominated a fan-out test's CPU (with 4 KiB a plain
 /// broadcast server went from 100% to 40% of a core at 1,000 connections).
 const READ_BUFFER: usize = 4 * 1024;
+/// Largest message accepted once inflated (tungstenite's own default limit).
+const MAX_MESSAGE: usize = 64 << 20;
+/// Requests shorter than this go uncompressed: deflate saves little on them.
+const COMPRESS_FROM: usize = 256;
+/// zlib level of compressed requests.
+const COMPRESS_LEVEL: u32 = 6;
 /// Frames handed to the writer task and not yet written.
 const WRITE_QUEUE: usize = 256;
 /// How long `close` waits for the server to answer our close frame.
@@ -121,24 +130,37 @@ pub(super) async fn open(options: &ClientOptions) -> Result<(Ws, Welcome), Clien
             .map_err(|_| connect_error("the token is not a valid header value".into()))?;
         request.headers_mut().insert(AUTHORIZATION, value);
     }
-    let connector = if url.starts_with("wss://") {
-        Some(Connector::Rustls(
-            tls_config(options).map_err(|e| connect_error(e.to_string()))?,
-        ))
+    if options.compression {
+        request.headers_mut().insert(
+            SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(deflate::CLIENT_OFFER),
+        );
+    }
+    let tls = if url.starts_with("wss://") {
+        Some(tls_config(options).map_err(|e| connect_error(e.to_string()))?)
     } else {
         None
     };
     let attempt = async {
+        let stream = connect_stream(request.uri(), tls)
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        // The inflater sits above TLS: it reads frames, not records.
+        let stream = if options.compression {
+            Inflating::client(stream, MAX_MESSAGE)
+        } else {
+            Inflating::plain(stream)
+        };
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-        // Nagle off: we batch writes ourselves, and replies should not wait 40 ms.
-        let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            Some(config),
-            true,
-            connector,
-        )
-        .await
-        .map_err(|e| connect_error(e.to_string()))?;
+        let (mut ws, response) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+                .await
+                .map_err(|e| connect_error(e.to_string()))?;
+        if options.compression {
+            let answer = response.headers().get(SEC_WEBSOCKET_EXTENSIONS);
+            deflate::client_accepts(answer.and_then(|v| v.to_str().ok()))
+                .map_err(|why| connect_error(why.into()))?;
+        }
         let welcome = read_welcome(&mut ws).await.map_err(|e| match e {
             closed @ ClientError::Closed { .. } => closed,
             other => connect_error(other.to_string()),
@@ -153,6 +175,36 @@ pub(super) async fn open(options: &ClientOptions) -> Result<(Ws, Welcome), Clien
                 options.request_timeout
             )))
         })
+}
+
+/// The TCP connection to the request's host, inside TLS for `wss://`. Done here rather
+/// than by tokio-tungstenite so that the inflater can sit between TLS and tungstenite.
+async fn connect_stream(
+    uri: &tungstenite::http::Uri,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<MaybeTlsStream<TcpStream>, ClientError> {
+    let host = uri
+        .host()
+        .ok_or_else(|| ClientError::Protocol("the URL has no host".into()))?;
+    let port = uri
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
+    let tcp = TcpStream::connect(format!("{host}:{port}"))
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    // Nagle off: we batch writes ourselves, and replies should not wait 40 ms.
+    tcp.set_nodelay(true)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let Some(tls) = tls else {
+        return Ok(MaybeTlsStream::Plain(tcp));
+    };
+    let name = rustls_pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+        .map_err(|e| ClientError::Protocol(format!("{host}: {e}")))?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok(MaybeTlsStream::Rustls(stream))
 }
 
 /// TLS for `wss://`: the system's roots, plus the configured CA.
@@ -323,9 +375,10 @@ impl Driver {
     /// socket never stops us reading: the server stops reading our requests while its
     /// replies to us are unread, and one task doing both would then wait forever.
     async fn serve(&mut self, ws: Ws, heartbeat: Option<Duration>) -> Ended {
+        let compressed = ws.get_ref().is_compressed();
         let (sink, mut stream) = ws.split();
         let (out, out_rx) = mpsc::channel(WRITE_QUEUE);
-        let mut writer = tokio::spawn(write_loop(sink, out_rx));
+        let mut writer = tokio::spawn(write_loop(sink, out_rx, compressed));
         let ended = self.pump(&mut stream, &out, &mut writer, heartbeat).await;
         if matches!(ended, Ended::Closed(_)) {
             // After everything queued before it; then the server's answer. Bounded: a
@@ -729,11 +782,21 @@ fn encode(frame: Outgoing) -> Option<String> {
 async fn write_loop(
     mut sink: SplitSink<Ws, WsMessage>,
     mut frames: mpsc::Receiver<WsMessage>,
+    compressed: bool,
 ) -> Result<(), tungstenite::Error> {
+    let wire = |frame| match frame {
+        WsMessage::Text(text) if compressed && text.len() >= COMPRESS_FROM => {
+            match deflate::compress(text.as_bytes(), COMPRESS_LEVEL) {
+                Some(packed) => WsMessage::Frame(deflate::compressed_text(packed)),
+                None => WsMessage::Text(text),
+            }
+        }
+        other => other,
+    };
     while let Some(frame) = frames.recv().await {
-        sink.feed(frame).await?;
+        sink.feed(wire(frame)).await?;
         while let Ok(frame) = frames.try_recv() {
-            sink.feed(frame).await?;
+            sink.feed(wire(frame)).await?;
         }
         sink.flush().await?;
     }
