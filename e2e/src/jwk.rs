@@ -13,6 +13,12 @@ use crate::{b64, ALG_RSA_OAEP_256};
 /// Below 2048 bits RSA is disallowed (NIST SP 800-131A); above 4096 only costs time.
 pub const MIN_BITS: usize = 2048;
 pub const MAX_BITS: usize = 4096;
+/// The sizes accepted: what every key generator makes (WebCrypto, OpenSSL, this crate).
+/// Odd sizes in between are refused, so the API's schema can state exactly what it takes.
+pub const SIZES: [usize; 3] = [2048, 3072, 4096];
+/// Members a public RSA JWK may carry (RFC 7517 §4, RFC 7518 §6.3.1; `ext` is
+/// WebCrypto's). Anything else is refused rather than stored unread.
+const PUBLIC_MEMBERS: [&str; 8] = ["kty", "n", "e", "alg", "use", "kid", "key_ops", "ext"];
 /// What `keygen` makes: 128-bit security.
 pub const DEFAULT_BITS: usize = 3072;
 
@@ -40,6 +46,14 @@ pub enum JwkError {
     TooSmall(usize),
     #[error("RSA key of {0} bits is too large: at most {MAX_BITS} bits")]
     TooLarge(usize),
+    #[error("RSA key of {0} bits: use 2048, 3072 or 4096 bits")]
+    Size(usize),
+    #[error("member {0:?} is not part of an RSA public JWK")]
+    Unknown(String),
+    #[error("\"key_ops\" must list only \"encrypt\" or \"wrapKey\"")]
+    KeyOps,
+    #[error("\"ext\" must be true or false")]
+    Ext,
     #[error("the modulus is not a valid RSA modulus")]
     Modulus,
     #[error("\"alg\" {0:?} is not supported; omit it or use \"RSA-OAEP-256\"")]
@@ -75,6 +89,21 @@ impl PublicJwk {
         let kty = string(map, "kty")?;
         if kty != "RSA" {
             return Err(JwkError::KeyType(kty.chars().take(16).collect()));
+        }
+        if let Some(member) = map.keys().find(|m| !PUBLIC_MEMBERS.contains(&m.as_str())) {
+            return Err(JwkError::Unknown(member.chars().take(32).collect()));
+        }
+        if map.get("ext").is_some_and(|ext| !ext.is_boolean()) {
+            return Err(JwkError::Ext);
+        }
+        if let Some(ops) = map.get("key_ops") {
+            let ops = ops.as_array().ok_or(JwkError::KeyOps)?;
+            if !ops
+                .iter()
+                .all(|op| matches!(op.as_str(), Some("encrypt" | "wrapKey")))
+            {
+                return Err(JwkError::KeyOps);
+            }
         }
         let n = string(map, "n")?;
         let e = string(map, "e")?;
@@ -149,6 +178,9 @@ fn public_key(n: &str, e: &str) -> Result<RsaPublicKey, JwkError> {
     if bits > MAX_BITS {
         return Err(JwkError::TooLarge(bits));
     }
+    if !SIZES.contains(&bits) {
+        return Err(JwkError::Size(bits));
+    }
     RsaPublicKey::new(n, BigUint::from_bytes_be(&e_bytes)).map_err(|_| JwkError::Modulus)
 }
 
@@ -191,7 +223,7 @@ pub enum PrivateJwkError {
 
 impl KeyPair {
     pub fn generate(bits: usize) -> Result<KeyPair, rsa::Error> {
-        if !(MIN_BITS..=MAX_BITS).contains(&bits) {
+        if !SIZES.contains(&bits) {
             return Err(rsa::Error::InvalidArguments);
         }
         let private = RsaPrivateKey::new(&mut rand::rngs::OsRng, bits)?;
@@ -269,4 +301,17 @@ impl KeyPair {
 /// Wraps a content key for one recipient with RSA-OAEP-256.
 pub fn wrap_key(key: &RsaPublicKey, cek: &[u8]) -> Result<Vec<u8>, rsa::Error> {
     key.encrypt(&mut rand::rngs::OsRng, Oaep::new::<Sha256>(), cek)
+}
+
+/// A thumbprint as people compare it: the hex of its 32 bytes in groups of four
+/// (`3f2a 9c01 …`). Empty for text that is not a thumbprint.
+pub fn fingerprint(kid: &str) -> String {
+    let Some(bytes) = b64::decode(kid) else {
+        return String::new();
+    };
+    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    hex.chunks(2)
+        .map(|c| c.concat())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
