@@ -383,3 +383,172 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// Runs `switchboard e2e ARGS` with a credential; returns (success, stdout, stderr).
+fn cli(d: &Daemon, token: &str, args: &[&str], stdin: &[u8]) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(common::BIN)
+        .arg("e2e")
+        .args(args)
+        .env("SWITCHBOARD_URL", d.ws_url())
+        .env("SWITCHBOARD_TOKEN", token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("switchboard e2e runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("stdin");
+    let out = child.wait_with_output().expect("it ends");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_makes_keys_registers_them_and_seals_publishes_and_opens() {
+    let secrets = Secrets::new();
+    let d = Daemon::start(&secrets.config(""));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("bob.jwk");
+    let key = key.to_str().expect("path");
+    let bob = user_token("bob", json!({"subscribe": ["dm/#"]}));
+    let alice = user_token("alice", json!({"publish": ["dm/#"]}));
+
+    let (ok, out, err) = cli(&d, &bob, &["keygen", key], b"");
+    assert!(ok, "{err}");
+    let kid = out
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("kid "))
+        .expect("kid line")
+        .to_owned();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key)
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the private key is for its owner only");
+    }
+    let (ok, _, err) = cli(&d, &bob, &["keygen", key], b"");
+    assert!(
+        !ok && err.contains("--force"),
+        "an existing key is not replaced: {err}"
+    );
+
+    let (ok, out, err) = cli(&d, &bob, &["register", "--key", key, "--user", "bob"], b"");
+    assert!(ok, "{err}");
+    assert!(out.contains(&kid), "{out}");
+    let (ok, _, err) = cli(
+        &d,
+        &alice,
+        &["register", "--key", key, "--user", "bob"],
+        b"",
+    );
+    assert!(
+        !ok && err.contains("403"),
+        "alice may not register bob's key: {err}"
+    );
+    let (ok, out, _) = cli(&d, &alice, &["keys", "bob"], b"");
+    assert!(ok && out.starts_with(&format!("{kid} 3072 bits")), "{out}");
+
+    // Bob reads with his key file; alice seals to his registered key and publishes.
+    let sub = std::process::Command::new(common::BIN)
+        .args(["e2e", "sub", "--key", key, "-C", "1", "dm/alice/bob"])
+        .env("SWITCHBOARD_URL", d.ws_url())
+        .env("SWITCHBOARD_TOKEN", &bob)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("e2e sub runs");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, topics) = get(&api(&d, "/topics?prefix=dm/"), Some(ADMIN)).await;
+        if topics["topics"][0]["subscribers"] == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "e2e sub did not subscribe"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Plaintext where an envelope belongs is reported, not dropped, not fatal.
+    let (s, _) = post(
+        &api(&d, "/publish"),
+        Some(&alice),
+        &json!({"topic": "dm/alice/bob", "data": "not sealed"}).to_string(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (ok, _, err) = cli(
+        &d,
+        &alice,
+        &[
+            "pub",
+            "--to",
+            "bob",
+            "--topic",
+            "dm/alice/bob",
+            "--from",
+            "alice",
+            "hello bob",
+        ],
+        b"",
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&switchboard_e2e::jwk::fingerprint(&kid)),
+        "the sender sees whom it sealed for: {err}"
+    );
+    let out = tokio::task::spawn_blocking(move || sub.wait_with_output())
+        .await
+        .expect("join")
+        .expect("sub ends");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello bob\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not opened: not a JWE envelope"), "{err}");
+
+    // Offline: seal to a key file, open on the right topic only, and not with another key.
+    let public = format!("{key}.pub");
+    let (ok, envelope, err) = cli(
+        &d,
+        &alice,
+        &[
+            "seal", "--to-key", &public, "--topic", "t/1", "--from", "alice",
+        ],
+        b"offline",
+    );
+    assert!(ok, "{err}");
+    let (ok, out, _) = cli(
+        &d,
+        &bob,
+        &["open", "--key", key, "--topic", "t/1"],
+        envelope.as_bytes(),
+    );
+    assert!(ok && out == "offline", "{out}");
+    let (ok, _, err) = cli(
+        &d,
+        &bob,
+        &["open", "--key", key, "--topic", "t/2"],
+        envelope.as_bytes(),
+    );
+    assert!(!ok && err.contains("moved to another topic"), "{err}");
+    let other = dir.path().join("other.jwk");
+    let other = other.to_str().expect("path");
+    let (ok, _, _) = cli(&d, &bob, &["keygen", "--bits", "2048", other], b"");
+    assert!(ok);
+    let (ok, _, err) = cli(
+        &d,
+        &bob,
+        &["open", "--key", other, "--topic", "t/1"],
+        envelope.as_bytes(),
+    );
+    assert!(!ok && err.contains("not sealed for key"), "{err}");
+}
