@@ -55,7 +55,7 @@ fn check_peer(program: &str, script: &str, name: &str) {
     // What Rust makes for bob, and what it makes wrong on purpose.
     let room = RoomKey::create("rs/room", 1);
     let share = room
-        .share(&[bob_public.clone()], "rs/keys", "rust")
+        .share(std::slice::from_ref(&bob_public), "rs/keys", "rust")
         .expect("share");
     let room_msg = room.encrypt("rs/room", "rust", "room message from rust".as_bytes());
     let sealed = seal(
