@@ -1,6 +1,7 @@
 //! End-to-end encryption through the real daemon (docs/e2e.md): the public-key registry
 //! over REST and carried over the WebSocket, its announcements and durability; sealed and
-//! room envelopes routed byte for byte, kept in history and recordings as ciphertext only.
+//! room envelopes routed byte for byte (in over WebSocket, REST and MQTT; out over
+//! WebSocket, MQTT, history and recording export), kept as ciphertext only; the CLI.
 
 mod common;
 
@@ -551,4 +552,76 @@ async fn the_cli_makes_keys_registers_them_and_seals_publishes_and_opens() {
         envelope.as_bytes(),
     );
     assert!(!ok && err.contains("not sealed for key"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn envelopes_cross_rest_and_mqtt_byte_for_byte() {
+    let secrets = Secrets::new();
+    let d = Daemon::start(&secrets.config(""));
+    let file = fixture();
+    let bob = pair(&file, "bob");
+    let alice_token = user_token("alice", json!({"publish": ["dm/#"]}));
+    let bob_token = user_token("bob", json!({"subscribe": ["dm/#"]}));
+    let port = d.mqtt.expect("MQTT listener").port();
+    let mut device = common::MosquittoSub::start(port, &["-t", "dm/#"]).await;
+    let mut bob_ws = subscribed_as(&d, &bob_token, "dm/#").await;
+    let mut alice_ws = Raw::connect(&format!("{}?token={alice_token}", d.ws_url())).await;
+    let mut inbox = Inbox::new(bob.clone());
+
+    let envelope = |topic: &str| {
+        let jwe = seal(
+            format!("via {topic}").as_bytes(),
+            &[bob.public().clone()],
+            Binding::new(Kind::Sealed, topic, "alice"),
+        )
+        .expect("seal");
+        serde_json::to_string(&jwe).expect("json")
+    };
+    for way in ["ws", "rest", "mqtt"] {
+        let topic = format!("dm/{way}");
+        let text = envelope(&topic);
+        match way {
+            "ws" => {
+                alice_ws
+                    .send_text(&format!(
+                        r#"{{"op":"pub","topic":"{topic}","data":{text}}}"#
+                    ))
+                    .await
+            }
+            "rest" => {
+                let (s, v) = post(
+                    &api(&d, "/publish"),
+                    Some(&alice_token),
+                    &format!(r#"{{"topic":"{topic}","data":{text}}}"#),
+                )
+                .await;
+                assert_eq!(s, StatusCode::OK, "{v}");
+            }
+            _ => assert!(common::mosquitto_pub(port, &["-t", &topic, "-m", &text]).await),
+        }
+        // A WebSocket subscriber gets the very bytes, and they open.
+        let frame = next_msg_text(&mut bob_ws).await;
+        assert!(
+            frame.contains(&format!(r#""data":{text},"#)),
+            "{way}: not byte-identical: {frame}"
+        );
+        let frame: Value = serde_json::from_str(&frame).expect("JSON");
+        match inbox
+            .open(&topic, None, &frame["data"], Reading::Live)
+            .expect("opens")
+        {
+            Received::Message(m) => assert_eq!(m.plaintext, format!("via {topic}").as_bytes()),
+            other => panic!("{other:?}"),
+        }
+        // An MQTT subscriber gets the envelope's JSON text as its payload, byte for byte.
+        let (got_topic, payload) = device
+            .message(Duration::from_secs(10))
+            .await
+            .expect("MQTT delivery");
+        assert_eq!(
+            (got_topic.as_str(), payload.as_slice()),
+            (topic.as_str(), text.as_bytes()),
+            "{way}"
+        );
+    }
 }
