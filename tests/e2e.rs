@@ -625,3 +625,70 @@ async fn envelopes_cross_rest_and_mqtt_byte_for_byte() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn room_epochs_move_one_step_at_a_time_for_those_who_may_publish() {
+    let secrets = Secrets::new();
+    let d = Daemon::start(&secrets.config(""));
+    let alice = user_token(
+        "alice",
+        json!({"publish": ["chat/#"], "subscribe": ["chat/#", "$e2e/rooms/#"]}),
+    );
+    let bob = user_token("bob", json!({"subscribe": ["chat/#"]}));
+    let mut watcher = subscribed_as(&d, &alice, "$e2e/rooms/chat/lobby").await;
+    let rooms = api(&d, "/e2e/rooms");
+    let rotate = |epoch: u64| json!({"room": "chat/lobby", "epoch": epoch}).to_string();
+
+    let (s, v) = get(&format!("{rooms}?room=chat/lobby"), Some(&bob)).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"), "{v}");
+    let (s, v) = post(&rooms, Some(&alice), &rotate(2)).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "conflict"),
+        "a new room starts at 1: {v}"
+    );
+    let (s, v) = post(&rooms, Some(&alice), &rotate(1)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        (v["epoch"].as_u64(), v["by"].as_str()),
+        (Some(1), Some("user:alice"))
+    );
+    let notice = watcher.next_msg().await;
+    assert_eq!(
+        (notice["event"].as_str(), notice["data"]["epoch"].as_u64()),
+        (Some("epoch"), Some(1))
+    );
+
+    // Two rotations to epoch 2: the first wins, the second is told where the room is.
+    let (s, _) = post(&rooms, Some(&alice), &rotate(2)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = post(&rooms, Some(ADMIN), &rotate(2)).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("is at epoch 2"),
+        "{v}"
+    );
+    assert_eq!(watcher.next_msg().await["data"]["epoch"], 2);
+
+    // Readers read it; only publishers move it; topics are checked like topics.
+    let (s, v) = get(&format!("{rooms}?room=chat/lobby"), Some(&bob)).await;
+    assert_eq!((s, v["epoch"].as_u64()), (StatusCode::OK, Some(2)), "{v}");
+    let (s, v) = post(&rooms, Some(&bob), &rotate(3)).await;
+    assert_eq!((s, code(&v)), (StatusCode::FORBIDDEN, "forbidden"), "{v}");
+    let (s, v) = get(&format!("{rooms}?room=other/room"), Some(&bob)).await;
+    assert_eq!((s, code(&v)), (StatusCode::FORBIDDEN, "forbidden"), "{v}");
+    let (s, v) = post(
+        &rooms,
+        Some(&alice),
+        &json!({"room": "chat/+", "epoch": 1}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::BAD_REQUEST, "invalid_topic"),
+        "{v}"
+    );
+}

@@ -1,6 +1,8 @@
 //! The public-key registry for end-to-end encryption (docs/e2e.md): each user's RSA
 //! public keys as JWKs, named by their RFC 7638 thumbprint, in the store's `e2e/keys`
-//! tree, so clients can seal messages to one another.
+//! tree, so clients can seal messages to one another; and each room's current key epoch
+//! (`e2e/rooms`), so rotations are ordered — one winner per epoch — and a member knows
+//! which key share to wait for. Room keys themselves never come here.
 //!
 //! Public keys only: [`switchboard_e2e::PublicJwk::parse`] refuses private members, weak
 //! and odd keys, and the daemon never sees a private key or a room key. Nothing here
@@ -19,6 +21,18 @@ use crate::store::{Store, StoreError};
 pub const MAX_KEYS_PER_USER: usize = 16;
 
 const TREE: &str = "e2e/keys";
+const ROOMS: &str = "e2e/rooms";
+
+/// A room's current key epoch, as the daemon orders it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomEpoch {
+    pub room: String,
+    pub epoch: u64,
+    /// Who moved it there (`user:<sub>`, `key:<id>`, `admin`).
+    pub by: String,
+    /// Unix ms.
+    pub updated: u64,
+}
 
 /// One registered key, as stored and served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,9 +59,19 @@ pub enum RegistryError {
     Store(#[from] StoreError),
 }
 
+/// Why a room's epoch did not move.
+#[derive(Debug, thiserror::Error)]
+pub enum EpochError {
+    #[error("room {room:?} is at epoch {current}; the next rotation is epoch {}", current + 1)]
+    Conflict { room: String, current: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 pub struct KeyRegistry {
     store: Store,
     tree: sled::Tree,
+    rooms: sled::Tree,
     /// Serialises changes, so the per-user cap holds under concurrent registrations.
     changing: Mutex<()>,
 }
@@ -57,6 +81,7 @@ impl KeyRegistry {
         Ok(KeyRegistry {
             store: store.clone(),
             tree: store.tree(TREE)?,
+            rooms: store.tree(ROOMS)?,
             changing: Mutex::new(()),
         })
     }
@@ -98,7 +123,7 @@ impl KeyRegistry {
         let mut keys = Vec::new();
         for item in self.tree.scan_prefix(prefix(user)) {
             let (_, value) = item.map_err(|e| self.store.io(e))?;
-            keys.push(self.decode(&value)?);
+            keys.push(self.decode::<KeyRecord>(&value)?);
         }
         keys.sort_by_key(|k| k.created);
         Ok(keys)
@@ -143,10 +168,49 @@ impl KeyRegistry {
         Ok(users)
     }
 
-    fn decode(&self, value: &[u8]) -> Result<KeyRecord, StoreError> {
+    pub fn room(&self, room: &str) -> Result<Option<RoomEpoch>, StoreError> {
+        match self.rooms.get(room).map_err(|e| self.store.io(e))? {
+            Some(value) => Ok(Some(self.decode(&value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Moves `room` to `epoch`, which must be the next one (1 for a new room): of two
+    /// members rotating at once, one wins and the other learns it must share the
+    /// winner's epoch instead of splitting the room.
+    pub fn advance(
+        &self,
+        room: &str,
+        epoch: u64,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<RoomEpoch, EpochError> {
+        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.room(room)?.map_or(0, |r| r.epoch);
+        if epoch != current + 1 {
+            return Err(EpochError::Conflict {
+                room: room.into(),
+                current,
+            });
+        }
+        let record = RoomEpoch {
+            room: room.into(),
+            epoch,
+            by: by.into(),
+            updated: now_ms,
+        };
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        self.rooms
+            .insert(room, value)
+            .map_err(|e| self.store.io(e))?;
+        self.rooms.flush().map_err(|e| self.store.io(e))?;
+        Ok(record)
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, value: &[u8]) -> Result<T, StoreError> {
         serde_json::from_slice(value).map_err(|e| StoreError::Damaged {
             path: self.store.path().to_path_buf(),
-            detail: format!("an unreadable public-key record in {TREE}: {e}"),
+            detail: format!("an unreadable end-to-end registry record: {e}"),
         })
     }
 }

@@ -2,6 +2,8 @@
 //! Anyone who may call the API fetches a user's public keys; only the user (or the
 //! admin) registers and revokes them. Every change is announced as a retained notice on
 //! `$e2e/keys/<user>`, so clients that pinned a key learn at once that it changed.
+//! `/api/v1/e2e/rooms`: a room's current key epoch, moved one step at a time by those
+//! who may publish to the room, announced on `$e2e/rooms/<room>`.
 //! The OpenAPI description of these routes is `openapi/pubkeys.json`; keep them equal.
 
 use std::sync::Arc;
@@ -12,22 +14,103 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::{body, ApiBytes, ApiError, ApiPath, Caller};
+use serde::Deserialize;
+use switchboard_core::grants::Forbidden;
+use switchboard_core::topic;
+
+use super::{body, ApiBytes, ApiError, ApiPath, ApiQuery, Caller};
 use crate::auth::Kind;
 use crate::http::state::HttpState;
 use crate::hub::Hub;
-use crate::pubkeys::{KeyRecord, KeyRegistry, RegistryError};
+use crate::pubkeys::{EpochError, KeyRecord, KeyRegistry, RegistryError, RoomEpoch};
 use switchboard_core::protocol::ErrorCode;
 use switchboard_core::quiet::{clip, Throttle};
 
 /// Where key changes are announced: `$e2e/keys/<user>`.
 pub const ANNOUNCE_PREFIX: &str = "$e2e/keys/";
+/// Where room epochs are announced: `$e2e/rooms/<room>`.
+pub const ROOMS_PREFIX: &str = "$e2e/rooms/";
 
 pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/e2e/keys", get(users))
         .route("/e2e/keys/{user}", get(list).post(register))
         .route("/e2e/keys/{user}/{kid}", get(one).delete(revoke))
+        .route("/e2e/rooms", get(room).post(rotate))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomQuery {
+    room: String,
+}
+
+async fn room(
+    State(registry): State<Arc<KeyRegistry>>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<RoomQuery>,
+) -> Result<Json<RoomEpoch>, ApiError> {
+    topic::validate_topic(&q.room).map_err(invalid_room)?;
+    caller
+        .0
+        .grants
+        .check_subscribe(&q.room)
+        .map_err(forbidden)?;
+    match registry.room(&q.room)? {
+        Some(record) => Ok(Json(record)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("room {:?} has no key epoch yet", clip(&q.room, 64)),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    room: String,
+    epoch: u64,
+}
+
+async fn rotate(
+    State(registry): State<Arc<KeyRegistry>>,
+    State(hub): State<Arc<Hub>>,
+    caller: Caller,
+    ApiBytes(bytes): ApiBytes,
+) -> Result<(StatusCode, Json<RoomEpoch>), ApiError> {
+    let r: Rotate = body(&bytes)?;
+    topic::validate_topic(&r.room).map_err(invalid_room)?;
+    caller.0.grants.check_publish(&r.room).map_err(forbidden)?;
+    let now = switchboard_core::clock::now_ms();
+    let record = registry
+        .advance(&r.room, r.epoch, &caller.0.identity(), now)
+        .map_err(|e| match e {
+            EpochError::Conflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string())
+            }
+            EpochError::Store(e) => e.into(),
+        })?;
+    let data = json!({"room": record.room, "epoch": record.epoch, "by": record.by, "ts": now});
+    notice(
+        &hub,
+        &format!("{ROOMS_PREFIX}{}", record.room),
+        "epoch",
+        &data,
+    );
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+fn invalid_room(e: topic::TopicError) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidTopic,
+        format!("room: {e}"),
+    )
+}
+
+fn forbidden(e: Forbidden) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, e.0)
 }
 
 async fn users(
@@ -132,30 +215,28 @@ fn may_change(caller: &Caller, user: &str) -> Result<(), ApiError> {
 
 /// The user's current keys by thumbprint, retained on `$e2e/keys/<user>`.
 fn announce(registry: &KeyRegistry, hub: &Hub, user: &str) {
-    static NOT_ANNOUNCED: Throttle = Throttle::per_secs(10);
-    let keys = match registry.list(user) {
-        Ok(keys) => keys,
-        Err(e) => {
-            if let Some(held_back) = NOT_ANNOUNCED.admit() {
-                tracing::warn!(user = clip(user, 64), held_back, error = %e, "e2e key change not announced");
-            }
-            return;
-        }
+    // A failing store was logged by `From<StoreError>` on the request's own path.
+    let Ok(keys) = registry.list(user) else {
+        return;
     };
     let keys: Vec<Value> = keys
         .iter()
         .map(|k| json!({"kid": k.kid, "fingerprint": k.fingerprint, "bits": k.bits, "created": k.created}))
         .collect();
-    let notice = json!({"user": user, "keys": keys, "ts": switchboard_core::clock::now_ms()});
-    let Ok(data) = serde_json::value::to_raw_value(&notice) else {
+    let data = json!({"user": user, "keys": keys, "ts": switchboard_core::clock::now_ms()});
+    notice(hub, &format!("{ANNOUNCE_PREFIX}{user}"), "keys", &data);
+}
+
+/// Publishes a retained notice. A name with `+`, `#` or an empty level makes no valid
+/// topic; such a user's keys are still served, only not announced.
+fn notice(hub: &Hub, topic: &str, event: &str, data: &Value) {
+    static NOT_ANNOUNCED: Throttle = Throttle::per_secs(10);
+    let Ok(data) = serde_json::value::to_raw_value(data) else {
         return;
     };
-    let topic = format!("{ANNOUNCE_PREFIX}{user}");
-    // A user name with `+`, `#` or an empty level makes no valid topic; such a user's
-    // keys are still served, only not announced.
-    if let Err(e) = hub.publish_notice(&topic, "keys", &data) {
+    if let Err(e) = hub.publish_notice(topic, event, &data) {
         if let Some(held_back) = NOT_ANNOUNCED.admit() {
-            tracing::warn!(user = clip(user, 64), held_back, error = %e, "e2e key change not announced");
+            tracing::warn!(topic = clip(topic, 96), held_back, error = %e, "e2e notice not published");
         }
     }
 }
