@@ -23,7 +23,7 @@ ALLOWED_CYCLES = []
 DAEMON_LAYERS = [
     ["topic", "protocol", "client", "settings", "hex", "throttle", "background", "metrics"],
     ["store", "tls"],
-    ["auth", "history"],
+    ["auth", "history", "pubkeys"],
     ["hub"],
     ["mqtt", "live", "systemd"],
     ["outbound_webhooks", "webhook", "recordings", "recorder"],

@@ -64,6 +64,13 @@ if [ ! -d tests/browser/node_modules ]; then
     npm ci --no-audit --no-fund --prefix tests/browser
 fi
 
+# Python's `cryptography`, pinned: an implementation we did not write opens and seals
+# end-to-end envelopes with Rust's (e2e/tests/interop.rs).
+if ! python3 -c 'import cryptography, sys; sys.exit(0 if cryptography.__version__ == "48.0.0" else 1)' 2>/dev/null; then
+    python3 -m pip install --quiet "${pip_user[@]}" 'cryptography==48.0.0' 2>/dev/null \
+        || python3 -m pip install --quiet "${pip_user[@]}" --break-system-packages 'cryptography==48.0.0'
+fi
+
 # The harness's Node peers, pinned by their package-lock.json.
 if [ -f loadgen/peers/package-lock.json ] && [ ! -d loadgen/peers/node_modules ]; then
     npm ci --no-audit --no-fund --prefix loadgen/peers
@@ -88,6 +95,9 @@ cargo test --workspace
 # (clients/js/test; docs/sdk-js.md).
 cargo build --bin switchboard
 SWITCHBOARD_BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/switchboard" npm test --prefix clients/js
+
+# The WebCrypto end-to-end encryption module against the shared vectors (docs/e2e.md).
+node --test clients/js/test/e2e.test.js
 
 # The .deb on a real systemd: built, linted, installed, reloaded, upgraded and purged
 # inside a Debian bookworm booted with systemd-nspawn (docs/packaging.md).

@@ -28,6 +28,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mqtt;
 pub mod outbound_webhooks;
+pub mod pubkeys;
 pub mod recordings;
 pub mod reload;
 pub mod server;

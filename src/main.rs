@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use switchboard::cli::apikey::{self, ApikeyArgs};
+use switchboard::cli::e2e::{self, E2eArgs};
 use switchboard::cli::passwd::{self, PasswdArgs};
 use switchboard::cli::pubsub::{self, PubArgs, SubArgs};
 use switchboard::cli::record::{self, RecordArgs, ReplayArgs};
@@ -58,6 +59,8 @@ enum Command {
     /// Replay a recording (`replay <id> [--speed X | --max] [--prefix P]`), or control
     /// a replay (`pause`, `resume`, `stop`, `status`).
     Replay(ReplayArgs),
+    /// End-to-end encryption: keygen, register, keys, revoke, seal, open, pub, sub.
+    E2e(E2eArgs),
     /// Check the local store of a stopped daemon (`store check`).
     Store(StoreArgs),
 }
@@ -119,6 +122,10 @@ fn main() -> ExitCode {
         Command::Replay(args) => {
             init_logging("warn");
             report(runtime().and_then(|rt| rt.block_on(record::run_replay(args))))
+        }
+        Command::E2e(args) => {
+            init_logging("warn");
+            report(runtime().and_then(|rt| rt.block_on(e2e::run_e2e(args))))
         }
         Command::Store(args) => store::run(args).unwrap_or_else(|e| report(Err(e))),
     }

@@ -30,6 +30,7 @@ use crate::metrics::{Instruments, Registry};
 use crate::mqtt::metrics::MqttMetrics;
 use crate::mqtt::{BrokerTap, HubIngress};
 use crate::outbound_webhooks::Webhooks;
+use crate::pubkeys::KeyRegistry;
 use crate::recordings::Recorder;
 use crate::reload::Reloadable;
 use crate::store::Store;
@@ -87,6 +88,8 @@ struct Daemon {
     history: Arc<History>,
     /// Recordings and replays.
     recorder: Arc<Recorder>,
+    /// The end-to-end encryption public keys (public only; the daemon never decrypts).
+    pubkeys: Arc<KeyRegistry>,
     /// Upstream bridges, and the broker of external mode.
     bridges: Arc<Bridges>,
     /// Who may connect over MQTT, and what devices may do; `None` without the embedded
@@ -125,6 +128,7 @@ impl Daemon {
             recorder: self.recorder.clone(),
             webhooks: self.webhooks.clone(),
             bridges: self.bridges.clone(),
+            pubkeys: self.pubkeys.clone(),
             hooks: self.hooks.clone(),
             metrics: self.metrics.clone(),
             idempotency: self.idempotency.clone(),
@@ -214,6 +218,9 @@ impl Server {
             Webhooks::open(&config.webhooks, &store, &hub).context("cannot set up the webhooks")?;
         let recorder = Recorder::open(&store, &hub, &config.recording)
             .context("cannot open the recordings")?;
+        let pubkeys = Arc::new(
+            KeyRegistry::open(&store).context("cannot open the end-to-end public-key registry")?,
+        );
         let external = match config.mqtt.mode {
             MqttMode::Embedded => None,
             MqttMode::External => Some(config.mqtt.external.as_ref().context(
@@ -253,6 +260,7 @@ impl Server {
             webhooks,
             history,
             recorder,
+            pubkeys,
             bridges,
             devices,
         };

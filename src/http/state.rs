@@ -17,6 +17,7 @@ use crate::auth::Authenticator;
 use crate::hub::Hub;
 use crate::metrics::Registry;
 use crate::outbound_webhooks::Webhooks;
+use crate::pubkeys::KeyRegistry;
 use crate::recordings::Recorder;
 use crate::uplinks::Bridges;
 
@@ -48,6 +49,8 @@ pub struct HttpState {
     pub recorder: Arc<Recorder>,
     pub webhooks: Arc<Webhooks>,
     pub bridges: Arc<Bridges>,
+    /// The end-to-end encryption public-key registry.
+    pub pubkeys: Arc<KeyRegistry>,
     pub hooks: Arc<Hooks>,
     pub metrics: Arc<Registry>,
     pub idempotency: Arc<IdempotencyCache>,
@@ -80,6 +83,7 @@ parts!(
     recorder: Arc<Recorder>,
     webhooks: Arc<Webhooks>,
     bridges: Arc<Bridges>,
+    pubkeys: Arc<KeyRegistry>,
     hooks: Arc<Hooks>,
     metrics: Arc<Registry>,
     idempotency: Arc<IdempotencyCache>,

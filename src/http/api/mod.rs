@@ -19,6 +19,7 @@ use serde_json::json;
 use super::state::{HttpState, Limits};
 use crate::auth::{AuthError, Authenticator, Principal};
 use crate::hub::HubError;
+use crate::store::StoreError;
 use switchboard_core::protocol::ErrorCode;
 
 mod bridges;
@@ -28,12 +29,14 @@ mod idempotency;
 mod info;
 mod messages;
 pub mod openapi;
+mod pubkeys;
 mod recordings;
 mod stats;
 mod topics;
 mod webhooks;
 
 pub use idempotency::IdempotencyCache;
+pub use pubkeys::ANNOUNCE_PREFIX as E2E_KEYS_PREFIX;
 pub use recordings::JSON_LINES;
 
 /// The `/api/v1` routes. Unknown paths and methods get JSON errors like every other
@@ -49,6 +52,7 @@ pub fn router(limits: Limits) -> Router<HttpState> {
         .merge(webhooks::routes())
         .merge(recordings::routes(limits))
         .merge(bridges::routes())
+        .merge(pubkeys::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -113,6 +117,19 @@ impl From<HubError> for ApiError {
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// A store failure: logged with its cause (the path, sled's reason), answered as
+/// `internal` without either.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "the store failed; see the daemon's log",
+        )
     }
 }
 

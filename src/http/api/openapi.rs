@@ -22,6 +22,7 @@ const FRAGMENTS: &[(&str, &str)] = &[
     ("webhooks.json", include_str!("openapi/webhooks.json")),
     ("recordings.json", include_str!("openapi/recordings.json")),
     ("bridges.json", include_str!("openapi/bridges.json")),
+    ("pubkeys.json", include_str!("openapi/pubkeys.json")),
 ];
 
 /// The merged document as JSON text, built once.

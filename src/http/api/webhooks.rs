@@ -142,12 +142,7 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 }
 
 fn store_error(e: StoreError) -> ApiError {
-    tracing::error!(error = %e, "webhook store error");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        ErrorCode::Internal,
-        "the store failed; see the daemon's log",
-    )
+    e.into()
 }
 
 #[cfg(test)]
