@@ -11,7 +11,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
+use common::http::{api, post};
 use common::{Daemon, Raw, BIN};
+use reqwest::StatusCode;
 use serde_json::json;
 
 const HISTORY: &str = r#"
@@ -254,8 +256,20 @@ fn scrape(text: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
+/// `GET /api/v1/history` of `log/a`: the `i` of each message returned.
+async fn history_is(daemon: &Daemon, query: &str) -> Vec<u64> {
+    let reply =
+        common::http_get_json(daemon.http, &format!("/api/v1/history?topic=log/a&{query}")).await;
+    reply["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no messages: {reply}"))
+        .iter()
+        .map(|m| m["data"]["i"].as_u64().expect("i"))
+        .collect()
+}
+
 #[tokio::test]
-async fn a_full_disk_shows_in_health_and_metrics_and_resuming_clients_see_the_gap() {
+async fn a_full_disk_shows_in_health_and_metrics_and_the_store_recovers_by_itself() {
     let Some(fs) = Tmpfs::mount("16m") else {
         return;
     };
@@ -265,6 +279,11 @@ async fn a_full_disk_shows_in_health_and_metrics_and_resuming_clients_see_the_ga
     let health = daemon.healthz().await;
     assert_eq!(health["store"]["status"], "ok", "{health}");
 
+    let body = json!({"name": "disk", "topics": ["log/#"]}).to_string();
+    let (status, recording) = post(&api(&daemon, "/recordings"), None, &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{recording}");
+    let recording = recording["id"].as_u64().expect("recording id");
+
     let mut live = Raw::connect(&daemon.ws_url()).await;
     assert_eq!(
         live.request(json!({"op":"sub","topic":"log/a"})).await["op"],
@@ -273,13 +292,15 @@ async fn a_full_disk_shows_in_health_and_metrics_and_resuming_clients_see_the_ga
     let mut p = Raw::connect(&daemon.ws_url()).await;
     let mut published = 0u64;
     publish_n(&mut p, &mut live, 10, &mut published).await;
+    // sled writes within `[store] flush_interval` (100 ms); nothing outside shows when.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let mut resumer = Raw::connect(&daemon.ws_url()).await;
     let before = resumer.request(json!({"op":"sub","topic":"log/a"})).await;
     let epoch = before["epoch"].as_str().expect("epoch").to_owned();
     assert_eq!(before["seq"], 10, "{before}");
     drop(resumer);
 
-    let _filler = fs.fill();
+    let filler = fs.fill();
     // sled writes in the background: publish until the store says it fails.
     let health = loop {
         publish_n(&mut p, &mut live, 20, &mut published).await;
@@ -319,4 +340,63 @@ async fn a_full_disk_shows_in_health_and_metrics_and_resuming_clients_see_the_ga
     assert_eq!(reply["op"], "ok", "{reply}");
     assert_eq!(reply["recovered"], false, "{reply}");
     assert_ne!(reply["epoch"], json!(epoch), "{reply}");
+
+    // Space comes back: the store reopens by itself, without a restart.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let health = loop {
+        let health = daemon.healthz().await;
+        if health["store"]["status"] == "ok" {
+            break health;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not recover within 30 s: {health}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(health["status"], "ok", "{health}");
+    assert!(
+        health["store"]["recoveries"].as_u64() >= Some(1),
+        "{health}"
+    );
+    assert!(
+        health["store"]["recovered_at"].as_u64().is_some(),
+        "{health}"
+    );
+    assert!(daemon.logs().contains("store: reopened after a failure"));
+    let metrics = daemon.metrics_text().await;
+    assert_eq!(scrape(&metrics, "switchboard_store_failing"), 0);
+    assert!(scrape(&metrics, "switchboard_store_recoveries_total") >= 1);
+
+    // History writes succeed again, and what was stored before the disk filled is
+    // still there.
+    let failed = scrape(&metrics, "switchboard_history_write_errors_total");
+    let from = published;
+    publish_n(&mut p, &mut live, 50, &mut published).await;
+    let metrics = daemon.metrics_text().await;
+    assert_eq!(
+        scrape(&metrics, "switchboard_history_write_errors_total"),
+        failed,
+        "writes failed after the recovery"
+    );
+    assert_eq!(
+        history_is(&daemon, &format!("since={from}&last=50")).await,
+        (from..published).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        history_is(&daemon, "since=0&last=10").await,
+        (0..10).collect::<Vec<_>>()
+    );
+    // The recording stores again, and its figures count every message it took as
+    // stored or dropped (those the failing disk refused, and those sled had not
+    // written when the disk failed).
+    let stop = format!("/recordings/{recording}/stop");
+    let (status, shown) = post(&api(&daemon, &stop), None, "").await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    let stored = shown["messages"].as_u64().expect("messages");
+    let dropped = shown["dropped"].as_u64().expect("dropped");
+    assert!(dropped > 0, "{shown}");
+    assert!(stored >= 60, "{shown}");
+    assert_eq!(stored + dropped, published, "{shown}");
 }
