@@ -58,7 +58,8 @@ enum Command {
     /// Replay a recording (`replay <id> [--speed X | --max] [--prefix P]`), or control
     /// a replay (`pause`, `resume`, `stop`, `status`).
     Replay(ReplayArgs),
-    /// Check the local store of a stopped daemon (`store check`).
+    /// Check the local store of a stopped daemon (`store check`), or copy what still
+    /// reads from a damaged one into a new one (`store salvage`).
     Store(StoreArgs),
 }
 

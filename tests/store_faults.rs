@@ -90,12 +90,29 @@ fn cut_to_half(file: &Path) {
 
 /// `switchboard store check` on the daemon's configuration and data directory.
 fn store_check(daemon: &Daemon) -> std::process::Output {
+    store_command(daemon, "check")
+}
+
+/// `switchboard store <what>`, which must succeed; its output.
+fn store_succeeds(daemon: &Daemon, what: &str) -> String {
+    let out = store_command(daemon, what);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `switchboard store <what>` on the daemon's configuration and data directory.
+fn store_command(daemon: &Daemon, what: &str) -> std::process::Output {
     Command::new(BIN)
-        .args(["store", "check", "--config"])
+        .args(["store", what, "--config"])
         .arg(&daemon.config_path)
         .env("SWITCHBOARD_DATA_DIR", daemon.data_dir())
         .output()
-        .expect("run store check")
+        .unwrap_or_else(|e| panic!("run store {what}: {e}"))
 }
 
 /// The daemon refuses the store: the right exit status, the directory named, what to
@@ -167,13 +184,7 @@ async fn a_store_cut_to_half_is_refused_rather_than_started_empty() {
 #[tokio::test]
 async fn store_check_passes_a_sound_store_and_the_daemon_reopens_it() {
     let (mut daemon, _) = stopped_with_history().await;
-    let check = store_check(&daemon);
-    let out = String::from_utf8_lossy(&check.stdout);
-    assert!(
-        check.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    let out = store_succeeds(&daemon, "check");
     assert!(out.contains(": ok:"), "{out}");
     assert!(out.contains("history/messages: 3000"), "{out}");
     // Checking changed nothing the daemon checks in turn.
@@ -184,6 +195,76 @@ async fn store_check_passes_a_sound_store_and_the_daemon_reopens_it() {
         .await;
     assert_eq!(r["op"], "ok", "{r}");
     assert_eq!(r["seq"], 3000, "{r}");
+}
+
+/// Every file under `dir` with its bytes.
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push((path.clone(), std::fs::read(&path).expect("read")));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_refused_store_is_salvaged_into_a_new_one_and_left_untouched() {
+    let (mut daemon, _) = stopped_with_history().await;
+    // The manifest counted more than the store holds: what a store that lost entries
+    // looks like, but one sled still reads (as after a damaged page whose entries sled
+    // drops), so there is something to salvage.
+    let store = daemon.data_dir().join("store");
+    let manifest = store.join("switchboard.manifest");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    let claimed: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("entries ") {
+                "entries 999999"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&manifest, claimed + "\n").expect("write manifest");
+    let (status, stderr) = daemon.run_to_exit();
+    assert_eq!(status.and_then(|s| s.code()), Some(UNUSABLE), "{stderr}");
+
+    let before = files(&store);
+    let stdout = store_succeeds(&daemon, "salvage");
+    assert!(stdout.contains("history/messages: 3000"), "{stdout}");
+    assert!(files(&store) == before, "salvage changed the damaged store");
+
+    // Put in place as the report says, the salvaged store serves the history.
+    std::fs::rename(&store, daemon.data_dir().join("store.damaged")).expect("move aside");
+    std::fs::rename(daemon.data_dir().join("salvaged").join("store"), &store)
+        .expect("move the salvaged store in");
+    daemon.respawn();
+    let mut c = Raw::connect(&daemon.ws_url()).await;
+    let r = c
+        .request(json!({"op":"sub","topic":"log/a","last":1000}))
+        .await;
+    assert_eq!(
+        (r["op"].as_str(), r["seq"].as_u64()),
+        (Some("ok"), Some(3000)),
+        "{r}"
+    );
+    // The newest of them (as many as the connection's queue takes), ending with the last.
+    let mut last = c.next_msg().await;
+    while last["data"]["i"] != 2999 {
+        assert_eq!(last["history"], true, "{last}");
+        assert_eq!(
+            last["seq"].as_u64(),
+            last["data"]["i"].as_u64().map(|i| i + 1)
+        );
+        last = c.next_msg().await;
+    }
 }
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted when dropped; `None` (with

@@ -44,6 +44,8 @@ pub const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The key of the clean-stop marker in the streams tree (no topic is empty).
 const CLEAN: &[u8] = b"";
+const MESSAGES: &str = "history/messages";
+const STREAMS: &str = "history/streams";
 
 /// A stream's position: its epoch and the number of its newest message (0: none yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,8 +234,8 @@ impl History {
     /// clean stop, or rebuilt from the stored messages (with new epochs) after an
     /// unclean one. Messages of topics no rule covers any more are deleted.
     pub fn open(config: HistoryConfig, store: &Store) -> Result<Arc<History>, StoreError> {
-        let messages = store.tree("history/messages")?;
-        let positions = store.tree("history/streams")?;
+        let messages = store.tree(MESSAGES)?;
+        let positions = store.tree(STREAMS)?;
         let history = History {
             config,
             messages,
@@ -289,6 +291,17 @@ impl History {
         let history = Arc::new(history);
         store.on_reopen(&history);
         Ok(history)
+    }
+
+    /// Makes the next open rebuild every stream from the stored messages, under new
+    /// epochs, as after a crash: for a store whose saved positions may count messages
+    /// it lost (a salvaged one).
+    pub fn forget_clean_stop(store: &Store) -> Result<(), StoreError> {
+        let positions = store.tree(STREAMS)?;
+        let tree = positions.current()?;
+        tree.remove(CLEAN).map_err(|e| positions.io(e))?;
+        tree.flush().map_err(|e| positions.io(e))?;
+        Ok(())
     }
 
     fn rule_index(&self, topic: &str) -> Option<usize> {

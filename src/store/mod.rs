@@ -16,6 +16,7 @@ pub mod message;
 pub mod metrics;
 pub mod quota;
 pub mod recovery;
+pub mod salvage;
 pub mod writer;
 
 use std::cell::Cell;
@@ -30,6 +31,7 @@ pub use message::StoredMessage;
 pub use quota::{Evictable, Evicted, Quota};
 pub use recovery::Reopened;
 use recovery::Shared;
+pub use salvage::SalvageReport;
 
 /// The layout this build reads and writes. Raised when a change would confuse an older
 /// build; an older build then refuses the store instead of misreading it, and this

@@ -76,10 +76,10 @@ impl Shared {
     }
 
     pub(super) fn register(&self, user: Weak<dyn Reopened>) {
-        self.users
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(user);
+        let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+        // A reload opens a bridge's queue again: users that are gone make room.
+        users.retain(|u| u.strong_count() > 0);
+        users.push(user);
     }
 
     pub(super) fn start(self: &Arc<Self>) {
