@@ -356,7 +356,15 @@ async fn a_full_disk_shows_in_health_and_metrics_and_the_store_recovers_by_itsel
     };
     let data = fs.path().join("data");
     let data = data.to_str().expect("utf-8 path");
-    let daemon = Daemon::start_with_env(HISTORY, &[("SWITCHBOARD_DATA_DIR", data)]);
+    // A webhook whose endpoint never answers and whose retry waits an hour: its
+    // events stay queued in the store, where they can be counted.
+    let secret = fs.path().join("webhook.secret");
+    std::fs::write(&secret, "a secret of the full-disk test, 32+ bytes").expect("secret");
+    let config = format!(
+        "{HISTORY}\n[[webhooks]]\nname = \"disk\"\nurl = \"http://127.0.0.1:9/\"\nsecret_file = \"{}\"\ntopics = [\"log/#\"]\nretry_initial = \"1h\"\nretry_max = \"1h\"\nmax_attempts = 1000\n",
+        secret.display()
+    );
+    let daemon = Daemon::start_with_env(&config, &[("SWITCHBOARD_DATA_DIR", data)]);
     let health = daemon.healthz().await;
     assert_eq!(health["store"]["status"], "ok", "{health}");
 
@@ -424,7 +432,8 @@ async fn a_full_disk_shows_in_health_and_metrics_and_the_store_recovers_by_itsel
 
     // Space comes back: the store reopens by itself, without a restart.
     std::fs::remove_file(&filler).expect("remove the filler");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let freed = std::time::Instant::now();
+    let deadline = freed + std::time::Duration::from_secs(30);
     let health = loop {
         let health = daemon.healthz().await;
         if health["store"]["status"] == "ok" {
@@ -436,6 +445,10 @@ async fn a_full_disk_shows_in_health_and_metrics_and_the_store_recovers_by_itsel
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
+    eprintln!(
+        "the store recovered {:?} after space was freed",
+        freed.elapsed()
+    );
     assert_eq!(health["status"], "ok", "{health}");
     assert!(
         health["store"]["recoveries"].as_u64() >= Some(1),
@@ -469,6 +482,19 @@ async fn a_full_disk_shows_in_health_and_metrics_and_the_store_recovers_by_itsel
         history_is(&daemon, "since=0&last=10").await,
         (0..10).collect::<Vec<_>>()
     );
+
+    // The webhook queue stores again: 50 more events wait for the endpoint.
+    const PENDING: &str = "switchboard_webhook_events_pending{webhook=\"disk\"}";
+    let pending = scrape(&daemon.metrics_text().await, PENDING);
+    publish_n(&mut p, &mut live, 50, &mut published).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while scrape(&daemon.metrics_text().await, PENDING) < pending + 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "webhook events were not queued after the recovery"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // The recording stores again, and its figures count every message it took as
     // stored or dropped (those the failing disk refused, and those sled had not
     // written when the disk failed).
