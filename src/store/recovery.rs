@@ -194,3 +194,44 @@ fn probe(dir: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&path);
     written
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::store::{Store, StoreConfig};
+
+    #[derive(Default)]
+    struct User(AtomicU64);
+
+    impl Reopened for User {
+        fn reopened(&self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_reopen_hands_every_tree_the_new_database_and_tells_its_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+        let tree = store.tree("t").unwrap();
+        tree.current().unwrap().insert("k", "v").unwrap();
+        tree.current().unwrap().flush().unwrap();
+        let user = Arc::new(User::default());
+        store.on_reopen(&user);
+
+        // While the database is given up, operations fail and say why.
+        store.shared.handles.release();
+        assert!(matches!(tree.current(), Err(StoreError::Reopening { .. })));
+        assert!(store.next_id().is_err());
+
+        // Reopening waits for sled's lock, then the same handle reads the same data.
+        store.shared.reopen().unwrap();
+        assert_eq!(user.0.load(Ordering::Relaxed), 1);
+        let read = tree.current().unwrap().get("k").unwrap();
+        assert_eq!(read.as_deref(), Some(&b"v"[..]));
+        assert!(store.next_id().is_ok());
+        assert_eq!(store.health().view().recoveries, 1);
+    }
+}
