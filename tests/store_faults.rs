@@ -316,19 +316,29 @@ impl Drop for Tmpfs {
 }
 
 /// Publishes `n` messages on `log/a`, numbered on from `*published`, and checks that
-/// the live subscriber gets each: delivery goes on whatever the store does.
-async fn publish_n(p: &mut Raw, live: &mut Raw, n: u64, published: &mut u64) {
+/// the live subscriber gets each: delivery goes on whatever the store does. Returns how
+/// many `ok`s said the message was not stored.
+async fn publish_n(p: &mut Raw, live: &mut Raw, n: u64, published: &mut u64) -> u64 {
     let pad = "x".repeat(1000);
+    let mut unstored = 0;
     for _ in 0..n {
         let i = *published;
         let r = p
             .request(json!({"op":"pub","topic":"log/a","data":{"i":i,"pad":pad}}))
             .await;
         assert_eq!(r["op"], "ok", "{r}");
+        match r.get("stored") {
+            None => {}
+            Some(stored) => {
+                assert_eq!(stored, false, "{r}");
+                unstored += 1;
+            }
+        }
         let m = live.next_msg().await;
         assert_eq!(m["data"]["i"], i, "{m}");
         *published += 1;
     }
+    unstored
 }
 
 fn scrape(text: &str, name: &str) -> u64 {
@@ -380,7 +390,7 @@ async fn a_full_disk_shows_in_health_and_metrics_and_the_store_recovers_by_itsel
     );
     let mut p = Raw::connect(&daemon.ws_url()).await;
     let mut published = 0u64;
-    publish_n(&mut p, &mut live, 10, &mut published).await;
+    assert_eq!(publish_n(&mut p, &mut live, 10, &mut published).await, 0);
     // sled writes within `[store] flush_interval` (100 ms); nothing outside shows when.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let mut resumer = Raw::connect(&daemon.ws_url()).await;
@@ -400,7 +410,16 @@ async fn a_full_disk_shows_in_health_and_metrics_and_the_store_recovers_by_itsel
         assert!(published < 20_000, "the store never failed: {health}");
     };
     // Many more writes fail from here on; the log does not get a line for each.
-    publish_n(&mut p, &mut live, 200, &mut published).await;
+    // The publisher is told each was delivered but not kept, over WebSocket and HTTP.
+    assert_eq!(publish_n(&mut p, &mut live, 200, &mut published).await, 200);
+    let (status, reply) = post(
+        &api(&daemon, "/publish"),
+        None,
+        r#"{"topic":"log/b","data":1}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["stored"], false, "{reply}");
     assert_eq!(health["status"], "degraded", "{health}");
     let last_error = health["store"]["last_error"].as_str().unwrap_or_default();
     assert!(last_error.contains("No space left on device"), "{health}");
@@ -467,7 +486,7 @@ async fn a_full_disk_shows_in_health_and_metrics_and_the_store_recovers_by_itsel
     // still there.
     let failed = scrape(&metrics, "switchboard_history_write_errors_total");
     let from = published;
-    publish_n(&mut p, &mut live, 50, &mut published).await;
+    assert_eq!(publish_n(&mut p, &mut live, 50, &mut published).await, 0);
     let metrics = daemon.metrics_text().await;
     assert_eq!(
         scrape(&metrics, "switchboard_history_write_errors_total"),
@@ -505,5 +524,6 @@ async fn a_full_disk_shows_in_health_and_metrics_and_the_store_recovers_by_itsel
     let dropped = shown["dropped"].as_u64().expect("dropped");
     assert!(dropped > 0, "{shown}");
     assert!(stored >= 60, "{shown}");
-    assert_eq!(stored + dropped, published, "{shown}");
+    // Every message on `log/a`, and the one on `log/b`.
+    assert_eq!(stored + dropped, published + 1, "{shown}");
 }

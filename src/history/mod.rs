@@ -652,9 +652,10 @@ impl Log {
         lock(&self.entry).position()
     }
 
-    /// Stores a message the Hub just numbered `seq` (under the topic's lock). A failed
-    /// write is logged and starts a new epoch: the stream has a hole from here.
-    pub fn append(&self, p: &Publish<'_>, seq: u64, ts_us: u64) {
+    /// Stores a message the Hub just numbered `seq` (under the topic's lock); whether it
+    /// was written. A failed write is logged and starts a new epoch: the stream has a
+    /// hole from here.
+    pub fn append(&self, p: &Publish<'_>, seq: u64, ts_us: u64) -> bool {
         let history = &self.history;
         let entry = &self.entry;
         let mut s = lock(entry);
@@ -698,7 +699,7 @@ impl Log {
             // and says it is incomplete.
             s.last = seq;
             s.restart_epoch();
-            return;
+            return false;
         }
         if s.is_empty() {
             s.first = seq;
@@ -716,6 +717,7 @@ impl Log {
                 tracing::error!(topic = &*entry.topic, error = %e, held_back, "history: trimming failed");
             }
         }
+        true
     }
 
     /// What a subscriber asking for `since` should get before live messages: at most
