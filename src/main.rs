@@ -61,7 +61,8 @@ enum Command {
     Replay(ReplayArgs),
     /// End-to-end encryption: keygen, register, keys, revoke, seal, open, pub, sub.
     E2e(E2eArgs),
-    /// Check the local store of a stopped daemon (`store check`).
+    /// Check the local store of a stopped daemon (`store check`), or copy what still
+    /// reads from a damaged one into a new one (`store salvage`).
     Store(StoreArgs),
 }
 

@@ -342,6 +342,7 @@ impl Server {
         let (hub, auth) = (app.hub.clone(), app.auth.clone());
         background.spawn(|stop| crate::reload::watch_api_keys(hub, auth, stop));
         app.store.quota().start();
+        app.store.start_recovery();
         app.history.start();
         app.webhooks.start(&app.shutdown, &app.tracker);
         app.recorder.start();
@@ -418,6 +419,7 @@ impl Server {
         // stopped and awaited first (the store's janitor evicts from the history).
         background.stop().await;
         app.store.quota().stop().await;
+        app.store.stop_recovery().await;
         // Last: nothing publishes any more, so the saved positions are final.
         if let Err(e) = app.history.close().await {
             tracing::error!(error = %e, "cannot save the history positions");

@@ -182,3 +182,65 @@ async fn a_backlog_of_pushes_does_not_stop_the_daemon_hearing_that_client() {
     assert!(health["dropped"].as_u64().unwrap_or(0) > 0, "{health}");
     assert_eq!(health["connections"], 3, "{health}");
 }
+
+/// docs/protocol.md, "Memory per connection": what the daemon holds for a subscriber is
+/// its unwritten frames, counted in bytes until its socket takes them. With large
+/// messages the byte limit (1 MiB by default) is what trips, long before the frame
+/// limit (1,024): a subscriber that reads nothing is closed with 4100 and counted,
+/// while one that reads, though many times 1 MiB passes through its queue, is never
+/// closed (its bytes are released as they are written), and a probe keeps its answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_reads_nothing_is_closed_at_its_byte_limit_and_a_reader_is_not() {
+    /// 48 KB a message: 22 of them pass the 1 MiB limit, 1,024 would be 48 MB.
+    const BIG: usize = 48_000;
+    /// In steps the reader keeps up with, so it never has 1 MiB unread.
+    const STEP: u64 = 10;
+    let d = Daemon::start("[ws]\nslow_consumer = \"close\"\n");
+    let url = d.ws_url();
+    let mut stalled = Raw::subscribed(&url, "big").await;
+    let mut reader = Raw::subscribed(&url, "big").await;
+    let mut probe = Raw::connect(&url).await;
+    let mut publisher = Raw::connect(&url).await;
+    let mut published = 0u64;
+    // The stalled subscriber's socket buffers take a few MB before its queue grows;
+    // 600 messages (29 MB) are far more than they and 1 MiB hold, and far fewer than
+    // the 1,024 frames of the frame limit.
+    while d.healthz().await["connections"] == 4 {
+        assert!(published < 600, "not closed after {published} messages");
+        publisher
+            .flood_from("big", published, published + STEP, BIG)
+            .await;
+        for i in published..published + STEP {
+            assert_eq!(reader.next_msg().await["data"]["i"], i);
+        }
+        published += STEP;
+        let pong = probe.request(json!({"op":"ping"})).await;
+        assert_eq!(pong["op"], "ok", "{pong}");
+    }
+    eprintln!("the non-reader was closed after {published} messages of {BIG} bytes");
+    let health = d.healthz().await;
+    assert_eq!(health["slow_consumer_closes"], 1, "{health}");
+    assert_eq!(
+        health["connections"], 3,
+        "the reader is still there: {health}"
+    );
+    let metrics = d.metrics_text().await;
+    assert!(
+        metrics.contains("switchboard_ws_closes_total{reason=\"slow_consumer\"} 1"),
+        "{metrics}"
+    );
+    // The reader goes on receiving, the probe answering.
+    publisher
+        .flood_from("big", published, published + 50, BIG)
+        .await;
+    for i in published..published + 50 {
+        assert_eq!(reader.next_msg().await["data"]["i"], i);
+    }
+    let pong = probe.request(json!({"op":"ping"})).await;
+    assert_eq!(pong["op"], "ok", "{pong}");
+    // A non-reader cannot be sent the close frame when its buffers are full; one that
+    // arrives says 4100.
+    if let Some(code) = stalled.close_code(Duration::from_secs(5)).await {
+        assert_eq!(code, 4100);
+    }
+}

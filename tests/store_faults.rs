@@ -11,7 +11,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
+use common::http::{api, post};
 use common::{Daemon, Raw, BIN};
+use reqwest::StatusCode;
 use serde_json::json;
 
 const HISTORY: &str = r#"
@@ -88,12 +90,29 @@ fn cut_to_half(file: &Path) {
 
 /// `switchboard store check` on the daemon's configuration and data directory.
 fn store_check(daemon: &Daemon) -> std::process::Output {
+    store_command(daemon, "check")
+}
+
+/// `switchboard store <what>`, which must succeed; its output.
+fn store_succeeds(daemon: &Daemon, what: &str) -> String {
+    let out = store_command(daemon, what);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `switchboard store <what>` on the daemon's configuration and data directory.
+fn store_command(daemon: &Daemon, what: &str) -> std::process::Output {
     Command::new(BIN)
-        .args(["store", "check", "--config"])
+        .args(["store", what, "--config"])
         .arg(&daemon.config_path)
         .env("SWITCHBOARD_DATA_DIR", daemon.data_dir())
         .output()
-        .expect("run store check")
+        .unwrap_or_else(|e| panic!("run store {what}: {e}"))
 }
 
 /// The daemon refuses the store: the right exit status, the directory named, what to
@@ -165,13 +184,7 @@ async fn a_store_cut_to_half_is_refused_rather_than_started_empty() {
 #[tokio::test]
 async fn store_check_passes_a_sound_store_and_the_daemon_reopens_it() {
     let (mut daemon, _) = stopped_with_history().await;
-    let check = store_check(&daemon);
-    let out = String::from_utf8_lossy(&check.stdout);
-    assert!(
-        check.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    let out = store_succeeds(&daemon, "check");
     assert!(out.contains(": ok:"), "{out}");
     assert!(out.contains("history/messages: 3000"), "{out}");
     // Checking changed nothing the daemon checks in turn.
@@ -182,6 +195,76 @@ async fn store_check_passes_a_sound_store_and_the_daemon_reopens_it() {
         .await;
     assert_eq!(r["op"], "ok", "{r}");
     assert_eq!(r["seq"], 3000, "{r}");
+}
+
+/// Every file under `dir` with its bytes.
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push((path.clone(), std::fs::read(&path).expect("read")));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_refused_store_is_salvaged_into_a_new_one_and_left_untouched() {
+    let (mut daemon, _) = stopped_with_history().await;
+    // The manifest counted more than the store holds: what a store that lost entries
+    // looks like, but one sled still reads (as after a damaged page whose entries sled
+    // drops), so there is something to salvage.
+    let store = daemon.data_dir().join("store");
+    let manifest = store.join("switchboard.manifest");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    let claimed: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("entries ") {
+                "entries 999999"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&manifest, claimed + "\n").expect("write manifest");
+    let (status, stderr) = daemon.run_to_exit();
+    assert_eq!(status.and_then(|s| s.code()), Some(UNUSABLE), "{stderr}");
+
+    let before = files(&store);
+    let stdout = store_succeeds(&daemon, "salvage");
+    assert!(stdout.contains("history/messages: 3000"), "{stdout}");
+    assert!(files(&store) == before, "salvage changed the damaged store");
+
+    // Put in place as the report says, the salvaged store serves the history.
+    std::fs::rename(&store, daemon.data_dir().join("store.damaged")).expect("move aside");
+    std::fs::rename(daemon.data_dir().join("salvaged").join("store"), &store)
+        .expect("move the salvaged store in");
+    daemon.respawn();
+    let mut c = Raw::connect(&daemon.ws_url()).await;
+    let r = c
+        .request(json!({"op":"sub","topic":"log/a","last":1000}))
+        .await;
+    assert_eq!(
+        (r["op"].as_str(), r["seq"].as_u64()),
+        (Some("ok"), Some(3000)),
+        "{r}"
+    );
+    // The newest of them (as many as the connection's queue takes), ending with the last.
+    let mut last = c.next_msg().await;
+    while last["data"]["i"] != 2999 {
+        assert_eq!(last["history"], true, "{last}");
+        assert_eq!(
+            last["seq"].as_u64(),
+            last["data"]["i"].as_u64().map(|i| i + 1)
+        );
+        last = c.next_msg().await;
+    }
 }
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted when dropped; `None` (with
@@ -233,19 +316,29 @@ impl Drop for Tmpfs {
 }
 
 /// Publishes `n` messages on `log/a`, numbered on from `*published`, and checks that
-/// the live subscriber gets each: delivery goes on whatever the store does.
-async fn publish_n(p: &mut Raw, live: &mut Raw, n: u64, published: &mut u64) {
+/// the live subscriber gets each: delivery goes on whatever the store does. Returns how
+/// many `ok`s said the message was not stored.
+async fn publish_n(p: &mut Raw, live: &mut Raw, n: u64, published: &mut u64) -> u64 {
     let pad = "x".repeat(1000);
+    let mut unstored = 0;
     for _ in 0..n {
         let i = *published;
         let r = p
             .request(json!({"op":"pub","topic":"log/a","data":{"i":i,"pad":pad}}))
             .await;
         assert_eq!(r["op"], "ok", "{r}");
+        match r.get("stored") {
+            None => {}
+            Some(stored) => {
+                assert_eq!(stored, false, "{r}");
+                unstored += 1;
+            }
+        }
         let m = live.next_msg().await;
         assert_eq!(m["data"]["i"], i, "{m}");
         *published += 1;
     }
+    unstored
 }
 
 fn scrape(text: &str, name: &str) -> u64 {
@@ -254,16 +347,41 @@ fn scrape(text: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
+/// `GET /api/v1/history` of `log/a`: the `i` of each message returned.
+async fn history_is(daemon: &Daemon, query: &str) -> Vec<u64> {
+    let reply =
+        common::http_get_json(daemon.http, &format!("/api/v1/history?topic=log/a&{query}")).await;
+    reply["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no messages: {reply}"))
+        .iter()
+        .map(|m| m["data"]["i"].as_u64().expect("i"))
+        .collect()
+}
+
 #[tokio::test]
-async fn a_full_disk_shows_in_health_and_metrics_and_resuming_clients_see_the_gap() {
+async fn a_full_disk_shows_in_health_and_metrics_and_the_store_recovers_by_itself() {
     let Some(fs) = Tmpfs::mount("16m") else {
         return;
     };
     let data = fs.path().join("data");
     let data = data.to_str().expect("utf-8 path");
-    let daemon = Daemon::start_with_env(HISTORY, &[("SWITCHBOARD_DATA_DIR", data)]);
+    // A webhook whose endpoint never answers and whose retry waits an hour: its
+    // events stay queued in the store, where they can be counted.
+    let secret = fs.path().join("webhook.secret");
+    std::fs::write(&secret, "a secret of the full-disk test, 32+ bytes").expect("secret");
+    let config = format!(
+        "{HISTORY}\n[[webhooks]]\nname = \"disk\"\nurl = \"http://127.0.0.1:9/\"\nsecret_file = \"{}\"\ntopics = [\"log/#\"]\nretry_initial = \"1h\"\nretry_max = \"1h\"\nmax_attempts = 1000\n",
+        secret.display()
+    );
+    let daemon = Daemon::start_with_env(&config, &[("SWITCHBOARD_DATA_DIR", data)]);
     let health = daemon.healthz().await;
     assert_eq!(health["store"]["status"], "ok", "{health}");
+
+    let body = json!({"name": "disk", "topics": ["log/#"]}).to_string();
+    let (status, recording) = post(&api(&daemon, "/recordings"), None, &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{recording}");
+    let recording = recording["id"].as_u64().expect("recording id");
 
     let mut live = Raw::connect(&daemon.ws_url()).await;
     assert_eq!(
@@ -272,14 +390,16 @@ async fn a_full_disk_shows_in_health_and_metrics_and_resuming_clients_see_the_ga
     );
     let mut p = Raw::connect(&daemon.ws_url()).await;
     let mut published = 0u64;
-    publish_n(&mut p, &mut live, 10, &mut published).await;
+    assert_eq!(publish_n(&mut p, &mut live, 10, &mut published).await, 0);
+    // sled writes within `[store] flush_interval` (100 ms); nothing outside shows when.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let mut resumer = Raw::connect(&daemon.ws_url()).await;
     let before = resumer.request(json!({"op":"sub","topic":"log/a"})).await;
     let epoch = before["epoch"].as_str().expect("epoch").to_owned();
     assert_eq!(before["seq"], 10, "{before}");
     drop(resumer);
 
-    let _filler = fs.fill();
+    let filler = fs.fill();
     // sled writes in the background: publish until the store says it fails.
     let health = loop {
         publish_n(&mut p, &mut live, 20, &mut published).await;
@@ -290,7 +410,16 @@ async fn a_full_disk_shows_in_health_and_metrics_and_resuming_clients_see_the_ga
         assert!(published < 20_000, "the store never failed: {health}");
     };
     // Many more writes fail from here on; the log does not get a line for each.
-    publish_n(&mut p, &mut live, 200, &mut published).await;
+    // The publisher is told each was delivered but not kept, over WebSocket and HTTP.
+    assert_eq!(publish_n(&mut p, &mut live, 200, &mut published).await, 200);
+    let (status, reply) = post(
+        &api(&daemon, "/publish"),
+        None,
+        r#"{"topic":"log/b","data":1}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["stored"], false, "{reply}");
     assert_eq!(health["status"], "degraded", "{health}");
     let last_error = health["store"]["last_error"].as_str().unwrap_or_default();
     assert!(last_error.contains("No space left on device"), "{health}");
@@ -319,4 +448,82 @@ async fn a_full_disk_shows_in_health_and_metrics_and_resuming_clients_see_the_ga
     assert_eq!(reply["op"], "ok", "{reply}");
     assert_eq!(reply["recovered"], false, "{reply}");
     assert_ne!(reply["epoch"], json!(epoch), "{reply}");
+
+    // Space comes back: the store reopens by itself, without a restart.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    let freed = std::time::Instant::now();
+    let deadline = freed + std::time::Duration::from_secs(30);
+    let health = loop {
+        let health = daemon.healthz().await;
+        if health["store"]["status"] == "ok" {
+            break health;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not recover within 30 s: {health}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "the store recovered {:?} after space was freed",
+        freed.elapsed()
+    );
+    assert_eq!(health["status"], "ok", "{health}");
+    assert!(
+        health["store"]["recoveries"].as_u64() >= Some(1),
+        "{health}"
+    );
+    assert!(
+        health["store"]["recovered_at"].as_u64().is_some(),
+        "{health}"
+    );
+    assert!(daemon.logs().contains("store: reopened after a failure"));
+    let metrics = daemon.metrics_text().await;
+    assert_eq!(scrape(&metrics, "switchboard_store_failing"), 0);
+    assert!(scrape(&metrics, "switchboard_store_recoveries_total") >= 1);
+
+    // History writes succeed again, and what was stored before the disk filled is
+    // still there.
+    let failed = scrape(&metrics, "switchboard_history_write_errors_total");
+    let from = published;
+    assert_eq!(publish_n(&mut p, &mut live, 50, &mut published).await, 0);
+    let metrics = daemon.metrics_text().await;
+    assert_eq!(
+        scrape(&metrics, "switchboard_history_write_errors_total"),
+        failed,
+        "writes failed after the recovery"
+    );
+    assert_eq!(
+        history_is(&daemon, &format!("since={from}&last=50")).await,
+        (from..published).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        history_is(&daemon, "since=0&last=10").await,
+        (0..10).collect::<Vec<_>>()
+    );
+
+    // The webhook queue stores again: 50 more events wait for the endpoint.
+    const PENDING: &str = "switchboard_webhook_events_pending{webhook=\"disk\"}";
+    let pending = scrape(&daemon.metrics_text().await, PENDING);
+    publish_n(&mut p, &mut live, 50, &mut published).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while scrape(&daemon.metrics_text().await, PENDING) < pending + 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "webhook events were not queued after the recovery"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The recording stores again, and its figures count every message it took as
+    // stored or dropped (those the failing disk refused, and those sled had not
+    // written when the disk failed).
+    let stop = format!("/recordings/{recording}/stop");
+    let (status, shown) = post(&api(&daemon, &stop), None, "").await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    let stored = shown["messages"].as_u64().expect("messages");
+    let dropped = shown["dropped"].as_u64().expect("dropped");
+    assert!(dropped > 0, "{shown}");
+    assert!(stored >= 60, "{shown}");
+    // Every message on `log/a`, and the one on `log/b`.
+    assert_eq!(stored + dropped, published + 1, "{shown}");
 }

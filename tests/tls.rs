@@ -644,6 +644,126 @@ async fn silent_connections_are_closed_after_the_handshake_timeout() {
     assert_eq!(health["http"]["handshake_timeouts"], 1, "{health}");
 }
 
+/// The HTTP/2 connection preface and an empty SETTINGS frame: all an HTTP/2 client
+/// must send before its first request.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// Reads until the daemon closes `s`; how long that took, or None if it never did.
+async fn closed_after<S: AsyncRead + Unpin>(
+    mut s: S,
+    started: std::time::Instant,
+) -> Option<Duration> {
+    let mut sink = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut sink))
+        .await
+        .ok()
+        .map(|_| started.elapsed())
+}
+
+#[tokio::test]
+async fn http2_clients_that_send_no_request_are_closed_after_the_handshake_timeout() {
+    let ca = Ca::new("h2 timeout CA");
+    let files = Files::new();
+    files.server(&ca.server());
+    let d = Daemon::start(&format!(
+        "[http]\ntls = true\nhandshake_timeout = \"1s\"\n{}",
+        files.tls_section(None)
+    ));
+    // Over TLS: the preface, then silence.
+    let (mut tls, _) = tls_connect(d.http, &[ca.der()]).await.expect("tls");
+    let started = std::time::Instant::now();
+    tls.write_all(H2_PREFACE).await.expect("preface");
+    let took = closed_after(tls, started)
+        .await
+        .expect("closed within the wait");
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed too early: {took:?}"
+    );
+    let health = https_healthz(d.http, &[ca.der()]).await;
+    assert_eq!(health["http"]["handshake_timeouts"], 1, "{health}");
+
+    let d = Daemon::start("[http]\nhandshake_timeout = \"1s\"\n");
+    // h2c with prior knowledge: the preface, then silence.
+    let mut silent = TcpStream::connect(d.http).await.unwrap();
+    let started = std::time::Instant::now();
+    silent.write_all(H2_PREFACE).await.expect("preface");
+    let took = closed_after(silent, started)
+        .await
+        .expect("closed within the wait");
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed too early: {took:?}"
+    );
+    // The preface dribbled a byte every 200 ms (5 s for all of it).
+    let dribbler = TcpStream::connect(d.http).await.unwrap();
+    let (read, mut write) = dribbler.into_split();
+    let dribble = tokio::spawn(async move {
+        for byte in H2_PREFACE {
+            if write.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Then nothing, with the socket open.
+        std::future::pending::<()>().await;
+    });
+    let took = closed_after(read, std::time::Instant::now()).await;
+    dribble.abort();
+    let took = took.expect("closed within the wait");
+    assert!(took < Duration::from_secs(3), "held for {took:?}");
+    let health = d.healthz().await;
+    assert_eq!(health["http"]["handshake_timeouts"], 2, "{health}");
+    // A client that sends its request in time is served over HTTP/2 as before.
+    let mut h2 = TcpStream::connect(d.http).await.unwrap();
+    h2.write_all(H2_PREFACE).await.expect("preface");
+    // HEADERS on stream 1, END_STREAM | END_HEADERS: GET /healthz, literal fields
+    // without indexing (HPACK), so no table is needed.
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/healthz"),
+        (":authority", "localhost"),
+    ] {
+        block.push(0);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut frame = vec![0, 0, block.len() as u8, 1, 0x05, 0, 0, 0, 1];
+    frame.extend_from_slice(&block);
+    h2.write_all(&frame).await.expect("request");
+    // The answer: frames until a HEADERS frame (type 1) on stream 1 with status 200
+    // (HPACK static index 8, `0x88`).
+    let mut got = Vec::new();
+    let answered = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = h2.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before answering");
+            got.extend_from_slice(&buf[..n]);
+            let mut at = 0;
+            while got.len() >= at + 9 {
+                let len = (usize::from(got[at]) << 16)
+                    | (usize::from(got[at + 1]) << 8)
+                    | usize::from(got[at + 2]);
+                if got.len() < at + 9 + len {
+                    break;
+                }
+                if got[at + 3] == 1 && got[at + 8] == 1 {
+                    return got[at + 9..at + 9 + len].first().copied();
+                }
+                at += 9 + len;
+            }
+        }
+    })
+    .await
+    .expect("answered within the wait");
+    assert_eq!(answered, Some(0x88), "not a 200");
+}
+
 #[tokio::test]
 async fn the_rust_client_and_the_cli_speak_wss_with_a_private_ca() {
     let ca = Ca::new("switchboard test CA");

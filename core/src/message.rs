@@ -153,4 +153,7 @@ pub struct Published {
     pub seq: u64,
     /// Sessions the frame was queued for.
     pub delivered: usize,
+    /// False when the topic keeps a history and the message could not be written to it
+    /// (a failing store): delivered, but not kept.
+    pub stored: bool,
 }

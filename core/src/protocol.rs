@@ -516,6 +516,10 @@ pub struct OkReply<'a> {
     /// For `send`: how many connections received the message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivered: Option<usize>,
+    /// For `pub`: `false` when the topic keeps a history and the message could not be
+    /// written to it (a failing store); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored: Option<bool>,
     /// For `presence`: who is on the topic.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub members: Option<Vec<Member<'a>>>,

@@ -2,9 +2,9 @@
 //! `sub` and `pub` talk to a running daemon through [`switchboard_client`]; `passwd` edits a
 //! device password file; `apikey` creates, lists and revokes API keys; `token create`
 //! mints a client JWT; `record` and `replay` manage recordings through the REST API;
-//! `store check` checks the local store of a stopped daemon; `e2e` makes keys, uses the
-//! public-key registry, and seals, opens, publishes and reads end-to-end encrypted
-//! messages.
+//! `store check` checks the local store of a stopped daemon, `store salvage` copies what
+//! still reads from a damaged one; `e2e` makes keys, uses the public-key registry, and
+//! seals, opens, publishes and reads end-to-end encrypted messages.
 //! Each tool is a clap `Args` struct and a `run_*` function;
 //! `main.rs` only wires them in.
 

@@ -1,11 +1,14 @@
 //! `switchboard store check`: whether the daemon's local store opens and every entry in
 //! it reads, without starting the daemon. The daemon runs the same checks at start and
 //! refuses a store that fails them; this says why before a restart does.
+//! `switchboard store salvage` copies what still reads from a damaged store into a new
+//! one ([`crate::store::salvage`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::Config;
+use crate::history::History;
 use crate::store::{Store, EXIT_UNUSABLE};
 
 #[derive(clap::Args, Debug)]
@@ -25,11 +28,24 @@ enum StoreCommand {
         #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Copy every entry that still reads from the store under the data directory into a
+    /// new store, leaving the damaged one untouched (stop the daemon first). Exit status
+    /// 0: copied (the report says what could not be read); 65: nothing readable.
+    Salvage {
+        /// Configuration file (TOML) naming the data directory, as for `check`.
+        #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// A new data directory for the salvaged store (`<into>/store`); by default
+        /// `salvaged` in the data directory.
+        #[arg(long)]
+        into: Option<PathBuf>,
+    },
 }
 
 pub fn run(args: StoreArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         StoreCommand::Check { config } => check(config),
+        StoreCommand::Salvage { config, into } => salvage(config, into),
     }
 }
 
@@ -62,4 +78,46 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn salvage(config: Option<PathBuf>, into: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config.as_deref())?;
+    let from = config.data_dir.join("store");
+    if !from.exists() {
+        anyhow::bail!("{}: no store to salvage", from.display());
+    }
+    let into = into.unwrap_or_else(|| config.data_dir.join("salvaged"));
+    std::fs::create_dir_all(&into)?;
+    let report = match crate::store::salvage::salvage(&from, &into.join("store")) {
+        Ok(report) => report,
+        Err(e) if e.is_unusable() => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(EXIT_UNUSABLE));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Saved history positions may count what was lost: the daemon rebuilds them from
+    // the messages, under new epochs, so resuming clients are told.
+    let store = Store::open(&into, &config.store)?;
+    History::forget_clean_stop(&store)?;
+    drop(store);
+    println!(
+        "{}: {} entries copied into {} ({} untouched)",
+        from.display(),
+        report.copied(),
+        report.into.display(),
+        from.display()
+    );
+    for (name, copied, stopped) in &report.trees {
+        match stopped {
+            None => println!("  {name}: {copied}"),
+            Some(why) => println!("  {name}: {copied}, then unreadable: {why}"),
+        }
+    }
+    println!(
+        "to use it, stop switchboard, move {} aside and {} in its place",
+        from.display(),
+        report.into.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

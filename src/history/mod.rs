@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::background::Background;
-use crate::store::{Evictable, Evicted, Store, StoreError, StoredMessage};
+use crate::store::{Evictable, Evicted, Reopened, Store, StoreError, StoredMessage, Tree};
 pub use config::{HistoryConfig, HistoryRule};
 use switchboard_core::message::Publish;
 use switchboard_core::protocol::Since;
@@ -44,6 +44,8 @@ pub const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The key of the clean-stop marker in the streams tree (no topic is empty).
 const CLEAN: &[u8] = b"";
+const MESSAGES: &str = "history/messages";
+const STREAMS: &str = "history/streams";
 
 /// A stream's position: its epoch and the number of its newest message (0: none yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,8 +179,8 @@ fn lock(entry: &Entry) -> std::sync::MutexGuard<'_, Stream> {
 /// Every stream and the trees they live in.
 pub struct History {
     config: HistoryConfig,
-    messages: sled::Tree,
-    positions: sled::Tree,
+    messages: Tree,
+    positions: Tree,
     store: Store,
     streams: RwLock<HashMap<Box<str>, Arc<Entry>>>,
     /// Bytes of every stored message (keys and values), for the store's cap.
@@ -232,8 +234,8 @@ impl History {
     /// clean stop, or rebuilt from the stored messages (with new epochs) after an
     /// unclean one. Messages of topics no rule covers any more are deleted.
     pub fn open(config: HistoryConfig, store: &Store) -> Result<Arc<History>, StoreError> {
-        let messages = store.tree("history/messages")?;
-        let positions = store.tree("history/streams")?;
+        let messages = store.tree(MESSAGES)?;
+        let positions = store.tree(STREAMS)?;
         let history = History {
             config,
             messages,
@@ -254,6 +256,7 @@ impl History {
         };
         let clean = history
             .positions
+            .current()?
             .remove(CLEAN)
             .map_err(|e| store.io(e))?
             .is_some();
@@ -280,8 +283,25 @@ impl History {
         *history.streams.write().unwrap_or_else(|p| p.into_inner()) = table;
         // The marker is gone from disk before anything is served: a crash from here on
         // is seen as unclean at the next start.
-        history.positions.flush().map_err(|e| store.io(e))?;
-        Ok(Arc::new(history))
+        history
+            .positions
+            .current()?
+            .flush()
+            .map_err(|e| store.io(e))?;
+        let history = Arc::new(history);
+        store.on_reopen(&history);
+        Ok(history)
+    }
+
+    /// Makes the next open rebuild every stream from the stored messages, under new
+    /// epochs, as after a crash: for a store whose saved positions may count messages
+    /// it lost (a salvaged one).
+    pub fn forget_clean_stop(store: &Store) -> Result<(), StoreError> {
+        let positions = store.tree(STREAMS)?;
+        let tree = positions.current()?;
+        tree.remove(CLEAN).map_err(|e| positions.io(e))?;
+        tree.flush().map_err(|e| positions.io(e))?;
+        Ok(())
     }
 
     fn rule_index(&self, topic: &str) -> Option<usize> {
@@ -301,7 +321,7 @@ impl History {
 
     fn load_positions(&self) -> Result<Vec<(Box<str>, Stream)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.positions.iter() {
+        for item in self.positions.current()?.iter() {
             let (key, value) = item.map_err(|e| self.store.io(e))?;
             let topic = std::str::from_utf8(&key).ok();
             match (topic, Stream::decode(&value)) {
@@ -320,13 +340,14 @@ impl History {
     fn rebuild(&self) -> Result<Vec<(Box<str>, Stream)>, StoreError> {
         let saved: HashMap<Vec<u8>, u64> = self
             .positions
+            .current()?
             .iter()
             .filter_map(Result::ok)
             .filter_map(|(k, v)| Some((k.to_vec(), Stream::decode(&v)?.last)))
             .collect();
         let mut streams: HashMap<Box<str>, Stream> = HashMap::new();
         let mut corrupt = Vec::new();
-        for item in self.messages.iter() {
+        for item in self.messages.current()?.iter() {
             let (key, value) = item.map_err(|e| self.store.io(e))?;
             let (Some((topic, seq)), Ok(message)) =
                 (split_key(&key), StoredMessage::decode(&value))
@@ -362,14 +383,20 @@ impl History {
         for (topic, s) in &streams {
             let start = message_key(topic, 0);
             let end = message_key(topic, s.first);
-            for item in self.messages.range(start..end) {
+            for item in self.messages.current()?.range(start..end) {
                 let (key, _) = item.map_err(|e| self.store.io(e))?;
-                self.messages.remove(key).map_err(|e| self.store.io(e))?;
+                self.messages
+                    .current()?
+                    .remove(key)
+                    .map_err(|e| self.store.io(e))?;
                 cut += 1;
             }
         }
         for key in &corrupt {
-            self.messages.remove(key).map_err(|e| self.store.io(e))?;
+            self.messages
+                .current()?
+                .remove(key)
+                .map_err(|e| self.store.io(e))?;
         }
         for (topic, last) in saved {
             if let Ok(topic) = std::str::from_utf8(&topic) {
@@ -382,7 +409,10 @@ impl History {
                 }
             }
         }
-        self.positions.clear().map_err(|e| self.store.io(e))?;
+        self.positions
+            .current()?
+            .clear()
+            .map_err(|e| self.store.io(e))?;
         for s in streams.values_mut() {
             s.restart_epoch();
             // Numbers the lost interval may have used are given out again, under the
@@ -401,15 +431,20 @@ impl History {
 
     fn drop_stream(&self, topic: &str) -> Result<(), StoreError> {
         self.positions
+            .current()?
             .remove(topic.as_bytes())
             .map_err(|e| self.store.io(e))?;
         let mut removed = 0u64;
         for item in self
             .messages
+            .current()?
             .range(message_key(topic, 0)..=message_key(topic, u64::MAX))
         {
             let (key, _) = item.map_err(|e| self.store.io(e))?;
-            self.messages.remove(key).map_err(|e| self.store.io(e))?;
+            self.messages
+                .current()?
+                .remove(key)
+                .map_err(|e| self.store.io(e))?;
             removed += 1;
         }
         tracing::info!(
@@ -467,7 +502,11 @@ impl History {
     /// Removes a stream's oldest message; returns its size.
     fn pop_oldest(&self, entry: &Entry, s: &mut Stream) -> Result<u64, StoreError> {
         let key = message_key(&entry.topic, s.first);
-        let removed = self.messages.remove(&key).map_err(|e| self.store.io(e))?;
+        let removed = self
+            .messages
+            .current()?
+            .remove(&key)
+            .map_err(|e| self.store.io(e))?;
         let size = removed.map_or(0, |v| (key.len() + v.len()) as u64);
         s.first += 1;
         s.bytes = s.bytes.saturating_sub(size);
@@ -475,6 +514,7 @@ impl History {
             0
         } else {
             self.messages
+                .current()?
                 .get(message_key(&entry.topic, s.first))
                 .map_err(|e| self.store.io(e))?
                 .and_then(|v| StoredMessage::peek_ts_us(&v))
@@ -544,13 +584,17 @@ impl History {
         self.closed.store(true, Ordering::SeqCst);
         // Positions of forgotten streams go; a crash before the batch lands leaves no
         // marker, so the next start rebuilds from the messages instead.
-        self.positions.clear().map_err(|e| self.store.io(e))?;
+        self.positions
+            .current()?
+            .clear()
+            .map_err(|e| self.store.io(e))?;
         let mut batch = sled::Batch::default();
         for entry in self.entries() {
             batch.insert(entry.topic.as_bytes(), lock(&entry).encode());
         }
         batch.insert(CLEAN, &[1u8][..]);
         self.positions
+            .current()?
             .apply_batch(batch)
             .map_err(|e| self.store.io(e))
     }
@@ -575,10 +619,14 @@ impl History {
             return Vec::new();
         }
         let mut out = Vec::with_capacity((to - from + 1).min(4096) as usize);
-        for item in self
-            .messages
-            .range(message_key(topic, from)..=message_key(topic, to))
-        {
+        let messages = match self.messages.current() {
+            Ok(tree) => tree,
+            Err(e) => {
+                tracing::error!(topic, error = %e, "history: read failed");
+                return out;
+            }
+        };
+        for item in messages.range(message_key(topic, from)..=message_key(topic, to)) {
             match item.map_err(|e| self.store.io(e)) {
                 Ok((_, value)) => match StoredMessage::decode(&value) {
                     Ok(m) => out.push(m),
@@ -604,16 +652,21 @@ impl Log {
         lock(&self.entry).position()
     }
 
-    /// Stores a message the Hub just numbered `seq` (under the topic's lock). A failed
-    /// write is logged and starts a new epoch: the stream has a hole from here.
-    pub fn append(&self, p: &Publish<'_>, seq: u64, ts_us: u64) {
+    /// Stores a message the Hub just numbered `seq` (under the topic's lock); whether it
+    /// was written. A failed write is logged and starts a new epoch: the stream has a
+    /// hole from here.
+    pub fn append(&self, p: &Publish<'_>, seq: u64, ts_us: u64) -> bool {
         let history = &self.history;
         let entry = &self.entry;
         let mut s = lock(entry);
         if history.closed.load(Ordering::Relaxed) {
             // Published after the positions were saved: they are stale, so the next
             // start must rebuild them as after a crash.
-            if let Err(e) = history.positions.remove(CLEAN) {
+            let withdrawn = history
+                .positions
+                .current()
+                .and_then(|t| t.remove(CLEAN).map_err(|e| history.store.io(e)));
+            if let Err(e) = withdrawn {
                 tracing::error!(error = %e, "history: cannot withdraw the clean-stop marker");
             }
         }
@@ -630,12 +683,15 @@ impl Log {
         let key = message_key(&entry.topic, seq);
         let value = message.encode();
         let size = (key.len() + value.len()) as u64;
-        if let Err(e) = history.messages.insert(key, value) {
+        let written = history
+            .messages
+            .current()
+            .and_then(|t| t.insert(key, value).map_err(|e| history.store.io(e)));
+        if let Err(e) = written {
             history.write_errors.fetch_add(1, Ordering::Relaxed);
             // A full disk fails every write: one line per window, the store's health
             // and `history_write_errors` say the rest.
             static FAILED: Throttle = Throttle::per_secs(10);
-            let e = history.store.io(e);
             if let Some(held_back) = FAILED.admit() {
                 tracing::error!(topic = &*entry.topic, seq, error = %e, held_back, "history: write failed; the stream starts a new epoch");
             }
@@ -643,7 +699,7 @@ impl Log {
             // and says it is incomplete.
             s.last = seq;
             s.restart_epoch();
-            return;
+            return false;
         }
         if s.is_empty() {
             s.first = seq;
@@ -661,6 +717,7 @@ impl Log {
                 tracing::error!(topic = &*entry.topic, error = %e, held_back, "history: trimming failed");
             }
         }
+        true
     }
 
     /// What a subscriber asking for `since` should get before live messages: at most
@@ -783,6 +840,74 @@ impl Evictable for History {
     }
 }
 
+/// After the store reopened, each stream is checked against what the store holds: what
+/// sled had not written when the disk failed is gone, and a stream missing any of its
+/// messages starts a new epoch, so a client resuming across the loss is told.
+impl Reopened for History {
+    fn reopened(&self) {
+        let (mut streams, mut lost) = (0u64, 0u64);
+        for entry in self.entries() {
+            let mut s = lock(&entry);
+            if s.is_empty() {
+                continue;
+            }
+            match self.resync(&entry, &mut s) {
+                Ok(0) => {}
+                Ok(n) => {
+                    streams += 1;
+                    lost += n;
+                }
+                Err(e) => {
+                    tracing::error!(topic = &*entry.topic, error = %e, "history: cannot check a stream after the store reopened");
+                }
+            }
+        }
+        if lost > 0 {
+            tracing::warn!(
+                streams,
+                lost,
+                "history: messages not written before the store failed are gone; their streams start new epochs"
+            );
+        }
+    }
+}
+
+impl History {
+    /// Recounts a stream from the store; returns how many of its messages are missing.
+    fn resync(&self, entry: &Entry, s: &mut Stream) -> Result<u64, StoreError> {
+        let tree = self.messages.current()?;
+        let (mut found, mut bytes, mut first) = (0u64, 0u64, None);
+        for item in
+            tree.range(message_key(&entry.topic, s.first)..=message_key(&entry.topic, s.last))
+        {
+            let (key, value) = item.map_err(|e| self.store.io(e))?;
+            if first.is_none() {
+                first = split_key(&key).map(|(_, seq)| (seq, StoredMessage::peek_ts_us(&value)));
+            }
+            found += 1;
+            bytes += (key.len() + value.len()) as u64;
+        }
+        let missing = s.count().saturating_sub(found);
+        if missing == 0 {
+            return Ok(0);
+        }
+        let (first, ts) = first.unwrap_or((s.last + 1, None));
+        self.bytes
+            .fetch_sub(s.bytes.saturating_sub(bytes), Ordering::Relaxed);
+        // `missing` counts the holes of writes that failed too, which were never counted.
+        let _ = self
+            .stored
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(missing))
+            });
+        s.first = first;
+        s.first_ts_us = ts.unwrap_or(0);
+        s.bytes = bytes;
+        s.restart_epoch();
+        Ok(missing)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -829,7 +954,7 @@ mod tests {
         assert_eq!(h.evict_oldest(u64::MAX).unwrap(), Evicted::default());
         h.expire().unwrap();
         assert_eq!(h.stats().messages, 3);
-        assert_eq!(h.messages.len(), 3);
+        assert_eq!(h.messages.current().unwrap().len(), 3);
     }
 
     #[tokio::test]

@@ -23,7 +23,8 @@ pub struct HttpConfig {
     /// total, so one address cannot take every place while a NAT or a busy host still
     /// gets many.
     pub max_connections_per_ip: NonZeroUsize,
-    /// Time a new connection has for its TLS handshake and first request.
+    /// Time a new connection has for its TLS handshake and first request (HTTP/1.1 or
+    /// HTTP/2).
     #[serde(with = "positive_duration")]
     pub handshake_timeout: Duration,
     /// Time a request's body has to arrive whole, from its headers on; a body trickled

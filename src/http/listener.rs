@@ -7,13 +7,10 @@
 //! WebSocket connections are closed by the hub at shutdown, not here.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -24,9 +21,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::{Instant, Sleep};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
@@ -301,23 +299,36 @@ impl Listener {
                         return;
                     }
                 };
-                let io = FirstByte::new(tls, deadline, stats.clone());
-                self.http(io, remote, slot, watcher).await;
+                self.http(tls, remote, slot, watcher, deadline).await;
             }
-            None => {
-                let io = FirstByte::new(socket, deadline, stats.clone());
-                self.http(io, remote, slot, watcher).await;
-            }
+            None => self.http(socket, remote, slot, watcher, deadline).await,
         }
     }
 
-    async fn http<I>(&self, io: I, remote: SocketAddr, slot: Arc<ConnectionSlot>, watcher: Watcher)
-    where
+    /// Serves HTTP on `io`; the first request's head is due by `deadline`.
+    ///
+    /// hyper bounds the time to send a request's head on HTTP/1 only once its first
+    /// byte arrived (`header_read_timeout`), and not at all on HTTP/2, nor while
+    /// hyper-util waits for the bytes that tell the two apart: a client that sent
+    /// nothing, the HTTP/2 preface and then nothing, or a head one byte at a time, held
+    /// its place for as long as it liked. So the connection is dropped when no request
+    /// reached the router by the deadline, whatever the version.
+    async fn http<I>(
+        &self,
+        io: I,
+        remote: SocketAddr,
+        slot: Arc<ConnectionSlot>,
+        watcher: Watcher,
+        deadline: Instant,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let router = self.router.clone();
         let (body_timeout, stats) = (self.body_timeout, self.limits.stats.clone());
+        let first = Arc::new(FirstRequest::default());
+        let arrived = first.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            arrived.arrived();
             request.extensions_mut().insert(ConnectInfo(remote));
             request.extensions_mut().insert(slot.clone());
             let request = request.map(|body| Deadline::new(body, body_timeout, stats.clone()));
@@ -327,7 +338,18 @@ impl Listener {
         let connection = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);
-        if let Err(e) = watcher.watch(connection).await {
+        let served = tokio::select! {
+            served = watcher.watch(connection) => served,
+            () = first.missed(deadline) => {
+                self.limits
+                    .stats
+                    .handshake_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%remote, "no request within the handshake timeout");
+                return;
+            }
+        };
+        if let Err(e) = served {
             if is_header_timeout(&*e) {
                 self.limits
                     .stats
@@ -337,6 +359,33 @@ impl Listener {
             if !self.shutdown.is_cancelled() {
                 tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
             }
+        }
+    }
+}
+
+/// Whether a connection's first request arrived: set by its service, awaited by its task.
+#[derive(Default)]
+struct FirstRequest {
+    seen: AtomicBool,
+    notify: Notify,
+}
+
+impl FirstRequest {
+    /// One atomic swap per request; the first also wakes the connection's task.
+    fn arrived(&self) {
+        if !self.seen.swap(true, Ordering::Relaxed) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Ready when `deadline` passed with no request; never ready once one came.
+    async fn missed(&self, deadline: Instant) {
+        if tokio::time::timeout_at(deadline, self.notify.notified())
+            .await
+            .is_ok()
+            || self.seen.load(Ordering::Relaxed)
+        {
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -353,90 +402,6 @@ fn is_header_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
         next = e.source();
     }
     false
-}
-
-/// Closes a connection whose first byte has not arrived by the deadline.
-///
-/// hyper-util's version detection waits for the first bytes with no timeout of its own,
-/// and its header timeout starts only after them; without this a client that connects
-/// and sends nothing would hold its place until it leaves. Once a byte has been read the
-/// wrapper only forwards.
-struct FirstByte<I> {
-    io: I,
-    deadline: Option<Pin<Box<Sleep>>>,
-    stats: Arc<ListenerStats>,
-}
-
-impl<I> FirstByte<I> {
-    fn new(io: I, deadline: Instant, stats: Arc<ListenerStats>) -> Self {
-        FirstByte {
-            io,
-            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
-            stats,
-        }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for FirstByte<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        let Some(deadline) = &mut this.deadline else {
-            return read;
-        };
-        match read {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                this.deadline = None;
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
-                this.deadline = None;
-                this.stats
-                    .handshake_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no request within the handshake timeout",
-                )))
-            }
-            other => other,
-        }
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for FirstByte<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
 }
 
 /// The HTTP listener (which also carries WebSocket connections).

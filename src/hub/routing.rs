@@ -303,15 +303,20 @@ impl Hub {
             self.keep_retained(&mut state, p.topic, p.data, || message(true));
         }
         let delivered = self.deliver(p.topic, &frame, None, Some(now_us));
-        if let Some(log) = &state.log {
-            log.append(&p, seq, now_us);
-        }
+        let stored = state
+            .log
+            .as_ref()
+            .is_none_or(|log| log.append(&p, seq, now_us));
         for tap in read(&self.taps).iter() {
             tap.routed(&p, seq, now_us);
         }
         drop(state);
         self.counters.published[p.origin as usize].fetch_add(1, Ordering::Relaxed);
-        Ok(Published { seq, delivered })
+        Ok(Published {
+            seq,
+            delivered,
+            stored,
+        })
     }
 
     /// Pushes one encoded frame to every session subscribed to `topic`, except `skip`.

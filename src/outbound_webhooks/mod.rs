@@ -465,6 +465,7 @@ fn epoch(store: &Store) -> Result<String, StoreError> {
     let meta = store.tree("webhook.meta")?;
     let fresh = format!("{:08x}", rand::random::<u32>());
     let stored = meta
+        .current()?
         .compare_and_swap("epoch", None as Option<&[u8]>, Some(fresh.as_bytes()))
         .map_err(|e| store.io(e))?;
     Ok(match stored {

@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Tree};
 
 /// The delivery being tried.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,9 +47,9 @@ pub struct DeadLetter {
 
 pub struct Queue {
     store: Store,
-    pending: sled::Tree,
-    dead: sled::Tree,
-    meta: sled::Tree,
+    pending: Tree,
+    dead: Tree,
+    meta: Tree,
     inflight_key: String,
 }
 
@@ -78,16 +78,17 @@ impl Queue {
         self.store.io(e)
     }
 
+    /// 0 while the store reopens.
     pub fn pending_len(&self) -> usize {
-        self.pending.len()
+        self.pending.current().map_or(0, |t| t.len())
     }
 
     pub fn dead_len(&self) -> usize {
-        self.dead.len()
+        self.dead.current().map_or(0, |t| t.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.pending.current().map_or(true, |t| t.is_empty())
     }
 
     /// Appends an event under a fresh id (`make` gets the id and returns the stored
@@ -95,6 +96,7 @@ impl Queue {
     pub fn push(&self, make: impl FnOnce(u64) -> Vec<u8>) -> Result<()> {
         let id = self.store.next_id()?;
         self.pending
+            .current()?
             .insert(key(id), make(id))
             .map_err(|e| self.io(e))?;
         Ok(())
@@ -102,13 +104,18 @@ impl Queue {
 
     /// Drops the oldest pending event; whether there was one.
     pub fn drop_oldest(&self) -> Result<bool> {
-        Ok(self.pending.pop_min().map_err(|e| self.io(e))?.is_some())
+        Ok(self
+            .pending
+            .current()?
+            .pop_min()
+            .map_err(|e| self.io(e))?
+            .is_some())
     }
 
     /// The keys of the first `max` pending events: the next delivery.
     pub fn head(&self, max: usize) -> Result<Option<(u64, u64)>> {
         let mut range: Option<(u64, u64)> = None;
-        for item in self.pending.iter().keys().take(max) {
+        for item in self.pending.current()?.iter().keys().take(max) {
             let id = id_of(&item.map_err(|e| self.io(e))?);
             range = Some(range.map_or((id, id), |(first, _)| (first, id)));
         }
@@ -118,6 +125,7 @@ impl Queue {
     /// The events of a delivery still pending (overflow may have dropped some).
     pub fn events(&self, first: u64, last: u64) -> Result<Vec<sled::IVec>> {
         self.pending
+            .current()?
             .range(key(first)..=key(last))
             .values()
             .map(|v| v.map_err(|e| self.io(e)))
@@ -128,16 +136,24 @@ impl Queue {
     pub fn remove(&self, first: u64, last: u64) -> Result<usize> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
-        for k in self.pending.range(key(first)..=key(last)).keys() {
+        for k in self.pending.current()?.range(key(first)..=key(last)).keys() {
             batch.remove(k.map_err(|e| self.io(e))?);
             n += 1;
         }
-        self.pending.apply_batch(batch).map_err(|e| self.io(e))?;
+        self.pending
+            .current()?
+            .apply_batch(batch)
+            .map_err(|e| self.io(e))?;
         Ok(n)
     }
 
     pub fn inflight(&self) -> Result<Option<Inflight>> {
-        let Some(bytes) = self.meta.get(&self.inflight_key).map_err(|e| self.io(e))? else {
+        let Some(bytes) = self
+            .meta
+            .current()?
+            .get(&self.inflight_key)
+            .map_err(|e| self.io(e))?
+        else {
             return Ok(None);
         };
         // A record this build cannot read is dropped: its events are still pending and
@@ -148,6 +164,7 @@ impl Queue {
     pub fn set_inflight(&self, inflight: &Inflight) -> Result<()> {
         let bytes = serde_json::to_vec(inflight).unwrap_or_default();
         self.meta
+            .current()?
             .insert(&self.inflight_key, bytes)
             .map_err(|e| self.io(e))?;
         Ok(())
@@ -155,6 +172,7 @@ impl Queue {
 
     pub fn clear_inflight(&self) -> Result<()> {
         self.meta
+            .current()?
             .remove(&self.inflight_key)
             .map_err(|e| self.io(e))?;
         Ok(())
@@ -164,6 +182,7 @@ impl Queue {
     pub fn bury(&self, inflight: &Inflight, letter: &DeadLetter) -> Result<usize> {
         let bytes = serde_json::to_vec(letter).unwrap_or_default();
         self.dead
+            .current()?
             .insert(key(inflight.first), bytes)
             .map_err(|e| self.io(e))?;
         let n = self.remove(inflight.first, inflight.last)?;
@@ -174,7 +193,7 @@ impl Queue {
     /// Up to `limit` dead letters, oldest first.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<(u64, DeadLetter)>> {
         let mut out = Vec::new();
-        for item in self.dead.iter() {
+        for item in self.dead.current()?.iter() {
             if out.len() >= limit {
                 break;
             }
@@ -188,7 +207,12 @@ impl Queue {
 
     /// Removes one dead letter; it, if it was there.
     pub fn take_dead(&self, first: u64) -> Result<Option<DeadLetter>> {
-        let Some(bytes) = self.dead.remove(key(first)).map_err(|e| self.io(e))? else {
+        let Some(bytes) = self
+            .dead
+            .current()?
+            .remove(key(first))
+            .map_err(|e| self.io(e))?
+        else {
             return Ok(None);
         };
         Ok(serde_json::from_slice(&bytes).ok())
@@ -197,7 +221,12 @@ impl Queue {
     /// Puts a dead letter's events back at the end of `pending` (each keeps its `id`),
     /// then removes the letter. Returns how many events were queued.
     pub fn requeue(&self, first: u64) -> Result<Option<usize>> {
-        let Some(bytes) = self.dead.get(key(first)).map_err(|e| self.io(e))? else {
+        let Some(bytes) = self
+            .dead
+            .current()?
+            .get(key(first))
+            .map_err(|e| self.io(e))?
+        else {
             return Ok(None);
         };
         let letter: Option<DeadLetter> = serde_json::from_slice(&bytes).ok();
@@ -205,13 +234,17 @@ impl Queue {
         for event in &events {
             self.push(|_| event.get().as_bytes().to_vec())?;
         }
-        self.dead.remove(key(first)).map_err(|e| self.io(e))?;
+        self.dead
+            .current()?
+            .remove(key(first))
+            .map_err(|e| self.io(e))?;
         Ok(Some(events.len()))
     }
 
     /// Keys of every dead letter, oldest first.
     pub fn dead_keys(&self) -> Result<Vec<u64>> {
         self.dead
+            .current()?
             .iter()
             .keys()
             .map(|k| k.map(|k| id_of(&k)).map_err(|e| self.io(e)))

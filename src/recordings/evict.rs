@@ -37,7 +37,11 @@ impl Evictable for Recorder {
         let mut freed = Evicted::default();
         let mut batch = sled::Batch::default();
         figures.first_us = None;
-        for item in self.tree.scan_prefix(layout::messages_prefix(id)) {
+        for item in self
+            .tree
+            .current()?
+            .scan_prefix(layout::messages_prefix(id))
+        {
             let (key, value) = item.map_err(|e| self.store.io(e))?;
             let decoded = StoredMessage::decode(&value);
             if freed.bytes >= at_least.max(1) {
@@ -66,7 +70,10 @@ impl Evictable for Recorder {
             figures.bytes = 0;
         }
         batch.insert(&layout::figures_key(id), json(&figures));
-        self.tree.apply_batch(batch).map_err(|e| self.store.io(e))?;
+        self.tree
+            .current()?
+            .apply_batch(batch)
+            .map_err(|e| self.store.io(e))?;
         entry.figures = figures;
         Ok(freed)
     }

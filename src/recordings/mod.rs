@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Principal;
 
 use crate::hub::Hub;
-use crate::store::{Store, StoreError, StoredMessage};
+use crate::store::{Reopened, Store, StoreError, StoredMessage, Tree};
 use layout::{Figures, Meta};
 use switchboard_core::clock::now_ms;
 use switchboard_core::protocol::ErrorCode;
@@ -183,7 +183,7 @@ pub struct Counters {
 /// Everything about recordings and replays.
 pub struct Recorder {
     store: Store,
-    tree: sled::Tree,
+    tree: Tree,
     /// Every recording. Whoever writes the tree holds this lock, so the figures in
     /// memory, the figures stored and the messages stored change together.
     recordings: Mutex<BTreeMap<u64, Entry>>,
@@ -211,7 +211,8 @@ impl Recorder {
     ) -> Result<Arc<Recorder>, StoreError> {
         let tree = store.tree("recordings")?;
         let mut recordings = BTreeMap::new();
-        for item in tree.scan_prefix([b'r']) {
+        let current = tree.current()?;
+        for item in current.scan_prefix([b'r']) {
             let (key, value) = item.map_err(|e| store.io(e))?;
             let Some(id) = layout::id_of_meta(&key) else {
                 continue;
@@ -223,7 +224,7 @@ impl Recorder {
                     continue;
                 }
             };
-            let figures: Figures = tree
+            let figures: Figures = current
                 .get(layout::figures_key(id))
                 .map_err(|e| store.io(e))?
                 .and_then(|v| serde_json::from_slice(&v).ok())
@@ -258,7 +259,40 @@ impl Recorder {
         }
         hub.add_tap(tap);
         store.quota().register(&recorder);
+        store.on_reopen(&recorder);
         Ok(recorder)
+    }
+
+    /// After the store reopened: each recording's figures become what is stored, and
+    /// messages counted but not written before the failure count as dropped.
+    fn resync(&self) -> Result<(), StoreError> {
+        let mut recordings = lock(&self.recordings);
+        let tree = self.tree.current()?;
+        for (id, entry) in recordings.iter_mut() {
+            let stored: Option<Figures> = tree
+                .get(layout::figures_key(*id))
+                .map_err(|e| self.store.io(e))?
+                .and_then(|v| serde_json::from_slice(&v).ok());
+            let stored = match stored {
+                Some(figures) => figures,
+                None => {
+                    // Started just before the failure: nothing of it reached the disk.
+                    let mut batch = sled::Batch::default();
+                    batch.insert(&layout::meta_key(*id), json(&entry.meta));
+                    batch.insert(&layout::figures_key(*id), json(&Figures::default()));
+                    tree.apply_batch(batch).map_err(|e| self.store.io(e))?;
+                    Figures::default()
+                }
+            };
+            let lost = entry.figures.messages.saturating_sub(stored.messages);
+            if lost > 0 {
+                tracing::warn!(recording = id, lost, "recorded messages not written before the store failed are gone; counted as dropped");
+            }
+            entry.dropped.fetch_add(lost, Ordering::Relaxed);
+            entry.figures = stored;
+            entry.figures.dropped = entry.dropped.load(Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Starts the writer task.
@@ -342,6 +376,7 @@ impl Recorder {
         batch.insert(&layout::meta_key(id), json(&entry.meta));
         batch.insert(&layout::figures_key(id), json(&entry.figures));
         self.tree
+            .current()?
             .apply_batch(batch)
             .map_err(RecorderError::sled(&self.store))?;
         let view = entry.view(id, false);
@@ -367,6 +402,7 @@ impl Recorder {
             entry.meta.stopped_at = Some(now_ms());
             let meta = json(&entry.meta);
             self.tree
+                .current()?
                 .insert(layout::meta_key(id), meta)
                 .map_err(RecorderError::sled(&self.store))?;
             self.refresh_active(&recordings);
@@ -412,12 +448,18 @@ impl Recorder {
         let mut recordings = lock(&self.recordings);
         visible(&mut recordings, caller, id)?;
         let mut batch = sled::Batch::default();
-        for key in self.tree.scan_prefix(layout::messages_prefix(id)).keys() {
+        for key in self
+            .tree
+            .current()?
+            .scan_prefix(layout::messages_prefix(id))
+            .keys()
+        {
             batch.remove(key.map_err(RecorderError::sled(&self.store))?);
         }
         batch.remove(&layout::meta_key(id));
         batch.remove(&layout::figures_key(id));
         self.tree
+            .current()?
             .apply_batch(batch)
             .map_err(RecorderError::sled(&self.store))?;
         recordings.remove(&id);
@@ -437,7 +479,7 @@ impl Recorder {
         let start = layout::message_key(id, from);
         let end = layout::message_key(id, u64::MAX);
         let mut out = Vec::with_capacity(limit.min(1024));
-        for item in self.tree.range(start..=end).take(limit) {
+        for item in self.tree.current()?.range(start..=end).take(limit) {
             let (key, value) = item.map_err(|e| self.store.io(e))?;
             let n = key
                 .get(9..17)
@@ -463,6 +505,7 @@ impl Recorder {
     ) -> Result<RecordingView, RecorderError> {
         let id = self.store.next_id()?;
         let mut figures = Figures::default();
+        let tree = self.tree.current()?;
         let written = (|| -> Result<(), sled::Error> {
             for chunk in messages.chunks(tap::BURST) {
                 let mut batch = sled::Batch::default();
@@ -471,25 +514,24 @@ impl Recorder {
                     figures.count_in(m, value.len());
                     batch.insert(&layout::message_key(id, figures.next - 1), value);
                 }
-                self.tree.apply_batch(batch)?;
+                tree.apply_batch(batch)?;
             }
             // Figures and meta last: until they exist, nothing reads the messages.
             let mut batch = sled::Batch::default();
             batch.insert(&layout::figures_key(id), json(&figures));
             batch.insert(&layout::meta_key(id), json(&meta));
-            self.tree.apply_batch(batch)
+            tree.apply_batch(batch)
         })();
         if let Err(e) = written {
             let mut batch = sled::Batch::default();
-            for key in self
-                .tree
+            for key in tree
                 .scan_prefix(layout::messages_prefix(id))
                 .keys()
                 .flatten()
             {
                 batch.remove(key);
             }
-            if let Err(e) = self.tree.apply_batch(batch) {
+            if let Err(e) = tree.apply_batch(batch) {
                 tracing::error!(recording = id, error = %e, "cannot remove a failed import");
             }
             return Err(RecorderError::Store(self.store.io(e)));
@@ -562,6 +604,14 @@ fn visible<'a>(
         .get_mut(&id)
         .filter(|e| e.visible_to(caller))
         .ok_or(RecorderError::NoRecording(id))
+}
+
+impl Reopened for Recorder {
+    fn reopened(&self) {
+        if let Err(e) = self.resync() {
+            tracing::error!(error = %e, "recordings: cannot check the figures after the store reopened");
+        }
+    }
 }
 
 fn json<T: Serialize>(value: &T) -> Vec<u8> {

@@ -179,7 +179,11 @@ impl Recorder {
             }
         }
         if !before.is_empty() {
-            match self.tree.apply_batch(batch) {
+            let written = self
+                .tree
+                .current()
+                .and_then(|t| t.apply_batch(batch).map_err(|e| self.store.io(e)));
+            match written {
                 Ok(()) => {
                     self.tap
                         .counters
@@ -193,7 +197,6 @@ impl Recorder {
                 Err(e) => {
                     static FAILED: switchboard_core::quiet::Throttle =
                         switchboard_core::quiet::Throttle::per_secs(10);
-                    let e = self.store.io(e);
                     if let Some(held_back) = FAILED.admit() {
                         tracing::error!(error = %e, messages = stored, held_back, "cannot store recorded messages; dropped (dropped messages count in the recordings' figures)");
                     }

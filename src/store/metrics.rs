@@ -24,6 +24,16 @@ impl Source for Store {
             "Failed store operations (each write that failed, each failed flush or read).",
             health.errors,
         );
+        s.counter(
+            "store_recoveries",
+            "Times the store reopened itself after failing, once its disk took writes again.",
+            health.recoveries,
+        );
+        s.gauge(
+            "store_recovered_at_seconds",
+            "Unix time of the store's last recovery; 0 when it never failed.",
+            health.recovered_at.map_or(0, |ms| ms / 1000),
+        );
         s.gauge(
             "store_disk_bytes",
             "Bytes the local store takes on disk.",

@@ -2,16 +2,21 @@
 //! that must survive a restart (webhook deliveries, history, recordings).
 //!
 //! Owns opening, the on-disk format version, flushing, the layout of a stored message
-//! ([`message`]) and the cap on stored bytes ([`quota`]). Each user keeps its data in
-//! its own named trees and owns their layout. Writes reach disk within `[store] flush_interval` (sled's background flush),
+//! ([`message`]), the cap on stored bytes ([`quota`]) and reopening itself after a
+//! failed disk ([`recovery`]). Each user keeps its data in its own named trees, held as
+//! [`Tree`] handles that follow the store across a reopen ([`handle`]), and owns their
+//! layout. Writes reach disk within `[store] flush_interval` (sled's background flush),
 //! and at once on [`Store::flush`], which shutdown calls.
 
 pub mod config;
+pub mod handle;
 pub mod health;
 pub mod manifest;
 pub mod message;
 pub mod metrics;
 pub mod quota;
+pub mod recovery;
+pub mod salvage;
 pub mod writer;
 
 use std::cell::Cell;
@@ -19,10 +24,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use config::StoreConfig;
+pub use handle::Tree;
 pub use health::Health;
 use manifest::Manifest;
 pub use message::StoredMessage;
 pub use quota::{Evictable, Evicted, Quota};
+pub use recovery::Reopened;
+use recovery::Shared;
+pub use salvage::SalvageReport;
 
 /// The layout this build reads and writes. Raised when a change would confuse an older
 /// build; an older build then refuses the store instead of misreading it, and this
@@ -78,6 +87,8 @@ pub enum StoreError {
     Damaged { path: PathBuf, detail: String },
     #[error("the store at {} lost data ({detail}): {MOVE_ASIDE}", path.display())]
     Lost { path: PathBuf, detail: String },
+    #[error("the store at {} is being reopened after a failure", path.display())]
+    Reopening { path: PathBuf },
     #[error("store at {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -117,10 +128,11 @@ pub struct CheckReport {
     pub trees: Vec<(String, u64)>,
 }
 
-/// The open store. Cheap to clone (sled handles are reference counted).
+/// The open store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    /// The current database, the trees handed out, the recovery task.
+    shared: Arc<Shared>,
     path: PathBuf,
     quota: Arc<Quota>,
     /// This open's generation, recorded in the manifest at a clean stop.
@@ -153,7 +165,7 @@ impl Store {
             .path(&path)
             .flush_every_ms(Some(flush_ms));
         let opened =
-            catch_quietly(|| sled_config.open()).map_err(|detail| StoreError::Damaged {
+            catch_quietly(|| sled_config.clone().open()).map_err(|detail| StoreError::Damaged {
                 path: path.clone(),
                 detail: format!("sled failed reading it: {detail}"),
             })?;
@@ -167,12 +179,13 @@ impl Store {
                 source,
             },
         })?;
+        let health = Arc::<Health>::default();
         Ok(Store {
-            db,
+            shared: Arc::new(Shared::new(db, path.clone(), health.clone(), sled_config)),
             path,
             quota: Arc::new(Quota::new(config.max_bytes)),
             generation: 0,
-            health: Arc::default(),
+            health,
         })
     }
 
@@ -186,16 +199,16 @@ impl Store {
     /// `written`: the manifest says switchboard wrote this store before, so a missing
     /// version record means lost data, not a new store.
     fn check_version(&self, written: bool) -> Result<(), StoreError> {
-        match self.db.get(VERSION_KEY).map_err(|e| self.io(e))? {
+        match self.db()?.get(VERSION_KEY).map_err(|e| self.io(e))? {
             None if written => Err(StoreError::Lost {
                 path: self.path.clone(),
                 detail: "it has no format version record although switchboard wrote it before: the data file was probably cut short".into(),
             }),
             None => {
-                self.db
+                self.db()?
                     .insert(VERSION_KEY, &FORMAT_VERSION.to_be_bytes())
                     .map_err(|e| self.io(e))?;
-                self.db.flush().map_err(|e| self.io(e))?;
+                self.db()?.flush().map_err(|e| self.io(e))?;
                 Ok(())
             }
             Some(bytes) => {
@@ -216,7 +229,7 @@ impl Store {
     }
 
     fn stored_generation(&self) -> Result<Option<u64>, StoreError> {
-        let found = self.db.get(GENERATION_KEY).map_err(|e| self.io(e))?;
+        let found = self.db()?.get(GENERATION_KEY).map_err(|e| self.io(e))?;
         Ok(found.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok().map(u64::from_be_bytes)))
     }
 
@@ -262,10 +275,10 @@ impl Store {
             .max(self.stored_generation()?)
             .unwrap_or(0);
         let generation = last + 1;
-        self.db
+        self.db()?
             .insert(GENERATION_KEY, &generation.to_be_bytes())
             .map_err(|e| self.io(e))?;
-        self.db.flush().map_err(|e| self.io(e))?;
+        self.db()?.flush().map_err(|e| self.io(e))?;
         self.write_manifest(Manifest {
             generation,
             entries: None,
@@ -289,8 +302,8 @@ impl Store {
     fn tree_entries(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let count = || -> Result<Vec<(String, u64)>, StoreError> {
             let mut trees = Vec::new();
-            for name in self.db.tree_names() {
-                let tree = self.db.open_tree(&name).map_err(|e| self.io(e))?;
+            for name in self.db()?.tree_names() {
+                let tree = self.db()?.open_tree(&name).map_err(|e| self.io(e))?;
                 let mut n = 0u64;
                 for item in tree.iter() {
                     item.map_err(|e| self.io(e))?;
@@ -336,12 +349,12 @@ impl Store {
                 "migrating the store: {}",
                 step.what
             );
-            (step.run)(&self.db).map_err(|e| self.io(e))?;
+            (step.run)(&*self.db()?).map_err(|e| self.io(e))?;
             version += 1;
-            self.db
+            self.db()?
                 .insert(VERSION_KEY, &version.to_be_bytes())
                 .map_err(|e| self.io(e))?;
-            self.db.flush().map_err(|e| self.io(e))?;
+            self.db()?.flush().map_err(|e| self.io(e))?;
         }
         Ok(())
     }
@@ -351,7 +364,7 @@ impl Store {
     pub fn check(data_dir: &Path, config: &StoreConfig) -> Result<CheckReport, StoreError> {
         let store = Store::open_as_is(data_dir, config)?;
         let manifest = store.manifest()?;
-        let version = store.db.get(VERSION_KEY).map_err(|e| store.io(e))?;
+        let version = store.db()?.get(VERSION_KEY).map_err(|e| store.io(e))?;
         if version.is_none() && manifest.is_some() {
             // What `open` would refuse.
             store.check_version(true)?;
@@ -369,19 +382,50 @@ impl Store {
 
     /// A named tree, created if missing. Names are namespaced by their user
     /// (`webhook/<name>/pending`), so users never collide.
-    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
-        self.db.open_tree(name).map_err(|e| self.io(e))
+    pub fn tree(&self, name: &str) -> Result<Tree, StoreError> {
+        let slot = self.shared.handles.open(name).map_err(|e| self.io(e))?;
+        Ok(Tree::new(slot, self.clone()))
+    }
+
+    /// The current database; an error while the store reopens.
+    fn db(&self) -> Result<Arc<sled::Db>, StoreError> {
+        self.shared.handles.db().ok_or_else(|| self.reopening())
+    }
+
+    /// The error of an operation tried while the store reopens.
+    fn reopening(&self) -> StoreError {
+        self.health.refused();
+        StoreError::Reopening {
+            path: self.path.clone(),
+        }
+    }
+
+    /// Starts the task that reopens the store after a failure ([`recovery`]).
+    pub fn start_recovery(&self) {
+        self.shared.start();
+    }
+
+    /// Stops it, waiting for a reopen in progress. Called at shutdown before the
+    /// store's final flush.
+    pub async fn stop_recovery(&self) {
+        self.shared.stop().await;
+    }
+
+    /// Tells `user` whenever the store reopened after a failure.
+    pub fn on_reopen<T: Reopened + 'static>(&self, user: &Arc<T>) {
+        let user: Arc<dyn Reopened> = user.clone();
+        self.shared.register(Arc::downgrade(&user));
     }
 
     /// A number never handed out before by this store, even across crashes (sled
     /// persists a high-water mark and skips ahead on recovery).
     pub fn next_id(&self) -> Result<u64, StoreError> {
-        self.db.generate_id().map_err(|e| self.io(e))
+        self.db()?.generate_id().map_err(|e| self.io(e))
     }
 
     /// Writes everything to disk now.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db
+        self.db()?
             .flush_async()
             .await
             .map(|_| ())
@@ -390,7 +434,10 @@ impl Store {
 
     /// Bytes on disk, for metrics; 0 when it cannot be read.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.shared
+            .handles
+            .db()
+            .map_or(0, |db| db.size_on_disk().unwrap_or(0))
     }
 
     /// The cap on stored messages; owners of growing data register with it.
@@ -463,9 +510,7 @@ fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 pub(crate) fn reopen(dir: &Path, config: &StoreConfig) -> Result<Store, StoreError> {
     for _ in 0..250 {
         match Store::open(dir, config) {
-            Err(StoreError::Open { ref source, .. })
-                if source.to_string().contains("could not acquire lock") =>
-            {
+            Err(StoreError::Open { ref source, .. }) if recovery::is_locked(source) => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             opened => return opened,
@@ -494,6 +539,16 @@ mod tests {
         }
     }
 
+    fn read(store: &Store, tree: &str, key: &str) -> Option<sled::IVec> {
+        store
+            .tree(tree)
+            .unwrap()
+            .current()
+            .unwrap()
+            .get(key)
+            .unwrap()
+    }
+
     #[test]
     fn records_its_version_and_refuses_a_newer_one() {
         let dir = tempfile::tempdir().unwrap();
@@ -501,10 +556,11 @@ mod tests {
         let a = store.next_id().unwrap();
         assert!(store.next_id().unwrap() > a);
         store
-            .db
+            .db()
+            .unwrap()
             .insert(VERSION_KEY, &(FORMAT_VERSION + 1).to_be_bytes())
             .unwrap();
-        store.db.flush().unwrap();
+        store.db().unwrap().flush().unwrap();
         drop(store);
         let err = reopen(dir.path(), &config())
             .err()
@@ -527,21 +583,22 @@ mod tests {
         store
             .tree("webhook/a/pending")
             .unwrap()
+            .current()
+            .unwrap()
             .insert("k", "v")
             .unwrap();
-        store.db.insert(VERSION_KEY, &1u32.to_be_bytes()).unwrap();
-        store.db.flush().unwrap();
+        store
+            .db()
+            .unwrap()
+            .insert(VERSION_KEY, &1u32.to_be_bytes())
+            .unwrap();
+        store.db().unwrap().flush().unwrap();
         drop(store);
         let store = open_when_free(dir.path(), &config());
-        let version = store.db.get(VERSION_KEY).unwrap().unwrap();
+        let version = store.db().unwrap().get(VERSION_KEY).unwrap().unwrap();
         assert_eq!(version.as_ref(), FORMAT_VERSION.to_be_bytes());
         assert_eq!(
-            store
-                .tree("webhook/a/pending")
-                .unwrap()
-                .get("k")
-                .unwrap()
-                .as_deref(),
+            read(&store, "webhook/a/pending", "k").as_deref(),
             Some(&b"v"[..])
         );
         // Every version from 1 up has its step.
@@ -557,12 +614,15 @@ mod tests {
     fn reopens_a_store_of_its_own_version() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &config()).unwrap();
-        store.tree("t").unwrap().insert("k", "v").unwrap();
+        store
+            .tree("t")
+            .unwrap()
+            .current()
+            .unwrap()
+            .insert("k", "v")
+            .unwrap();
         drop(store);
         let store = open_when_free(dir.path(), &config());
-        assert_eq!(
-            store.tree("t").unwrap().get("k").unwrap().as_deref(),
-            Some(&b"v"[..])
-        );
+        assert_eq!(read(&store, "t", "k").as_deref(), Some(&b"v"[..]));
     }
 }

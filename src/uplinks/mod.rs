@@ -161,12 +161,12 @@ impl Link {
         };
         let queue = match queue {
             Some(queue) => queue,
-            None => Arc::new(Queue::open(
+            None => Queue::open(
                 store,
                 &name,
                 config.max_queue_messages.get(),
                 config.max_queue_bytes.get(),
-            )?),
+            )?,
         };
         let (origin, from) = if external {
             (Origin::Mqtt, "mqtt".to_owned())

@@ -17,7 +17,7 @@ use switchboard_bridge::upstream::{Outbox, Outgoing};
 use tokio::sync::Notify;
 
 use crate::mqtt::payload;
-use crate::store::{Store, StoreError, StoredMessage};
+use crate::store::{Reopened, Store, StoreError, StoredMessage, Tree};
 
 const RETAIN: u8 = 1;
 const QOS1: u8 = 2;
@@ -25,7 +25,7 @@ const QOS1: u8 = 2;
 pub struct Queue {
     name: String,
     store: Store,
-    tree: sled::Tree,
+    tree: Tree,
     /// Limits; a reload that changes the bridge changes them in place.
     max_messages: AtomicU64,
     max_bytes: AtomicU64,
@@ -69,16 +69,13 @@ impl Queue {
         name: &str,
         max_messages: u64,
         max_bytes: u64,
-    ) -> Result<Queue, StoreError> {
+    ) -> Result<Arc<Queue>, StoreError> {
         let tree = store.tree(&format!("bridge/{name}/queue"))?;
-        let mut bytes = 0u64;
-        for v in tree.iter().values() {
-            bytes += v.map_err(|e| store.io(e))?.len() as u64;
-        }
-        Ok(Queue {
+        let (len, bytes) = count(&tree)?;
+        let queue = Arc::new(Queue {
             name: name.to_owned(),
             store: store.clone(),
-            len: AtomicU64::new(tree.len() as u64),
+            len: AtomicU64::new(len),
             bytes: AtomicU64::new(bytes),
             tree,
             max_messages: AtomicU64::new(max_messages),
@@ -87,13 +84,16 @@ impl Queue {
             forwarded: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             wake: Arc::new(Notify::new()),
-        })
+        });
+        store.on_reopen(&queue);
+        Ok(queue)
     }
 
     /// Appends an entry, then drops the oldest while over a bound.
     pub fn push(&self, value: &[u8]) -> Result<(), StoreError> {
         let id = self.store.next_id()?;
         self.tree
+            .current()?
             .insert(key(id), value)
             .map_err(|e| self.store.io(e))?;
         self.len.fetch_add(1, Ordering::Relaxed);
@@ -101,7 +101,8 @@ impl Queue {
         while self.len.load(Ordering::Relaxed) > self.max_messages.load(Ordering::Relaxed)
             || self.bytes.load(Ordering::Relaxed) > self.max_bytes.load(Ordering::Relaxed)
         {
-            let Some((_, old)) = self.tree.pop_min().map_err(|e| self.store.io(e))? else {
+            let popped = self.tree.current()?.pop_min();
+            let Some((_, old)) = popped.map_err(|e| self.store.io(e))? else {
                 break;
             };
             self.forget(old.len());
@@ -140,6 +141,32 @@ impl Queue {
     }
 }
 
+/// Entries and their bytes in a queue's tree.
+fn count(tree: &Tree) -> Result<(u64, u64), StoreError> {
+    let tree_now = tree.current()?;
+    let mut bytes = 0u64;
+    for v in tree_now.iter().values() {
+        bytes += v.map_err(|e| tree.io(e))?.len() as u64;
+    }
+    Ok((tree_now.len() as u64, bytes))
+}
+
+/// What sled had not written when the disk failed is gone after a reopen: the figures
+/// follow what the queue holds.
+impl Reopened for Queue {
+    fn reopened(&self) {
+        match count(&self.tree) {
+            Ok((len, bytes)) => {
+                self.len.store(len, Ordering::Relaxed);
+                self.bytes.store(bytes, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(bridge = %self.name, error = %e, "cannot count the bridge queue after the store reopened")
+            }
+        }
+    }
+}
+
 impl Outbox for Queue {
     fn after(&self, after: Option<u64>, max: usize) -> Result<Vec<Outgoing>, String> {
         let start = match after {
@@ -147,7 +174,8 @@ impl Outbox for Queue {
             None => Bound::Unbounded,
         };
         let mut out = Vec::with_capacity(max.min(1024));
-        for item in self.tree.range::<[u8; 8], _>((start, Bound::Unbounded)) {
+        let tree = self.tree.current().map_err(|e| e.to_string())?;
+        for item in tree.range::<[u8; 8], _>((start, Bound::Unbounded)) {
             if out.len() >= max {
                 break;
             }
@@ -158,7 +186,7 @@ impl Outbox for Queue {
                 None => {
                     // Not readable by this build: it can never be sent, so it goes.
                     tracing::warn!(bridge = %self.name, id, "unreadable bridge queue entry dropped");
-                    if let Ok(Some(old)) = self.tree.remove(k) {
+                    if let Ok(Some(old)) = tree.remove(k) {
                         self.forget(old.len());
                         self.dropped.fetch_add(1, Ordering::Relaxed);
                     }
@@ -169,7 +197,11 @@ impl Outbox for Queue {
     }
 
     fn done(&self, id: u64, refused: bool) {
-        match self.tree.remove(key(id)) {
+        let removed = self
+            .tree
+            .current()
+            .and_then(|t| t.remove(key(id)).map_err(|e| self.store.io(e)));
+        match removed {
             Ok(Some(old)) => self.forget(old.len()),
             Ok(None) => {}
             Err(e) => {

@@ -194,6 +194,7 @@ fn apply(
                 retain,
             })?;
             reply.seq = Some(published.seq);
+            reply.stored = (!published.stored).then_some(false);
         }
         Request::Send { to, event, data } => {
             let principal = session.principal();

@@ -86,7 +86,11 @@ mod tests {
     use super::*;
 
     fn published(seq: u64) -> Result<Published, HubError> {
-        Ok(Published { seq, delivered: 1 })
+        Ok(Published {
+            seq,
+            delivered: 1,
+            stored: true,
+        })
     }
 
     #[test]
@@ -104,7 +108,8 @@ mod tests {
             (
                 Published {
                     seq: 3,
-                    delivered: 1
+                    delivered: 1,
+                    stored: true
                 },
                 false
             )

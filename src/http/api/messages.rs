@@ -61,6 +61,13 @@ struct Outcome {
     /// `seq`/`delivered` are those of the first publish.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     duplicate: bool,
+    /// False when the topic keeps a history the message could not be written to.
+    #[serde(skip_serializing_if = "is_true")]
+    stored: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Who an HTTP message is from, as subscribers see it.
@@ -113,6 +120,7 @@ fn publish_one(
         seq: published.seq,
         delivered: published.delivered,
         duplicate,
+        stored: published.stored,
     })
 }
 
