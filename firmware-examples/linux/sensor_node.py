@@ -10,7 +10,7 @@ Configuration comes from the environment (all optional except on a real deployme
   SENSOR_USER (the node id) SENSOR_PASSWORD (a password from `switchboard passwd`, or a JWT)
   SENSOR_TLS_CA (a CA file: turns TLS on)   SENSOR_PREFIX (sensors)
   SENSOR_INTERVAL_MS (5000)  SENSOR_BACKOFF_MIN_MS (500)  SENSOR_BACKOFF_MAX_MS (30000)
-  SENSOR_REFUSED_RETRY_S (300)
+  SENSOR_REFUSED_RETRY_MS (300000)
 """
 
 import glob
@@ -42,7 +42,7 @@ USER = env("USER", NODE)
 PASSWORD = env("PASSWORD", "")
 BACKOFF_MIN = int(env("BACKOFF_MIN_MS", "500")) / 1000
 BACKOFF_MAX = int(env("BACKOFF_MAX_MS", "30000")) / 1000
-REFUSED_RETRY = float(env("REFUSED_RETRY_S", "300"))
+REFUSED_RETRY = int(env("REFUSED_RETRY_MS", "300000")) / 1000
 KEEPALIVE = 30
 
 TOPIC_ENV = f"{PREFIX}/{NODE}/env"

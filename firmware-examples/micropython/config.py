@@ -11,4 +11,4 @@ PASSWORD = ""               # its password, or a JWT from `switchboard token cre
 INTERVAL_MS = 5000
 BACKOFF_MIN_MS = 500
 BACKOFF_MAX_MS = 30000
-REFUSED_RETRY_S = 300
+REFUSED_RETRY_MS = 300000

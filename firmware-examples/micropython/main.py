@@ -146,9 +146,9 @@ class Node:
             except MQTTException as e:
                 # CONNACK 4 (bad username or password) or 5 (not authorised): retrying
                 # soon cannot help, and a node hammering the broker helps nobody.
-                print("refused: %s; waiting %d s" % (e, config.REFUSED_RETRY_S))
+                print("refused: %s; waiting %d ms" % (e, config.REFUSED_RETRY_MS))
                 self.close()
-                time.sleep(config.REFUSED_RETRY_S)
+                time.sleep_ms(config.REFUSED_RETRY_MS)
                 continue
             except (OSError, IndexError, AssertionError) as e:
                 print("disconnected:", repr(e))
