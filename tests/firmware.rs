@@ -274,7 +274,7 @@ impl Settings {
 
     /// The same settings as the MicroPython example's `config.py`.
     fn micropython_config(&self) -> String {
-        let mut text = String::from("WIFI_SSID = ''\nWIFI_PASSWORD = ''\nTLS = False\nPREFIX = 'sensors'\nREFUSED_RETRY_MS = 300000\n");
+        let mut text = String::from("WIFI_SSID = ''\nWIFI_PASSWORD = ''\nTLS_CA = ''\nPREFIX = 'sensors'\nREFUSED_RETRY_MS = 300000\n");
         for (k, v) in self.env() {
             let Some(key) = k.strip_prefix("SENSOR_") else {
                 continue;
@@ -647,6 +647,68 @@ async fn arduino_sketch_with_a_jwt_needs_a_bigger_buffer() {
     status(&mut ws, "ard-jwt", "online").await;
     command(&mut ws, "ard-jwt", "ping").await;
     assert_eq!(reply(&mut ws, "ard-jwt").await, "pong");
+}
+
+/// TLS where the platform has it: the Linux node with a CA file and the sketch with the
+/// CA's PEM (as the ESP32 core's WiFiClientSecure takes it) connect to the MQTT-over-TLS
+/// listener and check its certificate; a node given another CA does not connect.
+async fn over_tls(kind: Kind) {
+    let Some(prepared) = prepare(kind) else {
+        return;
+    };
+    let ca = common::certs::Ca::new("switchboard test CA");
+    let server = ca.server();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (cert, key) = (
+        write("server.pem", &server.cert_pem),
+        write("server.key", &server.key_pem),
+    );
+    let d = Daemon::start(&format!(
+        "[tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n[mqtt]\ntls_listen = \"127.0.0.1:0\"\n"
+    ));
+    let port = d.listening("mqtts").expect("the mqtts listener").port();
+    let mut ws = Raw::subscribed(&d.ws_url(), "sensors/#").await;
+    let with_ca = |node: &str, pem: &str| {
+        let mut s = Settings::new(node, port);
+        s.extra.push(("SENSOR_HOST", "localhost".into()));
+        if kind == Kind::Arduino {
+            s.extra.push(("SENSOR_CA_PEM", pem.to_owned()));
+        } else {
+            s.extra
+                .push(("SENSOR_TLS_CA", write(&format!("{node}.pem"), pem)));
+        }
+        s
+    };
+    let node = format!("{}-tls", kind.tag());
+    let _dev = Node::start(prepared, &with_ca(&node, &ca.pem()));
+    status(&mut ws, &node, "online").await;
+    command(&mut ws, &node, "ping").await;
+    assert_eq!(reply(&mut ws, &node).await, "pong");
+
+    let stranger = common::certs::Ca::new("another CA");
+    let mut watch = Raw::subscribed(&d.ws_url(), "sensors/fooled/#").await;
+    let mut fooled = Node::start(prepared, &with_ca("fooled", &stranger.pem()));
+    fooled.said("disconnected").await;
+    let m = watch.try_recv(Duration::from_millis(300)).await;
+    assert!(
+        m.is_none(),
+        "nothing from a node that trusted another CA: {m:?}"
+    );
+}
+
+#[tokio::test]
+async fn linux_node_over_tls() {
+    over_tls(Kind::Linux).await
+}
+
+#[tokio::test]
+async fn arduino_sketch_over_tls() {
+    over_tls(Kind::Arduino).await
 }
 
 /// Home Assistant MQTT discovery needs nothing from the broker but retained messages kept

@@ -160,7 +160,7 @@ class Node:
             self.client.connect(HOST, PORT, keepalive=KEEPALIVE)
             return True
         except (OSError, ssl.SSLError) as e:
-            log(f"connect failed: {e}")
+            log(f"disconnected: could not connect: {e}")
             return False
 
     def run(self):

@@ -3,7 +3,8 @@ WIFI_SSID = "your-wifi"
 WIFI_PASSWORD = "your-wifi-password"
 HOST = "192.168.1.10"       # the switchboard box
 PORT = 1883                 # 8883 with TLS
-TLS = False                 # needs umqtt.simple >= 1.4 (micropython-lib) for a CA check
+TLS_CA = ""                 # a CA file on the board (e.g. "ca.pem"): turns TLS on; needs
+                            # umqtt.simple >= 1.4 from micropython-lib (`mip install umqtt.simple`)
 NODE = "node-1"             # client id and the <node> in every topic
 PREFIX = "sensors"
 USER = "node-1"             # a name from `switchboard passwd`, or the JWT's sub

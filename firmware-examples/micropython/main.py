@@ -53,6 +53,17 @@ def sensor():
     return None
 
 
+def tls_context():
+    """umqtt.simple >= 1.4 takes an SSLContext and checks the broker's name against it."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    with open(config.TLS_CA, "rb") as f:
+        ctx.load_verify_locations(cadata=f.read())
+    return ctx
+
+
 class Node:
     def __init__(self):
         self.interval = config.INTERVAL_MS
@@ -68,7 +79,6 @@ class Node:
         return round(21 + (random.getrandbits(8) - 128) / 256, 2)
 
     def connect(self):
-        ssl_params = {"server_hostname": config.HOST} if config.TLS else {}
         c = MQTTClient(
             config.NODE,
             config.HOST,
@@ -76,8 +86,7 @@ class Node:
             user=config.USER if config.PASSWORD else None,
             password=config.PASSWORD if config.PASSWORD else None,
             keepalive=KEEPALIVE,
-            ssl=config.TLS,
-            ssl_params=ssl_params,
+            ssl=tls_context() if config.TLS_CA else False,
         )
         c.set_callback(self.on_message)
         c.set_last_will(TOPIC_STATUS, "offline", retain=True, qos=1)

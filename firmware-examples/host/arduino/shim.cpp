@@ -122,24 +122,24 @@ bool PubSubClient::connect(const char *id, const char *user, const char *pass, c
     mosquitto_message_callback_set(mosq, cb_message);
     if (wt) mosquitto_will_set(mosq, wt, (int)strlen(wm), wm, wq, wr);
     if (user) mosquitto_username_pw_set(mosq, user, pass);
-    if (client && client->ca_pem && *client->ca_pem) {
-        // libmosquitto takes a file; the board takes the PEM text.
-        char path[] = "/tmp/pubsub-ca-XXXXXX";
-        int fd = mkstemp(path);
-        if (fd < 0) return false;
-        ssize_t n = write(fd, client->ca_pem, strlen(client->ca_pem));
-        close(fd);
-        int rc = n < 0 ? MOSQ_ERR_ERRNO : mosquitto_tls_set(mosq, path, nullptr, nullptr, nullptr, nullptr);
-        unlink(path);
-        if (rc != MOSQ_ERR_SUCCESS) {
+    // libmosquitto takes a file, read when it connects; the board takes the PEM text.
+    char ca_path[] = "/tmp/pubsub-ca-XXXXXX";
+    bool tls = client && client->ca_pem && *client->ca_pem;
+    if (tls) {
+        int fd = mkstemp(ca_path);
+        ssize_t n = fd < 0 ? -1 : write(fd, client->ca_pem, strlen(client->ca_pem));
+        if (fd >= 0) close(fd);
+        if (n < 0 || mosquitto_tls_set(mosq, ca_path, nullptr, nullptr, nullptr, nullptr) != MOSQ_ERR_SUCCESS) {
+            if (fd >= 0) unlink(ca_path);
             drop();
             current_state = MQTT_CONNECT_FAILED;
             return false;
         }
     }
-    // TLS files are read at connect time: keep the path valid until then.
     connack = -1;
-    if (mosquitto_connect(mosq, host, port, keepalive) != MOSQ_ERR_SUCCESS) {
+    int rc = mosquitto_connect(mosq, host, port, keepalive);
+    if (tls) unlink(ca_path);
+    if (rc != MOSQ_ERR_SUCCESS) {
         drop();
         current_state = MQTT_CONNECT_FAILED;
         return false;
