@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use common::creds::{user_token, Secrets, ADMIN};
-use common::{mosquitto_pub, spawn_lines, Daemon, MosquittoSub, Raw, BIN};
+use common::creds::{password_file, user_token, Secrets, ADMIN};
+use common::{mosquitto_pub, spawn_lines, Daemon, MosquittoSub, Raw};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -471,28 +471,6 @@ async fn story(kind: Kind) {
     assert_eq!(m["retained"], true, "{m}");
 }
 
-/// A password file, made with `switchboard passwd` as an operator would.
-fn passwd(dir: &Path, users: &[(&str, &str)]) -> String {
-    let path = dir.join("passwd");
-    for (i, (user, pass)) in users.iter().enumerate() {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("passwd");
-        if i == 0 {
-            cmd.arg("-c");
-        }
-        let ok = cmd
-            .arg("-b")
-            .arg(&path)
-            .args([user, pass])
-            .stdin(Stdio::null())
-            .status()
-            .expect("switchboard passwd")
-            .success();
-        assert!(ok);
-    }
-    path.display().to_string()
-}
-
 async fn connects_refused(d: &Daemon) -> u64 {
     d.healthz().await["mqtt"]["connects_refused"]
         .as_u64()
@@ -509,7 +487,7 @@ async fn refusals(kind: Kind) {
     let tag = kind.tag();
     let (own, other, third) = (format!("{tag}-1"), format!("{tag}-2"), format!("{tag}-3"));
     let dir = tempfile::tempdir().unwrap();
-    let file = passwd(dir.path(), &[(&own, "right"), (&third, "also-right")]);
+    let file = password_file(dir.path(), &[(&own, "right"), (&third, "also-right")]);
     let d = Daemon::start(&format!(
         r#"
 [mqtt]
