@@ -40,8 +40,10 @@ def sensor():
     try:
         import esp32
 
-        return lambda: esp32.mcu_temperature()
-    except (ImportError, AttributeError):
+        if hasattr(esp32, "mcu_temperature"):  # ESP32-S2/S3/C3
+            return esp32.mcu_temperature
+        return lambda: (esp32.raw_temperature() - 32) / 1.8  # classic ESP32, in °F
+    except ImportError:
         pass
     try:
         import machine
