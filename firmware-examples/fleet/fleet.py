@@ -100,6 +100,9 @@ class Stats:
         self.connects = 0
         self.refused = 0
         self.disconnects = 0
+        # Latency counts only readings sent once every node is connected (wall clock, ms):
+        # the ramp's connection storm is not the steady state being measured.
+        self.steady_from = float("inf")
 
 
 class Node:
@@ -242,10 +245,12 @@ async def measure(args, stats, ready, until):
         _, payload, _ = parse_publish(first, body)
         arrived = time.time() * 1000
         try:
-            stats.latencies.append(arrived - json.loads(payload)["ts"])
+            sent_at = json.loads(payload)["ts"]
         except (ValueError, KeyError):
             continue
         stats.received += 1
+        if sent_at >= stats.steady_from:
+            stats.latencies.append(arrived - sent_at)
 
 
 def percentile(values, p):
@@ -272,6 +277,10 @@ async def main(args):
         tasks.append(asyncio.ensure_future(node.run(until)))
         if (i + 1) % args.ramp == 0:
             await asyncio.sleep(1)  # --ramp connections a second, not a SYN flood
+    ramp_deadline = loop.time() + 10
+    while stats.connects < args.nodes and loop.time() < ramp_deadline:
+        await asyncio.sleep(0.05)
+    stats.steady_from = time.time() * 1000 + 1000
     await asyncio.gather(*tasks)
     await asyncio.gather(*(n.goodbye() for n in nodes))
     if measurer:

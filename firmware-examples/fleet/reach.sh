@@ -6,7 +6,7 @@
 #   firmware-examples/fleet/reach.sh target/release/switchboard "1000x1 1000x2 1000x5 2000x5"
 #
 # A point NxR runs N nodes at R readings/s for DURATION seconds (default 10), split over
-# ceil(N/1000) fleet.py processes (one Python process tops out near 5,000 readings/s here),
+# ceil(N×R/4000) fleet.py processes (one Python process tops out near 5,000 readings/s here),
 # each with its own topic prefix and its own measuring subscriber.
 set -euo pipefail
 bin=${1:?usage: reach.sh SWITCHBOARD_BINARY "NxR ..."}
@@ -23,7 +23,7 @@ start_broker() {
     case $1 in
     switchboard)
         : >"$scratch/sb.toml"
-        SWITCHBOARD_DATA_DIR=$scratch/data SWITCHBOARD_HTTP_LISTEN=127.0.0.1:0 \
+        SWITCHBOARD_DATA_DIR=$scratch/data.$port SWITCHBOARD_HTTP_LISTEN=127.0.0.1:0 \
             SWITCHBOARD_MQTT_LISTEN=127.0.0.1:$port SWITCHBOARD_MQTT_WS_LISTEN= \
             SWITCHBOARD_LOG_LEVEL=warn pin 0 "$bin" serve --config "$scratch/sb.toml" >/dev/null 2>"$scratch/switchboard.log" &
         ;;
@@ -33,8 +33,9 @@ start_broker() {
         ;;
     esac
     broker=$!
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return; sleep 0.1; done
-    echo "$1 did not start" >&2
+    for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return; sleep 0.1; done
+    echo "$1 did not start:" >&2
+    cat "$scratch"/*.log >&2
     exit 1
 }
 
@@ -46,7 +47,7 @@ for broker_name in switchboard mosquitto; do
     for point in $points; do
         nodes=${point%x*} rate=${point#*x}
         start_broker "$broker_name"
-        procs=$(((nodes + 999) / 1000))
+        procs=$(((nodes * rate + 3999) / 4000))
         fleet=()
         for p in $(seq "$procs"); do
             n=$((nodes / procs))
