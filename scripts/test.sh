@@ -75,8 +75,9 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 python3 scripts/layers.py
 
 # Everything the firmware examples need is installed above: a test that would skip one
-# for a missing tool fails instead.
-SWITCHBOARD_FIRMWARE_TOOLS=required cargo test --workspace
+# for a missing tool fails instead (not a SWITCHBOARD_ variable: the daemon refuses
+# unknown ones, and the tests' daemons inherit the environment).
+FIRMWARE_EXAMPLE_TOOLS=required cargo test --workspace
 
 # The .deb on a real systemd: built, linted, installed, reloaded, upgraded and purged
 # inside a Debian bookworm booted with systemd-nspawn (docs/packaging.md).

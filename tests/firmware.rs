@@ -64,7 +64,7 @@ fn scratch() -> PathBuf {
 /// Says what is missing; under `scripts/test.sh`, which installs everything, fails instead.
 fn skip(what: &str) {
     assert!(
-        std::env::var("SWITCHBOARD_FIRMWARE_TOOLS").as_deref() != Ok("required"),
+        std::env::var("FIRMWARE_EXAMPLE_TOOLS").as_deref() != Ok("required"),
         "{what}, and scripts/test.sh should have installed it"
     );
     println!("SKIPPED {what} (scripts/test.sh installs it)");
