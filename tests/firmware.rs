@@ -326,11 +326,18 @@ impl Node {
             }
         };
         cmd.envs(s.env());
+        let mut node = Node::run(cmd);
+        node._dir = dir;
+        node
+    }
+
+    /// Any device program (the fleet simulator too), killed when dropped.
+    fn run(cmd: Command) -> Node {
         let (child, lines) = spawn_lines(cmd);
         Node {
             child,
             lines,
-            _dir: dir,
+            _dir: None,
         }
     }
 
@@ -832,7 +839,9 @@ async fn fleet_of_a_thousand_nodes_loses_no_reading() {
         "--id-prefix",
         "fleet-",
     ]);
-    let (mut child, mut out) = spawn_lines(cmd);
+    // Killed if the test fails half-way; the summary line is read by a task of its own.
+    let mut fleet = Node::run(cmd);
+    let mut out = std::mem::replace(&mut fleet.lines, tokio::sync::mpsc::unbounded_channel().1);
     let summary = tokio::spawn(async move {
         let line = tokio::time::timeout(Duration::from_secs(60), out.recv())
             .await
@@ -858,7 +867,7 @@ async fn fleet_of_a_thousand_nodes_loses_no_reading() {
             None => {}
         }
     };
-    let _ = child.wait();
+    let _ = fleet.child.wait();
     let sent = summary["sent"].as_u64().expect("sent");
     assert_eq!(summary["connects"], 1000, "{summary}");
     assert!(sent >= 15_000, "about 20,000 readings: {summary}");
@@ -868,4 +877,42 @@ async fn fleet_of_a_thousand_nodes_loses_no_reading() {
         let want: Vec<u64> = (1..=ns.len() as u64).collect();
         assert_eq!(ns, &want, "{topic}: every reading once, in order");
     }
+}
+
+/// The simulator's random disconnects are abrupt, as a node losing power: the broker
+/// publishes the node's `offline` will, and the node comes back `online` by itself.
+#[tokio::test]
+async fn fleet_nodes_that_drop_leave_their_will_and_return() {
+    if !have("python3") {
+        skip("fleet simulator: no python3");
+        return;
+    }
+    let d = Daemon::start("");
+    let port = d.mqtt.expect("MQTT listener").port();
+    let mut ws = Raw::subscribed(&d.ws_url(), "sensors/+/status").await;
+    let mut cmd = Command::new("python3");
+    cmd.arg(examples().join("fleet/fleet.py")).args([
+        "--port",
+        &port.to_string(),
+        "--nodes",
+        "5",
+        "--rate",
+        "20",
+        "--disconnects",
+        "60",
+        "--duration",
+        "8",
+        "--id-prefix",
+        "drop-",
+    ]);
+    let _fleet = Node::run(cmd);
+    // Within the first seconds of eight: the broker's doing (the will), not a clean stop.
+    let offline = msg_where(&mut ws, "an offline will", |m| m["data"] == "offline").await;
+    let topic = offline["topic"].as_str().unwrap().to_owned();
+    let node = topic.split('/').nth(1).unwrap();
+    assert_eq!(offline["from"], format!("mqtt:{node}"));
+    msg_where(&mut ws, "the node back online", |m| {
+        m["topic"] == topic.as_str() && m["data"] == "online"
+    })
+    .await;
 }
