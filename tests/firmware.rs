@@ -104,7 +104,6 @@ fn prepare(kind: Kind) -> Option<&'static Prepared> {
 }
 
 fn build(kind: Kind) -> Result<Prepared, String> {
-    let ex = examples();
     let libmosquitto = || {
         Path::new("/usr/include/mosquitto.h")
             .exists()
@@ -142,36 +141,75 @@ fn build(kind: Kind) -> Result<Prepared, String> {
             }
             libmosquitto()?;
             let out = scratch().join(out);
-            let mut cmd = Command::new(cc);
-            if kind == Kind::Arduino {
-                // The unchanged sketch, the board's settings from the environment.
-                cmd.args(["-std=c++17", "-Wall", "-Wextra", "-Werror"])
-                    .arg("-I")
-                    .arg(ex.join("host/arduino"))
-                    .arg("-include")
-                    .arg(ex.join("host/arduino/host_config.h"))
-                    .args(["-x", "c++"])
-                    .arg(ex.join("arduino/sensor_node/sensor_node.ino"))
-                    .args(["-x", "none"])
-                    .arg(ex.join("host/arduino/shim.cpp"));
-            } else {
-                cmd.args(["-std=gnu11", "-Wall", "-Wextra", "-Werror"])
-                    .arg("-I")
-                    .arg(ex.join("host/esp-idf"))
-                    .arg(ex.join("esp-idf/main/sensor_node.c"))
-                    .arg(ex.join("host/esp-idf/shim.c"))
-                    .arg("-lpthread");
-            }
-            let status = cmd
-                .arg("-lmosquitto")
-                .arg("-o")
-                .arg(&out)
-                .status()
-                .expect("run the compiler");
-            assert!(status.success(), "{kind:?} example does not compile");
+            compile(kind, &out, &[]);
             Ok(Prepared::Binary(out))
         }
     }
+}
+
+/// Compiles the unchanged sketch or ESP-IDF source against its host shim into `out`;
+/// `extra` goes to the compiler too (an embedded certificate, a menuconfig choice).
+fn compile(kind: Kind, out: &Path, extra: &[&std::ffi::OsStr]) {
+    let ex = examples();
+    let mut cmd;
+    if kind == Kind::Arduino {
+        // The board's settings come from the environment (host_config.h).
+        cmd = Command::new("g++");
+        cmd.args(["-std=c++17", "-Wall", "-Wextra", "-Werror"])
+            .arg("-I")
+            .arg(ex.join("host/arduino"))
+            .arg("-include")
+            .arg(ex.join("host/arduino/host_config.h"))
+            .args(["-x", "c++"])
+            .arg(ex.join("arduino/sensor_node/sensor_node.ino"))
+            .args(["-x", "none"])
+            .arg(ex.join("host/arduino/shim.cpp"));
+    } else {
+        cmd = Command::new("gcc");
+        cmd.args(["-std=gnu11", "-Wall", "-Wextra", "-Werror"])
+            .arg("-I")
+            .arg(ex.join("host/esp-idf"))
+            .arg(ex.join("esp-idf/main/sensor_node.c"))
+            .arg(ex.join("host/esp-idf/shim.c"))
+            .arg("-lpthread");
+    }
+    let status = cmd
+        .args(extra)
+        .arg("-lmosquitto")
+        .arg("-o")
+        .arg(out)
+        .status()
+        .expect("run the compiler");
+    assert!(status.success(), "{kind:?} example does not compile");
+}
+
+/// The ESP-IDF node with `pem` as `main/ca.pem` and TLS chosen in menuconfig: embedded the
+/// way ESP-IDF's EMBED_TXTFILES does it (`ld -b binary`, NUL-terminated), so the source's
+/// `_binary_ca_pem_start` is the certificate.
+fn esp_idf_with_ca(dir: &Path, name: &str, pem: &str) -> PathBuf {
+    let build = dir.join(name);
+    std::fs::create_dir_all(&build).unwrap();
+    std::fs::write(build.join("ca.pem"), format!("{pem}\0")).unwrap();
+    let ok = Command::new("ld")
+        .args(["-r", "-b", "binary", "-o", "ca.o", "ca.pem"])
+        .current_dir(&build)
+        .status()
+        .expect("run ld")
+        .success();
+    assert!(ok, "ld -b binary ca.pem");
+    let out = build.join("node");
+    let object = build.join("ca.o");
+    compile(
+        Kind::EspIdf,
+        &out,
+        &[
+            "-DCONFIG_SENSOR_TLS=1".as_ref(),
+            object.as_os_str(),
+            // ld -b binary writes no stack note; the certificate is data, not code.
+            "-Wl,-z,noexecstack".as_ref(),
+        ],
+    );
+    out
 }
 
 /// umqtt.simple fetched from PyPI (never kept in the repository) and checked against the
@@ -634,9 +672,10 @@ async fn arduino_sketch_with_a_jwt_needs_a_bigger_buffer() {
     assert_eq!(reply(&mut ws, "ard-jwt").await, "pong");
 }
 
-/// TLS where the platform has it: the Linux node with a CA file and the sketch with the
-/// CA's PEM (as the ESP32 core's WiFiClientSecure takes it) connect to the MQTT-over-TLS
-/// listener and check its certificate; a node given another CA does not connect.
+/// TLS where the platform has it: the Linux node with a CA file, the sketch with the CA's
+/// PEM (as the ESP32 core's WiFiClientSecure takes it) and the ESP-IDF node with the CA
+/// embedded in its image connect to the MQTT-over-TLS listener and check its certificate;
+/// a node given another CA does not connect.
 async fn over_tls(kind: Kind) {
     let Some(prepared) = prepare(kind) else {
         return;
@@ -658,26 +697,36 @@ async fn over_tls(kind: Kind) {
     ));
     let port = d.listening("mqtts").expect("the mqtts listener").port();
     let mut ws = Raw::subscribed(&d.ws_url(), "sensors/#").await;
-    let with_ca = |node: &str, pem: &str| {
+    let start = |node: &str, pem: &str| {
         let mut s = Settings::new(node, port);
         s.extra.push(("SENSOR_HOST", "localhost".into()));
-        if kind == Kind::Arduino {
-            s.extra.push(("SENSOR_CA_PEM", pem.to_owned()));
-        } else {
-            s.extra
-                .push(("SENSOR_TLS_CA", write(&format!("{node}.pem"), pem)));
+        s.extra
+            .push(("SENSOR_URI", format!("mqtts://localhost:{port}")));
+        match kind {
+            Kind::Arduino => {
+                s.extra.push(("SENSOR_CA_PEM", pem.to_owned()));
+                Node::start(prepared, &s)
+            }
+            Kind::EspIdf => {
+                let bin = esp_idf_with_ca(dir.path(), node, pem);
+                Node::start(&Prepared::Binary(bin), &s)
+            }
+            _ => {
+                s.extra
+                    .push(("SENSOR_TLS_CA", write(&format!("{node}.pem"), pem)));
+                Node::start(prepared, &s)
+            }
         }
-        s
     };
     let node = format!("{}-tls", kind.tag());
-    let _dev = Node::start(prepared, &with_ca(&node, &ca.pem()));
+    let _dev = start(&node, &ca.pem());
     status(&mut ws, &node, "online").await;
     command(&mut ws, &node, "ping").await;
     assert_eq!(reply(&mut ws, &node).await, "pong");
 
     let stranger = common::certs::Ca::new("another CA");
     let mut watch = Raw::subscribed(&d.ws_url(), "sensors/fooled/#").await;
-    let mut fooled = Node::start(prepared, &with_ca("fooled", &stranger.pem()));
+    let mut fooled = start("fooled", &stranger.pem());
     fooled.said("disconnected").await;
     let m = watch.try_recv(Duration::from_millis(300)).await;
     assert!(
@@ -694,6 +743,11 @@ async fn linux_node_over_tls() {
 #[tokio::test]
 async fn arduino_sketch_over_tls() {
     over_tls(Kind::Arduino).await
+}
+
+#[tokio::test]
+async fn esp_idf_node_over_tls() {
+    over_tls(Kind::EspIdf).await
 }
 
 /// Home Assistant MQTT discovery needs nothing from the broker but retained messages kept

@@ -1,7 +1,7 @@
 // The host side of the Arduino shim: time, randomness, the sketch's main loop, and
 // PubSubClient over libmosquitto (one non-threaded client driven by loop()).
 #include <mosquitto.h>
-#include <signal.h>
+#include <sys/mman.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -123,14 +123,15 @@ bool PubSubClient::connect(const char *id, const char *user, const char *pass, c
     if (wt) mosquitto_will_set(mosq, wt, (int)strlen(wm), wm, wq, wr);
     if (user) mosquitto_username_pw_set(mosq, user, pass);
     // libmosquitto takes a file, read when it connects; the board takes the PEM text.
-    char ca_path[] = "/tmp/pubsub-ca-XXXXXX";
-    bool tls = client && client->ca_pem && *client->ca_pem;
-    if (tls) {
-        int fd = mkstemp(ca_path);
-        ssize_t n = fd < 0 ? -1 : write(fd, client->ca_pem, strlen(client->ca_pem));
-        if (fd >= 0) close(fd);
-        if (n < 0 || mosquitto_tls_set(mosq, ca_path, nullptr, nullptr, nullptr, nullptr) != MOSQ_ERR_SUCCESS) {
-            if (fd >= 0) unlink(ca_path);
+    // A memfd is a file that leaves nothing behind.
+    int ca_fd = -1;
+    if (client && client->ca_pem && *client->ca_pem) {
+        char ca_path[64];
+        ca_fd = memfd_create("pubsub-ca", 0);
+        bool written = ca_fd >= 0 && write(ca_fd, client->ca_pem, strlen(client->ca_pem)) >= 0;
+        snprintf(ca_path, sizeof ca_path, "/proc/self/fd/%d", ca_fd);
+        if (!written || mosquitto_tls_set(mosq, ca_path, nullptr, nullptr, nullptr, nullptr) != MOSQ_ERR_SUCCESS) {
+            if (ca_fd >= 0) close(ca_fd);
             drop();
             current_state = MQTT_CONNECT_FAILED;
             return false;
@@ -138,7 +139,7 @@ bool PubSubClient::connect(const char *id, const char *user, const char *pass, c
     }
     connack = -1;
     int rc = mosquitto_connect(mosq, host, port, keepalive);
-    if (tls) unlink(ca_path);
+    if (ca_fd >= 0) close(ca_fd);
     if (rc != MOSQ_ERR_SUCCESS) {
         drop();
         current_state = MQTT_CONNECT_FAILED;

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
@@ -164,13 +165,17 @@ static void *mqtt_task(void *arg) {
     return NULL;
 }
 
-static char *pem_to_file(const char *pem) {
-    static char path[] = "/tmp/esp-mqtt-ca-XXXXXX";
-    int fd = mkstemp(path);
-    if (fd < 0) return NULL;
-    ssize_t n = write(fd, pem, strlen(pem));
-    close(fd);
-    return n < 0 ? NULL : path;
+/* libmosquitto reads the CA from a file when it connects; the board has the PEM in
+ * memory. A memfd, open for the client's life, is a file that leaves nothing behind. */
+static bool pem_to_file(const char *pem, char *path, size_t size) {
+    int fd = memfd_create("esp-mqtt-ca", 0);
+    if (fd < 0) return false;
+    if (write(fd, pem, strlen(pem)) < 0) {
+        close(fd);
+        return false;
+    }
+    snprintf(path, size, "/proc/self/fd/%d", fd);
+    return true;
 }
 
 esp_mqtt_client_handle_t esp_mqtt_client_init(const esp_mqtt_client_config_t *cfg) {
@@ -210,8 +215,10 @@ esp_mqtt_client_handle_t esp_mqtt_client_init(const esp_mqtt_client_config_t *cf
     if (cfg->credentials.username)
         mosquitto_username_pw_set(c->mosq, cfg->credentials.username, cfg->credentials.authentication.password);
     if (tls && cfg->broker.verification.certificate) {
-        char *ca = pem_to_file(cfg->broker.verification.certificate);
-        if (!ca || mosquitto_tls_set(c->mosq, ca, NULL, NULL, NULL, NULL) != MOSQ_ERR_SUCCESS) return NULL;
+        char ca[64];
+        if (!pem_to_file(cfg->broker.verification.certificate, ca, sizeof ca) ||
+            mosquitto_tls_set(c->mosq, ca, NULL, NULL, NULL, NULL) != MOSQ_ERR_SUCCESS)
+            return NULL;
     }
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->wake, NULL);
