@@ -869,6 +869,15 @@ async fn arrives(mqtt: &mut MosquittoSub, ws: &mut Raw, topic: &str, bytes: &[u8
     assert_eq!(m["data"], json!({"$base64": STANDARD.encode(bytes)}), "{m}");
 }
 
+/// `fleet.py` against the daemon's MQTT port; killed if the test fails half-way.
+fn simulator(port: u16, args: &[&str]) -> Node {
+    let mut cmd = Command::new("python3");
+    cmd.arg(examples().join("fleet/fleet.py"))
+        .args(["--port", &port.to_string()])
+        .args(args);
+    Node::run(cmd)
+}
+
 /// The fleet simulator: 1,000 nodes for 20 seconds at one reading a second each, and
 /// every reading it sent reaches a WebSocket subscriber, once.
 #[tokio::test]
@@ -880,21 +889,20 @@ async fn fleet_of_a_thousand_nodes_loses_no_reading() {
     let d = Daemon::start("");
     let port = d.mqtt.expect("MQTT listener").port();
     let mut ws = Raw::subscribed(&d.ws_url(), "sensors/+/env").await;
-    let mut cmd = Command::new("python3");
-    cmd.arg(examples().join("fleet/fleet.py")).args([
-        "--port",
-        &port.to_string(),
-        "--nodes",
-        "1000",
-        "--rate",
-        "1",
-        "--duration",
-        "20",
-        "--id-prefix",
-        "fleet-",
-    ]);
-    // Killed if the test fails half-way; the summary line is read by a task of its own.
-    let mut fleet = Node::run(cmd);
+    let mut fleet = simulator(
+        port,
+        &[
+            "--nodes",
+            "1000",
+            "--rate",
+            "1",
+            "--duration",
+            "20",
+            "--id-prefix",
+            "fleet-",
+        ],
+    );
+    // The summary line is read by a task of its own.
     let mut out = std::mem::replace(&mut fleet.lines, tokio::sync::mpsc::unbounded_channel().1);
     let summary = tokio::spawn(async move {
         let line = tokio::time::timeout(Duration::from_secs(60), out.recv())
@@ -944,22 +952,21 @@ async fn fleet_nodes_that_drop_leave_their_will_and_return() {
     let d = Daemon::start("");
     let port = d.mqtt.expect("MQTT listener").port();
     let mut ws = Raw::subscribed(&d.ws_url(), "sensors/+/status").await;
-    let mut cmd = Command::new("python3");
-    cmd.arg(examples().join("fleet/fleet.py")).args([
-        "--port",
-        &port.to_string(),
-        "--nodes",
-        "5",
-        "--rate",
-        "20",
-        "--disconnects",
-        "60",
-        "--duration",
-        "8",
-        "--id-prefix",
-        "drop-",
-    ]);
-    let _fleet = Node::run(cmd);
+    let _fleet = simulator(
+        port,
+        &[
+            "--nodes",
+            "5",
+            "--rate",
+            "20",
+            "--disconnects",
+            "60",
+            "--duration",
+            "8",
+            "--id-prefix",
+            "drop-",
+        ],
+    );
     // Within the first seconds of eight: the broker's doing (the will), not a clean stop.
     let offline = msg_where(&mut ws, "an offline will", |m| m["data"] == "offline").await;
     let topic = offline["topic"].as_str().unwrap().to_owned();
