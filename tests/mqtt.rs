@@ -7,10 +7,11 @@ mod common;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command};
 use std::time::Duration;
 
-use common::{mosquitto_pub, spawn_lines, unhex, Daemon, MosquittoSub, Raw, BIN};
+use common::creds::password_file;
+use common::{mosquitto_pub, spawn_lines, unhex, Daemon, MosquittoSub, Raw};
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -637,26 +638,6 @@ async fn device_status_and_last_will() {
 // ---------------------------------------------------------------------------------------
 // 7. Credentials
 // ---------------------------------------------------------------------------------------
-
-fn password_file(dir: &std::path::Path, users: &[(&str, &str)]) -> String {
-    let path = dir.join("passwd");
-    for (i, (user, pass)) in users.iter().enumerate() {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("passwd");
-        if i == 0 {
-            cmd.arg("-c");
-        }
-        let status = cmd
-            .arg("-b")
-            .arg(&path)
-            .args([user, pass])
-            .stdin(Stdio::null())
-            .status()
-            .expect("switchboard passwd");
-        assert!(status.success());
-    }
-    path.to_str().unwrap().to_owned()
-}
 
 #[tokio::test]
 async fn password_file_decides_who_connects() {

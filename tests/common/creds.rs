@@ -87,3 +87,24 @@ secret_file = "{secret}"
         )
     }
 }
+
+/// A password file made with `switchboard passwd`, as an operator makes one; its path.
+pub fn password_file(dir: &std::path::Path, users: &[(&str, &str)]) -> String {
+    let path = dir.join("passwd");
+    for (i, (user, pass)) in users.iter().enumerate() {
+        let mut cmd = std::process::Command::new(super::BIN);
+        cmd.arg("passwd");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let status = cmd
+            .arg("-b")
+            .arg(&path)
+            .args([user, pass])
+            .stdin(std::process::Stdio::null())
+            .status()
+            .expect("switchboard passwd");
+        assert!(status.success());
+    }
+    path.to_str().unwrap().to_owned()
+}
