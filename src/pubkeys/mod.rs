@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use switchboard_e2e::jwk::fingerprint;
 use switchboard_e2e::{JwkError, PublicJwk};
 
+use crate::store::handle::Tree;
 use crate::store::{Store, StoreError};
 
 /// Keys one user may hold at once: a handful of devices and a rotation in progress.
@@ -70,8 +71,8 @@ pub enum EpochError {
 
 pub struct KeyRegistry {
     store: Store,
-    tree: sled::Tree,
-    rooms: sled::Tree,
+    tree: Tree,
+    rooms: Tree,
     /// Serialises changes, so the per-user cap holds under concurrent registrations.
     changing: Mutex<()>,
 }
@@ -111,17 +112,18 @@ impl KeyRegistry {
         };
         let value = serde_json::to_vec(&record).unwrap_or_default();
         self.tree
+            .current()?
             .insert(key(user, &record.jwk.kid), value)
             .map_err(|e| self.store.io(e))?;
         // A key someone is about to seal to must survive a crash.
-        self.tree.flush().map_err(|e| self.store.io(e))?;
+        self.tree.current()?.flush().map_err(|e| self.store.io(e))?;
         Ok((record, true))
     }
 
     /// A user's keys, oldest first.
     pub fn list(&self, user: &str) -> Result<Vec<KeyRecord>, StoreError> {
         let mut keys = Vec::new();
-        for item in self.tree.scan_prefix(prefix(user)) {
+        for item in self.tree.current()?.scan_prefix(prefix(user)) {
             let (_, value) = item.map_err(|e| self.store.io(e))?;
             keys.push(self.decode::<KeyRecord>(&value)?);
         }
@@ -132,6 +134,7 @@ impl KeyRegistry {
     pub fn get(&self, user: &str, kid: &str) -> Result<Option<KeyRecord>, StoreError> {
         match self
             .tree
+            .current()?
             .get(key(user, kid))
             .map_err(|e| self.store.io(e))?
         {
@@ -145,11 +148,12 @@ impl KeyRegistry {
         let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         let removed = self
             .tree
+            .current()?
             .remove(key(user, kid))
             .map_err(|e| self.store.io(e))?
             .is_some();
         if removed {
-            self.tree.flush().map_err(|e| self.store.io(e))?;
+            self.tree.current()?.flush().map_err(|e| self.store.io(e))?;
         }
         Ok(removed)
     }
@@ -157,7 +161,7 @@ impl KeyRegistry {
     /// Every user with keys and how many.
     pub fn users(&self) -> Result<Vec<(String, usize)>, StoreError> {
         let mut users: Vec<(String, usize)> = Vec::new();
-        for item in self.tree.iter() {
+        for item in self.tree.current()?.iter() {
             let (k, _) = item.map_err(|e| self.store.io(e))?;
             let Some(user) = user_of(&k) else { continue };
             match users.last_mut() {
@@ -169,7 +173,12 @@ impl KeyRegistry {
     }
 
     pub fn room(&self, room: &str) -> Result<Option<RoomEpoch>, StoreError> {
-        match self.rooms.get(room).map_err(|e| self.store.io(e))? {
+        match self
+            .rooms
+            .current()?
+            .get(room)
+            .map_err(|e| self.store.io(e))?
+        {
             Some(value) => Ok(Some(self.decode(&value)?)),
             None => Ok(None),
         }
@@ -201,9 +210,13 @@ impl KeyRegistry {
         };
         let value = serde_json::to_vec(&record).unwrap_or_default();
         self.rooms
+            .current()?
             .insert(room, value)
             .map_err(|e| self.store.io(e))?;
-        self.rooms.flush().map_err(|e| self.store.io(e))?;
+        self.rooms
+            .current()?
+            .flush()
+            .map_err(|e| self.store.io(e))?;
         Ok(record)
     }
 
