@@ -7,9 +7,8 @@
 //   node bench/e2e.mjs [milliseconds per case, default 400]
 
 import { readFileSync } from "node:fs";
-import http from "node:http";
-import { chromium } from "playwright-core";
 import * as e2e from "../src/e2e.js";
+import { launchChromium, startSite } from "../test/chromium.mjs";
 
 const BUDGET = Number(process.argv[2] ?? 400);
 
@@ -59,18 +58,14 @@ print(`Node ${process.version}`, await measure(e2e, BUDGET));
 
 // A page on 127.0.0.1 (a secure context, so crypto.subtle exists) with the served build.
 const bundle = readFileSync(new URL("../dist/switchboard-e2e.js", import.meta.url), "utf8");
-const site = http.createServer((req, res) => {
+const site = await startSite((req, res) => {
   res.writeHead(200, { "content-type": req.url === "/e2e.js" ? "text/javascript" : "text/html" });
   res.end(req.url === "/e2e.js" ? bundle : '<!doctype html><script src="/e2e.js"></script>');
 });
-await new Promise((resolve) => site.listen(0, "127.0.0.1", resolve));
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-});
+const browser = await launchChromium();
 try {
   const page = await browser.newPage();
-  await page.goto(`http://127.0.0.1:${site.address().port}/`);
+  await page.goto(site.url);
   const version = browser.version();
   const rows = await page.evaluate(
     ([source, budget]) => (0, eval)(`(${source})`)(window.SwitchboardE2E, budget),

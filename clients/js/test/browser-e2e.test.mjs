@@ -3,12 +3,9 @@
 // room flow on WebCrypto, their private keys non-extractable in IndexedDB.
 
 import assert from "node:assert/strict";
-import http from "node:http";
 import { after, before, test } from "node:test";
-import { chromium } from "playwright-core";
-import { jwt, now, startDaemon } from "./daemon.mjs";
-
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+import { launchChromium, startSiteAndDaemon } from "./chromium.mjs";
+import { jwt, now } from "./daemon.mjs";
 
 let daemon;
 let site;
@@ -17,7 +14,7 @@ let browser;
 
 before(async () => {
   // A page that loads both modules from the daemon and exposes them to the test.
-  site = http.createServer((req, res) => {
+  ({ site, daemon } = await startSiteAndDaemon((req, res) => {
     res.writeHead(req.url === "/e2e.html" ? 200 : 404, { "content-type": "text/html" });
     res.end(
       req.url !== "/e2e.html"
@@ -29,14 +26,9 @@ before(async () => {
   Object.assign(window, { Client, E2E, loaded: true });
 </script>`,
     );
-  });
-  await new Promise((resolve) => site.listen(0, "127.0.0.1", resolve));
-  siteUrl = `http://127.0.0.1:${site.address().port}`;
-  daemon = await startDaemon({ env: { SWITCHBOARD_AUTH_ALLOWED_ORIGINS: siteUrl } });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--disable-background-networking"],
-  });
+  }));
+  siteUrl = site.url;
+  browser = await launchChromium();
 });
 
 after(async () => {
