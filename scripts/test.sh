@@ -89,9 +89,9 @@ if [ -f loadgen/peers/package-lock.json ] && [ ! -d loadgen/peers/node_modules ]
     npm ci --no-audit --no-fund --prefix loadgen/peers
 fi
 
-# The JavaScript SDK's dev tools (esbuild, TypeScript, ws, playwright-core), pinned by
-# clients/js/package-lock.json.
-if [ ! -d clients/js/node_modules ]; then
+# The JavaScript SDK's dev tools (esbuild, TypeScript, ws, playwright-core, jose), pinned by
+# clients/js/package-lock.json; installed again when the lock file is newer.
+if [ ! -d clients/js/node_modules ] || [ clients/js/package-lock.json -nt clients/js/node_modules/.package-lock.json ]; then
     npm ci --no-audit --no-fund --prefix clients/js
 fi
 
@@ -108,7 +108,7 @@ python3 scripts/layers.py
 FIRMWARE_EXAMPLE_TOOLS=required cargo test --workspace
 
 # The JavaScript SDK against the daemon just built: node --test and headless Chromium
-# (clients/js/test; docs/sdk-js.md).
+# (clients/js/test; docs/sdk-js.md), its end-to-end encryption and npm `jose` interop too.
 cargo build --bin switchboard
 SWITCHBOARD_BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/switchboard" npm test --prefix clients/js
 

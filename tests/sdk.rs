@@ -12,7 +12,12 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 
-const DIST: [&str; 2] = ["switchboard.js", "switchboard.mjs"];
+const DIST: [&str; 4] = [
+    "switchboard.js",
+    "switchboard.mjs",
+    "switchboard-e2e.js",
+    "switchboard-e2e.mjs",
+];
 
 fn js_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/clients/js"))
@@ -94,8 +99,8 @@ async fn serves_the_builds_with_type_validators_and_pinned_paths() {
         assert_eq!(r.text().await.expect("body"), "");
 
         // The same bytes under their tag, cacheable for good.
-        let ext = file.trim_start_matches("switchboard");
-        let pinned = format!("/sdk/switchboard.{}{ext}", etag.trim_matches('"'));
+        let (name, ext) = file.split_at(file.find('.').unwrap_or(file.len()));
+        let pinned = format!("/sdk/{name}.{}{ext}", etag.trim_matches('"'));
         let r = get(&d, &pinned, &[]).await;
         assert_eq!(r.status(), StatusCode::OK, "{pinned}");
         assert!(header(&r, "cache-control").contains("immutable"));

@@ -3,7 +3,9 @@
 //! needs no Node; `tests/sdk.rs` fails when they are stale).
 //!
 //! `/sdk/switchboard.js` (a classic script defining `Switchboard`) and
-//! `/sdk/switchboard.mjs` (an ES module) are revalidated on every load (`no-cache` with an
+//! `/sdk/switchboard.mjs` (an ES module), and the opt-in end-to-end encryption module
+//! beside them (`/sdk/switchboard-e2e.js`, global `SwitchboardE2E`, and `.mjs`; kept
+//! apart so the core stays small), are revalidated on every load (`no-cache` with an
 //! `ETag`, so a page never runs an SDK older than its daemon); the same bytes under
 //! `/sdk/switchboard.<etag>.js` may be cached for good, for pages that pin a build. The
 //! browser policy of [`super::web`] applies as to every route: a module script from
@@ -21,17 +23,32 @@ use sha2::{Digest, Sha256};
 use super::api::ApiError;
 use switchboard_core::protocol::ErrorCode;
 
-/// The builds, as `(file extension, bytes)`.
-const BUNDLES: [(&str, &str); 2] = [
-    (".js", include_str!("../../clients/js/dist/switchboard.js")),
+/// The builds, as `(name, file extension, bytes)`.
+const BUNDLES: [(&str, &str, &str); 4] = [
     (
+        "switchboard",
+        ".js",
+        include_str!("../../clients/js/dist/switchboard.js"),
+    ),
+    (
+        "switchboard",
         ".mjs",
         include_str!("../../clients/js/dist/switchboard.mjs"),
+    ),
+    (
+        "switchboard-e2e",
+        ".js",
+        include_str!("../../clients/js/dist/switchboard-e2e.js"),
+    ),
+    (
+        "switchboard-e2e",
+        ".mjs",
+        include_str!("../../clients/js/dist/switchboard-e2e.mjs"),
     ),
 ];
 
 /// Per build, 16 hex digits of its SHA-256: the ETag and the pinned file name.
-static TAGS: LazyLock<[String; 2]> = LazyLock::new(|| BUNDLES.map(|(_, text)| tag_of(text)));
+static TAGS: LazyLock<[String; 4]> = LazyLock::new(|| BUNDLES.map(|(_, _, text)| tag_of(text)));
 
 fn tag_of(text: &str) -> String {
     crate::hex::encode(&Sha256::digest(text.as_bytes())[..8])
@@ -48,8 +65,8 @@ async fn serve(Path(file): Path<String>, request: HeaderMap) -> Response {
     let found = BUNDLES
         .iter()
         .zip(TAGS.iter())
-        .find_map(|(&(ext, text), tag)| {
-            let stem = file.strip_prefix("switchboard")?.strip_suffix(ext)?;
+        .find_map(|(&(name, ext, text), tag)| {
+            let stem = file.strip_prefix(name)?.strip_suffix(ext)?;
             match stem.strip_prefix('.') {
                 None if stem.is_empty() => Some((text, tag, false)),
                 Some(asked) if asked == tag => Some((text, tag, true)),
@@ -60,7 +77,7 @@ async fn serve(Path(file): Path<String>, request: HeaderMap) -> Response {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
-            "no such file: the SDK is /sdk/switchboard.js or /sdk/switchboard.mjs",
+            "no such file: the SDK is /sdk/switchboard.js or /sdk/switchboard.mjs (and switchboard-e2e.js, .mjs)",
         )
         .into_response();
     };

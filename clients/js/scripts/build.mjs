@@ -1,6 +1,8 @@
 // Builds the single-file bundles the daemon serves and `<script src>` pages use:
 //   dist/switchboard.js   an IIFE defining the global `Switchboard`
 //   dist/switchboard.mjs  one ES module
+//   dist/switchboard-e2e.js, .mjs   the opt-in end-to-end encryption module (src/secure.js;
+//                                   global `SwitchboardE2E`), apart so the core stays small
 // Both start with a banner naming a hash of src/*.js, so a test without Node
 // (tests/sdk.rs) can tell that the committed bundles are stale.
 //
@@ -30,12 +32,12 @@ export function sourceHash() {
   return hash.digest("hex").slice(0, 16);
 }
 
-async function bundle(format) {
+async function bundle(format, entry = "src/index.js", globalName = "Switchboard") {
   const result = await build({
-    entryPoints: [join(root, "src/index.js")],
+    entryPoints: [join(root, entry)],
     bundle: true,
     format,
-    globalName: format === "iife" ? "Switchboard" : undefined,
+    globalName: format === "iife" ? globalName : undefined,
     minify: true,
     target: "es2022",
     legalComments: "none",
@@ -48,6 +50,8 @@ async function bundle(format) {
 const outputs = {
   "dist/switchboard.js": await bundle("iife"),
   "dist/switchboard.mjs": await bundle("esm"),
+  "dist/switchboard-e2e.js": await bundle("iife", "src/secure.js", "SwitchboardE2E"),
+  "dist/switchboard-e2e.mjs": await bundle("esm", "src/secure.js"),
 };
 
 if (process.argv.includes("--check")) {

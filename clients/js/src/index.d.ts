@@ -1,5 +1,6 @@
 // Types for switchboard-client, written by hand to match src/*.js (checked by
 // `tsc --noEmit -p examples`). The wire protocol is docs/protocol.md.
+// End-to-end encryption is the separate entry point `switchboard-client/e2e` (src/secure.d.ts).
 
 /** Any JSON value. */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
