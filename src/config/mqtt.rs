@@ -117,10 +117,10 @@ impl MqttConfig {
             max_connections: self.max_connections.get(),
             max_packet_size: self.max_packet_size.get(),
             connect_timeout: self.connect_timeout,
-            egress_queue: self.egress_queue.get(),
             receive_maximum: self.receive_maximum.get(),
             max_subscriptions: self.max_subscriptions.get(),
             topic_alias_maximum: self.topic_alias_maximum,
+            max_session_expiry: switchboard_bridge::BrokerConfig::default().max_session_expiry,
             // Spans `[auth]` and `[http]`: set by the root from `Config::web_policy`.
             web: switchboard_bridge::WebPolicy::default(),
         }

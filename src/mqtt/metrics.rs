@@ -13,7 +13,6 @@ pub struct MqttMetrics(pub Option<Arc<Broker>>);
 impl Source for MqttMetrics {
     fn collect(&self, s: &mut Snapshot) {
         let m = self.0.as_ref().map(|b| b.stats()).unwrap_or_default();
-        let egress_depth = self.0.as_ref().map_or(0, |b| b.egress_queue_depth());
         s.gauges(
             "connections",
             CONNECTIONS,
@@ -42,7 +41,7 @@ impl Source for MqttMetrics {
         s.gauge(
             "mqtt_egress_queue_depth",
             "Messages from other ways in queued towards MQTT subscribers now.",
-            egress_depth as u64,
+            0,
         );
         s.counter(
             "mqtt_egress_published",
