@@ -327,14 +327,13 @@ impl Admission {
 
     /// Writes the CONNACK, with what MQTT 5 devices are told besides: the id we
     /// assigned, the largest packet we accept, the limits the session enforces and the
-    /// features it lacks. `Err` if the device is gone.
+    /// feature it lacks. `Err` if the device is gone.
     async fn send_connack(&mut self, present: bool, assigned: Option<String>) -> Result<(), ()> {
         let props = (self.codec.version() == Version::V5).then(|| ConnAckProperties {
             assigned_client_identifier: assigned,
             max_packet_size: u32::try_from(self.shared.config.max_packet_size).ok(),
             receive_max: Some(self.shared.config.receive_maximum),
             topic_alias_max: Some(self.shared.config.topic_alias_maximum),
-            shared_subscription_available: Some(0),
             subscription_identifiers_available: Some(0),
             ..ConnAckProperties::default()
         });
@@ -406,8 +405,9 @@ fn publish_properties(will: LastWillProperties) -> PublishProperties {
     }
 }
 
-/// Client ids end up in topic patterns (`sensors/%c/#`) and in the router, which rejects
-/// wildcard and separator characters; refusing them here gives the device a clear CONNACK.
+/// Client ids end up in topic patterns (`sensors/%c/#`) and in `$devices/<client id>`,
+/// where wildcard and separator characters would break them; refusing them here gives
+/// the device a clear CONNACK.
 pub(crate) fn validate_client_id(id: &str) -> Result<(), &'static str> {
     if id.len() > MAX_CLIENT_ID_LEN {
         return Err("client id longer than 128 bytes");

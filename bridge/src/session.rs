@@ -281,7 +281,7 @@ impl Running {
                 fire_will(self.shared.clone(), self.device.clone(), will);
             }
         }
-        self.leave_session();
+        self.leave_session(why);
         self.shared.ingress.disconnected(&self.device, why);
         self.slot.gone.cancel();
     }
@@ -289,7 +289,7 @@ impl Running {
     /// Ends the session with the connection, or keeps it for its expiry with what the
     /// device did not acknowledge, to be sent again (DUP) when it comes back. A QoS 2
     /// message whose PUBREC came is delivered as far as the device is concerned.
-    fn leave_session(&mut self) {
+    fn leave_session(&mut self, why: Gone) {
         let mut unacknowledged = Vec::new();
         let (mut done, mut done_bytes) = (0, 0);
         for sent in self.inflight.drain(..) {
@@ -306,6 +306,9 @@ impl Running {
         self.session.release(done, done_bytes);
         if self.session_expiry.is_zero() {
             self.session.end(false);
+        } else if why == Gone::TakenOver {
+            // The connection taking over attaches to it (or ends it) right away.
+            self.session.detach(unacknowledged);
         } else {
             keep(
                 &self.shared,
@@ -392,7 +395,7 @@ impl Running {
         let lost = self
             .subscribed
             .iter()
-            .any(|f| self.permissions.check_subscribe(f).is_err());
+            .any(|f| self.permissions.check_subscribe(match_filter(f)).is_err());
         lost.then_some("a subscription it holds is no longer permitted")
     }
 
@@ -721,11 +724,7 @@ impl Running {
     /// One filter of a SUBSCRIBE: its SUBACK code.
     fn subscribe_one(&mut self, filter: rumqttd::protocol::Filter) -> SubscribeReasonCode {
         let path = filter.path;
-        if path.starts_with("$share/") {
-            // Announced in the CONNACK (Shared Subscription Available: 0).
-            return SubscribeReasonCode::SharedSubscriptionsNotSupported;
-        }
-        if path.starts_with('$') {
+        if match_filter(&path).starts_with('$') {
             tracing::info!(
                 client_id = self.device.client_id,
                 filter = clip(&path, LOGGED_TOPIC),
@@ -751,23 +750,26 @@ impl Running {
             }
             return SubscribeReasonCode::QuotaExceeded;
         }
-        let checked = self.permissions.check_subscribe(&path).and_then(|()| {
-            let options = SubscriptionOptions {
-                qos: filter.qos as u8,
-                no_local: filter.nolocal,
-                retain_as_published: filter.preserve_retain,
-                retain_handling: match filter.retain_forward_rule {
-                    rumqttd::protocol::RetainForwardRule::OnEverySubscribe => {
-                        RetainHandling::OnSubscribe
-                    }
-                    rumqttd::protocol::RetainForwardRule::OnNewSubscribe => {
-                        RetainHandling::OnNewSubscribe
-                    }
-                    rumqttd::protocol::RetainForwardRule::Never => RetainHandling::Never,
-                },
-            };
-            self.session.subscribe(&path, options)
-        });
+        let checked = self
+            .permissions
+            .check_subscribe(match_filter(&path))
+            .and_then(|()| {
+                let options = SubscriptionOptions {
+                    qos: filter.qos as u8,
+                    no_local: filter.nolocal,
+                    retain_as_published: filter.preserve_retain,
+                    retain_handling: match filter.retain_forward_rule {
+                        rumqttd::protocol::RetainForwardRule::OnEverySubscribe => {
+                            RetainHandling::OnSubscribe
+                        }
+                        rumqttd::protocol::RetainForwardRule::OnNewSubscribe => {
+                            RetainHandling::OnNewSubscribe
+                        }
+                        rumqttd::protocol::RetainForwardRule::Never => RetainHandling::Never,
+                    },
+                };
+                self.session.subscribe(&path, options)
+            });
         match checked {
             Ok(catch_up) => {
                 self.catch_up.extend(catch_up);
@@ -943,6 +945,13 @@ impl Running {
         self.write_buf.clear();
         result
     }
+}
+
+/// `$share/<group>/<filter>` receives what `<filter>` matches, and is allowed by it.
+fn match_filter(path: &str) -> &str {
+    path.strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(path, |(_, filter)| filter)
 }
 
 /// Keeps a session after its device left, `unacknowledged` first in its queue, until

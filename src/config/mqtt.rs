@@ -34,7 +34,8 @@ pub struct MqttConfig {
     /// Time a new connection has to send CONNECT.
     #[serde(with = "positive_duration")]
     pub connect_timeout: Duration,
-    /// Messages from other ways in queued towards MQTT subscribers before drops.
+    /// No longer used (MQTT subscribers are served by the Hub); accepted so older
+    /// configuration files still load.
     pub egress_queue: NonZeroUsize,
     /// Retained `$devices/…` offline notices kept; past it the oldest are forgotten.
     pub offline_notices: NonZeroUsize,

@@ -32,10 +32,33 @@ pub struct DeviceSession {
     /// `from` on the device's own publishes (`mqtt:<client id>`), for No Local.
     pub(super) from: String,
     pub outbox: Outbox<Delivery>,
-    pub(super) filters: Mutex<HashMap<String, SubscriptionOptions>>,
+    pub(super) filters: Mutex<HashMap<String, Held>>,
     /// False while the device is away: QoS 0 messages are then not kept for it (MQTT
     /// lets a server drop them; QoS 1 and 2 wait, within the queue limits).
     attached: AtomicBool,
+}
+
+/// A filter a device holds: its options, and its key in the index (the session's own,
+/// or one of its own for a shared subscription, which is indexed under its filter
+/// beside any plain subscription of the session to that filter).
+pub(super) struct Held {
+    options: SubscriptionOptions,
+    key: Key,
+}
+
+/// `$share/<group>/<filter>` as (group, filter).
+fn shared(filter: &str) -> Option<(&str, &str)> {
+    filter
+        .strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|(group, filter)| {
+            !group.is_empty() && !group.contains(['+', '#']) && !filter.is_empty()
+        })
+}
+
+/// The filter a subscription is indexed under.
+fn indexed(filter: &str) -> &str {
+    shared(filter).map_or(filter, |(_, f)| f)
 }
 
 impl DeviceSession {
@@ -92,8 +115,22 @@ impl Hub {
     /// Ends a session: its subscriptions and whatever was queued for it go. Does nothing
     /// to a newer session of the same client id.
     pub fn end_device(&self, session: &Arc<DeviceSession>) {
+        self.end_device_if(session, false);
+    }
+
+    /// Ends a session whose expiry passed, unless its device came back meanwhile.
+    pub fn expire_device(&self, session: &Arc<DeviceSession>) {
+        self.end_device_if(session, true);
+    }
+
+    fn end_device_if(&self, session: &Arc<DeviceSession>, only_if_away: bool) {
         {
             let mut devices = lock(&self.devices);
+            // Attaching happens under this lock, so a device coming back now either
+            // finds the session gone or keeps it.
+            if only_if_away && session.attached() {
+                return;
+            }
             if devices
                 .get(&session.client_id)
                 .is_some_and(|s| Arc::ptr_eq(s, session))
@@ -107,55 +144,56 @@ impl Hub {
             .close(CloseReason::Code(1000, "session ended"));
     }
 
-    /// Ends a session whose expiry passed, unless its device came back meanwhile.
-    pub fn expire_device(&self, session: &Arc<DeviceSession>) {
-        {
-            let mut devices = lock(&self.devices);
-            // Attaching happens under this lock, so a device coming back now either
-            // finds the session gone or keeps it.
-            if session.attached() {
-                return;
-            }
-            if devices
-                .get(&session.client_id)
-                .is_some_and(|s| Arc::ptr_eq(s, session))
-            {
-                devices.remove(&session.client_id);
-            }
-        }
-        self.drop_device_subscriptions(session);
-        session
-            .outbox
-            .close(CloseReason::Code(1000, "session expired"));
-    }
-
     fn drop_device_subscriptions(&self, session: &DeviceSession) {
-        let filters: Vec<String> = lock(&session.filters).drain().map(|(f, _)| f).collect();
+        let filters: Vec<(String, Held)> = lock(&session.filters).drain().collect();
         let mut index = write(&self.index);
-        for f in &filters {
-            index.remove(f, session.key);
+        for (f, held) in &filters {
+            index.remove(indexed(f), held.key);
         }
     }
 
     /// Subscribes a device (or changes the options of a filter it holds), then starts
     /// queueing the retained values its Retain Handling asks for: the first step now,
-    /// and a cursor when more remain (see [`Hub::send_retained_step_to_device`]).
+    /// and a cursor when more remain (see [`Hub::send_retained_step_to_device`]). A
+    /// shared subscription (`$share/<group>/<filter>`) gets one message in turn with the
+    /// other members of its group, and no retained values (MQTT 5 §4.8.2).
     pub fn subscribe_device(
         &self,
         session: &Arc<DeviceSession>,
         filter: &str,
         options: SubscriptionOptions,
     ) -> Result<Option<RetainedCursor>, HubError> {
-        topic::validate_filter(filter)?;
-        let existed = lock(&session.filters)
-            .insert(filter.to_owned(), options)
-            .is_some();
+        let group = shared(filter).map(|(group, _)| group);
+        if filter.starts_with("$share/") && group.is_none() {
+            return Err(HubError::InvalidTopic(topic::TopicError::Empty));
+        }
+        topic::validate_filter(indexed(filter))?;
+        let (existed, key) = {
+            let mut filters = lock(&session.filters);
+            match filters.get_mut(filter) {
+                Some(held) => {
+                    held.options = options;
+                    (true, held.key)
+                }
+                None => {
+                    let key = match group {
+                        Some(_) => self.next_key.fetch_add(1, Ordering::Relaxed),
+                        None => session.key,
+                    };
+                    filters.insert(filter.to_owned(), Held { options, key });
+                    (false, key)
+                }
+            }
+        };
+        let entry = match group {
+            Some(group) => Subscriber::Shared(session.clone(), options, Arc::from(group)),
+            None => Subscriber::Device(session.clone(), options),
+        };
         // Inserting again replaces the options kept with the filter.
-        write(&self.index).insert(
-            filter,
-            session.key,
-            Subscriber::Device(session.clone(), options),
-        );
+        write(&self.index).insert(indexed(filter), key, entry);
+        if group.is_some() {
+            return Ok(None);
+        }
         let send = match options.retain_handling {
             RetainHandling::OnSubscribe => true,
             RetainHandling::OnNewSubscribe => !existed,
@@ -183,7 +221,9 @@ impl Hub {
         session: &DeviceSession,
         cursor: &mut RetainedCursor,
     ) -> bool {
-        let granted = lock(&session.filters).get(cursor.filter()).map(|o| o.qos);
+        let granted = lock(&session.filters)
+            .get(cursor.filter())
+            .map(|held| held.options.qos);
         let Some(granted) = granted else {
             // Unsubscribed meanwhile.
             return true;
@@ -200,10 +240,10 @@ impl Hub {
 
     /// True if the device held `filter`.
     pub fn unsubscribe_device(&self, session: &DeviceSession, filter: &str) -> bool {
-        if lock(&session.filters).remove(filter).is_none() {
+        let Some(held) = lock(&session.filters).remove(filter) else {
             return false;
-        }
-        write(&self.index).remove(filter, session.key);
+        };
+        write(&self.index).remove(indexed(filter), held.key);
         true
     }
 

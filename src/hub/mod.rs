@@ -3,8 +3,9 @@
 //! Every way in turns into a [`Publish`](switchboard_core::message::Publish); the Hub encodes the outgoing frame once and
 //! pushes the same bytes into each matching session's [`outbox`]. It never does I/O and
 //! never waits on a subscriber: the transports (see `crate::ws`) own sockets and drain
-//! outboxes. Other consumers of every message (the MQTT broker today) attach as
-//! [`Tap`]s. The message vocabulary itself lives in `switchboard_core::message`.
+//! outboxes; an MQTT device is a subscriber too (`device.rs`), whose outbox holds
+//! deliveries its connection encodes. Other consumers of every message (storage,
+//! webhooks, bridges) attach as [`Tap`]s. The message vocabulary itself lives in `switchboard_core::message`.
 //!
 //! This file holds the [`Hub`] struct, its configuration and its errors; each concern
 //! is an `impl Hub` block in a file of its own, which owns the fields marked for it:

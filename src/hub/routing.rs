@@ -318,8 +318,10 @@ impl Hub {
         let frame = message(false);
         let mut for_devices = ForDevices {
             publish: &p,
+            seq,
             as_sent,
             made: None,
+            shared: Vec::new(),
         };
         if p.retain {
             self.keep_retained(&mut state, p.topic, p.data, || Retained {
@@ -350,10 +352,7 @@ impl Hub {
         stamp: Option<u64>,
         mut devices: Option<&mut ForDevices<'_>>,
     ) -> usize {
-        let mut delivered = 0usize;
-        let mut dropped = 0u64;
-        let mut closed = 0u64;
-        let mut discarded = 0u64;
+        let mut tally = Tally::default();
         read(&self.index).for_each_match(topic, |s| {
             let pushed = match s {
                 Subscriber::Client(s) if Some(s.key) != skip => {
@@ -364,40 +363,50 @@ impl Hub {
                     let Some(devices) = devices.as_deref_mut() else {
                         return;
                     };
-                    match devices.delivery(d, options) {
-                        Some(delivery) => d.outbox.push_stamped(delivery, stamp),
-                        None => return,
+                    if let Some(delivery) = devices.delivery(d, options) {
+                        tally.device(d.outbox.push_stamped(delivery, stamp));
                     }
+                    return;
+                }
+                Subscriber::Shared(d, options, group) => {
+                    if let Some(devices) = devices.as_deref_mut() {
+                        devices.shared.push((group.clone(), d.clone(), *options));
+                    }
+                    return;
                 }
             };
-            match pushed {
-                Pushed::Queued => delivered += 1,
-                Pushed::DroppedOldest(n) => {
-                    delivered += 1;
-                    dropped += n;
-                }
-                Pushed::Overflowed(n) => {
-                    closed += 1;
-                    discarded += n;
-                }
-                Pushed::Closed => {}
-            }
+            tally.count(pushed);
         });
-        self.counters
-            .delivered
-            .fetch_add(delivered as u64, Ordering::Relaxed);
-        if dropped > 0 {
-            self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+        if let Some(devices) = devices {
+            // One member of each shared subscription's group gets it, in turn by the
+            // topic's sequence number; chosen outside the index lock.
+            let mut shared = std::mem::take(&mut devices.shared);
+            shared.sort_by(|a, b| a.0.cmp(&b.0));
+            for members in shared.chunk_by(|a, b| a.0 == b.0) {
+                let (_, d, options) = &members[(devices.seq % members.len() as u64) as usize];
+                if let Some(delivery) = devices.delivery(d, options) {
+                    tally.device(d.outbox.push_stamped(delivery, stamp));
+                }
+            }
         }
-        if closed > 0 {
+        self.counters.delivered.fetch_add(
+            (tally.delivered - tally.to_devices) as u64,
+            Ordering::Relaxed,
+        );
+        if tally.dropped > 0 {
+            self.counters
+                .dropped
+                .fetch_add(tally.dropped, Ordering::Relaxed);
+        }
+        if tally.closed > 0 {
             self.counters
                 .slow_closed
-                .fetch_add(closed, Ordering::Relaxed);
+                .fetch_add(tally.closed, Ordering::Relaxed);
             self.counters
                 .slow_discarded
-                .fetch_add(discarded, Ordering::Relaxed);
+                .fetch_add(tally.discarded, Ordering::Relaxed);
         }
-        delivered
+        tally.delivered
     }
 
     /// Replaces a live connection's identity (a refreshed token) and drops the
@@ -477,11 +486,48 @@ impl Hub {
 }
 
 /// A subscriber in the index: a connection, which gets encoded frames, or an MQTT
-/// device's session, which gets deliveries under its subscription's options.
+/// device's session, which gets deliveries under its subscription's options; a shared
+/// subscription (`$share/<group>/<filter>`, indexed under `<filter>`) names its group.
 #[derive(Clone)]
 pub(super) enum Subscriber {
     Client(Arc<Session>),
     Device(Arc<DeviceSession>, SubscriptionOptions),
+    Shared(Arc<DeviceSession>, SubscriptionOptions, Arc<str>),
+}
+
+/// What one fan-out did, for the counters.
+#[derive(Default)]
+struct Tally {
+    delivered: usize,
+    /// Of `delivered`, to MQTT devices: their connections count what they write.
+    to_devices: usize,
+    dropped: u64,
+    closed: u64,
+    discarded: u64,
+}
+
+impl Tally {
+    fn device(&mut self, pushed: Pushed) {
+        if matches!(pushed, Pushed::Queued | Pushed::DroppedOldest(_)) {
+            self.to_devices += 1;
+        }
+        self.count(pushed);
+    }
+
+    fn count(&mut self, pushed: Pushed) {
+        match pushed {
+            Pushed::Queued => self.delivered += 1,
+            Pushed::DroppedOldest(n) => {
+                self.delivered += 1;
+                self.dropped += n;
+            }
+            Pushed::Overflowed(n) => {
+                self.closed += 1;
+                self.discarded += n;
+            }
+            Pushed::Closed => {}
+        }
+    }
 }
 
 /// A device's publish as it sent it, so MQTT subscribers get it byte for byte.
@@ -497,8 +543,11 @@ pub struct AsSent {
 /// most messages have none, and those that do share one copy.
 pub(super) struct ForDevices<'a> {
     publish: &'a Publish<'a>,
+    seq: u64,
     as_sent: Option<AsSent>,
     made: Option<Arc<DeviceMessage>>,
+    /// Members of shared subscriptions that match, with their group.
+    shared: Vec<(Arc<str>, Arc<DeviceSession>, SubscriptionOptions)>,
 }
 
 impl ForDevices<'_> {
