@@ -70,7 +70,7 @@ pub(crate) async fn serve(
     let max_inflight = props
         .as_ref()
         .and_then(|p| p.receive_maximum)
-        .map_or(V311_INFLIGHT, usize::from);
+        .map_or(MAX_INFLIGHT, |n| usize::from(n).min(MAX_INFLIGHT));
     let session = Admission {
         stream,
         codec,
@@ -144,9 +144,11 @@ async fn read_connect(
     }
 }
 
-/// Unacknowledged QoS 1 and 2 PUBLISHes a device without a Receive Maximum (3.1.1, or
-/// MQTT 5 leaving it out: 65,535) is sent at once; MQTT 5 devices get what they announce.
-const V311_INFLIGHT: usize = 100;
+/// Unacknowledged QoS 1 and 2 PUBLISHes a device is sent at once: fewer if its Receive
+/// Maximum says so (MQTT 5; 3.1.1 has none). Each is looked up by packet id on its
+/// acknowledgement, and a new packet id is checked against them, so the window stays
+/// small enough to scan.
+const MAX_INFLIGHT: usize = 128;
 
 /// A QoS 1 or 2 PUBLISH sent to the device and not yet acknowledged.
 struct Inflight {
