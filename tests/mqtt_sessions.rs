@@ -316,3 +316,37 @@ async fn a_shared_subscription_hands_each_message_to_one_member() {
     got.sort_unstable();
     assert_eq!(got, b"0123", "each message to one member");
 }
+
+#[tokio::test]
+async fn unreleased_qos2_packet_ids_belong_to_the_session() {
+    let d = Daemon::start("");
+    let addr = d.mqtt.unwrap();
+    let (mut sub, _) = Wire::connect(addr, false, "q2-sub", &[]).await;
+    sub.subscribed(1, &["q2/t"]).await;
+    for v5 in [false, true] {
+        let id = if v5 { "q2-v5" } else { "q2-v311" };
+        let props = if v5 { expiry(60) } else { Vec::new() };
+        let (mut dev, _) = Wire::connect_with(addr, v5, id, 0, &props).await;
+        let first = dev.publish(2, 7, "q2/t", b"once", false);
+        dev.send(&first).await;
+        assert_eq!(dev.expect(PUBREC).await.pkid(), 7);
+        // Gone before PUBREL; back with its session, it sends the PUBLISH again.
+        drop(dev);
+        let (mut dev, connack) = Wire::connect_with(addr, v5, id, 0, &props).await;
+        assert!(session_present(&connack), "{connack:?}");
+        let again = dev.publish(2, 7, "q2/t", b"once", true);
+        dev.send(&again).await;
+        assert_eq!(dev.expect(PUBREC).await.pkid(), 7);
+        let rel = dev.pubrel(7);
+        dev.send(&rel).await;
+        let comp = dev.expect(PUBCOMP).await;
+        assert_eq!(comp.pkid(), 7);
+        assert_ne!(
+            comp.body.get(2),
+            Some(&0x92),
+            "the PUBREL found its packet id"
+        );
+        let got = sub.publishes_until_quiet(false).await;
+        assert_eq!(got.len(), 1, "delivered once: {got:?}");
+    }
+}

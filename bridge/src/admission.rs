@@ -81,6 +81,8 @@ pub(crate) struct Admitted {
     /// Kept this long after the device leaves (zero: ends with the connection).
     pub session_expiry: Duration,
     pub session: Arc<dyn DeviceSession>,
+    /// Inbound QoS 2 packet ids the resumed session holds unreleased.
+    pub unreleased: std::collections::HashSet<u16>,
     pub slot: Slot,
     /// One of `max_connections`, given back when the session ends.
     pub capacity: OwnedSemaphorePermit,
@@ -133,6 +135,10 @@ impl Admission {
             .shared
             .sessions
             .attach(&client_id.id, connect.clean_session);
+        let mut unreleased = self.shared.registry.take_unreleased(&client_id.id);
+        if !present {
+            unreleased.clear();
+        }
         if self
             .send_connack(present, client_id.assigned)
             .await
@@ -162,6 +168,7 @@ impl Admission {
             keep_alive: Duration::from_secs(connect.keep_alive.into()),
             session_expiry,
             session,
+            unreleased,
             slot,
             capacity,
             will,

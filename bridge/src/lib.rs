@@ -321,8 +321,8 @@ pub trait DeviceSession: Send + Sync {
     /// The device left; its session stays, with `unacknowledged` to send again first.
     fn detach(&self, unacknowledged: Vec<Delivery>);
     /// Ends the session: its subscriptions and queue go. With `only_if_detached`, not
-    /// if its device came back meanwhile.
-    fn end(&self, only_if_detached: bool);
+    /// if its device came back meanwhile; false then.
+    fn end(&self, only_if_detached: bool) -> bool;
 }
 
 /// A subscription's retained values, queued a step at a time.

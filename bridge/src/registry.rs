@@ -3,7 +3,7 @@
 //! and so a delayed Last Will, or the wait of a session kept for its device, is
 //! cancelled by the device coming back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,10 @@ struct Inner {
     pending_wills: Waiting,
     /// Sessions kept after their device left, until their expiry.
     kept_sessions: Waiting,
+    /// Inbound QoS 2 packet ids a kept session's device left unreleased: they belong to
+    /// the session, so a retransmission after the device comes back is not delivered
+    /// twice and its PUBREL is answered.
+    unreleased: HashMap<String, HashSet<u16>>,
 }
 
 /// Client ids with something waiting for them, each cancelled by the device's return.
@@ -97,6 +101,22 @@ impl Registry {
     /// Forgets a kept session once it expired or its device came back.
     pub fn session_done(&self, client_id: &str, id: u64) {
         done(&mut self.lock().kept_sessions, client_id, id);
+    }
+
+    /// Keeps the unreleased inbound QoS 2 packet ids of a session that outlives its
+    /// connection, for the connection that resumes it.
+    pub fn stash_unreleased(&self, client_id: &str, ids: HashSet<u16>) {
+        let mut inner = self.lock();
+        if ids.is_empty() {
+            inner.unreleased.remove(client_id);
+        } else {
+            inner.unreleased.insert(client_id.to_owned(), ids);
+        }
+    }
+
+    /// Takes what [`Registry::stash_unreleased`] kept for `client_id`.
+    pub fn take_unreleased(&self, client_id: &str) -> HashSet<u16> {
+        self.lock().unreleased.remove(client_id).unwrap_or_default()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -245,7 +245,7 @@ impl Running {
             read_buf,
             write_buf: BytesMut::with_capacity(4096),
             to_device: Vec::new(),
-            awaiting_release: HashSet::new(),
+            awaiting_release: admitted.unreleased,
             topic_aliases: HashMap::new(),
             subscribed,
             device_max_packet,
@@ -308,7 +308,13 @@ impl Running {
         self.session.release(done, done_bytes);
         if self.session_expiry.is_zero() {
             self.session.end(false);
-        } else if why == Gone::TakenOver {
+            return;
+        }
+        let unreleased = std::mem::take(&mut self.awaiting_release);
+        self.shared
+            .registry
+            .stash_unreleased(&self.device.client_id, unreleased);
+        if why == Gone::TakenOver {
             // The connection taking over attaches to it (or ends it) right away.
             self.session.detach(unacknowledged);
         } else {
@@ -971,6 +977,7 @@ pub(crate) fn keep(
         .keep_session(client_id, shared.config.max_connections)
     else {
         session.end(false);
+        shared.registry.take_unreleased(client_id);
         return;
     };
     session.detach(unacknowledged);
@@ -981,7 +988,9 @@ pub(crate) fn keep(
     shared.tracker.clone().spawn(async move {
         tokio::select! {
             _ = tokio::time::sleep(expiry) => {
-                session.end(true);
+                if session.end(true) {
+                    shared.registry.take_unreleased(&client_id);
+                }
                 shared.stats.sessions_expired.fetch_add(1, Ordering::Relaxed);
             }
             _ = back.cancelled() => {}

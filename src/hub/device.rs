@@ -118,18 +118,18 @@ impl Hub {
         self.end_device_if(session, false);
     }
 
-    /// Ends a session whose expiry passed, unless its device came back meanwhile.
-    pub fn expire_device(&self, session: &Arc<DeviceSession>) {
-        self.end_device_if(session, true);
+    /// Ends a session whose expiry passed, unless its device came back meanwhile (false).
+    pub fn expire_device(&self, session: &Arc<DeviceSession>) -> bool {
+        self.end_device_if(session, true)
     }
 
-    fn end_device_if(&self, session: &Arc<DeviceSession>, only_if_away: bool) {
+    fn end_device_if(&self, session: &Arc<DeviceSession>, only_if_away: bool) -> bool {
         {
             let mut devices = lock(&self.devices);
             // Attaching happens under this lock, so a device coming back now either
             // finds the session gone or keeps it.
             if only_if_away && session.attached() {
-                return;
+                return false;
             }
             if devices
                 .get(&session.client_id)
@@ -142,6 +142,7 @@ impl Hub {
         session
             .outbox
             .close(CloseReason::Code(1000, "session ended"));
+        true
     }
 
     fn drop_device_subscriptions(&self, session: &DeviceSession) {

@@ -262,11 +262,12 @@ impl DeviceSession for HubDeviceSession {
         self.hub.detach_device(&self.session);
     }
 
-    fn end(&self, only_if_detached: bool) {
+    fn end(&self, only_if_detached: bool) -> bool {
         if only_if_detached {
-            self.hub.expire_device(&self.session);
+            self.hub.expire_device(&self.session)
         } else {
             self.hub.end_device(&self.session);
+            true
         }
     }
 }
