@@ -209,7 +209,7 @@ async fn retain_as_published_keeps_the_retain_flag_on_live_messages() {
     assert_eq!(kept.subscribed_with(1, &[("rap/t", 0b1000)]).await, [0]);
     let (mut plain, _) = Wire::connect(addr, true, "rap-plain", &[]).await;
     assert_eq!(plain.subscribed(1, &["rap/t"]).await, [0]);
-    assert!(mosquitto_pub(addr.port(), &["-r", "-t", "rap/t", "-m", "v"]).await);
+    assert!(mosquitto_pub(addr.port(), &["-q", "1", "-r", "-t", "rap/t", "-m", "v"]).await);
     let got = kept.publishes_until_quiet(false).await;
     assert_eq!(got.len(), 1);
     assert!(got[0].retain(), "{got:?}");
@@ -225,7 +225,7 @@ async fn retain_as_published_keeps_the_retain_flag_on_live_messages() {
 async fn retain_handling_decides_when_retained_values_are_sent() {
     let d = Daemon::start("");
     let addr = d.mqtt.unwrap();
-    assert!(mosquitto_pub(addr.port(), &["-r", "-t", "rh/t", "-m", "v"]).await);
+    assert!(mosquitto_pub(addr.port(), &["-q", "1", "-r", "-t", "rh/t", "-m", "v"]).await);
     let (mut dev, _) = Wire::connect(addr, true, "rh", &[]).await;
     let retained = |got: &[Packet]| got.iter().filter(|p| p.retain()).count();
     // Handling 0: on every subscribe, a repeated one included.
@@ -271,7 +271,7 @@ async fn a_non_retained_empty_message_leaves_the_retained_value_on_both_sides() 
     let d = Daemon::start("");
     let addr = d.mqtt.unwrap();
     let port = addr.port();
-    assert!(mosquitto_pub(port, &["-r", "-t", "one/t", "-m", "kept"]).await);
+    assert!(mosquitto_pub(port, &["-q", "1", "-r", "-t", "one/t", "-m", "kept"]).await);
     // Neither an empty QoS 1 MQTT publish nor an empty WebSocket one clears it: only a
     // retained empty one does.
     assert!(mosquitto_pub(port, &["-q", "1", "-t", "one/t", "-n"]).await);
@@ -284,7 +284,7 @@ async fn a_non_retained_empty_message_leaves_the_retained_value_on_both_sides() 
     let mut ws = Raw::subscribed(&d.ws_url(), "one/t").await;
     assert_eq!(ws.next_msg().await["data"], "kept");
     // A retained empty one clears it for both.
-    assert!(mosquitto_pub(port, &["-r", "-t", "one/t", "-n"]).await);
+    assert!(mosquitto_pub(port, &["-q", "1", "-r", "-t", "one/t", "-n"]).await);
     let (mut dev, _) = Wire::connect(addr, false, "one-rule-2", &[]).await;
     dev.subscribed(1, &["one/t"]).await;
     assert!(dev.publishes_until_quiet(false).await.is_empty());
@@ -349,4 +349,32 @@ async fn unreleased_qos2_packet_ids_belong_to_the_session() {
         let got = sub.publishes_until_quiet(false).await;
         assert_eq!(got.len(), 1, "delivered once: {got:?}");
     }
+}
+
+#[tokio::test]
+async fn a_pubrel_not_completed_is_sent_again_when_the_device_returns() {
+    let d = Daemon::start("");
+    let addr = d.mqtt.unwrap();
+    let props = expiry(60);
+    let (mut sub, _) = Wire::connect_with(addr, true, "rel-sub", 0, &props).await;
+    assert_eq!(sub.subscribed_with(1, &[("rel/t", 2)]).await, [2]);
+    let (mut publisher, _) = Wire::connect(addr, true, "rel-pub", &[]).await;
+    let p = publisher.publish(2, 1, "rel/t", b"x", false);
+    publisher.send(&p).await;
+    publisher.expect(PUBREC).await;
+    let m = sub.expect(PUBLISH).await;
+    assert_eq!(m.qos(), 2);
+    let pkid = m.publish(true).pkid;
+    sub.send(&packet(PUBREC, &pkid.to_be_bytes())).await;
+    assert_eq!(sub.expect(0x60).await.pkid(), pkid);
+    // Gone before PUBCOMP: the PUBREL comes again, so the device can free the id.
+    drop(sub);
+    let (mut sub, connack) = Wire::connect_with(addr, true, "rel-sub", 0, &props).await;
+    assert!(session_present(&connack), "{connack:?}");
+    assert_eq!(sub.expect(0x60).await.pkid(), pkid);
+    sub.send(&packet(PUBCOMP, &pkid.to_be_bytes())).await;
+    publish(&mut publisher, 1, "rel/t", b"next", false).await;
+    let got = sub.publishes_until_quiet(true).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].publish(true).payload, b"next");
 }

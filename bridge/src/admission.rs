@@ -21,7 +21,7 @@ use switchboard_core::quiet::Throttle;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::codec::Codec;
-use crate::registry::Slot;
+use crate::registry::{PacketIds, Slot};
 use crate::transport::Stream;
 use crate::{
     Credentials, Denied, Device, DeviceSession, Permissions, Refusal, Shared, Transport, Version,
@@ -81,8 +81,8 @@ pub(crate) struct Admitted {
     /// Kept this long after the device leaves (zero: ends with the connection).
     pub session_expiry: Duration,
     pub session: Arc<dyn DeviceSession>,
-    /// Inbound QoS 2 packet ids the resumed session holds unreleased.
-    pub unreleased: std::collections::HashSet<u16>,
+    /// The QoS 2 flows the resumed session holds open.
+    pub packet_ids: PacketIds,
     pub slot: Slot,
     /// One of `max_connections`, given back when the session ends.
     pub capacity: OwnedSemaphorePermit,
@@ -135,9 +135,9 @@ impl Admission {
             .shared
             .sessions
             .attach(&client_id.id, connect.clean_session);
-        let mut unreleased = self.shared.registry.take_unreleased(&client_id.id);
+        let mut packet_ids = self.shared.registry.take_packet_ids(&client_id.id);
         if !present {
-            unreleased.clear();
+            packet_ids = PacketIds::default();
         }
         if self
             .send_connack(present, client_id.assigned)
@@ -168,7 +168,7 @@ impl Admission {
             keep_alive: Duration::from_secs(connect.keep_alive.into()),
             session_expiry,
             session,
-            unreleased,
+            packet_ids,
             slot,
             capacity,
             will,

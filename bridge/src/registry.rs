@@ -30,10 +30,19 @@ struct Inner {
     pending_wills: Waiting,
     /// Sessions kept after their device left, until their expiry.
     kept_sessions: Waiting,
-    /// Inbound QoS 2 packet ids a kept session's device left unreleased: they belong to
-    /// the session, so a retransmission after the device comes back is not delivered
-    /// twice and its PUBREL is answered.
-    unreleased: HashMap<String, HashSet<u16>>,
+    /// QoS 2 packet ids a kept session's device left in the middle of their flows.
+    packet_ids: HashMap<String, PacketIds>,
+}
+
+/// QoS 2 flows a session holds open across connections, by packet id: they belong to
+/// the session, so a retransmission after the device comes back is not delivered twice,
+/// its PUBREL is answered, and ours is sent again.
+#[derive(Debug, Default)]
+pub(crate) struct PacketIds {
+    /// Inbound: PUBREC sent, PUBREL not yet received.
+    pub unreleased: HashSet<u16>,
+    /// Outbound: PUBREL sent, PUBCOMP not yet received.
+    pub releasing: Vec<u16>,
 }
 
 /// Client ids with something waiting for them, each cancelled by the device's return.
@@ -103,20 +112,20 @@ impl Registry {
         done(&mut self.lock().kept_sessions, client_id, id);
     }
 
-    /// Keeps the unreleased inbound QoS 2 packet ids of a session that outlives its
-    /// connection, for the connection that resumes it.
-    pub fn stash_unreleased(&self, client_id: &str, ids: HashSet<u16>) {
+    /// Keeps the open QoS 2 flows of a session that outlives its connection, for the
+    /// connection that resumes it.
+    pub fn stash_packet_ids(&self, client_id: &str, ids: PacketIds) {
         let mut inner = self.lock();
-        if ids.is_empty() {
-            inner.unreleased.remove(client_id);
+        if ids.unreleased.is_empty() && ids.releasing.is_empty() {
+            inner.packet_ids.remove(client_id);
         } else {
-            inner.unreleased.insert(client_id.to_owned(), ids);
+            inner.packet_ids.insert(client_id.to_owned(), ids);
         }
     }
 
-    /// Takes what [`Registry::stash_unreleased`] kept for `client_id`.
-    pub fn take_unreleased(&self, client_id: &str) -> HashSet<u16> {
-        self.lock().unreleased.remove(client_id).unwrap_or_default()
+    /// Takes what [`Registry::stash_packet_ids`] kept for `client_id`.
+    pub fn take_packet_ids(&self, client_id: &str) -> PacketIds {
+        self.lock().packet_ids.remove(client_id).unwrap_or_default()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

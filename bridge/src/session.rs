@@ -26,7 +26,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::admission::{self, Admission, Admitted, Will};
 use crate::codec::{self, Codec, OutPublish, Sniff};
-use crate::registry::Slot;
+use crate::registry::{PacketIds, Slot};
 use crate::transport::Stream;
 use crate::{
     CatchUp, Delivery, Denied, Device, DeviceSession, Gone, Inbound, Permissions, RetainHandling,
@@ -153,9 +153,21 @@ const MAX_INFLIGHT: usize = 128;
 /// A QoS 1 or 2 PUBLISH sent to the device and not yet acknowledged.
 struct Inflight {
     pkid: u16,
-    delivery: Delivery,
+    /// `None` for a QoS 2 flow resumed from an earlier connection at its PUBREL.
+    delivery: Option<Delivery>,
     /// QoS 2: PUBREC came and PUBREL went; waiting for PUBCOMP.
     released: bool,
+}
+
+impl Inflight {
+    fn qos(&self) -> u8 {
+        self.delivery.as_ref().map_or(2, |d| d.qos)
+    }
+
+    /// Bytes it counts for in the session's queue.
+    fn size(&self) -> usize {
+        self.delivery.as_ref().map_or(0, Delivery::size)
+    }
 }
 
 /// An admitted device.
@@ -230,6 +242,28 @@ impl Running {
         let recheck = admitted.shared.recheck.subscribe();
         // A resumed session's filters are held still and still count.
         let subscribed = admitted.session.filters().into_iter().collect();
+        // Our PUBRELs the device had not completed go again, first thing.
+        let ids = admitted.packet_ids;
+        let inflight = ids
+            .releasing
+            .iter()
+            .map(|&pkid| Inflight {
+                pkid,
+                delivery: None,
+                released: true,
+            })
+            .collect();
+        let to_device = ids
+            .releasing
+            .iter()
+            .map(|&pkid| {
+                let rel = PubRel {
+                    pkid,
+                    reason: PubRelReason::Success,
+                };
+                Packet::PubRel(rel, None)
+            })
+            .collect();
         Running {
             stream: admitted.stream,
             codec: admitted.codec,
@@ -244,13 +278,13 @@ impl Running {
             will: admitted.will,
             read_buf,
             write_buf: BytesMut::with_capacity(4096),
-            to_device: Vec::new(),
-            awaiting_release: admitted.unreleased,
+            to_device,
+            awaiting_release: ids.unreleased,
             topic_aliases: HashMap::new(),
             subscribed,
             device_max_packet,
             max_inflight: max_inflight.max(1),
-            inflight: VecDeque::new(),
+            inflight,
             next_pkid: 0,
             taken: VecDeque::new(),
             catch_up: VecDeque::new(),
@@ -264,6 +298,9 @@ impl Running {
             self.say_why(DisconnectReasonCode::ServerShuttingDown).await;
         }
         self.stream.shutdown().await;
+        // Before the client id is free again: a connection resuming the session must
+        // find it left as this one leaves it (its queue, its open QoS 2 flows).
+        self.leave_session(why);
         self.shared
             .registry
             .release(&self.device.client_id, self.slot.serial);
@@ -283,7 +320,6 @@ impl Running {
                 fire_will(self.shared.clone(), self.device.clone(), will);
             }
         }
-        self.leave_session(why);
         self.shared.ingress.disconnected(&self.device, why);
         self.slot.gone.cancel();
     }
@@ -293,15 +329,17 @@ impl Running {
     /// message whose PUBREC came is delivered as far as the device is concerned.
     fn leave_session(&mut self, why: Gone) {
         let mut unacknowledged = Vec::new();
+        let mut releasing = Vec::new();
         let (mut done, mut done_bytes) = (0, 0);
         for sent in self.inflight.drain(..) {
             if sent.released {
-                done += 1;
-                done_bytes += sent.delivery.size();
-            } else {
+                done += usize::from(sent.delivery.is_some());
+                done_bytes += sent.size();
+                releasing.push(sent.pkid);
+            } else if let Some(delivery) = sent.delivery {
                 unacknowledged.push(Delivery {
                     dup: true,
-                    ..sent.delivery
+                    ..delivery
                 });
             }
         }
@@ -310,10 +348,13 @@ impl Running {
             self.session.end(false);
             return;
         }
-        let unreleased = std::mem::take(&mut self.awaiting_release);
+        let ids = PacketIds {
+            unreleased: std::mem::take(&mut self.awaiting_release),
+            releasing,
+        };
         self.shared
             .registry
-            .stash_unreleased(&self.device.client_id, unreleased);
+            .stash_packet_ids(&self.device.client_id, ids);
         if why == Gone::TakenOver {
             // The connection taking over attaches to it (or ends it) right away.
             self.session.detach(unacknowledged);
@@ -331,6 +372,9 @@ impl Running {
     async fn serve(&mut self) -> Gone {
         let idle_limit = self.keep_alive + self.keep_alive / 2;
         let mut idle_deadline = Instant::now() + idle_limit;
+        if self.flush().await.is_err() {
+            return Gone::Lost;
+        }
         if !self.read_buf.is_empty() {
             if let Some(end) = self.handle_input().await {
                 return end;
@@ -828,12 +872,14 @@ impl Running {
 
     /// A PUBACK (`pubcomp` false) or PUBCOMP for a PUBLISH we sent: that delivery is done.
     fn acknowledged(&mut self, pkid: u16, pubcomp: bool) {
-        let found = self.inflight.iter().position(|s| {
-            s.pkid == pkid && s.released == pubcomp && (s.delivery.qos == 2) == pubcomp
-        });
+        let found = self
+            .inflight
+            .iter()
+            .position(|s| s.pkid == pkid && s.released == pubcomp && (s.qos() == 2) == pubcomp);
         if let Some(at) = found {
             if let Some(sent) = self.inflight.remove(at) {
-                self.session.release(1, sent.delivery.size());
+                self.session
+                    .release(usize::from(sent.delivery.is_some()), sent.size());
             }
         }
     }
@@ -844,7 +890,7 @@ impl Running {
         let found = self
             .inflight
             .iter()
-            .position(|s| s.pkid == rec.pkid && s.delivery.qos == 2);
+            .position(|s| s.pkid == rec.pkid && s.qos() == 2);
         let Some(at) = found else {
             self.to_device.push(Packet::PubRel(
                 PubRel {
@@ -860,7 +906,8 @@ impl Running {
             PubRecReason::Success | PubRecReason::NoMatchingSubscribers
         ) {
             if let Some(sent) = self.inflight.remove(at) {
-                self.session.release(1, sent.delivery.size());
+                self.session
+                    .release(usize::from(sent.delivery.is_some()), sent.size());
             }
             return;
         }
@@ -930,7 +977,7 @@ impl Running {
             } else {
                 self.inflight.push_back(Inflight {
                     pkid,
-                    delivery,
+                    delivery: Some(delivery),
                     released: false,
                 });
             }
@@ -977,7 +1024,7 @@ pub(crate) fn keep(
         .keep_session(client_id, shared.config.max_connections)
     else {
         session.end(false);
-        shared.registry.take_unreleased(client_id);
+        shared.registry.take_packet_ids(client_id);
         return;
     };
     session.detach(unacknowledged);
@@ -989,7 +1036,7 @@ pub(crate) fn keep(
         tokio::select! {
             _ = tokio::time::sleep(expiry) => {
                 if session.end(true) {
-                    shared.registry.take_unreleased(&client_id);
+                    shared.registry.take_packet_ids(&client_id);
                 }
                 shared.stats.sessions_expired.fetch_add(1, Ordering::Relaxed);
             }

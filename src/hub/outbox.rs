@@ -301,6 +301,8 @@ impl<T: Queued> Outbox<T> {
         for frame in frames.into_iter().rev() {
             q.frames.push_front(frame);
         }
+        drop(q);
+        self.consumer.wake();
     }
 
     /// Whether it stopped taking frames.
