@@ -253,3 +253,92 @@ impl Hub {
         lock(&self.devices).len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{hub, publish_as};
+    use super::*;
+    use std::collections::VecDeque;
+    use switchboard_core::message::Origin;
+
+    fn options(qos: u8) -> SubscriptionOptions {
+        SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        }
+    }
+
+    async fn taken(session: &DeviceSession) -> Vec<Delivery> {
+        let mut out = VecDeque::new();
+        session.outbox.next_batch(&mut out).await;
+        out.into()
+    }
+
+    #[tokio::test]
+    async fn deliveries_follow_the_subscription_options() {
+        let hub = hub();
+        let (a, present) = hub.attach_device("a", true);
+        assert!(!present);
+        hub.subscribe_device(&a, "t/#", options(0)).unwrap();
+        let rap = SubscriptionOptions {
+            retain_as_published: true,
+            no_local: true,
+            ..options(2)
+        };
+        hub.subscribe_device(&a, "t/x", rap).unwrap();
+        // From WebSocket: QoS 1 at most, RETAIN kept under Retain As Published only.
+        publish_as(&hub, "t/x", "1", Origin::Ws, true).unwrap();
+        let got = taken(&a).await;
+        assert_eq!(got.len(), 1, "one delivery per message");
+        assert_eq!(&got[0].message.payload[..], b"1");
+        assert!(got[0].qos <= 1);
+        // Its own message under No Local: the t/# subscription still takes it.
+        let data = serde_json::value::RawValue::from_string("2".into()).unwrap();
+        let own = switchboard_core::message::Publish {
+            from: "mqtt:a",
+            origin: Origin::Mqtt,
+            ..switchboard_core::message::Publish::test("t/y", &data)
+        };
+        hub.publish(own).unwrap();
+        assert_eq!(taken(&a).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_session_away_keeps_qos1_not_qos0_and_comes_back_present() {
+        let hub = hub();
+        let (a, _) = hub.attach_device("a", false);
+        hub.subscribe_device(&a, "q0", options(0)).unwrap();
+        hub.subscribe_device(&a, "q1", options(1)).unwrap();
+        hub.detach_device(&a);
+        publish_as(&hub, "q0", "0", Origin::Ws, false).unwrap();
+        publish_as(&hub, "q1", "1", Origin::Ws, false).unwrap();
+        let (back, present) = hub.attach_device("a", false);
+        assert!(present && Arc::ptr_eq(&a, &back));
+        let got = taken(&back).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].message.topic[..], b"q1");
+        // An expiry does nothing to a session whose device is back; a clean start ends it.
+        assert!(!hub.expire_device(&back));
+        let (fresh, present) = hub.attach_device("a", true);
+        assert!(!present && !Arc::ptr_eq(&fresh, &back));
+        assert!(back.outbox.is_closed());
+        assert_eq!(hub.stats().subscriptions, 0);
+    }
+
+    #[tokio::test]
+    async fn a_shared_group_takes_turns() {
+        let hub = hub();
+        let (a, _) = hub.attach_device("a", true);
+        let (b, _) = hub.attach_device("b", true);
+        for s in [&a, &b] {
+            hub.subscribe_device(s, "$share/g/s", options(0)).unwrap();
+        }
+        for _ in 0..4 {
+            publish_as(&hub, "s", "1", Origin::Ws, false).unwrap();
+        }
+        assert_eq!((taken(&a).await.len(), taken(&b).await.len()), (2, 2));
+        assert!(hub.unsubscribe_device(&a, "$share/g/s"));
+        hub.end_device(&b);
+        assert_eq!(hub.stats().subscriptions, 0);
+    }
+}
