@@ -103,16 +103,17 @@ async fn a_websocket_message_reaches_an_mqtt_subscriber_with_a_puback_flow() {
     assert!(!next[0].dup());
 }
 
-/// Subscribes `client_id` to `topic` at QoS 1 with these CONNECT flags and properties,
-/// then leaves with a DISCONNECT.
+/// Subscribes `client_id` (MQTT 5 or 3.1.1) to `topic` at QoS 1 with these CONNECT
+/// flags and properties, then leaves with a DISCONNECT.
 async fn subscribe_and_leave(
     addr: SocketAddr,
+    v5: bool,
     client_id: &str,
     flags: u8,
     props: &[u8],
     topic: &str,
 ) {
-    let (mut dev, _) = Wire::connect_with(addr, true, client_id, flags, props).await;
+    let (mut dev, _) = Wire::connect_with(addr, v5, client_id, flags, props).await;
     assert_eq!(dev.subscribed_with(1, &[(topic, 1)]).await, [1]);
     let bye = dev.disconnect();
     dev.send(&bye).await;
@@ -126,7 +127,7 @@ async fn mqtt5_sessions_last_as_long_as_their_session_expiry() {
     let (mut publisher, _) = Wire::connect(addr, true, "exp-pub", &[]).await;
 
     // Clean Start 0 with no expiry: the session ends with the connection.
-    subscribe_and_leave(addr, "exp-none", 0, &[], "exp/none").await;
+    subscribe_and_leave(addr, true, "exp-none", 0, &[], "exp/none").await;
     let (mut dev, connack) = Wire::connect_with(addr, true, "exp-none", 0, &[]).await;
     assert!(!session_present(&connack), "{connack:?}");
     publish(&mut publisher, 1, "exp/none", b"x", false).await;
@@ -135,7 +136,7 @@ async fn mqtt5_sessions_last_as_long_as_their_session_expiry() {
 
     // Clean Start 1 with an expiry of 300 s: kept after the connection, with what was
     // published meanwhile.
-    subscribe_and_leave(addr, "exp-300", 0x02, &expiry(300), "exp/300").await;
+    subscribe_and_leave(addr, true, "exp-300", 0x02, &expiry(300), "exp/300").await;
     wait_stat(&d, &["sessions_waiting"], 1).await;
     publish(&mut publisher, 1, "exp/300", b"kept", false).await;
     let (mut dev, connack) = Wire::connect_with(addr, true, "exp-300", 0, &expiry(300)).await;
@@ -146,7 +147,7 @@ async fn mqtt5_sessions_last_as_long_as_their_session_expiry() {
     drop(dev);
 
     // An expiry of 1 s: the session and what was queued for it go when it passes.
-    subscribe_and_leave(addr, "exp-1", 0, &expiry(1), "exp/1").await;
+    subscribe_and_leave(addr, true, "exp-1", 0, &expiry(1), "exp/1").await;
     publish(&mut publisher, 1, "exp/1", b"lost", false).await;
     wait_stat(&d, &["sessions_expired"], 1).await;
     let (mut dev, connack) = Wire::connect_with(addr, true, "exp-1", 0, &expiry(1)).await;
@@ -377,4 +378,26 @@ async fn a_pubrel_not_completed_is_sent_again_when_the_device_returns() {
     let got = sub.publishes_until_quiet(true).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].publish(true).payload, b"next");
+}
+
+#[tokio::test]
+async fn a_session_away_keeps_a_bounded_queue_and_counts_what_it_drops() {
+    let d = Daemon::start("[ws]\noutbound_queue_messages = 4\n");
+    let addr = d.mqtt.unwrap();
+    // 3.1.1 with clean session off: kept after the device leaves.
+    subscribe_and_leave(addr, false, "bounded", 0, &[], "b/t").await;
+    let (mut publisher, _) = Wire::connect(addr, false, "b-pub", &[]).await;
+    for i in 0..10u8 {
+        publish(&mut publisher, 1, "b/t", &[b'0' + i], false).await;
+    }
+    assert_eq!(d.healthz().await["dropped"], 6, "the oldest go, counted");
+    let (mut dev, connack) = Wire::connect_with(addr, false, "bounded", 0, &[]).await;
+    assert!(session_present(&connack));
+    let got: Vec<u8> = dev
+        .publishes_until_quiet(true)
+        .await
+        .iter()
+        .map(|p| p.publish(false).payload[0])
+        .collect();
+    assert_eq!(got, b"6789", "the newest are kept");
 }
