@@ -305,8 +305,8 @@ pub trait DeviceSession: Send + Sync {
     /// True if the filter was held.
     fn unsubscribe(&self, filter: &str) -> bool;
     fn filters(&self) -> Vec<String>;
-    /// Takes up to `max` queued deliveries, oldest first; `Ready(false)` once the
-    /// session was ended or closed for falling behind.
+    /// Takes queued deliveries, oldest first, with at most `max` of QoS 1 or 2 among
+    /// them; `Ready(false)` once the session was ended or closed for falling behind.
     fn poll_deliveries(
         &self,
         cx: &mut Context<'_>,

@@ -30,6 +30,12 @@ use switchboard_core::protocol::Frame;
 pub trait Queued {
     /// Bytes it holds, for the byte limit.
     fn size(&self) -> usize;
+
+    /// Whether it counts against what [`Outbox::poll_up_to`] may take: an MQTT
+    /// delivery that waits for an acknowledgement does, anything else does not.
+    fn awaits_ack(&self) -> bool {
+        false
+    }
 }
 
 impl Queued for Frame {
@@ -41,6 +47,10 @@ impl Queued for Frame {
 impl Queued for Delivery {
     fn size(&self) -> usize {
         Delivery::size(self)
+    }
+
+    fn awaits_ack(&self) -> bool {
+        self.qos > 0
     }
 }
 
@@ -233,16 +243,27 @@ impl<T: Queued> Outbox<T> {
         take: bool,
         out: &mut VecDeque<T>,
     ) -> Poll<Batch> {
-        self.poll_up_to(cx, if take { usize::MAX } else { 0 }, out)
+        self.poll_inner(cx, take, usize::MAX, out)
     }
 
-    /// [`Outbox::poll_batch`] taking at most `max` frames, oldest first: an MQTT session
-    /// takes no more than the device's Receive Maximum lets it send, and leaves the
-    /// rest here, where the queue limits apply. `closed` is reported with the batch
-    /// that empties the queue.
+    /// [`Outbox::poll_batch`] taking, oldest first, at most `max` frames that await an
+    /// acknowledgement ([`Queued::awaits_ack`]) and those between them: an MQTT session
+    /// takes no more QoS 1 and 2 deliveries than the device's Receive Maximum lets it
+    /// send, and leaves the rest here, where the queue limits apply. `closed` is
+    /// reported with the batch that empties the queue.
     pub fn poll_up_to(
         &self,
         cx: &mut Context<'_>,
+        max: usize,
+        out: &mut VecDeque<T>,
+    ) -> Poll<Batch> {
+        self.poll_inner(cx, true, max, out)
+    }
+
+    fn poll_inner(
+        &self,
+        cx: &mut Context<'_>,
+        take: bool,
         max: usize,
         out: &mut VecDeque<T>,
     ) -> Poll<Batch> {
@@ -256,10 +277,26 @@ impl<T: Queued> Outbox<T> {
                 oldest: None,
             });
         }
-        if max == 0 || (q.frames.is_empty() && q.dropped == 0 && q.closed.is_none()) {
+        if !take || (q.frames.is_empty() && q.dropped == 0 && q.closed.is_none()) {
             return Poll::Pending;
         }
-        if max >= q.frames.len() {
+        let n = if max >= q.frames.len() {
+            q.frames.len()
+        } else {
+            let mut counted = 0;
+            q.frames
+                .iter()
+                .take_while(|f| {
+                    counted += usize::from(f.awaits_ack());
+                    counted <= max
+                })
+                .count()
+        };
+        if n == 0 && q.dropped == 0 && (q.closed.is_none() || !q.frames.is_empty()) {
+            // The next one awaits an acknowledgement and there is no room for it.
+            return Poll::Pending;
+        }
+        if n == q.frames.len() {
             q.taken_frames += q.frames.len();
             q.taken_bytes += q.bytes;
             if out.is_empty() {
@@ -270,12 +307,12 @@ impl<T: Queued> Outbox<T> {
             q.bytes = 0;
         } else {
             let mut bytes = 0;
-            for frame in q.frames.drain(..max) {
+            for frame in q.frames.drain(..n) {
                 bytes += frame.size();
                 out.push_back(frame);
             }
             q.bytes -= bytes;
-            q.taken_frames += max;
+            q.taken_frames += n;
             q.taken_bytes += bytes;
         }
         let closed = if q.frames.is_empty() { q.closed } else { None };
@@ -436,6 +473,42 @@ mod tests {
         o.push_stamped(Frame::from_static("c"), Some(30));
         out.clear();
         assert_eq!(o.next_batch(&mut out).await.oldest, Some(30));
+    }
+
+    #[test]
+    fn at_most_max_deliveries_awaiting_an_ack_are_taken() {
+        use std::sync::Arc;
+        use switchboard_core::delivery::DeviceMessage;
+        let o: Outbox<Delivery> = Outbox::new(QueueLimits {
+            max_messages: 10,
+            max_bytes: 1000,
+            policy: SlowConsumerPolicy::DropOldest,
+        });
+        let message = Arc::new(DeviceMessage {
+            topic: "t".into(),
+            payload: "p".into(),
+            qos: 1,
+            retain: false,
+            properties: Default::default(),
+        });
+        for qos in [1, 0, 1, 1] {
+            o.push(Delivery {
+                message: message.clone(),
+                qos,
+                retain: false,
+                dup: false,
+            });
+        }
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut out = VecDeque::new();
+        assert!(o.poll_up_to(&mut cx, 1, &mut out).is_ready());
+        let taken: Vec<u8> = out.iter().map(|d| d.qos).collect();
+        assert_eq!(taken, [1, 0], "QoS 0 ones ride along");
+        out.clear();
+        assert!(o.poll_up_to(&mut cx, 0, &mut out).is_pending(), "no room");
+        assert!(o.poll_up_to(&mut cx, 5, &mut out).is_ready());
+        assert_eq!(out.len(), 2);
     }
 
     #[tokio::test]
