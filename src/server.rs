@@ -28,7 +28,7 @@ use crate::hub::outbox::CloseReason;
 use crate::hub::Hub;
 use crate::metrics::{Instruments, Registry};
 use crate::mqtt::metrics::MqttMetrics;
-use crate::mqtt::{BrokerTap, HubIngress};
+use crate::mqtt::{HubIngress, HubSessions};
 use crate::outbound_webhooks::Webhooks;
 use crate::pubkeys::KeyRegistry;
 use crate::recordings::Recorder;
@@ -361,20 +361,8 @@ impl Server {
         crate::systemd::ready(&listening);
         crate::systemd::spawn_watchdog(app.hub.clone(), &background);
 
-        let broker_died = async {
-            match &app.broker {
-                Some(broker) => broker.died().await,
-                None => std::future::pending().await,
-            }
-        };
-        let mut failure = None;
-        tokio::select! {
-            _ = stop => {}
-            _ = broker_died => {
-                tracing::error!("the MQTT broker's router thread died; shutting down");
-                failure = Some(anyhow::anyhow!("the embedded MQTT broker stopped unexpectedly"));
-            }
-        }
+        let failure: Option<anyhow::Error> = None;
+        stop.await;
         tracing::info!("shutting down: no new connections, closing clients");
         let sessions = app.hub.sessions();
         crate::systemd::stopping(&format!(
@@ -474,8 +462,8 @@ async fn start_broker(
         hub.clone(),
         config.mqtt.offline_notices.get(),
     ));
-    let broker = Broker::start(broker_config, gate.clone(), ingress).await?;
-    hub.add_tap(Arc::new(BrokerTap::new(broker.publisher())));
+    let sessions = Arc::new(HubSessions::new(hub.clone()));
+    let broker = Broker::start(broker_config, gate.clone(), ingress, sessions).await?;
     Ok((Some(Arc::new(broker)), Some(gate)))
 }
 

@@ -1079,6 +1079,42 @@ async fn mqtt_over_websocket_both_ways() {
     assert_eq!(s["data"]["transport"], "websocket", "{s}");
 }
 
+/// A subscription granted QoS 2 gets each message at the QoS it was published at (at
+/// most 1 for WebSocket messages), over MQTT over WebSocket too, for either revision.
+#[tokio::test]
+async fn mqtt_over_websocket_gets_the_lower_of_publish_and_granted_qos() {
+    let d = Daemon::start("");
+    let port = d.mqtt.unwrap().port();
+    let ws_port = d.mqtt_ws.expect("MQTT/WebSocket listener").port();
+    for version in ["3.1.1", "5"] {
+        let id = format!("ws-qos-{version}");
+        let mut o = PahoOpts::new(version, &id);
+        o.websocket = true;
+        let mut dev = Paho::connect_with(ws_port, o).await;
+        assert_eq!(dev.subscribe(&[("wq/#", 2)]).await, vec![2]);
+        for qos in ["0", "1"] {
+            let topic = format!("wq/{qos}");
+            assert!(mosquitto_pub(port, &["-q", qos, "-t", &topic, "-m", "x"]).await);
+        }
+        let mut ws = Raw::connect(&d.ws_url()).await;
+        let r = ws
+            .request(json!({"op":"pub","topic":"wq/ws","data":1}))
+            .await;
+        assert_eq!(r["op"], "ok");
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let m = dev.expect("message").await;
+            got.push((
+                m["topic"].as_str().unwrap().to_owned(),
+                m["qos"].as_u64().unwrap(),
+            ));
+        }
+        got.sort();
+        let want = [("wq/0", 0), ("wq/1", 1), ("wq/ws", 1)].map(|(t, q)| (t.to_owned(), q));
+        assert_eq!(got, want, "MQTT {version} over WebSocket");
+    }
+}
+
 /// A 3.1.1 CONNECT with a keep-alive and a Last Will.
 fn connect_with_will(client_id: &str, keep_alive: u16, will_topic: &str, will: &[u8]) -> Vec<u8> {
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02 | 0x04];

@@ -2,7 +2,7 @@
 //!
 //! Each step establishes one thing the session needs, and most can refuse the device with
 //! the CONNACK code that says why. In this order: a connection permit, the client id, the
-//! credentials, the Last Will, the client id's previous holder, the router link, the CONNACK.
+//! credentials, the Last Will, the client id's previous holder, the session, the CONNACK.
 //! The order matters: the cheap checks come before the slow password hash, and a session
 //! holding the client id is only asked to leave once the newcomer's credentials and Last
 //! Will have passed, so a device that is refused never disturbs one that is connected.
@@ -13,21 +13,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    ConnAckProperties, Connect, ConnectReturnCode, LastWill, LastWillProperties, Login, Packet,
-    PublishProperties,
+    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, LastWill, LastWillProperties, Login,
+    Packet, PublishProperties,
 };
-use rumqttd::Notification;
 use switchboard_core::quiet::Throttle;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::codec::Codec;
-use crate::registry::Slot;
-use crate::router::disconnect_packet;
-use crate::router::LinkOptions;
+use crate::registry::{PacketIds, Slot};
 use crate::transport::Stream;
-use crate::{Credentials, Denied, Device, Permissions, Refusal, Shared, Transport, Version};
+use crate::{
+    Credentials, Denied, Device, DeviceSession, Permissions, Refusal, Shared, Transport, Version,
+};
 
 /// Longest client id we accept. MQTT only promises 23 characters; 128 covers MAC- and
 /// UUID-based ids with room to spare and keeps ids usable in topic patterns.
@@ -80,9 +78,11 @@ pub(crate) struct Admitted {
     pub device: Device,
     pub permissions: Arc<dyn Permissions>,
     pub keep_alive: Duration,
-    pub clean_session: bool,
-    pub link_tx: LinkTx,
-    pub link_rx: LinkRx,
+    /// Kept this long after the device leaves (zero: ends with the connection).
+    pub session_expiry: Duration,
+    pub session: Arc<dyn DeviceSession>,
+    /// The QoS 2 flows the resumed session holds open.
+    pub packet_ids: PacketIds,
     pub slot: Slot,
     /// One of `max_connections`, given back when the session ends.
     pub capacity: OwnedSemaphorePermit,
@@ -90,7 +90,7 @@ pub(crate) struct Admitted {
 }
 
 /// The device was refused (and told why) or left during the handshake. Whatever admission
-/// had taken for it (permit, client id, router link) is given back by then.
+/// had taken for it (permit, client id, session) is given back by then.
 pub(crate) struct NotAdmitted;
 
 /// A Last Will the device's permissions allow, fired by the session if the device is lost.
@@ -98,6 +98,7 @@ pub(crate) struct Will {
     pub topic: String,
     pub payload: Bytes,
     pub retain: bool,
+    pub qos: u8,
     pub delay: Duration,
     /// MQTT 5: what MQTT subscribers get with the will (user properties, content type,
     /// payload format, message expiry, response topic, correlation data).
@@ -116,7 +117,7 @@ impl Admission {
     pub(crate) async fn admit(
         mut self,
         connect: Connect,
-        session_expiry: Option<u32>,
+        expiry_asked: Option<u32>,
         will: Option<LastWill>,
         will_props: Option<LastWillProperties>,
         login: Option<Login>,
@@ -124,20 +125,32 @@ impl Admission {
         let capacity = self.take_permit().await?;
         let client_id = self.client_id(&connect).await?;
         let (username, permissions) = self.authenticate(&client_id.id, login).await?;
+        let session_expiry = self.session_expiry(connect.clean_session, expiry_asked);
         let will = self
             .accept_will(will, will_props, session_expiry, permissions.as_ref())
             .await?;
         let slot = self.claim(&client_id.id).await;
-        let clean_session = connect.clean_session;
-        let (link_tx, link_rx, connack) = self
-            .join_router(&client_id.id, clean_session, &slot)
-            .await?;
+        // 3.1.1's Clean Session is MQTT 5's Clean Start with an expiry of 0.
+        let (session, present) = self
+            .shared
+            .sessions
+            .attach(&client_id.id, connect.clean_session);
+        let mut packet_ids = self.shared.registry.take_packet_ids(&client_id.id);
+        if !present {
+            packet_ids = PacketIds::default();
+        }
         if self
-            .send_connack(connack, client_id.assigned)
+            .send_connack(present, client_id.assigned)
             .await
             .is_err()
         {
-            self.leave_router(link_tx, &client_id.id, &slot).await;
+            if session_expiry.is_zero() {
+                session.end(false);
+            } else {
+                self.shared
+                    .keep_session(&client_id.id, session, Vec::new(), session_expiry);
+            }
+            self.release(&client_id.id, &slot);
             return Err(NotAdmitted);
         }
         let device = self.announce(client_id.id, username, permissions.as_ref());
@@ -148,9 +161,9 @@ impl Admission {
             device,
             permissions,
             keep_alive: Duration::from_secs(connect.keep_alive.into()),
-            clean_session,
-            link_tx,
-            link_rx,
+            session_expiry,
+            session,
+            packet_ids,
             slot,
             capacity,
             will,
@@ -257,7 +270,7 @@ impl Admission {
         &mut self,
         will: Option<LastWill>,
         will_props: Option<LastWillProperties>,
-        session_expiry: Option<u32>,
+        session_expiry: Duration,
         permissions: &dyn Permissions,
     ) -> Result<Option<Will>, NotAdmitted> {
         let Some(will) = will else {
@@ -279,102 +292,67 @@ impl Admission {
             return Err(self.refuse(code, "will topic not allowed").await);
         }
         let delay = will_props.as_ref().and_then(|p| p.delay_interval);
-        let delay = delay.unwrap_or(0).min(session_expiry.unwrap_or(0));
+        let delay = Duration::from_secs(delay.unwrap_or(0).into()).min(session_expiry);
         Ok(Some(Will {
             topic,
             payload: will.message,
             retain: will.retain,
-            delay: Duration::from_secs(delay.into()),
+            qos: will.qos as u8,
+            delay,
             properties: will_props.map(publish_properties),
         }))
     }
 
-    /// Claims the client id, asking a session that holds it to leave first.
+    /// Claims the client id, asking a connection that holds it to leave first.
     async fn claim(&self, client_id: &str) -> Slot {
         let (slot, previous) = self.shared.registry.claim(client_id);
         if let Some(previous) = previous {
             previous.take_over.cancel();
-            // The old session leaves the router before this one joins, so its offline
-            // notice precedes our online one and the router sees one owner at a time.
+            // The old connection leaves its session before this one takes it, so its
+            // offline notice precedes our online one and a session has one owner at a time.
             let _ = tokio::time::timeout(Duration::from_secs(5), previous.gone.cancelled()).await;
         }
         slot
     }
 
-    /// Registers the link with the router (it blocks until the router answers, so on a
-    /// blocking thread), which answers with the CONNACK to send.
-    async fn join_router(
-        &mut self,
-        client_id: &str,
-        clean_session: bool,
-        slot: &Slot,
-    ) -> Result<(LinkTx, LinkRx, Notification), NotAdmitted> {
-        let router = self.shared.router.clone();
-        let id = client_id.to_owned();
-        let linked = tokio::task::spawn_blocking(move || {
-            router.connect(&LinkOptions {
-                client_id: &id,
-                clean_session,
-            })
-        })
-        .await;
-        let link = match linked {
-            Ok(Ok(link)) => Ok(link),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(e.to_string()),
+    /// How long the session outlives the connection: MQTT 5's Session Expiry Interval
+    /// (absent is 0), a 3.1.1 persistent session as long as we keep any; at most
+    /// `max_session_expiry`.
+    fn session_expiry(&self, clean_session: bool, asked: Option<u32>) -> Duration {
+        let asked = match self.codec.version() {
+            Version::V5 => Duration::from_secs(asked.unwrap_or(0).into()),
+            Version::V311 if clean_session => Duration::ZERO,
+            Version::V311 => Duration::MAX,
         };
-        let link = match link {
-            Ok(link) => link,
-            Err(why) => {
-                tracing::warn!(client_id, error = %why, "the MQTT router refused the link");
-                self.release(client_id, slot);
-                return Err(self
-                    .refuse(
-                        ConnectReturnCode::ServerUnavailable,
-                        "router refused the link",
-                    )
-                    .await);
-            }
-        };
-        if clean_session {
-            // The router has just discarded any session this id left behind.
-            self.shared.interest.forget(client_id);
-        }
-        Ok(link)
+        asked.min(self.shared.config.max_session_expiry)
     }
 
-    /// Writes the router's CONNACK, with what MQTT 5 devices are told besides: the id we
-    /// assigned, the largest packet we accept and the limits the session enforces. `Err` if the device is gone.
-    async fn send_connack(
-        &mut self,
-        connack: Notification,
-        assigned: Option<String>,
-    ) -> Result<(), ()> {
-        let mut connack: Option<Packet> = connack.into();
-        if let (Some(Packet::ConnAck(_, props)), Version::V5) = (&mut connack, self.codec.version())
-        {
-            let props = props.get_or_insert_with(ConnAckProperties::default);
-            props.assigned_client_identifier = assigned;
-            props.max_packet_size = u32::try_from(self.shared.config.max_packet_size).ok();
-            props.receive_max = Some(self.shared.config.receive_maximum);
-            props.topic_alias_max = Some(self.shared.config.topic_alias_maximum);
-        }
+    /// Writes the CONNACK, with what MQTT 5 devices are told besides: the id we
+    /// assigned, the largest packet we accept, the limits the session enforces and the
+    /// feature it lacks. `Err` if the device is gone.
+    async fn send_connack(&mut self, present: bool, assigned: Option<String>) -> Result<(), ()> {
+        let props = (self.codec.version() == Version::V5).then(|| ConnAckProperties {
+            assigned_client_identifier: assigned,
+            max_packet_size: u32::try_from(self.shared.config.max_packet_size).ok(),
+            receive_max: Some(self.shared.config.receive_maximum),
+            topic_alias_max: Some(self.shared.config.topic_alias_maximum),
+            subscription_identifiers_available: Some(0),
+            ..ConnAckProperties::default()
+        });
+        let connack = Packet::ConnAck(
+            ConnAck {
+                session_present: present,
+                code: ConnectReturnCode::Success,
+            },
+            props,
+        );
         let mut out = BytesMut::new();
-        if let Some(connack) = connack {
-            if self.codec.write(connack, &mut out).is_err()
-                || self.stream.write_all(&out).await.is_err()
-            {
-                return Err(());
-            }
+        if self.codec.write(connack, &mut out).is_err()
+            || self.stream.write_all(&out).await.is_err()
+        {
+            return Err(());
         }
         Ok(())
-    }
-
-    /// Leaves the router cleanly even though the device already left, and gives the client
-    /// id back.
-    async fn leave_router(&self, mut link_tx: LinkTx, client_id: &str, slot: &Slot) {
-        let _ = link_tx.send(disconnect_packet()).await;
-        self.release(client_id, slot);
     }
 
     /// Gives the client id back and lets a connection waiting to take it over go ahead.
@@ -429,8 +407,9 @@ fn publish_properties(will: LastWillProperties) -> PublishProperties {
     }
 }
 
-/// Client ids end up in topic patterns (`sensors/%c/#`) and in the router, which rejects
-/// wildcard and separator characters; refusing them here gives the device a clear CONNACK.
+/// Client ids end up in topic patterns (`sensors/%c/#`) and in `$devices/<client id>`,
+/// where wildcard and separator characters would break them; refusing them here gives
+/// the device a clear CONNACK.
 pub(crate) fn validate_client_id(id: &str) -> Result<(), &'static str> {
     if id.len() > MAX_CLIENT_ID_LEN {
         return Err("client id longer than 128 bytes");

@@ -5,7 +5,7 @@
 //! packet id of a PUBLISH before decoding (rumqttd keeps those fields private), and strips
 //! MQTT 5 properties before the 3.1.1 encoder sees them (it panics on them).
 
-use bytes::BytesMut;
+use bytes::{BufMut, Bytes, BytesMut};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
@@ -96,6 +96,34 @@ pub(crate) fn peek_publish(buf: &[u8]) -> Option<PublishHeader> {
     Some(PublishHeader { qos, pkid })
 }
 
+/// A PUBLISH towards a subscriber, see [`Codec::write_publish`].
+pub(crate) struct OutPublish<'a> {
+    pub topic: &'a [u8],
+    pub payload: &'a [u8],
+    pub qos: u8,
+    pub pkid: u16,
+    pub retain: bool,
+    pub dup: bool,
+    /// MQTT 5 properties as [`encode_properties`] made them; empty for none.
+    pub properties: &'a [u8],
+}
+
+/// A PUBLISH's MQTT 5 properties as written on the wire (their length first), encoded
+/// once when the message comes in and copied into every subscriber's PUBLISH.
+pub(crate) fn encode_properties(properties: &rumqttd::protocol::PublishProperties) -> Bytes {
+    let publish = rumqttd::protocol::Publish::new(Bytes::new(), Bytes::new(), false);
+    let mut out = BytesMut::new();
+    let packet = Packet::Publish(publish, Some(properties.clone()));
+    if V5.write(packet, &mut out).is_err() {
+        return Bytes::new();
+    }
+    // Fixed header, remaining length, an empty topic (two bytes), then the properties.
+    let Some((_, len_len)) = remaining_length(&out[1..]) else {
+        return Bytes::new();
+    };
+    out.freeze().slice(1 + len_len + 2..)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PublishHeader {
     pub qos: u8,
@@ -144,6 +172,39 @@ impl Codec {
             Codec::V4(c) => c.write(for_v4(packet), out).map(drop),
             Codec::V5(c) => c.write(for_v5(packet), out).map(drop),
         }
+    }
+
+    /// Writes a PUBLISH to a subscriber from its parts, so that the topic and payload
+    /// shared by every subscriber are copied straight into the write buffer (rumqttd's
+    /// `Publish` keeps QoS and packet id private, so it cannot be built with them).
+    pub fn write_publish(&self, out: &mut BytesMut, publish: &OutPublish<'_>) {
+        let v5 = matches!(self, Codec::V5(_));
+        let properties: &[u8] = match (v5, publish.properties.is_empty()) {
+            (false, _) => &[],
+            (true, true) => &[0],
+            (true, false) => publish.properties,
+        };
+        let packet_id = if publish.qos > 0 { 2 } else { 0 };
+        let len = 2 + publish.topic.len() + packet_id + properties.len() + publish.payload.len();
+        out.reserve(len + 5);
+        out.put_u8(0x30 | u8::from(publish.dup) << 3 | publish.qos << 1 | u8::from(publish.retain));
+        let mut rest = len;
+        loop {
+            let byte = (rest % 128) as u8;
+            rest /= 128;
+            if rest == 0 {
+                out.put_u8(byte);
+                break;
+            }
+            out.put_u8(byte | 0x80);
+        }
+        out.put_u16(publish.topic.len() as u16);
+        out.extend_from_slice(publish.topic);
+        if publish.qos > 0 {
+            out.put_u16(publish.pkid);
+        }
+        out.extend_from_slice(properties);
+        out.extend_from_slice(publish.payload);
     }
 
     /// The CONNACK refusing a connection, in the codes this revision knows.
@@ -331,6 +392,59 @@ mod tests {
         assert!(read(&[0x36, 4, 0, 1, b'a', b'x']).is_err(), "PUBLISH QoS 3");
         // The header alone is enough to tell.
         assert!(read(&[0x80]).is_err());
+    }
+
+    #[test]
+    fn publishes_we_write_read_back() {
+        use rumqttd::protocol::PublishProperties;
+        let props = PublishProperties {
+            content_type: Some("text/plain".into()),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Default::default()
+        };
+        let encoded = encode_properties(&props);
+        for (version, qos, properties) in [
+            (Version::V311, 0, &b""[..]),
+            (Version::V311, 1, &b""[..]),
+            (Version::V5, 2, &b""[..]),
+            (Version::V5, 1, &encoded[..]),
+        ] {
+            let mut codec = Codec::new(version);
+            let mut out = BytesMut::new();
+            let payload = vec![7u8; 300];
+            codec.write_publish(
+                &mut out,
+                &OutPublish {
+                    topic: b"a/b",
+                    payload: &payload,
+                    qos,
+                    pkid: 9,
+                    retain: true,
+                    dup: qos > 0,
+                    properties,
+                },
+            );
+            assert_eq!(
+                peek_publish(&out),
+                Some(PublishHeader {
+                    qos,
+                    pkid: if qos > 0 { 9 } else { 0 }
+                })
+            );
+            let Ok(Some(Packet::Publish(p, read_props))) = codec.read(&mut out, 1 << 20) else {
+                panic!("not read back");
+            };
+            assert_eq!(
+                (&p.topic[..], p.payload.len(), p.retain),
+                (&b"a/b"[..], 300, true)
+            );
+            if !properties.is_empty() {
+                let read_props = read_props.unwrap();
+                assert_eq!(read_props.content_type.as_deref(), Some("text/plain"));
+                assert_eq!(read_props.user_properties, props.user_properties);
+            }
+            assert!(out.is_empty());
+        }
     }
 
     #[test]

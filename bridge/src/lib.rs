@@ -1,17 +1,18 @@
 //! Everything MQTT: the embedded broker that sensor nodes talk to.
 //!
-//! rumqttd's router owns MQTT routing state (subscriptions, QoS 1/2 flows, persistent
-//! sessions, retained messages for MQTT subscribers). Everything in front of it is ours:
-//! the listeners, the CONNECT handshake, authentication, topic permissions and the socket
-//! options. We do not use rumqttd's own listeners because they only log bind errors, leave
-//! Nagle's algorithm on, have no topic-permission hook, and can be panicked for everyone by
-//! a client id that reconnects after a refused connect.
+//! rumqttd gives us its MQTT 3.1.1 and 5 packet types and codecs; everything else is
+//! ours: the listeners, the CONNECT handshake, authentication, topic permissions, socket
+//! options, and each device's session (`session.rs`), which runs both directions of the
+//! protocol: acknowledgements, QoS 2, topic aliases, and the outbound flow to an MQTT
+//! subscriber (its packet ids, Receive Maximum and Maximum Packet Size). Who receives
+//! what is decided by the daemon's Hub, the one router for WebSocket and MQTT alike.
 //!
 //! This crate knows nothing of WebSocket clients or the hub. It meets the rest of the daemon
 //! through three seams:
 //! - [`Gate`] decides who may connect and what they may publish or subscribe to;
 //! - [`Ingress`] receives every message a device publishes and every device coming and going;
-//! - [`Publisher`] carries messages from elsewhere to MQTT subscribers.
+//! - [`Sessions`] keeps each device's subscriptions and queues what they receive, live
+//!   and, for a persistent session, while the device is away.
 //!
 //! Links to other brokers (upstream bridges, or the site's broker in external mode) are
 //! in [`upstream`], with their topic [`rules`]: an inbound stream of messages
@@ -19,26 +20,27 @@
 
 mod admission;
 mod codec;
-mod egress;
-mod interest;
 mod listener;
 mod registry;
-mod router;
 pub mod rules;
 mod session;
 mod transport;
 pub mod upstream;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use egress::{Publisher, QueueFull};
+pub use switchboard_core::delivery::{
+    Delivery, DeviceMessage, RetainHandling, SubscriptionOptions,
+};
 pub use switchboard_core::web::WebPolicy;
 
 /// How the broker listens and what it tolerates.
@@ -60,9 +62,6 @@ pub struct BrokerConfig {
     pub max_packet_size: usize,
     /// A socket that has not sent CONNECT by then is closed.
     pub connect_timeout: Duration,
-    /// Messages queued towards MQTT subscribers from other ways in before new ones are
-    /// dropped (and counted).
-    pub egress_queue: usize,
     /// QoS 2 publishes one device may leave unreleased (no PUBREL yet); announced to
     /// MQTT 5 devices as Receive Maximum. One more closes the connection.
     pub receive_maximum: u16,
@@ -71,6 +70,9 @@ pub struct BrokerConfig {
     pub topic_alias_maximum: u16,
     /// Topic filters one device may hold; further ones are refused in the SUBACK.
     pub max_subscriptions: usize,
+    /// Longest a session is kept after its device left (MQTT 5 Session Expiry Interval,
+    /// or a 3.1.1 persistent session): a device asking for longer gets this.
+    pub max_session_expiry: Duration,
     /// Which browser pages (`Origin`) and host names (`Host`) the WebSocket listeners
     /// accept: the daemon's own policy, so a page refused on its `/ws` is refused here.
     pub web: WebPolicy,
@@ -87,7 +89,7 @@ impl Default for BrokerConfig {
             max_connections: 10_000,
             max_packet_size: 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
-            egress_queue: 65_536,
+            max_session_expiry: Duration::from_secs(24 * 3600),
             receive_maximum: 32,
             max_subscriptions: 1000,
             topic_alias_maximum: 16,
@@ -238,8 +240,11 @@ pub trait Gate: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy)]
 pub struct Inbound<'a> {
     pub topic: &'a str,
-    pub payload: &'a [u8],
+    pub payload: &'a bytes::Bytes,
     pub retain: bool,
+    pub qos: u8,
+    /// MQTT 5 properties for the subscribers, as encoded on the wire; empty if none.
+    pub properties: &'a bytes::Bytes,
 }
 
 /// Why a device went away, for the offline notice.
@@ -279,6 +284,53 @@ pub trait Ingress: Send + Sync + 'static {
     fn disconnected(&self, device: &Device, why: Gone);
 }
 
+/// MQTT subscribers' sessions, kept by the daemon beside every other subscriber.
+pub trait Sessions: Send + Sync + 'static {
+    /// The session of a device that connected: with `clean_start` false the one its
+    /// client id left behind, if any (then `true`: session present), else a new one
+    /// (ending one left behind).
+    fn attach(&self, client_id: &str, clean_start: bool) -> (Arc<dyn DeviceSession>, bool);
+}
+
+/// One device's session: its subscriptions, and the deliveries queued for it (bounded:
+/// the daemon's per-subscriber queue limits apply, and count what they drop).
+pub trait DeviceSession: Send + Sync {
+    /// Subscribes (or changes the options of a held filter) and starts sending the
+    /// retained values the options ask for; a catch-up is returned when more remain.
+    fn subscribe(
+        &self,
+        filter: &str,
+        options: SubscriptionOptions,
+    ) -> Result<Option<Box<dyn CatchUp>>, Denied>;
+    /// True if the filter was held.
+    fn unsubscribe(&self, filter: &str) -> bool;
+    fn filters(&self) -> Vec<String>;
+    /// Takes queued deliveries, oldest first, with at most `max` of QoS 1 or 2 among
+    /// them; `Ready(false)` once the session was ended or closed for falling behind.
+    fn poll_deliveries(
+        &self,
+        cx: &mut Context<'_>,
+        max: usize,
+        out: &mut VecDeque<Delivery>,
+    ) -> Poll<bool>;
+    /// Deliveries taken and now done with (written, acknowledged or skipped), so they
+    /// no longer count against the queue limits.
+    fn release(&self, count: usize, bytes: usize);
+    /// Deliveries queued and not taken.
+    fn depth(&self) -> usize;
+    /// The device left; its session stays, with `unacknowledged` to send again first.
+    fn detach(&self, unacknowledged: Vec<Delivery>);
+    /// Ends the session: its subscriptions and queue go. With `only_if_detached`, not
+    /// if its device came back meanwhile; false then.
+    fn end(&self, only_if_detached: bool) -> bool;
+}
+
+/// A subscription's retained values, queued a step at a time.
+pub trait CatchUp: Send {
+    /// Queues the next step; true once none remain.
+    fn step(&mut self) -> bool;
+}
+
 /// Counters for /healthz and metrics.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -292,6 +344,8 @@ pub struct Stats {
     /// Sockets closed because their CONNECT was larger than the bound on what a
     /// connection may buffer before it is admitted.
     pub connects_too_large: AtomicU64,
+    /// Always 0: MQTT subscribers are served by the Hub, with no egress queue between.
+    /// Kept so the figures' set stays the same.
     pub egress_published: AtomicU64,
     pub egress_dropped: AtomicU64,
     /// TLS handshakes that failed or timed out on the TLS listeners.
@@ -304,6 +358,10 @@ pub struct Stats {
     pub too_large_for_device: AtomicU64,
     /// Connections closed for going past a limit the broker announced.
     pub limit_disconnects: LimitCounters,
+    /// Sessions ended when their Session Expiry passed after their device left.
+    pub sessions_expired: AtomicU64,
+    /// Sessions waiting for their device now.
+    pub sessions_waiting: AtomicU64,
 }
 
 /// Connections closed for going past an announced limit, by limit.
@@ -341,6 +399,8 @@ pub struct StatsSnapshot {
     pub subscribes_over_quota: u64,
     pub too_large_for_device: u64,
     pub limit_disconnects: LimitSnapshot,
+    pub sessions_expired: u64,
+    pub sessions_waiting: u64,
 }
 
 impl Stats {
@@ -365,6 +425,8 @@ impl Stats {
                 receive_maximum: get(&self.limit_disconnects.receive_maximum),
                 topic_alias: get(&self.limit_disconnects.topic_alias),
             },
+            sessions_expired: get(&self.sessions_expired),
+            sessions_waiting: get(&self.sessions_waiting),
         }
     }
 }
@@ -376,8 +438,6 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot start the MQTT router: {0}")]
-    Router(String),
     #[error("an MQTT TLS listener is configured without a TLS configuration")]
     NoTls,
 }
@@ -385,14 +445,11 @@ pub enum StartError {
 /// Shared by every connection task.
 pub(crate) struct Shared {
     pub config: BrokerConfig,
-    pub router: router::RouterHandle,
     pub gate: Arc<dyn Gate>,
     pub ingress: Arc<dyn Ingress>,
+    pub sessions: Arc<dyn Sessions>,
     pub registry: registry::Registry,
-    /// The filters MQTT subscribers hold, so publishes nobody over MQTT wants skip the router.
-    pub interest: interest::Interest,
     pub stats: Arc<Stats>,
-    pub publisher: Publisher,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     /// Bumped by [`Broker::recheck`]: every session then checks its device again.
@@ -401,7 +458,51 @@ pub(crate) struct Shared {
     pub capacity: Arc<tokio::sync::Semaphore>,
 }
 
-/// The running broker: its listeners, the router thread and the egress thread.
+impl Shared {
+    /// Keeps a session after its device left, `unacknowledged` first in its queue, until
+    /// `expiry` passes or the device comes back. At most `max_connections` sessions wait at
+    /// once; past that one ends with its connection.
+    pub(crate) fn keep_session(
+        self: &Arc<Self>,
+        client_id: &str,
+        session: Arc<dyn DeviceSession>,
+        unacknowledged: Vec<Delivery>,
+        expiry: Duration,
+    ) {
+        let Some((id, back)) = self
+            .registry
+            .keep_session(client_id, self.config.max_connections)
+        else {
+            session.end(false);
+            self.registry.take_packet_ids(client_id);
+            return;
+        };
+        session.detach(unacknowledged);
+        let stats = &self.stats;
+        stats.sessions_waiting.fetch_add(1, Ordering::Relaxed);
+        let shared = self.clone();
+        let client_id = client_id.to_owned();
+        shared.tracker.clone().spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(expiry) => {
+                    if session.end(true) {
+                        shared.registry.take_packet_ids(&client_id);
+                    }
+                    shared.stats.sessions_expired.fetch_add(1, Ordering::Relaxed);
+                }
+                _ = back.cancelled() => {}
+                _ = shared.shutdown.cancelled() => {}
+            }
+            shared
+                .stats
+                .sessions_waiting
+                .fetch_sub(1, Ordering::Relaxed);
+            shared.registry.session_done(&client_id, id);
+        });
+    }
+}
+
+/// The running broker: its listeners and device sessions.
 pub struct Broker {
     shared: Arc<Shared>,
     local_addr: Option<SocketAddr>,
@@ -411,12 +512,13 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Binds every configured listener (any failure is returned, nothing is left half-up),
-    /// starts the router and begins accepting devices on the current tokio runtime.
+    /// Binds every configured listener (any failure is returned, nothing is left half-up)
+    /// and begins accepting devices on the current tokio runtime.
     pub async fn start(
         config: BrokerConfig,
         gate: Arc<dyn Gate>,
         ingress: Arc<dyn Ingress>,
+        sessions: Arc<dyn Sessions>,
     ) -> Result<Broker, StartError> {
         let tcp = match config.listen {
             Some(addr) => Some(listener::bind(addr).await?),
@@ -437,25 +539,16 @@ impl Broker {
             Some(addr) => Some(listener::bind(addr).await?),
             None => None,
         };
-        let router = router::RouterHandle::start(config.max_connections)?;
         let stats = Arc::new(Stats::default());
         let shutdown = CancellationToken::new();
-        let publisher = egress::start(
-            &router,
-            config.egress_queue,
-            stats.clone(),
-            shutdown.clone(),
-        )?;
         let max_connections = config.max_connections;
         let shared = Arc::new(Shared {
             config,
-            router,
             gate,
             ingress,
+            sessions,
             registry: registry::Registry::default(),
-            interest: interest::Interest::default(),
             stats,
-            publisher,
             shutdown,
             tracker: TaskTracker::new(),
             recheck: tokio::sync::watch::Sender::new(0),
@@ -504,18 +597,8 @@ impl Broker {
         self.wss_local_addr
     }
 
-    /// Sends messages from other ways in to MQTT subscribers.
-    pub fn publisher(&self) -> Publisher {
-        self.shared.publisher.clone()
-    }
-
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats.snapshot()
-    }
-
-    /// Messages queued towards MQTT subscribers now, not yet taken by the egress task.
-    pub fn egress_queue_depth(&self) -> usize {
-        self.shared.publisher.queued()
     }
 
     /// Asks every connected device's session to check its permissions again, after the
@@ -526,12 +609,6 @@ impl Broker {
     /// do from its SUBACKs.
     pub fn recheck(&self) {
         self.shared.recheck.send_modify(|n| *n += 1);
-    }
-
-    /// Resolves if the router thread dies. The daemon must then exit rather than run with
-    /// MQTT half-alive.
-    pub async fn died(&self) {
-        self.shared.router.died().await
     }
 
     /// Stops accepting, disconnects every device (without firing Last Wills) and waits

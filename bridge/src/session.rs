@@ -1,44 +1,37 @@
 //! One device connection, from CONNECT to the last byte.
 //!
-//! Between the socket and the router link this task does what rumqttd's own connection
-//! task does (relay packets both ways, honour the router's pause/wake flow control) and what
-//! it does not: authenticate, check every PUBLISH and SUBSCRIBE against the device's
-//! permissions, hand accepted publishes to the [`Ingress`](crate::Ingress) exactly once,
-//! keep the client id unique, and fire the Last Will itself so that it reaches WebSocket
-//! subscribers as well as MQTT ones. The steps from CONNECT to CONNACK are in
-//! [`admission`](crate::admission).
+//! Inbound, it checks every PUBLISH and SUBSCRIBE against the device's permissions,
+//! acknowledges, runs QoS 2, resolves topic aliases and hands each accepted publish to
+//! the [`Ingress`](crate::Ingress) exactly once. Outbound, it takes what the device's
+//! [`DeviceSession`](crate::DeviceSession) queued, encodes each PUBLISH with its own
+//! packet ids, keeps at most the device's Receive Maximum unacknowledged, skips what is
+//! larger than the device's Maximum Packet Size, and gives what was left unacknowledged
+//! back to the session when the device goes. It keeps the client id unique and fires the
+//! Last Will. The steps from CONNECT to CONNACK are in [`admission`](crate::admission).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use futures_util::FutureExt;
-use rumqttd::local::{LinkRx, LinkTx};
+use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::{
     ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason,
-    PubComp, PubCompReason, PubRec, PubRecReason, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
-    UnsubAckReason,
+    PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason, SubAck, Subscribe,
+    SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
 use switchboard_core::quiet::{clip, Throttle};
 use tokio::time::{sleep_until, Instant};
 
 use crate::admission::{self, Admission, Admitted, Will};
-use crate::codec::{self, Codec, Sniff};
-use crate::interest::{match_filter, InterestCache};
-use crate::registry::Slot;
-use crate::router::disconnect_packet;
+use crate::codec::{self, Codec, OutPublish, Sniff};
+use crate::registry::{PacketIds, Slot};
 use crate::transport::Stream;
-use crate::{Denied, Device, Gone, Inbound, Permissions, Shared, Transport, Version};
-
-/// Why the session loop ended.
-enum End {
-    Gone(Gone),
-    /// The router dropped the link (it took over the client id or stopped): nothing to undo.
-    RouterGone,
-}
+use crate::{
+    CatchUp, Delivery, Denied, Device, DeviceSession, Gone, Inbound, Permissions, RetainHandling,
+    Shared, SubscriptionOptions, Transport, Version,
+};
 
 pub(crate) async fn serve(
     mut stream: Stream,
@@ -68,11 +61,16 @@ pub(crate) async fn serve(
         return;
     };
 
-    // MQTT 5: the largest packet the device will take; larger ones are not sent to it.
+    // MQTT 5: the largest packet the device will take (larger ones are not sent to it),
+    // and how many unacknowledged QoS 1 and 2 PUBLISHes it takes at once.
     let device_max_packet = props
         .as_ref()
         .and_then(|p| p.max_packet_size)
         .map_or(usize::MAX, |n| n as usize);
+    let max_inflight = props
+        .as_ref()
+        .and_then(|p| p.receive_maximum)
+        .map_or(MAX_INFLIGHT, |n| usize::from(n).min(MAX_INFLIGHT));
     let session = Admission {
         stream,
         codec,
@@ -94,7 +92,7 @@ pub(crate) async fn serve(
     };
     // A client may send packets right behind CONNECT without waiting for the CONNACK;
     // whatever of them was read with it is processed first.
-    Running::new(admitted, read_buf, device_max_packet)
+    Running::new(admitted, read_buf, device_max_packet, max_inflight)
         .run()
         .await;
 }
@@ -146,11 +144,30 @@ async fn read_connect(
     }
 }
 
-/// A SUBSCRIBE that went to the router with some filters removed; the router's SUBACK gets
-/// the refusals put back in their places.
-struct PendingSubAck {
-    total: usize,
-    refused: Vec<(usize, SubscribeReasonCode)>,
+/// Unacknowledged QoS 1 and 2 PUBLISHes a device is sent at once: fewer if its Receive
+/// Maximum says so (MQTT 5; 3.1.1 has none). Each is looked up by packet id on its
+/// acknowledgement, and a new packet id is checked against them, so the window stays
+/// small enough to scan.
+const MAX_INFLIGHT: usize = 128;
+
+/// A QoS 1 or 2 PUBLISH sent to the device and not yet acknowledged.
+struct Inflight {
+    pkid: u16,
+    /// `None` for a QoS 2 flow resumed from an earlier connection at its PUBREL.
+    delivery: Option<Delivery>,
+    /// QoS 2: PUBREC came and PUBREL went; waiting for PUBCOMP.
+    released: bool,
+}
+
+impl Inflight {
+    fn qos(&self) -> u8 {
+        self.delivery.as_ref().map_or(2, |d| d.qos)
+    }
+
+    /// Bytes it counts for in the session's queue.
+    fn size(&self) -> usize {
+        self.delivery.as_ref().map_or(0, Delivery::size)
+    }
 }
 
 /// An admitted device.
@@ -161,44 +178,40 @@ struct Running {
     device: Device,
     permissions: Arc<dyn Permissions>,
     keep_alive: Duration,
-    /// A clean session's subscriptions leave the router with it; a persistent one's stay.
-    clean_session: bool,
-    link_tx: LinkTx,
-    link_rx: LinkRx,
+    /// How long the session outlives the connection.
+    session_expiry: Duration,
+    session: Arc<dyn DeviceSession>,
     slot: Slot,
     /// One of `max_connections`, given back when the session ends.
     _capacity: tokio::sync::OwnedSemaphorePermit,
     will: Option<Will>,
     read_buf: BytesMut,
     write_buf: BytesMut,
-    to_router: Vec<Packet>,
     to_device: Vec<Packet>,
     /// QoS 2 packet ids received and not yet released: a retransmission of one of these is
     /// the same message and must not reach the ingress twice.
     awaiting_release: HashSet<u16>,
     topic_aliases: HashMap<u16, String>,
-    pending_subacks: HashMap<u16, PendingSubAck>,
-    /// Filters handed to the router and not unsubscribed, checked again on a recheck.
+    /// Filters held, checked again on a recheck and counted against `max_subscriptions`.
     subscribed: HashSet<String>,
     /// The device's Maximum Packet Size (MQTT 5), `usize::MAX` when it set none.
     device_max_packet: usize,
-    /// QoS 2 publishes not sent for being too large, whose PUBREL from the router is
-    /// answered here.
-    skipped_qos2: HashSet<u16>,
-    /// Whether MQTT subscribers want the topics this device publishes to.
-    interest: InterestCache,
+    /// The device's Receive Maximum.
+    max_inflight: usize,
+    /// Sent and unacknowledged, oldest first (acknowledgements come mostly in order).
+    inflight: VecDeque<Inflight>,
+    next_pkid: u16,
+    /// Deliveries taken from the session, written at once.
+    taken: VecDeque<Delivery>,
+    /// Subscriptions whose retained values are still being queued, a step at a time.
+    catch_up: VecDeque<Box<dyn CatchUp>>,
     /// Changes when the permissions behind every device may have changed.
     recheck: tokio::sync::watch::Receiver<u64>,
 }
 
-/// Packets decoded from the read buffer before they are handed on and written: a read
-/// of tiny packets (a megabyte of PINGREQs is half a million) must not turn into as
-/// many queued packets at once.
+/// Packets decoded from the read buffer before they are written: a read of tiny packets
+/// (a megabyte of PINGREQs is half a million) must not turn into as many queued packets.
 const BATCH: usize = 64;
-
-/// Packets one session may have waiting in its link for the router before it stops
-/// reading the device; with a [`BATCH`] on top, at most this many plus one batch.
-const ROUTER_BACKLOG: usize = 64;
 
 static OVER_QUOTA: Throttle = Throttle::per_secs(10);
 static PUBLISH_REFUSED: Throttle = Throttle::per_secs(10);
@@ -220,14 +233,37 @@ enum Step {
 impl Running {
     /// The session of an admitted device; `read_buf` holds what the device sent behind
     /// its CONNECT.
-    fn new(admitted: Admitted, read_buf: BytesMut, device_max_packet: usize) -> Running {
+    fn new(
+        admitted: Admitted,
+        read_buf: BytesMut,
+        device_max_packet: usize,
+        max_inflight: usize,
+    ) -> Running {
         let recheck = admitted.shared.recheck.subscribe();
-        // A persistent session's filters are still in the router and still count.
-        let subscribed = if admitted.clean_session {
-            HashSet::new()
-        } else {
-            admitted.shared.interest.held_by(&admitted.device.client_id)
-        };
+        // A resumed session's filters are held still and still count.
+        let subscribed = admitted.session.filters().into_iter().collect();
+        // Our PUBRELs the device had not completed go again, first thing.
+        let ids = admitted.packet_ids;
+        let inflight = ids
+            .releasing
+            .iter()
+            .map(|&pkid| Inflight {
+                pkid,
+                delivery: None,
+                released: true,
+            })
+            .collect();
+        let to_device = ids
+            .releasing
+            .iter()
+            .map(|&pkid| {
+                let rel = PubRel {
+                    pkid,
+                    reason: PubRelReason::Success,
+                };
+                Packet::PubRel(rel, None)
+            })
+            .collect();
         Running {
             stream: admitted.stream,
             codec: admitted.codec,
@@ -235,42 +271,36 @@ impl Running {
             device: admitted.device,
             permissions: admitted.permissions,
             keep_alive: admitted.keep_alive,
-            clean_session: admitted.clean_session,
-            link_tx: admitted.link_tx,
-            link_rx: admitted.link_rx,
+            session_expiry: admitted.session_expiry,
+            session: admitted.session,
             slot: admitted.slot,
             _capacity: admitted.capacity,
             will: admitted.will,
             read_buf,
             write_buf: BytesMut::with_capacity(4096),
-            to_router: Vec::new(),
-            to_device: Vec::new(),
-            awaiting_release: HashSet::new(),
+            to_device,
+            awaiting_release: ids.unreleased,
             topic_aliases: HashMap::new(),
-            pending_subacks: HashMap::new(),
             subscribed,
             device_max_packet,
-            skipped_qos2: HashSet::new(),
-            interest: InterestCache::default(),
+            max_inflight: max_inflight.max(1),
+            inflight,
+            next_pkid: 0,
+            taken: VecDeque::new(),
+            catch_up: VecDeque::new(),
             recheck,
         }
     }
 
     async fn run(mut self) {
-        let end = self.serve().await;
-        let why = match end {
-            End::Gone(why) => why,
-            End::RouterGone => Gone::Lost,
-        };
-        if !matches!(end, End::RouterGone) {
-            // Leaving the router through the link is the only way rumqttd offers a local
-            // link; it also saves a persistent session's state.
-            let _ = self.notify_router(vec![disconnect_packet()]).await;
-        }
+        let why = self.serve().await;
         if why == Gone::Shutdown {
             self.say_why(DisconnectReasonCode::ServerShuttingDown).await;
         }
         self.stream.shutdown().await;
+        // Before the client id is free again: a connection resuming the session must
+        // find it left as this one leaves it (its queue, its open QoS 2 flows).
+        self.leave_session(why);
         self.shared
             .registry
             .release(&self.device.client_id, self.slot.serial);
@@ -290,16 +320,60 @@ impl Running {
                 fire_will(self.shared.clone(), self.device.clone(), will);
             }
         }
-        if self.clean_session {
-            self.shared.interest.forget(&self.device.client_id);
-        }
         self.shared.ingress.disconnected(&self.device, why);
         self.slot.gone.cancel();
     }
 
-    async fn serve(&mut self) -> End {
+    /// Ends the session with the connection, or keeps it for its expiry with what the
+    /// device did not acknowledge, to be sent again (DUP) when it comes back. A QoS 2
+    /// message whose PUBREC came is delivered as far as the device is concerned.
+    fn leave_session(&mut self, why: Gone) {
+        let mut unacknowledged = Vec::new();
+        let mut releasing = Vec::new();
+        let (mut done, mut done_bytes) = (0, 0);
+        for sent in self.inflight.drain(..) {
+            if sent.released {
+                done += usize::from(sent.delivery.is_some());
+                done_bytes += sent.size();
+                releasing.push(sent.pkid);
+            } else if let Some(delivery) = sent.delivery {
+                unacknowledged.push(Delivery {
+                    dup: true,
+                    ..delivery
+                });
+            }
+        }
+        self.session.release(done, done_bytes);
+        if self.session_expiry.is_zero() {
+            self.session.end(false);
+            return;
+        }
+        let ids = PacketIds {
+            unreleased: std::mem::take(&mut self.awaiting_release),
+            releasing,
+        };
+        self.shared
+            .registry
+            .stash_packet_ids(&self.device.client_id, ids);
+        if why == Gone::TakenOver {
+            // The connection taking over attaches to it (or ends it) right away.
+            self.session.detach(unacknowledged);
+        } else {
+            self.shared.keep_session(
+                &self.device.client_id,
+                self.session.clone(),
+                unacknowledged,
+                self.session_expiry,
+            );
+        }
+    }
+
+    async fn serve(&mut self) -> Gone {
         let idle_limit = self.keep_alive + self.keep_alive / 2;
         let mut idle_deadline = Instant::now() + idle_limit;
+        if self.flush().await.is_err() {
+            return Gone::Lost;
+        }
         if !self.read_buf.is_empty() {
             if let Some(end) = self.handle_input().await {
                 return end;
@@ -307,42 +381,56 @@ impl Running {
         }
         loop {
             let keep_alive_on = !self.keep_alive.is_zero();
+            let room = self.max_inflight.saturating_sub(self.inflight.len());
+            // Retained values are queued a step at a time, once the previous step went.
+            let catch_up_due = !self.catch_up.is_empty() && self.session.depth() == 0;
+            let session = &self.session;
+            let taken = &mut self.taken;
+            let deliveries = std::future::poll_fn(|cx| session.poll_deliveries(cx, room, taken));
             tokio::select! {
                 read = self.stream.read(&mut self.read_buf) => {
                     match read {
-                        Ok(0) | Err(_) => return End::Gone(Gone::Lost),
+                        Ok(0) | Err(_) => return Gone::Lost,
                         Ok(_) => idle_deadline = Instant::now() + idle_limit,
                     }
                     if let Some(end) = self.handle_input().await {
                         return end;
                     }
                 }
-                notified = self.link_rx.next() => {
-                    let first = match notified {
-                        Ok(first) => first,
-                        Err(_) => return End::RouterGone,
-                    };
-                    match self.relay_notifications(first).await {
-                        Ok(true) => {}
-                        Ok(false) => return End::RouterGone,
-                        Err(_) => return End::Gone(Gone::Lost),
+                open = deliveries => {
+                    self.write_deliveries();
+                    if self.flush().await.is_err() {
+                        return Gone::Lost;
+                    }
+                    if !open {
+                        // Its queue overflowed under the slow-consumer "close" policy.
+                        tracing::info!(client_id = self.device.client_id, "closing MQTT connection: slow consumer");
+                        self.say_why(DisconnectReasonCode::QuotaExceeded).await;
+                        return Gone::Lost;
+                    }
+                }
+                _ = std::future::ready(()), if catch_up_due => {
+                    if let Some(mut catch_up) = self.catch_up.pop_front() {
+                        if !catch_up.step() {
+                            self.catch_up.push_front(catch_up);
+                        }
                     }
                 }
                 _ = sleep_until(idle_deadline), if keep_alive_on => {
                     tracing::info!(client_id = self.device.client_id, "keep-alive timeout");
-                    return End::Gone(Gone::Lost);
+                    return Gone::Lost;
                 }
                 _ = self.slot.take_over.cancelled() => {
                     self.say_why(DisconnectReasonCode::SessionTakenOver).await;
-                    return End::Gone(Gone::TakenOver);
+                    return Gone::TakenOver;
                 }
-                _ = self.shared.shutdown.cancelled() => return End::Gone(Gone::Shutdown),
+                _ = self.shared.shutdown.cancelled() => return Gone::Shutdown,
                 changed = self.recheck.changed() => {
                     if changed.is_ok() {
                         if let Some(why) = self.no_longer_allowed() {
                             tracing::info!(client_id = self.device.client_id, why, "closing MQTT connection: no longer authorized");
                             self.say_why(DisconnectReasonCode::NotAuthorized).await;
-                            return End::Gone(Gone::Revoked);
+                            return Gone::Revoked;
                         }
                     }
                 }
@@ -377,7 +465,7 @@ impl Running {
     }
 
     /// Acts on what is in the read buffer, a batch at a time; `Some` if the session ends.
-    async fn handle_input(&mut self) -> Option<End> {
+    async fn handle_input(&mut self) -> Option<Gone> {
         loop {
             let step = self.process_input();
             let more = matches!(step, Step::Batch);
@@ -390,14 +478,13 @@ impl Running {
         }
     }
 
-    /// Hands on and writes what one batch of input produced; `Some` if the session ends.
-    async fn act(&mut self, step: Step) -> Option<End> {
+    /// Writes what one batch of input produced; `Some` if the session ends.
+    async fn act(&mut self, step: Step) -> Option<Gone> {
         match step {
             Step::Continue | Step::Batch => {}
             Step::End(why) => {
-                let _ = self.forward().await;
                 let _ = self.flush().await;
-                return Some(End::Gone(why));
+                return Some(why);
             }
             Step::Close(reason, why) => {
                 let stats = &self.shared.stats;
@@ -414,16 +501,12 @@ impl Running {
                     why,
                     "closing MQTT connection"
                 );
-                let _ = self.forward().await;
                 self.say_why(reason).await;
-                return Some(End::Gone(Gone::Lost));
+                return Some(Gone::Lost);
             }
         }
-        if self.forward().await.is_err() {
-            return Some(End::RouterGone);
-        }
         if self.flush().await.is_err() {
-            return Some(End::Gone(Gone::Lost));
+            return Some(Gone::Lost);
         }
         None
     }
@@ -465,23 +548,37 @@ impl Running {
                     ));
                     Step::Continue
                 }
-                Packet::Subscribe(subscribe, props) => self.on_subscribe(subscribe, props),
-                Packet::Unsubscribe(unsubscribe, props) => {
-                    self.on_unsubscribe(unsubscribe, props);
+                Packet::Subscribe(subscribe, _) => self.on_subscribe(subscribe),
+                Packet::Unsubscribe(unsubscribe, _) => {
+                    self.on_unsubscribe(unsubscribe);
                     Step::Continue
                 }
                 Packet::PingReq(_) => {
-                    // Answered here: through the router each one is a wake-up of its
-                    // thread and a queued ack, and a device pinging in a loop outran it
-                    // by gigabytes.
+                    // A device pinging in a loop is paced by how fast it reads the
+                    // replies: each batch is written before the next is read.
                     self.to_device.push(Packet::PingResp(PingResp));
                     Step::Continue
                 }
-                packet @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => {
-                    self.to_router.push(packet);
+                Packet::PubAck(ack, _) => {
+                    self.acknowledged(ack.pkid, false);
                     Step::Continue
                 }
-                Packet::Disconnect(disconnect, _) => {
+                Packet::PubRec(rec, _) => {
+                    self.on_pubrec(rec);
+                    Step::Continue
+                }
+                Packet::PubComp(comp, _) => {
+                    self.acknowledged(comp.pkid, true);
+                    Step::Continue
+                }
+                Packet::Disconnect(disconnect, props) => {
+                    // MQTT 5: a device may shorten or lengthen its session's expiry as it
+                    // leaves, but not set one when it connected with 0 (§3.14.2.2.2).
+                    let asked = props.and_then(|p| p.session_expiry_interval);
+                    if let (Some(asked), false) = (asked, self.session_expiry.is_zero()) {
+                        self.session_expiry = Duration::from_secs(asked.into())
+                            .min(self.shared.config.max_session_expiry);
+                    }
                     if disconnect.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
                         Step::End(Gone::Lost)
                     } else {
@@ -500,7 +597,7 @@ impl Running {
             if !matches!(step, Step::Continue) {
                 return step;
             }
-            if self.to_router.len() + self.to_device.len() >= BATCH {
+            if self.to_device.len() >= BATCH {
                 return Step::Batch;
             }
         }
@@ -515,7 +612,6 @@ impl Running {
         let Some(header) = header else {
             return Step::Close(DisconnectReasonCode::MalformedPacket, "malformed PUBLISH");
         };
-        let mut publish = publish;
         let mut props = props;
         let Ok(mut topic) = std::str::from_utf8(&publish.topic).map(str::to_owned) else {
             return Step::Close(DisconnectReasonCode::TopicNameInvalid, "topic is not UTF-8");
@@ -544,8 +640,6 @@ impl Running {
             } else {
                 new_alias = Some(alias);
             }
-            // The router gets the topic itself, so it needs no alias table of its own.
-            publish.topic = bytes::Bytes::copy_from_slice(topic.as_bytes());
         }
         if let Err(denied) = self.permissions.check_publish(&topic) {
             self.shared
@@ -582,19 +676,22 @@ impl Running {
                 .stats
                 .messages_in
                 .fetch_add(1, Ordering::Relaxed);
+            // Encoded once here, copied into every MQTT subscriber's PUBLISH.
+            let properties = props
+                .as_ref()
+                .map_or_else(Bytes::new, codec::encode_properties);
             let inbound = Inbound {
                 topic: &topic,
                 payload: &publish.payload,
                 retain: publish.retain,
+                qos: header.qos,
+                properties: &properties,
             };
             self.shared.ingress.accept(&self.device, inbound);
         }
-        // Acknowledged here, not by the router: the message is the broker's once it is in
-        // the Hub, a publish no MQTT subscriber wants never costs the router a wake-up, and
-        // QoS 2 is delivered onwards once, on its first PUBLISH (the spec's "method A"),
-        // keeping only its packet id until PUBREL. rumqttd's router would hold the whole
-        // message, deliver a DUP retransmission twice and release the oldest message on
-        // any PUBREL, whatever its packet id.
+        // The message is the broker's once it is in the Hub, which routes it to every
+        // subscriber. QoS 2 is delivered onwards once, on its first PUBLISH (the spec's
+        // "method A"), keeping only its packet id until PUBREL.
         match header.qos {
             1 => self.to_device.push(Packet::PubAck(
                 PubAck {
@@ -611,15 +708,6 @@ impl Running {
                 None,
             )),
             _ => {}
-        }
-        // See `interest`: only what the router must see, or an MQTT subscriber may want.
-        let router_needed =
-            !duplicate && (publish.retain || self.interest.wants(&self.shared.interest, &topic));
-        if router_needed {
-            // The router delivers at each subscription's QoS whatever the publish's.
-            let copy =
-                rumqttd::protocol::Publish::new(publish.topic, publish.payload, publish.retain);
-            self.to_router.push(Packet::Publish(copy, props));
         }
         Step::Continue
     }
@@ -668,111 +756,104 @@ impl Running {
         }
     }
 
-    fn on_subscribe(
-        &mut self,
-        subscribe: Subscribe,
-        props: Option<rumqttd::protocol::SubscribeProperties>,
-    ) -> Step {
-        let total = subscribe.filters.len();
-        let mut allowed = Vec::with_capacity(total);
-        let mut refused = Vec::new();
-        for (index, filter) in subscribe.filters.into_iter().enumerate() {
-            let checked = match_filter(&filter.path);
-            if checked.starts_with('$') {
-                // rumqttd's router refuses `$` filters by dropping the whole connection;
-                // refusing just this filter keeps the device connected.
-                tracing::info!(
-                    client_id = self.device.client_id,
-                    filter = clip(&filter.path, LOGGED_TOPIC),
-                    "subscribe refused: `$` topics are not available over MQTT"
-                );
-                refused.push((index, SubscribeReasonCode::ImplementationSpecific));
-                continue;
-            }
-            if !self.subscribed.contains(&filter.path)
-                && self.subscribed.len() >= self.shared.config.max_subscriptions
-            {
-                // Each filter costs router memory that outlives the connection.
-                self.shared
-                    .stats
-                    .subscribes_over_quota
-                    .fetch_add(1, Ordering::Relaxed);
-                if let Some(held_back) = OVER_QUOTA.admit() {
-                    tracing::info!(
-                        client_id = self.device.client_id,
-                        held_back,
-                        max = self.shared.config.max_subscriptions,
-                        "subscribe refused: the device holds max_subscriptions filters"
-                    );
-                }
-                refused.push((index, SubscribeReasonCode::QuotaExceeded));
-                continue;
-            }
-            match self.permissions.check_subscribe(checked) {
-                Ok(()) => {
-                    self.subscribed.insert(filter.path.clone());
-                    self.shared
-                        .interest
-                        .add(&self.device.client_id, &filter.path);
-                    allowed.push(filter)
-                }
-                Err(denied) => {
-                    self.shared
-                        .stats
-                        .subscribes_denied
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        client_id = self.device.client_id,
-                        filter = clip(&filter.path, LOGGED_TOPIC),
-                        "subscribe refused: {denied}"
-                    );
-                    let code = match denied {
-                        Denied::NotAuthorized => SubscribeReasonCode::NotAuthorized,
-                        Denied::Invalid => SubscribeReasonCode::TopicFilterInvalid,
-                    };
-                    refused.push((index, code));
-                }
-            }
+    fn on_subscribe(&mut self, subscribe: Subscribe) -> Step {
+        let mut return_codes = Vec::with_capacity(subscribe.filters.len());
+        for filter in subscribe.filters {
+            let code = self.subscribe_one(filter);
+            return_codes.push(code);
         }
-        if allowed.is_empty() {
-            let return_codes = refused.into_iter().map(|(_, code)| code).collect();
-            self.to_device.push(Packet::SubAck(
-                SubAck {
-                    pkid: subscribe.pkid,
-                    return_codes,
-                },
-                None,
-            ));
-        } else {
-            if !refused.is_empty() {
-                self.pending_subacks
-                    .insert(subscribe.pkid, PendingSubAck { total, refused });
-            }
-            self.to_router.push(Packet::Subscribe(
-                Subscribe {
-                    pkid: subscribe.pkid,
-                    filters: allowed,
-                },
-                props,
-            ));
-        }
+        self.to_device.push(Packet::SubAck(
+            SubAck {
+                pkid: subscribe.pkid,
+                return_codes,
+            },
+            None,
+        ));
         Step::Continue
     }
 
-    /// Answers UNSUBSCRIBE here: rumqttd's router sends no UNSUBACK for a filter it does
-    /// not hold (the spec wants one for every UNSUBSCRIBE) and one per filter it does.
-    /// Every filter still goes to the router, which ignores those it does not hold.
-    fn on_unsubscribe(
-        &mut self,
-        unsubscribe: rumqttd::protocol::Unsubscribe,
-        props: Option<rumqttd::protocol::UnsubscribeProperties>,
-    ) {
+    /// One filter of a SUBSCRIBE: its SUBACK code.
+    fn subscribe_one(&mut self, filter: rumqttd::protocol::Filter) -> SubscribeReasonCode {
+        let path = filter.path;
+        if match_filter(&path).starts_with('$') {
+            tracing::info!(
+                client_id = self.device.client_id,
+                filter = clip(&path, LOGGED_TOPIC),
+                "subscribe refused: `$` topics are not available over MQTT"
+            );
+            return SubscribeReasonCode::ImplementationSpecific;
+        }
+        if !self.subscribed.contains(&path)
+            && self.subscribed.len() >= self.shared.config.max_subscriptions
+        {
+            // Each filter costs memory that outlives the connection in a persistent session.
+            self.shared
+                .stats
+                .subscribes_over_quota
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(held_back) = OVER_QUOTA.admit() {
+                tracing::info!(
+                    client_id = self.device.client_id,
+                    held_back,
+                    max = self.shared.config.max_subscriptions,
+                    "subscribe refused: the device holds max_subscriptions filters"
+                );
+            }
+            return SubscribeReasonCode::QuotaExceeded;
+        }
+        let checked = self
+            .permissions
+            .check_subscribe(match_filter(&path))
+            .and_then(|()| {
+                let options = SubscriptionOptions {
+                    qos: filter.qos as u8,
+                    no_local: filter.nolocal,
+                    retain_as_published: filter.preserve_retain,
+                    retain_handling: match filter.retain_forward_rule {
+                        rumqttd::protocol::RetainForwardRule::OnEverySubscribe => {
+                            RetainHandling::OnSubscribe
+                        }
+                        rumqttd::protocol::RetainForwardRule::OnNewSubscribe => {
+                            RetainHandling::OnNewSubscribe
+                        }
+                        rumqttd::protocol::RetainForwardRule::Never => RetainHandling::Never,
+                    },
+                };
+                self.session.subscribe(&path, options)
+            });
+        match checked {
+            Ok(catch_up) => {
+                self.catch_up.extend(catch_up);
+                self.subscribed.insert(path);
+                SubscribeReasonCode::Success(filter.qos)
+            }
+            Err(denied) => {
+                self.shared
+                    .stats
+                    .subscribes_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    client_id = self.device.client_id,
+                    filter = clip(&path, LOGGED_TOPIC),
+                    "subscribe refused: {denied}"
+                );
+                match denied {
+                    Denied::NotAuthorized => SubscribeReasonCode::NotAuthorized,
+                    Denied::Invalid => SubscribeReasonCode::TopicFilterInvalid,
+                }
+            }
+        }
+    }
+
+    /// Every UNSUBSCRIBE is answered, with a reason per filter (MQTT 5: 0x11 for one not
+    /// held).
+    fn on_unsubscribe(&mut self, unsubscribe: rumqttd::protocol::Unsubscribe) {
         let reasons = unsubscribe
             .filters
             .iter()
             .map(|filter| {
-                self.shared.interest.remove(&self.device.client_id, filter);
-                if self.subscribed.remove(filter) {
+                let held = self.session.unsubscribe(filter);
+                if self.subscribed.remove(filter) || held {
                     UnsubAckReason::Success
                 } else {
                     UnsubAckReason::NoSubscriptionExisted
@@ -786,149 +867,133 @@ impl Running {
             },
             None,
         ));
-        self.to_router.push(Packet::Unsubscribe(unsubscribe, props));
     }
 
-    /// Hands what the device sent to the router, waking it once per batch.
-    ///
-    /// The link's queue into the router is unbounded and the router is one thread for
-    /// every device, so a device that sends faster than it keeps up must wait here: the
-    /// session stops reading its socket until the router has taken most of what this
-    /// link holds, and TCP pushes back on the device.
-    async fn forward(&mut self) -> Result<(), ()> {
-        let packets = std::mem::take(&mut self.to_router);
-        if packets.is_empty() {
-            return Ok(());
-        }
-        while self.link_tx.buffer().len() >= ROUTER_BACKLOG {
-            if self.shared.router.stopped() {
-                return Err(());
+    /// A PUBACK (`pubcomp` false) or PUBCOMP for a PUBLISH we sent: that delivery is done.
+    fn acknowledged(&mut self, pkid: u16, pubcomp: bool) {
+        let found = self
+            .inflight
+            .iter()
+            .position(|s| s.pkid == pkid && s.released == pubcomp && (s.qos() == 2) == pubcomp);
+        if let Some(at) = found {
+            if let Some(sent) = self.inflight.remove(at) {
+                self.session
+                    .release(usize::from(sent.delivery.is_some()), sent.size());
             }
-            // rumqttd says nothing when it has read a link's queue; look again shortly.
-            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        self.notify_router(packets).await
     }
 
-    async fn notify_router(&mut self, packets: Vec<Packet>) -> Result<(), ()> {
-        self.shared
-            .router
-            .hand_over(&mut self.link_tx, packets)
-            .await
-    }
-
-    /// Writes router notifications to the device; `Ok(false)` if the router let go of us.
-    async fn relay_notifications(
-        &mut self,
-        first: Option<rumqttd::Notification>,
-    ) -> Result<bool, std::io::Error> {
-        let mut unscheduled = false;
-        let mut next = first;
-        loop {
-            if let Some(notification) = next.take() {
-                match Option::<Packet>::from(notification) {
-                    None => unscheduled = true,
-                    Some(packet) => self.queue_from_router(packet),
-                }
-            }
-            // Take whatever else is already there without waiting.
-            match self.link_rx.next().now_or_never() {
-                Some(Ok(Some(n))) => next = Some(n),
-                Some(Ok(None)) | None => break,
-                Some(Err(_)) => return Ok(false),
-            }
-        }
-        self.flush().await?;
-        // Acknowledgements for publishes too large for the device.
-        if self.forward().await.is_err() {
-            return Ok(false);
-        }
-        if unscheduled && self.link_rx.wake().await.is_err() {
-            return Ok(false);
-        }
-        Ok(true)
-    }
-
-    fn queue_from_router(&mut self, packet: Packet) {
-        let packet = match packet {
-            // Answered by the session already.
-            Packet::UnsubAck(..) => return,
-            Packet::PubRel(pubrel, _) if self.skipped_qos2.remove(&pubrel.pkid) => {
-                self.to_router.push(Packet::PubComp(
-                    PubComp {
-                        pkid: pubrel.pkid,
-                        reason: PubCompReason::Success,
-                    },
-                    None,
-                ));
-                return;
-            }
-            Packet::SubAck(mut suback, props) => {
-                if let Some(pending) = self.pending_subacks.remove(&suback.pkid) {
-                    let mut codes = std::mem::take(&mut suback.return_codes).into_iter();
-                    let mut refused = pending.refused.into_iter().peekable();
-                    suback.return_codes = (0..pending.total)
-                        .filter_map(|i| match refused.peek() {
-                            Some((at, _)) if *at == i => refused.next().map(|(_, code)| code),
-                            _ => codes.next(),
-                        })
-                        .collect();
-                }
-                Packet::SubAck(suback, props)
-            }
-            Packet::Publish(publish, props) => {
-                // Counted even when too large for the device: the router's flow for it
-                // completes as if it was sent.
-                self.shared
-                    .stats
-                    .messages_out
-                    .fetch_add(1, Ordering::Relaxed);
-                Packet::Publish(publish, props)
-            }
-            other => other,
+    /// A PUBREC for a QoS 2 PUBLISH we sent: PUBREL goes back, unless the device refused
+    /// the message (MQTT 5 reason 0x80 or above), which ends its flow.
+    fn on_pubrec(&mut self, rec: PubRec) {
+        let found = self
+            .inflight
+            .iter()
+            .position(|s| s.pkid == rec.pkid && s.qos() == 2);
+        let Some(at) = found else {
+            self.to_device.push(Packet::PubRel(
+                PubRel {
+                    pkid: rec.pkid,
+                    reason: PubRelReason::PacketIdentifierNotFound,
+                },
+                None,
+            ));
+            return;
         };
-        self.to_device.push(packet);
+        if !matches!(
+            rec.reason,
+            PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+        ) {
+            if let Some(sent) = self.inflight.remove(at) {
+                self.session
+                    .release(usize::from(sent.delivery.is_some()), sent.size());
+            }
+            return;
+        }
+        self.inflight[at].released = true;
+        self.to_device.push(Packet::PubRel(
+            PubRel {
+                pkid: rec.pkid,
+                reason: PubRelReason::Success,
+            },
+            None,
+        ));
     }
 
-    async fn flush(&mut self) -> Result<(), std::io::Error> {
-        if self.to_device.is_empty() {
-            return Ok(());
-        }
-        for packet in self.to_device.drain(..) {
-            let start = self.write_buf.len();
-            if let Err(e) = self.codec.write(packet, &mut self.write_buf) {
-                tracing::warn!(client_id = self.device.client_id, error = %e, "cannot encode a packet for the device");
+    /// A packet id no unacknowledged PUBLISH of ours holds.
+    fn next_pkid(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            let pkid = self.next_pkid;
+            if !self.inflight.iter().any(|s| s.pkid == pkid) {
+                return pkid;
             }
+        }
+    }
+
+    /// Encodes the deliveries taken from the session into the write buffer: QoS 0 ones
+    /// are done once written, QoS 1 and 2 ones wait for their acknowledgement.
+    fn write_deliveries(&mut self) {
+        let (mut done, mut done_bytes) = (0, 0);
+        while let Some(delivery) = self.taken.pop_front() {
+            let pkid = if delivery.qos > 0 {
+                self.next_pkid()
+            } else {
+                0
+            };
+            let start = self.write_buf.len();
+            let message = &delivery.message;
+            self.codec.write_publish(
+                &mut self.write_buf,
+                &OutPublish {
+                    topic: &message.topic,
+                    payload: &message.payload,
+                    qos: delivery.qos,
+                    pkid,
+                    retain: delivery.retain,
+                    dup: delivery.dup,
+                    properties: &message.properties,
+                },
+            );
             if self.write_buf.len() - start > self.device_max_packet {
-                // MQTT 5 §3.1.2.11.4: not sent, and handled as if it had been delivered,
-                // so the router's flow for it completes.
-                let header = codec::peek_publish(&self.write_buf[start..]);
+                // MQTT 5 §3.1.2.11.4: not sent, and handled as if it had been delivered.
                 self.write_buf.truncate(start);
                 self.shared
                     .stats
                     .too_large_for_device
                     .fetch_add(1, Ordering::Relaxed);
-                match header {
-                    Some(h) if h.qos == 1 => self.to_router.push(Packet::PubAck(
-                        PubAck {
-                            pkid: h.pkid,
-                            reason: PubAckReason::Success,
-                        },
-                        None,
-                    )),
-                    Some(h) if h.qos == 2 => {
-                        self.skipped_qos2.insert(h.pkid);
-                        self.to_router.push(Packet::PubRec(
-                            PubRec {
-                                pkid: h.pkid,
-                                reason: PubRecReason::Success,
-                            },
-                            None,
-                        ));
-                    }
-                    _ => {}
-                }
+                done += 1;
+                done_bytes += delivery.size();
+                continue;
             }
+            self.shared
+                .stats
+                .messages_out
+                .fetch_add(1, Ordering::Relaxed);
+            if delivery.qos == 0 {
+                done += 1;
+                done_bytes += delivery.size();
+            } else {
+                self.inflight.push_back(Inflight {
+                    pkid,
+                    delivery: Some(delivery),
+                    released: false,
+                });
+            }
+        }
+        if done > 0 {
+            self.session.release(done, done_bytes);
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), std::io::Error> {
+        for packet in self.to_device.drain(..) {
+            if let Err(e) = self.codec.write(packet, &mut self.write_buf) {
+                tracing::warn!(client_id = self.device.client_id, error = %e, "cannot encode a packet for the device");
+            }
+        }
+        if self.write_buf.is_empty() {
+            return Ok(());
         }
         let result = self.stream.write_all(&self.write_buf).await;
         self.write_buf.clear();
@@ -936,21 +1001,28 @@ impl Running {
     }
 }
 
-/// Publishes a device's Last Will to both MQTT subscribers and the ingress, after its
-/// delay unless the device comes back first.
+/// `$share/<group>/<filter>` receives what `<filter>` matches, and is allowed by it.
+fn match_filter(path: &str) -> &str {
+    path.strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(path, |(_, filter)| filter)
+}
+
+/// Publishes a device's Last Will, after its delay unless the device comes back first.
 fn fire_will(shared: Arc<Shared>, device: Device, will: Will) {
     let publish = move |shared: &Shared, device: &Device, will: &Will| {
+        let properties = will
+            .properties
+            .as_ref()
+            .map_or_else(Bytes::new, codec::encode_properties);
         let inbound = Inbound {
             topic: &will.topic,
             payload: &will.payload,
             retain: will.retain,
+            qos: will.qos,
+            properties: &properties,
         };
         shared.ingress.accept(device, inbound);
-        let props = will.properties.clone();
-        let _ =
-            shared
-                .publisher
-                .enqueue_with(&will.topic, will.payload.clone(), will.retain, props);
     };
     if will.delay.is_zero() {
         publish(&shared, &device, &will);
@@ -966,16 +1038,4 @@ fn fire_will(shared: Arc<Shared>, device: Device, will: Will) {
         }
         shared.registry.will_done(&device.client_id, id);
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shared_subscriptions_are_checked_by_their_filter() {
-        assert_eq!(match_filter("$share/g/sensors/#"), "sensors/#");
-        assert_eq!(match_filter("sensors/#"), "sensors/#");
-        assert_eq!(match_filter("$share/g"), "$share/g");
-    }
 }

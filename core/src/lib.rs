@@ -7,13 +7,16 @@
 //! its observers see; [`grants`] is what one identity may do; [`clock`] stamps messages;
 //! [`quiet`] keeps logs readable when a client repeats itself; [`deflate`] is the
 //! WebSocket compression extension tungstenite lacks; [`web`] is which browser
-//! pages and host names every web-facing listener accepts.
+//! pages and host names every web-facing listener accepts; [`delivery`] is what an MQTT
+//! subscriber is sent, and [`payload`] the rule between MQTT payloads and JSON `data`.
 
 pub mod backoff;
 pub mod clock;
 pub mod deflate;
+pub mod delivery;
 pub mod grants;
 pub mod message;
+pub mod payload;
 pub mod protocol;
 pub mod quiet;
 pub mod topic;

@@ -34,7 +34,8 @@ pub struct MqttConfig {
     /// Time a new connection has to send CONNECT.
     #[serde(with = "positive_duration")]
     pub connect_timeout: Duration,
-    /// Messages from other ways in queued towards MQTT subscribers before drops.
+    /// No longer used (MQTT subscribers are served by the Hub); accepted so older
+    /// configuration files still load.
     pub egress_queue: NonZeroUsize,
     /// Retained `$devices/…` offline notices kept; past it the oldest are forgotten.
     pub offline_notices: NonZeroUsize,
@@ -117,10 +118,10 @@ impl MqttConfig {
             max_connections: self.max_connections.get(),
             max_packet_size: self.max_packet_size.get(),
             connect_timeout: self.connect_timeout,
-            egress_queue: self.egress_queue.get(),
             receive_maximum: self.receive_maximum.get(),
             max_subscriptions: self.max_subscriptions.get(),
             topic_alias_maximum: self.topic_alias_maximum,
+            max_session_expiry: switchboard_bridge::BrokerConfig::default().max_session_expiry,
             // Spans `[auth]` and `[http]`: set by the root from `Config::web_policy`.
             web: switchboard_bridge::WebPolicy::default(),
         }

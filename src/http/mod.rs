@@ -65,6 +65,8 @@ async fn healthz(
             "tls_handshake_failures": m.tls_handshake_failures,
             "subscribes_over_quota": m.subscribes_over_quota,
             "too_large_for_device": m.too_large_for_device,
+            "sessions_waiting": m.sessions_waiting,
+            "sessions_expired": m.sessions_expired,
             "limit_disconnects": {
                 "receive_maximum": m.limit_disconnects.receive_maximum,
                 "topic_alias": m.limit_disconnects.topic_alias,

@@ -3,8 +3,9 @@
 //! Every way in turns into a [`Publish`](switchboard_core::message::Publish); the Hub encodes the outgoing frame once and
 //! pushes the same bytes into each matching session's [`outbox`]. It never does I/O and
 //! never waits on a subscriber: the transports (see `crate::ws`) own sockets and drain
-//! outboxes. Other consumers of every message (the MQTT broker today) attach as
-//! [`Tap`]s. The message vocabulary itself lives in `switchboard_core::message`.
+//! outboxes; an MQTT device is a subscriber too (`device.rs`), whose outbox holds
+//! deliveries its connection encodes. Other consumers of every message (storage,
+//! webhooks, bridges) attach as [`Tap`]s. The message vocabulary itself lives in `switchboard_core::message`.
 //!
 //! This file holds the [`Hub`] struct, its configuration and its errors; each concern
 //! is an `impl Hub` block in a file of its own, which owns the fields marked for it:
@@ -13,6 +14,7 @@
 //! - `topics.rs`: per-topic sequence numbers, retained values, forgetting unused topics;
 //! - `presence.rs`: presence members, `join`/`leave` announcements, `set_info`;
 //! - `direct.rs`: direct messages to a client or a user;
+//! - `device.rs`: MQTT subscribers' sessions, live and persistent;
 //! - `stats.rs`: counters and the [`Stats`] snapshot;
 //! - [`index`] (the subscription trie), [`outbox`] (one connection's bounded queue) and
 //!   `session.rs` (what the Hub knows of one connection).
@@ -27,6 +29,7 @@
 //! is held across an `.await`. Each file's notes say which of these it takes.
 
 pub mod config;
+mod device;
 mod direct;
 pub mod index;
 pub mod metrics;
@@ -42,10 +45,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::history::History;
+pub use device::DeviceSession;
 pub use direct::Sender;
 use index::SubscriptionIndex;
 use outbox::QueueLimits;
-pub use routing::Subscribed;
+pub use routing::{AsSent, Subscribed};
 pub use session::Session;
 use stats::Counters;
 pub use stats::Stats;
@@ -111,10 +115,10 @@ impl HubError {
 pub struct Hub {
     config: HubConfig,
     next_key: AtomicU64,                                       // routing.rs
-    index: RwLock<SubscriptionIndex<Arc<Session>>>,            // routing.rs
+    index: RwLock<SubscriptionIndex<routing::Subscriber>>,     // routing.rs
     topics: RwLock<HashMap<Box<str>, Arc<Mutex<TopicState>>>>, // topics.rs
     /// Each retained value by topic, in topic order, for new subscriptions.
-    retained: RwLock<BTreeMap<Box<str>, protocol::Frame>>, // topics.rs
+    retained: RwLock<BTreeMap<Box<str>, topics::Retained>>, // topics.rs
     /// Size of `topics` at which topics without subscribers are forgotten.
     prune_topics_at: std::sync::atomic::AtomicUsize, // topics.rs
     clients: RwLock<HashMap<String, Arc<Session>>>,            // routing.rs
@@ -124,6 +128,8 @@ pub struct Hub {
     taps: RwLock<Vec<Arc<dyn Tap>>>,                           // routing.rs
     history: OnceLock<Arc<History>>,                           // routing.rs
     counters: Counters,                                        // stats.rs
+    /// MQTT devices' sessions by client id, live or waiting for their device.
+    devices: Mutex<HashMap<String, Arc<DeviceSession>>>, // device.rs
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -149,6 +155,7 @@ impl Hub {
             taps: RwLock::default(),
             history: OnceLock::new(),
             counters: Counters::default(),
+            devices: Mutex::default(),
         })
     }
 

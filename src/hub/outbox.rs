@@ -23,7 +23,36 @@ use std::task::{Context, Poll};
 use futures_util::task::AtomicWaker;
 use serde::{Deserialize, Serialize};
 
+use switchboard_core::delivery::Delivery;
 use switchboard_core::protocol::Frame;
+
+/// What an outbox holds: encoded WebSocket frames, or an MQTT subscriber's deliveries.
+pub trait Queued {
+    /// Bytes it holds, for the byte limit.
+    fn size(&self) -> usize;
+
+    /// Whether it counts against what [`Outbox::poll_up_to`] may take: an MQTT
+    /// delivery that waits for an acknowledgement does, anything else does not.
+    fn awaits_ack(&self) -> bool {
+        false
+    }
+}
+
+impl Queued for Frame {
+    fn size(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Queued for Delivery {
+    fn size(&self) -> usize {
+        Delivery::size(self)
+    }
+
+    fn awaits_ack(&self) -> bool {
+        self.qos > 0
+    }
+}
 
 /// What to do when a connection's outbound queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -54,9 +83,8 @@ pub enum CloseReason {
     Code(u16, &'static str),
 }
 
-#[derive(Default)]
-struct Queue {
-    frames: VecDeque<Frame>,
+struct Queue<T> {
+    frames: VecDeque<T>,
     bytes: usize,
     /// Frames (and their bytes) handed to the consumer and not yet released by it.
     taken_frames: usize,
@@ -93,14 +121,28 @@ pub enum Pushed {
     Closed,
 }
 
-pub struct Outbox {
-    queue: Mutex<Queue>,
+pub struct Outbox<T = Frame> {
+    queue: Mutex<Queue<T>>,
     /// The connection task waiting for frames (one consumer, so one waker).
     consumer: AtomicWaker,
     limits: QueueLimits,
 }
 
-impl Outbox {
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Self {
+            frames: VecDeque::new(),
+            bytes: 0,
+            taken_frames: 0,
+            taken_bytes: 0,
+            dropped: 0,
+            closed: None,
+            oldest: None,
+        }
+    }
+}
+
+impl<T: Queued> Outbox<T> {
     pub fn new(limits: QueueLimits) -> Self {
         Self {
             queue: Mutex::new(Queue::default()),
@@ -109,19 +151,19 @@ impl Outbox {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue<T>> {
         // A panic while holding this lock would leave only plain data behind; keep going.
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues a frame without waiting. Never blocks the publisher on a slow reader.
-    pub fn push(&self, frame: Frame) -> Pushed {
+    pub fn push(&self, frame: T) -> Pushed {
         self.push_stamped(frame, None)
     }
 
     /// Queues a frame the Hub accepted at `stamp` (µs since the epoch), for the delivery
     /// latency figure.
-    pub fn push_stamped(&self, frame: Frame, stamp: Option<u64>) -> Pushed {
+    pub fn push_stamped(&self, frame: T, stamp: Option<u64>) -> Pushed {
         let mut q = self.lock();
         if q.closed.is_some() {
             return Pushed::Closed;
@@ -130,7 +172,7 @@ impl Outbox {
             q.oldest = stamp;
         }
         let was_empty = q.frames.is_empty();
-        q.bytes += frame.len();
+        q.bytes += frame.size();
         q.frames.push_back(frame);
         let mut dropped = 0;
         while q.frames.len() + q.taken_frames > self.limits.max_messages
@@ -139,7 +181,7 @@ impl Outbox {
             match self.limits.policy {
                 SlowConsumerPolicy::DropOldest if q.frames.len() > 1 => {
                     if let Some(old) = q.frames.pop_front() {
-                        q.bytes -= old.len();
+                        q.bytes -= old.size();
                         dropped += 1;
                     }
                 }
@@ -199,7 +241,31 @@ impl Outbox {
         &self,
         cx: &mut Context<'_>,
         take: bool,
-        out: &mut VecDeque<Frame>,
+        out: &mut VecDeque<T>,
+    ) -> Poll<Batch> {
+        self.poll_inner(cx, take, usize::MAX, out)
+    }
+
+    /// [`Outbox::poll_batch`] taking, oldest first, at most `max` frames that await an
+    /// acknowledgement ([`Queued::awaits_ack`]) and those between them: an MQTT session
+    /// takes no more QoS 1 and 2 deliveries than the device's Receive Maximum lets it
+    /// send, and leaves the rest here, where the queue limits apply. `closed` is
+    /// reported with the batch that empties the queue.
+    pub fn poll_up_to(
+        &self,
+        cx: &mut Context<'_>,
+        max: usize,
+        out: &mut VecDeque<T>,
+    ) -> Poll<Batch> {
+        self.poll_inner(cx, true, max, out)
+    }
+
+    fn poll_inner(
+        &self,
+        cx: &mut Context<'_>,
+        take: bool,
+        max: usize,
+        out: &mut VecDeque<T>,
     ) -> Poll<Batch> {
         // Register first, then look: a push after the look wakes this registration.
         self.consumer.register(cx.waker());
@@ -214,19 +280,71 @@ impl Outbox {
         if !take || (q.frames.is_empty() && q.dropped == 0 && q.closed.is_none()) {
             return Poll::Pending;
         }
-        q.taken_frames += q.frames.len();
-        q.taken_bytes += q.bytes;
-        if out.is_empty() {
-            std::mem::swap(out, &mut q.frames);
+        let n = if max >= q.frames.len() {
+            q.frames.len()
         } else {
-            out.append(&mut q.frames);
+            let mut counted = 0;
+            q.frames
+                .iter()
+                .take_while(|f| {
+                    counted += usize::from(f.awaits_ack());
+                    counted <= max
+                })
+                .count()
+        };
+        if n == 0 && q.dropped == 0 && (q.closed.is_none() || !q.frames.is_empty()) {
+            // The next one awaits an acknowledgement and there is no room for it.
+            return Poll::Pending;
         }
-        q.bytes = 0;
+        if n == q.frames.len() {
+            q.taken_frames += q.frames.len();
+            q.taken_bytes += q.bytes;
+            if out.is_empty() {
+                std::mem::swap(out, &mut q.frames);
+            } else {
+                out.append(&mut q.frames);
+            }
+            q.bytes = 0;
+        } else {
+            let mut bytes = 0;
+            for frame in q.frames.drain(..n) {
+                bytes += frame.size();
+                out.push_back(frame);
+            }
+            q.bytes -= bytes;
+            q.taken_frames += n;
+            q.taken_bytes += bytes;
+        }
+        let closed = if q.frames.is_empty() { q.closed } else { None };
         Poll::Ready(Batch {
             dropped: std::mem::take(&mut q.dropped),
-            closed: q.closed,
+            closed,
             oldest: q.oldest.take(),
         })
+    }
+
+    /// Puts frames taken and not delivered back at the front, in their order, no longer
+    /// counted as taken: an MQTT device left before acknowledging them, and its session
+    /// sends them again when it comes back.
+    pub fn requeue(&self, frames: Vec<T>) {
+        let mut q = self.lock();
+        if q.closed.is_some() {
+            return;
+        }
+        let bytes: usize = frames.iter().map(Queued::size).sum();
+        q.taken_frames = q.taken_frames.saturating_sub(frames.len());
+        q.taken_bytes = q.taken_bytes.saturating_sub(bytes);
+        q.bytes += bytes;
+        for frame in frames.into_iter().rev() {
+            q.frames.push_front(frame);
+        }
+        drop(q);
+        self.consumer.wake();
+    }
+
+    /// Whether it stopped taking frames.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed.is_some()
     }
 
     /// Frames queued now, for the queue depth figures.
@@ -236,11 +354,11 @@ impl Outbox {
 
     /// Waits for the next batch (for consumers that are plain async code, which are
     /// done with a batch once they have it: it is released at once).
-    pub async fn next_batch(&self, out: &mut VecDeque<Frame>) -> Batch {
+    pub async fn next_batch(&self, out: &mut VecDeque<T>) -> Batch {
         let before = out.len();
         let batch = std::future::poll_fn(|cx| self.poll_batch(cx, true, out)).await;
         let taken = out.iter().skip(before);
-        self.release(taken.len(), taken.map(|f| f.len()).sum());
+        self.release(taken.len(), taken.map(Queued::size).sum());
         batch
     }
 }
@@ -355,6 +473,42 @@ mod tests {
         o.push_stamped(Frame::from_static("c"), Some(30));
         out.clear();
         assert_eq!(o.next_batch(&mut out).await.oldest, Some(30));
+    }
+
+    #[test]
+    fn at_most_max_deliveries_awaiting_an_ack_are_taken() {
+        use std::sync::Arc;
+        use switchboard_core::delivery::DeviceMessage;
+        let o: Outbox<Delivery> = Outbox::new(QueueLimits {
+            max_messages: 10,
+            max_bytes: 1000,
+            policy: SlowConsumerPolicy::DropOldest,
+        });
+        let message = Arc::new(DeviceMessage {
+            topic: "t".into(),
+            payload: "p".into(),
+            qos: 1,
+            retain: false,
+            properties: Default::default(),
+        });
+        for qos in [1, 0, 1, 1] {
+            o.push(Delivery {
+                message: message.clone(),
+                qos,
+                retain: false,
+                dup: false,
+            });
+        }
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut out = VecDeque::new();
+        assert!(o.poll_up_to(&mut cx, 1, &mut out).is_ready());
+        let taken: Vec<u8> = out.iter().map(|d| d.qos).collect();
+        assert_eq!(taken, [1, 0], "QoS 0 ones ride along");
+        out.clear();
+        assert!(o.poll_up_to(&mut cx, 0, &mut out).is_pending(), "no room");
+        assert!(o.poll_up_to(&mut cx, 5, &mut out).is_ready());
+        assert_eq!(out.len(), 2);
     }
 
     #[tokio::test]

@@ -112,7 +112,7 @@ impl Hub {
             }
         };
         let frame = frame.to_frame();
-        self.deliver(topic, &frame, Some(session.key), None);
+        self.deliver(topic, &frame, Some(session.key), None, None);
     }
 }
 

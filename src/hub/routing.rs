@@ -18,18 +18,21 @@ use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::outbox::{CloseReason, Outbox, Pushed};
 use super::session::lock;
-use super::{index, read, write, Hub, HubError, Session};
+use super::topics::Retained;
+use super::{index, read, write, DeviceSession, Hub, HubError, Session};
 use crate::auth::Principal;
 use crate::history::{History, Position};
 use crate::store::StoredMessage;
+use switchboard_core::delivery::{Delivery, DeviceMessage, SubscriptionOptions};
 use switchboard_core::grants::Grants;
 use switchboard_core::message::{Lifecycle, Origin, Publish, Published, Tap};
 use switchboard_core::protocol::{Frame, ServerFrame, Since};
-use switchboard_core::topic;
+use switchboard_core::{payload, topic};
 
 /// What a subscription found, for the `ok` reply.
 #[derive(Debug, Default)]
@@ -161,7 +164,7 @@ impl Hub {
             }
         };
         if added {
-            write(&self.index).insert(filter, session.key, session.clone());
+            write(&self.index).insert(filter, session.key, Subscriber::Client(session.clone()));
         }
         let mut subscribed = Subscribed::default();
         if let Some(log) = guard.as_ref().and_then(|state| state.log.as_ref()) {
@@ -267,8 +270,22 @@ impl Hub {
         })
     }
 
-    /// Routes one message to every matching subscriber.
+    /// Routes one message to every matching subscriber. MQTT subscribers get it at
+    /// QoS 1 at most (the Hub acknowledged it), its payload by the MQTT payload rule.
     pub fn publish(&self, p: Publish<'_>) -> Result<Published, HubError> {
+        self.route(p, None)
+    }
+
+    /// Routes a device's publish: MQTT subscribers get it as the device sent it.
+    pub fn publish_from_device(
+        &self,
+        p: Publish<'_>,
+        as_sent: AsSent,
+    ) -> Result<Published, HubError> {
+        self.route(p, Some(as_sent))
+    }
+
+    fn route(&self, p: Publish<'_>, as_sent: Option<AsSent>) -> Result<Published, HubError> {
         topic::validate_topic(p.topic)?;
         if p.origin != Origin::System {
             self.allow(p.by.check_publish(p.topic)).inspect_err(|_| {
@@ -299,10 +316,20 @@ impl Hub {
             .to_frame()
         };
         let frame = message(false);
+        let mut for_devices = ForDevices {
+            publish: &p,
+            seq,
+            as_sent,
+            made: None,
+            shared: Vec::new(),
+        };
         if p.retain {
-            self.keep_retained(&mut state, p.topic, p.data, || message(true));
+            self.keep_retained(&mut state, p.topic, p.data, || Retained {
+                frame: message(true),
+                message: for_devices.message().clone(),
+            });
         }
-        let delivered = self.deliver(p.topic, &frame, None, Some(now_us));
+        let delivered = self.deliver(p.topic, &frame, None, Some(now_us), Some(&mut for_devices));
         let stored = state
             .log
             .as_ref()
@@ -319,7 +346,8 @@ impl Hub {
         })
     }
 
-    /// Pushes one encoded frame to every session subscribed to `topic`, except `skip`.
+    /// Pushes one encoded frame to every session subscribed to `topic`, except `skip`,
+    /// and, for a published message (`devices`), the message to every MQTT subscriber.
     /// `stamp` is when a published message was accepted (µs), for the latency figure.
     pub(super) fn deliver(
         &self,
@@ -327,43 +355,63 @@ impl Hub {
         frame: &Frame,
         skip: Option<index::Key>,
         stamp: Option<u64>,
+        mut devices: Option<&mut ForDevices<'_>>,
     ) -> usize {
-        let mut delivered = 0usize;
-        let mut dropped = 0u64;
-        let mut closed = 0u64;
-        let mut discarded = 0u64;
+        let mut tally = Tally::default();
         read(&self.index).for_each_match(topic, |s| {
-            if Some(s.key) == skip {
-                return;
-            }
-            match s.outbox.push_stamped(frame.clone(), stamp) {
-                Pushed::Queued => delivered += 1,
-                Pushed::DroppedOldest(n) => {
-                    delivered += 1;
-                    dropped += n;
+            let pushed = match s {
+                Subscriber::Client(s) if Some(s.key) != skip => {
+                    s.outbox.push_stamped(frame.clone(), stamp)
                 }
-                Pushed::Overflowed(n) => {
-                    closed += 1;
-                    discarded += n;
+                Subscriber::Client(_) => return,
+                Subscriber::Device(d, options) => {
+                    let Some(devices) = devices.as_deref_mut() else {
+                        return;
+                    };
+                    if let Some(delivery) = devices.delivery(d, options) {
+                        tally.device(d.outbox.push_stamped(delivery, stamp));
+                    }
+                    return;
                 }
-                Pushed::Closed => {}
-            }
+                Subscriber::Shared(d, options, group) => {
+                    if let Some(devices) = devices.as_deref_mut() {
+                        devices.shared.push((group.clone(), d.clone(), *options));
+                    }
+                    return;
+                }
+            };
+            tally.count(pushed);
         });
-        self.counters
-            .delivered
-            .fetch_add(delivered as u64, Ordering::Relaxed);
-        if dropped > 0 {
-            self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+        if let Some(devices) = devices {
+            // One member of each shared subscription's group gets it, in turn by the
+            // topic's sequence number; chosen outside the index lock.
+            let mut shared = std::mem::take(&mut devices.shared);
+            shared.sort_by(|a, b| a.0.cmp(&b.0));
+            for members in shared.chunk_by(|a, b| a.0 == b.0) {
+                let (_, d, options) = &members[(devices.seq % members.len() as u64) as usize];
+                if let Some(delivery) = devices.delivery(d, options) {
+                    tally.device(d.outbox.push_stamped(delivery, stamp));
+                }
+            }
         }
-        if closed > 0 {
+        self.counters.delivered.fetch_add(
+            (tally.delivered - tally.to_devices) as u64,
+            Ordering::Relaxed,
+        );
+        if tally.dropped > 0 {
+            self.counters
+                .dropped
+                .fetch_add(tally.dropped, Ordering::Relaxed);
+        }
+        if tally.closed > 0 {
             self.counters
                 .slow_closed
-                .fetch_add(closed, Ordering::Relaxed);
+                .fetch_add(tally.closed, Ordering::Relaxed);
             self.counters
                 .slow_discarded
-                .fetch_add(discarded, Ordering::Relaxed);
+                .fetch_add(tally.discarded, Ordering::Relaxed);
         }
-        delivered
+        tally.delivered
     }
 
     /// Replaces a live connection's identity (a refreshed token) and drops the
@@ -439,6 +487,115 @@ impl Hub {
     /// Every connected session, for shutdown.
     pub fn sessions(&self) -> Vec<Arc<Session>> {
         read(&self.clients).values().cloned().collect()
+    }
+}
+
+/// A subscriber in the index: a connection, which gets encoded frames, or an MQTT
+/// device's session, which gets deliveries under its subscription's options; a shared
+/// subscription (`$share/<group>/<filter>`, indexed under `<filter>`) names its group.
+#[derive(Clone)]
+pub(super) enum Subscriber {
+    Client(Arc<Session>),
+    Device(Arc<DeviceSession>, SubscriptionOptions),
+    Shared(Arc<DeviceSession>, SubscriptionOptions, Arc<str>),
+}
+
+/// What one fan-out did, for the counters.
+#[derive(Default)]
+struct Tally {
+    delivered: usize,
+    /// Of `delivered`, to MQTT devices: their connections count what they write.
+    to_devices: usize,
+    dropped: u64,
+    closed: u64,
+    discarded: u64,
+}
+
+impl Tally {
+    fn device(&mut self, pushed: Pushed) {
+        if matches!(pushed, Pushed::Queued | Pushed::DroppedOldest(_)) {
+            self.to_devices += 1;
+        }
+        self.count(pushed);
+    }
+
+    fn count(&mut self, pushed: Pushed) {
+        match pushed {
+            Pushed::Queued => self.delivered += 1,
+            Pushed::DroppedOldest(n) => {
+                self.delivered += 1;
+                self.dropped += n;
+            }
+            Pushed::Overflowed(n) => {
+                self.closed += 1;
+                self.discarded += n;
+            }
+            Pushed::Closed => {}
+        }
+    }
+}
+
+/// A device's publish as it sent it, so MQTT subscribers get it byte for byte.
+#[derive(Debug, Clone)]
+pub struct AsSent {
+    pub qos: u8,
+    pub payload: Bytes,
+    /// MQTT 5 properties as encoded on the wire (see `DeviceMessage::properties`).
+    pub properties: Bytes,
+}
+
+/// One published message as MQTT subscribers get it, made on the first that matches:
+/// most messages have none, and those that do share one copy.
+pub(super) struct ForDevices<'a> {
+    publish: &'a Publish<'a>,
+    seq: u64,
+    as_sent: Option<AsSent>,
+    made: Option<Arc<DeviceMessage>>,
+    /// Members of shared subscriptions that match, with their group.
+    shared: Vec<(Arc<str>, Arc<DeviceSession>, SubscriptionOptions)>,
+}
+
+impl ForDevices<'_> {
+    fn message(&mut self) -> &Arc<DeviceMessage> {
+        let (p, as_sent) = (self.publish, &mut self.as_sent);
+        self.made.get_or_insert_with(|| {
+            let topic = Bytes::copy_from_slice(p.topic.as_bytes());
+            Arc::new(match as_sent.take() {
+                Some(sent) => DeviceMessage {
+                    topic,
+                    payload: sent.payload,
+                    qos: sent.qos,
+                    retain: p.retain,
+                    properties: sent.properties,
+                },
+                None => DeviceMessage {
+                    topic,
+                    payload: Bytes::from(payload::to_payload(p.data).into_owned()),
+                    qos: 1,
+                    retain: p.retain,
+                    properties: Bytes::new(),
+                },
+            })
+        })
+    }
+
+    /// What one MQTT subscription gets, if anything: not its own device's message under
+    /// No Local, nothing at QoS 0 while its device is away.
+    fn delivery(&mut self, to: &DeviceSession, options: &SubscriptionOptions) -> Option<Delivery> {
+        if options.no_local && self.publish.origin == Origin::Mqtt && self.publish.from == to.from {
+            return None;
+        }
+        let message = self.message();
+        let qos = message.qos.min(options.qos);
+        if qos == 0 && !to.attached() {
+            return None;
+        }
+        Some(Delivery {
+            message: message.clone(),
+            qos,
+            retain: options.retain_as_published && message.retain,
+            dup: false,
+        })
     }
 }
 

@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use serde_json::value::RawValue;
+use switchboard_core::delivery::DeviceMessage;
 
 use super::session::lock;
 use super::{read, write, Hub, Session};
@@ -105,7 +106,7 @@ impl Hub {
         state: &mut TopicState,
         topic: &str,
         data: &RawValue,
-        retained: impl FnOnce() -> Frame,
+        retained: impl FnOnce() -> Retained,
     ) {
         let clears = data.get() == "\"\"";
         let had = state.retained.is_some();
@@ -118,12 +119,13 @@ impl Hub {
                 write(&self.retained).remove(topic);
             }
         } else if had || system || users < MAX_RETAINED as u64 {
-            let frame = retained();
+            let value = retained();
+            let frame = value.frame.clone();
             let mut sorted = write(&self.retained);
             match sorted.get_mut(topic) {
-                Some(kept) => *kept = frame.clone(),
+                Some(kept) => *kept = value,
                 None => {
-                    sorted.insert(topic.into(), frame.clone());
+                    sorted.insert(topic.into(), value);
                 }
             }
             state.retained = Some(frame);
@@ -181,35 +183,52 @@ impl Hub {
         session: &Arc<Session>,
         filter: &str,
     ) -> Option<RetainedCursor> {
-        if self.counters.retained.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
-        if !topic::is_wildcard(filter) {
-            let frame = read(&self.retained).get(filter).cloned();
-            if let Some(frame) = frame {
-                // A full queue applies the slow-consumer policy as for any push.
-                let _ = session.outbox.push(frame);
-            }
-            return None;
-        }
-        let mut cursor = RetainedCursor {
-            filter: filter.to_owned(),
-            after: None,
-        };
+        let mut cursor = self.retained_cursor(filter);
         (!self.send_retained_step(session, &mut cursor)).then_some(cursor)
     }
 
     /// Queues the retained values of the next [`RETAINED_STEP`] retained topics the
-    /// cursor's filter could match; true once none remain. The retained read lock is
-    /// held for one step only, and nothing is pushed under it.
+    /// cursor's filter could match; true once none remain.
     pub fn send_retained_step(&self, session: &Session, cursor: &mut RetainedCursor) -> bool {
+        self.retained_step(cursor, |r| {
+            // A full queue applies the slow-consumer policy as for any push.
+            let _ = session.outbox.push(r.frame.clone());
+        })
+    }
+
+    pub(super) fn retained_cursor(&self, filter: &str) -> RetainedCursor {
+        RetainedCursor {
+            filter: filter.to_owned(),
+            after: None,
+        }
+    }
+
+    /// Hands `push` the retained values of the next [`RETAINED_STEP`] retained topics
+    /// the cursor's filter could match (all of a filter without wildcards at once); true
+    /// once none remain. The retained read lock is held for one step only, and `push`
+    /// is called after it is released.
+    pub(super) fn retained_step(
+        &self,
+        cursor: &mut RetainedCursor,
+        mut push: impl FnMut(&Retained),
+    ) -> bool {
+        if self.counters.retained.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        if !topic::is_wildcard(&cursor.filter) {
+            let found = read(&self.retained).get(cursor.filter.as_str()).cloned();
+            if let Some(found) = found {
+                push(&found);
+            }
+            return true;
+        }
         // Retained topics are in byte order, so those a filter can match start with its
         // levels before the first wildcard.
         let prefix = match cursor.filter.find(['+', '#']) {
             Some(at) => &cursor.filter[..at],
             None => cursor.filter.as_str(),
         };
-        let mut frames = Vec::new();
+        let mut found = Vec::new();
         let mut last = None;
         let mut done = true;
         {
@@ -218,7 +237,7 @@ impl Hub {
                 Some(after) => Bound::Excluded(&**after),
                 None => Bound::Included(prefix),
             };
-            for (looked, (t, frame)) in retained
+            for (looked, (t, value)) in retained
                 .range::<str, _>((start, Bound::Unbounded))
                 .enumerate()
             {
@@ -230,7 +249,7 @@ impl Hub {
                     break;
                 }
                 if topic::matches(&cursor.filter, t) {
-                    frames.push(frame.clone());
+                    found.push(value.clone());
                 }
                 last = Some(t);
             }
@@ -238,12 +257,19 @@ impl Hub {
                 cursor.after = Some(last.clone());
             }
         }
-        for frame in frames {
-            // A full queue applies the slow-consumer policy as for any push.
-            let _ = session.outbox.push(frame);
+        for value in &found {
+            push(value);
         }
         done
     }
+}
+
+/// A topic's retained value, as each kind of subscriber gets it: the WebSocket frame
+/// (encoded with `retained: true`) and the MQTT message.
+#[derive(Clone)]
+pub(super) struct Retained {
+    pub(super) frame: Frame,
+    pub(super) message: Arc<DeviceMessage>,
 }
 
 /// Where a wildcard subscription's retained values are up to.
@@ -258,6 +284,12 @@ pub struct RetainedCursor {
     filter: String,
     /// The last retained topic looked at.
     after: Option<Box<str>>,
+}
+
+impl RetainedCursor {
+    pub(super) fn filter(&self) -> &str {
+        &self.filter
+    }
 }
 
 #[cfg(test)]

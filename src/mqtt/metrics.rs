@@ -13,7 +13,6 @@ pub struct MqttMetrics(pub Option<Arc<Broker>>);
 impl Source for MqttMetrics {
     fn collect(&self, s: &mut Snapshot) {
         let m = self.0.as_ref().map(|b| b.stats()).unwrap_or_default();
-        let egress_depth = self.0.as_ref().map_or(0, |b| b.egress_queue_depth());
         s.gauges(
             "connections",
             CONNECTIONS,
@@ -41,12 +40,12 @@ impl Source for MqttMetrics {
         );
         s.gauge(
             "mqtt_egress_queue_depth",
-            "Messages from other ways in queued towards MQTT subscribers now.",
-            egress_depth as u64,
+            "Always 0: messages reach MQTT subscribers through the hub.",
+            0,
         );
         s.counter(
             "mqtt_egress_published",
-            "Messages from other ways in handed to the MQTT router.",
+            "Always 0: there is no egress queue any more.",
             m.egress_published,
         );
         s.counter(
@@ -73,6 +72,16 @@ impl Source for MqttMetrics {
             "mqtt_subscribes_over_quota",
             "MQTT subscription filters refused because the device held mqtt.max_subscriptions.",
             m.subscribes_over_quota,
+        );
+        s.gauge(
+            "mqtt_sessions_waiting",
+            "MQTT sessions kept for a device that left, until their Session Expiry.",
+            m.sessions_waiting,
+        );
+        s.counter(
+            "mqtt_sessions_expired",
+            "MQTT sessions ended, with what was queued for them, when their Session Expiry passed.",
+            m.sessions_expired,
         );
         let limits = m.limit_disconnects;
         s.counters(

@@ -1,23 +1,26 @@
 //! Where the embedded MQTT broker meets the Hub.
 //!
-//! The broker itself (listeners, router, device authentication hooks) lives in the
-//! `switchboard-bridge` crate and knows nothing of the Hub. This module is the seam:
+//! The broker itself (listeners, device sessions, device authentication hooks) lives in
+//! the `switchboard-bridge` crate and knows nothing of the Hub. This module is the seam:
 //! [`HubIngress`] turns device publishes and device comings and goings into Hub messages,
-//! and [`BrokerTap`] sends every other Hub message on to MQTT subscribers. A message from
-//! MQTT is never tapped back to MQTT, so nothing loops and nothing arrives twice.
+//! and [`HubSessions`] makes each MQTT device a subscriber of the Hub, so a message
+//! reaches MQTT and WebSocket subscribers alike through the one router.
 
 pub mod metrics;
-pub mod payload;
+pub use switchboard_core::payload;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use switchboard_bridge::{Device, Gone, Inbound, Ingress, Publisher};
+use switchboard_bridge::{
+    CatchUp, Delivery, Denied, Device, DeviceSession, Gone, Inbound, Ingress, Sessions,
+    SubscriptionOptions,
+};
 
-use crate::hub::Hub;
+use crate::hub::{self, AsSent, Hub, RetainedCursor};
 use switchboard_core::grants::Grants;
-use switchboard_core::message::{Lifecycle, Origin, Publish, Tap};
+use switchboard_core::message::{Lifecycle, Origin, Publish};
 use switchboard_core::quiet::{clip, Throttle};
 
 /// Device status notices are published, retained, on `$devices/<client id>`.
@@ -126,7 +129,7 @@ impl Ingress for HubIngress {
     fn accept(&self, device: &Device, message: Inbound<'_>) {
         let data = payload::to_data(message.payload);
         let from = format!("mqtt:{}", device.client_id);
-        let published = self.hub.publish(Publish {
+        let publish = Publish {
             topic: message.topic,
             event: None,
             data: &data,
@@ -135,7 +138,14 @@ impl Ingress for HubIngress {
             // Checked by the broker session against the device's grants.
             by: &Grants::ALL,
             retain: message.retain,
-        });
+        };
+        // MQTT subscribers get the payload and properties as the device sent them.
+        let as_sent = AsSent {
+            qos: message.qos,
+            payload: message.payload.clone(),
+            properties: message.properties.clone(),
+        };
+        let published = self.hub.publish_from_device(publish, as_sent);
         if let Err(e) = published {
             // The broker checked the topic already, so this is a bug, not bad input.
             static UNROUTED: Throttle = Throttle::per_secs(10);
@@ -172,29 +182,107 @@ impl Ingress for HubIngress {
     }
 }
 
-/// Hub messages out to MQTT subscribers.
-pub struct BrokerTap {
-    publisher: Publisher,
+/// MQTT subscribers' sessions, kept in the Hub beside WebSocket connections.
+pub struct HubSessions {
+    hub: Arc<Hub>,
 }
 
-impl BrokerTap {
-    pub fn new(publisher: Publisher) -> Self {
-        BrokerTap { publisher }
+impl HubSessions {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        HubSessions { hub }
     }
 }
 
-impl Tap for BrokerTap {
-    fn routed(&self, message: &Publish<'_>, _seq: u64, _ts_us: u64) {
-        // `$` topics (device status) stay on the WebSocket side: rumqttd's router refuses
-        // `$` subscriptions, so no MQTT subscriber could receive them.
-        if message.origin == Origin::Mqtt || message.topic.starts_with('$') {
-            return;
+impl Sessions for HubSessions {
+    fn attach(&self, client_id: &str, clean_start: bool) -> (Arc<dyn DeviceSession>, bool) {
+        let (session, present) = self.hub.attach_device(client_id, clean_start);
+        let handle = HubDeviceSession {
+            hub: self.hub.clone(),
+            session,
+        };
+        (Arc::new(handle), present)
+    }
+}
+
+/// One device's session in the Hub, as its MQTT connection sees it.
+struct HubDeviceSession {
+    hub: Arc<Hub>,
+    session: Arc<hub::DeviceSession>,
+}
+
+impl DeviceSession for HubDeviceSession {
+    fn subscribe(
+        &self,
+        filter: &str,
+        options: SubscriptionOptions,
+    ) -> Result<Option<Box<dyn CatchUp>>, Denied> {
+        let cursor = self
+            .hub
+            .subscribe_device(&self.session, filter, options)
+            .map_err(|_| Denied::Invalid)?;
+        Ok(cursor.map(|cursor| {
+            Box::new(HubCatchUp {
+                hub: self.hub.clone(),
+                session: self.session.clone(),
+                cursor,
+            }) as Box<dyn CatchUp>
+        }))
+    }
+
+    fn unsubscribe(&self, filter: &str) -> bool {
+        self.hub.unsubscribe_device(&self.session, filter)
+    }
+
+    fn filters(&self) -> Vec<String> {
+        self.session.filters()
+    }
+
+    fn poll_deliveries(
+        &self,
+        cx: &mut Context<'_>,
+        max: usize,
+        out: &mut VecDeque<Delivery>,
+    ) -> Poll<bool> {
+        self.session
+            .outbox
+            .poll_up_to(cx, max, out)
+            .map(|batch| batch.closed.is_none())
+    }
+
+    fn release(&self, count: usize, bytes: usize) {
+        self.session.outbox.release(count, bytes);
+    }
+
+    fn depth(&self) -> usize {
+        self.session.outbox.depth()
+    }
+
+    fn detach(&self, unacknowledged: Vec<Delivery>) {
+        self.session.outbox.requeue(unacknowledged);
+        self.hub.detach_device(&self.session);
+    }
+
+    fn end(&self, only_if_detached: bool) -> bool {
+        if only_if_detached {
+            self.hub.expire_device(&self.session)
+        } else {
+            self.hub.end_device(&self.session);
+            true
         }
-        let payload = Bytes::from(payload::to_payload(message.data).into_owned());
-        // A full queue is counted by the publisher (egress_dropped).
-        let _ = self
-            .publisher
-            .enqueue(message.topic, payload, message.retain);
+    }
+}
+
+/// A device subscription's retained values, a step at a time.
+struct HubCatchUp {
+    hub: Arc<Hub>,
+    session: Arc<hub::DeviceSession>,
+    cursor: RetainedCursor,
+}
+
+impl CatchUp for HubCatchUp {
+    fn step(&mut self) -> bool {
+        self.hub
+            .send_retained_step_to_device(&self.session, &mut self.cursor)
     }
 }
 
