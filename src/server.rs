@@ -136,6 +136,7 @@ impl Daemon {
                 started_at: self.started_at,
                 metrics_enabled: config.metrics.enabled,
                 metrics_public: config.metrics.public,
+                dashboard: config.http.dashboard,
             },
             shutdown: self.shutdown.clone(),
         });

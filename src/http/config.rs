@@ -40,6 +40,8 @@ pub struct HttpConfig {
     /// names and IP addresses, which always may; against DNS rebinding
     /// (docs/security.md).
     pub allowed_hosts: Vec<String>,
+    /// Serve the web dashboard at `/dashboard/` (docs/dashboard.md).
+    pub dashboard: bool,
 }
 
 /// The Prometheus endpoint `/metrics` (docs/metrics.md).
@@ -64,6 +66,7 @@ impl Default for HttpConfig {
             max_batch_bytes: nz(1024 * 1024),
             idempotency_window: Duration::from_secs(300),
             allowed_hosts: Vec::new(),
+            dashboard: true,
         }
     }
 }

@@ -1,0 +1,221 @@
+// The web dashboard (/dashboard/, docs/dashboard.md) in headless Chromium against the
+// real daemon: login, devices coming and going (mosquitto), the live viewer, the publish
+// tool, disconnecting a client, retained values; and a screenshot of every page, in
+// $SCREENSHOT_DIR (`SCREENSHOT_DIR=../../docs/screenshots npm test` refreshes the
+// committed set) or a temporary directory.
+
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { after, before, test } from "node:test";
+import WebSocket from "ws";
+import { Client } from "../src/index.js";
+import { ADMIN, launchChromium, mqttPublish, mqttSubscribe, startDaemon, until } from "./daemon.mjs";
+
+const shots = resolve(process.env.SCREENSHOT_DIR ?? mkdtempSync(join(tmpdir(), "sb-shots-")));
+mkdirSync(shots, { recursive: true });
+
+let daemon;
+let browser;
+/** Content-Security-Policy violations any page reported. */
+const violations = [];
+
+before(async () => {
+  daemon = await startDaemon();
+  browser = await launchChromium();
+});
+
+after(async () => {
+  await browser?.close();
+  await daemon?.dispose();
+});
+
+/** A logged-in dashboard page (a fresh context: its own session storage). */
+async function dashboard(width = 1100) {
+  const context = await browser.newContext({ viewport: { width, height: 760 } });
+  const page = await context.newPage();
+  page.on("console", (m) => m.text().includes("Content Security Policy") && violations.push(m.text()));
+  await page.goto(`http://${daemon.http}/dashboard/`);
+  await page.fill("#token", ADMIN);
+  await page.click("#login button");
+  await page.waitForSelector("#nav:not([hidden])");
+  return page;
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+}
+
+test("the dashboard is served with a strict CSP and nosniff, and can be turned off", async () => {
+  const res = await fetch(`http://${daemon.http}/dashboard/`);
+  assert.equal(res.status, 200);
+  const csp = res.headers.get("content-security-policy");
+  assert.match(csp, /script-src 'self'/);
+  assert.match(csp, /frame-ancestors 'none'/);
+  assert.doesNotMatch(csp, /unsafe/);
+  assert.equal(res.headers.get("x-content-type-options"), "nosniff");
+  assert.match(await res.text(), /<script type="module" src="app.js">/);
+
+  const off = await startDaemon({ extra: "[http]\ndashboard = false\n" });
+  try {
+    assert.equal((await fetch(`http://${off.http}/dashboard/`)).status, 404);
+    assert.equal((await fetch(`http://${off.http}/sdk/switchboard.mjs`)).status, 200);
+  } finally {
+    await off.dispose();
+  }
+});
+
+test("a wrong token is refused with a clear message; the admin token logs in and survives a reload", async () => {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
+  const page = await context.newPage();
+  try {
+    await page.goto(`http://${daemon.http}/dashboard/`);
+    await page.fill("#token", "not-the-token");
+    await page.click("#login button");
+    await page.waitForFunction(() => document.getElementById("login-error").textContent !== "");
+    assert.match(await page.textContent("#login-error"), /^Wrong token/);
+    assert.equal(await page.isVisible("#nav"), false);
+    await shot(page, "login");
+
+    await page.fill("#token", ADMIN);
+    await page.click("#login button");
+    await page.waitForSelector("#overview:not([hidden]) .stat");
+    const cards = await page.textContent("#ov-cards");
+    assert.match(cards, /version/);
+    assert.match(cards, /uptime/);
+    // Kept in session storage, not in local storage or cookies.
+    assert.equal(await page.evaluate(() => sessionStorage.getItem("switchboard.token")), ADMIN);
+    assert.equal(await page.evaluate(() => localStorage.length), 0);
+    await page.reload();
+    await page.waitForSelector("#nav:not([hidden])");
+    // Let the rate chart gather a few points for the picture.
+    await mqttPublish(daemon, "demo/t", "1");
+    await page.waitForFunction(() => [...document.querySelectorAll(".stat span")].some((s) => s.textContent === "in /s"));
+    await shot(page, "overview");
+    await page.setViewportSize({ width: 390, height: 760 });
+    await shot(page, "overview-phone");
+  } finally {
+    await context.close();
+  }
+});
+
+test("an MQTT device shows online on the devices and clients pages, and offline when killed", async () => {
+  const page = await dashboard();
+  const device = await mqttSubscribe(daemon, "cmd/dash-dev-1", ["-i", "dash-dev-1", "--will-topic", "dev/dash-dev-1/will", "--will-payload", "gone"]);
+  try {
+    await page.click('a[href="#devices"]');
+    const badge = '#dev-table [data-device="dash-dev-1"]';
+    await page.waitForSelector(`${badge}:text("online")`);
+    await shot(page, "devices");
+    await page.click('a[href="#clients"]');
+    await page.waitForSelector('#cl-mqtt td:text("dash-dev-1")');
+    await page.click('a[href="#devices"]');
+    device.child.kill("SIGKILL");
+    await page.waitForSelector(`${badge}:text("offline")`);
+    assert.match(await page.textContent("#dev-table"), /lost/);
+  } finally {
+    device.stop();
+    await page.context().close();
+  }
+});
+
+test("the live viewer shows MQTT publishes: JSON pretty-printed, binary as bytes; pause holds them back", async () => {
+  const page = await dashboard();
+  try {
+    await page.click('a[href="#live"]');
+    await page.fill("#lv-filter", "sensors/#");
+    await page.click('#lv-form button[type="submit"]');
+    await page.waitForSelector('#lv-status:text("subscribed to sensors/#")');
+    await mqttPublish(daemon, "sensors/kitchen/temp", '{"celsius":21.5,"ok":true}');
+    await page.waitForSelector('#lv-list li:has-text("sensors/kitchen/temp")');
+    assert.match(await page.textContent("#lv-list li pre"), /\{\n {2}"celsius": 21.5,\n {2}"ok": true\n\}/);
+    assert.match(await page.textContent("#lv-list li .meta"), /from mqtt:/);
+
+    const blob = join(daemon.dir, "blob.bin");
+    writeFileSync(blob, Buffer.from([0xff, 0x00, 0xfe, 0x01]));
+    await mqttPublish(daemon, "sensors/cam/raw", null, ["-f", blob]);
+    await page.waitForSelector('#lv-list li:has-text("binary, 4 bytes: ff 00 fe 01")');
+    await shot(page, "live");
+
+    await page.click("#lv-pause");
+    await mqttPublish(daemon, "sensors/held", "1");
+    // Arrived and held while paused, shown on resume.
+    await page.waitForSelector('#lv-held:text("paused, 1 held")');
+    assert.equal(await page.locator('#lv-list li:has-text("sensors/held")').count(), 0);
+    await page.click("#lv-pause");
+    await page.waitForSelector('#lv-list li:has-text("sensors/held")');
+  } finally {
+    await page.context().close();
+  }
+});
+
+test("the publish tool reaches mosquitto_sub, with retain", async () => {
+  const page = await dashboard();
+  const device = await mqttSubscribe(daemon, "cmd/lamp");
+  try {
+    await page.click('a[href="#publish"]');
+    await page.fill("#pb-topic", "cmd/lamp");
+    await page.fill("#pb-event", "set");
+    await page.fill("#pb-data", '{"on": true}');
+    await page.check("#pb-retain");
+    await page.click('#pb-form button[type="submit"]');
+    await page.waitForSelector('#pb-result:text("published")');
+    await until(() => device.lines.includes('{"on":true}'), "the device to receive the publish");
+    await shot(page, "publish");
+  } finally {
+    device.stop();
+    await page.context().close();
+  }
+});
+
+test("disconnecting a WebSocket client from the clients page closes it and removes its row", async () => {
+  const page = await dashboard();
+  const victim = new Client(daemon.wsUrl(), { WebSocket, reconnect: false, user: "victim" });
+  try {
+    await victim.subscribe("room/lobby").ready;
+    await page.click('a[href="#clients"]');
+    const button = `#cl-ws [data-client="${victim.clientId}"]`;
+    await page.waitForSelector(button);
+    await shot(page, "clients");
+    const closed = new Promise((resolve) => victim.on("state", (s) => s !== "connected" && resolve(s)));
+    await page.click(button);
+    await closed;
+    await page.waitForSelector(button, { state: "detached" });
+  } finally {
+    await victim.close();
+    await page.context().close();
+  }
+});
+
+test("the topics page lists subscribers and retained values, and clears one", async () => {
+  const page = await dashboard();
+  try {
+    await mqttPublish(daemon, "config/a", '{"mode":"eco"}', ["-r"]);
+    await mqttPublish(daemon, "config/b", "keep", ["-r"]);
+    await page.click('a[href="#topics"]');
+    await page.waitForSelector('#tp-subs td:text("$devices/+")');
+    await page.fill("#tp-filter", "config/#");
+    await page.click('#tp-form button[type="submit"]');
+    await page.waitForSelector('#tp-retained td:text("config/a")');
+    await page.waitForSelector('#tp-retained td:text("config/b")');
+    await shot(page, "topics");
+    await page.click('#tp-retained tr:has(td:text("config/a")) button');
+    await page.waitForSelector('#tp-retained td:text("config/a")', { state: "detached" });
+    // Gone from the daemon, not only from the page: a new subscriber gets only config/b.
+    const probe = await mqttSubscribe(daemon, "config/#", ["-W", "2"]);
+    try {
+      await until(() => probe.lines.includes("keep"), "config/b's retained value");
+      assert.ok(!probe.lines.some((l) => l.includes("eco")), probe.lines.join("\n"));
+    } finally {
+      probe.stop();
+    }
+  } finally {
+    await page.context().close();
+  }
+});
+
+test("no page broke the Content-Security-Policy", () => {
+  assert.deepEqual(violations, []);
+});
