@@ -137,6 +137,7 @@ impl Daemon {
                 metrics_enabled: config.metrics.enabled,
                 metrics_public: config.metrics.public,
                 dashboard: config.http.dashboard,
+                demos: config.http.demos,
             },
             shutdown: self.shutdown.clone(),
         });

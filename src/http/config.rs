@@ -42,6 +42,8 @@ pub struct HttpConfig {
     pub allowed_hosts: Vec<String>,
     /// Serve the web dashboard at `/dashboard/` (docs/dashboard.md).
     pub dashboard: bool,
+    /// Serve the demo apps at `/demo/` (demos/README.md).
+    pub demos: bool,
 }
 
 /// The Prometheus endpoint `/metrics` (docs/metrics.md).
@@ -67,6 +69,7 @@ impl Default for HttpConfig {
             idempotency_window: Duration::from_secs(300),
             allowed_hosts: Vec::new(),
             dashboard: true,
+            demos: false,
         }
     }
 }

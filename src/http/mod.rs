@@ -1,6 +1,6 @@
 //! The HTTP listener ([`listener`]) and its routes: health, metrics, the REST API
 //! ([`api`]), inbound webhooks ([`inbound_webhooks`]), the JavaScript SDK ([`sdk`]) and the web
-//! dashboard ([`dashboard`]), both static files ([`assets`]),
+//! dashboard and demos ([`pages`]), both static files ([`assets`]),
 //! in one router that the WebSocket side extends with `/ws` and reuses for HTTP carried
 //! over a WebSocket. Handlers take their
 //! narrow parts of [`state::HttpState`]. [`web`] checks what a browser sends before any
@@ -9,11 +9,11 @@
 pub mod api;
 mod assets;
 pub mod config;
-mod dashboard;
 mod deadline;
 pub mod inbound_webhooks;
 pub mod listener;
 mod metrics;
+mod pages;
 mod sdk;
 pub mod state;
 pub mod web;
@@ -28,18 +28,13 @@ use state::HttpState;
 /// Every HTTP route but the WebSocket upgrade, which the WebSocket side adds to this
 /// router (it also serves HTTP requests carried over a WebSocket with it).
 pub fn router(state: HttpState) -> Router {
-    let dashboard = if state.about.dashboard {
-        dashboard::routes()
-    } else {
-        Router::new()
-    };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
         .nest("/api/v1", api::router(state.limits))
         .merge(inbound_webhooks::routes())
         .merge(sdk::routes())
-        .merge(dashboard)
+        .merge(pages::routes(state.about.dashboard, state.about.demos))
         .layer(axum::extract::DefaultBodyLimit::max(
             state.limits.max_message_size,
         ))

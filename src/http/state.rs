@@ -41,6 +41,8 @@ pub struct About {
     pub metrics_public: bool,
     /// `[http] dashboard`: whether `/dashboard/` is served.
     pub dashboard: bool,
+    /// `[http] demos`: whether `/demo/` is served.
+    pub demos: bool,
 }
 
 #[derive(Clone)]
