@@ -20,8 +20,8 @@ python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 # Node.js and npm run the Socket.IO and `ws` peers of the benchmark harness (loadgen/).
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
-# Debian's Chromium runs the JavaScript SDK's browser tests (clients/js, driven by
-# playwright-core, which downloads no browser of its own).
+# Debian's Chromium runs the browser tests of the JavaScript SDK, the dashboard and the
+# demos (clients/js/test, driven by playwright-core, which downloads no browser of its own).
 command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then

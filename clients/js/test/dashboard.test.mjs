@@ -216,6 +216,32 @@ test("the topics page lists subscribers and retained values, and clears one", as
   }
 });
 
+test("the first load (login, then the overview) transfers less than 150 KB", async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const responses = [];
+  page.on("response", (r) => responses.push(r));
+  try {
+    await page.goto(`http://${daemon.http}/dashboard/`);
+    await page.fill("#token", ADMIN);
+    await page.click("#login button");
+    await page.waitForSelector("#overview:not([hidden]) .stat");
+    await page.waitForLoadState("networkidle");
+    let total = 0;
+    const files = {};
+    for (const r of responses) {
+      const { responseBodySize, responseHeadersSize } = await r.request().sizes();
+      total += responseBodySize + responseHeadersSize;
+      const name = new URL(r.url()).pathname;
+      files[name] = (files[name] ?? 0) + responseBodySize;
+    }
+    console.log(`dashboard first load: ${total} bytes in ${responses.length} responses`, files);
+    assert.ok(total < 150 * 1024, `${total} bytes`);
+  } finally {
+    await context.close();
+  }
+});
+
 test("no page broke the Content-Security-Policy", () => {
   assert.deepEqual(violations, []);
 });
