@@ -114,7 +114,7 @@ function start() {
 
 // ---- pages ----
 
-const pages = { overview, clients, devices: renderDevices, topics, live: () => {}, publish: () => {} };
+const pages = { overview, clients, devices: renderDevices, topics, live: () => {}, publish: () => {}, recordings };
 const current = () => (location.hash.slice(1) in pages ? location.hash.slice(1) : "overview");
 
 function show() {
@@ -124,7 +124,7 @@ function show() {
   clearInterval(pollTimer);
   const refresh = () => pages[name]().catch?.((e) => console.warn(e));
   refresh();
-  if (name === "overview" || name === "clients" || name === "topics") pollTimer = setInterval(refresh, name === "overview" ? 1000 : 3000);
+  if (name !== "live" && name !== "publish" && name !== "devices") pollTimer = setInterval(refresh, name === "overview" ? 1000 : 3000);
 }
 
 async function overview() {
@@ -353,6 +353,95 @@ $("pb-form").addEventListener("submit", async (e) => {
   } catch (error) {
     $("pb-result").textContent = `refused: ${error.message}`;
   }
+});
+
+// ---- recordings ----
+
+const button = (label, action, attrs = {}) =>
+  h("button", { ...attrs, onclick: () => action().then(recordings, (e) => ($("rc-error").textContent = e.message)) }, label);
+
+async function recordings() {
+  const [{ recordings: list }, { replays }] = await Promise.all([api("GET", "/recordings"), api("GET", "/replays")]);
+  fillTable(
+    $("rc-table"),
+    ["id", "name", "state", "messages", "span", "notes", ""],
+    list.map((r) => [
+      r.id,
+      r.name,
+      r.state,
+      r.messages,
+      r.span_us ? `${(r.span_us / 1e6).toFixed(1)} s` : "",
+      r.notes ?? "",
+      h(
+        "span",
+        {},
+        r.state === "recording"
+          ? button("Stop", () => api("POST", `/recordings/${r.id}/stop`), { "data-stop": r.id })
+          : button("Replay", () => api("POST", `/recordings/${r.id}/replay`, { speed: Number($("rc-speed").value) || 1 }), { "data-replay": r.id }),
+        button("Export", () => exportRecording(r)),
+        button("Delete", () => api("DELETE", `/recordings/${r.id}`), { class: "danger" }),
+      ),
+    ]),
+    "no recordings",
+  );
+  fillTable(
+    $("rp-table"),
+    ["id", "recording", "state", "progress", "speed", ""],
+    replays.map((p) => [
+      p.id,
+      p.recording,
+      p.state,
+      h(
+        "span",
+        { "data-replay-progress": p.id },
+        h("progress", { max: String(p.total || 1), value: String(p.sent) }),
+        ` ${p.sent}/${p.total}`,
+      ),
+      p.speed ?? "max",
+      p.state === "running"
+        ? button("Pause", () => api("POST", `/replays/${p.id}/pause`))
+        : p.state === "paused"
+          ? button("Resume", () => api("POST", `/replays/${p.id}/resume`))
+          : "",
+    ]),
+    "no replays",
+  );
+}
+
+/** The export is JSON lines behind the credential: fetched, then saved from a blob. */
+async function exportRecording(r) {
+  const res = await fetch(`/api/v1/recordings/${r.id}/export`, { headers: { authorization: `Bearer ${token}` } });
+  if (!res.ok) throw new Error(`export failed: ${res.status}`);
+  const link = h("a", { href: URL.createObjectURL(await res.blob()), download: `recording-${r.id}.ndjson` });
+  link.click();
+  URL.revokeObjectURL(link.href);
+}
+
+$("rc-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  $("rc-error").textContent = "";
+  const topics = $("rc-topics").value.split(",").map((t) => t.trim()).filter(Boolean);
+  const notes = $("rc-notes").value.trim() || undefined;
+  try {
+    await api("POST", "/recordings", { name: $("rc-name").value.trim(), topics, notes });
+    await recordings();
+  } catch (error) {
+    $("rc-error").textContent = error.message;
+  }
+});
+
+$("rc-import").addEventListener("change", async () => {
+  const file = $("rc-import").files[0];
+  if (!file) return;
+  $("rc-error").textContent = "";
+  const res = await fetch("/api/v1/recordings/import", {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/x-ndjson" },
+    body: await file.text(),
+  });
+  if (!res.ok) $("rc-error").textContent = (await res.json().catch(() => null))?.error?.message ?? `import failed: ${res.status}`;
+  $("rc-import").value = "";
+  await recordings();
 });
 
 if (token) login(token).catch(() => ($("login").hidden = false));
