@@ -261,6 +261,43 @@ function renderRetained() {
   );
 }
 
+/** A form whose submit shows a table from the API, or the API's refusal. */
+function lookup(form, error, show) {
+  $(form).addEventListener("submit", async (e) => {
+    e.preventDefault();
+    $(error).textContent = "";
+    try {
+      await show();
+    } catch (err) {
+      $(error).textContent = err.message;
+    }
+  });
+}
+
+lookup("hs-form", "hs-error", async () => {
+  const topic = $("hs-topic").value.trim();
+  const last = Number($("hs-last").value) || 50;
+  const { messages } = await api("GET", `/history?topic=${encodeURIComponent(topic)}&last=${last}`);
+  fillTable(
+    $("hs-table"),
+    ["seq", "time", "event", "from", "data"],
+    messages.map((m) => [m.seq, time(m.ts), m.event ?? "", m.from, h("pre", {}, describe(m.data))]),
+    "nothing kept for this topic",
+  );
+});
+
+lookup("pr-form", "pr-error", async () => {
+  const topic = $("pr-topic").value.trim();
+  const body = await api("GET", `/presence?topic=${encodeURIComponent(topic)}`);
+  const members = body.members ?? body;
+  fillTable(
+    $("pr-table"),
+    ["client", "user", "info"],
+    members.map((m) => [m.client, m.user ?? "", m.info ? JSON.stringify(m.info) : ""]),
+    "nobody there",
+  );
+});
+
 const isEmpty = (d) => d === "" || d === null;
 
 async function clearRetained(topic) {

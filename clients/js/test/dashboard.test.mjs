@@ -216,6 +216,29 @@ test("the topics page lists subscribers and retained values, and clears one", as
   }
 });
 
+test("the topics page shows a topic's history and who is present", async () => {
+  const page = await dashboard();
+  const ann = new Client(daemon.wsUrl(), { WebSocket, reconnect: false, user: "ann" });
+  try {
+    for (const n of [1, 2, 3]) await mqttPublish(daemon, "log/boiler", `{"n":${n}}`);
+    await ann.subscribe("room/kitchen").ready;
+    await page.click('a[href="#topics"]');
+    await page.fill("#hs-topic", "log/boiler");
+    await page.click('#hs-form button[type="submit"]');
+    await page.waitForSelector("#hs-table tbody tr:nth-child(3)");
+    assert.match(await page.textContent("#hs-table"), /"n": 1[\s\S]*"n": 2[\s\S]*"n": 3/);
+    await page.fill("#hs-topic", "not-kept/x");
+    await page.click('#hs-form button[type="submit"]');
+    await page.waitForFunction(() => document.getElementById("hs-error").textContent !== "");
+    await page.fill("#pr-topic", "room/kitchen");
+    await page.click('#pr-form button[type="submit"]');
+    await page.waitForSelector('#pr-table td:text("ann")');
+  } finally {
+    await ann.close();
+    await page.context().close();
+  }
+});
+
 test("recordings: start, publish, stop, replay at 10x and watch the progress reach the end", async () => {
   const page = await dashboard();
   const listener = await mqttSubscribe(daemon, "rec/#");
