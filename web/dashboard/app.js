@@ -114,7 +114,7 @@ function start() {
 
 // ---- pages ----
 
-const pages = { overview, clients, devices: renderDevices, topics, live: () => {}, publish: () => {}, recordings };
+const pages = { overview, clients, devices: renderDevices, topics, live: () => {}, publish: () => {}, recordings, webhooks };
 const current = () => (location.hash.slice(1) in pages ? location.hash.slice(1) : "overview");
 
 function show() {
@@ -480,6 +480,33 @@ $("rc-import").addEventListener("change", async () => {
   $("rc-import").value = "";
   await recordings();
 });
+
+// ---- webhooks ----
+
+async function webhooks() {
+  const { webhooks: list } = await api("GET", "/webhooks");
+  fillTable(
+    $("wh-table"),
+    ["name", "url", "pending", "delivered", "failed attempts", "dead", "last error", "last success"],
+    list.map((w) => [w.name, w.url, w.pending, w.delivered, w.failed_attempts, w.dead, w.last_error ?? "", time(w.last_success)]),
+    "no webhooks configured",
+  );
+  const sections = [];
+  for (const w of list.filter((w) => w.dead > 0)) {
+    const { dead } = await api("GET", `/webhooks/${encodeURIComponent(w.name)}/dead?limit=100`);
+    const base = `/webhooks/${encodeURIComponent(w.name)}/dead`;
+    const act = (label, path, attrs = {}) =>
+      h("button", { ...attrs, onclick: () => api("POST", path).then(webhooks, (e) => ($("wh-error").textContent = e.message)) }, label);
+    const table = h("table");
+    fillTable(
+      table,
+      ["id", "events", "attempts", "last status", "last error", "failed", ""],
+      dead.map((d) => [d.id, d.events, d.attempts, d.last_status ?? "", d.last_error ?? "", time(d.failed_at), act("Retry", `${base}/${d.id}/retry`)]),
+    );
+    sections.push(h("h2", {}, `Dead letters of ${w.name}`), act("Retry all", `${base}/retry`, { "data-retry-all": w.name }), table);
+  }
+  $("wh-dead").replaceChildren(...sections);
+}
 
 if (token) login(token).catch(() => ($("login").hidden = false));
 else $("login").hidden = false;

@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import http from "node:http";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, test } from "node:test";
@@ -19,17 +20,45 @@ mkdirSync(shots, { recursive: true });
 
 let daemon;
 let browser;
+/** The webhook endpoint: answers `hookStatus`, keeps what it was sent. */
+let hookStatus = 500;
+const hooked = [];
+const endpoint = http.createServer((req, res) => {
+  let body = "";
+  req.on("data", (c) => (body += c));
+  req.on("end", () => {
+    if (hookStatus === 200) hooked.push(body);
+    res.writeHead(hookStatus).end();
+  });
+});
 /** Content-Security-Policy violations any page reported. */
 const violations = [];
 
 before(async () => {
-  daemon = await startDaemon();
+  await new Promise((r) => endpoint.listen(0, "127.0.0.1", r));
+  daemon = await startDaemon({ extra: webhook(endpoint.address().port) });
   browser = await launchChromium();
 });
+
+/** One webhook that gives up at once, so a failure is a dead letter without waiting. */
+function webhook(port) {
+  const secret = join(mkdtempSync(join(tmpdir(), "sb-hook-")), "hook.secret");
+  writeFileSync(secret, "a-webhook-secret-that-is-long-enough");
+  return `
+[[webhooks]]
+name = "alerts"
+url = "http://127.0.0.1:${port}/hook"
+secret_file = "${secret}"
+topics = ["hooked/#"]
+max_attempts = 1
+retry_initial = "10ms"
+`;
+}
 
 after(async () => {
   await browser?.close();
   await daemon?.dispose();
+  endpoint.close();
 });
 
 /** A logged-in dashboard page (a fresh context: its own session storage). */
@@ -262,6 +291,23 @@ test("recordings: start, publish, stop, replay at 10x and watch the progress rea
     await until(() => listener.lines.filter((l) => /^r\d$/.test(l)).length === 10, "the five replayed messages");
   } finally {
     listener.stop();
+    await page.context().close();
+  }
+});
+
+test("webhooks: a failed delivery shows as a dead letter, and Retry all delivers it", async () => {
+  const page = await dashboard();
+  try {
+    await mqttPublish(daemon, "hooked/boiler", '{"alarm":true}');
+    await page.click('a[href="#webhooks"]');
+    await page.waitForSelector('[data-retry-all="alerts"]', { timeout: 15_000 });
+    assert.match(await page.textContent("#wh-dead"), /500/);
+    await shot(page, "webhooks");
+    hookStatus = 200;
+    await page.click('[data-retry-all="alerts"]');
+    await until(() => hooked.some((b) => b.includes("hooked/boiler")), "the retried delivery");
+    await page.waitForSelector('[data-retry-all="alerts"]', { state: "detached", timeout: 15_000 });
+  } finally {
     await page.context().close();
   }
 });
