@@ -61,11 +61,17 @@ after(async () => {
   endpoint.close();
 });
 
-/** A logged-in dashboard page (a fresh context: its own session storage). */
-async function dashboard(width = 1100) {
+/** A page in a fresh context (its own session storage) whose CSP violations are kept. */
+async function newPage(width = 1100) {
   const context = await browser.newContext({ viewport: { width, height: 760 } });
   const page = await context.newPage();
   page.on("console", (m) => m.text().includes("Content Security Policy") && violations.push(m.text()));
+  return page;
+}
+
+/** A logged-in dashboard page. */
+async function dashboard(width = 1100) {
+  const page = await newPage(width);
   await page.goto(`http://${daemon.http}/dashboard/`);
   await page.fill("#token", ADMIN);
   await page.click("#login button");
@@ -97,8 +103,8 @@ test("the dashboard is served with a strict CSP and nosniff, and can be turned o
 });
 
 test("a wrong token is refused with a clear message; the admin token logs in and survives a reload", async () => {
-  const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
-  const page = await context.newPage();
+  const page = await newPage();
+  const context = page.context();
   try {
     await page.goto(`http://${daemon.http}/dashboard/`);
     await page.fill("#token", "not-the-token");
@@ -313,8 +319,8 @@ test("webhooks: a failed delivery shows as a dead letter, and Retry all delivers
 });
 
 test("the first load (login, then the overview) transfers less than 150 KB", async () => {
-  const context = await browser.newContext();
-  const page = await context.newPage();
+  const page = await newPage();
+  const context = page.context();
   const responses = [];
   page.on("response", (r) => responses.push(r));
   try {
