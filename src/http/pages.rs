@@ -141,31 +141,32 @@ impl Site {
 pub fn routes<S: Clone + Send + Sync + 'static>(dashboard: bool, demos: bool) -> Router<S> {
     let mut router = Router::new();
     if dashboard {
-        router = router
-            .route(
-                "/dashboard",
-                get(|| async { Redirect::permanent("/dashboard/") }),
-            )
-            .route(
-                "/dashboard/",
-                get(|h: HeaderMap| async move { DASHBOARD.serve("", &h) }),
-            )
-            .route(
-                "/dashboard/{file}",
-                get(|Path(f): Path<String>, h: HeaderMap| async move { DASHBOARD.serve(&f, &h) }),
-            );
+        router = mount(router, &DASHBOARD);
     }
     if demos {
-        router = router
-            .route("/demo", get(|| async { Redirect::permanent("/demo/") }))
-            .route(
-                "/demo/",
-                get(|h: HeaderMap| async move { DEMOS.serve("", &h) }),
-            )
-            .route(
-                "/demo/{file}",
-                get(|Path(f): Path<String>, h: HeaderMap| async move { DEMOS.serve(&f, &h) }),
-            );
+        router = mount(router, &DEMOS);
     }
     router
+}
+
+/// `/<name>` (redirected), `/<name>/` (its index) and `/<name>/<file>`.
+fn mount<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    site: &'static LazyLock<Site>,
+) -> Router<S> {
+    let index = format!("/{}/", site.name);
+    let target = index.clone();
+    router
+        .route(
+            &format!("/{}", site.name),
+            get(move || async move { Redirect::permanent(&target) }),
+        )
+        .route(
+            &index,
+            get(move |h: HeaderMap| async move { site.serve("", &h) }),
+        )
+        .route(
+            &format!("/{}/{{file}}", site.name),
+            get(move |Path(f): Path<String>, h: HeaderMap| async move { site.serve(&f, &h) }),
+        )
 }

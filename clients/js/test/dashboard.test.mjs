@@ -92,6 +92,12 @@ test("the dashboard is served with a strict CSP and nosniff, and can be turned o
   assert.doesNotMatch(csp, /unsafe/);
   assert.equal(res.headers.get("x-content-type-options"), "nosniff");
   assert.match(await res.text(), /<script type="module" src="app.js">/);
+  const bare = await fetch(`http://${daemon.http}/dashboard`, { redirect: "manual" });
+  assert.equal(bare.status, 308);
+  assert.equal(bare.headers.get("location"), "/dashboard/");
+  const missing = await fetch(`http://${daemon.http}/dashboard/nope.js`);
+  assert.equal(missing.status, 404);
+  assert.equal((await missing.json()).error.code, "not_found");
 
   const off = await startDaemon({ extra: "[http]\ndashboard = false\n" });
   try {
