@@ -307,6 +307,13 @@ async function clearRetained(topic) {
   renderRetained();
 }
 
+/** An end-to-end envelope (docs/recordings.md's `{"v":"e2e1","iv","ct"}`, or a JWE): opaque here. */
+function isEnvelope(data) {
+  if (!data || typeof data !== "object" || Array.isArray(data)) return false;
+  if (typeof data.v === "string" && data.v.startsWith("e2e")) return true;
+  return typeof data.ciphertext === "string" && ("protected" in data || "iv" in data);
+}
+
 /** A payload for people: JSON pretty-printed, binary as its size and first bytes. */
 function describe(data) {
   if (data && typeof data === "object" && typeof data.$base64 === "string" && Object.keys(data).length === 1) {
@@ -314,7 +321,10 @@ function describe(data) {
     const hex = [...raw.slice(0, 32)].map((c) => c.charCodeAt(0).toString(16).padStart(2, "0")).join(" ");
     return `binary, ${raw.length} bytes: ${hex}${raw.length > 32 ? " …" : ""}`;
   }
-  if (data && typeof data === "object" && "ciphertext" in data) return "encrypted payload";
+  if (isEnvelope(data)) {
+    const ct = data.ct ?? data.ciphertext;
+    return `encrypted (${data.v ?? "JWE"}), ${typeof ct === "string" ? ct.length : "?"} characters of ciphertext: only its recipients can read it`;
+  }
   return typeof data === "string" ? data : JSON.stringify(data, null, 2);
 }
 

@@ -162,7 +162,7 @@ test("an MQTT device shows online on the devices and clients pages, and offline 
   }
 });
 
-test("the live viewer shows MQTT publishes: JSON pretty-printed, binary as bytes; pause holds them back", async () => {
+test("the live viewer shows MQTT publishes: JSON pretty-printed, binary as bytes, envelopes as encrypted; pause holds them back", async () => {
   const page = await dashboard();
   try {
     await page.click('a[href="#live"]');
@@ -178,6 +178,8 @@ test("the live viewer shows MQTT publishes: JSON pretty-printed, binary as bytes
     writeFileSync(blob, Buffer.from([0xff, 0x00, 0xfe, 0x01]));
     await mqttPublish(daemon, "sensors/cam/raw", null, ["-f", blob]);
     await page.waitForSelector('#lv-list li:has-text("binary, 4 bytes: ff 00 fe 01")');
+    await mqttPublish(daemon, "sensors/lock", '{"v":"e2e1","iv":"AAAA","ct":"c2VjcmV0LXN0dWZm"}');
+    await page.waitForSelector('#lv-list li:has-text("sensors/lock") pre:text("encrypted (e2e1), 16 characters of ciphertext")');
     await shot(page, "live");
 
     await page.click("#lv-pause");
@@ -319,6 +321,20 @@ test("webhooks: a failed delivery shows as a dead letter, and Retry all delivers
     await page.click('[data-retry-all="alerts"]');
     await until(() => hooked.some((b) => b.includes("hooked/boiler")), "the retried delivery");
     await page.waitForSelector('[data-retry-all="alerts"]', { state: "detached", timeout: 15_000 });
+  } finally {
+    await page.context().close();
+  }
+});
+
+test("every page fits a phone's width (nothing scrolls sideways but a table)", async () => {
+  const page = await dashboard(390);
+  try {
+    for (const name of ["overview", "clients", "devices", "topics", "live", "publish", "recordings", "webhooks"]) {
+      await page.click(`a[href="#${name}"]`);
+      await page.waitForSelector(`#${name}:not([hidden])`);
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert.ok(overflow <= 0, `${name} is ${overflow} px wider than the phone`);
+    }
   } finally {
     await page.context().close();
   }
