@@ -154,6 +154,7 @@ async function overview() {
     }
     rates.last = { at: now, ...totals };
     cards.push(["in /s", Math.round(rates.in.at(-1) ?? 0)], ["out /s", Math.round(rates.out.at(-1) ?? 0)]);
+    $("rate").dataset.points = String(rates.in.length);
     drawChart($("rate"), [
       { values: rates.in, color: "#2563eb" },
       { values: rates.out, color: "#16a34a" },

@@ -131,9 +131,18 @@ test("a wrong token is refused with a clear message; the admin token logs in and
     assert.equal(await page.evaluate(() => localStorage.length), 0);
     await page.reload();
     await page.waitForSelector("#nav:not([hidden])");
-    // Let the rate chart gather a few points for the picture.
-    await mqttPublish(daemon, "demo/t", "1");
-    await page.waitForFunction(() => [...document.querySelectorAll(".stat span")].some((s) => s.textContent === "in /s"));
+    // The live rate: messages flowing in show as a non-zero "in /s" (and a line to draw).
+    const rate = () =>
+      page.evaluate(() => {
+        const card = [...document.querySelectorAll(".stat")].find((c) => c.querySelector("span").textContent === "in /s");
+        return Number(card?.querySelector("b").textContent ?? 0);
+      });
+    let n = 0;
+    await until(async () => {
+      await mqttPublish(daemon, "demo/t", String(n++));
+      // Three points, so the chart in the screenshot has lines.
+      return (await rate()) > 0 && (await page.evaluate(() => Number(document.getElementById("rate").dataset.points))) >= 3;
+    }, "a non-zero rate of messages in");
     await shot(page, "overview");
     await page.setViewportSize({ width: 390, height: 760 });
     await shot(page, "overview-phone");
