@@ -20,8 +20,9 @@ python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 # Node.js and npm run the Socket.IO and `ws` peers of the benchmark harness (loadgen/).
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
-# Debian's Chromium runs the browser tests (clients/js and tests/browser/, driven by
-# playwright-core, which downloads no browser of its own).
+# Debian's Chromium runs the browser tests of the JavaScript SDK, the dashboard, the demos
+# (clients/js/test) and compression (tests/browser/), driven by playwright-core, which
+# downloads no browser of its own.
 command -v chromium >/dev/null || need_apt+=(chromium)
 # The firmware examples run on this host (tests/firmware.rs): the Arduino sketch and the
 # ESP-IDF node compiled with g++/gcc against shims over libmosquitto.

@@ -144,6 +144,8 @@ impl Daemon {
                 started_at: self.started_at,
                 metrics_enabled: config.metrics.enabled,
                 metrics_public: config.metrics.public,
+                dashboard: config.http.dashboard,
+                demos: config.http.demos,
             },
             shutdown: self.shutdown.clone(),
         });

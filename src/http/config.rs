@@ -41,6 +41,10 @@ pub struct HttpConfig {
     /// names and IP addresses, which always may; against DNS rebinding
     /// (docs/security.md).
     pub allowed_hosts: Vec<String>,
+    /// Serve the web dashboard at `/dashboard/` (docs/dashboard.md).
+    pub dashboard: bool,
+    /// Serve the demo apps at `/demo/` (demos/README.md).
+    pub demos: bool,
 }
 
 /// The Prometheus endpoint `/metrics` (docs/metrics.md).
@@ -65,6 +69,8 @@ impl Default for HttpConfig {
             max_batch_bytes: nz(1024 * 1024),
             idempotency_window: Duration::from_secs(300),
             allowed_hosts: Vec::new(),
+            dashboard: true,
+            demos: false,
         }
     }
 }

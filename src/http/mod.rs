@@ -1,16 +1,19 @@
 //! The HTTP listener ([`listener`]) and its routes: health, metrics, the REST API
-//! ([`api`]), inbound webhooks ([`inbound_webhooks`]) and the JavaScript SDK ([`sdk`]),
+//! ([`api`]), inbound webhooks ([`inbound_webhooks`]), the JavaScript SDK ([`sdk`]) and the web
+//! dashboard and demos ([`pages`]), both static files ([`assets`]),
 //! in one router that the WebSocket side extends with `/ws` and reuses for HTTP carried
 //! over a WebSocket. Handlers take their
 //! narrow parts of [`state::HttpState`]. [`web`] checks what a browser sends before any
 //! route sees it.
 
 pub mod api;
+mod assets;
 pub mod config;
 mod deadline;
 pub mod inbound_webhooks;
 pub mod listener;
 mod metrics;
+mod pages;
 mod sdk;
 pub mod state;
 pub mod web;
@@ -31,6 +34,7 @@ pub fn router(state: HttpState) -> Router {
         .nest("/api/v1", api::router(state.limits))
         .merge(inbound_webhooks::routes())
         .merge(sdk::routes())
+        .merge(pages::routes(state.about.dashboard, state.about.demos))
         .layer(axum::extract::DefaultBodyLimit::max(
             state.limits.max_message_size,
         ))

@@ -14,13 +14,13 @@
 use std::sync::LazyLock;
 
 use axum::extract::Path;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use sha2::{Digest, Sha256};
 
 use super::api::ApiError;
+use super::assets;
 use switchboard_core::protocol::ErrorCode;
 
 /// The builds, as `(name, file extension, bytes)`.
@@ -48,11 +48,8 @@ const BUNDLES: [(&str, &str, &str); 4] = [
 ];
 
 /// Per build, 16 hex digits of its SHA-256: the ETag and the pinned file name.
-static TAGS: LazyLock<[String; 4]> = LazyLock::new(|| BUNDLES.map(|(_, _, text)| tag_of(text)));
-
-fn tag_of(text: &str) -> String {
-    crate::hex::encode(&Sha256::digest(text.as_bytes())[..8])
-}
+static TAGS: LazyLock<[String; 4]> =
+    LazyLock::new(|| BUNDLES.map(|(_, _, text)| assets::tag_of(text.as_bytes())));
 
 /// A year: a pinned build never changes.
 const PINNED: &str = "public, max-age=31536000, immutable";
@@ -81,29 +78,12 @@ async fn serve(Path(file): Path<String>, request: HeaderMap) -> Response {
         )
         .into_response();
     };
-    let etag = format!("\"{tag}\"");
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/javascript; charset=utf-8"),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(if pinned { PINNED } else { "no-cache" }),
-    );
-    if let Ok(value) = HeaderValue::from_str(&etag) {
-        headers.insert(header::ETAG, value);
-    }
-    let fresh = request
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    if fresh {
-        return (StatusCode::NOT_MODIFIED, headers).into_response();
-    }
-    (StatusCode::OK, headers, text).into_response()
+    assets::respond(
+        &request,
+        text.as_bytes(),
+        "text/javascript; charset=utf-8",
+        tag,
+        if pinned { PINNED } else { "no-cache" },
+        &[],
+    )
 }

@@ -40,6 +40,10 @@ pub struct About {
     pub metrics_enabled: bool,
     /// `[metrics] public`: whether `/metrics` answers without the admin credential.
     pub metrics_public: bool,
+    /// `[http] dashboard`: whether `/dashboard/` is served.
+    pub dashboard: bool,
+    /// `[http] demos`: whether `/demo/` is served.
+    pub demos: bool,
 }
 
 #[derive(Clone)]

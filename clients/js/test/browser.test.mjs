@@ -4,15 +4,15 @@
 // tarball works as an ES module in Node and as a <script> in the browser.
 
 import assert from "node:assert/strict";
-import { execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import http from "node:http";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { launchChromium, startSiteAndDaemon } from "./chromium.mjs";
-import { until } from "./daemon.mjs";
+import { launchChromium, mqttPublish as publishTo, mqttSubscribe as subscribeTo, startDaemon, until } from "./daemon.mjs";
 
 const run = promisify(execFile);
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -54,7 +54,7 @@ pages["/pack.html"] = () => `<!doctype html>
 
 before(async () => {
   // The test's own web site, so the pages have a real origin the daemon allows.
-  ({ site, daemon } = await startSiteAndDaemon((req, res) => {
+  site = http.createServer((req, res) => {
     if (req.url === "/pkg/switchboard.js") {
       res.writeHead(200, { "content-type": "text/javascript" });
       return res.end(readFileSync(join(scratch, "node_modules/switchboard-client/dist/switchboard.js")));
@@ -62,8 +62,10 @@ before(async () => {
     const page = pages[req.url];
     res.writeHead(page ? 200 : 404, { "content-type": "text/html" });
     res.end(page ? page() : "");
-  }));
-  siteUrl = site.url;
+  });
+  await new Promise((resolve) => site.listen(0, "127.0.0.1", resolve));
+  siteUrl = `http://127.0.0.1:${site.address().port}`;
+  daemon = await startDaemon({ env: { SWITCHBOARD_AUTH_ALLOWED_ORIGINS: siteUrl } });
   browser = await launchChromium();
   // The package as a user gets it: packed, then installed into an empty project.
   scratch = mkdtempSync(join(tmpdir(), "sb-pack-"));
@@ -80,29 +82,8 @@ after(async () => {
   if (scratch) rmSync(scratch, { recursive: true, force: true });
 });
 
-/** Runs mosquitto_pub to completion. */
-const mqttPublish = (topic, payload) =>
-  run("mosquitto_pub", ["-h", "127.0.0.1", "-p", String(daemon.mqttPort), "-t", topic, "-m", payload]);
-
-/** A mosquitto_sub that has its SUBACK; `line(pred)` waits for an output line. */
-async function mqttSubscribe(topic) {
-  // Line-buffered, so the SUBACK debug line is seen while it runs.
-  const child = spawn("stdbuf", ["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", String(daemon.mqttPort), "-d", "-t", topic]);
-  const lines = [];
-  let rest = "";
-  child.stdout.setEncoding("utf8");
-  child.stdout.on("data", (chunk) => {
-    rest += chunk;
-    const parts = rest.split("\n");
-    rest = parts.pop();
-    lines.push(...parts);
-  });
-  await until(() => lines.some((l) => l.includes("SUBACK")), "mosquitto_sub's SUBACK").catch((error) => {
-    child.kill();
-    throw error;
-  });
-  return { lines, stop: () => child.kill() };
-}
+const mqttPublish = (topic, payload) => publishTo(daemon, topic, payload);
+const mqttSubscribe = (topic) => subscribeTo(daemon, topic);
 
 test("a page loads the SDK from the daemon, hears an MQTT device, publishes to one, and survives a restart", async () => {
   const page = await browser.newPage();

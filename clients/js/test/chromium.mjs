@@ -1,16 +1,10 @@
-// Browser-test helpers: Debian's Chromium through playwright-core (nothing downloads a
-// browser; $CHROMIUM overrides the path), and a test site with a daemon that allows it.
+// Browser-test helpers: a test site with a daemon that allows it (Chromium itself is
+// launched by daemon.mjs's launchChromium).
 
 import http from "node:http";
-import { chromium } from "playwright-core";
 import { startDaemon } from "./daemon.mjs";
 
-export function launchChromium() {
-  return chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--disable-background-networking"],
-  });
-}
+export { launchChromium } from "./daemon.mjs";
 
 /** An HTTP site on 127.0.0.1 (a real origin, and a secure context) serving `handler`. */
 export async function startSite(handler) {

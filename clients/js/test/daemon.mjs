@@ -2,7 +2,7 @@
 // does for the Rust tests), a TCP relay that can be cut, JWTs signed by hand, and a
 // poll-until helper. The binary: $SWITCHBOARD_BIN, else the cargo build's.
 
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import WebSocket from "ws";
 import { Client } from "../src/index.js";
 
@@ -244,5 +245,40 @@ export function next(emitter, type, ms = 10_000) {
       clearTimeout(timer);
       resolve(value);
     });
+  });
+}
+
+const run = promisify(execFile);
+
+/** Runs mosquitto_pub against `daemon` to completion; `args` are extra flags (-r, -f …). */
+export const mqttPublish = (daemon, topic, payload, args = []) =>
+  run("mosquitto_pub", ["-h", "127.0.0.1", "-p", String(daemon.mqttPort), "-t", topic, ...(payload === null ? [] : ["-m", payload]), ...args]);
+
+/** A mosquitto_sub that has its SUBACK; `lines` fills with its output, `stop()` kills it. */
+export async function mqttSubscribe(daemon, topic, args = []) {
+  // Line-buffered, so the SUBACK debug line is seen while it runs.
+  const child = spawn("stdbuf", ["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", String(daemon.mqttPort), "-d", "-t", topic, ...args]);
+  const lines = [];
+  let rest = "";
+  child.stdout.setEncoding("utf8");
+  child.stdout.on("data", (chunk) => {
+    rest += chunk;
+    const parts = rest.split("\n");
+    rest = parts.pop();
+    lines.push(...parts);
+  });
+  await until(() => lines.some((l) => l.includes("SUBACK")), "mosquitto_sub's SUBACK").catch((error) => {
+    child.kill();
+    throw error;
+  });
+  return { lines, child, stop: () => child.kill() };
+}
+
+/** Debian's Chromium, headless (no browser is downloaded); $CHROMIUM overrides the path. */
+export async function launchChromium() {
+  const { chromium } = await import("playwright-core");
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--disable-background-networking"],
   });
 }
