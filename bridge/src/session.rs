@@ -562,6 +562,14 @@ impl Running {
             }
             return self.refuse_publish(header, denied);
         }
+        let inbound = Inbound {
+            topic: &topic,
+            payload: &publish.payload,
+            retain: publish.retain,
+        };
+        if let Err(denied) = self.shared.ingress.check_payload(&self.device, inbound) {
+            return self.refuse_publish(header, denied);
+        }
         if let Some(alias) = new_alias {
             self.topic_aliases.insert(alias, topic.clone());
         }
@@ -595,6 +603,21 @@ impl Running {
         // keeping only its packet id until PUBREL. rumqttd's router would hold the whole
         // message, deliver a DUP retransmission twice and release the oldest message on
         // any PUBREL, whatever its packet id.
+        self.acknowledge(header);
+        // See `interest`: only what the router must see, or an MQTT subscriber may want.
+        let router_needed =
+            !duplicate && (publish.retain || self.interest.wants(&self.shared.interest, &topic));
+        if router_needed {
+            // The router delivers at each subscription's QoS whatever the publish's.
+            let copy =
+                rumqttd::protocol::Publish::new(publish.topic, publish.payload, publish.retain);
+            self.to_router.push(Packet::Publish(copy, props));
+        }
+        Step::Continue
+    }
+
+    /// The success acknowledgement a publish of this QoS gets (none for QoS 0).
+    fn acknowledge(&mut self, header: codec::PublishHeader) {
         match header.qos {
             1 => self.to_device.push(Packet::PubAck(
                 PubAck {
@@ -612,28 +635,26 @@ impl Running {
             )),
             _ => {}
         }
-        // See `interest`: only what the router must see, or an MQTT subscriber may want.
-        let router_needed =
-            !duplicate && (publish.retain || self.interest.wants(&self.shared.interest, &topic));
-        if router_needed {
-            // The router delivers at each subscription's QoS whatever the publish's.
-            let copy =
-                rumqttd::protocol::Publish::new(publish.topic, publish.payload, publish.retain);
-            self.to_router.push(Packet::Publish(copy, props));
-        }
-        Step::Continue
     }
 
     /// MQTT 5 devices get a reason code on the acknowledgement; QoS 0 has none, and 3.1.1
     /// has no way to say "refused" at all, so those connections are closed (as AWS IoT does)
-    /// rather than letting the device believe the message went out.
+    /// rather than letting the device believe the message went out. A payload refused for
+    /// its format is the exception: the device is allowed on the topic and its next
+    /// message may be fine, so where no reason code can be sent the message is dropped
+    /// (the daemon counts it) and acknowledged as usual.
     fn refuse_publish(&mut self, header: codec::PublishHeader, denied: Denied) -> Step {
         let v5 = self.device.version == Version::V5;
+        if denied == Denied::PayloadFormatInvalid && !(v5 && header.qos > 0) {
+            self.acknowledge(header);
+            return Step::Continue;
+        }
         match (v5, header.qos) {
             (true, 1) => {
                 let reason = match denied {
                     Denied::NotAuthorized => PubAckReason::NotAuthorized,
                     Denied::Invalid => PubAckReason::TopicNameInvalid,
+                    Denied::PayloadFormatInvalid => PubAckReason::PayloadFormatInvalid,
                 };
                 self.to_device.push(Packet::PubAck(
                     PubAck {
@@ -648,6 +669,7 @@ impl Running {
                 let reason = match denied {
                     Denied::NotAuthorized => PubRecReason::NotAuthorized,
                     Denied::Invalid => PubRecReason::TopicNameInvalid,
+                    Denied::PayloadFormatInvalid => PubRecReason::PayloadFormatInvalid,
                 };
                 self.to_device.push(Packet::PubRec(
                     PubRec {
@@ -662,6 +684,7 @@ impl Running {
                 let reason = match denied {
                     Denied::NotAuthorized => DisconnectReasonCode::NotAuthorized,
                     Denied::Invalid => DisconnectReasonCode::TopicNameInvalid,
+                    Denied::PayloadFormatInvalid => DisconnectReasonCode::PayloadFormatInvalid,
                 };
                 Step::Close(reason, "publish refused")
             }
@@ -729,6 +752,7 @@ impl Running {
                     let code = match denied {
                         Denied::NotAuthorized => SubscribeReasonCode::NotAuthorized,
                         Denied::Invalid => SubscribeReasonCode::TopicFilterInvalid,
+                        Denied::PayloadFormatInvalid => SubscribeReasonCode::Unspecified,
                     };
                     refused.push((index, code));
                 }

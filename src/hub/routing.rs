@@ -25,6 +25,7 @@ use super::session::lock;
 use super::{index, read, write, Hub, HubError, Session};
 use crate::auth::Principal;
 use crate::history::{History, Position};
+use crate::pubkeys::policy::EncryptedOnly;
 use crate::store::StoredMessage;
 use switchboard_core::grants::Grants;
 use switchboard_core::message::{Lifecycle, Origin, Publish, Published, Tap};
@@ -267,6 +268,12 @@ impl Hub {
         })
     }
 
+    /// The encrypted-only rule, for ways in that must answer before they publish (MQTT
+    /// acknowledges a device's publish with its reason code).
+    pub fn encrypted_only(&self) -> &EncryptedOnly {
+        &self.config.encrypted_only
+    }
+
     /// Routes one message to every matching subscriber.
     pub fn publish(&self, p: Publish<'_>) -> Result<Published, HubError> {
         topic::validate_topic(p.topic)?;
@@ -276,6 +283,7 @@ impl Hub {
                     .publishes_forbidden
                     .fetch_add(1, Ordering::Relaxed);
             })?;
+            self.config.encrypted_only.check(p.topic, p.data)?;
         }
         let state = self.topic_state(p.topic);
         // Held through fan-out: concurrent publishers to one topic are serialised, so
