@@ -834,3 +834,242 @@ fn encrypted_only_filters_are_checked_at_startup() {
         ":2:18: `#` must be the last level",
     )]);
 }
+
+/// The next message on a subscription, opened by `who`.
+async fn delivered(
+    who: &switchboard_client::e2e::E2e,
+    sub: &mut switchboard_client::Subscription,
+) -> switchboard_client::e2e::Delivery {
+    let msg = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("a message in time")
+        .expect("subscription open");
+    who.open(&msg)
+}
+
+/// The Rust client's end-to-end side against the real daemon: keys registered, a sealed
+/// message, a room created and shared, rotated when a member is removed (who then cannot
+/// read), replays and moved envelopes reported, history read across epochs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rust_client_runs_a_room_and_a_removed_member_cannot_read_after_rotation() {
+    use switchboard_client::e2e::{Delivery, E2e, OpenError};
+    use switchboard_client::{ClientOptions, Since};
+
+    let secrets = Secrets::new();
+    let d = Daemon::start(&secrets.config(HISTORY));
+    let file = fixture();
+    let grants = json!({"publish": ["chat/#"], "subscribe": ["chat/#"]});
+    let mut member = std::collections::HashMap::new();
+    for name in ["alice", "bob", "carol"] {
+        let options = ClientOptions::new(d.ws_url()).token(user_token(name, grants.clone()));
+        let client = switchboard_client::Client::connect(options)
+            .await
+            .expect("connect");
+        let e2e = E2e::new(client.clone(), name, pair(&file, name));
+        e2e.register().await.expect("register");
+        let sub = client.subscribe("chat/#").await.expect("subscribe");
+        member.insert(name, (e2e, sub, client));
+    }
+    let [(alice, _, alice_client), (bob, mut bob_sub, _), (carol, mut carol_sub, _)] =
+        ["alice", "bob", "carol"].map(|n| member.remove(n).expect("member"));
+    let (room, keys) = ("chat/lobby", "chat/lobby/keys");
+
+    // Epoch 1 to both members; a room message both read.
+    assert_eq!(
+        alice
+            .create_room(room, &["bob", "carol"], keys)
+            .await
+            .expect("create"),
+        1
+    );
+    for (who, sub) in [(&bob, &mut bob_sub), (&carol, &mut carol_sub)] {
+        let got = delivered(who, sub).await;
+        assert!(matches!(got, Delivery::RoomKey { epoch: 1, .. }), "{got:?}");
+    }
+    alice
+        .publish_room(room, room, b"one")
+        .await
+        .expect("publish");
+    for (who, sub) in [(&bob, &mut bob_sub), (&carol, &mut carol_sub)] {
+        match delivered(who, sub).await {
+            Delivery::Message {
+                plaintext, from, ..
+            } => {
+                assert_eq!(
+                    (plaintext.as_slice(), from.as_str()),
+                    (b"one".as_slice(), "alice")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A sealed message to bob: carol sees it arrive and is told it is not for her.
+    alice
+        .publish_sealed("chat/dm", &["bob"], b"psst")
+        .await
+        .expect("seal");
+    let got = delivered(&bob, &mut bob_sub).await;
+    assert!(
+        matches!(&got, Delivery::Message { plaintext, .. } if plaintext == b"psst"),
+        "{got:?}"
+    );
+    let got = delivered(&carol, &mut carol_sub).await;
+    assert!(
+        matches!(
+            got,
+            Delivery::Undecryptable {
+                error: OpenError::NotAddressed { .. },
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+
+    // Carol is removed: epoch 2 goes to bob alone, and carol cannot read what follows.
+    assert_eq!(
+        alice
+            .rotate_room(room, &["bob"], keys)
+            .await
+            .expect("rotate"),
+        2
+    );
+    let got = delivered(&bob, &mut bob_sub).await;
+    assert!(matches!(got, Delivery::RoomKey { epoch: 2, .. }), "{got:?}");
+    let got = delivered(&carol, &mut carol_sub).await;
+    assert!(
+        matches!(
+            got,
+            Delivery::Undecryptable {
+                error: OpenError::NotAddressed { .. },
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+    alice
+        .publish_room(room, room, b"two")
+        .await
+        .expect("publish");
+    let msg = tokio::time::timeout(Duration::from_secs(10), bob_sub.recv())
+        .await
+        .expect("in time")
+        .expect("open");
+    let got = bob.open(&msg);
+    assert!(
+        matches!(&got, Delivery::Message { plaintext, .. } if plaintext == b"two"),
+        "{got:?}"
+    );
+    let got = delivered(&carol, &mut carol_sub).await;
+    assert!(
+        matches!(
+            got,
+            Delivery::Undecryptable {
+                error: OpenError::UnknownRoomKey { .. },
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+    // The same envelope again is a replay; moved to another topic, a mismatch.
+    alice_client
+        .publish(room, &msg.data)
+        .await
+        .expect("republish");
+    let got = delivered(&bob, &mut bob_sub).await;
+    assert!(
+        matches!(
+            got,
+            Delivery::Undecryptable {
+                error: OpenError::Replayed { .. },
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+    alice_client
+        .publish("chat/elsewhere", &msg.data)
+        .await
+        .expect("move");
+    let got = delivered(&bob, &mut bob_sub).await;
+    assert!(
+        matches!(
+            got,
+            Delivery::Undecryptable {
+                error: OpenError::WrongTopic { .. },
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+    // Not an envelope at all: reported, not dropped.
+    alice_client.publish(room, "plain").await.expect("plain");
+    let got = delivered(&bob, &mut bob_sub).await;
+    assert!(
+        matches!(
+            got,
+            Delivery::Undecryptable {
+                error: OpenError::Malformed(_),
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+
+    // One more rotation: an envelope under the retired epoch 2 can no longer be injected
+    // live (what a removed member holding an old key would try).
+    assert_eq!(
+        alice
+            .rotate_room(room, &["bob"], keys)
+            .await
+            .expect("rotate"),
+        3
+    );
+    let got = delivered(&bob, &mut bob_sub).await;
+    assert!(matches!(got, Delivery::RoomKey { epoch: 3, .. }), "{got:?}");
+    alice_client
+        .publish(room, &msg.data)
+        .await
+        .expect("republish");
+    let got = delivered(&bob, &mut bob_sub).await;
+    assert!(
+        matches!(
+            got,
+            Delivery::Undecryptable {
+                error: OpenError::StaleEpoch { .. },
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+
+    // Bob on a new device state (same key pair, empty keyring) reads the history: the
+    // key shares first, then messages of both epochs open, and what did not open live
+    // is reported again (history is not checked for replays or retired epochs).
+    let options = ClientOptions::new(d.ws_url()).token(user_token("bob", grants.clone()));
+    let client = switchboard_client::Client::connect(options)
+        .await
+        .expect("connect");
+    let bob_again = E2e::new(client.clone(), "bob", pair(&file, "bob"));
+    let mut shares = client
+        .subscribe_since(keys, Some(Since::Last(10)))
+        .await
+        .expect("sub");
+    for epoch in [1, 2, 3] {
+        let got = delivered(&bob_again, &mut shares).await;
+        assert!(
+            matches!(got, Delivery::RoomKey { epoch: e, .. } if e == epoch),
+            "{got:?}"
+        );
+    }
+    let mut history = client
+        .subscribe_since(room, Some(Since::Last(10)))
+        .await
+        .expect("sub");
+    for text in [b"one".as_slice(), b"two", b"two"] {
+        let got = delivered(&bob_again, &mut history).await;
+        assert!(
+            matches!(&got, Delivery::Message { plaintext, .. } if plaintext == text),
+            "{got:?}"
+        );
+    }
+}
