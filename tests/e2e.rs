@@ -847,6 +847,39 @@ async fn delivered(
     who.open(&msg)
 }
 
+/// The next message must be a key share: its epoch.
+async fn shared_epoch(
+    who: &switchboard_client::e2e::E2e,
+    sub: &mut switchboard_client::Subscription,
+) -> u64 {
+    match delivered(who, sub).await {
+        switchboard_client::e2e::Delivery::RoomKey { epoch, .. } => epoch,
+        other => panic!("expected a room key: {other:?}"),
+    }
+}
+
+/// The next message must open: its plaintext.
+async fn opened(
+    who: &switchboard_client::e2e::E2e,
+    sub: &mut switchboard_client::Subscription,
+) -> Vec<u8> {
+    match delivered(who, sub).await {
+        switchboard_client::e2e::Delivery::Message { plaintext, .. } => plaintext,
+        other => panic!("expected a message: {other:?}"),
+    }
+}
+
+/// The next message must not open: why.
+async fn refused(
+    who: &switchboard_client::e2e::E2e,
+    sub: &mut switchboard_client::Subscription,
+) -> switchboard_e2e::OpenError {
+    match delivered(who, sub).await {
+        switchboard_client::e2e::Delivery::Undecryptable { error, .. } => error,
+        other => panic!("expected an undecryptable message: {other:?}"),
+    }
+}
+
 /// The Rust client's end-to-end side against the real daemon: keys registered, a sealed
 /// message, a room created and shared, rotated when a member is removed (who then cannot
 /// read), replays and moved envelopes reported, history read across epochs.
@@ -883,8 +916,7 @@ async fn the_rust_client_runs_a_room_and_a_removed_member_cannot_read_after_rota
         1
     );
     for (who, sub) in [(&bob, &mut bob_sub), (&carol, &mut carol_sub)] {
-        let got = delivered(who, sub).await;
-        assert!(matches!(got, Delivery::RoomKey { epoch: 1, .. }), "{got:?}");
+        assert_eq!(shared_epoch(who, sub).await, 1);
     }
     alice
         .publish_room(room, room, b"one")
@@ -908,22 +940,9 @@ async fn the_rust_client_runs_a_room_and_a_removed_member_cannot_read_after_rota
         .publish_sealed("chat/dm", &["bob"], b"psst")
         .await
         .expect("seal");
-    let got = delivered(&bob, &mut bob_sub).await;
-    assert!(
-        matches!(&got, Delivery::Message { plaintext, .. } if plaintext == b"psst"),
-        "{got:?}"
-    );
-    let got = delivered(&carol, &mut carol_sub).await;
-    assert!(
-        matches!(
-            got,
-            Delivery::Undecryptable {
-                error: OpenError::NotAddressed { .. },
-                ..
-            }
-        ),
-        "{got:?}"
-    );
+    assert_eq!(opened(&bob, &mut bob_sub).await, b"psst");
+    let error = refused(&carol, &mut carol_sub).await;
+    assert!(matches!(error, OpenError::NotAddressed { .. }), "{error:?}");
 
     // Carol is removed: epoch 2 goes to bob alone, and carol cannot read what follows.
     assert_eq!(
@@ -933,19 +952,9 @@ async fn the_rust_client_runs_a_room_and_a_removed_member_cannot_read_after_rota
             .expect("rotate"),
         2
     );
-    let got = delivered(&bob, &mut bob_sub).await;
-    assert!(matches!(got, Delivery::RoomKey { epoch: 2, .. }), "{got:?}");
-    let got = delivered(&carol, &mut carol_sub).await;
-    assert!(
-        matches!(
-            got,
-            Delivery::Undecryptable {
-                error: OpenError::NotAddressed { .. },
-                ..
-            }
-        ),
-        "{got:?}"
-    );
+    assert_eq!(shared_epoch(&bob, &mut bob_sub).await, 2);
+    let error = refused(&carol, &mut carol_sub).await;
+    assert!(matches!(error, OpenError::NotAddressed { .. }), "{error:?}");
     alice
         .publish_room(room, room, b"two")
         .await
@@ -959,61 +968,28 @@ async fn the_rust_client_runs_a_room_and_a_removed_member_cannot_read_after_rota
         matches!(&got, Delivery::Message { plaintext, .. } if plaintext == b"two"),
         "{got:?}"
     );
-    let got = delivered(&carol, &mut carol_sub).await;
+    let error = refused(&carol, &mut carol_sub).await;
     assert!(
-        matches!(
-            got,
-            Delivery::Undecryptable {
-                error: OpenError::UnknownRoomKey { .. },
-                ..
-            }
-        ),
-        "{got:?}"
+        matches!(error, OpenError::UnknownRoomKey { .. }),
+        "{error:?}"
     );
     // The same envelope again is a replay; moved to another topic, a mismatch.
     alice_client
         .publish(room, &msg.data)
         .await
         .expect("republish");
-    let got = delivered(&bob, &mut bob_sub).await;
-    assert!(
-        matches!(
-            got,
-            Delivery::Undecryptable {
-                error: OpenError::Replayed { .. },
-                ..
-            }
-        ),
-        "{got:?}"
-    );
+    let error = refused(&bob, &mut bob_sub).await;
+    assert!(matches!(error, OpenError::Replayed { .. }), "{error:?}");
     alice_client
         .publish("chat/elsewhere", &msg.data)
         .await
         .expect("move");
-    let got = delivered(&bob, &mut bob_sub).await;
-    assert!(
-        matches!(
-            got,
-            Delivery::Undecryptable {
-                error: OpenError::WrongTopic { .. },
-                ..
-            }
-        ),
-        "{got:?}"
-    );
+    let error = refused(&bob, &mut bob_sub).await;
+    assert!(matches!(error, OpenError::WrongTopic { .. }), "{error:?}");
     // Not an envelope at all: reported, not dropped.
     alice_client.publish(room, "plain").await.expect("plain");
-    let got = delivered(&bob, &mut bob_sub).await;
-    assert!(
-        matches!(
-            got,
-            Delivery::Undecryptable {
-                error: OpenError::Malformed(_),
-                ..
-            }
-        ),
-        "{got:?}"
-    );
+    let error = refused(&bob, &mut bob_sub).await;
+    assert!(matches!(error, OpenError::Malformed(_)), "{error:?}");
 
     // One more rotation: an envelope under the retired epoch 2 can no longer be injected
     // live (what a removed member holding an old key would try).
@@ -1024,23 +1000,13 @@ async fn the_rust_client_runs_a_room_and_a_removed_member_cannot_read_after_rota
             .expect("rotate"),
         3
     );
-    let got = delivered(&bob, &mut bob_sub).await;
-    assert!(matches!(got, Delivery::RoomKey { epoch: 3, .. }), "{got:?}");
+    assert_eq!(shared_epoch(&bob, &mut bob_sub).await, 3);
     alice_client
         .publish(room, &msg.data)
         .await
         .expect("republish");
-    let got = delivered(&bob, &mut bob_sub).await;
-    assert!(
-        matches!(
-            got,
-            Delivery::Undecryptable {
-                error: OpenError::StaleEpoch { .. },
-                ..
-            }
-        ),
-        "{got:?}"
-    );
+    let error = refused(&bob, &mut bob_sub).await;
+    assert!(matches!(error, OpenError::StaleEpoch { .. }), "{error:?}");
 
     // Bob on a new device state (same key pair, empty keyring) reads the history: the
     // key shares first, then messages of both epochs open, and what did not open live
@@ -1055,21 +1021,78 @@ async fn the_rust_client_runs_a_room_and_a_removed_member_cannot_read_after_rota
         .await
         .expect("sub");
     for epoch in [1, 2, 3] {
-        let got = delivered(&bob_again, &mut shares).await;
-        assert!(
-            matches!(got, Delivery::RoomKey { epoch: e, .. } if e == epoch),
-            "{got:?}"
-        );
+        assert_eq!(shared_epoch(&bob_again, &mut shares).await, epoch);
     }
     let mut history = client
         .subscribe_since(room, Some(Since::Last(10)))
         .await
         .expect("sub");
     for text in [b"one".as_slice(), b"two", b"two"] {
-        let got = delivered(&bob_again, &mut history).await;
+        assert_eq!(opened(&bob_again, &mut history).await, text);
+    }
+    let error = refused(&bob_again, &mut history).await;
+    assert!(matches!(error, OpenError::Malformed(_)), "{error:?}");
+    assert_eq!(opened(&bob_again, &mut history).await, b"two");
+}
+
+/// Resume after a disconnect (`sub` with `since` and `epoch`) hands back the envelopes
+/// missed, byte for byte, and they open as history.
+#[tokio::test(flavor = "multi_thread")]
+async fn resume_after_a_disconnect_returns_missed_envelopes_byte_for_byte() {
+    let d = Daemon::start(HISTORY);
+    let bob = pair(&fixture(), "bob");
+    let envelope = |text: &str| {
+        let jwe = seal(
+            text.as_bytes(),
+            &[bob.public().clone()],
+            Binding::new(Kind::Sealed, "dm/resume", "alice"),
+        )
+        .expect("seal");
+        serde_json::to_string(&jwe).expect("json")
+    };
+    let publish = |text: String| {
+        let url = api(&d, "/publish");
+        async move {
+            let (s, v) = post(
+                &url,
+                None,
+                &format!(r#"{{"topic":"dm/resume","data":{text}}}"#),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+        }
+    };
+    let mut ws = Raw::connect(&d.ws_url()).await;
+    let ok = ws.request(json!({"op":"sub","topic":"dm/resume"})).await;
+    let epoch = ok["epoch"].clone();
+    publish(envelope("first")).await;
+    let seen: Value = serde_json::from_str(&next_msg_text(&mut ws).await).expect("JSON");
+    drop(ws);
+    let missed = [envelope("second"), envelope("third")];
+    for text in &missed {
+        publish(text.clone()).await;
+    }
+    let mut ws = Raw::connect(&d.ws_url()).await;
+    let ok = ws
+        .request(json!({"op":"sub","topic":"dm/resume","since":seen["seq"],"epoch":epoch}))
+        .await;
+    assert_eq!(
+        (ok["recovered"].as_bool(), ok["history"].as_u64()),
+        (Some(true), Some(2)),
+        "{ok}"
+    );
+    let mut inbox = Inbox::new(bob.clone());
+    for (text, plain) in missed.iter().zip(["second", "third"]) {
+        let frame = next_msg_text(&mut ws).await;
         assert!(
-            matches!(&got, Delivery::Message { plaintext, .. } if plaintext == text),
-            "{got:?}"
+            frame.contains(&format!(r#""data":{text},"#)),
+            "not byte-identical: {frame}"
         );
+        let frame: Value = serde_json::from_str(&frame).expect("JSON");
+        assert_eq!(frame["history"], true, "{frame}");
+        match inbox.open("dm/resume", None, &frame["data"], Reading::History) {
+            Ok(Received::Message(m)) => assert_eq!(m.plaintext, plain.as_bytes()),
+            other => panic!("{other:?}"),
+        }
     }
 }
