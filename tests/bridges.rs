@@ -405,3 +405,40 @@ fn bad_bridge_configuration_is_a_clear_error_at_startup() {
         ("[mqtt]\nmode = \"external\"\n", "no [mqtt.external] section"),
     ]);
 }
+
+/// An end-to-end envelope crosses a bridge to the upstream broker byte for byte, and
+/// opens there on the same topic (docs/e2e.md, "Everywhere a message goes").
+#[tokio::test]
+async fn an_end_to_end_envelope_crosses_the_bridge_byte_for_byte() {
+    use switchboard_e2e::{seal, Binding, Inbox, KeyPair, Kind, Reading, Received};
+    let m = Mosquitto::start("");
+    let mut up = Subscriber::start(m.port, "dm/#").await;
+    let (d, _secrets) = start(&bridge(m.port, "", &rule("dm/#", "out", "", "")));
+    wait_status(&d, "up", |s| s["connected"] == true).await;
+    let receiver = KeyPair::generate(2048).unwrap();
+    let jwe = seal(
+        b"across the bridge",
+        &[receiver.public().clone()],
+        Binding::new(Kind::Sealed, "dm/up", "alice"),
+    )
+    .unwrap();
+    let text = serde_json::to_string(&jwe).unwrap();
+    let mut ws = Raw::connect(&d.ws_url()).await;
+    // The frame's own text, so the bytes published are the envelope's.
+    ws.send_text(&format!(
+        r#"{{"op":"pub","id":1,"topic":"dm/up","data":{text}}}"#
+    ))
+    .await;
+    let reply = ws.recv().await;
+    assert_eq!(reply["op"], "ok", "{reply}");
+    let (topic, payload) = up.next().await;
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("dm/up", text.as_bytes())
+    );
+    let data: Value = serde_json::from_slice(&payload).unwrap();
+    match Inbox::new(receiver).open("dm/up", None, &data, Reading::Live) {
+        Ok(Received::Message(m)) => assert_eq!(m.plaintext, b"across the bridge"),
+        other => panic!("{other:?}"),
+    }
+}

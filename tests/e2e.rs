@@ -692,3 +692,407 @@ async fn room_epochs_move_one_step_at_a_time_for_those_who_may_publish() {
         "{v}"
     );
 }
+
+/// `[e2e] encrypted_only`: plaintext on such a topic is refused from every way in with a
+/// clear code, and an envelope bound to the topic passes (docs/e2e.md, "Enforcement").
+#[tokio::test(flavor = "multi_thread")]
+async fn encrypted_only_topics_refuse_plaintext_from_every_way_in() {
+    let d = Daemon::start("[e2e]\nencrypted_only = [\"secure/#\"]\n");
+    let bob = pair(&fixture(), "bob");
+    let envelope = |topic: &str| {
+        let jwe = seal(
+            b"secret",
+            &[bob.public().clone()],
+            Binding::new(Kind::Sealed, topic, "alice"),
+        )
+        .expect("seal");
+        serde_json::to_string(&jwe).expect("json")
+    };
+    let mut watcher = Raw::subscribed(&d.ws_url(), "secure/#").await;
+    let mut ws = Raw::connect(&d.ws_url()).await;
+    let port = d.mqtt.expect("MQTT listener").port();
+    // What each way in is refused with: plaintext, and an envelope moved from another topic.
+    let other = envelope("secure/elsewhere");
+    for (n, data) in [r#"{"text":"hi"}"#, r#""hi""#, other.as_str()]
+        .into_iter()
+        .enumerate()
+    {
+        let topic = format!("secure/{n}");
+        let (reply, (status, v), carried) = publish_web_ways(&d, &mut ws, &topic, data).await;
+        assert_eq!(
+            (reply["op"].as_str(), reply["code"].as_str()),
+            (Some("error"), Some("encryption_required")),
+            "WS {data}: {reply}"
+        );
+        assert_eq!(
+            (status, code(&v)),
+            (422, "encryption_required"),
+            "REST {data}: {v}"
+        );
+        assert_eq!(carried["status"], 422, "HTTP over WS {data}: {carried}");
+        assert_eq!(
+            carried["body"]["error"]["code"], "encryption_required",
+            "{carried}"
+        );
+        // MQTT 5 at QoS 1: PUBACK with reason 0x99, Payload format invalid.
+        let debug = mosquitto_pub_debug(port, &["-V", "5", "-q", "1", "-t", &topic, "-m", data]);
+        assert!(
+            debug.contains("received PUBACK (Mid: 1, RC:153)"),
+            "MQTT 5 {data}: {debug}"
+        );
+        // MQTT 3.1.1 (and QoS 0) cannot be told: dropped and counted, the device stays.
+        assert!(common::mosquitto_pub(port, &["-q", "1", "-t", &topic, "-m", data]).await);
+    }
+    // A plaintext topic beside them is untouched.
+    let reply = ws
+        .request(json!({"op":"pub","topic":"plain/x","data":"hi"}))
+        .await;
+    assert_eq!(reply["op"], "ok", "{reply}");
+    // An envelope bound to its topic passes every way (byte for byte is the business of
+    // the tests above); the watcher sees exactly these, in order, so none of the refused
+    // ones slipped through.
+    let mut sent = Vec::new();
+    let web = envelope("secure/web");
+    let (reply, (status, v), carried) = publish_web_ways(&d, &mut ws, "secure/web", &web).await;
+    assert_eq!(
+        (reply["op"].as_str(), status, carried["status"].as_u64()),
+        (Some("ok"), 200, Some(200)),
+        "{reply} {v} {carried}"
+    );
+    for _ in 0..3 {
+        sent.push(("secure/web".to_owned(), web.clone()));
+    }
+    for version in ["5", "311"] {
+        let topic = format!("secure/mqtt{version}");
+        let text = envelope(&topic);
+        let args = ["-V", version, "-q", "1", "-t", &topic, "-m", &text];
+        assert!(common::mosquitto_pub(port, &args).await, "MQTT {version}");
+        sent.push((topic, text));
+    }
+    for (topic, text) in sent {
+        let frame: Value = serde_json::from_str(&next_msg_text(&mut watcher).await).expect("JSON");
+        let sent: Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(
+            (&frame["topic"], &frame["data"]),
+            (&json!(topic), &sent),
+            "{frame}"
+        );
+    }
+    // 3 payloads × 5 ways refused, each counted once.
+    let metrics = d.metrics_text().await;
+    assert!(
+        metrics.contains(r#"messages_dropped_total{reason="not_encrypted"} 15"#)
+            || metrics.contains(r#"messages_dropped{reason="not_encrypted"} 15"#),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("not_encrypted"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Refused ones were not kept as retained or history either: nothing but envelopes
+    // reached the watcher (checked above), and the device connections were not closed.
+    common::mqtt_still_serves(&d, "refused plaintext").await;
+}
+
+/// Publishes `data` (JSON text) to `topic` over the WebSocket, `POST /publish` and the
+/// same carried over the WebSocket; the three answers.
+async fn publish_web_ways(
+    d: &Daemon,
+    ws: &mut Raw,
+    topic: &str,
+    data: &str,
+) -> (Value, (u16, Value), Value) {
+    let frame = format!(r#"{{"op":"pub","topic":"{topic}","data":{data}}}"#);
+    let reply = ws
+        .request(serde_json::from_str(&frame).expect("frame"))
+        .await;
+    let body = format!(r#"{{"topic":"{topic}","data":{data}}}"#);
+    let (status, v) = post(&api(d, "/publish"), None, &body).await;
+    let body: Value = serde_json::from_str(&body).expect("body");
+    let carried = ws
+        .request(json!({"op": "http", "method": "POST", "path": "/api/v1/publish", "body": body}))
+        .await;
+    (reply, (status.as_u16(), v), carried)
+}
+
+/// `mosquitto_pub -d`'s account of the exchange, which shows an MQTT 5 reason code.
+fn mosquitto_pub_debug(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("mosquitto_pub")
+        .args(["-d", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("run mosquitto_pub");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The configuration refuses a bad filter in `encrypted_only` with its position.
+#[test]
+fn encrypted_only_filters_are_checked_at_startup() {
+    common::assert_startup_errors(&[(
+        "[e2e]\nencrypted_only = [\"a/#/b\"]\n",
+        ":2:18: `#` must be the last level",
+    )]);
+}
+
+/// The next message on a subscription, opened by `who`.
+async fn delivered(
+    who: &switchboard_client::e2e::E2e,
+    sub: &mut switchboard_client::Subscription,
+) -> switchboard_client::e2e::Delivery {
+    let msg = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("a message in time")
+        .expect("subscription open");
+    who.open(&msg)
+}
+
+/// The next message must be a key share: its epoch.
+async fn shared_epoch(
+    who: &switchboard_client::e2e::E2e,
+    sub: &mut switchboard_client::Subscription,
+) -> u64 {
+    match delivered(who, sub).await {
+        switchboard_client::e2e::Delivery::RoomKey { epoch, .. } => epoch,
+        other => panic!("expected a room key: {other:?}"),
+    }
+}
+
+/// The next message must open: its plaintext.
+async fn opened(
+    who: &switchboard_client::e2e::E2e,
+    sub: &mut switchboard_client::Subscription,
+) -> Vec<u8> {
+    match delivered(who, sub).await {
+        switchboard_client::e2e::Delivery::Message { plaintext, .. } => plaintext,
+        other => panic!("expected a message: {other:?}"),
+    }
+}
+
+/// The next message must not open: why.
+async fn refused(
+    who: &switchboard_client::e2e::E2e,
+    sub: &mut switchboard_client::Subscription,
+) -> switchboard_e2e::OpenError {
+    match delivered(who, sub).await {
+        switchboard_client::e2e::Delivery::Undecryptable { error, .. } => error,
+        other => panic!("expected an undecryptable message: {other:?}"),
+    }
+}
+
+/// The Rust client's end-to-end side against the real daemon: keys registered, a sealed
+/// message, a room created and shared, rotated when a member is removed (who then cannot
+/// read), replays and moved envelopes reported, history read across epochs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rust_client_runs_a_room_and_a_removed_member_cannot_read_after_rotation() {
+    use switchboard_client::e2e::{Delivery, E2e, OpenError};
+    use switchboard_client::{ClientOptions, Since};
+
+    let secrets = Secrets::new();
+    let d = Daemon::start(&secrets.config(HISTORY));
+    let file = fixture();
+    let grants = json!({"publish": ["chat/#"], "subscribe": ["chat/#"]});
+    let mut member = std::collections::HashMap::new();
+    for name in ["alice", "bob", "carol"] {
+        let options = ClientOptions::new(d.ws_url()).token(user_token(name, grants.clone()));
+        let client = switchboard_client::Client::connect(options)
+            .await
+            .expect("connect");
+        let e2e = E2e::new(client.clone(), name, pair(&file, name));
+        e2e.register().await.expect("register");
+        let sub = client.subscribe("chat/#").await.expect("subscribe");
+        member.insert(name, (e2e, sub, client));
+    }
+    let [(alice, _, alice_client), (bob, mut bob_sub, _), (carol, mut carol_sub, _)] =
+        ["alice", "bob", "carol"].map(|n| member.remove(n).expect("member"));
+    let (room, keys) = ("chat/lobby", "chat/lobby/keys");
+
+    // Epoch 1 to both members; a room message both read.
+    assert_eq!(
+        alice
+            .create_room(room, &["bob", "carol"], keys)
+            .await
+            .expect("create"),
+        1
+    );
+    for (who, sub) in [(&bob, &mut bob_sub), (&carol, &mut carol_sub)] {
+        assert_eq!(shared_epoch(who, sub).await, 1);
+    }
+    alice
+        .publish_room(room, room, b"one")
+        .await
+        .expect("publish");
+    for (who, sub) in [(&bob, &mut bob_sub), (&carol, &mut carol_sub)] {
+        match delivered(who, sub).await {
+            Delivery::Message {
+                plaintext, from, ..
+            } => {
+                assert_eq!(
+                    (plaintext.as_slice(), from.as_str()),
+                    (b"one".as_slice(), "alice")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A sealed message to bob: carol sees it arrive and is told it is not for her.
+    alice
+        .publish_sealed("chat/dm", &["bob"], b"psst")
+        .await
+        .expect("seal");
+    assert_eq!(opened(&bob, &mut bob_sub).await, b"psst");
+    let error = refused(&carol, &mut carol_sub).await;
+    assert!(matches!(error, OpenError::NotAddressed { .. }), "{error:?}");
+
+    // Carol is removed: epoch 2 goes to bob alone, and carol cannot read what follows.
+    assert_eq!(
+        alice
+            .rotate_room(room, &["bob"], keys)
+            .await
+            .expect("rotate"),
+        2
+    );
+    assert_eq!(shared_epoch(&bob, &mut bob_sub).await, 2);
+    let error = refused(&carol, &mut carol_sub).await;
+    assert!(matches!(error, OpenError::NotAddressed { .. }), "{error:?}");
+    alice
+        .publish_room(room, room, b"two")
+        .await
+        .expect("publish");
+    let msg = tokio::time::timeout(Duration::from_secs(10), bob_sub.recv())
+        .await
+        .expect("in time")
+        .expect("open");
+    let got = bob.open(&msg);
+    assert!(
+        matches!(&got, Delivery::Message { plaintext, .. } if plaintext == b"two"),
+        "{got:?}"
+    );
+    let error = refused(&carol, &mut carol_sub).await;
+    assert!(
+        matches!(error, OpenError::UnknownRoomKey { .. }),
+        "{error:?}"
+    );
+    // The same envelope again is a replay; moved to another topic, a mismatch.
+    alice_client
+        .publish(room, &msg.data)
+        .await
+        .expect("republish");
+    let error = refused(&bob, &mut bob_sub).await;
+    assert!(matches!(error, OpenError::Replayed { .. }), "{error:?}");
+    alice_client
+        .publish("chat/elsewhere", &msg.data)
+        .await
+        .expect("move");
+    let error = refused(&bob, &mut bob_sub).await;
+    assert!(matches!(error, OpenError::WrongTopic { .. }), "{error:?}");
+    // Not an envelope at all: reported, not dropped.
+    alice_client.publish(room, "plain").await.expect("plain");
+    let error = refused(&bob, &mut bob_sub).await;
+    assert!(matches!(error, OpenError::Malformed(_)), "{error:?}");
+
+    // One more rotation: an envelope under the retired epoch 2 can no longer be injected
+    // live (what a removed member holding an old key would try).
+    assert_eq!(
+        alice
+            .rotate_room(room, &["bob"], keys)
+            .await
+            .expect("rotate"),
+        3
+    );
+    assert_eq!(shared_epoch(&bob, &mut bob_sub).await, 3);
+    alice_client
+        .publish(room, &msg.data)
+        .await
+        .expect("republish");
+    let error = refused(&bob, &mut bob_sub).await;
+    assert!(matches!(error, OpenError::StaleEpoch { .. }), "{error:?}");
+
+    // Bob on a new device state (same key pair, empty keyring) reads the history: the
+    // key shares first, then messages of both epochs open, and what did not open live
+    // is reported again (history is not checked for replays or retired epochs).
+    let options = ClientOptions::new(d.ws_url()).token(user_token("bob", grants.clone()));
+    let client = switchboard_client::Client::connect(options)
+        .await
+        .expect("connect");
+    let bob_again = E2e::new(client.clone(), "bob", pair(&file, "bob"));
+    let mut shares = client
+        .subscribe_since(keys, Some(Since::Last(10)))
+        .await
+        .expect("sub");
+    for epoch in [1, 2, 3] {
+        assert_eq!(shared_epoch(&bob_again, &mut shares).await, epoch);
+    }
+    let mut history = client
+        .subscribe_since(room, Some(Since::Last(10)))
+        .await
+        .expect("sub");
+    for text in [b"one".as_slice(), b"two", b"two"] {
+        assert_eq!(opened(&bob_again, &mut history).await, text);
+    }
+    let error = refused(&bob_again, &mut history).await;
+    assert!(matches!(error, OpenError::Malformed(_)), "{error:?}");
+    assert_eq!(opened(&bob_again, &mut history).await, b"two");
+}
+
+/// Resume after a disconnect (`sub` with `since` and `epoch`) hands back the envelopes
+/// missed, byte for byte, and they open as history.
+#[tokio::test(flavor = "multi_thread")]
+async fn resume_after_a_disconnect_returns_missed_envelopes_byte_for_byte() {
+    let d = Daemon::start(HISTORY);
+    let bob = pair(&fixture(), "bob");
+    let envelope = |text: &str| {
+        let jwe = seal(
+            text.as_bytes(),
+            &[bob.public().clone()],
+            Binding::new(Kind::Sealed, "dm/resume", "alice"),
+        )
+        .expect("seal");
+        serde_json::to_string(&jwe).expect("json")
+    };
+    let publish = |text: String| {
+        let url = api(&d, "/publish");
+        async move {
+            let (s, v) = post(
+                &url,
+                None,
+                &format!(r#"{{"topic":"dm/resume","data":{text}}}"#),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+        }
+    };
+    let mut ws = Raw::connect(&d.ws_url()).await;
+    let ok = ws.request(json!({"op":"sub","topic":"dm/resume"})).await;
+    let epoch = ok["epoch"].clone();
+    publish(envelope("first")).await;
+    let seen: Value = serde_json::from_str(&next_msg_text(&mut ws).await).expect("JSON");
+    drop(ws);
+    let missed = [envelope("second"), envelope("third")];
+    for text in &missed {
+        publish(text.clone()).await;
+    }
+    let mut ws = Raw::connect(&d.ws_url()).await;
+    let ok = ws
+        .request(json!({"op":"sub","topic":"dm/resume","since":seen["seq"],"epoch":epoch}))
+        .await;
+    assert_eq!(
+        (ok["recovered"].as_bool(), ok["history"].as_u64()),
+        (Some(true), Some(2)),
+        "{ok}"
+    );
+    let mut inbox = Inbox::new(bob.clone());
+    for (text, plain) in missed.iter().zip(["second", "third"]) {
+        let frame = next_msg_text(&mut ws).await;
+        assert!(
+            frame.contains(&format!(r#""data":{text},"#)),
+            "not byte-identical: {frame}"
+        );
+        let frame: Value = serde_json::from_str(&frame).expect("JSON");
+        assert_eq!(frame["history"], true, "{frame}");
+        match inbox.open("dm/resume", None, &frame["data"], Reading::History) {
+            Ok(Received::Message(m)) => assert_eq!(m.plaintext, plain.as_bytes()),
+            other => panic!("{other:?}"),
+        }
+    }
+}

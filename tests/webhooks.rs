@@ -34,6 +34,8 @@ enum Mode {
 struct Arrival {
     id: String,
     body: Value,
+    /// The body as it came off the wire, for byte-for-byte checks.
+    raw: String,
     /// How the receiver answered; only `Mode::Ok` arrivals count as delivered.
     answer: Mode,
     signed: bool,
@@ -78,6 +80,7 @@ async fn receive(
         300,
     )
     .is_ok();
+    let raw = String::from_utf8_lossy(&body).into_owned();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let answer = {
         let mut log = log.lock().unwrap();
@@ -85,6 +88,7 @@ async fn receive(
         log.arrivals.push(Arrival {
             id,
             body,
+            raw,
             answer,
             signed,
         });
@@ -624,4 +628,47 @@ fn bad_webhook_configuration_is_refused_with_a_clear_error() {
         err.contains("http:// or https://") && err.contains(":3:"),
         "{err}"
     );
+}
+
+/// An end-to-end envelope reaches the endpoint byte for byte and opens there
+/// (docs/e2e.md, "Everywhere a message goes").
+#[tokio::test]
+async fn an_end_to_end_envelope_arrives_byte_for_byte() {
+    use switchboard_e2e::{seal, Binding, Inbox, KeyPair, Kind, Reading, Received};
+    let rx = Receiver::start(Mode::Ok).await;
+    let files = Files::new();
+    let d = Daemon::start(&files.config(&rx.url(), "topics = [\"dm/#\"]"));
+    let receiver = KeyPair::generate(2048).unwrap();
+    let jwe = seal(
+        b"for the webhook",
+        &[receiver.public().clone()],
+        Binding::new(Kind::Sealed, "dm/hook", "alice"),
+    )
+    .unwrap();
+    let text = serde_json::to_string(&jwe).unwrap();
+    let r = reqwest::Client::new()
+        .post(api(&d, "/publish"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"topic":"dm/hook","data":{text}}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    rx.wait("the envelope", Duration::from_secs(10), |rx| {
+        !rx.delivered().is_empty()
+    })
+    .await;
+    let arrival = &rx.arrivals()[0];
+    assert!(
+        arrival.raw.contains(&format!(r#""data":{text}"#)),
+        "not byte-identical: {}",
+        arrival.raw
+    );
+    let data = &arrival.body["events"][0]["data"];
+    match Inbox::new(receiver).open("dm/hook", None, data, Reading::Live) {
+        Ok(Received::Message(m)) => assert_eq!(m.plaintext, b"for the webhook"),
+        other => panic!("{other:?}"),
+    }
+    rx.check_signed_and_once();
 }

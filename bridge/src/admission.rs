@@ -288,6 +288,7 @@ impl Admission {
             let code = match denied {
                 Denied::NotAuthorized => ConnectReturnCode::NotAuthorized,
                 Denied::Invalid => ConnectReturnCode::TopicNameInvalid,
+                Denied::PayloadFormatInvalid => ConnectReturnCode::PayloadFormatInvalid,
             };
             return Err(self.refuse(code, "will topic not allowed").await);
         }

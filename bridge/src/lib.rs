@@ -209,6 +209,9 @@ pub enum Denied {
     NotAuthorized,
     #[error("invalid topic or filter")]
     Invalid,
+    /// The payload is not what the topic takes (an encrypted-only topic, plaintext).
+    #[error("payload format invalid")]
+    PayloadFormatInvalid,
 }
 
 /// What one authenticated device may do. Asked on every PUBLISH and SUBSCRIBE, so an
@@ -280,6 +283,11 @@ pub trait Ingress: Send + Sync + 'static {
     /// Called on the device's connection task for every accepted publish, exactly once per
     /// message (QoS 2 retransmissions are filtered before this). Must not block.
     fn accept(&self, from: &Device, message: Inbound<'_>);
+    /// Asked before a publish is acknowledged, after permissions, so a refusal can be the
+    /// acknowledgement's reason code: whether the daemon takes this payload on this topic.
+    fn check_payload(&self, _from: &Device, _message: Inbound<'_>) -> Result<(), Denied> {
+        Ok(())
+    }
     fn connected(&self, device: &Device);
     fn disconnected(&self, device: &Device, why: Gone);
 }

@@ -656,6 +656,17 @@ impl Running {
             }
             return self.refuse_publish(header, denied);
         }
+        let no_properties = Bytes::new();
+        let inbound = Inbound {
+            topic: &topic,
+            payload: &publish.payload,
+            retain: publish.retain,
+            qos: header.qos,
+            properties: &no_properties,
+        };
+        if let Err(denied) = self.shared.ingress.check_payload(&self.device, inbound) {
+            return self.refuse_publish(header, denied);
+        }
         if let Some(alias) = new_alias {
             self.topic_aliases.insert(alias, topic.clone());
         }
@@ -692,6 +703,12 @@ impl Running {
         // The message is the broker's once it is in the Hub, which routes it to every
         // subscriber. QoS 2 is delivered onwards once, on its first PUBLISH (the spec's
         // "method A"), keeping only its packet id until PUBREL.
+        self.acknowledge(header);
+        Step::Continue
+    }
+
+    /// The success acknowledgement a publish of this QoS gets (none for QoS 0).
+    fn acknowledge(&mut self, header: codec::PublishHeader) {
         match header.qos {
             1 => self.to_device.push(Packet::PubAck(
                 PubAck {
@@ -709,19 +726,26 @@ impl Running {
             )),
             _ => {}
         }
-        Step::Continue
     }
 
     /// MQTT 5 devices get a reason code on the acknowledgement; QoS 0 has none, and 3.1.1
     /// has no way to say "refused" at all, so those connections are closed (as AWS IoT does)
-    /// rather than letting the device believe the message went out.
+    /// rather than letting the device believe the message went out. A payload refused for
+    /// its format is the exception: the device is allowed on the topic and its next
+    /// message may be fine, so where no reason code can be sent the message is dropped
+    /// (the daemon counts it) and acknowledged as usual.
     fn refuse_publish(&mut self, header: codec::PublishHeader, denied: Denied) -> Step {
         let v5 = self.device.version == Version::V5;
+        if denied == Denied::PayloadFormatInvalid && !(v5 && header.qos > 0) {
+            self.acknowledge(header);
+            return Step::Continue;
+        }
         match (v5, header.qos) {
             (true, 1) => {
                 let reason = match denied {
                     Denied::NotAuthorized => PubAckReason::NotAuthorized,
                     Denied::Invalid => PubAckReason::TopicNameInvalid,
+                    Denied::PayloadFormatInvalid => PubAckReason::PayloadFormatInvalid,
                 };
                 self.to_device.push(Packet::PubAck(
                     PubAck {
@@ -736,6 +760,7 @@ impl Running {
                 let reason = match denied {
                     Denied::NotAuthorized => PubRecReason::NotAuthorized,
                     Denied::Invalid => PubRecReason::TopicNameInvalid,
+                    Denied::PayloadFormatInvalid => PubRecReason::PayloadFormatInvalid,
                 };
                 self.to_device.push(Packet::PubRec(
                     PubRec {
@@ -750,6 +775,7 @@ impl Running {
                 let reason = match denied {
                     Denied::NotAuthorized => DisconnectReasonCode::NotAuthorized,
                     Denied::Invalid => DisconnectReasonCode::TopicNameInvalid,
+                    Denied::PayloadFormatInvalid => DisconnectReasonCode::PayloadFormatInvalid,
                 };
                 Step::Close(reason, "publish refused")
             }
@@ -840,6 +866,7 @@ impl Running {
                 match denied {
                     Denied::NotAuthorized => SubscribeReasonCode::NotAuthorized,
                     Denied::Invalid => SubscribeReasonCode::TopicFilterInvalid,
+                    Denied::PayloadFormatInvalid => SubscribeReasonCode::Unspecified,
                 }
             }
         }

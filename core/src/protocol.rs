@@ -114,6 +114,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// HTTP: the `Host` is a name the server is not configured to be reached by.
     Misdirected,
+    /// A plaintext message on a topic that takes end-to-end envelopes only.
+    EncryptionRequired,
 }
 
 impl ErrorCode {
@@ -140,6 +142,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Misdirected => "misdirected",
+            ErrorCode::EncryptionRequired => "encryption_required",
         }
     }
 }

@@ -12,7 +12,8 @@
 //! ([`Binding`]) names the topic, the epoch, the sender and a message id; it is the AAD, so
 //! none of them can be changed without the tag failing.
 //!
-//! The daemon uses only [`jwk`] (validating and naming public keys); it never holds a
+//! The daemon uses only [`jwk`] (validating and naming public keys) and [`shape`]
+//! (whether a message on an encrypted-only topic is an envelope at all); it never holds a
 //! private key or a room key. Opening happens in clients: the CLI, the Rust client, the
 //! browser (`clients/js/src/e2e.js` implements the same format).
 
@@ -24,6 +25,7 @@ pub mod inbox;
 pub mod jwk;
 pub mod replay;
 pub mod room;
+pub mod shape;
 
 pub use envelope::{open_sealed, seal, Binding, Jwe, Kind, Opened, SealError};
 pub use error::OpenError;

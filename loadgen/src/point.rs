@@ -34,12 +34,30 @@ pub const TOPIC: &str = "bench/x";
 pub struct Shape {
     /// Plain: bytes of the JSON payload. End-to-end: bytes of the plaintext sealed.
     pub size: usize,
-    /// An end-to-end envelope `{"v":"e2e1","iv":…,"ct":…}` (opaque to the gateway).
+    /// A real end-to-end envelope (a room message, JWE with A256CBC-HS512, docs/e2e.md)
+    /// of `size` plaintext bytes, carried as `"e"` after the stamp.
     pub e2e: bool,
 }
 
-/// Base64 filler: what ciphertext looks like to a gateway.
-const B64: &[u8] = b"q3Zx0M9fKc7Wb2LrTn8Y5JdHs4Ve1Ga6Pu+Qo/ExiRmlhkjtgyBvDSANCFIOXUw";
+/// A room message of `size` plaintext bytes, encrypted once per size and reused: the
+/// gateway relays it as opaque JSON whatever its message id, and encrypting in the
+/// publish loop would measure the harness's AES, not the gateway.
+fn envelope(size: usize) -> std::sync::Arc<[u8]> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static MADE: OnceLock<Mutex<HashMap<usize, Arc<[u8]>>>> = OnceLock::new();
+    let made = MADE.get_or_init(Default::default);
+    let mut made = made
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    made.entry(size)
+        .or_insert_with(|| {
+            let key = switchboard_e2e::RoomKey::create(TOPIC, 1);
+            let jwe = key.encrypt(TOPIC, "bench", &vec![b'x'; size]);
+            serde_json::to_vec(&jwe).unwrap_or_default().into()
+        })
+        .clone()
+}
 
 /// Writes a payload stamped with time `t` and sequence `n` into `out` (cleared).
 pub fn payload(t: u64, n: u64, shape: Shape, out: &mut Vec<u8>) {
@@ -47,23 +65,15 @@ pub fn payload(t: u64, n: u64, shape: Shape, out: &mut Vec<u8>) {
     out.clear();
     let _ = write!(out, "{{\"t\":{t},\"n\":{n},");
     if shape.e2e {
-        // AES-CBC pads to 16 bytes, HMAC-SHA256 adds 32; both go out in base64.
-        let sealed = shape.size.div_ceil(16) * 16 + 32;
-        out.extend_from_slice(b"\"v\":\"e2e1\",\"iv\":\"");
-        fill_b64(24, out);
-        out.extend_from_slice(b"\",\"ct\":\"");
-        fill_b64(sealed.div_ceil(3) * 4, out);
-        out.extend_from_slice(b"\"}");
+        out.extend_from_slice(b"\"e\":");
+        out.extend_from_slice(&envelope(shape.size));
+        out.push(b'}');
     } else {
         out.extend_from_slice(b"\"p\":\"");
         let pad = shape.size.saturating_sub(out.len() + 2);
         out.resize(out.len() + pad, b'x');
         out.extend_from_slice(b"\"}");
     }
-}
-
-fn fill_b64(len: usize, out: &mut Vec<u8>) {
-    out.extend((0..len).map(|i| B64[(i * 7 + len) % B64.len()]));
 }
 
 /// The bytes of a payload of `shape` (for the record).
@@ -348,4 +358,32 @@ pub async fn idle(server: Server, count: usize) -> Result<Row> {
     };
     rig.stop().await;
     Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_e2e_payload_is_stamped_and_carries_a_real_room_envelope() {
+        let mut out = Vec::new();
+        payload(
+            7,
+            9,
+            Shape {
+                size: 1024,
+                e2e: true,
+            },
+            &mut out,
+        );
+        assert!(out.starts_with(b"{\"t\":7,\"n\":9,\"e\":{"));
+        let json: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        let envelope = json["e"].to_string();
+        assert_eq!(
+            switchboard_e2e::shape::check(&envelope, TOPIC),
+            Ok(switchboard_e2e::Kind::Room)
+        );
+        // 1,024 bytes pad to 1,040 of ciphertext: 1,387 characters of base64url.
+        assert_eq!(json["e"]["ciphertext"].as_str().map(str::len), Some(1387));
+    }
 }

@@ -346,9 +346,9 @@ fn capped_rate(size: usize, n: usize, opts: &Opts) -> f64 {
     (deliveries / n as f64).max(2.0)
 }
 
-/// Plain payloads against end-to-end envelopes of the same plaintext. switchboard
-/// relays an envelope as opaque JSON (docs/history.md, docs/recordings.md), so this
-/// measures the envelope's size: base64 of IV, padded ciphertext and MAC.
+/// Plain payloads against real end-to-end envelopes (room messages) of the same
+/// plaintext. switchboard relays an envelope as opaque JSON and never decrypts
+/// (docs/e2e.md), so this measures what the envelope's size costs the gateway.
 async fn e2e(system: System, opts: &Opts, rows: &mut Vec<Row>) -> Result<()> {
     let n = if opts.quick { 10 } else { 100 };
     for e2e in [false, true] {

@@ -29,6 +29,7 @@ use crate::hub::config::PresenceConfig;
 use crate::hub::outbox::QueueLimits;
 use crate::hub::HubConfig;
 use crate::outbound_webhooks::config::WebhookConfig;
+use crate::pubkeys::policy::EncryptedOnly;
 use crate::recordings::RecordingConfig;
 use crate::settings::{positive_duration, Listen};
 use crate::store::StoreConfig;
@@ -74,6 +75,8 @@ pub struct Config {
     /// Inbound webhooks: `POST /hooks/<name>` publishes signed bodies (docs/hooks.md).
     #[serde(deserialize_with = "crate::http::inbound_webhooks::config::unique_names")]
     pub hooks: Vec<crate::http::inbound_webhooks::HookConfig>,
+    /// End-to-end encryption: encrypted-only topics (docs/e2e.md).
+    pub e2e: crate::pubkeys::config::E2eConfig,
 }
 
 /// `[shutdown]`: read by the root alone, which runs the shutdown, so it stays here.
@@ -104,6 +107,7 @@ impl Default for Config {
             bridges: Vec::new(),
             metrics: MetricsConfig::default(),
             hooks: Vec::new(),
+            e2e: Default::default(),
         }
     }
 }
@@ -157,6 +161,7 @@ impl Config {
             max_subscriptions: self.ws.max_subscriptions.get(),
             presence: self.presence.topics.clone(),
             max_info_bytes: self.presence.max_info_bytes.get(),
+            encrypted_only: std::sync::Arc::new(EncryptedOnly::from_config(&self.e2e)),
         }
     }
 

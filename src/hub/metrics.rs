@@ -27,6 +27,7 @@ impl Source for Hub {
             [
                 ("forbidden", hub.publishes_forbidden),
                 ("retained_refused", hub.retained_refused),
+                ("not_encrypted", self.config.encrypted_only.refused()),
             ],
         );
         s.counter(

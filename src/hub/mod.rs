@@ -45,6 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::history::History;
+use crate::pubkeys::policy::{EncryptedOnly, NotEncrypted};
 pub use device::DeviceSession;
 pub use direct::Sender;
 use index::SubscriptionIndex;
@@ -68,6 +69,9 @@ pub struct HubConfig {
     /// Topics matching these filters track who is subscribed and announce joins/leaves.
     pub presence: Vec<Filter>,
     pub max_info_bytes: usize,
+    /// Topics that take end-to-end envelopes only; shared with the MQTT seam, which asks
+    /// before it acknowledges a device's publish.
+    pub encrypted_only: Arc<EncryptedOnly>,
 }
 
 /// Why the Hub refused a request. Each maps to one protocol error code.
@@ -91,6 +95,8 @@ pub enum HubError {
     HistoryDisabled(String),
     #[error("recovering messages needs a topic without wildcards, not `{0}`")]
     HistoryNeedsTopic(String),
+    #[error(transparent)]
+    NotEncrypted(#[from] NotEncrypted),
 }
 
 impl HubError {
@@ -106,6 +112,7 @@ impl HubError {
             HubError::Forbidden(_) => C::Forbidden,
             HubError::HistoryDisabled(_) => C::HistoryDisabled,
             HubError::HistoryNeedsTopic(_) => C::BadRequest,
+            HubError::NotEncrypted(_) => C::EncryptionRequired,
         }
     }
 }
@@ -201,6 +208,7 @@ mod tests {
             max_subscriptions: 2,
             presence: vec![Filter::new("room/+").unwrap()],
             max_info_bytes: 64,
+            encrypted_only: Default::default(),
         })
     }
 

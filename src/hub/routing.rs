@@ -27,6 +27,7 @@ use super::topics::Retained;
 use super::{index, read, write, DeviceSession, Hub, HubError, Session};
 use crate::auth::Principal;
 use crate::history::{History, Position};
+use crate::pubkeys::policy::EncryptedOnly;
 use crate::store::StoredMessage;
 use switchboard_core::delivery::{Delivery, DeviceMessage, SubscriptionOptions};
 use switchboard_core::grants::Grants;
@@ -270,6 +271,12 @@ impl Hub {
         })
     }
 
+    /// The encrypted-only rule, for ways in that must answer before they publish (MQTT
+    /// acknowledges a device's publish with its reason code).
+    pub fn encrypted_only(&self) -> &EncryptedOnly {
+        &self.config.encrypted_only
+    }
+
     /// Routes one message to every matching subscriber. MQTT subscribers get it at
     /// QoS 1 at most (the Hub acknowledged it), its payload by the MQTT payload rule.
     pub fn publish(&self, p: Publish<'_>) -> Result<Published, HubError> {
@@ -293,6 +300,7 @@ impl Hub {
                     .publishes_forbidden
                     .fetch_add(1, Ordering::Relaxed);
             })?;
+            self.config.encrypted_only.check(p.topic, p.data)?;
         }
         let state = self.topic_state(p.topic);
         // Held through fan-out: concurrent publishers to one topic are serialised, so

@@ -126,6 +126,28 @@ impl HubIngress {
 }
 
 impl Ingress for HubIngress {
+    /// Encrypted-only topics (docs/e2e.md): asked here, before the session acknowledges,
+    /// so an MQTT 5 device at QoS 1 or 2 hears `0x99 Payload format invalid`.
+    fn check_payload(&self, device: &Device, message: Inbound<'_>) -> Result<(), Denied> {
+        let rule = self.hub.encrypted_only();
+        if !rule.covers(message.topic) {
+            return Ok(());
+        }
+        rule.check(message.topic, &payload::to_data(message.payload))
+            .map_err(|e| {
+                static REFUSED: Throttle = Throttle::per_secs(10);
+                if let Some(held_back) = REFUSED.admit() {
+                    tracing::info!(
+                        client_id = clip(&device.client_id, 64),
+                        held_back,
+                        "device publish refused: {}",
+                        clip(&e.to_string(), 200)
+                    );
+                }
+                Denied::PayloadFormatInvalid
+            })
+    }
+
     fn accept(&self, device: &Device, message: Inbound<'_>) {
         let data = payload::to_data(message.payload);
         let from = format!("mqtt:{}", device.client_id);
@@ -147,6 +169,11 @@ impl Ingress for HubIngress {
         };
         let published = self.hub.publish_from_device(publish, as_sent);
         if let Err(e) = published {
+            if matches!(e, crate::hub::HubError::NotEncrypted(_)) {
+                // A Last Will on an encrypted-only topic (publishes were checked before
+                // they were acknowledged): counted, and nothing to tell anyone.
+                return;
+            }
             // The broker checked the topic already, so this is a bug, not bad input.
             static UNROUTED: Throttle = Throttle::per_secs(10);
             if let Some(held_back) = UNROUTED.admit() {

@@ -7,6 +7,12 @@
 //! Public keys only: [`switchboard_e2e::PublicJwk::parse`] refuses private members, weak
 //! and odd keys, and the daemon never sees a private key or a room key. Nothing here
 //! logs key material; the thumbprint (`kid`) is a hash of the public key.
+//!
+//! It also owns `[e2e]` and its encrypted-only topics ([`policy::EncryptedOnly`]), the
+//! one check the Hub and the MQTT seam apply before a message is routed.
+
+pub mod config;
+pub mod policy;
 
 use std::sync::Mutex;
 

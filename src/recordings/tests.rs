@@ -35,6 +35,7 @@ fn test_hub() -> Arc<Hub> {
         max_subscriptions: 1000,
         presence: Vec::new(),
         max_info_bytes: 1024,
+        encrypted_only: Default::default(),
     })
 }
 

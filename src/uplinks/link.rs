@@ -16,6 +16,7 @@ use crate::mqtt::payload;
 use switchboard_core::backoff::Backoff;
 use switchboard_core::grants::Grants;
 use switchboard_core::message::Publish;
+use switchboard_core::quiet::{clip, Throttle};
 
 pub async fn run(link: Arc<Link>, hub: Arc<Hub>, stop: CancellationToken) {
     let backoff = Backoff {
@@ -107,7 +108,12 @@ impl Inbox for HubInbox {
                 self.link.received.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                tracing::warn!(bridge = %self.link.name, topic = %local, error = %e, "bridged message not routed")
+                // An upstream can repeat this per message (plaintext onto an
+                // encrypted-only topic, for one): one line per window.
+                static UNROUTED: Throttle = Throttle::per_secs(10);
+                if let Some(held_back) = UNROUTED.admit() {
+                    tracing::warn!(bridge = %self.link.name, topic = clip(&local, 128), held_back, error = %e, "bridged message not routed")
+                }
             }
         }
     }

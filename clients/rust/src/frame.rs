@@ -210,13 +210,14 @@ fn member(frame: Incoming) -> Option<OwnedMember> {
 /// line rather than trusted.
 pub(super) fn classify(frame: Incoming) -> Inbound {
     let inbound = match frame.op.as_str() {
-        "ok" | "error" => {
+        // `http` answers a carried API call (its status and body are in the frame).
+        "ok" | "error" | "http" => {
             // We only send numeric ids, so anything else is not ours.
             let id = frame.id.as_deref().and_then(|id| id.get().parse().ok());
-            let result = if frame.op == "ok" {
-                Ok(frame)
-            } else {
+            let result = if frame.op == "error" {
                 Err(server_error(&frame))
+            } else {
+                Ok(frame)
             };
             match (id, result) {
                 (Some(id), result) => Some(Inbound::Reply(id, result)),

@@ -26,6 +26,8 @@
 //! ```
 
 mod connection;
+#[cfg(feature = "e2e")]
+pub mod e2e;
 mod frame;
 mod resume;
 mod subscription;
@@ -452,7 +454,8 @@ impl Client {
     }
 
     /// Sends any request object (its `id`, if any, is replaced by one the client
-    /// assigns) and returns the `ok` frame; an `error` frame is [`ClientError::Server`].
+    /// assigns) and returns the `ok` frame (the `http` frame, with `status` and `body`,
+    /// for a carried API call); an `error` frame is [`ClientError::Server`].
     /// For ops this client has no method for.
     pub async fn request(&self, request: serde_json::Value) -> Result<Incoming> {
         let serde_json::Value::Object(mut fields) = request else {

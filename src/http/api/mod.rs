@@ -114,6 +114,7 @@ impl From<HubError> for ApiError {
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NoRecipient => StatusCode::NOT_FOUND,
             ErrorCode::PresenceDisabled | ErrorCode::HistoryDisabled => StatusCode::NOT_FOUND,
+            ErrorCode::EncryptionRequired => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, code, e.to_string())
