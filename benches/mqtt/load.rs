@@ -18,7 +18,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use crate::brokers::{Broker, Kind};
 use switchboard_bench::clock::{now_ns, percentile_us};
 use switchboard_bench::proto::{self, Frame, MqttTcp, Ws};
-use switchboard_bench::read_buf::{invalid, number_after};
+use switchboard_bench::read_buf::{invalid, number_after, ReadBuf};
 use switchboard_bench::ws_frame::{encode, encode_pong, OP_BINARY, OP_TEXT};
 
 pub const TOPIC: &str = "bench/x";
@@ -88,6 +88,21 @@ impl Shared {
         self.failures.set(self.failures.get() + 1);
         self.first_failure.borrow_mut().get_or_insert(what);
     }
+}
+
+/// PUBLISHes the MQTT publisher keeps unacknowledged at `--qos 1`, as a device does:
+/// MQTT 3.1.1 announces no Receive Maximum, and 32 sits between Paho's 20 and
+/// rumqttc's 100. A window of 32 over a 100 µs round trip allows 320,000 msg/s, so the
+/// window bounds the rate only when the broker is slow to acknowledge.
+pub const IN_FLIGHT: u64 = 32;
+/// How long the publisher waits for a PUBACK before giving up on the point.
+const PUBACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// PUBACKs the QoS 1 publisher's reader counted, and a wake-up for a full window.
+#[derive(Default)]
+struct Acks {
+    count: Cell<u64>,
+    arrived: tokio::sync::Notify,
 }
 
 /// One rate point.
@@ -164,6 +179,8 @@ pub struct Publisher {
     how: Pub,
     tx: OwnedWriteHalf,
     seq: u64,
+    /// At QoS 1: PUBACKs received so far (the publisher's sequence starts at 0).
+    acks: Option<Rc<Acks>>,
     buf: Vec<u8>,
     payload: Vec<u8>,
 }
@@ -179,9 +196,11 @@ impl Publisher {
     fn encode(&mut self) {
         self.payload.clear();
         proto::payload(now_ns(), self.seq, &mut self.payload);
+        // Ids cycle through 1..=65535; at most IN_FLIGHT are in use at once.
+        let id = self.acks.as_ref().map(|_| (self.seq % 65_535) as u16 + 1);
         self.seq += 1;
         match self.how {
-            Pub::Mqtt => proto::publish(TOPIC.as_bytes(), &self.payload, &mut self.buf),
+            Pub::Mqtt => proto::publish_with(TOPIC.as_bytes(), &self.payload, id, &mut self.buf),
             Pub::SwitchboardWs => {
                 let mut text = Vec::with_capacity(self.payload.len() + 40);
                 text.extend_from_slice(br#"{"op":"pub","topic":""#);
@@ -200,6 +219,39 @@ impl Publisher {
     }
 }
 
+impl Publisher {
+    /// Encodes and writes `n` messages. At QoS 1 no more than [`IN_FLIGHT`] are
+    /// unacknowledged: a full window waits for PUBACKs, so a broker slow to acknowledge
+    /// shows as a publisher below its rate.
+    async fn send(&mut self, mut n: u64) -> io::Result<()> {
+        while n > 0 {
+            let k = match self.acks.clone() {
+                None => n,
+                Some(acks) => loop {
+                    let room = IN_FLIGHT - (self.seq - acks.count.get()).min(IN_FLIGHT);
+                    if room > 0 {
+                        break n.min(room);
+                    }
+                    let wait = tokio::time::timeout(PUBACK_TIMEOUT, acks.arrived.notified());
+                    if wait.await.is_err() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no PUBACK for {} s", PUBACK_TIMEOUT.as_secs()),
+                        ));
+                    }
+                },
+            };
+            self.buf.clear();
+            for _ in 0..k {
+                self.encode();
+            }
+            self.tx.write_all(&self.buf).await?;
+            n -= k;
+        }
+        Ok(())
+    }
+}
+
 /// Connected clients of one broker, ready for points.
 pub struct Setup {
     pub shared: Rc<Shared>,
@@ -213,8 +265,15 @@ impl Drop for Setup {
     }
 }
 
-/// Connects `subs` subscribers and the publisher.
-pub async fn setup(broker: &Broker, direction: Direction, subs: usize) -> io::Result<Setup> {
+/// Connects `subs` subscribers and the publisher. `qos` 1 applies to the MQTT/TCP
+/// clients: the MQTT publisher and MQTT/TCP subscribers (WebSocket subscribers, and
+/// Mosquitto's MQTT-over-WebSocket ones, stay as they are).
+pub async fn setup(
+    broker: &Broker,
+    direction: Direction,
+    subs: usize,
+    qos: u8,
+) -> io::Result<Setup> {
     let shared = Rc::new(Shared::default());
     let stride = subs.div_ceil(SAMPLED_SUBSCRIBERS).max(1);
     let (kind, ws_addr, mqtt_addr) = (broker.kind, broker.ws, broker.mqtt);
@@ -229,7 +288,7 @@ pub async fn setup(broker: &Broker, direction: Direction, subs: usize) -> io::Re
                 }
                 Direction::WsToMqtt | Direction::MqttToMqtt => {
                     let mut c = MqttTcp::connect(mqtt_addr, &format!("benchsub{k}")).await?;
-                    c.subscribe(FILTER).await?;
+                    c.subscribe(FILTER, qos).await?;
                     Ok(Sub::Mqtt(c))
                 }
             }
@@ -248,19 +307,15 @@ pub async fn setup(broker: &Broker, direction: Direction, subs: usize) -> io::Re
             }
         }
     }
+    let mut acks = None;
     let (how, tx) = match direction {
         Direction::MqttToWs | Direction::MqttToMqtt => {
             let c = MqttTcp::connect(mqtt_addr, "benchpub").await?;
             let MqttTcp { r, tx } = c;
-            tokio::task::spawn_local(async move {
-                let mut rd = r.rd;
-                let mut sink = [0u8; 4096];
-                while let Ok(n) = tokio::io::AsyncReadExt::read(&mut rd, &mut sink).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            });
+            if qos > 0 {
+                acks = Some(Rc::new(Acks::default()));
+            }
+            tokio::task::spawn_local(read_acks(r, acks.clone(), shared.clone()));
             (Pub::Mqtt, tx)
         }
         Direction::WsToMqtt | Direction::WsToWs => {
@@ -304,6 +359,7 @@ pub async fn setup(broker: &Broker, direction: Direction, subs: usize) -> io::Re
             how,
             tx,
             seq: 0,
+            acks,
             buf: Vec::with_capacity(64 * 1024),
             payload: Vec::with_capacity(128),
         },
@@ -329,7 +385,7 @@ async fn mqtt_over_ws_handshake(
     let mut want = vec![0x20u8];
     if let Some(f) = filter {
         out.clear();
-        proto::subscribe(1, f, &mut out);
+        proto::subscribe(1, f, 0, &mut out);
         ws.send(OP_BINARY, &out).await?;
         want.push(0x90);
     }
@@ -432,21 +488,58 @@ async fn read_ws(mut ws: Ws, kind: Kind, sh: Rc<Shared>, sample: bool) {
     }
 }
 
-async fn read_mqtt(mut c: MqttTcp, sh: Rc<Shared>, sample: bool) {
+/// Calls `on` with each complete MQTT packet buffered in `r` (first byte, body) and
+/// consumes it.
+fn packets(r: &mut ReadBuf, mut on: impl FnMut(u8, &[u8])) -> io::Result<()> {
+    while let Some((first, body)) = proto::next_packet(r.pending())? {
+        on(first, &r.buf[r.start + body.start..r.start + body.end]);
+        r.start += body.end;
+    }
+    Ok(())
+}
+
+/// The MQTT publisher's read side: counts PUBACKs at QoS 1 (they arrive in order).
+async fn read_acks(mut r: ReadBuf, acks: Option<Rc<Acks>>, sh: Rc<Shared>) {
     loop {
-        loop {
-            let (first, body) = match proto::next_packet(c.r.pending()) {
-                Ok(Some(p)) => p,
-                Ok(None) => break,
-                Err(e) => return sh.fail(e.to_string()),
-            };
+        let counted = packets(&mut r, |first, _| {
+            if let Some(a) = acks.as_ref().filter(|_| first & 0xf0 == proto::PUBACK) {
+                a.count.set(a.count.get() + 1);
+                a.arrived.notify_one();
+            }
+        });
+        if let Err(e) = counted {
+            return sh.fail(format!("MQTT publisher: {e}"));
+        }
+        match r.fill().await {
+            Ok(true) => {}
+            Ok(false) => return sh.fail("MQTT publisher: end of stream".into()),
+            Err(e) => return sh.fail(format!("MQTT publisher: {e}")),
+        }
+    }
+}
+
+/// An MQTT/TCP subscriber: acknowledges each QoS 1 PUBLISH, one write per read.
+async fn read_mqtt(mut c: MqttTcp, sh: Rc<Shared>, sample: bool) {
+    let mut acks = Vec::new();
+    loop {
+        let read = packets(&mut c.r, |first, body| {
             if first & 0xf0 == proto::PUBLISH {
-                let b = &c.r.buf[c.r.start + body.start..c.r.start + body.end];
-                if let Some(p) = proto::publish_payload(first, b) {
+                if let Some(p) = proto::publish_payload(first, body) {
                     sh.on_payload(p, sample);
                 }
+                if let Some(id) = proto::publish_packet_id(first, body) {
+                    proto::puback(id, &mut acks);
+                }
             }
-            c.r.start += body.end;
+        });
+        if let Err(e) = read {
+            return sh.fail(e.to_string());
+        }
+        if !acks.is_empty() {
+            if let Err(e) = c.tx.write_all(&acks).await {
+                return sh.fail(format!("MQTT subscriber: {e}"));
+            }
+            acks.clear();
         }
         match c.fill().await {
             Ok(true) => {}
@@ -510,11 +603,7 @@ pub async fn point(
         if n == 0 {
             continue;
         }
-        p.buf.clear();
-        for _ in 0..n {
-            p.encode();
-        }
-        p.tx.write_all(&p.buf).await?;
+        p.send(n).await?;
     }
     let end_pub = Instant::now();
     let published = p.seq - sh.phase_start.get();

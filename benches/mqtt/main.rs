@@ -7,7 +7,11 @@
 //! every ladder), `--direction mqtt-ws|ws-mqtt|ws-ws|mqtt-mqtt` (one direction only;
 //! `ws-ws`, a WebSocket publisher to the WebSocket subscribers, is the control for
 //! `mqtt-ws`; `mqtt-mqtt`, MQTT/TCP subscribers of an MQTT publisher, measures the
-//! embedded router against Mosquitto's; both run only when asked for).
+//! embedded router against Mosquitto's; both run only when asked for), `--qos 0|1`
+//! (default 0; at 1 the MQTT publisher publishes at QoS 1 with at most
+//! [`load::IN_FLIGHT`] PUBLISHes unacknowledged, and MQTT/TCP subscribers subscribe at
+//! QoS 1 and acknowledge each PUBLISH; WebSocket subscribers, and Mosquitto's
+//! MQTT-over-WebSocket ones in `mqtt-ws`, are unchanged).
 //!
 //! One publisher connection, paced by a 1 ms tick (a burst per tick), publishes a
 //! 64-byte JSON payload carrying its send time and sequence number to `bench/x`; the
@@ -39,6 +43,8 @@ struct Options {
     /// Replaces every ladder when set.
     rates: Option<Vec<u64>>,
     directions: Vec<Direction>,
+    /// QoS of the MQTT/TCP clients: 0 or 1.
+    qos: u8,
 }
 
 fn options() -> Options {
@@ -49,6 +55,7 @@ fn options() -> Options {
         measure: Duration::from_secs(3),
         rates: None,
         directions: vec![Direction::MqttToWs, Direction::WsToMqtt],
+        qos: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -91,6 +98,13 @@ fn options() -> Options {
                     Some("ws-ws") => vec![Direction::WsToWs],
                     Some("mqtt-mqtt") => vec![Direction::MqttToMqtt],
                     _ => panic!("--direction takes mqtt-ws, ws-mqtt, ws-ws or mqtt-mqtt"),
+                };
+            }
+            "--qos" => {
+                o.qos = match args.next().as_deref() {
+                    Some("0") => 0,
+                    Some("1") => 1,
+                    _ => panic!("--qos takes 0 or 1"),
                 };
             }
             "--only" => {
@@ -176,10 +190,16 @@ fn main() {
         )
     );
     println!(
-        "payload {} bytes of JSON; {} ms warm-up + {} s measured per point",
+        "payload {} bytes of JSON; {} ms warm-up + {} s measured per point; MQTT QoS {}{}",
         proto::PAYLOAD_BYTES,
         o.warmup.as_millis(),
-        o.measure.as_secs_f64()
+        o.measure.as_secs_f64(),
+        o.qos,
+        if o.qos > 0 {
+            format!(" ({} PUBLISHes in flight)", load::IN_FLIGHT)
+        } else {
+            String::new()
+        }
     );
 
     let (rt, local) = harness::local_runtime();
@@ -220,7 +240,7 @@ async fn run(kind: Kind, direction: Direction, subs: usize, o: &Options, pinned:
         note: None,
     };
     let label = format!("{} {subs} sub(s) {}", name(direction), kind.name());
-    let mut setup = match load::setup(&broker, direction, subs).await {
+    let mut setup = match load::setup(&broker, direction, subs, o.qos).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("  {label}: setup failed: {e}");

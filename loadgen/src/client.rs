@@ -113,7 +113,7 @@ pub async fn subscribe(
             let mut stream = Vec::new();
             mqtt_expect(&mut ws, &mut stream, 0x20).await?;
             out.clear();
-            proto::subscribe(1, topic, &mut out);
+            proto::subscribe(1, topic, 0, &mut out);
             ws.send(OP_BINARY, &out).await?;
             mqtt_expect(&mut ws, &mut stream, 0x90).await?;
             Ok(Sub::Mqtt(ws, stream))

@@ -1,5 +1,5 @@
 //! The client side on raw sockets: a minimal MQTT 3.1.1 codec (CONNECT/CONNACK,
-//! PUBLISH QoS 0, SUBSCRIBE/SUBACK, PINGREQ/PINGRESP) and a minimal WebSocket client
+//! PUBLISH QoS 0 and 1, PUBACK, SUBSCRIBE/SUBACK, PINGREQ/PINGRESP) and a minimal WebSocket client
 //! (upgrade handshake with an optional subprotocol, frame parser, masked frames).
 //!
 //! Up to 1,000 subscribers share the bench's one core, so the receive path does no
@@ -33,6 +33,7 @@ pub fn payload(t: u64, n: u64, out: &mut Vec<u8>) {
 // ---------------------------------------------------------------- MQTT 3.1.1
 
 pub const PUBLISH: u8 = 0x30;
+pub const PUBACK: u8 = 0x40;
 const CONNACK: u8 = 0x20;
 const SUBACK: u8 = 0x90;
 const PINGRESP: u8 = 0xd0;
@@ -71,19 +72,37 @@ pub fn connect(client_id: &str, out: &mut Vec<u8>) {
 
 /// PUBLISH QoS 0, no retain.
 pub fn publish(topic: &[u8], payload: &[u8], out: &mut Vec<u8>) {
-    out.push(PUBLISH);
-    remaining_length(2 + topic.len() + payload.len(), out);
+    publish_with(topic, payload, None, out);
+}
+
+/// PUBLISH, no retain: QoS 1 with `packet_id` when given, else QoS 0.
+pub fn publish_with(topic: &[u8], payload: &[u8], packet_id: Option<u16>, out: &mut Vec<u8>) {
+    let id_len = if packet_id.is_some() { 2 } else { 0 };
+    out.push(if packet_id.is_some() {
+        PUBLISH | 0x02
+    } else {
+        PUBLISH
+    });
+    remaining_length(2 + topic.len() + id_len + payload.len(), out);
     string(topic, out);
+    if let Some(id) = packet_id {
+        out.extend_from_slice(&id.to_be_bytes());
+    }
     out.extend_from_slice(payload);
 }
 
-/// SUBSCRIBE to one filter at QoS 0.
-pub fn subscribe(packet_id: u16, filter: &str, out: &mut Vec<u8>) {
+pub fn puback(packet_id: u16, out: &mut Vec<u8>) {
+    out.extend_from_slice(&[PUBACK, 2]);
+    out.extend_from_slice(&packet_id.to_be_bytes());
+}
+
+/// SUBSCRIBE to one filter at `qos` (0 or 1).
+pub fn subscribe(packet_id: u16, filter: &str, qos: u8, out: &mut Vec<u8>) {
     out.push(0x82);
     remaining_length(2 + 2 + filter.len() + 1, out);
     out.extend_from_slice(&packet_id.to_be_bytes());
     string(filter.as_bytes(), out);
-    out.push(0);
+    out.push(qos);
 }
 
 pub fn pingreq(out: &mut Vec<u8>) {
@@ -118,7 +137,7 @@ pub fn next_packet(buf: &[u8]) -> io::Result<Option<(u8, std::ops::Range<usize>)
     Ok(Some((buf[0], i..i + len)))
 }
 
-/// The payload of a PUBLISH body (QoS 0: no packet id).
+/// The payload of a PUBLISH body (after the packet id at QoS 1 and 2).
 pub fn publish_payload(first: u8, body: &[u8]) -> Option<&[u8]> {
     let topic_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
     let mut at = 2 + topic_len;
@@ -126,6 +145,16 @@ pub fn publish_payload(first: u8, body: &[u8]) -> Option<&[u8]> {
         at += 2;
     }
     body.get(at..)
+}
+
+/// The packet id of a PUBLISH body at QoS 1 or 2, which the receiver acknowledges.
+pub fn publish_packet_id(first: u8, body: &[u8]) -> Option<u16> {
+    if first & 0x06 == 0 {
+        return None;
+    }
+    let topic_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let id = body.get(2 + topic_len..4 + topic_len)?;
+    Some(u16::from_be_bytes([id[0], id[1]]))
 }
 
 /// An MQTT connection over TCP with its read buffer.
@@ -153,14 +182,22 @@ impl MqttTcp {
         Ok(c)
     }
 
-    pub async fn subscribe(&mut self, filter: &str) -> io::Result<()> {
+    /// Subscribes at `qos`; a broker granting less is an error, so a QoS 1 run cannot
+    /// silently measure QoS 0.
+    pub async fn subscribe(&mut self, filter: &str, qos: u8) -> io::Result<()> {
         let mut out = Vec::new();
-        subscribe(1, filter, &mut out);
+        subscribe(1, filter, qos, &mut out);
         self.tx.write_all(&out).await?;
-        self.expect(SUBACK).await
+        match self.expect(SUBACK).await? {
+            Some(g) if g == qos => Ok(()),
+            g => Err(invalid(format!(
+                "SUBACK granted {g:?}, asked for QoS {qos}"
+            ))),
+        }
     }
 
-    async fn expect(&mut self, kind: u8) -> io::Result<()> {
+    /// Waits for a packet of `kind`; returns its body's third byte (SUBACK's return code).
+    async fn expect(&mut self, kind: u8) -> io::Result<Option<u8>> {
         loop {
             if let Some((first, body)) = next_packet(self.r.pending())? {
                 let b = &self.r.buf[self.r.start + body.start..self.r.start + body.end];
@@ -175,8 +212,9 @@ impl MqttTcp {
                 if kind == SUBACK && b.get(2).is_some_and(|&rc| rc & 0x80 != 0) {
                     return Err(invalid("SUBACK refused"));
                 }
+                let code = b.get(2).copied();
                 self.r.start += body.end;
-                return Ok(());
+                return Ok(code);
             }
             if !self.fill().await? {
                 return Err(io::ErrorKind::UnexpectedEof.into());
