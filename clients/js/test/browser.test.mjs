@@ -6,13 +6,13 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import http from "node:http";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { launchChromium, mqttPublish as publishTo, mqttSubscribe as subscribeTo, startDaemon, until } from "./daemon.mjs";
+import { startSiteAndDaemon } from "./chromium.mjs";
+import { launchChromium, mqttPublish as publishTo, mqttSubscribe as subscribeTo, until } from "./daemon.mjs";
 
 const run = promisify(execFile);
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -54,7 +54,7 @@ pages["/pack.html"] = () => `<!doctype html>
 
 before(async () => {
   // The test's own web site, so the pages have a real origin the daemon allows.
-  site = http.createServer((req, res) => {
+  ({ site, daemon } = await startSiteAndDaemon((req, res) => {
     if (req.url === "/pkg/switchboard.js") {
       res.writeHead(200, { "content-type": "text/javascript" });
       return res.end(readFileSync(join(scratch, "node_modules/switchboard-client/dist/switchboard.js")));
@@ -62,10 +62,8 @@ before(async () => {
     const page = pages[req.url];
     res.writeHead(page ? 200 : 404, { "content-type": "text/html" });
     res.end(page ? page() : "");
-  });
-  await new Promise((resolve) => site.listen(0, "127.0.0.1", resolve));
-  siteUrl = `http://127.0.0.1:${site.address().port}`;
-  daemon = await startDaemon({ env: { SWITCHBOARD_AUTH_ALLOWED_ORIGINS: siteUrl } });
+  }));
+  siteUrl = site.url;
   browser = await launchChromium();
   // The package as a user gets it: packed, then installed into an empty project.
   scratch = mkdtempSync(join(tmpdir(), "sb-pack-"));
