@@ -197,6 +197,46 @@ fn the_unit_waits_for_ready_and_keeps_its_hardening() {
 /// the unit; it needs no running systemd.
 #[test]
 fn systemd_analyze_accepts_the_unit_and_scores_it_2_or_better() {
+    analyze("switchboard.service", UNIT, "switchboard.service");
+}
+
+/// The template unit in packaging/, for several daemons on one box.
+const TEMPLATE: &str = include_str!("../packaging/switchboard@.service");
+
+/// What an instance changes: its name, its config file and its data directory.
+/// Everything else (readiness, watchdog, hardening) must stay the main unit's.
+#[test]
+fn the_template_unit_is_the_main_unit_but_for_config_and_data() {
+    let settings = |unit: &'static str| -> Vec<&'static str> {
+        unit.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .filter(|l| !l.starts_with("Description=") && !l.starts_with("Documentation="))
+            .collect()
+    };
+    let instance: Vec<String> = settings(TEMPLATE)
+        .iter()
+        .map(|l| l.replace("%i.toml", "switchboard.toml").replace("/%i", ""))
+        .collect();
+    assert_eq!(instance, settings(UNIT), "the units drifted apart");
+    for wanted in [
+        "ExecStart=/usr/bin/switchboard serve --config /etc/switchboard/%i.toml",
+        "Environment=SWITCHBOARD_DATA_DIR=/var/lib/switchboard/%i",
+        "StateDirectory=switchboard/%i",
+    ] {
+        assert!(settings(TEMPLATE).contains(&wanted), "{wanted} missing");
+    }
+}
+
+#[test]
+fn systemd_analyze_accepts_the_template_unit_and_scores_it_2_or_better() {
+    // systemd-analyze checks a template as its instance `i`.
+    analyze("switchboard@.service", TEMPLATE, "switchboard@i.service");
+}
+
+/// `systemd-analyze verify` and `security` on `unit` written as `file`: no complaint,
+/// and an exposure of 2.0 or better for `shown` (the name systemd reports).
+fn analyze(file: &str, unit: &str, shown: &str) {
     let probe = std::process::Command::new("systemd-analyze")
         .arg("--version")
         .output();
@@ -205,9 +245,9 @@ fn systemd_analyze_accepts_the_unit_and_scores_it_2_or_better() {
         "systemd-analyze is not installed: run `bash scripts/test.sh`, which installs it"
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let unit = dir.path().join("switchboard.service");
+    let path = dir.path().join(file);
     // verify wants ExecStart to exist: point it at the binary under test.
-    std::fs::write(&unit, UNIT.replace("/usr/bin/switchboard", common::BIN)).expect("write unit");
+    std::fs::write(&path, unit.replace("/usr/bin/switchboard", common::BIN)).expect("write unit");
     // verify also looks up `Documentation=man:switchboard(1)`: show it the packaged page.
     let man1 = dir.path().join("man").join("man1");
     std::fs::create_dir_all(&man1).expect("man dir");
@@ -218,7 +258,7 @@ fn systemd_analyze_accepts_the_unit_and_scores_it_2_or_better() {
     .expect("copy the man page");
     let verify = std::process::Command::new("systemd-analyze")
         .arg("verify")
-        .arg(&unit)
+        .arg(&path)
         .env("MANPATH", dir.path().join("man"))
         .output()
         .expect("systemd-analyze verify");
@@ -229,16 +269,14 @@ fn systemd_analyze_accepts_the_unit_and_scores_it_2_or_better() {
     );
     let security = std::process::Command::new("systemd-analyze")
         .args(["security", "--offline=yes", "--no-pager"])
-        .arg(&unit)
+        .arg(&path)
         .output()
         .expect("systemd-analyze security");
     let report = String::from_utf8_lossy(&security.stdout);
+    let level = format!("Overall exposure level for {shown}: ");
     let score: f64 = report
         .lines()
-        .find_map(|l| {
-            l.split("Overall exposure level for switchboard.service: ")
-                .nth(1)
-        })
+        .find_map(|l| l.split(level.as_str()).nth(1))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
