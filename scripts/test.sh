@@ -28,6 +28,11 @@ command -v chromium >/dev/null || need_apt+=(chromium)
 # ESP-IDF node compiled with g++/gcc against shims over libmosquitto.
 command -v g++ >/dev/null || need_apt+=(g++)
 [ -f /usr/include/mosquitto.h ] || need_apt+=(libmosquitto-dev)
+# The shipped load-balancer configurations run in front of two daemons (tests/loadbalancer.rs),
+# and Redis backs the cluster test there and the harness's Socket.IO cluster peers.
+[ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
+[ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         export DEBIAN_FRONTEND=noninteractive
@@ -102,6 +107,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # The daemon's modules import one another without cycles and never up a layer
 # (docs/architecture.md).
 python3 scripts/layers.py
+
+# HAProxy, nginx and redis-server are installed above: tests/loadbalancer.rs fails instead
+# of skipping without them.
+export CLUSTER_TOOLS=required
 
 # Everything the firmware examples need is installed above: a test that would skip one
 # for a missing tool fails instead (not a SWITCHBOARD_ variable: the daemon refuses
