@@ -15,10 +15,12 @@ function die(message, code = 1) {
   process.exit(code);
 }
 
-// Accepts `--port N`, `--port=N`, `--host H`, `--host=H`; anything else is a
-// usage error so a typo in the harness fails loudly instead of being ignored.
-function parseArgs(argv, usage) {
-  const opts = { host: '127.0.0.1', port: 0 };
+// Accepts `--port N`, `--port=N`, `--host H`, `--host=H`, and the string options a
+// server names in `extra` (name → default); anything else is a usage error so a typo
+// in the harness fails loudly instead of being ignored.
+function parseArgs(argv, usage, extra = {}) {
+  const opts = { host: '127.0.0.1', port: 0, ...extra };
+  const known = (arg) => arg === '--port' || arg === '--host' || Object.hasOwn(extra, arg.slice(2));
   for (let i = 0; i < argv.length; i++) {
     let arg = argv[i];
     let value;
@@ -31,7 +33,7 @@ function parseArgs(argv, usage) {
       process.stdout.write(`${usage}\n`);
       process.exit(0);
     }
-    if (arg !== '--port' && arg !== '--host') die(`unknown argument '${argv[i]}'\n${usage}`, 2);
+    if (!arg.startsWith('--') || !known(arg)) die(`unknown argument '${argv[i]}'\n${usage}`, 2);
     if (value === undefined) {
       if (i + 1 >= argv.length) die(`${arg} needs a value\n${usage}`, 2);
       value = argv[++i];
@@ -41,8 +43,8 @@ function parseArgs(argv, usage) {
       if (!/^\d+$/.test(value) || port > 65535) die(`--port must be 0..65535, got '${value}'`, 2);
       opts.port = port;
     } else {
-      if (value === '') die('--host must not be empty', 2);
-      opts.host = value;
+      if (value === '') die(`${arg} must not be empty`, 2);
+      opts[arg.slice(2)] = value;
     }
   }
   return opts;
