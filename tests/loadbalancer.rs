@@ -102,6 +102,21 @@ fn templated(text: &str, boxes: &[Daemon; 2], http: u16, mqtt: u16) -> String {
     out
 }
 
+/// Waits up to 10 s for `child` (`what`) to accept connections on `addr`.
+fn wait_listening(child: &mut Child, addr: SocketAddr, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited: {status}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} does not listen on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A running load balancer, killed when dropped.
 struct Lb {
     child: Child,
@@ -120,7 +135,8 @@ impl Drop for Lb {
 }
 
 impl Lb {
-    fn haproxy(boxes: &[Daemon; 2]) -> Lb {
+    /// HAProxy on the shipped file, once its checks found both boxes up.
+    async fn haproxy(boxes: &[Daemon; 2]) -> Lb {
         let dir = tempfile::tempdir().expect("tempdir");
         let (http, mqtt) = (free_port(), free_port());
         let sock = dir.path().join("admin.sock");
@@ -142,7 +158,10 @@ impl Lb {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start haproxy");
-        Lb::ready(child, http, mqtt, Some(sock), dir)
+        let lb = Lb::ready(child, http, mqtt, Some(sock), dir);
+        lb.wait_server("sb1", "UP").await;
+        lb.wait_server("sb2", "UP").await;
+        lb
     }
 
     fn nginx(boxes: &[Daemon; 2]) -> Lb {
@@ -185,17 +204,7 @@ impl Lb {
         dir: tempfile::TempDir,
     ) -> Lb {
         let http = SocketAddr::from(([127, 0, 0, 1], http));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(http).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("the load balancer exited: {status}");
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the load balancer does not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(&mut child, http, "the load balancer");
         Lb {
             child,
             http,
@@ -335,17 +344,33 @@ async fn publish_via(lb: &Lb, cookie: &str, topic: &str, data: Value) -> Value {
     response.json().await.expect("JSON reply")
 }
 
-/// MQTT messages each box's broker took in, once their sum reaches `total`.
-async fn mqtt_in(boxes: &[Daemon; 2], total: u64) -> [u64; 2] {
+/// Subscribes `sub` to `lb/rest` and publishes `data` there over REST through the load
+/// balancer with `cookie`: the box of that cookie delivers it to `sub`, and to no one
+/// else (the boxes share nothing without `[cluster]`).
+async fn rest_reaches(lb: &Lb, cookie: &str, sub: &mut Raw, data: &str) {
+    let ok = sub.request(json!({"op":"sub","topic":"lb/rest"})).await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    let reply = publish_via(lb, cookie, "lb/rest", json!(data)).await;
+    assert_eq!(reply["delivered"], 1, "{reply}");
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.next_msg())
+        .await
+        .expect("the published message");
+    assert_eq!(m["data"], data);
+}
+
+/// MQTT messages each of `boxes` took in, once their sum reaches `total` (or after 5 s).
+async fn mqtt_in(boxes: &[&Daemon], total: u64) -> Vec<u64> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let mut now = [0; 2];
-        for (i, d) in boxes.iter().enumerate() {
-            now[i] = d.healthz().await["mqtt"]["messages_in"]
-                .as_u64()
-                .unwrap_or(0);
+        let mut now = Vec::new();
+        for d in boxes {
+            now.push(
+                d.healthz().await["mqtt"]["messages_in"]
+                    .as_u64()
+                    .unwrap_or(0),
+            );
         }
-        if now[0] + now[1] >= total || Instant::now() >= deadline {
+        if now.iter().sum::<u64>() >= total || Instant::now() >= deadline {
             return now;
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -359,9 +384,7 @@ async fn haproxy_keeps_a_websocket_client_on_its_box_and_passes_rest_and_mqtt() 
     }
     let secrets = Secrets::new();
     let boxes = two_boxes(&secrets, "");
-    let lb = Lb::haproxy(&boxes);
-    lb.wait_server("sb1", "UP").await;
-    lb.wait_server("sb2", "UP").await;
+    let lb = Lb::haproxy(&boxes).await;
 
     // The first connection gets a cookie naming its box; three more with that cookie
     // land on the same box, although leastconn would send them to the empty one.
@@ -386,19 +409,12 @@ async fn haproxy_keeps_a_websocket_client_on_its_box_and_passes_rest_and_mqtt() 
 
     // REST follows the cookie too: a publish with the other box's cookie reaches the
     // subscriber there, and only it (the boxes share nothing without [cluster]).
-    let ok = other.request(json!({"op":"sub","topic":"lb/rest"})).await;
-    assert_eq!(ok["op"], "ok", "{ok}");
     let mut home_sub = held.pop().expect("a connection on the home box");
     let ok = home_sub
         .request(json!({"op":"sub","topic":"lb/rest"}))
         .await;
     assert_eq!(ok["op"], "ok", "{ok}");
-    let reply = publish_via(&lb, &other_cookie, "lb/rest", json!("via haproxy")).await;
-    assert_eq!(reply["delivered"], 1, "{reply}");
-    let m = tokio::time::timeout(Duration::from_secs(5), other.next_msg())
-        .await
-        .expect("the published message");
-    assert_eq!(m["data"], "via haproxy");
+    rest_reaches(&lb, &other_cookie, &mut other, "via haproxy").await;
 
     // MQTT over TCP: by client address, so one device's connections share a box.
     let port = lb.mqtt.port();
@@ -406,7 +422,7 @@ async fn haproxy_keeps_a_websocket_client_on_its_box_and_passes_rest_and_mqtt() 
         let m = format!("m{n}");
         assert!(common::mosquitto_pub(port, &["-t", "lb/mqtt", "-m", &m]).await);
     }
-    let seen = mqtt_in(&boxes, 2).await;
+    let seen = mqtt_in(&[&boxes[0], &boxes[1]], 2).await;
     assert!(
         seen == [2, 0] || seen == [0, 2],
         "one box took both: {seen:?}"
@@ -420,9 +436,7 @@ async fn haproxy_takes_a_dead_box_out_by_healthz_and_back_when_it_returns() {
     }
     let secrets = Secrets::new();
     let mut boxes = two_boxes(&secrets, "");
-    let lb = Lb::haproxy(&boxes);
-    lb.wait_server("sb1", "UP").await;
-    lb.wait_server("sb2", "UP").await;
+    let lb = Lb::haproxy(&boxes).await;
     let (first, _) = ws_via(&lb, Some("SBNODE=sb1")).await;
     assert_eq!(connections(&boxes, [1, 0]).await, [1, 0]);
     drop(first);
@@ -441,11 +455,7 @@ async fn haproxy_takes_a_dead_box_out_by_healthz_and_back_when_it_returns() {
         .await;
     assert_eq!(count, 2, "both new clients on box b");
     assert!(common::mosquitto_pub(lb.mqtt.port(), &["-t", "lb/down", "-m", "x"]).await);
-    assert_eq!(
-        boxes[1].healthz().await["mqtt"]["messages_in"],
-        1,
-        "MQTT goes to box b"
-    );
+    assert_eq!(mqtt_in(&[&boxes[1]], 1).await, [1], "MQTT goes to box b");
 
     // Box a back on its address: HAProxy sees /healthz answer and sends its clients
     // there again.
@@ -484,14 +494,7 @@ async fn nginx_keeps_a_websocket_client_on_its_box_passes_rest_and_fails_over() 
     assert_eq!(connections(&boxes, want).await, want, "sticky by cookie");
 
     // REST with the cookie reaches the same box.
-    let ok = first.request(json!({"op":"sub","topic":"lb/rest"})).await;
-    assert_eq!(ok["op"], "ok", "{ok}");
-    let reply = publish_via(&lb, &cookie, "lb/rest", json!("via nginx")).await;
-    assert_eq!(reply["delivered"], 1, "{reply}");
-    let m = tokio::time::timeout(Duration::from_secs(5), first.next_msg())
-        .await
-        .expect("the published message");
-    assert_eq!(m["data"], "via nginx");
+    rest_reaches(&lb, &cookie, &mut first, "via nginx").await;
 
     // Other clients' cookies spread them over both boxes.
     let mut now = want;
@@ -561,7 +564,7 @@ impl Redis {
     fn start() -> Redis {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -571,14 +574,7 @@ impl Redis {
             .spawn()
             .expect("start redis-server");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server does not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(&mut child, addr, "redis-server");
         Redis {
             child,
             addr,
@@ -607,9 +603,7 @@ async fn with_cluster_a_publish_on_box_a_reaches_a_subscriber_on_box_b() {
     let secrets = Secrets::new();
     let cluster = CLUSTER.replace("{redis}", &redis.addr.to_string());
     let boxes = two_boxes(&secrets, &cluster);
-    let lb = Lb::haproxy(&boxes);
-    lb.wait_server("sb1", "UP").await;
-    lb.wait_server("sb2", "UP").await;
+    let lb = Lb::haproxy(&boxes).await;
 
     let (mut sub, _) = ws_via(&lb, Some("SBNODE=sb2")).await;
     assert_eq!(connections(&boxes, [0, 1]).await, [0, 1], "subscriber on b");
