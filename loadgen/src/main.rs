@@ -87,6 +87,9 @@ enum Scenario {
     Connections,
     /// Plain payloads against end-to-end encrypted envelopes.
     E2e,
+    /// Several boxes sharing one Redis: switchboard's `[cluster]` against Socket.IO with
+    /// its Redis and Redis-streams adapters; not part of `all` (it restarts a Redis).
+    Cluster,
     /// Every scenario in turn.
     All,
     /// Redraws the charts of earlier results from each `DIR/results.json`.
@@ -109,6 +112,7 @@ impl Scenario {
             Scenario::Http => vec!["http"],
             Scenario::Connections => vec!["connections"],
             Scenario::E2e => vec!["e2e"],
+            Scenario::Cluster => vec!["cluster"],
             Scenario::All => scenarios::ALL.to_vec(),
             Scenario::Worker { .. } | Scenario::Chart { .. } => Vec::new(),
         }
@@ -135,6 +139,8 @@ fn main() -> Result<()> {
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers")),
         pin: false,
         deflate: cli.deflate,
+        switchboard_config: None,
+        node_args: Vec::new(),
     };
     let systems = if cli.systems.is_empty() {
         System::ALL.to_vec()

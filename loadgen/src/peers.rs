@@ -29,6 +29,10 @@ pub struct Setup {
     /// frame compressed, the Node `ws` peer with `perMessageDeflate`, and their
     /// subscribers offering it. Mosquitto and Socket.IO run as always.
     pub deflate: bool,
+    /// A configuration file for switchboard (`serve --config`), e.g. with `[cluster]`.
+    pub switchboard_config: Option<PathBuf>,
+    /// More arguments for the Node peers (the `cluster` scenario's `--adapter`, `--redis`).
+    pub node_args: Vec<String>,
 }
 
 impl Setup {
@@ -145,6 +149,9 @@ impl Server {
                 cmd.env("SWITCHBOARD_MQTT_MAX_PACKET_SIZE", (4u32 << 20).to_string())
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped());
+                if let Some(config) = &setup.switchboard_config {
+                    cmd.arg("--config").arg(config);
+                }
                 if setup.deflate {
                     cmd.env("SWITCHBOARD_WS_COMPRESSION", "true")
                         .env("SWITCHBOARD_WS_COMPRESSION_THRESHOLD", "0");
@@ -168,6 +175,7 @@ impl Server {
                 cmd.arg("node")
                     .arg(setup.peers_dir.join(peer_script(system)))
                     .args(["--port", "0"])
+                    .args(&setup.node_args)
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped());
                 if setup.deflate && system == System::NodeWs {
@@ -347,6 +355,10 @@ pub fn versions(setup: &Setup) -> serde_json::Value {
         "node": first_line("node", &["--version"]),
         "npm_ws": package_version("ws"),
         "npm_socket.io": package_version("socket.io"),
+        "npm_socket.io_redis_adapter": package_version("@socket.io/redis-adapter"),
+        "npm_socket.io_redis_streams_adapter": package_version("@socket.io/redis-streams-adapter"),
+        "npm_ioredis": package_version("ioredis"),
+        "redis_server": first_line("redis-server", &["--version"]),
         "rustc": first_line("rustc", &["--version"]),
     })
 }

@@ -119,6 +119,9 @@ impl Worker {
 /// A system with its subscribers and publishers, for a series of points.
 pub struct Rig {
     pub server: Server,
+    /// More boxes of the same system holding the subscribers (the `cluster` scenario);
+    /// empty when the subscribers are on `server`.
+    pub others: Vec<Server>,
     workers: Vec<Worker>,
     pubs: Vec<Pub>,
     subs: usize,
@@ -187,7 +190,25 @@ async fn spawn_workers(
 impl Rig {
     /// `subs` subscribers of [`TOPIC`] and `publishers` publishing connections.
     pub async fn new(server: Server, subs: usize, publishers: usize) -> Result<Rig> {
-        let (workers, _) = spawn_workers(&server, subs, Some(TOPIC)).await?;
+        Rig::across(server, Vec::new(), subs, publishers).await
+    }
+
+    /// [`Rig::new`] with the subscribers shared out over `others` (boxes that get the
+    /// publishes from `server` through Redis), or on `server` when there are none.
+    pub async fn across(
+        server: Server,
+        others: Vec<Server>,
+        subs: usize,
+        publishers: usize,
+    ) -> Result<Rig> {
+        let mut workers = Vec::new();
+        if others.is_empty() {
+            workers = spawn_workers(&server, subs, Some(TOPIC)).await?.0;
+        }
+        for (i, box_) in others.iter().enumerate() {
+            let share = subs / others.len() + usize::from(i < subs % others.len());
+            workers.extend(spawn_workers(box_, share, Some(TOPIC)).await?.0);
+        }
         let mut pubs = Vec::with_capacity(publishers);
         for i in 0..publishers {
             pubs.push(
@@ -198,6 +219,7 @@ impl Rig {
         }
         Ok(Rig {
             server,
+            others,
             workers,
             pubs,
             subs,
@@ -249,9 +271,9 @@ impl Rig {
         }
         self.publish(load.rate, self.seq, warm, load.shape).await?;
         let busy0 = crate::host::machine_busy();
-        let (cpu0, client0) = (self.server.cpu(), self.client_cpu());
+        let (cpu0, client0) = (self.servers_cpu(), self.client_cpu());
         let elapsed = self.publish(load.rate, lo, window, load.shape).await?;
-        let cpu = self.server.cpu().saturating_sub(cpu0);
+        let cpu = self.servers_cpu().saturating_sub(cpu0);
         let client_cpu = self.client_cpu().saturating_sub(client0);
         let other = crate::host::machine_busy()
             .saturating_sub(busy0)
@@ -311,6 +333,16 @@ impl Rig {
         Ok(row)
     }
 
+    /// How many subscribers the rig holds.
+    pub fn subscribers(&self) -> usize {
+        self.subs
+    }
+
+    /// CPU time of every box of the system so far.
+    fn servers_cpu(&self) -> Duration {
+        self.others.iter().map(Server::cpu).sum::<Duration>() + self.server.cpu()
+    }
+
     /// CPU time of the load generator so far: this process and its workers. Near
     /// 100% of its core, the figures are the client's limit, not the server's.
     fn client_cpu(&self) -> Duration {
@@ -351,6 +383,7 @@ pub async fn idle(server: Server, count: usize) -> Result<Row> {
     };
     let rig = Rig {
         server,
+        others: Vec::new(),
         workers,
         pubs: Vec::new(),
         subs: count,

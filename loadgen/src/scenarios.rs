@@ -50,7 +50,7 @@ pub struct Opts {
 }
 
 impl Opts {
-    fn load(&self, rate: f64, shape: Shape) -> Load {
+    pub(crate) fn load(&self, rate: f64, shape: Shape) -> Load {
         Load {
             rate,
             shape,
@@ -60,12 +60,12 @@ impl Opts {
         }
     }
 
-    fn pick<T: Clone>(&self, full: &[T], quick: &[T]) -> Vec<T> {
+    pub(crate) fn pick<T: Clone>(&self, full: &[T], quick: &[T]) -> Vec<T> {
         if self.quick { quick } else { full }.to_vec()
     }
 }
 
-const PLAIN_64: Shape = Shape {
+pub(crate) const PLAIN_64: Shape = Shape {
     size: 64,
     e2e: false,
 };
@@ -77,7 +77,12 @@ pub async fn run(name: &str, opts: &Opts) -> Result<Results> {
     println!("== {name}");
     for &system in &opts.systems {
         let not_here = (name == "http" && !matches!(system, System::Switchboard | System::NodeWs))
-            .then(|| "no HTTP publish endpoint".to_owned());
+            .then(|| "no HTTP publish endpoint".to_owned())
+            .or_else(|| {
+                (name == "cluster")
+                    .then(|| crate::cluster::not_here(system, &opts.setup))
+                    .flatten()
+            });
         if let Some(reason) = not_here.or_else(|| opts.setup.missing(system)) {
             println!("  {:<24} skipped: {reason}", system.name());
             skipped.push(Skipped {
@@ -96,6 +101,7 @@ pub async fn run(name: &str, opts: &Opts) -> Result<Results> {
             "http" => http(system, opts, &mut got).await,
             "connections" => connections(system, opts, &mut got).await,
             "e2e" => e2e(system, opts, &mut got).await,
+            "cluster" => crate::cluster::run(system, opts, &mut got).await,
             _ => bail!("unknown scenario {name}"),
         };
         for r in &mut got {
@@ -220,7 +226,7 @@ async fn measured(rig: &mut Rig, load: Load, repeats: usize, x_label: &str, x: f
 }
 
 /// [`measured`] for a chart line other than the system's own.
-async fn measured_as(
+pub(crate) async fn measured_as(
     rig: &mut Rig,
     load: Load,
     repeats: usize,
@@ -267,21 +273,37 @@ async fn fanout(system: System, opts: &Opts, rows: &mut Vec<Row>) -> Result<()> 
     );
     for n in subs {
         let mut rig = Rig::new(Server::start(system, &opts.setup)?, n, 1).await?;
-        for (i, &deliveries) in steps.iter().enumerate() {
-            let load = opts.load(deliveries / n as f64, PLAIN_64);
-            let label = "offered deliveries/s";
-            let mut row = measured(&mut rig, load, opts.repeats, label, deliveries).await?;
-            if !row.sustained && !opts.quick {
-                // One bad window on a shared machine should not end the ladder.
-                row = measured(&mut rig, load, opts.repeats, label, deliveries).await?;
-            }
-            let stop = !row.sustained && (!opts.quick || i >= 1);
-            rows.push(row);
-            if stop {
-                break;
-            }
-        }
+        ladder(&mut rig, &steps, opts, None, rows).await?;
         rig.stop().await;
+    }
+    Ok(())
+}
+
+/// Offered deliveries/s stepped up on `rig` until a point is not sustained (in quick
+/// mode, after two points at least); the rows go to `rows`, on chart line `series`.
+pub(crate) async fn ladder(
+    rig: &mut Rig,
+    steps: &[f64],
+    opts: &Opts,
+    series: Option<&str>,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let n = rig.subscribers();
+    for (i, &deliveries) in steps.iter().enumerate() {
+        let load = opts.load(deliveries / n as f64, PLAIN_64);
+        let label = "offered deliveries/s";
+        let series = series.map(str::to_owned);
+        let mut row =
+            measured_as(rig, load, opts.repeats, label, deliveries, series.clone()).await?;
+        if !row.sustained && !opts.quick {
+            // One bad window on a shared machine should not end the ladder.
+            row = measured_as(rig, load, opts.repeats, label, deliveries, series).await?;
+        }
+        let stop = !row.sustained && (!opts.quick || i >= 1);
+        rows.push(row);
+        if stop {
+            break;
+        }
     }
     Ok(())
 }
