@@ -126,6 +126,9 @@ pub struct Rig {
     pubs: Vec<Pub>,
     subs: usize,
     seq: u64,
+    /// How long the workers wait for stragglers without progress before the rest of a
+    /// window counts as lost.
+    pub quiet: Duration,
 }
 
 /// Starts worker processes holding `count` connections to `server` (subscribed to
@@ -224,6 +227,7 @@ impl Rig {
             pubs,
             subs,
             seq: 1,
+            quiet: worker::QUIET,
         })
     }
 
@@ -283,7 +287,9 @@ impl Rig {
         let mut hist = worker::histogram();
         let (mut received, mut closed) = (0, 0);
         for w in &mut self.workers {
-            let line = w.ask(&format!("report {}", window * w.subs as u64)).await?;
+            let expected = window * w.subs as u64;
+            let quiet = self.quiet.as_millis();
+            let line = w.ask(&format!("report {expected} {quiet}")).await?;
             let report: Report = serde_json::from_str(&line).context("worker report")?;
             received += report.received;
             closed += report.closed;
@@ -388,6 +394,7 @@ pub async fn idle(server: Server, count: usize) -> Result<Row> {
         pubs: Vec::new(),
         subs: count,
         seq: 0,
+        quiet: worker::QUIET,
     };
     rig.stop().await;
     Ok(row)

@@ -147,9 +147,13 @@ async fn serve(spec: Spec) -> Result<()> {
                 counter.hist.borrow_mut().reset();
                 "ok".to_owned()
             }
-            (Some("report"), Some(expected), None) => {
+            (Some("report"), Some(expected), quiet) => {
                 let expected: u64 = expected.parse().context("report EXPECTED")?;
-                wait_for(&counter, expected).await;
+                let quiet = match quiet {
+                    Some(ms) => Duration::from_millis(ms.parse().context("report QUIET_MS")?),
+                    None => QUIET,
+                };
+                wait_for(&counter, expected, quiet).await;
                 let hist = counter.hist.borrow();
                 let report = Report {
                     received: counter.received.get(),
@@ -170,9 +174,13 @@ async fn serve(spec: Spec) -> Result<()> {
     Ok(())
 }
 
-/// Waits for `expected` window messages; gives up after 1.5 s without progress (the
+/// How long a report waits without progress before the rest counts as lost, unless the
+/// coordinator says otherwise (`report N QUIET_MS`).
+pub const QUIET: Duration = Duration::from_millis(1500);
+
+/// Waits for `expected` window messages; gives up after `quiet` without progress (the
 /// rest is lost) or 30 s in all.
-async fn wait_for(counter: &Counter, expected: u64) {
+async fn wait_for(counter: &Counter, expected: u64, quiet: Duration) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = (counter.received.get(), Instant::now());
     while counter.received.get() < expected && Instant::now() < deadline {
@@ -180,7 +188,7 @@ async fn wait_for(counter: &Counter, expected: u64) {
         let now = counter.received.get();
         if now != last.0 {
             last = (now, Instant::now());
-        } else if last.1.elapsed() > Duration::from_millis(1500) {
+        } else if last.1.elapsed() > quiet {
             break;
         }
     }
