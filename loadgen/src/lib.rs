@@ -7,12 +7,12 @@
 //! WebSocket), [`proto`] (MQTT and WebSocket codecs), [`engineio`], [`client`].
 //! Processes and the machine: [`host`], [`daemon`] (the daemon under test, given its
 //! binary), [`mosquitto`], [`peers`]. Measuring and reporting: [`clock`], [`harness`],
-//! [`point`], [`worker`], [`results`], [`chart`], [`scenarios`], [`cluster`].
+//! [`point`], [`worker`], [`results`], [`chart`], [`scenarios`] (with its
+//! `cluster` scenario).
 
 pub mod chart;
 pub mod client;
 pub mod clock;
-pub mod cluster;
 pub mod daemon;
 pub mod engineio;
 pub mod harness;

@@ -20,6 +20,8 @@ use crate::results::{self, Results, Row, Skipped};
 use crate::worker;
 use crate::ws_frame::OP_TEXT;
 
+mod cluster;
+
 /// The scenarios, in the order `all` runs them.
 pub const ALL: [&str; 7] = [
     "fanout",
@@ -80,7 +82,7 @@ pub async fn run(name: &str, opts: &Opts) -> Result<Results> {
             .then(|| "no HTTP publish endpoint".to_owned())
             .or_else(|| {
                 (name == "cluster")
-                    .then(|| crate::cluster::not_here(system, &opts.setup))
+                    .then(|| cluster::not_here(system, &opts.setup))
                     .flatten()
             });
         if let Some(reason) = not_here.or_else(|| opts.setup.missing(system)) {
@@ -101,7 +103,7 @@ pub async fn run(name: &str, opts: &Opts) -> Result<Results> {
             "http" => http(system, opts, &mut got).await,
             "connections" => connections(system, opts, &mut got).await,
             "e2e" => e2e(system, opts, &mut got).await,
-            "cluster" => crate::cluster::run(system, opts, &mut got).await,
+            "cluster" => cluster::run(system, opts, &mut got).await,
             _ => bail!("unknown scenario {name}"),
         };
         for r in &mut got {

@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::{ladder, Opts, PLAIN_64};
 use crate::client::System;
 use crate::peers::{which, Server, Setup};
 use crate::point::Rig;
 use crate::results::{self, Row};
-use crate::scenarios::{ladder, Opts, PLAIN_64};
 
 /// What a box of switchboard gets with the cluster on (issue 26); `{redis}` and
 /// `{node}` filled in.
