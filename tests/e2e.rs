@@ -211,6 +211,81 @@ async fn the_registry_works_over_the_websocket_and_caps_keys_per_user() {
     }
 }
 
+/// Public JWKs from Python's `cryptography` (OpenSSL underneath), one per
+/// `(bits, exponent)`: keys made by a generator this project did not write.
+fn openssl_keys(specs: &[(u32, u32)]) -> Vec<Value> {
+    let script = r#"
+import base64, json, sys
+from cryptography.hazmat.primitives.asymmetric import rsa
+def b64(i):
+    return base64.urlsafe_b64encode(i.to_bytes((i.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+out = []
+for spec in sys.argv[1:]:
+    bits, e = map(int, spec.split(":"))
+    n = rsa.generate_private_key(public_exponent=e, key_size=bits).public_key().public_numbers()
+    out.append({"kty": "RSA", "n": b64(n.n), "e": b64(n.e)})
+print(json.dumps(out))
+"#;
+    let output = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(specs.iter().map(|(bits, e)| format!("{bits}:{e}")))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "python3 cryptography: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JWKs")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_registry_takes_any_size_from_2048_to_4096_bits_and_only_e_65537() {
+    let secrets = Secrets::new();
+    let d = Daemon::start(&secrets.config(""));
+    let dave = user_token("dave", json!({}));
+    let url = keys_url(&d, "/dave");
+    let keys = openssl_keys(&[
+        (2048, 65537),
+        (2050, 65537), // not a multiple of 8
+        (2304, 65537),
+        (4096, 65537),
+        (1024, 65537),
+        (4104, 65537),
+        (2048, 3),
+    ]);
+    for (jwk, bits) in keys[..4].iter().zip([2048, 2050, 2304, 4096]) {
+        let (s, v) = post(&url, Some(&dave), &jwk.to_string()).await;
+        assert_eq!(s, StatusCode::CREATED, "{bits} bits: {v}");
+        assert_eq!(v["bits"], bits, "{v}");
+        // What it serves is a key a client can seal to.
+        let served = PublicJwk::parse(&v["jwk"]).expect("a usable public key");
+        assert_eq!(served.bits(), bits);
+    }
+    let refused = [
+        (
+            &keys[4],
+            "RSA key of 1024 bits is too small: at least 2048 bits",
+        ),
+        (
+            &keys[5],
+            "RSA key of 4104 bits is too large: at most 4096 bits",
+        ),
+        (&keys[6], r#"the public exponent must be 65537 ("AQAB")"#),
+    ];
+    for (jwk, says) in refused {
+        let (s, v) = post(&url, Some(&dave), &jwk.to_string()).await;
+        assert_eq!(
+            (s, code(&v), v["error"]["message"].as_str()),
+            (StatusCode::BAD_REQUEST, "bad_request", Some(says)),
+            "{v}"
+        );
+    }
+    let (_, list) = get(&url, Some(&dave)).await;
+    assert_eq!(list["keys"].as_array().map(Vec::len), Some(4), "{list}");
+}
+
 /// The text of the next `msg` frame, as it came off the socket.
 async fn next_msg_text(ws: &mut Raw) -> String {
     loop {

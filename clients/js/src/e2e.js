@@ -17,8 +17,12 @@ const te = new TextEncoder();
 
 export const ENC = 'A256CBC-HS512';
 export const ALG = 'RSA-OAEP-256';
-/** RSA sizes a registry accepts; keys are generated at 3072 bits by default. */
-export const SIZES = [2048, 3072, 4096];
+/**
+ * The RSA modulus sizes a registry accepts: any bit length from MIN_BITS to MAX_BITS,
+ * multiples of 8 or not. Keys are generated at 3072 bits by default.
+ */
+export const MIN_BITS = 2048;
+export const MAX_BITS = 4096;
 const RSA = { name: 'RSA-OAEP', hash: 'SHA-256' };
 const KINDS = ['sealed', 'room', 'room-key'];
 
@@ -137,7 +141,8 @@ export function checkPublicJwk(jwk) {
   const n = fromB64url(jwk.n);
   if (!n || n[0] === 0) throw new Error('"n" is not shortest unpadded base64url');
   const bits = n.length * 8 - Math.clz32(n[0]) + 24;
-  if (!SIZES.includes(bits)) throw new Error(`RSA key of ${bits} bits: use 2048, 3072 or 4096 bits`);
+  if (bits < MIN_BITS) throw new Error(`RSA key of ${bits} bits is too small: at least ${MIN_BITS} bits`);
+  if (bits > MAX_BITS) throw new Error(`RSA key of ${bits} bits is too large: at most ${MAX_BITS} bits`);
   if (jwk.alg !== undefined && jwk.alg !== ALG) throw new Error(`"alg" must be ${ALG}`);
 }
 

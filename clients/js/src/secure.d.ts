@@ -152,7 +152,9 @@ export interface Opened {
 }
 export declare const ENC: "A256CBC-HS512";
 export declare const ALG: "RSA-OAEP-256";
-export declare const SIZES: number[];
+/** RSA modulus sizes a registry accepts: any bit length from 2048 to 4096. */
+export declare const MIN_BITS: number;
+export declare const MAX_BITS: number;
 export declare function b64url(bytes: Uint8Array): string;
 export declare function fromB64url(text: string): Uint8Array | null;
 export declare function utf8(bytes: Uint8Array): string;
