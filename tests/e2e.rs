@@ -1171,3 +1171,134 @@ async fn resume_after_a_disconnect_returns_missed_envelopes_byte_for_byte() {
         }
     }
 }
+
+/// Reads deliveries until the share of `epoch`; the epochs of the shares on the way.
+async fn shares_until(
+    who: &switchboard_client::e2e::E2e,
+    sub: &mut switchboard_client::Subscription,
+    epoch: u64,
+) -> Vec<u64> {
+    let mut seen = Vec::new();
+    loop {
+        match delivered(who, sub).await {
+            switchboard_client::e2e::Delivery::RoomKey { epoch: e, .. } => {
+                seen.push(e);
+                if e >= epoch {
+                    return seen;
+                }
+            }
+            other => panic!("expected key shares: {other:?}"),
+        }
+    }
+}
+
+/// A room rotates on its own schedule: its creator moves it to a new epoch every
+/// interval and shares each to the members of the last share, so a removal holds for
+/// the scheduled epochs too; old epochs stay readable as history.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_room_rotates_on_schedule_to_its_current_members() {
+    use std::sync::Arc;
+    use switchboard_client::e2e::{Delivery, E2e, E2eError, OpenError};
+    use switchboard_client::{ClientOptions, Since};
+
+    let secrets = Secrets::new();
+    let d = Daemon::start(&secrets.config(HISTORY));
+    let file = fixture();
+    let grants = json!({"publish": ["chat/#"], "subscribe": ["chat/#"]});
+    let connect = |name: &'static str| {
+        let options = ClientOptions::new(d.ws_url()).token(user_token(name, grants.clone()));
+        let file = &file;
+        async move {
+            let client = switchboard_client::Client::connect(options)
+                .await
+                .expect("connect");
+            let e2e = Arc::new(E2e::new(client.clone(), name, pair(file, name)));
+            e2e.register().await.expect("register");
+            let sub = client.subscribe("chat/#").await.expect("subscribe");
+            (e2e, sub)
+        }
+    };
+    let (alice, _alice_sub) = connect("alice").await;
+    let (bob, mut bob_sub) = connect("bob").await;
+    let (carol, mut carol_sub) = connect("carol").await;
+    let (room, keys) = ("chat/lobby", "chat/lobby/keys");
+    let every = Duration::from_millis(400);
+
+    alice
+        .create_room(room, &["bob", "carol"], keys)
+        .await
+        .expect("create");
+    alice.publish_room(room, room, b"one").await.expect("one");
+    alice.rotate_every(room, Some(every)).expect("schedule");
+    // Only the room's admin keeps its members, so only it can schedule.
+    assert!(matches!(
+        bob.rotate_every(room, Some(every)),
+        Err(E2eError::NotAdmin(_))
+    ));
+
+    // Epochs 2 and 3 arrive with nobody asking, one share each, in order.
+    for (who, sub) in [(&bob, &mut bob_sub), (&carol, &mut carol_sub)] {
+        assert_eq!(shares_until(who, sub, 1).await, [1]);
+        assert_eq!(opened(who, sub).await, b"one");
+        assert_eq!(shares_until(who, sub, 3).await, [2, 3]);
+    }
+    let epoch = alice.room_epoch(room).expect("held");
+    assert!(epoch >= 3, "{epoch}");
+
+    // Carol is removed: the next epoch and every scheduled one after go to bob alone.
+    let removed_at = alice
+        .rotate_room(room, &["bob"], keys)
+        .await
+        .expect("rotate");
+    let seen = shares_until(&bob, &mut bob_sub, removed_at + 1).await;
+    assert_eq!(seen.last(), Some(&(removed_at + 1)), "{seen:?}");
+    let mut not_for_carol = 0;
+    while not_for_carol < 2 {
+        match delivered(&carol, &mut carol_sub).await {
+            Delivery::RoomKey { epoch, .. } => {
+                assert!(epoch < removed_at, "carol got epoch {epoch} after removal")
+            }
+            Delivery::Undecryptable {
+                error: OpenError::NotAddressed { .. },
+                ..
+            } => not_for_carol += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    alice
+        .publish_room(room, room, b"later")
+        .await
+        .expect("later");
+    loop {
+        match delivered(&bob, &mut bob_sub).await {
+            Delivery::RoomKey { .. } => continue,
+            Delivery::Message { plaintext, .. } => break assert_eq!(plaintext, b"later"),
+            other => panic!("{other:?}"),
+        }
+    }
+    alice.rotate_every(room, None).expect("stop");
+
+    // History reads across every epoch: a fresh keyring takes the shares, then both
+    // messages open, the first under epoch 1 and the last under a scheduled epoch.
+    let options = ClientOptions::new(d.ws_url()).token(user_token("bob", grants.clone()));
+    let client = switchboard_client::Client::connect(options)
+        .await
+        .expect("connect");
+    let bob_again = E2e::new(client.clone(), "bob", pair(&file, "bob"));
+    let mut shares = client
+        .subscribe_since(keys, Some(Since::Last(100)))
+        .await
+        .expect("sub");
+    let held = alice.room_epoch(room).expect("held");
+    assert_eq!(
+        shares_until(&bob_again, &mut shares, held).await.len() as u64,
+        held
+    );
+    let mut history = client
+        .subscribe_since(room, Some(Since::Last(10)))
+        .await
+        .expect("sub");
+    for text in [b"one".as_slice(), b"later"] {
+        assert_eq!(opened(&bob_again, &mut history).await, text);
+    }
+}
