@@ -229,8 +229,9 @@ export class E2E extends Emitter {
   /** Gives a new member the room's current key (not older epochs: they cannot read earlier history). */
   async addMember(room, user) {
     const state = this.#admin(room);
+    const keys = await this.#keysOfAll([user]);
     state.members.add(user);
-    await this.#share(this.#inbox.keys.current(room), state, [user]);
+    await this.#share(this.#inbox.keys.current(room), state, keys);
   }
 
   /** Removes a member and rotates, so they cannot read anything sent after. */

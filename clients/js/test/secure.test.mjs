@@ -147,7 +147,8 @@ test("a room rotates on its schedule to its current members; history spans the e
   const [admin, bob, carol] = await Promise.all(["sam", "sid", "sue"].map((u) => member(u)));
   const rotated = [];
   admin.e2e.on("rotated", (r) => rotated.push(r));
-  await admin.e2e.createRoom(room, { members: ["sid", "sue"], rotateEvery: 300 });
+  await admin.e2e.createRoom(room, { members: ["sid"], rotateEvery: 300 });
+  await admin.e2e.addMember(room, "sue"); // the current epoch, and every scheduled one after
   await Promise.all([bob, carol].map((m) => m.e2e.joinRoom(room)));
   const atBob = await collect(bob.e2e.subscribe(room));
   await admin.e2e.publishToRoom(room, { text: "one" });
