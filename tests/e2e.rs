@@ -955,31 +955,49 @@ async fn refused(
     }
 }
 
+/// A user of the chat rooms with the client's end-to-end side and the fixture's key
+/// pair, registered and subscribed to `chat/#`; with `subscribe: false` neither (the
+/// same user again, on a fresh keyring, reading history).
+async fn chat_member(
+    d: &Daemon,
+    file: &Value,
+    name: &str,
+    subscribe: bool,
+) -> (
+    switchboard_client::e2e::E2e,
+    Option<switchboard_client::Subscription>,
+    switchboard_client::Client,
+) {
+    let grants = json!({"publish": ["chat/#"], "subscribe": ["chat/#"]});
+    let options =
+        switchboard_client::ClientOptions::new(d.ws_url()).token(user_token(name, grants));
+    let client = switchboard_client::Client::connect(options)
+        .await
+        .expect("connect");
+    let e2e = switchboard_client::e2e::E2e::new(client.clone(), name, pair(file, name));
+    if !subscribe {
+        return (e2e, None, client);
+    }
+    e2e.register().await.expect("register");
+    let sub = client.subscribe("chat/#").await.expect("subscribe");
+    (e2e, Some(sub), client)
+}
+
 /// The Rust client's end-to-end side against the real daemon: keys registered, a sealed
 /// message, a room created and shared, rotated when a member is removed (who then cannot
 /// read), replays and moved envelopes reported, history read across epochs.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_rust_client_runs_a_room_and_a_removed_member_cannot_read_after_rotation() {
-    use switchboard_client::e2e::{Delivery, E2e, OpenError};
-    use switchboard_client::{ClientOptions, Since};
+    use switchboard_client::e2e::{Delivery, OpenError};
+    use switchboard_client::Since;
 
     let secrets = Secrets::new();
     let d = Daemon::start(&secrets.config(HISTORY));
     let file = fixture();
-    let grants = json!({"publish": ["chat/#"], "subscribe": ["chat/#"]});
-    let mut member = std::collections::HashMap::new();
-    for name in ["alice", "bob", "carol"] {
-        let options = ClientOptions::new(d.ws_url()).token(user_token(name, grants.clone()));
-        let client = switchboard_client::Client::connect(options)
-            .await
-            .expect("connect");
-        let e2e = E2e::new(client.clone(), name, pair(&file, name));
-        e2e.register().await.expect("register");
-        let sub = client.subscribe("chat/#").await.expect("subscribe");
-        member.insert(name, (e2e, sub, client));
-    }
-    let [(alice, _, alice_client), (bob, mut bob_sub, _), (carol, mut carol_sub, _)] =
-        ["alice", "bob", "carol"].map(|n| member.remove(n).expect("member"));
+    let (alice, _, alice_client) = chat_member(&d, &file, "alice", true).await;
+    let (bob, bob_sub, _) = chat_member(&d, &file, "bob", true).await;
+    let (carol, carol_sub, _) = chat_member(&d, &file, "carol", true).await;
+    let (mut bob_sub, mut carol_sub) = (bob_sub.expect("sub"), carol_sub.expect("sub"));
     let (room, keys) = ("chat/lobby", "chat/lobby/keys");
 
     // Epoch 1 to both members; a room message both read.
@@ -1086,11 +1104,7 @@ async fn the_rust_client_runs_a_room_and_a_removed_member_cannot_read_after_rota
     // Bob on a new device state (same key pair, empty keyring) reads the history: the
     // key shares first, then messages of both epochs open, and what did not open live
     // is reported again (history is not checked for replays or retired epochs).
-    let options = ClientOptions::new(d.ws_url()).token(user_token("bob", grants.clone()));
-    let client = switchboard_client::Client::connect(options)
-        .await
-        .expect("connect");
-    let bob_again = E2e::new(client.clone(), "bob", pair(&file, "bob"));
+    let (bob_again, _, client) = chat_member(&d, &file, "bob", false).await;
     let mut shares = client
         .subscribe_since(keys, Some(Since::Last(10)))
         .await
@@ -1198,29 +1212,19 @@ async fn shares_until(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_room_rotates_on_schedule_to_its_current_members() {
     use std::sync::Arc;
-    use switchboard_client::e2e::{Delivery, E2e, E2eError, OpenError};
-    use switchboard_client::{ClientOptions, Since};
+    use switchboard_client::e2e::{Delivery, E2eError, OpenError};
+    use switchboard_client::Since;
 
     let secrets = Secrets::new();
     let d = Daemon::start(&secrets.config(HISTORY));
     let file = fixture();
-    let grants = json!({"publish": ["chat/#"], "subscribe": ["chat/#"]});
-    let connect = |name: &'static str| {
-        let options = ClientOptions::new(d.ws_url()).token(user_token(name, grants.clone()));
-        let file = &file;
-        async move {
-            let client = switchboard_client::Client::connect(options)
-                .await
-                .expect("connect");
-            let e2e = Arc::new(E2e::new(client.clone(), name, pair(file, name)));
-            e2e.register().await.expect("register");
-            let sub = client.subscribe("chat/#").await.expect("subscribe");
-            (e2e, sub)
-        }
-    };
-    let (alice, _alice_sub) = connect("alice").await;
-    let (bob, mut bob_sub) = connect("bob").await;
-    let (carol, mut carol_sub) = connect("carol").await;
+    let mut member = Vec::new();
+    for name in ["alice", "bob", "carol"] {
+        let (e2e, sub, _) = chat_member(&d, &file, name, true).await;
+        member.push((Arc::new(e2e), sub.expect("sub")));
+    }
+    let [(alice, _alice_sub), (bob, mut bob_sub), (carol, mut carol_sub)] =
+        <[_; 3]>::try_from(member).expect("three");
     let (room, keys) = ("chat/lobby", "chat/lobby/keys");
     let every = Duration::from_millis(400);
 
@@ -1280,11 +1284,7 @@ async fn a_room_rotates_on_schedule_to_its_current_members() {
 
     // History reads across every epoch: a fresh keyring takes the shares, then both
     // messages open, the first under epoch 1 and the last under a scheduled epoch.
-    let options = ClientOptions::new(d.ws_url()).token(user_token("bob", grants.clone()));
-    let client = switchboard_client::Client::connect(options)
-        .await
-        .expect("connect");
-    let bob_again = E2e::new(client.clone(), "bob", pair(&file, "bob"));
+    let (bob_again, _, client) = chat_member(&d, &file, "bob", false).await;
     let mut shares = client
         .subscribe_since(keys, Some(Since::Last(100)))
         .await
