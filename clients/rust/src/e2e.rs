@@ -439,7 +439,9 @@ impl E2e {
     }
 }
 
-/// The scheduled rotation of one room; holds the `E2e` only while rotating.
+/// The scheduled rotation of one room; holds the `E2e` only while rotating. Stopping
+/// the schedule aborts this task only while it waits: each rotation runs as a task of
+/// its own, so it is never cut between moving the epoch and sharing its key.
 async fn keep_rotating(me: Weak<E2e>, room: String) {
     loop {
         let Some((due, ..)) = me.upgrade().and_then(|e2e| e2e.due(&room)) else {
@@ -447,17 +449,28 @@ async fn keep_rotating(me: Weak<E2e>, room: String) {
         };
         tokio::time::sleep_until(due).await;
         let Some(e2e) = me.upgrade() else { return };
-        let _turn = e2e.rotating.lock().await;
-        let Some((due, every, members, key_topic)) = e2e.due(&room) else {
+        let room = room.clone();
+        let turn = tokio::spawn(async move { e2e.scheduled_rotation(&room).await });
+        if !matches!(turn.await, Ok(true)) {
             return;
+        }
+    }
+}
+
+impl E2e {
+    /// One turn of the schedule, if it is still due; whether the schedule goes on.
+    async fn scheduled_rotation(&self, room: &str) -> bool {
+        let _turn = self.rotating.lock().await;
+        let Some((due, every, members, key_topic)) = self.due(room) else {
+            return false;
         };
         if due > Instant::now() {
-            continue; // someone began an epoch meanwhile
+            return true; // someone began an epoch meanwhile
         }
         let members: Vec<&str> = members.iter().map(String::as_str).collect();
         // Nobody was removed: the previous epoch stays open for messages in flight.
-        let rotated = e2e
-            .rotate(&room, &members, &key_topic, RoomKey::rotate_scheduled)
+        let rotated = self
+            .rotate(room, &members, &key_topic, RoomKey::rotate_scheduled)
             .await;
         match rotated {
             Ok(epoch) => tracing::debug!(room, epoch, "room key rotated on schedule"),
@@ -466,11 +479,12 @@ async fn keep_rotating(me: Weak<E2e>, room: String) {
             }
             Err(error) => {
                 tracing::warn!(room, %error, "scheduled room key rotation failed; trying again");
-                if let Some(admin) = e2e.rooms().get_mut(&room) {
+                if let Some(admin) = self.rooms().get_mut(room) {
                     admin.due = Instant::now() + every.min(RETRY);
                 }
             }
         }
+        true
     }
 }
 
