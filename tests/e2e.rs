@@ -211,6 +211,81 @@ async fn the_registry_works_over_the_websocket_and_caps_keys_per_user() {
     }
 }
 
+/// Public JWKs from Python's `cryptography` (OpenSSL underneath), one per
+/// `(bits, exponent)`: keys made by a generator this project did not write.
+fn openssl_keys(specs: &[(u32, u32)]) -> Vec<Value> {
+    let script = r#"
+import base64, json, sys
+from cryptography.hazmat.primitives.asymmetric import rsa
+def b64(i):
+    return base64.urlsafe_b64encode(i.to_bytes((i.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+out = []
+for spec in sys.argv[1:]:
+    bits, e = map(int, spec.split(":"))
+    n = rsa.generate_private_key(public_exponent=e, key_size=bits).public_key().public_numbers()
+    out.append({"kty": "RSA", "n": b64(n.n), "e": b64(n.e)})
+print(json.dumps(out))
+"#;
+    let output = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(specs.iter().map(|(bits, e)| format!("{bits}:{e}")))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "python3 cryptography: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JWKs")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_registry_takes_any_size_from_2048_to_4096_bits_and_only_e_65537() {
+    let secrets = Secrets::new();
+    let d = Daemon::start(&secrets.config(""));
+    let dave = user_token("dave", json!({}));
+    let url = keys_url(&d, "/dave");
+    let keys = openssl_keys(&[
+        (2048, 65537),
+        (2050, 65537), // not a multiple of 8
+        (2304, 65537),
+        (4096, 65537),
+        (1024, 65537),
+        (4104, 65537),
+        (2048, 3),
+    ]);
+    for (jwk, bits) in keys[..4].iter().zip([2048, 2050, 2304, 4096]) {
+        let (s, v) = post(&url, Some(&dave), &jwk.to_string()).await;
+        assert_eq!(s, StatusCode::CREATED, "{bits} bits: {v}");
+        assert_eq!(v["bits"], bits, "{v}");
+        // What it serves is a key a client can seal to.
+        let served = PublicJwk::parse(&v["jwk"]).expect("a usable public key");
+        assert_eq!(served.bits(), bits);
+    }
+    let refused = [
+        (
+            &keys[4],
+            "RSA key of 1024 bits is too small: at least 2048 bits",
+        ),
+        (
+            &keys[5],
+            "RSA key of 4104 bits is too large: at most 4096 bits",
+        ),
+        (&keys[6], r#"the public exponent must be 65537 ("AQAB")"#),
+    ];
+    for (jwk, says) in refused {
+        let (s, v) = post(&url, Some(&dave), &jwk.to_string()).await;
+        assert_eq!(
+            (s, code(&v), v["error"]["message"].as_str()),
+            (StatusCode::BAD_REQUEST, "bad_request", Some(says)),
+            "{v}"
+        );
+    }
+    let (_, list) = get(&url, Some(&dave)).await;
+    assert_eq!(list["keys"].as_array().map(Vec::len), Some(4), "{list}");
+}
+
 /// The text of the next `msg` frame, as it came off the socket.
 async fn next_msg_text(ws: &mut Raw) -> String {
     loop {
@@ -880,31 +955,49 @@ async fn refused(
     }
 }
 
+/// A user of the chat rooms with the client's end-to-end side and the fixture's key
+/// pair, registered and subscribed to `chat/#`; with `subscribe: false` neither (the
+/// same user again, on a fresh keyring, reading history).
+async fn chat_member(
+    d: &Daemon,
+    file: &Value,
+    name: &str,
+    subscribe: bool,
+) -> (
+    switchboard_client::e2e::E2e,
+    Option<switchboard_client::Subscription>,
+    switchboard_client::Client,
+) {
+    let grants = json!({"publish": ["chat/#"], "subscribe": ["chat/#"]});
+    let options =
+        switchboard_client::ClientOptions::new(d.ws_url()).token(user_token(name, grants));
+    let client = switchboard_client::Client::connect(options)
+        .await
+        .expect("connect");
+    let e2e = switchboard_client::e2e::E2e::new(client.clone(), name, pair(file, name));
+    if !subscribe {
+        return (e2e, None, client);
+    }
+    e2e.register().await.expect("register");
+    let sub = client.subscribe("chat/#").await.expect("subscribe");
+    (e2e, Some(sub), client)
+}
+
 /// The Rust client's end-to-end side against the real daemon: keys registered, a sealed
 /// message, a room created and shared, rotated when a member is removed (who then cannot
 /// read), replays and moved envelopes reported, history read across epochs.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_rust_client_runs_a_room_and_a_removed_member_cannot_read_after_rotation() {
-    use switchboard_client::e2e::{Delivery, E2e, OpenError};
-    use switchboard_client::{ClientOptions, Since};
+    use switchboard_client::e2e::{Delivery, OpenError};
+    use switchboard_client::Since;
 
     let secrets = Secrets::new();
     let d = Daemon::start(&secrets.config(HISTORY));
     let file = fixture();
-    let grants = json!({"publish": ["chat/#"], "subscribe": ["chat/#"]});
-    let mut member = std::collections::HashMap::new();
-    for name in ["alice", "bob", "carol"] {
-        let options = ClientOptions::new(d.ws_url()).token(user_token(name, grants.clone()));
-        let client = switchboard_client::Client::connect(options)
-            .await
-            .expect("connect");
-        let e2e = E2e::new(client.clone(), name, pair(&file, name));
-        e2e.register().await.expect("register");
-        let sub = client.subscribe("chat/#").await.expect("subscribe");
-        member.insert(name, (e2e, sub, client));
-    }
-    let [(alice, _, alice_client), (bob, mut bob_sub, _), (carol, mut carol_sub, _)] =
-        ["alice", "bob", "carol"].map(|n| member.remove(n).expect("member"));
+    let (alice, _, alice_client) = chat_member(&d, &file, "alice", true).await;
+    let (bob, bob_sub, _) = chat_member(&d, &file, "bob", true).await;
+    let (carol, carol_sub, _) = chat_member(&d, &file, "carol", true).await;
+    let (mut bob_sub, mut carol_sub) = (bob_sub.expect("sub"), carol_sub.expect("sub"));
     let (room, keys) = ("chat/lobby", "chat/lobby/keys");
 
     // Epoch 1 to both members; a room message both read.
@@ -1011,11 +1104,7 @@ async fn the_rust_client_runs_a_room_and_a_removed_member_cannot_read_after_rota
     // Bob on a new device state (same key pair, empty keyring) reads the history: the
     // key shares first, then messages of both epochs open, and what did not open live
     // is reported again (history is not checked for replays or retired epochs).
-    let options = ClientOptions::new(d.ws_url()).token(user_token("bob", grants.clone()));
-    let client = switchboard_client::Client::connect(options)
-        .await
-        .expect("connect");
-    let bob_again = E2e::new(client.clone(), "bob", pair(&file, "bob"));
+    let (bob_again, _, client) = chat_member(&d, &file, "bob", false).await;
     let mut shares = client
         .subscribe_since(keys, Some(Since::Last(10)))
         .await
@@ -1094,5 +1183,122 @@ async fn resume_after_a_disconnect_returns_missed_envelopes_byte_for_byte() {
             Ok(Received::Message(m)) => assert_eq!(m.plaintext, plain.as_bytes()),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+/// Reads deliveries until the share of `epoch`; the epochs of the shares on the way.
+async fn shares_until(
+    who: &switchboard_client::e2e::E2e,
+    sub: &mut switchboard_client::Subscription,
+    epoch: u64,
+) -> Vec<u64> {
+    let mut seen = Vec::new();
+    loop {
+        match delivered(who, sub).await {
+            switchboard_client::e2e::Delivery::RoomKey { epoch: e, .. } => {
+                seen.push(e);
+                if e >= epoch {
+                    return seen;
+                }
+            }
+            other => panic!("expected key shares: {other:?}"),
+        }
+    }
+}
+
+/// A room rotates on its own schedule: its creator moves it to a new epoch every
+/// interval and shares each to the members of the last share, so a removal holds for
+/// the scheduled epochs too; old epochs stay readable as history.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_room_rotates_on_schedule_to_its_current_members() {
+    use std::sync::Arc;
+    use switchboard_client::e2e::{Delivery, E2eError, OpenError};
+    use switchboard_client::Since;
+
+    let secrets = Secrets::new();
+    let d = Daemon::start(&secrets.config(HISTORY));
+    let file = fixture();
+    let mut member = Vec::new();
+    for name in ["alice", "bob", "carol"] {
+        let (e2e, sub, _) = chat_member(&d, &file, name, true).await;
+        member.push((Arc::new(e2e), sub.expect("sub")));
+    }
+    let [(alice, _alice_sub), (bob, mut bob_sub), (carol, mut carol_sub)] =
+        <[_; 3]>::try_from(member).expect("three");
+    let (room, keys) = ("chat/lobby", "chat/lobby/keys");
+    let every = Duration::from_millis(400);
+
+    alice
+        .create_room(room, &["bob", "carol"], keys)
+        .await
+        .expect("create");
+    alice.publish_room(room, room, b"one").await.expect("one");
+    alice.rotate_every(room, Some(every)).expect("schedule");
+    // Only the room's admin keeps its members, so only it can schedule.
+    assert!(matches!(
+        bob.rotate_every(room, Some(every)),
+        Err(E2eError::NotAdmin(_))
+    ));
+
+    // Epochs 2 and 3 arrive with nobody asking, one share each, in order.
+    for (who, sub) in [(&bob, &mut bob_sub), (&carol, &mut carol_sub)] {
+        assert_eq!(shares_until(who, sub, 1).await, [1]);
+        assert_eq!(opened(who, sub).await, b"one");
+        assert_eq!(shares_until(who, sub, 3).await, [2, 3]);
+    }
+    let epoch = alice.room_epoch(room).expect("held");
+    assert!(epoch >= 3, "{epoch}");
+
+    // Carol is removed: the next epoch and every scheduled one after go to bob alone.
+    let removed_at = alice
+        .rotate_room(room, &["bob"], keys)
+        .await
+        .expect("rotate");
+    let seen = shares_until(&bob, &mut bob_sub, removed_at + 1).await;
+    assert_eq!(seen.last(), Some(&(removed_at + 1)), "{seen:?}");
+    let mut not_for_carol = 0;
+    while not_for_carol < 2 {
+        match delivered(&carol, &mut carol_sub).await {
+            Delivery::RoomKey { epoch, .. } => {
+                assert!(epoch < removed_at, "carol got epoch {epoch} after removal")
+            }
+            Delivery::Undecryptable {
+                error: OpenError::NotAddressed { .. },
+                ..
+            } => not_for_carol += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    alice
+        .publish_room(room, room, b"later")
+        .await
+        .expect("later");
+    loop {
+        match delivered(&bob, &mut bob_sub).await {
+            Delivery::RoomKey { .. } => continue,
+            Delivery::Message { plaintext, .. } => break assert_eq!(plaintext, b"later"),
+            other => panic!("{other:?}"),
+        }
+    }
+    alice.rotate_every(room, None).expect("stop");
+
+    // History reads across every epoch: a fresh keyring takes the shares, then both
+    // messages open, the first under epoch 1 and the last under a scheduled epoch.
+    let (bob_again, _, client) = chat_member(&d, &file, "bob", false).await;
+    let mut shares = client
+        .subscribe_since(keys, Some(Since::Last(100)))
+        .await
+        .expect("sub");
+    let held = alice.room_epoch(room).expect("held");
+    assert_eq!(
+        shares_until(&bob_again, &mut shares, held).await.len() as u64,
+        held
+    );
+    let mut history = client
+        .subscribe_since(room, Some(Since::Last(10)))
+        .await
+        .expect("sub");
+    for text in [b"one".as_slice(), b"later"] {
+        assert_eq!(opened(&bob_again, &mut history).await, text);
     }
 }

@@ -11,11 +11,11 @@ use sha2::{Digest, Sha256};
 use crate::{b64, ALG_RSA_OAEP_256};
 
 /// Below 2048 bits RSA is disallowed (NIST SP 800-131A); above 4096 only costs time.
+/// Every size in between is accepted, counted as the modulus's bit length, including
+/// sizes that are not a multiple of 8: OpenSSL, Python's `cryptography` and Node's
+/// WebCrypto make them when asked (2050, 2304, …), and refusing them buys nothing.
 pub const MIN_BITS: usize = 2048;
 pub const MAX_BITS: usize = 4096;
-/// The sizes accepted: what every key generator makes (WebCrypto, OpenSSL, this crate).
-/// Odd sizes in between are refused, so the API's schema can state exactly what it takes.
-pub const SIZES: [usize; 3] = [2048, 3072, 4096];
 /// Members a public RSA JWK may carry (RFC 7517 §4, RFC 7518 §6.3.1; `ext` is
 /// WebCrypto's). Anything else is refused rather than stored unread.
 const PUBLIC_MEMBERS: [&str; 8] = ["kty", "n", "e", "alg", "use", "kid", "key_ops", "ext"];
@@ -46,8 +46,6 @@ pub enum JwkError {
     TooSmall(usize),
     #[error("RSA key of {0} bits is too large: at most {MAX_BITS} bits")]
     TooLarge(usize),
-    #[error("RSA key of {0} bits: use 2048, 3072 or 4096 bits")]
-    Size(usize),
     #[error("member {0:?} is not part of an RSA public JWK")]
     Unknown(String),
     #[error("\"key_ops\" must list only \"encrypt\" or \"wrapKey\"")]
@@ -178,9 +176,6 @@ fn public_key(n: &str, e: &str) -> Result<RsaPublicKey, JwkError> {
     if bits > MAX_BITS {
         return Err(JwkError::TooLarge(bits));
     }
-    if !SIZES.contains(&bits) {
-        return Err(JwkError::Size(bits));
-    }
     RsaPublicKey::new(n, BigUint::from_bytes_be(&e_bytes)).map_err(|_| JwkError::Modulus)
 }
 
@@ -223,7 +218,7 @@ pub enum PrivateJwkError {
 
 impl KeyPair {
     pub fn generate(bits: usize) -> Result<KeyPair, rsa::Error> {
-        if !SIZES.contains(&bits) {
+        if !(MIN_BITS..=MAX_BITS).contains(&bits) {
             return Err(rsa::Error::InvalidArguments);
         }
         let private = RsaPrivateKey::new(&mut rand::rngs::OsRng, bits)?;

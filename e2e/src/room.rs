@@ -25,6 +25,12 @@ pub struct RoomKey {
     pub nbf: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev: Option<u64>,
+    /// Set by a rotation that removed nobody (a scheduled one): live messages under the
+    /// previous epoch still open while this one is current, so members who sent before
+    /// the share reached them are not refused as stale. A rotation on removal leaves it
+    /// unset, and the removed member's key stops writing at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prev_open: bool,
 }
 
 impl std::fmt::Debug for RoomKey {
@@ -45,6 +51,7 @@ impl RoomKey {
             k: random_key(),
             nbf: now_ms,
             prev: None,
+            prev_open: false,
         }
     }
 
@@ -56,6 +63,16 @@ impl RoomKey {
             k: random_key(),
             nbf: now_ms,
             prev: Some(self.epoch),
+            prev_open: false,
+        }
+    }
+
+    /// The next epoch of a rotation that removed nobody: the previous epoch stays open
+    /// for live messages in flight (see [`RoomKey::prev_open`]).
+    pub fn rotate_scheduled(&self, now_ms: u64) -> RoomKey {
+        RoomKey {
+            prev_open: true,
+            ..self.rotate(now_ms)
         }
     }
 
@@ -181,8 +198,10 @@ impl Keyring {
             ));
         }
         if reading == Reading::Live {
-            if let Some(current) = self.current(room).map(|k| k.epoch) {
-                if epoch < current {
+            if let Some(current) = self.current(room) {
+                let open_before = if current.prev_open { 1 } else { 0 };
+                let current = current.epoch;
+                if epoch + open_before < current {
                     return Err(OpenError::StaleEpoch {
                         room: room.into(),
                         epoch,

@@ -277,6 +277,48 @@ fn a_removed_member_cannot_read_after_rotation_and_old_epochs_stay_for_history()
 }
 
 #[test]
+fn a_scheduled_rotation_keeps_the_previous_epoch_open_for_messages_in_flight_only() {
+    let f = fixture();
+    let (topic, keys_topic) = ("chat/lobby", "e2e/keys/chat/lobby");
+    let mut bob = Inbox::new(f.bob.clone());
+    let epoch1 = RoomKey::create(topic, 1);
+    let epoch2 = epoch1.rotate_scheduled(2);
+    let epoch3 = epoch2.rotate_scheduled(3);
+    for key in [&epoch1, &epoch2] {
+        let share = key
+            .share(&[f.bob.public().clone()], keys_topic, "alice")
+            .expect("share")
+            .to_value();
+        bob.open(keys_topic, Some("alice"), &share, Reading::Live)
+            .expect("share opens");
+    }
+    // Sent under epoch 1 before carol had epoch 2's share: still opens live.
+    let in_flight = epoch1.encrypt(topic, "carol", b"sent as epoch 2 began");
+    assert!(bob
+        .open(topic, Some("carol"), &in_flight.to_value(), Reading::Live)
+        .is_ok());
+    // The share says so, and a receiver built from JSON keeps it.
+    let share3 = epoch3
+        .share(&[f.bob.public().clone()], keys_topic, "alice")
+        .expect("share")
+        .to_value();
+    match bob.open(keys_topic, Some("alice"), &share3, Reading::Live) {
+        Ok(Received::RoomKey(_, key)) => assert!(key.prev_open),
+        other => panic!("{other:?}"),
+    }
+    // Two epochs back is stale, whatever the schedule.
+    let late = epoch1.encrypt(topic, "carol", b"two rotations late");
+    assert!(matches!(
+        bob.open(topic, Some("carol"), &late.to_value(), Reading::Live),
+        Err(OpenError::StaleEpoch {
+            epoch: 1,
+            current: 3,
+            ..
+        })
+    ));
+}
+
+#[test]
 fn a_second_key_for_an_epoch_already_held_is_refused() {
     let f = fixture();
     let mut ring = Keyring::default();

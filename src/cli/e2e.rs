@@ -32,7 +32,7 @@ pub enum E2eCommand {
     /// Make a key pair: the private JWK in FILE (mode 0600), the public one in FILE.pub.
     Keygen {
         file: PathBuf,
-        /// 2048, 3072 or 4096.
+        /// The modulus size: 2048 to 4096 bits.
         #[arg(long, default_value_t = DEFAULT_BITS)]
         bits: usize,
         /// Replace FILE if it exists (the old key can then no longer open anything).
@@ -206,7 +206,7 @@ fn keygen(file: &Path, bits: usize, force: bool) -> anyhow::Result<()> {
         );
     }
     let pair = KeyPair::generate(bits)
-        .with_context(|| format!("cannot make an RSA key of {bits} bits (2048, 3072 or 4096)"))?;
+        .with_context(|| format!("cannot make an RSA key of {bits} bits (2048 to 4096)"))?;
     let private = serde_json::to_vec_pretty(&pair.to_private_jwk())?;
     private_file::replace(file, &private, false, |_| Ok(true))?;
     let public_path = public_path(file);

@@ -17,8 +17,12 @@ const te = new TextEncoder();
 
 export const ENC = 'A256CBC-HS512';
 export const ALG = 'RSA-OAEP-256';
-/** RSA sizes a registry accepts; keys are generated at 3072 bits by default. */
-export const SIZES = [2048, 3072, 4096];
+/**
+ * The RSA modulus sizes a registry accepts: any bit length from MIN_BITS to MAX_BITS,
+ * multiples of 8 or not. Keys are generated at 3072 bits by default.
+ */
+export const MIN_BITS = 2048;
+export const MAX_BITS = 4096;
 const RSA = { name: 'RSA-OAEP', hash: 'SHA-256' };
 const KINDS = ['sealed', 'room', 'room-key'];
 
@@ -137,7 +141,8 @@ export function checkPublicJwk(jwk) {
   const n = fromB64url(jwk.n);
   if (!n || n[0] === 0) throw new Error('"n" is not shortest unpadded base64url');
   const bits = n.length * 8 - Math.clz32(n[0]) + 24;
-  if (!SIZES.includes(bits)) throw new Error(`RSA key of ${bits} bits: use 2048, 3072 or 4096 bits`);
+  if (bits < MIN_BITS) throw new Error(`RSA key of ${bits} bits is too small: at least ${MIN_BITS} bits`);
+  if (bits > MAX_BITS) throw new Error(`RSA key of ${bits} bits is too large: at most ${MAX_BITS} bits`);
   if (jwk.alg !== undefined && jwk.alg !== ALG) throw new Error(`"alg" must be ${ALG}`);
 }
 
@@ -300,9 +305,16 @@ export function createRoomKey(room, nowMs = Date.now()) {
   return { room, epoch: 1, k: b64url(random(64)), nbf: nowMs };
 }
 
-/** The next epoch: a fresh key nobody who left can derive. Rotate on every removal. */
-export function rotateRoomKey(key, nowMs = Date.now()) {
-  return { room: key.room, epoch: key.epoch + 1, k: b64url(random(64)), nbf: nowMs, prev: key.epoch };
+/**
+ * The next epoch: a fresh key nobody who left can derive. Rotate on every removal.
+ * `prevOpen` (a rotation that removed nobody, e.g. a scheduled one) keeps the previous
+ * epoch open for live messages while this one is current, so a member who sent before
+ * the share reached them is not refused as stale.
+ */
+export function rotateRoomKey(key, nowMs = Date.now(), { prevOpen = false } = {}) {
+  const next = { room: key.room, epoch: key.epoch + 1, k: b64url(random(64)), nbf: nowMs, prev: key.epoch };
+  if (prevOpen) next.prev_open = true;
+  return next;
 }
 
 export const roomKid = (key) => `${key.room}#${key.epoch}`;
@@ -317,6 +329,7 @@ export async function roomEncrypt(key, topic, from, plaintext) {
 export function shareRoomKey(key, members, topic, from) {
   const body = { room: key.room, epoch: key.epoch, k: key.k, nbf: key.nbf };
   if (key.prev !== undefined) body.prev = key.prev;
+  if (key.prev_open === true) body.prev_open = true;
   return seal(JSON.stringify(body), members, { topic, from, kind: 'room-key', epoch: key.epoch });
 }
 
@@ -361,8 +374,9 @@ export class Keyring {
     if (header.alg !== 'dir' || header.enc !== ENC) throw new OpenError('unsupported', `unsupported algorithm ${header.alg}/${header.enc}`);
     if (header.sb.kind !== 'room') throw new OpenError('wrong_kind', `expected a room envelope, got a ${header.sb.kind} one`);
     if (header.sb.epoch !== epoch) throw new OpenError('inconsistent', "inconsistent envelope: the header's epoch is not its key's");
-    const current = this.current(room).epoch;
-    if (reading === 'live' && epoch < current) {
+    const held = this.current(room);
+    const current = held.epoch;
+    if (reading === 'live' && epoch + (held.prev_open === true ? 1 : 0) < current) {
       throw new OpenError('stale_epoch', `room ${room} is at epoch ${current}; a new message under epoch ${epoch} uses a retired key`);
     }
     return { binding: header.sb, plaintext, kid: header.kid };

@@ -100,10 +100,17 @@ export interface E2EOptions {
   store?: KeyStore;
   /** Use this key pair instead of the store's (e.g. from importPrivateJwk plus its public JWK). */
   keyPair?: KeyPair;
-  /** For a generated key: 2048, 3072 (default) or 4096. */
-  bits?: 2048 | 3072 | 4096;
+  /** For a generated key: 2048 to 4096 bits, 3072 by default. */
+  bits?: number;
   /** Register the public key on create (default true). */
   register?: boolean;
+}
+
+export interface E2EEvents {
+  /** A rotation by this E2E: `scheduled` when the room's schedule made it. */
+  rotated: { room: string; epoch: number; scheduled: boolean };
+  /** A scheduled rotation failed (not lost to another admin); it is tried again. */
+  rotationFailed: { room: string; error: Error };
 }
 
 export declare class E2E {
@@ -116,7 +123,17 @@ export declare class E2E {
   register(): Promise<Json | undefined>;
   keysOf(user: string): Promise<PublicJwk[]>;
   publishSealed(topic: string, data: Json, options: { to: string[]; event?: string }): Promise<{ seq: number }>;
-  createRoom(room: string, options?: { members?: string[]; keyTopic?: string }): Promise<{ room: string; epoch: number; keyTopic: string }>;
+  createRoom(
+    room: string,
+    options?: { members?: string[]; keyTopic?: string; rotateEvery?: number | null },
+  ): Promise<{ room: string; epoch: number; keyTopic: string }>;
+  /** Rotates a room this E2E created every `ms` milliseconds; `null` stops it. */
+  setRotation(room: string, ms: number | null): void;
+  /** Stops every scheduled rotation. */
+  close(): void;
+  on<K extends keyof E2EEvents>(type: K, listener: (value: E2EEvents[K]) => void): () => void;
+  once<K extends keyof E2EEvents>(type: K, listener: (value: E2EEvents[K]) => void): () => void;
+  off<K extends keyof E2EEvents>(type: K, listener: (value: E2EEvents[K]) => void): void;
   addMember(room: string, user: string): Promise<void>;
   removeMember(room: string, user: string): Promise<{ room: string; epoch: number }>;
   rotateRoom(room: string): Promise<{ room: string; epoch: number }>;
@@ -137,6 +154,8 @@ export interface RoomKey {
   k: string;
   nbf: number;
   prev?: number;
+  /** Set by a rotation that removed nobody: the previous epoch stays open for live messages. */
+  prev_open?: boolean;
 }
 export interface Jwe {
   protected: string;
@@ -152,7 +171,9 @@ export interface Opened {
 }
 export declare const ENC: "A256CBC-HS512";
 export declare const ALG: "RSA-OAEP-256";
-export declare const SIZES: number[];
+/** RSA modulus sizes a registry accepts: any bit length from 2048 to 4096. */
+export declare const MIN_BITS: number;
+export declare const MAX_BITS: number;
 export declare function b64url(bytes: Uint8Array): string;
 export declare function fromB64url(text: string): Uint8Array | null;
 export declare function utf8(bytes: Uint8Array): string;
@@ -170,7 +191,7 @@ export declare function seal(
 export declare function openSealed(envelope: Jwe | string, me: { privateKey: CryptoKey; kid: string }): Promise<Opened>;
 export declare function checkDelivery(opened: Opened, topic: string, from?: string | null): void;
 export declare function createRoomKey(room: string, nowMs?: number): RoomKey;
-export declare function rotateRoomKey(key: RoomKey, nowMs?: number): RoomKey;
+export declare function rotateRoomKey(key: RoomKey, nowMs?: number, options?: { prevOpen?: boolean }): RoomKey;
 export declare function roomKid(key: RoomKey): string;
 export declare function roomEncrypt(key: RoomKey, topic: string, from: string, plaintext: string | Uint8Array): Promise<Jwe>;
 export declare function shareRoomKey(key: RoomKey, members: PublicJwk[], topic: string, from: string): Promise<Jwe>;

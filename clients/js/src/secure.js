@@ -75,11 +75,16 @@ async function call(client, method, url, body) {
   return r.body;
 }
 
-export class E2E {
+/** How soon a scheduled rotation that failed (not lost to another admin) is tried again, at most. */
+const RETRY_MS = 30_000;
+
+export class E2E extends Emitter {
   #client;
   #inbox;
-  /** Rooms this E2E administers: room -> { members: Set<user>, keyTopic }. */
+  /** Rooms this E2E administers: room -> { members: Set<user>, keyTopic, rotateEvery, timer }. */
   #rooms = new Map();
+  /** One rotation at a time, so a removal never races the schedule to the same epoch. */
+  #rotating = Promise.resolve();
   /** Everything received is opened in arrival order, so a key share is held before the message after it. */
   #chain = Promise.resolve();
   #waiters = [];
@@ -107,6 +112,7 @@ export class E2E {
   }
 
   constructor(client, user, me) {
+    super();
     this.#client = client;
     this.user = user;
     /** This device's public JWK and its thumbprint, and the fingerprint people compare. */
@@ -143,21 +149,75 @@ export class E2E {
   /**
    * Creates `room` at epoch 1 (the daemon orders epochs) and shares its key to every
    * member's keys, and this user's, on `keyTopic` (give it a history so late joiners
-   * find it). This E2E is the room's admin: it adds and removes members.
+   * find it). This E2E is the room's admin: it adds and removes members, and with
+   * `rotateEvery` (ms) rotates the room on that schedule (see `setRotation`).
    */
-  async createRoom(room, { members = [], keyTopic = `${room}/keys` } = {}) {
-    const state = { members: new Set([this.user, ...members]), keyTopic };
+  async createRoom(room, { members = [], keyTopic = `${room}/keys`, rotateEvery = null } = {}) {
+    const state = { members: new Set([this.user, ...members]), keyTopic, rotateEvery: null, timer: null };
     const key = createRoomKey(room);
+    const keys = await this.#keysOfAll(state.members);
     await call(this.#client, "POST", "/api/v1/e2e/rooms", { room, epoch: key.epoch });
     this.#rooms.set(room, state);
     this.#inbox.keys.insert(key);
-    await this.#share(key, state, state.members);
+    await this.#share(key, state, keys);
+    if (rotateEvery) this.setRotation(room, rotateEvery);
     return { room, epoch: key.epoch, keyTopic };
   }
 
-  async #share(key, state, users) {
-    const envelope = await shareRoomKey(key, await this.#keysOfAll(users), state.keyTopic, this.user);
+  async #share(key, state, keys) {
+    const envelope = await shareRoomKey(key, keys, state.keyTopic, this.user);
     await this.#client.publish(state.keyTopic, envelope, { event: "room-key" });
+  }
+
+  /**
+   * Rotates a room this E2E administers every `ms` milliseconds (`null` stops it): a
+   * new epoch with a fresh key, shared to the current members, so whoever obtains one
+   * epoch's key reads at most one interval. Old epochs stay for history, and the
+   * previous epoch stays open for live messages still in flight (nobody was removed).
+   * A manual rotation, or a share of a new epoch from another admin, restarts the
+   * interval. Several admins (this user's other devices) may run the same schedule:
+   * the daemon takes one rotation per epoch; the others are refused (`conflict`), skip
+   * their turn and wait for the share. Emits `rotated` `{room, epoch, scheduled}` and,
+   * when a scheduled rotation fails otherwise, `rotationFailed` `{room, error}` (tried
+   * again after 30 s, or the interval if shorter). `close()` stops every schedule.
+   */
+  setRotation(room, ms) {
+    const state = this.#admin(room);
+    if (ms !== null && !(Number.isFinite(ms) && ms > 0)) {
+      throw new E2EError("invalid_argument", "setRotation(room, ms): ms must be a positive number of milliseconds, or null");
+    }
+    state.rotateEvery = ms;
+    this.#schedule(room, ms);
+  }
+
+  /** Stops every scheduled rotation (the Client stays open). */
+  close() {
+    for (const state of this.#rooms.values()) {
+      clearTimeout(state.timer);
+      state.rotateEvery = null;
+    }
+  }
+
+  /** (Re)arms the room's schedule to fire `delay` ms from now. */
+  #schedule(room, delay) {
+    const state = this.#rooms.get(room);
+    if (!state) return;
+    clearTimeout(state.timer);
+    state.timer = null;
+    if (!state.rotateEvery) return;
+    state.timer = setTimeout(() => this.#scheduled(room), delay ?? state.rotateEvery);
+    // A schedule alone does not keep a Node process alive.
+    state.timer.unref?.();
+  }
+
+  async #scheduled(room) {
+    try {
+      await this.#rotate(room, { prevOpen: true, scheduled: true });
+    } catch (error) {
+      if (error?.code === "conflict") return this.#schedule(room);
+      this.emit("rotationFailed", { room, error });
+      this.#schedule(room, Math.min(this.#rooms.get(room)?.rotateEvery ?? RETRY_MS, RETRY_MS));
+    }
   }
 
   #admin(room) {
@@ -169,8 +229,9 @@ export class E2E {
   /** Gives a new member the room's current key (not older epochs: they cannot read earlier history). */
   async addMember(room, user) {
     const state = this.#admin(room);
+    const keys = await this.#keysOfAll([user]);
     state.members.add(user);
-    await this.#share(this.#inbox.keys.current(room), state, [user]);
+    await this.#share(this.#inbox.keys.current(room), state, keys);
   }
 
   /** Removes a member and rotates, so they cannot read anything sent after. */
@@ -184,12 +245,30 @@ export class E2E {
    * When another member rotated first, the daemon refuses (`conflict`): wait for that share.
    */
   async rotateRoom(room) {
+    return this.#rotate(room, { prevOpen: false, scheduled: false });
+  }
+
+  #rotate(room, { prevOpen, scheduled }) {
     const state = this.#admin(room);
-    const key = rotateRoomKey(this.#inbox.keys.current(room));
-    await call(this.#client, "POST", "/api/v1/e2e/rooms", { room, epoch: key.epoch });
-    this.#inbox.keys.insert(key);
-    await this.#share(key, state, state.members);
-    return { room, epoch: key.epoch };
+    const run = this.#rotating.then(async () => {
+      // Keys first: a room moved to an epoch whose key is never shared would be stuck.
+      const keys = await this.#keysOfAll(state.members);
+      const key = rotateRoomKey(this.#inbox.keys.current(room), Date.now(), { prevOpen });
+      try {
+        await call(this.#client, "POST", "/api/v1/e2e/rooms", { room, epoch: key.epoch });
+      } catch (error) {
+        // Another admin began this epoch: the interval counts from there.
+        if (error?.code === "conflict") this.#schedule(room);
+        throw error;
+      }
+      this.#inbox.keys.insert(key);
+      await this.#share(key, state, keys);
+      this.#schedule(room);
+      this.emit("rotated", { room, epoch: key.epoch, scheduled });
+      return { room, epoch: key.epoch };
+    });
+    this.#rotating = run.catch(() => {});
+    return run;
   }
 
   /** Encrypts `data` (any JSON value) with the room's current key and publishes it on `topic` (the room's name by default). */
@@ -246,6 +325,9 @@ export class E2E {
         const got = await this.#inbox.open(msg.topic, null, msg.data, msg.history ? "history" : "live");
         if (got.kind === "room-key") {
           const { room, epoch } = got.key;
+          // A new epoch of a room this one schedules (another admin's, or our own share
+          // coming back): count the interval from now.
+          if (!msg.history && this.#rooms.get(room)?.rotateEvery) this.#schedule(room);
           this.#waiters = this.#waiters.filter((w) => !(w.room === room && epoch >= w.epoch && (w.resolve(), true)));
           return { kind: "roomKey", value: { room, epoch, from: got.binding.from, topic: msg.topic } };
         }

@@ -4,13 +4,13 @@
 
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { mkdirSync, mkdtempSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { launchChromium, startDaemon } from "./daemon.mjs";
+import { ADMIN, jwt, launchChromium, now, startDaemon } from "./daemon.mjs";
 
 const run = promisify(execFile);
 const demos = join(dirname(fileURLToPath(import.meta.url)), "../../../demos");
@@ -32,18 +32,21 @@ after(async () => {
   await daemon?.dispose();
 });
 
-async function open(path) {
+async function open(path, d = daemon) {
   const context = await browser.newContext({ viewport: { width: 900, height: 640 } });
   const page = await context.newPage();
   page.on("console", (m) => m.text().includes("Content Security Policy") && violations.push(m.text()));
-  await page.goto(`http://${daemon.http}/demo/${path}`);
+  await page.goto(`http://${d.http}/demo/${path}`);
   return page;
 }
 
-async function enter(name, room = "lobby") {
-  const page = await open("chat.html");
+/** A chat page in `room`: anonymous as `name`, or signed in as `name` with encryption on. */
+async function enter(name, room = "lobby", { encrypted = false, d = daemon } = {}) {
+  const token = jwt({ sub: name, exp: now() + 3600, publish: ["room/#"], subscribe: ["room/#"] });
+  const page = await open(encrypted ? `chat.html#token=${token}` : "chat.html", d);
   await page.fill("#name", name);
   await page.fill("#room", room);
+  if (encrypted) await page.check("#encrypted");
   await page.click("#join button");
   await page.waitForSelector("#room-view:not([hidden])");
   return page;
@@ -90,6 +93,69 @@ test("chat: members see each other; a public message reaches the room, a private
     await ada.waitForSelector('#members li:has-text("eve")', { state: "detached" });
   } finally {
     for (const page of [ada, bob]) await page.context().close();
+  }
+});
+
+/** Every file under `dir`, read. */
+function filesUnder(dir) {
+  return readdirSync(dir, { withFileTypes: true, recursive: true })
+    .filter((e) => e.isFile())
+    .map((e) => readFileSync(join(e.parentPath ?? e.path, e.name)));
+}
+
+test("chat: an encrypted room — members read each other; the store and a page without the key hold envelopes only", async () => {
+  // Its own daemon, with a history on the rooms, stopped at the end to read its store.
+  const d = await startDaemon({ extra: '[http]\ndemos = true\n[[history.topics]]\nfilter = "room/+"\nkeep = 100\n' });
+  const pages = [];
+  try {
+    const ada = await enter("ada", "secret", { encrypted: true, d }); // first: creates the room's key
+    pages.push(ada);
+    await ada.waitForSelector('#e2e-status:has-text("key epoch 1")');
+    const bob = await enter("bob", "secret", { encrypted: true, d });
+    pages.push(bob);
+    await bob.waitForSelector('#e2e-status:has-text("key epoch 1")'); // shared by ada
+    const eve = await enter("eve", "secret", { d }); // in the topic, not in the encrypted room
+    pages.push(eve);
+    for (const name of ["ada", "bob", "eve"]) await ada.waitForSelector(`#members li:has-text("${name}")`);
+
+    const plan = "meet at the north gate at noon";
+    await ada.fill("#text", plan);
+    await ada.click("#say button");
+    for (const page of [ada, bob]) await page.waitForSelector(`#messages li.e2e:text("ada: ${plan}")`);
+    await bob.fill("#text", "noted, bring the map");
+    await bob.click("#say button");
+    await ada.waitForSelector('#messages li.e2e:text("bob: noted, bring the map")');
+    await eve.waitForFunction(() => document.querySelectorAll("#messages li.encrypted").length === 2);
+    // A clear message from eve: members see it marked, and the store scan must find it.
+    await eve.fill("#text", "a clear control line");
+    await eve.click("#say button");
+    await bob.waitForSelector('#messages li.plain:text("eve: a clear control line (not encrypted)")');
+    assert.doesNotMatch(await eve.textContent("#messages"), /north gate|bring the map/);
+    await bob.screenshot({ path: join(shots, "demo-chat-e2e.png") });
+    // Bob leaves: ada, the admin, rotates so he reads nothing sent after.
+    await bob.context().close();
+    pages.splice(pages.indexOf(bob), 1);
+    await ada.waitForSelector('#e2e-status:has-text("key epoch 2")');
+
+    // The daemon's history holds the envelopes, not the words.
+    const res = await fetch(`http://${d.http}/api/v1/history?topic=room/secret&last=10`, {
+      headers: { authorization: `Bearer ${ADMIN}` },
+    });
+    const history = await res.json();
+    assert.equal(history.messages.length, 3, JSON.stringify(history));
+    const envelopes = history.messages.filter((m) => typeof m.data?.ciphertext === "string");
+    assert.equal(envelopes.length, 2);
+    assert.doesNotMatch(JSON.stringify(history), /north gate|bring the map/);
+
+    // So does its store on disk, after a clean stop.
+    await d.stop();
+    const disk = Buffer.concat(filesUnder(join(d.dir, "data")));
+    assert.ok(disk.includes("a clear control line"), "the scan does not see what the daemon stored");
+    assert.ok(disk.includes(envelopes[0].data.ciphertext.slice(0, 40)), "the envelope was not stored");
+    for (const words of ["north gate", "bring the map"]) assert.ok(!disk.includes(words), `"${words}" reached the store`);
+  } finally {
+    for (const page of pages) await page.context().close();
+    await d.dispose();
   }
 });
 

@@ -190,3 +190,36 @@ test('a generated key pair: non-extractable private key, registrable public JWK'
   assert.deepEqual((await e2e.openSealed(jwe, me)).plaintext, new Uint8Array([0, 1, 2, 255]));
   assert.equal(e2e.fingerprint(me.kid).length, 79);
 });
+
+test('any modulus from 2048 to 4096 bits is accepted, multiples of 8 or not; others and e ≠ 65537 are not', async () => {
+  const jwkOf = async (bits) => {
+    const { publicKey } = await crypto.subtle.generateKey(
+      { name: 'RSA-OAEP', modulusLength: bits, publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' },
+      true,
+      ['encrypt', 'decrypt'],
+    );
+    return crypto.subtle.exportKey('jwk', publicKey);
+  };
+  for (const bits of [2050, 2304]) e2e.checkPublicJwk(await jwkOf(bits));
+  // The size check reads the modulus only, so odd numbers of the right length stand in.
+  const odd = (bytes, first) => e2e.b64url(Uint8Array.from({ length: bytes }, (_, i) => (i === 0 ? first : 0x55)));
+  e2e.checkPublicJwk({ kty: 'RSA', n: odd(512, 0xff), e: 'AQAB' });
+  assert.throws(() => e2e.checkPublicJwk({ kty: 'RSA', n: odd(256, 0x7f), e: 'AQAB' }), /2047 bits is too small/);
+  assert.throws(() => e2e.checkPublicJwk({ kty: 'RSA', n: odd(513, 0x01), e: 'AQAB' }), /4097 bits is too large/);
+  assert.throws(() => e2e.checkPublicJwk({ kty: 'RSA', n: odd(384, 0xc1), e: 'Aw' }), /65537/);
+});
+
+test('a scheduled rotation keeps the previous epoch open for messages in flight, and only that one', async () => {
+  const [topic, keys] = ['chat/lobby', 'e2e/keys/chat/lobby'];
+  const bob = new e2e.Inbox(await key('bob'));
+  const epoch1 = e2e.createRoomKey(topic, 1);
+  const epoch2 = e2e.rotateRoomKey(epoch1, 2, { prevOpen: true });
+  const epoch3 = e2e.rotateRoomKey(epoch2, 3, { prevOpen: true });
+  for (const k of [epoch1, epoch2]) await bob.open(keys, 'alice', await e2e.shareRoomKey(k, [publicOf('bob')], keys, 'alice'));
+  const inFlight = await e2e.roomEncrypt(epoch1, topic, 'carol', 'sent as epoch 2 began');
+  assert.equal(e2e.utf8((await bob.open(topic, 'carol', inFlight)).plaintext), 'sent as epoch 2 began');
+  const got = await bob.open(keys, 'alice', await e2e.shareRoomKey(epoch3, [publicOf('bob')], keys, 'alice'));
+  assert.equal(got.key.prev_open, true);
+  const late = await e2e.roomEncrypt(epoch1, topic, 'carol', 'two rotations late');
+  await rejectsWith(bob.open(topic, 'carol', late), 'stale_epoch');
+});

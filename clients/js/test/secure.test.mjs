@@ -141,3 +141,53 @@ test("only the admin rotates, and the daemon orders epochs", async () => {
   const other = await member("oscar");
   await assert.rejects(other.e2e.rotateRoom(room), /not the admin/);
 });
+
+test("a room rotates on its schedule to its current members; history spans the epochs", async () => {
+  const room = "log/scheduled";
+  const [admin, bob, carol] = await Promise.all(["sam", "sid", "sue"].map((u) => member(u)));
+  const rotated = [];
+  admin.e2e.on("rotated", (r) => rotated.push(r));
+  await admin.e2e.createRoom(room, { members: ["sid"], rotateEvery: 300 });
+  await admin.e2e.addMember(room, "sue"); // the current epoch, and every scheduled one after
+  await Promise.all([bob, carol].map((m) => m.e2e.joinRoom(room)));
+  const atBob = await collect(bob.e2e.subscribe(room));
+  await admin.e2e.publishToRoom(room, { text: "one" });
+  await waitFor(atBob.message, 1, "bob reads epoch 1");
+
+  // Epochs 2 and 3 come with nobody asking, and both members get them.
+  await waitFor(rotated, 2, "two scheduled rotations");
+  assert.deepEqual(rotated.slice(0, 2), [
+    { room, epoch: 2, scheduled: true },
+    { room, epoch: 3, scheduled: true },
+  ]);
+  await Promise.all([bob, carol].map((m) => m.e2e.whenRoomKey(room, 3)));
+
+  // Carol is removed: the next epoch and the scheduled ones after it go to bob alone.
+  const { epoch: removedAt } = await admin.e2e.removeMember(room, "sue");
+  const deadline = Date.now() + 10_000;
+  while (!rotated.some((r) => r.scheduled && r.epoch > removedAt)) {
+    assert.ok(Date.now() < deadline, "a scheduled rotation after the removal");
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await bob.e2e.whenRoomKey(room, removedAt + 1);
+  assert.ok(carol.e2e.epochOf(room) < removedAt, `carol holds epoch ${carol.e2e.epochOf(room)}`);
+  await admin.e2e.publishToRoom(room, { text: "later" });
+  await waitFor(atBob.message, 2, "bob reads the scheduled epoch");
+  assert.equal(atBob.message[1].data.text, "later");
+  admin.e2e.close();
+
+  // Bob again, with the same stored key pair: every epoch from the key topic's history,
+  // and the room's history opens across them.
+  const again = await member("sid", bob.store);
+  await again.e2e.joinRoom(room);
+  const history = await collect(again.e2e.subscribe(room, { last: 10 }));
+  await waitFor(history.message, 2, "the history");
+  assert.deepEqual(
+    history.message.map((m) => [m.data.text, m.e2e.epoch === 1]),
+    [
+      ["one", true],
+      ["later", false],
+    ],
+  );
+  assert.equal(history.undecryptable.length, 0);
+});

@@ -8,17 +8,29 @@
 //! does not open is handed back as [`Delivery::Undecryptable`] with its reason, never
 //! dropped, so an application can show "a message you cannot read" instead of a gap.
 //!
+//! Rooms this `E2e` created are administered here: it remembers who was given the last
+//! key and, with [`E2e::rotate_every`], moves the room to a new epoch on a schedule.
+//!
 //! Private-key work (unwrapping content keys) happens here, in the application's process;
 //! see docs/e2e.md on the `rsa` crate's timing advisory and how exposure is limited.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use switchboard_e2e::{seal, Binding, Inbox, Received, SealError};
 pub use switchboard_e2e::{KeyPair, Kind, OpenError, PublicJwk, Reading, RoomKey};
 
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
 use crate::{Client, ClientError, Message};
+
+/// How soon a scheduled rotation that failed (not lost to another admin: failed, e.g.
+/// the connection was down) is tried again, if the interval itself is longer.
+const RETRY: Duration = Duration::from_secs(30);
 
 /// What became of one arrived message.
 #[derive(Debug)]
@@ -59,6 +71,8 @@ pub enum E2eError {
     NoKeys { user: String },
     #[error("no key held for room {0}: create it, or wait for its share")]
     NoRoomKey(String),
+    #[error("room {0} is administered elsewhere: only the E2e that created it keeps its members and rotates it on a schedule")]
+    NotAdmin(String),
     /// Another member moved the room first; wait for that epoch's share.
     #[error("room {room} is already at epoch {current}")]
     Conflict { room: String, current: u64 },
@@ -78,6 +92,34 @@ pub struct E2e {
     client: Client,
     user: String,
     inbox: Mutex<Inbox>,
+    /// Rooms created here, by name.
+    rooms: Mutex<HashMap<String, Admin>>,
+    /// One rotation at a time: a removal must not race the schedule to the same epoch
+    /// (the loser would be refused, and the removed member could get the winner's key).
+    rotating: tokio::sync::Mutex<()>,
+}
+
+/// A room this `E2e` administers: who holds its current key, where shares go, and when
+/// it next rotates on its own.
+struct Admin {
+    members: Vec<String>,
+    key_topic: String,
+    every: Option<Duration>,
+    /// When the scheduled rotation is due: a full interval after the current epoch
+    /// began, whoever began it.
+    due: Instant,
+    schedule: Option<AbortHandle>,
+}
+
+impl Drop for E2e {
+    fn drop(&mut self) {
+        let rooms = self.rooms.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for admin in rooms.values() {
+            if let Some(task) = &admin.schedule {
+                task.abort();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for E2e {
@@ -97,7 +139,14 @@ impl E2e {
             client,
             user: user.into(),
             inbox: Mutex::new(Inbox::new(me)),
+            rooms: Mutex::new(HashMap::new()),
+            rotating: tokio::sync::Mutex::new(()),
         }
+    }
+
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<String, Admin>> {
+        // Each update is one assignment, so a poisoned lock still holds whole entries.
+        self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
@@ -159,25 +208,117 @@ impl E2e {
 
     /// Creates a room's first key and shares it to `members` (user names; this user
     /// holds it already) on `key_topic`. The daemon orders epochs: a room that exists
-    /// already is [`E2eError::Conflict`].
+    /// already is [`E2eError::Conflict`]. This `E2e` is then the room's admin: it
+    /// remembers the members for [`E2e::rotate_every`].
     pub async fn create_room(&self, room: &str, members: &[&str], key_topic: &str) -> Result<u64> {
         let key = RoomKey::create(room, switchboard_core::clock::now_ms());
+        let keys = self.keys_of_all(members).await?;
         self.move_to(&key).await?;
-        self.share(key, members, key_topic).await
+        let epoch = self.share(key, &keys, key_topic).await?;
+        self.administer(room, members, key_topic);
+        Ok(epoch)
     }
 
     /// Moves the room to a new epoch with a fresh key, shared to `members` only: after a
     /// member is removed, pass the remaining ones, and the removed member can read
-    /// nothing sent from now on. The new epoch.
+    /// nothing sent from now on (nor will a scheduled rotation share to them again).
+    /// The new epoch.
     pub async fn rotate_room(&self, room: &str, members: &[&str], key_topic: &str) -> Result<u64> {
+        let _turn = self.rotating.lock().await;
+        self.rotate(room, members, key_topic, RoomKey::rotate).await
+    }
+
+    async fn rotate(
+        &self,
+        room: &str,
+        members: &[&str],
+        key_topic: &str,
+        next: fn(&RoomKey, u64) -> RoomKey,
+    ) -> Result<u64> {
         let next = self
             .inbox()
             .keys
             .current(room)
-            .map(|k| k.rotate(switchboard_core::clock::now_ms()))
+            .map(|k| next(k, switchboard_core::clock::now_ms()))
             .ok_or_else(|| E2eError::NoRoomKey(room.into()))?;
-        self.move_to(&next).await?;
-        self.share(next, members, key_topic).await
+        // Keys first: a room moved to an epoch whose key is never shared would be stuck.
+        let keys = self.keys_of_all(members).await?;
+        if let Err(e) = self.move_to(&next).await {
+            if matches!(e, E2eError::Conflict { .. }) {
+                // Another admin began the epoch: the schedule counts from there.
+                self.restart_schedule(room);
+            }
+            return Err(e);
+        }
+        let epoch = self.share(next, &keys, key_topic).await?;
+        self.administer(room, members, key_topic);
+        Ok(epoch)
+    }
+
+    /// Records who holds the room's new epoch; the schedule counts from now.
+    fn administer(&self, room: &str, members: &[&str], key_topic: &str) {
+        let mut rooms = self.rooms();
+        let admin = rooms.entry(room.to_owned()).or_insert_with(|| Admin {
+            members: Vec::new(),
+            key_topic: String::new(),
+            every: None,
+            due: Instant::now(),
+            schedule: None,
+        });
+        admin.members = members.iter().map(|m| (*m).to_owned()).collect();
+        admin.key_topic = key_topic.to_owned();
+        if let Some(every) = admin.every {
+            admin.due = Instant::now() + every;
+        }
+    }
+
+    fn restart_schedule(&self, room: &str) {
+        if let Some(admin) = self.rooms().get_mut(room) {
+            if let Some(every) = admin.every {
+                admin.due = Instant::now() + every;
+            }
+        }
+    }
+
+    /// Rotates a room this `E2e` created every `every` (`None` stops it): a new epoch
+    /// with a fresh key, shared to the members of the last share, so that whoever
+    /// obtains one epoch's key reads at most one interval of messages. Old epochs stay
+    /// in the keyring for history. A manual [`E2e::rotate_room`], or a new epoch another
+    /// admin began, restarts the interval.
+    ///
+    /// Several admins (this user's other devices, say) may run the same schedule: the
+    /// daemon takes one rotation per epoch, and the others, refused with
+    /// [`E2eError::Conflict`], skip their turn and wait for the winner's share. A
+    /// rotation that fails otherwise is logged and retried after 30 s (or the interval,
+    /// if shorter). The schedule stops when this `E2e` is dropped.
+    pub fn rotate_every(self: &Arc<Self>, room: &str, every: Option<Duration>) -> Result<()> {
+        let mut rooms = self.rooms();
+        let admin = rooms
+            .get_mut(room)
+            .ok_or_else(|| E2eError::NotAdmin(room.into()))?;
+        if let Some(task) = admin.schedule.take() {
+            task.abort();
+        }
+        admin.every = every;
+        if let Some(every) = every {
+            admin.due = Instant::now() + every;
+            let task = tokio::spawn(keep_rotating(Arc::downgrade(self), room.to_owned()));
+            admin.schedule = Some(task.abort_handle());
+        }
+        Ok(())
+    }
+
+    /// When the room's scheduled rotation is due, with what it needs; `None` once the
+    /// schedule is off.
+    fn due(&self, room: &str) -> Option<(Instant, Duration, Vec<String>, String)> {
+        let rooms = self.rooms();
+        let admin = rooms.get(room)?;
+        Some((
+            admin.due,
+            admin.every?,
+            admin.members.clone(),
+            admin.key_topic.clone(),
+        ))
     }
 
     /// Asks the daemon to move the room to this key's epoch (one winner per epoch).
@@ -206,9 +347,8 @@ impl E2e {
         }
     }
 
-    async fn share(&self, key: RoomKey, members: &[&str], key_topic: &str) -> Result<u64> {
-        let keys = self.keys_of_all(members).await?;
-        let envelope = key.share(&keys, key_topic, &self.user)?;
+    async fn share(&self, key: RoomKey, keys: &[PublicJwk], key_topic: &str) -> Result<u64> {
+        let envelope = key.share(keys, key_topic, &self.user)?;
         let epoch = key.epoch;
         // A key we made ourselves cannot contradict one we hold: its epoch is new.
         let _ = self.inbox().keys.insert(key);
@@ -258,11 +398,17 @@ impl E2e {
                 from: m.binding.from,
                 plaintext: m.plaintext,
             },
-            Ok(Received::RoomKey(_, key)) => Delivery::RoomKey {
-                topic: msg.topic.clone(),
-                room: key.room,
-                epoch: key.epoch,
-            },
+            Ok(Received::RoomKey(_, key)) => {
+                if reading == Reading::Live {
+                    // Another admin of a room we administer rotated it.
+                    self.restart_schedule(&key.room);
+                }
+                Delivery::RoomKey {
+                    topic: msg.topic.clone(),
+                    room: key.room,
+                    epoch: key.epoch,
+                }
+            }
             Err(error) => undecryptable(error),
         }
     }
@@ -290,6 +436,55 @@ impl E2e {
             });
         }
         Ok(serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+}
+
+/// The scheduled rotation of one room; holds the `E2e` only while rotating. Stopping
+/// the schedule aborts this task only while it waits: each rotation runs as a task of
+/// its own, so it is never cut between moving the epoch and sharing its key.
+async fn keep_rotating(me: Weak<E2e>, room: String) {
+    loop {
+        let Some((due, ..)) = me.upgrade().and_then(|e2e| e2e.due(&room)) else {
+            return;
+        };
+        tokio::time::sleep_until(due).await;
+        let Some(e2e) = me.upgrade() else { return };
+        let room = room.clone();
+        let turn = tokio::spawn(async move { e2e.scheduled_rotation(&room).await });
+        if !matches!(turn.await, Ok(true)) {
+            return;
+        }
+    }
+}
+
+impl E2e {
+    /// One turn of the schedule, if it is still due; whether the schedule goes on.
+    async fn scheduled_rotation(&self, room: &str) -> bool {
+        let _turn = self.rotating.lock().await;
+        let Some((due, every, members, key_topic)) = self.due(room) else {
+            return false;
+        };
+        if due > Instant::now() {
+            return true; // someone began an epoch meanwhile
+        }
+        let members: Vec<&str> = members.iter().map(String::as_str).collect();
+        // Nobody was removed: the previous epoch stays open for messages in flight.
+        let rotated = self
+            .rotate(room, &members, &key_topic, RoomKey::rotate_scheduled)
+            .await;
+        match rotated {
+            Ok(epoch) => tracing::debug!(room, epoch, "room key rotated on schedule"),
+            Err(E2eError::Conflict { current, .. }) => {
+                tracing::debug!(room, current, "another admin rotated the room first");
+            }
+            Err(error) => {
+                tracing::warn!(room, %error, "scheduled room key rotation failed; trying again");
+                if let Some(admin) = self.rooms().get_mut(room) {
+                    admin.due = Instant::now() + every.min(RETRY);
+                }
+            }
+        }
+        true
     }
 }
 
