@@ -108,6 +108,11 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # (docs/architecture.md).
 python3 scripts/layers.py
 
+# No dependency with a known vulnerability: Cargo.lock against the RustSec database kept in
+# third_party/ (GitHub, where `cargo audit` fetches it, is out of reach), with the ignores
+# and their reasons in .cargo/audit.toml.
+cargo run --quiet -p switchboard-advisories
+
 # HAProxy, nginx and redis-server are installed above: tests/loadbalancer.rs fails instead
 # of skipping without them.
 export CLUSTER_TOOLS=required
