@@ -648,6 +648,11 @@ impl Broker {
         self.shared.registry.connected()
     }
 
+    /// The device connected with this client id, if there is one.
+    pub fn device(&self, client_id: &str) -> Option<Connected> {
+        self.shared.registry.shown(client_id)
+    }
+
     /// Closes a device's connection for an operator: an MQTT 5 device is told
     /// "administrative action", its Last Will fires and a persistent session stays for
     /// its expiry, as when a connection is lost. False if no device with this client id

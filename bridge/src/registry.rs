@@ -99,6 +99,11 @@ impl Registry {
             .collect()
     }
 
+    /// The device admitted with `client_id`, if it is connected.
+    pub fn shown(&self, client_id: &str) -> Option<Connected> {
+        self.lock().live.get(client_id)?.shown.get().cloned()
+    }
+
     /// Asks the connection admitted with `client_id` to close; false if there is none.
     pub fn kick(&self, client_id: &str) -> bool {
         let inner = self.lock();

@@ -190,11 +190,7 @@ fn find(hub: &Hub, id: &str) -> Result<Arc<Session>, ApiError> {
 /// The connected device behind `mqtt:<client id>`, if `id` is one.
 fn find_device(broker: Option<&Broker>, id: &str) -> Option<Result<Connected, ApiError>> {
     let client_id = id.strip_prefix(MQTT_PREFIX)?;
-    let found = broker.and_then(|b| {
-        b.connected()
-            .into_iter()
-            .find(|c| c.device.client_id == client_id)
-    });
+    let found = broker.and_then(|b| b.device(client_id));
     Some(found.ok_or_else(|| not_found(id)))
 }
 
