@@ -8,17 +8,22 @@
 // Chromium inherits the bench's core (1); the server has core 0 to itself.
 //
 //   node clients/js/bench/dashboards.mjs [--pages 5] [--alternations 2]
+//   node clients/js/bench/dashboards.mjs --idle [--pages 5] [--seconds 20]
 //
 // Reports per run: deliveries/s at saturation, the server's CPU at saturation and at
 // the light load (100,000 deliveries/s), and its peak RSS. Needs Debian's chromium
 // (or $CHROMIUM) and the release build `cargo bench` makes.
+//
+// `--idle`: the dashboards' own cost, without the bench: a daemon ($SWITCHBOARD_BIN,
+// else the release build) with nothing else to do, its CPU time over `--seconds` with
+// no dashboard, then with the pages open.
 
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { ADMIN, launchChromium } from "../test/daemon.mjs";
+import { ADMIN, launchChromium, startDaemon } from "../test/daemon.mjs";
 
 const args = process.argv.slice(2);
 const option = (name, fallback) => {
@@ -28,7 +33,42 @@ const option = (name, fallback) => {
 const pages = Number(option("--pages", 5));
 
 if (args.includes("--attach")) await attach(pages, option("--out"));
+else if (args.includes("--idle")) await idle(pages, Number(option("--seconds", 20)));
 else drive(pages, Number(option("--alternations", 2)));
+
+/** A process's CPU time (user + system, all threads) in seconds. */
+function cpuSeconds(pid) {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in USER_HZ
+}
+
+async function idle(count, seconds) {
+  const repo = join(dirname(fileURLToPath(import.meta.url)), "../../..");
+  process.env.SWITCHBOARD_BIN ??= join(process.env.CARGO_TARGET_DIR ?? join(repo, "target"), "release/switchboard");
+  const daemon = await startDaemon();
+  const pid = daemon.child.pid;
+  const window = async () => {
+    const start = cpuSeconds(pid);
+    await new Promise((r) => setTimeout(r, seconds * 1000));
+    return (cpuSeconds(pid) - start) / seconds;
+  };
+  const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))[1]) / 1024;
+  const before = { cpu: await window(), rss: rss() };
+  const browser = await launchChromium();
+  const context = await browser.newContext();
+  await context.addInitScript((token) => sessionStorage.setItem("switchboard.token", token), ADMIN);
+  for (let i = 0; i < count; i++) {
+    const page = await context.newPage();
+    await page.goto(`http://${daemon.http}/dashboard/#overview`);
+    await page.waitForFunction(() => Number(document.getElementById("rate")?.dataset.points) >= 1);
+  }
+  const open = { cpu: await window(), rss: rss() };
+  await browser.close();
+  await daemon.dispose();
+  const pct = (x) => `${(x * 100).toFixed(2)}%`;
+  console.log(`daemon CPU over ${seconds} s: ${pct(before.cpu)} of a core with no dashboard, ${pct(open.cpu)} with ${count} open`);
+  console.log(`daemon RSS: ${before.rss.toFixed(1)} MiB, then ${open.rss.toFixed(1)} MiB`);
+}
 
 /** Beside one server: open `count` overview pages, say so, sample RSS until stdin ends. */
 async function attach(count, out) {
