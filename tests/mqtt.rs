@@ -10,9 +10,11 @@ use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, Command};
 use std::time::Duration;
 
-use common::creds::password_file;
+use common::creds::{password_file, user_token, Secrets, ADMIN};
+use common::http::{api, call, code, get, subscribed_as};
 use common::{mosquitto_pub, spawn_lines, unhex, Daemon, MosquittoSub, Raw};
 use futures_util::StreamExt;
+use reqwest::StatusCode;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1204,4 +1206,97 @@ async fn connection_limit_refuses_with_server_unavailable() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     still_works(&d, "after the limit").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 11. Operators: devices in the client list
+// ---------------------------------------------------------------------------------------
+
+/// MQTT devices are listed beside WebSocket clients with what an operator needs, and an
+/// operator can close one: the device sees its connection end (MQTT 5: 0x98,
+/// administrative action) and its Last Will fires.
+#[tokio::test]
+async fn admins_list_and_disconnect_mqtt_devices() {
+    let secrets = Secrets::new();
+    let file = password_file(secrets.dir.path(), &[("node", "s3cret")]);
+    let d = Daemon::start(&secrets.config(&format!(
+        "[mqtt]\nallow_anonymous = false\npassword_file = \"{file}\"\n"
+    )));
+    let mut o = PahoOpts::new("5", "dev-5");
+    o.login = Some(("node", "s3cret"));
+    o.will = Some(("wills/dev-5", br#"{"gone":true}"#, false));
+    let mut dev = Paho::connect_with(mqtt_port(&d), o).await;
+    assert_eq!(dev.subscribe(&[("cmd/dev-5/#", 1)]).await, vec![1]);
+    let mut o = PahoOpts::new("3.1.1", "dev-ws");
+    o.login = Some(("node", "s3cret"));
+    o.websocket = true;
+    let ws_port = d.mqtt_ws.expect("MQTT/WebSocket listener").port();
+    let _ws_dev = Paho::connect_with(ws_port, o).await;
+    let mut admin = subscribed_as(&d, ADMIN, "wills/#").await;
+
+    let (s, v) = get(&api(&d, "/clients"), Some(ADMIN)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let clients = v["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 3, "{v}");
+    let listed = |id: &str| clients.iter().find(|c| c["id"] == id).cloned();
+    let dev5 = listed("mqtt:dev-5").unwrap_or_else(|| panic!("dev-5 not listed: {v}"));
+    assert_eq!(dev5["client_id"], "dev-5");
+    assert_eq!(dev5["user"], "node");
+    assert_eq!(dev5["transport"], "mqtt");
+    assert_eq!(dev5["protocol"], "mqtt/5");
+    assert_eq!(dev5["subscriptions"], json!(["cmd/dev-5/#"]));
+    assert!(
+        dev5["address"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{dev5}"
+    );
+    assert!(dev5["connected_at"].as_u64().unwrap() > 1_700_000_000_000);
+    let will =
+        json!({"topic":"wills/dev-5","data":{"gone":true},"retain":false,"qos":0,"delay_s":0});
+    assert_eq!(dev5["will"], will);
+    let over_ws = listed("mqtt:dev-ws").unwrap_or_else(|| panic!("dev-ws not listed: {v}"));
+    assert_eq!(over_ws["transport"], "mqtt-ws");
+    assert_eq!(over_ws["protocol"], "mqtt/3.1.1");
+    assert_eq!(over_ws["will"], Value::Null);
+    assert!(clients.iter().any(|c| c["transport"] == "ws"), "{v}");
+    let (_, by_user) = get(&api(&d, "/clients?user=node"), Some(ADMIN)).await;
+    assert_eq!(by_user["clients"].as_array().unwrap().len(), 2, "{by_user}");
+
+    let url = api(&d, "/clients/mqtt:dev-5");
+    let (s, one) = get(&url, Some(ADMIN)).await;
+    assert_eq!((s, &one["will"]), (StatusCode::OK, &will));
+
+    // Only the admin may list or close; an unknown device is 404.
+    let alice = user_token("alice", json!({"subscribe":["#"]}));
+    let (s, v) = get(&api(&d, "/clients"), Some(&alice)).await;
+    assert_eq!((s, code(&v)), (StatusCode::FORBIDDEN, "forbidden"));
+    let (s, _, _) = call(reqwest::Method::DELETE, &url, Some(&alice), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let nobody = api(&d, "/clients/mqtt:nobody");
+    let (s, v, _) = call(reqwest::Method::DELETE, &nobody, Some(ADMIN), None).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+
+    let (s, _, _) = call(reqwest::Method::DELETE, &url, Some(ADMIN), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let gone = dev.expect_disconnected().await;
+    assert_eq!(
+        (&gone["event"], &gone["reason"]),
+        (&json!("disconnect"), &json!(0x98)),
+        "{gone}"
+    );
+    let fired = admin.next_msg().await;
+    assert_eq!(
+        (&fired["topic"], &fired["data"]),
+        (&json!("wills/dev-5"), &json!({"gone":true}))
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (s, _) = get(&url, Some(ADMIN)).await;
+        if s == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "dev-5 still listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (s, _, _) = call(reqwest::Method::DELETE, &url, Some(ADMIN), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 }

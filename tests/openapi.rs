@@ -11,7 +11,7 @@ mod common;
 use std::process::Command;
 
 use common::creds::{Secrets, ADMIN};
-use common::{Daemon, Raw};
+use common::{Daemon, MosquittoSub, Raw};
 use serde_json::json;
 
 fn schemathesis(args: &[String]) -> (bool, String) {
@@ -45,6 +45,14 @@ async fn the_served_document_matches_the_implementation() {
         ws.request(json!({"op":"sub","topic":"room/1"})).await["op"],
         "ok"
     );
+    // And an MQTT device with a Last Will, listed beside it.
+    let port = d.mqtt.expect("MQTT listener").port();
+    let will = ["--will-topic", "room/dev", "--will-payload", "gone"];
+    let _device = MosquittoSub::start(
+        port,
+        &[&["-i", "dev-1", "-t", "room/2"][..], &will].concat(),
+    )
+    .await;
 
     let seed = std::env::var("SWITCHBOARD_SCHEMATHESIS_SEED").unwrap_or_else(|_| "1".into());
     let url = format!("http://{}/api/v1/openapi.json", d.http);

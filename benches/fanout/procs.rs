@@ -14,6 +14,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Env var that turns this binary into the baseline server; its value is the address.
 pub const BASELINE_ENV: &str = "FANOUT_BENCH_BASELINE";
 
+/// Env var naming a shell command run beside every switchboard server (with `SB_HTTP`
+/// and `SB_PID` set), for load the bench does not make itself: the case starts once the
+/// command prints a line, and the command is told to finish by its stdin closing.
+/// `clients/js/bench/dashboards.mjs` opens dashboards this way.
+pub const ATTACH_ENV: &str = "FANOUT_BENCH_ATTACH";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Switchboard,
@@ -33,7 +39,50 @@ pub struct Server {
     pub kind: Kind,
     pub addr: SocketAddr,
     child: Child,
+    /// Dropped before `child`: what `ATTACH_ENV` started finishes while the server runs.
+    attached: Option<Attached>,
     _dir: tempfile::TempDir,
+}
+
+/// The command of [`ATTACH_ENV`], running.
+struct Attached(Child);
+
+impl Attached {
+    fn start(command: &str, addr: SocketAddr, pid: u32) -> Attached {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .env("SB_HTTP", addr.to_string())
+            .env("SB_PID", pid.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("cannot start the FANOUT_BENCH_ATTACH command");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        let read = std::io::BufReader::new(stdout).read_line(&mut line);
+        assert!(
+            matches!(read, Ok(n) if n > 0),
+            "the FANOUT_BENCH_ATTACH command ended before it was ready"
+        );
+        eprintln!("  attached: {}", line.trim());
+        Attached(child)
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        for _ in 0..200 {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 impl Server {
@@ -81,10 +130,15 @@ impl Server {
             .spawn()
             .expect("cannot start the server");
         let addr = read_listening(&mut child, kind, dir.path());
+        let attached = match (kind, std::env::var(ATTACH_ENV)) {
+            (Kind::Switchboard, Ok(command)) => Some(Attached::start(&command, addr, child.id())),
+            _ => None,
+        };
         Server {
             kind,
             addr,
             child,
+            attached,
             _dir: dir,
         }
     }
@@ -106,6 +160,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        drop(self.attached.take());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

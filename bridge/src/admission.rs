@@ -24,7 +24,8 @@ use crate::codec::Codec;
 use crate::registry::{PacketIds, Slot};
 use crate::transport::Stream;
 use crate::{
-    Credentials, Denied, Device, DeviceSession, Permissions, Refusal, Shared, Transport, Version,
+    Connected, Credentials, Denied, Device, DeviceSession, Permissions, Refusal, Shared, Transport,
+    Version, WillShown,
 };
 
 /// Longest client id we accept. MQTT only promises 23 characters; 128 covers MAC- and
@@ -153,7 +154,13 @@ impl Admission {
             self.release(&client_id.id, &slot);
             return Err(NotAdmitted);
         }
-        let device = self.announce(client_id.id, username, permissions.as_ref());
+        let device = self.announce(
+            client_id.id,
+            username,
+            permissions.as_ref(),
+            &slot,
+            will.as_ref(),
+        );
         Ok(Admitted {
             stream: self.stream,
             codec: self.codec,
@@ -362,12 +369,15 @@ impl Admission {
         slot.gone.cancel();
     }
 
-    /// The device as the rest of the daemon knows it, counted and announced.
+    /// The device as the rest of the daemon knows it, counted, shown to operators and
+    /// announced (in that order, so whoever hears the announcement finds it listed).
     fn announce(
         &self,
         client_id: String,
         username: Option<String>,
         permissions: &dyn Permissions,
+        slot: &Slot,
+        will: Option<&Will>,
     ) -> Device {
         let version = self.codec.version();
         // A name the gate chose (a certificate's common name) replaces the CONNECT one.
@@ -385,6 +395,17 @@ impl Admission {
             .fetch_add(1, Ordering::Relaxed);
         self.shared.stats.connections_by_transport[self.transport as usize]
             .fetch_add(1, Ordering::Relaxed);
+        let _ = slot.shown.set(Connected {
+            device: device.clone(),
+            since_ms: switchboard_core::clock::now_ms(),
+            will: will.map(|w| WillShown {
+                topic: w.topic.clone(),
+                payload: w.payload.clone(),
+                retain: w.retain,
+                qos: w.qos,
+                delay: w.delay,
+            }),
+        });
         self.shared.ingress.connected(&device);
         // At debug: the disconnect line says the rest, so a connect storm costs one
         // line per device, not two.

@@ -193,6 +193,26 @@ pub struct Device {
     pub remote: SocketAddr,
 }
 
+/// A connected device as an operator sees it ([`Broker::connected`]).
+#[derive(Debug, Clone)]
+pub struct Connected {
+    pub device: Device,
+    /// When it was admitted, milliseconds since the Unix epoch.
+    pub since_ms: u64,
+    pub will: Option<WillShown>,
+}
+
+/// A connected device's Last Will, as it will be published if the device is lost.
+#[derive(Debug, Clone)]
+pub struct WillShown {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+    pub retain: bool,
+    pub qos: u8,
+    /// MQTT 5's Will Delay Interval (zero: at once).
+    pub delay: Duration,
+}
+
 /// Why a CONNECT was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -264,6 +284,9 @@ pub enum Gone {
     /// Its credential or a subscription it held is no longer allowed (a reload changed
     /// the rules): the server closed it, without its Last Will.
     Revoked,
+    /// An operator closed it ([`Broker::disconnect`]); its Last Will fired, as MQTT
+    /// requires when the server closes a connection the device did not end.
+    Kicked,
 }
 
 impl Gone {
@@ -274,6 +297,7 @@ impl Gone {
             Gone::TakenOver => "taken_over",
             Gone::Shutdown => "shutdown",
             Gone::Revoked => "revoked",
+            Gone::Kicked => "kicked",
         }
     }
 }
@@ -617,6 +641,24 @@ impl Broker {
     /// do from its SUBACKs.
     pub fn recheck(&self) {
         self.shared.recheck.send_modify(|n| *n += 1);
+    }
+
+    /// The devices connected now, in no particular order.
+    pub fn connected(&self) -> Vec<Connected> {
+        self.shared.registry.connected()
+    }
+
+    /// The device connected with this client id, if there is one.
+    pub fn device(&self, client_id: &str) -> Option<Connected> {
+        self.shared.registry.shown(client_id)
+    }
+
+    /// Closes a device's connection for an operator: an MQTT 5 device is told
+    /// "administrative action", its Last Will fires and a persistent session stays for
+    /// its expiry, as when a connection is lost. False if no device with this client id
+    /// is connected.
+    pub fn disconnect(&self, client_id: &str) -> bool {
+        self.shared.registry.kick(client_id)
     }
 
     /// Stops accepting, disconnects every device (without firing Last Wills) and waits

@@ -4,9 +4,11 @@
 //! cancelled by the device coming back.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio_util::sync::CancellationToken;
+
+use crate::Connected;
 
 /// One live session's handle, as seen by the next session with the same client id.
 #[derive(Clone)]
@@ -16,6 +18,11 @@ pub(crate) struct Slot {
     pub take_over: CancellationToken,
     /// Cancelled by the session once it has fully left.
     pub gone: CancellationToken,
+    /// Cancelled to close the connection for an operator ([`crate::Broker::disconnect`]).
+    pub kick: CancellationToken,
+    /// What an operator is shown, set once the device is admitted: until then the id is
+    /// claimed but no device is connected with it.
+    pub shown: Arc<OnceLock<Connected>>,
 }
 
 #[derive(Default)]
@@ -58,6 +65,8 @@ impl Registry {
             serial: inner.next_serial,
             take_over: CancellationToken::new(),
             gone: CancellationToken::new(),
+            kick: CancellationToken::new(),
+            shown: Arc::default(),
         };
         for waiting in [&mut inner.pending_wills, &mut inner.kept_sessions] {
             if let Some((_, token)) = waiting.remove(client_id) {
@@ -77,6 +86,33 @@ impl Registry {
             .is_some_and(|s| s.serial == serial)
         {
             inner.live.remove(client_id);
+        }
+    }
+
+    /// The devices admitted and still connected.
+    pub fn connected(&self) -> Vec<Connected> {
+        let inner = self.lock();
+        inner
+            .live
+            .values()
+            .filter_map(|s| s.shown.get().cloned())
+            .collect()
+    }
+
+    /// The device admitted with `client_id`, if it is connected.
+    pub fn shown(&self, client_id: &str) -> Option<Connected> {
+        self.lock().live.get(client_id)?.shown.get().cloned()
+    }
+
+    /// Asks the connection admitted with `client_id` to close; false if there is none.
+    pub fn kick(&self, client_id: &str) -> bool {
+        let inner = self.lock();
+        match inner.live.get(client_id) {
+            Some(slot) if slot.shown.get().is_some() => {
+                slot.kick.cancel();
+                true
+            }
+            _ => false,
         }
     }
 

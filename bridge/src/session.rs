@@ -315,7 +315,7 @@ impl Running {
             why = why.as_str(),
             "device disconnected"
         );
-        if why == Gone::Lost {
+        if matches!(why, Gone::Lost | Gone::Kicked) {
             if let Some(will) = self.will.take() {
                 fire_will(self.shared.clone(), self.device.clone(), will);
             }
@@ -423,6 +423,11 @@ impl Running {
                 _ = self.slot.take_over.cancelled() => {
                     self.say_why(DisconnectReasonCode::SessionTakenOver).await;
                     return Gone::TakenOver;
+                }
+                _ = self.slot.kick.cancelled() => {
+                    tracing::info!(client_id = self.device.client_id, "closing MQTT connection: disconnected by an operator");
+                    self.say_why(DisconnectReasonCode::AdministrativeAction).await;
+                    return Gone::Kicked;
                 }
                 _ = self.shared.shutdown.cancelled() => return Gone::Shutdown,
                 changed = self.recheck.changed() => {

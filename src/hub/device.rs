@@ -243,6 +243,14 @@ impl Hub {
         true
     }
 
+    /// The filters a device's session holds, sorted; `None` if it has no session.
+    pub fn device_filters(&self, client_id: &str) -> Option<Vec<String>> {
+        let session = lock(&self.devices).get(client_id).cloned()?;
+        let mut filters = session.filters();
+        filters.sort();
+        Some(filters)
+    }
+
     /// Device sessions kept now, live or waiting for their device.
     pub fn device_sessions(&self) -> usize {
         lock(&self.devices).len()

@@ -14,6 +14,8 @@ let sb = null;
 let pollTimer = null;
 /** Device id → the data of its latest `$devices/<id>` notice. */
 const devices = new Map();
+/** Device id → its Last Will (`null`: none), as the client list last showed it. */
+const wills = new Map();
 const rates = { in: [], out: [], last: null };
 
 /** `h("td", { class: "x" }, "text", child)`: an element with text and children. */
@@ -104,8 +106,12 @@ function start() {
   const status = sb.subscribe("$devices/+");
   status.on("message", (m) => {
     devices.set(m.topic.slice("$devices/".length), m.data ?? {});
-    if (current() === "devices") renderDevices();
-    if (current() === "clients") renderMqtt();
+    if (current() === "devices") {
+      renderDevices();
+      // A device that came (back) may carry a new will: asked at most 4 times a second.
+      if (m.data?.online) learnWills();
+    }
+    if (current() === "clients") clients().catch((e) => console.warn(e));
   });
   status.ready.catch(() => {});
   window.addEventListener("hashchange", show);
@@ -114,7 +120,7 @@ function start() {
 
 // ---- pages ----
 
-const pages = { overview, clients, devices: renderDevices, topics, live: () => {}, publish: () => {}, recordings, webhooks };
+const pages = { overview, clients, devices: refreshDevices, topics, live: () => {}, publish: () => {}, recordings, webhooks, bridges };
 const current = () => (location.hash.slice(1) in pages ? location.hash.slice(1) : "overview");
 
 function show() {
@@ -174,24 +180,38 @@ async function overview() {
   $("ov-cards").replaceChildren(...cards.map(([label, value]) => h("div", { class: "stat" }, h("b", {}, value), h("span", {}, label))));
 }
 
+const disconnectButton = (id) => h("button", { class: "danger", "data-client": id, onclick: () => disconnect(id) }, "Disconnect");
+
 async function clients() {
-  renderMqtt();
   const { clients } = await api("GET", "/clients");
+  const mqtt = clients.filter((c) => c.transport !== "ws");
+  for (const c of mqtt) wills.set(c.client_id, c.will);
   fillTable(
     $("cl-ws"),
     ["id", "user", "credential", "since", "subscriptions", ""],
-    clients.map((c) => [
+    clients.filter((c) => c.transport === "ws").map((c) => [
       c.id === sb.clientId ? `${c.id} (this dashboard)` : c.id,
       c.user ?? "",
       c.credential,
       time(c.connected_at),
       c.subscriptions.join(", "),
-      c.id === sb.clientId
-        ? ""
-        : h("button", { class: "danger", "data-client": c.id, onclick: () => disconnect(c.id) }, "Disconnect"),
+      c.id === sb.clientId ? "" : disconnectButton(c.id),
     ]),
     "no WebSocket clients",
   );
+  fillTable(
+    $("cl-mqtt"),
+    ["id", "user", "protocol", "transport", "address", "since", "subscriptions", "last will", ""],
+    mqtt.map((c) => [c.client_id, c.user ?? "", c.protocol, c.transport, c.address, time(c.connected_at), c.subscriptions.join(", "), willText(c.will), disconnectButton(c.id)]),
+    "no MQTT devices connected",
+  );
+}
+
+/** A Last Will for people: where it goes and what it says. */
+function willText(will) {
+  if (!will) return "none";
+  const flags = [will.retain ? "retained" : "", will.qos ? `QoS ${will.qos}` : "", will.delay_s ? `after ${will.delay_s} s` : ""].filter(Boolean);
+  return `${will.topic} = ${describe(will.data)}${flags.length ? ` (${flags.join(", ")})` : ""}`;
 }
 
 async function disconnect(id) {
@@ -199,21 +219,41 @@ async function disconnect(id) {
   await clients();
 }
 
-function renderMqtt() {
-  const online = [...devices].filter(([, d]) => d.online);
-  fillTable(
-    $("cl-mqtt"),
-    ["id", "user", "protocol", "transport", "since"],
-    online.map(([id, d]) => [id, d.username ?? "", d.protocol ?? "", d.transport ?? "", time(d.ts)]),
-    "no MQTT devices online",
-  );
+/**
+ * The devices page: status from the `$devices` notices, Last Wills from the client list
+ * (admin only: another credential sees no wills). A will is known while its device is
+ * connected; this tab remembers it after, to say whether it was published.
+ */
+async function refreshDevices() {
+  renderDevices();
+  const listed = await api("GET", "/clients").catch(() => null);
+  for (const c of listed?.clients ?? []) if (c.transport !== "ws") wills.set(c.client_id, c.will);
+  renderDevices();
+}
+
+let willsTimer = 0;
+function learnWills() {
+  willsTimer ||= setTimeout(() => {
+    willsTimer = 0;
+    refreshDevices().catch((e) => console.warn(e));
+  }, 250);
+}
+
+/** What became of a device's will, by why it went (docs/protocol.md, device status). */
+function willCell(id, d) {
+  if (!wills.has(id)) return "unknown";
+  const will = wills.get(id);
+  if (!will) return "none";
+  if (d.online) return willText(will);
+  const fired = d.reason === "lost" || d.reason === "kicked";
+  return `${fired ? "published" : "not published"}: ${willText(will)}`;
 }
 
 function renderDevices() {
   const rows = [...devices].sort(([a], [b]) => a.localeCompare(b));
   fillTable(
     $("dev-table"),
-    ["device", "status", "user", "transport", "last seen", "reason"],
+    ["device", "status", "user", "transport", "last seen", "reason", "last will"],
     rows.map(([id, d]) => [
       id,
       h("span", { class: `badge ${d.online ? "online" : "offline"}`, "data-device": id }, d.online ? "online" : "offline"),
@@ -221,6 +261,7 @@ function renderDevices() {
       `${d.protocol ?? ""} ${d.transport ?? ""}`,
       d.online ? "now" : time(d.ts),
       d.reason ?? "",
+      h("span", { "data-will": id }, willCell(id, d)),
     ]),
     "no devices seen",
   );
@@ -491,6 +532,31 @@ $("rc-import").addEventListener("change", async () => {
   $("rc-import").value = "";
   await recordings();
 });
+
+// ---- bridges ----
+
+async function bridges() {
+  const { bridges: list } = await api("GET", "/bridges");
+  fillTable(
+    $("br-table"),
+    ["name", "kind", "address", "state", "last connected", "queue", "forwarded", "received", "refused", "dropped", "attempts", "last error"],
+    list.map((b) => [
+      b.name,
+      b.kind,
+      b.address,
+      h("span", { class: `badge ${b.connected ? "online" : "offline"}`, "data-bridge": b.name }, b.connected ? "connected" : "down"),
+      time(b.connected_at),
+      h("span", { "data-queue": b.name }, `${b.queue_messages} msgs, ${bytes(b.queue_bytes)}`),
+      b.forwarded,
+      b.received,
+      b.refused,
+      b.dropped,
+      b.connect_attempts,
+      h("span", { "data-error": b.name }, b.last_error ?? ""),
+    ]),
+    "no bridges configured",
+  );
+}
 
 // ---- webhooks ----
 

@@ -282,3 +282,52 @@ export async function launchChromium() {
     args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--disable-background-networking"],
   });
 }
+
+/** A free TCP port on 127.0.0.1 (bound, read, released). */
+async function freePort() {
+  const server = net.createServer();
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/**
+ * Debian's Mosquitto on a free port, anonymous and in memory, listening once this
+ * returns: another broker for bridge tests. `stop()` kills it; `start()` starts it again
+ * on the same port.
+ */
+export async function startMosquitto() {
+  const dir = mkdtempSync(join(tmpdir(), "sb-mosquitto-"));
+  const port = await freePort();
+  const conf = join(dir, "mosquitto.conf");
+  // As root, Mosquitto would drop to user `mosquitto`; unprivileged it keeps its user.
+  const root = process.getuid?.() === 0 ? "user root\n" : "";
+  writeFileSync(conf, `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\n${root}`);
+  const broker = { port, child: null };
+  broker.start = async () => {
+    broker.child = spawn("mosquitto", ["-c", conf], { stdio: "ignore" });
+    await until(
+      () =>
+        new Promise((resolve) => {
+          const socket = net.connect(port, "127.0.0.1", () => resolve(socket.end() && true));
+          socket.on("error", () => resolve(false));
+        }),
+      "mosquitto to listen",
+    );
+  };
+  broker.stop = async () => {
+    const child = broker.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    await new Promise((resolve) => {
+      child.once("exit", resolve);
+      child.kill("SIGKILL");
+    });
+  };
+  broker.dispose = async () => {
+    await broker.stop();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  await broker.start();
+  return broker;
+}

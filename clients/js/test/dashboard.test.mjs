@@ -8,18 +8,21 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import http from "node:http";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, test } from "node:test";
 import WebSocket from "ws";
 import { Client } from "../src/index.js";
-import { ADMIN, launchChromium, mqttPublish, mqttSubscribe, startDaemon, until } from "./daemon.mjs";
+import { ADMIN, launchChromium, mqttPublish, mqttSubscribe, startDaemon, startMosquitto, until } from "./daemon.mjs";
 
 const shots = resolve(process.env.SCREENSHOT_DIR ?? mkdtempSync(join(tmpdir(), "sb-shots-")));
 mkdirSync(shots, { recursive: true });
 
 let daemon;
 let browser;
+/** Another broker, which the daemon bridges `up/#` to. */
+let mosquitto;
 /** The webhook endpoint: answers `hookStatus`, keeps what it was sent. */
 let hookStatus = 500;
 const hooked = [];
@@ -36,7 +39,8 @@ const violations = [];
 
 before(async () => {
   await new Promise((r) => endpoint.listen(0, "127.0.0.1", r));
-  daemon = await startDaemon({ extra: webhook(endpoint.address().port) });
+  mosquitto = await startMosquitto();
+  daemon = await startDaemon({ extra: webhook(endpoint.address().port) + bridge(mosquitto.port) });
   browser = await launchChromium();
 });
 
@@ -55,9 +59,24 @@ retry_initial = "10ms"
 `;
 }
 
+/** A bridge sending `up/#` to `port`, quick to reconnect. */
+function bridge(port) {
+  return `
+[[bridges]]
+name = "up"
+address = "127.0.0.1:${port}"
+reconnect_min = "100ms"
+reconnect_max = "300ms"
+[[bridges.topics]]
+pattern = "up/#"
+direction = "out"
+`;
+}
+
 after(async () => {
   await browser?.close();
   await daemon?.dispose();
+  await mosquitto?.dispose();
   endpoint.close();
 });
 
@@ -158,13 +177,21 @@ test("an MQTT device shows online on the devices and clients pages, and offline 
     await page.click('a[href="#devices"]');
     const badge = '#dev-table [data-device="dash-dev-1"]';
     await page.waitForSelector(`${badge}:text("online")`);
+    const will = '#dev-table [data-will="dash-dev-1"]';
+    await page.waitForSelector(`${will}:text("dev/dash-dev-1/will = gone")`);
     await shot(page, "devices");
     await page.click('a[href="#clients"]');
-    await page.waitForSelector('#cl-mqtt td:text("dash-dev-1")');
+    const row = '#cl-mqtt tr:has(td:text("dash-dev-1"))';
+    await page.waitForSelector(row);
+    const cells = await page.locator(`${row} td`).allTextContents();
+    assert.deepEqual(cells.slice(0, 4), ["dash-dev-1", "", "mqtt/3.1.1", "mqtt"]);
+    assert.match(cells[4], /^127\.0\.0\.1:\d+$/);
+    assert.deepEqual(cells.slice(6, 8), ["cmd/dash-dev-1", "dev/dash-dev-1/will = gone"]);
     await page.click('a[href="#devices"]');
     device.child.kill("SIGKILL");
     await page.waitForSelector(`${badge}:text("offline")`);
     assert.match(await page.textContent("#dev-table"), /lost/);
+    await page.waitForSelector(`${will}:text("published: dev/dash-dev-1/will = gone")`);
   } finally {
     device.stop();
     await page.context().close();
@@ -237,6 +264,43 @@ test("disconnecting a WebSocket client from the clients page closes it and remov
     await page.waitForSelector(button, { state: "detached" });
   } finally {
     await victim.close();
+    await page.context().close();
+  }
+});
+
+/** An MQTT 3.1.1 device in raw bytes: CONNECT (client id, a will), CONNACK awaited. */
+async function rawDevice(id, willTopic, willMessage) {
+  const str = (t) => {
+    const b = Buffer.from(t);
+    return Buffer.concat([Buffer.from([b.length >> 8, b.length & 255]), b]);
+  };
+  // Protocol "MQTT" level 4; flags: clean session, will (QoS 0); keep-alive 60 s.
+  const body = Buffer.concat([str("MQTT"), Buffer.from([4, 0x06, 0, 60]), str(id), str(willTopic), str(willMessage)]);
+  const socket = net.connect(daemon.mqttPort, "127.0.0.1");
+  const closed = new Promise((resolve) => socket.on("close", resolve));
+  const connack = new Promise((resolve) => socket.once("data", resolve));
+  socket.write(Buffer.concat([Buffer.from([0x10, body.length]), body]));
+  assert.deepEqual([...(await connack)], [0x20, 2, 0, 0]);
+  return { socket, closed };
+}
+
+test("disconnecting an MQTT device from the clients page closes its connection, and its will fires", async () => {
+  const page = await dashboard();
+  const device = await rawDevice("dash-kick", "dev/dash-kick/will", "kicked");
+  const watcher = await mqttSubscribe(daemon, "dev/dash-kick/will");
+  try {
+    await page.click('a[href="#clients"]');
+    const button = '#cl-mqtt [data-client="mqtt:dash-kick"]';
+    await page.waitForSelector(button);
+    await shot(page, "clients-mqtt");
+    await page.click(button);
+    // The device sees its TCP connection end, and its will reaches another device.
+    await device.closed;
+    await until(() => watcher.lines.includes("kicked"), "the device's will");
+    await page.waitForSelector(button, { state: "detached" });
+  } finally {
+    device.socket.destroy();
+    watcher.stop();
     await page.context().close();
   }
 });
@@ -335,10 +399,31 @@ test("webhooks: a failed delivery shows as a dead letter, and Retry all delivers
   }
 });
 
+test("the bridges page shows a bridge's state, its queue while the other broker is down, and the error", async () => {
+  const page = await dashboard();
+  const state = '#br-table [data-bridge="up"]';
+  try {
+    await page.click('a[href="#bridges"]');
+    await page.waitForSelector(`${state}:text("connected")`);
+    await mosquitto.stop();
+    await page.waitForSelector(`${state}:text("down")`);
+    for (const n of [1, 2, 3]) await mqttPublish(daemon, "up/reading", String(n));
+    await page.waitForSelector('#br-table [data-queue="up"]:text-matches("^3 msgs")');
+    assert.notEqual(await page.textContent('#br-table [data-error="up"]'), "");
+    await shot(page, "bridges");
+    // Back up: the queue drains into the other broker.
+    await mosquitto.start();
+    await page.waitForSelector(`${state}:text("connected")`, { timeout: 15_000 });
+    await page.waitForSelector('#br-table [data-queue="up"]:text-matches("^0 msgs")', { timeout: 15_000 });
+  } finally {
+    await page.context().close();
+  }
+});
+
 test("every page fits a phone's width (nothing scrolls sideways but a table)", async () => {
   const page = await dashboard(390);
   try {
-    for (const name of ["overview", "clients", "devices", "topics", "live", "publish", "recordings", "webhooks"]) {
+    for (const name of ["overview", "clients", "devices", "topics", "live", "publish", "recordings", "webhooks", "bridges"]) {
       await page.click(`a[href="#${name}"]`);
       await page.waitForSelector(`#${name}:not([hidden])`);
       const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
