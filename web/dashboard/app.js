@@ -356,6 +356,27 @@ function isEnvelope(data) {
   return typeof data.ciphertext === "string" && ("protected" in data || "iv" in data);
 }
 
+/**
+ * What a JWE's headers say in the clear (docs/e2e.md): its kind, the key ids it was made
+ * for and the room epoch. Read, never trusted: only a recipient can check the tag.
+ */
+function jweLabel(jwe) {
+  let header = {};
+  try {
+    const b64 = String(jwe.protected).replace(/-/g, "+").replace(/_/g, "/");
+    header = JSON.parse(atob(b64.padEnd(Math.ceil(b64.length / 4) * 4, "=")));
+  } catch {
+    return "JWE, unreadable header";
+  }
+  const parts = [`JWE${typeof header.sb?.kind === "string" ? " " + header.sb.kind : ""}`];
+  const kids = Array.isArray(jwe.recipients)
+    ? jwe.recipients.map((r) => r?.header?.kid).filter((k) => typeof k === "string")
+    : [header.kid].filter((k) => typeof k === "string");
+  if (kids.length) parts.push(`key ${kids.map((k) => k.slice(0, 12)).join(", ")}`);
+  if (Number.isInteger(header.sb?.epoch)) parts.push(`epoch ${header.sb.epoch}`);
+  return parts.join(", ");
+}
+
 /** A payload for people: JSON pretty-printed, binary as its size and first bytes. */
 function describe(data) {
   if (data && typeof data === "object" && typeof data.$base64 === "string" && Object.keys(data).length === 1) {
@@ -365,7 +386,7 @@ function describe(data) {
   }
   if (isEnvelope(data)) {
     const ct = data.ct ?? data.ciphertext;
-    return `encrypted (${data.v ?? "JWE"}), ${typeof ct === "string" ? ct.length : "?"} characters of ciphertext: only its recipients can read it`;
+    return `encrypted (${data.v ?? jweLabel(data)}), ${typeof ct === "string" ? ct.length : "?"} characters of ciphertext: only its recipients can read it`;
   }
   return typeof data === "string" ? data : JSON.stringify(data, null, 2);
 }

@@ -216,6 +216,11 @@ test("the live viewer shows MQTT publishes: JSON pretty-printed, binary as bytes
     await page.waitForSelector('#lv-list li:has-text("binary, 4 bytes: ff 00 fe 01")');
     await mqttPublish(daemon, "sensors/lock", '{"v":"e2e1","iv":"AAAA","ct":"c2VjcmV0LXN0dWZm"}');
     await page.waitForSelector('#lv-list li:has-text("sensors/lock") pre:text("encrypted (e2e1), 16 characters of ciphertext")');
+    // A room message as the SDK makes it: its header names the room key and epoch.
+    const header = { alg: "dir", enc: "A256CBC-HS512", kid: "room-kid-0123456789", sb: { kind: "room", topic: "sensors/room", epoch: 3, from: "ada", mid: "AAAA" } };
+    const jwe = { protected: Buffer.from(JSON.stringify(header)).toString("base64url"), iv: "AAAA", ciphertext: "c2VjcmV0", tag: "AAAA" };
+    await mqttPublish(daemon, "sensors/room", JSON.stringify(jwe));
+    await page.waitForSelector('#lv-list li:has-text("sensors/room") pre:text("encrypted (JWE room, key room-kid-012, epoch 3), 8 characters of ciphertext")');
     await shot(page, "live");
 
     await page.click("#lv-pause");
