@@ -68,7 +68,7 @@ struct Daemon {
     http_stats: Arc<ListenerStats>,
     /// Figures counted by the WebSocket side with no other home.
     instruments: Arc<Instruments>,
-    /// permessage-deflate's compress-once cache and counters (`ws.compression`).
+    /// permessage-deflate's settings and counters (`ws.compression`).
     deflate: Arc<Deflater>,
     /// Every part that shows figures at /metrics and /api/v1/stats.
     metrics: Arc<Registry>,

@@ -36,12 +36,25 @@ struct Deflating {
 
 impl Deflating {
     async fn connect(d: &Daemon) -> Deflating {
+        let tcp = TcpStream::connect(d.http).await.expect("connect");
+        Self::handshake(d, tcp).await
+    }
+
+    /// [`Deflating::connect`] with a tiny socket receive buffer, so that while it does
+    /// not read, the daemon's writes to it stall after a few KiB.
+    async fn connect_narrow(d: &Daemon) -> Deflating {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let tcp = socket.connect(d.http).await.expect("connect");
+        Self::handshake(d, tcp).await
+    }
+
+    async fn handshake(d: &Daemon, tcp: TcpStream) -> Deflating {
         let mut request = d.ws_url().into_client_request().expect("request");
         request.headers_mut().insert(
             "sec-websocket-extensions",
             HeaderValue::from_static(CLIENT_OFFER),
         );
-        let tcp = TcpStream::connect(d.http).await.expect("connect");
         let (ws, response) =
             tokio_tungstenite::client_async(request, Inflating::client(tcp, 1 << 20))
                 .await
@@ -91,6 +104,16 @@ impl Deflating {
             let reply = self.recv().await;
             if reply["id"] == frame["id"] {
                 return reply;
+            }
+        }
+    }
+
+    /// The next `msg` push, skipping anything else.
+    async fn next_msg(&mut self) -> Value {
+        loop {
+            let f = self.recv().await;
+            if f["op"] == "msg" {
+                return f;
             }
         }
     }
@@ -202,6 +225,71 @@ async fn a_publish_is_compressed_once_for_all_its_compressed_subscribers() {
     let after = d.metric("switchboard_ws_deflate_compressions_total").await;
     assert_eq!(after - before, 1);
     assert!(d.metric("switchboard_ws_deflate_frames_total").await >= 2);
+}
+
+/// 50,000 characters that differ from batch to batch and compress to about three
+/// quarters: the daemon's socket buffers hold few frames of them.
+fn noise(batch: u64) -> Value {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x = batch.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let text: String = (0..50_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(ALPHABET[(x >> 58) as usize])
+        })
+        .collect();
+    json!({ "batch": batch, "noise": text })
+}
+
+#[tokio::test]
+async fn a_subscriber_far_behind_gets_the_bytes_compressed_for_the_first() {
+    // Room for everything the subscriber behind has not read: nothing is dropped.
+    let d = Daemon::start("[ws]\ncompression = true\noutbound_queue_bytes = 67108864\n");
+    let mut ahead = Deflating::connect(&d).await;
+    let mut behind = Deflating::connect_narrow(&d).await;
+    for c in [&mut ahead, &mut behind] {
+        let r = c
+            .request(json!({"op": "sub", "topic": "env/lag", "id": "s"}))
+            .await;
+        assert_eq!(r["op"], "ok", "{r}");
+    }
+    let mut plain = Raw::subscribed(&d.ws_url(), "env/lag").await;
+    let before = d.metric("switchboard_ws_deflate_compressions_total").await;
+    let frames_before = d.metric("switchboard_ws_deflate_frames_total").await;
+    // 8 MB of publishes: more than a cache of recent compressions would hold, and
+    // more than the socket buffers of the subscriber that does not read (the design
+    // before this test kept at most 8 MiB of frames and their compressed bytes).
+    const N: u64 = 160;
+    let batches: Vec<Value> = (0..N).map(noise).collect();
+    // The compressed subscriber ahead and the plain one read as it is published.
+    let expected = batches.clone();
+    let readers = tokio::spawn(async move {
+        for data in &expected {
+            assert_eq!(&ahead.next_msg().await["data"], data);
+            assert_eq!(&plain.next_msg().await["data"], data);
+        }
+    });
+    let mut publisher = Raw::connect(&d.ws_url()).await;
+    for data in &batches {
+        publisher
+            .send(json!({"op": "pub", "topic": "env/lag", "data": data}))
+            .await;
+    }
+    readers.await.expect("both read every publish intact");
+    // Only now does the other compressed subscriber read: all but its first frames
+    // waited in the daemon while the one ahead was sent them all.
+    for data in &batches {
+        assert_eq!(&behind.next_msg().await["data"], data);
+    }
+    let after = d.metric("switchboard_ws_deflate_compressions_total").await;
+    assert_eq!(after - before, N, "one compression per publish");
+    assert_eq!(
+        d.metric("switchboard_ws_deflate_frames_total").await - frames_before,
+        2 * N,
+        "two compressed subscribers; the plain one got plain frames"
+    );
 }
 
 #[tokio::test]

@@ -216,7 +216,7 @@ mod tests {
         let mut out = VecDeque::new();
         s.outbox.next_batch(&mut out).await;
         out.iter()
-            .map(|b| serde_json::from_str(b).unwrap())
+            .map(|b| serde_json::from_str(b.frame()).unwrap())
             .collect()
     }
 

@@ -17,14 +17,70 @@
 //! outbound frames and inbound bytes in one task, without a second task per socket.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use serde::{Deserialize, Serialize};
 
 use switchboard_core::delivery::Delivery;
 use switchboard_core::protocol::Frame;
+
+/// A frame the Hub queues for many connections (a publish, a presence notice, a retained
+/// value), with room for a second encoding of it that the first connection to need one
+/// makes for all the others: permessage-deflate's compressed bytes (`ws::deflate`).
+/// Kept with the frame, the compressed form lives exactly as long as some connection
+/// may still send it, and finding it costs no lock and no lookup.
+#[derive(Debug)]
+pub struct Shared {
+    frame: Frame,
+    packed: OnceLock<Option<Bytes>>,
+}
+
+impl Shared {
+    pub fn new(frame: Frame) -> Arc<Self> {
+        Arc::new(Self {
+            frame,
+            packed: OnceLock::new(),
+        })
+    }
+
+    pub fn frame(&self) -> &Frame {
+        &self.frame
+    }
+
+    /// The frame's second encoding (`None`: it has none worth sending), made by `pack`
+    /// on the first call. `pack` runs once however many connections ask at once; the
+    /// others wait for its result.
+    pub fn packed(&self, pack: impl FnOnce(&Frame) -> Option<Bytes>) -> Option<&Bytes> {
+        self.packed.get_or_init(|| pack(&self.frame)).as_ref()
+    }
+}
+
+/// What a WebSocket connection's outbox holds: a frame, or a frame shared with its
+/// compressed form for a connection that negotiated permessage-deflate (uncompressed
+/// connections get the bare frame and pay nothing for the other kind).
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    Frame(Frame),
+    Shared(Arc<Shared>),
+}
+
+impl Outgoing {
+    pub fn frame(&self) -> &Frame {
+        match self {
+            Outgoing::Frame(frame) => frame,
+            Outgoing::Shared(shared) => shared.frame(),
+        }
+    }
+}
+
+impl From<Frame> for Outgoing {
+    fn from(frame: Frame) -> Self {
+        Outgoing::Frame(frame)
+    }
+}
 
 /// What an outbox holds: encoded WebSocket frames, or an MQTT subscriber's deliveries.
 pub trait Queued {
@@ -41,6 +97,12 @@ pub trait Queued {
 impl Queued for Frame {
     fn size(&self) -> usize {
         self.len()
+    }
+}
+
+impl Queued for Outgoing {
+    fn size(&self) -> usize {
+        self.frame().len()
     }
 }
 
@@ -157,8 +219,8 @@ impl<T: Queued> Outbox<T> {
     }
 
     /// Queues a frame without waiting. Never blocks the publisher on a slow reader.
-    pub fn push(&self, frame: T) -> Pushed {
-        self.push_stamped(frame, None)
+    pub fn push(&self, frame: impl Into<T>) -> Pushed {
+        self.push_stamped(frame.into(), None)
     }
 
     /// Queues a frame the Hub accepted at `stamp` (µs since the epoch), for the delivery

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use super::outbox::{CloseReason, Outbox, Pushed};
+use super::outbox::{CloseReason, Outbox, Outgoing, Pushed, Shared};
 use super::session::lock;
 use super::topics::Retained;
 use super::{index, read, write, DeviceSession, Hub, HubError, Session};
@@ -52,6 +52,13 @@ pub struct Subscribed {
 impl Hub {
     /// Registers a new connection and gives it a fresh client id.
     pub fn connect(&self, principal: Arc<Principal>) -> Arc<Session> {
+        self.connect_with(principal, false)
+    }
+
+    /// [`Hub::connect`] for a connection that may negotiate permessage-deflate:
+    /// `compressed` when it did, so frames shared with others reach it with their
+    /// compressed form.
+    pub fn connect_with(&self, principal: Arc<Principal>, compressed: bool) -> Arc<Session> {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         // Random, so ids are not guessable from connection order; the key keeps it unique.
         let id = format!("c{:08x}{:x}", rand::random::<u32>(), key);
@@ -61,6 +68,7 @@ impl Hub {
             id.clone(),
             principal,
             Outbox::new(self.config.queue),
+            compressed,
         ));
         write(&self.clients).insert(id, session.clone());
         if let Some(user) = user {
@@ -333,7 +341,7 @@ impl Hub {
         };
         if p.retain {
             self.keep_retained(&mut state, p.topic, p.data, || Retained {
-                frame: message(true),
+                frame: Shared::new(message(true)),
                 message: for_devices.message().clone(),
             });
         }
@@ -366,10 +374,19 @@ impl Hub {
         mut devices: Option<&mut ForDevices<'_>>,
     ) -> usize {
         let mut tally = Tally::default();
+        // The frame with room for its compressed form, made for the first subscriber
+        // that compresses: all of them share it, so it is compressed at most once.
+        let mut shared: Option<Arc<Shared>> = None;
         read(&self.index).for_each_match(topic, |s| {
             let pushed = match s {
                 Subscriber::Client(s) if Some(s.key) != skip => {
-                    s.outbox.push_stamped(frame.clone(), stamp)
+                    let item = if s.compressed() {
+                        let shared = shared.get_or_insert_with(|| Shared::new(frame.clone()));
+                        Outgoing::Shared(shared.clone())
+                    } else {
+                        Outgoing::Frame(frame.clone())
+                    };
+                    s.outbox.push_stamped(item, stamp)
                 }
                 Subscriber::Client(_) => return,
                 Subscriber::Device(d, options) => {

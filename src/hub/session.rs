@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde_json::value::RawValue;
 
 use super::index::Key;
-use super::outbox::Outbox;
+use super::outbox::{Outbox, Outgoing, Shared};
 use crate::auth::Principal;
 
 pub struct Session {
@@ -19,7 +19,10 @@ pub struct Session {
     user: Option<String>,
     /// Who the connection acts for; replaced whole when a token is refreshed.
     principal: RwLock<Arc<Principal>>,
-    pub outbox: Outbox,
+    pub outbox: Outbox<Outgoing>,
+    /// The connection negotiated permessage-deflate: frames shared with other
+    /// connections are queued with their compressed form ([`Session::share`]).
+    compressed: bool,
     pub(super) filters: Mutex<HashSet<String>>,
     pub(super) info: Mutex<Option<Box<RawValue>>>,
     /// Milliseconds since the Unix epoch, for the client list.
@@ -27,10 +30,17 @@ pub struct Session {
 }
 
 impl Session {
-    pub(super) fn new(key: Key, id: String, principal: Arc<Principal>, outbox: Outbox) -> Self {
+    pub(super) fn new(
+        key: Key,
+        id: String,
+        principal: Arc<Principal>,
+        outbox: Outbox<Outgoing>,
+        compressed: bool,
+    ) -> Self {
         Self {
             key,
             id,
+            compressed,
             user: principal.user.clone(),
             info: Mutex::new(principal.info.clone()),
             principal: RwLock::new(principal),
@@ -74,6 +84,20 @@ impl Session {
 
     pub fn info(&self) -> Option<Box<RawValue>> {
         lock(&self.info).clone()
+    }
+
+    /// How this connection queues a frame shared with others: with the room for its
+    /// compressed form when it compresses, the bare frame when not.
+    pub(super) fn share(&self, shared: &Arc<Shared>) -> Outgoing {
+        if self.compressed {
+            Outgoing::Shared(shared.clone())
+        } else {
+            Outgoing::Frame(shared.frame().clone())
+        }
+    }
+
+    pub(super) fn compressed(&self) -> bool {
+        self.compressed
     }
 }
 

@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex};
 use serde_json::value::RawValue;
 use switchboard_core::delivery::DeviceMessage;
 
+use super::outbox::Shared;
 use super::session::lock;
 use super::{read, write, Hub, Session};
 use crate::history::Log;
-use switchboard_core::protocol::Frame;
 use switchboard_core::quiet::{clip, Throttle};
 use switchboard_core::topic;
 
@@ -46,7 +46,7 @@ pub(super) const MAX_TRACKED_TOPICS: usize = 100_000;
 pub(super) struct TopicState {
     pub(super) seq: u64,
     /// The retained message, already encoded with `retained: true`.
-    pub(super) retained: Option<Frame>,
+    pub(super) retained: Option<Arc<Shared>>,
     /// The topic's history, when a rule keeps one; it numbers on from its last message.
     pub(super) log: Option<Log>,
 }
@@ -192,7 +192,7 @@ impl Hub {
     pub fn send_retained_step(&self, session: &Session, cursor: &mut RetainedCursor) -> bool {
         self.retained_step(cursor, |r| {
             // A full queue applies the slow-consumer policy as for any push.
-            let _ = session.outbox.push(r.frame.clone());
+            let _ = session.outbox.push(session.share(&r.frame));
         })
     }
 
@@ -265,10 +265,11 @@ impl Hub {
 }
 
 /// A topic's retained value, as each kind of subscriber gets it: the WebSocket frame
-/// (encoded with `retained: true`) and the MQTT message.
+/// (encoded with `retained: true`, compressed at most once for all the subscribers it is
+/// sent to) and the MQTT message.
 #[derive(Clone)]
 pub(super) struct Retained {
-    pub(super) frame: Frame,
+    pub(super) frame: Arc<Shared>,
     pub(super) message: Arc<DeviceMessage>,
 }
 

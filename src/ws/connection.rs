@@ -33,12 +33,13 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use super::deflate::Sent;
 use super::dispatch::{self, Then};
 use super::http::Pending;
 use super::rate::PublishLimiter;
 use super::WsState;
 use crate::auth::{AuthError, Principal};
-use crate::hub::outbox::{CloseReason, SlowConsumerPolicy};
+use crate::hub::outbox::{CloseReason, Outgoing, SlowConsumerPolicy};
 use crate::hub::{RetainedCursor, Session};
 use switchboard_core::deflate::{compressed_text, DeflateError, Inflating};
 use switchboard_core::protocol::{
@@ -101,7 +102,9 @@ pub async fn serve(mut socket: Socket, state: Arc<WsState>, identity: Identity) 
             }
         },
     };
-    let session = state.hub.connect(principal);
+    let session = state
+        .hub
+        .connect_with(principal, socket.get_ref().is_compressed());
     tracing::debug!(
         client = session.id(),
         user = session.user(),
@@ -250,7 +253,7 @@ struct Connection {
     /// the socket. The outbox swaps its queue into this one when it is empty, so a
     /// batch reaches the writer without moving each frame again (a per-frame copy into
     /// a second queue was 3% of the daemon's CPU at 2M deliveries/s, perf).
-    pushes: VecDeque<Frame>,
+    pushes: VecDeque<Outgoing>,
     /// Frames handed to the socket since the last flush.
     unflushed: bool,
     /// Set once the outbox asked to close; the close frame follows what is due.
@@ -279,6 +282,8 @@ struct Connection {
     deferred: bool,
     /// permessage-deflate was negotiated: text frames go out compressed.
     compressed: bool,
+    /// Compressed frames handed to the socket, not yet added to the shared counters.
+    sent: Sent,
 }
 
 impl Connection {
@@ -317,6 +322,7 @@ impl Connection {
             carried: None,
             last_flush: None,
             deferred: false,
+            sent: Sent::default(),
             state,
         }
     }
@@ -408,7 +414,10 @@ impl Connection {
                 // Nothing was done under the anonymous identity (dispatch checked), so
                 // the connection simply starts again as the proven one.
                 self.state.hub.disconnect(&self.session);
-                self.session = self.state.hub.connect(principal.clone());
+                self.session = self
+                    .state
+                    .hub
+                    .connect_with(principal.clone(), self.compressed);
                 self.limiter = limiter(&self.state, &principal);
                 self.expiry = expiry(&principal);
                 let welcome = welcome(&self.state, &self.session);
@@ -623,6 +632,9 @@ impl Connection {
         if released.0 > 0 {
             self.session.outbox.release(released.0, released.1);
         }
+        if self.compressed {
+            self.state.deflate.record(&mut self.sent);
+        }
         result
     }
 
@@ -646,20 +658,30 @@ impl Connection {
                     self.own_bytes = self.own_bytes.saturating_sub(own_len(&own));
                     Some(match own {
                         Message::Text(frame) if self.compressed => {
-                            let packed = self.state.deflate.own(&frame);
+                            let packed = self.state.deflate.own(&frame, &mut self.sent);
                             packed.map_or(Message::Text(frame), compressed_message)
                         }
                         other => other,
                     })
                 }
-                None => self.pushes.pop_front().map(|frame| {
+                None => self.pushes.pop_front().map(|item| {
                     released.0 += 1;
-                    released.1 += frame.len();
-                    // Shared with every other subscriber of the publish: compressed once.
-                    let packed = self.compressed.then(|| self.state.deflate.shared(&frame));
-                    packed
-                        .flatten()
-                        .map_or(Message::Text(frame), compressed_message)
+                    released.1 += item.frame().len();
+                    match item {
+                        Outgoing::Frame(frame) if self.compressed => {
+                            let packed = self.state.deflate.own(&frame, &mut self.sent);
+                            packed.map_or(Message::Text(frame), compressed_message)
+                        }
+                        Outgoing::Frame(frame) => Message::Text(frame),
+                        // Shared with other subscribers: compressed by the first to send it.
+                        Outgoing::Shared(shared) if self.compressed => {
+                            match self.state.deflate.shared(&shared, &mut self.sent) {
+                                Some(packed) => compressed_message(packed),
+                                None => Message::Text(shared.frame().clone()),
+                            }
+                        }
+                        Outgoing::Shared(shared) => Message::Text(shared.frame().clone()),
+                    }
                 }),
             };
             if let Some(message) = next {

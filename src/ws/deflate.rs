@@ -2,43 +2,31 @@
 //! every connection that negotiated the extension (the codec is
 //! `switchboard_core::deflate`).
 //!
-//! The Hub encodes a publish once and queues the same bytes for every subscriber, so the
-//! address of a frame's bytes names the publish. [`Deflater`] keeps the compressed form
-//! of the frames it compressed lately under that address: the first compressed
-//! subscriber to write a publish compresses it (holding its shard's lock, so a second one
-//! waits rather than compressing it again) and the others reuse the bytes. Each entry
-//! holds a clone of the frame, so the address cannot be reused by another frame while
-//! the entry lives. A subscriber that lags more than a few hundred publishes behind the
-//! first one compresses again: a second compression, never a wrong frame.
+//! The Hub encodes a publish once and queues the same frame for every subscriber; for
+//! the subscribers that compress it queues a [`Shared`], which has room for the
+//! compressed bytes. The first of them to write the publish compresses it into that
+//! room and the others send what it made: one compression per publish however far apart
+//! the subscribers drift, with no cache to look it up in. (The cache this replaced, of
+//! 16 × 1,024 recent frames under their addresses, cost a lock, a hash lookup and four
+//! shared counters on every delivery: 1.37–1.40× the CPU per delivery of an
+//! uncompressed fan-out at 1,000 subscribers; docs/benchmarks.md.)
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use bytes::Bytes;
 use switchboard_core::protocol::Frame;
+
+use crate::hub::outbox::Shared;
 
 /// Frames larger than this go uncompressed: compressing runs on the connection's runtime
 /// thread, and 64 KiB of JSON takes it about a millisecond at level 6 (a 4 MiB `http`
 /// reply would take tens, stalling every connection served by that thread).
 const LARGEST: usize = 64 * 1024;
 
-/// Shards of the cache, so connections on different threads rarely share a lock.
-const SHARDS: usize = 16;
-/// Frames one shard remembers, and the plain bytes it may hold (beyond its newest
-/// frame): all shards together hold at most 8 MiB and 16,384 frames. Subscribers of a
-/// busy topic drift thousands of publishes apart under load (each may queue that many),
-/// and one that falls out of the cache compresses again: with 64 frames a shard, the
-/// fan-out benchmark spent a quarter of the daemon's CPU compressing the same publishes
-/// over and over (mostly resetting zlib's tables).
-const SHARD_FRAMES: usize = 1024;
-const SHARD_BYTES: usize = 512 * 1024;
-
-/// The compress-once cache and what it counts.
+/// The compression settings and what they did, for the metrics.
 pub struct Deflater {
     threshold: usize,
     level: u32,
-    shards: Box<[Mutex<Recent>]>,
     /// Times a payload was compressed.
     pub compressions: AtomicU64,
     /// Frames sent compressed, and their bytes before and after.
@@ -47,21 +35,22 @@ pub struct Deflater {
     pub wire_bytes: AtomicU64,
 }
 
-#[derive(Default)]
-struct Recent {
-    entries: VecDeque<Entry>,
-    /// Where each remembered frame is in `entries`, by its address and length, so a
-    /// lookup does not walk a thousand entries. Positions are counted from `evicted`.
-    index: HashMap<(usize, usize), u64>,
-    evicted: u64,
-    bytes: usize,
+/// Compressed frames one connection sent since it last added them to the [`Deflater`]'s
+/// counters: counted here and added once per batch, so a delivery touches no counter
+/// shared with the other connections.
+#[derive(Debug, Default)]
+pub struct Sent {
+    frames: u64,
+    plain_bytes: u64,
+    wire_bytes: u64,
 }
 
-struct Entry {
-    /// Held so its address stays this frame's.
-    frame: Frame,
-    /// `None`: compressing did not make it smaller.
-    compressed: Option<Bytes>,
+impl Sent {
+    fn count(&mut self, plain: usize, compressed: &Bytes) {
+        self.frames += 1;
+        self.plain_bytes += plain as u64;
+        self.wire_bytes += compressed.len() as u64;
+    }
 }
 
 impl Deflater {
@@ -69,7 +58,6 @@ impl Deflater {
         Self {
             threshold,
             level,
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             compressions: AtomicU64::new(0),
             frames: AtomicU64::new(0),
             plain_bytes: AtomicU64::new(0),
@@ -77,38 +65,37 @@ impl Deflater {
         }
     }
 
-    /// The compressed form of a frame queued by the Hub (shared by every subscriber), or
-    /// `None` to send it as it is.
-    pub fn shared(&self, frame: &Frame) -> Option<Bytes> {
-        if !self.worth_it(frame) {
+    /// The compressed form of a frame the Hub shares between connections, made by the
+    /// first one to ask, or `None` to send it as it is.
+    pub fn shared(&self, shared: &Shared, sent: &mut Sent) -> Option<Bytes> {
+        if !self.worth_it(shared.frame()) {
             return None;
         }
-        let address = frame.as_str().as_ptr() as usize;
-        // Allocations are at least 16-byte aligned: the bits above those pick the shard.
-        let shard = ((address as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize;
-        let mut recent = self.shards[shard % SHARDS]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let known = recent.find(frame);
-        let compressed = match known {
-            Some(entry) => entry.compressed.clone(),
-            None => {
-                let compressed = self.compress(frame.as_bytes());
-                recent.remember(frame.clone(), compressed.clone());
-                compressed
-            }
-        };
-        drop(recent);
-        self.count_sent(frame.len(), compressed.as_ref())
+        let compressed = shared.packed(|frame| self.compress(frame.as_bytes()))?;
+        sent.count(shared.frame().len(), compressed);
+        Some(compressed.clone())
     }
 
     /// The compressed form of a frame only this connection sends (a reply, a notice).
-    pub fn own(&self, frame: &Frame) -> Option<Bytes> {
+    pub fn own(&self, frame: &Frame, sent: &mut Sent) -> Option<Bytes> {
         if !self.worth_it(frame) {
             return None;
         }
-        let compressed = self.compress(frame.as_bytes());
-        self.count_sent(frame.len(), compressed.as_ref())
+        let compressed = self.compress(frame.as_bytes())?;
+        sent.count(frame.len(), &compressed);
+        Some(compressed)
+    }
+
+    /// Adds what a connection sent to the counters.
+    pub fn record(&self, sent: &mut Sent) {
+        let sent = std::mem::take(sent);
+        if sent.frames > 0 {
+            self.frames.fetch_add(sent.frames, Ordering::Relaxed);
+            self.plain_bytes
+                .fetch_add(sent.plain_bytes, Ordering::Relaxed);
+            self.wire_bytes
+                .fetch_add(sent.wire_bytes, Ordering::Relaxed);
+        }
     }
 
     fn worth_it(&self, frame: &Frame) -> bool {
@@ -119,46 +106,6 @@ impl Deflater {
         self.compressions.fetch_add(1, Ordering::Relaxed);
         switchboard_core::deflate::compress(payload, self.level)
     }
-
-    fn count_sent(&self, plain: usize, compressed: Option<&Bytes>) -> Option<Bytes> {
-        let compressed = compressed?;
-        self.frames.fetch_add(1, Ordering::Relaxed);
-        self.plain_bytes.fetch_add(plain as u64, Ordering::Relaxed);
-        self.wire_bytes
-            .fetch_add(compressed.len() as u64, Ordering::Relaxed);
-        Some(compressed.clone())
-    }
-}
-
-impl Recent {
-    fn key(frame: &Frame) -> (usize, usize) {
-        (frame.as_str().as_ptr() as usize, frame.len())
-    }
-
-    fn find(&self, frame: &Frame) -> Option<&Entry> {
-        let at = self.index.get(&Self::key(frame))?;
-        self.entries
-            .get(usize::try_from(at.checked_sub(self.evicted)?).ok()?)
-    }
-
-    fn remember(&mut self, frame: Frame, compressed: Option<Bytes>) {
-        self.bytes += frame.len() + compressed.as_ref().map_or(0, Bytes::len);
-        let at = self.evicted + self.entries.len() as u64;
-        self.index.insert(Self::key(&frame), at);
-        self.entries.push_back(Entry { frame, compressed });
-        while self.entries.len() > SHARD_FRAMES
-            || (self.bytes > SHARD_BYTES && self.entries.len() > 1)
-        {
-            if let Some(old) = self.entries.pop_front() {
-                self.bytes -= old.frame.len() + old.compressed.as_ref().map_or(0, Bytes::len);
-                let key = Self::key(&old.frame);
-                if self.index.get(&key) == Some(&self.evicted) {
-                    self.index.remove(&key);
-                }
-                self.evicted += 1;
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -166,22 +113,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_shard_finds_what_it_remembers_and_forgets_the_oldest() {
-        let mut recent = Recent::default();
-        let frames: Vec<Frame> = (0..SHARD_FRAMES + 100)
-            .map(|i| Frame::from(format!("{{\"n\":{i}}}")))
-            .collect();
-        for (i, frame) in frames.iter().enumerate() {
-            recent.remember(frame.clone(), Some(Bytes::from(i.to_string())));
+    fn a_shared_frame_is_compressed_once_and_small_ones_never() {
+        let deflater = Deflater::new(64, 6);
+        let mut sent = Sent::default();
+        let big = Shared::new(Frame::from("{\"reading\":21.5}".repeat(20)));
+        let first = deflater.shared(&big, &mut sent).expect("compressed");
+        for _ in 0..3 {
+            assert_eq!(deflater.shared(&big, &mut sent), Some(first.clone()));
         }
-        assert_eq!(recent.entries.len(), SHARD_FRAMES);
-        assert_eq!(recent.index.len(), SHARD_FRAMES);
-        assert!(recent.find(&frames[99]).is_none());
-        for i in [100, 500, SHARD_FRAMES + 99] {
-            let entry = recent.find(&frames[i]).expect("remembered");
-            assert_eq!(entry.compressed.as_deref(), Some(i.to_string().as_bytes()));
-        }
-        // Another frame with equal text but its own bytes is not mistaken for one held.
-        assert!(recent.find(&Frame::from(frames[500].to_string())).is_none());
+        let small = Shared::new(Frame::from("{\"reading\":21.5}"));
+        assert_eq!(deflater.shared(&small, &mut sent), None);
+        assert_eq!(deflater.compressions.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            deflater.frames.load(Ordering::Relaxed),
+            0,
+            "not recorded yet"
+        );
+        deflater.record(&mut sent);
+        assert_eq!(deflater.frames.load(Ordering::Relaxed), 4);
+        assert_eq!(deflater.plain_bytes.load(Ordering::Relaxed), 4 * 320);
+        assert_eq!(
+            deflater.wire_bytes.load(Ordering::Relaxed),
+            4 * first.len() as u64
+        );
     }
 }
