@@ -187,11 +187,12 @@ fn store_beside_a_file(n: u64, record: usize) -> Vec<Kept> {
         k.extend_from_slice(&i.to_be_bytes());
         k
     };
-    let sled_run = |name: &'static str, write: &dyn Fn(&sled::Tree)| {
+    let sled_run = |name: &'static str, segment: usize, write: &dyn Fn(&sled::Tree)| {
         let dir = tempfile::tempdir().expect("temporary directory");
         let db = sled::Config::new()
             .path(dir.path())
             .flush_every_ms(Some(1000))
+            .segment_size(segment)
             .open()
             .expect("open sled");
         let tree = db.open_tree("history/messages").expect("tree");
@@ -207,13 +208,15 @@ fn store_beside_a_file(n: u64, record: usize) -> Vec<Kept> {
             disk: dir_bytes(dir.path()),
         }
     };
+    /// sled's default, which the store keeps.
+    const SEGMENT: usize = 512 * 1024;
     let mut out = vec![
-        sled_run("sled, one insert per record", &|t| {
+        sled_run("sled, one insert per record", SEGMENT, &|t| {
             for i in 0..n {
                 t.insert(key(i), &value[..]).expect("insert");
             }
         }),
-        sled_run("sled, one batch of 1,024 inserts", &|t| {
+        sled_run("sled, one batch of 1,024 inserts", SEGMENT, &|t| {
             for chunk in (0..n).collect::<Vec<_>>().chunks(1024) {
                 let mut batch = sled::Batch::default();
                 for &i in chunk {
@@ -222,17 +225,21 @@ fn store_beside_a_file(n: u64, record: usize) -> Vec<Kept> {
                 t.apply_batch(batch).expect("batch");
             }
         }),
-        sled_run("sled, 64 records per value", &|t| {
-            for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
-                let mut block = Vec::with_capacity(chunk.len() * (record + 4));
-                for _ in chunk {
-                    block.extend_from_slice(&(record as u32).to_be_bytes());
-                    block.extend_from_slice(&value);
-                }
-                t.insert(key(chunk[0]), block).expect("insert");
-            }
-        }),
     ];
+    // Runs as the history writes them, under sled's default segment size and two others.
+    let runs = |t: &sled::Tree| {
+        for chunk in (0..n).collect::<Vec<_>>().chunks(128) {
+            let mut block = Vec::with_capacity(chunk.len() * (record + 4));
+            for _ in chunk {
+                block.extend_from_slice(&(record as u32).to_be_bytes());
+                block.extend_from_slice(&value);
+            }
+            t.insert(key(chunk[0]), block).expect("insert");
+        }
+    };
+    out.push(sled_run("sled, 128 records per value", SEGMENT, &runs));
+    out.push(sled_run("  the same, 128 KiB segments", 128 * 1024, &runs));
+    out.push(sled_run("  the same, 8 MiB segments", 8 << 20, &runs));
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("log");
     let started = Instant::now();
