@@ -9,11 +9,13 @@
 //! 1. Publish rate: one WebSocket publisher pipelines `--messages` publishes of a
 //!    64-byte payload and waits for every ack, to a topic without a history and then
 //!    to one with a history (`keep` larger than the run), on the same daemon. The
-//!    ratio is the cost of writing each message to sled under the topic's lock.
+//!    ratio is the cost of keeping each message (its tail, and the writer's runs).
 //! 2. Fetch latency: a new connection sends `sub` with `last: 1000`; the time from
 //!    sending it to the 1,000th message arriving, over `--fetches` runs.
-//! 3. Bytes per message: stored bytes (keys and values, what `store.max_bytes` caps)
-//!    and sled's files on disk, from `/metrics`, divided by the messages kept.
+//! 3. Bytes per message: stored bytes (what `store.max_bytes` caps) and sled's files
+//!    on disk, from `/metrics`, divided by the messages kept.
+//! 4. The store beside a plain file, in this process: what sled costs per entry and per
+//!    byte against an append-only file (`--store-only` runs only this part).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};

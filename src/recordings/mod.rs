@@ -4,7 +4,7 @@
 //!
 //! The path of a recorded message: the Hub calls the recorder's [`tap`] under the
 //! topic's lock; it matches the topic against the running recordings and `try_send`s
-//! one [`StoredMessage`] into a bounded channel (`[recording] queue`), counting the
+//! one encoded [`StoredMessage`] record into a bounded channel (`[recording] queue`), counting the
 //! message as dropped when the channel is full, so recording never slows delivery.
 //! The writer task takes messages in bursts and stores each burst with one
 //! `sled::Batch` ([`layout`]).
@@ -525,7 +525,7 @@ impl Recorder {
                 let mut runs = tap::Runs::default();
                 for m in chunk {
                     let record = m.encode();
-                    figures.count_in(m, record.len());
+                    figures.count_in(&m.topic, m.ts_us, record.len());
                     runs.push(id, figures.next - 1, &record);
                 }
                 let mut batch = sled::Batch::default();
@@ -565,17 +565,17 @@ impl Recorder {
 
 impl Figures {
     /// Counts one more message, stored as `n = next` with a value of `len` bytes.
-    fn count_in(&mut self, m: &StoredMessage, len: usize) {
+    fn count_in(&mut self, topic: &str, ts_us: u64, len: usize) {
         self.next += 1;
         self.messages += 1;
         self.bytes += layout::record_bytes(len);
-        self.first_us.get_or_insert(m.ts_us);
-        self.last_us = Some(self.last_us.map_or(m.ts_us, |l| l.max(m.ts_us)));
+        self.first_us.get_or_insert(ts_us);
+        self.last_us = Some(self.last_us.map_or(ts_us, |l| l.max(ts_us)));
         // No copy of the topic for one already counted.
-        match self.topics.get_mut(&m.topic) {
+        match self.topics.get_mut(topic) {
             Some(n) => *n += 1,
             None => {
-                self.topics.insert(m.topic.clone(), 1);
+                self.topics.insert(topic.to_owned(), 1);
             }
         }
     }

@@ -2,7 +2,7 @@
 //! writer task that stores what it offers.
 //!
 //! The tap runs under the Hub's topic lock, so it only matches the topic against the
-//! running recordings, builds the [`StoredMessage`] once for all of them and
+//! running recordings, encodes the [`StoredMessage`] record once for all of them and
 //! `try_send`s it; a full channel counts the message as dropped for each recording that
 //! wanted it. The writer stores each burst with one `sled::Batch` that also rewrites
 //! the figures of every recording it touched (see the module doc of `recorder`), each
@@ -29,8 +29,9 @@ pub const BURST: usize = 1024;
 const WARN_EVERY_MS: u64 = 10_000;
 
 pub enum Item {
-    /// A message for the recordings with these ids.
-    Message(Vec<u64>, StoredMessage),
+    /// A message for the recordings with these ids, encoded once by the tap
+    /// ([`StoredMessage::encode_routed`]): the bytes the store keeps.
+    Message(Vec<u64>, Vec<u8>),
     /// Answered once everything before it is stored.
     Barrier(oneshot::Sender<()>),
 }
@@ -100,9 +101,9 @@ impl Tap for Shared {
         if wanted.is_empty() {
             return;
         }
-        let stored = StoredMessage::routed(message, seq, ts_us);
+        let record = StoredMessage::encode_routed(message, seq, ts_us);
         let ids = wanted.iter().map(|a| a.id).collect();
-        if self.tx.try_send(Item::Message(ids, stored)).is_err() {
+        if self.tx.try_send(Item::Message(ids, record)).is_err() {
             for a in &wanted {
                 a.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -183,29 +184,31 @@ impl Recorder {
         let mut runs = Runs::default();
         let (mut stored, mut bytes) = (0u64, 0u64);
         for item in burst.drain(..) {
-            let (ids, message) = match item {
-                Item::Message(ids, message) => (ids, message),
+            let (ids, record) = match item {
+                Item::Message(ids, record) => (ids, record),
                 Item::Barrier(done) => {
                     barriers.push(done);
                     continue;
                 }
             };
-            let record = message.encode();
+            // The tap encoded it: these cannot fail on its bytes.
+            let (Some(topic), Some(ts_us)) = (
+                StoredMessage::peek_topic(&record),
+                StoredMessage::peek_ts_us(&record),
+            ) else {
+                continue;
+            };
             for id in ids {
                 // Deleted since, or taken by the tap just as it was stopped.
                 let Some(entry) = recordings.get_mut(&id) else {
                     continue;
                 };
-                if entry
-                    .meta
-                    .stopped_at
-                    .is_some_and(|at| message.ts_us / 1000 > at)
-                {
+                if entry.meta.stopped_at.is_some_and(|at| ts_us / 1000 > at) {
                     continue;
                 }
                 before.entry(id).or_insert_with(|| entry.figures.clone());
                 let n = entry.figures.next;
-                entry.figures.count_in(&message, record.len());
+                entry.figures.count_in(topic, ts_us, record.len());
                 runs.push(id, n, &record);
                 stored += 1;
                 bytes += layout::record_bytes(record.len());

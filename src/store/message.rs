@@ -76,6 +76,18 @@ impl StoredMessage {
         )
     }
 
+    /// The topic of an encoded message, without decoding the rest.
+    pub fn peek_topic(bytes: &[u8]) -> Option<&str> {
+        match bytes {
+            [LAYOUT, rest @ ..] => {
+                // After the time, the number, the origin and the event flag.
+                let len = u32::from_be_bytes(rest.get(18..22)?.try_into().ok()?) as usize;
+                std::str::from_utf8(rest.get(22..22 + len)?).ok()
+            }
+            _ => None,
+        }
+    }
+
     /// The sequence number of an encoded message, without decoding the rest.
     pub fn peek_seq(bytes: &[u8]) -> Option<u64> {
         match bytes {
@@ -310,6 +322,8 @@ mod tests {
         let records: Vec<_> = run::records(&r).collect();
         assert_eq!(records, [Ok(&a[..]), Ok(&b[..])]);
         assert_eq!(StoredMessage::peek_seq(&b), Some(43));
+        assert_eq!(StoredMessage::peek_topic(&b), Some("home/kitchen/temp"));
+        assert_eq!(StoredMessage::peek_topic(&b[..30]), None);
         assert_eq!(run::records(&a).collect::<Vec<_>>(), [Ok(&a[..])]);
         let cut = &r[..r.len() - 1];
         assert!(run::records(cut).any(|x| x.is_err()));
