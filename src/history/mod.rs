@@ -666,10 +666,7 @@ impl History {
         if let Some(old) = s.tail.head.take() {
             // Every message of it is behind `seq`, and was counted out when it left the
             // tail (it was being stored then): only the run's own bytes remain.
-            let size = run_overhead(&old.key);
-            s.bytes = s.bytes.saturating_sub(size);
-            self.bytes.fetch_sub(size, Ordering::Relaxed);
-            self.doom(entry, s, old.key);
+            self.give_up(entry, s, old.key);
         }
         let tree = self.messages.current()?;
         let found = tree
@@ -677,11 +674,27 @@ impl History {
             .next_back()
             .transpose()
             .map_err(|e| self.store.io(e))?;
-        s.tail.head = found.and_then(|(key, value)| {
+        let run = found.and_then(|(key, value)| {
             let (_, first) = split_key(&key)?;
             read_run(&key, first, &value)
         });
+        match run {
+            Some(run) if holds(&run) => s.tail.head = Some(run),
+            // It ends before `seq`, which fell in a hole a failed write left: nothing of
+            // it is kept, so it goes, unless it is going already.
+            Some(run) if !s.tail.doomed.contains(&run.key) => self.give_up(entry, s, run.key),
+            _ => {}
+        }
         Ok(())
+    }
+
+    /// Gives up a stored run none of whose messages is counted any more: its own bytes
+    /// are counted out, and the writer deletes it.
+    fn give_up(&self, entry: &Arc<Entry>, s: &mut Stream, key: Vec<u8>) {
+        let size = run_overhead(&key);
+        s.bytes = s.bytes.saturating_sub(size);
+        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        self.doom(entry, s, key);
     }
 
     /// Deletes a run at the writer's next pass.
