@@ -483,6 +483,18 @@ async fn the_store_cap_evicts_the_oldest_and_changes_the_epoch() {
     assert!(figure(&s, "store_stored_bytes") <= CAP + CAP / 10, "{s:?}");
 }
 
+/// SIGKILLs the daemon and starts it again, which must notice the unclean stop; the
+/// admin's WebSocket URL of the new process.
+fn kill_and_restart(daemon: &mut Daemon) -> String {
+    daemon.crash_and_restart();
+    assert!(
+        daemon.logs().contains("not closed cleanly"),
+        "{}",
+        daemon.logs()
+    );
+    format!("{}?token={}", daemon.ws_url(), creds::ADMIN)
+}
+
 #[tokio::test]
 async fn sigkill_while_publishing_and_recording_loses_at_most_the_flush_interval_and_never_corrupts(
 ) {
@@ -538,15 +550,9 @@ async fn sigkill_while_publishing_and_recording_loses_at_most_the_flush_interval
                 .filter(|(_, at)| *at < durable_before)
                 .map(|(i, _)| *i),
         );
-        daemon.crash_and_restart();
-        assert!(
-            daemon.logs().contains("not closed cleanly"),
-            "{}",
-            daemon.logs()
-        );
+        let url = kill_and_restart(&mut daemon);
 
         // Integrity: one contiguous run of numbers, every payload one we sent, in order.
-        let url = format!("{}?token={}", daemon.ws_url(), creds::ADMIN);
         let (reply, _, mut c) = sub(&url, json!({"topic":"log/k","last":1000}), 0).await;
         let count = reply["history"].as_u64().expect("count") as usize;
         let mut msgs = Vec::new();
@@ -624,6 +630,39 @@ async fn sigkill_while_publishing_and_recording_loses_at_most_the_flush_interval
     }
     let health = daemon.healthz().await;
     assert!(health.is_object(), "{health}");
+}
+
+/// The history's writer stores what arrives as soon as it runs: a message published
+/// alone, with nothing after it to fill a batch, is on disk within the flush interval
+/// (here 100 ms; the test allows five), and so is a trimmed stream's newest part.
+#[tokio::test]
+async fn a_lone_message_survives_a_sigkill_after_the_flush_interval() {
+    let secrets = creds::Secrets::new();
+    let config = secrets.config(&format!("{HISTORY}\n[store]\nflush_interval = \"100ms\"\n"));
+    let mut daemon = Daemon::start(&config);
+    let url = format!("{}?token={}", daemon.ws_url(), creds::ADMIN);
+    let mut p = Raw::connect(&url).await;
+    for i in 0..3 {
+        publish(&mut p, "log/lone", i).await;
+    }
+    // `keep = 5`: eight in, the last five kept, through trimming.
+    for i in 0..8 {
+        publish(&mut p, "sensors/t", i).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = kill_and_restart(&mut daemon);
+    let (reply, msgs, _) = sub(&url, json!({"topic":"log/lone","last":10}), 3).await;
+    assert_eq!(
+        (reply["seq"].as_u64(), reply["history"].as_u64()),
+        (Some(3), Some(3)),
+        "{reply}"
+    );
+    let values: Vec<_> = msgs.iter().map(|m| m["data"]["i"].as_u64()).collect();
+    assert_eq!(values, [Some(0), Some(1), Some(2)]);
+    let (reply, msgs, _) = sub(&url, json!({"topic":"sensors/t","last":10}), 5).await;
+    assert_eq!(reply["history"], 5, "{reply}");
+    let values: Vec<_> = msgs.iter().map(|m| m["data"]["i"].as_u64()).collect();
+    assert_eq!(values, [Some(3), Some(4), Some(5), Some(6), Some(7)]);
 }
 
 #[tokio::test]

@@ -9,11 +9,13 @@
 //! 1. Publish rate: one WebSocket publisher pipelines `--messages` publishes of a
 //!    64-byte payload and waits for every ack, to a topic without a history and then
 //!    to one with a history (`keep` larger than the run), on the same daemon. The
-//!    ratio is the cost of writing each message to sled under the topic's lock.
+//!    ratio is the cost of keeping each message (its tail, and the writer's runs).
 //! 2. Fetch latency: a new connection sends `sub` with `last: 1000`; the time from
 //!    sending it to the 1,000th message arriving, over `--fetches` runs.
-//! 3. Bytes per message: stored bytes (keys and values, what `store.max_bytes` caps)
-//!    and sled's files on disk, from `/metrics`, divided by the messages kept.
+//! 3. Bytes per message: stored bytes (what `store.max_bytes` caps) and sled's files
+//!    on disk, from `/metrics`, divided by the messages kept.
+//! 4. The store beside a plain file, in this process: what sled costs per entry and per
+//!    byte against an append-only file (`--store-only` runs only this part).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -29,12 +31,15 @@ use switchboard_bench::host;
 struct Options {
     messages: u64,
     fetches: usize,
+    /// Only part 4, the store beside a plain file.
+    store_only: bool,
 }
 
 fn options() -> Options {
     let mut o = Options {
         messages: 50_000,
         fetches: 30,
+        store_only: false,
     };
     let mut args = std::env::args().skip(1);
     let number = harness::number_arg;
@@ -47,6 +52,7 @@ fn options() -> Options {
             }
             "--messages" => o.messages = number("--messages", args.next()),
             "--fetches" => o.fetches = number("--fetches", args.next()) as usize,
+            "--store-only" => o.store_only = true,
             other => {
                 eprintln!("unknown argument {other:?}; see benches/history/main.rs");
                 std::process::exit(2);
@@ -148,6 +154,140 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// One way of keeping `n` records: the seconds it took (the last flush included) and
+/// the bytes its files hold afterwards.
+struct Kept {
+    name: &'static str,
+    seconds: f64,
+    disk: u64,
+}
+
+fn dir_bytes(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The store beside a plain append-only file, in this process (the clients' core): `n`
+/// records of `record` bytes under 16-byte keys (a topic, NUL, a number; the
+/// history bench's sizes), kept four
+/// ways. What sled costs per entry and per byte, apart from everything else the daemon
+/// does: the figures the history's and the recordings' write paths are built from.
+fn store_beside_a_file(n: u64, record: usize) -> Vec<Kept> {
+    let value = vec![b'x'; record];
+    let key = |i: u64| {
+        let mut k = b"kept/x0\0".to_vec();
+        k.extend_from_slice(&i.to_be_bytes());
+        k
+    };
+    let sled_run = |name: &'static str, segment: usize, write: &dyn Fn(&sled::Tree)| {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let db = sled::Config::new()
+            .path(dir.path())
+            .flush_every_ms(Some(1000))
+            .segment_size(segment)
+            .open()
+            .expect("open sled");
+        let tree = db.open_tree("history/messages").expect("tree");
+        let started = Instant::now();
+        write(&tree);
+        db.flush().expect("flush");
+        let seconds = started.elapsed().as_secs_f64();
+        drop(tree);
+        drop(db);
+        Kept {
+            name,
+            seconds,
+            disk: dir_bytes(dir.path()),
+        }
+    };
+    /// sled's default, which the store keeps.
+    const SEGMENT: usize = 512 * 1024;
+    let mut out = vec![
+        sled_run("sled, one insert per record", SEGMENT, &|t| {
+            for i in 0..n {
+                t.insert(key(i), &value[..]).expect("insert");
+            }
+        }),
+        sled_run("sled, one batch of 1,024 inserts", SEGMENT, &|t| {
+            for chunk in (0..n).collect::<Vec<_>>().chunks(1024) {
+                let mut batch = sled::Batch::default();
+                for &i in chunk {
+                    batch.insert(key(i), &value[..]);
+                }
+                t.apply_batch(batch).expect("batch");
+            }
+        }),
+    ];
+    // Runs as the history writes them, under sled's default segment size and two others.
+    let runs = |t: &sled::Tree| {
+        for chunk in (0..n).collect::<Vec<_>>().chunks(128) {
+            let mut block = Vec::with_capacity(chunk.len() * (record + 4));
+            for _ in chunk {
+                block.extend_from_slice(&(record as u32).to_be_bytes());
+                block.extend_from_slice(&value);
+            }
+            t.insert(key(chunk[0]), block).expect("insert");
+        }
+    };
+    out.push(sled_run("sled, 128 records per value", SEGMENT, &runs));
+    out.push(sled_run("  the same, 128 KiB segments", 128 * 1024, &runs));
+    out.push(sled_run("  the same, 8 MiB segments", 8 << 20, &runs));
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("log");
+    let started = Instant::now();
+    {
+        use std::io::Write as _;
+        let file = std::fs::File::create(&path).expect("create the file");
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
+        for i in 0..n {
+            let k = key(i);
+            w.write_all(&((k.len() + record) as u32).to_be_bytes())
+                .expect("write");
+            w.write_all(&k).expect("write");
+            w.write_all(&value).expect("write");
+        }
+        let file = w.into_inner().expect("flush");
+        file.sync_data().expect("sync");
+    }
+    out.push(Kept {
+        name: "append-only file (length, key, record)",
+        seconds: started.elapsed().as_secs_f64(),
+        disk: dir_bytes(dir.path()),
+    });
+    out
+}
+
+/// Part 4: prints the store beside a plain file and returns it for the results file.
+fn print_store(n: u64) -> Value {
+    const RECORD: usize = 102;
+    println!("store beside a file, {} records of {RECORD} bytes + 16-byte keys (118 stored bytes each), in the bench process:", thousands(n as f64));
+    let kept = store_beside_a_file(n, RECORD);
+    let mut out = Vec::new();
+    for k in &kept {
+        let per_s = n as f64 / k.seconds;
+        let disk = k.disk as f64 / n as f64;
+        println!(
+            "  {:<40} {:>10} records/s ({:.2} us each), {disk:>6.0} B on disk per record ({:.2}x stored)",
+            k.name,
+            thousands(per_s),
+            1e6 / per_s,
+            disk / 118.0
+        );
+        out.push(json!({"how": k.name, "per_s": per_s, "disk_bytes_per_record": disk}));
+    }
+    Value::Array(out)
+}
+
 fn main() {
     let o = options();
     let machine = format!("{}, {}", harness::utc_date(), host::machine());
@@ -163,6 +303,10 @@ fn main() {
         )
     );
     print!("{head}");
+    if o.store_only {
+        print_store(o.messages * 2);
+        return;
+    }
 
     let dir = tempfile::tempdir().expect("temporary directory");
     let config = dir.path().join("switchboard.toml");
@@ -231,6 +375,7 @@ fn main() {
             .to_string()
             .len()
     );
+    let store = print_store(o.messages * 2);
     harness::write_results(
         env!("CARGO_TARGET_TMPDIR"),
         "history-bench.json",
@@ -239,6 +384,7 @@ fn main() {
             "publish_per_s": {"plain": plain_rate, "history": kept_rate, "ratio": kept_rate / plain_rate},
             "fetch_1000_ms": {"median": median_ms, "p90": p90_ms, "runs": fetches.len()},
             "bytes_per_message": {"stored": per_message, "disk": disk_per_message},
+            "store_beside_a_file": store,
         }),
     );
 }

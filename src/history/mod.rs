@@ -13,17 +13,26 @@
 //!
 //! Appends and recoveries are called by the Hub under the topic's lock, so a recovery
 //! reads exactly the messages published before the subscription and the live ones
-//! follow. Appends are plain sled inserts (memory, flushed by sled's background thread
-//! every `[store] flush_interval`).
+//! follow. An append encodes the message once and puts it on the stream's in-memory
+//! *tail*; the writer task ([`History::start`]) takes every tail with something new as
+//! soon as it wakes and stores each as one *run* of messages, all in one sled batch
+//! (group commit: sled costs per entry far more than per byte, docs/benchmarks.md). A
+//! message stays on its tail until its run is stored, so a recovery reads the store
+//! and then the tail and misses nothing. sled's background thread flushes every
+//! `[store] flush_interval`; the writer adds the time to store one burst. A tail longer
+//! than [`MAX_TAIL`] is stored by the appender itself, which holds the publisher back.
 //!
-//! Layout, in two trees: `history/messages` holds `topic NUL seq` → a
-//! [`StoredMessage`]; `history/streams` holds each stream's position, written at a
-//! clean stop together with a marker. Without the marker the daemon did not stop
-//! cleanly, so the streams are rebuilt from the messages and all start new epochs.
+//! Layout, in two trees: `history/messages` holds `topic NUL seq` → a run of
+//! [`StoredMessage`]s numbered `seq`, `seq + 1`, … ([`crate::store::message::run`]);
+//! `history/streams` holds each stream's position, written at a clean stop together
+//! with a marker. Without the marker the daemon did not stop cleanly, so the streams
+//! are rebuilt from the messages and all start new epochs. Trimming and eviction move a
+//! stream's first number at once and delete a run once none of its messages is kept.
 //!
-//! The history owns its expiry task ([`History::start`]); [`History::close`] stops it
-//! and waits for a pass in progress before saving, and from then on nothing trims or
-//! evicts, so the saved positions describe exactly the messages the next start finds.
+//! The history owns its expiry and writer tasks ([`History::start`]); [`History::close`]
+//! stops them, waiting for a pass in progress, stores what the tails hold, and from then
+//! on nothing trims or evicts, so the saved positions describe exactly the messages the
+//! next start finds.
 
 pub mod config;
 pub mod metrics;
@@ -32,12 +41,18 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use std::collections::VecDeque;
+
 use crate::background::Background;
+use crate::store::message::run;
 use crate::store::{Evictable, Evicted, Reopened, Store, StoreError, StoredMessage, Tree};
 pub use config::{HistoryConfig, HistoryRule};
 use switchboard_core::message::Publish;
 use switchboard_core::protocol::Since;
 use switchboard_core::quiet::Throttle;
+
+/// Messages a tail holds before the appender stores it itself.
+pub const MAX_TAIL: usize = 16_384;
 
 /// How often streams with an age limit are trimmed, so idle topics expire too.
 pub const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -91,6 +106,50 @@ struct Stream {
     /// When `first` was stored, µs since the Unix epoch (0 when empty).
     first_ts_us: u64,
     bytes: u64,
+    /// In memory only: what is not stored yet, and the oldest stored run.
+    tail: Tail,
+}
+
+/// A message appended and not yet known to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pending {
+    seq: u64,
+    ts_us: u64,
+    record: Vec<u8>,
+}
+
+impl Pending {
+    fn size(&self) -> u64 {
+        (self.record.len() + run::PER_RECORD) as u64
+    }
+}
+
+/// What a stream has that the store does not, and what it will delete there.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Tail {
+    /// The newest messages, oldest first; each stays until its run is stored.
+    pending: VecDeque<Pending>,
+    /// The highest number put in a run (stored or being stored).
+    taken: u64,
+    /// The oldest stored run, read once so that trimming message by message does not
+    /// read it again.
+    head: Option<Head>,
+    /// Keys of runs none of whose messages is kept any more.
+    doomed: Vec<Vec<u8>>,
+    /// On the writer's list.
+    dirty: bool,
+}
+
+/// A stored run: its key and, oldest first, the number, time and size of each message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Head {
+    key: Vec<u8>,
+    messages: VecDeque<(u64, u64, u64)>,
+}
+
+/// The bytes a run's key and framing take, counted once per run.
+fn run_overhead(key: &[u8]) -> u64 {
+    (key.len() + run::OVERHEAD) as u64
 }
 
 impl Stream {
@@ -102,6 +161,7 @@ impl Stream {
             last: after,
             first_ts_us: 0,
             bytes: 0,
+            tail: Tail::default(),
         }
     }
 
@@ -151,6 +211,7 @@ impl Stream {
             last: fields.next()??,
             first_ts_us: fields.next()??,
             bytes: fields.next()??,
+            tail: Tail::default(),
         };
         (bytes.len() == 48).then_some(stream)
     }
@@ -195,8 +256,14 @@ pub struct History {
     /// Set by [`History::close`]; an append after it withdraws the clean marker, and
     /// nothing is trimmed or evicted after it.
     closed: std::sync::atomic::AtomicBool,
-    /// The expiry task, from [`History::start`] to [`History::close`].
-    expiry: Background,
+    /// The expiry and writer tasks, from [`History::start`] to [`History::close`].
+    tasks: Background,
+    /// Streams whose tail the writer should store.
+    dirty: Mutex<Vec<Arc<Entry>>>,
+    /// Wakes the writer.
+    wake: tokio::sync::Notify,
+    /// Held for a whole write pass, so runs are stored in the order they were taken.
+    writing: Mutex<()>,
     /// Table size at which empty, unused streams are forgotten.
     prune_at: std::sync::atomic::AtomicUsize,
 }
@@ -220,6 +287,55 @@ fn split_key(key: &[u8]) -> Option<(&str, u64)> {
         std::str::from_utf8(topic).ok()?,
         u64::from_be_bytes(seq.try_into().ok()?),
     ))
+}
+
+/// One message found by [`History::rebuild`], in key order.
+fn rebuild_one(
+    streams: &mut HashMap<Box<str>, Stream>,
+    topic: &str,
+    seq: u64,
+    ts_us: u64,
+    size: u64,
+) {
+    match streams.get_mut(topic) {
+        Some(s) if s.last + 1 == seq => {
+            s.last = seq;
+            s.bytes += size;
+        }
+        Some(s) => {
+            // A hole (never written before a crash): keep the part after it.
+            tracing::warn!(topic, seq, "history: a gap in a stored stream");
+            s.first = seq;
+            s.last = seq;
+            s.first_ts_us = ts_us;
+            s.bytes = size;
+        }
+        None => {
+            let mut s = Stream::new(seq.saturating_sub(1));
+            s.last = seq;
+            s.first_ts_us = ts_us;
+            s.bytes = size;
+            streams.insert(topic.into(), s);
+        }
+    }
+}
+
+/// A stored run, read: every record must be a message, numbered on from the key's.
+fn read_run(key: &[u8], first: u64, value: &[u8]) -> Option<Head> {
+    let mut messages = VecDeque::new();
+    for (i, record) in run::records(value).enumerate() {
+        let record = record.ok()?;
+        let message = StoredMessage::decode(record).ok()?;
+        if message.seq != first + i as u64 {
+            return None;
+        }
+        let size = (record.len() + run::PER_RECORD) as u64;
+        messages.push_back((message.seq, message.ts_us, size));
+    }
+    (!messages.is_empty()).then(|| Head {
+        key: key.to_vec(),
+        messages,
+    })
 }
 
 /// A handle on one topic's stream, kept in the Hub's topic state.
@@ -251,7 +367,10 @@ impl History {
             recovered: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             closed: Default::default(),
-            expiry: Background::new(),
+            tasks: Background::new(),
+            dirty: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            writing: Mutex::default(),
             prune_at: std::sync::atomic::AtomicUsize::new(MAX_IDLE_STREAMS),
         };
         let clean = history
@@ -349,33 +468,15 @@ impl History {
         let mut corrupt = Vec::new();
         for item in self.messages.current()?.iter() {
             let (key, value) = item.map_err(|e| self.store.io(e))?;
-            let (Some((topic, seq)), Ok(message)) =
-                (split_key(&key), StoredMessage::decode(&value))
-            else {
+            let run = split_key(&key)
+                .and_then(|(topic, first)| Some((topic, read_run(&key, first, &value)?)));
+            let Some((topic, run)) = run else {
                 corrupt.push(key);
                 continue;
             };
-            let size = (key.len() + value.len()) as u64;
-            match streams.get_mut(topic) {
-                Some(s) if s.last + 1 == seq => {
-                    s.last = seq;
-                    s.bytes += size;
-                }
-                Some(s) => {
-                    // A hole (never written before a crash): keep the part after it.
-                    tracing::warn!(topic, seq, "history: a gap in a stored stream");
-                    s.first = seq;
-                    s.last = seq;
-                    s.first_ts_us = message.ts_us;
-                    s.bytes = size;
-                }
-                None => {
-                    let mut s = Stream::new(seq.saturating_sub(1));
-                    s.last = seq;
-                    s.first_ts_us = message.ts_us;
-                    s.bytes = size;
-                    streams.insert(topic.into(), s);
-                }
+            for (i, &(seq, ts_us, size)) in run.messages.iter().enumerate() {
+                let size = size + if i == 0 { run_overhead(&key) } else { 0 };
+                rebuild_one(&mut streams, topic, seq, ts_us, size);
             }
         }
         // Delete what a hole cut off, and unreadable records.
@@ -499,35 +600,145 @@ impl History {
         self.read().values().cloned().collect()
     }
 
-    /// Removes a stream's oldest message; returns its size.
-    fn pop_oldest(&self, entry: &Entry, s: &mut Stream) -> Result<u64, StoreError> {
-        let key = message_key(&entry.topic, s.first);
-        let removed = self
-            .messages
-            .current()?
-            .remove(&key)
-            .map_err(|e| self.store.io(e))?;
-        let size = removed.map_or(0, |v| (key.len() + v.len()) as u64);
+    /// Gives up a stream's oldest message; returns its size. A message still on the
+    /// tail leaves it; a stored one goes when the last message of its run does.
+    fn pop_oldest(&self, entry: &Arc<Entry>, s: &mut Stream) -> Result<u64, StoreError> {
+        let seq = s.first;
+        let tail = &mut s.tail;
+        while tail.pending.front().is_some_and(|p| p.seq < seq) {
+            tail.pending.pop_front();
+        }
+        let size = if tail.pending.front().is_some_and(|p| p.seq == seq) {
+            tail.pending.pop_front().map_or(0, |p| p.size())
+        } else {
+            self.load_head(entry, s, seq)?;
+            let mut size = 0;
+            if let Some(head) = &mut s.tail.head {
+                while head.messages.front().is_some_and(|m| m.0 < seq) {
+                    head.messages.pop_front();
+                }
+                if head.messages.front().is_some_and(|m| m.0 == seq) {
+                    size = head.messages.pop_front().map_or(0, |m| m.2);
+                }
+                if head.messages.is_empty() {
+                    let key = std::mem::take(&mut head.key);
+                    s.tail.head = None;
+                    size += run_overhead(&key);
+                    self.doom(entry, s, key);
+                }
+            }
+            size
+        };
         s.first += 1;
         s.bytes = s.bytes.saturating_sub(size);
         s.first_ts_us = if s.is_empty() {
             0
         } else {
-            self.messages
-                .current()?
-                .get(message_key(&entry.topic, s.first))
-                .map_err(|e| self.store.io(e))?
-                .and_then(|v| StoredMessage::peek_ts_us(&v))
-                .unwrap_or(0)
+            self.ts_of(entry, s)?
         };
         self.bytes.fetch_sub(size, Ordering::Relaxed);
         self.stored.fetch_sub(1, Ordering::Relaxed);
         Ok(size)
     }
 
+    /// When the stream's first message was stored: from its tail or its oldest run.
+    fn ts_of(&self, entry: &Arc<Entry>, s: &mut Stream) -> Result<u64, StoreError> {
+        let seq = s.first;
+        if let Some(p) = s.tail.pending.iter().find(|p| p.seq >= seq) {
+            if p.seq == seq {
+                return Ok(p.ts_us);
+            }
+        }
+        self.load_head(entry, s, seq)?;
+        Ok(s.tail
+            .head
+            .as_ref()
+            .and_then(|h| h.messages.iter().find(|m| m.0 == seq))
+            .map_or(0, |m| m.1))
+    }
+
+    /// Makes the stream's head the stored run holding `seq`, unless it already is.
+    fn load_head(&self, entry: &Arc<Entry>, s: &mut Stream, seq: u64) -> Result<(), StoreError> {
+        let holds = |h: &Head| h.messages.back().is_some_and(|m| m.0 >= seq);
+        if s.tail.head.as_ref().is_some_and(holds) {
+            return Ok(());
+        }
+        if let Some(old) = s.tail.head.take() {
+            // Every message of it is behind `seq`, and was counted out when it left the
+            // tail (it was being stored then): only the run's own bytes remain.
+            self.give_up(entry, s, old.key);
+        }
+        let tree = self.messages.current()?;
+        let found = tree
+            .range(message_key(&entry.topic, 0)..=message_key(&entry.topic, seq))
+            .next_back()
+            .transpose()
+            .map_err(|e| self.store.io(e))?;
+        let run = found.and_then(|(key, value)| {
+            let (_, first) = split_key(&key)?;
+            read_run(&key, first, &value)
+        });
+        match run {
+            Some(run) if holds(&run) => s.tail.head = Some(run),
+            // It ends before `seq`, which fell in a hole a failed write left: nothing of
+            // it is kept, so it goes, unless it is going already.
+            Some(run) if !s.tail.doomed.contains(&run.key) => self.give_up(entry, s, run.key),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Gives up a stored run none of whose messages is counted any more: its own bytes
+    /// are counted out, and the writer deletes it.
+    fn give_up(&self, entry: &Arc<Entry>, s: &mut Stream, key: Vec<u8>) {
+        let size = run_overhead(&key);
+        s.bytes = s.bytes.saturating_sub(size);
+        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        self.doom(entry, s, key);
+    }
+
+    /// Deletes a run at the writer's next pass.
+    fn doom(&self, entry: &Arc<Entry>, s: &mut Stream, key: Vec<u8>) {
+        s.tail.doomed.push(key);
+        self.mark_dirty(entry, s);
+    }
+
+    /// A message that cannot be kept: logged (one line per window: a full disk fails
+    /// every write; the store's health and `history_write_errors` say the rest), and
+    /// the stream starts a new epoch. The hole stays inside `first..=last`: a recovery
+    /// across it reads short and says it is incomplete.
+    fn refuse(
+        &self,
+        entry: &Entry,
+        s: &mut Stream,
+        seq: u64,
+        error: &dyn std::fmt::Display,
+    ) -> bool {
+        self.write_errors.fetch_add(1, Ordering::Relaxed);
+        static FAILED: Throttle = Throttle::per_secs(10);
+        if let Some(held_back) = FAILED.admit() {
+            tracing::error!(topic = &*entry.topic, seq, error = %error, held_back, "history: write failed; the stream starts a new epoch");
+        }
+        s.last = seq;
+        s.restart_epoch();
+        false
+    }
+
+    /// Puts a stream on the writer's list and wakes it.
+    fn mark_dirty(&self, entry: &Arc<Entry>, s: &mut Stream) {
+        if !s.tail.dirty {
+            s.tail.dirty = true;
+            self.dirty
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(entry.clone());
+            self.wake.notify_one();
+        }
+    }
+
     /// Drops what a stream's rule no longer keeps: beyond `keep`, older than `max_age`.
     /// Nothing once closed: the saved positions count what is stored.
-    fn trim(&self, entry: &Entry, s: &mut Stream, now_us: u64) -> Result<(), StoreError> {
+    fn trim(&self, entry: &Arc<Entry>, s: &mut Stream, now_us: u64) -> Result<(), StoreError> {
         if self.is_closed() {
             return Ok(());
         }
@@ -540,16 +751,143 @@ impl History {
         Ok(())
     }
 
-    /// Starts the expiry task, which runs [`History::expire`] every [`EXPIRE_EVERY`]
-    /// until [`History::close`]; none when no rule has an age limit.
+    /// Starts the writer task, which stores the tails as soon as there is something
+    /// on them, and the expiry task, which runs [`History::expire`] every
+    /// [`EXPIRE_EVERY`] (none when no rule has an age limit), until [`History::close`].
     pub fn start(self: &Arc<Self>) {
+        let history = Arc::downgrade(self);
+        self.tasks.spawn(move |stop| async move {
+            loop {
+                let Some(woken) = history.upgrade() else {
+                    return;
+                };
+                tokio::select! {
+                    _ = woken.wake.notified() => {}
+                    _ = stop.cancelled() => return,
+                }
+                woken.write_dirty();
+            }
+        });
         if self.config.topics.iter().any(|r| r.max_age.is_some()) {
-            self.expiry.every(
+            self.tasks.every(
                 self,
                 EXPIRE_EVERY,
                 "history: expiring old messages",
                 History::expire,
             );
+        }
+    }
+
+    /// Stores every tail on the writer's list, each as one run, in one batch, and
+    /// deletes the runs trimming gave up. A failed write loses what it held: the
+    /// streams it touched start new epochs (the holes stay inside them, so a recovery
+    /// across one reads short and says it is incomplete).
+    fn write_dirty(&self) {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let entries = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
+        if entries.is_empty() {
+            return;
+        }
+        let mut batch = sled::Batch::default();
+        // Per stream: the run stored (key, first, last) and the runs deleted.
+        let mut done = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let mut s = lock(&entry);
+            s.tail.dirty = false;
+            let (first, taken) = (s.first, s.tail.taken);
+            let fresh = s
+                .tail
+                .pending
+                .iter()
+                .filter(|p| p.seq > taken && p.seq >= first);
+            // Runs of consecutive numbers, of at most `run::MAX_BYTES` each.
+            let mut runs: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+            for p in fresh {
+                match runs.last_mut() {
+                    Some((_, b, v)) if *b + 1 == p.seq && run::fits(v, &p.record) => {
+                        run::push(v, &p.record);
+                        *b = p.seq;
+                    }
+                    _ => {
+                        let mut v = run::start(run::MAX_BYTES);
+                        run::push(&mut v, &p.record);
+                        runs.push((p.seq, p.seq, v));
+                    }
+                }
+            }
+            let runs: Vec<(Vec<u8>, u64, u64)> = runs
+                .into_iter()
+                .map(|(a, b, value)| {
+                    let key = message_key(&entry.topic, a);
+                    batch.insert(key.clone(), value);
+                    s.tail.taken = b;
+                    (key, a, b)
+                })
+                .collect();
+            let doomed = std::mem::take(&mut s.tail.doomed);
+            for key in &doomed {
+                batch.remove(key.clone());
+            }
+            drop(s);
+            done.push((entry, runs, doomed));
+        }
+        let written = self
+            .messages
+            .current()
+            .and_then(|t| t.apply_batch(batch).map_err(|e| self.store.io(e)));
+        let failed = written.as_ref().err().map(ToString::to_string);
+        for (entry, runs, doomed) in done {
+            let mut s = lock(&entry);
+            if failed.is_none() {
+                for (key, _, b) in runs {
+                    while s.tail.pending.front().is_some_and(|p| p.seq <= b) {
+                        s.tail.pending.pop_front();
+                    }
+                    if b < s.first {
+                        // Trimmed whole while it was being stored.
+                        self.doom(&entry, &mut s, key);
+                    } else {
+                        let size = run_overhead(&key);
+                        s.bytes += size;
+                        self.bytes.fetch_add(size, Ordering::Relaxed);
+                    }
+                }
+                continue;
+            }
+            s.tail.doomed.extend(doomed);
+            let (Some(&(_, a, _)), Some(&(_, _, b))) = (runs.first(), runs.last()) else {
+                continue;
+            };
+            let (mut lost, mut size, kept_from) = (0u64, 0u64, s.first);
+            s.tail.pending.retain(|p| {
+                let gone = p.seq >= a && p.seq <= b;
+                // Those behind the first were counted out when trimmed.
+                if gone && p.seq >= kept_from {
+                    lost += 1;
+                    size += p.size();
+                }
+                !gone
+            });
+            s.bytes = s.bytes.saturating_sub(size);
+            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            let _ = self
+                .stored
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(lost))
+                });
+            self.write_errors.fetch_add(lost, Ordering::Relaxed);
+            s.restart_epoch();
+            static FAILED: Throttle = Throttle::per_secs(10);
+            if let Some(held_back) = FAILED.admit() {
+                tracing::error!(
+                    topic = &*entry.topic,
+                    from = a,
+                    to = b,
+                    error = failed.as_deref().unwrap_or(""),
+                    held_back,
+                    "history: write failed; the stream starts a new epoch"
+                );
+            }
         }
     }
 
@@ -572,16 +910,23 @@ impl History {
         Ok(())
     }
 
-    /// Stops the expiry task (waiting for a pass in progress), then saves every
-    /// stream's position and marks the stop as clean. Called at shutdown, after the last
+    /// Stops the expiry and writer tasks (waiting for a pass in progress), stores what
+    /// the tails hold, then saves every stream's position and marks the stop as clean. Called at shutdown, after the last
     /// publish and after the store's janitor stopped, before the store's final flush.
     /// From here on nothing is trimmed or evicted, so no message the positions count
     /// can go missing before the next start.
     pub async fn close(&self) -> Result<(), StoreError> {
-        self.expiry.stop().await;
+        self.tasks.stop().await;
         // Before any stream's lock is taken below: a trim or an eviction that gets a
         // stream's lock after its position was read sees it and does nothing.
         self.closed.store(true, Ordering::SeqCst);
+        for entry in self.entries() {
+            let mut s = lock(&entry);
+            if !s.tail.pending.is_empty() || !s.tail.doomed.is_empty() {
+                self.mark_dirty(&entry, &mut s);
+            }
+        }
+        self.write_dirty();
         // Positions of forgotten streams go; a crash before the batch lands leaves no
         // marker, so the next start rebuilds from the messages instead.
         self.positions
@@ -613,8 +958,32 @@ impl History {
         }
     }
 
-    /// Reads messages `from..=to` of a topic; unreadable ones are skipped and logged.
-    fn read_range(&self, topic: &str, from: u64, to: u64) -> Vec<StoredMessage> {
+    /// Reads messages `from..=to` of a topic: from the store up to `tail`'s first, then
+    /// `tail` (the stream's unstored messages in that range, taken under its lock).
+    /// Unreadable ones are skipped and logged.
+    fn read_range(
+        &self,
+        topic: &str,
+        from: u64,
+        to: u64,
+        tail: Vec<Pending>,
+    ) -> Vec<StoredMessage> {
+        let mut out = self.read_stored(
+            topic,
+            from,
+            tail.first().map_or(to, |p| p.seq.saturating_sub(1).min(to)),
+        );
+        for p in tail {
+            match StoredMessage::decode(&p.record) {
+                Ok(m) => out.push(m),
+                Err(e) => tracing::warn!(topic, error = %e, "history: skipped a message"),
+            }
+        }
+        out
+    }
+
+    /// Reads the stored messages `from..=to` of a topic.
+    fn read_stored(&self, topic: &str, from: u64, to: u64) -> Vec<StoredMessage> {
         if from > to {
             return Vec::new();
         }
@@ -626,12 +995,33 @@ impl History {
                 return out;
             }
         };
-        for item in messages.range(message_key(topic, from)..=message_key(topic, to)) {
+        // From the run holding `from`, which may begin before it.
+        let start = match messages
+            .range(message_key(topic, 0)..=message_key(topic, from))
+            .next_back()
+        {
+            Some(Ok((key, _))) => key.to_vec(),
+            _ => message_key(topic, from),
+        };
+        for item in messages.range(start..=message_key(topic, to)) {
             match item.map_err(|e| self.store.io(e)) {
-                Ok((_, value)) => match StoredMessage::decode(&value) {
-                    Ok(m) => out.push(m),
-                    Err(e) => tracing::warn!(topic, error = %e, "history: skipped a message"),
-                },
+                Ok((_, value)) => {
+                    for record in run::records(&value) {
+                        let seq = record
+                            .as_ref()
+                            .ok()
+                            .and_then(|r| StoredMessage::peek_seq(r));
+                        if seq.is_some_and(|n| n < from || n > to) {
+                            continue;
+                        }
+                        match record.and_then(StoredMessage::decode) {
+                            Ok(m) => out.push(m),
+                            Err(e) => {
+                                tracing::warn!(topic, error = %e, "history: skipped a message")
+                            }
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::error!(topic, error = %e, "history: read failed");
                     break;
@@ -652,9 +1042,10 @@ impl Log {
         lock(&self.entry).position()
     }
 
-    /// Stores a message the Hub just numbered `seq` (under the topic's lock); whether it
-    /// was written. A failed write is logged and starts a new epoch: the stream has a
-    /// hole from here.
+    /// Keeps a message the Hub just numbered `seq` (under the topic's lock): on the
+    /// stream's tail, for the writer. False when it could not be kept (a write after
+    /// [`History::close`] failed), which is logged and starts a new epoch: the stream
+    /// has a hole from here. A failed write of the writer does the same.
     pub fn append(&self, p: &Publish<'_>, seq: u64, ts_us: u64) -> bool {
         let history = &self.history;
         let entry = &self.entry;
@@ -679,27 +1070,32 @@ impl Log {
             s.last = seq - 1;
             s.restart_epoch();
         }
-        let message = StoredMessage::routed(p, seq, ts_us);
-        let key = message_key(&entry.topic, seq);
-        let value = message.encode();
-        let size = (key.len() + value.len()) as u64;
-        let written = history
-            .messages
-            .current()
-            .and_then(|t| t.insert(key, value).map_err(|e| history.store.io(e)));
-        if let Err(e) = written {
-            history.write_errors.fetch_add(1, Ordering::Relaxed);
-            // A full disk fails every write: one line per window, the store's health
-            // and `history_write_errors` say the rest.
-            static FAILED: Throttle = Throttle::per_secs(10);
-            if let Some(held_back) = FAILED.admit() {
-                tracing::error!(topic = &*entry.topic, seq, error = %e, held_back, "history: write failed; the stream starts a new epoch");
+        let record = StoredMessage::encode_routed(p, seq, ts_us);
+        let size = (record.len() + run::PER_RECORD) as u64;
+        if history.is_closed() {
+            // The writer has stopped: store it at once, as a run of its own.
+            let key = message_key(&entry.topic, seq);
+            let mut value = run::start(record.len());
+            run::push(&mut value, &record);
+            let written = history
+                .messages
+                .current()
+                .and_then(|t| t.insert(&key, value).map_err(|e| history.store.io(e)));
+            if let Err(e) = written {
+                return history.refuse(entry, &mut s, seq, &e);
             }
-            // The hole stays inside `first..=last`: a recovery across it reads short
-            // and says it is incomplete.
-            s.last = seq;
-            s.restart_epoch();
-            return false;
+            s.tail.taken = seq;
+            s.bytes += run_overhead(&key);
+            history
+                .bytes
+                .fetch_add(run_overhead(&key), Ordering::Relaxed);
+        } else if history.store.health().is_failing() {
+            // The writer would fail to store it: the publisher hears now that it was
+            // not kept, as it did when every append was a write.
+            return history.refuse(entry, &mut s, seq, &"the store is failing");
+        } else {
+            s.tail.pending.push_back(Pending { seq, ts_us, record });
+            history.mark_dirty(entry, &mut s);
         }
         if s.is_empty() {
             s.first = seq;
@@ -717,6 +1113,11 @@ impl Log {
                 tracing::error!(topic = &*entry.topic, error = %e, held_back, "history: trimming failed");
             }
         }
+        if s.tail.pending.len() > MAX_TAIL {
+            // The writer is behind: store the tails here, holding the publisher back.
+            drop(s);
+            history.write_dirty();
+        }
         true
     }
 
@@ -732,7 +1133,7 @@ impl Log {
     pub fn recover_page(&self, since: &Since, page: Option<u64>) -> Recovery {
         let history = &self.history;
         let max = history.config.max_recovery.get() as u64;
-        let (from, to, complete) = {
+        let (from, to, complete, tail) = {
             let mut s = lock(&self.entry);
             if let Err(e) = history.trim(&self.entry, &mut s, switchboard_core::clock::now_us()) {
                 static FAILED: Throttle = Throttle::per_secs(10);
@@ -758,7 +1159,7 @@ impl Log {
             };
             let from = wanted_from.max(s.first);
             let paged = page.filter(|_| matches!(since, Since::After { .. }));
-            match paged {
+            let (from, to, complete) = match paged {
                 // A page: the oldest first, no more than asked nor than `max`.
                 Some(n) if s.last >= from => {
                     let to = s.last.min(from + n.min(max).max(1) - 1);
@@ -768,12 +1169,20 @@ impl Log {
                 // Too many missed: deliver the newest `max`, and say it was not all.
                 _ if s.last >= from && s.last - from + 1 > max => (s.last + 1 - max, s.last, false),
                 _ => (from, s.last, complete),
-            }
+            };
+            let tail = s
+                .tail
+                .pending
+                .iter()
+                .filter(|p| p.seq >= from && p.seq <= to)
+                .cloned()
+                .collect();
+            (from, to, complete, tail)
         };
         // Reading after releasing the stream's lock is safe: the topic's lock keeps new
         // messages out, and eviction only removes messages older than `from` or makes
         // the read come back short, which is then reported.
-        let messages = history.read_range(&self.entry.topic, from, to);
+        let messages = history.read_range(&self.entry.topic, from, to, tail);
         let complete = complete && messages.len() as u64 == (to + 1).saturating_sub(from);
         history.recoveries.fetch_add(1, Ordering::Relaxed);
         history
@@ -877,16 +1286,43 @@ impl History {
     fn resync(&self, entry: &Entry, s: &mut Stream) -> Result<u64, StoreError> {
         let tree = self.messages.current()?;
         let (mut found, mut bytes, mut first) = (0u64, 0u64, None);
-        for item in
-            tree.range(message_key(&entry.topic, s.first)..=message_key(&entry.topic, s.last))
+        // What is on the tail is counted from there, the rest from the store.
+        let tail_from = s.tail.pending.front().map_or(u64::MAX, |p| p.seq);
+        let kept = s.first..=s.last.min(tail_from.saturating_sub(1));
+        let start = match tree
+            .range(message_key(&entry.topic, 0)..=message_key(&entry.topic, s.first))
+            .next_back()
         {
+            Some(item) => item.map_err(|e| self.store.io(e))?.0.to_vec(),
+            None => message_key(&entry.topic, s.first),
+        };
+        for item in tree.range(start..=message_key(&entry.topic, s.last)) {
             let (key, value) = item.map_err(|e| self.store.io(e))?;
-            if first.is_none() {
-                first = split_key(&key).map(|(_, seq)| (seq, StoredMessage::peek_ts_us(&value)));
+            let Some(run) = split_key(&key).and_then(|(_, a)| read_run(&key, a, &value)) else {
+                continue;
+            };
+            let mut counted = false;
+            for &(seq, ts, size) in run.messages.iter().filter(|m| kept.contains(&m.0)) {
+                first = first.or(Some((seq, Some(ts))));
+                found += 1;
+                bytes += size;
+                counted = true;
             }
-            found += 1;
-            bytes += (key.len() + value.len()) as u64;
+            if counted {
+                bytes += run_overhead(&key);
+            }
         }
+        for p in s
+            .tail
+            .pending
+            .iter()
+            .filter(|p| p.seq >= s.first && p.seq <= s.last)
+        {
+            first = first.or(Some((p.seq, Some(p.ts_us))));
+            found += 1;
+            bytes += p.size();
+        }
+        s.tail.head = None;
         let missing = s.count().saturating_sub(found);
         if missing == 0 {
             return Ok(0);
@@ -954,7 +1390,115 @@ mod tests {
         assert_eq!(h.evict_oldest(u64::MAX).unwrap(), Evicted::default());
         h.expire().unwrap();
         assert_eq!(h.stats().messages, 3);
-        assert_eq!(h.messages.current().unwrap().len(), 3);
+        assert_eq!(stored_seqs(&h), [1, 2, 3]);
+    }
+
+    /// Every message number in the store, in key order.
+    fn stored_seqs(h: &History) -> Vec<u64> {
+        let mut out = Vec::new();
+        for item in h.messages.current().unwrap().iter() {
+            let (key, value) = item.unwrap();
+            let (_, first) = split_key(&key).unwrap();
+            let run = read_run(&key, first, &value).expect("a readable run");
+            out.extend(run.messages.iter().map(|m| m.0));
+        }
+        out
+    }
+
+    fn recovered(log: &Log, n: u64) -> Vec<u64> {
+        let r = log.recover(&Since::Last(n));
+        r.messages.iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn a_recovery_reads_the_tail_and_the_store_as_one_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = history(dir.path());
+        let log = h.log("t/kept").unwrap();
+        for seq in 1..=4 {
+            append(&log, seq);
+        }
+        // Nothing stored yet: all four come from the tail.
+        assert!(stored_seqs(&h).is_empty());
+        assert_eq!(recovered(&log, 10), [1, 2, 3, 4]);
+        h.write_dirty();
+        assert_eq!(stored_seqs(&h), [1, 2, 3, 4]);
+        for seq in 5..=7 {
+            append(&log, seq);
+        }
+        // Half stored, half on the tail.
+        assert_eq!(recovered(&log, 10), [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(recovered(&log, 2), [6, 7]);
+        h.write_dirty();
+        assert_eq!(recovered(&log, 10), [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(h.messages.current().unwrap().len(), 2, "two runs");
+    }
+
+    #[test]
+    fn trimming_deletes_whole_runs_and_counts_bytes_as_they_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = history(dir.path());
+        let log = h.log("t/kept").unwrap();
+        // Runs of 7 with keep = 10: trimming goes through the tail and through runs.
+        for seq in 1..=100 {
+            append(&log, seq);
+            if seq % 7 == 0 {
+                h.write_dirty();
+            }
+        }
+        h.write_dirty();
+        assert_eq!(recovered(&log, 20), (91..=100).collect::<Vec<_>>());
+        let stored = stored_seqs(&h);
+        assert!(
+            stored.len() < 20,
+            "runs behind the first were deleted: {stored:?}"
+        );
+        assert!(stored.ends_with(&(91..=100).collect::<Vec<_>>()));
+        // The bytes counted are those of the runs that hold what is kept.
+        let mut bytes = 0;
+        for item in h.messages.current().unwrap().iter() {
+            let (key, value) = item.unwrap();
+            let (_, first) = split_key(&key).unwrap();
+            let run = read_run(&key, first, &value).unwrap();
+            bytes += run_overhead(&key);
+            bytes += run
+                .messages
+                .iter()
+                .filter(|m| m.0 >= 91)
+                .map(|m| m.2)
+                .sum::<u64>();
+        }
+        assert_eq!(h.stats().bytes, bytes);
+        assert_eq!(h.stats().messages, 10);
+    }
+
+    #[tokio::test]
+    async fn after_a_crash_the_streams_are_rebuilt_from_the_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let h = history(dir.path());
+            let log = h.log("t/kept").unwrap();
+            for seq in 1..=8 {
+                append(&log, seq);
+                if seq % 3 == 0 {
+                    h.write_dirty();
+                }
+            }
+            // 7 and 8 were never stored: the crash takes them.
+            h.store.flush().await.unwrap();
+        }
+        let h = history(dir.path());
+        let log = h.log("t/kept").unwrap();
+        assert_eq!(log.last_seq(), 6);
+        assert_eq!(recovered(&log, 10), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(h.stats().bytes, {
+            let mut bytes = 0;
+            for item in h.messages.current().unwrap().iter() {
+                let (key, value) = item.unwrap();
+                bytes += (key.len() + value.len()) as u64;
+            }
+            bytes
+        });
     }
 
     #[tokio::test]

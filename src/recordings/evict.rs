@@ -4,6 +4,7 @@
 //! is oldest. An eviction removes messages and rewrites that recording's figures
 //! (count, bytes, per-topic counts, first `ts`, `evicted`) in one batch.
 
+use crate::store::message::run;
 use crate::store::{Evictable, Evicted, StoreError, StoredMessage};
 
 use super::{json, layout, lock, Recorder};
@@ -37,28 +38,35 @@ impl Evictable for Recorder {
         let mut freed = Evicted::default();
         let mut batch = sled::Batch::default();
         figures.first_us = None;
+        // Whole runs, oldest first.
         for item in self
             .tree
             .current()?
             .scan_prefix(layout::messages_prefix(id))
         {
             let (key, value) = item.map_err(|e| self.store.io(e))?;
-            let decoded = StoredMessage::decode(&value);
             if freed.bytes >= at_least.max(1) {
                 // The first message kept: the recording now starts here.
-                figures.first_us = decoded.ok().map(|m| m.ts_us);
+                figures.first_us = run::records(&value)
+                    .next()
+                    .and_then(|r| StoredMessage::peek_ts_us(r.ok()?));
                 break;
             }
-            if let Ok(m) = decoded {
-                if let Some(n) = figures.topics.get_mut(&m.topic) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        figures.topics.remove(&m.topic);
+            for record in run::records(&value) {
+                let Ok(record) = record else {
+                    break;
+                };
+                if let Ok(m) = StoredMessage::decode(record) {
+                    if let Some(n) = figures.topics.get_mut(&m.topic) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            figures.topics.remove(&m.topic);
+                        }
                     }
                 }
+                freed.records += 1;
+                freed.bytes += layout::record_bytes(record.len());
             }
-            freed.records += 1;
-            freed.bytes += layout::record_bytes(value.len());
             batch.remove(key);
         }
         figures.messages = figures.messages.saturating_sub(freed.records);

@@ -5,8 +5,10 @@
 //! Keys, all big-endian so that sled's order is numeric order:
 //! - `r` + id → [`Meta`] (JSON): what the recording is, written at start, stop, import;
 //! - `s` + id → [`Figures`] (JSON): counts and bytes, rewritten with every batch;
-//! - `m` + id + n → a [`crate::store::StoredMessage`], `n` counting from 0 in arrival
-//!   order, so one recording's messages are one contiguous range, oldest first.
+//! - `m` + id + n → a run of [`crate::store::StoredMessage`]s numbered `n`, `n + 1`, …
+//!   ([`crate::store::message::run`]; a store of format 2 holds runs of one), `n`
+//!   counting from 0 in arrival order, so one recording's messages are one contiguous
+//!   range, oldest first.
 
 use std::collections::BTreeMap;
 
@@ -75,7 +77,7 @@ pub struct Meta {
 pub struct Figures {
     /// Messages stored now.
     pub messages: u64,
-    /// Bytes of those messages' records (keys and values).
+    /// Bytes of those messages' records ([`record_bytes`]).
     pub bytes: u64,
     /// The `n` the next message gets.
     pub next: u64,
@@ -90,9 +92,16 @@ pub struct Figures {
     pub evicted: u64,
 }
 
-/// The size a message record counts for in [`Figures::bytes`] and the store's cap.
-pub fn record_bytes(value_len: usize) -> u64 {
-    (17 + value_len) as u64
+/// The size a message record counts for in [`Figures::bytes`] and the store's cap: the
+/// record and its framing in a run. A run's own key (18 bytes for up to
+/// `run::MAX_BYTES` of records) is not counted.
+pub fn record_bytes(record_len: usize) -> u64 {
+    (crate::store::message::run::PER_RECORD + record_len) as u64
+}
+
+/// The recording number `n` of a message key.
+pub fn number_of(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(9..17)?.try_into().ok()?))
 }
 
 #[cfg(test)]

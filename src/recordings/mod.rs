@@ -4,7 +4,7 @@
 //!
 //! The path of a recorded message: the Hub calls the recorder's [`tap`] under the
 //! topic's lock; it matches the topic against the running recordings and `try_send`s
-//! one [`StoredMessage`] into a bounded channel (`[recording] queue`), counting the
+//! one encoded [`StoredMessage`] record into a bounded channel (`[recording] queue`), counting the
 //! message as dropped when the channel is full, so recording never slows delivery.
 //! The writer task takes messages in bursts and stores each burst with one
 //! `sled::Batch` ([`layout`]).
@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Principal;
 
 use crate::hub::Hub;
+use crate::store::message::run;
 use crate::store::{Reopened, Store, StoreError, StoredMessage, Tree};
 use layout::{Figures, Meta};
 use switchboard_core::clock::now_ms;
@@ -476,20 +477,33 @@ impl Recorder {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, StoredMessage)>, StoreError> {
-        let start = layout::message_key(id, from);
-        let end = layout::message_key(id, u64::MAX);
+        let tree = self.tree.current()?;
+        // From the run holding `from`, which may begin before it.
+        let start = match tree
+            .range(layout::message_key(id, 0)..=layout::message_key(id, from))
+            .next_back()
+        {
+            Some(item) => item.map_err(|e| self.store.io(e))?.0.to_vec(),
+            None => layout::message_key(id, from).to_vec(),
+        };
+        let end = layout::message_key(id, u64::MAX).to_vec();
         let mut out = Vec::with_capacity(limit.min(1024));
-        for item in self.tree.current()?.range(start..=end).take(limit) {
+        for item in tree.range(start..=end) {
             let (key, value) = item.map_err(|e| self.store.io(e))?;
-            let n = key
-                .get(9..17)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(u64::MAX);
-            match StoredMessage::decode(&value) {
-                Ok(m) => out.push((n, m)),
-                Err(e) => {
-                    tracing::error!(recording = id, n, error = %e, "unreadable recorded message; skipped")
+            let first = layout::number_of(&key).unwrap_or(u64::MAX);
+            for (i, record) in run::records(&value).enumerate() {
+                let n = first.saturating_add(i as u64);
+                if n < from {
+                    continue;
+                }
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                match record.and_then(StoredMessage::decode) {
+                    Ok(m) => out.push((n, m)),
+                    Err(e) => {
+                        tracing::error!(recording = id, n, error = %e, "unreadable recorded message; skipped")
+                    }
                 }
             }
         }
@@ -508,12 +522,14 @@ impl Recorder {
         let tree = self.tree.current()?;
         let written = (|| -> Result<(), sled::Error> {
             for chunk in messages.chunks(tap::BURST) {
-                let mut batch = sled::Batch::default();
+                let mut runs = tap::Runs::default();
                 for m in chunk {
-                    let value = m.encode();
-                    figures.count_in(m, value.len());
-                    batch.insert(&layout::message_key(id, figures.next - 1), value);
+                    let record = m.encode();
+                    figures.count_in(&m.topic, m.ts_us, record.len());
+                    runs.push(id, figures.next - 1, &record);
                 }
+                let mut batch = sled::Batch::default();
+                runs.into_batch(&mut batch);
                 tree.apply_batch(batch)?;
             }
             // Figures and meta last: until they exist, nothing reads the messages.
@@ -549,13 +565,19 @@ impl Recorder {
 
 impl Figures {
     /// Counts one more message, stored as `n = next` with a value of `len` bytes.
-    fn count_in(&mut self, m: &StoredMessage, len: usize) {
+    fn count_in(&mut self, topic: &str, ts_us: u64, len: usize) {
         self.next += 1;
         self.messages += 1;
         self.bytes += layout::record_bytes(len);
-        self.first_us.get_or_insert(m.ts_us);
-        self.last_us = Some(self.last_us.map_or(m.ts_us, |l| l.max(m.ts_us)));
-        *self.topics.entry(m.topic.clone()).or_default() += 1;
+        self.first_us.get_or_insert(ts_us);
+        self.last_us = Some(self.last_us.map_or(ts_us, |l| l.max(ts_us)));
+        // No copy of the topic for one already counted.
+        match self.topics.get_mut(topic) {
+            Some(n) => *n += 1,
+            None => {
+                self.topics.insert(topic.to_owned(), 1);
+            }
+        }
     }
 }
 

@@ -2,10 +2,12 @@
 //! writer task that stores what it offers.
 //!
 //! The tap runs under the Hub's topic lock, so it only matches the topic against the
-//! running recordings, builds the [`StoredMessage`] once for all of them and
+//! running recordings, encodes the [`StoredMessage`] record once for all of them and
 //! `try_send`s it; a full channel counts the message as dropped for each recording that
 //! wanted it. The writer stores each burst with one `sled::Batch` that also rewrites
-//! the figures of every recording it touched (see the module doc of `recorder`).
+//! the figures of every recording it touched (see the module doc of `recorder`), each
+//! recording's messages of the burst as a few runs ([`Runs`]): sled costs per entry
+//! far more than per byte.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{json, layout, lock, Counters, Recorder};
+use crate::store::message::run;
 use crate::store::StoredMessage;
 use crate::throttle::Throttle;
 use switchboard_core::message::{Publish, Tap};
@@ -26,8 +29,9 @@ pub const BURST: usize = 1024;
 const WARN_EVERY_MS: u64 = 10_000;
 
 pub enum Item {
-    /// A message for the recordings with these ids.
-    Message(Vec<u64>, StoredMessage),
+    /// A message for the recordings with these ids, encoded once by the tap
+    /// ([`StoredMessage::encode_routed`]): the bytes the store keeps.
+    Message(Vec<u64>, Vec<u8>),
     /// Answered once everything before it is stored.
     Barrier(oneshot::Sender<()>),
 }
@@ -97,9 +101,9 @@ impl Tap for Shared {
         if wanted.is_empty() {
             return;
         }
-        let stored = StoredMessage::routed(message, seq, ts_us);
+        let record = StoredMessage::encode_routed(message, seq, ts_us);
         let ids = wanted.iter().map(|a| a.id).collect();
-        if self.tx.try_send(Item::Message(ids, stored)).is_err() {
+        if self.tx.try_send(Item::Message(ids, record)).is_err() {
             for a in &wanted {
                 a.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -107,6 +111,43 @@ impl Tap for Shared {
                 .dropped
                 .fetch_add(wanted.len() as u64, Ordering::Relaxed);
             self.warn_dropped();
+        }
+    }
+}
+
+/// The runs a burst adds to each recording: consecutive numbers, at most
+/// `run::MAX_BYTES` each, keyed by their first number.
+#[derive(Default)]
+pub struct Runs {
+    /// (recording, first n, next n, run).
+    runs: Vec<(u64, u64, u64, Vec<u8>)>,
+}
+
+impl Runs {
+    /// Adds message `n` of recording `id`.
+    pub fn push(&mut self, id: u64, n: u64, record: &[u8]) {
+        let open = self
+            .runs
+            .iter_mut()
+            .rev()
+            .find(|r| r.0 == id)
+            .filter(|r| r.2 == n && run::fits(&r.3, record));
+        match open {
+            Some(r) => {
+                run::push(&mut r.3, record);
+                r.2 = n + 1;
+            }
+            None => {
+                let mut value = run::start(run::MAX_BYTES.min(record.len() * 64));
+                run::push(&mut value, record);
+                self.runs.push((id, n, n + 1, value));
+            }
+        }
+    }
+
+    pub fn into_batch(self, batch: &mut sled::Batch) {
+        for (id, first, _, value) in self.runs {
+            batch.insert(&layout::message_key(id, first), value);
         }
     }
 }
@@ -140,38 +181,41 @@ impl Recorder {
         let mut barriers = Vec::new();
         let mut recordings = lock(&self.recordings);
         let mut before = HashMap::new();
-        let mut batch = sled::Batch::default();
+        let mut runs = Runs::default();
         let (mut stored, mut bytes) = (0u64, 0u64);
         for item in burst.drain(..) {
-            let (ids, message) = match item {
-                Item::Message(ids, message) => (ids, message),
+            let (ids, record) = match item {
+                Item::Message(ids, record) => (ids, record),
                 Item::Barrier(done) => {
                     barriers.push(done);
                     continue;
                 }
             };
-            let value = sled::IVec::from(message.encode());
+            // The tap encoded it: these cannot fail on its bytes.
+            let (Some(topic), Some(ts_us)) = (
+                StoredMessage::peek_topic(&record),
+                StoredMessage::peek_ts_us(&record),
+            ) else {
+                continue;
+            };
             for id in ids {
                 // Deleted since, or taken by the tap just as it was stopped.
                 let Some(entry) = recordings.get_mut(&id) else {
                     continue;
                 };
-                if entry
-                    .meta
-                    .stopped_at
-                    .is_some_and(|at| message.ts_us / 1000 > at)
-                {
+                if entry.meta.stopped_at.is_some_and(|at| ts_us / 1000 > at) {
                     continue;
                 }
                 before.entry(id).or_insert_with(|| entry.figures.clone());
                 let n = entry.figures.next;
-                entry.figures.count_in(&message, value.len());
-                // An IVec clone shares the bytes: one copy for every recording.
-                batch.insert(&layout::message_key(id, n), value.clone());
+                entry.figures.count_in(topic, ts_us, record.len());
+                runs.push(id, n, &record);
                 stored += 1;
-                bytes += layout::record_bytes(value.len());
+                bytes += layout::record_bytes(record.len());
             }
         }
+        let mut batch = sled::Batch::default();
+        runs.into_batch(&mut batch);
         for id in before.keys() {
             if let Some(entry) = recordings.get_mut(id) {
                 entry.figures.dropped = entry.dropped.load(Ordering::Relaxed);

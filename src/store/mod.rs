@@ -39,7 +39,9 @@ pub use salvage::SalvageReport;
 ///
 /// 2: message history and recordings. An older build would not withdraw the history's
 /// clean-stop marker, so a crash under it would leave stale positions trusted.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: the history keeps runs of messages per record; an older build would take a run
+/// for one unreadable message.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// A step from one format version to the next, applied in order at open.
 struct Migration {
@@ -49,11 +51,19 @@ struct Migration {
 }
 
 /// Every step, oldest first; `from` runs 1, 2, … up to `FORMAT_VERSION - 1`.
-const MIGRATIONS: &[Migration] = &[Migration {
-    from: 1,
-    what: "history and recordings get their own trees; version 1 data is kept as is",
-    run: |_| Ok(()),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        from: 1,
+        what: "history and recordings get their own trees; version 1 data is kept as is",
+        run: |_| Ok(()),
+    },
+    Migration {
+        from: 2,
+        what:
+            "the history stores runs of messages; version 2's single messages read as runs of one",
+        run: |_| Ok(()),
+    },
+];
 
 const VERSION_KEY: &[u8] = b"switchboard.format_version";
 /// The generation of the last open, matched against the manifest's ([`manifest`]).
