@@ -283,8 +283,11 @@ impl Hub {
     /// With a bus attached (`[cluster]`) it returns once the bus accepted the message,
     /// with the number the bus gave it; `delivered` is then 0 (delivery follows when
     /// each box reads it back).
+    /// The daemon's own notices do not wait: no one is answered with them, and they are
+    /// sent from places that must not block (a device's connection task).
     pub fn publish(&self, p: Publish<'_>) -> Result<Published, HubError> {
-        self.route(p, None, true)
+        let wait = p.origin != Origin::System;
+        self.route(p, None, wait)
     }
 
     /// Routes a device's publish: MQTT subscribers get it as the device sent it.
