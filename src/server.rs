@@ -154,6 +154,7 @@ impl Daemon {
                 demos: config.http.demos,
             },
             shutdown: self.shutdown.clone(),
+            cluster: self.cluster.clone(),
         });
         let routes = crate::ws::routes(WsState {
             hub: self.hub.clone(),

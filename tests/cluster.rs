@@ -509,6 +509,11 @@ async fn every_way_in_reaches_every_box_in_one_order() {
     assert_eq!(seqs, (1..=120).collect());
     assert!(a.metric("switchboard_cluster_published_total").await > 0);
     assert_eq!(b.metric("switchboard_cluster_nodes_seen").await, 2);
+    let health = b.healthz().await;
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["cluster"]["node"], "b", "{health}");
+    assert_eq!(health["cluster"]["redis_reachable"], true, "{health}");
+    assert_eq!(health["cluster"]["nodes_seen"], 2, "{health}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -609,6 +614,9 @@ async fn a_stalled_redis_fails_publishes_clearly_then_recovers() {
         .request(json!({"op":"pub","topic":"t/x","data":{"p":"x","n":2}}))
         .await;
     assert_eq!(refused["code"], "internal", "{refused}");
+    let health = a.healthz().await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["cluster"]["redis_reachable"], false, "{health}");
     assert!(
         refused["message"]
             .as_str()

@@ -272,6 +272,20 @@ impl Cluster {
     pub fn node_id(&self) -> &str {
         &self.shared.node_id
     }
+
+    /// The cluster's health as `/healthz` and `/api/v1/info` show it.
+    pub fn health(&self) -> serde_json::Value {
+        let st = &self.shared.stats;
+        serde_json::json!({
+            "node": self.shared.node_id,
+            "redis_reachable": self.reachable(),
+            "nodes_seen": st.nodes_seen(switchboard_core::clock::now_ms()),
+            "gaps": st.gaps.get() + self.hub.bus_gaps(),
+            "publish_failures": st.failed.get(),
+            "mqtt_dropped": st.dropped.get(),
+            "bus_lag_ms_max": st.lag_ms.iter().map(|l| l.load(Ordering::Relaxed)).max().unwrap_or(0),
+        })
+    }
 }
 
 /// A startup failure with what the operator must fix.
