@@ -171,6 +171,11 @@ impl Drop for Redis {
 
 /// A box of the cluster: history on `h/#`, the bus on `redis`.
 fn node(redis: &str, name: &str) -> Daemon {
+    node_with(redis, name, "")
+}
+
+/// [`node`] with more `[cluster]` keys.
+fn node_with(redis: &str, name: &str, more: &str) -> Daemon {
     Daemon::start(&format!(
         r#"
 [cluster]
@@ -181,6 +186,7 @@ partitions = 4
 command_timeout = "500ms"
 connect_timeout = "500ms"
 probe_interval = "300ms"
+{more}
 
 [[history.topics]]
 filter = "h/#"
@@ -783,4 +789,42 @@ async fn a_box_cut_from_redis_catches_up_from_its_last_position() {
     let c = settle_and_check(&[(&sa, "t/#"), (&sb, "t/#")], &acked).await;
     assert_eq!((c.reported_missing, c.lagged_notices), (0, 0));
     assert!(b.metric("switchboard_cluster_reader_restarts_total").await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_box_that_fell_behind_the_trimmed_bus_is_told_how_much_it_missed() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let relay = Relay::start(redis.port).await;
+    // A short bus: what a box cut off misses is trimmed before it is back.
+    let short = "bus_keep = 10";
+    let a = node_with(&redis.url(), "a", short);
+    let b = node_with(&format!("redis://127.0.0.1:{}", relay.port), "b", short);
+    let sb = Sub::start(&b, "b:t/#", "t/#").await;
+    let acked: Acked = Arc::default();
+    ws_publisher(&a, "before", "t/x", 5, acked.clone()).await;
+    relay.cut();
+    // Trimming is approximate (whole stream nodes of 100 entries): publish well past it.
+    ws_publisher(&a, "while", "t/x", 400, acked.clone()).await;
+    relay.mend();
+    ws_publisher(&a, "after", "t/x", 5, acked.clone()).await;
+    let c = settle_and_check(&[(&sb, "t/#")], &acked).await;
+    let dropped: u64 = sb
+        .frames
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|f| f["op"] == "lagged")
+        .map(|f| f["dropped"].as_u64().unwrap_or_default())
+        .sum();
+    // Told, with the count: the bus positions it missed are exactly what it lacks.
+    assert!(c.reported_missing > 0 && c.lagged_notices > 0, "{c:?}");
+    assert!(
+        dropped >= c.reported_missing as u64,
+        "told {dropped}, missing {c:?}"
+    );
+    // And what came after is delivered.
+    let got: HashSet<_> = sb.msgs().iter().map(key).collect();
+    assert!((1..=5).all(|n| got.contains(&("t/x".into(), "after".into(), n))));
 }
