@@ -227,7 +227,7 @@ impl Server {
         // through the bus.
         let cluster = if config.cluster.enabled {
             let node = config.cluster.node_id(config.http.listen.port());
-            Some(Cluster::start(&config.cluster, node, config.history.clone(), &hub).await?)
+            Some(Cluster::start(&config.cluster, node, config.history.clone(), &store, &hub).await?)
         } else {
             None
         };

@@ -828,3 +828,40 @@ async fn a_box_that_fell_behind_the_trimmed_bus_is_told_how_much_it_missed() {
     let got: HashSet<_> = sb.msgs().iter().map(key).collect();
     assert!((1..=5).all(|n| got.contains(&("t/x".into(), "after".into(), n))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mqtt_publishes_wait_on_disk_while_redis_is_unreachable() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let relay = Relay::start(redis.port).await;
+    let a = node(&redis.url(), "a");
+    let b = node(&format!("redis://127.0.0.1:{}", relay.port), "b");
+    let sa = Sub::start(&a, "a:t/#", "t/#").await;
+    let acked: Acked = Arc::default();
+    mqtt_publisher(&b, "dev1", "t/dev", 20, acked.clone()).await;
+    relay.cut();
+    // Acknowledged by the device's session while box b cannot reach Redis.
+    mqtt_publisher(&b, "dev2", "t/dev", 50, acked.clone()).await;
+    let waiting = b.healthz().await;
+    assert!(
+        waiting["cluster"]["outbox"].as_u64().unwrap_or(0) > 0,
+        "{waiting}"
+    );
+    relay.mend();
+    mqtt_publisher(&b, "dev3", "t/dev", 20, acked.clone()).await;
+    let c = settle_and_check(&[(&sa, "t/#")], &acked).await;
+    assert_eq!((c.reported_missing, c.lagged_notices), (0, 0));
+    assert_eq!(c.delivered, 90);
+    // Sent in the order they came: every dev2 message before every dev3 one.
+    let order: Vec<String> = sa
+        .msgs()
+        .iter()
+        .map(|m| m["data"]["p"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let last_dev2 = order.iter().rposition(|p| p == "dev2");
+    let first_dev3 = order.iter().position(|p| p == "dev3");
+    assert!(last_dev2 < first_dev3, "{order:?}");
+    assert_eq!(b.metric("switchboard_cluster_outbox").await, 0);
+    assert_eq!(b.metric("switchboard_cluster_mqtt_dropped_total").await, 0);
+}

@@ -40,8 +40,8 @@ pub struct ClusterConfig {
     /// `command_timeout` restarts the reader.
     #[serde(with = "positive_duration")]
     pub probe_interval: Duration,
-    /// MQTT QoS 1 publishes waiting while Redis is unreachable (not implemented yet:
-    /// they are dropped and counted).
+    /// Publishes queued in memory for one Redis, and MQTT devices' publishes kept on
+    /// disk while it is unreachable (`outbox.rs`), at most.
     pub outbox_max: NonZeroUsize,
     /// Entries kept in each partition's bus stream (approximately): how far behind a
     /// box may fall, or be cut off, and still catch up without a gap.

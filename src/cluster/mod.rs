@@ -7,6 +7,7 @@
 //! last position instead of losing what was published meanwhile. Files:
 //! - `publish.rs`: the script that numbers a message and appends it, sent in batches;
 //! - `reader.rs`: every box reads every partition back and delivers it, gaps reported;
+//! - `outbox.rs`: MQTT devices' publishes waiting on disk while Redis is unreachable;
 //! - `keys.rs`: topic → partition → Redis, and the key names;
 //! - `config.rs`: the `[cluster]` section.
 //!
@@ -15,6 +16,7 @@
 
 pub mod config;
 pub mod keys;
+mod outbox;
 mod publish;
 mod reader;
 
@@ -32,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::history::HistoryConfig;
 use crate::hub::{Ack, Bus, BusMessage, Hub};
 use crate::metrics::{Snapshot, Source};
+use crate::store::Store;
 use config::ClusterConfig;
 use publish::Job;
 
@@ -84,6 +87,8 @@ struct Stats {
     gaps: Count,
     malformed: Count,
     reader_restarts: Count,
+    /// Per Redis: devices' publishes waiting in its outbox.
+    outbox: Vec<AtomicU64>,
     /// Per partition: ms between a message's entry on the bus and this box reading it.
     lag_ms: Vec<AtomicU64>,
     /// Node id → when last read from the bus (ms).
@@ -107,6 +112,16 @@ impl Stats {
         if let Some(r) = self.reachable.get(shard) {
             r.store(up, Ordering::Relaxed);
         }
+    }
+
+    fn outbox(&self, shard: usize, depth: usize) {
+        if let Some(o) = self.outbox.get(shard) {
+            o.store(depth as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn outbox_depth(&self) -> u64 {
+        self.outbox.iter().map(|o| o.load(Ordering::Relaxed)).sum()
     }
 
     fn lag(&self, partition: u32, ms: u64) {
@@ -152,6 +167,7 @@ impl Cluster {
         config: &ClusterConfig,
         node_id: String,
         history: HistoryConfig,
+        store: &Store,
         hub: &Arc<Hub>,
     ) -> anyhow::Result<Arc<Self>> {
         let password = if config.password_file.as_os_str().is_empty() {
@@ -203,6 +219,7 @@ impl Cluster {
             history,
             stats: Stats {
                 reachable: shards.iter().map(|_| AtomicBool::new(true)).collect(),
+                outbox: shards.iter().map(|_| AtomicU64::new(0)).collect(),
                 lag_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
                 ..Stats::default()
             },
@@ -215,10 +232,13 @@ impl Cluster {
         for shard in 0..shared.shards.len() {
             let (tx, rx) = mpsc::channel(config.outbox_max.get());
             writers.push(tx);
+            let outbox = outbox::Outbox::open(store, shard, config.outbox_max.get())
+                .context("cannot open the cluster's outbox in the store")?;
             tasks.push(tokio::spawn(publish::write_loop(
                 shared.clone(),
                 shard,
                 rx,
+                outbox,
                 stop.clone(),
             )));
             let mine: Vec<u32> = (0..partitions)
@@ -283,6 +303,7 @@ impl Cluster {
             "gaps": st.gaps.get() + self.hub.bus_gaps(),
             "publish_failures": st.failed.get(),
             "mqtt_dropped": st.dropped.get(),
+            "outbox": st.outbox_depth(),
             "bus_lag_ms_max": st.lag_ms.iter().map(|l| l.load(Ordering::Relaxed)).max().unwrap_or(0),
         })
     }
@@ -353,8 +374,13 @@ impl Source for Cluster {
         );
         s.counter(
             "cluster_mqtt_dropped",
-            "MQTT device publishes (already acknowledged) lost because Redis did not take them.",
+            "MQTT device publishes (already acknowledged) lost: the outbox was full (cluster.outbox_max).",
             st.dropped.get(),
+        );
+        s.gauge(
+            "cluster_outbox",
+            "MQTT device publishes waiting on disk for Redis to answer again.",
+            st.outbox_depth(),
         );
         s.counter(
             "cluster_gaps",

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::config::AckMode;
+use super::outbox::Outbox;
 use super::{keys, Shared};
 use crate::hub::BusMessage;
 
@@ -62,23 +63,50 @@ pub(super) fn new_epoch() -> String {
     format!("{:016x}", rand::random::<u64>() | 1)
 }
 
-/// Sends the queued messages for one Redis until stopped.
+/// Sends the queued messages for one Redis until stopped. Devices' publishes that
+/// Redis did not take wait in `outbox` and go first when it answers again; while any
+/// wait there, newer ones from devices join them, so a device's order is kept.
 pub(super) async fn write_loop(
     shared: std::sync::Arc<Shared>,
     shard: usize,
     mut jobs: mpsc::Receiver<Job>,
+    mut outbox: Outbox,
     stop: CancellationToken,
 ) {
     let mut conn: Option<MultiplexedConnection> = None;
     let mut failed_at: Option<Instant> = None;
     let mut batch = Vec::with_capacity(BATCH);
+    shared.stats.outbox(shard, outbox.len());
     loop {
+        let failing = failed_at.is_some_and(|t| t.elapsed() < FAIL_FAST) && conn.is_none();
+        if !outbox.is_empty() && !failing {
+            flush(&shared, shard, &mut conn, &mut outbox).await;
+            failed_at = conn
+                .is_none()
+                .then(|| failed_at.unwrap_or_else(Instant::now));
+        }
+        let retry = shared.config.probe_interval.min(Duration::from_millis(250));
         let n = tokio::select! {
             _ = stop.cancelled() => 0,
             n = jobs.recv_many(&mut batch, BATCH) => n,
+            _ = tokio::time::sleep(retry), if !outbox.is_empty() => continue,
         };
         if n == 0 {
             return;
+        }
+        if !outbox.is_empty() {
+            // Behind what waits: devices' publishes queue up after it.
+            batch.retain(|job| {
+                if job.message.acked {
+                    return true;
+                }
+                keep(&shared, &mut outbox, &job.message);
+                false
+            });
+            shared.stats.outbox(shard, outbox.len());
+            if batch.is_empty() {
+                continue;
+            }
         }
         let outcome = match failed_at {
             Some(t) if t.elapsed() < FAIL_FAST && conn.is_none() => Err(format!(
@@ -110,12 +138,69 @@ pub(super) async fn write_loop(
                     if job.message.acked {
                         shared.stats.failed.add(1);
                     } else {
-                        // A device's publish its session already acknowledged: the
-                        // durable outbox for these is not built yet (docs/cluster.md).
-                        shared.stats.dropped.add(1);
+                        keep(&shared, &mut outbox, &job.message);
                     }
                     let _ = job.reply.send(Err(why.clone()));
                 }
+                shared.stats.outbox(shard, outbox.len());
+            }
+        }
+    }
+}
+
+/// A device's publish kept for later, or counted as lost when the outbox is full.
+fn keep(shared: &Shared, outbox: &mut Outbox, m: &BusMessage) {
+    if !outbox.push(m) {
+        shared.stats.dropped.add(1);
+        static FULL: switchboard_core::quiet::Throttle =
+            switchboard_core::quiet::Throttle::per_secs(10);
+        if let Some(held_back) = FULL.admit() {
+            tracing::warn!(
+                held_back,
+                "cluster: an MQTT publish waiting for Redis was lost (outbox full: cluster.outbox_max)"
+            );
+        }
+    }
+}
+
+/// Sends what waits in the outbox, oldest first, a batch at a time, while Redis takes it.
+async fn flush(
+    shared: &Shared,
+    shard: usize,
+    conn: &mut Option<MultiplexedConnection>,
+    outbox: &mut Outbox,
+) {
+    while !outbox.is_empty() {
+        let waiting = outbox.oldest(BATCH);
+        if waiting.is_empty() {
+            return;
+        }
+        let partitions = shared.config.partitions.get();
+        let (keys, jobs): (Vec<u64>, Vec<Job>) = waiting
+            .into_iter()
+            .map(|(k, message)| {
+                let partition = keys::partition(&message.topic, partitions);
+                let (reply, _) = oneshot::channel();
+                (
+                    k,
+                    Job {
+                        message,
+                        partition,
+                        reply,
+                    },
+                )
+            })
+            .unzip();
+        match send(shared, shard, conn, &jobs).await {
+            Ok(seqs) => {
+                shared.stats.published.add(seqs.len() as u64);
+                outbox.remove(keys);
+                shared.stats.outbox(shard, outbox.len());
+                shared.stats.set_reachable(shard, true);
+            }
+            Err(_) => {
+                shared.stats.set_reachable(shard, false);
+                return;
             }
         }
     }
