@@ -550,19 +550,22 @@ async fn a_killed_bus_reader_resumes_where_it_stopped() {
     assert!(a.metric("switchboard_cluster_reader_restarts_total").await >= 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redis_restarted_with_fsync_always_loses_nothing() {
-    let Some(mut redis) = Redis::start(true) else {
-        return;
-    };
+/// Two boxes under load (WebSocket on box a to `t/ws`, HTTP on box b to `b_topic`)
+/// while Redis is killed and restarted; box a and the counts, once settled, of a
+/// subscriber to `t/#` on box a and one to `b_filter` on box b.
+async fn through_a_redis_crash(
+    redis: &mut Redis,
+    b_topic: &str,
+    b_filter: &str,
+) -> (Daemon, Counts) {
     let (a, b) = (node(&redis.url(), "a"), node(&redis.url(), "b"));
     let sa = Sub::start(&a, "a:t/#", "t/#").await;
-    let sb = Sub::start(&b, "b:h/#", "h/#").await;
+    let sb = Sub::start(&b, &format!("b:{b_filter}"), b_filter).await;
     let acked: Acked = Arc::default();
     let load = async {
         tokio::join!(
             ws_publisher(&a, "wsA", "t/ws", 150, acked.clone()),
-            http_publisher(&b, "http", "h/1", 100, acked.clone()),
+            http_publisher(&b, "http", b_topic, 100, acked.clone()),
         )
     };
     let fault = async {
@@ -571,7 +574,16 @@ async fn redis_restarted_with_fsync_always_loses_nothing() {
     };
     let ((r1, r2), ()) = tokio::join!(load, fault);
     eprintln!("publishes refused while Redis was down: {}", r1 + r2);
-    let c = settle_and_check(&[(&sa, "t/#"), (&sb, "h/#")], &acked).await;
+    let c = settle_and_check(&[(&sa, "t/#"), (&sb, b_filter)], &acked).await;
+    (a, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_restarted_with_fsync_always_loses_nothing() {
+    let Some(mut redis) = Redis::start(true) else {
+        return;
+    };
+    let (_, c) = through_a_redis_crash(&mut redis, "h/1", "h/#").await;
     assert_eq!((c.reported_missing, c.lagged_notices), (0, 0));
     assert_eq!(c.delivered, 250);
 }
@@ -581,22 +593,7 @@ async fn redis_restarted_without_persistence_reports_the_gap() {
     let Some(mut redis) = Redis::start(false) else {
         return;
     };
-    let (a, b) = (node(&redis.url(), "a"), node(&redis.url(), "b"));
-    let sa = Sub::start(&a, "a:t/#", "t/#").await;
-    let sb = Sub::start(&b, "b:t/#", "t/#").await;
-    let acked: Acked = Arc::default();
-    let load = async {
-        tokio::join!(
-            ws_publisher(&a, "wsA", "t/ws", 150, acked.clone()),
-            http_publisher(&b, "http", "t/http", 100, acked.clone()),
-        )
-    };
-    let fault = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        tokio::task::block_in_place(|| redis.crash_and_restart());
-    };
-    tokio::join!(load, fault);
-    let c = settle_and_check(&[(&sa, "t/#"), (&sb, "t/#")], &acked).await;
+    let (a, c) = through_a_redis_crash(&mut redis, "t/http", "t/#").await;
     // Redis forgot the topics' numbers: each box saw new epochs and said so.
     assert!(c.lagged_notices >= 2, "{c:?}");
     assert!(a.metric("switchboard_cluster_gaps_total").await >= 1);
@@ -761,14 +758,20 @@ impl Drop for Relay {
     }
 }
 
+/// Box a on Redis directly, box b through a relay the test can cut.
+async fn a_and_b_behind_a_relay(redis: &Redis, more: &str) -> (Daemon, Daemon, Relay) {
+    let relay = Relay::start(redis.port).await;
+    let a = node_with(&redis.url(), "a", more);
+    let b = node_with(&format!("redis://127.0.0.1:{}", relay.port), "b", more);
+    (a, b, relay)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_box_cut_from_redis_catches_up_from_its_last_position() {
     let Some(redis) = Redis::start(false) else {
         return;
     };
-    let relay = Relay::start(redis.port).await;
-    let a = node(&redis.url(), "a");
-    let b = node(&format!("redis://127.0.0.1:{}", relay.port), "b");
+    let (a, b, relay) = a_and_b_behind_a_relay(&redis, "").await;
     let sa = Sub::start(&a, "a:t/#", "t/#").await;
     let sb = Sub::start(&b, "b:t/#", "t/#").await;
     let acked: Acked = Arc::default();
@@ -796,11 +799,8 @@ async fn a_box_that_fell_behind_the_trimmed_bus_is_told_how_much_it_missed() {
     let Some(redis) = Redis::start(false) else {
         return;
     };
-    let relay = Relay::start(redis.port).await;
     // A short bus: what a box cut off misses is trimmed before it is back.
-    let short = "bus_keep = 10";
-    let a = node_with(&redis.url(), "a", short);
-    let b = node_with(&format!("redis://127.0.0.1:{}", relay.port), "b", short);
+    let (a, b, relay) = a_and_b_behind_a_relay(&redis, "bus_keep = 10").await;
     let sb = Sub::start(&b, "b:t/#", "t/#").await;
     let acked: Acked = Arc::default();
     ws_publisher(&a, "before", "t/x", 5, acked.clone()).await;
@@ -834,9 +834,7 @@ async fn mqtt_publishes_wait_on_disk_while_redis_is_unreachable() {
     let Some(redis) = Redis::start(false) else {
         return;
     };
-    let relay = Relay::start(redis.port).await;
-    let a = node(&redis.url(), "a");
-    let b = node(&format!("redis://127.0.0.1:{}", relay.port), "b");
+    let (a, b, relay) = a_and_b_behind_a_relay(&redis, "").await;
     let sa = Sub::start(&a, "a:t/#", "t/#").await;
     let acked: Acked = Arc::default();
     mqtt_publisher(&b, "dev1", "t/dev", 20, acked.clone()).await;
