@@ -863,3 +863,73 @@ async fn mqtt_publishes_wait_on_disk_while_redis_is_unreachable() {
     assert_eq!(b.metric("switchboard_cluster_outbox").await, 0);
     assert_eq!(b.metric("switchboard_cluster_mqtt_dropped_total").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_fire_once_per_message_for_the_cluster() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    // A webhook endpoint that counts the message events it gets.
+    let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = bodies.clone();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move |body: String| {
+            let sink = sink.clone();
+            async move {
+                if let Ok(v) = serde_json::from_str::<Value>(&body) {
+                    sink.lock().unwrap().push(v);
+                }
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").expect("write");
+    let hook = format!(
+        "[[webhooks]]\nname = \"main\"\nurl = \"{url}\"\nsecret_file = \"{}\"\ntopics = [\"t/#\"]\n",
+        secret.display()
+    );
+    // The same configuration on both boxes, as a site would have it.
+    let (a, b) = (
+        node_with(&redis.url(), "a", &format!("\n{hook}")),
+        node_with(&redis.url(), "b", &format!("\n{hook}")),
+    );
+    let acked: Acked = Arc::default();
+    tokio::join!(
+        ws_publisher(&a, "wsA", "t/x", 10, acked.clone()),
+        http_publisher(&b, "http", "t/x", 10, acked.clone()),
+    );
+    // Each delivery carries a batch: `{"webhook": …, "events": [...]}`.
+    let messages = || -> Vec<Value> {
+        bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b["events"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["type"] == "message")
+            .collect()
+    };
+    let count = || messages().len();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while count() < 20 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Long enough for a second copy from the other box to arrive, if one were sent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seqs: HashSet<u64> = messages()
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    assert_eq!(count(), 20, "each message once, not once per box");
+    assert_eq!(seqs, (1..=20).collect());
+    server.abort();
+}

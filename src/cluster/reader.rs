@@ -224,7 +224,7 @@ fn deliver(
     if let Some(node) = text(map, "n") {
         shared.stats.seen(node, now_ms);
     }
-    match from_bus(map) {
+    match from_bus(map, &shared.node_id) {
         Some(m) => {
             hub.deliver_from_bus(m);
         }
@@ -243,7 +243,7 @@ fn deliver(
     }
 }
 
-fn from_bus(map: &HashMap<String, Value>) -> Option<FromBus> {
+fn from_bus(map: &HashMap<String, Value>, me: &str) -> Option<FromBus> {
     let data = text(map, "d")?;
     let raw = RawValue::from_string(data.clone()).ok()?;
     let origin = text(map, "o")
@@ -271,6 +271,7 @@ fn from_bus(map: &HashMap<String, Value>) -> Option<FromBus> {
         data: raw,
         epoch: text(map, "e")?,
         seq: text(map, "s")?.parse().ok()?,
+        here: text(map, "n").is_some_and(|n| n == me),
     })
 }
 

@@ -48,6 +48,8 @@ pub struct FromBus {
     pub data: Box<RawValue>,
     pub epoch: String,
     pub seq: u64,
+    /// Published on this box (then taps added with `add_tap_here` see it).
+    pub here: bool,
 }
 
 /// The bus's answer to one publish: its topic's sequence number, or why it was not taken.
@@ -137,6 +139,7 @@ impl Hub {
             data,
             epoch,
             seq,
+            here,
         } = m;
         let p = Publish {
             topic: &message.topic,
@@ -148,7 +151,7 @@ impl Hub {
             by: &Grants::ALL,
             retain: message.retain,
         };
-        self.apply(p, message.as_sent, Some((&epoch, seq)))
+        self.apply(p, message.as_sent, Some((&epoch, seq, here)))
     }
 
     /// A bus stream skipped `dropped` positions (0: an unknown number, its data was

@@ -141,6 +141,9 @@ pub struct Hub {
     /// Presence-enabled topic → its members, ordered by connection.
     presence: Mutex<HashMap<String, BTreeMap<index::Key, Arc<Session>>>>, // presence.rs
     taps: RwLock<Vec<Arc<dyn Tap>>>,                           // routing.rs
+    /// Taps that see, with a bus attached, only the messages published on this box:
+    /// they act once per cluster (webhooks), given the same configuration on every box.
+    taps_here: RwLock<Vec<Arc<dyn Tap>>>, // routing.rs
     history: OnceLock<Arc<History>>,                           // routing.rs
     counters: Counters,                                        // stats.rs
     /// MQTT devices' sessions by client id, live or waiting for their device.
@@ -171,6 +174,7 @@ impl Hub {
             users: RwLock::default(),
             presence: Mutex::default(),
             taps: RwLock::default(),
+            taps_here: RwLock::default(),
             history: OnceLock::new(),
             counters: Counters::default(),
             devices: Mutex::default(),
