@@ -25,7 +25,7 @@ DAEMON_LAYERS = [
     ["store", "tls"],
     ["auth", "history", "pubkeys"],
     ["hub"],
-    ["mqtt", "live", "systemd"],
+    ["mqtt", "live", "systemd", "cluster"],
     ["outbound_webhooks", "webhook", "recordings", "recorder"],
     ["uplinks", "bridges", "logging"],
     ["http"],

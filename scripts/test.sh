@@ -11,6 +11,8 @@ need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc)
 command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
 command -v mosquitto_passwd >/dev/null || need_apt+=(mosquitto)
+# tests/cluster.rs: several daemons sharing one Redis, which the tests start and restart.
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 # systemd-analyze checks the packaged unit (verify, security score); no running systemd.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v python3 >/dev/null || need_apt+=(python3)
@@ -120,7 +122,7 @@ export CLUSTER_TOOLS=required
 # Everything the firmware examples need is installed above: a test that would skip one
 # for a missing tool fails instead (not a SWITCHBOARD_ variable: the daemon refuses
 # unknown ones, and the tests' daemons inherit the environment).
-FIRMWARE_EXAMPLE_TOOLS=required cargo test --workspace
+FIRMWARE_EXAMPLE_TOOLS=required CLUSTER_TOOLS=required cargo test --workspace
 
 # The JavaScript SDK against the daemon just built: node --test and headless Chromium
 # (clients/js/test; docs/sdk-js.md), its end-to-end encryption and npm `jose` interop too.

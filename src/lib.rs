@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod background;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod hex;
 pub mod history;

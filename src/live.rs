@@ -44,12 +44,23 @@ impl<T> LiveList<T> {
 /// reload that adds the first part, and never detached.
 pub struct PendingTap<T> {
     tap: Mutex<Option<T>>,
+    /// Attached with `Hub::add_tap_here`: once per cluster.
+    here: bool,
 }
 
 impl<T: switchboard_core::message::Tap + 'static> PendingTap<T> {
     pub fn new(tap: T) -> Self {
         PendingTap {
             tap: Mutex::new(Some(tap)),
+            here: false,
+        }
+    }
+
+    /// A tap that sees only the messages published on this box (`Hub::add_tap_here`).
+    pub fn here(tap: T) -> Self {
+        PendingTap {
+            here: true,
+            ..Self::new(tap)
         }
     }
 
@@ -63,8 +74,10 @@ impl<T: switchboard_core::message::Tap + 'static> PendingTap<T> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(tap) = taken {
-            hub.add_tap(Arc::new(tap));
+        match taken {
+            Some(tap) if self.here => hub.add_tap_here(Arc::new(tap)),
+            Some(tap) => hub.add_tap(Arc::new(tap)),
+            None => {}
         }
     }
 }

@@ -18,6 +18,7 @@ use switchboard_bridge::Broker;
 
 use crate::auth::devices::DeviceGate;
 use crate::auth::Authenticator;
+use crate::cluster::Cluster;
 use crate::config::{Config, MqttMode};
 use crate::history::History;
 use crate::http::api::IdempotencyCache;
@@ -95,6 +96,8 @@ struct Daemon {
     /// Who may connect over MQTT, and what devices may do; `None` without the embedded
     /// broker. Replaced on reload.
     devices: Option<Arc<DeviceGate>>,
+    /// The bus shared with other boxes (`[cluster]`), when on.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Daemon {
@@ -117,6 +120,9 @@ impl Daemon {
         m.register(Arc::new(self.store.clone()));
         m.register(self.history.clone());
         m.register(self.recorder.clone());
+        if let Some(cluster) = &self.cluster {
+            m.register(cluster.clone());
+        }
     }
 
     /// Every HTTP route, `/ws` included.
@@ -148,6 +154,7 @@ impl Daemon {
                 demos: config.http.demos,
             },
             shutdown: self.shutdown.clone(),
+            cluster: self.cluster.clone(),
         });
         let routes = crate::ws::routes(WsState {
             hub: self.hub.clone(),
@@ -216,6 +223,14 @@ impl Server {
         let store = Store::open(&config.data_dir, &config.store)?;
         let history = open_history(&config, &store)?;
         hub.set_history(history.clone());
+        // Before anything that publishes is opened: from here on every publish goes
+        // through the bus.
+        let cluster = if config.cluster.enabled {
+            let node = config.cluster.node_id(config.http.listen.port());
+            Some(Cluster::start(&config.cluster, node, config.history.clone(), &store, &hub).await?)
+        } else {
+            None
+        };
         let webhooks =
             Webhooks::open(&config.webhooks, &store, &hub).context("cannot set up the webhooks")?;
         let recorder = Recorder::open(&store, &hub, &config.recording)
@@ -265,6 +280,7 @@ impl Server {
             pubkeys,
             bridges,
             devices,
+            cluster,
         };
         app.register_metrics();
         Ok(Self {
@@ -396,6 +412,9 @@ impl Server {
         app.webhooks.stop().await;
         app.recorder.stop().await;
         app.bridges.stop().await;
+        if let Some(cluster) = &app.cluster {
+            cluster.stop().await;
+        }
         // Plain HTTP requests still in flight get what is left of a short deadline.
         match tokio::time::timeout(std::time::Duration::from_millis(200), &mut http).await {
             Ok(Ok(())) => {}

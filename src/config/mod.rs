@@ -77,6 +77,8 @@ pub struct Config {
     pub hooks: Vec<crate::http::inbound_webhooks::HookConfig>,
     /// End-to-end encryption: encrypted-only topics (docs/e2e.md).
     pub e2e: crate::pubkeys::config::E2eConfig,
+    /// Several boxes as one through Redis (docs/cluster.md); off by default.
+    pub cluster: crate::cluster::config::ClusterConfig,
 }
 
 /// `[shutdown]`: read by the root alone, which runs the shutdown, so it stays here.
@@ -108,6 +110,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             hooks: Vec::new(),
             e2e: Default::default(),
+            cluster: Default::default(),
         }
     }
 }

@@ -78,12 +78,16 @@ async fn healthz(
         })
     });
     let store = state.store.view();
+    let cluster = state.cluster.as_ref().map(|c| c.health());
+    // A box that cannot reach Redis still serves what it has, but publishes fail.
+    let cut_off = state.cluster.as_ref().is_some_and(|c| !c.reachable());
     let body = json!({
-        "status": match (status.is_success(), store.failing_since) {
+        "status": match (status.is_success(), store.failing_since.is_some() || cut_off) {
             (false, _) => "shutting_down",
-            (true, Some(_)) => "degraded",
-            (true, None) => "ok",
+            (true, true) => "degraded",
+            (true, false) => "ok",
         },
+        "cluster": cluster,
         "store": store,
         "version": env!("CARGO_PKG_VERSION"),
         "connections": stats.connections,

@@ -68,6 +68,8 @@ pub struct HttpState {
     pub about: About,
     /// Cancelled when shutdown begins: `/healthz` answers 503 from then on.
     pub shutdown: CancellationToken,
+    /// The Redis bus (`[cluster]`), for `/healthz` and `/api/v1/info`; `None` when off.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// One `FromRef` per part a handler may take.
@@ -92,6 +94,7 @@ parts!(
     metrics: Arc<Registry>,
     idempotency: Arc<IdempotencyCache>,
     broker: Option<Arc<Broker>>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     limits: Limits,
     about: About,
 );

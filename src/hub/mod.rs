@@ -15,6 +15,7 @@
 //! - `presence.rs`: presence members, `join`/`leave` announcements, `set_info`;
 //! - `direct.rs`: direct messages to a client or a user;
 //! - `device.rs`: MQTT subscribers' sessions, live and persistent;
+//! - `bus.rs`: the seam to a bus shared by several boxes (`[cluster]`);
 //! - `stats.rs`: counters and the [`Stats`] snapshot;
 //! - [`index`] (the subscription trie), [`outbox`] (one connection's bounded queue) and
 //!   `session.rs` (what the Hub knows of one connection).
@@ -28,6 +29,7 @@
 //! `clients`/`users` locks are each taken alone and released before delivering. No lock
 //! is held across an `.await`. Each file's notes say which of these it takes.
 
+mod bus;
 pub mod config;
 mod device;
 mod direct;
@@ -46,6 +48,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::history::History;
 use crate::pubkeys::policy::{EncryptedOnly, NotEncrypted};
+pub use bus::{Ack, Bus, BusMessage, FromBus};
 pub use device::DeviceSession;
 pub use direct::Sender;
 use index::SubscriptionIndex;
@@ -97,6 +100,9 @@ pub enum HubError {
     HistoryNeedsTopic(String),
     #[error(transparent)]
     NotEncrypted(#[from] NotEncrypted),
+    /// The cluster bus did not take the message (Redis unreachable, too slow, refused).
+    #[error("not published: {0}")]
+    Unavailable(String),
 }
 
 impl HubError {
@@ -113,6 +119,8 @@ impl HubError {
             HubError::HistoryDisabled(_) => C::HistoryDisabled,
             HubError::HistoryNeedsTopic(_) => C::BadRequest,
             HubError::NotEncrypted(_) => C::EncryptionRequired,
+            // A fault on the server side; the publisher may retry.
+            HubError::Unavailable(_) => C::Internal,
         }
     }
 }
@@ -133,10 +141,16 @@ pub struct Hub {
     /// Presence-enabled topic → its members, ordered by connection.
     presence: Mutex<HashMap<String, BTreeMap<index::Key, Arc<Session>>>>, // presence.rs
     taps: RwLock<Vec<Arc<dyn Tap>>>,                           // routing.rs
+    /// Taps that see, with a bus attached, only the messages published on this box:
+    /// they act once per cluster (webhooks), given the same configuration on every box.
+    taps_here: RwLock<Vec<Arc<dyn Tap>>>, // routing.rs
     history: OnceLock<Arc<History>>,                           // routing.rs
     counters: Counters,                                        // stats.rs
     /// MQTT devices' sessions by client id, live or waiting for their device.
     devices: Mutex<HashMap<String, Arc<DeviceSession>>>, // device.rs
+    /// The bus shared with other boxes, when `[cluster]` is on.
+    bus: OnceLock<Arc<dyn Bus>>, // bus.rs
+    bus_gaps: AtomicU64,                                       // bus.rs
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -160,9 +174,12 @@ impl Hub {
             users: RwLock::default(),
             presence: Mutex::default(),
             taps: RwLock::default(),
+            taps_here: RwLock::default(),
             history: OnceLock::new(),
             counters: Counters::default(),
             devices: Mutex::default(),
+            bus: OnceLock::new(),
+            bus_gaps: AtomicU64::new(0),
         })
     }
 

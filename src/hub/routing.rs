@@ -86,7 +86,7 @@ impl Hub {
 
     /// Tells every tap of a lifecycle event.
     pub fn notify(&self, event: &Lifecycle<'_>) {
-        for tap in read(&self.taps).iter() {
+        for tap in read(&self.taps).iter().chain(read(&self.taps_here).iter()) {
             tap.lifecycle(event);
         }
     }
@@ -245,6 +245,14 @@ impl Hub {
         write(&self.taps).push(tap);
     }
 
+    /// Adds a consumer of every message published on this box: the same as
+    /// [`Hub::add_tap`] on one box; with a bus attached (`[cluster]`) it does not see
+    /// messages that other boxes published, so, configured alike on every box, it acts
+    /// once per message for the cluster.
+    pub fn add_tap_here(&self, tap: Arc<dyn Tap>) {
+        write(&self.taps_here).push(tap);
+    }
+
     pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> Result<(), HubError> {
         topic::validate_filter(filter)?;
         if !lock(&session.filters).remove(filter) {
@@ -287,8 +295,15 @@ impl Hub {
 
     /// Routes one message to every matching subscriber. MQTT subscribers get it at
     /// QoS 1 at most (the Hub acknowledged it), its payload by the MQTT payload rule.
+    ///
+    /// With a bus attached (`[cluster]`) it returns once the bus accepted the message,
+    /// with the number the bus gave it; `delivered` is then 0 (delivery follows when
+    /// each box reads it back).
+    /// The daemon's own notices do not wait: no one is answered with them, and they are
+    /// sent from places that must not block (a device's connection task).
     pub fn publish(&self, p: Publish<'_>) -> Result<Published, HubError> {
-        self.route(p, None)
+        let wait = p.origin != Origin::System;
+        self.route(p, None, wait)
     }
 
     /// Routes a device's publish: MQTT subscribers get it as the device sent it.
@@ -297,10 +312,28 @@ impl Hub {
         p: Publish<'_>,
         as_sent: AsSent,
     ) -> Result<Published, HubError> {
-        self.route(p, Some(as_sent))
+        // Never waits for a bus: the device's session acknowledged it already, and a
+        // device's connection task must not block (`Ingress::accept`).
+        self.route(p, Some(as_sent), false)
     }
 
-    fn route(&self, p: Publish<'_>, as_sent: Option<AsSent>) -> Result<Published, HubError> {
+    fn route(
+        &self,
+        p: Publish<'_>,
+        as_sent: Option<AsSent>,
+        wait: bool,
+    ) -> Result<Published, HubError> {
+        self.admit(&p)?;
+        if let Some(bus) = self.bus.get() {
+            // Several boxes as one: the bus numbers and orders the message, and this
+            // box delivers it when it reads it back (`deliver_from_bus`), as every box does.
+            return self.through_bus(bus.as_ref(), &p, as_sent, wait);
+        }
+        Ok(self.apply(p, as_sent, None))
+    }
+
+    /// The checks every publish passes once, on the box it entered.
+    fn admit(&self, p: &Publish<'_>) -> Result<(), HubError> {
         topic::validate_topic(p.topic)?;
         if p.origin != Origin::System {
             self.allow(p.by.check_publish(p.topic)).inspect_err(|_| {
@@ -310,12 +343,38 @@ impl Hub {
             })?;
             self.config.encrypted_only.check(p.topic, p.data)?;
         }
+        Ok(())
+    }
+
+    /// Numbers (or, from the bus, takes the number given), delivers, keeps and taps one
+    /// admitted message.
+    pub(super) fn apply(
+        &self,
+        p: Publish<'_>,
+        as_sent: Option<AsSent>,
+        numbered: Option<(&str, u64, bool)>,
+    ) -> Published {
         let state = self.topic_state(p.topic);
         // Held through fan-out: concurrent publishers to one topic are serialised, so
         // every subscriber sees that topic's messages in seq order.
         let mut state = lock(&state);
-        state.seq += 1;
-        let seq = state.seq;
+        let seq = match numbered {
+            None => {
+                state.seq += 1;
+                state.seq
+            }
+            Some((epoch, seq, _)) => match self.continuity(&mut state, p.topic, epoch, seq) {
+                Some(seq) => seq,
+                // Read twice from the bus (a reader resumed before its last entry).
+                None => {
+                    return Published {
+                        seq,
+                        delivered: 0,
+                        stored: true,
+                    }
+                }
+            },
+        };
         // One clock reading per publish, for `ts` and for the delivery latency stamp.
         let now_us = switchboard_core::clock::now_us();
         let message = |retained| {
@@ -353,13 +412,19 @@ impl Hub {
         for tap in read(&self.taps).iter() {
             tap.routed(&p, seq, now_us);
         }
+        // From the bus: only what this box published (`add_tap_here`).
+        if numbered.is_none_or(|(_, _, here)| here) {
+            for tap in read(&self.taps_here).iter() {
+                tap.routed(&p, seq, now_us);
+            }
+        }
         drop(state);
         self.counters.published[p.origin as usize].fetch_add(1, Ordering::Relaxed);
-        Ok(Published {
+        Published {
             seq,
             delivered,
             stored,
-        })
+        }
     }
 
     /// Pushes one encoded frame to every session subscribed to `topic`, except `skip`,

@@ -49,6 +49,8 @@ pub(super) struct TopicState {
     pub(super) retained: Option<Arc<Shared>>,
     /// The topic's history, when a rule keeps one; it numbers on from its last message.
     pub(super) log: Option<Log>,
+    /// With a cluster bus: the epoch of the numbers the bus gives this topic.
+    pub(super) epoch: Option<Box<str>>,
 }
 
 impl Hub {
@@ -93,6 +95,7 @@ impl Hub {
                     seq: log.as_ref().map_or(0, Log::last_seq),
                     retained: None,
                     log,
+                    epoch: None,
                 }))
             })
             .clone()

@@ -319,7 +319,9 @@ impl Webhooks {
             endpoints,
             client: Mutex::new(client),
             writer,
-            tap: crate::live::PendingTap::new(tap),
+            // With `[cluster]`, each box sends the messages published on it: once per
+            // message for the cluster, given the same `[[webhooks]]` on every box.
+            tap: crate::live::PendingTap::here(tap),
             tasks: Tasks::default(),
             store: store.clone(),
             epoch,

@@ -26,6 +26,7 @@ async fn info(
     State(about): State<About>,
     State(broker): State<Option<Arc<Broker>>>,
     State(limits): State<Limits>,
+    State(cluster): State<Option<Arc<crate::cluster::Cluster>>>,
     _caller: Caller,
 ) -> Json<serde_json::Value> {
     let now = switchboard_core::clock::now_ms();
@@ -36,6 +37,7 @@ async fn info(
         "started_at": about.started_at,
         "uptime_s": now.saturating_sub(about.started_at) / 1000,
         "mqtt": broker.is_some(),
+        "cluster": cluster.map(|c| c.health()),
         "limits": {
             "max_message_size": limits.max_message_size,
             "max_batch_messages": MAX_BATCH,

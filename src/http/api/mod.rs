@@ -115,6 +115,8 @@ impl From<HubError> for ApiError {
             ErrorCode::NoRecipient => StatusCode::NOT_FOUND,
             ErrorCode::PresenceDisabled | ErrorCode::HistoryDisabled => StatusCode::NOT_FOUND,
             ErrorCode::EncryptionRequired => StatusCode::UNPROCESSABLE_ENTITY,
+            // The cluster bus (Redis) did not take the message: retry later.
+            ErrorCode::Internal => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, code, e.to_string())

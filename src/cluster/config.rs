@@ -1,0 +1,128 @@
+//! `[cluster]`: several boxes as one through Redis (docs/cluster.md). Off by default.
+//! URLs are parsed while the file is read, so a bad one is reported at its line;
+//! whether Redis answers and takes the credentials is checked when the daemon starts.
+
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::settings::{nz, nz32, positive_duration};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    /// One URL: one Redis. Several: independent Redis servers, partitions spread over
+    /// them by a stable hash (client-side sharding).
+    #[serde(deserialize_with = "redis_urls")]
+    pub redis: Vec<String>,
+    /// Redis Cluster seeds: not supported yet; refused with a clear error.
+    #[serde(deserialize_with = "no_redis_cluster")]
+    pub redis_cluster: Vec<String>,
+    /// This box's name on the bus; empty: the host name and the HTTP port.
+    pub node_id: String,
+    /// Topics are spread over this many bus streams (order is kept per topic).
+    /// Every box must use the same number.
+    pub partitions: NonZeroU32,
+    pub ack: AckMode,
+    /// A file holding the Redis password (ACL); empty: none.
+    pub password_file: PathBuf,
+    /// The Redis ACL user; empty: the default user.
+    pub username: String,
+    #[serde(with = "positive_duration")]
+    pub connect_timeout: Duration,
+    #[serde(with = "positive_duration")]
+    pub command_timeout: Duration,
+    /// How long a bus read waits for new entries before it proves the connection
+    /// alive with an empty answer; a read that does not come back within this plus
+    /// `command_timeout` restarts the reader.
+    #[serde(with = "positive_duration")]
+    pub probe_interval: Duration,
+    /// Publishes queued in memory for one Redis, and MQTT devices' publishes kept on
+    /// disk while it is unreachable (`outbox.rs`), at most.
+    pub outbox_max: NonZeroUsize,
+    /// Entries kept in each partition's bus stream (approximately): how far behind a
+    /// box may fall, or be cut off, and still catch up without a gap.
+    pub bus_keep: NonZeroU64,
+}
+
+/// When a publisher is told its message was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// Once the publish script ran on the Redis primary.
+    Redis,
+    /// Then once at least one replica has it (`WAIT 1`).
+    Wait,
+    /// Then once it is fsynced to the primary's AOF (`WAITAOF 1 0`, Redis 7.2 or later).
+    Waitaof,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            redis: vec!["redis://127.0.0.1:6379".into()],
+            redis_cluster: Vec::new(),
+            node_id: String::new(),
+            partitions: nz32(16),
+            ack: AckMode::Redis,
+            password_file: PathBuf::new(),
+            username: String::new(),
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(2),
+            probe_interval: Duration::from_secs(1),
+            outbox_max: nz(100_000),
+            bus_keep: NonZeroU64::new(100_000).unwrap_or(NonZeroU64::MIN),
+        }
+    }
+}
+
+fn redis_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    use redis::IntoConnectionInfo;
+    let urls = Vec::<String>::deserialize(d)?;
+    if urls.is_empty() {
+        return Err(serde::de::Error::custom(
+            "at least one Redis URL, such as \"redis://127.0.0.1:6379\"",
+        ));
+    }
+    for url in &urls {
+        if !url.starts_with("redis://") {
+            return Err(serde::de::Error::custom(format!(
+                "`{url}` is not a redis:// URL (rediss:// and unix sockets are not supported yet)"
+            )));
+        }
+        url.as_str().into_connection_info().map_err(|e| {
+            serde::de::Error::custom(format!("`{url}` is not a usable Redis URL: {e}"))
+        })?;
+    }
+    Ok(urls)
+}
+
+fn no_redis_cluster<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let seeds = Vec::<String>::deserialize(d)?;
+    if !seeds.is_empty() {
+        return Err(serde::de::Error::custom(
+            "Redis Cluster is not supported yet: list independent Redis servers in `redis` \
+             (partitions are spread over them)",
+        ));
+    }
+    Ok(seeds)
+}
+
+impl ClusterConfig {
+    /// The node id: the configured one, or the host name and the HTTP port.
+    pub fn node_id(&self, http_port: u16) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "switchboard".into());
+        format!("{host}:{http_port}")
+    }
+}

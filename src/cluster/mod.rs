@@ -1,0 +1,415 @@
+//! Several boxes as one, through Redis (`[cluster]`, docs/cluster.md).
+//!
+//! Owns the Redis connections, the publish script and the bus readers; attaches to the
+//! Hub as its [`Bus`], so every way in (WebSocket, REST, HTTP carried over WebSocket,
+//! MQTT devices, bridges, replays) reaches the bus at the Hub's one publish path.
+//! Redis Streams are the bus, not PUB/SUB: a reader that reconnects resumes from its
+//! last position instead of losing what was published meanwhile. Files:
+//! - `publish.rs`: the script that numbers a message and appends it, sent in batches;
+//! - `reader.rs`: every box reads every partition back and delivers it, gaps reported;
+//! - `outbox.rs`: MQTT devices' publishes waiting on disk while Redis is unreachable;
+//! - `keys.rs`: topic → partition → Redis, and the key names;
+//! - `config.rs`: the `[cluster]` section.
+//!
+//! It never touches a socket of a client, the store or the history: delivery is the
+//! Hub's, and what it holds is in Redis.
+
+pub mod config;
+pub mod keys;
+mod outbox;
+mod publish;
+mod reader;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use redis::aio::MultiplexedConnection;
+use redis::{ConnectionInfo, IntoConnectionInfo};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::history::HistoryConfig;
+use crate::hub::{Ack, Bus, BusMessage, Hub};
+use crate::metrics::{Snapshot, Source};
+use crate::store::Store;
+use config::ClusterConfig;
+use publish::Job;
+
+/// Nodes remembered for the "nodes seen" figure at most.
+const MAX_NODES: usize = 1024;
+
+/// A node not heard from on the bus for this long is no longer counted as seen.
+const NODE_SEEN_MS: u64 = 60_000;
+
+/// One Redis server: where it is (for logs: never the password) and how to reach it.
+struct Target {
+    info: ConnectionInfo,
+    addr: String,
+}
+
+impl Target {
+    async fn connect(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<MultiplexedConnection, redis::RedisError> {
+        let client = redis::Client::open(self.info.clone())?;
+        match tokio::time::timeout(timeout, client.get_multiplexed_async_connection()).await {
+            Ok(c) => c,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "connect timed out",
+            ))),
+        }
+    }
+}
+
+/// What the writers and readers share.
+struct Shared {
+    config: ClusterConfig,
+    node_id: String,
+    history: HistoryConfig,
+    shards: Vec<Target>,
+    script_hash: String,
+    stats: Stats,
+}
+
+/// Counters of the bus; shown at /metrics.
+#[derive(Default)]
+struct Stats {
+    /// Per Redis: did the last command or connect succeed.
+    reachable: Vec<AtomicBool>,
+    published: Count,
+    failed: Count,
+    dropped: Count,
+    gaps: Count,
+    malformed: Count,
+    reader_restarts: Count,
+    /// Per Redis: devices' publishes waiting in its outbox.
+    outbox: Vec<AtomicU64>,
+    /// Per partition: ms between a message's entry on the bus and this box reading it.
+    lag_ms: Vec<AtomicU64>,
+    /// Node id → when last read from the bus (ms).
+    nodes: Mutex<BTreeMap<String, u64>>,
+}
+
+#[derive(Default)]
+struct Count(AtomicU64);
+
+impl Count {
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Stats {
+    fn set_reachable(&self, shard: usize, up: bool) {
+        if let Some(r) = self.reachable.get(shard) {
+            r.store(up, Ordering::Relaxed);
+        }
+    }
+
+    fn outbox(&self, shard: usize, depth: usize) {
+        if let Some(o) = self.outbox.get(shard) {
+            o.store(depth as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn outbox_depth(&self) -> u64 {
+        self.outbox.iter().map(|o| o.load(Ordering::Relaxed)).sum()
+    }
+
+    fn lag(&self, partition: u32, ms: u64) {
+        if let Some(l) = self.lag_ms.get(partition as usize) {
+            l.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    fn seen(&self, node: String, now_ms: u64) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if nodes.len() >= MAX_NODES && !nodes.contains_key(&node) {
+            nodes.retain(|_, at| now_ms.saturating_sub(*at) < NODE_SEEN_MS);
+            if nodes.len() >= MAX_NODES {
+                return;
+            }
+        }
+        nodes.insert(node, now_ms);
+    }
+
+    fn nodes_seen(&self, now_ms: u64) -> u64 {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .values()
+            .filter(|at| now_ms.saturating_sub(**at) < NODE_SEEN_MS)
+            .count() as u64
+    }
+}
+
+/// The running cluster link of this box.
+pub struct Cluster {
+    shared: Arc<Shared>,
+    writers: Vec<mpsc::Sender<Job>>,
+    stop: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    hub: Arc<Hub>,
+}
+
+impl Cluster {
+    /// Reaches every configured Redis (so a wrong URL, an unreachable server or refused
+    /// credentials stop the daemon at startup with the reason), loads the publish
+    /// script, starts the writers and the bus readers, and attaches the bus to the Hub.
+    pub async fn start(
+        config: &ClusterConfig,
+        node_id: String,
+        history: HistoryConfig,
+        store: &Store,
+        hub: &Arc<Hub>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let password = if config.password_file.as_os_str().is_empty() {
+            None
+        } else {
+            let text = std::fs::read_to_string(&config.password_file).with_context(|| {
+                format!(
+                    "cannot read cluster.password_file {}",
+                    config.password_file.display()
+                )
+            })?;
+            Some(text.trim_end_matches(['\r', '\n']).to_owned())
+        };
+        let mut shards = Vec::new();
+        let mut script_hash = String::new();
+        for url in &config.redis {
+            let mut info = url
+                .as_str()
+                .into_connection_info()
+                .with_context(|| format!("cluster.redis: `{url}` is not a usable Redis URL"))?;
+            if password.is_some() {
+                info.redis.password = password.clone();
+            }
+            if !config.username.is_empty() {
+                info.redis.username = Some(config.username.clone());
+            }
+            let target = Target {
+                addr: info.addr.to_string(),
+                info,
+            };
+            let mut conn = target
+                .connect(config.connect_timeout)
+                .await
+                .map_err(|e| refused(&target.addr, e))?;
+            let pong: String = redis::cmd("PING")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| refused(&target.addr, e))?;
+            tracing::debug!(redis = %target.addr, %pong, "cluster: Redis answers");
+            script_hash = publish::load_script(&mut conn)
+                .await
+                .map_err(|e| refused(&target.addr, e))?;
+            shards.push(target);
+        }
+        let partitions = config.partitions.get();
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            node_id,
+            history,
+            stats: Stats {
+                reachable: shards.iter().map(|_| AtomicBool::new(true)).collect(),
+                outbox: shards.iter().map(|_| AtomicU64::new(0)).collect(),
+                lag_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+                ..Stats::default()
+            },
+            shards,
+            script_hash,
+        });
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let mut writers = Vec::new();
+        for shard in 0..shared.shards.len() {
+            let (tx, rx) = mpsc::channel(config.outbox_max.get());
+            writers.push(tx);
+            let outbox = outbox::Outbox::open(store, shard, config.outbox_max.get())
+                .context("cannot open the cluster's outbox in the store")?;
+            tasks.push(tokio::spawn(publish::write_loop(
+                shared.clone(),
+                shard,
+                rx,
+                outbox,
+                stop.clone(),
+            )));
+            let mine: Vec<u32> = (0..partitions)
+                .filter(|p| keys::shard(*p, shared.shards.len()) == shard)
+                .collect();
+            if !mine.is_empty() {
+                tasks.push(tokio::spawn(reader::read_loop(
+                    shared.clone(),
+                    shard,
+                    mine,
+                    hub.clone(),
+                    stop.clone(),
+                )));
+            }
+        }
+        tracing::info!(
+            node = %shared.node_id,
+            redis = %shared.shards.iter().map(|s| s.addr.as_str()).collect::<Vec<_>>().join(","),
+            partitions,
+            "cluster: on"
+        );
+        let cluster = Arc::new(Self {
+            shared,
+            writers,
+            stop,
+            tasks: Mutex::new(tasks),
+            hub: hub.clone(),
+        });
+        hub.set_bus(cluster.clone());
+        Ok(cluster)
+    }
+
+    /// Stops the writers and readers and waits for them; publishes still queued fail.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Whether every Redis answered its last command.
+    pub fn reachable(&self) -> bool {
+        self.shared
+            .stats
+            .reachable
+            .iter()
+            .all(|r| r.load(Ordering::Relaxed))
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// The cluster's health as `/healthz` and `/api/v1/info` show it.
+    pub fn health(&self) -> serde_json::Value {
+        let st = &self.shared.stats;
+        serde_json::json!({
+            "node": self.shared.node_id,
+            "redis_reachable": self.reachable(),
+            "nodes_seen": st.nodes_seen(switchboard_core::clock::now_ms()),
+            "gaps": st.gaps.get() + self.hub.bus_gaps(),
+            "publish_failures": st.failed.get(),
+            "mqtt_dropped": st.dropped.get(),
+            "outbox": st.outbox_depth(),
+            "bus_lag_ms_max": st.lag_ms.iter().map(|l| l.load(Ordering::Relaxed)).max().unwrap_or(0),
+        })
+    }
+}
+
+/// A startup failure with what the operator must fix.
+fn refused(addr: &str, e: redis::RedisError) -> anyhow::Error {
+    let text = e.to_string();
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || text.contains("NOAUTH")
+        || text.contains("WRONGPASS")
+    {
+        anyhow::anyhow!(
+            "cluster: Redis at {addr} refused the credentials (cluster.username, cluster.password_file): {text}"
+        )
+    } else {
+        anyhow::anyhow!("cluster: cannot reach Redis at {addr}: {text}")
+    }
+}
+
+impl Bus for Cluster {
+    fn submit(&self, message: BusMessage) -> Ack {
+        let (reply, ack) = oneshot::channel();
+        let partition = keys::partition(&message.topic, self.shared.config.partitions.get());
+        let shard = keys::shard(partition, self.writers.len());
+        let job = Job {
+            message,
+            partition,
+            reply,
+        };
+        if let Err(e) = self.writers[shard].try_send(job) {
+            let (job, why) = match e {
+                mpsc::error::TrySendError::Full(job) => (
+                    job,
+                    "the cluster's publish queue is full (cluster.outbox_max)",
+                ),
+                mpsc::error::TrySendError::Closed(job) => (job, "the cluster link stopped"),
+            };
+            if job.message.acked {
+                self.shared.stats.failed.add(1);
+            } else {
+                self.shared.stats.dropped.add(1);
+            }
+            let _ = job.reply.send(Err(why.into()));
+        }
+        ack
+    }
+}
+
+/// The cluster link (`[cluster]`), shown only when it is on.
+impl Source for Cluster {
+    fn collect(&self, s: &mut Snapshot) {
+        let st = &self.shared.stats;
+        s.gauge(
+            "cluster_redis_reachable",
+            "1 when every Redis of the cluster answered its last command.",
+            u64::from(self.reachable()),
+        );
+        s.counter(
+            "cluster_published",
+            "Messages Redis took onto the bus from this box.",
+            st.published.get(),
+        );
+        s.counter(
+            "cluster_publish_failures",
+            "Publishes refused to their publisher because Redis did not take them.",
+            st.failed.get(),
+        );
+        s.counter(
+            "cluster_mqtt_dropped",
+            "MQTT device publishes (already acknowledged) lost: the outbox was full (cluster.outbox_max).",
+            st.dropped.get(),
+        );
+        s.gauge(
+            "cluster_outbox",
+            "MQTT device publishes waiting on disk for Redis to answer again.",
+            st.outbox_depth(),
+        );
+        s.counter(
+            "cluster_gaps",
+            "Gaps detected: bus positions skipped or lost, topic numbers skipped or restarted.",
+            st.gaps.get() + self.hub.bus_gaps(),
+        );
+        s.counter(
+            "cluster_reader_restarts",
+            "Bus reader connections dropped and made again (errors, stalls).",
+            st.reader_restarts.get(),
+        );
+        s.counter(
+            "cluster_malformed",
+            "Bus entries skipped because this box could not read them.",
+            st.malformed.get(),
+        );
+        s.gauge(
+            "cluster_nodes_seen",
+            "Boxes whose messages this box read from the bus in the last minute.",
+            st.nodes_seen(switchboard_core::clock::now_ms()),
+        );
+        s.gauges(
+            "cluster_bus_lag_ms",
+            "Per partition: ms from a message's entry on the bus to this box reading it (last read).",
+            "partition",
+            st.lag_ms
+                .iter()
+                .enumerate()
+                .map(|(p, l)| (p.to_string(), l.load(Ordering::Relaxed))),
+        );
+    }
+}

@@ -1,0 +1,353 @@
+//! The way onto the bus: one Lua script per message, sent in ordered batches.
+//!
+//! The script gives the message its topic's next `(epoch, seq)`, appends it to the
+//! topic's history stream when the topic keeps one, and to its partition's bus stream
+//! under the partition's next position, all at once (a script runs atomically), so no
+//! box can see a number without its message or a message out of its topic's order.
+//! One writer task per Redis takes whatever is queued (up to [`BATCH`]) and sends it as
+//! one pipeline: messages stay in the order they were submitted (one publisher's order
+//! is kept), and a busy box pays one round trip per batch, not per message. The
+//! acknowledgement mode adds `WAIT` or `WAITAOF` at the end of the same pipeline: they
+//! cover every write this connection made before them.
+
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{ErrorKind, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::config::AckMode;
+use super::outbox::Outbox;
+use super::{keys, Shared};
+use crate::hub::BusMessage;
+
+/// Messages sent in one pipeline at most.
+const BATCH: usize = 256;
+
+/// After a failed connect, publishes fail at once for this long instead of each
+/// waiting out its own connect timeout.
+const FAIL_FAST: Duration = Duration::from_millis(250);
+
+/// KEYS: topic meta, topic history, bus, bus meta. ARGV: a new topic epoch, a new bus
+/// epoch, the history's `keep` (0: no history), the bus's `keep`, then the entry's
+/// field/value pairs. A meta hash that is missing (new topic, or Redis lost it) starts
+/// a new epoch, and the stream it numbers is started again with it, so numbers of two
+/// epochs never mix. Returns `{seq, epoch}`.
+pub(super) const SCRIPT: &str = r#"
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then e = ARGV[1]; redis.call('HSET', KEYS[1], 'e', e) end
+local s = redis.call('HINCRBY', KEYS[1], 's', 1)
+local keep = tonumber(ARGV[3])
+if keep > 0 then
+  if s == 1 then redis.call('DEL', KEYS[2]) end
+  redis.call('XADD', KEYS[2], 'MAXLEN', keep, s .. '-0', unpack(ARGV, 5))
+end
+local be = redis.call('HGET', KEYS[4], 'e')
+if not be then be = ARGV[2]; redis.call('HSET', KEYS[4], 'e', be) end
+local bs = redis.call('HINCRBY', KEYS[4], 's', 1)
+if bs == 1 then redis.call('DEL', KEYS[3]) end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], bs .. '-0', 'e', e, 's', s, 'be', be, unpack(ARGV, 5))
+return {s, e}
+"#;
+
+/// One message waiting for its Redis.
+pub(super) struct Job {
+    pub message: BusMessage,
+    pub partition: u32,
+    pub reply: oneshot::Sender<Result<u64, String>>,
+}
+
+/// A random epoch, 16 hex digits, never zero (as the local history's).
+pub(super) fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>() | 1)
+}
+
+/// Sends the queued messages for one Redis until stopped. Devices' publishes that
+/// Redis did not take wait in `outbox` and go first when it answers again; while any
+/// wait there, newer ones from devices join them, so a device's order is kept.
+pub(super) async fn write_loop(
+    shared: std::sync::Arc<Shared>,
+    shard: usize,
+    mut jobs: mpsc::Receiver<Job>,
+    mut outbox: Outbox,
+    stop: CancellationToken,
+) {
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut failed_at: Option<Instant> = None;
+    let mut batch = Vec::with_capacity(BATCH);
+    shared.stats.outbox(shard, outbox.len());
+    loop {
+        let failing = failed_at.is_some_and(|t| t.elapsed() < FAIL_FAST) && conn.is_none();
+        if !outbox.is_empty() && !failing {
+            flush(&shared, shard, &mut conn, &mut outbox).await;
+            failed_at = conn
+                .is_none()
+                .then(|| failed_at.unwrap_or_else(Instant::now));
+        }
+        let retry = shared.config.probe_interval.min(Duration::from_millis(250));
+        let n = tokio::select! {
+            _ = stop.cancelled() => 0,
+            n = jobs.recv_many(&mut batch, BATCH) => n,
+            _ = tokio::time::sleep(retry), if !outbox.is_empty() => continue,
+        };
+        if n == 0 {
+            return;
+        }
+        if !outbox.is_empty() {
+            // Behind what waits: devices' publishes queue up after it.
+            batch.retain(|job| {
+                if job.message.acked {
+                    return true;
+                }
+                keep(&shared, &mut outbox, &job.message);
+                false
+            });
+            shared.stats.outbox(shard, outbox.len());
+            if batch.is_empty() {
+                continue;
+            }
+        }
+        let outcome = match failed_at {
+            Some(t) if t.elapsed() < FAIL_FAST && conn.is_none() => Err(format!(
+                "Redis {} is unreachable",
+                shared.shards[shard].addr
+            )),
+            _ => send(&shared, shard, &mut conn, &batch).await,
+        };
+        failed_at = if conn.is_none() {
+            Some(failed_at.unwrap_or_else(Instant::now))
+        } else {
+            None
+        };
+        shared.stats.set_reachable(shard, outcome.is_ok());
+        match outcome {
+            Ok(seqs) => {
+                shared.stats.published.add(seqs.len() as u64);
+                for (job, seq) in batch.drain(..).zip(seqs) {
+                    let _ = job.reply.send(Ok(seq));
+                }
+            }
+            Err(why) => {
+                static FAILED: switchboard_core::quiet::Throttle =
+                    switchboard_core::quiet::Throttle::per_secs(10);
+                if let Some(held_back) = FAILED.admit() {
+                    tracing::warn!(error = %why, held_back, "cluster: publishes not taken by Redis");
+                }
+                for job in batch.drain(..) {
+                    if job.message.acked {
+                        shared.stats.failed.add(1);
+                    } else {
+                        keep(&shared, &mut outbox, &job.message);
+                    }
+                    let _ = job.reply.send(Err(why.clone()));
+                }
+                shared.stats.outbox(shard, outbox.len());
+            }
+        }
+    }
+}
+
+/// A device's publish kept for later, or counted as lost when the outbox is full.
+fn keep(shared: &Shared, outbox: &mut Outbox, m: &BusMessage) {
+    if !outbox.push(m) {
+        shared.stats.dropped.add(1);
+        static FULL: switchboard_core::quiet::Throttle =
+            switchboard_core::quiet::Throttle::per_secs(10);
+        if let Some(held_back) = FULL.admit() {
+            tracing::warn!(
+                held_back,
+                "cluster: an MQTT publish waiting for Redis was lost (outbox full: cluster.outbox_max)"
+            );
+        }
+    }
+}
+
+/// Sends what waits in the outbox, oldest first, a batch at a time, while Redis takes it.
+async fn flush(
+    shared: &Shared,
+    shard: usize,
+    conn: &mut Option<MultiplexedConnection>,
+    outbox: &mut Outbox,
+) {
+    while !outbox.is_empty() {
+        let waiting = outbox.oldest(BATCH);
+        if waiting.is_empty() {
+            return;
+        }
+        let partitions = shared.config.partitions.get();
+        let (keys, jobs): (Vec<u64>, Vec<Job>) = waiting
+            .into_iter()
+            .map(|(k, message)| {
+                let partition = keys::partition(&message.topic, partitions);
+                let (reply, _) = oneshot::channel();
+                (
+                    k,
+                    Job {
+                        message,
+                        partition,
+                        reply,
+                    },
+                )
+            })
+            .unzip();
+        match send(shared, shard, conn, &jobs).await {
+            Ok(seqs) => {
+                shared.stats.published.add(seqs.len() as u64);
+                outbox.remove(keys);
+                shared.stats.outbox(shard, outbox.len());
+                shared.stats.set_reachable(shard, true);
+            }
+            Err(_) => {
+                shared.stats.set_reachable(shard, false);
+                return;
+            }
+        }
+    }
+}
+
+/// One batch as one pipeline; the topic numbers, in order, or why none was taken.
+async fn send(
+    shared: &Shared,
+    shard: usize,
+    conn: &mut Option<MultiplexedConnection>,
+    batch: &[Job],
+) -> Result<Vec<u64>, String> {
+    let target = &shared.shards[shard];
+    let timeout = shared.config.command_timeout;
+    for attempt in 0..2 {
+        let c = match conn {
+            Some(c) => c,
+            None => conn.insert(
+                target
+                    .connect(shared.config.connect_timeout)
+                    .await
+                    .map_err(|e| format!("Redis {} is unreachable: {e}", target.addr))?,
+            ),
+        };
+        let pipe = pipeline(shared, batch);
+        let answer = tokio::time::timeout(timeout, pipe.query_async::<Vec<Value>>(c)).await;
+        let values = match answer {
+            Err(_) => {
+                *conn = None;
+                return Err(format!(
+                    "Redis {} did not answer within {timeout:?}",
+                    target.addr
+                ));
+            }
+            Ok(Err(e)) if e.kind() == ErrorKind::NoScriptError && attempt == 0 => {
+                // Redis restarted and forgot the script: nothing of the batch ran.
+                load_script(c).await.map_err(|e| e.to_string())?;
+                continue;
+            }
+            Ok(Err(e)) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                    *conn = None;
+                }
+                return Err(format!("Redis {}: {e}", target.addr));
+            }
+            Ok(Ok(values)) => values,
+        };
+        return numbers(shared.config.ack, batch.len(), &values);
+    }
+    Err(format!(
+        "Redis {} keeps losing the publish script",
+        target.addr
+    ))
+}
+
+fn pipeline(shared: &Shared, batch: &[Job]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    let now_ms = switchboard_core::clock::now_ms();
+    for job in batch {
+        let m = &job.message;
+        let p = job.partition;
+        let keep = shared
+            .history
+            .rule(&m.topic)
+            .map_or(0, |r| r.keep.map_or(10_000, |k| k.get()));
+        let cmd = pipe
+            .cmd("EVALSHA")
+            .arg(&shared.script_hash)
+            .arg(4)
+            .arg(keys::topic_meta(p, &m.topic))
+            .arg(keys::topic_history(p, &m.topic))
+            .arg(keys::bus(p))
+            .arg(keys::bus_meta(p))
+            .arg(new_epoch())
+            .arg(new_epoch())
+            .arg(keep)
+            .arg(shared.config.bus_keep.get())
+            .arg("t")
+            .arg(&m.topic)
+            .arg("d")
+            .arg(&m.data)
+            .arg("f")
+            .arg(&m.from)
+            .arg("o")
+            .arg(m.origin as u8)
+            .arg("n")
+            .arg(&shared.node_id)
+            .arg("ts")
+            .arg(now_ms);
+        if let Some(event) = &m.event {
+            cmd.arg("ev").arg(event);
+        }
+        if m.retain {
+            cmd.arg("r").arg(1);
+        }
+        if let Some(sent) = &m.as_sent {
+            cmd.arg("q")
+                .arg(sent.qos)
+                .arg("p")
+                .arg(sent.payload.as_ref())
+                .arg("pp")
+                .arg(sent.properties.as_ref());
+        }
+    }
+    let wait_ms = shared.config.command_timeout.as_millis() as u64;
+    match shared.config.ack {
+        AckMode::Redis => {}
+        AckMode::Wait => {
+            pipe.cmd("WAIT").arg(1).arg(wait_ms);
+        }
+        AckMode::Waitaof => {
+            pipe.cmd("WAITAOF").arg(1).arg(0).arg(wait_ms);
+        }
+    }
+    pipe
+}
+
+/// The topic numbers of a batch's answers, once the acknowledgement mode is satisfied.
+fn numbers(ack: AckMode, n: usize, values: &[Value]) -> Result<Vec<u64>, String> {
+    let mut seqs = Vec::with_capacity(n);
+    for v in values.iter().take(n) {
+        let (seq, _epoch): (u64, String) = redis::from_redis_value(v)
+            .map_err(|e| format!("unexpected answer from the publish script: {e}"))?;
+        seqs.push(seq);
+    }
+    let confirmed = match (ack, values.get(n)) {
+        (AckMode::Redis, _) => true,
+        (AckMode::Wait, Some(v)) => redis::from_redis_value::<u64>(v).is_ok_and(|r| r >= 1),
+        (AckMode::Waitaof, Some(v)) => {
+            redis::from_redis_value::<(u64, u64)>(v).is_ok_and(|(local, _)| local >= 1)
+        }
+        _ => false,
+    };
+    if !confirmed {
+        return Err(format!(
+            "Redis took the messages but did not confirm them as `cluster.ack = {ack:?}` asks \
+             (they may still be delivered)"
+        ));
+    }
+    Ok(seqs)
+}
+
+/// Makes the script known to Redis (again, after a restart).
+pub(super) async fn load_script(c: &mut MultiplexedConnection) -> redis::RedisResult<String> {
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(SCRIPT)
+        .query_async(c)
+        .await
+}

@@ -1,0 +1,219 @@
+//! The seam to a bus shared by several boxes (`crate::cluster`, `[cluster]`).
+//!
+//! Owns the `bus` and `bus_gaps` fields. With a bus attached, a publish that passed its
+//! checks (`admit`, in `routing.rs`) is handed to the bus instead of being numbered here;
+//! every box, the one it entered included, delivers it when its bus reader reads it
+//! back ([`Hub::deliver_from_bus`]) with the `(epoch, seq)` the bus gave it, so a topic
+//! has one order and the same numbers on every box. Without a bus nothing here runs and
+//! a publish costs what it always did (one `OnceLock` read).
+//!
+//! Continuity is checked per topic as messages arrive: a number that skips ahead, or a
+//! new epoch, is a gap, and the topic's subscribers get a `lagged` notice (never a
+//! silent hole); a number already delivered is dropped (a reader that resumed from an
+//! older position). Locking: `continuity` runs under the topic's lock, taken by
+//! `apply`; `bus_gap` takes the clients read lock alone.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use super::topics::TopicState;
+use super::{AsSent, Hub, HubError};
+use switchboard_core::grants::Grants;
+use switchboard_core::message::{Origin, Publish, Published};
+use switchboard_core::protocol::ServerFrame;
+
+/// An admitted publish, owned, on its way to the bus.
+#[derive(Debug, Clone)]
+pub struct BusMessage {
+    pub topic: String,
+    pub event: Option<String>,
+    /// The payload as JSON text.
+    pub data: String,
+    pub from: String,
+    pub origin: Origin,
+    pub retain: bool,
+    /// A device's publish as it sent it, for MQTT subscribers on every box.
+    pub as_sent: Option<AsSent>,
+    /// Whether someone waits for the bus's answer (a device's publish was
+    /// acknowledged already, by its session).
+    pub acked: bool,
+}
+
+/// A message read back from the bus, with the position the bus gave it on its topic.
+#[derive(Debug)]
+pub struct FromBus {
+    pub message: BusMessage,
+    pub data: Box<RawValue>,
+    pub epoch: String,
+    pub seq: u64,
+    /// Published on this box (then taps added with `add_tap_here` see it).
+    pub here: bool,
+}
+
+/// The bus's answer to one publish: its topic's sequence number, or why it was not taken.
+pub type Ack = tokio::sync::oneshot::Receiver<Result<u64, String>>;
+
+/// A bus shared by several boxes.
+pub trait Bus: Send + Sync + 'static {
+    /// Takes an admitted message; the answer comes once the bus accepted it (by the
+    /// configured acknowledgement) or gave up on it.
+    fn submit(&self, message: BusMessage) -> Ack;
+}
+
+impl Hub {
+    /// Attaches the bus; set once at startup, before anything is served.
+    pub fn set_bus(&self, bus: Arc<dyn Bus>) {
+        if self.bus.set(bus).is_err() {
+            tracing::warn!("a bus was already attached");
+        }
+    }
+
+    /// Whether publishes go through a bus.
+    pub fn has_bus(&self) -> bool {
+        self.bus.get().is_some()
+    }
+
+    /// Gaps seen on the bus: per topic (a skipped number, a new epoch) and per bus
+    /// stream (a skipped position, a bus that lost its data).
+    pub fn bus_gaps(&self) -> u64 {
+        self.bus_gaps.load(Ordering::Relaxed)
+    }
+
+    /// Hands an admitted message to the bus and, when `wait`, blocks this worker thread
+    /// until the bus answers (at most the bus's command timeout). Blocking here keeps
+    /// the one place every way in passes (`Hub::publish`) synchronous, so no caller
+    /// changes and the single-box path pays nothing; `block_in_place` lets the
+    /// runtime move this worker's other tasks to another thread meanwhile.
+    pub(super) fn through_bus(
+        &self,
+        bus: &dyn Bus,
+        p: &Publish<'_>,
+        as_sent: Option<AsSent>,
+        wait: bool,
+    ) -> Result<Published, HubError> {
+        let ack = bus.submit(BusMessage {
+            topic: p.topic.to_owned(),
+            event: p.event.map(str::to_owned),
+            data: p.data.get().to_owned(),
+            from: p.from.to_owned(),
+            origin: p.origin,
+            retain: p.retain,
+            as_sent,
+            acked: wait,
+        });
+        if !wait {
+            return Ok(Published {
+                seq: 0,
+                delivered: 0,
+                stored: true,
+            });
+        }
+        let answer = match tokio::runtime::Handle::try_current() {
+            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| rt.block_on(ack))
+            }
+            Ok(_) => {
+                return Err(HubError::Unavailable(
+                    "a bus publish cannot wait inside a single-threaded runtime".into(),
+                ))
+            }
+            Err(_) => ack.blocking_recv(),
+        };
+        match answer {
+            Ok(Ok(seq)) => Ok(Published {
+                seq,
+                delivered: 0,
+                stored: true,
+            }),
+            Ok(Err(why)) => Err(HubError::Unavailable(why)),
+            Err(_) => Err(HubError::Unavailable("the bus stopped".into())),
+        }
+    }
+
+    /// Delivers a message read from the bus on this box, under the number the bus gave it.
+    pub fn deliver_from_bus(&self, m: FromBus) -> Published {
+        let FromBus {
+            message,
+            data,
+            epoch,
+            seq,
+            here,
+        } = m;
+        let p = Publish {
+            topic: &message.topic,
+            event: message.event.as_deref(),
+            data: &data,
+            from: &message.from,
+            origin: message.origin,
+            // Checked on the box it entered (`admit`).
+            by: &Grants::ALL,
+            retain: message.retain,
+        };
+        self.apply(p, message.as_sent, Some((&epoch, seq, here)))
+    }
+
+    /// A bus stream skipped `dropped` positions (0: an unknown number, its data was
+    /// lost): which topics they were on is unknown, so every connection is told.
+    pub fn bus_gap(&self, dropped: u64) {
+        self.bus_gaps.fetch_add(1, Ordering::Relaxed);
+        let frame = ServerFrame::Lagged { dropped }.to_frame();
+        for session in self.sessions() {
+            session.outbox.push(frame.clone());
+        }
+    }
+
+    /// Checks a bus number against the last one delivered on the topic (under its
+    /// lock): `None` for one already delivered; a skip or a new epoch tells the topic's
+    /// subscribers (`lagged`, with how many when known) and counts a gap.
+    pub(super) fn continuity(
+        &self,
+        state: &mut TopicState,
+        topic: &str,
+        epoch: &str,
+        seq: u64,
+    ) -> Option<u64> {
+        let missed = match state.epoch.as_deref() {
+            Some(e) if e == epoch => {
+                if seq <= state.seq {
+                    return None;
+                }
+                seq - state.seq - 1
+            }
+            // The topic's numbering started again (Redis lost it): how much was lost
+            // is unknown, and said so with 0.
+            Some(_) => {
+                state.epoch = Some(epoch.into());
+                self.topic_gap(topic, 0);
+                state.seq = seq;
+                return Some(seq);
+            }
+            None => {
+                state.epoch = Some(epoch.into());
+                0
+            }
+        };
+        if missed > 0 {
+            self.topic_gap(topic, missed);
+        }
+        state.seq = seq;
+        Some(seq)
+    }
+
+    fn topic_gap(&self, topic: &str, dropped: u64) {
+        self.bus_gaps.fetch_add(1, Ordering::Relaxed);
+        static GAPS: switchboard_core::quiet::Throttle =
+            switchboard_core::quiet::Throttle::per_secs(10);
+        if let Some(held_back) = GAPS.admit() {
+            tracing::warn!(
+                topic = switchboard_core::quiet::clip(topic, 128),
+                dropped,
+                held_back,
+                "cluster: a gap in a topic's numbering; its subscribers were told"
+            );
+        }
+        let frame = ServerFrame::Lagged { dropped }.to_frame();
+        self.deliver(topic, &frame, None, None, None);
+    }
+}
