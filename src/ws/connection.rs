@@ -468,9 +468,7 @@ impl Connection {
                         && self.state.config.slow_consumer == SlowConsumerPolicy::Close
                     {
                         // Replies are never dropped; under `close` the reader is too slow.
-                        self.stop_reading = true;
-                        self.session.outbox.close(CloseReason::SlowConsumer);
-                        self.state.hub.count_slow_close();
+                        self.close_slow_reader();
                     }
                     continue;
                 }
@@ -491,6 +489,17 @@ impl Connection {
                 }
                 self.queue_own(Message::Ping(Bytes::new()));
                 continue; // hand the ping over
+            }
+            // The socket took nothing more and the unwritten replies fill the limit: under
+            // `close` that is a reader too slow, even when one reply larger than the limit
+            // is all it holds (the rule above needs a second reply, which never comes once
+            // reading stops here).
+            if self.own_bytes >= budget
+                && !self.stop_reading
+                && self.state.config.slow_consumer == SlowConsumerPolicy::Close
+            {
+                self.close_slow_reader();
+                continue;
             }
             // A backlog of pushes does not stop reading: a slow subscriber's requests and
             // pongs are still heard. Only unwritten replies do.
@@ -624,6 +633,14 @@ impl Connection {
 
     /// Hands unwritten frames to the socket, this connection's own first, which buffers
     /// them up to its write buffer size and writes when that fills.
+    /// Stops reading and closes the connection as a slow consumer; its unwritten replies
+    /// go first.
+    fn close_slow_reader(&mut self) {
+        self.stop_reading = true;
+        self.session.outbox.close(CloseReason::SlowConsumer);
+        self.state.hub.count_slow_close();
+    }
+
     fn poll_hand_over(&mut self, cx: &mut Context<'_>) -> Result<(), tungstenite::Error> {
         // Frames taken from the outbox and handed over here (count, bytes): they stop
         // counting against the outbox's limits once they are the socket's.
