@@ -226,6 +226,12 @@ fn epoch_text(epoch: u64) -> String {
     format!("{epoch:016x}")
 }
 
+/// An epoch given as text (by a shared bus); `None` unless it is one `epoch_text` makes.
+fn parse_epoch(text: &str) -> Option<u64> {
+    let epoch = u64::from_str_radix(text, 16).ok()?;
+    (epoch != 0 && epoch_text(epoch) == text).then_some(epoch)
+}
+
 /// A topic's stream, shared by the Hub's topic state and the history's table.
 struct Entry {
     topic: Box<str>,
@@ -1047,6 +1053,14 @@ impl Log {
     /// [`History::close`] failed), which is logged and starts a new epoch: the stream
     /// has a hole from here. A failed write of the writer does the same.
     pub fn append(&self, p: &Publish<'_>, seq: u64, ts_us: u64) -> bool {
+        self.append_at(p, None, seq, ts_us)
+    }
+
+    /// As [`Log::append`], for a message a shared bus numbered (`[cluster]`): the
+    /// stream takes the bus's epoch, so a topic has the same position on every box and
+    /// a client resumes on any of them. A hole (a box that missed numbers) stays inside
+    /// the stream, where a recovery across it comes back short and says so.
+    pub fn append_at(&self, p: &Publish<'_>, epoch: Option<&str>, seq: u64, ts_us: u64) -> bool {
         let history = &self.history;
         let entry = &self.entry;
         let mut s = lock(entry);
@@ -1069,6 +1083,12 @@ impl Log {
             }
             s.last = seq - 1;
             s.restart_epoch();
+        }
+        if let Some(epoch) = epoch.and_then(parse_epoch) {
+            if epoch != s.epoch {
+                s.epoch = epoch;
+                s.epoch_start = seq;
+            }
         }
         let record = StoredMessage::encode_routed(p, seq, ts_us);
         let size = (record.len() + run::PER_RECORD) as u64;
