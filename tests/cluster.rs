@@ -983,6 +983,23 @@ async fn a_client_resumes_on_another_box_where_it_stopped() {
         assert_eq!(m["data"]["n"], n, "{m}");
         last = m["seq"].as_u64().expect("seq");
     }
+    // A topic box a had not read a message of yet: its `sub` answered with box a's own
+    // epoch, which stays good there once the first message brought the cluster's.
+    let mut early = Raw::connect(&a.ws_url()).await;
+    let ok = early.request(json!({"op":"sub","topic":"h/new"})).await;
+    assert_eq!(ok["seq"], 0, "{ok}");
+    for n in 1..=3 {
+        pub_one(&mut publisher, "h/new", n).await;
+        assert_eq!(early.next_msg().await["seq"], n);
+    }
+    let again = json!({"op":"sub","topic":"h/new","since":1,"epoch":ok["epoch"]});
+    let ok = Raw::connect(&a.ws_url()).await.request(again).await;
+    assert_eq!(
+        (&ok["recovered"], &ok["history"]),
+        (&json!(true), &json!(2)),
+        "{ok}"
+    );
+
     a.signal("KILL");
     while client.try_recv(Duration::from_secs(5)).await.is_some() {}
     for n in 11..=30 {

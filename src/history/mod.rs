@@ -106,6 +106,10 @@ struct Stream {
     /// When `first` was stored, µs since the Unix epoch (0 when empty).
     first_ts_us: u64,
     bytes: u64,
+    /// In memory only: an epoch under which nothing was numbered before the stream took
+    /// a bus's epoch (a `sub` on a topic the box had not read yet answered with it), so
+    /// its positions are positions of the current one.
+    alias: Option<u64>,
     /// In memory only: what is not stored yet, and the oldest stored run.
     tail: Tail,
 }
@@ -161,6 +165,7 @@ impl Stream {
             last: after,
             first_ts_us: 0,
             bytes: 0,
+            alias: None,
             tail: Tail::default(),
         }
     }
@@ -177,6 +182,12 @@ impl Stream {
     fn restart_epoch(&mut self) {
         self.epoch = new_epoch();
         self.epoch_start = self.last + 1;
+        self.alias = None;
+    }
+
+    /// Whether a client's epoch is the stream's current one.
+    fn is_current(&self, epoch: &str) -> bool {
+        epoch == epoch_text(self.epoch) || self.alias.is_some_and(|a| epoch == epoch_text(a))
     }
 
     fn position(&self) -> Position {
@@ -211,6 +222,7 @@ impl Stream {
             last: fields.next()??,
             first_ts_us: fields.next()??,
             bytes: fields.next()??,
+            alias: None,
             tail: Tail::default(),
         };
         (bytes.len() == 48).then_some(stream)
@@ -1064,6 +1076,8 @@ impl Log {
         let history = &self.history;
         let entry = &self.entry;
         let mut s = lock(entry);
+        // Nothing numbered under the current epoch and this number follows on.
+        let unused = s.epoch_start == s.last + 1 && seq == s.last + 1;
         if history.closed.load(Ordering::Relaxed) {
             // Published after the positions were saved: they are stale, so the next
             // start must rebuild them as after a crash.
@@ -1086,6 +1100,7 @@ impl Log {
         }
         if let Some(epoch) = epoch.and_then(parse_epoch) {
             if epoch != s.epoch {
+                s.alias = unused.then_some(s.epoch);
                 s.epoch = epoch;
                 s.epoch_start = seq;
             }
@@ -1161,7 +1176,6 @@ impl Log {
                     tracing::error!(error = %e, held_back, "history: trimming failed");
                 }
             }
-            let epoch = epoch_text(s.epoch);
             let (wanted_from, complete) = match since {
                 Since::Last(n) => {
                     let from = (s.last + 1).saturating_sub(*n).max(1);
@@ -1171,7 +1185,7 @@ impl Log {
                 Since::After {
                     seq,
                     epoch: Some(e),
-                } if *e == epoch && *seq <= s.last => (seq + 1, seq + 1 >= s.first),
+                } if s.is_current(e) && *seq <= s.last => (seq + 1, seq + 1 >= s.first),
                 // Numbers without their epoch cannot be vouched for.
                 Since::After { seq, epoch: None } => (seq + 1, false),
                 // Another epoch: everything since this one began is new to the client.
