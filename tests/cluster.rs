@@ -933,3 +933,116 @@ async fn webhooks_fire_once_per_message_for_the_cluster() {
     assert_eq!(seqs, (1..=20).collect());
     server.abort();
 }
+
+/// A WebSocket publish on `d`, acknowledged; its seq.
+async fn pub_one(ws: &mut Raw, topic: &str, n: u64) -> u64 {
+    let r = ws
+        .request(json!({"op":"pub","topic":topic,"data":{"n":n}}))
+        .await;
+    assert_eq!(r["op"], "ok", "{r}");
+    r["seq"].as_u64().expect("seq")
+}
+
+/// Subscribes `topic` on `d` once its first message reached `d`; the client and its
+/// position (epoch, seq).
+async fn positioned(d: &Daemon, topic: &str) -> (Raw, String, u64) {
+    let mut c = Raw::connect(&d.ws_url()).await;
+    for _ in 0..250 {
+        let ok = c.request(json!({"op":"sub","topic":topic})).await;
+        assert_eq!(ok["op"], "ok", "{ok}");
+        let seq = ok["seq"].as_u64().expect("seq");
+        if seq > 0 {
+            return (c, ok["epoch"].as_str().expect("epoch").to_owned(), seq);
+        }
+        c.request(json!({"op":"unsub","topic":topic})).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{topic} never reached the box");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_resumes_on_another_box_where_it_stopped() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    // `k/#` keeps 5: the range a client asks for there is beyond what is kept.
+    let keep5 = "[[history.topics]]\nfilter = \"k/#\"\nkeep = 5\n";
+    let a = node_with(&redis.url(), "a", keep5);
+    let b = node_with(&redis.url(), "b", keep5);
+    let mut publisher = Raw::connect(&b.ws_url()).await;
+    pub_one(&mut publisher, "h/r", 1).await;
+    pub_one(&mut publisher, "k/r", 1).await;
+    let (mut client, epoch, mut last) = positioned(&a, "h/r").await;
+    let (_kept, k_epoch, k_last) = positioned(&a, "k/r").await;
+    // A topic has one position on every box.
+    let (_, b_epoch, _) = positioned(&b, "h/r").await;
+    assert_eq!(b_epoch, epoch);
+    for n in 2..=10 {
+        pub_one(&mut publisher, "h/r", n).await;
+        let m = client.next_msg().await;
+        assert_eq!(m["data"]["n"], n, "{m}");
+        last = m["seq"].as_u64().expect("seq");
+    }
+    // A topic box a had not read a message of yet: its `sub` answered with box a's own
+    // epoch, which stays good there once the first message brought the cluster's.
+    let mut early = Raw::connect(&a.ws_url()).await;
+    let ok = early.request(json!({"op":"sub","topic":"h/new"})).await;
+    assert_eq!(ok["seq"], 0, "{ok}");
+    for n in 1..=3 {
+        pub_one(&mut publisher, "h/new", n).await;
+        assert_eq!(early.next_msg().await["seq"], n);
+    }
+    let again = json!({"op":"sub","topic":"h/new","since":1,"epoch":ok["epoch"]});
+    let ok = Raw::connect(&a.ws_url()).await.request(again).await;
+    assert_eq!(
+        (&ok["recovered"], &ok["history"]),
+        (&json!(true), &json!(2)),
+        "{ok}"
+    );
+
+    a.signal("KILL");
+    while client.try_recv(Duration::from_secs(5)).await.is_some() {}
+    for n in 11..=30 {
+        pub_one(&mut publisher, "h/r", n).await;
+    }
+    for n in 2..=20 {
+        pub_one(&mut publisher, "k/r", n).await;
+    }
+
+    // On box b, from the position box a gave: every missed message once, then live ones.
+    let mut resumed = Raw::connect(&b.ws_url()).await;
+    let ok = resumed
+        .request(json!({"op":"sub","topic":"h/r","since":last,"epoch":epoch}))
+        .await;
+    assert_eq!(
+        (&ok["op"], &ok["recovered"], &ok["history"], &ok["epoch"]),
+        (&json!("ok"), &json!(true), &json!(20), &json!(epoch)),
+        "{ok}"
+    );
+    pub_one(&mut publisher, "h/r", 31).await;
+    for n in 11..=31 {
+        let m = resumed.next_msg().await;
+        assert_eq!(
+            (m["data"]["n"].as_u64(), m["seq"].as_u64()),
+            (Some(n), Some(n)),
+            "{m}"
+        );
+        assert_eq!(m["history"].as_bool(), (n <= 30).then_some(true), "{m}");
+    }
+    pub_one(&mut publisher, "h/r", 32).await;
+    let m = resumed.next_msg().await;
+    assert_eq!(m["data"]["n"], 32, "no duplicate before it: {m}");
+
+    // Beyond what is kept: told so, and given what is left.
+    let ok = resumed
+        .request(json!({"op":"sub","topic":"k/r","since":k_last,"epoch":k_epoch}))
+        .await;
+    assert_eq!(
+        (&ok["recovered"], &ok["history"], &ok["seq"]),
+        (&json!(false), &json!(5), &json!(20)),
+        "{ok}"
+    );
+    for n in 16..=20 {
+        assert_eq!(resumed.next_msg().await["data"]["n"], n);
+    }
+}

@@ -106,6 +106,10 @@ struct Stream {
     /// When `first` was stored, µs since the Unix epoch (0 when empty).
     first_ts_us: u64,
     bytes: u64,
+    /// In memory only: an epoch under which nothing was numbered before the stream took
+    /// a bus's epoch (a `sub` on a topic the box had not read yet answered with it), so
+    /// its positions are positions of the current one.
+    alias: Option<u64>,
     /// In memory only: what is not stored yet, and the oldest stored run.
     tail: Tail,
 }
@@ -161,6 +165,7 @@ impl Stream {
             last: after,
             first_ts_us: 0,
             bytes: 0,
+            alias: None,
             tail: Tail::default(),
         }
     }
@@ -177,6 +182,12 @@ impl Stream {
     fn restart_epoch(&mut self) {
         self.epoch = new_epoch();
         self.epoch_start = self.last + 1;
+        self.alias = None;
+    }
+
+    /// Whether a client's epoch is the stream's current one.
+    fn is_current(&self, epoch: &str) -> bool {
+        epoch == epoch_text(self.epoch) || self.alias.is_some_and(|a| epoch == epoch_text(a))
     }
 
     fn position(&self) -> Position {
@@ -211,6 +222,7 @@ impl Stream {
             last: fields.next()??,
             first_ts_us: fields.next()??,
             bytes: fields.next()??,
+            alias: None,
             tail: Tail::default(),
         };
         (bytes.len() == 48).then_some(stream)
@@ -224,6 +236,12 @@ fn new_epoch() -> u64 {
 
 fn epoch_text(epoch: u64) -> String {
     format!("{epoch:016x}")
+}
+
+/// An epoch given as text (by a shared bus); `None` unless it is one `epoch_text` makes.
+fn parse_epoch(text: &str) -> Option<u64> {
+    let epoch = u64::from_str_radix(text, 16).ok()?;
+    (epoch != 0 && epoch_text(epoch) == text).then_some(epoch)
 }
 
 /// A topic's stream, shared by the Hub's topic state and the history's table.
@@ -1047,9 +1065,19 @@ impl Log {
     /// [`History::close`] failed), which is logged and starts a new epoch: the stream
     /// has a hole from here. A failed write of the writer does the same.
     pub fn append(&self, p: &Publish<'_>, seq: u64, ts_us: u64) -> bool {
+        self.append_at(p, None, seq, ts_us)
+    }
+
+    /// As [`Log::append`], for a message a shared bus numbered (`[cluster]`): the
+    /// stream takes the bus's epoch, so a topic has the same position on every box and
+    /// a client resumes on any of them. A hole (a box that missed numbers) stays inside
+    /// the stream, where a recovery across it comes back short and says so.
+    pub fn append_at(&self, p: &Publish<'_>, epoch: Option<&str>, seq: u64, ts_us: u64) -> bool {
         let history = &self.history;
         let entry = &self.entry;
         let mut s = lock(entry);
+        // Nothing numbered under the current epoch and this number follows on.
+        let unused = s.epoch_start == s.last + 1 && seq == s.last + 1;
         if history.closed.load(Ordering::Relaxed) {
             // Published after the positions were saved: they are stale, so the next
             // start must rebuild them as after a crash.
@@ -1069,6 +1097,13 @@ impl Log {
             }
             s.last = seq - 1;
             s.restart_epoch();
+        }
+        if let Some(epoch) = epoch.and_then(parse_epoch) {
+            if epoch != s.epoch {
+                s.alias = unused.then_some(s.epoch);
+                s.epoch = epoch;
+                s.epoch_start = seq;
+            }
         }
         let record = StoredMessage::encode_routed(p, seq, ts_us);
         let size = (record.len() + run::PER_RECORD) as u64;
@@ -1141,7 +1176,6 @@ impl Log {
                     tracing::error!(error = %e, held_back, "history: trimming failed");
                 }
             }
-            let epoch = epoch_text(s.epoch);
             let (wanted_from, complete) = match since {
                 Since::Last(n) => {
                     let from = (s.last + 1).saturating_sub(*n).max(1);
@@ -1151,7 +1185,7 @@ impl Log {
                 Since::After {
                     seq,
                     epoch: Some(e),
-                } if *e == epoch && *seq <= s.last => (seq + 1, seq + 1 >= s.first),
+                } if s.is_current(e) && *seq <= s.last => (seq + 1, seq + 1 >= s.first),
                 // Numbers without their epoch cannot be vouched for.
                 Since::After { seq, epoch: None } => (seq + 1, false),
                 // Another epoch: everything since this one began is new to the client.

@@ -408,7 +408,7 @@ impl Hub {
         let stored = state
             .log
             .as_ref()
-            .is_none_or(|log| log.append(&p, seq, now_us));
+            .is_none_or(|log| log.append_at(&p, numbered.map(|(e, _, _)| e), seq, now_us));
         for tap in read(&self.taps).iter() {
             tap.routed(&p, seq, now_us);
         }
