@@ -7,6 +7,7 @@
 //! last position instead of losing what was published meanwhile. Files:
 //! - `publish.rs`: the script that numbers a message and appends it, sent in batches;
 //! - `reader.rs`: every box reads every partition back and delivers it, gaps reported;
+//! - `repair.rs`: reading a topic's history back, to fill holes in a box's own;
 //! - `outbox.rs`: MQTT devices' publishes waiting on disk while Redis is unreachable;
 //! - `keys.rs`: topic → partition → Redis, and the key names;
 //! - `config.rs`: the `[cluster]` section.
@@ -19,6 +20,7 @@ pub mod keys;
 mod outbox;
 mod publish;
 mod reader;
+mod repair;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -74,6 +76,7 @@ struct Shared {
     shards: Vec<Target>,
     script_hash: String,
     stats: Stats,
+    repair: repair::Repair,
 }
 
 /// Counters of the bus; shown at /metrics.
@@ -223,6 +226,7 @@ impl Cluster {
                 lag_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
                 ..Stats::default()
             },
+            repair: repair::Repair::new(partitions, shards.len()),
             shards,
             script_hash,
         });
@@ -325,6 +329,15 @@ fn refused(addr: &str, e: redis::RedisError) -> anyhow::Error {
 }
 
 impl Bus for Cluster {
+    fn history(&self, range: crate::hub::RemoteRange) -> Option<crate::hub::RemoteFetch> {
+        Some(repair::fetch(self.shared.clone(), range))
+    }
+
+    fn delivered(&self, topic: &str) -> Option<(String, u64)> {
+        let partition = keys::partition(topic, self.shared.config.partitions.get());
+        self.shared.repair.delivered(partition)
+    }
+
     fn submit(&self, message: BusMessage) -> Ack {
         let (reply, ack) = oneshot::channel();
         let partition = keys::partition(&message.topic, self.shared.config.partitions.get());

@@ -38,14 +38,16 @@ pub(super) const SCRIPT: &str = r#"
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then e = ARGV[1]; redis.call('HSET', KEYS[1], 'e', e) end
 local s = redis.call('HINCRBY', KEYS[1], 's', 1)
-local keep = tonumber(ARGV[3])
-if keep > 0 then
-  if s == 1 then redis.call('DEL', KEYS[2]) end
-  redis.call('XADD', KEYS[2], 'MAXLEN', keep, s .. '-0', unpack(ARGV, 5))
-end
 local be = redis.call('HGET', KEYS[4], 'e')
 if not be then be = ARGV[2]; redis.call('HSET', KEYS[4], 'e', be) end
 local bs = redis.call('HINCRBY', KEYS[4], 's', 1)
+local keep = tonumber(ARGV[3])
+if keep > 0 then
+  if s == 1 then redis.call('DEL', KEYS[2]) end
+  -- `bp`/`be`: the entry's bus position, so a repair (repair.rs) can tell what a box's
+  -- reader has yet to deliver from what only Redis has.
+  redis.call('XADD', KEYS[2], 'MAXLEN', keep, s .. '-0', 'bp', bs, 'be', be, unpack(ARGV, 5))
+end
 if bs == 1 then redis.call('DEL', KEYS[3]) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], bs .. '-0', 'e', e, 's', s, 'be', be, unpack(ARGV, 5))
 return {s, e}

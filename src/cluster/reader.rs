@@ -168,6 +168,9 @@ async fn sync_epochs(
             cursor.epoch = epoch;
             cursor.last = 0;
         }
+        shared
+            .repair
+            .passed(*p, cursor.epoch.as_deref(), cursor.last);
     }
     Ok(())
 }
@@ -179,11 +182,7 @@ fn deliver(
     cursor: &mut Cursor,
     entry: redis::streams::StreamId,
 ) {
-    let Some(position) = entry
-        .id
-        .split_once('-')
-        .and_then(|(n, _)| n.parse::<u64>().ok())
-    else {
+    let Some(position) = id_number(&entry.id) else {
         return;
     };
     let map = &entry.map;
@@ -241,11 +240,30 @@ fn deliver(
             }
         }
     }
+    shared
+        .repair
+        .passed(partition, cursor.epoch.as_deref(), position);
+}
+
+/// The number of a stream entry id `<n>-0` (bus positions, topic seqs).
+pub(super) fn id_number(id: &str) -> Option<u64> {
+    id.split_once('-').and_then(|(n, _)| n.parse().ok())
 }
 
 fn from_bus(map: &HashMap<String, Value>, me: &str) -> Option<FromBus> {
-    let data = text(map, "d")?;
-    let raw = RawValue::from_string(data.clone()).ok()?;
+    let message = message_of(map)?;
+    let data = RawValue::from_string(message.data.clone()).ok()?;
+    Some(FromBus {
+        message,
+        data,
+        epoch: text(map, "e")?,
+        seq: text(map, "s")?.parse().ok()?,
+        here: text(map, "n").is_some_and(|n| n == me),
+    })
+}
+
+/// The message of a bus entry, or of a topic history entry (the same fields).
+pub(super) fn message_of(map: &HashMap<String, Value>) -> Option<BusMessage> {
     let origin = text(map, "o")
         .and_then(|o| o.parse::<usize>().ok())
         .and_then(|o| Origin::ALL.get(o).copied())?;
@@ -257,21 +275,15 @@ fn from_bus(map: &HashMap<String, Value>, me: &str) -> Option<FromBus> {
         }),
         None => None,
     };
-    Some(FromBus {
-        message: BusMessage {
-            topic: text(map, "t")?,
-            event: text(map, "ev"),
-            data,
-            from: text(map, "f")?,
-            origin,
-            retain: map.contains_key("r"),
-            as_sent,
-            acked: false,
-        },
-        data: raw,
-        epoch: text(map, "e")?,
-        seq: text(map, "s")?.parse().ok()?,
-        here: text(map, "n").is_some_and(|n| n == me),
+    Some(BusMessage {
+        topic: text(map, "t")?,
+        event: text(map, "ev"),
+        data: text(map, "d")?,
+        from: text(map, "f")?,
+        origin,
+        retain: map.contains_key("r"),
+        as_sent,
+        acked: false,
     })
 }
 
@@ -283,6 +295,6 @@ fn bytes(map: &HashMap<String, Value>, field: &str) -> Option<Vec<u8>> {
     }
 }
 
-fn text(map: &HashMap<String, Value>, field: &str) -> Option<String> {
+pub(super) fn text(map: &HashMap<String, Value>, field: &str) -> Option<String> {
     String::from_utf8(bytes(map, field)?).ok()
 }

@@ -1060,6 +1060,14 @@ impl Log {
         lock(&self.entry).position()
     }
 
+    /// From which number the stream holds every message of `epoch` up to its newest;
+    /// `None` when `epoch` is not its current one. Below it a shared bus's copy fills in
+    /// (`hub/repair.rs`): a box that was down or cut off has a hole there.
+    pub fn contiguous_from(&self, epoch: &str) -> Option<u64> {
+        let s = lock(&self.entry);
+        s.is_current(epoch).then(|| s.first.max(s.epoch_start))
+    }
+
     /// Keeps a message the Hub just numbered `seq` (under the topic's lock): on the
     /// stream's tail, for the writer. False when it could not be kept (a write after
     /// [`History::close`] failed), which is logged and starts a new epoch: the stream

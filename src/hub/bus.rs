@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
+use super::repair::{RemoteFetch, RemoteRange};
 use super::topics::TopicState;
 use super::{AsSent, Hub, HubError};
 use switchboard_core::grants::Grants;
@@ -60,6 +61,17 @@ pub trait Bus: Send + Sync + 'static {
     /// Takes an admitted message; the answer comes once the bus accepted it (by the
     /// configured acknowledgement) or gave up on it.
     fn submit(&self, message: BusMessage) -> Ack;
+
+    /// What the bus keeps of a topic's history, to repair this box's (`repair.rs`);
+    /// `None` when it keeps none.
+    fn history(&self, _range: RemoteRange) -> Option<RemoteFetch> {
+        None
+    }
+
+    /// The bus epoch and the last position this box delivered, on the topic's stream.
+    fn delivered(&self, _topic: &str) -> Option<(String, u64)> {
+        None
+    }
 }
 
 impl Hub {

@@ -16,6 +16,7 @@
 //! - `direct.rs`: direct messages to a client or a user;
 //! - `device.rs`: MQTT subscribers' sessions, live and persistent;
 //! - `bus.rs`: the seam to a bus shared by several boxes (`[cluster]`);
+//! - `repair.rs`: filling holes in a topic's history from the bus's copy;
 //! - `stats.rs`: counters and the [`Stats`] snapshot;
 //! - [`index`] (the subscription trie), [`outbox`] (one connection's bounded queue) and
 //!   `session.rs` (what the Hub knows of one connection).
@@ -37,6 +38,7 @@ pub mod index;
 pub mod metrics;
 pub mod outbox;
 mod presence;
+mod repair;
 mod routing;
 mod session;
 mod stats;
@@ -53,6 +55,7 @@ pub use device::DeviceSession;
 pub use direct::Sender;
 use index::SubscriptionIndex;
 use outbox::QueueLimits;
+pub use repair::{RemoteEntry, RemoteFetch, RemoteHistory, RemoteRange};
 pub use routing::{AsSent, Subscribed};
 pub use session::Session;
 use stats::Counters;

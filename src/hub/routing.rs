@@ -155,6 +155,8 @@ impl Hub {
                 HubError::HistoryDisabled(filter.to_owned())
             });
         }
+        // With a bus: what this box's history lacks, read before the topic's lock.
+        let remote = kept.then(|| self.remote_for(filter, since, None)).flatten();
         let state = kept.then(|| self.topic_state(filter));
         let guard = state.as_ref().map(|s| lock(s));
         let max = principal
@@ -179,7 +181,10 @@ impl Hub {
         if let Some(log) = guard.as_ref().and_then(|state| state.log.as_ref()) {
             match since.filter(|_| added) {
                 Some(since) => {
-                    let recovery = log.recover(since);
+                    let mut recovery = log.recover(since);
+                    if let (Some(remote), Since::After { seq, .. }) = (&remote, since) {
+                        recovery = self.repaired(filter, log, recovery, remote, *seq, None);
+                    }
                     let mut queued = 0;
                     for message in &recovery.messages {
                         if let Some(frame) = history_frame(message) {
@@ -192,7 +197,13 @@ impl Hub {
                     subscribed.recovery = Some((complete, queued));
                     subscribed.position = Some(recovery.position);
                 }
-                None => subscribed.position = Some(log.position()),
+                None => {
+                    let cluster = remote
+                        .as_ref()
+                        .filter(|_| since.is_none())
+                        .and_then(|r| self.repaired_position(filter, log, r));
+                    subscribed.position = Some(cluster.unwrap_or_else(|| log.position()));
+                }
             }
         }
         drop(guard);
@@ -230,7 +241,14 @@ impl Hub {
             .get()
             .and_then(|h| h.log(topic))
             .ok_or_else(|| HubError::HistoryDisabled(topic.to_owned()))?;
-        Ok(log.recover_page(since, page))
+        let remote = self.remote_for(topic, Some(since), page);
+        let recovery = log.recover_page(since, page);
+        Ok(match (&remote, since) {
+            (Some(remote), Since::After { seq, .. }) => {
+                self.repaired(topic, &log, recovery, remote, *seq, page)
+            }
+            _ => recovery,
+        })
     }
 
     /// Attaches the message history; set once at startup, before anything is served.
