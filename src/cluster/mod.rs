@@ -7,6 +7,7 @@
 //! last position instead of losing what was published meanwhile. Files:
 //! - `publish.rs`: the script that numbers a message and appends it, sent in batches;
 //! - `reader.rs`: every box reads every partition back and delivers it, gaps reported;
+//! - `generation.rs`: new epochs when a Redis restart may have rolled numbers back;
 //! - `repair.rs`: reading a topic's history back, to fill holes in a box's own;
 //! - `outbox.rs`: MQTT devices' publishes waiting on disk while Redis is unreachable;
 //! - `keys.rs`: topic → partition → Redis, and the key names;
@@ -16,6 +17,7 @@
 //! Hub's, and what it holds is in Redis.
 
 pub mod config;
+mod generation;
 pub mod keys;
 mod outbox;
 mod publish;
@@ -77,6 +79,7 @@ struct Shared {
     script_hash: String,
     stats: Stats,
     repair: repair::Repair,
+    generation: generation::Generations,
 }
 
 /// Counters of the bus; shown at /metrics.
@@ -227,6 +230,7 @@ impl Cluster {
                 ..Stats::default()
             },
             repair: repair::Repair::new(partitions, shards.len()),
+            generation: generation::Generations::new(shards.len()),
             shards,
             script_hash,
         });

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::AckMode;
 use super::outbox::Outbox;
-use super::{keys, Shared};
+use super::{generation, keys, Shared};
 use crate::hub::BusMessage;
 
 /// Messages sent in one pipeline at most.
@@ -30,13 +30,22 @@ const BATCH: usize = 256;
 const FAIL_FAST: Duration = Duration::from_millis(250);
 
 /// KEYS: topic meta, topic history, bus, bus meta. ARGV: a new topic epoch, a new bus
-/// epoch, the history's `keep` (0: no history), the bus's `keep`, then the entry's
-/// field/value pairs. A meta hash that is missing (new topic, or Redis lost it) starts
+/// epoch, the history's `keep` (0: no history), the bus's `keep`, the Redis server's
+/// generation (`generation.rs`; empty: none), then the entry's field/value pairs. A meta hash that is missing (new topic, or Redis lost it) starts
 /// a new epoch, and the stream it numbers is started again with it, so numbers of two
 /// epochs never mix. Returns `{seq, epoch}`.
 pub(super) const SCRIPT: &str = r#"
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then e = ARGV[1]; redis.call('HSET', KEYS[1], 'e', e) end
+-- The generation (generation.rs): numbers of an earlier server run may have been
+-- issued and then lost; start a new epoch rather than issue them again.
+if ARGV[5] ~= '' then
+  local g = redis.call('HGET', KEYS[1], 'g')
+  if g ~= ARGV[5] then
+    if g then e = ARGV[1]; redis.call('HSET', KEYS[1], 'e', e, 's', 0) end
+    redis.call('HSET', KEYS[1], 'g', ARGV[5])
+  end
+end
 local s = redis.call('HINCRBY', KEYS[1], 's', 1)
 local be = redis.call('HGET', KEYS[4], 'e')
 if not be then be = ARGV[2]; redis.call('HSET', KEYS[4], 'e', be) end
@@ -46,10 +55,10 @@ if keep > 0 then
   if s == 1 then redis.call('DEL', KEYS[2]) end
   -- `bp`/`be`: the entry's bus position, so a repair (repair.rs) can tell what a box's
   -- reader has yet to deliver from what only Redis has.
-  redis.call('XADD', KEYS[2], 'MAXLEN', keep, s .. '-0', 'bp', bs, 'be', be, unpack(ARGV, 5))
+  redis.call('XADD', KEYS[2], 'MAXLEN', keep, s .. '-0', 'bp', bs, 'be', be, unpack(ARGV, 6))
 end
 if bs == 1 then redis.call('DEL', KEYS[3]) end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], bs .. '-0', 'e', e, 's', s, 'be', be, unpack(ARGV, 5))
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], bs .. '-0', 'e', e, 's', s, 'be', be, unpack(ARGV, 6))
 return {s, e}
 "#;
 
@@ -220,14 +229,21 @@ async fn send(
     for attempt in 0..2 {
         let c = match conn {
             Some(c) => c,
-            None => conn.insert(
-                target
+            None => {
+                let mut c = target
                     .connect(shared.config.connect_timeout)
                     .await
-                    .map_err(|e| format!("Redis {} is unreachable: {e}", target.addr))?,
-            ),
+                    .map_err(|e| format!("Redis {} is unreachable: {e}", target.addr))?;
+                let partitions: Vec<u32> = (0..shared.config.partitions.get())
+                    .filter(|p| keys::shard(*p, shared.shards.len()) == shard)
+                    .collect();
+                generation::claim(&mut c, shared, shard, &partitions)
+                    .await
+                    .map_err(|e| format!("Redis {}: {e}", target.addr))?;
+                conn.insert(c)
+            }
         };
-        let pipe = pipeline(shared, batch);
+        let pipe = pipeline(shared, shard, batch);
         let answer = tokio::time::timeout(timeout, pipe.query_async::<Vec<Value>>(c)).await;
         let values = match answer {
             Err(_) => {
@@ -258,9 +274,10 @@ async fn send(
     ))
 }
 
-fn pipeline(shared: &Shared, batch: &[Job]) -> redis::Pipeline {
+fn pipeline(shared: &Shared, shard: usize, batch: &[Job]) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     let now_ms = switchboard_core::clock::now_ms();
+    let generation = shared.generation.get(shard);
     for job in batch {
         let m = &job.message;
         let p = job.partition;
@@ -280,6 +297,7 @@ fn pipeline(shared: &Shared, batch: &[Job]) -> redis::Pipeline {
             .arg(new_epoch())
             .arg(keep)
             .arg(shared.config.bus_keep.get())
+            .arg(&generation)
             .arg("t")
             .arg(&m.topic)
             .arg("d")

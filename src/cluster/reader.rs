@@ -80,6 +80,10 @@ pub(super) async fn read_loop(
             .arg(&name)
             .query_async(&mut conn)
             .await;
+        if let Err(e) = super::generation::claim(&mut conn, &shared, shard, &partitions).await {
+            tracing::warn!(redis = %target.addr, error = %e, "cluster: bus reader lost its connection; reconnecting");
+            continue;
+        }
         if let Err(e) =
             sync_epochs(&mut conn, &partitions, &mut cursors, started, &hub, &shared).await
         {

@@ -742,6 +742,25 @@ impl History {
         false
     }
 
+    /// A shared bus started the topic's numbering again below the stream's newest
+    /// number (Redis lost it, or rolled it back): the old messages go at once, so no
+    /// number holds two messages. Called under the stream's lock with the writer held
+    /// (`writing`), so none of their runs is in flight; their runs are deleted here,
+    /// before a run of the new numbers can take one of their keys.
+    fn forget_numbers(&self, entry: &Arc<Entry>, s: &mut Stream) -> Result<(), StoreError> {
+        while !s.is_empty() {
+            self.pop_oldest(entry, s)?;
+        }
+        s.tail.pending.clear();
+        let doomed = std::mem::take(&mut s.tail.doomed);
+        let tree = self.messages.current()?;
+        for key in doomed {
+            tree.remove(key).map_err(|e| self.store.io(e))?;
+        }
+        s.tail.taken = 0;
+        Ok(())
+    }
+
     /// Puts a stream on the writer's list and wakes it.
     fn mark_dirty(&self, entry: &Arc<Entry>, s: &mut Stream) {
         if !s.tail.dirty {
@@ -1084,6 +1103,20 @@ impl Log {
         let history = &self.history;
         let entry = &self.entry;
         let mut s = lock(entry);
+        if seq <= s.last && epoch.and_then(parse_epoch).is_some_and(|e| e != s.epoch) {
+            drop(s);
+            let writing = history.writing.lock().unwrap_or_else(|p| p.into_inner());
+            s = lock(entry);
+            if let Err(e) = history.forget_numbers(entry, &mut s) {
+                tracing::error!(topic = &*entry.topic, error = %e, "history: cannot drop the messages of a restarted numbering");
+            }
+            drop(writing);
+            tracing::warn!(
+                topic = &*entry.topic,
+                seq,
+                "history: the bus started this topic's numbering again under a new epoch; the old messages were dropped"
+            );
+        }
         // Nothing numbered under the current epoch and this number follows on.
         let unused = s.epoch_start == s.last + 1 && seq == s.last + 1;
         if history.closed.load(Ordering::Relaxed) {

@@ -99,6 +99,34 @@ impl Redis {
         self.spawn();
     }
 
+    /// A copy of Redis's append-only files as they are now, for [`Redis::restart_from`].
+    pub fn save_aof(&self) -> tempfile::TempDir {
+        let copy = tempfile::tempdir().expect("tempdir");
+        for f in std::fs::read_dir(self.dir.path().join("appendonlydir")).expect("appendonlydir") {
+            let f = f.expect("aof file");
+            std::fs::copy(f.path(), copy.path().join(f.file_name())).expect("copy aof");
+        }
+        copy
+    }
+
+    /// Kills Redis and starts it again from append-only files saved earlier: it comes
+    /// back without what it took since (a stale tail, as after a crash with
+    /// `appendfsync everysec`).
+    pub fn restart_from(&mut self, saved: &tempfile::TempDir) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let aof = self.dir.path().join("appendonlydir");
+        std::fs::remove_dir_all(&aof).expect("remove aof");
+        std::fs::create_dir(&aof).expect("aof dir");
+        for f in std::fs::read_dir(saved.path()).expect("saved aof") {
+            let f = f.expect("aof file");
+            std::fs::copy(f.path(), aof.join(f.file_name())).expect("restore aof");
+        }
+        self.spawn();
+    }
+
     pub fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
             let _ = Command::new("kill")
