@@ -328,3 +328,54 @@ async fn a_redis_back_with_a_stale_tail_starts_a_new_epoch_instead_of_reusing_nu
         "acknowledged 15 (5 lost by Redis after delivery), delivered after the restart {delivered}, 0 missing, gap reported to every subscriber"
     );
 }
+
+/// A topic's meta hash in Redis: its key and its time to live in ms (-1: none).
+fn meta_ttl(redis: &Redis, topic: &str) -> Option<(String, i64)> {
+    let pattern = format!("sb:*:t:{topic}:meta");
+    let keys = redis.cmd(&["KEYS", &pattern]);
+    let key = keys.lines().find(|l| l.starts_with("sb:"))?.to_owned();
+    let ttl = redis.cmd(&["PTTL", &key]);
+    Some((key, ttl.trim().trim_start_matches(':').parse().ok()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_topic_without_history_forgets_its_numbering_after_topic_meta_ttl() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let a = node_with(&redis.url(), "a", "topic_meta_ttl = \"300ms\"");
+    let mut sub = Raw::subscribed(&a.ws_url(), "t/x").await;
+    let mut publisher = Raw::connect(&a.ws_url()).await;
+    let first = publish(&mut publisher, "t/x", 1..=2).await;
+    pub_one(&mut publisher, "h/y", 1).await;
+    let (key, ttl) = meta_ttl(&redis, "t/x").expect("t/x has a meta hash");
+    assert!(ttl > 0 && ttl <= 300, "t/x's numbering expires: {ttl}");
+    let (_, kept) = meta_ttl(&redis, "h/y").expect("h/y has a meta hash");
+    assert_eq!(kept, -1, "a history topic's numbering is kept");
+
+    // Idle past the TTL: the numbering is gone, and starts again under a new epoch.
+    for _ in 0..100 {
+        if redis.cmd(&["EXISTS", &key]).contains(":0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(redis.cmd(&["EXISTS", &key]).contains(":0"), "{key} expired");
+    let again = pub_one(&mut publisher, "t/x", 3).await;
+    assert_eq!(
+        (first.values().copied().collect::<Vec<_>>(), again),
+        (vec![1, 2], 1)
+    );
+    let frames = frames_until(&mut sub, 3).await;
+    let ops: Vec<String> = frames
+        .iter()
+        .map(|f| match f["op"].as_str() {
+            Some("msg") => format!("msg {}", f["seq"]),
+            other => other.unwrap_or("?").to_owned(),
+        })
+        .collect();
+    assert_eq!(ops, ["msg 1", "msg 2", "lagged", "msg 1"], "{frames:?}");
+    println!(
+        "t/x: 3 published, 3 delivered, numbering restarted once after its TTL (told: lagged)"
+    );
+}

@@ -46,6 +46,10 @@ pub struct ClusterConfig {
     /// Entries kept in each partition's bus stream (approximately): how far behind a
     /// box may fall, or be cut off, and still catch up without a gap.
     pub bus_keep: NonZeroU64,
+    /// How long Redis keeps the numbering (meta hash) of a topic without a history
+    /// rule once nobody publishes to it; afterwards it starts again under a new epoch.
+    #[serde(with = "positive_duration")]
+    pub topic_meta_ttl: Duration,
 }
 
 /// When a publisher is told its message was taken.
@@ -76,6 +80,7 @@ impl Default for ClusterConfig {
             probe_interval: Duration::from_secs(1),
             outbox_max: nz(100_000),
             bus_keep: NonZeroU64::new(100_000).unwrap_or(NonZeroU64::MIN),
+            topic_meta_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

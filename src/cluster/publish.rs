@@ -31,7 +31,8 @@ const FAIL_FAST: Duration = Duration::from_millis(250);
 
 /// KEYS: topic meta, topic history, bus, bus meta. ARGV: a new topic epoch, a new bus
 /// epoch, the history's `keep` (0: no history), the bus's `keep`, the Redis server's
-/// generation (`generation.rs`; empty: none), then the entry's field/value pairs. A meta hash that is missing (new topic, or Redis lost it) starts
+/// generation (`generation.rs`; empty: none), how long (ms) the meta of a topic without
+/// history outlives its last publish, then the entry's field/value pairs. A meta hash that is missing (new topic, or Redis lost it) starts
 /// a new epoch, and the stream it numbers is started again with it, so numbers of two
 /// epochs never mix. Returns `{seq, epoch}`.
 pub(super) const SCRIPT: &str = r#"
@@ -51,14 +52,16 @@ local be = redis.call('HGET', KEYS[4], 'e')
 if not be then be = ARGV[2]; redis.call('HSET', KEYS[4], 'e', be) end
 local bs = redis.call('HINCRBY', KEYS[4], 's', 1)
 local keep = tonumber(ARGV[3])
+-- A topic without history: its numbering is forgotten after ARGV[6] ms without a publish.
+if keep == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
 if keep > 0 then
   if s == 1 then redis.call('DEL', KEYS[2]) end
   -- `bp`/`be`: the entry's bus position, so a repair (repair.rs) can tell what a box's
   -- reader has yet to deliver from what only Redis has.
-  redis.call('XADD', KEYS[2], 'MAXLEN', keep, s .. '-0', 'bp', bs, 'be', be, unpack(ARGV, 6))
+  redis.call('XADD', KEYS[2], 'MAXLEN', keep, s .. '-0', 'bp', bs, 'be', be, unpack(ARGV, 7))
 end
 if bs == 1 then redis.call('DEL', KEYS[3]) end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], bs .. '-0', 'e', e, 's', s, 'be', be, unpack(ARGV, 6))
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], bs .. '-0', 'e', e, 's', s, 'be', be, unpack(ARGV, 7))
 return {s, e}
 "#;
 
@@ -298,6 +301,7 @@ fn pipeline(shared: &Shared, shard: usize, batch: &[Job]) -> redis::Pipeline {
             .arg(keep)
             .arg(shared.config.bus_keep.get())
             .arg(&generation)
+            .arg(shared.config.topic_meta_ttl.as_millis() as u64)
             .arg("t")
             .arg(&m.topic)
             .arg("d")
