@@ -83,7 +83,19 @@ async fn generation(conn: &mut MultiplexedConnection) -> redis::RedisResult<Stri
     if durable {
         return Ok(String::new());
     }
-    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
+    let info: String = match redis::cmd("INFO").arg("server").query_async(conn).await {
+        Ok(info) => info,
+        Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => return Err(e),
+        Err(e) => {
+            // An ACL that refuses INFO: publishing goes on, restarts are not detected.
+            static REFUSED: switchboard_core::quiet::Throttle =
+                switchboard_core::quiet::Throttle::per_secs(600);
+            if let Some(held_back) = REFUSED.admit() {
+                tracing::warn!(error = %e, held_back, "cluster: Redis refused INFO; a restart that rolls numbers back cannot be detected");
+            }
+            return Ok(String::new());
+        }
+    };
     Ok(info
         .lines()
         .find_map(|l| l.strip_prefix("run_id:"))

@@ -70,6 +70,15 @@ async fn read(shared: &Shared, range: &RemoteRange) -> Result<Option<RemoteHisto
     let partition = keys::partition(&range.topic, shared.config.partitions.get());
     let shard = keys::shard(partition, shared.shards.len());
     let target = &shared.shards[shard];
+    if !shared
+        .stats
+        .reachable
+        .get(shard)
+        .is_some_and(|r| r.load(std::sync::atomic::Ordering::Relaxed))
+    {
+        // Not worth a connect timeout per request: the local answer stands meanwhile.
+        return Err(format!("Redis {} is unreachable", target.addr));
+    }
     let mut conn = {
         let mut slot = shared.repair.conns[shard].lock().await;
         match &*slot {
