@@ -160,31 +160,36 @@ async fn a_box_that_was_down_or_started_later_repairs_its_hole_from_redis() {
         "no duplicate"
     );
 
-    // The HTTP history of a and c across the hole, too.
+    // The HTTP history of a and c across the hole, too: whole, and page by page
+    // (`last`: the oldest first, `recovered` once the page reaches the newest).
     for d in [&a, &c] {
-        let h = http_get_json(
-            d.http,
-            &format!("/api/v1/history?topic=h/r&since=5&epoch={epoch}"),
-        )
-        .await;
-        let got: Vec<u64> = h["messages"]
-            .as_array()
-            .expect("messages")
-            .iter()
-            .filter_map(|m| m["seq"].as_u64())
-            .collect();
-        assert_eq!(
-            (h["recovered"].clone(), h["seq"].clone()),
-            (json!(true), json!(35)),
-            "{h}"
-        );
-        assert_eq!(got, (6..=35).collect::<Vec<_>>());
+        for (query, seqs, recovered) in [
+            ("since=5", 6..=35, true),
+            ("since=5&last=10", 6..=15, false),
+            ("since=15&last=10", 16..=25, false),
+            ("since=25&last=10", 26..=35, true),
+        ] {
+            let path = format!("/api/v1/history?topic=h/r&epoch={epoch}&{query}");
+            let h = http_get_json(d.http, &path).await;
+            let got: Vec<u64> = h["messages"]
+                .as_array()
+                .expect("messages")
+                .iter()
+                .filter_map(|m| m["seq"].as_u64())
+                .collect();
+            assert_eq!(
+                (&h["recovered"], &h["seq"]),
+                (&json!(recovered), &json!(35)),
+                "{query}: {h}"
+            );
+            assert_eq!(got, seqs.collect::<Vec<_>>(), "{query}");
+        }
     }
 
     // Beyond what Redis keeps (k/r keeps 5): what is left, and `recovered: false`.
     resume_beyond_keep(&mut resumed_a, "k/r", k_last, &k_epoch, 16..=20, 20).await;
     println!(
-        "h/r: acknowledged {}, recovered across the hole on a and c {delivered} and by HTTP 60, 0 missing, 0 duplicates; k/r: 5 recovered, 13 reported missing (beyond keep)",
+        "h/r: acknowledged {}, recovered across the hole on a and c {delivered} and by HTTP 120, 0 missing, 0 duplicates; k/r: 5 recovered, 13 reported missing (beyond keep)",
         seqs.len()
     );
 }
