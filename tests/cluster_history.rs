@@ -186,6 +186,15 @@ async fn a_box_that_was_down_or_started_later_repairs_its_hole_from_redis() {
         }
     }
 
+    for d in [&a, &c] {
+        assert!(d.metric("switchboard_cluster_history_reads_total").await >= 5);
+        assert_eq!(
+            d.metric("switchboard_cluster_history_read_failures_total")
+                .await,
+            0
+        );
+    }
+
     // Beyond what Redis keeps (k/r keeps 5): what is left, and `recovered: false`.
     resume_beyond_keep(&mut resumed_a, "k/r", k_last, &k_epoch, 16..=20, 20).await;
     println!(

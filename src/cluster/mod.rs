@@ -93,6 +93,9 @@ struct Stats {
     gaps: Count,
     malformed: Count,
     reader_restarts: Count,
+    /// Topic history ranges read back from Redis (`repair.rs`), and those that failed.
+    history_reads: Count,
+    history_read_failures: Count,
     /// Per Redis: devices' publishes waiting in its outbox.
     outbox: Vec<AtomicU64>,
     /// Per partition: ms between a message's entry on the bus and this box reading it.
@@ -408,6 +411,16 @@ impl Source for Cluster {
             "cluster_reader_restarts",
             "Bus reader connections dropped and made again (errors, stalls).",
             st.reader_restarts.get(),
+        );
+        s.counter(
+            "cluster_history_reads",
+            "Topic history ranges read from Redis to fill holes in this box's history or find a topic's position.",
+            st.history_reads.get(),
+        );
+        s.counter(
+            "cluster_history_read_failures",
+            "Of those, reads Redis did not answer (the box answered from its own history).",
+            st.history_read_failures.get(),
         );
         s.counter(
             "cluster_malformed",

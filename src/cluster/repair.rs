@@ -59,10 +59,15 @@ impl Repair {
 pub(super) fn fetch(shared: Arc<Shared>, range: RemoteRange) -> RemoteFetch {
     Box::pin(async move {
         let timeout = shared.config.command_timeout;
-        match tokio::time::timeout(timeout, read(&shared, &range)).await {
+        shared.stats.history_reads.add(1);
+        let answer = match tokio::time::timeout(timeout, read(&shared, &range)).await {
             Ok(answer) => answer,
             Err(_) => Err(format!("Redis did not answer within {timeout:?}")),
+        };
+        if answer.is_err() {
+            shared.stats.history_read_failures.add(1);
         }
+        answer
     })
 }
 
