@@ -7,7 +7,8 @@
 //! below. Which of the bus's messages belong to the answer is decided under the topic's
 //! lock: one at a bus position this box's reader has passed will never arrive here
 //! live, so it is recovered; one beyond will arrive live after the subscription and is
-//! left to it. A topic's messages take bus positions in their seq order, so the usable
+//! left to it; one from a bus stream this box no longer reads (another bus epoch) is
+//! neither, and stays a hole that the answer reports. A topic's messages take bus positions in their seq order, so the usable
 //! ones are a prefix: each message reaches the client once, in the topic's one order,
 //! under the seq it has on every box.
 //!
@@ -127,28 +128,31 @@ impl Hub {
     }
 
     /// The bus's messages that belong to a recovery here (see the module's notes), by
-    /// seq; and the seqs of all it sent, usable or not.
+    /// seq, and the seqs of those still on their way to this box (on the bus stream its
+    /// reader reads, beyond where it is). `None` before the reader has a position: it
+    /// cannot tell which is which yet. A message from another bus epoch is neither: a
+    /// hole, reported.
     fn usable(
         &self,
         topic: &str,
         remote: &RemoteHistory,
-    ) -> (BTreeMap<u64, StoredMessage>, Vec<u64>) {
-        let (bus_epoch, passed) = self
-            .bus
-            .get()
-            .and_then(|b| b.delivered(topic))
-            .unwrap_or_default();
+    ) -> Option<(BTreeMap<u64, StoredMessage>, Vec<u64>)> {
+        let (bus_epoch, passed) = self.bus.get()?.delivered(topic)?;
+        if bus_epoch.is_empty() {
+            return None;
+        }
         let rule = self.history.get().and_then(|h| h.config().rule(topic));
         let now_us = switchboard_core::clock::now_us();
         let mut usable = BTreeMap::new();
-        for e in &remote.entries {
-            let expired = rule.is_some_and(|r| r.expired(e.message.ts_us, now_us));
-            if e.bus_epoch == bus_epoch && e.bus_position <= passed && !expired {
+        let mut coming = Vec::new();
+        for e in remote.entries.iter().filter(|e| e.bus_epoch == bus_epoch) {
+            if e.bus_position > passed {
+                coming.push(e.message.seq);
+            } else if !rule.is_some_and(|r| r.expired(e.message.ts_us, now_us)) {
                 usable.insert(e.message.seq, e.message.clone());
             }
         }
-        let seen = remote.entries.iter().map(|e| e.message.seq).collect();
-        (usable, seen)
+        Some((usable, coming))
     }
 
     /// Where the topic stands for a client on this box, in the bus's epoch: after
@@ -161,14 +165,14 @@ impl Hub {
         local: &Position,
         remote: &RemoteHistory,
         usable: &BTreeMap<u64, StoredMessage>,
-        seen: &[u64],
+        coming: &[u64],
         after: u64,
     ) -> Option<u64> {
         let newest = usable.keys().next_back().copied().unwrap_or(0).max(after);
         if local.epoch == remote.epoch {
             return Some(newest.max(local.seq));
         }
-        (newest >= remote.last || seen.contains(&(newest + 1))).then_some(newest)
+        (newest >= remote.last || coming.contains(&(newest + 1))).then_some(newest)
     }
 
     /// The position a plain `sub` answers on a topic this box has read nothing of since
@@ -180,8 +184,8 @@ impl Hub {
         log: &Log,
         remote: &RemoteHistory,
     ) -> Option<Position> {
-        let (usable, seen) = self.usable(topic, remote);
-        let seq = Self::top(&log.position(), remote, &usable, &seen, 0)?;
+        let (usable, coming) = self.usable(topic, remote)?;
+        let seq = Self::top(&log.position(), remote, &usable, &coming, 0)?;
         Some(Position {
             epoch: remote.epoch.clone(),
             seq,
@@ -201,8 +205,10 @@ impl Hub {
         after: u64,
         page: Option<u64>,
     ) -> Recovery {
-        let (usable, seen) = self.usable(topic, remote);
-        let Some(top) = Self::top(&local.position, remote, &usable, &seen, after) else {
+        let Some((usable, coming)) = self.usable(topic, remote) else {
+            return local;
+        };
+        let Some(top) = Self::top(&local.position, remote, &usable, &coming, after) else {
             return local;
         };
         let start = if local.position.epoch == remote.epoch {
