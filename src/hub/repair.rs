@@ -8,9 +8,9 @@
 //! lock: one at a bus position this box's reader has passed will never arrive here
 //! live, so it is recovered; one beyond will arrive live after the subscription and is
 //! left to it; one from a bus stream this box no longer reads (another bus epoch) is
-//! neither, and stays a hole that the answer reports. A topic's messages take bus positions in their seq order, so the usable
-//! ones are a prefix: each message reaches the client once, in the topic's one order,
-//! under the seq it has on every box.
+//! neither, and stays a hole that the answer reports. A topic's messages take bus
+//! positions in their seq order, so the usable ones are a prefix: each message reaches
+//! the client once, in the topic's one order, under the seq it has on every box.
 //!
 //! The same answer gives a plain `sub` on a topic this box has not read a message of
 //! since it started the cluster's position for it, not one of this box's own.
