@@ -224,6 +224,21 @@ async fn a_sub_on_a_topic_the_box_has_not_read_answers_the_cluster_position() {
         (&json!(epoch), &json!(7)),
         "{ok}"
     );
+    // Its HTTP history, a page at a time, from the cluster's copy.
+    let path = format!("/api/v1/history?topic=h/p&epoch={epoch}&since=2&last=3");
+    let h = http_get_json(a.http, &path).await;
+    let got: Vec<u64> = h["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["seq"].as_u64())
+        .collect();
+    assert_eq!(
+        (&h["epoch"], &h["seq"], &h["recovered"]),
+        (&json!(epoch), &json!(7), &json!(false)),
+        "{h}"
+    );
+    assert_eq!(got, [3, 4, 5]);
     let mut all = seqs.clone();
     all.extend(publish(&mut publisher, "h/p", 8..=9).await);
     take(&mut on_a, &all, 8..=9, false).await;

@@ -97,6 +97,7 @@ impl Hub {
                         return None;
                     }
                     let upto = start.filter(|_| within).map(|s| s - 1);
+                    let page = page.filter(|_| upto.is_some());
                     (*seq, upto, page.map_or(max, |n| n.min(max)).max(1))
                 }
                 _ => return None,
@@ -106,7 +107,9 @@ impl Hub {
                 after,
                 upto,
                 count,
-                oldest_first: page.is_some(),
+                // A page is read oldest first where the box's own history follows it;
+                // elsewhere the newest, which alone tell the topic's position here.
+                oldest_first: page.is_some() && upto.is_some(),
             }
         };
         match wait(bus.history(range)?)? {
