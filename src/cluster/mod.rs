@@ -191,6 +191,7 @@ impl Cluster {
             Some(text.trim_end_matches(['\r', '\n']).to_owned())
         };
         let mut shards = Vec::new();
+        let mut conns = Vec::new();
         let mut script_hash = String::new();
         for url in &config.redis {
             let mut info = url
@@ -220,6 +221,7 @@ impl Cluster {
                 .await
                 .map_err(|e| refused(&target.addr, e))?;
             shards.push(target);
+            conns.push(conn);
         }
         let partitions = config.partitions.get();
         let shared = Arc::new(Shared {
@@ -240,7 +242,15 @@ impl Cluster {
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut writers = Vec::new();
-        for shard in 0..shared.shards.len() {
+        for (shard, conn) in conns.iter_mut().enumerate() {
+            // Where this box starts reading, before its writer can publish anything
+            // (its outbox included), so all it publishes is delivered here too.
+            let mine: Vec<u32> = (0..partitions)
+                .filter(|p| keys::shard(*p, shared.shards.len()) == shard)
+                .collect();
+            let cursors = reader::start_at(conn, &shared, shard, &mine, hub)
+                .await
+                .map_err(|e| refused(&shared.shards[shard].addr, e))?;
             let (tx, rx) = mpsc::channel(config.outbox_max.get());
             writers.push(tx);
             let outbox = outbox::Outbox::open(store, shard, config.outbox_max.get())
@@ -252,14 +262,12 @@ impl Cluster {
                 outbox,
                 stop.clone(),
             )));
-            let mine: Vec<u32> = (0..partitions)
-                .filter(|p| keys::shard(*p, shared.shards.len()) == shard)
-                .collect();
             if !mine.is_empty() {
                 tasks.push(tokio::spawn(reader::read_loop(
                     shared.clone(),
                     shard,
                     mine,
+                    cursors,
                     hub.clone(),
                     stop.clone(),
                 )));

@@ -33,28 +33,45 @@ const COUNT: usize = 512;
 
 /// Where the reader is in one partition's bus stream.
 #[derive(Default)]
-struct Cursor {
+pub(super) struct Cursor {
     /// The bus stream's epoch, once known.
     epoch: Option<String>,
     /// The last position delivered (0: none).
     last: u64,
 }
 
+/// Where the readers of `partitions` start: each bus stream's end, taken while the box
+/// starts (`Cluster::start`), before it can take a publish of its own, so everything
+/// published once it serves is delivered here too.
+pub(super) async fn start_at(
+    conn: &mut MultiplexedConnection,
+    shared: &Shared,
+    shard: usize,
+    partitions: &[u32],
+    hub: &Hub,
+) -> redis::RedisResult<Vec<Cursor>> {
+    super::generation::claim(conn, shared, shard, partitions).await?;
+    let mut cursors: Vec<Cursor> = partitions.iter().map(|_| Cursor::default()).collect();
+    sync_epochs(conn, partitions, &mut cursors, false, hub, shared).await?;
+    Ok(cursors)
+}
+
+/// Reads `partitions` from `cursors` ([`start_at`]) until stopped.
 pub(super) async fn read_loop(
     shared: Arc<Shared>,
     shard: usize,
     partitions: Vec<u32>,
+    mut cursors: Vec<Cursor>,
     hub: Arc<Hub>,
     stop: CancellationToken,
 ) {
-    let mut cursors: Vec<Cursor> = partitions.iter().map(|_| Cursor::default()).collect();
     let streams: Vec<String> = partitions.iter().map(|p| keys::bus(*p)).collect();
     let index: HashMap<String, usize> = streams
         .iter()
         .enumerate()
         .map(|(i, k)| (k.clone(), i))
         .collect();
-    let mut started = false;
+    let started = true;
     let mut backoff = Duration::from_millis(50);
     let target = &shared.shards[shard];
     static DOWN: Throttle = Throttle::per_secs(10);
@@ -93,7 +110,6 @@ pub(super) async fn read_loop(
         if named.is_err() {
             continue;
         }
-        started = true;
         backoff = Duration::from_millis(50);
         shared.stats.set_reachable(shard, true);
         let wait = shared.config.probe_interval + shared.config.command_timeout;
@@ -140,10 +156,11 @@ pub(super) async fn read_loop(
     }
 }
 
-/// On every (re)connect: compares each bus stream's epoch with the one read so far. The
-/// first time, reading starts at the stream's end (what was published before this box
-/// started is not its to deliver); later, the same epoch resumes from the last
-/// position, another epoch (Redis lost the stream) is a gap and is read from its start.
+/// On every (re)connect: compares each bus stream's epoch with the one read so far. At
+/// the start ([`start_at`]), reading starts at the stream's end (what was published
+/// before this box started is not its to deliver); later, the same epoch resumes from
+/// the last position, another epoch (Redis lost the stream) is a gap and is read from
+/// its start.
 async fn sync_epochs(
     conn: &mut MultiplexedConnection,
     partitions: &[u32],
