@@ -86,6 +86,18 @@ async fn resumed(
     c
 }
 
+/// `GET /api/v1/history?{query}` on `d`: the reply and the seqs of its messages.
+async fn http_history(d: &Daemon, query: &str) -> (Value, Vec<u64>) {
+    let h = http_get_json(d.http, &format!("/api/v1/history?{query}")).await;
+    let seqs = h["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["seq"].as_u64())
+        .collect();
+    (h, seqs)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_box_that_was_down_or_started_later_repairs_its_hole_from_redis() {
     let Some(redis) = Redis::start(false) else {
@@ -169,14 +181,7 @@ async fn a_box_that_was_down_or_started_later_repairs_its_hole_from_redis() {
             ("since=15&last=10", 16..=25, false),
             ("since=25&last=10", 26..=35, true),
         ] {
-            let path = format!("/api/v1/history?topic=h/r&epoch={epoch}&{query}");
-            let h = http_get_json(d.http, &path).await;
-            let got: Vec<u64> = h["messages"]
-                .as_array()
-                .expect("messages")
-                .iter()
-                .filter_map(|m| m["seq"].as_u64())
-                .collect();
+            let (h, got) = http_history(d, &format!("topic=h/r&epoch={epoch}&{query}")).await;
             assert_eq!(
                 (&h["recovered"], &h["seq"]),
                 (&json!(recovered), &json!(35)),
@@ -225,14 +230,7 @@ async fn a_sub_on_a_topic_the_box_has_not_read_answers_the_cluster_position() {
         "{ok}"
     );
     // Its HTTP history, a page at a time, from the cluster's copy.
-    let path = format!("/api/v1/history?topic=h/p&epoch={epoch}&since=2&last=3");
-    let h = http_get_json(a.http, &path).await;
-    let got: Vec<u64> = h["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter_map(|m| m["seq"].as_u64())
-        .collect();
+    let (h, got) = http_history(&a, &format!("topic=h/p&epoch={epoch}&since=2&last=3")).await;
     assert_eq!(
         (&h["epoch"], &h["seq"], &h["recovered"]),
         (&json!(epoch), &json!(7), &json!(false)),
