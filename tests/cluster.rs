@@ -519,8 +519,10 @@ fn bad_urls_unreachable_redis_and_refused_credentials_stop_the_start() {
     common::assert_startup_errors(&[
         (&bad, "not a redis:// URL"),
         (
-            &cluster(r#"redis_cluster = ["redis://127.0.0.1:7000"]"#),
-            "Redis Cluster is not supported yet",
+            &cluster(&format!(
+                "redis_cluster = [\"redis://127.0.0.1:{dead}\"]\nconnect_timeout = \"300ms\""
+            )),
+            &format!("cannot reach Redis at 127.0.0.1:{dead} (Redis Cluster)"),
         ),
         (
             &cluster(&format!(

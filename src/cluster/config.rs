@@ -18,8 +18,8 @@ pub struct ClusterConfig {
     /// them by a stable hash (client-side sharding). `rediss://` for TLS.
     #[serde(deserialize_with = "redis_urls")]
     pub redis: Vec<String>,
-    /// Redis Cluster seeds: not supported yet; refused with a clear error.
-    #[serde(deserialize_with = "no_redis_cluster")]
+    /// Redis Cluster seeds (some of its nodes); when set, `redis` is not used.
+    #[serde(deserialize_with = "redis_seeds")]
     pub redis_cluster: Vec<String>,
     /// This box's name on the bus; empty: the host name and the HTTP port.
     pub node_id: String,
@@ -91,41 +91,42 @@ impl Default for ClusterConfig {
 }
 
 fn redis_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    use redis::IntoConnectionInfo;
     let urls = Vec::<String>::deserialize(d)?;
     if urls.is_empty() {
         return Err(serde::de::Error::custom(
             "at least one Redis URL, such as \"redis://127.0.0.1:6379\"",
         ));
     }
-    for url in &urls {
+    check_urls(&urls)?;
+    Ok(urls)
+}
+
+/// Empty: no Redis Cluster.
+fn redis_seeds<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let urls = Vec::<String>::deserialize(d)?;
+    check_urls(&urls)?;
+    Ok(urls)
+}
+
+fn check_urls<E: serde::de::Error>(urls: &[String]) -> Result<(), E> {
+    use redis::IntoConnectionInfo;
+    for url in urls {
         if !url.starts_with("redis://") && !url.starts_with("rediss://") {
-            return Err(serde::de::Error::custom(format!(
+            return Err(E::custom(format!(
                 "`{url}` is not a redis:// URL (nor rediss:// for TLS; unix sockets are not supported)"
             )));
         }
         if url.starts_with("rediss://") && url.contains("#insecure") {
-            return Err(serde::de::Error::custom(format!(
+            return Err(E::custom(format!(
                 "`{url}`: certificate checks cannot be turned off; name the CA that signed the \
                  server's certificate in cluster.tls_ca_file"
             )));
         }
-        url.as_str().into_connection_info().map_err(|e| {
-            serde::de::Error::custom(format!("`{url}` is not a usable Redis URL: {e}"))
-        })?;
+        url.as_str()
+            .into_connection_info()
+            .map_err(|e| E::custom(format!("`{url}` is not a usable Redis URL: {e}")))?;
     }
-    Ok(urls)
-}
-
-fn no_redis_cluster<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let seeds = Vec::<String>::deserialize(d)?;
-    if !seeds.is_empty() {
-        return Err(serde::de::Error::custom(
-            "Redis Cluster is not supported yet: list independent Redis servers in `redis` \
-             (partitions are spread over them)",
-        ));
-    }
-    Ok(seeds)
+    Ok(())
 }
 
 impl ClusterConfig {

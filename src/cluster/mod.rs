@@ -9,7 +9,7 @@
 //! - `reader.rs`: every box reads every partition back and delivers it, gaps reported;
 //! - `outbox.rs`: MQTT devices' publishes waiting on disk while Redis is unreachable;
 //! - `keys.rs`: topic → partition → Redis, and the key names;
-//! - `connect.rs`: reaching a Redis: URL, ACL credentials, TLS;
+//! - `connect.rs`: reaching a Redis or a Redis Cluster: URL, ACL credentials, TLS;
 //! - `config.rs`: the `[cluster]` section.
 //!
 //! It never touches a socket of a client, the store or the history: delivery is the
@@ -198,7 +198,15 @@ impl Cluster {
             let mine: Vec<u32> = (0..partitions)
                 .filter(|p| keys::shard(*p, shared.shards.len()) == shard)
                 .collect();
-            if !mine.is_empty() {
+            // On a Redis Cluster one read cannot span slots: a reader per partition.
+            let readers = if shared.shards[shard].is_cluster() {
+                mine.into_iter().map(|p| vec![p]).collect()
+            } else if mine.is_empty() {
+                Vec::new()
+            } else {
+                vec![mine]
+            };
+            for mine in readers {
                 tasks.push(tokio::spawn(reader::read_loop(
                     shared.clone(),
                     shard,

@@ -12,12 +12,12 @@
 
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::config::AckMode;
+use super::connect::Conn;
 use super::outbox::Outbox;
 use super::{keys, Shared};
 use crate::hub::BusMessage;
@@ -73,7 +73,7 @@ pub(super) async fn write_loop(
     mut outbox: Outbox,
     stop: CancellationToken,
 ) {
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<Conn> = None;
     let mut failed_at: Option<Instant> = None;
     let mut batch = Vec::with_capacity(BATCH);
     shared.stats.outbox(shard, outbox.len());
@@ -164,12 +164,7 @@ fn keep(shared: &Shared, outbox: &mut Outbox, m: &BusMessage) {
 }
 
 /// Sends what waits in the outbox, oldest first, a batch at a time, while Redis takes it.
-async fn flush(
-    shared: &Shared,
-    shard: usize,
-    conn: &mut Option<MultiplexedConnection>,
-    outbox: &mut Outbox,
-) {
+async fn flush(shared: &Shared, shard: usize, conn: &mut Option<Conn>, outbox: &mut Outbox) {
     while !outbox.is_empty() {
         let waiting = outbox.oldest(BATCH);
         if waiting.is_empty() {
@@ -207,11 +202,62 @@ async fn flush(
 }
 
 /// One batch as one pipeline; the topic numbers, in order, or why none was taken.
+/// On a Redis Cluster a pipeline must stay within one slot: one per partition, sent
+/// together (a topic's order is kept within its partition's pipeline).
 async fn send(
     shared: &Shared,
     shard: usize,
-    conn: &mut Option<MultiplexedConnection>,
+    conn: &mut Option<Conn>,
     batch: &[Job],
+) -> Result<Vec<u64>, String> {
+    if !shared.shards[shard].is_cluster() {
+        let all: Vec<&Job> = batch.iter().collect();
+        return send_slot(shared, shard, conn, &all).await;
+    }
+    let mut groups: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+    for (i, job) in batch.iter().enumerate() {
+        groups.entry(job.partition).or_default().push(i);
+    }
+    let target = &shared.shards[shard];
+    let c = match conn {
+        Some(c) => c.clone(),
+        None => conn
+            .insert(
+                target
+                    .connect(shared.config.connect_timeout)
+                    .await
+                    .map_err(|e| format!("Redis {} is unreachable: {e}", target.addr))?,
+            )
+            .clone(),
+    };
+    let answers = futures_util::future::join_all(groups.values().map(|idx| {
+        let mut c = Some(c.clone());
+        async move {
+            let jobs: Vec<&Job> = idx.iter().map(|i| &batch[*i]).collect();
+            let answer = send_slot(shared, shard, &mut c, &jobs).await;
+            (answer, c.is_none())
+        }
+    }))
+    .await;
+    let mut seqs = vec![0; batch.len()];
+    let mut failed = None;
+    for (idx, (answer, dropped)) in groups.values().zip(answers) {
+        if dropped {
+            *conn = None;
+        }
+        match answer {
+            Ok(got) => idx.iter().zip(got).for_each(|(i, s)| seqs[*i] = s),
+            Err(why) => failed = Some(why),
+        }
+    }
+    failed.map_or(Ok(seqs), Err)
+}
+
+async fn send_slot(
+    shared: &Shared,
+    shard: usize,
+    conn: &mut Option<Conn>,
+    batch: &[&Job],
 ) -> Result<Vec<u64>, String> {
     let target = &shared.shards[shard];
     let timeout = shared.config.command_timeout;
@@ -256,10 +302,10 @@ async fn send(
     ))
 }
 
-fn pipeline(shared: &Shared, batch: &[Job]) -> redis::Pipeline {
+fn pipeline(shared: &Shared, batch: &[&Job]) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     let now_ms = switchboard_core::clock::now_ms();
-    for job in batch {
+    for &job in batch {
         let m = &job.message;
         let p = job.partition;
         let keep = shared
@@ -344,7 +390,7 @@ fn numbers(ack: AckMode, n: usize, values: &[Value]) -> Result<Vec<u64>, String>
 }
 
 /// Makes the script known to Redis (again, after a restart).
-pub(super) async fn load_script(c: &mut MultiplexedConnection) -> redis::RedisResult<String> {
+pub(super) async fn load_script(c: &mut Conn) -> redis::RedisResult<String> {
     redis::cmd("SCRIPT")
         .arg("LOAD")
         .arg(SCRIPT)

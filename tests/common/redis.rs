@@ -50,10 +50,7 @@ impl Redis {
         if !installed("redis-server") {
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = free_port();
         let mut r = Redis {
             child: None,
             port,
@@ -175,4 +172,137 @@ impl Drop for Redis {
             let _ = c.wait();
         }
     }
+}
+
+/// A small Redis Cluster of the test's own: `n` primaries, no replicas, each a
+/// [`Redis`] on its own ports, joined with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    /// `None` when redis-server or redis-cli is missing and the run does not require them.
+    pub fn start(n: usize) -> Option<RedisCluster> {
+        if !installed("redis-server") || !installed("redis-cli") {
+            return None;
+        }
+        let nodes = (0..n).map(|_| Self::node()).collect::<Vec<_>>();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(nodes.iter().map(|r| format!("127.0.0.1:{}", r.port)))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        for _ in 0..250 {
+            if cluster
+                .nodes
+                .iter()
+                .all(|r| r.cmd(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            {
+                return Some(cluster);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the Redis Cluster did not become ok");
+    }
+
+    fn node() -> Redis {
+        // The cluster bus port is given: the default (port + 10000) may not be free.
+        let bus = free_port().to_string();
+        let args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-port",
+            &bus,
+            "--cluster-node-timeout",
+            "2000",
+            // A replica's first sync starts at once, not after 5 s.
+            "--repl-diskless-sync-delay",
+            "0",
+        ];
+        Redis::start_with(false, &args).expect("redis-server")
+    }
+
+    /// Adds a replica of node `of`, in sync once this returns; its index.
+    pub fn add_replica(&mut self, of: usize) -> usize {
+        let replica = Self::node();
+        let primary = &self.nodes[of];
+        let id = primary.cmd(&["CLUSTER", "MYID"]);
+        let id = id.lines().nth(1).expect("node id").trim().to_owned();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "add-node"])
+            .arg(format!("127.0.0.1:{}", replica.port))
+            .arg(format!("127.0.0.1:{}", primary.port))
+            .args(["--cluster-slave", "--cluster-master-id", &id])
+            .output()
+            .expect("redis-cli --cluster add-node");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster add-node: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let me = replica.cmd(&["CLUSTER", "MYID"]);
+        let me = me.lines().nth(1).expect("node id").trim().to_owned();
+        for _ in 0..500 {
+            // In sync, and every primary knows it (they vote in a failover).
+            let known = self.nodes.iter().all(|n| {
+                n.cmd(&["CLUSTER", "NODES"])
+                    .lines()
+                    .any(|l| l.starts_with(&me) && l.contains("slave"))
+            });
+            if known
+                && replica
+                    .cmd(&["INFO", "replication"])
+                    .contains("master_link_status:up")
+            {
+                self.nodes.push(replica);
+                return self.nodes.len() - 1;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the replica did not sync");
+    }
+
+    /// A manual failover (`CLUSTER FAILOVER`, no data lost: the replica first catches
+    /// up); returns once node `replica` is a primary.
+    pub fn failover(&self, replica: usize) {
+        let r = &self.nodes[replica];
+        // Refused until the primary knows its replica (gossip).
+        let mut asked = String::new();
+        for _ in 0..250 {
+            asked = r.cmd(&["CLUSTER", "FAILOVER"]);
+            if asked.contains("OK") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(asked.contains("OK"), "CLUSTER FAILOVER: {asked}");
+        for _ in 0..500 {
+            if r.cmd(&["ROLE"]).contains("master") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the failover did not happen");
+    }
+
+    /// Seed URLs, one per node.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(Redis::url).collect()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
