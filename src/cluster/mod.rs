@@ -277,6 +277,7 @@ impl Bus for Cluster {
         let partition = keys::partition(&message.topic, self.shared.config.partitions.get());
         let shard = keys::shard(partition, self.writers.len());
         let job = Job {
+            id: publish::retry_id(&message),
             message,
             partition,
             reply,

@@ -9,6 +9,13 @@
 //! is kept), and a busy box pays one round trip per batch, not per message. The
 //! acknowledgement mode adds `WAIT` or `WAITAOF` at the end of the same pipeline: they
 //! cover every write this connection made before them.
+//!
+//! Sending again is idempotent: a message this box may send more than once (an MQTT
+//! device's, kept in the outbox when Redis did not answer) carries an id, and the
+//! script keeps its answer under a result key for 5 minutes; a second run with
+//! the same id returns that answer and appends nothing. Redis may have run the script
+//! whose answer was lost with the connection, so without this the retry would be a
+//! second message with the next number.
 
 use std::time::{Duration, Instant};
 
@@ -29,12 +36,18 @@ const BATCH: usize = 256;
 /// waiting out its own connect timeout.
 const FAIL_FAST: Duration = Duration::from_millis(250);
 
-/// KEYS: topic meta, topic history, bus, bus meta. ARGV: a new topic epoch, a new bus
-/// epoch, the history's `keep` (0: no history), the bus's `keep`, then the entry's
-/// field/value pairs. A meta hash that is missing (new topic, or Redis lost it) starts
-/// a new epoch, and the stream it numbers is started again with it, so numbers of two
-/// epochs never mix. Returns `{seq, epoch}`.
+/// KEYS: topic meta, topic history, bus, bus meta, [the result key]. ARGV: a new topic
+/// epoch, a new bus epoch, the history's `keep` (0: no history), the bus's `keep`, then
+/// the entry's field/value pairs. A meta hash that is missing (new topic, or Redis lost
+/// it) starts a new epoch, and the stream it numbers is started again with it, so
+/// numbers of two epochs never mix. With a result key that holds an answer, the message
+/// was taken already: that answer, nothing written; the key lives 300 s. Returns
+/// `{seq, epoch}`.
 pub(super) const SCRIPT: &str = r#"
+if KEYS[5] then
+  local done = redis.call('HMGET', KEYS[5], 's', 'e')
+  if done[1] then return {tonumber(done[1]), done[2]} end
+end
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then e = ARGV[1]; redis.call('HSET', KEYS[1], 'e', e) end
 local s = redis.call('HINCRBY', KEYS[1], 's', 1)
@@ -48,14 +61,27 @@ if not be then be = ARGV[2]; redis.call('HSET', KEYS[4], 'e', be) end
 local bs = redis.call('HINCRBY', KEYS[4], 's', 1)
 if bs == 1 then redis.call('DEL', KEYS[3]) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], bs .. '-0', 'e', e, 's', s, 'be', be, unpack(ARGV, 5))
+if KEYS[5] then
+  redis.call('HSET', KEYS[5], 's', s, 'e', e)
+  redis.call('EXPIRE', KEYS[5], 300)
+end
 return {s, e}
 "#;
 
 /// One message waiting for its Redis.
 pub(super) struct Job {
+    /// Set when this box may send the message again (see the module's comment).
+    pub id: Option<String>,
     pub message: BusMessage,
     pub partition: u32,
     pub reply: oneshot::Sender<Result<u64, String>>,
+}
+
+/// An id for a message this box may send again: a device's publish (already
+/// acknowledged, so kept in the outbox rather than refused when Redis does not answer).
+/// Others are refused to their publisher, who sends a new message.
+pub(super) fn retry_id(m: &BusMessage) -> Option<String> {
+    (!m.acked).then(|| format!("{:032x}", rand::random::<u128>()))
 }
 
 /// A random epoch, 16 hex digits, never zero (as the local history's).
@@ -100,7 +126,7 @@ pub(super) async fn write_loop(
                 if job.message.acked {
                     return true;
                 }
-                keep(&shared, &mut outbox, &job.message);
+                keep(&shared, &mut outbox, job);
                 false
             });
             shared.stats.outbox(shard, outbox.len());
@@ -138,7 +164,7 @@ pub(super) async fn write_loop(
                     if job.message.acked {
                         shared.stats.failed.add(1);
                     } else {
-                        keep(&shared, &mut outbox, &job.message);
+                        keep(&shared, &mut outbox, &job);
                     }
                     let _ = job.reply.send(Err(why.clone()));
                 }
@@ -149,8 +175,8 @@ pub(super) async fn write_loop(
 }
 
 /// A device's publish kept for later, or counted as lost when the outbox is full.
-fn keep(shared: &Shared, outbox: &mut Outbox, m: &BusMessage) {
-    if !outbox.push(m) {
+fn keep(shared: &Shared, outbox: &mut Outbox, job: &Job) {
+    if !outbox.push(&job.message, job.id.as_deref()) {
         shared.stats.dropped.add(1);
         static FULL: switchboard_core::quiet::Throttle =
             switchboard_core::quiet::Throttle::per_secs(10);
@@ -173,12 +199,13 @@ async fn flush(shared: &Shared, shard: usize, conn: &mut Option<Conn>, outbox: &
         let partitions = shared.config.partitions.get();
         let (keys, jobs): (Vec<u64>, Vec<Job>) = waiting
             .into_iter()
-            .map(|(k, message)| {
+            .map(|(k, message, id)| {
                 let partition = keys::partition(&message.topic, partitions);
                 let (reply, _) = oneshot::channel();
                 (
                     k,
                     Job {
+                        id,
                         message,
                         partition,
                         reply,
@@ -315,12 +342,15 @@ fn pipeline(shared: &Shared, batch: &[&Job]) -> redis::Pipeline {
         let cmd = pipe
             .cmd("EVALSHA")
             .arg(&shared.script_hash)
-            .arg(4)
+            .arg(if job.id.is_some() { 5 } else { 4 })
             .arg(keys::topic_meta(p, &m.topic))
             .arg(keys::topic_history(p, &m.topic))
             .arg(keys::bus(p))
-            .arg(keys::bus_meta(p))
-            .arg(new_epoch())
+            .arg(keys::bus_meta(p));
+        if let Some(id) = &job.id {
+            cmd.arg(keys::result(p, id));
+        }
+        cmd.arg(new_epoch())
             .arg(new_epoch())
             .arg(keep)
             .arg(shared.config.bus_keep.get())

@@ -3,7 +3,11 @@
 use std::io::{Read, Write};
 use std::net::TcpStream as StdTcp;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Whether a Redis tool is installed; when it is not and the run does not require it,
 /// the test is skipped. The CI script sets CLUSTER_TOOLS=required, and there a
@@ -305,4 +309,93 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port()
+}
+
+/// A TCP relay to Redis that the test can cut (every connection dropped, new ones
+/// refused) and mend: a box cut from Redis while the rest of the cluster goes on. Or
+/// deafen: what the box sends still reaches Redis, Redis's answers are thrown away (an
+/// answer lost after Redis acted on the command).
+pub struct Relay {
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+    deaf: Arc<AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(to: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind relay");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let deaf = Arc::new(AtomicBool::new(false));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let (flag, gen, deafened) = (cut.clone(), generation.clone(), deaf.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if flag.load(Ordering::SeqCst) {
+                    continue; // dropped: refused while cut
+                }
+                let mut changed = gen.subscribe();
+                let deaf = deafened.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    else {
+                        return;
+                    };
+                    let (mut from_box, mut to_box) = inbound.into_split();
+                    let (mut from_redis, mut to_redis) = outbound.into_split();
+                    let answers = async {
+                        let mut buf = vec![0u8; 1 << 16];
+                        loop {
+                            match from_redis.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) if deaf.load(Ordering::SeqCst) => {}
+                                Ok(n) => {
+                                    if to_box.write_all(&buf[..n]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut from_box, &mut to_redis) => {}
+                        _ = answers => {}
+                        _ = changed.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay {
+            port,
+            cut,
+            deaf,
+            generation,
+            task,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Ends a cut or a deafness; connections dropped by a cut are not restored.
+    pub fn mend(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+        self.deaf.store(false, Ordering::SeqCst);
+    }
+
+    pub fn deafen(&self) {
+        self.deaf.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
