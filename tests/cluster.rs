@@ -17,35 +17,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::redis::{Redis, Relay};
+use common::redis::{node, node_with, Redis, Relay};
 use common::{http, Daemon, Raw};
 use serde_json::{json, Value};
-
-/// A box of the cluster: history on `h/#`, the bus on `redis`.
-fn node(redis: &str, name: &str) -> Daemon {
-    node_with(redis, name, "")
-}
-
-/// [`node`] with more `[cluster]` keys.
-fn node_with(redis: &str, name: &str, more: &str) -> Daemon {
-    Daemon::start(&format!(
-        r#"
-[cluster]
-enabled = true
-redis = ["{redis}"]
-node_id = "{name}"
-partitions = 4
-command_timeout = "500ms"
-connect_timeout = "500ms"
-probe_interval = "300ms"
-{more}
-
-[[history.topics]]
-filter = "h/#"
-keep = 10000
-"#
-    ))
-}
 
 /// A subscriber whose frames are collected by a task until the test reads them.
 struct Sub {

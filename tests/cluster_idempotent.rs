@@ -6,24 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis::{Redis, Relay};
-use common::{Daemon, Raw};
+use common::redis::{node, Redis, Relay};
+use common::Raw;
 use tokio::io::AsyncWriteExt;
-
-fn node(redis: &str, name: &str) -> Daemon {
-    Daemon::start(&format!(
-        r#"
-[cluster]
-enabled = true
-redis = ["{redis}"]
-node_id = "{name}"
-partitions = 4
-command_timeout = "300ms"
-connect_timeout = "300ms"
-probe_interval = "200ms"
-"#
-    ))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_publish_whose_answer_was_lost_is_appended_once() {

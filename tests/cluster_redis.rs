@@ -7,27 +7,13 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::redis::RedisCluster;
+use common::redis::{node_with, RedisCluster};
 use common::{Daemon, Raw};
 use serde_json::json;
 
+/// A box given one seed of the Redis Cluster (`redis_cluster` wins over `redis`).
 fn node(seed: &str, name: &str) -> Daemon {
-    Daemon::start(&format!(
-        r#"
-[cluster]
-enabled = true
-redis_cluster = ["{seed}"]
-node_id = "{name}"
-partitions = 8
-command_timeout = "1s"
-connect_timeout = "1s"
-probe_interval = "300ms"
-
-[[history.topics]]
-filter = "rc/#"
-keep = 1000
-"#
-    ))
+    node_with(seed, name, &format!("redis_cluster = [\"{seed}\"]"))
 }
 
 const TOPICS: u64 = 12;
@@ -38,7 +24,7 @@ async fn round(pa: &mut Raw, pb: &mut Raw, n: u64) {
     for t in 0..TOPICS {
         let p = if t % 2 == 0 { &mut *pa } else { &mut *pb };
         let r = p
-            .request(json!({"op":"pub","topic":format!("rc/{t}"),"data":{"n":n}}))
+            .request(json!({"op":"pub","topic":format!("h/rc/{t}"),"data":{"n":n}}))
             .await;
         assert_eq!(
             (r["op"].as_str(), r["seq"].as_u64()),
@@ -75,8 +61,8 @@ async fn two_boxes_share_one_order_through_a_redis_cluster_and_its_failover() {
     let seeds = cluster.seeds();
     let a = node(&seeds[0], "a");
     let b = node(&seeds[1], "b");
-    let mut on_a = Raw::subscribed(&a.ws_url(), "rc/#").await;
-    let mut on_b = Raw::subscribed(&b.ws_url(), "rc/#").await;
+    let mut on_a = Raw::subscribed(&a.ws_url(), "h/rc/#").await;
+    let mut on_b = Raw::subscribed(&b.ws_url(), "h/rc/#").await;
     let mut pa = Raw::connect(&a.ws_url()).await;
     let mut pb = Raw::connect(&b.ws_url()).await;
     for n in 1..=5 {

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::Daemon;
+
 /// Whether a Redis tool is installed; when it is not and the run does not require it,
 /// the test is skipped. The CI script sets CLUSTER_TOOLS=required, and there a
 /// missing tool fails.
@@ -398,4 +400,30 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A box of the cluster: history on `h/#`, the bus on `redis`.
+pub fn node(redis: &str, name: &str) -> Daemon {
+    node_with(redis, name, "")
+}
+
+/// [`node`] with more `[cluster]` keys.
+pub fn node_with(redis: &str, name: &str, more: &str) -> Daemon {
+    Daemon::start(&format!(
+        r#"
+[cluster]
+enabled = true
+redis = ["{redis}"]
+node_id = "{name}"
+partitions = 4
+command_timeout = "500ms"
+connect_timeout = "500ms"
+probe_interval = "300ms"
+{more}
+
+[[history.topics]]
+filter = "h/#"
+keep = 10000
+"#
+    ))
 }
