@@ -19,7 +19,7 @@ use crate::auth::Principal;
 use crate::http::state::{HttpState, Limits};
 use crate::hub::Hub;
 use crate::hub::{HubError, Sender};
-use switchboard_core::message::{Origin, Publish};
+use switchboard_core::message::{Origin, Publish, Published};
 use switchboard_core::protocol::{null, ErrorCode, Recipient};
 
 /// Messages in one batch at most.
@@ -64,6 +64,17 @@ struct Outcome {
     /// False when the topic keeps a history the message could not be written to.
     #[serde(skip_serializing_if = "is_true")]
     stored: bool,
+}
+
+impl Outcome {
+    fn of(published: Published, duplicate: bool) -> Outcome {
+        Outcome {
+            seq: published.seq,
+            delivered: published.delivered,
+            duplicate,
+            stored: published.stored,
+        }
+    }
 }
 
 fn is_true(b: &bool) -> bool {
@@ -125,12 +136,7 @@ async fn publish_one_async(
     }
     let data = sized(limits, m)?;
     let published = hub.publish_async(as_publish(m, data, from, caller)).await?;
-    Ok(Outcome {
-        seq: published.seq,
-        delivered: published.delivered,
-        duplicate: false,
-        stored: published.stored,
-    })
+    Ok(Outcome::of(published, false))
 }
 
 fn publish_one(
@@ -153,12 +159,7 @@ fn publish_one(
         }
         None => (publish()?, false),
     };
-    Ok(Outcome {
-        seq: published.seq,
-        delivered: published.delivered,
-        duplicate,
-        stored: published.stored,
-    })
+    Ok(Outcome::of(published, duplicate))
 }
 
 async fn publish(
