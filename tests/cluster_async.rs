@@ -79,6 +79,29 @@ async fn publishes_waiting_on_a_stalled_redis_hold_no_thread_each() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(status, 200);
+    // A WebSocket publish waiting for Redis keeps replies in request order: the
+    // request sent right after it is not answered before it.
+    let mut ws = Raw::connect(&a.ws_url()).await;
+    redis.signal("STOP");
+    ws.send(serde_json::json!({"op":"pub","topic":"t","data":2,"id":"p"}))
+        .await;
+    ws.send(serde_json::json!({"op":"sub","topic":"u","id":"q"}))
+        .await;
+    let early = ws.try_recv(std::time::Duration::from_millis(150)).await;
+    redis.signal("CONT");
+    assert!(
+        early.is_none(),
+        "answered while the publish waited: {early:?}"
+    );
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        let f = ws.recv().await;
+        if f.get("id").is_some() {
+            assert_eq!(f["op"], "ok", "{f}");
+            ids.push(f["id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    assert_eq!(ids, ["p", "q"]);
     assert!(
         most < before + 20,
         "threads grew from {before} to {most} while publishes waited"

@@ -38,9 +38,12 @@ pub enum Then {
     /// The token was refreshed: its new expiry applies.
     Refreshed(Arc<Principal>),
     Close(CloseReason),
-    /// A carried HTTP request (or a `record` op, or a publish waiting for the bus) is
-    /// being served; its reply comes when it is done.
+    /// A carried HTTP request (or a `record` op) is being served; its reply comes when
+    /// it is done.
     Http(Pending),
+    /// A publish waits for the bus's answer (`[cluster]`): its reply is queued before
+    /// the connection reads its next request, so replies keep the requests' order.
+    Publishing(Pending),
 }
 
 type Reply = OkReply<'static>;
@@ -127,7 +130,7 @@ pub fn handle_text(
         // Handed to the bus; the connection goes on while Redis answers.
         return Handled {
             reply: None,
-            then: Then::Http(Box::pin(published_later(id, wait))),
+            then: Then::Publishing(Box::pin(published_later(id, wait))),
             retained: None,
         };
     }
