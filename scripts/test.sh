@@ -13,6 +13,8 @@ command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
 command -v mosquitto_passwd >/dev/null || need_apt+=(mosquitto)
 # tests/cluster.rs: several daemons sharing one Redis, which the tests start and restart.
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# tests/cluster_redis.rs joins a small Redis Cluster with redis-cli --cluster.
+command -v redis-cli >/dev/null || need_apt+=(redis-tools)
 # systemd-analyze checks the packaged unit (verify, security score); no running systemd.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v python3 >/dev/null || need_apt+=(python3)

@@ -17,7 +17,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::cluster::{node, node_with, positioned, pub_one, resume_beyond_keep, Redis};
+use common::cluster::{positioned, pub_one, resume_beyond_keep};
+use common::redis::{node, node_with, Redis, Relay};
 use common::{http, Daemon, Raw};
 use serde_json::{json, Value};
 
@@ -493,8 +494,10 @@ fn bad_urls_unreachable_redis_and_refused_credentials_stop_the_start() {
     common::assert_startup_errors(&[
         (&bad, "not a redis:// URL"),
         (
-            &cluster(r#"redis_cluster = ["redis://127.0.0.1:7000"]"#),
-            "Redis Cluster is not supported yet",
+            &cluster(&format!(
+                "redis_cluster = [\"redis://127.0.0.1:{dead}\"]\nconnect_timeout = \"300ms\""
+            )),
+            &format!("cannot reach Redis at 127.0.0.1:{dead} (Redis Cluster)"),
         ),
         (
             &cluster(&format!(
@@ -522,66 +525,6 @@ fn bad_urls_unreachable_redis_and_refused_credentials_stop_the_start() {
         right.display()
     )));
     drop(d);
-}
-
-/// A TCP relay to Redis that the test can cut (every connection dropped, new ones
-/// refused) and mend: a box cut from Redis while the rest of the cluster goes on.
-struct Relay {
-    port: u16,
-    cut: Arc<std::sync::atomic::AtomicBool>,
-    generation: tokio::sync::watch::Sender<u64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Relay {
-    async fn start(to: u16) -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind relay");
-        let port = listener.local_addr().expect("addr").port();
-        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (generation, _) = tokio::sync::watch::channel(0u64);
-        let (flag, gen) = (cut.clone(), generation.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if flag.load(std::sync::atomic::Ordering::SeqCst) {
-                    continue; // dropped: refused while cut
-                }
-                let mut changed = gen.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
-                    else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = changed.changed() => {}
-                    }
-                });
-            }
-        });
-        Relay {
-            port,
-            cut,
-            generation,
-            task,
-        }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    fn mend(&self) {
-        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// Box a on Redis directly, box b through a relay the test can cut.

@@ -9,7 +9,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::cluster::{node_with, positioned, pub_one, resume_beyond_keep, Redis};
+use common::cluster::{positioned, pub_one, resume_beyond_keep};
+use common::redis::{node_with, Redis};
 use common::{http_get_json, Daemon, Raw};
 use serde_json::{json, Value};
 

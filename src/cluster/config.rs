@@ -15,11 +15,11 @@ use crate::settings::{nz, nz32, positive_duration};
 pub struct ClusterConfig {
     pub enabled: bool,
     /// One URL: one Redis. Several: independent Redis servers, partitions spread over
-    /// them by a stable hash (client-side sharding).
+    /// them by a stable hash (client-side sharding). `rediss://` for TLS.
     #[serde(deserialize_with = "redis_urls")]
     pub redis: Vec<String>,
-    /// Redis Cluster seeds: not supported yet; refused with a clear error.
-    #[serde(deserialize_with = "no_redis_cluster")]
+    /// Redis Cluster seeds (some of its nodes); when set, `redis` is not used.
+    #[serde(deserialize_with = "redis_seeds")]
     pub redis_cluster: Vec<String>,
     /// This box's name on the bus; empty: the host name and the HTTP port.
     pub node_id: String,
@@ -31,6 +31,13 @@ pub struct ClusterConfig {
     pub password_file: PathBuf,
     /// The Redis ACL user; empty: the default user.
     pub username: String,
+    /// PEM CA certificate(s) that `rediss://` servers are verified against; empty: the
+    /// system's roots.
+    pub tls_ca_file: PathBuf,
+    /// PEM client certificate and its key, for a Redis that asks for one
+    /// (`tls-auth-clients`); both or neither.
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
     #[serde(with = "positive_duration")]
     pub connect_timeout: Duration,
     #[serde(with = "positive_duration")]
@@ -75,6 +82,9 @@ impl Default for ClusterConfig {
             ack: AckMode::Redis,
             password_file: PathBuf::new(),
             username: String::new(),
+            tls_ca_file: PathBuf::new(),
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(2),
             probe_interval: Duration::from_secs(1),
@@ -86,35 +96,42 @@ impl Default for ClusterConfig {
 }
 
 fn redis_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    use redis::IntoConnectionInfo;
     let urls = Vec::<String>::deserialize(d)?;
     if urls.is_empty() {
         return Err(serde::de::Error::custom(
             "at least one Redis URL, such as \"redis://127.0.0.1:6379\"",
         ));
     }
-    for url in &urls {
-        if !url.starts_with("redis://") {
-            return Err(serde::de::Error::custom(format!(
-                "`{url}` is not a redis:// URL (rediss:// and unix sockets are not supported yet)"
-            )));
-        }
-        url.as_str().into_connection_info().map_err(|e| {
-            serde::de::Error::custom(format!("`{url}` is not a usable Redis URL: {e}"))
-        })?;
-    }
+    check_urls(&urls)?;
     Ok(urls)
 }
 
-fn no_redis_cluster<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let seeds = Vec::<String>::deserialize(d)?;
-    if !seeds.is_empty() {
-        return Err(serde::de::Error::custom(
-            "Redis Cluster is not supported yet: list independent Redis servers in `redis` \
-             (partitions are spread over them)",
-        ));
+/// Empty: no Redis Cluster.
+fn redis_seeds<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let urls = Vec::<String>::deserialize(d)?;
+    check_urls(&urls)?;
+    Ok(urls)
+}
+
+fn check_urls<E: serde::de::Error>(urls: &[String]) -> Result<(), E> {
+    use redis::IntoConnectionInfo;
+    for url in urls {
+        if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+            return Err(E::custom(format!(
+                "`{url}` is not a redis:// URL (nor rediss:// for TLS; unix sockets are not supported)"
+            )));
+        }
+        if url.starts_with("rediss://") && url.contains("#insecure") {
+            return Err(E::custom(format!(
+                "`{url}`: certificate checks cannot be turned off; name the CA that signed the \
+                 server's certificate in cluster.tls_ca_file"
+            )));
+        }
+        url.as_str()
+            .into_connection_info()
+            .map_err(|e| E::custom(format!("`{url}` is not a usable Redis URL: {e}")))?;
     }
-    Ok(seeds)
+    Ok(())
 }
 
 impl ClusterConfig {

@@ -19,8 +19,7 @@
 
 use std::sync::Mutex;
 
-use redis::aio::MultiplexedConnection;
-
+use super::connect::Conn;
 use super::{keys, publish, Shared};
 
 /// KEYS: a bus meta hash, its stream. ARGV: the generation, a new epoch. A meta hash
@@ -63,8 +62,12 @@ impl Generations {
 /// The generation of the server behind `conn`: its `run_id`, or empty when it keeps
 /// every acknowledged write across a restart (`appendonly yes`, `appendfsync always`).
 /// A server that refuses `CONFIG GET` (managed services rename it) counts as one that
-/// may lose writes.
-async fn generation(conn: &mut MultiplexedConnection) -> redis::RedisResult<String> {
+/// may lose writes. On a Redis Cluster each partition's node has its own `run_id`, and
+/// one connection answers for many nodes: no generation there (docs/cluster.md).
+async fn generation(conn: &mut Conn) -> redis::RedisResult<String> {
+    if matches!(conn, Conn::Cluster(_)) {
+        return Ok(String::new());
+    }
     let durable: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("append*")
@@ -106,7 +109,7 @@ async fn generation(conn: &mut MultiplexedConnection) -> redis::RedisResult<Stri
 /// On a new connection to Redis `shard`: learns its generation and brings the bus
 /// streams of `partitions` to it. True when a bus stream started a new epoch.
 pub(super) async fn claim(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     shared: &Shared,
     shard: usize,
     partitions: &[u32],

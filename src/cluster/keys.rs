@@ -56,6 +56,11 @@ pub fn topic_history(partition: u32, topic: &str) -> String {
     format!("sb:{{p{partition}}}:t:{topic}:hist")
 }
 
+/// The answer the publish script gave a message it may be sent again (`publish.rs`).
+pub fn result(partition: u32, id: &str) -> String {
+    format!("sb:{{p{partition}}}:res:{id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,12 +11,14 @@
 //! - `repair.rs`: reading a topic's history back, to fill holes in a box's own;
 //! - `outbox.rs`: MQTT devices' publishes waiting on disk while Redis is unreachable;
 //! - `keys.rs`: topic → partition → Redis, and the key names;
+//! - `connect.rs`: reaching a Redis or a Redis Cluster: URL, ACL credentials, TLS;
 //! - `config.rs`: the `[cluster]` section.
 //!
 //! It never touches a socket of a client, the store or the history: delivery is the
 //! Hub's, and what it holds is in Redis.
 
 pub mod config;
+pub mod connect;
 mod generation;
 pub mod keys;
 mod outbox;
@@ -29,8 +31,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use redis::aio::MultiplexedConnection;
-use redis::{ConnectionInfo, IntoConnectionInfo};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,7 @@ use crate::hub::{Ack, Bus, BusMessage, Hub};
 use crate::metrics::{Snapshot, Source};
 use crate::store::Store;
 use config::ClusterConfig;
+use connect::{refused, Target};
 use publish::Job;
 
 /// Nodes remembered for the "nodes seen" figure at most.
@@ -47,28 +48,6 @@ const MAX_NODES: usize = 1024;
 
 /// A node not heard from on the bus for this long is no longer counted as seen.
 const NODE_SEEN_MS: u64 = 60_000;
-
-/// One Redis server: where it is (for logs: never the password) and how to reach it.
-struct Target {
-    info: ConnectionInfo,
-    addr: String,
-}
-
-impl Target {
-    async fn connect(
-        &self,
-        timeout: std::time::Duration,
-    ) -> Result<MultiplexedConnection, redis::RedisError> {
-        let client = redis::Client::open(self.info.clone())?;
-        match tokio::time::timeout(timeout, client.get_multiplexed_async_connection()).await {
-            Ok(c) => c,
-            Err(_) => Err(redis::RedisError::from((
-                redis::ErrorKind::IoError,
-                "connect timed out",
-            ))),
-        }
-    }
-}
 
 /// What the writers and readers share.
 struct Shared {
@@ -179,35 +158,10 @@ impl Cluster {
         store: &Store,
         hub: &Arc<Hub>,
     ) -> anyhow::Result<Arc<Self>> {
-        let password = if config.password_file.as_os_str().is_empty() {
-            None
-        } else {
-            let text = std::fs::read_to_string(&config.password_file).with_context(|| {
-                format!(
-                    "cannot read cluster.password_file {}",
-                    config.password_file.display()
-                )
-            })?;
-            Some(text.trim_end_matches(['\r', '\n']).to_owned())
-        };
         let mut shards = Vec::new();
         let mut conns = Vec::new();
         let mut script_hash = String::new();
-        for url in &config.redis {
-            let mut info = url
-                .as_str()
-                .into_connection_info()
-                .with_context(|| format!("cluster.redis: `{url}` is not a usable Redis URL"))?;
-            if password.is_some() {
-                info.redis.password = password.clone();
-            }
-            if !config.username.is_empty() {
-                info.redis.username = Some(config.username.clone());
-            }
-            let target = Target {
-                addr: info.addr.to_string(),
-                info,
-            };
+        for target in connect::targets(config)? {
             let mut conn = target
                 .connect(config.connect_timeout)
                 .await
@@ -262,7 +216,19 @@ impl Cluster {
                 outbox,
                 stop.clone(),
             )));
-            if !mine.is_empty() {
+            // On a Redis Cluster one read cannot span slots: a reader per partition.
+            let readers: Vec<(Vec<u32>, Vec<reader::Cursor>)> = if shared.shards[shard].is_cluster()
+            {
+                mine.into_iter()
+                    .zip(cursors)
+                    .map(|(p, c)| (vec![p], vec![c]))
+                    .collect()
+            } else if mine.is_empty() {
+                Vec::new()
+            } else {
+                vec![(mine, cursors)]
+            };
+            for (mine, cursors) in readers {
                 tasks.push(tokio::spawn(reader::read_loop(
                     shared.clone(),
                     shard,
@@ -328,21 +294,6 @@ impl Cluster {
     }
 }
 
-/// A startup failure with what the operator must fix.
-fn refused(addr: &str, e: redis::RedisError) -> anyhow::Error {
-    let text = e.to_string();
-    if e.kind() == redis::ErrorKind::AuthenticationFailed
-        || text.contains("NOAUTH")
-        || text.contains("WRONGPASS")
-    {
-        anyhow::anyhow!(
-            "cluster: Redis at {addr} refused the credentials (cluster.username, cluster.password_file): {text}"
-        )
-    } else {
-        anyhow::anyhow!("cluster: cannot reach Redis at {addr}: {text}")
-    }
-}
-
 impl Bus for Cluster {
     fn history(&self, range: crate::hub::RemoteRange) -> Option<crate::hub::RemoteFetch> {
         Some(repair::fetch(self.shared.clone(), range))
@@ -358,6 +309,7 @@ impl Bus for Cluster {
         let partition = keys::partition(&message.topic, self.shared.config.partitions.get());
         let shard = keys::shard(partition, self.writers.len());
         let job = Job {
+            id: publish::retry_id(&message),
             message,
             partition,
             reply,

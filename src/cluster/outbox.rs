@@ -34,6 +34,9 @@ struct Stored {
     /// Payload and properties as sent, base64.
     p: Option<String>,
     pp: Option<String>,
+    /// The id the message was first sent under (`publish.rs`); older entries have none.
+    #[serde(default)]
+    id: Option<String>,
 }
 
 impl Outbox {
@@ -62,7 +65,7 @@ impl Outbox {
     }
 
     /// Keeps a message for later; false when full or the store failed (then it is lost).
-    pub(super) fn push(&mut self, m: &BusMessage) -> bool {
+    pub(super) fn push(&mut self, m: &BusMessage, id: Option<&str>) -> bool {
         if self.len >= self.max {
             return false;
         }
@@ -77,6 +80,7 @@ impl Outbox {
             q: m.as_sent.as_ref().map(|s| s.qos),
             p: m.as_sent.as_ref().map(|s| b64.encode(&s.payload)),
             pp: m.as_sent.as_ref().map(|s| b64.encode(&s.properties)),
+            id: id.map(str::to_owned),
         };
         let Ok(value) = serde_json::to_vec(&stored) else {
             return false;
@@ -99,14 +103,17 @@ impl Outbox {
     }
 
     /// The oldest `n` waiting, with their keys.
-    pub(super) fn oldest(&self, n: usize) -> Vec<(u64, BusMessage)> {
+    pub(super) fn oldest(&self, n: usize) -> Vec<(u64, BusMessage, Option<String>)> {
         let Ok(tree) = self.tree.current() else {
             return Vec::new();
         };
         tree.iter()
             .take(n)
             .filter_map(Result::ok)
-            .filter_map(|(k, v)| Some((key_number(&k)?, decode(&v)?)))
+            .filter_map(|(k, v)| {
+                let (message, id) = decode(&v)?;
+                Some((key_number(&k)?, message, id))
+            })
             .collect()
     }
 
@@ -127,7 +134,9 @@ fn key_number(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(k.try_into().ok()?))
 }
 
-fn decode(v: &[u8]) -> Option<BusMessage> {
+/// The message and the id it was first sent under; one kept before ids existed gets
+/// a new one (it is sent again as it always was).
+fn decode(v: &[u8]) -> Option<(BusMessage, Option<String>)> {
     let s: Stored = serde_json::from_slice(v).ok()?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let as_sent = match s.q {
@@ -138,7 +147,7 @@ fn decode(v: &[u8]) -> Option<BusMessage> {
         }),
         None => None,
     };
-    Some(BusMessage {
+    let message = BusMessage {
         topic: s.t,
         event: s.ev,
         data: s.d,
@@ -147,5 +156,7 @@ fn decode(v: &[u8]) -> Option<BusMessage> {
         retain: s.r,
         as_sent,
         acked: false,
-    })
+    };
+    let id = s.id.or_else(|| super::publish::retry_id(&message));
+    Some((message, id))
 }

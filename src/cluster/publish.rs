@@ -9,15 +9,22 @@
 //! is kept), and a busy box pays one round trip per batch, not per message. The
 //! acknowledgement mode adds `WAIT` or `WAITAOF` at the end of the same pipeline: they
 //! cover every write this connection made before them.
+//!
+//! Sending again is idempotent: a message this box may send more than once (an MQTT
+//! device's, kept in the outbox when Redis did not answer) carries an id, and the
+//! script keeps its answer under a result key for 5 minutes; a second run with
+//! the same id returns that answer and appends nothing. Redis may have run the script
+//! whose answer was lost with the connection, so without this the retry would be a
+//! second message with the next number.
 
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::config::AckMode;
+use super::connect::Conn;
 use super::outbox::Outbox;
 use super::{generation, keys, Shared};
 use crate::hub::BusMessage;
@@ -29,13 +36,19 @@ const BATCH: usize = 256;
 /// waiting out its own connect timeout.
 const FAIL_FAST: Duration = Duration::from_millis(250);
 
-/// KEYS: topic meta, topic history, bus, bus meta. ARGV: a new topic epoch, a new bus
-/// epoch, the history's `keep` (0: no history), the bus's `keep`, the Redis server's
-/// generation (`generation.rs`; empty: none), how long (ms) the meta of a topic without
-/// history outlives its last publish, then the entry's field/value pairs. A meta hash that is missing (new topic, or Redis lost it) starts
-/// a new epoch, and the stream it numbers is started again with it, so numbers of two
-/// epochs never mix. Returns `{seq, epoch}`.
+/// KEYS: topic meta, topic history, bus, bus meta, [the result key]. ARGV: a new topic
+/// epoch, a new bus epoch, the history's `keep` (0: no history), the bus's `keep`, the
+/// Redis server's generation (`generation.rs`; empty: none), how long (ms) the meta of a
+/// topic without history outlives its last publish, then the entry's field/value pairs.
+/// A meta hash that is missing (new topic, or Redis lost it) starts a new epoch, and the
+/// stream it numbers is started again with it, so numbers of two epochs never mix. With
+/// a result key that holds an answer, the message was taken already: that answer,
+/// nothing written; the key lives 300 s. Returns `{seq, epoch}`.
 pub(super) const SCRIPT: &str = r#"
+if KEYS[5] then
+  local done = redis.call('HMGET', KEYS[5], 's', 'e')
+  if done[1] then return {tonumber(done[1]), done[2]} end
+end
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then e = ARGV[1]; redis.call('HSET', KEYS[1], 'e', e) end
 -- The generation (generation.rs): numbers of an earlier server run may have been
@@ -62,14 +75,27 @@ if keep > 0 then
 end
 if bs == 1 then redis.call('DEL', KEYS[3]) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], bs .. '-0', 'e', e, 's', s, 'be', be, unpack(ARGV, 7))
+if KEYS[5] then
+  redis.call('HSET', KEYS[5], 's', s, 'e', e)
+  redis.call('EXPIRE', KEYS[5], 300)
+end
 return {s, e}
 "#;
 
 /// One message waiting for its Redis.
 pub(super) struct Job {
+    /// Set when this box may send the message again (see the module's comment).
+    pub id: Option<String>,
     pub message: BusMessage,
     pub partition: u32,
     pub reply: oneshot::Sender<Result<u64, String>>,
+}
+
+/// An id for a message this box may send again: a device's publish (already
+/// acknowledged, so kept in the outbox rather than refused when Redis does not answer).
+/// Others are refused to their publisher, who sends a new message.
+pub(super) fn retry_id(m: &BusMessage) -> Option<String> {
+    (!m.acked).then(|| format!("{:032x}", rand::random::<u128>()))
 }
 
 /// A random epoch, 16 hex digits, never zero (as the local history's).
@@ -87,7 +113,7 @@ pub(super) async fn write_loop(
     mut outbox: Outbox,
     stop: CancellationToken,
 ) {
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<Conn> = None;
     let mut failed_at: Option<Instant> = None;
     let mut batch = Vec::with_capacity(BATCH);
     shared.stats.outbox(shard, outbox.len());
@@ -114,7 +140,7 @@ pub(super) async fn write_loop(
                 if job.message.acked {
                     return true;
                 }
-                keep(&shared, &mut outbox, &job.message);
+                keep(&shared, &mut outbox, job);
                 false
             });
             shared.stats.outbox(shard, outbox.len());
@@ -152,7 +178,7 @@ pub(super) async fn write_loop(
                     if job.message.acked {
                         shared.stats.failed.add(1);
                     } else {
-                        keep(&shared, &mut outbox, &job.message);
+                        keep(&shared, &mut outbox, &job);
                     }
                     let _ = job.reply.send(Err(why.clone()));
                 }
@@ -163,8 +189,8 @@ pub(super) async fn write_loop(
 }
 
 /// A device's publish kept for later, or counted as lost when the outbox is full.
-fn keep(shared: &Shared, outbox: &mut Outbox, m: &BusMessage) {
-    if !outbox.push(m) {
+fn keep(shared: &Shared, outbox: &mut Outbox, job: &Job) {
+    if !outbox.push(&job.message, job.id.as_deref()) {
         shared.stats.dropped.add(1);
         static FULL: switchboard_core::quiet::Throttle =
             switchboard_core::quiet::Throttle::per_secs(10);
@@ -178,12 +204,7 @@ fn keep(shared: &Shared, outbox: &mut Outbox, m: &BusMessage) {
 }
 
 /// Sends what waits in the outbox, oldest first, a batch at a time, while Redis takes it.
-async fn flush(
-    shared: &Shared,
-    shard: usize,
-    conn: &mut Option<MultiplexedConnection>,
-    outbox: &mut Outbox,
-) {
+async fn flush(shared: &Shared, shard: usize, conn: &mut Option<Conn>, outbox: &mut Outbox) {
     while !outbox.is_empty() {
         let waiting = outbox.oldest(BATCH);
         if waiting.is_empty() {
@@ -192,12 +213,13 @@ async fn flush(
         let partitions = shared.config.partitions.get();
         let (keys, jobs): (Vec<u64>, Vec<Job>) = waiting
             .into_iter()
-            .map(|(k, message)| {
+            .map(|(k, message, id)| {
                 let partition = keys::partition(&message.topic, partitions);
                 let (reply, _) = oneshot::channel();
                 (
                     k,
                     Job {
+                        id,
                         message,
                         partition,
                         reply,
@@ -221,11 +243,62 @@ async fn flush(
 }
 
 /// One batch as one pipeline; the topic numbers, in order, or why none was taken.
+/// On a Redis Cluster a pipeline must stay within one slot: one per partition, sent
+/// together (a topic's order is kept within its partition's pipeline).
 async fn send(
     shared: &Shared,
     shard: usize,
-    conn: &mut Option<MultiplexedConnection>,
+    conn: &mut Option<Conn>,
     batch: &[Job],
+) -> Result<Vec<u64>, String> {
+    if !shared.shards[shard].is_cluster() {
+        let all: Vec<&Job> = batch.iter().collect();
+        return send_slot(shared, shard, conn, &all).await;
+    }
+    let mut groups: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+    for (i, job) in batch.iter().enumerate() {
+        groups.entry(job.partition).or_default().push(i);
+    }
+    let target = &shared.shards[shard];
+    let c = match conn {
+        Some(c) => c.clone(),
+        None => conn
+            .insert(
+                target
+                    .connect(shared.config.connect_timeout)
+                    .await
+                    .map_err(|e| format!("Redis {} is unreachable: {e}", target.addr))?,
+            )
+            .clone(),
+    };
+    let answers = futures_util::future::join_all(groups.values().map(|idx| {
+        let mut c = Some(c.clone());
+        async move {
+            let jobs: Vec<&Job> = idx.iter().map(|i| &batch[*i]).collect();
+            let answer = send_slot(shared, shard, &mut c, &jobs).await;
+            (answer, c.is_none())
+        }
+    }))
+    .await;
+    let mut seqs = vec![0; batch.len()];
+    let mut failed = None;
+    for (idx, (answer, dropped)) in groups.values().zip(answers) {
+        if dropped {
+            *conn = None;
+        }
+        match answer {
+            Ok(got) => idx.iter().zip(got).for_each(|(i, s)| seqs[*i] = s),
+            Err(why) => failed = Some(why),
+        }
+    }
+    failed.map_or(Ok(seqs), Err)
+}
+
+async fn send_slot(
+    shared: &Shared,
+    shard: usize,
+    conn: &mut Option<Conn>,
+    batch: &[&Job],
 ) -> Result<Vec<u64>, String> {
     let target = &shared.shards[shard];
     let timeout = shared.config.command_timeout;
@@ -277,11 +350,11 @@ async fn send(
     ))
 }
 
-fn pipeline(shared: &Shared, shard: usize, batch: &[Job]) -> redis::Pipeline {
+fn pipeline(shared: &Shared, shard: usize, batch: &[&Job]) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     let now_ms = switchboard_core::clock::now_ms();
     let generation = shared.generation.get(shard);
-    for job in batch {
+    for &job in batch {
         let m = &job.message;
         let p = job.partition;
         let keep = shared
@@ -291,12 +364,15 @@ fn pipeline(shared: &Shared, shard: usize, batch: &[Job]) -> redis::Pipeline {
         let cmd = pipe
             .cmd("EVALSHA")
             .arg(&shared.script_hash)
-            .arg(4)
+            .arg(if job.id.is_some() { 5 } else { 4 })
             .arg(keys::topic_meta(p, &m.topic))
             .arg(keys::topic_history(p, &m.topic))
             .arg(keys::bus(p))
-            .arg(keys::bus_meta(p))
-            .arg(new_epoch())
+            .arg(keys::bus_meta(p));
+        if let Some(id) = &job.id {
+            cmd.arg(keys::result(p, id));
+        }
+        cmd.arg(new_epoch())
             .arg(new_epoch())
             .arg(keep)
             .arg(shared.config.bus_keep.get())
@@ -368,7 +444,7 @@ fn numbers(ack: AckMode, n: usize, values: &[Value]) -> Result<Vec<u64>, String>
 }
 
 /// Makes the script known to Redis (again, after a restart).
-pub(super) async fn load_script(c: &mut MultiplexedConnection) -> redis::RedisResult<String> {
+pub(super) async fn load_script(c: &mut Conn) -> redis::RedisResult<String> {
     redis::cmd("SCRIPT")
         .arg("LOAD")
         .arg(SCRIPT)

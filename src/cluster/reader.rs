@@ -17,12 +17,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::streams::StreamReadReply;
 use redis::Value;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
+use super::connect::Conn;
 use super::{keys, Shared};
 use crate::hub::{AsSent, BusMessage, FromBus, Hub};
 use switchboard_core::message::Origin;
@@ -44,7 +44,7 @@ pub(super) struct Cursor {
 /// starts (`Cluster::start`), before it can take a publish of its own, so everything
 /// published once it serves is delivered here too.
 pub(super) async fn start_at(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     shared: &Shared,
     shard: usize,
     partitions: &[u32],
@@ -162,7 +162,7 @@ pub(super) async fn read_loop(
 /// the last position, another epoch (Redis lost the stream) is a gap and is read from
 /// its start.
 async fn sync_epochs(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     partitions: &[u32],
     cursors: &mut [Cursor],
     started: bool,

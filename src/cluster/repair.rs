@@ -10,9 +10,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use redis::aio::MultiplexedConnection;
 use redis::streams::StreamRangeReply;
 
+use super::connect::Conn;
 use super::reader::{id_number, message_of, text};
 use super::{keys, Shared};
 use crate::hub::{RemoteEntry, RemoteFetch, RemoteHistory, RemoteRange};
@@ -26,7 +26,7 @@ pub(super) struct Repair {
     /// Per partition: the bus epoch and the last position delivered on this box.
     delivered: Vec<Mutex<(String, u64)>>,
     /// Per Redis: a connection for history reads, made when first needed.
-    conns: Vec<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
+    conns: Vec<tokio::sync::Mutex<Option<Conn>>>,
 }
 
 impl Repair {

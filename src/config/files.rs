@@ -49,6 +49,11 @@ pub fn check(config: &Config) -> Vec<String> {
     if let Err(e) = crate::tls::TlsReloader::from_config(&config.tls, &config.tls_listeners()) {
         problems.push(format!("[tls]: {e}"));
     }
+    if config.cluster.enabled {
+        if let Err(e) = crate::cluster::connect::check(&config.cluster) {
+            problems.push(format!("[cluster]: {e:#}"));
+        }
+    }
     if let Err(e) = crate::http::inbound_webhooks::Hooks::from_config(&config.hooks) {
         problems.push(format!("[[hooks]]: {e}"));
     }

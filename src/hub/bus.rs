@@ -56,6 +56,49 @@ pub struct FromBus {
 /// The bus's answer to one publish: its topic's sequence number, or why it was not taken.
 pub type Ack = tokio::sync::oneshot::Receiver<Result<u64, String>>;
 
+/// A publish done, or handed to the bus with its answer to come ([`Hub::publish_deferred`]).
+pub enum Publishing {
+    Done(Published),
+    Waiting(BusWait),
+}
+
+/// The bus's answer to come for one publish.
+pub struct BusWait(Ack);
+
+impl BusWait {
+    pub async fn answer(self) -> Result<Published, HubError> {
+        answered(self.0.await)
+    }
+}
+
+fn submit(bus: &dyn Bus, p: &Publish<'_>, as_sent: Option<AsSent>, wait: bool) -> Ack {
+    bus.submit(BusMessage {
+        topic: p.topic.to_owned(),
+        event: p.event.map(str::to_owned),
+        data: p.data.get().to_owned(),
+        from: p.from.to_owned(),
+        origin: p.origin,
+        retain: p.retain,
+        as_sent,
+        acked: wait,
+    })
+}
+
+/// What a publisher that waited for the bus is told.
+fn answered(
+    answer: Result<Result<u64, String>, tokio::sync::oneshot::error::RecvError>,
+) -> Result<Published, HubError> {
+    match answer {
+        Ok(Ok(seq)) => Ok(Published {
+            seq,
+            delivered: 0,
+            stored: true,
+        }),
+        Ok(Err(why)) => Err(HubError::Unavailable(why)),
+        Err(_) => Err(HubError::Unavailable("the bus stopped".into())),
+    }
+}
+
 /// A bus shared by several boxes.
 pub trait Bus: Send + Sync + 'static {
     /// Takes an admitted message; the answer comes once the bus accepted it (by the
@@ -105,16 +148,7 @@ impl Hub {
         as_sent: Option<AsSent>,
         wait: bool,
     ) -> Result<Published, HubError> {
-        let ack = bus.submit(BusMessage {
-            topic: p.topic.to_owned(),
-            event: p.event.map(str::to_owned),
-            data: p.data.get().to_owned(),
-            from: p.from.to_owned(),
-            origin: p.origin,
-            retain: p.retain,
-            as_sent,
-            acked: wait,
-        });
+        let ack = submit(bus, p, as_sent, wait);
         if !wait {
             return Ok(Published {
                 seq: 0,
@@ -133,14 +167,35 @@ impl Hub {
             }
             Err(_) => ack.blocking_recv(),
         };
-        match answer {
-            Ok(Ok(seq)) => Ok(Published {
-                seq,
-                delivered: 0,
-                stored: true,
-            }),
-            Ok(Err(why)) => Err(HubError::Unavailable(why)),
-            Err(_) => Err(HubError::Unavailable("the bus stopped".into())),
+        answered(answer)
+    }
+
+    /// [`Hub::publish`] for callers that can await: with a bus, the wait for its answer
+    /// is awaited instead of holding a worker thread (`block_in_place` hands the worker's
+    /// other tasks to a new thread, one per publish waiting, up to the blocking pool's
+    /// 512: a stalled Redis under many publishers would cost that many threads).
+    pub async fn publish_async(&self, p: Publish<'_>) -> Result<Published, HubError> {
+        match self.publish_deferred(p)? {
+            Publishing::Done(published) => Ok(published),
+            Publishing::Waiting(wait) => wait.answer().await,
+        }
+    }
+
+    /// [`Hub::publish`] for callers that answer later: with a bus, the message is handed
+    /// over now (so it takes its place in the order now) and the wait for the answer is
+    /// returned, to be awaited without blocking.
+    pub fn publish_deferred(&self, p: Publish<'_>) -> Result<Publishing, HubError> {
+        match self.bus.get() {
+            Some(bus) if p.origin != Origin::System => {
+                self.admit(&p)?;
+                Ok(Publishing::Waiting(BusWait(submit(
+                    bus.as_ref(),
+                    &p,
+                    None,
+                    true,
+                ))))
+            }
+            _ => self.publish(p).map(Publishing::Done),
         }
     }
 

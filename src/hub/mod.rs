@@ -50,7 +50,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::history::History;
 use crate::pubkeys::policy::{EncryptedOnly, NotEncrypted};
-pub use bus::{Ack, Bus, BusMessage, FromBus};
+pub use bus::{Ack, Bus, BusMessage, BusWait, FromBus, Publishing};
 pub use device::DeviceSession;
 pub use direct::Sender;
 use index::SubscriptionIndex;

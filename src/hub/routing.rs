@@ -351,7 +351,7 @@ impl Hub {
     }
 
     /// The checks every publish passes once, on the box it entered.
-    fn admit(&self, p: &Publish<'_>) -> Result<(), HubError> {
+    pub(super) fn admit(&self, p: &Publish<'_>) -> Result<(), HubError> {
         topic::validate_topic(p.topic)?;
         if p.origin != Origin::System {
             self.allow(p.by.check_publish(p.topic)).inspect_err(|_| {

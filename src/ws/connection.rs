@@ -272,6 +272,9 @@ struct Connection {
     /// Carried HTTP requests in progress; created by the first one, as most
     /// connections never carry any.
     carried: Option<FuturesUnordered<Pending>>,
+    /// A publish waiting for the bus (`[cluster]`); nothing more is read until its
+    /// reply is queued, without holding a thread meanwhile.
+    publishing: Option<Pending>,
     /// Published frames taken from the outbox and not yet flushed: the oldest one's
     /// publish stamp and how many. Recorded in the latency histogram once flushed, so
     /// the clock is read once per batch, not per frame.
@@ -320,6 +323,7 @@ impl Connection {
             heard: false,
             silent_intervals: 0,
             carried: None,
+            publishing: None,
             last_flush: None,
             deferred: false,
             sent: Sent::default(),
@@ -429,6 +433,7 @@ impl Connection {
                 .carried
                 .get_or_insert_with(FuturesUnordered::new)
                 .push(pending),
+            Then::Publishing(pending) => self.publishing = Some(pending),
             Then::Close(reason) => {
                 self.stop_reading = true;
                 self.session.outbox.close(reason);
@@ -473,6 +478,13 @@ impl Connection {
                     continue;
                 }
             }
+            if let Some(publishing) = self.publishing.as_mut().filter(|_| room) {
+                if let Poll::Ready(reply) = publishing.as_mut().poll(cx) {
+                    self.publishing = None;
+                    self.queue_own(Message::Text(reply));
+                    continue;
+                }
+            }
             if let Some(expiry) = &mut self.expiry {
                 if expiry.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Expired);
@@ -508,6 +520,7 @@ impl Connection {
                 && self.own_bytes < budget
                 && self.retained.is_none()
                 && carrying < MAX_CARRIED_REQUESTS
+                && self.publishing.is_none()
                 && !self.stop_reading
             {
                 match Pin::new(&mut self.socket).poll_next(cx) {

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use super::WsState;
 use crate::auth::{Kind, Principal};
 use crate::hub::outbox::CloseReason;
-use crate::hub::{HubError, RetainedCursor, Sender, Session};
+use crate::hub::{BusWait, HubError, Publishing, RetainedCursor, Sender, Session};
 use crate::recordings::StartRequest;
-use switchboard_core::message::{Origin, Publish};
+use switchboard_core::message::{Origin, Publish, Published};
 use switchboard_core::protocol::{
     close, parse_request, ErrorCode, OkReply, Record, Request, RequestError, ServerFrame,
 };
@@ -41,6 +41,9 @@ pub enum Then {
     /// A carried HTTP request (or a `record` op) is being served; its reply comes when
     /// it is done.
     Http(Pending),
+    /// A publish waits for the bus's answer (`[cluster]`): its reply is queued before
+    /// the connection reads its next request, so replies keep the requests' order.
+    Publishing(Pending),
 }
 
 type Reply = OkReply<'static>;
@@ -92,6 +95,7 @@ pub fn handle_text(
         }
     }
     let mut retained = None;
+    let mut waiting = None;
     let result = match request {
         Request::Auth { token } => identify(state, session, &token).map(|p| {
             then = Then::Identify(p);
@@ -119,9 +123,17 @@ pub fn handle_text(
                 retained: None,
             };
         }
-        other => apply(state, session, other, &mut retained)
+        other => apply(state, session, other, &mut retained, &mut waiting)
             .map_err(|e| RequestError::new(e.code(), e.to_string())),
     };
+    if let Some(wait) = waiting {
+        // Handed to the bus; the connection goes on while Redis answers.
+        return Handled {
+            reply: None,
+            then: Then::Publishing(Box::pin(published_later(id, wait))),
+            retained: None,
+        };
+    }
     let reply = match result {
         Ok(reply) => ServerFrame::Ok { id, reply }.encode(),
         Err(err) => ServerFrame::error(id, &err),
@@ -155,11 +167,42 @@ fn reply_only(reply: String) -> Handled {
     }
 }
 
+/// The `ok` (or error) for a publish once the bus answered.
+fn published_later(
+    id: Option<&serde_json::value::RawValue>,
+    wait: BusWait,
+) -> impl std::future::Future<Output = switchboard_core::protocol::Frame> + Send + 'static {
+    let id = id.map(|i| i.to_owned());
+    async move {
+        let reply = match wait.answer().await {
+            Ok(published) => ServerFrame::Ok {
+                id: id.as_deref(),
+                reply: published_reply(published),
+            }
+            .encode(),
+            Err(e) => {
+                ServerFrame::error(id.as_deref(), &RequestError::new(e.code(), e.to_string()))
+            }
+        };
+        switchboard_core::protocol::Frame::from(reply)
+    }
+}
+
+fn published_reply(published: Published) -> Reply {
+    Reply {
+        seq: Some(published.seq),
+        stored: (!published.stored).then_some(false),
+        ..Reply::default()
+    }
+}
+
+/// `waiting`: set when a publish was handed to the bus and its answer is to come.
 fn apply(
     state: &WsState,
     session: &Arc<Session>,
     request: Request<'_>,
     retained: &mut Option<RetainedCursor>,
+    waiting: &mut Option<BusWait>,
 ) -> Result<Reply, HubError> {
     let hub = &state.hub;
     let mut reply = Reply::default();
@@ -184,7 +227,7 @@ fn apply(
             retain,
         } => {
             let principal = session.principal();
-            let published = hub.publish(Publish {
+            let publishing = hub.publish_deferred(Publish {
                 topic: &topic,
                 event: event.as_deref(),
                 data,
@@ -193,8 +236,10 @@ fn apply(
                 by: &principal.grants,
                 retain,
             })?;
-            reply.seq = Some(published.seq);
-            reply.stored = (!published.stored).then_some(false);
+            match publishing {
+                Publishing::Done(published) => reply = published_reply(published),
+                Publishing::Waiting(wait) => *waiting = Some(wait),
+            }
         }
         Request::Send { to, event, data } => {
             let principal = session.principal();

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod creds;
 pub mod http;
 pub mod notify;
+pub mod redis;
 pub mod wire;
 
 use std::io::{BufRead, BufReader};

@@ -19,7 +19,7 @@ use crate::auth::Principal;
 use crate::http::state::{HttpState, Limits};
 use crate::hub::Hub;
 use crate::hub::{HubError, Sender};
-use switchboard_core::message::{Origin, Publish};
+use switchboard_core::message::{Origin, Publish, Published};
 use switchboard_core::protocol::{null, ErrorCode, Recipient};
 
 /// Messages in one batch at most.
@@ -66,6 +66,17 @@ struct Outcome {
     stored: bool,
 }
 
+impl Outcome {
+    fn of(published: Published, duplicate: bool) -> Outcome {
+        Outcome {
+            seq: published.seq,
+            delivered: published.delivered,
+            duplicate,
+            stored: published.stored,
+        }
+    }
+}
+
 fn is_true(b: &bool) -> bool {
     *b
 }
@@ -78,14 +89,8 @@ fn from_label(caller: &Principal) -> String {
     }
 }
 
-fn publish_one(
-    hub: &Hub,
-    idempotency: &IdempotencyCache,
-    limits: Limits,
-    caller: &Principal,
-    from: &str,
-    m: &Message<'_>,
-) -> Result<Outcome, ApiError> {
+/// The message's data, within the size limit.
+fn sized<'a>(limits: Limits, m: &Message<'a>) -> Result<&'a RawValue, ApiError> {
     let data = m.data.unwrap_or_else(|| null());
     let limit = limits.max_message_size;
     if data.get().len() > limit {
@@ -95,17 +100,55 @@ fn publish_one(
             format!("`data` is larger than {limit} bytes (ws.max_message_size)"),
         ));
     }
-    let publish = || {
-        hub.publish(Publish {
-            topic: &m.topic,
-            event: m.event.as_deref(),
-            data,
-            from,
-            origin: Origin::Http,
-            by: &caller.grants,
-            retain: m.retain,
-        })
-    };
+    Ok(data)
+}
+
+fn as_publish<'a>(
+    m: &'a Message<'_>,
+    data: &'a RawValue,
+    from: &'a str,
+    caller: &'a Principal,
+) -> Publish<'a> {
+    Publish {
+        topic: &m.topic,
+        event: m.event.as_deref(),
+        data,
+        from,
+        origin: Origin::Http,
+        by: &caller.grants,
+        retain: m.retain,
+    }
+}
+
+/// [`publish_one`], awaiting the bus's answer (`Hub::publish_async`) rather than
+/// holding a thread for it. A message with an idempotency key takes the synchronous
+/// path: the cache holds its lock across the publish.
+async fn publish_one_async(
+    hub: &Hub,
+    idempotency: &IdempotencyCache,
+    limits: Limits,
+    caller: &Principal,
+    from: &str,
+    m: &Message<'_>,
+) -> Result<Outcome, ApiError> {
+    if m.idempotency_key.is_some() || !hub.has_bus() {
+        return publish_one(hub, idempotency, limits, caller, from, m);
+    }
+    let data = sized(limits, m)?;
+    let published = hub.publish_async(as_publish(m, data, from, caller)).await?;
+    Ok(Outcome::of(published, false))
+}
+
+fn publish_one(
+    hub: &Hub,
+    idempotency: &IdempotencyCache,
+    limits: Limits,
+    caller: &Principal,
+    from: &str,
+    m: &Message<'_>,
+) -> Result<Outcome, ApiError> {
+    let data = sized(limits, m)?;
+    let publish = || hub.publish(as_publish(m, data, from, caller));
     let (published, duplicate) = match &m.idempotency_key {
         Some(key) => {
             // A bad message is refused as such, even under a key already used.
@@ -116,12 +159,7 @@ fn publish_one(
         }
         None => (publish()?, false),
     };
-    Ok(Outcome {
-        seq: published.seq,
-        delivered: published.delivered,
-        duplicate,
-        stored: published.stored,
-    })
+    Ok(Outcome::of(published, duplicate))
 }
 
 async fn publish(
@@ -146,7 +184,9 @@ async fn publish(
             .get_or_insert_with(|| key.to_owned());
     }
     let from = from_label(&caller);
-    publish_one(&hub, &idempotency, limits, &caller, &from, &message).map(Json)
+    publish_one_async(&hub, &idempotency, limits, &caller, &from, &message)
+        .await
+        .map(Json)
 }
 
 #[derive(Deserialize)]
@@ -175,16 +215,15 @@ async fn publish_batch(
         ));
     }
     let from = from_label(&caller);
-    let results: Vec<serde_json::Value> = batch
-        .messages
-        .iter()
-        .map(
-            |m| match publish_one(&hub, &idempotency, limits, &caller, &from, m) {
+    let mut results = Vec::with_capacity(batch.messages.len());
+    for m in &batch.messages {
+        results.push(
+            match publish_one_async(&hub, &idempotency, limits, &caller, &from, m).await {
                 Ok(outcome) => json!(outcome),
                 Err(e) => e.body(),
             },
-        )
-        .collect();
+        );
+    }
     Ok(Json(json!({ "results": results })))
 }
 
