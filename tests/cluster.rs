@@ -39,16 +39,7 @@ impl Redis {
     }
 
     fn start_with(persist: bool, extra: &[&str]) -> Option<Redis> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            assert!(
-                std::env::var("CLUSTER_TOOLS").as_deref() != Ok("required"),
-                "redis-server is required (CLUSTER_TOOLS=required); install redis-server"
-            );
-            eprintln!("skipped: redis-server is not installed");
+        if common::redis_server_missing() {
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")

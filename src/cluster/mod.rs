@@ -7,6 +7,7 @@
 //! last position instead of losing what was published meanwhile. Files:
 //! - `publish.rs`: the script that numbers a message and appends it, sent in batches;
 //! - `reader.rs`: every box reads every partition back and delivers it, gaps reported;
+//! - `lease.rs`: one box at a time (upstream bridges), by a lease with failover;
 //! - `outbox.rs`: MQTT devices' publishes waiting on disk while Redis is unreachable;
 //! - `keys.rs`: topic → partition → Redis, and the key names;
 //! - `config.rs`: the `[cluster]` section.
@@ -16,6 +17,7 @@
 
 pub mod config;
 pub mod keys;
+pub mod lease;
 mod outbox;
 mod publish;
 mod reader;

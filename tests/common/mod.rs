@@ -530,6 +530,24 @@ pub async fn mqtt_still_serves(d: &Daemon, what: &str) {
     assert_eq!(m["data"], "ok", "after {what}");
 }
 
+/// Whether `redis-server` is missing, so a cluster test skips itself; the CI script
+/// sets CLUSTER_TOOLS=required, and there a missing tool fails.
+pub fn redis_server_missing() -> bool {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return false;
+    }
+    assert!(
+        std::env::var("CLUSTER_TOOLS").as_deref() != Ok("required"),
+        "redis-server is required (CLUSTER_TOOLS=required); install redis-server"
+    );
+    eprintln!("skipped: redis-server is not installed");
+    true
+}
+
 /// Runs `mosquitto_pub` against a local port to completion; whether it succeeded.
 pub async fn mosquitto_pub<S: AsRef<std::ffi::OsStr>>(port: u16, args: &[S]) -> bool {
     let mut cmd = Command::new("mosquitto_pub");
