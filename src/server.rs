@@ -231,8 +231,8 @@ impl Server {
         } else {
             None
         };
-        let webhooks =
-            Webhooks::open(&config.webhooks, &store, &hub).context("cannot set up the webhooks")?;
+        let webhooks = Webhooks::open(&config.webhooks, &store, &hub, cluster.as_ref())
+            .context("cannot set up the webhooks")?;
         let recorder = Recorder::open(&store, &hub, &config.recording)
             .context("cannot open the recordings")?;
         let pubkeys = Arc::new(

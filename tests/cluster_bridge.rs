@@ -1,8 +1,9 @@
-//! An upstream bridge on one box at a time (`[cluster]` and the bridge's `lease`,
-//! docs/cluster.md): two daemons sharing one real `redis-server` carry the same
-//! `[[bridges]]` to one real Mosquitto. One holds the bridge's lease and runs it, the
-//! other stands by; killed, the holder is replaced within the lease's TTL. The counts
-//! of what crossed during the takeover are printed.
+//! One box at a time (`[cluster]`, leases in Redis, docs/cluster.md): two daemons
+//! sharing one real `redis-server` carry the same `[[bridges]]` to one real Mosquitto
+//! (one holds the bridge's lease and runs it, the other stands by; killed, the holder is
+//! replaced within the lease's TTL; the counts of what crossed during the takeover are
+//! printed), and the same `[[webhooks]]` (message events enqueued by the holder of the
+//! endpoint's lease, so they survive the box a message was published on).
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::creds::{Secrets, ADMIN};
-use common::http::{api, get};
+use common::http::{api, get, webhook_sink};
 use common::{mosquitto_pub, Daemon, Raw};
 use serde_json::{json, Value};
 use switchboard_bench::mosquitto::{Mosquitto, Subscriber};
@@ -311,4 +312,65 @@ async fn without_a_lease_every_box_runs_its_bridge() {
         assert!(tokio::time::Instant::now() < deadline, "{s}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_event_survives_the_box_it_was_published_on() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (url, bodies, server) = webhook_sink().await;
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "0123456789abcdef0123456789abcdef\n").unwrap();
+    let config = |name: &str| {
+        format!(
+            "[ws]\npublish_rate = 1000000\npublish_burst = 1000000\n[cluster]\nenabled = true\nredis = [\"redis://127.0.0.1:{}\"]\nnode_id = \"{name}\"\nlease_ttl = \"1s\"\n[[webhooks]]\nname = \"main\"\nurl = \"{url}\"\nsecret_file = \"{}\"\ntopics = [\"t/#\"]\n",
+            redis.1,
+            secret.path().display()
+        )
+    };
+    // b holds the endpoint's lease before a starts, so a stands by.
+    let b = Daemon::start(&config("b"));
+    b.wait_log("lease taken").await;
+    let a = Daemon::start(&config("a"));
+    // a's publishes are acknowledged once Redis took them; a is killed at once, before
+    // it has read all of them back (or stored their events).
+    let mut ws = Raw::connect(&a.ws_url()).await;
+    ws.flood("t/x", 200, 8).await;
+    a.signal("KILL");
+    let mut on_b = Raw::connect(&b.ws_url()).await;
+    on_b.flood_from("t/x", 200, 201, 8).await;
+    // Every event arrives, all enqueued by b (the prefix of an event id is its box's).
+    let events = || -> BTreeMap<u64, Vec<String>> {
+        let mut by_i: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for body in bodies.lock().unwrap().iter() {
+            for e in body["events"].as_array().into_iter().flatten() {
+                if let (Some(i), Some(id)) = (e["data"]["i"].as_u64(), e["id"].as_str()) {
+                    let prefix = id.rsplit_once('_').map(|(p, _)| p).unwrap_or(id);
+                    by_i.entry(i).or_default().push(prefix.to_owned());
+                }
+            }
+        }
+        by_i
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while events().len() < 201 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events missing: {:?}",
+            (0..201)
+                .filter(|i| !events().contains_key(i))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = events();
+    let from_b = &events[&200][0];
+    assert!(
+        events
+            .values()
+            .all(|boxes| boxes == std::slice::from_ref(from_b)),
+        "each event once, from b: {events:?}"
+    );
+    server.abort();
 }

@@ -13,6 +13,7 @@
 //! message it lets through, so a box that was paused (or cut from Redis) stops the
 //! moment it wakes up past that point, before another box can have taken over.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -277,5 +278,77 @@ impl Lease {
         {
             tracing::debug!(lease = %self.key, "cluster: lease not freed; it runs out on its own");
         }
+    }
+}
+
+/// A takeover hands on from this long before the old holder's last renewal: what the
+/// old holder had routed but not yet stored on disk (the store flushes every 100 ms),
+/// or read from the bus later than this box.
+const HAND_ON_MARGIN_MS: u64 = 500;
+
+/// What a standby keeps of the work the holder does, so that a takeover loses none:
+/// items routed while this box stands by, in memory, the last three TTLs at most and
+/// at most [`Shadow::MAX`]. At a takeover, [`Shadow::take_unsent`] gives those routed
+/// after the old holder's last renewal this box saw (less a margin): the ones the old
+/// holder may not have handed on before it died. At least once, then: a few may be
+/// handed on by both.
+pub struct Shadow<T> {
+    lease: Arc<Lease>,
+    /// (wall ms routed, item), oldest first.
+    items: Mutex<VecDeque<(u64, T)>>,
+}
+
+impl<T> Shadow<T> {
+    pub const MAX: usize = 50_000;
+
+    pub fn new(lease: Arc<Lease>) -> Self {
+        Shadow {
+            lease,
+            items: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn lease(&self) -> &Arc<Lease> {
+        &self.lease
+    }
+
+    /// Whether this box holds the lease right now.
+    pub fn leader(&self) -> bool {
+        self.lease.valid(self.lease.generation())
+    }
+
+    /// Keeps `item` if this box stands by; gives it back if it holds the lease. Checked
+    /// under the lock [`Shadow::take_unsent`] takes too, so nothing is left behind
+    /// between the two.
+    pub fn keep(&self, item: T) -> Option<T> {
+        let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        if self.lease.generation() != 0 {
+            return Some(item);
+        }
+        let now = switchboard_core::clock::now_ms();
+        let keep_ms = 3 * self.lease.ttl.as_millis() as u64;
+        while items
+            .front()
+            .is_some_and(|(at, _)| now.saturating_sub(*at) > keep_ms)
+            || items.len() >= Self::MAX
+        {
+            items.pop_front();
+        }
+        items.push_back((now, item));
+        None
+    }
+
+    /// At a takeover: the items the old holder may not have handed on, oldest first.
+    pub fn take_unsent(&self) -> Vec<T> {
+        let since = self
+            .lease
+            .other_renewed_ms()
+            .saturating_sub(HAND_ON_MARGIN_MS);
+        let items = std::mem::take(&mut *self.items.lock().unwrap_or_else(|p| p.into_inner()));
+        items
+            .into_iter()
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, item)| item)
+            .collect()
     }
 }

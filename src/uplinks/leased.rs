@@ -3,92 +3,57 @@
 //! Every box may carry the same `[[bridges]]`; a lease in Redis per bridge
 //! (`cluster::lease`) says which box connects upstream. The others stand by: no
 //! upstream connection, nothing queued on disk, but what their tap routes is kept in a
-//! short in-memory *shadow* (at most [`SHADOW_MAX`] messages, the last three lease
-//! TTLs). A standby that takes over first queues the shadowed messages routed after the
-//! old holder's last renewal it saw (less [`REPLAY_MARGIN_MS`]): those the old holder
-//! may not have forwarded before it died. So outbound is at least once across a takeover (a few may go twice), and
-//! inbound enters the cluster once, from the one connected box.
+//! short in-memory [`Shadow`]. A standby that takes over first queues the shadowed
+//! messages the old holder may not have forwarded before it died. So outbound is at
+//! least once across a takeover (a few may go twice), and inbound enters the cluster
+//! once, from the one connected box.
 //!
 //! Fencing: the link's outbox and inbox check the lease before each message, so a box
 //! whose lease ran out (paused, cut from Redis) lets nothing more through even before
 //! its session is torn down.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use switchboard_bridge::upstream::{Outbox, Outgoing};
 use tokio_util::sync::CancellationToken;
 
 use super::queue::Queue;
-use super::{lock, Link};
-use crate::cluster::lease::Lease;
+use super::Link;
+use crate::cluster::lease::{Lease, Shadow};
 use crate::hub::Hub;
 
-/// Messages a standby keeps in memory at most.
-pub const SHADOW_MAX: usize = 50_000;
-
-/// A takeover queues from this long before the old holder's last renewal: what the
-/// old holder had routed but not yet stored on disk (the store flushes every 100 ms)
-/// or had read from the bus later than this box.
-const REPLAY_MARGIN_MS: u64 = 500;
-
-/// A link's lease and its standby shadow.
+/// A link's lease and its standby shadow of queue entries.
 pub struct Leased {
     pub lease: Arc<Lease>,
-    /// (wall ms routed, queue entry), oldest first.
-    shadow: Mutex<VecDeque<(u64, Vec<u8>)>>,
+    shadow: Shadow<Vec<u8>>,
     /// Messages held back because the lease had run out.
     pub fenced: AtomicU64,
-    /// Shadowed messages queued at a takeover.
-    pub replayed: AtomicU64,
 }
 
 impl Leased {
     pub fn new(lease: Arc<Lease>) -> Leased {
         Leased {
+            shadow: Shadow::new(lease.clone()),
             lease,
-            shadow: Mutex::new(VecDeque::new()),
             fenced: AtomicU64::new(0),
-            replayed: AtomicU64::new(0),
         }
     }
 
     /// Whether this box runs the link right now.
     pub fn leader(&self) -> bool {
-        self.lease.valid(self.lease.generation())
+        self.shadow.leader()
     }
 
-    /// Keeps `entry` in the shadow if this box stands by; gives it back otherwise. The
-    /// check is made under the shadow's lock, which a takeover's replay takes too, so
-    /// no entry is left behind in between.
+    /// Keeps `entry` in the shadow if this box stands by; gives it back otherwise.
     pub fn shadow(&self, entry: Vec<u8>) -> Option<Vec<u8>> {
-        let mut shadow = lock(&self.shadow);
-        if self.lease.generation() != 0 {
-            return Some(entry);
-        }
-        let now = switchboard_core::clock::now_ms();
-        let keep_ms = 3 * self.lease.ttl().as_millis() as u64;
-        while shadow
-            .front()
-            .is_some_and(|(at, _)| now.saturating_sub(*at) > keep_ms)
-            || shadow.len() >= SHADOW_MAX
-        {
-            shadow.pop_front();
-        }
-        shadow.push_back((now, entry));
-        None
+        self.shadow.keep(entry)
     }
 
-    /// At a takeover: queues what was routed after the old holder's last renewal.
+    /// At a takeover: queues what the old holder may not have forwarded.
     fn replay(&self, name: &str, queue: &Queue) {
-        let since = self
-            .lease
-            .other_renewed_ms()
-            .saturating_sub(REPLAY_MARGIN_MS);
-        let shadow = std::mem::take(&mut *lock(&self.shadow));
         let mut queued = 0u64;
-        for (_, entry) in shadow.into_iter().filter(|(at, _)| *at >= since) {
+        for entry in self.shadow.take_unsent() {
             match queue.push(&entry) {
                 Ok(()) => queued += 1,
                 Err(e) => {
@@ -97,7 +62,6 @@ impl Leased {
                 }
             }
         }
-        self.replayed.fetch_add(queued, Ordering::Relaxed);
         if queued > 0 {
             tracing::info!(bridge = %name, queued, "bridge taken over: queued what the old holder may not have forwarded");
             queue.wake.notify_one();
