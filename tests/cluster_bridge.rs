@@ -374,3 +374,48 @@ async fn a_message_event_survives_the_box_it_was_published_on() {
     );
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_holder_is_fenced_and_stands_by_when_it_wakes() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let m = Mosquitto::start("");
+    let mut up = Subscriber::start(m.port, "edge/#").await;
+    let secrets = Secrets::new();
+    let boxes = [
+        node(redis.1, m.port, "a", &secrets),
+        node(redis.1, m.port, "b", &secrets),
+    ];
+    let leader = leader_of([&boxes[0], &boxes[1]]).await;
+    let standby = 1 - leader;
+    let forwarded_before = bridge(&boxes[leader]).await["forwarded"].clone();
+    boxes[leader].signal("STOP");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = bridge(&boxes[standby]).await;
+        if s["role"] == "leader" && s["connected"] == true {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no takeover: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Published while the old holder sleeps; it reads them from the bus when it wakes.
+    let mut ws = Raw::connect(&boxes[standby].ws_url()).await;
+    ws.flood("t/x", 50, 8).await;
+    boxes[leader].signal("CONT");
+    let s = loop {
+        let s = bridge(&boxes[leader]).await;
+        if s["role"] == "standby" && s["connected"] == false {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still leading: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The woken box forwarded nothing and queued nothing: the new holder has them.
+    assert_eq!(s["forwarded"], forwarded_before, "{s}");
+    assert_eq!(s["queue_messages"], 0, "{s}");
+    assert_eq!(s["holder"], bridge(&boxes[standby]).await["holder"]);
+    let seen = upstream_until(&mut up, BTreeMap::new(), |s| s.len() == 50).await;
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+}

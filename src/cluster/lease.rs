@@ -317,12 +317,14 @@ impl<T> Shadow<T> {
         self.lease.valid(self.lease.generation())
     }
 
-    /// Keeps `item` if this box stands by; gives it back if it holds the lease. Checked
-    /// under the lock [`Shadow::take_unsent`] takes too, so nothing is left behind
-    /// between the two.
+    /// Keeps `item` unless this box holds a valid lease (then gives it back): a box
+    /// whose lease ran out while it was paused shadows too, so what it routes on
+    /// waking is left to the new holder. Checked under the lock [`Shadow::take_unsent`]
+    /// takes too (after the lease became valid), so nothing is left behind between the
+    /// two.
     pub fn keep(&self, item: T) -> Option<T> {
         let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
-        if self.lease.generation() != 0 {
+        if self.leader() {
             return Some(item);
         }
         let now = switchboard_core::clock::now_ms();
