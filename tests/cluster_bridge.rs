@@ -100,6 +100,27 @@ async fn bridge(d: &Daemon) -> Value {
     get(&api(d, "/bridges/up"), Some(ADMIN)).await.1
 }
 
+/// Polls the bridge's status on `d` until `pred` holds; panics with the last one.
+async fn bridge_until(d: &Daemon, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = bridge(d).await;
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bridge status never matched: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether a status says this box runs the bridge and is connected.
+fn leads(s: &Value) -> bool {
+    s["role"] == "leader" && s["connected"] == true
+}
+
 /// Waits until exactly one of `boxes` runs the bridge, connected, and the other stands
 /// by naming it as the holder; the leader's index.
 async fn leader_of(boxes: [&Daemon; 2]) -> usize {
@@ -233,15 +254,7 @@ async fn one_box_runs_the_bridge_and_another_takes_over_when_it_is_killed() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     boxes[leader].signal("KILL");
     let killed_at = std::time::Instant::now();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let s = bridge(&boxes[survivor]).await;
-        if s["role"] == "leader" && s["connected"] == true {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no takeover: {s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    bridge_until(&boxes[survivor], leads).await;
     let takeover = killed_at.elapsed();
     publisher.await.unwrap();
     devices.await.unwrap();
@@ -273,18 +286,7 @@ async fn one_box_runs_the_bridge_and_another_takes_over_when_it_is_killed() {
     // the lease) it holds the bridge again and sends what it had queued.
     boxes[leader].respawn();
     boxes[survivor].stop();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let s = bridge(&boxes[leader]).await;
-        if s["role"] == "leader" && s["queue_messages"] == 0 && s["connected"] == true {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no takeover back: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    bridge_until(&boxes[leader], |s| leads(s) && s["queue_messages"] == 0).await;
     let seen = upstream_until(&mut up, seen, |s| (200..600).all(|i| s.contains_key(&i))).await;
     assert_eq!(seen.len(), 600);
 }
@@ -302,16 +304,8 @@ async fn without_a_lease_every_box_runs_its_bridge() {
         redis.1,
         m.port
     ));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let s = bridge(&d).await;
-        if s["connected"] == true {
-            assert!(s.get("role").is_none(), "{s}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let s = bridge_until(&d, |s| s["connected"] == true).await;
+    assert!(s.get("role").is_none(), "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -391,27 +385,15 @@ async fn a_paused_holder_is_fenced_and_stands_by_when_it_wakes() {
     let standby = 1 - leader;
     let forwarded_before = bridge(&boxes[leader]).await["forwarded"].clone();
     boxes[leader].signal("STOP");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let s = bridge(&boxes[standby]).await;
-        if s["role"] == "leader" && s["connected"] == true {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no takeover: {s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    bridge_until(&boxes[standby], leads).await;
     // Published while the old holder sleeps; it reads them from the bus when it wakes.
     let mut ws = Raw::connect(&boxes[standby].ws_url()).await;
     ws.flood("t/x", 50, 8).await;
     boxes[leader].signal("CONT");
-    let s = loop {
-        let s = bridge(&boxes[leader]).await;
-        if s["role"] == "standby" && s["connected"] == false {
-            break s;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "still leading: {s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let s = bridge_until(&boxes[leader], |s| {
+        s["role"] == "standby" && s["connected"] == false
+    })
+    .await;
     // The woken box forwarded nothing and queued nothing: the new holder has them.
     assert_eq!(s["forwarded"], forwarded_before, "{s}");
     assert_eq!(s["queue_messages"], 0, "{s}");

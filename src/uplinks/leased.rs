@@ -12,7 +12,7 @@
 //! whose lease ran out (paused, cut from Redis) lets nothing more through even before
 //! its session is torn down.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use switchboard_bridge::upstream::{Outbox, Outgoing};
@@ -22,13 +22,12 @@ use super::queue::Queue;
 use super::Link;
 use crate::cluster::lease::{Lease, Shadow};
 use crate::hub::Hub;
+use switchboard_core::quiet::Throttle;
 
 /// A link's lease and its standby shadow of queue entries.
 pub struct Leased {
     pub lease: Arc<Lease>,
     shadow: Shadow<Vec<u8>>,
-    /// Messages held back because the lease had run out.
-    pub fenced: AtomicU64,
 }
 
 impl Leased {
@@ -36,7 +35,6 @@ impl Leased {
         Leased {
             shadow: Shadow::new(lease.clone()),
             lease,
-            fenced: AtomicU64::new(0),
         }
     }
 
@@ -75,8 +73,12 @@ impl Link {
         match &self.leased {
             None => true,
             Some(l) if l.leader() => true,
-            Some(l) => {
-                l.fenced.fetch_add(1, Ordering::Relaxed);
+            Some(_) => {
+                // Only between the lease running out and the session ending.
+                static FENCED: Throttle = Throttle::per_secs(10);
+                if let Some(held_back) = FENCED.admit() {
+                    tracing::warn!(bridge = %self.name, held_back, "bridge: this box's lease ran out; message held back");
+                }
                 false
             }
         }
