@@ -231,8 +231,8 @@ impl Server {
         } else {
             None
         };
-        let webhooks =
-            Webhooks::open(&config.webhooks, &store, &hub).context("cannot set up the webhooks")?;
+        let webhooks = Webhooks::open(&config.webhooks, &store, &hub, cluster.as_ref())
+            .context("cannot set up the webhooks")?;
         let recorder = Recorder::open(&store, &hub, &config.recording)
             .context("cannot open the recordings")?;
         let pubkeys = Arc::new(
@@ -244,7 +244,7 @@ impl Server {
                 "mqtt.mode is \"external\" but there is no [mqtt.external] section saying which broker",
             )?),
         };
-        let bridges = Bridges::open(&config.bridges, external, &store, &hub)
+        let bridges = Bridges::open(&config.bridges, external, &store, &hub, cluster.as_ref())
             .context("cannot set up the MQTT bridges")?;
         let (broker, devices) = match external {
             None => start_broker(&config, &hub, &auth, tls.as_ref()).await?,

@@ -639,27 +639,7 @@ async fn webhooks_fire_once_per_message_for_the_cluster() {
         return;
     };
     // A webhook endpoint that counts the message events it gets.
-    let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let sink = bodies.clone();
-    let app = axum::Router::new().route(
-        "/",
-        axum::routing::post(move |body: String| {
-            let sink = sink.clone();
-            async move {
-                if let Ok(v) = serde_json::from_str::<Value>(&body) {
-                    sink.lock().unwrap().push(v);
-                }
-                axum::http::StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/", listener.local_addr().expect("addr"));
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (url, bodies, server) = http::webhook_sink().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").expect("write");

@@ -57,6 +57,10 @@ pub struct ClusterConfig {
     /// rule once nobody publishes to it; afterwards it starts again under a new epoch.
     #[serde(with = "positive_duration")]
     pub topic_meta_ttl: Duration,
+    /// How long a box's lease on a one-box-at-a-time job (an upstream bridge) lasts
+    /// without renewal: a standby takes over within about this after the holder died.
+    #[serde(with = "positive_duration")]
+    pub lease_ttl: Duration,
 }
 
 /// When a publisher is told its message was taken.
@@ -91,6 +95,7 @@ impl Default for ClusterConfig {
             outbox_max: nz(100_000),
             bus_keep: NonZeroU64::new(100_000).unwrap_or(NonZeroU64::MIN),
             topic_meta_ttl: Duration::from_secs(24 * 3600),
+            lease_ttl: Duration::from_secs(5),
         }
     }
 }

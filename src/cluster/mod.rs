@@ -9,6 +9,7 @@
 //! - `reader.rs`: every box reads every partition back and delivers it, gaps reported;
 //! - `generation.rs`: new epochs when a Redis restart may have rolled numbers back;
 //! - `repair.rs`: reading a topic's history back, to fill holes in a box's own;
+//! - `lease.rs`: one box at a time (upstream bridges), by a lease with failover;
 //! - `outbox.rs`: MQTT devices' publishes waiting on disk while Redis is unreachable;
 //! - `keys.rs`: topic → partition → Redis, and the key names;
 //! - `connect.rs`: reaching a Redis or a Redis Cluster: URL, ACL credentials, TLS;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod connect;
 mod generation;
 pub mod keys;
+pub mod lease;
 mod outbox;
 mod publish;
 mod reader;

@@ -12,6 +12,7 @@
 pub mod config;
 mod delivery;
 mod event;
+mod leased;
 pub mod metrics;
 mod queue;
 pub mod signature;
@@ -25,6 +26,8 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::lease::Shadow;
+use crate::cluster::Cluster;
 use crate::hub::Hub;
 use crate::live::{LiveList, Tasks};
 use crate::store::writer::Writer;
@@ -94,6 +97,9 @@ pub struct Endpoint {
     /// Prefix of every event and delivery id, chosen once per store, so that ids stay
     /// unique for a receiver even if the store is deleted and ids start again.
     epoch: String,
+    /// With `[cluster]`: message events are enqueued by the holder of this endpoint's
+    /// lease; a standby keeps them here (`leased.rs`).
+    shadow: Option<Shadow<Arc<str>>>,
 }
 
 /// A dead letter as the API shows it.
@@ -122,11 +128,13 @@ impl Endpoint {
         secret: Vec<u8>,
         store: &Store,
         epoch: &str,
+        cluster: Option<&Arc<Cluster>>,
     ) -> Result<Endpoint, WebhookError> {
         let queue = Queue::open(store, &config.name)?;
         let pending = queue.pending_len() as u64;
         let dead = queue.dead_len() as u64;
         Ok(Endpoint {
+            shadow: cluster.map(|c| Shadow::new(c.lease(&format!("webhook:{}", config.name)))),
             name: config.name.clone(),
             settings: RwLock::new(Arc::new(Settings {
                 config: config.clone(),
@@ -281,6 +289,7 @@ pub struct Webhooks {
     tasks: Tasks,
     store: Store,
     epoch: String,
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// A reload's new set of endpoints, every secret read and every queue open, not yet in
@@ -301,12 +310,15 @@ impl Webhooks {
         configs: &[WebhookConfig],
         store: &Store,
         hub: &Hub,
+        cluster: Option<&Arc<Cluster>>,
     ) -> Result<Arc<Webhooks>, WebhookError> {
         let epoch = epoch(store)?;
         let mut endpoints = Vec::with_capacity(configs.len());
         for config in configs {
             let secret = read_secret(config)?;
-            endpoints.push(Arc::new(Endpoint::open(config, secret, store, &epoch)?));
+            endpoints.push(Arc::new(Endpoint::open(
+                config, secret, store, &epoch, cluster,
+            )?));
         }
         let client = if endpoints.is_empty() {
             None
@@ -319,12 +331,14 @@ impl Webhooks {
             endpoints,
             client: Mutex::new(client),
             writer,
-            // With `[cluster]`, each box sends the messages published on it: once per
-            // message for the cluster, given the same `[[webhooks]]` on every box.
-            tap: crate::live::PendingTap::here(tap),
+            // With `[cluster]`, every message on the bus, enqueued by the holder of the
+            // endpoint's lease only (`leased.rs`): once per message for the cluster,
+            // given the same `[[webhooks]]` on every box.
+            tap: crate::live::PendingTap::new(tap),
             tasks: Tasks::default(),
             store: store.clone(),
             epoch,
+            cluster: cluster.cloned(),
         };
         webhooks.attach(hub);
         Ok(Arc::new(webhooks))
@@ -359,8 +373,11 @@ impl Webhooks {
             "webhook endpoint"
         );
         let ep = ep.clone();
-        self.tasks.spawn(&ep.name.clone(), move |stop| {
-            delivery::run(ep, client, stop)
+        self.tasks.spawn(&ep.name.clone(), move |stop| async move {
+            tokio::join!(
+                leased::run(ep.clone(), stop.clone()),
+                delivery::run(ep, client, stop)
+            );
         });
     }
 
@@ -397,6 +414,7 @@ impl Webhooks {
                         settings.secret,
                         &self.store,
                         &self.epoch,
+                        self.cluster.as_ref(),
                     )?);
                     plan.added.push(ep.clone());
                     plan.endpoints.push(ep);

@@ -48,8 +48,14 @@ pub fn channel(endpoints: Arc<LiveList<Endpoint>>) -> (WebhookTap, Writer<Item>)
 }
 
 impl WebhookTap {
-    /// Offers the event, made at most once, to every endpoint `wants` picks.
-    fn offer(&self, wants: impl Fn(&Endpoint) -> bool, make: impl FnOnce() -> String) {
+    /// Offers the event, made at most once, to every endpoint `wants` picks. A message
+    /// event for an endpoint whose lease another box holds goes to its shadow.
+    fn offer(
+        &self,
+        wants: impl Fn(&Endpoint) -> bool,
+        leased: bool,
+        make: impl FnOnce() -> String,
+    ) {
         let mut make = Some(make);
         let mut made: Option<Arc<str>> = None;
         for ep in self.endpoints.current().iter() {
@@ -60,6 +66,13 @@ impl WebhookTap {
                 (Some(e), _) => e.clone(),
                 (None, Some(f)) => made.insert(Arc::from(f())).clone(),
                 (None, None) => continue,
+            };
+            let event = match (&ep.shadow, leased) {
+                (Some(shadow), true) => match shadow.keep(event) {
+                    Some(event) => event,
+                    None => continue,
+                },
+                _ => event,
             };
             if self.tx.try_send((ep.clone(), event)).is_err() {
                 let dropped = ep.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -83,6 +96,7 @@ impl Tap for WebhookTap {
     fn routed(&self, message: &Publish<'_>, seq: u64, _ts_us: u64) {
         self.offer(
             |ep| ep.with_config(|c| c.wants_topic(message.topic)),
+            true,
             || event::message(message, seq),
         );
     }
@@ -91,6 +105,7 @@ impl Tap for WebhookTap {
         let name = e.name();
         self.offer(
             |ep| ep.with_config(|c| c.wants_event(name)),
+            false,
             || event::lifecycle(e),
         );
     }

@@ -63,6 +63,11 @@ pub struct LinkConfig {
     /// Publishes sent and not yet acknowledged, at most.
     #[serde(default = "defaults::inflight")]
     pub inflight: NonZeroUsize,
+    /// With `[cluster]`: run the bridge on one box at a time, by a lease in Redis
+    /// (docs/cluster.md). false: every box that carries it runs it. Not used in
+    /// `[mqtt.external]`.
+    #[serde(default = "defaults::lease")]
+    pub lease: bool,
 }
 
 /// `topic pattern [in|out|both] qos local-prefix remote-prefix`, as a table.
@@ -131,6 +136,9 @@ mod defaults {
     }
     pub fn reconnect_max() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn lease() -> bool {
+        true
     }
     pub fn inflight() -> NonZeroUsize {
         NonZeroUsize::new(100).unwrap_or(NonZeroUsize::MIN)

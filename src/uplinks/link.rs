@@ -30,7 +30,7 @@ pub async fn run(link: Arc<Link>, hub: Arc<Hub>, stop: CancellationToken) {
     let mut attempt = 0u32;
     loop {
         link.attempts.fetch_add(1, Ordering::Relaxed);
-        let outbox = link.queue.clone();
+        let outbox = link.outbox();
         let ended = upstream::session(
             &link.upstream,
             outbox,
@@ -92,6 +92,9 @@ impl Inbox for HubInbox {
         let Some(local) = rules::inbound(&self.link.rules, topic) else {
             return;
         };
+        if !self.link.may_pass() {
+            return;
+        }
         let data = payload::to_data(payload_bytes);
         let published = self.hub.publish(Publish {
             topic: &local,

@@ -39,7 +39,12 @@ impl Source for Bridges {
                 |l| l.connect_attempts,
             ),
         ];
-        let gauges: [(&'static str, &'static str, Read); 3] = [
+        let gauges: [(&'static str, &'static str, Read); 4] = [
+            (
+                "bridge_lease_held",
+                "1 while this box runs the bridge: it holds the bridge's lease, or the bridge has none.",
+                |l| u64::from(l.role != Some("standby")),
+            ),
             (
                 "bridge_connected",
                 "1 while the link to the other broker is up.",

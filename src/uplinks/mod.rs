@@ -11,13 +11,15 @@
 //!   by count and bytes with drop-oldest; entries leave on the broker's PUBACK;
 //! - [`link`]: the reconnect loop with jittered exponential backoff, and the `Inbox`
 //!   that publishes upstream messages into the Hub;
-//! - [`status`]: per-link figures for the API, metrics and the retained status topic.
+//! - [`status`]: per-link figures for the API, metrics and the retained status topic;
+//! - [`leased`]: with `[cluster]`, a bridge on one box at a time (a lease in Redis).
 //!
 //! Loops: a message that came in over a link is never sent back out on it (its origin
 //! and `from` say which link), and links subscribe with MQTT 5 `no_local`, so the other
 //! broker does not echo what we publish.
 
 pub mod config;
+mod leased;
 mod link;
 pub mod metrics;
 mod queue;
@@ -33,6 +35,7 @@ use switchboard_bridge::upstream::UpstreamConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::Cluster;
 use crate::hub::Hub;
 use crate::live::{LiveList, Tasks};
 use crate::store::writer::Writer;
@@ -83,6 +86,8 @@ pub struct Link {
     attempts: AtomicU64,
     received: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// With `[cluster]` and the bridge's `lease`: which box runs it.
+    leased: Option<leased::Leased>,
 }
 
 impl Link {
@@ -93,6 +98,7 @@ impl Link {
         external: bool,
         store: &Store,
         queue: Option<Arc<Queue>>,
+        cluster: Option<&Arc<Cluster>>,
     ) -> Result<Link, BridgeError> {
         let mut config = config.clone();
         if external {
@@ -173,7 +179,14 @@ impl Link {
         } else {
             (Origin::Bridge, format!("bridge:{name}"))
         };
+        let leased = match cluster {
+            Some(cluster) if !external && config.lease => Some(leased::Leased::new(
+                cluster.lease(&format!("bridge:{name}")),
+            )),
+            _ => None,
+        };
         Ok(Link {
+            leased,
             name,
             config,
             rules,
@@ -230,6 +243,7 @@ pub struct Bridges {
     tap: crate::live::PendingTap<tap::BridgeTap>,
     tasks: Tasks,
     store: Store,
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// A reload's new `[[bridges]]`, every password and certificate read, not yet in force.
@@ -249,6 +263,7 @@ impl Bridges {
         external: Option<&LinkConfig>,
         store: &Store,
         hub: &Hub,
+        cluster: Option<&Arc<Cluster>>,
     ) -> Result<Arc<Bridges>, BridgeError> {
         let mut links = Vec::new();
         if let Some(ext) = external {
@@ -258,10 +273,10 @@ impl Bridges {
                     problem: "the name is taken by external mode's link; rename the bridge".into(),
                 });
             }
-            links.push(Arc::new(Link::open(ext, true, store, None)?));
+            links.push(Arc::new(Link::open(ext, true, store, None, None)?));
         }
         for b in bridges {
-            links.push(Arc::new(Link::open(b, false, store, None)?));
+            links.push(Arc::new(Link::open(b, false, store, None, cluster)?));
         }
         let links = Arc::new(LiveList::new(links));
         let (tap, writer) = tap::channel(links.clone());
@@ -271,6 +286,7 @@ impl Bridges {
             tap: crate::live::PendingTap::new(tap),
             tasks: Tasks::default(),
             store: store.clone(),
+            cluster: cluster.cloned(),
         };
         bridges.attach(hub);
         Ok(Arc::new(bridges))
@@ -306,7 +322,7 @@ impl Bridges {
         link.publish_status(hub);
         let (link, hub) = (link.clone(), hub.clone());
         self.tasks
-            .spawn(&link.name.clone(), move |stop| link::run(link, hub, stop));
+            .spawn(&link.name.clone(), move |stop| leased::run(link, hub, stop));
     }
 
     /// Reads the passwords and certificates of new and changed `[[bridges]]`; changes
@@ -341,12 +357,24 @@ impl Bridges {
                 Some(link) if link.config == *config => link.clone(),
                 Some(link) => {
                     let queue = Some(link.queue.clone());
-                    let changed = Arc::new(Link::open(config, false, &self.store, queue)?);
+                    let changed = Arc::new(Link::open(
+                        config,
+                        false,
+                        &self.store,
+                        queue,
+                        self.cluster.as_ref(),
+                    )?);
                     plan.started.push(changed.clone());
                     changed
                 }
                 None => {
-                    let added = Arc::new(Link::open(config, false, &self.store, None)?);
+                    let added = Arc::new(Link::open(
+                        config,
+                        false,
+                        &self.store,
+                        None,
+                        self.cluster.as_ref(),
+                    )?);
                     plan.started.push(added.clone());
                     added
                 }

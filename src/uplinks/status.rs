@@ -47,6 +47,16 @@ pub struct LinkStatus {
     pub refused: u64,
     /// Messages that came in from the other broker.
     pub received: u64,
+    /// With `[cluster]` and a lease: `leader` (this box runs the bridge) or `standby`;
+    /// absent without a lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    /// The node id of the box holding the lease, as Redis last said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// The generation of the holder's lease (it grows with every change of holder).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_generation: Option<u64>,
 }
 
 impl Link {
@@ -71,6 +81,9 @@ impl Link {
             forwarded: get(&self.queue.forwarded),
             refused: get(&self.queue.refused),
             received: get(&self.received),
+            role: self.role(),
+            holder: self.leased.as_ref().and_then(|l| l.lease.state().holder),
+            lease_generation: self.leased.as_ref().map(|l| l.lease.state().generation),
         }
     }
 
@@ -80,6 +93,10 @@ impl Link {
     }
 
     fn announce(&self, hub: &Hub, status: &LinkStatus) {
+        if status.role == Some("standby") {
+            // The holder's status is the bridge's; a standby's would overwrite it.
+            return;
+        }
         let Ok(data) = serde_json::value::to_raw_value(status) else {
             return;
         };

@@ -52,11 +52,14 @@ impl Tap for BridgeTap {
                 topic: remote,
                 ..StoredMessage::routed(message, seq, ts_us)
             };
-            if self
-                .tx
-                .try_send((link.clone(), queue::entry(&stored, qos, message.retain)))
-                .is_err()
-            {
+            let mut entry = queue::entry(&stored, qos, message.retain);
+            if let Some(leased) = &link.leased {
+                match leased.shadow(entry) {
+                    Some(back) => entry = back,
+                    None => continue,
+                }
+            }
+            if self.tx.try_send((link.clone(), entry)).is_err() {
                 link.queue.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -60,3 +60,34 @@ pub async fn subscribed_as(d: &Daemon, credential: &str, topic: &str) -> Raw {
 pub fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
+
+/// A webhook endpoint on a free port that keeps every request body it gets (answering
+/// 204): its URL, the bodies, and its task (abort it when done).
+pub async fn webhook_sink() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+    let sink = bodies.clone();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move |body: String| {
+            let sink = sink.clone();
+            async move {
+                if let Ok(v) = serde_json::from_str::<Value>(&body) {
+                    sink.lock().unwrap().push(v);
+                }
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, bodies, server)
+}

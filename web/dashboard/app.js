@@ -560,12 +560,14 @@ async function bridges() {
   const { bridges: list } = await api("GET", "/bridges");
   fillTable(
     $("br-table"),
-    ["name", "kind", "address", "state", "last connected", "queue", "forwarded", "received", "refused", "dropped", "attempts", "last error"],
+    ["name", "kind", "address", "state", "role", "last connected", "queue", "forwarded", "received", "refused", "dropped", "attempts", "last error"],
     list.map((b) => [
       b.name,
       b.kind,
       b.address,
       h("span", { class: `badge ${b.connected ? "online" : "offline"}`, "data-bridge": b.name }, b.connected ? "connected" : "down"),
+      // With [cluster]: which box runs the bridge (docs/cluster.md); empty without a lease.
+      h("span", { "data-role": b.name }, b.role ? `${b.role}${b.holder ? ` (${b.holder})` : ""}` : ""),
       time(b.connected_at),
       h("span", { "data-queue": b.name }, `${b.queue_messages} msgs, ${bytes(b.queue_bytes)}`),
       b.forwarded,
