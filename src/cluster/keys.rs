@@ -56,6 +56,11 @@ pub fn topic_history(partition: u32, topic: &str) -> String {
     format!("sb:{{p{partition}}}:t:{topic}:hist")
 }
 
+/// The partition's retained values: topic → its latest retained message (`retained.rs`).
+pub fn retained(partition: u32) -> String {
+    format!("sb:{{p{partition}}}:retained")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@
 //! - `publish.rs`: the script that numbers a message and appends it, sent in batches;
 //! - `reader.rs`: every box reads every partition back and delivers it, gaps reported;
 //! - `outbox.rs`: MQTT devices' publishes waiting on disk while Redis is unreachable;
+//! - `retained.rs`: retained values kept in Redis, loaded by a box that starts later;
 //! - `keys.rs`: topic → partition → Redis, and the key names;
 //! - `config.rs`: the `[cluster]` section.
 //!
@@ -19,6 +20,7 @@ pub mod keys;
 mod outbox;
 mod publish;
 mod reader;
+mod retained;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -229,6 +231,7 @@ impl Cluster {
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut writers = Vec::new();
+        let mut readies = Vec::new();
         for shard in 0..shared.shards.len() {
             let (tx, rx) = mpsc::channel(config.outbox_max.get());
             writers.push(tx);
@@ -245,14 +248,27 @@ impl Cluster {
                 .filter(|p| keys::shard(*p, shared.shards.len()) == shard)
                 .collect();
             if !mine.is_empty() {
+                let (ready, loaded) = oneshot::channel();
+                readies.push(loaded);
                 tasks.push(tokio::spawn(reader::read_loop(
                     shared.clone(),
                     shard,
                     mine,
                     hub.clone(),
                     stop.clone(),
+                    ready,
                 )));
             }
+        }
+        // Serve once the retained values are loaded, so the first subscribers get them.
+        let patience = config.connect_timeout + config.command_timeout;
+        if tokio::time::timeout(patience, futures_util::future::join_all(readies))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "cluster: retained values not loaded within {patience:?}; serving, they follow"
+            );
         }
         tracing::info!(
             node = %shared.node_id,

@@ -29,7 +29,7 @@ const BATCH: usize = 256;
 /// waiting out its own connect timeout.
 const FAIL_FAST: Duration = Duration::from_millis(250);
 
-/// KEYS: topic meta, topic history, bus, bus meta. ARGV: a new topic epoch, a new bus
+/// KEYS: topic meta, topic history, bus, bus meta, the partition's retained values. ARGV: a new topic epoch, a new bus
 /// epoch, the history's `keep` (0: no history), the bus's `keep`, then the entry's
 /// field/value pairs. A meta hash that is missing (new topic, or Redis lost it) starts
 /// a new epoch, and the stream it numbers is started again with it, so numbers of two
@@ -48,6 +48,27 @@ if not be then be = ARGV[2]; redis.call('HSET', KEYS[4], 'e', be) end
 local bs = redis.call('HINCRBY', KEYS[4], 's', 1)
 if bs == 1 then redis.call('DEL', KEYS[3]) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], bs .. '-0', 'e', e, 's', s, 'be', be, unpack(ARGV, 5))
+-- Retained values (retained.rs): a retained message's fields, with its epoch and seq,
+-- packed under its topic in the partition's retained hash (KEYS[5]), in the topic's
+-- order because it is written here; an empty one (`""`) clears it. Past RETAINED_CAP
+-- user topics in the hash, new ones are not kept (`$` notices are bounded by their maker).
+local r, t, d = false, nil, nil
+for i = 5, #ARGV - 1, 2 do
+  local f = ARGV[i]
+  if f == 'r' then r = true elseif f == 't' then t = ARGV[i + 1] elseif f == 'd' then d = ARGV[i + 1] end
+end
+if r and t then
+  if d == '""' then
+    redis.call('HDEL', KEYS[5], t)
+  elseif string.sub(t, 1, 1) == '$' or redis.call('HEXISTS', KEYS[5], t) == 1
+      or redis.call('HLEN', KEYS[5]) < RETAINED_CAP then
+    local packed = {}
+    local function put(v) v = tostring(v); packed[#packed + 1] = #v .. ':' .. v end
+    put('e'); put(e); put('s'); put(s)
+    for i = 5, #ARGV do put(ARGV[i]) end
+    redis.call('HSET', KEYS[5], t, table.concat(packed))
+  end
+end
 return {s, e}
 "#;
 
@@ -269,11 +290,12 @@ fn pipeline(shared: &Shared, batch: &[Job]) -> redis::Pipeline {
         let cmd = pipe
             .cmd("EVALSHA")
             .arg(&shared.script_hash)
-            .arg(4)
+            .arg(5)
             .arg(keys::topic_meta(p, &m.topic))
             .arg(keys::topic_history(p, &m.topic))
             .arg(keys::bus(p))
             .arg(keys::bus_meta(p))
+            .arg(keys::retained(p))
             .arg(new_epoch())
             .arg(new_epoch())
             .arg(keep)
@@ -347,7 +369,7 @@ fn numbers(ack: AckMode, n: usize, values: &[Value]) -> Result<Vec<u64>, String>
 pub(super) async fn load_script(c: &mut MultiplexedConnection) -> redis::RedisResult<String> {
     redis::cmd("SCRIPT")
         .arg("LOAD")
-        .arg(SCRIPT)
+        .arg(super::retained::script(SCRIPT))
         .query_async(c)
         .await
 }

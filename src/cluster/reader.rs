@@ -38,6 +38,9 @@ struct Cursor {
     epoch: Option<String>,
     /// The last position delivered (0: none).
     last: u64,
+    /// Retained values to load again from Redis (`retained.rs`): at startup, and after
+    /// a gap, which may have carried retained messages this box never read.
+    stale_retained: bool,
 }
 
 pub(super) async fn read_loop(
@@ -46,8 +49,16 @@ pub(super) async fn read_loop(
     partitions: Vec<u32>,
     hub: Arc<Hub>,
     stop: CancellationToken,
+    ready: tokio::sync::oneshot::Sender<()>,
 ) {
-    let mut cursors: Vec<Cursor> = partitions.iter().map(|_| Cursor::default()).collect();
+    let mut ready = Some(ready);
+    let mut cursors: Vec<Cursor> = partitions
+        .iter()
+        .map(|_| Cursor {
+            stale_retained: true,
+            ..Cursor::default()
+        })
+        .collect();
     let streams: Vec<String> = partitions.iter().map(|p| keys::bus(*p)).collect();
     let index: HashMap<String, usize> = streams
         .iter()
@@ -94,6 +105,12 @@ pub(super) async fn read_loop(
         shared.stats.set_reachable(shard, true);
         let wait = shared.config.probe_interval + shared.config.command_timeout;
         loop {
+            if !load_retained(&mut conn, &shared, &partitions, &mut cursors, &hub).await {
+                break;
+            }
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(());
+            }
             let ids: Vec<String> = cursors.iter().map(|c| format!("{}-0", c.last)).collect();
             let mut xread = redis::cmd("XREAD");
             xread
@@ -136,6 +153,47 @@ pub(super) async fn read_loop(
     }
 }
 
+/// Loads the retained values of the partitions marked stale; false when the
+/// connection failed (they stay marked).
+async fn load_retained(
+    conn: &mut MultiplexedConnection,
+    shared: &Shared,
+    partitions: &[u32],
+    cursors: &mut [Cursor],
+    hub: &Hub,
+) -> bool {
+    let stale: Vec<u32> = partitions
+        .iter()
+        .zip(cursors.iter())
+        .filter(|(_, c)| c.stale_retained)
+        .map(|(p, _)| *p)
+        .collect();
+    if stale.is_empty() {
+        return true;
+    }
+    match super::retained::load(conn, shared, &stale, hub).await {
+        Ok(loaded) => {
+            tracing::debug!(
+                ?loaded,
+                partitions = stale.len(),
+                "cluster: retained values loaded"
+            );
+            if loaded.beyond {
+                tracing::warn!(
+                    "cluster: more retained values in Redis than a box loads ({}); the rest were left there",
+                    super::retained::LOAD_MAX
+                );
+            }
+            cursors.iter_mut().for_each(|c| c.stale_retained = false);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cluster: retained values not loaded; reconnecting");
+            false
+        }
+    }
+}
+
 /// On every (re)connect: compares each bus stream's epoch with the one read so far. The
 /// first time, reading starts at the stream's end (what was published before this box
 /// started is not its to deliver); later, the same epoch resumes from the last
@@ -167,6 +225,7 @@ async fn sync_epochs(
             hub.bus_gap(0);
             cursor.epoch = epoch;
             cursor.last = 0;
+            cursor.stale_retained = true;
         }
     }
     Ok(())
@@ -195,6 +254,7 @@ fn deliver(
             hub.bus_gap(0);
             cursor.last = 0;
             cursor.epoch = bus_epoch;
+            cursor.stale_retained = true;
         }
         (None, Some(_)) => cursor.epoch = bus_epoch,
         _ => {}
@@ -215,6 +275,7 @@ fn deliver(
             );
         }
         hub.bus_gap(dropped);
+        cursor.stale_retained = true;
     }
     cursor.last = position;
     let now_ms = switchboard_core::clock::now_ms();
@@ -243,7 +304,7 @@ fn deliver(
     }
 }
 
-fn from_bus(map: &HashMap<String, Value>, me: &str) -> Option<FromBus> {
+pub(super) fn from_bus(map: &HashMap<String, Value>, me: &str) -> Option<FromBus> {
     let data = text(map, "d")?;
     let raw = RawValue::from_string(data.clone()).ok()?;
     let origin = text(map, "o")
@@ -283,6 +344,6 @@ fn bytes(map: &HashMap<String, Value>, field: &str) -> Option<Vec<u8>> {
     }
 }
 
-fn text(map: &HashMap<String, Value>, field: &str) -> Option<String> {
+pub(super) fn text(map: &HashMap<String, Value>, field: &str) -> Option<String> {
     String::from_utf8(bytes(map, field)?).ok()
 }

@@ -16,6 +16,7 @@
 //! - `direct.rs`: direct messages to a client or a user;
 //! - `device.rs`: MQTT subscribers' sessions, live and persistent;
 //! - `bus.rs`: the seam to a bus shared by several boxes (`[cluster]`);
+//! - `bus_retained.rs`: retained values loaded from the bus's store, never going back;
 //! - `stats.rs`: counters and the [`Stats`] snapshot;
 //! - [`index`] (the subscription trie), [`outbox`] (one connection's bounded queue) and
 //!   `session.rs` (what the Hub knows of one connection).
@@ -30,6 +31,7 @@
 //! is held across an `.await`. Each file's notes say which of these it takes.
 
 mod bus;
+mod bus_retained;
 pub mod config;
 mod device;
 mod direct;
