@@ -154,4 +154,15 @@ async fn state_is_shared_by_boxes_started_later() {
     assert_eq!(notices[0]["data"]["online"], false, "{notices:?}");
     let on_a = retained_on(&a, "r/+", 2).await;
     assert_eq!(on_a[1]["data"], "three", "{on_a:?}");
+
+    // The topics listing: each box counts its own subscribers and says which box it is.
+    let _sub = Raw::subscribed(&b.ws_url(), "listing/+").await;
+    let (status, on_b) = http::get(&http::api(&b, "/topics?prefix=listing"), None).await;
+    assert!(status.is_success(), "{status} {on_b}");
+    assert_eq!(
+        on_b,
+        json!({"node":"box-b","topics":[{"filter":"listing/+","subscribers":1}],"next":null})
+    );
+    let (_, on_a) = http::get(&http::api(&a, "/topics?prefix=listing"), None).await;
+    assert_eq!(on_a, json!({"node":"box-a","topics":[],"next":null}));
 }
