@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{node, Redis};
+use common::cluster::{node, node_with, Redis};
 use common::{http, mosquitto_pub, Daemon, MosquittoSub, Raw};
 use serde_json::{json, Value};
 
@@ -165,4 +165,33 @@ async fn state_is_shared_by_boxes_started_later() {
     );
     let (_, on_a) = http::get(&http::api(&a, "/topics?prefix=listing"), None).await;
     assert_eq!(on_a, json!({"node":"box-a","topics":[],"next":null}));
+
+    // Offline notices a box forgets past `mqtt.offline_notices` leave Redis too (the
+    // bound one box keeps holds for Redis), unless a newer notice replaced them.
+    let c = node_with(&redis.url(), "box-c", "\n[mqtt]\noffline_notices = 1\n");
+    let c_mqtt = c.mqtt.expect("mqtt listener").port();
+    let in_redis = |id: &str| {
+        (0..4).any(|p| {
+            redis
+                .cmd(&[
+                    "HEXISTS",
+                    &format!("sb:{{p{p}}}:retained"),
+                    &format!("$devices/{id}"),
+                ])
+                .contains(":1")
+        })
+    };
+    assert!(mosquitto_pub(c_mqtt, &["-i", "old-1", "-t", "x", "-m", "1"]).await);
+    until_retained(&c, "$devices/old-1", |m| m["data"]["online"] == false).await;
+    assert!(in_redis("old-1"));
+    assert!(mosquitto_pub(c_mqtt, &["-i", "old-2", "-t", "x", "-m", "1"]).await);
+    until_retained(&c, "$devices/old-2", |m| m["data"]["online"] == false).await;
+    for _ in 0..250 {
+        if !in_redis("old-1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!in_redis("old-1"), "the forgotten notice is still in Redis");
+    assert!(in_redis("old-2"));
 }

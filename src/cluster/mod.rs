@@ -159,6 +159,7 @@ pub struct Cluster {
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     hub: Arc<Hub>,
+    forgets: mpsc::Sender<retained::Forget>,
 }
 
 impl Cluster {
@@ -276,7 +277,14 @@ impl Cluster {
             partitions,
             "cluster: on"
         );
+        let (forgets, queued) = mpsc::channel(retained::FORGET_QUEUE);
+        tasks.push(tokio::spawn(retained::forget_loop(
+            shared.clone(),
+            queued,
+            stop.clone(),
+        )));
         let cluster = Arc::new(Self {
+            forgets,
             shared,
             writers,
             stop,
@@ -366,6 +374,14 @@ impl Bus for Cluster {
             let _ = job.reply.send(Err(why.into()));
         }
         ack
+    }
+
+    fn forget_retained(&self, topic: &str, epoch: &str, seq: u64) {
+        let _ = self.forgets.try_send(retained::Forget {
+            topic: topic.to_owned(),
+            epoch: epoch.to_owned(),
+            seq,
+        });
     }
 }
 

@@ -35,6 +35,69 @@ pub(super) fn script(base: &str) -> String {
     base.replace("RETAINED_CAP", &CAP.to_string())
 }
 
+/// Deletes a topic's stored value if it is still the one numbered as given: KEYS the
+/// retained hash; ARGV the topic and the packed value's start (its epoch and seq).
+const FORGET: &str = r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v and string.sub(v, 1, #ARGV[2]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"#;
+
+/// Forgets queued at most; beyond, a forget is skipped (the value stays in Redis).
+pub(super) const FORGET_QUEUE: usize = 1024;
+
+/// A retained value this box forgot (an old offline notice), to forget in Redis.
+pub(super) struct Forget {
+    pub topic: String,
+    pub epoch: String,
+    pub seq: u64,
+}
+
+/// Sends the forgets, one `EVAL` each, on a connection per Redis made when needed.
+pub(super) async fn forget_loop(
+    shared: std::sync::Arc<Shared>,
+    mut forgets: tokio::sync::mpsc::Receiver<Forget>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut conns: Vec<Option<MultiplexedConnection>> =
+        shared.shards.iter().map(|_| None).collect();
+    loop {
+        let f = tokio::select! {
+            _ = stop.cancelled() => return,
+            f = forgets.recv() => match f { Some(f) => f, None => return },
+        };
+        let p = keys::partition(&f.topic, shared.config.partitions.get());
+        let shard = keys::shard(p, conns.len());
+        let target = &shared.shards[shard];
+        let conn = match &mut conns[shard] {
+            Some(c) => c,
+            slot => match target.connect(shared.config.connect_timeout).await {
+                Ok(c) => slot.insert(c),
+                Err(_) => continue,
+            },
+        };
+        let (e, s) = (f.epoch, f.seq.to_string());
+        let start = format!("1:e{}:{e}1:s{}:{s}", e.len(), s.len());
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(FORGET)
+            .arg(1)
+            .arg(keys::retained(p))
+            .arg(&f.topic)
+            .arg(start);
+        let done =
+            tokio::time::timeout(shared.config.command_timeout, eval.query_async::<u64>(conn))
+                .await;
+        if !matches!(done, Ok(Ok(_))) {
+            conns[shard] = None;
+            static FAILED: switchboard_core::quiet::Throttle =
+                switchboard_core::quiet::Throttle::per_secs(10);
+            if let Some(held_back) = FAILED.admit() {
+                tracing::warn!(redis = %target.addr, held_back, "cluster: a forgotten retained value stays in Redis (Redis did not answer)");
+            }
+        }
+    }
+}
+
 /// What a box loaded; for the log.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Loaded {

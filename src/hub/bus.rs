@@ -79,6 +79,10 @@ pub trait Bus: Send + Sync + 'static {
     /// Takes an admitted message; the answer comes once the bus accepted it (by the
     /// configured acknowledgement) or gave up on it.
     fn submit(&self, message: BusMessage) -> Ack;
+
+    /// Drops the bus's stored retained value of `topic` if it is still the one numbered
+    /// `(epoch, seq)` (a forgotten offline notice, `bus_retained.rs`); best effort.
+    fn forget_retained(&self, _topic: &str, _epoch: &str, _seq: u64) {}
 }
 
 impl Hub {

@@ -63,6 +63,15 @@ impl Hub {
         true
     }
 
+    /// A retained value forgotten here (an old offline notice) is dropped from the
+    /// bus's store too, unless a newer one replaced it there meanwhile, so Redis stays
+    /// within the bound its maker keeps.
+    pub(super) fn forget_on_bus(&self, topic: &str, state: &TopicState) {
+        if let (Some(bus), Some((epoch, seq))) = (self.bus.get(), &state.retained_at) {
+            bus.forget_retained(topic, epoch, *seq);
+        }
+    }
+
     /// For a retained message read from the bus (`numbered`): whether it is newer than
     /// the topic's retained value, recorded when it is. Off the bus, always.
     pub(super) fn retained_in_order(

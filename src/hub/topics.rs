@@ -176,9 +176,11 @@ impl Hub {
         let Some(state) = read(&self.topics).get(topic).cloned() else {
             return;
         };
-        if lock(&state).retained.take().is_some() {
+        let mut state = lock(&state);
+        if state.retained.take().is_some() {
             write(&self.retained).remove(topic);
             self.count_retained(topic, false);
+            self.forget_on_bus(topic, &state);
         }
     }
 
