@@ -61,6 +61,11 @@ pub fn result(partition: u32, id: &str) -> String {
     format!("sb:{{p{partition}}}:res:{id}")
 }
 
+/// The partition's retained values: topic → its latest retained message (`retained.rs`).
+pub fn retained(partition: u32) -> String {
+    format!("sb:{{p{partition}}}:retained")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

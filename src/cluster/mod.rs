@@ -11,6 +11,7 @@
 //! - `repair.rs`: reading a topic's history back, to fill holes in a box's own;
 //! - `lease.rs`: one box at a time (upstream bridges), by a lease with failover;
 //! - `outbox.rs`: MQTT devices' publishes waiting on disk while Redis is unreachable;
+//! - `retained.rs`: retained values kept in Redis, loaded by a box that starts later;
 //! - `keys.rs`: topic → partition → Redis, and the key names;
 //! - `connect.rs`: reaching a Redis or a Redis Cluster: URL, ACL credentials, TLS;
 //! - `config.rs`: the `[cluster]` section.
@@ -27,6 +28,7 @@ mod outbox;
 mod publish;
 mod reader;
 mod repair;
+mod retained;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -147,6 +149,7 @@ pub struct Cluster {
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     hub: Arc<Hub>,
+    forgets: mpsc::Sender<retained::Forget>,
 }
 
 impl Cluster {
@@ -198,6 +201,7 @@ impl Cluster {
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut writers = Vec::new();
+        let mut readies = Vec::new();
         for (shard, conn) in conns.iter_mut().enumerate() {
             // Where this box starts reading, before its writer can publish anything
             // (its outbox included), so all it publishes is delivered here too.
@@ -231,6 +235,8 @@ impl Cluster {
                 vec![(mine, cursors)]
             };
             for (mine, cursors) in readers {
+                let (ready, loaded) = oneshot::channel();
+                readies.push(loaded);
                 tasks.push(tokio::spawn(reader::read_loop(
                     shared.clone(),
                     shard,
@@ -238,8 +244,19 @@ impl Cluster {
                     cursors,
                     hub.clone(),
                     stop.clone(),
+                    ready,
                 )));
             }
+        }
+        // Serve once the retained values are loaded, so the first subscribers get them.
+        let patience = config.connect_timeout + config.command_timeout;
+        if tokio::time::timeout(patience, futures_util::future::join_all(readies))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "cluster: retained values not loaded within {patience:?}; serving, they follow"
+            );
         }
         tracing::info!(
             node = %shared.node_id,
@@ -247,7 +264,14 @@ impl Cluster {
             partitions,
             "cluster: on"
         );
+        let (forgets, queued) = mpsc::channel(retained::FORGET_QUEUE);
+        tasks.push(tokio::spawn(retained::forget_loop(
+            shared.clone(),
+            queued,
+            stop.clone(),
+        )));
         let cluster = Arc::new(Self {
+            forgets,
             shared,
             writers,
             stop,
@@ -332,6 +356,14 @@ impl Bus for Cluster {
             let _ = job.reply.send(Err(why.into()));
         }
         ack
+    }
+
+    fn forget_retained(&self, topic: &str, epoch: &str, seq: u64) {
+        let _ = self.forgets.try_send(retained::Forget {
+            topic: topic.to_owned(),
+            epoch: epoch.to_owned(),
+            seq,
+        });
     }
 }
 

@@ -36,17 +36,18 @@ const BATCH: usize = 256;
 /// waiting out its own connect timeout.
 const FAIL_FAST: Duration = Duration::from_millis(250);
 
-/// KEYS: topic meta, topic history, bus, bus meta, [the result key]. ARGV: a new topic
-/// epoch, a new bus epoch, the history's `keep` (0: no history), the bus's `keep`, the
-/// Redis server's generation (`generation.rs`; empty: none), how long (ms) the meta of a
-/// topic without history outlives its last publish, then the entry's field/value pairs.
-/// A meta hash that is missing (new topic, or Redis lost it) starts a new epoch, and the
-/// stream it numbers is started again with it, so numbers of two epochs never mix. With
-/// a result key that holds an answer, the message was taken already: that answer,
-/// nothing written; the key lives 300 s. Returns `{seq, epoch}`.
+/// KEYS: topic meta, topic history, bus, bus meta, the partition's retained values,
+/// [the result key]. ARGV: a new topic epoch, a new bus epoch, the history's `keep` (0:
+/// no history), the bus's `keep`, the Redis server's generation (`generation.rs`; empty:
+/// none), how long (ms) the meta of a topic without history outlives its last publish,
+/// then the entry's field/value pairs. A meta hash that is missing (new topic, or Redis
+/// lost it) starts a new epoch, and the stream it numbers is started again with it, so
+/// numbers of two epochs never mix. With a result key that holds an answer, the message
+/// was taken already: that answer, nothing written; the key lives 300 s. Returns
+/// `{seq, epoch}`.
 pub(super) const SCRIPT: &str = r#"
-if KEYS[5] then
-  local done = redis.call('HMGET', KEYS[5], 's', 'e')
+if KEYS[6] then
+  local done = redis.call('HMGET', KEYS[6], 's', 'e')
   if done[1] then return {tonumber(done[1]), done[2]} end
 end
 local e = redis.call('HGET', KEYS[1], 'e')
@@ -75,9 +76,30 @@ if keep > 0 then
 end
 if bs == 1 then redis.call('DEL', KEYS[3]) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], bs .. '-0', 'e', e, 's', s, 'be', be, unpack(ARGV, 7))
-if KEYS[5] then
-  redis.call('HSET', KEYS[5], 's', s, 'e', e)
-  redis.call('EXPIRE', KEYS[5], 300)
+-- Retained values (retained.rs): a retained message's fields, with its epoch and seq,
+-- packed under its topic in the partition's retained hash (KEYS[5]), in the topic's
+-- order because it is written here; an empty one (`""`) clears it. Past RETAINED_CAP
+-- user topics in the hash, new ones are not kept (`$` notices are bounded by their maker).
+local r, t, d = false, nil, nil
+for i = 7, #ARGV - 1, 2 do
+  local f = ARGV[i]
+  if f == 'r' then r = true elseif f == 't' then t = ARGV[i + 1] elseif f == 'd' then d = ARGV[i + 1] end
+end
+if r and t then
+  if d == '""' then
+    redis.call('HDEL', KEYS[5], t)
+  elseif string.sub(t, 1, 1) == '$' or redis.call('HEXISTS', KEYS[5], t) == 1
+      or redis.call('HLEN', KEYS[5]) < RETAINED_CAP then
+    local packed = {}
+    local function put(v) v = tostring(v); packed[#packed + 1] = #v .. ':' .. v end
+    put('e'); put(e); put('s'); put(s)
+    for i = 7, #ARGV do put(ARGV[i]) end
+    redis.call('HSET', KEYS[5], t, table.concat(packed))
+  end
+end
+if KEYS[6] then
+  redis.call('HSET', KEYS[6], 's', s, 'e', e)
+  redis.call('EXPIRE', KEYS[6], 300)
 end
 return {s, e}
 "#;
@@ -364,11 +386,12 @@ fn pipeline(shared: &Shared, shard: usize, batch: &[&Job]) -> redis::Pipeline {
         let cmd = pipe
             .cmd("EVALSHA")
             .arg(&shared.script_hash)
-            .arg(if job.id.is_some() { 5 } else { 4 })
+            .arg(if job.id.is_some() { 6 } else { 5 })
             .arg(keys::topic_meta(p, &m.topic))
             .arg(keys::topic_history(p, &m.topic))
             .arg(keys::bus(p))
-            .arg(keys::bus_meta(p));
+            .arg(keys::bus_meta(p))
+            .arg(keys::retained(p));
         if let Some(id) = &job.id {
             cmd.arg(keys::result(p, id));
         }
@@ -447,7 +470,7 @@ fn numbers(ack: AckMode, n: usize, values: &[Value]) -> Result<Vec<u64>, String>
 pub(super) async fn load_script(c: &mut Conn) -> redis::RedisResult<String> {
     redis::cmd("SCRIPT")
         .arg("LOAD")
-        .arg(SCRIPT)
+        .arg(super::retained::script(SCRIPT))
         .query_async(c)
         .await
 }

@@ -38,6 +38,9 @@ pub(super) struct Cursor {
     epoch: Option<String>,
     /// The last position delivered (0: none).
     last: u64,
+    /// Retained values to load again from Redis (`retained.rs`): at startup, and after
+    /// a gap, which may have carried retained messages this box never read.
+    stale_retained: bool,
 }
 
 /// Where the readers of `partitions` start: each bus stream's end, taken while the box
@@ -51,7 +54,13 @@ pub(super) async fn start_at(
     hub: &Hub,
 ) -> redis::RedisResult<Vec<Cursor>> {
     super::generation::claim(conn, shared, shard, partitions).await?;
-    let mut cursors: Vec<Cursor> = partitions.iter().map(|_| Cursor::default()).collect();
+    let mut cursors: Vec<Cursor> = partitions
+        .iter()
+        .map(|_| Cursor {
+            stale_retained: true,
+            ..Cursor::default()
+        })
+        .collect();
     sync_epochs(conn, partitions, &mut cursors, false, hub, shared).await?;
     Ok(cursors)
 }
@@ -64,7 +73,9 @@ pub(super) async fn read_loop(
     mut cursors: Vec<Cursor>,
     hub: Arc<Hub>,
     stop: CancellationToken,
+    ready: tokio::sync::oneshot::Sender<()>,
 ) {
+    let mut ready = Some(ready);
     let streams: Vec<String> = partitions.iter().map(|p| keys::bus(*p)).collect();
     let index: HashMap<String, usize> = streams
         .iter()
@@ -114,6 +125,12 @@ pub(super) async fn read_loop(
         shared.stats.set_reachable(shard, true);
         let wait = shared.config.probe_interval + shared.config.command_timeout;
         loop {
+            if !load_retained(&mut conn, &shared, &partitions, &mut cursors, &hub).await {
+                break;
+            }
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(());
+            }
             let ids: Vec<String> = cursors.iter().map(|c| format!("{}-0", c.last)).collect();
             let mut xread = redis::cmd("XREAD");
             xread
@@ -156,6 +173,47 @@ pub(super) async fn read_loop(
     }
 }
 
+/// Loads the retained values of the partitions marked stale; false when the
+/// connection failed (they stay marked).
+async fn load_retained(
+    conn: &mut Conn,
+    shared: &Shared,
+    partitions: &[u32],
+    cursors: &mut [Cursor],
+    hub: &Hub,
+) -> bool {
+    let stale: Vec<u32> = partitions
+        .iter()
+        .zip(cursors.iter())
+        .filter(|(_, c)| c.stale_retained)
+        .map(|(p, _)| *p)
+        .collect();
+    if stale.is_empty() {
+        return true;
+    }
+    match super::retained::load(conn, shared, &stale, hub).await {
+        Ok(loaded) => {
+            tracing::debug!(
+                ?loaded,
+                partitions = stale.len(),
+                "cluster: retained values loaded"
+            );
+            if loaded.beyond {
+                tracing::warn!(
+                    "cluster: more retained values in Redis than a box loads ({}); the rest were left there",
+                    super::retained::LOAD_MAX
+                );
+            }
+            cursors.iter_mut().for_each(|c| c.stale_retained = false);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cluster: retained values not loaded; reconnecting");
+            false
+        }
+    }
+}
+
 /// On every (re)connect: compares each bus stream's epoch with the one read so far. At
 /// the start ([`start_at`]), reading starts at the stream's end (what was published
 /// before this box started is not its to deliver); later, the same epoch resumes from
@@ -188,6 +246,7 @@ async fn sync_epochs(
             hub.bus_gap(0);
             cursor.epoch = epoch;
             cursor.last = 0;
+            cursor.stale_retained = true;
         }
         shared
             .repair
@@ -215,6 +274,7 @@ fn deliver(
             hub.bus_gap(0);
             cursor.last = 0;
             cursor.epoch = bus_epoch;
+            cursor.stale_retained = true;
         }
         (None, Some(_)) => cursor.epoch = bus_epoch,
         _ => {}
@@ -235,6 +295,7 @@ fn deliver(
             );
         }
         hub.bus_gap(dropped);
+        cursor.stale_retained = true;
     }
     cursor.last = position;
     let now_ms = switchboard_core::clock::now_ms();
@@ -271,7 +332,7 @@ pub(super) fn id_number(id: &str) -> Option<u64> {
     id.split_once('-').and_then(|(n, _)| n.parse().ok())
 }
 
-fn from_bus(map: &HashMap<String, Value>, me: &str) -> Option<FromBus> {
+pub(super) fn from_bus(map: &HashMap<String, Value>, me: &str) -> Option<FromBus> {
     let message = message_of(map)?;
     let data = RawValue::from_string(message.data.clone()).ok()?;
     Some(FromBus {

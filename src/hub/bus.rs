@@ -42,6 +42,25 @@ pub struct BusMessage {
     pub acked: bool,
 }
 
+/// The grants of a message from the bus: checked on the box it entered.
+static CHECKED: Grants = Grants::ALL;
+
+impl BusMessage {
+    /// The message as the Hub routes it, with its payload parsed once.
+    pub(super) fn publish<'a>(&'a self, data: &'a RawValue) -> Publish<'a> {
+        Publish {
+            topic: &self.topic,
+            event: self.event.as_deref(),
+            data,
+            from: &self.from,
+            origin: self.origin,
+            // Checked on the box it entered (`admit`).
+            by: &CHECKED,
+            retain: self.retain,
+        }
+    }
+}
+
 /// A message read back from the bus, with the position the bus gave it on its topic.
 #[derive(Debug)]
 pub struct FromBus {
@@ -115,6 +134,10 @@ pub trait Bus: Send + Sync + 'static {
     fn delivered(&self, _topic: &str) -> Option<(String, u64)> {
         None
     }
+
+    /// Drops the bus's stored retained value of `topic` if it is still the one numbered
+    /// `(epoch, seq)` (a forgotten offline notice, `bus_retained.rs`); best effort.
+    fn forget_retained(&self, _topic: &str, _epoch: &str, _seq: u64) {}
 }
 
 impl Hub {
@@ -202,23 +225,14 @@ impl Hub {
     /// Delivers a message read from the bus on this box, under the number the bus gave it.
     pub fn deliver_from_bus(&self, m: FromBus) -> Published {
         let FromBus {
-            message,
+            mut message,
             data,
             epoch,
             seq,
             here,
         } = m;
-        let p = Publish {
-            topic: &message.topic,
-            event: message.event.as_deref(),
-            data: &data,
-            from: &message.from,
-            origin: message.origin,
-            // Checked on the box it entered (`admit`).
-            by: &Grants::ALL,
-            retain: message.retain,
-        };
-        self.apply(p, message.as_sent, Some((&epoch, seq, here)))
+        let as_sent = message.as_sent.take();
+        self.apply(message.publish(&data), as_sent, Some((&epoch, seq, here)))
     }
 
     /// A bus stream skipped `dropped` positions (0: an unknown number, its data was

@@ -17,6 +17,7 @@
 //! - `device.rs`: MQTT subscribers' sessions, live and persistent;
 //! - `bus.rs`: the seam to a bus shared by several boxes (`[cluster]`);
 //! - `repair.rs`: filling holes in a topic's history from the bus's copy;
+//! - `bus_retained.rs`: retained values loaded from the bus's store, never going back;
 //! - `stats.rs`: counters and the [`Stats`] snapshot;
 //! - [`index`] (the subscription trie), [`outbox`] (one connection's bounded queue) and
 //!   `session.rs` (what the Hub knows of one connection).
@@ -31,6 +32,7 @@
 //! is held across an `.await`. Each file's notes say which of these it takes.
 
 mod bus;
+mod bus_retained;
 pub mod config;
 mod device;
 mod direct;

@@ -409,14 +409,8 @@ impl Hub {
             .to_frame()
         };
         let frame = message(false);
-        let mut for_devices = ForDevices {
-            publish: &p,
-            seq,
-            as_sent,
-            made: None,
-            shared: Vec::new(),
-        };
-        if p.retain {
+        let mut for_devices = ForDevices::new(&p, seq, as_sent);
+        if p.retain && Self::retained_in_order(&mut state, numbered) {
             self.keep_retained(&mut state, p.topic, p.data, || Retained {
                 frame: Shared::new(message(true)),
                 message: for_devices.message().clone(),
@@ -663,8 +657,18 @@ pub(super) struct ForDevices<'a> {
     shared: Vec<(Arc<str>, Arc<DeviceSession>, SubscriptionOptions)>,
 }
 
-impl ForDevices<'_> {
-    fn message(&mut self) -> &Arc<DeviceMessage> {
+impl<'a> ForDevices<'a> {
+    pub(super) fn new(publish: &'a Publish<'a>, seq: u64, as_sent: Option<AsSent>) -> Self {
+        ForDevices {
+            publish,
+            seq,
+            as_sent,
+            made: None,
+            shared: Vec::new(),
+        }
+    }
+
+    pub(super) fn message(&mut self) -> &Arc<DeviceMessage> {
         let (p, as_sent) = (self.publish, &mut self.as_sent);
         self.made.get_or_insert_with(|| {
             let topic = Bytes::copy_from_slice(p.topic.as_bytes());

@@ -51,6 +51,9 @@ pub(super) struct TopicState {
     pub(super) log: Option<Log>,
     /// With a cluster bus: the epoch of the numbers the bus gives this topic.
     pub(super) epoch: Option<Box<str>>,
+    /// With a cluster bus: the `(epoch, seq)` that last set or cleared `retained`
+    /// (`bus_retained.rs`).
+    pub(super) retained_at: Option<(Box<str>, u64)>,
 }
 
 impl Hub {
@@ -96,6 +99,7 @@ impl Hub {
                     retained: None,
                     log,
                     epoch: None,
+                    retained_at: None,
                 }))
             })
             .clone()
@@ -172,9 +176,11 @@ impl Hub {
         let Some(state) = read(&self.topics).get(topic).cloned() else {
             return;
         };
-        if lock(&state).retained.take().is_some() {
+        let mut state = lock(&state);
+        if state.retained.take().is_some() {
             write(&self.retained).remove(topic);
             self.count_retained(topic, false);
+            self.forget_on_bus(topic, &state);
         }
     }
 

@@ -40,8 +40,11 @@ struct TopicsQuery {
 /// A page of the subscribed filters with their number of subscribers, in byte order,
 /// limited to what the caller may itself subscribe to: a client learns nothing about
 /// topics it cannot see. Paged so that anyone's listing holds the index for one page.
+/// With `[cluster]` on, the counts are this box's (each subscriber is connected to one
+/// box), and `node` says which box that is (docs/cluster.md).
 async fn topics(
     State(hub): State<Arc<Hub>>,
+    State(cluster): State<Option<Arc<crate::cluster::Cluster>>>,
     Caller(caller): Caller,
     ApiQuery(query): ApiQuery<TopicsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -62,7 +65,11 @@ async fn topics(
         .into_iter()
         .map(|(filter, subscribers)| json!({"filter": filter, "subscribers": subscribers}))
         .collect();
-    Ok(Json(json!({ "topics": topics, "next": page.next })))
+    let mut page = json!({ "topics": topics, "next": page.next });
+    if let Some(cluster) = cluster {
+        page["node"] = cluster.node_id().into();
+    }
+    Ok(Json(page))
 }
 
 #[derive(Deserialize)]
