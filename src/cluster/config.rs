@@ -46,6 +46,10 @@ pub struct ClusterConfig {
     /// Entries kept in each partition's bus stream (approximately): how far behind a
     /// box may fall, or be cut off, and still catch up without a gap.
     pub bus_keep: NonZeroU64,
+    /// A box whose heartbeat is this old is gone: not counted, its clients dropped from
+    /// other boxes' presence. It beats every third of this.
+    #[serde(with = "positive_duration")]
+    pub node_ttl: Duration,
 }
 
 /// When a publisher is told its message was taken.
@@ -76,6 +80,7 @@ impl Default for ClusterConfig {
             probe_interval: Duration::from_secs(1),
             outbox_max: nz(100_000),
             bus_keep: NonZeroU64::new(100_000).unwrap_or(NonZeroU64::MIN),
+            node_ttl: Duration::from_secs(15),
         }
     }
 }

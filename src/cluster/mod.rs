@@ -8,6 +8,7 @@
 //! - `publish.rs`: the script that numbers a message and appends it, sent in batches;
 //! - `reader.rs`: every box reads every partition back and delivers it, gaps reported;
 //! - `outbox.rs`: MQTT devices' publishes waiting on disk while Redis is unreachable;
+//! - `nodes.rs`: each box's heartbeat, and the list of live boxes;
 //! - `keys.rs`: topic → partition → Redis, and the key names;
 //! - `config.rs`: the `[cluster]` section.
 //!
@@ -16,11 +17,11 @@
 
 pub mod config;
 pub mod keys;
+pub mod nodes;
 mod outbox;
 mod publish;
 mod reader;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -37,12 +38,6 @@ use crate::metrics::{Snapshot, Source};
 use crate::store::Store;
 use config::ClusterConfig;
 use publish::Job;
-
-/// Nodes remembered for the "nodes seen" figure at most.
-const MAX_NODES: usize = 1024;
-
-/// A node not heard from on the bus for this long is no longer counted as seen.
-const NODE_SEEN_MS: u64 = 60_000;
 
 /// One Redis server: where it is (for logs: never the password) and how to reach it.
 struct Target {
@@ -74,6 +69,7 @@ struct Shared {
     shards: Vec<Target>,
     script_hash: String,
     stats: Stats,
+    nodes: nodes::Registry,
 }
 
 /// Counters of the bus; shown at /metrics.
@@ -91,8 +87,6 @@ struct Stats {
     outbox: Vec<AtomicU64>,
     /// Per partition: ms between a message's entry on the bus and this box reading it.
     lag_ms: Vec<AtomicU64>,
-    /// Node id → when last read from the bus (ms).
-    nodes: Mutex<BTreeMap<String, u64>>,
 }
 
 #[derive(Default)]
@@ -128,25 +122,6 @@ impl Stats {
         if let Some(l) = self.lag_ms.get(partition as usize) {
             l.store(ms, Ordering::Relaxed);
         }
-    }
-
-    fn seen(&self, node: String, now_ms: u64) {
-        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        if nodes.len() >= MAX_NODES && !nodes.contains_key(&node) {
-            nodes.retain(|_, at| now_ms.saturating_sub(*at) < NODE_SEEN_MS);
-            if nodes.len() >= MAX_NODES {
-                return;
-            }
-        }
-        nodes.insert(node, now_ms);
-    }
-
-    fn nodes_seen(&self, now_ms: u64) -> u64 {
-        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        nodes
-            .values()
-            .filter(|at| now_ms.saturating_sub(**at) < NODE_SEEN_MS)
-            .count() as u64
     }
 }
 
@@ -225,6 +200,7 @@ impl Cluster {
             },
             shards,
             script_hash,
+            nodes: nodes::Registry::default(),
         });
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
@@ -254,6 +230,12 @@ impl Cluster {
                 )));
             }
         }
+        tasks.push(tokio::spawn(nodes::beat_loop(
+            shared.clone(),
+            hub.clone(),
+            switchboard_core::clock::now_ms(),
+            stop.clone(),
+        )));
         tracing::info!(
             node = %shared.node_id,
             redis = %shared.shards.iter().map(|s| s.addr.as_str()).collect::<Vec<_>>().join(","),
@@ -293,13 +275,28 @@ impl Cluster {
         &self.shared.node_id
     }
 
+    /// This box's HTTP address, for its heartbeat (known once the listener is bound).
+    pub fn set_http(&self, addr: String) {
+        self.shared.nodes.set_http(addr);
+    }
+
+    /// The boxes whose heartbeat is live (this one included while Redis answers).
+    pub fn nodes(&self) -> Vec<nodes::NodeInfo> {
+        let s = &self.shared;
+        s.nodes.live(
+            &s.node_id,
+            s.config.node_ttl,
+            switchboard_core::clock::now_ms(),
+        )
+    }
+
     /// The cluster's health as `/healthz` and `/api/v1/info` show it.
     pub fn health(&self) -> serde_json::Value {
         let st = &self.shared.stats;
         serde_json::json!({
             "node": self.shared.node_id,
             "redis_reachable": self.reachable(),
-            "nodes_seen": st.nodes_seen(switchboard_core::clock::now_ms()),
+            "nodes_seen": self.nodes().len(),
             "gaps": st.gaps.get() + self.hub.bus_gaps(),
             "publish_failures": st.failed.get(),
             "mqtt_dropped": st.dropped.get(),
@@ -399,8 +396,8 @@ impl Source for Cluster {
         );
         s.gauge(
             "cluster_nodes_seen",
-            "Boxes whose messages this box read from the bus in the last minute.",
-            st.nodes_seen(switchboard_core::clock::now_ms()),
+            "Boxes whose heartbeat in Redis is live (cluster.node_ttl), this one included.",
+            self.nodes().len() as u64,
         );
         s.gauges(
             "cluster_bus_lag_ms",

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod creds;
 pub mod http;
 pub mod notify;
+pub mod redis;
 pub mod wire;
 
 use std::io::{BufRead, BufReader};

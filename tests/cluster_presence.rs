@@ -1,0 +1,110 @@
+//! Clients across boxes (`[cluster]`, docs/cluster.md "Clients across boxes"): the
+//! boxes' heartbeats, presence, direct messages and the `/api/v1` listings, with real
+//! daemons sharing a real `redis-server`. One per test, not one per file: a static one
+//! would outlive the test binary (statics are never dropped), and one starts in
+//! milliseconds.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::creds::{Secrets, ADMIN};
+use common::http::{api, get};
+use common::redis::{node_with, Redis};
+use common::Daemon;
+
+/// A box's heartbeat TTL in these tests: short, so a killed box is gone quickly.
+const TTL: &str = "900ms";
+
+/// A box named `name` with a short heartbeat, presence on `room/+` and the tests'
+/// credentials (an admin token, JWTs for users).
+fn box_named(redis: &Redis, secrets: &Secrets, name: &str) -> Daemon {
+    node_with(
+        &redis.url(),
+        name,
+        &format!("node_ttl = \"{TTL}\"\n{}", secrets.config("")),
+    )
+}
+
+/// Polls `f` until it returns `Some`, for at most `secs`.
+async fn until<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The node ids `d` lists as live, among those starting with `prefix`.
+async fn live(d: &Daemon, prefix: &str) -> Vec<String> {
+    let (status, v) = get(&api(d, "/cluster/nodes"), Some(ADMIN)).await;
+    assert_eq!(status.as_u16(), 200, "{v}");
+    v["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["node"].as_str())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn boxes_see_each_other_by_heartbeat_and_a_killed_box_drops_out() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let secrets = Secrets::new();
+    let a = box_named(&redis, &secrets, "hb-a");
+    let b = box_named(&redis, &secrets, "hb-b");
+
+    // Both listed on both, with what each says about itself; nothing was published,
+    // so this comes from the heartbeats alone.
+    until(5, "both boxes listed on a", || async {
+        (live(&a, "hb-").await == ["hb-a", "hb-b"]).then_some(())
+    })
+    .await;
+    let (_, v) = get(&api(&b, "/cluster/nodes"), Some(ADMIN)).await;
+    assert_eq!(v["node"], "hb-b", "{v}");
+    let listed_b = until(5, "b's HTTP address in its heartbeat", || async {
+        let (_, v) = get(&api(&a, "/cluster/nodes"), Some(ADMIN)).await;
+        let n = v["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["node"] == "hb-b")?
+            .clone();
+        (n["http"] == b.http.to_string()).then_some(n)
+    })
+    .await;
+    assert_eq!(listed_b["version"], env!("CARGO_PKG_VERSION"), "{listed_b}");
+    assert!(
+        listed_b["started_at"].as_u64().unwrap_or(0) > 0,
+        "{listed_b}"
+    );
+    let (_, info) = get(&api(&a, "/info"), Some(ADMIN)).await;
+    assert!(info["cluster"]["nodes_seen"].as_u64() >= Some(2), "{info}");
+
+    // SIGKILL: b cannot say goodbye; its heartbeat expires within the TTL.
+    let killed = Instant::now();
+    drop(b);
+    until(5, "b gone from a's list", || async {
+        (live(&a, "hb-").await == ["hb-a"]).then_some(())
+    })
+    .await;
+    println!(
+        "killed box gone from the list after {:?} (node_ttl {TTL})",
+        killed.elapsed()
+    );
+
+    // Off: no cluster, 404.
+    let single = Daemon::start(&secrets.config(""));
+    let (status, v) = get(&api(&single, "/cluster/nodes"), Some(ADMIN)).await;
+    assert_eq!(status.as_u16(), 404, "{v}");
+}
