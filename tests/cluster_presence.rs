@@ -8,10 +8,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::creds::{Secrets, ADMIN};
-use common::http::{api, get};
+use common::creds::{user_token, Secrets, ADMIN};
+use common::http::{api, get, subscribed_as};
 use common::redis::{node_with, Redis};
-use common::Daemon;
+use common::{Daemon, Raw};
+use serde_json::{json, Value};
 
 /// A box's heartbeat TTL in these tests: short, so a killed box is gone quickly.
 const TTL: &str = "900ms";
@@ -107,4 +108,99 @@ async fn boxes_see_each_other_by_heartbeat_and_a_killed_box_drops_out() {
     let single = Daemon::start(&secrets.config(""));
     let (status, v) = get(&api(&single, "/cluster/nodes"), Some(ADMIN)).await;
     assert_eq!(status.as_u16(), 404, "{v}");
+}
+
+/// The next `join` or `leave` on `ws`, skipping anything else.
+async fn next_presence(ws: &mut Raw, secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let f = ws.try_recv(left).await.expect("a join or leave in time");
+        if f["op"] == "join" || f["op"] == "leave" {
+            return f;
+        }
+    }
+}
+
+/// The users `d` lists as present on `topic`, sorted.
+async fn present(d: &Daemon, topic: &str) -> Vec<String> {
+    let (status, v) = get(&api(d, &format!("/presence?topic={topic}")), Some(ADMIN)).await;
+    assert_eq!(status.as_u16(), 200, "{v}");
+    let mut users: Vec<String> = v["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["user"].as_str().map(str::to_owned))
+        .collect();
+    users.sort();
+    users
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_spans_boxes_and_a_killed_box_members_leave_after_the_ttl() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let secrets = Secrets::new();
+    let a = box_named(&redis, &secrets, "pr-a");
+    let b = box_named(&redis, &secrets, "pr-b");
+    let grants = json!({"subscribe": ["room/#"], "publish": ["room/#"]});
+    let token = |user: &str| user_token(user, grants.clone());
+    let mut alice = subscribed_as(&a, &token("alice"), "room/1").await;
+    // b's view of a takes one heartbeat; joins made before it still arrive.
+    until(5, "a listed on b", || async {
+        (live(&b, "pr-").await == ["pr-a", "pr-b"]).then_some(())
+    })
+    .await;
+
+    // Bob on b: alice on a is told, with his user and info, and both boxes list both.
+    let mut bob = Raw::connect(&format!("{}?token={}", b.ws_url(), token("bob"))).await;
+    let ok = bob
+        .request(json!({"op":"info","info":{"name":"Bob"}}))
+        .await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    let ok = bob.request(json!({"op":"sub","topic":"room/1"})).await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    let join = next_presence(&mut alice, 5).await;
+    assert_eq!(join["op"], "join", "{join}");
+    assert_eq!(join["user"], "bob", "{join}");
+    assert_eq!(join["client"], bob.client_id.as_str(), "{join}");
+    assert_eq!(join["info"], json!({"name":"Bob"}), "{join}");
+    assert_eq!(present(&a, "room/1").await, ["alice", "bob"]);
+    until(5, "alice listed on b", || async {
+        (present(&b, "room/1").await == ["alice", "bob"]).then_some(())
+    })
+    .await;
+
+    // Carol comes and goes on b: a join, then a leave, in that order.
+    let mut carol = subscribed_as(&b, &token("carol"), "room/1").await;
+    let ok = carol.request(json!({"op":"unsub","topic":"room/1"})).await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    let (first, second) = (
+        next_presence(&mut alice, 5).await,
+        next_presence(&mut alice, 5).await,
+    );
+    assert_eq!(
+        (&first["op"], &first["user"]),
+        (&json!("join"), &json!("carol"))
+    );
+    assert_eq!(
+        (&second["op"], &second["user"]),
+        (&json!("leave"), &json!("carol"))
+    );
+
+    // b killed: bob cannot leave on his own; a tells alice within the TTL.
+    let killed = Instant::now();
+    drop(b);
+    let leave = next_presence(&mut alice, 5).await;
+    assert_eq!(
+        (&leave["op"], &leave["user"]),
+        (&json!("leave"), &json!("bob")),
+        "{leave}"
+    );
+    println!(
+        "a killed box's member left after {:?} (node_ttl {TTL})",
+        killed.elapsed()
+    );
+    assert_eq!(present(&a, "room/1").await, ["alice"]);
 }

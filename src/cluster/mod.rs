@@ -9,6 +9,7 @@
 //! - `reader.rs`: every box reads every partition back and delivers it, gaps reported;
 //! - `outbox.rs`: MQTT devices' publishes waiting on disk while Redis is unreachable;
 //! - `nodes.rs`: each box's heartbeat, and the list of live boxes;
+//! - `presence.rs`: presence members of every box, dropped with a dead box;
 //! - `keys.rs`: topic → partition → Redis, and the key names;
 //! - `config.rs`: the `[cluster]` section.
 //!
@@ -19,6 +20,7 @@ pub mod config;
 pub mod keys;
 pub mod nodes;
 mod outbox;
+mod presence;
 mod publish;
 mod reader;
 
@@ -38,6 +40,7 @@ use crate::metrics::{Snapshot, Source};
 use crate::store::Store;
 use config::ClusterConfig;
 use publish::Job;
+use switchboard_core::protocol::Member;
 
 /// One Redis server: where it is (for logs: never the password) and how to reach it.
 struct Target {
@@ -70,6 +73,7 @@ struct Shared {
     script_hash: String,
     stats: Stats,
     nodes: nodes::Registry,
+    presence: presence::Presence,
 }
 
 /// Counters of the bus; shown at /metrics.
@@ -201,6 +205,7 @@ impl Cluster {
             shards,
             script_hash,
             nodes: nodes::Registry::default(),
+            presence: presence::Presence::default(),
         });
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
@@ -234,6 +239,17 @@ impl Cluster {
             shared.clone(),
             hub.clone(),
             switchboard_core::clock::now_ms(),
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(presence::write_loop(
+            shared.clone(),
+            hub.clone(),
+            format!("{:016x}", rand::random::<u64>()),
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(presence::read_loop(
+            shared.clone(),
+            hub.clone(),
             stop.clone(),
         )));
         tracing::info!(
@@ -347,6 +363,14 @@ impl Bus for Cluster {
             let _ = job.reply.send(Err(why.into()));
         }
         ack
+    }
+
+    fn presence_changed(&self, topic: &str, member: &Member<'_>, joined: bool) {
+        self.shared.presence.changed(topic, member, joined);
+    }
+
+    fn remote_members(&self, topic: &str) -> Vec<Member<'static>> {
+        self.shared.presence.members(topic)
     }
 }
 

@@ -22,7 +22,7 @@ use super::topics::TopicState;
 use super::{AsSent, Hub, HubError};
 use switchboard_core::grants::Grants;
 use switchboard_core::message::{Origin, Publish, Published};
-use switchboard_core::protocol::ServerFrame;
+use switchboard_core::protocol::{Member, ServerFrame};
 
 /// An admitted publish, owned, on its way to the bus.
 #[derive(Debug, Clone)]
@@ -60,6 +60,15 @@ pub trait Bus: Send + Sync + 'static {
     /// Takes an admitted message; the answer comes once the bus accepted it (by the
     /// configured acknowledgement) or gave up on it.
     fn submit(&self, message: BusMessage) -> Ack;
+
+    /// A member of this box joined (`true`, also for new info) or left a presence
+    /// topic; told after the Hub announced it here, never blocking.
+    fn presence_changed(&self, _topic: &str, _member: &Member<'_>, _joined: bool) {}
+
+    /// The topic's members on other boxes.
+    fn remote_members(&self, _topic: &str) -> Vec<Member<'static>> {
+        Vec::new()
+    }
 }
 
 impl Hub {
