@@ -204,3 +204,87 @@ async fn presence_spans_boxes_and_a_killed_box_members_leave_after_the_ttl() {
     );
     assert_eq!(present(&a, "room/1").await, ["alice"]);
 }
+
+/// Sends a direct message and checks the reply: `ok`, `delivered` connections here.
+async fn sent(ws: &mut Raw, request: Value, delivered: u64) {
+    let ok = ws.request(request).await;
+    assert_eq!(
+        (&ok["op"], &ok["delivered"]),
+        (&json!("ok"), &json!(delivered)),
+        "{ok}"
+    );
+}
+
+/// The next `dm` on `ws`, skipping anything else.
+async fn next_dm(ws: &mut Raw) -> Value {
+    loop {
+        let f = ws.recv().await;
+        if f["op"] == "dm" {
+            return f;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn direct_messages_reach_clients_and_users_on_other_boxes() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let secrets = Secrets::new();
+    let a = box_named(&redis, &secrets, "dm-a");
+    let b = box_named(&redis, &secrets, "dm-b");
+    let connect = |d: &Daemon, user: &str, send: Value| {
+        let url = format!(
+            "{}?token={}",
+            d.ws_url(),
+            user_token(user, json!({"send": send}))
+        );
+        async move { Raw::connect(&url).await }
+    };
+    let mut alice = connect(&a, "alice", json!(["*"])).await;
+    let mut bob = connect(&b, "bob", json!([])).await;
+    // Carol may write to alice only.
+    let mut carol = connect(&a, "carol", json!(["alice"])).await;
+
+    // To a user on another box: this box has no connection of bob's, so 0 here and
+    // no `no_recipient`: the message went to the cluster.
+    sent(
+        &mut alice,
+        json!({"op":"send","user":"bob","event":"hello","data":{"n":1}}),
+        0,
+    )
+    .await;
+    let dm = next_dm(&mut bob).await;
+    assert_eq!(dm["data"], json!({"n":1}), "{dm}");
+    assert_eq!(dm["event"], "hello", "{dm}");
+    assert_eq!(dm["from"], alice.client_id.as_str(), "{dm}");
+    assert_eq!(dm["from_user"], "alice", "{dm}");
+
+    // Carol's grant travels with her message: bob's box refuses it to bob, and the
+    // next message bob gets is alice's second one, sent after.
+    let ok = carol
+        .request(json!({"op":"send","client": bob.client_id, "data":"not for bob"}))
+        .await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    sent(
+        &mut alice,
+        json!({"op":"send","client": bob.client_id, "data":{"n":2}}),
+        0,
+    )
+    .await;
+    let dm = next_dm(&mut bob).await;
+    assert_eq!(dm["data"], json!({"n":2}), "{dm}");
+
+    // The other way, and to a client of the same box: delivered there, counted.
+    let ok = bob
+        .request(json!({"op":"send","user":"alice","data":{"n":3}}))
+        .await;
+    assert_eq!(ok["code"], "forbidden", "bob may send to nobody: {ok}");
+    sent(
+        &mut carol,
+        json!({"op":"send","client": alice.client_id, "data":{"n":4}}),
+        1,
+    )
+    .await;
+    assert_eq!(next_dm(&mut alice).await["data"], json!({"n":4}));
+}

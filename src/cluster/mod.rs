@@ -10,6 +10,7 @@
 //! - `outbox.rs`: MQTT devices' publishes waiting on disk while Redis is unreachable;
 //! - `nodes.rs`: each box's heartbeat, and the list of live boxes;
 //! - `presence.rs`: presence members of every box, dropped with a dead box;
+//! - `direct.rs`: direct messages to clients and users on other boxes;
 //! - `keys.rs`: topic → partition → Redis, and the key names;
 //! - `config.rs`: the `[cluster]` section.
 //!
@@ -17,6 +18,7 @@
 //! Hub's, and what it holds is in Redis.
 
 pub mod config;
+mod direct;
 pub mod keys;
 pub mod nodes;
 mod outbox;
@@ -40,7 +42,7 @@ use crate::metrics::{Snapshot, Source};
 use crate::store::Store;
 use config::ClusterConfig;
 use publish::Job;
-use switchboard_core::protocol::Member;
+use switchboard_core::protocol::{Member, Recipient};
 
 /// One Redis server: where it is (for logs: never the password) and how to reach it.
 struct Target {
@@ -136,6 +138,7 @@ pub struct Cluster {
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     hub: Arc<Hub>,
+    direct: mpsc::Sender<direct::Outgoing>,
 }
 
 impl Cluster {
@@ -252,6 +255,17 @@ impl Cluster {
             hub.clone(),
             stop.clone(),
         )));
+        let (direct, outgoing) = mpsc::channel(direct::QUEUE);
+        tasks.push(tokio::spawn(direct::write_loop(
+            shared.clone(),
+            outgoing,
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(direct::read_loop(
+            shared.clone(),
+            hub.clone(),
+            stop.clone(),
+        )));
         tracing::info!(
             node = %shared.node_id,
             redis = %shared.shards.iter().map(|s| s.addr.as_str()).collect::<Vec<_>>().join(","),
@@ -264,6 +278,7 @@ impl Cluster {
             stop,
             tasks: Mutex::new(tasks),
             hub: hub.clone(),
+            direct,
         });
         hub.set_bus(cluster.clone());
         Ok(cluster)
@@ -367,6 +382,20 @@ impl Bus for Cluster {
 
     fn presence_changed(&self, topic: &str, member: &Member<'_>, joined: bool) {
         self.shared.presence.changed(topic, member, joined);
+    }
+
+    fn direct(&self, to: &Recipient, may_send_to: Option<&[String]>, frame: &str) {
+        let m = direct::Outgoing::new(to, may_send_to, frame);
+        if self.direct.try_send(m).is_err() {
+            static FULL: switchboard_core::quiet::Throttle =
+                switchboard_core::quiet::Throttle::per_secs(10);
+            if let Some(held_back) = FULL.admit() {
+                tracing::warn!(
+                    held_back,
+                    "cluster: direct messages for other boxes dropped: Redis is behind"
+                );
+            }
+        }
     }
 
     fn remote_members(&self, topic: &str) -> Vec<Member<'static>> {

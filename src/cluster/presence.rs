@@ -329,14 +329,8 @@ pub(super) async fn read_loop(shared: Arc<Shared>, hub: Arc<Hub>, stop: Cancella
     // Node → when this box first found it in the table but not in the live list (ms).
     let mut absent: HashMap<String, u64> = HashMap::new();
     while !stop.is_cancelled() {
-        let Ok(mut conn) = shared.shards[0]
-            .connect(shared.config.connect_timeout)
-            .await
-        else {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(shared.config.probe_interval) => continue,
-            }
+        let Some(mut conn) = connect(&shared, &stop).await else {
+            continue;
         };
         let name = format!("sb-presence-{}", shared.node_id.replace(' ', "_"));
         let _: redis::RedisResult<()> = redis::cmd("CLIENT")
@@ -345,7 +339,7 @@ pub(super) async fn read_loop(shared: Arc<Shared>, hub: Arc<Hub>, stop: Cancella
             .query_async(&mut conn)
             .await;
         // The position first, then every hash: events after it apply again, harmlessly.
-        let mut position = match tokio::time::timeout(wait, newest(&mut conn)).await {
+        let mut position = match tokio::time::timeout(wait, newest(&mut conn, EVENTS)).await {
             Ok(Ok(p)) => p,
             _ => continue,
         };
@@ -373,25 +367,13 @@ pub(super) async fn read_loop(shared: Arc<Shared>, hub: Arc<Hub>, stop: Cancella
         }
         let mut live_before = live;
         loop {
-            let mut xread = redis::cmd("XREAD");
-            xread
-                .arg("COUNT")
-                .arg(512)
-                .arg("BLOCK")
-                .arg(shared.config.probe_interval.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(EVENTS)
-                .arg(&position);
-            let read = xread.query_async::<Option<StreamReadReply>>(&mut conn);
-            let answer = tokio::select! {
+            let read = read_after(&mut conn, EVENTS, &position, &shared);
+            let entries = tokio::select! {
                 _ = stop.cancelled() => return,
-                a = tokio::time::timeout(wait, read) => a,
-            };
-            let entries: Vec<StreamId> = match answer {
-                Ok(Ok(reply)) => reply
-                    .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-                    .unwrap_or_default(),
-                _ => break,
+                a = read => match a {
+                    Some(entries) => entries,
+                    None => break,
+                },
             };
             let mut reread: HashSet<String> = HashSet::new();
             for entry in entries {
@@ -462,10 +444,63 @@ fn live_others(shared: &Shared) -> HashSet<String> {
         .collect()
 }
 
-/// The id of the stream's newest event, or `0-0`.
-async fn newest(conn: &mut MultiplexedConnection) -> redis::RedisResult<String> {
+/// A connection to the first Redis for a reader; `None` after waiting `probe_interval`
+/// when there is none (or at once when stopping: the caller's loop then ends).
+pub(super) async fn connect(
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> Option<MultiplexedConnection> {
+    if let Ok(c) = shared.shards[0]
+        .connect(shared.config.connect_timeout)
+        .await
+    {
+        return Some(c);
+    }
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = tokio::time::sleep(shared.config.probe_interval) => {}
+    }
+    None
+}
+
+/// A stream's entries after `from`, waiting up to `probe_interval` for some; `None`
+/// when the connection failed or did not answer in time (then it is made again).
+pub(super) async fn read_after(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    from: &str,
+    shared: &Shared,
+) -> Option<Vec<StreamId>> {
+    let wait = shared.config.probe_interval + shared.config.command_timeout;
+    let mut xread = redis::cmd("XREAD");
+    xread
+        .arg("COUNT")
+        .arg(512)
+        .arg("BLOCK")
+        .arg(shared.config.probe_interval.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(from);
+    let read = xread.query_async::<Option<StreamReadReply>>(conn);
+    match tokio::time::timeout(wait, read).await {
+        Ok(Ok(reply)) => Some(
+            reply
+                .into_iter()
+                .flat_map(|r| r.keys)
+                .flat_map(|k| k.ids)
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// The id of a stream's newest entry, or `0-0`.
+pub(super) async fn newest(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+) -> redis::RedisResult<String> {
     let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(EVENTS)
+        .arg(stream)
         .arg("+")
         .arg("-")
         .arg("COUNT")
@@ -496,7 +531,7 @@ async fn read_hash(
         .collect())
 }
 
-fn text(entry: &StreamId, field: &str) -> Option<String> {
+pub(super) fn text(entry: &StreamId, field: &str) -> Option<String> {
     match entry.map.get(field)? {
         redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         redis::Value::SimpleString(s) => Some(s.clone()),

@@ -22,7 +22,7 @@ use super::topics::TopicState;
 use super::{AsSent, Hub, HubError};
 use switchboard_core::grants::Grants;
 use switchboard_core::message::{Origin, Publish, Published};
-use switchboard_core::protocol::{Member, ServerFrame};
+use switchboard_core::protocol::{Member, Recipient, ServerFrame};
 
 /// An admitted publish, owned, on its way to the bus.
 #[derive(Debug, Clone)]
@@ -64,6 +64,10 @@ pub trait Bus: Send + Sync + 'static {
     /// A member of this box joined (`true`, also for new info) or left a presence
     /// topic; told after the Hub announced it here, never blocking.
     fn presence_changed(&self, _topic: &str, _member: &Member<'_>, _joined: bool) {}
+
+    /// A direct message (`frame`, the `dm` frame as encoded) for connections on other
+    /// boxes; `may_send_to` is the sender's send grant (`None`: anyone), checked there.
+    fn direct(&self, _to: &Recipient, _may_send_to: Option<&[String]>, _frame: &str) {}
 
     /// The topic's members on other boxes.
     fn remote_members(&self, _topic: &str) -> Vec<Member<'static>> {
