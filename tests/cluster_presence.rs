@@ -27,6 +27,16 @@ fn box_named(redis: &Redis, secrets: &Secrets, name: &str) -> Daemon {
     )
 }
 
+/// A Redis and two boxes on it, `<prefix>-a` and `<prefix>-b`; `None` without
+/// redis-server (tests/cluster.rs's rule, CLUSTER_TOOLS).
+fn two_boxes(prefix: &str) -> Option<(Redis, Secrets, Daemon, Daemon)> {
+    let redis = Redis::start(false)?;
+    let secrets = Secrets::new();
+    let a = box_named(&redis, &secrets, &format!("{prefix}-a"));
+    let b = box_named(&redis, &secrets, &format!("{prefix}-b"));
+    Some((redis, secrets, a, b))
+}
+
 /// Polls `f` until it returns `Some`, for at most `secs`.
 async fn until<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
 where
@@ -59,12 +69,9 @@ async fn live(d: &Daemon, prefix: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn boxes_see_each_other_by_heartbeat_and_a_killed_box_drops_out() {
-    let Some(redis) = Redis::start(false) else {
+    let Some((_redis, secrets, a, b)) = two_boxes("hb") else {
         return;
     };
-    let secrets = Secrets::new();
-    let a = box_named(&redis, &secrets, "hb-a");
-    let b = box_named(&redis, &secrets, "hb-b");
 
     // Both listed on both, with what each says about itself; nothing was published,
     // so this comes from the heartbeats alone.
@@ -124,26 +131,19 @@ async fn next_presence(ws: &mut Raw, secs: u64) -> Value {
 
 /// The users `d` lists as present on `topic`, sorted.
 async fn present(d: &Daemon, topic: &str) -> Vec<String> {
-    let (status, v) = get(&api(d, &format!("/presence?topic={topic}")), Some(ADMIN)).await;
-    assert_eq!(status.as_u16(), 200, "{v}");
-    let mut users: Vec<String> = v["members"]
-        .as_array()
-        .expect("members")
-        .iter()
-        .filter_map(|m| m["user"].as_str().map(str::to_owned))
-        .collect();
-    users.sort();
-    users
+    let path = format!("/presence?topic={topic}");
+    listed(d, &path, "members")
+        .await
+        .into_iter()
+        .map(|(u, _)| u)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn presence_spans_boxes_and_a_killed_box_members_leave_after_the_ttl() {
-    let Some(redis) = Redis::start(false) else {
+    let Some((_redis, _secrets, a, b)) = two_boxes("pr") else {
         return;
     };
-    let secrets = Secrets::new();
-    let a = box_named(&redis, &secrets, "pr-a");
-    let b = box_named(&redis, &secrets, "pr-b");
     let grants = json!({"subscribe": ["room/#"], "publish": ["room/#"]});
     let token = |user: &str| user_token(user, grants.clone());
     let mut alice = subscribed_as(&a, &token("alice"), "room/1").await;
@@ -227,12 +227,9 @@ async fn next_dm(ws: &mut Raw) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn direct_messages_reach_clients_and_users_on_other_boxes() {
-    let Some(redis) = Redis::start(false) else {
+    let Some((_redis, _secrets, a, b)) = two_boxes("dm") else {
         return;
     };
-    let secrets = Secrets::new();
-    let a = box_named(&redis, &secrets, "dm-a");
-    let b = box_named(&redis, &secrets, "dm-b");
     let connect = |d: &Daemon, user: &str, send: Value| {
         let url = format!(
             "{}?token={}",
@@ -287,4 +284,59 @@ async fn direct_messages_reach_clients_and_users_on_other_boxes() {
     )
     .await;
     assert_eq!(next_dm(&mut alice).await["data"], json!({"n":4}));
+}
+
+/// `(user, node)` of what `d` lists at `path` under `key`, sorted.
+async fn listed(d: &Daemon, path: &str, key: &str) -> Vec<(String, Value)> {
+    let (status, v) = get(&api(d, path), Some(ADMIN)).await;
+    assert_eq!(status.as_u16(), 200, "{v}");
+    let mut all: Vec<(String, Value)> = v[key]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|m| Some((m["user"].as_str()?.to_owned(), m["node"].clone())))
+        .collect();
+    all.sort_by(|x, y| x.0.cmp(&y.0));
+    all
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listings_say_which_box_and_presence_aggregates() {
+    let Some((_redis, secrets, a, b)) = two_boxes("ls") else {
+        return;
+    };
+    let token = |user: &str| user_token(user, json!({"subscribe": ["room/#"]}));
+    let _alice = subscribed_as(&a, &token("alice"), "room/1").await;
+    let _bob = subscribed_as(&b, &token("bob"), "room/1").await;
+
+    // Clients: each box its own, saying so.
+    assert_eq!(
+        listed(&a, "/clients", "clients").await,
+        [("alice".into(), json!("ls-a"))]
+    );
+    assert_eq!(
+        listed(&b, "/clients", "clients").await,
+        [("bob".into(), json!("ls-b"))]
+    );
+    // Presence: every box's members, each with its box.
+    let both = vec![
+        ("alice".to_owned(), json!("ls-a")),
+        ("bob".to_owned(), json!("ls-b")),
+    ];
+    for d in [&a, &b] {
+        until(5, "both members listed", || async {
+            (listed(d, "/presence?topic=room/1", "members").await == both).then_some(())
+        })
+        .await;
+    }
+
+    // One box, no `[cluster]`: the listings as they always were, no `node`.
+    let single = Daemon::start(&secrets.config(""));
+    let _carol = subscribed_as(&single, &token("carol"), "room/1").await;
+    let no_node = vec![("carol".to_owned(), Value::Null)];
+    assert_eq!(listed(&single, "/clients", "clients").await, no_node);
+    assert_eq!(
+        listed(&single, "/presence?topic=room/1", "members").await,
+        no_node
+    );
 }

@@ -398,7 +398,7 @@ impl Bus for Cluster {
         }
     }
 
-    fn remote_members(&self, topic: &str) -> Vec<Member<'static>> {
+    fn remote_members(&self, topic: &str) -> Vec<(String, Member<'static>)> {
         self.shared.presence.members(topic)
     }
 }

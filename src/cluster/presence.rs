@@ -94,11 +94,15 @@ impl Presence {
         }
     }
 
-    pub(super) fn members(&self, topic: &str) -> Vec<Member<'static>> {
+    pub(super) fn members(&self, topic: &str) -> Vec<(String, Member<'static>)> {
         let remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
         remote
             .get(topic)
-            .map(|m| m.values().filter_map(|j| to_member(j)).collect())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|((node, _), j)| Some((node.clone(), to_member(j)?)))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -69,8 +69,8 @@ pub trait Bus: Send + Sync + 'static {
     /// boxes; `may_send_to` is the sender's send grant (`None`: anyone), checked there.
     fn direct(&self, _to: &Recipient, _may_send_to: Option<&[String]>, _frame: &str) {}
 
-    /// The topic's members on other boxes.
-    fn remote_members(&self, _topic: &str) -> Vec<Member<'static>> {
+    /// The topic's members on other boxes, each with its box's node id.
+    fn remote_members(&self, _topic: &str) -> Vec<(String, Member<'static>)> {
         Vec::new()
     }
 }

@@ -21,17 +21,35 @@ use switchboard_core::topic;
 impl Hub {
     /// Who is subscribed to a presence-enabled topic, for someone allowed to know.
     pub fn presence(&self, by: &Grants, topic: &str) -> Result<Vec<Member<'static>>, HubError> {
+        Ok(self
+            .presence_on(by, topic)?
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect())
+    }
+
+    /// [`Hub::presence`] with each member's box: `None` for this one, else the node id
+    /// (with a bus).
+    pub fn presence_on(
+        &self,
+        by: &Grants,
+        topic: &str,
+    ) -> Result<Vec<(Option<String>, Member<'static>)>, HubError> {
         topic::validate_topic(topic)?;
         self.allow(by.check_presence(topic))?;
         if !self.presence_enabled(topic) {
             return Err(HubError::PresenceDisabled(topic.to_owned()));
         }
-        let mut members: Vec<Member<'static>> = lock(&self.presence)
+        let mut members: Vec<(Option<String>, Member<'static>)> = lock(&self.presence)
             .get(topic)
-            .map(|members| members.values().map(|s| member(s)).collect())
+            .map(|members| members.values().map(|s| (None, member(s))).collect())
             .unwrap_or_default();
         if let Some(bus) = self.bus.get() {
-            members.extend(bus.remote_members(topic));
+            members.extend(
+                bus.remote_members(topic)
+                    .into_iter()
+                    .map(|(n, m)| (Some(n), m)),
+            );
         }
         Ok(members)
     }
