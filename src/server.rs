@@ -355,6 +355,9 @@ impl Server {
             .map(|(name, addr)| format!("{name}={addr}"))
             .collect();
         let listening = format!("listening {}", listening.join(" "));
+        if let (Some(cluster), Some((_, http))) = (&app.cluster, addrs.first()) {
+            cluster.set_http(http.to_string());
+        }
         tracing::info!(target: LISTENING_TARGET, "{listening}");
 
         let (hub, auth) = (app.hub.clone(), app.auth.clone());

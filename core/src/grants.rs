@@ -101,6 +101,12 @@ impl Grants {
         }
     }
 
+    /// Who may be sent direct messages: `None` for anyone, else these users (`*`: anyone),
+    /// so another box can make the same check with [`Grants::new`].
+    pub fn send_scope(&self) -> Option<&[String]> {
+        (!self.all).then_some(self.send.as_slice())
+    }
+
     /// `to` is the recipient's user, or None for a connection without one.
     pub fn check_send(&self, to: Option<&str>) -> Result<(), Forbidden> {
         let allowed = self.all || self.send.iter().any(|u| u == "*" || Some(u.as_str()) == to);

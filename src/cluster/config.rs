@@ -61,6 +61,10 @@ pub struct ClusterConfig {
     /// without renewal: a standby takes over within about this after the holder died.
     #[serde(with = "positive_duration")]
     pub lease_ttl: Duration,
+    /// A box whose heartbeat is this old is gone: not counted, its clients dropped from
+    /// other boxes' presence. It beats every third of this.
+    #[serde(with = "positive_duration")]
+    pub node_ttl: Duration,
 }
 
 /// When a publisher is told its message was taken.
@@ -96,6 +100,7 @@ impl Default for ClusterConfig {
             bus_keep: NonZeroU64::new(100_000).unwrap_or(NonZeroU64::MIN),
             topic_meta_ttl: Duration::from_secs(24 * 3600),
             lease_ttl: Duration::from_secs(5),
+            node_ttl: Duration::from_secs(15),
         }
     }
 }

@@ -12,6 +12,9 @@
 //! - `lease.rs`: one box at a time (upstream bridges), by a lease with failover;
 //! - `outbox.rs`: MQTT devices' publishes waiting on disk while Redis is unreachable;
 //! - `retained.rs`: retained values kept in Redis, loaded by a box that starts later;
+//! - `nodes.rs`: each box's heartbeat, and the list of live boxes;
+//! - `presence.rs`: presence members of every box, dropped with a dead box;
+//! - `direct.rs`: direct messages to clients and users on other boxes;
 //! - `keys.rs`: topic → partition → Redis, and the key names;
 //! - `connect.rs`: reaching a Redis or a Redis Cluster: URL, ACL credentials, TLS;
 //! - `config.rs`: the `[cluster]` section.
@@ -21,16 +24,18 @@
 
 pub mod config;
 pub mod connect;
+mod direct;
 mod generation;
 pub mod keys;
 pub mod lease;
+pub mod nodes;
 mod outbox;
+mod presence;
 mod publish;
 mod reader;
 mod repair;
 mod retained;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -46,12 +51,7 @@ use crate::store::Store;
 use config::ClusterConfig;
 use connect::{refused, Target};
 use publish::Job;
-
-/// Nodes remembered for the "nodes seen" figure at most.
-const MAX_NODES: usize = 1024;
-
-/// A node not heard from on the bus for this long is no longer counted as seen.
-const NODE_SEEN_MS: u64 = 60_000;
+use switchboard_core::protocol::{Member, Recipient};
 
 /// What the writers and readers share.
 struct Shared {
@@ -63,6 +63,8 @@ struct Shared {
     stats: Stats,
     repair: repair::Repair,
     generation: generation::Generations,
+    nodes: nodes::Registry,
+    presence: presence::Presence,
 }
 
 /// Counters of the bus; shown at /metrics.
@@ -83,8 +85,6 @@ struct Stats {
     outbox: Vec<AtomicU64>,
     /// Per partition: ms between a message's entry on the bus and this box reading it.
     lag_ms: Vec<AtomicU64>,
-    /// Node id → when last read from the bus (ms).
-    nodes: Mutex<BTreeMap<String, u64>>,
 }
 
 #[derive(Default)]
@@ -121,25 +121,6 @@ impl Stats {
             l.store(ms, Ordering::Relaxed);
         }
     }
-
-    fn seen(&self, node: String, now_ms: u64) {
-        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        if nodes.len() >= MAX_NODES && !nodes.contains_key(&node) {
-            nodes.retain(|_, at| now_ms.saturating_sub(*at) < NODE_SEEN_MS);
-            if nodes.len() >= MAX_NODES {
-                return;
-            }
-        }
-        nodes.insert(node, now_ms);
-    }
-
-    fn nodes_seen(&self, now_ms: u64) -> u64 {
-        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        nodes
-            .values()
-            .filter(|at| now_ms.saturating_sub(**at) < NODE_SEEN_MS)
-            .count() as u64
-    }
 }
 
 /// The running cluster link of this box.
@@ -150,6 +131,7 @@ pub struct Cluster {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     hub: Arc<Hub>,
     forgets: mpsc::Sender<retained::Forget>,
+    direct: mpsc::Sender<direct::Outgoing>,
 }
 
 impl Cluster {
@@ -197,6 +179,8 @@ impl Cluster {
             generation: generation::Generations::new(shards.len()),
             shards,
             script_hash,
+            nodes: nodes::Registry::default(),
+            presence: presence::Presence::default(),
         });
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
@@ -248,6 +232,34 @@ impl Cluster {
                 )));
             }
         }
+        tasks.push(tokio::spawn(nodes::beat_loop(
+            shared.clone(),
+            hub.clone(),
+            switchboard_core::clock::now_ms(),
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(presence::write_loop(
+            shared.clone(),
+            hub.clone(),
+            format!("{:016x}", rand::random::<u64>()),
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(presence::read_loop(
+            shared.clone(),
+            hub.clone(),
+            stop.clone(),
+        )));
+        let (direct, outgoing) = mpsc::channel(direct::QUEUE);
+        tasks.push(tokio::spawn(direct::write_loop(
+            shared.clone(),
+            outgoing,
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(direct::read_loop(
+            shared.clone(),
+            hub.clone(),
+            stop.clone(),
+        )));
         // Serve once the retained values are loaded, so the first subscribers get them.
         let patience = config.connect_timeout + config.command_timeout;
         if tokio::time::timeout(patience, futures_util::future::join_all(readies))
@@ -277,6 +289,7 @@ impl Cluster {
             stop,
             tasks: Mutex::new(tasks),
             hub: hub.clone(),
+            direct,
         });
         hub.set_bus(cluster.clone());
         Ok(cluster)
@@ -304,13 +317,28 @@ impl Cluster {
         &self.shared.node_id
     }
 
+    /// This box's HTTP address, for its heartbeat (known once the listener is bound).
+    pub fn set_http(&self, addr: String) {
+        self.shared.nodes.set_http(addr);
+    }
+
+    /// The boxes whose heartbeat is live (this one included while Redis answers).
+    pub fn nodes(&self) -> Vec<nodes::NodeInfo> {
+        let s = &self.shared;
+        s.nodes.live(
+            &s.node_id,
+            s.config.node_ttl,
+            switchboard_core::clock::now_ms(),
+        )
+    }
+
     /// The cluster's health as `/healthz` and `/api/v1/info` show it.
     pub fn health(&self) -> serde_json::Value {
         let st = &self.shared.stats;
         serde_json::json!({
             "node": self.shared.node_id,
             "redis_reachable": self.reachable(),
-            "nodes_seen": st.nodes_seen(switchboard_core::clock::now_ms()),
+            "nodes_seen": self.nodes().len(),
             "gaps": st.gaps.get() + self.hub.bus_gaps(),
             "publish_failures": st.failed.get(),
             "mqtt_dropped": st.dropped.get(),
@@ -364,6 +392,28 @@ impl Bus for Cluster {
             epoch: epoch.to_owned(),
             seq,
         });
+    }
+
+    fn presence_changed(&self, topic: &str, member: &Member<'_>, joined: bool) {
+        self.shared.presence.changed(topic, member, joined);
+    }
+
+    fn direct(&self, to: &Recipient, may_send_to: Option<&[String]>, frame: &str) {
+        let m = direct::Outgoing::new(to, may_send_to, frame);
+        if self.direct.try_send(m).is_err() {
+            static FULL: switchboard_core::quiet::Throttle =
+                switchboard_core::quiet::Throttle::per_secs(10);
+            if let Some(held_back) = FULL.admit() {
+                tracing::warn!(
+                    held_back,
+                    "cluster: direct messages for other boxes dropped: Redis is behind"
+                );
+            }
+        }
+    }
+
+    fn remote_members(&self, topic: &str) -> Vec<(String, Member<'static>)> {
+        self.shared.presence.members(topic)
     }
 }
 
@@ -423,8 +473,8 @@ impl Source for Cluster {
         );
         s.gauge(
             "cluster_nodes_seen",
-            "Boxes whose messages this box read from the bus in the last minute.",
-            st.nodes_seen(switchboard_core::clock::now_ms()),
+            "Boxes whose heartbeat in Redis is live (cluster.node_ttl), this one included.",
+            self.nodes().len() as u64,
         );
         s.gauges(
             "cluster_bus_lag_ms",

@@ -302,9 +302,6 @@ fn deliver(
     if let Some(ts) = text(map, "ts").and_then(|t| t.parse::<u64>().ok()) {
         shared.stats.lag(partition, now_ms.saturating_sub(ts));
     }
-    if let Some(node) = text(map, "n") {
-        shared.stats.seen(node, now_ms);
-    }
     match from_bus(map, &shared.node_id) {
         Some(m) => {
             hub.deliver_from_bus(m);

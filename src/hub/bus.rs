@@ -23,7 +23,7 @@ use super::topics::TopicState;
 use super::{AsSent, Hub, HubError};
 use switchboard_core::grants::Grants;
 use switchboard_core::message::{Origin, Publish, Published};
-use switchboard_core::protocol::ServerFrame;
+use switchboard_core::protocol::{Member, Recipient, ServerFrame};
 
 /// An admitted publish, owned, on its way to the bus.
 #[derive(Debug, Clone)]
@@ -138,6 +138,19 @@ pub trait Bus: Send + Sync + 'static {
     /// Drops the bus's stored retained value of `topic` if it is still the one numbered
     /// `(epoch, seq)` (a forgotten offline notice, `bus_retained.rs`); best effort.
     fn forget_retained(&self, _topic: &str, _epoch: &str, _seq: u64) {}
+
+    /// A member of this box joined (`true`, also for new info) or left a presence
+    /// topic; told after the Hub announced it here, never blocking.
+    fn presence_changed(&self, _topic: &str, _member: &Member<'_>, _joined: bool) {}
+
+    /// A direct message (`frame`, the `dm` frame as encoded) for connections on other
+    /// boxes; `may_send_to` is the sender's send grant (`None`: anyone), checked there.
+    fn direct(&self, _to: &Recipient, _may_send_to: Option<&[String]>, _frame: &str) {}
+
+    /// The topic's members on other boxes, each with its box's node id.
+    fn remote_members(&self, _topic: &str) -> Vec<(String, Member<'static>)> {
+        Vec::new()
+    }
 }
 
 impl Hub {

@@ -4,7 +4,8 @@
 //! Owns [`Sender`] and [`Hub::send_direct`]. Reads the `clients` and `users` tables
 //! (each read lock taken alone, and released before anything is pushed); takes no topic
 //! lock, never touches the subscription index, and does not fill those tables (that is
-//! `connect`/`disconnect`, in routing.rs).
+//! `connect`/`disconnect`, in routing.rs). With a bus, a message not for a client of
+//! this box also goes to the other boxes, which deliver it with [`Hub::deliver_direct`].
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
@@ -16,7 +17,7 @@ use super::outbox::Pushed;
 use super::{index, read, Hub, HubError, Session};
 use crate::auth::Principal;
 use switchboard_core::grants::Grants;
-use switchboard_core::protocol::{Recipient, ServerFrame};
+use switchboard_core::protocol::{Frame, Recipient, ServerFrame};
 
 /// Who sends a direct message: a connection, or an HTTP caller.
 #[derive(Clone, Copy)]
@@ -50,7 +51,9 @@ impl<'a> Sender<'a> {
 }
 
 impl Hub {
-    /// Sends a direct message; returns how many connections got it.
+    /// Sends a direct message; returns how many connections of this box got it. With a
+    /// bus, one not for a client of this box is also handed to the other boxes, and 0
+    /// means "sent to the cluster", not "no recipient" (docs/cluster.md).
     pub fn send_direct(
         &self,
         from: Sender<'_>,
@@ -58,28 +61,7 @@ impl Hub {
         event: Option<&str>,
         data: &RawValue,
     ) -> Result<usize, HubError> {
-        let targets: Vec<Arc<Session>> = match to {
-            Recipient::Client(id) => {
-                let target = read(&self.clients).get(id).cloned();
-                if let Some(target) = &target {
-                    self.allow(from.grants.check_send(target.user()))?;
-                }
-                target.into_iter().collect()
-            }
-            Recipient::User(user) => {
-                self.allow(from.grants.check_send(Some(user)))?;
-                read(&self.users)
-                    .get(user)
-                    .map(|conns| {
-                        conns
-                            .values()
-                            .filter(|s| Some(s.key) != from.key)
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            }
-        };
+        let targets = self.direct_targets(to, from.grants, from.key)?;
         let frame = ServerFrame::Dm {
             event: event.map(Cow::Borrowed),
             data,
@@ -88,16 +70,12 @@ impl Hub {
             from_user: from.user.map(Cow::Borrowed),
         }
         .to_frame();
-        let delivered = targets
-            .iter()
-            .filter(|s| {
-                matches!(
-                    s.outbox.push(frame.clone()),
-                    Pushed::Queued | Pushed::DroppedOldest(_)
-                )
-            })
-            .count();
-        if delivered == 0 {
+        let here = matches!(to, Recipient::Client(_)) && !targets.is_empty();
+        let delivered = push(&targets, &frame);
+        let bus = self.bus.get().filter(|_| !here);
+        if let Some(bus) = bus {
+            bus.direct(to, from.grants.send_scope(), frame.as_str());
+        } else if delivered == 0 {
             let who = match to {
                 Recipient::Client(id) => format!("client `{id}`"),
                 Recipient::User(u) => format!("user `{u}`"),
@@ -107,4 +85,60 @@ impl Hub {
         self.counters.direct.fetch_add(1, Ordering::Relaxed);
         Ok(delivered)
     }
+
+    /// A direct message from another box: delivered to the connections of this box it
+    /// is for and the sender may reach (`may_send_to`, its send grant; `None`: anyone).
+    pub fn deliver_direct(&self, to: &Recipient, may_send_to: Option<Vec<String>>, frame: &str) {
+        let grants = match may_send_to {
+            None => Grants::all(),
+            Some(users) => Grants::new(Vec::new(), Vec::new(), users),
+        };
+        if let Ok(targets) = self.direct_targets(to, &grants, None) {
+            push(&targets, &Frame::from(frame.to_owned()));
+        }
+    }
+
+    /// The connections of this box a message to `to` goes to, but `skip`.
+    fn direct_targets(
+        &self,
+        to: &Recipient,
+        grants: &Grants,
+        skip: Option<index::Key>,
+    ) -> Result<Vec<Arc<Session>>, HubError> {
+        Ok(match to {
+            Recipient::Client(id) => {
+                let target = read(&self.clients).get(id).cloned();
+                if let Some(target) = &target {
+                    self.allow(grants.check_send(target.user()))?;
+                }
+                target.into_iter().collect()
+            }
+            Recipient::User(user) => {
+                self.allow(grants.check_send(Some(user)))?;
+                read(&self.users)
+                    .get(user)
+                    .map(|conns| {
+                        conns
+                            .values()
+                            .filter(|s| Some(s.key) != skip)
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
+        })
+    }
+}
+
+/// Pushes `frame` to each target; how many took it.
+fn push(targets: &[Arc<Session>], frame: &Frame) -> usize {
+    targets
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.outbox.push(frame.clone()),
+                Pushed::Queued | Pushed::DroppedOldest(_)
+            )
+        })
+        .count()
 }

@@ -21,16 +21,50 @@ use switchboard_core::topic;
 impl Hub {
     /// Who is subscribed to a presence-enabled topic, for someone allowed to know.
     pub fn presence(&self, by: &Grants, topic: &str) -> Result<Vec<Member<'static>>, HubError> {
+        Ok(self
+            .presence_on(by, topic)?
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect())
+    }
+
+    /// [`Hub::presence`] with each member's box: `None` for this one, else the node id
+    /// (with a bus).
+    pub fn presence_on(
+        &self,
+        by: &Grants,
+        topic: &str,
+    ) -> Result<Vec<(Option<String>, Member<'static>)>, HubError> {
         topic::validate_topic(topic)?;
         self.allow(by.check_presence(topic))?;
         if !self.presence_enabled(topic) {
             return Err(HubError::PresenceDisabled(topic.to_owned()));
         }
-        let presence = lock(&self.presence);
-        Ok(presence
+        let mut members: Vec<(Option<String>, Member<'static>)> = lock(&self.presence)
             .get(topic)
-            .map(|members| members.values().map(|s| member(s)).collect())
-            .unwrap_or_default())
+            .map(|members| members.values().map(|s| (None, member(s))).collect())
+            .unwrap_or_default();
+        if let Some(bus) = self.bus.get() {
+            members.extend(
+                bus.remote_members(topic)
+                    .into_iter()
+                    .map(|(n, m)| (Some(n), m)),
+            );
+        }
+        Ok(members)
+    }
+
+    /// Every (topic, member) of this box, for a bus that rewrites what it holds.
+    pub fn local_presence(&self) -> Vec<(String, Member<'static>)> {
+        lock(&self.presence)
+            .iter()
+            .flat_map(|(t, members)| members.values().map(|s| (t.clone(), member(s))))
+            .collect()
+    }
+
+    /// A member of another box joined or left: told to this box's subscribers of the topic.
+    pub fn announce_remote(&self, topic: &str, member: Member<'_>, joined: bool) {
+        self.tell(topic, member, joined, None);
     }
 
     /// Sets the display info others see in presence. Topics the session is already on
@@ -98,8 +132,16 @@ impl Hub {
 
     /// Tells the topic's other subscribers that `session` joined or left.
     fn announce(&self, topic: &str, session: &Session, joined: bool) {
-        let topic_name = Cow::Borrowed(topic);
         let member = member(session);
+        if let Some(bus) = self.bus.get() {
+            bus.presence_changed(topic, &member, joined);
+        }
+        self.tell(topic, member, joined, Some(session.key));
+    }
+
+    /// Delivers a `join` or `leave` to the topic's subscribers but `skip`.
+    fn tell(&self, topic: &str, member: Member<'_>, joined: bool, skip: Option<super::index::Key>) {
+        let topic_name = Cow::Borrowed(topic);
         let frame = if joined {
             ServerFrame::Join {
                 topic: topic_name,
@@ -111,8 +153,7 @@ impl Hub {
                 member,
             }
         };
-        let frame = frame.to_frame();
-        self.deliver(topic, &frame, Some(session.key), None, None);
+        self.deliver(topic, &frame.to_frame(), skip, None, None);
     }
 }
 

@@ -178,6 +178,28 @@ async function overview() {
     );
   }
   $("ov-cards").replaceChildren(...cards.map(([label, value]) => h("div", { class: "stat" }, h("b", {}, value), h("span", {}, label))));
+  await clusterNodes(info.cluster);
+}
+
+/** The boxes whose heartbeat is live (docs/cluster.md); shown only with `[cluster]` on. */
+async function clusterNodes(cluster) {
+  $("ov-cluster").hidden = !cluster;
+  if (!cluster) return;
+  const { nodes } = await api("GET", "/cluster/nodes");
+  const now = Date.now();
+  fillTable(
+    $("ov-nodes"),
+    ["node", "HTTP", "version", "clients", "up", "last beat"],
+    nodes.map((n) => [
+      n.node === cluster.node ? `${n.node} (this box)` : n.node,
+      n.http,
+      n.version,
+      n.clients,
+      duration(Math.max(0, Math.round((now - n.started_at) / 1000))),
+      `${Math.max(0, Math.round((now - n.beat_at) / 1000))} s ago`,
+    ]),
+    "none live: Redis unreachable?",
+  );
 }
 
 const disconnectButton = (id) => h("button", { class: "danger", "data-client": id, onclick: () => disconnect(id) }, "Disconnect");

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiPath, ApiQuery, Caller};
 use crate::auth::Kind;
+use crate::cluster::Cluster;
 use crate::http::state::HttpState;
 use crate::hub::outbox::CloseReason;
 use crate::hub::Hub;
@@ -154,6 +155,7 @@ struct ListQuery {
 async fn list(
     State(hub): State<Arc<Hub>>,
     State(broker): State<Option<Arc<Broker>>>,
+    State(cluster): State<Option<Arc<Cluster>>>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -172,7 +174,21 @@ async fn list(
             .map(|c| Listed::Mqtt(device_view(&hub, c))),
     );
     clients.sort_by_key(Listed::connected_at);
+    let clients: Vec<serde_json::Value> = clients
+        .iter()
+        .map(|c| on_node(c, cluster.as_deref()))
+        .collect();
     Ok(Json(serde_json::json!({ "clients": clients })))
+}
+
+/// A client as listed; with `[cluster]` on, with `node`: this box, the one it is on
+/// (each box lists its own clients: docs/cluster.md).
+fn on_node(client: &Listed, cluster: Option<&Cluster>) -> serde_json::Value {
+    let mut v = serde_json::json!(client);
+    if let Some(c) = cluster {
+        v["node"] = serde_json::json!(c.node_id());
+    }
+    v
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -197,15 +213,16 @@ fn find_device(broker: Option<&Broker>, id: &str) -> Option<Result<Connected, Ap
 async fn show(
     State(hub): State<Arc<Hub>>,
     State(broker): State<Option<Arc<Broker>>>,
+    State(cluster): State<Option<Arc<Cluster>>>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Listed>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_admin()?;
-    if let Some(found) = find_device(broker.as_deref(), &id) {
-        return Ok(Json(Listed::Mqtt(device_view(&hub, found?))));
-    }
-    let session = find(&hub, &id)?;
-    Ok(Json(Listed::Ws(view(&session))))
+    let listed = match find_device(broker.as_deref(), &id) {
+        Some(found) => Listed::Mqtt(device_view(&hub, found?)),
+        None => Listed::Ws(view(find(&hub, &id)?.as_ref())),
+    };
+    Ok(Json(on_node(&listed, cluster.as_deref())))
 }
 
 /// A WebSocket client's connection is closed with 4005, which tells it not to reconnect

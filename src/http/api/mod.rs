@@ -24,6 +24,7 @@ use switchboard_core::protocol::ErrorCode;
 
 mod bridges;
 mod clients;
+mod cluster;
 mod history;
 mod idempotency;
 mod info;
@@ -45,6 +46,7 @@ pub fn router(limits: Limits) -> Router<HttpState> {
     Router::new()
         .merge(messages::routes(limits))
         .merge(clients::routes())
+        .merge(cluster::routes())
         .merge(topics::routes())
         .merge(history::routes())
         .merge(info::routes())

@@ -16,6 +16,7 @@ const BASE: &str = include_str!("openapi/base.json");
 const FRAGMENTS: &[(&str, &str)] = &[
     ("messages.json", include_str!("openapi/messages.json")),
     ("clients.json", include_str!("openapi/clients.json")),
+    ("cluster.json", include_str!("openapi/cluster.json")),
     ("history.json", include_str!("openapi/history.json")),
     ("info.json", include_str!("openapi/info.json")),
     ("stats.json", include_str!("openapi/stats.json")),

@@ -78,11 +78,23 @@ struct PresenceQuery {
     topic: String,
 }
 
+/// With `[cluster]` on, the members of every box, each with its `node`; off, as always.
 async fn presence(
     State(hub): State<Arc<Hub>>,
+    State(cluster): State<Option<Arc<crate::cluster::Cluster>>>,
     Caller(caller): Caller,
     ApiQuery(query): ApiQuery<PresenceQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let members = hub.presence(&caller.grants, &query.topic)?;
+    let members = hub.presence_on(&caller.grants, &query.topic)?;
+    let members: Vec<serde_json::Value> = members
+        .into_iter()
+        .map(|(node, member)| {
+            let mut m = json!(member);
+            if let Some(here) = &cluster {
+                m["node"] = json!(node.as_deref().unwrap_or(here.node_id()));
+            }
+            m
+        })
+        .collect();
     Ok(Json(json!({"topic": query.topic, "members": members})))
 }
