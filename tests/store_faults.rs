@@ -224,11 +224,11 @@ async fn store_check_passes_a_sound_store_and_the_daemon_reopens_it() {
 
 /// A store written before the segment size was set (sled's 512 KiB default) keeps that
 /// size, which sled insists on, and everything in it; a new store, and a salvaged copy,
-/// get the current 128 KiB.
+/// get the current 256 KiB.
 #[tokio::test]
 async fn a_store_made_under_512_kib_segments_opens_with_its_history_and_keeps_them() {
     let (mut daemon, db) = stopped_with_history().await;
-    assert_eq!(segment_size(&db), 128 * 1024);
+    assert_eq!(segment_size(&db), 256 * 1024);
     // Rewrite the store as an older build left it: the same trees and manifest, under
     // sled's default segments.
     let store = daemon.data_dir().join("store");
@@ -236,7 +236,7 @@ async fn a_store_made_under_512_kib_segments_opens_with_its_history_and_keeps_th
     {
         let now = sled::Config::new()
             .path(&store)
-            .segment_size(128 * 1024)
+            .segment_size(256 * 1024)
             .open()
             .expect("open the store");
         let before = sled::Config::new().path(&old).open().expect("create");
@@ -278,7 +278,7 @@ async fn a_store_made_under_512_kib_segments_opens_with_its_history_and_keeps_th
     // Salvage writes a new store, under the current segments, with every entry.
     store_succeeds(&daemon, "salvage");
     let salvaged = daemon.data_dir().join("salvaged").join("store").join("db");
-    assert_eq!(segment_size(&salvaged), 128 * 1024);
+    assert_eq!(segment_size(&salvaged), 256 * 1024);
 }
 
 /// Every file under `dir` with its bytes.

@@ -12,7 +12,7 @@
 use std::path::Path;
 
 /// The segment size of a store created by this build.
-pub const SEGMENT_SIZE: usize = 128 * 1024;
+pub const SEGMENT_SIZE: usize = 256 * 1024;
 
 /// sled's own default, which stores created before [`SEGMENT_SIZE`] have.
 const SLED_DEFAULT: usize = 512 * 1024;
@@ -54,13 +54,13 @@ mod tests {
         assert_eq!(for_store(&path), SEGMENT_SIZE);
         let db = sled::Config::new()
             .path(&path)
-            .segment_size(256 * 1024)
+            .segment_size(128 * 1024)
             .open()
             .expect("open");
         db.insert(b"k", b"v").expect("insert");
         db.flush().expect("flush");
         drop(db);
-        assert_eq!(for_store(&path), 256 * 1024);
+        assert_eq!(for_store(&path), 128 * 1024);
         // Opening with what was read is what sled accepts.
         sled_config(&path)
             .open()
