@@ -31,8 +31,7 @@ publish_burst = 1000000
 const UNUSABLE: i32 = 65;
 
 /// A daemon whose store holds 3,000 history messages (3 MB: sled's file spans several of
-/// its 512 KiB segments, as a store in use does), stopped cleanly; the path of sled's
-/// data file.
+/// its segments, as a store in use does), stopped cleanly; the path of sled's data file.
 async fn stopped_with_history() -> (Daemon, PathBuf) {
     let mut daemon = Daemon::start(HISTORY);
     let mut c = Raw::connect(&daemon.ws_url()).await;
@@ -56,15 +55,24 @@ async fn stopped_with_history() -> (Daemon, PathBuf) {
     daemon.stop();
     let db = daemon.data_dir().join("store").join("db");
     let len = std::fs::metadata(&db).expect("sled's data file").len();
+    let segment = segment_size(&db);
     assert!(
-        len > 2 << 20,
-        "the store spans several segments: {len} bytes"
+        len > 4 * segment,
+        "the store spans several {segment}-byte segments: {len} bytes"
     );
     (daemon, db)
 }
 
-/// sled's segment size (its default, which the store keeps).
-const SEGMENT: u64 = 512 * 1024;
+/// The segment size sled recorded for the store whose data file is `db` (its `conf`
+/// file beside it: `segment_size: N` among text lines, then a checksum), so that faults
+/// land on segment boundaries whatever size the store uses.
+fn segment_size(db: &Path) -> u64 {
+    let conf = std::fs::read(db.with_file_name("conf")).expect("sled's conf file");
+    String::from_utf8_lossy(&conf[..conf.len() - 4])
+        .lines()
+        .find_map(|l| l.strip_prefix("segment_size:")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no segment size in {conf:?}"))
+}
 
 /// Zeroes the first 4 KiB of the segment that starts at `at` (a segment's header is what
 /// sled's recovery reads first).
@@ -163,22 +171,22 @@ async fn assert_moving_aside_starts_afresh(daemon: &mut Daemon) {
 async fn a_zeroed_page_is_refused_with_the_directory_named_and_no_panic() {
     let (mut daemon, db) = stopped_with_history().await;
     // Where live data sits in sled's log depends on timing (pages are rewritten as they
-    // change, leaving old copies behind), so zero a page in the middle, then the next
-    // segment's, and so on, until one held live data: the daemon must then refuse.
-    // sled alone panics ("tried to serialize Uninitialized") or drops what follows.
+    // change, leaving old copies behind, and cleaned segments are reused from the start
+    // of the file), so zero a page in the middle, then the next segment's, and so on to
+    // the end and round from the start, until one held live data: the daemon must then
+    // refuse. sled alone panics ("tried to serialize Uninitialized") or drops what follows.
     let len = std::fs::metadata(&db).expect("size").len();
-    let mut at = len / 2 / SEGMENT * SEGMENT;
+    let segment = segment_size(&db);
+    let segments = len.div_ceil(segment);
+    let mut order = (segments / 2..segments).chain(0..segments / 2);
     let refused = loop {
-        assert!(
-            at < len,
-            "zeroing every segment from the middle on went unnoticed"
-        );
+        let at = order.next().expect("zeroing every segment went unnoticed") * segment;
         zero_4k(&db, at);
         match daemon.run_to_exit() {
             (Some(status), stderr) => break (status, stderr),
             // Started: the page held only superseded data (and the clean stop that
             // followed counted the entries afresh).
-            (None, _) => at += SEGMENT,
+            (None, _) => continue,
         }
     };
     assert_refused(&daemon, refused.0, &refused.1);
@@ -212,6 +220,65 @@ async fn store_check_passes_a_sound_store_and_the_daemon_reopens_it() {
     assert_eq!(r["op"], "ok", "{r}");
     assert_eq!(r["seq"], 3000, "{r}");
     assert_eq!(r["history"], 1000, "{r}");
+}
+
+/// A store written before the segment size was set (sled's 512 KiB default) keeps that
+/// size, which sled insists on, and everything in it; a new store, and a salvaged copy,
+/// get the current 256 KiB.
+#[tokio::test]
+async fn a_store_made_under_512_kib_segments_opens_with_its_history_and_keeps_them() {
+    let (mut daemon, db) = stopped_with_history().await;
+    assert_eq!(segment_size(&db), 256 * 1024);
+    // Rewrite the store as an older build left it: the same trees and manifest, under
+    // sled's default segments.
+    let store = daemon.data_dir().join("store");
+    let old = daemon.data_dir().join("store.old");
+    {
+        let now = sled::Config::new()
+            .path(&store)
+            .segment_size(256 * 1024)
+            .open()
+            .expect("open the store");
+        let before = sled::Config::new().path(&old).open().expect("create");
+        before.import(now.export());
+        before.flush().expect("flush");
+    }
+    std::fs::copy(
+        store.join("switchboard.manifest"),
+        old.join("switchboard.manifest"),
+    )
+    .expect("copy the manifest");
+    std::fs::remove_dir_all(&store).expect("remove");
+    std::fs::rename(&old, &store).expect("rename");
+    assert_eq!(segment_size(&db), 512 * 1024);
+
+    daemon.respawn();
+    let mut c = Raw::connect(&daemon.ws_url()).await;
+    c.flood_from("log/a", 3000, 3100, 10).await;
+    let r = c
+        .request(json!({"op":"sub","topic":"log/a","last":1000}))
+        .await;
+    assert_eq!(
+        (r["seq"].as_u64(), r["history"].as_u64()),
+        (Some(3100), Some(1000)),
+        "{r}"
+    );
+    // The oldest of them was written under the old build.
+    let first = c.next_msg().await;
+    assert_eq!(
+        (first["seq"].as_u64(), first["data"]["i"].as_u64()),
+        (Some(2101), Some(2100)),
+        "{first}"
+    );
+    daemon.stop();
+    assert_eq!(segment_size(&db), 512 * 1024);
+    let out = store_succeeds(&daemon, "check");
+    assert!(out.contains(": ok:"), "{out}");
+
+    // Salvage writes a new store, under the current segments, with every entry.
+    store_succeeds(&daemon, "salvage");
+    let salvaged = daemon.data_dir().join("salvaged").join("store").join("db");
+    assert_eq!(segment_size(&salvaged), 256 * 1024);
 }
 
 /// Every file under `dir` with its bytes.

@@ -240,7 +240,9 @@ fn store_beside_a_file(n: u64, record: usize) -> Vec<Kept> {
         }
     };
     out.push(sled_run("sled, 128 records per value", SEGMENT, &runs));
+    out.push(sled_run("  the same, 256 KiB segments", 256 * 1024, &runs));
     out.push(sled_run("  the same, 128 KiB segments", 128 * 1024, &runs));
+    out.push(sled_run("  the same, 64 KiB segments", 64 * 1024, &runs));
     out.push(sled_run("  the same, 8 MiB segments", 8 << 20, &runs));
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("log");

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod quota;
 pub mod recovery;
 pub mod salvage;
+pub mod segments;
 pub mod writer;
 
 use std::cell::Cell;
@@ -171,9 +172,7 @@ impl Store {
         let flush_ms = u64::try_from(config.flush_interval.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let sled_config = sled::Config::new()
-            .path(&path)
-            .flush_every_ms(Some(flush_ms));
+        let sled_config = segments::sled_config(&path).flush_every_ms(Some(flush_ms));
         let opened =
             catch_quietly(|| sled_config.clone().open()).map_err(|detail| StoreError::Damaged {
                 path: path.clone(),

@@ -25,8 +25,9 @@ pub const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// up to [`MAX_BACKOFF`]: writes resume at most this long after space is back.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
-/// Bytes the disk must take before a reopen is tried: two of sled's 512 KiB segments,
-/// so that the open itself (which starts a new segment) does not fail at once.
+/// Bytes the disk must take before a reopen is tried: two segments of the largest size a
+/// store has (sled's 512 KiB default, [`super::segments`]), so that the open itself
+/// (which starts a new segment) does not fail at once.
 const PROBE_BYTES: usize = 1 << 20;
 /// How long a reopen waits for operations in flight to drop the old database.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{catch_quietly, manifest, StoreError, FORMAT_VERSION, VERSION_KEY};
+use super::{catch_quietly, manifest, segments, StoreError, FORMAT_VERSION, VERSION_KEY};
 
 /// What salvage copied.
 #[derive(Debug)]
@@ -55,7 +55,7 @@ fn copy_entries(copy: &Path, into: &Path) -> Result<SalvageReport, StoreError> {
         path: copy.to_path_buf(),
         detail,
     };
-    let source = catch_quietly(|| sled::Config::new().path(copy).open())
+    let source = catch_quietly(|| segments::sled_config(copy).open())
         .map_err(|panic| {
             damaged(format!(
                 "sled cannot open it at all ({panic}): nothing can be salvaged"
@@ -66,8 +66,7 @@ fn copy_entries(copy: &Path, into: &Path) -> Result<SalvageReport, StoreError> {
                 "sled cannot open it at all ({e}): nothing can be salvaged"
             ))
         })?;
-    let target = sled::Config::new()
-        .path(into)
+    let target = segments::sled_config(into)
         .open()
         .map_err(|source| StoreError::Open {
             path: into.to_path_buf(),
