@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::queue;
 use super::Link;
-use crate::live::{self, LiveList};
+use crate::live::LiveList;
 use crate::store::writer::{self, Writer};
 use crate::store::StoredMessage;
 use switchboard_core::message::{Publish, Tap};
@@ -66,21 +66,23 @@ impl Tap for BridgeTap {
     }
 }
 
-/// Stores a burst of entries and wakes their links' sending tasks.
+/// Stores a burst of entries, each link's as one or a few segments, and wakes their
+/// links' sending tasks.
 pub fn store(burst: &mut Vec<Item>) {
-    live::store_burst(
-        burst,
-        |link, value| match link.queue.push(&value) {
-            Ok(()) => true,
-            Err(e) => {
-                link.queue.dropped.fetch_add(1, Ordering::Relaxed);
-                static FAILED: Throttle = Throttle::per_secs(10);
-                if let Some(held_back) = FAILED.admit() {
-                    tracing::error!(bridge = %link.name, error = %e, held_back, "cannot store a bridge message; dropped");
-                }
-                false
+    let mut by_link: Vec<(Arc<Link>, Vec<Vec<u8>>)> = Vec::new();
+    for (link, value) in burst.drain(..) {
+        match by_link.iter_mut().find(|(l, _)| Arc::ptr_eq(l, &link)) {
+            Some((_, values)) => values.push(value),
+            None => by_link.push((link, vec![value])),
+        }
+    }
+    for (link, values) in by_link {
+        if let Err(e) = link.queue.push_burst(&values) {
+            static FAILED: Throttle = Throttle::per_secs(10);
+            if let Some(held_back) = FAILED.admit() {
+                tracing::error!(bridge = %link.name, error = %e, held_back, "cannot store bridge messages; dropped");
             }
-        },
-        |link| link.queue.wake.notify_one(),
-    );
+        }
+        link.queue.wake.notify_one();
+    }
 }
