@@ -50,20 +50,17 @@ impl Leased {
 
     /// At a takeover: queues what the old holder may not have forwarded.
     fn replay(&self, name: &str, queue: &Queue) {
-        let mut queued = 0u64;
-        for entry in self.shadow.take_unsent() {
-            match queue.push(&entry) {
-                Ok(()) => queued += 1,
-                Err(e) => {
-                    queue.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(bridge = %name, error = %e, "cannot store a bridge message; dropped");
-                }
-            }
+        let unsent = self.shadow.take_unsent();
+        if unsent.is_empty() {
+            return;
         }
-        if queued > 0 {
-            tracing::info!(bridge = %name, queued, "bridge taken over: queued what the old holder may not have forwarded");
-            queue.wake.notify_one();
+        // One burst: as few segments as fit them; what cannot be stored is counted dropped.
+        if let Err(e) = queue.push_burst(&unsent) {
+            tracing::error!(bridge = %name, error = %e, "cannot store bridge messages; dropped");
+            return;
         }
+        tracing::info!(bridge = %name, queued = unsent.len(), "bridge taken over: queued what the old holder may not have forwarded");
+        queue.wake.notify_one();
     }
 }
 
