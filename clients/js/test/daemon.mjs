@@ -2,7 +2,7 @@
 // does for the Rust tests), a TCP relay that can be cut, JWTs signed by hand, and a
 // poll-until helper. The binary: $SWITCHBOARD_BIN, else the cargo build's.
 
-import { execFile, spawn } from "node:child_process";
+import { execFile, spawn, spawnSync } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
@@ -292,6 +292,43 @@ async function freePort() {
   return port;
 }
 
+/** Resolves once something accepts connections on `port`. */
+function listening(port, what) {
+  return until(
+    () =>
+      new Promise((resolve) => {
+        const socket = net.connect(port, "127.0.0.1", () => resolve(socket.end() && true));
+        socket.on("error", () => resolve(false));
+      }),
+    `${what} to listen`,
+  );
+}
+
+/**
+ * Debian's redis-server on a free port, in memory, listening once this returns (for
+ * `[cluster]`, docs/cluster.md); `null` when it is not installed and the run does not
+ * require it (the test script sets CLUSTER_TOOLS=required, and there it fails).
+ */
+export async function startRedis() {
+  if (spawnSync("redis-server", ["--version"]).error) {
+    if (process.env.CLUSTER_TOOLS === "required") throw new Error("redis-server is required (CLUSTER_TOOLS=required)");
+    return null;
+  }
+  const port = await freePort();
+  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+  await listening(port, "redis-server");
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    dispose: () =>
+      new Promise((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resolve();
+        child.once("exit", resolve);
+        child.kill("SIGKILL");
+      }),
+  };
+}
+
 /**
  * Debian's Mosquitto on a free port, anonymous and in memory, listening once this
  * returns: another broker for bridge tests. `stop()` kills it; `start()` starts it again
@@ -307,14 +344,7 @@ export async function startMosquitto() {
   const broker = { port, child: null };
   broker.start = async () => {
     broker.child = spawn("mosquitto", ["-c", conf], { stdio: "ignore" });
-    await until(
-      () =>
-        new Promise((resolve) => {
-          const socket = net.connect(port, "127.0.0.1", () => resolve(socket.end() && true));
-          socket.on("error", () => resolve(false));
-        }),
-      "mosquitto to listen",
-    );
+    await listening(port, "mosquitto");
   };
   broker.stop = async () => {
     const child = broker.child;

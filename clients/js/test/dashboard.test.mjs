@@ -14,7 +14,7 @@ import { join, resolve } from "node:path";
 import { after, before, test } from "node:test";
 import WebSocket from "ws";
 import { Client } from "../src/index.js";
-import { ADMIN, launchChromium, mqttPublish, mqttSubscribe, startDaemon, startMosquitto, until } from "./daemon.mjs";
+import { ADMIN, launchChromium, mqttPublish, mqttSubscribe, startDaemon, startMosquitto, startRedis, until } from "./daemon.mjs";
 
 const shots = resolve(process.env.SCREENSHOT_DIR ?? mkdtempSync(join(tmpdir(), "sb-shots-")));
 mkdirSync(shots, { recursive: true });
@@ -88,10 +88,10 @@ async function newPage(width = 1100) {
   return page;
 }
 
-/** A logged-in dashboard page. */
-async function dashboard(width = 1100) {
+/** A logged-in dashboard page (of `on`, the suite's daemon unless given). */
+async function dashboard(width = 1100, on = daemon) {
   const page = await newPage(width);
-  await page.goto(`http://${daemon.http}/dashboard/`);
+  await page.goto(`http://${on.http}/dashboard/`);
   await page.fill("#token", ADMIN);
   await page.click("#login button");
   await page.waitForSelector("#nav:not([hidden])");
@@ -462,6 +462,34 @@ test("the first load (login, then the overview) transfers less than 150 KB", asy
     assert.ok(total < 150 * 1024, `${total} bytes`);
   } finally {
     await context.close();
+  }
+});
+
+test("with [cluster] on, the overview lists the live boxes, and a stopped box drops out", async (t) => {
+  const redis = await startRedis();
+  if (!redis) return t.skip("redis-server is not installed");
+  const box = (node) => `[cluster]\nenabled = true\nredis = ["${redis.url}"]\nnode_id = "${node}"\nnode_ttl = "900ms"\n`;
+  const a = await startDaemon({ extra: box("box-a") });
+  const b = await startDaemon({ extra: box("box-b") });
+  const single = await dashboard();
+  const page = await dashboard(1100, a);
+  try {
+    await single.waitForSelector("#overview:not([hidden]) .stat");
+    assert.equal(await single.isVisible("#ov-cluster"), false, "no cluster card without [cluster]");
+    const nodes = () => page.textContent("#ov-nodes");
+    await until(async () => /box-a \(this box\)/.test(await nodes()) && /box-b/.test(await nodes()), "both boxes listed");
+    const text = await nodes();
+    assert.ok(text.includes(b.http), `box-b's HTTP address in ${text}`);
+    await shot(page, "overview-cluster");
+    await b.dispose();
+    await until(async () => !/box-b/.test(await nodes()), "the stopped box to drop out");
+    assert.match(await nodes(), /box-a \(this box\)/);
+  } finally {
+    await page.context().close();
+    await single.context().close();
+    await b.dispose();
+    await a.dispose();
+    await redis.dispose();
   }
 });
 
