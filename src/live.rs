@@ -44,23 +44,12 @@ impl<T> LiveList<T> {
 /// reload that adds the first part, and never detached.
 pub struct PendingTap<T> {
     tap: Mutex<Option<T>>,
-    /// Attached with `Hub::add_tap_here`: once per cluster.
-    here: bool,
 }
 
 impl<T: switchboard_core::message::Tap + 'static> PendingTap<T> {
     pub fn new(tap: T) -> Self {
         PendingTap {
             tap: Mutex::new(Some(tap)),
-            here: false,
-        }
-    }
-
-    /// A tap that sees only the messages published on this box (`Hub::add_tap_here`).
-    pub fn here(tap: T) -> Self {
-        PendingTap {
-            here: true,
-            ..Self::new(tap)
         }
     }
 
@@ -74,10 +63,8 @@ impl<T: switchboard_core::message::Tap + 'static> PendingTap<T> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        match taken {
-            Some(tap) if self.here => hub.add_tap_here(Arc::new(tap)),
-            Some(tap) => hub.add_tap(Arc::new(tap)),
-            None => {}
+        if let Some(tap) = taken {
+            hub.add_tap(Arc::new(tap));
         }
     }
 }

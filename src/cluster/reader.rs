@@ -302,7 +302,7 @@ fn deliver(
     if let Some(ts) = text(map, "ts").and_then(|t| t.parse::<u64>().ok()) {
         shared.stats.lag(partition, now_ms.saturating_sub(ts));
     }
-    match from_bus(map, &shared.node_id) {
+    match from_bus(map) {
         Some(m) => {
             hub.deliver_from_bus(m);
         }
@@ -329,7 +329,7 @@ pub(super) fn id_number(id: &str) -> Option<u64> {
     id.split_once('-').and_then(|(n, _)| n.parse().ok())
 }
 
-pub(super) fn from_bus(map: &HashMap<String, Value>, me: &str) -> Option<FromBus> {
+pub(super) fn from_bus(map: &HashMap<String, Value>) -> Option<FromBus> {
     let message = message_of(map)?;
     let data = RawValue::from_string(message.data.clone()).ok()?;
     Some(FromBus {
@@ -337,7 +337,6 @@ pub(super) fn from_bus(map: &HashMap<String, Value>, me: &str) -> Option<FromBus
         data,
         epoch: text(map, "e")?,
         seq: text(map, "s")?.parse().ok()?,
-        here: text(map, "n").is_some_and(|n| n == me),
     })
 }
 

@@ -137,7 +137,7 @@ pub(super) async fn load(
                 *count += 1;
                 let restored = unpack(&pair[1]).and_then(|map| {
                     let ts = reader::text(&map, "ts").and_then(|t| t.parse().ok());
-                    let m = reader::from_bus(&map, &shared.node_id)?;
+                    let m = reader::from_bus(&map)?;
                     Some(hub.restore_retained(m, ts.unwrap_or(0)))
                 });
                 match restored {

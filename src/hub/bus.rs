@@ -68,8 +68,6 @@ pub struct FromBus {
     pub data: Box<RawValue>,
     pub epoch: String,
     pub seq: u64,
-    /// Published on this box (then taps added with `add_tap_here` see it).
-    pub here: bool,
 }
 
 /// The bus's answer to one publish: its topic's sequence number, or why it was not taken.
@@ -242,10 +240,9 @@ impl Hub {
             data,
             epoch,
             seq,
-            here,
         } = m;
         let as_sent = message.as_sent.take();
-        self.apply(message.publish(&data), as_sent, Some((&epoch, seq, here)))
+        self.apply(message.publish(&data), as_sent, Some((&epoch, seq)))
     }
 
     /// A bus stream skipped `dropped` positions (0: an unknown number, its data was

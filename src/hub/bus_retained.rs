@@ -74,11 +74,8 @@ impl Hub {
 
     /// For a retained message read from the bus (`numbered`): whether it is newer than
     /// the topic's retained value, recorded when it is. Off the bus, always.
-    pub(super) fn retained_in_order(
-        state: &mut TopicState,
-        numbered: Option<(&str, u64, bool)>,
-    ) -> bool {
-        let Some((epoch, seq, _)) = numbered else {
+    pub(super) fn retained_in_order(state: &mut TopicState, numbered: Option<(&str, u64)>) -> bool {
+        let Some((epoch, seq)) = numbered else {
             return true;
         };
         if let Some((e, s)) = &state.retained_at {
@@ -114,7 +111,6 @@ mod tests {
             data: RawValue::from_string(data.into()).expect("json"),
             epoch: "e1".into(),
             seq,
-            here: false,
         }
     }
 

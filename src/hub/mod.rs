@@ -148,8 +148,7 @@ pub struct Hub {
     taps: RwLock<Vec<Arc<dyn Tap>>>,                           // routing.rs
     /// Taps that see, with a bus attached, only the messages published on this box:
     /// they act once per cluster (webhooks), given the same configuration on every box.
-    taps_here: RwLock<Vec<Arc<dyn Tap>>>, // routing.rs
-    history: OnceLock<Arc<History>>,                           // routing.rs
+    history: OnceLock<Arc<History>>, // routing.rs
     counters: Counters,                                        // stats.rs
     /// MQTT devices' sessions by client id, live or waiting for their device.
     devices: Mutex<HashMap<String, Arc<DeviceSession>>>, // device.rs
@@ -179,7 +178,6 @@ impl Hub {
             users: RwLock::default(),
             presence: Mutex::default(),
             taps: RwLock::default(),
-            taps_here: RwLock::default(),
             history: OnceLock::new(),
             counters: Counters::default(),
             devices: Mutex::default(),

@@ -86,7 +86,7 @@ impl Hub {
 
     /// Tells every tap of a lifecycle event.
     pub fn notify(&self, event: &Lifecycle<'_>) {
-        for tap in read(&self.taps).iter().chain(read(&self.taps_here).iter()) {
+        for tap in read(&self.taps).iter() {
             tap.lifecycle(event);
         }
     }
@@ -263,14 +263,6 @@ impl Hub {
         write(&self.taps).push(tap);
     }
 
-    /// Adds a consumer of every message published on this box: the same as
-    /// [`Hub::add_tap`] on one box; with a bus attached (`[cluster]`) it does not see
-    /// messages that other boxes published, so, configured alike on every box, it acts
-    /// once per message for the cluster.
-    pub fn add_tap_here(&self, tap: Arc<dyn Tap>) {
-        write(&self.taps_here).push(tap);
-    }
-
     pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> Result<(), HubError> {
         topic::validate_filter(filter)?;
         if !lock(&session.filters).remove(filter) {
@@ -370,7 +362,7 @@ impl Hub {
         &self,
         p: Publish<'_>,
         as_sent: Option<AsSent>,
-        numbered: Option<(&str, u64, bool)>,
+        numbered: Option<(&str, u64)>,
     ) -> Published {
         let state = self.topic_state(p.topic);
         // Held through fan-out: concurrent publishers to one topic are serialised, so
@@ -381,7 +373,7 @@ impl Hub {
                 state.seq += 1;
                 state.seq
             }
-            Some((epoch, seq, _)) => match self.continuity(&mut state, p.topic, epoch, seq) {
+            Some((epoch, seq)) => match self.continuity(&mut state, p.topic, epoch, seq) {
                 Some(seq) => seq,
                 // Read twice from the bus (a reader resumed before its last entry).
                 None => {
@@ -420,15 +412,9 @@ impl Hub {
         let stored = state
             .log
             .as_ref()
-            .is_none_or(|log| log.append_at(&p, numbered.map(|(e, _, _)| e), seq, now_us));
+            .is_none_or(|log| log.append_at(&p, numbered.map(|(e, _)| e), seq, now_us));
         for tap in read(&self.taps).iter() {
             tap.routed(&p, seq, now_us);
-        }
-        // From the bus: only what this box published (`add_tap_here`).
-        if numbered.is_none_or(|(_, _, here)| here) {
-            for tap in read(&self.taps_here).iter() {
-                tap.routed(&p, seq, now_us);
-            }
         }
         drop(state);
         self.counters.published[p.origin as usize].fetch_add(1, Ordering::Relaxed);
