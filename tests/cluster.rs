@@ -226,8 +226,10 @@ async fn settle_and_check(subs: &[(&Sub, &str)], acked: &Acked) -> Counts {
         let mut last_seq: HashMap<String, u64> = HashMap::new();
         let mut last_n: HashMap<(String, String), u64> = HashMap::new();
         let mut gap_since: HashSet<String> = HashSet::new();
+        let mut had_gap = false;
         for f in &frames {
             if f["op"] == "lagged" {
+                had_gap = true;
                 // A gap notice covers every topic of this subscriber from here on.
                 for t in last_seq.keys() {
                     gap_since.insert(t.clone());
@@ -260,7 +262,12 @@ async fn settle_and_check(subs: &[(&Sub, &str)], acked: &Acked) -> Counts {
                     s.name
                 );
             }
+            // A retried message has two copies when Redis took the refused attempt; a
+            // subscriber told of a gap may have missed the first copy (Redis lost it
+            // before its box read it) and sees the retry, under its own number.
+            let other_copy = had_gap && refused.contains(&k);
             match seqs.get(&k) {
+                Some(_) if other_copy => {}
                 Some(expected) => assert_eq!(
                     *expected, seq,
                     "{}: {k:?} has another seq than on another box",
