@@ -21,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::creds::{Secrets, ADMIN};
+use common::redis::Redis;
 use common::{Daemon, Raw};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -558,52 +559,17 @@ fn assert_cluster_accepted() {
     );
 }
 
-/// A throwaway redis-server on a free port, killed when dropped.
-struct Redis {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start redis-server");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_listening(&mut child, addr, "redis-server");
-        Redis {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn with_cluster_a_publish_on_box_a_reaches_a_subscriber_on_box_b() {
     assert_cluster_accepted();
-    if !installed(HAPROXY, "haproxy") || !installed("/usr/bin/redis-server", "redis-server") {
+    if !installed(HAPROXY, "haproxy") {
         return;
     }
-    let redis = Redis::start();
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
     let secrets = Secrets::new();
-    let cluster = CLUSTER.replace("{redis}", &redis.addr.to_string());
+    let cluster = CLUSTER.replace("{redis}", &format!("127.0.0.1:{}", redis.port));
     let boxes = two_boxes(&secrets, &cluster);
     let lb = Lb::haproxy(&boxes).await;
 
