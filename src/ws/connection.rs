@@ -466,15 +466,8 @@ impl Connection {
             let room = self.own_bytes < budget;
             if let Some(carried) = self.carried.as_mut().filter(|_| room) {
                 if let Poll::Ready(Some(reply)) = carried.poll_next_unpin(cx) {
-                    let backlog = self.own_bytes;
+                    // Replies are never dropped: over the limit, the rule below applies.
                     self.queue_own(Message::Text(reply));
-                    if backlog > 0
-                        && self.own_bytes > budget
-                        && self.state.config.slow_consumer == SlowConsumerPolicy::Close
-                    {
-                        // Replies are never dropped; under `close` the reader is too slow.
-                        self.close_slow_reader();
-                    }
                     continue;
                 }
             }
@@ -504,8 +497,7 @@ impl Connection {
             }
             // The socket took nothing more and the unwritten replies fill the limit: under
             // `close` that is a reader too slow, even when one reply larger than the limit
-            // is all it holds (the rule above needs a second reply, which never comes once
-            // reading stops here).
+            // is all it holds (a second reply never comes once reading stops here).
             if self.own_bytes >= budget
                 && !self.stop_reading
                 && self.state.config.slow_consumer == SlowConsumerPolicy::Close
