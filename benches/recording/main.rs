@@ -6,7 +6,7 @@
 //! Run: `cargo bench --bench recording` or `cargo bench --bench recording -- --quick`.
 //! Options: `--messages 50000` (per point), `--rounds 3`. Each point gets a fresh
 //! daemon (pinned to core 0 when `taskset` is there) and data directory; the publisher
-//! and subscriber share core 1. `SWITCHBOARD_BENCH_DAEMON=/path/to/switchboard` runs
+//! and subscriber share core 1. `BENCH_DAEMON=/path/to/switchboard` (not `SWITCHBOARD_…`: the daemon refuses unknown settings) runs
 //! another build of the daemon under the same bench, for A/B runs on a shared machine.
 
 use std::cell::Cell;
@@ -63,7 +63,7 @@ fn start_daemon(pin: bool) -> (Daemon, tempfile::TempDir) {
             "outbound_queue_bytes = 4000000000",
         );
     std::fs::write(&config, ws).expect("write the configuration");
-    let bin = std::env::var_os("SWITCHBOARD_BENCH_DAEMON")
+    let bin = std::env::var_os("BENCH_DAEMON")
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_switchboard").into());
     (Daemon::start(bin, &config, pin), dir)
 }
