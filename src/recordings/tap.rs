@@ -239,8 +239,8 @@ impl Recorder {
         for (record, ids) in burst.messages() {
             // The tap encoded it: these cannot fail on its bytes.
             let (Some(topic), Some(ts_us)) = (
-                StoredMessage::peek_topic(&record),
-                StoredMessage::peek_ts_us(&record),
+                StoredMessage::peek_topic(record),
+                StoredMessage::peek_ts_us(record),
             ) else {
                 continue;
             };
