@@ -6,8 +6,9 @@
 //! Run: `cargo bench --bench recording` or `cargo bench --bench recording -- --quick`.
 //! Options: `--messages 50000` (per point), `--rounds 3`. Each point gets a fresh
 //! daemon (pinned to core 0 when `taskset` is there) and data directory; the publisher
-//! and subscriber share core 1. `BENCH_DAEMON=/path/to/switchboard` (not `SWITCHBOARD_…`: the daemon refuses unknown settings) runs
-//! another build of the daemon under the same bench, for A/B runs on a shared machine.
+//! and subscriber share core 1. `BENCH_DAEMON=/path/to/switchboard` runs another build
+//! of the daemon under the same bench, for A/B runs on a shared machine (not named
+//! `SWITCHBOARD_…`: the daemon refuses settings it does not know).
 
 use std::cell::Cell;
 use std::fmt::Write as _;
