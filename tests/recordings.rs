@@ -617,6 +617,34 @@ async fn a_recording_goes_on_after_a_restart_and_after_kill_9() {
     assert_eq!(v["messages"].as_u64(), Some(kept + 1));
 }
 
+/// A message recorded alone, with nothing after it to fill a burst, wakes the writer
+/// and is stored at once: a SIGKILL one flush interval later (100 ms; the test waits
+/// five) loses none of them, each sent when the writer had already gone idle.
+#[tokio::test(flavor = "multi_thread")]
+async fn lone_recorded_messages_survive_a_sigkill_after_the_flush_interval() {
+    let secrets = Secrets::new();
+    let mut d = daemon(&secrets, "[store]\nflush_interval = \"100ms\"\n");
+    let id = start(&d, ADMIN, "lone", &["lone/#"]).await["id"]
+        .as_u64()
+        .unwrap();
+    for i in 0..3 {
+        publish(&d, ADMIN, "lone/a", &i.to_string()).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    d.signal("KILL");
+    d.restart();
+    let (_, v) = get(&api(&d, &format!("/recordings/{id}")), Some(ADMIN)).await;
+    assert_eq!(v["messages"].as_u64(), Some(3), "{v}");
+    let text = export(&d, ADMIN, id).await;
+    let values: Vec<Value> = text
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["data"].clone())
+        .collect();
+    assert_eq!(values, [json!(0), json!(1), json!(2)], "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_record_op_starts_and_stops_a_recording_over_websocket() {
     let secrets = Secrets::new();

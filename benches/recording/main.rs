@@ -6,7 +6,9 @@
 //! Run: `cargo bench --bench recording` or `cargo bench --bench recording -- --quick`.
 //! Options: `--messages 50000` (per point), `--rounds 3`. Each point gets a fresh
 //! daemon (pinned to core 0 when `taskset` is there) and data directory; the publisher
-//! and subscriber share core 1.
+//! and subscriber share core 1. `BENCH_DAEMON=/path/to/switchboard` runs another build
+//! of the daemon under the same bench, for A/B runs on a shared machine (not named
+//! `SWITCHBOARD_…`: the daemon refuses settings it does not know).
 
 use std::cell::Cell;
 use std::fmt::Write as _;
@@ -62,10 +64,9 @@ fn start_daemon(pin: bool) -> (Daemon, tempfile::TempDir) {
             "outbound_queue_bytes = 4000000000",
         );
     std::fs::write(&config, ws).expect("write the configuration");
-    (
-        Daemon::start(env!("CARGO_BIN_EXE_switchboard"), &config, pin),
-        dir,
-    )
+    let bin = std::env::var_os("BENCH_DAEMON")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_switchboard").into());
+    (Daemon::start(bin, &config, pin), dir)
 }
 
 async fn call(d: &Daemon, method: reqwest::Method, path: &str, body: Value) -> Value {
@@ -139,7 +140,12 @@ async fn publish(d: &Daemon, n: u64) {
 #[derive(Default)]
 struct Point {
     plain_s: f64,
+    /// The daemon's CPU time (all threads) from the first publish to the last delivery.
+    plain_cpu_s: f64,
     recorded_deliver_s: f64,
+    recorded_cpu_s: f64,
+    /// The same until the recording's stop answered (everything stored).
+    recorded_stored_cpu_s: f64,
     /// From the first publish to the recording's stop answering (all stored).
     recorded_stored_s: f64,
     recorded: u64,
@@ -155,10 +161,12 @@ async fn round(n: u64, pin: bool) -> Point {
     {
         let (d, _dir) = start_daemon(pin);
         let count = subscriber(&d, "bench/#").await;
-        let started = Instant::now();
+        let cpu = d.cpu_clock();
+        let (started, cpu0) = (Instant::now(), cpu());
         publish(&d, n).await;
         assert!(wait_for(&count, n).await, "the plain run lost messages");
         p.plain_s = started.elapsed().as_secs_f64();
+        p.plain_cpu_s = (cpu() - cpu0).as_secs_f64();
     }
     let (d, _dir) = start_daemon(pin);
     let count = subscriber(&d, "bench/#").await;
@@ -171,10 +179,12 @@ async fn round(n: u64, pin: bool) -> Point {
     )
     .await;
     let id = rec["id"].as_u64().expect("recording id");
-    let started = Instant::now();
+    let cpu = d.cpu_clock();
+    let (started, cpu0) = (Instant::now(), cpu());
     publish(&d, n).await;
     assert!(wait_for(&count, n).await, "the recorded run lost messages");
     p.recorded_deliver_s = started.elapsed().as_secs_f64();
+    p.recorded_cpu_s = (cpu() - cpu0).as_secs_f64();
     let stopped = call(
         &d,
         reqwest::Method::POST,
@@ -183,6 +193,7 @@ async fn round(n: u64, pin: bool) -> Point {
     )
     .await;
     p.recorded_stored_s = started.elapsed().as_secs_f64();
+    p.recorded_stored_cpu_s = (cpu() - cpu0).as_secs_f64();
     p.recorded = stopped["messages"].as_u64().unwrap_or(0);
     p.dropped = stopped["dropped"].as_u64().unwrap_or(0);
     p.stored_bytes = stopped["bytes"].as_u64().unwrap_or(0);
@@ -231,10 +242,13 @@ fn main() {
         points
     });
     println!(
-        "{:>12} {:>12} {:>6} {:>12} {:>9} {:>12} {:>10} {:>10}",
+        "{:>12} {:>12} {:>6} {:>9} {:>9} {:>9} {:>12} {:>9} {:>12} {:>10} {:>10}",
         "plain msg/s",
         "rec msg/s",
         "ratio",
+        "plain µs",
+        "rec µs",
+        "stored µs",
         "stored msg/s",
         "dropped",
         "replay msg/s",
@@ -249,11 +263,18 @@ fn main() {
         let replay = p.replayed as f64 / p.replay_s;
         let per = p.stored_bytes as f64 / p.recorded.max(1) as f64;
         let disk = p.disk_delta as f64 / p.recorded.max(1) as f64;
+        // Daemon CPU per delivered message: steadier than a rate on a shared machine.
+        let plain_us = p.plain_cpu_s * 1e6 / n as f64;
+        let recorded_us = p.recorded_cpu_s * 1e6 / n as f64;
+        let stored_us = p.recorded_stored_cpu_s * 1e6 / n as f64;
         println!(
-            "{:>12} {:>12} {:>6.2} {:>12} {:>9} {:>12} {:>10.1} {:>10.1}",
+            "{:>12} {:>12} {:>6.2} {:>9.2} {:>9.2} {:>9.2} {:>12} {:>9} {:>12} {:>10.1} {:>10.1}",
             thousands(plain),
             thousands(recorded),
             recorded / plain,
+            plain_us,
+            recorded_us,
+            stored_us,
             thousands(stored),
             p.dropped,
             thousands(replay),
@@ -268,7 +289,9 @@ fn main() {
         }
         rows.push(json!({
             "messages": n, "plain_per_s": plain, "recorded_per_s": recorded,
-            "ratio": recorded / plain, "stored_per_s": stored, "recorded": p.recorded,
+            "ratio": recorded / plain, "plain_cpu_us_per_message": plain_us,
+            "recorded_cpu_us_per_message": recorded_us,
+            "stored_cpu_us_per_message": stored_us, "stored_per_s": stored, "recorded": p.recorded,
             "dropped": p.dropped, "replay_per_s": replay, "stored_bytes_per_message": per,
             "disk_bytes_per_message": disk,
         }));

@@ -3,11 +3,11 @@
 //! user's side of this.
 //!
 //! The path of a recorded message: the Hub calls the recorder's [`tap`] under the
-//! topic's lock; it matches the topic against the running recordings and `try_send`s
-//! one encoded [`StoredMessage`] record into a bounded channel (`[recording] queue`), counting the
-//! message as dropped when the channel is full, so recording never slows delivery.
-//! The writer task takes messages in bursts and stores each burst with one
-//! `sled::Batch` ([`layout`]).
+//! topic's lock; it matches the topic against the running recordings and appends one
+//! encoded [`StoredMessage`] record to a buffer of at most `[recording] queue` messages
+//! it shares with the writer, counting the message as dropped when the buffer is full,
+//! so recording never slows delivery. The writer task swaps the buffer out a burst at
+//! a time and stores each burst with one `sled::Batch` ([`layout`]).
 //!
 //! Consistency after a crash: a recording's figures (count, bytes, per-topic counts,
 //! time span) live in the same tree as its messages and are rewritten in the same
@@ -28,12 +28,12 @@ pub mod replay;
 mod tap;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
@@ -189,7 +189,8 @@ pub struct Recorder {
     /// memory, the figures stored and the messages stored change together.
     recordings: Mutex<BTreeMap<u64, Entry>>,
     tap: Arc<tap::Shared>,
-    receiver: Mutex<Option<mpsc::Receiver<tap::Item>>>,
+    /// Whether the writer task was started (once).
+    started: AtomicBool,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     stop_writer: CancellationToken,
     hub: Arc<Hub>,
@@ -240,13 +241,13 @@ impl Recorder {
                 },
             );
         }
-        let (tap, receiver) = tap::channel(config.queue.get());
+        let tap = tap::shared(config.queue.get());
         let recorder = Arc::new(Recorder {
             store: store.clone(),
             tree,
             recordings: Mutex::new(recordings),
             tap: tap.clone(),
-            receiver: Mutex::new(Some(receiver)),
+            started: AtomicBool::new(false),
             writer: Mutex::new(None),
             stop_writer: CancellationToken::new(),
             hub: hub.clone(),
@@ -298,10 +299,10 @@ impl Recorder {
 
     /// Starts the writer task.
     pub fn start(self: &Arc<Self>) {
-        let Some(receiver) = lock(&self.receiver).take() else {
+        if self.started.swap(true, Ordering::SeqCst) {
             return;
-        };
-        let writer = tokio::spawn(tap::write(self.clone(), receiver, self.stop_writer.clone()));
+        }
+        let writer = tokio::spawn(tap::write(self.clone(), self.stop_writer.clone()));
         *lock(&self.writer) = Some(writer);
     }
 
@@ -419,14 +420,8 @@ impl Recorder {
             return;
         }
         let (tx, rx) = oneshot::channel();
-        let sent = tokio::time::timeout(
-            Duration::from_secs(10),
-            self.tap.tx.send(tap::Item::Barrier(tx)),
-        )
-        .await;
-        if matches!(sent, Ok(Ok(()))) {
-            let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
-        }
+        self.tap.barrier(tx);
+        let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
     }
 
     /// Every recording the caller may see (the admin sees all), oldest first.

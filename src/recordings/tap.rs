@@ -2,18 +2,21 @@
 //! writer task that stores what it offers.
 //!
 //! The tap runs under the Hub's topic lock, so it only matches the topic against the
-//! running recordings, encodes the [`StoredMessage`] record once for all of them and
-//! `try_send`s it; a full channel counts the message as dropped for each recording that
-//! wanted it. The writer stores each burst with one `sled::Batch` that also rewrites
-//! the figures of every recording it touched (see the module doc of `recorder`), each
-//! recording's messages of the burst as a few runs ([`Runs`]): sled costs per entry
-//! far more than per byte.
+//! running recordings and appends the [`StoredMessage`] record, encoded once for all of
+//! them, to a [`Pending`] buffer it shares with the writer: no allocation per message
+//! (the buffers are reused) and one wake-up of the writer per burst, when the buffer
+//! goes from empty to not. A full buffer (`[recording] queue` messages) counts the
+//! message as dropped for each recording that wanted it. The writer swaps the whole
+//! buffer out and stores it with one `sled::Batch` that also rewrites the figures of
+//! every recording it touched (see the module doc of `recorder`), each recording's
+//! messages of the burst as a few runs ([`Runs`]): sled costs per entry far more than
+//! per byte.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::{json, layout, lock, Counters, Recorder};
@@ -23,17 +26,48 @@ use crate::throttle::Throttle;
 use switchboard_core::message::{Publish, Tap};
 use switchboard_core::topic::Filter;
 
-/// Messages the writer takes and stores in one batch.
+/// Messages an import stores in one batch.
 pub const BURST: usize = 1024;
 
 const WARN_EVERY_MS: u64 = 10_000;
 
-pub enum Item {
-    /// A message for the recordings with these ids, encoded once by the tap
-    /// ([`StoredMessage::encode_routed`]): the bytes the store keeps.
-    Message(Vec<u64>, Vec<u8>),
-    /// Answered once everything before it is stored.
-    Barrier(oneshot::Sender<()>),
+/// Messages the tap has encoded and the writer has not taken yet, laid end to end so
+/// that a burst costs a few growing buffers rather than vectors per message.
+#[derive(Default)]
+pub struct Pending {
+    /// The records, one after another.
+    records: Vec<u8>,
+    /// The recordings that want them, one after another.
+    ids: Vec<u64>,
+    /// Per message: where its record and its ids end in `records` and `ids`.
+    ends: Vec<(usize, usize)>,
+    /// Answered once everything before them is stored.
+    barriers: Vec<oneshot::Sender<()>>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty() && self.barriers.is_empty()
+    }
+
+    /// Each message's record and the recordings that want it, in order.
+    fn messages(&self) -> impl Iterator<Item = (&[u8], &[u64])> + '_ {
+        let mut from = (0, 0);
+        self.ends.iter().map(move |&(record_end, ids_end)| {
+            let record = &self.records[from.0..record_end];
+            let ids = &self.ids[from.1..ids_end];
+            from = (record_end, ids_end);
+            (record, ids)
+        })
+    }
+
+    /// Empties it, keeping what it allocated for the next burst.
+    fn clear(&mut self) {
+        self.records.clear();
+        self.ids.clear();
+        self.ends.clear();
+        self.barriers.clear();
+    }
 }
 
 /// A running recording as the tap sees it.
@@ -46,20 +80,24 @@ pub struct Active {
 /// What the tap and the recorder share.
 pub struct Shared {
     active: RwLock<Arc<Vec<Active>>>,
-    pub tx: mpsc::Sender<Item>,
+    pending: Mutex<Pending>,
+    /// Messages `pending` may hold (`[recording] queue`).
+    capacity: usize,
+    /// Wakes the writer when `pending` stops being empty.
+    wake: Notify,
     pub counters: Counters,
     warn: Throttle,
 }
 
-pub fn channel(capacity: usize) -> (Arc<Shared>, mpsc::Receiver<Item>) {
-    let (tx, rx) = mpsc::channel(capacity);
-    let shared = Shared {
+pub fn shared(capacity: usize) -> Arc<Shared> {
+    Arc::new(Shared {
         active: RwLock::default(),
-        tx,
+        pending: Mutex::default(),
+        capacity,
+        wake: Notify::new(),
         counters: Counters::default(),
         warn: Throttle::new(WARN_EVERY_MS),
-    };
-    (Arc::new(shared), rx)
+    })
 }
 
 impl Shared {
@@ -78,6 +116,18 @@ impl Shared {
         self.active().len()
     }
 
+    /// Queues `done`, answered once the writer has stored everything before it.
+    pub fn barrier(&self, done: oneshot::Sender<()>) {
+        lock(&self.pending).barriers.push(done);
+        self.wake.notify_one();
+    }
+
+    /// Hands what is pending to the writer in `taken` (empty), and `taken`'s buffers
+    /// to the tap.
+    fn take(&self, taken: &mut Pending) {
+        std::mem::swap(&mut *lock(&self.pending), taken);
+    }
+
     fn warn_dropped(&self) {
         if self.warn.due() {
             tracing::warn!(
@@ -91,26 +141,30 @@ impl Shared {
 impl Tap for Shared {
     fn routed(&self, message: &Publish<'_>, seq: u64, ts_us: u64) {
         let active = self.active();
-        if active.is_empty() {
+        let wants = |a: &&Active| a.filters.iter().any(|f| f.matches(message.topic));
+        if !active.iter().any(|a| wants(&a)) {
             return;
         }
-        let wanted: Vec<&Active> = active
-            .iter()
-            .filter(|a| a.filters.iter().any(|f| f.matches(message.topic)))
-            .collect();
-        if wanted.is_empty() {
-            return;
-        }
-        let record = StoredMessage::encode_routed(message, seq, ts_us);
-        let ids = wanted.iter().map(|a| a.id).collect();
-        if self.tx.try_send(Item::Message(ids, record)).is_err() {
-            for a in &wanted {
+        let mut pending = lock(&self.pending);
+        if pending.ends.len() >= self.capacity {
+            drop(pending);
+            let mut dropped = 0;
+            for a in active.iter().filter(wants) {
                 a.dropped.fetch_add(1, Ordering::Relaxed);
+                dropped += 1;
             }
-            self.counters
-                .dropped
-                .fetch_add(wanted.len() as u64, Ordering::Relaxed);
+            self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
             self.warn_dropped();
+            return;
+        }
+        let was_empty = pending.is_empty();
+        let p = &mut *pending;
+        StoredMessage::encode_routed_into(message, seq, ts_us, &mut p.records);
+        p.ids.extend(active.iter().filter(wants).map(|a| a.id));
+        p.ends.push((p.records.len(), p.ids.len()));
+        drop(pending);
+        if was_empty {
+            self.wake.notify_one();
         }
     }
 }
@@ -138,7 +192,8 @@ impl Runs {
                 r.2 = n + 1;
             }
             None => {
-                let mut value = run::start(run::MAX_BYTES.min(record.len() * 64));
+                // A full run for a burst of small records: no reallocation as it fills.
+                let mut value = run::start(run::MAX_BYTES.min(record.len() * 256) + 4);
                 run::push(&mut value, record);
                 self.runs.push((id, n, n + 1, value));
             }
@@ -152,53 +207,44 @@ impl Runs {
     }
 }
 
-/// Stores messages until `stop`, then stores what is left in the channel and returns.
-pub async fn write(recorder: Arc<Recorder>, mut rx: mpsc::Receiver<Item>, stop: CancellationToken) {
-    let mut burst = Vec::with_capacity(BURST);
+/// Stores messages until `stop`, then stores what is left and returns.
+pub async fn write(recorder: Arc<Recorder>, stop: CancellationToken) {
+    let tap = recorder.tap.clone();
+    let mut burst = Pending::default();
     loop {
-        let n = tokio::select! {
-            n = rx.recv_many(&mut burst, BURST) => n,
-            _ = stop.cancelled() => break,
-        };
-        if n == 0 {
-            return;
+        tap.take(&mut burst);
+        if burst.is_empty() {
+            tokio::select! {
+                _ = tap.wake.notified() => {}
+                _ = stop.cancelled() => break,
+            }
+            // Let the tasks that are ready run first: what they route joins this burst.
+            tokio::task::yield_now().await;
+            continue;
         }
         recorder.store_burst(&mut burst);
     }
-    while let Ok(item) = rx.try_recv() {
-        burst.push(item);
-        if burst.len() == BURST {
-            recorder.store_burst(&mut burst);
-        }
-    }
+    tap.take(&mut burst);
     recorder.store_burst(&mut burst);
 }
 
 impl Recorder {
     /// Stores one burst: every message and the figures of every recording it touched,
     /// in one batch. On a failure the figures in memory go back to what is stored.
-    fn store_burst(&self, burst: &mut Vec<Item>) {
-        let mut barriers = Vec::new();
+    fn store_burst(&self, burst: &mut Pending) {
         let mut recordings = lock(&self.recordings);
         let mut before = HashMap::new();
         let mut runs = Runs::default();
         let (mut stored, mut bytes) = (0u64, 0u64);
-        for item in burst.drain(..) {
-            let (ids, record) = match item {
-                Item::Message(ids, record) => (ids, record),
-                Item::Barrier(done) => {
-                    barriers.push(done);
-                    continue;
-                }
-            };
+        for (record, ids) in burst.messages() {
             // The tap encoded it: these cannot fail on its bytes.
             let (Some(topic), Some(ts_us)) = (
-                StoredMessage::peek_topic(&record),
-                StoredMessage::peek_ts_us(&record),
+                StoredMessage::peek_topic(record),
+                StoredMessage::peek_ts_us(record),
             ) else {
                 continue;
             };
-            for id in ids {
+            for &id in ids {
                 // Deleted since, or taken by the tap just as it was stopped.
                 let Some(entry) = recordings.get_mut(&id) else {
                     continue;
@@ -209,7 +255,7 @@ impl Recorder {
                 before.entry(id).or_insert_with(|| entry.figures.clone());
                 let n = entry.figures.next;
                 entry.figures.count_in(topic, ts_us, record.len());
-                runs.push(id, n, &record);
+                runs.push(id, n, record);
                 stored += 1;
                 bytes += layout::record_bytes(record.len());
             }
@@ -259,8 +305,9 @@ impl Recorder {
             }
         }
         drop(recordings);
-        for done in barriers {
+        for done in burst.barriers.drain(..) {
             let _ = done.send(());
         }
+        burst.clear();
     }
 }

@@ -63,17 +63,22 @@ impl StoredMessage {
     /// copies in between: the history encodes every message it keeps under the topic's
     /// lock, once.
     pub fn encode_routed(p: &Publish<'_>, seq: u64, ts_us: u64) -> Vec<u8> {
-        encode(
-            &Fields {
-                topic: p.topic,
-                event: p.event,
-                from: p.from,
-                data: p.data.get(),
-                origin: p.origin,
-            },
-            seq,
-            ts_us,
-        )
+        let mut out = Vec::new();
+        StoredMessage::encode_routed_into(p, seq, ts_us, &mut out);
+        out
+    }
+
+    /// [`StoredMessage::encode_routed`] appended to `out`: the recordings' tap encodes
+    /// into one buffer it reuses, with no allocation per message.
+    pub fn encode_routed_into(p: &Publish<'_>, seq: u64, ts_us: u64, out: &mut Vec<u8>) {
+        let f = Fields {
+            topic: p.topic,
+            event: p.event,
+            from: p.from,
+            data: p.data.get(),
+            origin: p.origin,
+        };
+        encode_into(&f, seq, ts_us, out);
     }
 
     /// The topic of an encoded message, without decoding the rest.
@@ -142,8 +147,14 @@ struct Fields<'a> {
 }
 
 fn encode(f: &Fields<'_>, seq: u64, ts_us: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(f, seq, ts_us, &mut out);
+    out
+}
+
+fn encode_into(f: &Fields<'_>, seq: u64, ts_us: u64, out: &mut Vec<u8>) {
     let event = f.event.unwrap_or("");
-    let mut out = Vec::with_capacity(
+    out.reserve(
         1 + 8 + 8 + 1 + 1 + 4 * 4 + f.topic.len() + event.len() + f.from.len() + f.data.len(),
     );
     out.push(LAYOUT);
@@ -156,7 +167,6 @@ fn encode(f: &Fields<'_>, seq: u64, ts_us: u64) -> Vec<u8> {
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&field.as_bytes()[..len as usize]);
     }
-    out
 }
 
 /// A run of encoded messages kept as one store value: what lets a burst of messages
