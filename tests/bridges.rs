@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::creds::{Secrets, ADMIN};
 use common::http::{api, get};
+use common::wire::{packet, Packet, Wire, CONNACK, PUBLISH};
 use common::{mosquitto_pub, Daemon, MosquittoSub, Raw};
 use serde_json::{json, Value};
 use switchboard_bench::mosquitto::{free_port, Mosquitto, Subscriber};
@@ -441,4 +442,178 @@ async fn an_end_to_end_envelope_crosses_the_bridge_byte_for_byte() {
         Ok(Received::Message(m)) => assert_eq!(m.plaintext, b"across the bridge"),
         other => panic!("{other:?}"),
     }
+}
+
+/// A stand-in upstream on a raw socket, for what Mosquitto cannot be made to do: announce
+/// a Receive Maximum and show every packet in order, or send a malformed packet.
+struct FakeUpstream {
+    listener: tokio::net::TcpListener,
+}
+
+const PINGREQ: u8 = 0xc0;
+
+impl FakeUpstream {
+    async fn bind() -> FakeUpstream {
+        FakeUpstream {
+            listener: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.listener.local_addr().unwrap().port()
+    }
+
+    /// The bridge's next connection, its CONNECT read (MQTT 5) and not yet answered.
+    async fn accept(&self) -> Wire {
+        let (s, _) = tokio::time::timeout(WAIT, self.listener.accept())
+            .await
+            .expect("the bridge did not connect")
+            .unwrap();
+        let mut wire = Wire {
+            s,
+            v5: true,
+            buf: Vec::new(),
+        };
+        let connect = wire.next().await.expect("CONNECT");
+        assert_eq!(connect.first, 0x10, "{connect:?}");
+        assert_eq!(connect.body[6], 5, "MQTT 5");
+        wire
+    }
+}
+
+/// The `i`s of PUBLISHes from the bridge.
+fn indices(publishes: &[Packet]) -> Vec<u64> {
+    publishes
+        .iter()
+        .map(|p| index(&p.publish(true).payload))
+        .collect()
+}
+
+/// The next `n` packets from the bridge, which must all be PUBLISHes.
+async fn publishes(w: &mut Wire, n: usize) -> Vec<Packet> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let p = w.next().await.expect("closed");
+        assert_eq!(p.kind(), PUBLISH, "{p:?}");
+        got.push(p);
+    }
+    got
+}
+
+async fn ack_all(w: &mut Wire, publishes: &[Packet]) {
+    for p in publishes {
+        let ack = w.puback(p.publish(true).pkid);
+        w.send(&ack).await;
+    }
+}
+
+/// No more than the broker's Receive Maximum go unacknowledged, whatever `inflight`
+/// allows: with keep alive at 1 s the bridge's PINGREQ marks the end of what it sends
+/// while waiting, so every packet before it is counted.
+#[tokio::test]
+async fn the_brokers_receive_maximum_bounds_what_is_unacknowledged() {
+    let up = FakeUpstream::bind().await;
+    let (d, _secrets) = start(&bridge(
+        up.port(),
+        "keep_alive = \"1s\"\ninflight = 100",
+        &rule("t/#", "out", "", "edge/"),
+    ));
+    let mut ws = Raw::connect(&d.ws_url()).await;
+    ws.flood("t/w", 7, 8).await;
+    wait_status(&d, "up", |s| s["queue_messages"] == 7).await;
+    let mut w = up.accept().await;
+    // CONNACK: success, Receive Maximum (0x21) 5.
+    w.send(&packet(CONNACK, &[0, 0, 3, 0x21, 0, 5])).await;
+    let mut sent = Vec::new();
+    for window in [0..5, 5..7] {
+        let mut got = Vec::new();
+        loop {
+            let p = w.next().await.expect("closed");
+            if p.kind() == PINGREQ {
+                w.send(&packet(0xd0, &[])).await;
+                break;
+            }
+            assert_eq!(p.kind(), PUBLISH, "{p:?}");
+            got.push(p);
+        }
+        assert_eq!(indices(&got), window.collect::<Vec<_>>());
+        ack_all(&mut w, &got).await;
+        sent.extend(got);
+    }
+    let ids: std::collections::HashSet<u16> = sent.iter().map(|p| p.publish(true).pkid).collect();
+    assert!(ids.iter().all(|id| *id != 0), "{ids:?}");
+    wait_status(&d, "up", |s| s["queue_messages"] == 0).await;
+}
+
+/// A broker that stops answering (SIGSTOP: the socket stays open) is left after a
+/// PINGREQ gets no PINGRESP within keep alive, and joined again once it answers.
+#[tokio::test]
+async fn an_upstream_that_stops_answering_is_left_and_rejoined() {
+    let m = Mosquitto::start("");
+    let mut up = Subscriber::start(m.port, "edge/#").await;
+    let (d, _secrets) = start(&bridge(
+        m.port,
+        "keep_alive = \"1s\"",
+        &rule("t/#", "out", "", "edge/"),
+    ));
+    wait_status(&d, "up", |s| s["connected"] == true).await;
+    let pid = m.pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    let silent = tokio::time::Instant::now();
+    let s = wait_status(&d, "up", |s| s["connected"] == false).await;
+    let noticed = silent.elapsed();
+    signal("-CONT");
+    assert!(
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no PINGRESP")),
+        "{s}"
+    );
+    // Quiet for up to keep alive, then a PINGREQ with keep alive to answer it.
+    assert!(
+        noticed < Duration::from_secs(6),
+        "noticed after {noticed:?}"
+    );
+    wait_status(&d, "up", |s| s["connected"] == true).await;
+    let mut ws = Raw::connect(&d.ws_url()).await;
+    ws.flood("t/k", 3, 4).await;
+    expect_in_order(&mut up, "edge/t/k", 3).await;
+}
+
+/// Bytes that are no MQTT packet end the session with an error that says so; the
+/// unacknowledged messages go again on the next session.
+#[tokio::test]
+async fn a_malformed_packet_from_the_upstream_ends_the_session_and_loses_nothing() {
+    let up = FakeUpstream::bind().await;
+    let (d, _secrets) = start(&bridge(up.port(), "", &rule("t/#", "out", "", "edge/")));
+    let mut ws = Raw::connect(&d.ws_url()).await;
+    ws.flood("t/m", 5, 8).await;
+    wait_status(&d, "up", |s| s["queue_messages"] == 5).await;
+    let mut w = up.accept().await;
+    w.send(&packet(CONNACK, &[0, 0, 0])).await;
+    let first = publishes(&mut w, 5).await;
+    assert_eq!(indices(&first), (0..5).collect::<Vec<_>>());
+    // Packet type 0 is reserved.
+    w.send(&[0x00, 0x00]).await;
+    assert_eq!(w.closed().await, None, "closed without another packet");
+    let s = wait_status(&d, "up", |s| {
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("malformed packet"))
+    })
+    .await;
+    assert_eq!(s["queue_messages"], 5, "{s}");
+    let mut w = up.accept().await;
+    w.send(&packet(CONNACK, &[0, 0, 0])).await;
+    let again = publishes(&mut w, 5).await;
+    assert_eq!(indices(&again), (0..5).collect::<Vec<_>>());
+    ack_all(&mut w, &again).await;
+    wait_status(&d, "up", |s| s["queue_messages"] == 0).await;
 }

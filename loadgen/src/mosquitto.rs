@@ -115,6 +115,11 @@ impl Mosquitto {
         self.run();
     }
 
+    /// Its process id while it runs (a test pauses it with SIGSTOP to make it silent).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Everything the broker has logged so far (`log_type all`), for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.path("mosquitto.log")).unwrap_or_default()
