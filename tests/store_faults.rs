@@ -612,3 +612,121 @@ async fn a_full_disk_shows_in_health_and_metrics_and_the_store_recovers_by_itsel
     // Every message on `log/a`, and the one on `log/b`.
     assert_eq!(stored + dropped, published + 1, "{shown}");
 }
+
+/// An ext4 file system in an image file of the test's own, mounted through a loop device
+/// (root only, as CI runs), whose writes can be stopped with `fsfreeze`: a disk that
+/// takes nothing for as long as the test says. `None` (with the reason printed) where
+/// this process may not mount.
+struct Ext4 {
+    dir: tempfile::TempDir,
+}
+
+impl Ext4 {
+    fn mount() -> Option<Ext4> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("image");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mount point");
+        let file = std::fs::File::create(&image).expect("image");
+        file.set_len(512 << 20).expect("sparse image");
+        let ok = |cmd: &mut Command| match cmd.output() {
+            Ok(out) if out.status.success() => true,
+            Ok(out) => {
+                eprintln!(
+                    "skipped: {cmd:?}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                false
+            }
+            Err(e) => {
+                eprintln!("skipped: {cmd:?}: {e}");
+                false
+            }
+        };
+        let made = ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image))
+            && ok(Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(&mnt));
+        made.then_some(Ext4 { dir })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    /// Stops every write to the file system until the returned guard is dropped.
+    fn freeze(&self) -> Frozen {
+        let status = Command::new("fsfreeze")
+            .arg("-f")
+            .arg(self.path())
+            .status()
+            .expect("run fsfreeze");
+        assert!(status.success(), "fsfreeze -f failed");
+        Frozen(self.path())
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+    }
+}
+
+/// Writes resume when dropped, which must happen before the daemon is stopped: a
+/// process writing to a frozen file system cannot end.
+struct Frozen(PathBuf);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(&self.0).status();
+    }
+}
+
+/// While the store's disk takes nothing, and the store is evicting at its cap, other
+/// clients are still answered: no thread the connections run on waits for sled.
+/// The disk is frozen (fsfreeze), so sled's writes stall for as long as the test says;
+/// before the writer and the eviction kept off the async threads and off the stream's
+/// lock, a publisher of the history topic and the writer took both runtime threads and
+/// the probe's ping waited for the disk.
+#[tokio::test]
+async fn a_stalled_disk_holds_back_no_other_client_while_the_store_evicts() {
+    let Some(fs) = Ext4::mount() else {
+        return;
+    };
+    let data = fs.path().join("data");
+    let config = format!("{HISTORY}\n[store]\nmax_bytes = 200000\n");
+    let daemon = Daemon::start_with_env(
+        &config,
+        &[("SWITCHBOARD_DATA_DIR", data.to_str().expect("utf-8 path"))],
+    );
+    let url = daemon.ws_url();
+    let mut probe = Raw::connect(&url).await;
+    let mut p = Raw::connect(&url).await;
+    // Over the cap, so the janitor evicts from here on.
+    p.flood("log/a", 1000, 1000).await;
+    let frozen = fs.freeze();
+    // The history topic's publisher goes on; it may be held back by the disk itself.
+    let publisher = tokio::spawn(async move {
+        for _ in 0..20 {
+            p.flood("log/a", 1000, 1000).await;
+        }
+        p
+    });
+    for _ in 0..4 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // Generous: the bound is that the answer does not wait for the disk at all.
+        probe.send(json!({"op":"ping","id":"probe"})).await;
+        let answer = probe.try_recv(std::time::Duration::from_secs(5)).await;
+        assert_eq!(
+            answer.as_ref().map(|a| a["id"].clone()),
+            Some(json!("probe")),
+            "no answer to a ping while the disk stalls"
+        );
+    }
+    drop(frozen);
+    let mut p = publisher.await.expect("publisher");
+    // Everything goes on once the disk takes writes again.
+    let r = p.request(json!({"op":"ping"})).await;
+    assert_eq!(r["op"], "ok", "{r}");
+}

@@ -138,6 +138,9 @@ struct Tail {
     /// The oldest stored run, read once so that trimming message by message does not
     /// read it again.
     head: Option<Head>,
+    /// Runs a pop will need next (the oldest message's and its successor's), read from
+    /// the store with the stream's lock released ([`History::shed`]).
+    ahead: Vec<Head>,
     /// Keys of runs none of whose messages is kept any more.
     doomed: Vec<Vec<u8>>,
     /// On the writer's list.
@@ -149,6 +152,47 @@ struct Tail {
 struct Head {
     key: Vec<u8>,
     messages: VecDeque<(u64, u64, u64)>,
+}
+
+impl Head {
+    /// Whether `seq` falls in this run (a hole a failed write left counts as in it).
+    fn holds(&self, seq: u64) -> bool {
+        self.messages.front().is_some_and(|m| m.0 <= seq)
+            && self.messages.back().is_some_and(|m| m.0 >= seq)
+    }
+}
+
+/// The number whose run popping the stream's oldest message would read from the store:
+/// the oldest's own, or its successor's (whose time becomes the stream's).
+fn unread(s: &Stream) -> Option<u64> {
+    let known = |seq: u64| {
+        s.tail.pending.binary_search_by_key(&seq, |p| p.seq).is_ok()
+            || s.tail
+                .head
+                .as_ref()
+                .is_some_and(|h| h.messages.back().is_some_and(|m| m.0 >= seq))
+            || s.tail.ahead.iter().any(|h| h.holds(seq))
+    };
+    if s.is_empty() {
+        None
+    } else if !known(s.first) {
+        Some(s.first)
+    } else if s.first < s.last && !known(s.first + 1) {
+        Some(s.first + 1)
+    } else {
+        None
+    }
+}
+
+/// Runs `f`, which may wait for the disk, without taking a runtime thread from the
+/// other connections: on an async worker, tokio moves them to another thread first.
+fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 /// The bytes a run's key and framing take, counted once per run.
@@ -686,16 +730,10 @@ impl History {
             // tail (it was being stored then): only the run's own bytes remain.
             self.give_up(entry, s, old.key);
         }
-        let tree = self.messages.current()?;
-        let found = tree
-            .range(message_key(&entry.topic, 0)..=message_key(&entry.topic, seq))
-            .next_back()
-            .transpose()
-            .map_err(|e| self.store.io(e))?;
-        let run = found.and_then(|(key, value)| {
-            let (_, first) = split_key(&key)?;
-            read_run(&key, first, &value)
-        });
+        let run = match s.tail.ahead.iter().position(|h| h.holds(seq)) {
+            Some(i) => Some(s.tail.ahead.swap_remove(i)),
+            None => off_runtime(|| self.read_head(&entry.topic, seq))?,
+        };
         match run {
             Some(run) if holds(&run) => s.tail.head = Some(run),
             // It ends before `seq`, which fell in a hole a failed write left: nothing of
@@ -704,6 +742,73 @@ impl History {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The stored run that holds `seq`, or else the last one before it. Reads the store:
+    /// not to be called under a stream's lock where a publisher may wait for it.
+    fn read_head(&self, topic: &str, seq: u64) -> Result<Option<Head>, StoreError> {
+        let tree = self.messages.current()?;
+        let found = tree
+            .range(message_key(topic, 0)..=message_key(topic, seq))
+            .next_back()
+            .transpose()
+            .map_err(|e| self.store.io(e))?;
+        Ok(found.and_then(|(key, value)| {
+            let (_, first) = split_key(&key)?;
+            read_run(&key, first, &value)
+        }))
+    }
+
+    /// Pops a stream's oldest messages while `more` says so, for the janitor and the
+    /// expiry task. The runs that needs are read from the store with the stream's lock
+    /// released: a publisher of the topic waits for that lock, and a read can wait for
+    /// sled, which can wait for the disk for seconds (a stalled or saturated disk, or a
+    /// batch holding sled's global lock). `popped` is called under the lock after each
+    /// stretch of pops with how many it took. Nothing once closed.
+    fn shed(
+        &self,
+        entry: &Arc<Entry>,
+        mut more: impl FnMut(&Stream, &Evicted) -> bool,
+        mut popped: impl FnMut(&mut Stream, u64),
+    ) -> Result<Evicted, StoreError> {
+        let mut freed = Evicted::default();
+        // A number whose run was read and still is not known (a hole a failed write
+        // left): popped under the lock as before rather than read again and again.
+        let mut tried = None;
+        loop {
+            let mut s = lock(entry);
+            if self.is_closed() {
+                return Ok(freed);
+            }
+            let before = freed.records;
+            let need = loop {
+                if s.is_empty() || !more(&s, &freed) {
+                    break None;
+                }
+                if let Some(seq) = unread(&s).filter(|&seq| tried != Some(seq)) {
+                    break Some(seq);
+                }
+                freed.bytes += self.pop_oldest(entry, &mut s)?;
+                freed.records += 1;
+            };
+            if freed.records > before {
+                popped(&mut s, freed.records - before);
+            }
+            let Some(seq) = need else {
+                return Ok(freed);
+            };
+            drop(s);
+            tried = Some(seq);
+            let run = self.read_head(&entry.topic, seq)?;
+            let mut s = lock(entry);
+            // What the pops from here need: the oldest message's run and the next.
+            let first = s.first;
+            s.tail
+                .ahead
+                .retain(|h| h.messages.back().is_some_and(|m| m.0 >= first));
+            s.tail.ahead.truncate(1);
+            s.tail.ahead.extend(run.filter(|r| r.holds(seq)));
+        }
     }
 
     /// Gives up a stored run none of whose messages is counted any more: its own bytes
@@ -752,6 +857,7 @@ impl History {
             self.pop_oldest(entry, s)?;
         }
         s.tail.pending.clear();
+        s.tail.ahead.clear();
         let doomed = std::mem::take(&mut s.tail.doomed);
         let tree = self.messages.current()?;
         for key in doomed {
@@ -802,7 +908,11 @@ impl History {
                     _ = woken.wake.notified() => {}
                     _ = stop.cancelled() => return,
                 }
-                woken.write_dirty();
+                // On the blocking pool: a batch waits for the disk, and on an async
+                // thread it would hold every connection that thread serves.
+                if let Err(e) = tokio::task::spawn_blocking(move || woken.write_dirty()).await {
+                    tracing::error!(error = %e, "history: the writer failed");
+                }
             }
         });
         if self.config.topics.iter().any(|r| r.max_age.is_some()) {
@@ -939,9 +1049,16 @@ impl History {
     pub fn expire(&self) -> Result<(), StoreError> {
         let now = switchboard_core::clock::now_us();
         for entry in self.entries() {
-            if self.rule(&entry).max_age.is_some() {
-                let mut s = lock(&entry);
-                self.trim(&entry, &mut s, now)?;
+            let rule = self.rule(&entry);
+            if rule.max_age.is_some() {
+                let keep = rule.keep.map_or(u64::MAX, |k| k.get());
+                self.shed(
+                    &entry,
+                    |s, _| s.count() > keep || rule.expired(s.first_ts_us, now),
+                    |_, n| {
+                        self.trimmed.fetch_add(n, Ordering::Relaxed);
+                    },
+                )?;
             }
         }
         Ok(())
@@ -1005,11 +1122,8 @@ impl History {
         to: u64,
         tail: Vec<Pending>,
     ) -> Vec<StoredMessage> {
-        let mut out = self.read_stored(
-            topic,
-            from,
-            tail.first().map_or(to, |p| p.seq.saturating_sub(1).min(to)),
-        );
+        let stored_to = tail.first().map_or(to, |p| p.seq.saturating_sub(1).min(to));
+        let mut out = off_runtime(|| self.read_stored(topic, from, stored_to));
         for p in tail {
             match StoredMessage::decode(&p.record) {
                 Ok(m) => out.push(m),
@@ -1190,9 +1304,11 @@ impl Log {
             }
         }
         if s.tail.pending.len() > MAX_TAIL {
-            // The writer is behind: store the tails here, holding the publisher back.
+            // The writer is behind (the disk is slower than this topic's publishers):
+            // store the tails here, holding this publisher back, but not the other
+            // connections its thread serves.
             drop(s);
-            history.write_dirty();
+            off_runtime(|| history.write_dirty());
         }
         true
     }
@@ -1302,18 +1418,13 @@ impl Evictable for History {
         let Some((_, entry)) = oldest else {
             return Ok(Evicted::default());
         };
-        let mut s = lock(&entry);
-        let mut freed = Evicted::default();
-        if self.is_closed() {
-            // The positions are saved: evicting now would make them lie.
-            return Ok(freed);
-        }
-        while !s.is_empty() && freed.bytes < at_least {
-            freed.bytes += self.pop_oldest(&entry, &mut s)?;
-            freed.records += 1;
-        }
+        // Nothing once closed: the positions are saved, and evicting would make them lie.
+        let freed = self.shed(
+            &entry,
+            |_, freed| freed.bytes < at_least,
+            |s, _| s.restart_epoch(),
+        )?;
         if freed.records > 0 {
-            s.restart_epoch();
             tracing::info!(
                 topic = &*entry.topic,
                 evicted = freed.records,
@@ -1398,6 +1509,7 @@ impl History {
             bytes += p.size();
         }
         s.tail.head = None;
+        s.tail.ahead.clear();
         let missing = s.count().saturating_sub(found);
         if missing == 0 {
             return Ok(0);

@@ -14,7 +14,7 @@ pub struct StoreConfig {
     #[serde(with = "positive_duration")]
     pub flush_interval: Duration,
     /// Bytes of stored messages (history and recordings) kept at most; the oldest are
-    /// evicted past it.
+    /// evicted past it. From `quota::DISK_BOUND_FROM` up it holds sled's files too.
     pub max_bytes: u64,
 }
 

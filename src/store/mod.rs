@@ -139,6 +139,13 @@ pub struct CheckReport {
     pub trees: Vec<(String, u64)>,
 }
 
+fn on_disk(shared: &Shared) -> u64 {
+    shared
+        .handles
+        .db()
+        .map_or(0, |db| db.size_on_disk().unwrap_or(0))
+}
+
 /// The open store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -189,10 +196,21 @@ impl Store {
             },
         })?;
         let health = Arc::<Health>::default();
+        let shared = Arc::new(Shared::new(db, path.clone(), health.clone(), sled_config));
+        let quota = Arc::new(Quota::new(config.max_bytes));
+        if config.max_bytes < quota::DISK_BOUND_FROM {
+            tracing::warn!(
+                max_bytes = config.max_bytes,
+                disk_bound_from = quota::DISK_BOUND_FROM,
+                "[store] max_bytes is below the smallest cap the store's files are held to: it counts stored bytes, and sled's files take some megabytes more"
+            );
+        }
+        let files = Arc::downgrade(&shared);
+        quota.measure_disk(move || files.upgrade().map_or(0, |s| on_disk(&s)));
         Ok(Store {
-            shared: Arc::new(Shared::new(db, path.clone(), health.clone(), sled_config)),
+            shared,
             path,
-            quota: Arc::new(Quota::new(config.max_bytes)),
+            quota,
             generation: 0,
             health,
         })
@@ -441,12 +459,10 @@ impl Store {
             .map_err(|e| self.io(e))
     }
 
-    /// Bytes on disk, for metrics; 0 when it cannot be read.
+    /// Bytes on disk (sled's log and `blobs/`), for metrics and the cap; 0 when they
+    /// cannot be read.
     pub fn size_on_disk(&self) -> u64 {
-        self.shared
-            .handles
-            .db()
-            .map_or(0, |db| db.size_on_disk().unwrap_or(0))
+        on_disk(&self.shared)
     }
 
     /// The cap on stored messages; owners of growing data register with it.

@@ -5,7 +5,9 @@
 //! a few times a second and, while the total is over the cap, asks the owner holding
 //! the oldest data to give some up, so "oldest first" holds across owners. The cap
 //! counts the bytes of stored records (keys and values); sled's files are larger by its
-//! own overhead, measured in docs/benchmarks.md.
+//! own overhead and the space it has not cleaned yet, so from [`DISK_BOUND_FROM`] up the
+//! janitor holds the stored bytes to a [`Quota::budget`] that leaves room for them and
+//! the files stay within the cap too (docs/history.md, "The store's cap").
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -13,6 +15,16 @@ use std::time::Duration;
 
 use super::StoreError;
 use crate::background::Background;
+
+/// The smallest budget of stored bytes is the cap divided by this.
+pub const FLOOR: u64 = 4;
+
+/// The smallest cap the files are held to. sled's files need some megabytes whatever
+/// little they hold (the log's segments still being written and cleaned, measured at
+/// 5-20 MB under a flood, docs/history.md): under a smaller cap, shrinking the budget
+/// would evict down to the floor and still leave the files over the cap, so there the
+/// cap counts stored bytes only.
+pub const DISK_BOUND_FROM: u64 = 32 << 20;
 
 /// How often the janitor checks the total.
 pub const CHECK_EVERY: Duration = Duration::from_millis(250);
@@ -45,6 +57,8 @@ pub struct Quota {
     evicted_bytes: AtomicU64,
     /// The janitor, from [`Quota::start`] to [`Quota::stop`].
     janitor: Background,
+    /// The bytes of the store's files (sled's log and its `blobs/`), set by the store.
+    on_disk: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
 }
 
 impl Quota {
@@ -55,7 +69,31 @@ impl Quota {
             evicted_records: AtomicU64::new(0),
             evicted_bytes: AtomicU64::new(0),
             janitor: Background::new(),
+            on_disk: std::sync::OnceLock::new(),
         }
+    }
+
+    /// How to measure the store's files, so the cap holds on disk too.
+    pub fn measure_disk(&self, on_disk: impl Fn() -> u64 + Send + Sync + 'static) {
+        let _ = self.on_disk.set(Box::new(on_disk));
+    }
+
+    /// The stored bytes allowed now, given `used`: the cap less what sled's files hold
+    /// beyond the stored bytes (its own overhead, and space it has not reclaimed yet),
+    /// so the files stay within the cap; never below [`FLOOR`] of the cap, so a store
+    /// whose files sled has not shrunk yet does not evict everything meanwhile.
+    pub fn budget(&self, used: u64) -> u64 {
+        let Some(on_disk) = self
+            .on_disk
+            .get()
+            .filter(|_| self.max_bytes >= DISK_BOUND_FROM)
+        else {
+            return self.max_bytes;
+        };
+        let excess = on_disk().saturating_sub(used);
+        self.max_bytes
+            .saturating_sub(excess)
+            .max(self.max_bytes / FLOOR)
     }
 
     pub fn register<T: Evictable + 'static>(&self, owner: &Arc<T>) {
@@ -100,12 +138,14 @@ impl Quota {
     pub fn enforce(&self) -> Result<Evicted, StoreError> {
         let owners = self.owners();
         let mut freed = Evicted::default();
+        // Measured once a pass: sled's files shrink only after it cleans, later.
+        let budget = self.budget(self.used());
         loop {
             let used = owners
                 .iter()
                 .map(|o| o.stored_bytes())
                 .fold(0, u64::saturating_add);
-            if used <= self.max_bytes {
+            if used <= budget {
                 break;
             }
             let Some(oldest) = owners
@@ -118,7 +158,7 @@ impl Quota {
             };
             // In steps of at most 1% of the cap, so the next step again takes whichever
             // owner then holds the oldest data.
-            let want = (used - self.max_bytes).min(self.max_bytes / 100).max(1);
+            let want = (used - budget).min(self.max_bytes / 100).max(1);
             let step = oldest.evict_oldest(want)?;
             freed.records += step.records;
             freed.bytes += step.bytes;
@@ -134,6 +174,7 @@ impl Quota {
                 records = freed.records,
                 bytes = freed.bytes,
                 max_bytes = self.max_bytes,
+                budget,
                 "store at its cap: evicted the oldest messages"
             );
         }
@@ -144,7 +185,8 @@ impl Quota {
     pub fn start(self: &Arc<Self>) {
         self.janitor
             .every(self, CHECK_EVERY, "store eviction", |quota: &Quota| {
-                if quota.used() > quota.max_bytes {
+                let used = quota.used();
+                if used > quota.budget(used) {
                     quota.enforce()?;
                 }
                 Ok::<(), StoreError>(())
@@ -182,6 +224,26 @@ mod tests {
             }
             Ok(freed)
         }
+    }
+
+    #[test]
+    fn the_budget_leaves_room_for_sleds_own_bytes_down_to_a_floor() {
+        let cap = DISK_BOUND_FROM;
+        let quota = Quota::new(cap);
+        assert_eq!(quota.budget(1000), cap);
+        let disk = Arc::new(AtomicU64::new(0));
+        let measured = disk.clone();
+        quota.measure_disk(move || measured.load(Ordering::Relaxed));
+        // Files 10 MB over the stored bytes: the stored bytes get 10 MB less.
+        disk.store(30_000_000, Ordering::Relaxed);
+        assert_eq!(quota.budget(20_000_000), cap - 10_000_000);
+        // Never below a quarter, whatever sled has not given back yet.
+        disk.store(10 * cap, Ordering::Relaxed);
+        assert_eq!(quota.budget(1), cap / FLOOR);
+        // Under the smallest cap held on disk, the cap counts stored bytes only.
+        let small = Quota::new(DISK_BOUND_FROM - 1);
+        small.measure_disk(|| u64::MAX);
+        assert_eq!(small.budget(0), DISK_BOUND_FROM - 1);
     }
 
     #[test]
