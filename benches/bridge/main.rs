@@ -4,8 +4,9 @@
 //!
 //! Two figures per bridge:
 //! - throughput: messages/s forwarded at QoS 1 while a publisher floods the local side
-//!   (switchboard over WebSocket, Mosquitto over MQTT QoS 0), counted from the first
-//!   publish to the last message received upstream;
+//!   (switchboard over WebSocket, Mosquitto over MQTT QoS 0, its bridge made to forward
+//!   at QoS 1 with `upgrade_outgoing_qos`), counted from the first publish to the last
+//!   message received upstream;
 //! - drain: with the upstream down, a backlog is queued (switchboard: on disk, checked in
 //!   its status; Mosquitto: in memory, published at QoS 1 and acknowledged), then the
 //!   upstream starts and the time from the first to the last backlog message received
@@ -31,6 +32,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 const ADMIN: &str = "bench-admin-token-0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(600);
+/// The throughput flood's topic, and the backlog's.
+const FLOOD: &str = "t/x";
+const BACKLOG: &str = "t/b";
 
 struct Options {
     messages: u64,
@@ -61,9 +65,13 @@ fn options() -> Options {
     o
 }
 
-/// Counts what the upstream subscriber receives, with the times of the first and last.
+/// Counts what the upstream subscriber receives on one topic, with the times of the
+/// first and last. One topic at a time: after the upstream restarts it sends its
+/// subscriber again what was unacknowledged when it stopped (the flood's tail), which
+/// must not start the drain's clock.
 struct Counter {
     count: Arc<AtomicU64>,
+    topic: Arc<Mutex<String>>,
     first_last: Arc<Mutex<Option<(Instant, Instant)>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -73,10 +81,14 @@ impl Counter {
         let mut sub = Subscriber::start(port, "up/#").await;
         let count = Arc::new(AtomicU64::new(0));
         let first_last = Arc::new(Mutex::new(None));
-        let (c, fl) = (count.clone(), first_last.clone());
+        let topic = Arc::new(Mutex::new(format!("up/{FLOOD}")));
+        let (c, fl, t) = (count.clone(), first_last.clone(), topic.clone());
         let task = tokio::spawn(async move {
             // The subscriber lives as long as this task.
-            while sub.rx.recv().await.is_some() {
+            while let Some((got, _)) = sub.rx.recv().await {
+                if *t.lock().unwrap_or_else(|p| p.into_inner()) != got {
+                    continue;
+                }
                 let now = Instant::now();
                 let mut fl = fl.lock().unwrap_or_else(|p| p.into_inner());
                 *fl = Some(fl.map_or((now, now), |(first, _)| (first, now)));
@@ -85,6 +97,7 @@ impl Counter {
         });
         Counter {
             count,
+            topic,
             first_last,
             task,
         }
@@ -98,7 +111,9 @@ impl Counter {
         self.count.load(Ordering::Relaxed)
     }
 
-    fn reset(&self) {
+    /// Counts from zero, what arrives on `topic` only.
+    fn reset(&self, topic: &str) {
+        *self.topic.lock().unwrap_or_else(|p| p.into_inner()) = format!("up/{topic}");
         self.count.store(0, Ordering::Relaxed);
         *self.first_last.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
@@ -153,12 +168,12 @@ async fn queued(d: &Daemon) -> u64 {
 }
 
 /// Publishes `n` messages to switchboard over WebSocket, without waiting for replies.
-async fn flood_switchboard(d: &Daemon, n: u64) {
+async fn flood_switchboard(d: &Daemon, topic: &str, n: u64) {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", d.addr))
         .await
         .expect("connect to the daemon");
     for i in 0..n {
-        let frame = json!({"op":"pub","topic":"t/x","data":{"i":i,"v":21.5}});
+        let frame = json!({"op":"pub","topic":topic,"data":{"i":i,"v":21.5}});
         ws.feed(Message::text(frame.to_string()))
             .await
             .expect("publish");
@@ -174,7 +189,7 @@ async fn flood_switchboard(d: &Daemon, n: u64) {
 
 /// Publishes `n` messages to a Mosquitto at `qos`; with QoS 1, returns once all were
 /// acknowledged.
-async fn flood_mosquitto(port: u16, n: u64, qos: QoS) {
+async fn flood_mosquitto(port: u16, topic: &str, n: u64, qos: QoS) {
     let mut options = MqttOptions::new("bench-publisher", "127.0.0.1", port);
     options.set_inflight(100);
     let (client, mut events) = AsyncClient::new(options, 1000);
@@ -197,16 +212,19 @@ async fn flood_mosquitto(port: u16, n: u64, qos: QoS) {
     for i in 0..n {
         let payload = json!({"i":i,"v":21.5}).to_string();
         client
-            .publish("t/x", qos, false, payload)
+            .publish(topic, qos, false, payload)
             .await
             .expect("publish to mosquitto");
     }
     let _ = tokio::time::timeout(WAIT, acks).await;
 }
 
+/// Mosquitto delivers at the lower of the message's and the subscription's QoS, and its
+/// bridge is a subscriber: without `upgrade_outgoing_qos` the QoS 0 flood would go
+/// upstream at QoS 0 (no PUBACKs), not at the QoS 1 switchboard's link forwards at.
 fn mosquitto_bridge(upstream: u16) -> Mosquitto {
     Mosquitto::start(&format!(
-        "connection up\naddress 127.0.0.1:{upstream}\ntopic t/# out 1 \"\" up/\ncleansession false\nrestart_timeout 1\n"
+        "upgrade_outgoing_qos true\nconnection up\naddress 127.0.0.1:{upstream}\ntopic t/# out 1 \"\" up/\ncleansession false\nrestart_timeout 1\n"
     ))
 }
 
@@ -228,8 +246,8 @@ impl Local {
     /// Publishes `n` messages to the local side, as fast as it takes them.
     async fn flood(&self, n: u64) {
         match self {
-            Local::Switchboard(d, _) => flood_switchboard(d, n).await,
-            Local::Mosquitto(m) => flood_mosquitto(m.port, n, QoS::AtMostOnce).await,
+            Local::Switchboard(d, _) => flood_switchboard(d, FLOOD, n).await,
+            Local::Mosquitto(m) => flood_mosquitto(m.port, FLOOD, n, QoS::AtMostOnce).await,
         }
     }
 
@@ -238,13 +256,13 @@ impl Local {
     async fn backlog(&self, n: u64) {
         match self {
             Local::Switchboard(d, _) => {
-                flood_switchboard(d, n).await;
+                flood_switchboard(d, BACKLOG, n).await;
                 let deadline = Instant::now() + WAIT;
                 while queued(d).await < n && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
-            Local::Mosquitto(m) => flood_mosquitto(m.port, n, QoS::AtLeastOnce).await,
+            Local::Mosquitto(m) => flood_mosquitto(m.port, BACKLOG, n, QoS::AtLeastOnce).await,
         }
     }
 }
@@ -259,14 +277,14 @@ async fn run(o: &Options, start: impl FnOnce(u16) -> Local) -> Figures {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    counter.reset();
+    counter.reset(FLOOD);
     let started = Instant::now();
     local.flood(o.messages).await;
     let received = counter.wait_for(o.messages).await;
     let rate = received as f64 / started.elapsed().as_secs_f64();
 
     upstream.stop();
-    counter.reset();
+    counter.reset(BACKLOG);
     local.backlog(o.backlog).await;
     upstream.restart();
     let drained = counter.wait_for(o.backlog).await;
