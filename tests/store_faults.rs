@@ -267,13 +267,7 @@ async fn store_check_passes_a_sound_store_and_the_daemon_reopens_it() {
     assert!(runs > 0 && runs < 3000, "{out}");
     // Checking changed nothing the daemon checks in turn.
     daemon.respawn();
-    let mut c = Raw::connect(&daemon.ws_url()).await;
-    let r = c
-        .request(json!({"op":"sub","topic":"log/a","last":1000}))
-        .await;
-    assert_eq!(r["op"], "ok", "{r}");
-    assert_eq!(r["seq"], 3000, "{r}");
-    assert_eq!(r["history"], 1000, "{r}");
+    assert_all_3000_kept(&daemon).await;
 }
 
 /// A store written before the segment size was set (sled's 512 KiB default) keeps that
