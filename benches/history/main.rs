@@ -5,6 +5,7 @@
 //! Run: `cargo bench --bench history` or `cargo bench --bench history -- --quick`.
 //! Options: `--messages 50000` (per publish point), `--fetches 30` (recoveries timed).
 //! The daemon runs pinned to core 0 when `taskset` is there, the clients on core 1.
+//! `BENCH_DAEMON=/path/to/switchboard` runs another build under the same clients (A/B).
 //!
 //! 1. Publish rate: one WebSocket publisher pipelines `--messages` publishes of a
 //!    64-byte payload and waits for every ack, to a topic without a history and then
@@ -318,7 +319,9 @@ fn main() {
         keep = o.messages * 2,
     );
     std::fs::write(&config, text).expect("write the configuration");
-    let d = Daemon::start(env!("CARGO_BIN_EXE_switchboard"), &config, pinned);
+    let bin = std::env::var_os("BENCH_DAEMON")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_switchboard").into());
+    let d = Daemon::start(bin, &config, pinned);
     let (rt, local) = harness::local_runtime();
     let results = local.block_on(&rt, async {
         // Warm up both paths once, then measure plain and kept alternately, twice.
