@@ -4,7 +4,8 @@
 //! never a silent empty start; `switchboard store check` says the same. A full disk
 //! (a small tmpfs of the test's own, which needs root: CI runs as root) shows in
 //! `/healthz` and `/metrics` while delivery goes on, and history tells a resuming
-//! client it missed messages.
+//! client it missed messages. A stalled disk (an ext4 image frozen with `fsfreeze`,
+//! root only too) holds back no other client, whichever part of the daemon is storing.
 
 mod common;
 
@@ -826,4 +827,28 @@ async fn a_stalled_disk_holds_back_no_other_client_while_a_recording_runs() {
     p.flood("rec/a", 1000, 1000).await;
     let watched = api(&daemon, "/recordings");
     assert_answered_while_frozen(&fs, &mut probe, p, "rec/a", Some(&watched)).await;
+}
+
+/// The same for the writers behind webhooks and bridges: while the disk takes nothing,
+/// the one storing webhook events and the one storing a bridge's outbound messages hold
+/// back no other client. Before they stored on the blocking pool, the two took both
+/// runtime threads waiting for the disk, and the probe's ping waited with them.
+#[tokio::test]
+async fn a_stalled_disk_holds_back_no_other_client_while_webhook_and_bridge_queues_store() {
+    let Some(fs) = Ext4::mount() else {
+        return;
+    };
+    // An endpoint and an upstream broker that never answer: everything stays queued.
+    let secret = fs.path().join("webhook.secret");
+    std::fs::write(&secret, "a secret of the stalled-disk test, 32+ bytes").expect("secret");
+    let config = format!(
+        "{HISTORY}\n[[webhooks]]\nname = \"stall\"\nurl = \"http://127.0.0.1:9/\"\nsecret_file = \"{}\"\ntopics = [\"q/#\"]\nretry_initial = \"1h\"\nretry_max = \"1h\"\n\n[[bridges]]\nname = \"up\"\naddress = \"127.0.0.1:9\"\n[[bridges.topics]]\npattern = \"q/#\"\ndirection = \"out\"\nqos = 1\n",
+        secret.display()
+    );
+    let daemon = daemon_on(&fs, &config);
+    let url = daemon.ws_url();
+    let mut probe = Raw::connect(&url).await;
+    let mut p = Raw::connect(&url).await;
+    p.flood("q/a", 1000, 1000).await;
+    assert_answered_while_frozen(&fs, &mut probe, p, "q/a", None).await;
 }
