@@ -4,7 +4,8 @@
 //! never a silent empty start; `switchboard store check` says the same. A full disk
 //! (a small tmpfs of the test's own, which needs root: CI runs as root) shows in
 //! `/healthz` and `/metrics` while delivery goes on, and history tells a resuming
-//! client it missed messages.
+//! client it missed messages. A stalled disk (an ext4 image frozen with `fsfreeze`,
+//! root only too) holds back no other client, whichever part of the daemon is storing.
 
 mod common;
 
@@ -731,33 +732,30 @@ impl Drop for Frozen {
     }
 }
 
-/// While the store's disk takes nothing, and the store is evicting at its cap, other
-/// clients are still answered: no thread the connections run on waits for sled.
-/// The disk is frozen (fsfreeze), so sled's writes stall for as long as the test says;
-/// before the writer and the eviction kept off the async threads and off the stream's
-/// lock, a publisher of the history topic and the writer took both runtime threads and
-/// the probe's ping waited for the disk.
-#[tokio::test]
-async fn a_stalled_disk_holds_back_no_other_client_while_the_store_evicts() {
-    let Some(fs) = Ext4::mount() else {
-        return;
-    };
+/// A daemon with `config` whose data directory is on `fs`.
+fn daemon_on(fs: &Ext4, config: &str) -> Daemon {
     let data = fs.path().join("data");
-    let config = format!("{HISTORY}\n[store]\nmax_bytes = 200000\n");
-    let daemon = Daemon::start_with_env(
-        &config,
+    Daemon::start_with_env(
+        config,
         &[("SWITCHBOARD_DATA_DIR", data.to_str().expect("utf-8 path"))],
-    );
-    let url = daemon.ws_url();
-    let mut probe = Raw::connect(&url).await;
-    let mut p = Raw::connect(&url).await;
-    // Over the cap, so the janitor evicts from here on.
-    p.flood("log/a", 1000, 1000).await;
+    )
+}
+
+/// Freezes `fs` while `p` floods `topic`, and pings `probe` meanwhile: every ping must be
+/// answered although the disk takes nothing (the publisher itself may be held back by
+/// it), and so must a `GET` of `watched`, when given, after each ping. Then writes
+/// resume, and the publisher is answered again.
+async fn assert_answered_while_frozen(
+    fs: &Ext4,
+    probe: &mut Raw,
+    mut p: Raw,
+    topic: &'static str,
+    watched: Option<&str>,
+) {
     let frozen = fs.freeze();
-    // The history topic's publisher goes on; it may be held back by the disk itself.
     let publisher = tokio::spawn(async move {
         for _ in 0..20 {
-            p.flood("log/a", 1000, 1000).await;
+            p.flood(topic, 1000, 1000).await;
         }
         p
     });
@@ -771,10 +769,86 @@ async fn a_stalled_disk_holds_back_no_other_client_while_the_store_evicts() {
             Some(json!("probe")),
             "no answer to a ping while the disk stalls"
         );
+        if let Some(url) = watched {
+            let answer = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                common::http::get(url, None),
+            )
+            .await;
+            let status = answer.map(|(status, _)| status).ok();
+            assert_eq!(status, Some(StatusCode::OK), "no answer to GET {url}");
+        }
     }
     drop(frozen);
     let mut p = publisher.await.expect("publisher");
     // Everything goes on once the disk takes writes again.
     let r = p.request(json!({"op":"ping"})).await;
     assert_eq!(r["op"], "ok", "{r}");
+}
+
+/// While the store's disk takes nothing, and the store is evicting at its cap, other
+/// clients are still answered: no thread the connections run on waits for sled.
+/// The disk is frozen (fsfreeze), so sled's writes stall for as long as the test says;
+/// before the writer and the eviction kept off the async threads and off the stream's
+/// lock, a publisher of the history topic and the writer took both runtime threads and
+/// the probe's ping waited for the disk.
+#[tokio::test]
+async fn a_stalled_disk_holds_back_no_other_client_while_the_store_evicts() {
+    let Some(fs) = Ext4::mount() else {
+        return;
+    };
+    let daemon = daemon_on(&fs, &format!("{HISTORY}\n[store]\nmax_bytes = 200000\n"));
+    let url = daemon.ws_url();
+    let mut probe = Raw::connect(&url).await;
+    let mut p = Raw::connect(&url).await;
+    // Over the cap, so the janitor evicts from here on.
+    p.flood("log/a", 1000, 1000).await;
+    assert_answered_while_frozen(&fs, &mut probe, p, "log/a", None).await;
+}
+
+/// The same for a recording: while the disk takes nothing, a recording in progress (its
+/// writer storing, the store evicting its oldest messages at the cap) holds back no
+/// other client, and one watching the recordings' figures is answered too. Before the
+/// recordings' writer stored on the blocking pool and without the recordings' lock, it
+/// held that lock while sled waited for the disk, and the watcher's request took the
+/// other runtime thread waiting for it.
+#[tokio::test]
+async fn a_stalled_disk_holds_back_no_other_client_while_a_recording_runs() {
+    let Some(fs) = Ext4::mount() else {
+        return;
+    };
+    let daemon = daemon_on(&fs, &format!("{HISTORY}\n[store]\nmax_bytes = 200000\n"));
+    let body = json!({"name": "stall", "topics": ["rec/#"]}).to_string();
+    let (status, recording) = post(&api(&daemon, "/recordings"), None, &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{recording}");
+    let url = daemon.ws_url();
+    let mut probe = Raw::connect(&url).await;
+    let mut p = Raw::connect(&url).await;
+    p.flood("rec/a", 1000, 1000).await;
+    let watched = api(&daemon, "/recordings");
+    assert_answered_while_frozen(&fs, &mut probe, p, "rec/a", Some(&watched)).await;
+}
+
+/// The same for the writers behind webhooks and bridges: while the disk takes nothing,
+/// the one storing webhook events and the one storing a bridge's outbound messages hold
+/// back no other client. Before they stored on the blocking pool, the two took both
+/// runtime threads waiting for the disk, and the probe's ping waited with them.
+#[tokio::test]
+async fn a_stalled_disk_holds_back_no_other_client_while_webhook_and_bridge_queues_store() {
+    let Some(fs) = Ext4::mount() else {
+        return;
+    };
+    // An endpoint and an upstream broker that never answer: everything stays queued.
+    let secret = fs.path().join("webhook.secret");
+    std::fs::write(&secret, "a secret of the stalled-disk test, 32+ bytes").expect("secret");
+    let config = format!(
+        "{HISTORY}\n[[webhooks]]\nname = \"stall\"\nurl = \"http://127.0.0.1:9/\"\nsecret_file = \"{}\"\ntopics = [\"q/#\"]\nretry_initial = \"1h\"\nretry_max = \"1h\"\n\n[[bridges]]\nname = \"up\"\naddress = \"127.0.0.1:9\"\n[[bridges.topics]]\npattern = \"q/#\"\ndirection = \"out\"\nqos = 1\n",
+        secret.display()
+    );
+    let daemon = daemon_on(&fs, &config);
+    let url = daemon.ws_url();
+    let mut probe = Raw::connect(&url).await;
+    let mut p = Raw::connect(&url).await;
+    p.flood("q/a", 1000, 1000).await;
+    assert_answered_while_frozen(&fs, &mut probe, p, "q/a", None).await;
 }

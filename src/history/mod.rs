@@ -45,7 +45,9 @@ use std::collections::VecDeque;
 
 use crate::background::Background;
 use crate::store::message::run;
-use crate::store::{Evictable, Evicted, Reopened, Store, StoreError, StoredMessage, Tree};
+use crate::store::{
+    off_runtime, Evictable, Evicted, Reopened, Store, StoreError, StoredMessage, Tree,
+};
 pub use config::{HistoryConfig, HistoryRule};
 use switchboard_core::message::Publish;
 use switchboard_core::protocol::Since;
@@ -181,17 +183,6 @@ fn unread(s: &Stream) -> Option<u64> {
         Some(s.first + 1)
     } else {
         None
-    }
-}
-
-/// Runs `f`, which may wait for the disk, without taking a runtime thread from the
-/// other connections: on an async worker, tokio moves them to another thread first.
-fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
     }
 }
 

@@ -2,7 +2,9 @@
 //! oldest messages first. Each recording's messages are stored oldest first, so the
 //! oldest message overall is the first message of the recording whose first message
 //! is oldest. An eviction removes messages and rewrites that recording's figures
-//! (count, bytes, per-topic counts, first `ts`, `evicted`) in one batch.
+//! (count, bytes, per-topic counts, first `ts`, `evicted`) in one batch, holding the
+//! recorder's `writing` lock (as every writer of the tree does) and not the lock on
+//! the recordings the API reads.
 
 use crate::store::message::run;
 use crate::store::{Evictable, Evicted, StoreError, StoredMessage};
@@ -25,16 +27,18 @@ impl Evictable for Recorder {
             .min()
     }
 
+    /// Reads and removes with the recordings' lock released (only the tree's writers
+    /// wait), so the API's readers never wait for the disk.
     fn evict_oldest(&self, at_least: u64) -> Result<Evicted, StoreError> {
-        let mut recordings = lock(&self.recordings);
-        let Some((&id, entry)) = recordings
-            .iter_mut()
+        let _writing = lock(&self.writing);
+        let oldest = lock(&self.recordings)
+            .iter()
             .filter(|(_, e)| e.figures.messages > 0)
             .min_by_key(|(_, e)| e.figures.first_us)
-        else {
+            .map(|(&id, e)| (id, e.figures.clone()));
+        let Some((id, mut figures)) = oldest else {
             return Ok(Evicted::default());
         };
-        let mut figures = entry.figures.clone();
         let mut freed = Evicted::default();
         let mut batch = sled::Batch::default();
         figures.first_us = None;
@@ -82,7 +86,9 @@ impl Evictable for Recorder {
             .current()?
             .apply_batch(batch)
             .map_err(|e| self.store.io(e))?;
-        entry.figures = figures;
+        if let Some(entry) = lock(&self.recordings).get_mut(&id) {
+            entry.figures = figures;
+        }
         Ok(freed)
     }
 }

@@ -7,7 +7,8 @@
 //! encoded [`StoredMessage`] record to a buffer of at most `[recording] queue` messages
 //! it shares with the writer, counting the message as dropped when the buffer is full,
 //! so recording never slows delivery. The writer task swaps the buffer out a burst at
-//! a time and stores each burst with one `sled::Batch` ([`layout`]).
+//! a time and stores each burst with one `sled::Batch` ([`layout`]), on the blocking
+//! pool, so a stalled disk holds back no connection.
 //!
 //! Consistency after a crash: a recording's figures (count, bytes, per-topic counts,
 //! time span) live in the same tree as its messages and are rewritten in the same
@@ -40,7 +41,7 @@ use crate::auth::Principal;
 
 use crate::hub::Hub;
 use crate::store::message::run;
-use crate::store::{Reopened, Store, StoreError, StoredMessage, Tree};
+use crate::store::{off_runtime, Reopened, Store, StoreError, StoredMessage, Tree};
 use layout::{Figures, Meta};
 use switchboard_core::clock::now_ms;
 use switchboard_core::protocol::ErrorCode;
@@ -185,9 +186,14 @@ pub struct Counters {
 pub struct Recorder {
     store: Store,
     tree: Tree,
-    /// Every recording. Whoever writes the tree holds this lock, so the figures in
-    /// memory, the figures stored and the messages stored change together.
+    /// Every recording; held for moments only, never while sled works, so the API's
+    /// readers never wait for the disk.
     recordings: Mutex<BTreeMap<u64, Entry>>,
+    /// Held by whoever writes the tree (the writer, eviction, starting, stopping and
+    /// deleting), across the write and the change in memory that follows it, so the
+    /// figures in memory, the figures stored and the messages stored change together.
+    /// Taken before `recordings`, never while holding it.
+    writing: Mutex<()>,
     tap: Arc<tap::Shared>,
     /// Whether the writer task was started (once).
     started: AtomicBool,
@@ -246,6 +252,7 @@ impl Recorder {
             store: store.clone(),
             tree,
             recordings: Mutex::new(recordings),
+            writing: Mutex::default(),
             tap: tap.clone(),
             started: AtomicBool::new(false),
             writer: Mutex::new(None),
@@ -268,11 +275,15 @@ impl Recorder {
     /// After the store reopened: each recording's figures become what is stored, and
     /// messages counted but not written before the failure count as dropped.
     fn resync(&self) -> Result<(), StoreError> {
-        let mut recordings = lock(&self.recordings);
+        let _writing = lock(&self.writing);
+        let metas: Vec<(u64, Vec<u8>)> = lock(&self.recordings)
+            .iter()
+            .map(|(id, e)| (*id, json(&e.meta)))
+            .collect();
         let tree = self.tree.current()?;
-        for (id, entry) in recordings.iter_mut() {
+        for (id, meta) in metas {
             let stored: Option<Figures> = tree
-                .get(layout::figures_key(*id))
+                .get(layout::figures_key(id))
                 .map_err(|e| self.store.io(e))?
                 .and_then(|v| serde_json::from_slice(&v).ok());
             let stored = match stored {
@@ -280,11 +291,15 @@ impl Recorder {
                 None => {
                     // Started just before the failure: nothing of it reached the disk.
                     let mut batch = sled::Batch::default();
-                    batch.insert(&layout::meta_key(*id), json(&entry.meta));
-                    batch.insert(&layout::figures_key(*id), json(&Figures::default()));
+                    batch.insert(&layout::meta_key(id), meta);
+                    batch.insert(&layout::figures_key(id), json(&Figures::default()));
                     tree.apply_batch(batch).map_err(|e| self.store.io(e))?;
                     Figures::default()
                 }
+            };
+            let mut recordings = lock(&self.recordings);
+            let Some(entry) = recordings.get_mut(&id) else {
+                continue;
             };
             let lost = entry.figures.messages.saturating_sub(stored.messages);
             if lost > 0 {
@@ -295,6 +310,18 @@ impl Recorder {
             entry.figures.dropped = entry.dropped.load(Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Runs `f` on the tree as its one writer, and off the async threads: it may wait
+    /// for another writer, and sled may wait for the disk.
+    fn write<R>(
+        &self,
+        f: impl FnOnce(&sled::Tree) -> Result<R, RecorderError>,
+    ) -> Result<R, RecorderError> {
+        off_runtime(|| {
+            let _writing = lock(&self.writing);
+            f(&*self.tree.current()?)
+        })
     }
 
     /// Starts the writer task.
@@ -367,21 +394,22 @@ impl Recorder {
                 .check_subscribe(filter)
                 .map_err(|e| RecorderError::Forbidden(e.to_string()))?;
         }
-        let id = self.store.next_id()?;
-        let mut recordings = lock(&self.recordings);
         let entry = Entry {
             meta,
             figures: Figures::default(),
             dropped: Arc::default(),
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(&layout::meta_key(id), json(&entry.meta));
-        batch.insert(&layout::figures_key(id), json(&entry.figures));
-        self.tree
-            .current()?
-            .apply_batch(batch)
-            .map_err(RecorderError::sled(&self.store))?;
+        let id = self.write(|tree| {
+            let id = self.store.next_id()?;
+            let mut batch = sled::Batch::default();
+            batch.insert(&layout::meta_key(id), json(&entry.meta));
+            batch.insert(&layout::figures_key(id), json(&entry.figures));
+            tree.apply_batch(batch)
+                .map_err(RecorderError::sled(&self.store))?;
+            Ok(id)
+        })?;
         let view = entry.view(id, false);
+        let mut recordings = lock(&self.recordings);
         recordings.insert(id, entry);
         self.refresh_active(&recordings);
         tracing::info!(recording = id, name = %view.name, topics = ?view.topics, owner = %view.owner, "recording started");
@@ -395,19 +423,28 @@ impl Recorder {
         caller: &Principal,
         id: u64,
     ) -> Result<RecordingView, RecorderError> {
-        {
-            let mut recordings = lock(&self.recordings);
-            let entry = visible(&mut recordings, caller, id)?;
-            if entry.meta.stopped_at.is_some() {
-                return Ok(entry.view(id, false));
-            }
-            entry.meta.stopped_at = Some(now_ms());
-            let meta = json(&entry.meta);
-            self.tree
-                .current()?
-                .insert(layout::meta_key(id), meta)
+        let stopped = self.write(|tree| {
+            let meta = {
+                let mut recordings = lock(&self.recordings);
+                let entry = visible(&mut recordings, caller, id)?;
+                if entry.meta.stopped_at.is_some() {
+                    return Ok(Some(entry.view(id, false)));
+                }
+                let mut meta = entry.meta.clone();
+                meta.stopped_at = Some(now_ms());
+                meta
+            };
+            tree.insert(layout::meta_key(id), json(&meta))
                 .map_err(RecorderError::sled(&self.store))?;
+            let mut recordings = lock(&self.recordings);
+            if let Some(entry) = recordings.get_mut(&id) {
+                entry.meta = meta;
+            }
             self.refresh_active(&recordings);
+            Ok(None)
+        })?;
+        if let Some(view) = stopped {
+            return Ok(view);
         }
         self.barrier().await;
         tracing::info!(recording = id, "recording stopped");
@@ -441,25 +478,21 @@ impl Recorder {
 
     /// Deletes a recording and every message it holds.
     pub fn delete(&self, caller: &Principal, id: u64) -> Result<(), RecorderError> {
-        let mut recordings = lock(&self.recordings);
-        visible(&mut recordings, caller, id)?;
-        let mut batch = sled::Batch::default();
-        for key in self
-            .tree
-            .current()?
-            .scan_prefix(layout::messages_prefix(id))
-            .keys()
-        {
-            batch.remove(key.map_err(RecorderError::sled(&self.store))?);
-        }
-        batch.remove(&layout::meta_key(id));
-        batch.remove(&layout::figures_key(id));
-        self.tree
-            .current()?
-            .apply_batch(batch)
-            .map_err(RecorderError::sled(&self.store))?;
-        recordings.remove(&id);
-        self.refresh_active(&recordings);
+        self.write(|tree| {
+            visible(&mut lock(&self.recordings), caller, id)?;
+            let mut batch = sled::Batch::default();
+            for key in tree.scan_prefix(layout::messages_prefix(id)).keys() {
+                batch.remove(key.map_err(RecorderError::sled(&self.store))?);
+            }
+            batch.remove(&layout::meta_key(id));
+            batch.remove(&layout::figures_key(id));
+            tree.apply_batch(batch)
+                .map_err(RecorderError::sled(&self.store))?;
+            let mut recordings = lock(&self.recordings);
+            recordings.remove(&id);
+            self.refresh_active(&recordings);
+            Ok(())
+        })?;
         tracing::info!(recording = id, "recording deleted");
         Ok(())
     }

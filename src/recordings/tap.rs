@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::layout::Figures;
 use super::{json, layout, lock, Counters, Recorder};
 use crate::store::message::run;
 use crate::store::StoredMessage;
@@ -207,7 +208,9 @@ impl Runs {
     }
 }
 
-/// Stores messages until `stop`, then stores what is left and returns.
+/// Stores messages until `stop`, then stores what is left and returns. Each burst is
+/// stored on the blocking pool: a batch can wait for the disk for seconds, and on an
+/// async thread it would hold every connection that thread serves.
 pub async fn write(recorder: Arc<Recorder>, stop: CancellationToken) {
     let tap = recorder.tap.clone();
     let mut burst = Pending::default();
@@ -222,59 +225,84 @@ pub async fn write(recorder: Arc<Recorder>, stop: CancellationToken) {
             tokio::task::yield_now().await;
             continue;
         }
-        recorder.store_burst(&mut burst);
+        burst = store_off_runtime(&recorder, burst).await;
     }
     tap.take(&mut burst);
-    recorder.store_burst(&mut burst);
+    store_off_runtime(&recorder, burst).await;
+}
+
+/// Stores `burst` on the blocking pool and hands its emptied buffers back.
+async fn store_off_runtime(recorder: &Arc<Recorder>, mut burst: Pending) -> Pending {
+    let recorder = recorder.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        recorder.store_burst(&mut burst);
+        burst
+    });
+    stored.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "the recording writer failed on a burst");
+        Pending::default()
+    })
 }
 
 impl Recorder {
     /// Stores one burst: every message and the figures of every recording it touched,
-    /// in one batch. On a failure the figures in memory go back to what is stored.
+    /// in one batch. The figures in memory change once the batch is stored (on a
+    /// failure the messages count as dropped); the recordings' lock is not held while
+    /// sled works, so the API's readers never wait for the disk.
     fn store_burst(&self, burst: &mut Pending) {
-        let mut recordings = lock(&self.recordings);
-        let mut before = HashMap::new();
+        let _writing = lock(&self.writing);
+        // The figures each touched recording will have.
+        let mut after: HashMap<u64, Figures> = HashMap::new();
         let mut runs = Runs::default();
         let (mut stored, mut bytes) = (0u64, 0u64);
-        for (record, ids) in burst.messages() {
-            // The tap encoded it: these cannot fail on its bytes.
-            let (Some(topic), Some(ts_us)) = (
-                StoredMessage::peek_topic(record),
-                StoredMessage::peek_ts_us(record),
-            ) else {
-                continue;
-            };
-            for &id in ids {
-                // Deleted since, or taken by the tap just as it was stopped.
-                let Some(entry) = recordings.get_mut(&id) else {
+        let mut batch = sled::Batch::default();
+        {
+            let recordings = lock(&self.recordings);
+            for (record, ids) in burst.messages() {
+                // The tap encoded it: these cannot fail on its bytes.
+                let (Some(topic), Some(ts_us)) = (
+                    StoredMessage::peek_topic(record),
+                    StoredMessage::peek_ts_us(record),
+                ) else {
                     continue;
                 };
-                if entry.meta.stopped_at.is_some_and(|at| ts_us / 1000 > at) {
-                    continue;
+                for &id in ids {
+                    // Deleted since, or taken by the tap just as it was stopped.
+                    let Some(entry) = recordings.get(&id) else {
+                        continue;
+                    };
+                    if entry.meta.stopped_at.is_some_and(|at| ts_us / 1000 > at) {
+                        continue;
+                    }
+                    let figures = after.entry(id).or_insert_with(|| entry.figures.clone());
+                    let n = figures.next;
+                    figures.count_in(topic, ts_us, record.len());
+                    runs.push(id, n, record);
+                    stored += 1;
+                    bytes += layout::record_bytes(record.len());
                 }
-                before.entry(id).or_insert_with(|| entry.figures.clone());
-                let n = entry.figures.next;
-                entry.figures.count_in(topic, ts_us, record.len());
-                runs.push(id, n, record);
-                stored += 1;
-                bytes += layout::record_bytes(record.len());
+            }
+            for (id, figures) in after.iter_mut() {
+                if let Some(entry) = recordings.get(id) {
+                    figures.dropped = entry.dropped.load(Ordering::Relaxed);
+                }
+                batch.insert(&layout::figures_key(*id), json(&*figures));
             }
         }
-        let mut batch = sled::Batch::default();
         runs.into_batch(&mut batch);
-        for id in before.keys() {
-            if let Some(entry) = recordings.get_mut(id) {
-                entry.figures.dropped = entry.dropped.load(Ordering::Relaxed);
-                batch.insert(&layout::figures_key(*id), json(&entry.figures));
-            }
-        }
-        if !before.is_empty() {
+        if !after.is_empty() {
             let written = self
                 .tree
                 .current()
                 .and_then(|t| t.apply_batch(batch).map_err(|e| self.store.io(e)));
+            let mut recordings = lock(&self.recordings);
             match written {
                 Ok(()) => {
+                    for (id, figures) in after {
+                        if let Some(entry) = recordings.get_mut(&id) {
+                            entry.figures = figures;
+                        }
+                    }
                     self.tap
                         .counters
                         .recorded
@@ -290,10 +318,9 @@ impl Recorder {
                     if let Some(held_back) = FAILED.admit() {
                         tracing::error!(error = %e, messages = stored, held_back, "cannot store recorded messages; dropped (dropped messages count in the recordings' figures)");
                     }
-                    for (id, figures) in before {
-                        if let Some(entry) = recordings.get_mut(&id) {
-                            let lost = entry.figures.messages - figures.messages;
-                            entry.figures = figures;
+                    for (id, figures) in after {
+                        if let Some(entry) = recordings.get(&id) {
+                            let lost = figures.messages.saturating_sub(entry.figures.messages);
                             entry.dropped.fetch_add(lost, Ordering::Relaxed);
                         }
                     }
@@ -304,7 +331,6 @@ impl Recorder {
                 }
             }
         }
-        drop(recordings);
         for done in burst.barriers.drain(..) {
             let _ = done.send(());
         }

@@ -528,6 +528,17 @@ fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
+/// Runs `f`, which may wait for the disk, without taking a runtime thread from the
+/// other connections: on an async worker, tokio moves them to another thread first.
+pub fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Opens a store in tests that reopen one: sled lets go of the directory's lock shortly
 /// after the last handle is dropped (its flusher notices on its next round), so a lock
 /// error is retried for a while; any other outcome is returned.

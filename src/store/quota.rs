@@ -140,17 +140,27 @@ impl Quota {
             .collect()
     }
 
-    /// Evicts oldest data until the total is under the cap. Blocking (sled calls).
+    /// Evicts oldest data until the total is within the budget. Blocking (sled calls).
+    /// The owners' bytes are summed once when there is nothing to evict, and sled's
+    /// files are not measured at all while the total is at or under the floor (the
+    /// least the budget ever is): measuring lists `blobs/`, and the janitor runs four
+    /// times a second whatever the store holds.
     pub fn enforce(&self) -> Result<Evicted, StoreError> {
         let owners = self.owners();
-        let mut freed = Evicted::default();
-        // Measured once a pass: sled's files shrink only after it cleans, later.
-        let budget = self.budget(self.used());
-        loop {
-            let used = owners
+        let sum = || {
+            owners
                 .iter()
                 .map(|o| o.stored_bytes())
-                .fold(0, u64::saturating_add);
+                .fold(0, u64::saturating_add)
+        };
+        let mut freed = Evicted::default();
+        let mut used = sum();
+        if used <= self.max_bytes / FLOOR {
+            return Ok(freed);
+        }
+        // Measured once a pass: sled's files shrink only after it cleans, later.
+        let budget = self.budget(used);
+        loop {
             if used <= budget {
                 break;
             }
@@ -174,6 +184,7 @@ impl Quota {
             if step.records == 0 {
                 break;
             }
+            used = sum();
         }
         if freed.records > 0 {
             tracing::info!(
@@ -191,11 +202,7 @@ impl Quota {
     pub fn start(self: &Arc<Self>) {
         self.janitor
             .every(self, CHECK_EVERY, "store eviction", |quota: &Quota| {
-                let used = quota.used();
-                if used > quota.budget(used) {
-                    quota.enforce()?;
-                }
-                Ok::<(), StoreError>(())
+                quota.enforce().map(|_| ())
             });
     }
 
@@ -251,6 +258,60 @@ mod tests {
         let small = Quota::new(DISK_BOUND_FROM - 1);
         small.measure_disk(|| u64::MAX);
         assert_eq!(small.budget(0), DISK_BOUND_FROM - 1);
+    }
+
+    /// Counts the owners' sums and the disk's measurements of one pass.
+    struct Counted {
+        bytes: u64,
+        sums: AtomicU64,
+    }
+
+    impl Evictable for Counted {
+        fn stored_bytes(&self) -> u64 {
+            self.sums.fetch_add(1, Ordering::Relaxed);
+            self.bytes
+        }
+        fn oldest_us(&self) -> Option<u64> {
+            Some(0)
+        }
+        fn evict_oldest(&self, _: u64) -> Result<Evicted, StoreError> {
+            Ok(Evicted::default())
+        }
+    }
+
+    #[test]
+    fn a_pass_with_nothing_to_evict_sums_once_and_measures_no_files_under_the_floor() {
+        let cap = DISK_BOUND_FROM;
+        let quota = Quota::new(cap);
+        let measured = Arc::new(AtomicU64::new(0));
+        let counter = measured.clone();
+        quota.measure_disk(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+            0
+        });
+        let owner = Arc::new(Counted {
+            bytes: cap / FLOOR,
+            sums: AtomicU64::new(0),
+        });
+        quota.register(&owner);
+        assert_eq!(quota.enforce().unwrap(), Evicted::default());
+        assert_eq!(owner.sums.load(Ordering::Relaxed), 1);
+        assert_eq!(measured.load(Ordering::Relaxed), 0);
+        // Over the floor and within the budget: the files are measured, once.
+        let owner = Arc::new(Counted {
+            bytes: cap / 2,
+            sums: AtomicU64::new(0),
+        });
+        let quota = Quota::new(cap);
+        let counter = measured.clone();
+        quota.measure_disk(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+            cap / 2
+        });
+        quota.register(&owner);
+        assert_eq!(quota.enforce().unwrap(), Evicted::default());
+        assert_eq!(owner.sums.load(Ordering::Relaxed), 1);
+        assert_eq!(measured.load(Ordering::Relaxed), 1);
     }
 
     #[test]
