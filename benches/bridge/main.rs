@@ -15,7 +15,8 @@
 //! Run: `cargo bench --bench bridge` or `cargo bench --bench bridge -- --quick`.
 //! Options: `--messages 50000` (throughput), `--backlog 100000`. The local broker
 //! (switchboard or Mosquitto) is pinned to core 0 when `taskset` is there; the upstream
-//! Mosquitto and the clients share core 1.
+//! Mosquitto and the clients share core 1. `BENCH_DAEMON=/path/to/switchboard` runs
+//! another build of the daemon under the same bench (A/B).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -145,7 +146,12 @@ fn switchboard(port: u16, pin: bool) -> (Daemon, tempfile::TempDir) {
     );
     std::fs::write(&config, text).expect("write the configuration");
     (
-        Daemon::start(env!("CARGO_BIN_EXE_switchboard"), &config, pin),
+        Daemon::start(
+            std::env::var_os("BENCH_DAEMON")
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_switchboard").into()),
+            &config,
+            pin,
+        ),
         dir,
     )
 }
