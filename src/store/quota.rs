@@ -66,6 +66,14 @@ pub struct Quota {
     on_disk: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
 }
 
+/// The bytes `owners` hold together.
+fn total(owners: &[Arc<dyn Evictable>]) -> u64 {
+    owners
+        .iter()
+        .map(|o| o.stored_bytes())
+        .fold(0, u64::saturating_add)
+}
+
 impl Quota {
     pub fn new(max_bytes: u64) -> Quota {
         Quota {
@@ -116,10 +124,7 @@ impl Quota {
 
     /// Bytes held by every owner.
     pub fn used(&self) -> u64 {
-        self.owners()
-            .iter()
-            .map(|o| o.stored_bytes())
-            .fold(0, u64::saturating_add)
+        total(&self.owners())
     }
 
     /// Records and bytes evicted since start.
@@ -147,12 +152,7 @@ impl Quota {
     /// times a second whatever the store holds.
     pub fn enforce(&self) -> Result<Evicted, StoreError> {
         let owners = self.owners();
-        let sum = || {
-            owners
-                .iter()
-                .map(|o| o.stored_bytes())
-                .fold(0, u64::saturating_add)
-        };
+        let sum = || total(&owners);
         let mut freed = Evicted::default();
         let mut used = sum();
         if used <= self.max_bytes / FLOOR {
