@@ -31,10 +31,15 @@ publish_burst = 1000000
 /// packaged unit names it in RestartPreventExitStatus=.
 const UNUSABLE: i32 = 65;
 
-/// A daemon whose store holds 3,000 history messages (3 MB: sled's file spans several of
-/// its segments, as a store in use does), stopped cleanly; the path of sled's data file.
+/// A daemon whose store holds 3,000 history messages and a recording of them, stopped
+/// cleanly; the path of sled's data file. The history's runs are in files beside sled's
+/// (sled holds pointers to them); the recording's are in sled, 3 MB, so its file spans
+/// several of its segments, as a store in use does.
 async fn stopped_with_history() -> (Daemon, PathBuf) {
     let mut daemon = Daemon::start(HISTORY);
+    let body = json!({"name":"all","topics":["log/#"]}).to_string();
+    let (status, recording) = post(&api(&daemon, "/recordings"), None, &body).await;
+    assert!(status.is_success(), "{recording}");
     let mut c = Raw::connect(&daemon.ws_url()).await;
     let pad = "x".repeat(1000);
     // In pipelined chunks: replies come in order, so the last one of a chunk means
@@ -271,6 +276,69 @@ async fn store_check_passes_a_sound_store_and_the_daemon_reopens_it() {
     assert_all_3000_kept(&daemon).await;
 }
 
+/// The history's runs live in files beside sled's, each with its checksum in sled. A
+/// run file damaged while the daemon was stopped (a flipped byte; the file cut short,
+/// as a power loss leaves what was never synced) loses those runs and says so:
+/// `store check` names them, the daemon starts, and a client asking across them is
+/// told its recovery is incomplete and gets only messages that are what was published,
+/// in order. Never another message's bytes, never a panic.
+#[tokio::test]
+async fn a_damaged_run_file_loses_its_runs_and_says_so_never_misreads() {
+    let (mut daemon, _) = stopped_with_history().await;
+    let dir = daemon
+        .data_dir()
+        .join("store")
+        .join("runs")
+        .join("history-messages");
+    let mut run_files: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+        .expect("the history's run files")
+        .flatten()
+        .map(|e| (e.metadata().expect("size").len(), e.path()))
+        .collect();
+    run_files.sort();
+    let (len, file) = run_files.pop().expect("a run file");
+    assert!(len > 2_000_000, "the 3,000 messages are in one file: {len}");
+    let mut bytes = std::fs::read(&file).expect("read");
+    // A flipped byte among the newest thousand, and the last 100 kB gone.
+    let flip = bytes.len() * 5 / 6;
+    bytes[flip] ^= 0x20;
+    bytes.truncate(bytes.len() - 100_000);
+    std::fs::write(&file, &bytes).expect("write");
+
+    let out = store_succeeds(&daemon, "check");
+    assert!(out.contains("usable, "), "{out}");
+    assert!(out.contains("checksum does not match"), "{out}");
+    assert!(out.contains("cut short"), "{out}");
+
+    daemon.respawn();
+    let mut c = Raw::connect(&daemon.ws_url()).await;
+    let r = c
+        .request(json!({"op":"sub","topic":"log/a","last":1000}))
+        .await;
+    assert_eq!(r["op"], "ok", "{r}");
+    assert_eq!(
+        r["seq"], 3000,
+        "the position was saved at the clean stop: {r}"
+    );
+    assert_eq!(r["recovered"], false, "{r}");
+    let got = r["history"].as_u64().expect("history");
+    assert!(got > 500 && got < 1000, "{r}");
+    let mut last = 2000;
+    for _ in 0..got {
+        let m = c.next_msg().await;
+        let seq = m["seq"].as_u64().expect("seq");
+        assert!(seq > last, "in order: {m}");
+        assert_eq!(m["data"]["i"].as_u64(), Some(seq - 1), "{m}");
+        assert_eq!(m["data"]["pad"].as_str(), Some(&*"x".repeat(1000)), "{m}");
+        last = seq;
+    }
+    // Live messages go on from the saved position.
+    let r = c
+        .request(json!({"op":"pub","topic":"log/a","data":{"i":3000}}))
+        .await;
+    assert_eq!(r["seq"], 3001, "{r}");
+}
+
 /// A store written before the segment size was set (sled's 512 KiB default) keeps that
 /// size, which sled insists on, and everything in it; a new store, and a salvaged copy,
 /// get the current 256 KiB.
@@ -297,6 +365,7 @@ async fn a_store_made_under_512_kib_segments_opens_with_its_history_and_keeps_th
         old.join("switchboard.manifest"),
     )
     .expect("copy the manifest");
+    std::fs::rename(store.join("runs"), old.join("runs")).expect("move the run files");
     std::fs::remove_dir_all(&store).expect("remove");
     std::fs::rename(&old, &store).expect("rename");
     assert_eq!(segment_size(&db), 512 * 1024);

@@ -59,9 +59,15 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     match Store::check(&config.data_dir, &config.store) {
         Ok(report) => {
             let entries: u64 = report.trees.iter().map(|(_, n)| n).sum();
+            let lost: usize = report.runs.iter().map(|(_, _, bad)| bad.len()).sum();
             println!(
-                "{}: ok: format version {}, generation {}, {entries} entries",
+                "{}: {}: format version {}, generation {}, {entries} entries",
                 report.path.display(),
+                if lost == 0 {
+                    "ok".to_string()
+                } else {
+                    format!("usable, {lost} runs lost")
+                },
                 report
                     .version
                     .map_or("none (never written)".into(), |v| v.to_string()),
@@ -69,6 +75,16 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             );
             for (name, n) in report.trees {
                 println!("  {name}: {n}");
+            }
+            for (name, n, unreadable) in report.runs {
+                println!(
+                    "  {name}: {n} runs in files, {} unreadable",
+                    unreadable.len()
+                );
+                // The first few say why; the rest are alike.
+                for bad in unreadable.iter().take(5) {
+                    println!("    lost: {bad}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

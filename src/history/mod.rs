@@ -46,7 +46,7 @@ use std::collections::VecDeque;
 use crate::background::Background;
 use crate::store::message::run;
 use crate::store::{
-    off_runtime, Evictable, Evicted, Reopened, Store, StoreError, StoredMessage, Tree,
+    off_runtime, Evictable, Evicted, Reopened, RunTree, Store, StoreError, StoredMessage, Tree,
 };
 pub use config::{HistoryConfig, HistoryRule};
 use switchboard_core::message::Publish;
@@ -55,6 +55,9 @@ use switchboard_core::quiet::Throttle;
 
 /// Messages a tail holds before the appender stores it itself.
 pub const MAX_TAIL: usize = 16_384;
+
+/// The shortest time between two passes of the writer (group commit).
+pub const GROUP_COMMIT: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// How often streams with an age limit are trimmed, so idle topics expire too.
 pub const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -293,7 +296,7 @@ fn lock(entry: &Entry) -> std::sync::MutexGuard<'_, Stream> {
 /// Every stream and the trees they live in.
 pub struct History {
     config: HistoryConfig,
-    messages: Tree,
+    messages: RunTree,
     positions: Tree,
     store: Store,
     streams: RwLock<HashMap<Box<str>, Arc<Entry>>>,
@@ -403,7 +406,7 @@ impl History {
     /// clean stop, or rebuilt from the stored messages (with new epochs) after an
     /// unclean one. Messages of topics no rule covers any more are deleted.
     pub fn open(config: HistoryConfig, store: &Store) -> Result<Arc<History>, StoreError> {
-        let messages = store.tree(MESSAGES)?;
+        let messages = RunTree::open(store, MESSAGES)?;
         let positions = store.tree(STREAMS)?;
         let history = History {
             config,
@@ -521,6 +524,14 @@ impl History {
         let mut corrupt = Vec::new();
         for item in self.messages.current()?.iter() {
             let (key, value) = item.map_err(|e| self.store.io(e))?;
+            let value = match self.messages.resolve(&key, value) {
+                Ok(value) => value,
+                Err(e) => {
+                    tracing::warn!(error = %e, "history: a stored run is lost");
+                    corrupt.push(key);
+                    continue;
+                }
+            };
             let run = split_key(&key)
                 .and_then(|(topic, first)| Some((topic, read_run(&key, first, &value)?)));
             let Some((topic, run)) = run else {
@@ -539,18 +550,12 @@ impl History {
             let end = message_key(topic, s.first);
             for item in self.messages.current()?.range(start..end) {
                 let (key, _) = item.map_err(|e| self.store.io(e))?;
-                self.messages
-                    .current()?
-                    .remove(key)
-                    .map_err(|e| self.store.io(e))?;
+                self.messages.remove(&key)?;
                 cut += 1;
             }
         }
         for key in &corrupt {
-            self.messages
-                .current()?
-                .remove(key)
-                .map_err(|e| self.store.io(e))?;
+            self.messages.remove(key)?;
         }
         for (topic, last) in saved {
             if let Ok(topic) = std::str::from_utf8(&topic) {
@@ -595,10 +600,7 @@ impl History {
             .range(message_key(topic, 0)..=message_key(topic, u64::MAX))
         {
             let (key, _) = item.map_err(|e| self.store.io(e))?;
-            self.messages
-                .current()?
-                .remove(key)
-                .map_err(|e| self.store.io(e))?;
+            self.messages.remove(&key)?;
             removed += 1;
         }
         tracing::info!(
@@ -746,6 +748,11 @@ impl History {
             .map_err(|e| self.store.io(e))?;
         Ok(found.and_then(|(key, value)| {
             let (_, first) = split_key(&key)?;
+            let value = self
+                .messages
+                .resolve(&key, value)
+                .map_err(|e| tracing::warn!(topic, error = %e, "history: a stored run is lost"))
+                .ok()?;
             read_run(&key, first, &value)
         }))
     }
@@ -850,9 +857,8 @@ impl History {
         s.tail.pending.clear();
         s.tail.ahead.clear();
         let doomed = std::mem::take(&mut s.tail.doomed);
-        let tree = self.messages.current()?;
         for key in doomed {
-            tree.remove(key).map_err(|e| self.store.io(e))?;
+            self.messages.remove(&key)?;
         }
         s.tail.taken = 0;
         Ok(())
@@ -891,6 +897,7 @@ impl History {
     pub fn start(self: &Arc<Self>) {
         let history = Arc::downgrade(self);
         self.tasks.spawn(move |stop| async move {
+            let mut last_pass: Option<tokio::time::Instant> = None;
             loop {
                 let Some(woken) = history.upgrade() else {
                     return;
@@ -899,11 +906,22 @@ impl History {
                     _ = woken.wake.notified() => {}
                     _ = stop.cancelled() => return,
                 }
+                // Under a flood the writer would wake for every few messages, and a
+                // pass costs a thread hop and a sled batch whatever it holds: passes
+                // come at most every GROUP_COMMIT and take what came meanwhile. After
+                // a quiet spell the first message waits for nothing.
+                if let Some(ready) = last_pass.map(|at| at + GROUP_COMMIT) {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(ready) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
                 // On the blocking pool: a batch waits for the disk, and on an async
                 // thread it would hold every connection that thread serves.
                 if let Err(e) = tokio::task::spawn_blocking(move || woken.write_dirty()).await {
                     tracing::error!(error = %e, "history: the writer failed");
                 }
+                last_pass = Some(tokio::time::Instant::now());
             }
         });
         if self.config.topics.iter().any(|r| r.max_age.is_some()) {
@@ -926,7 +944,7 @@ impl History {
         if entries.is_empty() {
             return;
         }
-        let mut batch = sled::Batch::default();
+        let (mut stored, mut removed) = (Vec::new(), Vec::new());
         // Per stream: the run stored (key, first, last) and the runs deleted.
         let mut done = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -957,22 +975,17 @@ impl History {
                 .into_iter()
                 .map(|(a, b, value)| {
                     let key = message_key(&entry.topic, a);
-                    batch.insert(key.clone(), value);
+                    stored.push((key.clone(), value));
                     s.tail.taken = b;
                     (key, a, b)
                 })
                 .collect();
             let doomed = std::mem::take(&mut s.tail.doomed);
-            for key in &doomed {
-                batch.remove(key.clone());
-            }
+            removed.extend(doomed.iter().cloned());
             drop(s);
             done.push((entry, runs, doomed));
         }
-        let written = self
-            .messages
-            .current()
-            .and_then(|t| t.apply_batch(batch).map_err(|e| self.store.io(e)));
+        let written = self.messages.write(stored, removed);
         let failed = written.as_ref().err().map(ToString::to_string);
         for (entry, runs, doomed) in done {
             let mut s = lock(&entry);
@@ -1072,6 +1085,8 @@ impl History {
             }
         }
         self.write_dirty();
+        // The runs' bytes reach the disk before the positions that count them.
+        self.messages.sync()?;
         // Positions of forgotten streams go; a crash before the batch lands leaves no
         // marker, so the next start rebuilds from the messages instead.
         self.positions
@@ -1147,7 +1162,14 @@ impl History {
         };
         for item in messages.range(start..=message_key(topic, to)) {
             match item.map_err(|e| self.store.io(e)) {
-                Ok((_, value)) => {
+                Ok((key, value)) => {
+                    let value = match self.messages.resolve(&key, value) {
+                        Ok(value) => value,
+                        Err(e) => {
+                            tracing::warn!(topic, error = %e, "history: a stored run is lost");
+                            continue;
+                        }
+                    };
                     for record in run::records(&value) {
                         let seq = record
                             .as_ref()
@@ -1431,6 +1453,9 @@ impl Evictable for History {
 /// messages starts a new epoch, so a client resuming across the loss is told.
 impl Reopened for History {
     fn reopened(&self) {
+        if let Err(e) = self.messages.recount() {
+            tracing::error!(error = %e, "history: cannot count the run files after the store reopened");
+        }
         let (mut streams, mut lost) = (0u64, 0u64);
         for entry in self.entries() {
             let mut s = lock(&entry);
@@ -1475,6 +1500,9 @@ impl History {
         };
         for item in tree.range(start..=message_key(&entry.topic, s.last)) {
             let (key, value) = item.map_err(|e| self.store.io(e))?;
+            let Ok(value) = self.messages.resolve(&key, value) else {
+                continue;
+            };
             let Some(run) = split_key(&key).and_then(|(_, a)| read_run(&key, a, &value)) else {
                 continue;
             };
@@ -1576,6 +1604,7 @@ mod tests {
         let mut out = Vec::new();
         for item in h.messages.current().unwrap().iter() {
             let (key, value) = item.unwrap();
+            let value = h.messages.resolve(&key, value).expect("a readable run");
             let (_, first) = split_key(&key).unwrap();
             let run = read_run(&key, first, &value).expect("a readable run");
             out.extend(run.messages.iter().map(|m| m.0));
@@ -1636,6 +1665,7 @@ mod tests {
         let mut bytes = 0;
         for item in h.messages.current().unwrap().iter() {
             let (key, value) = item.unwrap();
+            let value = h.messages.resolve(&key, value).unwrap();
             let (_, first) = split_key(&key).unwrap();
             let run = read_run(&key, first, &value).unwrap();
             bytes += run_overhead(&key);
@@ -1673,6 +1703,7 @@ mod tests {
             let mut bytes = 0;
             for item in h.messages.current().unwrap().iter() {
                 let (key, value) = item.unwrap();
+                let value = h.messages.resolve(&key, value).unwrap();
                 bytes += (key.len() + value.len()) as u64;
             }
             bytes

@@ -16,13 +16,16 @@ pub mod message;
 pub mod metrics;
 pub mod quota;
 pub mod recovery;
+pub mod run_files;
 pub mod salvage;
 pub mod segments;
 pub mod writer;
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use config::StoreConfig;
 pub use handle::Tree;
@@ -32,6 +35,7 @@ pub use message::StoredMessage;
 pub use quota::{Evictable, Evicted, Quota};
 pub use recovery::Reopened;
 use recovery::Shared;
+pub use run_files::RunTree;
 pub use salvage::SalvageReport;
 
 /// The layout this build reads and writes. Raised when a change would confuse an older
@@ -42,7 +46,9 @@ pub use salvage::SalvageReport;
 /// clean-stop marker, so a crash under it would leave stale positions trusted.
 /// 3: the history keeps runs of messages per record; an older build would take a run
 /// for one unreadable message.
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: the history's runs live in files beside sled, which holds pointers to them
+/// ([`run_files`]); an older build would take a pointer for an unreadable run.
+pub const FORMAT_VERSION: u32 = 4;
 
 /// A step from one format version to the next, applied in order at open.
 struct Migration {
@@ -62,6 +68,12 @@ const MIGRATIONS: &[Migration] = &[
         from: 2,
         what:
             "the history stores runs of messages; version 2's single messages read as runs of one",
+        run: |_| Ok(()),
+    },
+    Migration {
+        from: 3,
+        what:
+            "the history keeps new runs in files beside sled; version 3's runs in sled still read",
         run: |_| Ok(()),
     },
 ];
@@ -137,6 +149,10 @@ pub struct CheckReport {
     pub generation: Option<u64>,
     /// Every tree by name, with its entries.
     pub trees: Vec<(String, u64)>,
+    /// Every tree with runs in files ([`run_files`]): how many, and why each of those
+    /// that does not read back does not (their messages are lost; the daemon says so
+    /// to a client resuming across them).
+    pub runs: Vec<(String, u64, Vec<run_files::Unreadable>)>,
 }
 
 fn on_disk(shared: &Shared) -> u64 {
@@ -157,6 +173,9 @@ pub struct Store {
     generation: u64,
     /// Failures of the running store, for health and metrics.
     health: Arc<Health>,
+    /// Bytes in the run files beside sled's ([`run_files`]), kept by their trees.
+    run_bytes: Arc<AtomicU64>,
+    flush_interval: Duration,
 }
 
 impl Store {
@@ -206,13 +225,19 @@ impl Store {
             );
         }
         let files = Arc::downgrade(&shared);
-        quota.measure_disk(move || files.upgrade().map_or(0, |s| on_disk(&s)));
+        let run_bytes = Arc::<AtomicU64>::default();
+        let runs = run_bytes.clone();
+        quota.measure_disk(move || {
+            files.upgrade().map_or(0, |s| on_disk(&s)) + runs.load(Ordering::Relaxed)
+        });
         Ok(Store {
             shared,
             path,
             quota,
             generation: 0,
             health,
+            run_bytes,
+            flush_interval: config.flush_interval,
         })
     }
 
@@ -398,7 +423,17 @@ impl Store {
         }
         store.check_manifest(manifest)?;
         let trees = store.tree_entries()?;
+        let mut runs = Vec::new();
+        for (name, _) in &trees {
+            let tree = store.db()?.open_tree(name).map_err(|e| store.io(e))?;
+            let (n, unreadable) =
+                run_files::verify(&store.path, name, &tree).map_err(|e| store.io(e))?;
+            if n > 0 {
+                runs.push((name.clone(), n, unreadable));
+            }
+        }
         Ok(CheckReport {
+            runs,
             path: store.path.clone(),
             version: version
                 .and_then(|b| <[u8; 4]>::try_from(b.as_ref()).ok().map(u32::from_be_bytes)),
@@ -459,10 +494,20 @@ impl Store {
             .map_err(|e| self.io(e))
     }
 
-    /// Bytes on disk (sled's log and `blobs/`), for metrics and the cap; 0 when they
-    /// cannot be read.
+    /// Bytes on disk (sled's log and `blobs/`, and the run files), for metrics and the
+    /// cap; sled's part is 0 when its files cannot be read.
     pub fn size_on_disk(&self) -> u64 {
-        on_disk(&self.shared)
+        on_disk(&self.shared) + self.run_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The run trees' count of their files' bytes, which they keep up to date.
+    pub(crate) fn run_file_bytes(&self) -> Arc<AtomicU64> {
+        self.run_bytes.clone()
+    }
+
+    /// How long a write may wait before it is on disk (`[store] flush_interval`).
+    pub fn flush_interval(&self) -> Duration {
+        self.flush_interval
     }
 
     /// The cap on stored messages; owners of growing data register with it.

@@ -106,6 +106,12 @@ fn copy_entries(copy: &Path, into: &Path) -> Result<SalvageReport, StoreError> {
             .map_err(fail)?;
     }
     target.flush().map_err(fail)?;
+    // The runs' files as they are: the pointers copied above name them, and a run
+    // that does not read back fails its checksum there as it did here.
+    let runs = super::run_files::runs_dir(copy);
+    if runs.exists() {
+        copy_dir(&runs, &super::run_files::runs_dir(into)).map_err(|e| fail(sled::Error::Io(e)))?;
+    }
     Ok(SalvageReport {
         into: into.to_path_buf(),
         trees,
