@@ -31,15 +31,21 @@ publish_burst = 1000000
 /// packaged unit names it in RestartPreventExitStatus=.
 const UNUSABLE: i32 = 65;
 
-/// A daemon whose store holds 3,000 history messages and a recording of them, stopped
-/// cleanly; the path of sled's data file. The history's runs are in files beside sled's
-/// (sled holds pointers to them); the recording's are in sled, 3 MB, so its file spans
-/// several of its segments, as a store in use does.
+/// A daemon whose store holds 3,000 history messages, stopped cleanly; the path of
+/// sled's data file. The history's runs are in files beside sled's, which holds
+/// pointers to them; a webhook whose endpoint never answers holds the same messages in
+/// sled, 3 MB, so its file spans several of its segments, as a store in use does.
 async fn stopped_with_history() -> (Daemon, PathBuf) {
-    let mut daemon = Daemon::start(HISTORY);
-    let body = json!({"name":"all","topics":["log/#"]}).to_string();
-    let (status, recording) = post(&api(&daemon, "/recordings"), None, &body).await;
-    assert!(status.is_success(), "{recording}");
+    let secret = tempfile::tempdir()
+        .expect("tempdir")
+        .keep()
+        .join("hook.secret");
+    std::fs::write(&secret, "a-webhook-secret-of-enough-length\n").expect("secret");
+    let config = format!(
+        "{HISTORY}\n[[webhooks]]\nname = \"down\"\nurl = \"http://127.0.0.1:9/\"\nsecret_file = \"{}\"\ntopics = [\"log/#\"]\nretry_initial = \"1h\"\n",
+        secret.display()
+    );
+    let mut daemon = Daemon::start(&config);
     let mut c = Raw::connect(&daemon.ws_url()).await;
     let pad = "x".repeat(1000);
     // In pipelined chunks: replies come in order, so the last one of a chunk means

@@ -45,6 +45,7 @@ use std::collections::VecDeque;
 
 use crate::background::Background;
 use crate::store::message::run;
+use crate::store::run_files::Change;
 use crate::store::{
     off_runtime, Evictable, Evicted, Reopened, RunTree, Store, StoreError, StoredMessage, Tree,
 };
@@ -985,7 +986,11 @@ impl History {
             drop(s);
             done.push((entry, runs, doomed));
         }
-        let written = self.messages.write(stored, removed);
+        let written = self.messages.apply(Change {
+            runs: stored,
+            removed,
+            ..Change::default()
+        });
         let failed = written.as_ref().err().map(ToString::to_string);
         for (entry, runs, doomed) in done {
             let mut s = lock(&entry);

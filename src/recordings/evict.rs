@@ -7,6 +7,7 @@
 //! the recordings the API reads.
 
 use crate::store::message::run;
+use crate::store::run_files::Change;
 use crate::store::{Evictable, Evicted, StoreError, StoredMessage};
 
 use super::{json, layout, lock, Recorder};
@@ -40,15 +41,17 @@ impl Evictable for Recorder {
             return Ok(Evicted::default());
         };
         let mut freed = Evicted::default();
-        let mut batch = sled::Batch::default();
+        let mut removed = Vec::new();
         figures.first_us = None;
         // Whole runs, oldest first.
         for item in self
-            .tree
+            .runs
             .current()?
             .scan_prefix(layout::messages_prefix(id))
         {
             let (key, value) = item.map_err(|e| self.store.io(e))?;
+            // A run that does not read back goes as a run of nothing.
+            let value = self.runs.resolve(&key, value).unwrap_or_default();
             if freed.bytes >= at_least.max(1) {
                 // The first message kept: the recording now starts here.
                 figures.first_us = run::records(&value)
@@ -71,7 +74,7 @@ impl Evictable for Recorder {
                 freed.records += 1;
                 freed.bytes += layout::record_bytes(record.len());
             }
-            batch.remove(key);
+            removed.push(key.to_vec());
         }
         figures.messages = figures.messages.saturating_sub(freed.records);
         figures.bytes = figures.bytes.saturating_sub(freed.bytes);
@@ -81,11 +84,11 @@ impl Evictable for Recorder {
             figures.last_us = None;
             figures.bytes = 0;
         }
-        batch.insert(&layout::figures_key(id), json(&figures));
-        self.tree
-            .current()?
-            .apply_batch(batch)
-            .map_err(|e| self.store.io(e))?;
+        self.runs.apply(Change {
+            removed,
+            inline: vec![(layout::figures_key(id).to_vec(), json(&figures))],
+            ..Change::default()
+        })?;
         if let Some(entry) = lock(&self.recordings).get_mut(&id) {
             entry.figures = figures;
         }

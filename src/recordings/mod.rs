@@ -41,7 +41,8 @@ use crate::auth::Principal;
 
 use crate::hub::Hub;
 use crate::store::message::run;
-use crate::store::{off_runtime, Reopened, Store, StoreError, StoredMessage, Tree};
+use crate::store::run_files::Change;
+use crate::store::{off_runtime, Reopened, RunTree, Store, StoreError, StoredMessage};
 use layout::{Figures, Meta};
 use switchboard_core::clock::now_ms;
 use switchboard_core::protocol::ErrorCode;
@@ -185,7 +186,8 @@ pub struct Counters {
 /// Everything about recordings and replays.
 pub struct Recorder {
     store: Store,
-    tree: Tree,
+    /// The `recordings` tree; messages' runs live in files beside it ([`RunTree`]).
+    runs: RunTree,
     /// Every recording; held for moments only, never while sled works, so the API's
     /// readers never wait for the disk.
     recordings: Mutex<BTreeMap<u64, Entry>>,
@@ -217,9 +219,9 @@ impl Recorder {
         hub: &Arc<Hub>,
         config: &RecordingConfig,
     ) -> Result<Arc<Recorder>, StoreError> {
-        let tree = store.tree("recordings")?;
+        let runs = RunTree::open(store, "recordings")?;
         let mut recordings = BTreeMap::new();
-        let current = tree.current()?;
+        let current = runs.current()?;
         for item in current.scan_prefix([b'r']) {
             let (key, value) = item.map_err(|e| store.io(e))?;
             let Some(id) = layout::id_of_meta(&key) else {
@@ -250,7 +252,7 @@ impl Recorder {
         let tap = tap::shared(config.queue.get());
         let recorder = Arc::new(Recorder {
             store: store.clone(),
-            tree,
+            runs,
             recordings: Mutex::new(recordings),
             writing: Mutex::default(),
             tap: tap.clone(),
@@ -280,7 +282,7 @@ impl Recorder {
             .iter()
             .map(|(id, e)| (*id, json(&e.meta)))
             .collect();
-        let tree = self.tree.current()?;
+        let tree = self.runs.current()?;
         for (id, meta) in metas {
             let stored: Option<Figures> = tree
                 .get(layout::figures_key(id))
@@ -320,7 +322,7 @@ impl Recorder {
     ) -> Result<R, RecorderError> {
         off_runtime(|| {
             let _writing = lock(&self.writing);
-            f(&*self.tree.current()?)
+            f(&*self.runs.current()?)
         })
     }
 
@@ -480,14 +482,17 @@ impl Recorder {
     pub fn delete(&self, caller: &Principal, id: u64) -> Result<(), RecorderError> {
         self.write(|tree| {
             visible(&mut lock(&self.recordings), caller, id)?;
-            let mut batch = sled::Batch::default();
+            let mut removed = vec![
+                layout::meta_key(id).to_vec(),
+                layout::figures_key(id).to_vec(),
+            ];
             for key in tree.scan_prefix(layout::messages_prefix(id)).keys() {
-                batch.remove(key.map_err(RecorderError::sled(&self.store))?);
+                removed.push(key.map_err(RecorderError::sled(&self.store))?.to_vec());
             }
-            batch.remove(&layout::meta_key(id));
-            batch.remove(&layout::figures_key(id));
-            tree.apply_batch(batch)
-                .map_err(RecorderError::sled(&self.store))?;
+            self.runs.apply(Change {
+                removed,
+                ..Change::default()
+            })?;
             let mut recordings = lock(&self.recordings);
             recordings.remove(&id);
             self.refresh_active(&recordings);
@@ -505,7 +510,7 @@ impl Recorder {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, StoredMessage)>, StoreError> {
-        let tree = self.tree.current()?;
+        let tree = self.runs.current()?;
         // From the run holding `from`, which may begin before it.
         let start = match tree
             .range(layout::message_key(id, 0)..=layout::message_key(id, from))
@@ -519,6 +524,13 @@ impl Recorder {
         for item in tree.range(start..=end) {
             let (key, value) = item.map_err(|e| self.store.io(e))?;
             let first = layout::number_of(&key).unwrap_or(u64::MAX);
+            let value = match self.runs.resolve(&key, value) {
+                Ok(value) => value,
+                Err(e) => {
+                    tracing::error!(recording = id, first, error = %e, "a run of recorded messages is lost; skipped");
+                    continue;
+                }
+            };
             for (i, record) in run::records(&value).enumerate() {
                 let n = first.saturating_add(i as u64);
                 if n < from {
@@ -547,8 +559,7 @@ impl Recorder {
     ) -> Result<RecordingView, RecorderError> {
         let id = self.store.next_id()?;
         let mut figures = Figures::default();
-        let tree = self.tree.current()?;
-        let written = (|| -> Result<(), sled::Error> {
+        let written = (|| -> Result<(), StoreError> {
             for chunk in messages.chunks(tap::BURST) {
                 let mut runs = tap::Runs::default();
                 for m in chunk {
@@ -556,29 +567,40 @@ impl Recorder {
                     figures.count_in(&m.topic, m.ts_us, record.len());
                     runs.push(id, figures.next - 1, &record);
                 }
-                let mut batch = sled::Batch::default();
-                runs.into_batch(&mut batch);
-                tree.apply_batch(batch)?;
+                self.runs.apply(Change {
+                    runs: runs.into_runs(),
+                    ..Change::default()
+                })?;
             }
             // Figures and meta last: until they exist, nothing reads the messages.
-            let mut batch = sled::Batch::default();
-            batch.insert(&layout::figures_key(id), json(&figures));
-            batch.insert(&layout::meta_key(id), json(&meta));
-            tree.apply_batch(batch)
+            self.runs.apply(Change {
+                inline: vec![
+                    (layout::figures_key(id).to_vec(), json(&figures)),
+                    (layout::meta_key(id).to_vec(), json(&meta)),
+                ],
+                ..Change::default()
+            })
         })();
         if let Err(e) = written {
-            let mut batch = sled::Batch::default();
-            for key in tree
-                .scan_prefix(layout::messages_prefix(id))
-                .keys()
-                .flatten()
-            {
-                batch.remove(key);
-            }
-            if let Err(e) = tree.apply_batch(batch) {
+            let removed = self
+                .runs
+                .current()
+                .map(|tree| {
+                    tree.scan_prefix(layout::messages_prefix(id))
+                        .keys()
+                        .flatten()
+                        .map(|k| k.to_vec())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let removing = self.runs.apply(Change {
+                removed,
+                ..Change::default()
+            });
+            if let Err(e) = removing {
                 tracing::error!(recording = id, error = %e, "cannot remove a failed import");
             }
-            return Err(RecorderError::Store(self.store.io(e)));
+            return Err(RecorderError::Store(e));
         }
         let entry = Entry {
             meta,
@@ -658,6 +680,9 @@ fn visible<'a>(
 
 impl Reopened for Recorder {
     fn reopened(&self) {
+        if let Err(e) = self.runs.recount() {
+            tracing::error!(error = %e, "recordings: cannot count the run files after the store reopened");
+        }
         if let Err(e) = self.resync() {
             tracing::error!(error = %e, "recordings: cannot check the figures after the store reopened");
         }

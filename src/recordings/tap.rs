@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::layout::Figures;
 use super::{json, layout, lock, Counters, Recorder};
 use crate::store::message::run;
+use crate::store::run_files::Change;
 use crate::store::StoredMessage;
 use crate::throttle::Throttle;
 use switchboard_core::message::{Publish, Tap};
@@ -201,10 +202,12 @@ impl Runs {
         }
     }
 
-    pub fn into_batch(self, batch: &mut sled::Batch) {
-        for (id, first, _, value) in self.runs {
-            batch.insert(&layout::message_key(id, first), value);
-        }
+    /// (key, run) for [`crate::store::run_files::Change::runs`].
+    pub fn into_runs(self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.runs
+            .into_iter()
+            .map(|(id, first, _, value)| (layout::message_key(id, first).to_vec(), value))
+            .collect()
     }
 }
 
@@ -255,7 +258,7 @@ impl Recorder {
         let mut after: HashMap<u64, Figures> = HashMap::new();
         let mut runs = Runs::default();
         let (mut stored, mut bytes) = (0u64, 0u64);
-        let mut batch = sled::Batch::default();
+        let mut change = Change::default();
         {
             let recordings = lock(&self.recordings);
             for (record, ids) in burst.messages() {
@@ -286,15 +289,14 @@ impl Recorder {
                 if let Some(entry) = recordings.get(id) {
                     figures.dropped = entry.dropped.load(Ordering::Relaxed);
                 }
-                batch.insert(&layout::figures_key(*id), json(&*figures));
+                change
+                    .inline
+                    .push((layout::figures_key(*id).to_vec(), json(&*figures)));
             }
         }
-        runs.into_batch(&mut batch);
+        change.runs = runs.into_runs();
         if !after.is_empty() {
-            let written = self
-                .tree
-                .current()
-                .and_then(|t| t.apply_batch(batch).map_err(|e| self.store.io(e)));
+            let written = self.runs.apply(change);
             let mut recordings = lock(&self.recordings);
             match written {
                 Ok(()) => {

@@ -162,6 +162,18 @@ struct Inner {
     on_disk: Arc<AtomicU64>,
 }
 
+/// One atomic change to a run tree, applied by [`RunTree::apply`].
+#[derive(Default)]
+pub struct Change {
+    /// (key, run): stored in a file, sled keeping a pointer under the key.
+    pub runs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// (key, value) kept in sled as they are: figures, metadata. A value must not
+    /// read as a pointer (25 bytes starting with 3); JSON never does.
+    pub inline: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Keys removed, runs or not.
+    pub removed: Vec<Vec<u8>>,
+}
+
 /// A tree of runs kept in files (see the module's notes). Cheap to clone.
 #[derive(Clone)]
 pub struct RunTree {
@@ -242,13 +254,16 @@ impl RunTree {
         }
     }
 
-    /// Stores `runs` (key, run) in one burst and removes the runs under `removed`, in
-    /// one sled batch. The bytes are written first; a failed write stores nothing.
-    pub fn write(
-        &self,
-        runs: Vec<(Vec<u8>, Vec<u8>)>,
-        removed: Vec<Vec<u8>>,
-    ) -> Result<(), StoreError> {
+    /// Applies `change` in one sled batch, the runs' bytes written first, in one burst
+    /// at the end of the current file: a failed write changes nothing. Every write of
+    /// a key that may hold a run goes through here or [`RunTree::remove`], which keep
+    /// the files' counts.
+    pub fn apply(&self, change: Change) -> Result<(), StoreError> {
+        let Change {
+            runs,
+            inline,
+            removed,
+        } = change;
         let inner = &self.inner;
         let mut files = inner.lock();
         let tree = self.current()?;
@@ -282,6 +297,9 @@ impl RunTree {
         }
         for key in &removed {
             batch.remove(key.as_slice());
+        }
+        for (key, value) in inline {
+            batch.insert(key, value);
         }
         tree.apply_batch(batch).map_err(|e| self.io(e))?;
         if let Some((id, total)) = written {
@@ -710,8 +728,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_when_free(dir.path(), &config());
         let runs = RunTree::open(&store, "t").expect("open");
-        runs.write((0..10).map(|i| (key(i), run_of(i, 1000))).collect(), vec![])
-            .expect("write");
+        runs.apply(Change {
+            runs: (0..10).map(|i| (key(i), run_of(i, 1000))).collect(),
+            ..Change::default()
+        })
+        .expect("write");
         // A run of format 3, kept in sled itself.
         runs.current()
             .expect("tree")
@@ -745,8 +766,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_when_free(dir.path(), &config());
         let runs = RunTree::open(&store, "t").expect("open");
-        runs.write((0..4).map(|i| (key(i), run_of(i, 100))).collect(), vec![])
-            .expect("write");
+        runs.apply(Change {
+            runs: (0..4).map(|i| (key(i), run_of(i, 100))).collect(),
+            ..Change::default()
+        })
+        .expect("write");
         let file = files_in(&runs_dir(store.path()).join("t"))
             .pop()
             .expect("a run file");
@@ -778,13 +802,20 @@ mod tests {
         // Two full files of four runs each and half a third.
         let big = (FILE_BYTES / 4) as usize;
         for i in 0..10 {
-            runs.write(vec![(key(i), run_of(i, big))], vec![])
-                .expect("write");
+            runs.apply(Change {
+                runs: vec![(key(i), run_of(i, big))],
+                ..Change::default()
+            })
+            .expect("write");
         }
         assert_eq!(files_in(&files).len(), 3);
         // Emptied one run at a time: the first file goes once a flush made it so.
         runs.remove(&key(0)).expect("remove");
-        runs.write(vec![], vec![key(1), key(2)]).expect("remove");
+        runs.apply(Change {
+            removed: vec![key(1), key(2)],
+            ..Change::default()
+        })
+        .expect("remove");
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(
             files_in(&files).len(),
@@ -823,11 +854,18 @@ mod tests {
         // 16 files, each with one run in eight kept: nothing empties a file.
         let len = (FILE_BYTES / 8) as usize;
         for i in 0..128 {
-            runs.write(vec![(key(i), run_of(i, len))], vec![])
-                .expect("write");
+            runs.apply(Change {
+                runs: vec![(key(i), run_of(i, len))],
+                ..Change::default()
+            })
+            .expect("write");
         }
         let gone: Vec<Vec<u8>> = (0..128).filter(|i| i % 8 != 0).map(key).collect();
-        runs.write(vec![], gone).expect("remove");
+        runs.apply(Change {
+            removed: gone,
+            ..Change::default()
+        })
+        .expect("remove");
         let live = 16 * len as u64;
         wait_for("compaction brings the files near the live bytes", || {
             runs.file_bytes() <= live + DEAD_ALLOWANCE.max(live / 2)
