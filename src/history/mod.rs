@@ -57,8 +57,13 @@ use switchboard_core::quiet::Throttle;
 /// Messages a tail holds before the appender stores it itself.
 pub const MAX_TAIL: usize = 16_384;
 
-/// The shortest time between two passes of the writer (group commit).
-pub const GROUP_COMMIT: std::time::Duration = std::time::Duration::from_millis(2);
+/// The shortest time between two passes of the writer (group commit): a tenth of the
+/// store's flush interval, within these bounds, so it adds little to what a SIGKILL
+/// may lose.
+const GROUP_COMMIT: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_millis(1),
+    std::time::Duration::from_millis(10),
+);
 
 /// How often streams with an age limit are trimmed, so idle topics expire too.
 pub const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -151,6 +156,23 @@ struct Tail {
     doomed: Vec<Vec<u8>>,
     /// On the writer's list.
     dirty: bool,
+    /// Buffers of stored messages, for the next appends to encode into: under a flood
+    /// the publisher's thread would otherwise allocate one per message and the
+    /// writer's free it.
+    spare: Vec<Vec<u8>>,
+}
+
+/// Buffers a tail keeps for reuse, and the largest it keeps.
+const SPARE_BUFFERS: usize = 1024;
+const SPARE_CAPACITY: usize = 4096;
+
+impl Tail {
+    fn recycle(&mut self, mut record: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && record.capacity() <= SPARE_CAPACITY {
+            record.clear();
+            self.spare.push(record);
+        }
+    }
 }
 
 /// A stored run: its key and, oldest first, the number, time and size of each message.
@@ -897,6 +919,7 @@ impl History {
     /// [`EXPIRE_EVERY`] (none when no rule has an age limit), until [`History::close`].
     pub fn start(self: &Arc<Self>) {
         let history = Arc::downgrade(self);
+        let group_commit = (self.store.flush_interval() / 10).clamp(GROUP_COMMIT.0, GROUP_COMMIT.1);
         self.tasks.spawn(move |stop| async move {
             let mut last_pass: Option<tokio::time::Instant> = None;
             loop {
@@ -908,10 +931,10 @@ impl History {
                     _ = stop.cancelled() => return,
                 }
                 // Under a flood the writer would wake for every few messages, and a
-                // pass costs a thread hop and a sled batch whatever it holds: passes
-                // come at most every GROUP_COMMIT and take what came meanwhile. After
-                // a quiet spell the first message waits for nothing.
-                if let Some(ready) = last_pass.map(|at| at + GROUP_COMMIT) {
+                // pass costs a thread hop, a file write and a sled batch whatever it
+                // holds: passes come at most every `group_commit` and take what came
+                // meanwhile. After a quiet spell the first message waits for nothing.
+                if let Some(ready) = last_pass.map(|at| at + group_commit) {
                     tokio::select! {
                         _ = tokio::time::sleep_until(ready) => {}
                         _ = stop.cancelled() => return,
@@ -997,7 +1020,9 @@ impl History {
             if failed.is_none() {
                 for (key, _, b) in runs {
                     while s.tail.pending.front().is_some_and(|p| p.seq <= b) {
-                        s.tail.pending.pop_front();
+                        if let Some(p) = s.tail.pending.pop_front() {
+                            s.tail.recycle(p.record);
+                        }
                     }
                     if b < s.first {
                         // Trimmed whole while it was being stored.
@@ -1278,7 +1303,8 @@ impl Log {
                 s.epoch_start = seq;
             }
         }
-        let record = StoredMessage::encode_routed(p, seq, ts_us);
+        let mut record = s.tail.spare.pop().unwrap_or_default();
+        StoredMessage::encode_routed_into(p, seq, ts_us, &mut record);
         let size = (record.len() + run::PER_RECORD) as u64;
         if history.is_closed() {
             // The writer has stopped: store it at once, as a run of its own.
