@@ -57,14 +57,6 @@ use switchboard_core::quiet::Throttle;
 /// Messages a tail holds before the appender stores it itself.
 pub const MAX_TAIL: usize = 16_384;
 
-/// The shortest time between two passes of the writer (group commit): a tenth of the
-/// store's flush interval, within these bounds, so it adds little to what a SIGKILL
-/// may lose.
-const GROUP_COMMIT: (std::time::Duration, std::time::Duration) = (
-    std::time::Duration::from_millis(1),
-    std::time::Duration::from_millis(10),
-);
-
 /// How often streams with an age limit are trimmed, so idle topics expire too.
 pub const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -919,7 +911,7 @@ impl History {
     /// [`EXPIRE_EVERY`] (none when no rule has an age limit), until [`History::close`].
     pub fn start(self: &Arc<Self>) {
         let history = Arc::downgrade(self);
-        let group_commit = (self.store.flush_interval() / 10).clamp(GROUP_COMMIT.0, GROUP_COMMIT.1);
+        let group_commit = self.store.group_commit();
         self.tasks.spawn(move |stop| async move {
             let mut last_pass: Option<tokio::time::Instant> = None;
             loop {

@@ -216,10 +216,21 @@ impl Runs {
 /// async thread it would hold every connection that thread serves.
 pub async fn write(recorder: Arc<Recorder>, stop: CancellationToken) {
     let tap = recorder.tap.clone();
+    let group_commit = recorder.store.group_commit();
     let mut burst = Pending::default();
+    let mut last_pass: Option<tokio::time::Instant> = None;
     loop {
+        // Under a flood, bursts come at most every `group_commit`, each taking what
+        // came meanwhile; after a quiet spell the first message waits for nothing.
+        if let Some(ready) = last_pass.map(|at| at + group_commit) {
+            tokio::select! {
+                _ = tokio::time::sleep_until(ready) => {}
+                _ = stop.cancelled() => break,
+            }
+        }
         tap.take(&mut burst);
         if burst.is_empty() {
+            last_pass = None;
             tokio::select! {
                 _ = tap.wake.notified() => {}
                 _ = stop.cancelled() => break,
@@ -229,6 +240,7 @@ pub async fn write(recorder: Arc<Recorder>, stop: CancellationToken) {
             continue;
         }
         burst = store_off_runtime(&recorder, burst).await;
+        last_pass = Some(tokio::time::Instant::now());
     }
     tap.take(&mut burst);
     store_off_runtime(&recorder, burst).await;

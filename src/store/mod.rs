@@ -510,6 +510,14 @@ impl Store {
         self.flush_interval
     }
 
+    /// The shortest time between two writes of a writer under a flood (group commit):
+    /// each write costs a thread hop, a file write and a sled batch whatever it holds.
+    /// A tenth of the flush interval, from 1 to 10 ms, so it adds little to what a
+    /// SIGKILL may lose.
+    pub fn group_commit(&self) -> Duration {
+        (self.flush_interval / 10).clamp(Duration::from_millis(1), Duration::from_millis(10))
+    }
+
     /// The cap on stored messages; owners of growing data register with it.
     pub fn quota(&self) -> &Arc<Quota> {
         &self.quota
