@@ -642,7 +642,9 @@ async fn a_full_disk_shows_in_health_and_metrics_and_the_store_recovers_by_itsel
     assert!(scrape(&metrics, "switchboard_store_failing_since_seconds") > 0);
     let write_errors = scrape(&metrics, "switchboard_history_write_errors_total");
     assert!(write_errors >= 200, "{write_errors}");
-    assert!(scrape(&metrics, "switchboard_store_errors_total") >= write_errors);
+    // The store counts failed operations, the history lost messages: a writer's pass
+    // stores many messages in one write, so the first may be the smaller count.
+    assert!(scrape(&metrics, "switchboard_store_errors_total") > 0);
     let lines = daemon.logs().matches("history: write failed").count();
     assert!(
         lines <= 2,

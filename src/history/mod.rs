@@ -391,6 +391,15 @@ fn rebuild_one(
     }
 }
 
+/// A run whose bytes do not read back (its run file damaged or cut short): its messages
+/// are gone. One line per window: every recovery across it would log it again.
+fn lost_run(topic: &str, error: &crate::store::run_files::Unreadable) {
+    static LOST: Throttle = Throttle::per_secs(10);
+    if let Some(held_back) = LOST.admit() {
+        tracing::warn!(topic = switchboard_core::quiet::clip(topic, 200), %error, held_back, "history: a stored run is lost");
+    }
+}
+
 /// A stored run, read: every record must be a message, numbered on from the key's.
 fn read_run(key: &[u8], first: u64, value: &[u8]) -> Option<Head> {
     let mut messages = VecDeque::new();
@@ -542,7 +551,7 @@ impl History {
             let value = match self.messages.resolve(&key, value) {
                 Ok(value) => value,
                 Err(e) => {
-                    tracing::warn!(error = %e, "history: a stored run is lost");
+                    lost_run(split_key(&key).map_or("", |(topic, _)| topic), &e);
                     corrupt.push(key);
                     continue;
                 }
@@ -766,7 +775,7 @@ impl History {
             let value = self
                 .messages
                 .resolve(&key, value)
-                .map_err(|e| tracing::warn!(topic, error = %e, "history: a stored run is lost"))
+                .map_err(|e| lost_run(topic, &e))
                 .ok()?;
             read_run(&key, first, &value)
         }))
@@ -1188,7 +1197,7 @@ impl History {
                     let value = match self.messages.resolve(&key, value) {
                         Ok(value) => value,
                         Err(e) => {
-                            tracing::warn!(topic, error = %e, "history: a stored run is lost");
+                            lost_run(topic, &e);
                             continue;
                         }
                     };

@@ -527,7 +527,11 @@ impl Recorder {
             let value = match self.runs.resolve(&key, value) {
                 Ok(value) => value,
                 Err(e) => {
-                    tracing::error!(recording = id, first, error = %e, "a run of recorded messages is lost; skipped");
+                    static LOST: switchboard_core::quiet::Throttle =
+                        switchboard_core::quiet::Throttle::per_secs(10);
+                    if let Some(held_back) = LOST.admit() {
+                        tracing::error!(recording = id, first, error = %e, held_back, "a run of recorded messages is lost; skipped");
+                    }
                     continue;
                 }
             };

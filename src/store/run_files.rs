@@ -46,6 +46,10 @@ const POINTER_LEN: usize = 1 + 8 + 8 + 4 + 4;
 /// are created a few times a second at most.
 pub const FILE_BYTES: u64 = 4 << 20;
 
+/// Files kept open for reading; past this a read opens its file for itself, so a very
+/// large store does not hold a descriptor per file.
+const KEPT_OPEN: usize = 256;
+
 /// Dead bytes are left in place up to this, or half the live bytes if more.
 const DEAD_ALLOWANCE: u64 = 2 * FILE_BYTES;
 
@@ -466,6 +470,9 @@ impl Inner {
                 .open(self.path(id))?,
         );
         let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
+        if open.len() >= KEPT_OPEN && !open.contains_key(&id) {
+            return Ok(file);
+        }
         Ok(open.entry(id).or_insert(file).clone())
     }
 
@@ -654,6 +661,7 @@ impl Inner {
 /// sled flush, then compacts one file if the dead bytes call for it. Holds the tree only
 /// for a round, so a dropped store is let go.
 fn spawn_syncer(inner: Weak<Inner>, every: Duration) {
+    let every = every.max(Duration::from_millis(1));
     let spawned = std::thread::Builder::new()
         .name("run-files".into())
         .spawn(move || loop {
