@@ -41,17 +41,23 @@ use super::{Store, StoreError, Tree};
 const POINTER: u8 = 3;
 const POINTER_LEN: usize = 1 + 8 + 8 + 4 + 4;
 
-/// A file takes bursts until it holds this much; then the next one starts. Small enough
-/// that a capped store frees space in steps well under its cap, large enough that files
-/// are created a few times a second at most.
-pub const FILE_BYTES: u64 = 4 << 20;
+/// A file takes bursts until it holds a sixty-fourth of the store's cap, within these
+/// bounds; then the next one starts. Small files free a small cap's space in small
+/// steps; large ones are created seldom (creating one took half a millisecond of the
+/// writer's thread on ext4 under the history bench).
+const FILE_BYTES: (u64, u64) = (1 << 20, 16 << 20);
+
+fn file_bytes(max_bytes: u64) -> u64 {
+    (max_bytes / 64).clamp(FILE_BYTES.0, FILE_BYTES.1)
+}
 
 /// Files kept open for reading; past this a read opens its file for itself, so a very
 /// large store does not hold a descriptor per file.
 const KEPT_OPEN: usize = 256;
 
-/// Dead bytes are left in place up to this, or half the live bytes if more.
-const DEAD_ALLOWANCE: u64 = 2 * FILE_BYTES;
+/// Dead bytes are left in place up to this many files' worth, or half the live bytes
+/// if more.
+const DEAD_FILES: u64 = 2;
 
 const SUFFIX: &str = "run";
 
@@ -159,6 +165,8 @@ impl Files {
 struct Inner {
     tree: Tree,
     dir: PathBuf,
+    /// Where a file stops taking bursts ([`file_bytes`]).
+    file_bytes: u64,
     files: Mutex<Files>,
     /// Open files for readers, who never take the writers' lock.
     open: RwLock<HashMap<u64, Arc<File>>>,
@@ -208,6 +216,7 @@ impl RunTree {
         let inner = Arc::new(Inner {
             tree: tree.clone(),
             dir,
+            file_bytes: file_bytes(store.quota().max_bytes()),
             files: Mutex::new(Files {
                 figures: BTreeMap::new(),
                 current: None,
@@ -491,7 +500,7 @@ impl Inner {
     fn reserve(&self, files: &mut Files, len: u64) -> Result<(u64, u64), StoreError> {
         if let Some(id) = files.current {
             let size = files.figures.get(&id).map_or(u64::MAX, |f| f.size);
-            if size == 0 || size + len <= FILE_BYTES {
+            if size == 0 || size + len <= self.file_bytes {
                 return Ok((id, size));
             }
             files.current = None;
@@ -587,11 +596,11 @@ impl Inner {
     }
 
     /// Copies the live runs of the emptiest full file to the current one when the dead
-    /// bytes outweigh [`DEAD_ALLOWANCE`] and half the live ones. One file per call.
+    /// bytes outweigh [`DEAD_FILES`] files and half the live ones. One file per call.
     fn compact(&self) -> Result<(), StoreError> {
         let mut files = self.lock();
         let (live, dead) = (files.live(), files.dead());
-        if dead <= DEAD_ALLOWANCE.max(live / 2) {
+        if dead <= (DEAD_FILES * self.file_bytes).max(live / 2) {
             return Ok(());
         }
         let current = files.current;
@@ -688,10 +697,11 @@ mod tests {
     use super::*;
     use crate::store::{open_when_free, StoreConfig};
 
+    /// A cap of 64 MiB: files of 1 MiB.
     fn config() -> StoreConfig {
         StoreConfig {
             flush_interval: Duration::from_millis(50),
-            ..StoreConfig::default()
+            max_bytes: 64 << 20,
         }
     }
 
@@ -808,7 +818,7 @@ mod tests {
         let runs = RunTree::open(&store, "t").expect("open");
         let files = runs_dir(store.path()).join("t");
         // Two full files of four runs each and half a third.
-        let big = (FILE_BYTES / 4) as usize;
+        let big = (runs.inner.file_bytes / 4) as usize;
         for i in 0..10 {
             runs.apply(Change {
                 runs: vec![(key(i), run_of(i, big))],
@@ -860,7 +870,7 @@ mod tests {
         let runs = RunTree::open(&store, "t").expect("open");
         let files = runs_dir(store.path()).join("t");
         // 16 files, each with one run in eight kept: nothing empties a file.
-        let len = (FILE_BYTES / 8) as usize;
+        let len = (runs.inner.file_bytes / 8) as usize;
         for i in 0..128 {
             runs.apply(Change {
                 runs: vec![(key(i), run_of(i, len))],
@@ -876,7 +886,7 @@ mod tests {
         .expect("remove");
         let live = 16 * len as u64;
         wait_for("compaction brings the files near the live bytes", || {
-            runs.file_bytes() <= live + DEAD_ALLOWANCE.max(live / 2)
+            runs.file_bytes() <= live + (DEAD_FILES * runs.inner.file_bytes).max(live / 2)
         });
         wait_for("the compacted files are deleted", || {
             let on_disk: u64 = files_in(&files)
