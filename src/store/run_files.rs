@@ -280,8 +280,9 @@ impl RunTree {
         let inner = &self.inner;
         let mut files = inner.lock();
         let tree = self.current()?;
+        // What the batch replaces or removes is counted out of its file once it lands.
         let mut freed = Vec::with_capacity(removed.len());
-        for key in &removed {
+        for key in removed.iter().chain(runs.iter().map(|(key, _)| key)) {
             if let Some(p) = tree.get(key).map_err(|e| self.io(e))?.as_deref() {
                 freed.extend(Pointer::decode(p));
             }
@@ -777,6 +778,31 @@ mod tests {
             b"\x02inline"
         );
         assert_eq!(runs.file_bytes(), 10_000);
+    }
+
+    #[test]
+    fn a_run_written_again_under_its_key_counts_the_old_bytes_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_when_free(dir.path(), &config());
+        let runs = RunTree::open(&store, "t").expect("open");
+        let len = (runs.inner.file_bytes / 2) as usize;
+        for round in 0..4u32 {
+            runs.apply(Change {
+                runs: vec![(key(1), run_of(round, len))],
+                ..Change::default()
+            })
+            .expect("write");
+        }
+        assert_eq!(
+            read_back(&runs, 1).expect("read").as_ref(),
+            &run_of(3, len)[..]
+        );
+        let files = runs_dir(store.path()).join("t");
+        // Only the last copy is live: the files holding the others go.
+        wait_for("the files of the replaced copies are deleted", || {
+            files_in(&files).len() == 1
+        });
+        assert_eq!(runs.inner.lock().live(), len as u64);
     }
 
     #[test]
