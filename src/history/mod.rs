@@ -14,16 +14,19 @@
 //! Appends and recoveries are called by the Hub under the topic's lock, so a recovery
 //! reads exactly the messages published before the subscription and the live ones
 //! follow. An append encodes the message once and puts it on the stream's in-memory
-//! *tail*; the writer task ([`History::start`]) takes every tail with something new as
-//! soon as it wakes and stores each as one *run* of messages, all in one sled batch
-//! (group commit: sled costs per entry far more than per byte, docs/benchmarks.md). A
-//! message stays on its tail until its run is stored, so a recovery reads the store
-//! and then the tail and misses nothing. sled's background thread flushes every
-//! `[store] flush_interval`; the writer adds the time to store one burst. A tail longer
-//! than [`MAX_TAIL`] is stored by the appender itself, which holds the publisher back.
+//! *tail*; the writer task ([`History::start`]) takes every tail with something new,
+//! at most every [`Store::group_commit`] under a flood, and stores each as *runs* of
+//! messages, all in one [`RunTree`] change: the runs' bytes in a run file, the pointers
+//! to them in one sled batch. A message stays on its tail until its run is stored, so
+//! a recovery reads the store and then the tail and misses nothing. The store syncs and
+//! flushes every `[store] flush_interval`; the writer adds at most one group-commit
+//! window and the time to store one burst. A tail longer than [`MAX_TAIL`] is stored by
+//! the appender itself, which holds the publisher back.
 //!
-//! Layout, in two trees: `history/messages` holds `topic NUL seq` → a run of
-//! [`StoredMessage`]s numbered `seq`, `seq + 1`, … ([`crate::store::message::run`]);
+//! Layout, in two trees: `history/messages` holds `topic NUL seq` → a pointer to a run
+//! of [`StoredMessage`]s numbered `seq`, `seq + 1`, … ([`crate::store::message::run`])
+//! in the tree's run files ([`crate::store::run_files`]; a store of format 3 may still
+//! hold the run itself);
 //! `history/streams` holds each stream's position, written at a clean stop together
 //! with a marker. Without the marker the daemon did not stop cleanly, so the streams
 //! are rebuilt from the messages and all start new epochs. Trimming and eviction move a

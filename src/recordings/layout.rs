@@ -5,8 +5,10 @@
 //! Keys, all big-endian so that sled's order is numeric order:
 //! - `r` + id → [`Meta`] (JSON): what the recording is, written at start, stop, import;
 //! - `s` + id → [`Figures`] (JSON): counts and bytes, rewritten with every batch;
-//! - `m` + id + n → a run of [`crate::store::StoredMessage`]s numbered `n`, `n + 1`, …
-//!   ([`crate::store::message::run`]; a store of format 2 holds runs of one), `n`
+//! - `m` + id + n → a pointer to a run of [`crate::store::StoredMessage`]s numbered `n`,
+//!   `n + 1`, … ([`crate::store::message::run`]) in the tree's run files
+//!   ([`crate::store::run_files`]; a store of format 3 holds the run itself, one of
+//!   format 2 runs of one), `n`
 //!   counting from 0 in arrival order, so one recording's messages are one contiguous
 //!   range, oldest first.
 

@@ -7,12 +7,13 @@
 //! encoded [`StoredMessage`] record to a buffer of at most `[recording] queue` messages
 //! it shares with the writer, counting the message as dropped when the buffer is full,
 //! so recording never slows delivery. The writer task swaps the buffer out a burst at
-//! a time and stores each burst with one `sled::Batch` ([`layout`]), on the blocking
-//! pool, so a stalled disk holds back no connection.
+//! a time and stores each burst with one sled batch ([`layout`]; the runs' bytes go to
+//! run files first, [`crate::store::run_files`]), on the blocking pool, so a stalled
+//! disk holds back no connection.
 //!
 //! Consistency after a crash: a recording's figures (count, bytes, per-topic counts,
 //! time span) live in the same tree as its messages and are rewritten in the same
-//! batch as the messages they count. sled applies a batch atomically, also across a
+//! batch as the pointers to the messages they count. sled applies a batch atomically, also across a
 //! `kill -9`, so what the API reports always equals what is stored, with no scan at
 //! open; a crash loses at most the last `[store] flush_interval` of both together.
 //! Eviction ([`evict`]) and deletion keep the same rule.

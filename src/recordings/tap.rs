@@ -7,10 +7,11 @@
 //! (the buffers are reused) and one wake-up of the writer per burst, when the buffer
 //! goes from empty to not. A full buffer (`[recording] queue` messages) counts the
 //! message as dropped for each recording that wanted it. The writer swaps the whole
-//! buffer out and stores it with one `sled::Batch` that also rewrites the figures of
+//! buffer out (at most every [`crate::store::Store::group_commit`] under a flood) and
+//! stores it with one [`crate::store::RunTree`] change that also rewrites the figures of
 //! every recording it touched (see the module doc of `recorder`), each recording's
-//! messages of the burst as a few runs ([`Runs`]): sled costs per entry far more than
-//! per byte.
+//! messages of the burst as a few runs ([`Runs`]), whose bytes go to a run file and
+//! whose pointers go in the same sled batch as the figures.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
