@@ -162,6 +162,12 @@ fn on_disk(shared: &Shared) -> u64 {
         .map_or(0, |db| db.size_on_disk().unwrap_or(0))
 }
 
+/// The store's files: sled's and the run files' ([`run_files`]), for the metric and the
+/// cap alike.
+fn disk_bytes(shared: &Shared, run_bytes: &AtomicU64) -> u64 {
+    on_disk(shared) + run_bytes.load(Ordering::Relaxed)
+}
+
 /// The open store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -227,9 +233,7 @@ impl Store {
         let files = Arc::downgrade(&shared);
         let run_bytes = Arc::<AtomicU64>::default();
         let runs = run_bytes.clone();
-        quota.measure_disk(move || {
-            files.upgrade().map_or(0, |s| on_disk(&s)) + runs.load(Ordering::Relaxed)
-        });
+        quota.measure_disk(move || files.upgrade().map_or(0, |s| disk_bytes(&s, &runs)));
         Ok(Store {
             shared,
             path,
@@ -497,7 +501,7 @@ impl Store {
     /// Bytes on disk (sled's log and `blobs/`, and the run files), for metrics and the
     /// cap; sled's part is 0 when its files cannot be read.
     pub fn size_on_disk(&self) -> u64 {
-        on_disk(&self.shared) + self.run_bytes.load(Ordering::Relaxed)
+        disk_bytes(&self.shared, &self.run_bytes)
     }
 
     /// The run trees' count of their files' bytes, which they keep up to date.
