@@ -228,10 +228,13 @@ async fn flood_mosquitto(port: u16, topic: &str, n: u64, qos: QoS) {
 /// Mosquitto delivers at the lower of the message's and the subscription's QoS, and its
 /// bridge is a subscriber: without `upgrade_outgoing_qos` the QoS 0 flood would go
 /// upstream at QoS 0 (no PUBACKs), not at the QoS 1 switchboard's link forwards at.
-fn mosquitto_bridge(upstream: u16) -> Mosquitto {
-    Mosquitto::start(&format!(
-        "upgrade_outgoing_qos true\nconnection up\naddress 127.0.0.1:{upstream}\ntopic t/# out 1 \"\" up/\ncleansession false\nrestart_timeout 1\n"
-    ))
+fn mosquitto_bridge(upstream: u16, pin: bool) -> Mosquitto {
+    Mosquitto::start_pinned(
+        &format!(
+            "upgrade_outgoing_qos true\nconnection up\naddress 127.0.0.1:{upstream}\ntopic t/# out 1 \"\" up/\ncleansession false\nrestart_timeout 1\n"
+        ),
+        pin,
+    )
 }
 
 struct Figures {
@@ -313,7 +316,7 @@ fn main() {
         "{}",
         harness::pinning_line(
             pinned,
-            "switchboard pinned to core 0; upstream Mosquitto, local Mosquitto and clients on core 1"
+            "the bridge under test (switchboard, or the local Mosquitto) pinned to core 0; upstream Mosquitto and clients on core 1"
         )
     );
     print!("{head}");
@@ -328,7 +331,7 @@ fn main() {
             Local::Switchboard(d, dir)
         })
         .await;
-        let mq = run(&o, |port| Local::Mosquitto(mosquitto_bridge(port))).await;
+        let mq = run(&o, |port| Local::Mosquitto(mosquitto_bridge(port, pinned))).await;
         (sb, mq)
     });
     println!(

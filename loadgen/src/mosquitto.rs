@@ -21,6 +21,8 @@ pub struct Mosquitto {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Runs on core 0, as the bridge bench's local broker under test does.
+    core0: bool,
 }
 
 /// A port nothing listens on now, for a broker that must keep its port across restarts.
@@ -39,8 +41,18 @@ impl Mosquitto {
         Self::start_on(free_port(), listeners)
     }
 
+    /// The same, pinned to core 0 when `pin` holds (a bench's broker under test, where
+    /// switchboard would run).
+    pub fn start_pinned(listeners: &str, pin: bool) -> Mosquitto {
+        Self::start_with(free_port(), listeners, pin)
+    }
+
     /// The same on a chosen port.
     pub fn start_on(port: u16, listeners: &str) -> Mosquitto {
+        Self::start_with(port, listeners, false)
+    }
+
+    fn start_with(port: u16, listeners: &str, core0: bool) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         // Started as root, Mosquitto drops to its own user, which must still write its
         // database (and read the files put here).
@@ -57,6 +69,7 @@ impl Mosquitto {
             port,
             dir,
             child: None,
+            core0,
         };
         m.run();
         m
@@ -80,7 +93,8 @@ impl Mosquitto {
             .append(true)
             .open(self.path("mosquitto.log"))
             .expect("log file");
-        let child = Command::new("mosquitto")
+        let child = crate::host::core0_command(self.core0)
+            .arg("mosquitto")
             .arg("-c")
             .arg(self.path("mosquitto.conf"))
             .stdout(Stdio::null())

@@ -23,10 +23,10 @@ pub async fn run(link: Arc<Link>, hub: Arc<Hub>, stop: CancellationToken) {
         min: link.config.reconnect_min,
         max: link.config.reconnect_max,
     };
-    let inbox = HubInbox {
+    let inbox: Arc<dyn Inbox> = Arc::new(HubInbox {
         link: link.clone(),
         hub: hub.clone(),
-    };
+    });
     let mut attempt = 0u32;
     loop {
         link.attempts.fetch_add(1, Ordering::Relaxed);
@@ -34,7 +34,7 @@ pub async fn run(link: Arc<Link>, hub: Arc<Hub>, stop: CancellationToken) {
         let ended = upstream::session(
             &link.upstream,
             outbox,
-            &inbox,
+            inbox.clone(),
             link.queue.wake.clone(),
             &stop,
         )

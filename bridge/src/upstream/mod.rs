@@ -99,12 +99,51 @@ pub enum LinkError {
 
 /// Runs one session until the connection ends (an error) or `stop` (Ok). `wake` is
 /// notified (with `notify_one`) whenever the outbox grows.
+///
+/// The session runs on a runtime of its own, one worker thread named `bridge-link`:
+/// under a backlog the link pauses between bursts with a blocking sleep (tokio's timers
+/// count milliseconds), and that must not hold up the daemon's other connections. The
+/// runtime is multi-threaded in flavour so that the inbox may wait the way a publish
+/// does elsewhere (`block_in_place`, on a cluster's bus). Nothing the inbox or the
+/// outbox calls may spawn tasks: they would end with the session's runtime.
 pub async fn session(
     config: &UpstreamConfig,
     outbox: Arc<dyn Outbox>,
-    inbox: &dyn Inbox,
+    inbox: Arc<dyn Inbox>,
     wake: Arc<Notify>,
     stop: &CancellationToken,
 ) -> Result<(), LinkError> {
-    client::run(config, outbox.as_ref(), inbox, &wake, stop).await
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("bridge-link")
+        .enable_all()
+        .build()
+        .map_err(|e| LinkError::Connection(format!("cannot start the link's thread: {e}")))?;
+    let runtime = OwnRuntime(Some(runtime));
+    // Dropping this future (the link's task aborted) stops the session too.
+    let stop = stop.child_token();
+    let _stop_on_drop = stop.clone().drop_guard();
+    let config = config.clone();
+    let run =
+        async move { client::run(&config, outbox.as_ref(), inbox.as_ref(), &wake, &stop).await };
+    let Some(rt) = runtime.0.as_ref() else {
+        return Err(LinkError::Connection("the link's runtime is gone".into()));
+    };
+    rt.spawn(run).await.unwrap_or_else(|e| {
+        Err(LinkError::Connection(format!(
+            "the link's session ended abnormally: {e}"
+        )))
+    })
+}
+
+/// A session's runtime, let go without waiting when the session ends: a runtime may not
+/// be dropped (which waits for its threads) on another runtime's thread.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
