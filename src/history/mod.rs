@@ -972,7 +972,7 @@ impl History {
         if entries.is_empty() {
             return;
         }
-        let (mut stored, mut removed) = (Vec::new(), Vec::new());
+        let (mut stored, mut removed) = (self.messages.buffer(), Vec::new());
         // Per stream: the run stored (key, first, last) and the runs deleted.
         let mut done = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -984,30 +984,26 @@ impl History {
                 .pending
                 .iter()
                 .filter(|p| p.seq > taken && p.seq >= first);
-            // Runs of consecutive numbers, of at most `run::MAX_BYTES` each.
-            let mut runs: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+            // Runs of consecutive numbers, of at most `run::MAX_BYTES` each, built in
+            // place in the burst's buffer: (key, first, last).
+            let mut runs: Vec<(Vec<u8>, u64, u64)> = Vec::new();
             for p in fresh {
                 match runs.last_mut() {
-                    Some((_, b, v)) if *b + 1 == p.seq && run::fits(v, &p.record) => {
-                        run::push(v, &p.record);
+                    Some((_, _, b)) if *b + 1 == p.seq && run::fits(stored.last(), &p.record) => {
+                        stored.push(&p.record);
                         *b = p.seq;
                     }
                     _ => {
-                        let mut v = run::start(run::MAX_BYTES);
-                        run::push(&mut v, &p.record);
-                        runs.push((p.seq, p.seq, v));
+                        let key = message_key(&entry.topic, p.seq);
+                        stored.start(key.clone());
+                        stored.push(&p.record);
+                        runs.push((key, p.seq, p.seq));
                     }
                 }
             }
-            let runs: Vec<(Vec<u8>, u64, u64)> = runs
-                .into_iter()
-                .map(|(a, b, value)| {
-                    let key = message_key(&entry.topic, a);
-                    stored.push((key.clone(), value));
-                    s.tail.taken = b;
-                    (key, a, b)
-                })
-                .collect();
+            if let Some(&(_, _, b)) = runs.last() {
+                s.tail.taken = b;
+            }
             let doomed = std::mem::take(&mut s.tail.doomed);
             removed.extend(doomed.iter().cloned());
             drop(s);

@@ -572,8 +572,10 @@ impl Recorder {
                     figures.count_in(&m.topic, m.ts_us, record.len());
                     runs.push(id, figures.next - 1, &record);
                 }
+                let mut buffer = self.runs.buffer();
+                runs.add_to(&mut buffer);
                 self.runs.apply(Change {
-                    runs: runs.into_runs(),
+                    runs: buffer,
                     ..Change::default()
                 })?;
             }

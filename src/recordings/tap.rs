@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::layout::Figures;
 use super::{json, layout, lock, Counters, Recorder};
 use crate::store::message::run;
-use crate::store::run_files::Change;
+use crate::store::run_files::{Change, RunBuffer};
 use crate::store::StoredMessage;
 use crate::throttle::Throttle;
 use switchboard_core::message::{Publish, Tap};
@@ -203,12 +203,12 @@ impl Runs {
         }
     }
 
-    /// (key, run) for [`crate::store::run_files::Change::runs`].
-    pub fn into_runs(self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.runs
-            .into_iter()
-            .map(|(id, first, _, value)| (layout::message_key(id, first).to_vec(), value))
-            .collect()
+    /// Adds every run, under its key, to `buffer` (for
+    /// [`crate::store::run_files::Change::runs`]).
+    pub fn add_to(self, buffer: &mut RunBuffer) {
+        for (id, first, _, value) in self.runs {
+            buffer.add(layout::message_key(id, first).to_vec(), &value);
+        }
     }
 }
 
@@ -307,7 +307,9 @@ impl Recorder {
                     .push((layout::figures_key(*id).to_vec(), json(&*figures)));
             }
         }
-        change.runs = runs.into_runs();
+        let mut buffer = self.runs.buffer();
+        runs.add_to(&mut buffer);
+        change.runs = buffer;
         if !after.is_empty() {
             let written = self.runs.apply(change);
             let mut recordings = lock(&self.recordings);

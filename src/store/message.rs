@@ -199,6 +199,11 @@ pub mod run {
         run
     }
 
+    /// Starts a run at the end of `buffer`, for [`push`] to add to in place.
+    pub fn start_in(buffer: &mut Vec<u8>) {
+        buffer.push(RUN);
+    }
+
     pub fn push(run: &mut Vec<u8>, record: &[u8]) {
         let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
         run.extend_from_slice(&len.to_be_bytes());

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use sled::IVec;
 
+use super::message::run;
 use super::{Store, StoreError, Tree};
 
 /// The first byte of a pointer; a run starts with 2 and a lone message with 1.
@@ -174,11 +175,75 @@ struct Inner {
     on_disk: Arc<AtomicU64>,
 }
 
+/// Runs laid out back to back in one buffer, as they go to a file: a writer builds each
+/// run in place ([`RunBuffer::start`], [`RunBuffer::push`]), with no buffer of its own
+/// and no second copy. [`RunTree::buffer`] lends the buffer the last burst used.
+#[derive(Default)]
+pub struct RunBuffer {
+    bytes: Vec<u8>,
+    /// Each run's key and where its bytes start; a run ends where the next starts.
+    starts: Vec<(Vec<u8>, usize)>,
+}
+
+impl RunBuffer {
+    /// Starts a run under `key`; the run before it ends.
+    pub fn start(&mut self, key: Vec<u8>) {
+        self.starts.push((key, self.bytes.len()));
+        run::start_in(&mut self.bytes);
+    }
+
+    /// Adds a record to the run started last (see [`run::push`]).
+    pub fn push(&mut self, record: &[u8]) {
+        run::push(&mut self.bytes, record);
+    }
+
+    /// The run started last, so far (empty before the first).
+    pub fn last(&self) -> &[u8] {
+        self.starts
+            .last()
+            .map_or(&[][..], |&(_, at)| &self.bytes[at..])
+    }
+
+    /// Adds a whole run, built elsewhere.
+    pub fn add(&mut self, key: Vec<u8>, run: &[u8]) {
+        self.starts.push((key, self.bytes.len()));
+        self.bytes.extend_from_slice(run);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// Each run's key and bytes, in order.
+    fn runs(&self) -> impl Iterator<Item = (&[u8], std::ops::Range<usize>)> + '_ {
+        let ends = self
+            .starts
+            .iter()
+            .skip(1)
+            .map(|&(_, at)| at)
+            .chain(std::iter::once(self.bytes.len()));
+        self.starts
+            .iter()
+            .zip(ends)
+            .map(|((key, at), end)| (key.as_slice(), *at..end))
+    }
+}
+
+impl From<Vec<(Vec<u8>, Vec<u8>)>> for RunBuffer {
+    fn from(runs: Vec<(Vec<u8>, Vec<u8>)>) -> RunBuffer {
+        let mut buffer = RunBuffer::default();
+        for (key, run) in runs {
+            buffer.add(key, &run);
+        }
+        buffer
+    }
+}
+
 /// One atomic change to a run tree, applied by [`RunTree::apply`].
 #[derive(Default)]
 pub struct Change {
-    /// (key, run): stored in a file, sled keeping a pointer under the key.
-    pub runs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Runs stored in a file, sled keeping a pointer under each one's key.
+    pub runs: RunBuffer,
     /// (key, value) kept in sled as they are: figures, metadata. A value must not
     /// read as a pointer (25 bytes starting with 3); JSON never does.
     pub inline: Vec<(Vec<u8>, Vec<u8>)>,
@@ -282,7 +347,8 @@ impl RunTree {
         let tree = self.current()?;
         // What the batch replaces or removes is counted out of its file once it lands.
         let mut freed = Vec::with_capacity(removed.len());
-        for key in removed.iter().chain(runs.iter().map(|(key, _)| key)) {
+        let keys = runs.starts.iter().map(|(key, _)| key);
+        for key in removed.iter().chain(keys) {
             if let Some(p) = tree.get(key).map_err(|e| self.io(e))?.as_deref() {
                 freed.extend(Pointer::decode(p));
             }
@@ -290,24 +356,23 @@ impl RunTree {
         let mut batch = sled::Batch::default();
         let mut written = None;
         if !runs.is_empty() {
-            let total: u64 = runs.iter().map(|(_, v)| v.len() as u64).sum();
+            let total = runs.bytes.len() as u64;
             let (id, start) = inner.reserve(&mut files, total)?;
-            let mut buffer = std::mem::take(&mut files.buffer);
-            buffer.clear();
-            for (key, value) in &runs {
+            for (key, span) in runs.runs() {
                 let p = Pointer {
                     file: id,
-                    offset: start + buffer.len() as u64,
-                    len: u32::try_from(value.len()).unwrap_or(u32::MAX),
-                    crc: crc32fast::hash(value),
+                    offset: start + span.start as u64,
+                    len: u32::try_from(span.len()).unwrap_or(u32::MAX),
+                    crc: crc32fast::hash(&runs.bytes[span]),
                 };
-                buffer.extend_from_slice(value);
-                batch.insert(key.as_slice(), &p.encode()[..]);
+                batch.insert(key, &p.encode()[..]);
             }
-            let put = inner.append(&mut files, id, start, &buffer);
-            files.buffer = buffer;
+            let put = inner.append(&mut files, id, start, &runs.bytes);
+            files.buffer = runs.bytes;
             put?;
             written = Some((id, total));
+        } else {
+            files.buffer = runs.bytes;
         }
         for key in &removed {
             batch.remove(key.as_slice());
@@ -325,6 +390,18 @@ impl RunTree {
             files.release(p);
         }
         Ok(())
+    }
+
+    /// An empty [`RunBuffer`] on the buffer the last burst used, which [`RunTree::apply`]
+    /// keeps: a writer's burst of a megabyte then costs no allocation (and no fresh
+    /// pages to zero).
+    pub fn buffer(&self) -> RunBuffer {
+        let mut bytes = std::mem::take(&mut self.inner.lock().buffer);
+        bytes.clear();
+        RunBuffer {
+            bytes,
+            starts: Vec::new(),
+        }
     }
 
     /// Removes the run under `key`.
@@ -743,12 +820,56 @@ mod tests {
     }
 
     #[test]
+    fn runs_built_in_place_read_back_as_built_on_a_reused_buffer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_when_free(dir.path(), &config());
+        let runs = RunTree::open(&store, "t").expect("open");
+        for round in 0..2u32 {
+            let mut buffer = runs.buffer();
+            assert!(buffer.is_empty() && buffer.last().is_empty());
+            // Runs of 1, 3 and 2 records, the second added whole.
+            let records = |i: u32, n: usize| -> Vec<Vec<u8>> {
+                (0..n)
+                    .map(|j| run_of(i * 10 + j as u32 + round, 20 + j))
+                    .collect()
+            };
+            buffer.start(key(0));
+            buffer.push(&records(0, 1)[0]);
+            let mut whole = run::start(0);
+            for r in records(1, 3) {
+                run::push(&mut whole, &r);
+            }
+            buffer.add(key(1), &whole);
+            buffer.start(key(2));
+            for r in records(2, 2) {
+                buffer.push(&r);
+            }
+            assert_eq!(buffer.last().len(), 1 + 4 + 20 + 4 + 21);
+            runs.apply(Change {
+                runs: buffer,
+                ..Change::default()
+            })
+            .expect("write");
+            for (i, n) in [(0, 1), (1, 3), (2, 2)] {
+                let value = read_back(&runs, i).expect("read");
+                let read: Vec<Vec<u8>> = run::records(&value)
+                    .map(|r| r.expect("record").to_vec())
+                    .collect();
+                assert_eq!(read, records(i, n), "run {i}, round {round}");
+            }
+        }
+    }
+
+    #[test]
     fn runs_read_back_after_a_reopen_and_inline_runs_read_as_they_are() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_when_free(dir.path(), &config());
         let runs = RunTree::open(&store, "t").expect("open");
         runs.apply(Change {
-            runs: (0..10).map(|i| (key(i), run_of(i, 1000))).collect(),
+            runs: (0..10)
+                .map(|i| (key(i), run_of(i, 1000)))
+                .collect::<Vec<_>>()
+                .into(),
             ..Change::default()
         })
         .expect("write");
@@ -788,7 +909,7 @@ mod tests {
         let len = (runs.inner.file_bytes / 2) as usize;
         for round in 0..4u32 {
             runs.apply(Change {
-                runs: vec![(key(1), run_of(round, len))],
+                runs: vec![(key(1), run_of(round, len))].into(),
                 ..Change::default()
             })
             .expect("write");
@@ -811,7 +932,10 @@ mod tests {
         let store = open_when_free(dir.path(), &config());
         let runs = RunTree::open(&store, "t").expect("open");
         runs.apply(Change {
-            runs: (0..4).map(|i| (key(i), run_of(i, 100))).collect(),
+            runs: (0..4)
+                .map(|i| (key(i), run_of(i, 100)))
+                .collect::<Vec<_>>()
+                .into(),
             ..Change::default()
         })
         .expect("write");
@@ -847,7 +971,7 @@ mod tests {
         let big = (runs.inner.file_bytes / 4) as usize;
         for i in 0..10 {
             runs.apply(Change {
-                runs: vec![(key(i), run_of(i, big))],
+                runs: vec![(key(i), run_of(i, big))].into(),
                 ..Change::default()
             })
             .expect("write");
@@ -899,7 +1023,7 @@ mod tests {
         let len = (runs.inner.file_bytes / 8) as usize;
         for i in 0..128 {
             runs.apply(Change {
-                runs: vec![(key(i), run_of(i, len))],
+                runs: vec![(key(i), run_of(i, len))].into(),
                 ..Change::default()
             })
             .expect("write");
