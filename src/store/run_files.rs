@@ -140,6 +140,14 @@ struct Files {
 }
 
 impl Files {
+    /// Keeps the larger of the buffer held and `bytes` for the next burst: a change with
+    /// no runs (a removal) brings back an empty one.
+    fn keep_buffer(&mut self, bytes: Vec<u8>) {
+        if bytes.capacity() > self.buffer.capacity() {
+            self.buffer = bytes;
+        }
+    }
+
     fn live(&self) -> u64 {
         self.figures.values().map(|f| f.live).sum()
     }
@@ -368,11 +376,11 @@ impl RunTree {
                 batch.insert(key, &p.encode()[..]);
             }
             let put = inner.append(&mut files, id, start, &runs.bytes);
-            files.buffer = runs.bytes;
+            files.keep_buffer(runs.bytes);
             put?;
             written = Some((id, total));
         } else {
-            files.buffer = runs.bytes;
+            files.keep_buffer(runs.bytes);
         }
         for key in &removed {
             batch.remove(key.as_slice());
@@ -858,6 +866,13 @@ mod tests {
                 assert_eq!(read, records(i, n), "run {i}, round {round}");
             }
         }
+        // A change without runs (a removal) leaves the last burst's buffer to the next.
+        runs.apply(Change {
+            removed: vec![key(0)],
+            ..Change::default()
+        })
+        .expect("remove");
+        assert!(runs.buffer().bytes.capacity() >= 1 + 4 + 20);
     }
 
     #[test]
