@@ -237,16 +237,6 @@ impl RunBuffer {
     }
 }
 
-impl From<Vec<(Vec<u8>, Vec<u8>)>> for RunBuffer {
-    fn from(runs: Vec<(Vec<u8>, Vec<u8>)>) -> RunBuffer {
-        let mut buffer = RunBuffer::default();
-        for (key, run) in runs {
-            buffer.add(key, &run);
-        }
-        buffer
-    }
-}
-
 /// One atomic change to a run tree, applied by [`RunTree::apply`].
 #[derive(Default)]
 pub struct Change {
@@ -801,6 +791,15 @@ mod tests {
         format!("k{i:08}").into_bytes()
     }
 
+    /// A buffer of whole runs: (key, run).
+    fn whole_runs(pairs: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> RunBuffer {
+        let mut buffer = RunBuffer::default();
+        for (key, run) in pairs {
+            buffer.add(key, &run);
+        }
+        buffer
+    }
+
     fn read_back(runs: &RunTree, i: u32) -> Result<IVec, Unreadable> {
         let value = runs
             .current()
@@ -881,10 +880,7 @@ mod tests {
         let store = open_when_free(dir.path(), &config());
         let runs = RunTree::open(&store, "t").expect("open");
         runs.apply(Change {
-            runs: (0..10)
-                .map(|i| (key(i), run_of(i, 1000)))
-                .collect::<Vec<_>>()
-                .into(),
+            runs: whole_runs((0..10).map(|i| (key(i), run_of(i, 1000)))),
             ..Change::default()
         })
         .expect("write");
@@ -924,7 +920,7 @@ mod tests {
         let len = (runs.inner.file_bytes / 2) as usize;
         for round in 0..4u32 {
             runs.apply(Change {
-                runs: vec![(key(1), run_of(round, len))].into(),
+                runs: whole_runs([(key(1), run_of(round, len))]),
                 ..Change::default()
             })
             .expect("write");
@@ -947,10 +943,7 @@ mod tests {
         let store = open_when_free(dir.path(), &config());
         let runs = RunTree::open(&store, "t").expect("open");
         runs.apply(Change {
-            runs: (0..4)
-                .map(|i| (key(i), run_of(i, 100)))
-                .collect::<Vec<_>>()
-                .into(),
+            runs: whole_runs((0..4).map(|i| (key(i), run_of(i, 100)))),
             ..Change::default()
         })
         .expect("write");
@@ -986,7 +979,7 @@ mod tests {
         let big = (runs.inner.file_bytes / 4) as usize;
         for i in 0..10 {
             runs.apply(Change {
-                runs: vec![(key(i), run_of(i, big))].into(),
+                runs: whole_runs([(key(i), run_of(i, big))]),
                 ..Change::default()
             })
             .expect("write");
@@ -1038,7 +1031,7 @@ mod tests {
         let len = (runs.inner.file_bytes / 8) as usize;
         for i in 0..128 {
             runs.apply(Change {
-                runs: vec![(key(i), run_of(i, len))].into(),
+                runs: whole_runs([(key(i), run_of(i, len))]),
                 ..Change::default()
             })
             .expect("write");

@@ -119,17 +119,15 @@ pub async fn session(
         .enable_all()
         .build()
         .map_err(|e| LinkError::Connection(format!("cannot start the link's thread: {e}")))?;
-    let runtime = OwnRuntime(Some(runtime));
     // Dropping this future (the link's task aborted) stops the session too.
     let stop = stop.child_token();
     let _stop_on_drop = stop.clone().drop_guard();
     let config = config.clone();
     let run =
         async move { client::run(&config, outbox.as_ref(), inbox.as_ref(), &wake, &stop).await };
-    let Some(rt) = runtime.0.as_ref() else {
-        return Err(LinkError::Connection("the link's runtime is gone".into()));
-    };
-    rt.spawn(run).await.unwrap_or_else(|e| {
+    let session = runtime.spawn(run);
+    let _runtime = OwnRuntime(Some(runtime));
+    session.await.unwrap_or_else(|e| {
         Err(LinkError::Connection(format!(
             "the link's session ended abnormally: {e}"
         )))
