@@ -39,6 +39,7 @@
 
 pub mod config;
 pub mod metrics;
+mod pending;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +54,7 @@ use crate::store::{
     off_runtime, Evictable, Evicted, Reopened, RunTree, Store, StoreError, StoredMessage, Tree,
 };
 pub use config::{HistoryConfig, HistoryRule};
+use pending::{Copied, Pending};
 use switchboard_core::message::Publish;
 use switchboard_core::protocol::Since;
 use switchboard_core::quiet::Throttle;
@@ -120,25 +122,11 @@ struct Stream {
     tail: Tail,
 }
 
-/// A message appended and not yet known to be stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Pending {
-    seq: u64,
-    ts_us: u64,
-    record: Vec<u8>,
-}
-
-impl Pending {
-    fn size(&self) -> u64 {
-        (self.record.len() + run::PER_RECORD) as u64
-    }
-}
-
 /// What a stream has that the store does not, and what it will delete there.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Tail {
     /// The newest messages, oldest first; each stays until its run is stored.
-    pending: VecDeque<Pending>,
+    pending: Pending,
     /// The highest number put in a run (stored or being stored).
     taken: u64,
     /// The oldest stored run, read once so that trimming message by message does not
@@ -151,23 +139,6 @@ struct Tail {
     doomed: Vec<Vec<u8>>,
     /// On the writer's list.
     dirty: bool,
-    /// Buffers of stored messages, for the next appends to encode into: under a flood
-    /// the publisher's thread would otherwise allocate one per message and the
-    /// writer's free it.
-    spare: Vec<Vec<u8>>,
-}
-
-/// Buffers a tail keeps for reuse, and the largest it keeps.
-const SPARE_BUFFERS: usize = 1024;
-const SPARE_CAPACITY: usize = 4096;
-
-impl Tail {
-    fn recycle(&mut self, mut record: Vec<u8>) {
-        if self.spare.len() < SPARE_BUFFERS && record.capacity() <= SPARE_CAPACITY {
-            record.clear();
-            self.spare.push(record);
-        }
-    }
 }
 
 /// A stored run: its key and, oldest first, the number, time and size of each message.
@@ -189,7 +160,7 @@ impl Head {
 /// the oldest's own, or its successor's (whose time becomes the stream's).
 fn unread(s: &Stream) -> Option<u64> {
     let known = |seq: u64| {
-        s.tail.pending.binary_search_by_key(&seq, |p| p.seq).is_ok()
+        s.tail.pending.contains(seq)
             || s.tail
                 .head
                 .as_ref()
@@ -687,11 +658,11 @@ impl History {
     fn pop_oldest(&self, entry: &Arc<Entry>, s: &mut Stream) -> Result<u64, StoreError> {
         let seq = s.first;
         let tail = &mut s.tail;
-        while tail.pending.front().is_some_and(|p| p.seq < seq) {
+        while tail.pending.first().is_some_and(|first| first < seq) {
             tail.pending.pop_front();
         }
-        let size = if tail.pending.front().is_some_and(|p| p.seq == seq) {
-            tail.pending.pop_front().map_or(0, |p| p.size())
+        let size = if tail.pending.first() == Some(seq) {
+            tail.pending.pop_front().map_or(0, |(_, size)| size)
         } else {
             self.load_head(entry, s, seq)?;
             let mut size = 0;
@@ -726,10 +697,8 @@ impl History {
     /// When the stream's first message was stored: from its tail or its oldest run.
     fn ts_of(&self, entry: &Arc<Entry>, s: &mut Stream) -> Result<u64, StoreError> {
         let seq = s.first;
-        if let Some(p) = s.tail.pending.iter().find(|p| p.seq >= seq) {
-            if p.seq == seq {
-                return Ok(p.ts_us);
-            }
+        if let Some(ts) = s.tail.pending.ts(seq) {
+            return Ok(ts);
         }
         self.load_head(entry, s, seq)?;
         Ok(s.tail
@@ -978,29 +947,13 @@ impl History {
         for entry in entries {
             let mut s = lock(&entry);
             s.tail.dirty = false;
-            let (first, taken) = (s.first, s.tail.taken);
-            let fresh = s
-                .tail
-                .pending
-                .iter()
-                .filter(|p| p.seq > taken && p.seq >= first);
-            // Runs of consecutive numbers, of at most `run::MAX_BYTES` each, built in
-            // place in the burst's buffer: (key, first, last).
-            let mut runs: Vec<(Vec<u8>, u64, u64)> = Vec::new();
-            for p in fresh {
-                match runs.last_mut() {
-                    Some((_, _, b)) if *b + 1 == p.seq && run::fits(stored.last(), &p.record) => {
-                        stored.push(&p.record);
-                        *b = p.seq;
-                    }
-                    _ => {
-                        let key = message_key(&entry.topic, p.seq);
-                        stored.start(key.clone());
-                        stored.push(&p.record);
-                        runs.push((key, p.seq, p.seq));
-                    }
-                }
-            }
+            // The tail holds its messages as runs of consecutive numbers already:
+            // (key, first, last) of each, copied into the burst's buffer.
+            let from = (s.tail.taken + 1).max(s.first);
+            let runs =
+                s.tail
+                    .pending
+                    .take_runs(from, |seq| message_key(&entry.topic, seq), &mut stored);
             if let Some(&(_, _, b)) = runs.last() {
                 s.tail.taken = b;
             }
@@ -1019,11 +972,7 @@ impl History {
             let mut s = lock(&entry);
             if failed.is_none() {
                 for (key, _, b) in runs {
-                    while s.tail.pending.front().is_some_and(|p| p.seq <= b) {
-                        if let Some(p) = s.tail.pending.pop_front() {
-                            s.tail.recycle(p.record);
-                        }
-                    }
+                    s.tail.pending.pop_through(b);
                     if b < s.first {
                         // Trimmed whole while it was being stored.
                         self.doom(&entry, &mut s, key);
@@ -1039,16 +988,9 @@ impl History {
             let (Some(&(_, a, _)), Some(&(_, _, b))) = (runs.first(), runs.last()) else {
                 continue;
             };
-            let (mut lost, mut size, kept_from) = (0u64, 0u64, s.first);
-            s.tail.pending.retain(|p| {
-                let gone = p.seq >= a && p.seq <= b;
-                // Those behind the first were counted out when trimmed.
-                if gone && p.seq >= kept_from {
-                    lost += 1;
-                    size += p.size();
-                }
-                !gone
-            });
+            // Those behind the first were counted out when trimmed.
+            let kept_from = s.first;
+            let (lost, size) = s.tail.pending.remove(a, b, kept_from);
             s.bytes = s.bytes.saturating_sub(size);
             self.bytes.fetch_sub(size, Ordering::Relaxed);
             let _ = self
@@ -1151,17 +1093,13 @@ impl History {
     /// Reads messages `from..=to` of a topic: from the store up to `tail`'s first, then
     /// `tail` (the stream's unstored messages in that range, taken under its lock).
     /// Unreadable ones are skipped and logged.
-    fn read_range(
-        &self,
-        topic: &str,
-        from: u64,
-        to: u64,
-        tail: Vec<Pending>,
-    ) -> Vec<StoredMessage> {
-        let stored_to = tail.first().map_or(to, |p| p.seq.saturating_sub(1).min(to));
+    fn read_range(&self, topic: &str, from: u64, to: u64, tail: Copied) -> Vec<StoredMessage> {
+        let stored_to = tail
+            .first
+            .map_or(to, |first| first.saturating_sub(1).min(to));
         let mut out = off_runtime(|| self.read_stored(topic, from, stored_to));
-        for p in tail {
-            match StoredMessage::decode(&p.record) {
+        for record in run::frames(&tail.frames) {
+            match record.and_then(StoredMessage::decode) {
                 Ok(m) => out.push(m),
                 Err(e) => tracing::warn!(topic, error = %e, "history: skipped a message"),
             }
@@ -1303,14 +1241,13 @@ impl Log {
                 s.epoch_start = seq;
             }
         }
-        let mut record = s.tail.spare.pop().unwrap_or_default();
-        StoredMessage::encode_routed_into(p, seq, ts_us, &mut record);
-        let size = (record.len() + run::PER_RECORD) as u64;
+        let encode = |out: &mut Vec<u8>| StoredMessage::encode_routed_into(p, seq, ts_us, out);
+        let size;
         if history.is_closed() {
             // The writer has stopped: store it at once, as a run of its own.
             let key = message_key(&entry.topic, seq);
-            let mut value = run::start(record.len());
-            run::push(&mut value, &record);
+            let mut value = run::start(0);
+            size = run::push_with(&mut value, encode) as u64;
             let written = history
                 .messages
                 .current()
@@ -1328,7 +1265,7 @@ impl Log {
             // not kept, as it did when every append was a write.
             return history.refuse(entry, &mut s, seq, &"the store is failing");
         } else {
-            s.tail.pending.push_back(Pending { seq, ts_us, record });
+            size = s.tail.pending.push(seq, ts_us, encode);
             history.mark_dirty(entry, &mut s);
         }
         if s.is_empty() {
@@ -1405,13 +1342,7 @@ impl Log {
                 _ if s.last >= from && s.last - from + 1 > max => (s.last + 1 - max, s.last, false),
                 _ => (from, s.last, complete),
             };
-            let tail = s
-                .tail
-                .pending
-                .iter()
-                .filter(|p| p.seq >= from && p.seq <= to)
-                .cloned()
-                .collect();
+            let tail = s.tail.pending.copy(from, to);
             (from, to, complete, tail)
         };
         // Reading after releasing the stream's lock is safe: the topic's lock keeps new
@@ -1520,7 +1451,7 @@ impl History {
         let tree = self.messages.current()?;
         let (mut found, mut bytes, mut first) = (0u64, 0u64, None);
         // What is on the tail is counted from there, the rest from the store.
-        let tail_from = s.tail.pending.front().map_or(u64::MAX, |p| p.seq);
+        let tail_from = s.tail.pending.first().unwrap_or(u64::MAX);
         let kept = s.first..=s.last.min(tail_from.saturating_sub(1));
         let start = match tree
             .range(message_key(&entry.topic, 0)..=message_key(&entry.topic, s.first))
@@ -1548,15 +1479,15 @@ impl History {
                 bytes += run_overhead(&key);
             }
         }
-        for p in s
+        for (seq, ts, size) in s
             .tail
             .pending
-            .iter()
-            .filter(|p| p.seq >= s.first && p.seq <= s.last)
+            .sizes()
+            .filter(|&(seq, ..)| seq >= s.first && seq <= s.last)
         {
-            first = first.or(Some((p.seq, Some(p.ts_us))));
+            first = first.or(Some((seq, Some(ts))));
             found += 1;
-            bytes += p.size();
+            bytes += size;
         }
         s.tail.head = None;
         s.tail.ahead.clear();

@@ -210,14 +210,32 @@ pub mod run {
         run.extend_from_slice(&record[..len as usize]);
     }
 
+    /// As [`push`], for a record `encode` appends to `buffer` itself: no buffer of its
+    /// own and no copy. Returns the frame's length (`PER_RECORD` + the record's).
+    pub fn push_with(buffer: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) -> usize {
+        let at = buffer.len();
+        buffer.extend_from_slice(&[0; PER_RECORD]);
+        encode(buffer);
+        let len = u32::try_from(buffer.len() - at - PER_RECORD).unwrap_or(u32::MAX);
+        buffer.truncate(at + PER_RECORD + len as usize);
+        buffer[at..at + PER_RECORD].copy_from_slice(&len.to_be_bytes());
+        PER_RECORD + len as usize
+    }
+
     /// The records of a run, oldest first; an error ends it.
     pub fn records(value: &[u8]) -> impl Iterator<Item = Result<&[u8], Corrupt>> {
-        let (mut rest, lone) = match value {
+        let (rest, lone) = match value {
             [RUN, rest @ ..] => (rest, None),
             lone => (&[][..], Some(lone)),
         };
+        lone.map(Ok).into_iter().chain(frames(rest))
+    }
+
+    /// The records of framed bytes (a run without its first byte, as [`push`] and
+    /// [`push_with`] lay them out), oldest first; an error ends it.
+    pub fn frames(mut rest: &[u8]) -> impl Iterator<Item = Result<&[u8], Corrupt>> {
         let mut failed = false;
-        let runs = std::iter::from_fn(move || {
+        std::iter::from_fn(move || {
             if rest.is_empty() || failed {
                 return None;
             }
@@ -235,8 +253,7 @@ pub mod run {
                     Some(Err(Corrupt("truncated run")))
                 }
             }
-        });
-        lone.map(Ok).into_iter().chain(runs)
+        })
     }
 }
 

@@ -205,6 +205,12 @@ impl RunBuffer {
         run::push(&mut self.bytes, record);
     }
 
+    /// Adds records already framed ([`run::push_with`]) to the run started last: a
+    /// tail that keeps its messages framed is stored with one copy per run.
+    pub fn extend_frames(&mut self, frames: &[u8]) {
+        self.bytes.extend_from_slice(frames);
+    }
+
     /// The run started last, so far (empty before the first).
     pub fn last(&self) -> &[u8] {
         self.starts
@@ -220,6 +226,14 @@ impl RunBuffer {
 
     pub fn is_empty(&self) -> bool {
         self.starts.is_empty()
+    }
+
+    /// Each run's key and bytes, copied: for tests of what a writer built.
+    #[cfg(test)]
+    pub fn to_pairs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.runs()
+            .map(|(key, at)| (key.to_vec(), self.bytes[at].to_vec()))
+            .collect()
     }
 
     /// Each run's key and bytes, in order.
