@@ -3,14 +3,17 @@
 //! takes, in one run. See docs/history.md for what is stored.
 //!
 //! Run: `cargo bench --bench history` or `cargo bench --bench history -- --quick`.
-//! Options: `--messages 50000` (per publish point), `--fetches 30` (recoveries timed).
+//! Options: `--messages 50000` (per publish point), `--fetches 30` (recoveries timed),
+//! `--rounds 2` (publish points of each kind, alternating; the best of each counts).
 //! The daemon runs pinned to core 0 when `taskset` is there, the clients on core 1.
 //! `BENCH_DAEMON=/path/to/switchboard` runs another build under the same clients (A/B).
 //!
 //! 1. Publish rate: one WebSocket publisher pipelines `--messages` publishes of a
 //!    64-byte payload and waits for every ack, to a topic without a history and then
-//!    to one with a history (`keep` larger than the run), on the same daemon. The
-//!    ratio is the cost of keeping each message (its tail, and the writer's runs).
+//!    to one with a history (`keep` larger than the run), on the same daemon, and
+//!    again, `--rounds` times. The ratio of the best of each is the cost of keeping
+//!    each message (its tail, and the writer's runs); more rounds steady it on a
+//!    shared machine.
 //! 2. Fetch latency: a new connection sends `sub` with `last: 1000`; the time from
 //!    sending it to the 1,000th message arriving, over `--fetches` runs.
 //! 3. Bytes per message: stored bytes (what `store.max_bytes` caps) and sled's files
@@ -32,6 +35,7 @@ use switchboard_bench::host;
 struct Options {
     messages: u64,
     fetches: usize,
+    rounds: u64,
     /// Only part 4, the store beside a plain file.
     store_only: bool,
 }
@@ -40,6 +44,7 @@ fn options() -> Options {
     let mut o = Options {
         messages: 50_000,
         fetches: 30,
+        rounds: 2,
         store_only: false,
     };
     let mut args = std::env::args().skip(1);
@@ -53,6 +58,7 @@ fn options() -> Options {
             }
             "--messages" => o.messages = number("--messages", args.next()),
             "--fetches" => o.fetches = number("--fetches", args.next()) as usize,
+            "--rounds" => o.rounds = number("--rounds", args.next()).max(1),
             "--store-only" => o.store_only = true,
             other => {
                 eprintln!("unknown argument {other:?}; see benches/history/main.rs");
@@ -324,13 +330,13 @@ fn main() {
     let d = Daemon::start(bin, &config, pinned);
     let (rt, local) = harness::local_runtime();
     let results = local.block_on(&rt, async {
-        // Warm up both paths once, then measure plain and kept alternately, twice.
+        // Warm up both paths once, then measure plain and kept alternately.
         publish_rate(&d, "plain/warm", 2_000).await;
         publish_rate(&d, "kept/warm", 2_000).await;
         let disk_before = metric(&d, "switchboard_store_disk_bytes").await;
         let mut plain = Vec::new();
         let mut kept = Vec::new();
-        for round in 0..2 {
+        for round in 0..o.rounds {
             plain.push(publish_rate(&d, "plain/x", o.messages).await);
             kept.push(publish_rate(&d, &format!("kept/x{round}"), o.messages).await);
         }
@@ -362,7 +368,7 @@ fn main() {
     let p90_ms = percentile(&fetches, 0.9) * 1000.0;
     let per_message = stored as f64 / kept_messages.max(1) as f64;
     let disk_per_message =
-        disk_after.saturating_sub(disk_before) as f64 / (2 * o.messages).max(1) as f64;
+        disk_after.saturating_sub(disk_before) as f64 / (o.rounds * o.messages).max(1) as f64;
 
     println!(
         "publish, acked      {:>12} msg/s without history, {:>12} msg/s with ({:.2}x)",
