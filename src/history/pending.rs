@@ -2,7 +2,7 @@
 //!
 //! An append encodes its message straight into a *chunk* of framed records
 //! ([`run::push_with`]): a chunk holds consecutive numbers and at most one run's bytes
-//! ([`run::MAX_BYTES`]). The writer copies each chunk's new part into its burst with one
+//! ([`RUN_BYTES`]). The writer copies each chunk's new part into its burst with one
 //! copy per run ([`Pending::take_runs`]), and a chunk whose messages are all stored is
 //! kept for reuse. So under a flood an append allocates nothing and the writer copies
 //! and frees nothing per message (docs/benchmarks.md, "2026-12-07: a tail laid out as
@@ -13,9 +13,13 @@ use std::collections::VecDeque;
 use crate::store::message::run;
 use crate::store::run_files::RunBuffer;
 
+/// The most bytes of records in one of history's runs: four times the store's usual
+/// ([`run::MAX_BYTES`]), as each run costs sled an insert and a remove.
+pub const RUN_BYTES: usize = 4 * run::MAX_BYTES;
+
 /// Chunks a stream keeps for reuse, and the most bytes a kept one may hold.
 const SPARE_CHUNKS: usize = 4;
-const SPARE_CAPACITY: usize = 2 * run::MAX_BYTES;
+const SPARE_CAPACITY: usize = 2 * RUN_BYTES;
 
 /// Consecutive messages, framed back to back.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -107,7 +111,7 @@ impl Pending {
         .unwrap_or_else(|| self.fresh(seq));
         let at = chunk.frames.len();
         let size = run::push_with(&mut chunk.frames, encode);
-        if !chunk.index.is_empty() && run::OVERHEAD + chunk.frames.len() > run::MAX_BYTES {
+        if !chunk.index.is_empty() && run::OVERHEAD + chunk.frames.len() > RUN_BYTES {
             // Beyond one run's bytes: the message starts the next chunk.
             let mut next = self.fresh(seq);
             next.frames.extend_from_slice(&chunk.frames[at..]);
@@ -323,7 +327,7 @@ mod tests {
                     .collect();
                 // Only a record bigger than a run makes a run bigger: alone.
                 assert!(
-                    bytes.len() <= run::MAX_BYTES || seqs.len() == 1,
+                    bytes.len() <= RUN_BYTES || seqs.len() == 1,
                     "a run of {} bytes",
                     bytes.len()
                 );
@@ -338,13 +342,13 @@ mod tests {
         let mut p = Pending::default();
         let mut sizes = 0;
         for seq in (1..=500).chain(600..=650) {
-            sizes += push(&mut p, seq, 100);
+            sizes += push(&mut p, seq, 400);
         }
         assert_eq!(p.len(), 551);
-        assert_eq!(sizes, 551 * (100 + run::PER_RECORD as u64));
+        assert_eq!(sizes, 551 * (400 + run::PER_RECORD as u64));
         assert!(
             p.chunks.len() > 3,
-            "500 messages of 104 bytes fill several runs"
+            "500 messages of 404 bytes fill several runs"
         );
         assert_eq!(p.first(), Some(1));
         assert!(p.contains(500) && p.contains(600) && !p.contains(550) && !p.contains(651));
@@ -389,7 +393,7 @@ mod tests {
     fn a_big_record_gets_a_run_of_its_own_and_runs_stay_within_their_bytes() {
         let mut p = Pending::default();
         push(&mut p, 1, 100);
-        push(&mut p, 2, run::MAX_BYTES + 10);
+        push(&mut p, 2, RUN_BYTES + 10);
         for seq in 3..=400 {
             push(&mut p, seq, 90);
         }
@@ -443,11 +447,12 @@ mod tests {
     fn stored_chunks_are_reused_without_growing() {
         let mut p = Pending::default();
         let mut seq = 0;
-        for _ in 0..50 {
+        for _ in 0..20 {
             let from = seq + 1;
-            for _ in 0..500 {
+            // More runs' worth than it keeps spare.
+            for _ in 0..(SPARE_CHUNKS + 2) * RUN_BYTES / 100 {
                 seq += 1;
-                push(&mut p, seq, 100);
+                push(&mut p, seq, 96);
             }
             runs_of(&mut p, from);
             p.pop_through(seq);

@@ -183,9 +183,10 @@ struct Inner {
     on_disk: Arc<AtomicU64>,
 }
 
-/// Runs laid out back to back in one buffer, as they go to a file: a writer builds each
-/// run in place ([`RunBuffer::start`], [`RunBuffer::push`]), with no buffer of its own
-/// and no second copy. [`RunTree::buffer`] lends the buffer the last burst used.
+/// Runs laid out back to back in one buffer, as they go to a file: a writer starts each
+/// run ([`RunBuffer::start`]) and adds records already framed
+/// ([`RunBuffer::extend_frames`]), or adds a whole run ([`RunBuffer::add`]), with no
+/// buffer per run. [`RunTree::buffer`] lends the buffer the last burst used.
 #[derive(Default)]
 pub struct RunBuffer {
     bytes: Vec<u8>,
@@ -200,22 +201,10 @@ impl RunBuffer {
         run::start_in(&mut self.bytes);
     }
 
-    /// Adds a record to the run started last (see [`run::push`]).
-    pub fn push(&mut self, record: &[u8]) {
-        run::push(&mut self.bytes, record);
-    }
-
     /// Adds records already framed ([`run::push_with`]) to the run started last: a
     /// tail that keeps its messages framed is stored with one copy per run.
     pub fn extend_frames(&mut self, frames: &[u8]) {
         self.bytes.extend_from_slice(frames);
-    }
-
-    /// The run started last, so far (empty before the first).
-    pub fn last(&self) -> &[u8] {
-        self.starts
-            .last()
-            .map_or(&[][..], |&(_, at)| &self.bytes[at..])
     }
 
     /// Adds a whole run, built elsewhere.
@@ -841,31 +830,40 @@ mod tests {
     }
 
     #[test]
-    fn runs_built_in_place_read_back_as_built_on_a_reused_buffer() {
+    fn runs_built_from_frames_read_back_as_built_on_a_reused_buffer() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_when_free(dir.path(), &config());
         let runs = RunTree::open(&store, "t").expect("open");
         for round in 0..2u32 {
             let mut buffer = runs.buffer();
-            assert!(buffer.is_empty() && buffer.last().is_empty());
+            assert!(buffer.is_empty() && buffer.bytes.is_empty());
             // Runs of 1, 3 and 2 records, the second added whole.
             let records = |i: u32, n: usize| -> Vec<Vec<u8>> {
                 (0..n)
                     .map(|j| run_of(i * 10 + j as u32 + round, 20 + j))
                     .collect()
             };
+            let frames = |records: Vec<Vec<u8>>| {
+                let mut frames = Vec::new();
+                for r in records {
+                    run::push(&mut frames, &r);
+                }
+                frames
+            };
             buffer.start(key(0));
-            buffer.push(&records(0, 1)[0]);
+            buffer.extend_frames(&frames(records(0, 1)));
             let mut whole = run::start(0);
             for r in records(1, 3) {
                 run::push(&mut whole, &r);
             }
             buffer.add(key(1), &whole);
             buffer.start(key(2));
-            for r in records(2, 2) {
-                buffer.push(&r);
-            }
-            assert_eq!(buffer.last().len(), 1 + 4 + 20 + 4 + 21);
+            let mut last_records = records(2, 2);
+            let second = last_records.split_off(1);
+            buffer.extend_frames(&frames(last_records));
+            buffer.extend_frames(&frames(second));
+            let last = 1 + 4 + 20 + 4 + 21;
+            assert_eq!(buffer.bytes.len(), (1 + 4 + 20) + whole.len() + last);
             runs.apply(Change {
                 runs: buffer,
                 ..Change::default()
