@@ -2,9 +2,9 @@
 //!
 //! An append encodes its message straight into a *chunk* of framed records
 //! ([`run::push_with`]): a chunk holds consecutive numbers and at most one run's bytes
-//! ([`RUN_BYTES`]). The writer copies each chunk's new part into its burst with one
-//! copy per run ([`Pending::take_runs`]), and a chunk whose messages are all stored is
-//! kept for reuse. So under a flood an append allocates nothing and the writer copies
+//! ([`run::FILE_MAX_BYTES`]). The writer copies each chunk's new part into its burst
+//! with one copy per run ([`Pending::take_runs`]), and a chunk whose messages are all
+//! stored is kept for reuse. So under a flood an append allocates nothing and the writer copies
 //! and frees nothing per message (docs/benchmarks.md, "2026-12-07: a tail laid out as
 //! runs").
 
@@ -13,13 +13,9 @@ use std::collections::VecDeque;
 use crate::store::message::run;
 use crate::store::run_files::RunBuffer;
 
-/// The most bytes of records in one of history's runs: four times the store's usual
-/// ([`run::MAX_BYTES`]), as each run costs sled an insert and a remove.
-pub const RUN_BYTES: usize = 4 * run::MAX_BYTES;
-
 /// Chunks a stream keeps for reuse, and the most bytes a kept one may hold.
 const SPARE_CHUNKS: usize = 4;
-const SPARE_CAPACITY: usize = 2 * RUN_BYTES;
+const SPARE_CAPACITY: usize = 2 * run::FILE_MAX_BYTES;
 
 /// Consecutive messages, framed back to back.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -111,7 +107,7 @@ impl Pending {
         .unwrap_or_else(|| self.fresh(seq));
         let at = chunk.frames.len();
         let size = run::push_with(&mut chunk.frames, encode);
-        if !chunk.index.is_empty() && run::OVERHEAD + chunk.frames.len() > RUN_BYTES {
+        if !chunk.index.is_empty() && run::OVERHEAD + chunk.frames.len() > run::FILE_MAX_BYTES {
             // Beyond one run's bytes: the message starts the next chunk.
             let mut next = self.fresh(seq);
             next.frames.extend_from_slice(&chunk.frames[at..]);
@@ -327,7 +323,7 @@ mod tests {
                     .collect();
                 // Only a record bigger than a run makes a run bigger: alone.
                 assert!(
-                    bytes.len() <= RUN_BYTES || seqs.len() == 1,
+                    bytes.len() <= run::FILE_MAX_BYTES || seqs.len() == 1,
                     "a run of {} bytes",
                     bytes.len()
                 );
@@ -393,7 +389,7 @@ mod tests {
     fn a_big_record_gets_a_run_of_its_own_and_runs_stay_within_their_bytes() {
         let mut p = Pending::default();
         push(&mut p, 1, 100);
-        push(&mut p, 2, RUN_BYTES + 10);
+        push(&mut p, 2, run::FILE_MAX_BYTES + 10);
         for seq in 3..=400 {
             push(&mut p, seq, 90);
         }
@@ -450,7 +446,7 @@ mod tests {
         for _ in 0..20 {
             let from = seq + 1;
             // More runs' worth than it keeps spare.
-            for _ in 0..(SPARE_CHUNKS + 2) * RUN_BYTES / 100 {
+            for _ in 0..(SPARE_CHUNKS + 2) * run::FILE_MAX_BYTES / 100 {
                 seq += 1;
                 push(&mut p, seq, 96);
             }

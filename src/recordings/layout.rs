@@ -96,7 +96,7 @@ pub struct Figures {
 
 /// The size a message record counts for in [`Figures::bytes`] and the store's cap: the
 /// record and its framing in a run. A run's own key (18 bytes for up to
-/// `run::MAX_BYTES` of records) is not counted.
+/// `run::FILE_MAX_BYTES` of records) is not counted.
 pub fn record_bytes(record_len: usize) -> u64 {
     (crate::store::message::run::PER_RECORD + record_len) as u64
 }

@@ -173,7 +173,7 @@ impl Tap for Shared {
 }
 
 /// The runs a burst adds to each recording: consecutive numbers, at most
-/// `run::MAX_BYTES` each, keyed by their first number.
+/// `run::FILE_MAX_BYTES` each, keyed by their first number.
 #[derive(Default)]
 pub struct Runs {
     /// (recording, first n, next n, run).
@@ -196,7 +196,7 @@ impl Runs {
             }
             None => {
                 // A full run for a burst of small records: no reallocation as it fills.
-                let mut value = run::start(run::MAX_BYTES.min(record.len() * 256) + 4);
+                let mut value = run::start(run::FILE_MAX_BYTES.min(record.len() * 256) + 4);
                 run::push(&mut value, record);
                 self.runs.push((id, n, n + 1, value));
             }

@@ -182,14 +182,18 @@ pub mod run {
     pub const OVERHEAD: usize = 1;
     /// Bytes a run adds for each record.
     pub const PER_RECORD: usize = 4;
-    /// The most bytes of records one run holds: a burst is stored as a few runs of this
-    /// size, small enough for sled to keep each inline in its log and for the cap to
-    /// evict in small steps.
+    /// The most bytes of records one run holds when sled keeps it inline (a bridge
+    /// queue's segments): a burst is stored as a few runs of this size, small enough
+    /// for sled to keep each in its log and for the cap to evict in small steps.
     pub const MAX_BYTES: usize = 16 * 1024;
+    /// The most bytes of records one run holds when it is kept in a run file
+    /// ([`crate::store::run_files`]), where sled holds only a pointer to it: each run
+    /// costs sled an insert and a remove whatever its size, so these are larger.
+    pub const FILE_MAX_BYTES: usize = 4 * MAX_BYTES;
 
-    /// Whether `record` still fits in `run`.
+    /// Whether `record` still fits in `run`, a run kept in a run file.
     pub fn fits(run: &[u8], record: &[u8]) -> bool {
-        run.len() + record.len() <= MAX_BYTES
+        run.len() + record.len() <= FILE_MAX_BYTES
     }
 
     /// An empty run, ready for [`push`].
