@@ -145,14 +145,18 @@ impl Tap for Shared {
     fn routed(&self, message: &Publish<'_>, seq: u64, ts_us: u64) {
         let active = self.active();
         let wants = |a: &&Active| a.filters.iter().any(|f| f.matches(message.topic));
-        if !active.iter().any(|a| wants(&a)) {
+        let Some(first) = active.iter().position(|a| wants(&a)) else {
             return;
-        }
+        };
+        // Each recording's filters are matched once per message (they are most of
+        // the tap's cost under a flood).
+        let rest = &active[first..];
+        let wanting = || rest.iter().take(1).chain(rest.iter().skip(1).filter(wants));
         let mut pending = lock(&self.pending);
         if pending.ends.len() >= self.capacity {
             drop(pending);
             let mut dropped = 0;
-            for a in active.iter().filter(wants) {
+            for a in wanting() {
                 a.dropped.fetch_add(1, Ordering::Relaxed);
                 dropped += 1;
             }
@@ -163,7 +167,7 @@ impl Tap for Shared {
         let was_empty = pending.is_empty();
         let p = &mut *pending;
         StoredMessage::encode_routed_into(message, seq, ts_us, &mut p.records);
-        p.ids.extend(active.iter().filter(wants).map(|a| a.id));
+        p.ids.extend(wanting().map(|a| a.id));
         p.ends.push((p.records.len(), p.ids.len()));
         drop(pending);
         if was_empty {
@@ -352,5 +356,70 @@ impl Recorder {
             let _ = done.send(());
         }
         burst.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn active(id: u64, filters: &[&str]) -> Active {
+        Active {
+            id,
+            filters: filters
+                .iter()
+                .map(|f| Filter::new(*f).expect("a filter"))
+                .collect(),
+            dropped: Arc::default(),
+        }
+    }
+
+    /// Each message lists exactly the recordings whose filters match it, in order,
+    /// whichever of them matches first; a full queue counts it dropped for those.
+    #[test]
+    fn a_message_goes_to_every_recording_that_matches_it_and_no_other() {
+        let tap = shared(3);
+        tap.set_active(vec![
+            active(1, &["other/#"]),
+            active(2, &["a/+", "b/#"]),
+            active(3, &["nothing"]),
+            active(4, &["a/x"]),
+            active(5, &["#"]),
+        ]);
+        let data = RawValue::from_string("1".into()).expect("JSON");
+        for topic in ["a/x", "b/y/z", "other/q"] {
+            tap.routed(&Publish::test(topic, &data), 1, 1);
+        }
+        let mut taken = Pending::default();
+        tap.take(&mut taken);
+        let got: Vec<(String, Vec<u64>)> = taken
+            .messages()
+            .map(|(record, ids)| {
+                let topic = StoredMessage::peek_topic(record).expect("a topic");
+                (topic.to_owned(), ids.to_vec())
+            })
+            .collect();
+        let want = |t: &str, ids: &[u64]| (t.to_owned(), ids.to_vec());
+        assert_eq!(
+            got,
+            vec![
+                want("a/x", &[2, 4, 5]),
+                want("b/y/z", &[2, 5]),
+                want("other/q", &[1, 5])
+            ]
+        );
+        // The queue holds 3: the next is dropped, for each recording that wanted it.
+        tap.take(&mut Pending::default());
+        for topic in ["c", "c", "c", "a/x"] {
+            tap.routed(&Publish::test(topic, &data), 1, 1);
+        }
+        let dropped: Vec<u64> = tap
+            .active()
+            .iter()
+            .map(|a| a.dropped.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(dropped, vec![0, 1, 0, 1, 1]);
+        assert_eq!(tap.counters.dropped.load(Ordering::Relaxed), 3);
     }
 }
