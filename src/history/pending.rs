@@ -16,6 +16,9 @@ use crate::store::run_files::RunBuffer;
 /// Chunks a stream keeps for reuse, and the most bytes a kept one may hold.
 const SPARE_CHUNKS: usize = 4;
 const SPARE_CAPACITY: usize = 2 * run::FILE_MAX_BYTES;
+/// The most bytes of the one chunk a stream keeps once all it had is stored: a topic
+/// flooded once and quiet since holds no flood's worth of buffers.
+const IDLE_CAPACITY: usize = 4096;
 
 /// Consecutive messages, framed back to back.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -153,6 +156,10 @@ impl Pending {
             if let Some(chunk) = self.chunks.pop_front() {
                 self.recycle(chunk);
             }
+        }
+        if self.chunks.is_empty() {
+            self.spare.truncate(1);
+            self.spare.retain(|c| c.frames.capacity() <= IDLE_CAPACITY);
         }
     }
 
@@ -440,7 +447,7 @@ mod tests {
     }
 
     #[test]
-    fn stored_chunks_are_reused_without_growing() {
+    fn stored_chunks_are_reused_without_growing_and_let_go_when_idle() {
         let mut p = Pending::default();
         let mut seq = 0;
         for _ in 0..20 {
@@ -451,13 +458,27 @@ mod tests {
                 push(&mut p, seq, 96);
             }
             runs_of(&mut p, from);
-            p.pop_through(seq);
+            // A flood: the newest is still waiting when the burst is stored.
+            p.pop_through(seq - 1);
+            assert_eq!(p.len(), 1);
         }
-        assert!(p.is_empty());
         assert_eq!(p.spare.len(), SPARE_CHUNKS);
         assert!(p
             .spare
             .iter()
             .all(|c| c.frames.capacity() <= SPARE_CAPACITY));
+        // Quiet: all stored, nothing of the flood's size stays.
+        runs_of(&mut p, seq);
+        p.pop_through(seq);
+        assert!(p.is_empty() && p.spare.len() <= 1);
+        assert!(p.spare.iter().all(|c| c.frames.capacity() <= IDLE_CAPACITY));
+        // A trickle keeps its one small chunk.
+        for _ in 0..3 {
+            seq += 1;
+            push(&mut p, seq, 50);
+            runs_of(&mut p, seq);
+            p.pop_through(seq);
+            assert_eq!(p.spare.len(), 1);
+        }
     }
 }
