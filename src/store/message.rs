@@ -209,9 +209,7 @@ pub mod run {
     }
 
     pub fn push(run: &mut Vec<u8>, record: &[u8]) {
-        let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
-        run.extend_from_slice(&len.to_be_bytes());
-        run.extend_from_slice(&record[..len as usize]);
+        push_with(run, |out| out.extend_from_slice(record));
     }
 
     /// As [`push`], for a record `encode` appends to `buffer` itself: no buffer of its
