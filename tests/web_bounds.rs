@@ -116,7 +116,12 @@ async fn closed_for(url: &str, frames: impl Iterator<Item = Value>) -> Option<u1
 
 #[tokio::test]
 async fn subscription_churn_and_presence_info_spam_are_rate_limited() {
-    let d = Daemon::start("[presence]\ntopics = [\"room/+\"]\n");
+    // A low rate: 100 refusals in a row must come within one token's refill (100 ms
+    // here, 1 ms at the default 1,000/s), which a debug build on a slow machine
+    // does not always manage at the default.
+    let d = Daemon::start(
+        "[ws]\npublish_rate = 10\npublish_burst = 20\n[presence]\ntopics = [\"room/+\"]\n",
+    );
     let url = d.ws_url();
     let churn = (0..3000).flat_map(|_| {
         [
